@@ -1,0 +1,110 @@
+//! The crate's one error type.
+
+use std::fmt;
+
+/// Everything that can go wrong when using a pool.
+///
+/// Each variant names a situation the caller can act on. The enum is
+/// `#[non_exhaustive]`: match the variants you handle and keep a `_` arm.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The result did not arrive within the time given to
+    /// [`AsyncResult::get`](crate::AsyncResult::get) (like Python's
+    /// `multiprocessing.TimeoutError`). The task keeps running.
+    Timeout,
+    /// The task panicked in its worker. The worker caught the panic and goes on
+    /// serving tasks; `message` is the panic's message (truncated to about 190
+    /// bytes).
+    TaskPanicked {
+        /// The panic payload, if it was a string.
+        message: String,
+    },
+    /// The worker running the task died (killed by a signal, `abort()`, or an
+    /// `exit()` from inside the task). The pool has replaced it.
+    WorkerDied {
+        /// The dead worker's process id.
+        pid: u32,
+        /// The signal that killed it, or `None` if it exited.
+        signal: Option<i32>,
+    },
+    /// The pool no longer accepts work: it was closed or terminated.
+    Closed,
+    /// The pool was terminated (or dropped) before this task finished.
+    Terminated,
+    /// An argument is out of range: zero processes, a chunk size of zero,
+    /// `join` before `close`, `successful()` before the result is ready, and so on.
+    InvalidArgument(String),
+    /// The operating system refused something (creating shared memory, forking).
+    Io(std::io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Timeout => f.write_str("timed out waiting for the result"),
+            Error::TaskPanicked { message } => {
+                write!(f, "the task panicked in its worker: {message}")
+            }
+            Error::WorkerDied {
+                pid,
+                signal: Some(sig),
+            } => {
+                write!(
+                    f,
+                    "worker process {pid} died from signal {sig} while running the task"
+                )
+            }
+            Error::WorkerDied { pid, signal: None } => {
+                write!(f, "worker process {pid} exited while running the task")
+            }
+            Error::Closed => f.write_str("the pool is closed and accepts no more work"),
+            Error::Terminated => f.write_str("the pool was terminated before the task finished"),
+            Error::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
+            Error::Io(e) => write!(f, "operating system error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl Error {
+    pub(crate) fn invalid(why: impl Into<String>) -> Error {
+        Error::InvalidArgument(why.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_send_sync_and_displays_what_to_know() {
+        fn assert_send_sync<T: Send + Sync + std::error::Error + 'static>() {}
+        assert_send_sync::<Error>();
+        let died = Error::WorkerDied {
+            pid: 12,
+            signal: Some(9),
+        }
+        .to_string();
+        assert!(died.contains("12") && died.contains("signal 9"), "{died}");
+        let panicked = Error::TaskPanicked {
+            message: "boom".into(),
+        }
+        .to_string();
+        assert!(panicked.contains("boom"));
+    }
+}

@@ -1,0 +1,65 @@
+//! # shmpool
+//!
+//! What Python's `multiprocessing.Pool` gives Python programs, for Rust: run a
+//! plain function over plain data in **separate worker processes**, so that a
+//! crash, a leak, an `abort()` in C code or global state in one task cannot take
+//! the caller down, at the speed of shared memory.
+//!
+//! * Workers are forked once, in [`Pool::new`], and reused for every task.
+//! * Parent and workers exchange fixed-layout task slots through a ring in one
+//!   shared-memory segment; arguments and results are [`Pod`] and are copied as
+//!   bytes, never serialized. Idle workers sleep in a futex (0% CPU).
+//! * [`Pool::map`] is the hot path: a slice is cut into chunks that the workers
+//!   claim from the ring; results land in place and come back in order.
+//! * A worker that dies never hangs the caller: its task fails with
+//!   [`Error::WorkerDied`], the worker is replaced, the pool goes on.
+//! * The segment is an anonymous `memfd`: it has no name, so nothing can leak
+//!   in `/dev/shm`, however the program ends.
+//!
+//! ```
+//! use shmpool::{Error, Pool};
+//! use std::time::Duration;
+//!
+//! fn f(x: u64) -> u64 { x * x }
+//!
+//! let pool = Pool::new(4)?;                     // 4 worker processes, forked once
+//! let v: Vec<u64> = (0..10).collect();
+//! assert_eq!(pool.map(f, &v)?, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+//!
+//! let res = pool.apply_async(f, (20,))?;        // runs in one worker
+//! assert_eq!(res.get(Some(Duration::from_secs(5)))?, 400);
+//!
+//! fn boom(_: u8) -> u8 { panic!("boom") }
+//! match pool.apply(boom, (1,)) {
+//!     Err(Error::TaskPanicked { message }) => assert_eq!(message, "boom"),
+//!     other => panic!("{other:?}"),
+//! }
+//! assert_eq!(pool.apply(f, (3,))?, 9);            // the worker goes on
+//! # Ok::<(), Error>(())
+//! ```
+//!
+//! Linux only (it relies on `memfd`, `futex` and `pidfd`). See
+//! `docs/ARCHITECTURE.md` for the cross-process protocol.
+
+#![cfg(target_os = "linux")]
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod error;
+mod pod;
+mod pool;
+mod shm;
+mod start;
+mod sync;
+mod task;
+
+pub use error::Error;
+pub use pod::Pod;
+pub use pool::builder::MAX_PROCESSES;
+pub use pool::{AsyncResult, Pool, PoolBuilder};
+pub use task::Task;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use zerocopy;
+}

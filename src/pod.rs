@@ -1,0 +1,121 @@
+//! What may cross a process boundary: [`Pod`].
+
+/// Plain old data: a `Copy` value with no pointer, reference or handle inside,
+/// so its bytes mean the same thing in every process of the pool.
+///
+/// Arguments and results of pool tasks must be `Pod`. It is implemented for the
+/// primitive numbers, `bool`, `char`, `()`, arrays and tuples (up to 8) of `Pod`.
+/// For your own `#[repr(C)]` structs, derive zerocopy's `FromBytes` and
+/// `Immutable` and let [`pod!`](crate::pod!) check them:
+///
+/// ```
+/// use zerocopy::{FromBytes, Immutable};
+///
+/// #[derive(Clone, Copy, FromBytes, Immutable, Debug, PartialEq)]
+/// #[repr(C)]
+/// struct Point { x: f64, y: f64 }
+/// shmpool::pod!(Point);
+///
+/// fn norm2(p: Point) -> f64 { p.x * p.x + p.y * p.y }
+/// let pool = shmpool::Pool::new(2)?;
+/// assert_eq!(pool.map(norm2, &[Point { x: 3.0, y: 4.0 }])?, vec![25.0]);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+///
+/// References, `Box`, `Vec`, `String` and the like are not `Pod`, so a task that
+/// takes or returns them does not compile:
+///
+/// ```compile_fail
+/// fn len(s: &'static str) -> usize { s.len() }
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// pool.apply(len, ("a pointer into the parent",)).unwrap();
+/// ```
+///
+/// ```compile_fail
+/// fn make() -> Vec<u8> { vec![1] }
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// pool.apply(make, ()).unwrap();
+/// ```
+///
+/// # Safety
+/// An implementor must hold no pointer, reference, file descriptor or other
+/// value whose meaning depends on the process that created it, and every bit
+/// pattern a value of it can take in one process must be a valid value in
+/// another process running the same binary.
+pub unsafe trait Pod: Copy + Send + Sync + 'static {}
+
+macro_rules! impl_pod {
+    ($($t:ty),* $(,)?) => { $(
+        // SAFETY: a primitive without pointers; valid values stay valid when copied.
+        unsafe impl Pod for $t {}
+    )* };
+}
+impl_pod!(
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    bool,
+    char,
+    ()
+);
+
+// SAFETY: an array of Pod holds only Pod.
+unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
+
+macro_rules! impl_pod_tuple {
+    ($($name:ident),+) => {
+        // SAFETY: a tuple of Pod holds only Pod; its layout is the same in every
+        // process of the same binary.
+        unsafe impl<$($name: Pod),+> Pod for ($($name,)+) {}
+    };
+}
+impl_pod_tuple!(A);
+impl_pod_tuple!(A, B);
+impl_pod_tuple!(A, B, C);
+impl_pod_tuple!(A, B, C, D);
+impl_pod_tuple!(A, B, C, D, E);
+impl_pod_tuple!(A, B, C, D, E, F);
+impl_pod_tuple!(A, B, C, D, E, F, G);
+impl_pod_tuple!(A, B, C, D, E, F, G, H);
+
+/// Implements [`Pod`] for your types, after checking at compile time that each
+/// one derives zerocopy's `FromBytes` and `Immutable` (which rule out references,
+/// pointers and interior mutability) and is `Copy`.
+///
+/// See [`Pod`] for an example. A type without those derives does not compile:
+///
+/// ```compile_fail
+/// #[derive(Clone, Copy)]
+/// struct Handle(&'static u8);
+/// shmpool::pod!(Handle);
+/// ```
+#[macro_export]
+macro_rules! pod {
+    ($($t:ty),+ $(,)?) => { $(
+        const _: () = {
+            fn assert_zerocopy_pod<
+                T: $crate::__private::zerocopy::FromBytes
+                    + $crate::__private::zerocopy::Immutable
+                    + ::core::marker::Copy
+                    + ::core::marker::Send
+                    + ::core::marker::Sync
+                    + 'static,
+            >() {}
+            let _ = assert_zerocopy_pod::<$t>;
+        };
+        // SAFETY: `FromBytes + Immutable` (checked above) means every bit pattern
+        // is a valid value and there is no reference, pointer or UnsafeCell inside.
+        unsafe impl $crate::Pod for $t {}
+    )+ };
+}

@@ -1,0 +1,282 @@
+//! The state a pool shares between its handle, its results and its supervisor:
+//! the segment, the parent-side allocators, the ring's producer lock.
+//!
+//! Parent-private bookkeeping (which slots and arena ranges are in use) lives in
+//! ordinary memory behind mutexes; workers only ever see offsets in slots.
+
+use crate::error::Error;
+use crate::pool::slot::{Outcome, SlotState, TaskDesc};
+use crate::pool::supervisor::Supervisor;
+use crate::shm::arena::{Arena, Block};
+use crate::shm::layout::{self, Layout};
+use crate::shm::segment::Segment;
+use crate::sync::ring::{Full, Producer};
+use crate::Pod;
+use std::sync::atomic::{fence, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+/// The pool accepts work.
+pub(crate) const RUNNING: u8 = 0;
+/// `close()` was called: pending work finishes, nothing new is accepted.
+pub(crate) const CLOSED: u8 = 1;
+/// `terminate()` was called (or the pool dropped): workers are killed.
+pub(crate) const TERMINATED: u8 = 2;
+
+/// Shared state of one pool.
+pub(crate) struct Core {
+    layout: Layout,
+    pub(crate) processes: usize,
+    lifecycle: AtomicU8,
+    slots: Mutex<SlotTable>,
+    producer: Mutex<Producer>,
+    arena: Mutex<Arena>,
+    pub(crate) supervisor: Supervisor,
+    // Declared last: dropped (unmapped) after everything that points into it.
+    _segment: Segment,
+}
+
+/// Which slots the parent has handed out.
+#[derive(Debug, Default)]
+struct SlotTable {
+    free: Vec<u32>,
+    /// Slots `[0, high_water)` have been used at least once.
+    high_water: u32,
+    /// Slots whose handle was dropped while a worker still ran the task.
+    orphans: Vec<(u32, Option<Block>)>,
+    /// Reap orphans once there are this many (doubles with survivors).
+    reap_at: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The protected data stays consistent at every unlock, so a panic elsewhere
+    // while holding the lock does not invalidate it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Core {
+    /// Maps a fresh segment for a pool of `processes` workers (not yet started).
+    pub(crate) fn new(processes: usize) -> Result<Core, Error> {
+        let segment = Segment::create("shmpool", layout::SEGMENT_BYTES)?;
+        // SAFETY: the segment is SEGMENT_BYTES long, page-aligned (mmap), and
+        // outlives `layout` (both live in `Core`, segment dropped last).
+        let layout = unsafe { Layout::new(segment.base()) };
+        layout
+            .header()
+            .magic
+            .store(layout::MAGIC, Ordering::Release);
+        Ok(Core {
+            layout,
+            processes,
+            lifecycle: AtomicU8::new(RUNNING),
+            slots: Mutex::new(SlotTable {
+                reap_at: 64,
+                ..SlotTable::default()
+            }),
+            producer: Mutex::new(Producer::default()),
+            arena: Mutex::new(Arena::new(layout::ARENA_BYTES)),
+            supervisor: Supervisor::new()?,
+            _segment: segment,
+        })
+    }
+
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub(crate) fn lifecycle(&self) -> u8 {
+        self.lifecycle.load(Ordering::SeqCst)
+    }
+
+    /// Moves RUNNING → `to` (or CLOSED → TERMINATED); returns the previous state.
+    pub(crate) fn advance_lifecycle(&self, to: u8) -> u8 {
+        let prev = self.lifecycle.fetch_max(to, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        prev
+    }
+
+    /// `Err(Closed)` unless the pool accepts work.
+    pub(crate) fn ensure_running(&self) -> Result<(), Error> {
+        if self.lifecycle() == RUNNING {
+            Ok(())
+        } else {
+            Err(Error::Closed)
+        }
+    }
+
+    /// A free slot for a new task.
+    pub(crate) fn alloc_slot(&self) -> Result<u32, Error> {
+        let mut table = lock(&self.slots);
+        if let Some(i) = table.free.pop() {
+            return Ok(i);
+        }
+        if table.orphans.len() >= table.reap_at {
+            self.reap_orphans(&mut table);
+            if let Some(i) = table.free.pop() {
+                return Ok(i);
+            }
+        }
+        if (table.high_water as usize) < layout::SLOT_CAPACITY {
+            table.high_water += 1;
+            return Ok(table.high_water - 1);
+        }
+        self.reap_orphans(&mut table);
+        table.free.pop().ok_or_else(|| {
+            Error::invalid(format!(
+                "more than {} tasks in flight; collect or drop some results first",
+                layout::SLOT_CAPACITY
+            ))
+        })
+    }
+
+    fn reap_orphans(&self, table: &mut SlotTable) {
+        let mut freed_blocks = Vec::new();
+        let layout = self.layout;
+        let SlotTable { free, orphans, .. } = table;
+        orphans.retain(|&(slot, block)| {
+            let s = layout.slot(slot);
+            if !s.is_done() {
+                return true;
+            }
+            s.release();
+            free.push(slot);
+            freed_blocks.extend(block);
+            false
+        });
+        table.reap_at = (2 * table.orphans.len()).max(64);
+        if !freed_blocks.is_empty() {
+            let mut arena = lock(&self.arena);
+            freed_blocks.into_iter().for_each(|b| arena.free(b));
+        }
+    }
+
+    /// Returns a slot the parent no longer needs: it must be FREE or DONE.
+    pub(crate) fn release_slot(&self, slot: u32) {
+        let s = self.layout.slot(slot);
+        if s.state() == SlotState::Done {
+            s.release();
+        }
+        debug_assert_eq!(s.state(), SlotState::Free);
+        lock(&self.slots).free.push(slot);
+    }
+
+    /// Gives up a slot whose result nobody will read: withdrawn if still queued,
+    /// released if done, otherwise kept aside until its worker finishes.
+    pub(crate) fn abandon_slot(&self, slot: u32, block: Option<Block>) {
+        let s = self.layout.slot(slot);
+        if s.cancel() || s.is_done() {
+            self.release_slot(slot);
+            if let Some(b) = block {
+                self.free_block(b);
+            }
+        } else {
+            lock(&self.slots).orphans.push((slot, block));
+        }
+    }
+
+    /// Publishes slot `slot` (its desc and input already written) and wakes a
+    /// worker if one sleeps. If the pool was closed or terminated meanwhile and
+    /// no worker took the task, withdraws it and returns `Err(Closed)`; the
+    /// caller still owns (and frees) the slot then.
+    pub(crate) fn submit(&self, slot: u32) -> Result<(), Error> {
+        self.layout.slot(slot).publish();
+        self.push(slot);
+        // Pairs with the fence in `close`/`terminate`: either they see this slot
+        // queued (and run or fail it), or we see their lifecycle change here.
+        fence(Ordering::SeqCst);
+        if self.lifecycle.load(Ordering::SeqCst) != RUNNING && self.layout.slot(slot).cancel() {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Appends `slot` to the ring, waiting while the ring is full.
+    pub(crate) fn push(&self, slot: u32) {
+        let ring = self.layout.ring();
+        let mut backoff = Duration::from_micros(1);
+        loop {
+            match ring.try_push(&mut lock(&self.producer), slot) {
+                Ok(()) => break,
+                Err(Full) => {
+                    // Workers drain the ring independently of the parent, so this
+                    // ends unless every worker is stuck in a task.
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(1));
+                }
+            }
+        }
+        self.layout.header().work.notify_one();
+    }
+
+    /// `len` bytes of arena aligned to `align`, as a segment offset + block.
+    pub(crate) fn alloc_block(&self, len: usize, align: usize) -> Result<Block, Error> {
+        lock(&self.arena).alloc(len, align).ok_or_else(|| {
+            Error::invalid(format!(
+                "the pool's shared arena ({} GiB) has no room for {len} more bytes",
+                layout::ARENA_BYTES >> 30
+            ))
+        })
+    }
+
+    pub(crate) fn free_block(&self, block: Block) {
+        lock(&self.arena).free(block);
+    }
+
+    /// The segment offset of an arena block.
+    pub(crate) fn block_offset(block: Block) -> u64 {
+        (layout::ARENA_OFFSET + block.offset) as u64
+    }
+
+    /// Writes `desc` into `slot`, which the caller allocated and has not published.
+    pub(crate) fn describe(&self, slot: u32, desc: TaskDesc) {
+        // SAFETY: the slot is FREE and was handed to this caller by alloc_slot, so
+        // the parent's caller has exclusive access to it until publish.
+        unsafe { *self.layout.slot(slot).desc() = desc };
+    }
+
+    /// Reads the outcome of a DONE slot whose result of type `R` is at `output`.
+    pub(crate) fn read_outcome<R: Pod>(&self, slot: u32, output: u64) -> Result<R, Failure> {
+        let s = self.layout.slot(slot);
+        let (outcome, detail, signal) = s.outcome();
+        match outcome {
+            // SAFETY: the worker wrote an R at `output` before finishing the slot
+            // (DONE observed with Acquire by the caller); unaligned-safe read.
+            Outcome::Returned => Ok(unsafe { self.layout.at(output).cast::<R>().read_unaligned() }),
+            Outcome::Panicked => {
+                // SAFETY: the worker wrote `detail` message bytes inline before DONE.
+                let bytes = unsafe { std::slice::from_raw_parts(s.inline_ptr(), detail as usize) };
+                Err(Failure::Panicked(
+                    String::from_utf8_lossy(bytes).into_owned(),
+                ))
+            }
+            Outcome::WorkerDied => Err(Failure::WorkerDied {
+                pid: detail,
+                signal: (signal >= 0).then_some(signal),
+            }),
+            Outcome::Terminated => Err(Failure::Terminated),
+        }
+    }
+
+    /// Slots `[0, high_water)`: everything that may be in flight.
+    pub(crate) fn slots_in_use(&self) -> u32 {
+        lock(&self.slots).high_water
+    }
+}
+
+/// Why a task produced no value; turned into an [`Error`] on each `get`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    Panicked(String),
+    WorkerDied { pid: u32, signal: Option<i32> },
+    Terminated,
+}
+
+impl From<Failure> for Error {
+    fn from(f: Failure) -> Error {
+        match f {
+            Failure::Panicked(message) => Error::TaskPanicked { message },
+            Failure::WorkerDied { pid, signal } => Error::WorkerDied { pid, signal },
+            Failure::Terminated => Error::Terminated,
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Chunked `map`: how a slice becomes tasks and the results come back in order.
+//!
+//! The input and output of the whole map get one arena block. The parent copies
+//! chunk after chunk into it and publishes each at once (workers start on chunk
+//! 0 while the parent copies chunk 1); it keeps at most [`WINDOW`] chunks in
+//! flight, and collects them in input order, copying each chunk's output into
+//! the result vector as soon as it is done, so copy-in, compute and copy-out
+//! overlap. Results land in place: chunk i's output is written by exactly one
+//! worker into its own range of the block.
+
+use crate::error::Error;
+use crate::pool::core::Core;
+use crate::pool::slot::{Outcome, TaskDesc};
+use crate::shm::arena::Block;
+use crate::task::{map_entry, EntryPoint};
+use crate::Pod;
+use std::collections::VecDeque;
+use std::mem::{align_of, size_of};
+
+/// At most this many chunks of one map are in flight (bounds slot usage when
+/// chunks are tiny; with the default chunk size a map has far fewer).
+pub(crate) const WINDOW: usize = 1024;
+
+/// CPython's default: `ceil(len / (4 * processes))`, at least 1.
+pub(crate) fn default_chunksize(len: usize, processes: usize) -> usize {
+    len.div_ceil(4 * processes.max(1)).max(1)
+}
+
+/// The byte layout of one map's block: inputs first, outputs after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MapLayout {
+    pub(crate) output_start: usize,
+    pub(crate) total: usize,
+    pub(crate) align: usize,
+}
+
+impl MapLayout {
+    pub(crate) fn new<T, U>(len: usize) -> Option<MapLayout> {
+        let input_bytes = len.checked_mul(size_of::<T>())?;
+        let align = align_of::<T>().max(align_of::<U>()).max(64);
+        let output_start = input_bytes.checked_next_multiple_of(align)?;
+        let total = output_start.checked_add(len.checked_mul(size_of::<U>())?)?;
+        // Large blocks start on a page: fewer pages touched, cleaner for THP.
+        let align = if total >= 1 << 20 {
+            align.max(4096)
+        } else {
+            align
+        };
+        Some(MapLayout {
+            output_start,
+            total,
+            align,
+        })
+    }
+}
+
+/// `f` over `items` in chunks of `chunksize`, results in input order.
+pub(crate) fn map_slice<F, T, U>(
+    core: &Core,
+    items: &[T],
+    chunksize: usize,
+) -> Result<Vec<U>, Error>
+where
+    F: Fn(T) -> U + Copy + Send + Sync + 'static,
+    T: Pod,
+    U: Pod,
+{
+    const { crate::task::assert_stateless::<F>() };
+    core.ensure_running()?;
+    if chunksize == 0 {
+        return Err(Error::invalid("chunksize must be at least 1"));
+    }
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let len = items.len();
+    let shape = MapLayout::new::<T, U>(len).ok_or_else(|| Error::invalid("map input too large"))?;
+    let block = core.alloc_block(shape.total, shape.align)?;
+    let result = run_chunks::<F, T, U>(core, items, chunksize, block, shape);
+    core.free_block(block);
+    result
+}
+
+fn run_chunks<F, T, U>(
+    core: &Core,
+    items: &[T],
+    chunksize: usize,
+    block: Block,
+    shape: MapLayout,
+) -> Result<Vec<U>, Error>
+where
+    F: Fn(T) -> U + Copy + Send + Sync + 'static,
+    T: Pod,
+    U: Pod,
+{
+    let layout = core.layout();
+    let len = items.len();
+    let chunks = len.div_ceil(chunksize);
+    let base = Core::block_offset(block);
+    let input_at = |i: usize| base + (i * size_of::<T>()) as u64;
+    let output_at = |i: usize| base + (shape.output_start + i * size_of::<U>()) as u64;
+    let entry = EntryPoint::new(map_entry::<F, T, U>).0;
+
+    let mut out: Vec<U> = Vec::with_capacity(len);
+    let mut in_flight: VecDeque<(u32, usize, usize)> = VecDeque::new();
+    let mut next_chunk = 0;
+    let mut error: Option<Error> = None;
+    loop {
+        while error.is_none() && next_chunk < chunks && in_flight.len() < WINDOW {
+            let start = next_chunk * chunksize;
+            let n = chunksize.min(len - start);
+            let slot = match core.alloc_slot() {
+                Ok(slot) => slot,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            };
+            // SAFETY: the block holds `len` T's from `input_at(0)`; this chunk's
+            // range is not yet published, so no worker reads it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    items.as_ptr().add(start),
+                    layout.at(input_at(start)).cast::<T>(),
+                    n,
+                );
+            }
+            core.describe(
+                slot,
+                TaskDesc {
+                    entry,
+                    input: input_at(start),
+                    output: output_at(start),
+                    len: n as u64,
+                    ..TaskDesc::default()
+                },
+            );
+            if let Err(e) = core.submit(slot) {
+                core.release_slot(slot);
+                error = Some(e);
+                break;
+            }
+            in_flight.push_back((slot, start, n));
+            next_chunk += 1;
+        }
+        let Some((slot, start, n)) = in_flight.pop_front() else {
+            break;
+        };
+        if error.is_some() && core.layout().slot(slot).cancel() {
+            core.release_slot(slot);
+            continue;
+        }
+        // Cannot hang on a dead worker: the supervisor finishes its slot.
+        layout.slot(slot).wait_done(None);
+        match layout.slot(slot).outcome().0 {
+            Outcome::Returned if error.is_none() => {
+                // SAFETY: the worker wrote `n` U's at output_at(start) before DONE
+                // (observed with Acquire); `out` has capacity `len` ≥ start + n.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        layout.at(output_at(start)).cast::<U>(),
+                        out.as_mut_ptr().add(start),
+                        n,
+                    );
+                }
+            }
+            Outcome::Returned => {}
+            _ => {
+                let failure = core
+                    .read_outcome::<()>(slot, 0)
+                    .expect_err("a failed outcome");
+                error.get_or_insert(failure.into());
+            }
+        }
+        core.release_slot(slot);
+    }
+    match error {
+        Some(e) => Err(e),
+        None => {
+            // SAFETY: every chunk returned, so all `len` elements were written.
+            unsafe { out.set_len(len) };
+            Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_chunksize_matches_cpython() {
+        // CPython: chunksize, extra = divmod(len, 4 * processes); if extra: chunksize += 1
+        assert_eq!(default_chunksize(10, 4), 1);
+        assert_eq!(default_chunksize(100, 2), 13);
+        assert_eq!(default_chunksize(10_000_000, 2), 1_250_000);
+        assert_eq!(default_chunksize(0, 2), 1);
+        assert_eq!(default_chunksize(1, 8), 1);
+    }
+
+    #[test]
+    fn map_layout_aligns_outputs_and_rejects_overflow() {
+        let m = MapLayout::new::<u8, f64>(3).unwrap();
+        assert_eq!(m.output_start, 64);
+        assert_eq!(m.total, 64 + 24);
+        let big = MapLayout::new::<f64, f64>(1 << 20).unwrap();
+        assert_eq!(big.align, 4096);
+        assert_eq!(MapLayout::new::<u64, u64>(usize::MAX / 4), None);
+    }
+}

@@ -1,0 +1,424 @@
+//! The task slot and its state machine — the one place where parent and workers
+//! hand a task back and forth.
+//!
+//! ```text
+//!            publish             claim(k)                 finish
+//!   FREE ──────────────▶ QUEUED ──────────▶ RUNNING(k) ──────────▶ DONE
+//!    ▲   (parent)          │    (worker k,     │   (worker k, or the      │
+//!    │                     │     CAS)          │    supervisor once k     │
+//!    │        cancel       │                   │    is reaped)            │
+//!    ├─────────────────────┘                   │                          │
+//!    │                                         │ requeue (supervisor,     │
+//!    │                                         ▼  k reaped, retry left)   │
+//!    │                                       QUEUED                       │
+//!    └───────────────────────── release (parent, result read) ────────────┘
+//! ```
+//!
+//! Who writes what (see `docs/ARCHITECTURE.md`, "Slots"):
+//! * `desc` and the input bytes: the parent, only while the slot is `FREE`;
+//!   published by the `Release` store of `QUEUED` (and of the ring entry).
+//! * the outcome and output bytes: the worker holding `RUNNING(k)`, published
+//!   by its `Release` swap to `DONE`; if worker k died, the supervisor writes
+//!   them instead, after reaping k (so k cannot write any more).
+//! * the parent reads the outcome only after an `Acquire` load saw `DONE`.
+//!
+//! The state word is also the futex word a parent thread sleeps on: bit
+//! [`WAITER`] says "someone sleeps here", so a finishing worker calls
+//! `futex_wake` only when it is needed.
+
+use crate::sync::futex;
+use crate::sync::spin::SpinWait;
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+const STATE_MASK: u32 = 0xF;
+const FREE: u32 = 0;
+const QUEUED: u32 = 1;
+const RUNNING: u32 = 2;
+const DONE: u32 = 3;
+/// Set by a parent thread about to sleep on the state word.
+const WAITER: u32 = 0x10;
+const WORKER_SHIFT: u32 = 8;
+
+/// The largest worker index the state word can name.
+pub(crate) const MAX_WORKER_INDEX: u32 = (1 << (32 - WORKER_SHIFT)) - 1;
+
+/// Bytes of inline payload per slot: small arguments and results live here.
+pub(crate) const INLINE_CAPACITY: usize = 192;
+
+/// How a task ended, written before `DONE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Outcome {
+    /// The function returned; the output bytes hold its result.
+    Returned = 0,
+    /// The function panicked; the inline bytes hold `detail` bytes of message.
+    Panicked = 1,
+    /// The worker died; `detail` is its pid, `signal` the signal or -1.
+    WorkerDied = 2,
+    /// The pool was terminated before the task finished.
+    Terminated = 3,
+}
+
+impl Outcome {
+    fn from_u32(v: u32) -> Outcome {
+        match v {
+            0 => Outcome::Returned,
+            1 => Outcome::Panicked,
+            2 => Outcome::WorkerDied,
+            _ => Outcome::Terminated,
+        }
+    }
+}
+
+/// What a task is: written by the parent while the slot is `FREE`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TaskDesc {
+    /// The entry point, relocatable (see `task::EntryPoint`).
+    pub(crate) entry: u64,
+    /// Segment offset of the input elements.
+    pub(crate) input: u64,
+    /// Segment offset of the output elements.
+    pub(crate) output: u64,
+    /// Element count (1 for `apply`).
+    pub(crate) len: u64,
+    /// How the task ended (an [`Outcome`]), written by whoever finishes it.
+    pub(crate) outcome: u32,
+    /// Message length for `Panicked`, pid for `WorkerDied`.
+    pub(crate) detail: u32,
+    /// Signal number for `WorkerDied`, or -1.
+    pub(crate) signal: i32,
+    pub(crate) _reserved: [u32; 3],
+}
+
+/// A snapshot of a slot's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotState {
+    Free,
+    Queued,
+    Running { worker: u32 },
+    Done,
+}
+
+/// One task slot: 256 bytes, cache-line aligned, `#[repr(C)]`; all-zero is `FREE`.
+#[repr(C, align(64))]
+pub(crate) struct TaskSlot {
+    state: AtomicU32,
+    _pad: u32,
+    desc: UnsafeCell<TaskDesc>,
+    inline: UnsafeCell<[u8; INLINE_CAPACITY]>,
+}
+
+const _: () = assert!(std::mem::size_of::<TaskSlot>() == 256);
+const _: () = assert!(std::mem::offset_of!(TaskSlot, inline) == 64);
+
+impl Default for TaskSlot {
+    fn default() -> Self {
+        TaskSlot {
+            state: AtomicU32::new(FREE),
+            _pad: 0,
+            desc: UnsafeCell::new(TaskDesc::default()),
+            inline: UnsafeCell::new([0; INLINE_CAPACITY]),
+        }
+    }
+}
+
+impl TaskSlot {
+    /// The current state (a snapshot).
+    pub(crate) fn state(&self) -> SlotState {
+        let s = self.state.load(Ordering::Acquire);
+        match s & STATE_MASK {
+            FREE => SlotState::Free,
+            QUEUED => SlotState::Queued,
+            RUNNING => SlotState::Running {
+                worker: s >> WORKER_SHIFT,
+            },
+            _ => SlotState::Done,
+        }
+    }
+
+    /// The task description.
+    ///
+    /// # Safety
+    /// The caller holds the slot in a state that gives it access (module doc):
+    /// the parent while `FREE` (write) or after seeing `DONE` (read), worker k
+    /// while it holds `RUNNING(k)`, the supervisor after reaping k.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn desc(&self) -> &mut TaskDesc {
+        // SAFETY: exclusive access by the caller's contract.
+        unsafe { &mut *self.desc.get() }
+    }
+
+    /// The inline payload bytes; same access rules as [`TaskSlot::desc`].
+    pub(crate) fn inline_ptr(&self) -> *mut u8 {
+        self.inline.get().cast()
+    }
+
+    /// FREE → QUEUED. Parent only, after writing `desc` and the input.
+    pub(crate) fn publish(&self) {
+        debug_assert_eq!(self.state(), SlotState::Free);
+        self.state.store(QUEUED, Ordering::Release);
+    }
+
+    /// QUEUED → RUNNING(worker). Returns `false` if the slot is not queued
+    /// (another worker claimed it, or a stale ring entry pointed here).
+    pub(crate) fn claim(&self, worker: u32) -> bool {
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            if s & STATE_MASK != QUEUED {
+                return false;
+            }
+            let running = (s & WAITER) | RUNNING | (worker << WORKER_SHIFT);
+            match self
+                .state
+                .compare_exchange(s, running, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// RUNNING → DONE by the worker that holds it, after writing the outcome.
+    pub(crate) fn finish(&self) {
+        let prev = self.state.swap(DONE, Ordering::AcqRel);
+        debug_assert_eq!(prev & STATE_MASK, RUNNING);
+        if prev & WAITER != 0 {
+            futex::wake(&self.state, i32::MAX);
+        }
+    }
+
+    /// Finishes the slot on behalf of a worker that can no longer run: if it is
+    /// in a state accepted by `from`, writes `outcome` and moves it to DONE.
+    /// Supervisor only (the previous holder is reaped or never existed).
+    pub(crate) fn finish_for(
+        &self,
+        from: impl Fn(SlotState) -> bool,
+        outcome: Outcome,
+        detail: u32,
+        signal: i32,
+    ) -> bool {
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            let state = decode(s);
+            if !from(state) {
+                return false;
+            }
+            if s & STATE_MASK == QUEUED {
+                // Nobody holds a queued slot: take it first, so no worker claims
+                // it while we write the outcome.
+                match self.state.compare_exchange(
+                    s,
+                    (s & WAITER) | RUNNING | (MAX_WORKER_INDEX << WORKER_SHIFT),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {}
+                    Err(now) => {
+                        s = now;
+                        continue;
+                    }
+                }
+            }
+            // SAFETY: the slot is RUNNING for a holder that cannot write (reaped,
+            // or the placeholder we just installed); parents read only after DONE.
+            let desc = unsafe { self.desc() };
+            desc.outcome = outcome as u32;
+            desc.detail = detail;
+            desc.signal = signal;
+            self.finish();
+            return true;
+        }
+    }
+
+    /// RUNNING(k) → QUEUED, so the task runs again. Supervisor only, after
+    /// reaping worker k. Returns `false` if the slot was not RUNNING(k).
+    #[allow(dead_code)] // for `retries`, with the crash-safety issue
+    pub(crate) fn requeue(&self, worker: u32) -> bool {
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            if decode(s) != (SlotState::Running { worker }) {
+                return false;
+            }
+            match self.state.compare_exchange(
+                s,
+                (s & WAITER) | QUEUED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// QUEUED → FREE: withdraws a task no worker has claimed. Parent only.
+    pub(crate) fn cancel(&self) -> bool {
+        let mut s = self.state.load(Ordering::Acquire);
+        while s & STATE_MASK == QUEUED {
+            match self
+                .state
+                .compare_exchange(s, FREE, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    if s & WAITER != 0 {
+                        futex::wake(&self.state, i32::MAX);
+                    }
+                    return true;
+                }
+                Err(now) => s = now,
+            }
+        }
+        false
+    }
+
+    /// DONE → FREE, once the parent has read the outcome.
+    pub(crate) fn release(&self) {
+        debug_assert_eq!(self.state(), SlotState::Done);
+        self.state.store(FREE, Ordering::Release);
+    }
+
+    /// Whether the task has finished (Acquire: the outcome is then readable).
+    pub(crate) fn is_done(&self) -> bool {
+        self.state.load(Ordering::Acquire) & STATE_MASK == DONE
+    }
+
+    /// The outcome. Only after [`TaskSlot::is_done`] returned `true`.
+    pub(crate) fn outcome(&self) -> (Outcome, u32, i32) {
+        debug_assert!(self.is_done());
+        // SAFETY: DONE was observed with Acquire; nobody writes a DONE slot.
+        let desc = unsafe { &*self.desc.get() };
+        (Outcome::from_u32(desc.outcome), desc.detail, desc.signal)
+    }
+
+    /// Waits until DONE or `deadline`; returns whether the task is done. Spins
+    /// a bounded number of times, then sleeps on the state word.
+    pub(crate) fn wait_done(&self, deadline: Option<Instant>) -> bool {
+        let mut spin = SpinWait::new();
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            if s & STATE_MASK == DONE {
+                return true;
+            }
+            if spin.spin() {
+                continue;
+            }
+            let timeout = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return self.is_done(),
+                },
+                None => None,
+            };
+            if s & STATE_MASK == FREE {
+                // Cancelled or released under us: nothing will ever finish it.
+                return false;
+            }
+            if s & WAITER == 0
+                && self
+                    .state
+                    .compare_exchange(s, s | WAITER, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                continue;
+            }
+            futex::wait(&self.state, s | WAITER, timeout);
+        }
+    }
+}
+
+fn decode(s: u32) -> SlotState {
+    match s & STATE_MASK {
+        FREE => SlotState::Free,
+        QUEUED => SlotState::Queued,
+        RUNNING => SlotState::Running {
+            worker: s >> WORKER_SHIFT,
+        },
+        _ => SlotState::Done,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_happy_path() {
+        let slot = TaskSlot::default();
+        assert_eq!(slot.state(), SlotState::Free);
+        slot.publish();
+        assert!(slot.claim(3));
+        assert!(!slot.claim(4), "a claimed slot cannot be claimed again");
+        assert_eq!(slot.state(), SlotState::Running { worker: 3 });
+        // SAFETY: worker 3 holds RUNNING(3).
+        unsafe { slot.desc().outcome = Outcome::Returned as u32 };
+        slot.finish();
+        assert!(slot.wait_done(Some(Instant::now())));
+        assert_eq!(slot.outcome().0, Outcome::Returned);
+        slot.release();
+        assert_eq!(slot.state(), SlotState::Free);
+    }
+
+    #[test]
+    fn cancel_only_wins_before_a_claim() {
+        let slot = TaskSlot::default();
+        slot.publish();
+        assert!(slot.cancel());
+        assert!(!slot.claim(0), "a cancelled slot is not claimable");
+        slot.publish();
+        assert!(slot.claim(0));
+        assert!(!slot.cancel());
+    }
+
+    #[test]
+    fn a_dead_worker_slot_is_failed_or_requeued_but_never_twice() {
+        let slot = TaskSlot::default();
+        slot.publish();
+        assert!(slot.claim(5));
+        assert!(!slot.requeue(6), "only the dead worker's slot");
+        assert!(slot.requeue(5));
+        assert!(slot.claim(7));
+        let running_on = |w| move |s| s == SlotState::Running { worker: w };
+        assert!(!slot.finish_for(running_on(5), Outcome::WorkerDied, 42, 9));
+        assert!(slot.finish_for(running_on(7), Outcome::WorkerDied, 42, 9));
+        assert_eq!(slot.outcome(), (Outcome::WorkerDied, 42, 9));
+    }
+
+    #[test]
+    fn terminate_fails_queued_slots_so_no_worker_can_claim_them() {
+        let slot = TaskSlot::default();
+        slot.publish();
+        assert!(slot.finish_for(
+            |s| s != SlotState::Done && s != SlotState::Free,
+            Outcome::Terminated,
+            0,
+            -1
+        ));
+        assert!(!slot.claim(0));
+        assert_eq!(slot.outcome().0, Outcome::Terminated);
+    }
+
+    #[test]
+    fn a_waiter_is_woken_by_finish() {
+        let slot = TaskSlot::default();
+        slot.publish();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| slot.wait_done(Some(Instant::now() + Duration::from_secs(20))));
+            assert!(slot.claim(1));
+            std::thread::sleep(Duration::from_millis(if cfg!(miri) { 1 } else { 30 }));
+            slot.finish();
+            assert!(waiter.join().unwrap());
+        });
+    }
+
+    #[test]
+    fn wait_times_out_on_a_running_slot() {
+        let slot = TaskSlot::default();
+        slot.publish();
+        assert!(slot.claim(1));
+        assert!(!slot.wait_done(Some(Instant::now() + Duration::from_millis(5))));
+    }
+}

@@ -1,0 +1,120 @@
+//! Where everything sits in a pool's segment. Every offset is from the base;
+//! all-zero bytes are the valid initial state of every region.
+//!
+//! ```text
+//! 0                 PoolHeader (one page): flags, the work wake word, ring positions
+//! RING_OFFSET       ring entries: RING_CAPACITY × u64
+//! SLOTS_OFFSET      task slots:   SLOT_CAPACITY × 256 B   (sparse: touched as used)
+//! ARENA_OFFSET      payload arena for map chunks and large arguments (sparse)
+//! ```
+
+use crate::pool::slot::TaskSlot;
+use crate::sync::ring::{Ring, RingHeader};
+use crate::sync::wake::WakeWord;
+use crossbeam_utils::CachePadded;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Entries in the work ring: how many tasks may wait unclaimed at once.
+pub(crate) const RING_CAPACITY: usize = 1 << 16;
+/// Task slots: how many tasks may be in flight (queued, running or uncollected).
+pub(crate) const SLOT_CAPACITY: usize = 1 << 22;
+/// Bytes reserved for payloads (virtual; pages are allocated when touched).
+pub(crate) const ARENA_BYTES: usize = 64 << 30;
+
+const PAGE: usize = 4096;
+pub(crate) const RING_OFFSET: usize = PAGE;
+pub(crate) const SLOTS_OFFSET: usize = RING_OFFSET + RING_CAPACITY * 8;
+pub(crate) const ARENA_OFFSET: usize =
+    SLOTS_OFFSET + SLOT_CAPACITY * std::mem::size_of::<TaskSlot>();
+/// The whole segment.
+pub(crate) const SEGMENT_BYTES: usize = ARENA_OFFSET + ARENA_BYTES;
+
+const _: () = assert!(std::mem::size_of::<PoolHeader>() <= PAGE);
+const _: () = assert!(SLOTS_OFFSET % PAGE == 0 && ARENA_OFFSET % PAGE == 0);
+
+/// Marks a segment laid out by this version of the crate.
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpool1");
+
+/// The first page of the segment.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct PoolHeader {
+    /// [`MAGIC`], written by the parent before any worker starts.
+    pub(crate) magic: AtomicU64,
+    /// Non-zero once the pool is closed: workers exit when the ring is empty.
+    pub(crate) closing: AtomicU32,
+    /// Idle workers sleep here; a push wakes one, close wakes all.
+    pub(crate) work: CachePadded<WakeWord>,
+    /// Head and tail of the work ring.
+    pub(crate) ring: RingHeader,
+}
+
+/// Typed views of a segment laid out as above.
+///
+/// # Safety
+/// `base` must point at a live mapping of at least [`SEGMENT_BYTES`] bytes,
+/// aligned to a page, for as long as the returned references are used.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    base: *mut u8,
+}
+
+// SAFETY: `Layout` is an address; the memory it points at is shared by design and
+// only accessed through atomics or under the slot protocol.
+unsafe impl Send for Layout {}
+// SAFETY: as above.
+unsafe impl Sync for Layout {}
+
+impl Layout {
+    /// # Safety
+    /// See the type's contract.
+    pub(crate) unsafe fn new(base: *mut u8) -> Layout {
+        Layout { base }
+    }
+
+    /// The header page.
+    pub(crate) fn header(&self) -> &PoolHeader {
+        // SAFETY: offset 0 holds a PoolHeader (all-zero is valid) in a live,
+        // page-aligned mapping (type contract); it is only accessed atomically.
+        unsafe { &*self.base.cast::<PoolHeader>() }
+    }
+
+    /// The work ring.
+    pub(crate) fn ring(&self) -> Ring<'_> {
+        // SAFETY: RING_OFFSET..SLOTS_OFFSET holds RING_CAPACITY zero-initialized
+        // AtomicU64s, accessed only atomically.
+        let entries = unsafe {
+            std::slice::from_raw_parts(
+                self.base.add(RING_OFFSET).cast::<AtomicU64>(),
+                RING_CAPACITY,
+            )
+        };
+        Ring::new(&self.header().ring, entries)
+    }
+
+    /// Task slot `index` (< [`SLOT_CAPACITY`]).
+    pub(crate) fn slot(&self, index: u32) -> &TaskSlot {
+        let index = index as usize;
+        assert!(index < SLOT_CAPACITY);
+        // SAFETY: in bounds; TaskSlot is valid when zeroed and its fields follow the
+        // slot protocol (pool::slot module doc).
+        unsafe { &*self.base.add(SLOTS_OFFSET).cast::<TaskSlot>().add(index) }
+    }
+
+    /// The segment offset of slot `index`'s inline payload.
+    pub(crate) fn inline_offset(&self, index: u32) -> u64 {
+        (SLOTS_OFFSET + index as usize * std::mem::size_of::<TaskSlot>() + 64) as u64
+    }
+
+    /// A pointer to the byte at segment `offset`.
+    pub(crate) fn at(&self, offset: u64) -> *mut u8 {
+        debug_assert!((offset as usize) <= SEGMENT_BYTES);
+        // SAFETY: offsets handed out by this crate lie inside the mapping.
+        unsafe { self.base.add(offset as usize) }
+    }
+
+    /// Whether the pool was closed.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.header().closing.load(Ordering::SeqCst) != 0
+    }
+}

@@ -1,0 +1,12 @@
+//! The shared-memory segment of a pool and how its bytes are laid out.
+//!
+//! * [`segment`]: one anonymous `memfd` mapping per pool (no name, so nothing can
+//!   leak in `/dev/shm`, whatever dies and however).
+//! * [`layout`]: where the header, the ring, the task slots and the arena sit.
+//! * [`arena`]: the parent's allocator for `map` payloads inside the segment.
+//!
+//! Only offsets from the segment's base are ever stored in the segment.
+
+pub(crate) mod arena;
+pub(crate) mod layout;
+pub(crate) mod segment;

@@ -1,0 +1,99 @@
+//! Forking a child safely from a multithreaded parent.
+//!
+//! Only the forking thread survives in the child, and any lock another thread
+//! held at that instant stays held forever there. The one such lock user code
+//! routinely takes is stdout's/stderr's, so we hold both across `fork` (which also
+//! lets us flush, so buffered output is not printed twice) and release them on
+//! both sides. glibc's malloc protects its own locks with `pthread_atfork`.
+//!
+//! The child never returns into the caller's stack: it runs its body and leaves
+//! with `_exit`, so no destructor or `atexit` handler of the parent runs twice.
+
+use std::io::{self, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+
+/// A forked child: its pid and a pidfd that becomes readable when it exits.
+#[derive(Debug)]
+pub(crate) struct Child {
+    pub(crate) pid: libc::pid_t,
+    pub(crate) pidfd: OwnedFd,
+}
+
+/// Forks a child that runs `body` and exits with its return value (101 if it
+/// panics). The child is killed when the thread that forked it exits
+/// (`PR_SET_PDEATHSIG`), so call this from a thread that lives as long as the
+/// child should (the pool's supervisor).
+pub(crate) fn fork_child(body: impl FnOnce() -> i32) -> io::Result<Child> {
+    let parent = std::process::id();
+    let mut out = io::stdout().lock();
+    let mut err = io::stderr().lock();
+    let _ = out.flush();
+    let _ = err.flush();
+    // SAFETY: fork has no memory-safety preconditions; the child below touches
+    // only what this thread owns plus async-signal-safe calls until `body`.
+    let pid = unsafe { libc::fork() };
+    drop(err);
+    drop(out);
+    if pid == 0 {
+        prepare_child(parent);
+        let code = std::panic::catch_unwind(AssertUnwindSafe(body)).unwrap_or(101);
+        // SAFETY: leaves the child without unwinding into the parent's frames.
+        unsafe { libc::_exit(code) }
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: plain syscall; the child is ours and unreaped, so `pid` is valid.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
+    if raw < 0 {
+        let e = io::Error::last_os_error();
+        kill_and_reap(pid);
+        return Err(e);
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(Child { pid, pidfd })
+}
+
+/// In the child: die with the parent, and start from a clean signal state.
+fn prepare_child(parent: u32) {
+    // SAFETY: plain syscalls on this process's own attributes.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // The parent may have died before the line above took effect.
+        if libc::getppid() as u32 != parent {
+            libc::_exit(1);
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
+/// Kills `pid` with SIGKILL and waits for it, so it leaves no zombie.
+pub(crate) fn kill_and_reap(pid: libc::pid_t) -> libc::c_int {
+    // SAFETY: `pid` is our unreaped child, so it cannot name another process.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    reap(pid, true).unwrap_or(0)
+}
+
+/// `waitpid` for our child `pid`; `None` if it is still running (`block` false).
+pub(crate) fn reap(pid: libc::pid_t, block: bool) -> Option<libc::c_int> {
+    let mut status = 0;
+    loop {
+        let flags = if block { 0 } else { libc::WNOHANG };
+        // SAFETY: `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if r == pid {
+            return Some(status);
+        }
+        if r == 0 {
+            return None;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            // ECHILD: already reaped (cannot happen for our own children).
+            return Some(0);
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Process-shared futex wait and wake on an `AtomicU32`.
+//!
+//! The word may live in a `MAP_SHARED` mapping, so the calls never use
+//! `FUTEX_PRIVATE_FLAG`: with it, a wake-up from another process would be
+//! silently lost (see `docs/ARCHITECTURE.md`, "Parking").
+
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+/// Sleeps while `*word == expected`, for at most `timeout` (forever if `None`).
+///
+/// Returns on a wake-up, on timeout, on a signal, spuriously, or at once if the
+/// word no longer holds `expected`: callers always re-check their condition.
+pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    #[cfg(miri)]
+    {
+        // Miri has no shared futexes; yielding keeps the callers' loops correct.
+        let _ = (word, expected, timeout);
+        std::thread::yield_now();
+    }
+    #[cfg(not(miri))]
+    {
+        let ts = timeout.map(|d| libc::timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        });
+        let ts_ptr = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `word` is a valid, aligned u32 for the whole call; FUTEX_WAIT only
+        // reads it, and `ts_ptr` is null or points at `ts`, alive until we return.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT,
+                expected,
+                ts_ptr,
+                std::ptr::null::<u32>(),
+                0u32,
+            );
+        }
+    }
+}
+
+/// Wakes up to `count` processes or threads sleeping in [`wait`] on `word`.
+pub(crate) fn wake(word: &AtomicU32, count: i32) {
+    #[cfg(miri)]
+    let _ = (word, count);
+    #[cfg(not(miri))]
+    // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE does not access memory
+    // through the other (null) arguments.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            count,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+#[cfg(all(test, not(miri)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    #[test]
+    fn wait_returns_at_once_when_the_value_differs() {
+        let word = AtomicU32::new(1);
+        let start = Instant::now();
+        wait(&word, 0, Some(Duration::from_secs(5)));
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn wait_times_out() {
+        let word = AtomicU32::new(0);
+        let start = Instant::now();
+        wait(&word, 0, Some(Duration::from_millis(20)));
+        assert!(start.elapsed() >= Duration::from_millis(19));
+    }
+
+    #[test]
+    fn wake_ends_a_wait() {
+        let word = Arc::new(AtomicU32::new(0));
+        let sleeper = {
+            let word = Arc::clone(&word);
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while word.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
+                    wait(&word, 0, Some(Duration::from_secs(10)));
+                }
+                word.load(Ordering::Acquire)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(10));
+        word.store(7, Ordering::Release);
+        wake(&word, 1);
+        assert_eq!(sleeper.join().unwrap(), 7);
+    }
+}

@@ -1,0 +1,204 @@
+//! A bounded queue of `u32` slot indices in shared memory, safe against consumers
+//! that die at any instruction.
+//!
+//! The shape follows Dmitry Vyukov's bounded MPMC queue as crossbeam-channel's
+//! `flavors/array.rs` implements it (a position counter, entries tagged with the
+//! position they were written for), changed in one respect: a consumer reads the
+//! entry *before* it claims the position with a CAS on `head`, and never writes
+//! the entry afterwards. In Vyukov's queue a consumer that dies between claiming a
+//! position and releasing its stamp wedges the queue for every producer one lap
+//! later; here a consumer that dies at any point leaves the queue consistent (at
+//! worst an index it popped is never run, which the pool's supervisor repairs by
+//! re-pushing every slot still `QUEUED`; duplicates are harmless because a worker
+//! claims a slot by CAS on the slot's own state).
+//!
+//! There is one producer at a time (the parent process, under its own lock; see
+//! [`Producer`]) and any number of consumers in any processes.
+//!
+//! Entry encoding: `(tag << 32) | index`, where `tag = (position + 1) as u32`, so
+//! that all-zero memory is an empty queue. A consumer at position `h` accepts an
+//! entry only if its tag is `(h + 1) as u32`; the producer writes position `t`
+//! only once `head > t - capacity`, so an accepted entry is always the one written
+//! for position `h` (see the proof sketch in `docs/ARCHITECTURE.md`, "The ring").
+
+use crossbeam_utils::CachePadded;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The positions of a ring: `head` (next to pop) and `tail` (next to push).
+/// `#[repr(C)]`, all-zero is empty.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct RingHeader {
+    head: CachePadded<AtomicU64>,
+    tail: CachePadded<AtomicU64>,
+}
+
+/// A view of a ring: its header and its entries (a power-of-two count).
+#[derive(Clone, Copy)]
+pub(crate) struct Ring<'a> {
+    header: &'a RingHeader,
+    entries: &'a [AtomicU64],
+    mask: u64,
+}
+
+/// The push side: `&mut` access is the proof that there is one producer at a time.
+#[derive(Debug, Default)]
+pub(crate) struct Producer {
+    _not_sync: (),
+}
+
+/// Returned by [`Ring::try_push`] when every entry is still unconsumed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Full;
+
+fn tag(position: u64) -> u64 {
+    u64::from((position as u32).wrapping_add(1)) << 32
+}
+
+impl<'a> Ring<'a> {
+    /// Views `entries` (length a power of two, at most 2^31) as a ring with `header`.
+    pub(crate) fn new(header: &'a RingHeader, entries: &'a [AtomicU64]) -> Self {
+        assert!(entries.len().is_power_of_two() && entries.len() <= 1 << 31);
+        Ring {
+            header,
+            entries,
+            mask: entries.len() as u64 - 1,
+        }
+    }
+
+    /// Appends `index`, or returns [`Full`] if `capacity` entries are unconsumed.
+    pub(crate) fn try_push(&self, _producer: &mut Producer, index: u32) -> Result<(), Full> {
+        let tail = self.header.tail.load(Ordering::Relaxed);
+        let head = self.header.head.load(Ordering::Acquire);
+        if tail - head > self.mask {
+            return Err(Full);
+        }
+        // Release: whoever reads this entry also sees the slot the parent wrote
+        // before pushing its index.
+        self.entries[(tail & self.mask) as usize]
+            .store(tag(tail) | u64::from(index), Ordering::Release);
+        self.header.tail.store(tail + 1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Removes and returns the oldest index, or `None` if the ring is empty.
+    pub(crate) fn try_pop(&self) -> Option<u32> {
+        let mut head = self.header.head.load(Ordering::Acquire);
+        loop {
+            let entry = self.entries[(head & self.mask) as usize].load(Ordering::Acquire);
+            if entry & !0xFFFF_FFFF != tag(head) {
+                // Not yet written for this position: empty, unless `head` moved.
+                let now = self.header.head.load(Ordering::Acquire);
+                if now == head {
+                    return None;
+                }
+                head = now;
+                continue;
+            }
+            match self.header.head.compare_exchange_weak(
+                head,
+                head + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(entry as u32),
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Whether no entry is waiting (a snapshot).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many entries are waiting (a snapshot).
+    pub(crate) fn len(&self) -> u64 {
+        let head = self.header.head.load(Ordering::SeqCst);
+        let tail = self.header.tail.load(Ordering::SeqCst);
+        tail.saturating_sub(head)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    fn entries(n: usize) -> Vec<AtomicU64> {
+        (0..n).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    #[test]
+    fn fifo_and_full() {
+        let header = RingHeader::default();
+        let entries = entries(4);
+        let ring = Ring::new(&header, &entries);
+        let mut producer = Producer::default();
+        assert_eq!(ring.try_pop(), None);
+        for lap in 0..5u32 {
+            for i in 0..4 {
+                ring.try_push(&mut producer, lap * 10 + i).unwrap();
+            }
+            assert_eq!(ring.try_push(&mut producer, 99), Err(Full));
+            assert_eq!(ring.len(), 4);
+            for i in 0..4 {
+                assert_eq!(ring.try_pop(), Some(lap * 10 + i));
+            }
+            assert_eq!(ring.try_pop(), None);
+            assert!(ring.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_consumer_that_reads_and_vanishes_does_not_wedge_the_ring() {
+        // A consumer that read an entry but died before its CAS changed nothing;
+        // one that died after the CAS only lost its own index.
+        let header = RingHeader::default();
+        let entries = entries(2);
+        let ring = Ring::new(&header, &entries);
+        let mut producer = Producer::default();
+        for round in 0..10 {
+            ring.try_push(&mut producer, round).unwrap();
+            let _read_then_died =
+                entries[(header.head.load(Ordering::Relaxed) & 1) as usize].load(Ordering::Acquire);
+            header.head.fetch_add(1, Ordering::AcqRel); // died right after the CAS
+            ring.try_push(&mut producer, round + 100).unwrap();
+            assert_eq!(ring.try_pop(), Some(round + 100));
+        }
+    }
+
+    #[test]
+    fn concurrent_consumers_get_every_index_exactly_once() {
+        let total: u32 = if cfg!(miri) { 200 } else { 200_000 };
+        let header = RingHeader::default();
+        let entries = entries(64);
+        let ring = Ring::new(&header, &entries);
+        let seen = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        match ring.try_pop() {
+                            Some(u32::MAX) => break,
+                            Some(i) => mine.push(i),
+                            None => std::thread::yield_now(),
+                        }
+                    }
+                    seen.lock().unwrap().extend(mine);
+                });
+            }
+            let mut producer = Producer::default();
+            for i in (0..total).chain([u32::MAX; 3]) {
+                while ring.try_push(&mut producer, i).is_err() {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.len(), total as usize);
+        assert_eq!(seen.iter().collect::<HashSet<_>>().len(), total as usize);
+    }
+}

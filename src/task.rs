@@ -1,0 +1,221 @@
+//! How a function travels to a worker: as the address of a monomorphized entry
+//! point, never as a closure's data.
+//!
+//! A pool task is a function item or a non-capturing closure: a zero-sized,
+//! `Copy` type. The worker does not need its bytes (there are none); it needs
+//! code that calls it with the right argument and result types. For each
+//! `(F, Args)` the compiler instantiates an [`Entry`] function that reads the
+//! arguments from the slot, calls `F` and writes the result; its address is
+//! stored in the slot as an offset from [`anchor`], a function of this crate,
+//! so the same scheme works when a worker maps the binary at another address
+//! (spawned workers, later). With fork the offset is exact by construction.
+//!
+//! A capturing closure or a function pointer (`fn(u64) -> u64` as a value) is
+//! not zero-sized and is rejected at compile time:
+//!
+//! ```compile_fail
+//! let offset = 3u64;
+//! let pool = shmpool::Pool::new(1).unwrap();
+//! pool.map(move |x: u64| x + offset, &[1, 2]).unwrap();
+//! ```
+//!
+//! ```compile_fail
+//! fn f(x: u64) -> u64 { x }
+//! let g: fn(u64) -> u64 = f; // a pointer: its value would be read in another process
+//! let pool = shmpool::Pool::new(1).unwrap();
+//! pool.apply(g, (1,)).unwrap();
+//! ```
+
+use crate::Pod;
+use std::mem::MaybeUninit;
+
+/// A function a pool can run with arguments `Args` (a tuple of [`Pod`] values).
+///
+/// Implemented for every function item and non-capturing closure taking up to
+/// six `Pod` arguments and returning a `Pod` value (including `()`). You do
+/// not implement it yourself.
+pub trait Task<Args>: Copy + Send + Sync + 'static {
+    /// What the function returns.
+    type Output: Pod;
+    #[doc(hidden)]
+    fn call(self, args: Args) -> Self::Output;
+}
+
+macro_rules! impl_task {
+    ($($arg:ident),*) => {
+        impl<Func, Ret, $($arg),*> Task<($($arg,)*)> for Func
+        where
+            Func: Fn($($arg),*) -> Ret + Copy + Send + Sync + 'static,
+            Ret: Pod,
+            $($arg: Pod,)*
+        {
+            type Output = Ret;
+            #[allow(non_snake_case)]
+            fn call(self, ($($arg,)*): ($($arg,)*)) -> Ret {
+                self($($arg),*)
+            }
+        }
+    };
+}
+impl_task!();
+impl_task!(A);
+impl_task!(A, B);
+impl_task!(A, B, C);
+impl_task!(A, B, C, D);
+impl_task!(A, B, C, D, E);
+impl_task!(A, B, C, D, E, G);
+
+/// Where a worker finds a task's data: segment-resolved pointers and a count.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TaskIo {
+    pub(crate) input: *const u8,
+    pub(crate) output: *mut u8,
+    pub(crate) len: usize,
+}
+
+/// The signature of every entry point.
+pub(crate) type Entry = unsafe fn(TaskIo);
+
+/// The reference point for relocatable entry offsets.
+#[inline(never)]
+fn anchor() {}
+
+/// An entry point encoded as an offset from [`anchor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntryPoint(pub(crate) u64);
+
+impl EntryPoint {
+    /// Encodes `entry`.
+    pub(crate) fn new(entry: Entry) -> Self {
+        EntryPoint((entry as usize).wrapping_sub(anchor as fn() as usize) as u64)
+    }
+
+    /// Decodes the entry point.
+    ///
+    /// # Safety
+    /// `self` must come from [`EntryPoint::new`] in a process running the same
+    /// binary (the slot protocol guarantees it: only the parent writes entries).
+    pub(crate) unsafe fn resolve(self) -> Entry {
+        let addr = (anchor as fn() as usize).wrapping_add(self.0 as usize);
+        // SAFETY: `addr` is the address of an `Entry` of this binary (contract).
+        unsafe { std::mem::transmute::<usize, Entry>(addr) }
+    }
+}
+
+/// Rejects, at compile time, a task function that carries data.
+pub(crate) const fn assert_stateless<F>() {
+    assert!(
+        std::mem::size_of::<F>() == 0,
+        "shmpool: a task must be a function item or a non-capturing closure; \
+         captured variables and function pointers cannot travel to another process"
+    );
+}
+
+/// Makes a value of the zero-sized function type `F`.
+///
+/// # Safety
+/// `F` is zero-sized and `Copy`, and a value of it existed (the parent was given
+/// one), so reading it out of thin air is the same as copying that value.
+unsafe fn conjure<F: Copy>() -> F {
+    const { assert_stateless::<F>() };
+    // SAFETY: reading a zero-sized type from a dangling, aligned pointer reads no
+    // memory; the value is valid by the function's contract.
+    unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() }
+}
+
+/// Entry point for `apply`: `input` holds an `Args`, `output` receives the result.
+///
+/// # Safety
+/// `io.input` points at a valid `Args`, `io.output` at writable, aligned space for
+/// `F::Output`, and nothing else accesses either during the call.
+pub(crate) unsafe fn apply_entry<F: Task<Args>, Args: Pod>(io: TaskIo) {
+    // SAFETY: by the contract, input holds an initialized Args written by the parent.
+    let args = unsafe { io.input.cast::<Args>().read() };
+    // SAFETY: F is the zero-sized task type the parent was called with.
+    let f = unsafe { conjure::<F>() };
+    let result = f.call(args);
+    // SAFETY: output is aligned, writable, exclusive (contract).
+    unsafe { io.output.cast::<F::Output>().write(result) };
+}
+
+/// Entry point for one `map` chunk: `output[i] = f(input[i])` for `i < len`.
+///
+/// # Safety
+/// `io.input` points at `len` initialized `T`s, `io.output` at aligned space for
+/// `len` `U`s, the two do not overlap, and nothing else accesses them meanwhile.
+pub(crate) unsafe fn map_entry<F, T, U>(io: TaskIo)
+where
+    F: Fn(T) -> U + Copy,
+    T: Pod,
+    U: Pod,
+{
+    // SAFETY: F is the zero-sized task type the parent was called with.
+    let f = unsafe { conjure::<F>() };
+    // SAFETY: by the contract, `len` initialized T's and `len` exclusive U slots.
+    let (input, output) = unsafe {
+        (
+            std::slice::from_raw_parts(io.input.cast::<T>(), io.len),
+            std::slice::from_raw_parts_mut(io.output.cast::<MaybeUninit<U>>(), io.len),
+        )
+    };
+    for (out, &x) in output.iter_mut().zip(input) {
+        out.write(f(x));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn square(x: u64) -> u64 {
+        x * x
+    }
+
+    #[test]
+    fn entry_points_round_trip_through_their_offset() {
+        fn entry_of<F: Fn(u64) -> u64 + Copy>(_: F) -> Entry {
+            map_entry::<F, u64, u64>
+        }
+        let entry = entry_of(square);
+        let point = EntryPoint::new(entry);
+        // SAFETY: made by EntryPoint::new in this process.
+        let resolved = unsafe { point.resolve() };
+        assert_eq!(resolved as usize, entry as usize);
+    }
+
+    #[test]
+    fn entries_call_the_function() {
+        fn run<F: Task<(u64,)>>(_: F, x: u64) -> F::Output {
+            let input = (x,);
+            let mut out = MaybeUninit::<F::Output>::uninit();
+            let io = TaskIo {
+                input: (&input as *const (u64,)).cast(),
+                output: out.as_mut_ptr().cast(),
+                len: 1,
+            };
+            // SAFETY: input holds an Args, output has room for the result.
+            unsafe {
+                apply_entry::<F, (u64,)>(io);
+                out.assume_init()
+            }
+        }
+        assert_eq!(run(square, 12), 144);
+        assert_eq!(run(|x: u64| x + 1, 41), 42);
+    }
+
+    #[test]
+    fn map_entry_fills_every_output() {
+        fn run<F: Fn(u32) -> f64 + Copy>(_: F, input: &[u32]) -> Vec<f64> {
+            let mut out = vec![0.0; input.len()];
+            let io = TaskIo {
+                input: input.as_ptr().cast(),
+                output: out.as_mut_ptr().cast(),
+                len: input.len(),
+            };
+            // SAFETY: both buffers hold `len` elements and do not overlap.
+            unsafe { map_entry::<F, u32, f64>(io) };
+            out
+        }
+        assert_eq!(run(|x| f64::from(x) / 2.0, &[1, 2, 3]), vec![0.5, 1.0, 1.5]);
+    }
+}
