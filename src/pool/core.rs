@@ -32,6 +32,8 @@ pub(crate) struct Core {
     producer: Mutex<Producer>,
     arena: Mutex<Arena>,
     pub(crate) supervisor: Supervisor,
+    /// The live workers' pids by index, kept by the supervisor.
+    pub(crate) pids: Mutex<Vec<Option<u32>>>,
     // Declared last: dropped (unmapped) after everything that points into it.
     _segment: Segment,
 }
@@ -76,6 +78,7 @@ impl Core {
             producer: Mutex::new(Producer::default()),
             arena: Mutex::new(Arena::new(layout::ARENA_BYTES)),
             supervisor: Supervisor::new()?,
+            pids: Mutex::new(vec![None; processes]),
             _segment: segment,
         })
     }
@@ -255,6 +258,11 @@ impl Core {
             }),
             Outcome::Terminated => Err(Failure::Terminated),
         }
+    }
+
+    /// Records worker `index`'s pid (`None` once it is gone).
+    pub(crate) fn set_pid(&self, index: usize, pid: Option<u32>) {
+        lock(&self.pids)[index] = pid;
     }
 
     /// Slots `[0, high_water)`: everything that may be in flight.

@@ -70,6 +70,28 @@ impl Pool {
         self.core.processes
     }
 
+    /// The process ids of the live workers, in worker-index order. Replaced
+    /// workers show their new pid; after `terminate`, or after `join` following
+    /// `close`, the list is empty.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let pids = pool.worker_pids();
+    /// assert_eq!(pids.len(), 2);
+    /// assert!(pids.contains(&pool.apply(std::process::id, ())?));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.core
+            .pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flatten()
+            .copied()
+            .collect()
+    }
+
     /// Calls `f(args...)` in a worker and waits for the result.
     ///
     /// `args` is a tuple: `()`, `(a,)`, `(a, b)`, … up to six [`Pod`] values.

@@ -111,6 +111,11 @@ pub(crate) struct TaskSlot {
     inline: UnsafeCell<[u8; INLINE_CAPACITY]>,
 }
 
+// SAFETY: the UnsafeCell fields are accessed only by the holder of the state the
+// slot protocol (module doc) grants access to, and each hand-over goes through an
+// Acquire/Release pair on `state` or on the ring entry.
+unsafe impl Sync for TaskSlot {}
+
 const _: () = assert!(std::mem::size_of::<TaskSlot>() == 256);
 const _: () = assert!(std::mem::offset_of!(TaskSlot, inline) == 64);
 

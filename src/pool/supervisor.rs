@@ -89,7 +89,9 @@ impl Supervisor {
 
 fn spawn_worker(core: &Core, index: usize) -> io::Result<Child> {
     let layout = *core.layout();
-    fork::fork_child(move || worker::serve(layout, index as u32))
+    let child = fork::fork_child(move || worker::serve(layout, index as u32))?;
+    core.set_pid(index, Some(child.pid as u32));
+    Ok(child)
 }
 
 fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
@@ -167,6 +169,7 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
                 workers[k] = Some(child); // spurious readiness
                 continue;
             };
+            core.set_pid(k, None);
             if !settle_exit(&core, k, child.pid, status) && core.lifecycle() != TERMINATED {
                 respawn.push(k);
             }
@@ -210,8 +213,11 @@ fn terminate_all(core: &Core, workers: &mut [Option<Child>]) {
         // SAFETY: `w.pid` is our unreaped child.
         unsafe { libc::kill(w.pid, libc::SIGKILL) };
     }
-    for w in workers.iter_mut().filter_map(Option::take) {
-        fork::reap(w.pid, true);
+    for (k, w) in workers.iter_mut().enumerate() {
+        if let Some(w) = w.take() {
+            fork::reap(w.pid, true);
+            core.set_pid(k, None);
+        }
     }
     let layout = core.layout();
     for i in 0..core.slots_in_use() {

@@ -1,0 +1,514 @@
+//! The Core issue's behaviour, as a user sees it: apply, apply_async, map,
+//! errors, lifecycle, concurrency. Every wait is bounded.
+
+mod common;
+
+use common::{all_gone_within, bounded, cpu_ticks};
+use shmpool::{AsyncResult, Error, Pool};
+use std::time::{Duration, Instant};
+use zerocopy::{FromBytes, Immutable};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn nap(millis: u64) {
+    std::thread::sleep(Duration::from_millis(millis))
+}
+
+#[test]
+fn pool_and_results_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Pool>();
+    assert_send_sync::<AsyncResult<u64>>();
+}
+
+#[test]
+fn quickstart_example_prints_what_the_seed_prints() {
+    // `cargo test` builds the examples next to the test binaries.
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/quickstart");
+    assert!(
+        example.exists(),
+        "build the examples first: {}",
+        example.display()
+    );
+    let output = bounded(LIMIT, move || {
+        let start = Instant::now();
+        (
+            std::process::Command::new(example).output().unwrap(),
+            start.elapsed(),
+        )
+    });
+    let (output, elapsed) = output;
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 7, "{stdout}");
+    assert_eq!(lines[0], "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]");
+    assert_eq!(lines[1], "400");
+    let worker_pid: u32 = lines[2].parse().unwrap();
+    assert_ne!(worker_pid, output_pid_placeholder());
+    let pids: Vec<u32> = lines[3]
+        .trim_matches(['[', ']'])
+        .split(", ")
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 4);
+    assert_eq!(lines[4], "We lacked patience and got a timeout");
+    assert_eq!(
+        lines[5],
+        "For the moment, the pool remains available for more work"
+    );
+    assert_eq!(lines[6], "Now the pool is closed and no longer available");
+    // Dropping the pool kills the worker sleeping for 10 s instead of waiting.
+    assert!(elapsed < Duration::from_secs(8), "took {elapsed:?}");
+    assert!(
+        all_gone_within(&pids, Duration::from_secs(2)),
+        "the example's workers outlived it"
+    );
+}
+
+/// The example is another process: its workers can never have our pid.
+fn output_pid_placeholder() -> u32 {
+    std::process::id()
+}
+
+#[test]
+fn apply_runs_in_a_worker_process() {
+    let pool = Pool::new(2).unwrap();
+    let pid = pool.apply(std::process::id, ()).unwrap();
+    assert_ne!(pid, std::process::id());
+    assert!(pool.worker_pids().contains(&pid));
+    assert_eq!(pool.apply(square, (20,)).unwrap(), 400);
+}
+
+#[test]
+fn apply_takes_zero_to_six_arguments_and_any_pod_result() {
+    fn zero() -> u8 {
+        42
+    }
+    fn six(a: u8, b: i16, c: u32, d: i64, e: f32, f: f64) -> f64 {
+        a as f64 + b as f64 + c as f64 + d as f64 + e as f64 + f
+    }
+    fn unit(_: u64) {}
+    fn flag(x: i32) -> bool {
+        x > 0
+    }
+    fn pair(x: u32) -> (u32, char) {
+        (x + 1, 'λ')
+    }
+    let pool = Pool::new(1).unwrap();
+    assert_eq!(pool.apply(zero, ()).unwrap(), 42);
+    assert_eq!(pool.apply(six, (1, -2, 3, -4, 0.5, 0.25)).unwrap(), -1.25);
+    pool.apply(unit, (1,)).unwrap();
+    assert!(pool.apply(flag, (3,)).unwrap());
+    assert!(!pool.apply(flag, (-3,)).unwrap());
+    assert_eq!(pool.apply(pair, (9,)).unwrap(), (10, 'λ'));
+    assert_eq!(pool.apply(|a: u64, b: u64| a * b, (6, 7)).unwrap(), 42);
+}
+
+#[test]
+fn large_arguments_and_results_go_through_the_arena() {
+    fn reverse(v: [u64; 512]) -> [u64; 512] {
+        let mut v = v;
+        v.reverse();
+        v
+    }
+    fn total(v: [u64; 512], scale: u64) -> u64 {
+        v.iter().sum::<u64>() * scale
+    }
+    let pool = Pool::new(2).unwrap();
+    let input: [u64; 512] = std::array::from_fn(|i| i as u64);
+    let out = pool.apply(reverse, (input,)).unwrap();
+    assert_eq!(out[0], 511);
+    assert_eq!(out[511], 0);
+    let handles: Vec<_> = (0..50)
+        .map(|k| pool.apply_async(total, (input, k)).unwrap())
+        .collect();
+    for (k, h) in handles.iter().enumerate() {
+        assert_eq!(h.get(Some(LIMIT)).unwrap(), 130_816 * k as u64);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, FromBytes, Immutable)]
+#[repr(C)]
+struct Particle {
+    position: [f32; 3],
+    charge: f32,
+    mass: f64,
+}
+shmpool::pod!(Particle);
+
+fn particle(i: usize) -> Particle {
+    let f = i as f32;
+    Particle {
+        position: [f, -f, f * 0.5],
+        charge: if i % 2 == 0 { 1.0 } else { -1.0 },
+        mass: i as f64 + 0.5,
+    }
+}
+
+fn kick(p: Particle) -> Particle {
+    Particle {
+        position: [
+            p.position[0] + p.charge,
+            p.position[1] * 2.0,
+            p.position[2] - 1.0,
+        ],
+        charge: -p.charge,
+        mass: p.mass * 1.5,
+    }
+}
+
+fn byte_op(x: u8) -> u8 {
+    x.wrapping_mul(31).wrapping_add(7)
+}
+fn int_op(x: i32) -> i32 {
+    x.wrapping_mul(x).wrapping_sub(7)
+}
+fn float_op(x: f64) -> f64 {
+    (x * 0.5).sqrt() - x
+}
+fn widen(x: u8) -> f64 {
+    f64::from(x) / 3.0
+}
+
+/// `pool.map` and `pool.map_chunked` against a sequential map, for one type.
+fn check_map<T, U>(
+    pool: &Pool,
+    f: fn(T) -> U,
+    items: &[T],
+    apply: impl Fn(&Pool, Option<usize>) -> Vec<U>,
+) where
+    T: shmpool::Pod,
+    U: shmpool::Pod + PartialEq + std::fmt::Debug,
+{
+    let expected: Vec<U> = items.iter().map(|&x| f(x)).collect();
+    let n = items.len();
+    let mut chunksizes = vec![None, Some(3), Some(64), Some(1000), Some(n + 5)];
+    if n <= 1000 {
+        chunksizes.push(Some(1));
+    }
+    for chunksize in chunksizes {
+        let got = apply(pool, chunksize);
+        assert!(
+            got == expected,
+            "len {n}, chunksize {chunksize:?}: results differ"
+        );
+    }
+}
+
+macro_rules! map_with {
+    ($f:expr) => {
+        |pool: &Pool, chunksize: Option<usize>| -> Vec<_> {
+            let items = ITEMS.with(|i| i.borrow().clone());
+            let items = items.downcast_ref::<Vec<_>>().unwrap();
+            match chunksize {
+                None => pool.map($f, items).unwrap(),
+                Some(c) => pool.map_chunked($f, items, c).unwrap(),
+            }
+        }
+    };
+}
+
+thread_local! {
+    static ITEMS: std::cell::RefCell<std::rc::Rc<dyn std::any::Any>> = std::cell::RefCell::new(std::rc::Rc::new(()));
+}
+
+fn with_items<T: 'static + Clone>(items: &[T]) {
+    ITEMS.with(|i| *i.borrow_mut() = std::rc::Rc::new(items.to_vec()));
+}
+
+#[test]
+fn map_equals_a_sequential_map_for_every_length_type_and_chunksize() {
+    bounded(Duration::from_secs(300), || {
+        let pool = Pool::new(3).unwrap();
+        for n in [0usize, 1, 7, 1000, 1_000_000] {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
+            with_items(&bytes);
+            check_map(&pool, byte_op, &bytes, map_with!(byte_op));
+            check_map(&pool, widen, &bytes, map_with!(widen));
+            let ints: Vec<i32> = (0..n).map(|i| i as i32 - (n as i32 / 2)).collect();
+            with_items(&ints);
+            check_map(&pool, int_op, &ints, map_with!(int_op));
+            let floats: Vec<f64> = (0..n).map(|i| i as f64 * 0.25).collect();
+            with_items(&floats);
+            check_map(&pool, float_op, &floats, map_with!(float_op));
+            let particles: Vec<Particle> = (0..n).map(particle).collect();
+            with_items(&particles);
+            check_map(&pool, kick, &particles, map_with!(kick));
+        }
+    });
+}
+
+#[test]
+fn map_with_chunksize_one_over_many_elements() {
+    let pool = Pool::new(2).unwrap();
+    let v: Vec<u64> = (0..200_000).collect();
+    let out = bounded(LIMIT, move || pool.map_chunked(square, &v, 1).unwrap());
+    assert!(out.iter().enumerate().all(|(i, &y)| y == (i * i) as u64));
+}
+
+fn boom(x: u32) -> u32 {
+    if x == 7 {
+        panic!("boom at {x}");
+    }
+    x
+}
+
+#[test]
+fn a_panicking_task_reports_its_message_and_the_worker_goes_on() {
+    let pool = Pool::new(1).unwrap();
+    let pid = pool.worker_pids()[0];
+    match pool.apply(boom, (7,)) {
+        Err(Error::TaskPanicked { message }) => assert_eq!(message, "boom at 7"),
+        other => panic!("expected TaskPanicked, got {other:?}"),
+    }
+    assert_eq!(pool.apply(boom, (8,)).unwrap(), 8);
+    assert_eq!(
+        pool.worker_pids(),
+        vec![pid],
+        "the same worker survived the panic"
+    );
+
+    let handle = pool.apply_async(boom, (7,)).unwrap();
+    assert!(handle.wait(Some(LIMIT)));
+    assert!(!handle.successful().unwrap());
+    assert!(matches!(handle.get(None), Err(Error::TaskPanicked { .. })));
+
+    let v: Vec<u32> = (0..100).collect();
+    match pool.map_chunked(boom, &v, 10) {
+        Err(Error::TaskPanicked { message }) => assert!(message.contains("boom"), "{message}"),
+        other => panic!("expected TaskPanicked, got {other:?}"),
+    }
+    assert_eq!(pool.map(boom, &[1, 2, 3]).unwrap(), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_long_panic_message_is_truncated_not_lost() {
+    fn shout(n: usize) -> u8 {
+        panic!("{}", "é".repeat(n))
+    }
+    let pool = Pool::new(1).unwrap();
+    match pool.apply(shout, (1000,)) {
+        Err(Error::TaskPanicked { message }) => {
+            assert!(
+                message.len() <= 192 && message.len() >= 180,
+                "{}",
+                message.len()
+            );
+            assert!(message.chars().all(|c| c == 'é'));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_worker_that_aborts_fails_its_task_and_is_replaced() {
+    fn abort() -> u8 {
+        std::process::abort()
+    }
+    let pool = Pool::new(2).unwrap();
+    let before = pool.worker_pids();
+    match bounded(LIMIT, {
+        let pool = Pool::new(1).unwrap();
+        move || {
+            let r = pool.apply(abort, ());
+            let after = pool.apply(square, (5,));
+            (r, after)
+        }
+    }) {
+        (Err(Error::WorkerDied { pid, signal }), Ok(25)) => {
+            assert_eq!(signal, Some(libc::SIGABRT));
+            assert!(pid > 0);
+        }
+        other => panic!("expected WorkerDied then a working pool, got {other:?}"),
+    }
+    assert_eq!(pool.worker_pids(), before, "an unrelated pool is untouched");
+}
+
+#[test]
+fn get_times_out_and_the_pool_stays_usable() {
+    let pool = Pool::new(2).unwrap();
+    let slow = pool.apply_async(nap, (3000,)).unwrap();
+    let start = Instant::now();
+    assert!(matches!(
+        slow.get(Some(Duration::from_millis(100))),
+        Err(Error::Timeout)
+    ));
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(!slow.ready());
+    assert!(matches!(slow.successful(), Err(Error::InvalidArgument(_))));
+    assert_eq!(
+        pool.apply(square, (3,)).unwrap(),
+        9,
+        "the other worker serves"
+    );
+}
+
+#[test]
+fn terminate_during_running_tasks_returns_promptly() {
+    let pool = Pool::new(2).unwrap();
+    let pids = pool.worker_pids();
+    let sleepers: Vec<_> = (0..6)
+        .map(|_| pool.apply_async(nap, (30_000,)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    pool.terminate();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "terminate took {:?}",
+        start.elapsed()
+    );
+    for s in &sleepers {
+        assert!(matches!(
+            s.get(Some(Duration::from_secs(5))),
+            Err(Error::Terminated)
+        ));
+    }
+    assert!(matches!(pool.apply(square, (1,)), Err(Error::Closed)));
+    assert!(pool.worker_pids().is_empty());
+    assert!(
+        all_gone_within(&pids, Duration::from_secs(2)),
+        "workers were not reaped"
+    );
+    pool.join().unwrap();
+}
+
+#[test]
+fn dropping_the_pool_terminates_and_reaps_the_workers() {
+    let pool = Pool::new(3).unwrap();
+    let pids = pool.worker_pids();
+    let pending = pool.apply_async(nap, (30_000,)).unwrap();
+    let start = Instant::now();
+    drop(pool);
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(all_gone_within(&pids, Duration::from_secs(2)));
+    assert!(matches!(
+        pending.get(Some(Duration::from_secs(5))),
+        Err(Error::Terminated)
+    ));
+}
+
+#[test]
+fn close_lets_pending_work_finish_then_join_waits_for_the_workers() {
+    let pool = Pool::new(2).unwrap();
+    let pids = pool.worker_pids();
+    let handles: Vec<_> = (0..20u64)
+        .map(|i| pool.apply_async(square, (i,)).unwrap())
+        .collect();
+    let slow = pool.apply_async(nap, (200,)).unwrap();
+    assert!(
+        matches!(pool.join(), Err(Error::InvalidArgument(_))),
+        "join before close"
+    );
+    pool.close();
+    assert!(matches!(pool.apply_async(square, (1,)), Err(Error::Closed)));
+    assert!(matches!(pool.map(square, &[1, 2]), Err(Error::Closed)));
+    let pool = bounded(LIMIT, move || {
+        pool.join().unwrap();
+        pool
+    });
+    for (i, h) in handles.iter().enumerate() {
+        assert_eq!(h.get(Some(Duration::from_secs(1))).unwrap(), (i * i) as u64);
+    }
+    slow.get(Some(Duration::from_secs(1))).unwrap();
+    assert!(pool.worker_pids().is_empty());
+    assert!(all_gone_within(&pids, Duration::from_secs(2)));
+    pool.join().unwrap(); // idempotent
+}
+
+#[test]
+fn bad_arguments_are_errors_not_panics() {
+    assert!(matches!(Pool::new(0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        Pool::builder().processes(0).build(),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Pool::new(shmpool::MAX_PROCESSES + 1),
+        Err(Error::InvalidArgument(_))
+    ));
+    let pool = Pool::new(1).unwrap();
+    assert!(matches!(
+        pool.map_chunked(square, &[1, 2], 0),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        pool.map_chunked(square, &[], 0),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(pool.map(square, &[]).unwrap(), Vec::<u64>::new());
+}
+
+#[test]
+fn eight_threads_submit_at_once() {
+    let pool = Pool::new(2).unwrap();
+    bounded(LIMIT, move || {
+        std::thread::scope(|s| {
+            for t in 0..8u64 {
+                let pool = &pool;
+                s.spawn(move || {
+                    for i in 0..300 {
+                        assert_eq!(
+                            pool.apply(square, (t * 1000 + i,)).unwrap(),
+                            (t * 1000 + i).pow(2)
+                        );
+                    }
+                    let v: Vec<u64> = (0..20_000).map(|i| i + t).collect();
+                    let out = pool.map_chunked(square, &v, 97).unwrap();
+                    assert!(out.iter().zip(&v).all(|(&y, &x)| y == x * x));
+                    let hs: Vec<_> = (0..500)
+                        .map(|i| pool.apply_async(square, (i + t,)).unwrap())
+                        .collect();
+                    for (i, h) in hs.iter().enumerate() {
+                        assert_eq!(h.get(None).unwrap(), (i as u64 + t).pow(2));
+                    }
+                });
+            }
+        });
+    });
+}
+
+#[test]
+fn dropped_handles_do_not_leak_slots_or_block_later_work() {
+    let pool = Pool::new(2).unwrap();
+    for round in 0..20u64 {
+        let hs: Vec<_> = (0..1000)
+            .map(|i| pool.apply_async(square, (i + round,)).unwrap())
+            .collect();
+        drop(hs); // some withdrawn, some running, some done
+    }
+    assert_eq!(pool.apply(square, (12,)).unwrap(), 144);
+}
+
+#[test]
+fn an_idle_pool_uses_no_cpu() {
+    let pool = Pool::new(2).unwrap();
+    pool.map(square, &[1, 2, 3, 4]).unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // past the bounded spin
+    let pids = pool.worker_pids();
+    let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+    std::thread::sleep(Duration::from_millis(1000));
+    let after: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+    // 100 ticks per second per busy process: spinning would show ~200 here.
+    assert!(
+        after - before <= 2,
+        "idle workers used {} ticks in 1 s",
+        after - before
+    );
+    assert_eq!(
+        pool.apply(square, (4,)).unwrap(),
+        16,
+        "and wake up when work comes"
+    );
+}
