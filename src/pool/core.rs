@@ -198,7 +198,9 @@ impl Core {
         let ring = self.layout.ring();
         let mut backoff = Duration::from_micros(1);
         loop {
-            match ring.try_push(&mut lock(&self.producer), slot) {
+            // A statement of its own, so the lock is released before any sleep.
+            let pushed = ring.try_push(&mut lock(&self.producer), slot);
+            match pushed {
                 Ok(()) => break,
                 Err(Full) => {
                     // Workers drain the ring independently of the parent, so this

@@ -170,15 +170,27 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
                 continue;
             };
             core.set_pid(k, None);
-            if !settle_exit(&core, k, child.pid, status) && core.lifecycle() != TERMINATED {
-                respawn.push(k);
+            if let Some(queued) = settle_exit(&core, k, child.pid, status) {
+                if core.lifecycle() == TERMINATED {
+                    continue;
+                }
+                // Replace first, then re-push: with a full ring, pushing can wait
+                // for a worker to make room, and this may be the only one.
+                match spawn_worker(&core, k) {
+                    Ok(child) => workers[k] = Some(child),
+                    Err(_) => respawn.push(k),
+                }
+                queued.into_iter().for_each(|i| core.push(i));
             }
         }
     }
 }
 
-/// Settles worker `k`'s exit; returns whether it was a normal end (no replacement).
-fn settle_exit(core: &Core, k: usize, pid: libc::pid_t, status: libc::c_int) -> bool {
+/// Settles worker `k`'s exit: fails the task it held. Returns `None` for a
+/// normal end (no replacement), else the slots still queued, to push again once
+/// a replacement runs (the dead worker may have popped one without claiming it;
+/// duplicates are harmless).
+fn settle_exit(core: &Core, k: usize, pid: libc::pid_t, status: libc::c_int) -> Option<Vec<u32>> {
     let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
     let clean = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     let layout = core.layout();
@@ -200,12 +212,10 @@ fn settle_exit(core: &Core, k: usize, pid: libc::pid_t, status: libc::c_int) -> 
         }
     }
     if clean && !held_task && layout.is_closing() {
-        return true;
+        None
+    } else {
+        Some(queued)
     }
-    for i in queued {
-        core.push(i);
-    }
-    false
 }
 
 fn terminate_all(core: &Core, workers: &mut [Option<Child>]) {
