@@ -133,15 +133,7 @@ impl Default for TaskSlot {
 impl TaskSlot {
     /// The current state (a snapshot).
     pub(crate) fn state(&self) -> SlotState {
-        let s = self.state.load(Ordering::Acquire);
-        match s & STATE_MASK {
-            FREE => SlotState::Free,
-            QUEUED => SlotState::Queued,
-            RUNNING => SlotState::Running {
-                worker: s >> WORKER_SHIFT,
-            },
-            _ => SlotState::Done,
-        }
+        decode(self.state.load(Ordering::Acquire))
     }
 
     /// The task description.
