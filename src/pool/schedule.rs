@@ -102,6 +102,7 @@ where
     let entry = EntryPoint::new(map_entry::<F, T, U>).0;
 
     let mut out: Vec<U> = Vec::with_capacity(len);
+    prefault(out.as_mut_ptr().cast(), len * size_of::<U>());
     let mut in_flight: VecDeque<(u32, usize, usize)> = VecDeque::new();
     let mut next_chunk = 0;
     let mut error: Option<Error> = None;
@@ -181,6 +182,27 @@ where
             unsafe { out.set_len(len) };
             Ok(out)
         }
+    }
+}
+
+/// Below this, a fresh output buffer is left to fault page by page.
+const PREFAULT_BYTES: usize = 4 << 20;
+
+/// Faults in a large, fresh output buffer in one call instead of one page
+/// fault per 4 KiB as the results are copied in (~1.1 µs each here, more than
+/// the copy itself), and asks for huge pages where the kernel allows them.
+/// Only advice: if the kernel refuses, the copy faults pages as usual.
+fn prefault(ptr: *mut u8, bytes: usize) {
+    if bytes < PREFAULT_BYTES {
+        return;
+    }
+    const PAGE: usize = 4096;
+    let start = (ptr as usize).next_multiple_of(PAGE);
+    let end = (ptr as usize + bytes) / PAGE * PAGE;
+    for advice in [libc::MADV_HUGEPAGE, libc::MADV_POPULATE_WRITE] {
+        // SAFETY: [start, end) lies inside the caller's allocation; neither advice
+        // changes the contents of memory (the buffer is uninitialized anyway).
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) };
     }
 }
 
