@@ -55,7 +55,11 @@ fn quickstart_example_prints_what_the_seed_prints() {
     assert_eq!(lines[0], "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]");
     assert_eq!(lines[1], "400");
     let worker_pid: u32 = lines[2].parse().unwrap();
-    assert_ne!(worker_pid, output_pid_placeholder());
+    assert_ne!(
+        worker_pid,
+        std::process::id(),
+        "the example's worker is another process"
+    );
     let pids: Vec<u32> = lines[3]
         .trim_matches(['[', ']'])
         .split(", ")
@@ -74,11 +78,6 @@ fn quickstart_example_prints_what_the_seed_prints() {
         all_gone_within(&pids, Duration::from_secs(2)),
         "the example's workers outlived it"
     );
-}
-
-/// The example is another process: its workers can never have our pid.
-fn output_pid_placeholder() -> u32 {
-    std::process::id()
 }
 
 #[test]
@@ -182,12 +181,9 @@ fn widen(x: u8) -> f64 {
 }
 
 /// `pool.map` and `pool.map_chunked` against a sequential map, for one type.
-fn check_map<T, U>(
-    pool: &Pool,
-    f: fn(T) -> U,
-    items: &[T],
-    apply: impl Fn(&Pool, Option<usize>) -> Vec<U>,
-) where
+fn check_map<F, T, U>(pool: &Pool, f: F, items: &[T])
+where
+    F: Fn(T) -> U + Copy + Send + Sync + 'static,
     T: shmpool::Pod,
     U: shmpool::Pod + PartialEq + std::fmt::Debug,
 {
@@ -198,33 +194,15 @@ fn check_map<T, U>(
         chunksizes.push(Some(1));
     }
     for chunksize in chunksizes {
-        let got = apply(pool, chunksize);
+        let got = match chunksize {
+            None => pool.map(f, items).unwrap(),
+            Some(c) => pool.map_chunked(f, items, c).unwrap(),
+        };
         assert!(
             got == expected,
             "len {n}, chunksize {chunksize:?}: results differ"
         );
     }
-}
-
-macro_rules! map_with {
-    ($f:expr) => {
-        |pool: &Pool, chunksize: Option<usize>| -> Vec<_> {
-            let items = ITEMS.with(|i| i.borrow().clone());
-            let items = items.downcast_ref::<Vec<_>>().unwrap();
-            match chunksize {
-                None => pool.map($f, items).unwrap(),
-                Some(c) => pool.map_chunked($f, items, c).unwrap(),
-            }
-        }
-    };
-}
-
-thread_local! {
-    static ITEMS: std::cell::RefCell<std::rc::Rc<dyn std::any::Any>> = std::cell::RefCell::new(std::rc::Rc::new(()));
-}
-
-fn with_items<T: 'static + Clone>(items: &[T]) {
-    ITEMS.with(|i| *i.borrow_mut() = std::rc::Rc::new(items.to_vec()));
 }
 
 #[test]
@@ -233,18 +211,14 @@ fn map_equals_a_sequential_map_for_every_length_type_and_chunksize() {
         let pool = Pool::new(3).unwrap();
         for n in [0usize, 1, 7, 1000, 1_000_000] {
             let bytes: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
-            with_items(&bytes);
-            check_map(&pool, byte_op, &bytes, map_with!(byte_op));
-            check_map(&pool, widen, &bytes, map_with!(widen));
+            check_map(&pool, byte_op, &bytes);
+            check_map(&pool, widen, &bytes);
             let ints: Vec<i32> = (0..n).map(|i| i as i32 - (n as i32 / 2)).collect();
-            with_items(&ints);
-            check_map(&pool, int_op, &ints, map_with!(int_op));
+            check_map(&pool, int_op, &ints);
             let floats: Vec<f64> = (0..n).map(|i| i as f64 * 0.25).collect();
-            with_items(&floats);
-            check_map(&pool, float_op, &floats, map_with!(float_op));
+            check_map(&pool, float_op, &floats);
             let particles: Vec<Particle> = (0..n).map(particle).collect();
-            with_items(&particles);
-            check_map(&pool, kick, &particles, map_with!(kick));
+            check_map(&pool, kick, &particles);
         }
     });
 }
