@@ -32,6 +32,23 @@ pub enum Error {
     Closed,
     /// The pool was terminated (or dropped) before this task finished.
     Terminated,
+    /// The pool's initializer panicked in a worker, so
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build) failed; no worker is
+    /// left running.
+    InitializerFailed {
+        /// The initializer's panic message (or how the worker ended).
+        message: String,
+    },
+    /// A success or error callback (given to an `*_async_with` method) panicked
+    /// in the pool's callback thread. The task itself finished; the callback
+    /// thread caught the panic and goes on delivering other results.
+    CallbackPanicked {
+        /// The callback's panic message.
+        message: String,
+    },
+    /// A worker process could not be started (a spawned or forkserver worker
+    /// that did not report in, or a binary that does not match this one).
+    StartFailed(String),
     /// An argument is out of range: zero processes, a chunk size of zero,
     /// `join` before `close`, `successful()` before the result is ready, and so on.
     InvalidArgument(String),
@@ -60,6 +77,13 @@ impl fmt::Display for Error {
             }
             Error::Closed => f.write_str("the pool is closed and accepts no more work"),
             Error::Terminated => f.write_str("the pool was terminated before the task finished"),
+            Error::InitializerFailed { message } => {
+                write!(f, "the pool's initializer failed in a worker: {message}")
+            }
+            Error::CallbackPanicked { message } => {
+                write!(f, "a result callback panicked: {message}")
+            }
+            Error::StartFailed(why) => write!(f, "a worker process could not start: {why}"),
             Error::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
             Error::Io(e) => write!(f, "operating system error: {e}"),
         }

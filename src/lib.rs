@@ -45,19 +45,44 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod context;
 mod error;
 mod pod;
 mod pool;
+mod process;
 mod shm;
 mod start;
 mod sync;
 mod task;
 
+pub use context::{get_context, Context, StartMethod};
 pub use error::Error;
 pub use pod::Pod;
 pub use pool::builder::MAX_PROCESSES;
-pub use pool::{AsyncResult, Pool, PoolBuilder};
+pub use pool::{AsyncResult, Imap, Pool, PoolBuilder};
+pub use process::{current_process, ProcessInfo};
 pub use task::Task;
+
+/// Call first thing in `main` in programs that use the `Spawn` or `ForkServer`
+/// start methods (like `procspawn::init()`): in a process started as a pool
+/// worker or fork server, it plays that role and never returns; elsewhere it
+/// returns at once.
+///
+/// On Linux the same happens automatically before `main` (through the
+/// executable's `.init_array`), so forgetting this line does no harm — it is
+/// there to make the intent visible, and for builds that drop the hook. Tests
+/// run under `cargo test` need nothing: the hook also runs before the test
+/// harness.
+///
+/// ```
+/// fn main() {
+///     shmpool::init();
+///     // ... the program, which may use shmpool::StartMethod::Spawn
+/// }
+/// ```
+pub fn init() {
+    start::bootstrap::take_role();
+}
 
 #[doc(hidden)]
 pub mod __private {

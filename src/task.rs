@@ -138,6 +138,37 @@ pub(crate) unsafe fn apply_entry<F: Task<Args>, Args: Pod>(io: TaskIo) {
     unsafe { io.output.cast::<F::Output>().write(result) };
 }
 
+/// Entry point for a pool's initializer: calls `f(args...)` and drops the result.
+///
+/// # Safety
+/// `io.input` points at a valid `Args`; `io.output` is not used.
+pub(crate) unsafe fn init_entry<F: Task<Args>, Args: Pod>(io: TaskIo) {
+    // SAFETY: by the contract, input holds an initialized Args written by the parent.
+    let args = unsafe { io.input.cast::<Args>().read() };
+    // SAFETY: F is the zero-sized task type the builder was given.
+    let f = unsafe { conjure::<F>() };
+    let _ = f.call(args);
+}
+
+/// Entry point for one `starmap` chunk: `output[i] = f(input[i]...)`.
+///
+/// # Safety
+/// As for [`map_entry`], with `Args` tuples as input and `F::Output` as output.
+pub(crate) unsafe fn starmap_entry<F: Task<Args>, Args: Pod>(io: TaskIo) {
+    // SAFETY: F is the zero-sized task type the parent was called with.
+    let f = unsafe { conjure::<F>() };
+    // SAFETY: by the contract, `len` initialized Args and `len` exclusive outputs.
+    let (input, output) = unsafe {
+        (
+            std::slice::from_raw_parts(io.input.cast::<Args>(), io.len),
+            std::slice::from_raw_parts_mut(io.output.cast::<MaybeUninit<F::Output>>(), io.len),
+        )
+    };
+    for (out, &args) in output.iter_mut().zip(input) {
+        out.write(f.call(args));
+    }
+}
+
 /// Entry point for one `map` chunk: `output[i] = f(input[i])` for `i < len`.
 ///
 /// # Safety

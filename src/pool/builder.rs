@@ -1,40 +1,145 @@
 //! [`PoolBuilder`]: configuration of a pool before its workers start.
 
+use crate::context::StartMethod;
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::supervisor::Supervisor;
 use crate::pool::Pool;
+use crate::shm::layout::INIT_ARGS_BYTES;
+use crate::task::{assert_stateless, init_entry, EntryPoint, Task};
+use crate::Pod;
+use std::mem::{align_of, size_of, MaybeUninit};
 use std::sync::Arc;
 
 /// The most worker processes one pool may have.
 pub const MAX_PROCESSES: usize = 1 << 16;
 
-/// Configures and starts a [`Pool`]; made by [`Pool::builder`].
+/// Configures and starts a [`Pool`]; made by [`Pool::builder`] (or
+/// [`Context::pool_builder`](crate::Context::pool_builder)).
 ///
 /// ```
-/// let pool = shmpool::Pool::builder().processes(2).build()?;
-/// assert_eq!(pool.processes(), 2);
+/// use shmpool::{Pool, StartMethod};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// static OFFSET: AtomicU64 = AtomicU64::new(0);
+/// fn set_offset(k: u64) { OFFSET.store(k, Ordering::Relaxed) }
+/// fn shifted(x: u64) -> u64 { x + OFFSET.load(Ordering::Relaxed) }
+///
+/// let pool = Pool::builder()
+///     .processes(2)
+///     .initializer(set_offset, (1000,))   // once in every worker
+///     .maxtasksperchild(50)                // a worker is replaced after 50 tasks
+///     .start_method(StartMethod::Fork)
+///     .build()?;
+/// assert_eq!(pool.map(shifted, &[1, 2])?, vec![1001, 1002]);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
 #[derive(Debug, Clone, Default)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct PoolBuilder {
-    processes: Option<usize>,
+    pub(crate) config: PoolConfig,
 }
+
+/// Everything a builder collects; read by the core and the supervisor.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PoolConfig {
+    pub(crate) processes: Option<usize>,
+    pub(crate) initializer: Option<Initializer>,
+    pub(crate) max_tasks: Option<u64>,
+    pub(crate) start_method: StartMethod,
+}
+
+/// An initializer's entry point and its argument bytes.
+#[derive(Clone)]
+pub(crate) struct Initializer {
+    pub(crate) entry: EntryPoint,
+    pub(crate) args: InitBytes,
+    /// Set when the arguments do not fit: reported by `build`.
+    pub(crate) too_large: Option<String>,
+}
+
+impl std::fmt::Debug for Initializer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Initializer")
+            .field("entry", &self.entry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Room for an argument tuple, aligned like the shared copy it is written to.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct InitBytes(pub(crate) [MaybeUninit<u8>; INIT_ARGS_BYTES]);
 
 impl PoolBuilder {
     /// The number of worker processes. Default: the number of CPUs this
     /// process may run on (`std::thread::available_parallelism`).
     pub fn processes(mut self, n: usize) -> Self {
-        self.processes = Some(n);
+        self.config.processes = Some(n);
         self
     }
 
-    /// Maps the shared segment and forks the workers; returns once every worker
-    /// is running. Zero processes (or more than [`MAX_PROCESSES`]) is
-    /// [`Error::InvalidArgument`].
+    /// Runs `f(args...)` once in every worker when it starts, before its first
+    /// task — in replacement workers too — like Python's
+    /// `Pool(initializer=f, initargs=args)`. Use it to set per-process state
+    /// (a global, a seed, a C library's init).
+    ///
+    /// If it panics in a worker starting with the pool, [`build`](Self::build)
+    /// returns [`Error::InitializerFailed`] and no worker is left running. The
+    /// arguments may take up to 128 bytes.
+    pub fn initializer<F, Args>(mut self, _f: F, args: Args) -> Self
+    where
+        F: Task<Args>,
+        Args: Pod,
+    {
+        const { assert_stateless::<F>() };
+        let mut bytes = InitBytes([MaybeUninit::uninit(); INIT_ARGS_BYTES]);
+        let too_large = if size_of::<Args>() > INIT_ARGS_BYTES || align_of::<Args>() > 64 {
+            Some(format!(
+                "initializer arguments take {} bytes; at most {INIT_ARGS_BYTES} fit",
+                size_of::<Args>()
+            ))
+        } else {
+            // SAFETY: `bytes` is 64-aligned and has room for an `Args` (checked).
+            unsafe { bytes.0.as_mut_ptr().cast::<Args>().write(args) };
+            None
+        };
+        self.config.initializer = Some(Initializer {
+            entry: EntryPoint::new(init_entry::<F, Args>),
+            args: bytes,
+            too_large,
+        });
+        self
+    }
+
+    /// A worker exits after running `n` tasks and is replaced by a fresh one,
+    /// like Python's `maxtasksperchild`: a way to bound the memory a leaky task
+    /// function (or C library) can accumulate. A task is one `apply`, or one
+    /// chunk of a `map`. No work is lost or run twice. Zero is
+    /// [`Error::InvalidArgument`] (from `build`). Default: no limit.
+    pub fn maxtasksperchild(mut self, n: u64) -> Self {
+        self.config.max_tasks = Some(n);
+        self
+    }
+
+    /// How workers are started; see [`StartMethod`]. Default:
+    /// [`StartMethod::Fork`].
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.config.start_method = method;
+        self
+    }
+
+    /// Maps the shared segment and starts the workers; returns once every
+    /// worker is running (and, with an initializer or a start method other
+    /// than fork, once every worker has reported in).
+    ///
+    /// Errors: zero processes (or more than [`MAX_PROCESSES`]) or a zero
+    /// `maxtasksperchild` is [`Error::InvalidArgument`]; a panicking
+    /// initializer is [`Error::InitializerFailed`]; a worker that cannot start
+    /// is [`Error::StartFailed`] or [`Error::Io`].
     pub fn build(self) -> Result<Pool, Error> {
-        let processes = match self.processes {
+        let mut config = self.config;
+        let processes = match config.processes {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
@@ -46,7 +151,14 @@ impl PoolBuilder {
                 "at most {MAX_PROCESSES} processes per pool"
             )));
         }
-        let core = Arc::new(Core::new(processes)?);
+        if config.max_tasks == Some(0) {
+            return Err(Error::invalid("maxtasksperchild must be at least 1"));
+        }
+        if let Some(why) = config.initializer.as_ref().and_then(|i| i.too_large.clone()) {
+            return Err(Error::invalid(why));
+        }
+        config.processes = Some(processes);
+        let core = Arc::new(Core::new(config)?);
         Supervisor::start(&core)?;
         Ok(Pool { core })
     }

@@ -5,6 +5,9 @@
 //! ordinary memory behind mutexes; workers only ever see offsets in slots.
 
 use crate::error::Error;
+use crate::pool::builder::PoolConfig;
+use crate::pool::callbacks::Callbacks;
+use crate::pool::job::Job;
 use crate::pool::slot::{Outcome, SlotState, TaskDesc};
 use crate::pool::supervisor::Supervisor;
 use crate::shm::arena::{Arena, Block};
@@ -27,11 +30,14 @@ pub(crate) const TERMINATED: u8 = 2;
 pub(crate) struct Core {
     layout: Layout,
     pub(crate) processes: usize,
+    pub(crate) config: PoolConfig,
     lifecycle: AtomicU8,
     slots: Mutex<SlotTable>,
     producer: Mutex<Producer>,
     arena: Mutex<Arena>,
     pub(crate) supervisor: Supervisor,
+    /// The thread that runs `*_with` callbacks (started on first use).
+    pub(crate) callbacks: Callbacks,
     /// The live workers' pids by index, kept by the supervisor.
     pub(crate) pids: Mutex<Vec<Option<u32>>>,
     // Declared last: dropped (unmapped) after everything that points into it.
@@ -44,8 +50,9 @@ struct SlotTable {
     free: Vec<u32>,
     /// Slots `[0, high_water)` have been used at least once.
     high_water: u32,
-    /// Slots whose handle was dropped while a worker still ran the task.
-    orphans: Vec<(u32, Option<Block>)>,
+    /// Slots whose handle was dropped while a worker still ran the task, with
+    /// the block to free once all of them are done.
+    orphans: Vec<(Vec<u32>, Option<Block>)>,
     /// Reap orphans once there are this many (doubles with survivors).
     reap_at: usize,
 }
@@ -57,19 +64,37 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Core {
-    /// Maps a fresh segment for a pool of `processes` workers (not yet started).
-    pub(crate) fn new(processes: usize) -> Result<Core, Error> {
+    /// Maps a fresh segment for a pool configured by `config` (its workers are
+    /// not started yet); `config.processes` is set.
+    pub(crate) fn new(config: PoolConfig) -> Result<Core, Error> {
+        let processes = config.processes.expect("set by build");
         let segment = Segment::create("shmpool", layout::SEGMENT_BYTES)?;
         // SAFETY: the segment is SEGMENT_BYTES long, page-aligned (mmap), and
         // outlives `layout` (both live in `Core`, segment dropped last).
         let layout = unsafe { Layout::new(segment.base()) };
-        layout
-            .header()
-            .magic
-            .store(layout::MAGIC, Ordering::Release);
+        let header = layout.header();
+        let settings = &header.settings;
+        settings
+            .max_tasks
+            .store(config.max_tasks.unwrap_or(0), Ordering::Relaxed);
+        if let Some(init) = &config.initializer {
+            // SAFETY: no worker exists yet, so nothing else reads `init_args`;
+            // both sides are 64-aligned arrays of INIT_ARGS_BYTES bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    init.args.0.as_ptr(),
+                    settings.init_args.0.get().cast(),
+                    layout::INIT_ARGS_BYTES,
+                )
+            };
+            settings.init_entry.store(init.entry.0, Ordering::Relaxed);
+            settings.init_set.store(1, Ordering::Relaxed);
+        }
+        header.magic.store(layout::MAGIC, Ordering::Release);
         Ok(Core {
             layout,
             processes,
+            config,
             lifecycle: AtomicU8::new(RUNNING),
             slots: Mutex::new(SlotTable {
                 reap_at: 64,
@@ -78,9 +103,15 @@ impl Core {
             producer: Mutex::new(Producer::default()),
             arena: Mutex::new(Arena::new(layout::ARENA_BYTES)),
             supervisor: Supervisor::new()?,
+            callbacks: Callbacks::default(),
             pids: Mutex::new(vec![None; processes]),
             _segment: segment,
         })
+    }
+
+    /// The segment's memfd, for workers that must map it themselves.
+    pub(crate) fn segment_fd(&self) -> std::os::fd::RawFd {
+        self._segment.fd()
     }
 
     pub(crate) fn layout(&self) -> &Layout {
@@ -136,14 +167,15 @@ impl Core {
         let mut freed_blocks = Vec::new();
         let layout = self.layout;
         let SlotTable { free, orphans, .. } = table;
-        orphans.retain(|&(slot, block)| {
-            let s = layout.slot(slot);
-            if !s.is_done() {
+        orphans.retain(|(slots, block)| {
+            if !slots.iter().all(|&i| layout.slot(i).is_done()) {
                 return true;
             }
-            s.release();
-            free.push(slot);
-            freed_blocks.extend(block);
+            for &i in slots {
+                layout.slot(i).release();
+                free.push(i);
+            }
+            freed_blocks.extend(*block);
             false
         });
         table.reap_at = (2 * table.orphans.len()).max(64);
@@ -163,17 +195,25 @@ impl Core {
         lock(&self.slots).free.push(slot);
     }
 
-    /// Gives up a slot whose result nobody will read: withdrawn if still queued,
-    /// released if done, otherwise kept aside until its worker finishes.
-    pub(crate) fn abandon_slot(&self, slot: u32, block: Option<Block>) {
-        let s = self.layout.slot(slot);
-        if s.cancel() || s.is_done() {
-            self.release_slot(slot);
-            if let Some(b) = block {
+    /// Ends a job whose results are read or will never be: chunks still queued
+    /// are withdrawn, finished ones released; chunks a worker is running are
+    /// kept aside with the block until they finish.
+    pub(crate) fn dispose(&self, job: Job) {
+        let mut running = Vec::new();
+        for chunk in job.chunks() {
+            let s = self.layout.slot(chunk.slot);
+            if s.cancel() || s.is_done() {
+                self.release_slot(chunk.slot);
+            } else {
+                running.push(chunk.slot);
+            }
+        }
+        if running.is_empty() {
+            if let Some(b) = job.block {
                 self.free_block(b);
             }
         } else {
-            lock(&self.slots).orphans.push((slot, block));
+            lock(&self.slots).orphans.push((running, job.block));
         }
     }
 

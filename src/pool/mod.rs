@@ -4,24 +4,33 @@
 //! * `slot`: the task slot and its state machine (the cross-process protocol)
 //! * `worker`: the loop every worker process runs
 //! * `supervisor`: starts, watches, settles and replaces workers
-//! * `schedule`: chunked `map`
+//! * `schedule`: chunked `map` and `map_async`
+//! * `imap`: lazy `imap` / `imap_unordered`
+//! * `job`: the parent's record of submitted work
+//! * `callbacks`: the thread that runs `*_with` callbacks
 //! * `result`, `builder`: the public handle types
 
 pub(crate) mod builder;
+pub(crate) mod callbacks;
 pub(crate) mod core;
+pub(crate) mod imap;
+pub(crate) mod job;
 pub(crate) mod result;
 pub(crate) mod schedule;
 pub(crate) mod slot;
 pub(crate) mod supervisor;
 pub(crate) mod worker;
 
+use self::callbacks::{Callbacks, Watched};
 use self::core::{Core, CLOSED, RUNNING, TERMINATED};
-use self::result::Ticket;
+use self::job::Job;
+use self::result::{decode_one, decode_vec, Decode, Ticket};
 use self::slot::{TaskDesc, INLINE_CAPACITY};
 use crate::error::Error;
-use crate::task::{apply_entry, assert_stateless, EntryPoint, Task};
-use crate::Pod;
+use crate::task::{apply_entry, assert_stateless, map_entry, starmap_entry, Entry, EntryPoint, Task};
+use crate::{Pod, StartMethod};
 pub use builder::PoolBuilder;
+pub use imap::Imap;
 pub use result::AsyncResult;
 use std::mem::{align_of, size_of};
 use std::sync::atomic::Ordering;
@@ -126,8 +135,45 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        let ticket = self.submit_apply(f, args)?;
-        Ok(AsyncResult::new(Arc::clone(&self.core), ticket))
+        let job = self.submit_apply(f, args)?.into_job();
+        Ok(self.result(job, decode_one::<F::Output>, false))
+    }
+
+    /// [`apply_async`](Pool::apply_async) with callbacks, like Python's
+    /// `apply_async(f, args, callback=..., error_callback=...)`: when the task
+    /// finishes, `callback(result)` or `error_callback(error)` runs in this
+    /// process, on the pool's callback thread (one thread, so callbacks never
+    /// run concurrently; they run in the order tasks complete). Callbacks
+    /// should return quickly. A panicking callback is caught: the handle's
+    /// `get` then returns [`Error::CallbackPanicked`] and the pool goes on.
+    /// Dropping the handle does not cancel the task: its callback still runs.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// fn f(x: u64) -> u64 { x * x }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let tx2 = tx.clone();
+    /// pool.apply_async_with(f, (7,), move |v| tx.send(Ok(v)).unwrap(), move |e| tx2.send(Err(e)).unwrap())?;
+    /// assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap()?, 49);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn apply_async_with<F, Args, C, E>(
+        &self,
+        f: F,
+        args: Args,
+        callback: C,
+        error_callback: E,
+    ) -> Result<AsyncResult<F::Output>, Error>
+    where
+        F: Task<Args>,
+        Args: Pod,
+        C: FnOnce(F::Output) + Send + 'static,
+        E: FnOnce(Error) + Send + 'static,
+    {
+        let job = self.submit_apply(f, args)?.into_job();
+        self.watched(job, decode_one::<F::Output>, callback, error_callback)
     }
 
     /// Applies `f` to every element of `items` in the workers and returns the
@@ -151,8 +197,7 @@ impl Pool {
         T: Pod,
         U: Pod,
     {
-        let chunksize = schedule::default_chunksize(items.len(), self.core.processes);
-        self.map_chunked(f, items, chunksize)
+        self.map_chunked(f, items, self.default_chunksize(items.len()))
     }
 
     /// [`map`](Pool::map) with chunks of `chunksize` elements (at least 1;
@@ -164,18 +209,253 @@ impl Pool {
     /// assert!(matches!(pool.map_chunked(|x: u8| x, &[1], 0), Err(shmpool::Error::InvalidArgument(_))));
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_chunked<F, T, U>(
-        &self,
-        _f: F,
-        items: &[T],
-        chunksize: usize,
-    ) -> Result<Vec<U>, Error>
+    pub fn map_chunked<F, T, U>(&self, _f: F, items: &[T], chunksize: usize) -> Result<Vec<U>, Error>
     where
         F: Fn(T) -> U + Copy + Send + Sync + 'static,
         T: Pod,
         U: Pod,
     {
-        schedule::map_slice::<F, T, U>(&self.core, items, chunksize)
+        const { assert_stateless::<F>() };
+        let entry = self.entry_point(map_entry::<F, T, U>)?;
+        schedule::map_slice::<T, U>(&self.core, items, chunksize, entry)
+    }
+
+    /// Like [`map`](Pool::map), but returns at once with a handle to the
+    /// vector of results (Python's `map_async`). The input is copied into the
+    /// pool's shared memory before this returns; every chunk is queued at once.
+    ///
+    /// ```
+    /// fn f(x: u64) -> u64 { x * x }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let r = pool.map_async(f, &[1, 2, 3])?;
+    /// assert_eq!(r.get(None)?, vec![1, 4, 9]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_async<F, T, U>(&self, f: F, items: &[T]) -> Result<AsyncResult<Vec<U>>, Error>
+    where
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        T: Pod,
+        U: Pod,
+    {
+        self.map_async_chunked(f, items, self.default_chunksize(items.len()))
+    }
+
+    /// [`map_async`](Pool::map_async) with chunks of `chunksize` elements.
+    pub fn map_async_chunked<F, T, U>(
+        &self,
+        _f: F,
+        items: &[T],
+        chunksize: usize,
+    ) -> Result<AsyncResult<Vec<U>>, Error>
+    where
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        T: Pod,
+        U: Pod,
+    {
+        const { assert_stateless::<F>() };
+        let entry = self.entry_point(map_entry::<F, T, U>)?;
+        let job = schedule::submit_slice::<T, U>(&self.core, items, chunksize, entry)?;
+        Ok(self.result(job, decode_vec::<U>, false))
+    }
+
+    /// [`map_async`](Pool::map_async) with callbacks (see
+    /// [`apply_async_with`](Pool::apply_async_with)): `callback` gets the whole
+    /// vector; `error_callback` the first failing chunk's error.
+    pub fn map_async_with<F, T, U, C, E>(
+        &self,
+        _f: F,
+        items: &[T],
+        callback: C,
+        error_callback: E,
+    ) -> Result<AsyncResult<Vec<U>>, Error>
+    where
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        T: Pod,
+        U: Pod,
+        C: FnOnce(Vec<U>) + Send + 'static,
+        E: FnOnce(Error) + Send + 'static,
+    {
+        const { assert_stateless::<F>() };
+        let entry = self.entry_point(map_entry::<F, T, U>)?;
+        let chunksize = self.default_chunksize(items.len());
+        let job = schedule::submit_slice::<T, U>(&self.core, items, chunksize, entry)?;
+        self.watched(job, decode_vec::<U>, callback, error_callback)
+    }
+
+    /// Like [`map`](Pool::map) for functions of several arguments: each item
+    /// is a tuple of arguments, unpacked for the call (Python's `starmap`).
+    ///
+    /// ```
+    /// fn add(a: i64, b: i64) -> i64 { a + b }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// assert_eq!(pool.starmap(add, &[(1, 2), (3, 4)])?, vec![3, 7]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn starmap<F, Args>(&self, f: F, items: &[Args]) -> Result<Vec<F::Output>, Error>
+    where
+        F: Task<Args>,
+        Args: Pod,
+    {
+        self.starmap_chunked(f, items, self.default_chunksize(items.len()))
+    }
+
+    /// [`starmap`](Pool::starmap) with chunks of `chunksize` items.
+    pub fn starmap_chunked<F, Args>(
+        &self,
+        _f: F,
+        items: &[Args],
+        chunksize: usize,
+    ) -> Result<Vec<F::Output>, Error>
+    where
+        F: Task<Args>,
+        Args: Pod,
+    {
+        const { assert_stateless::<F>() };
+        let entry = self.entry_point(starmap_entry::<F, Args>)?;
+        schedule::map_slice::<Args, F::Output>(&self.core, items, chunksize, entry)
+    }
+
+    /// [`starmap`](Pool::starmap) returning at once with a handle (Python's
+    /// `starmap_async`).
+    ///
+    /// ```
+    /// fn add(a: i64, b: i64) -> i64 { a + b }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// assert_eq!(pool.starmap_async(add, &[(5, 5)])?.get(None)?, vec![10]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn starmap_async<F, Args>(
+        &self,
+        _f: F,
+        items: &[Args],
+    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
+    where
+        F: Task<Args>,
+        Args: Pod,
+    {
+        const { assert_stateless::<F>() };
+        let entry = self.entry_point(starmap_entry::<F, Args>)?;
+        let chunksize = self.default_chunksize(items.len());
+        let job = schedule::submit_slice::<Args, F::Output>(&self.core, items, chunksize, entry)?;
+        Ok(self.result(job, decode_vec::<F::Output>, false))
+    }
+
+    /// [`starmap_async`](Pool::starmap_async) with callbacks (see
+    /// [`apply_async_with`](Pool::apply_async_with)).
+    pub fn starmap_async_with<F, Args, C, E>(
+        &self,
+        _f: F,
+        items: &[Args],
+        callback: C,
+        error_callback: E,
+    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
+    where
+        F: Task<Args>,
+        Args: Pod,
+        C: FnOnce(Vec<F::Output>) + Send + 'static,
+        E: FnOnce(Error) + Send + 'static,
+    {
+        const { assert_stateless::<F>() };
+        let entry = self.entry_point(starmap_entry::<F, Args>)?;
+        let chunksize = self.default_chunksize(items.len());
+        let job = schedule::submit_slice::<Args, F::Output>(&self.core, items, chunksize, entry)?;
+        self.watched(job, decode_vec::<F::Output>, callback, error_callback)
+    }
+
+    /// A lazy [`map`](Pool::map) over any iterator, yielding results in input
+    /// order (Python's `imap`, chunk size 1). The input is pulled only as
+    /// results are consumed, with a bounded number of chunks in flight, so an
+    /// endless input is fine.
+    ///
+    /// ```
+    /// fn f(x: u64) -> u64 { x * x }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let ordered: Vec<u64> = pool.imap(f, 0..10u64)?.collect::<Result<_, _>>()?;
+    /// assert_eq!(ordered, (0..10).map(f).collect::<Vec<_>>());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn imap<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
+    where
+        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Pod,
+        U: Pod,
+    {
+        self.imap_chunked(f, items, 1)
+    }
+
+    /// [`imap`](Pool::imap) sending `chunksize` items per task (at least 1):
+    /// larger chunks cost less per item, smaller ones yield sooner.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn f(x: u64) -> u64 { x * x }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let mut it = pool.imap_chunked(f, 0..u64::MAX, 64)?; // never materialized
+    /// assert_eq!(it.next_timeout(Duration::from_secs(10)).unwrap()?, 0);
+    /// drop(it); // stops feeding; outstanding work is discarded
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn imap_chunked<F, I, U>(
+        &self,
+        _f: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Imap<I::IntoIter, U>, Error>
+    where
+        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Pod,
+        U: Pod,
+    {
+        const { assert_stateless::<F>() };
+        let entry = self.entry_point(map_entry::<F, I::Item, U>)?;
+        Imap::new(Arc::clone(&self.core), items.into_iter(), entry.0, chunksize, true)
+    }
+
+    /// Like [`imap`](Pool::imap), but yields results as they complete, in any
+    /// order (Python's `imap_unordered`).
+    ///
+    /// ```
+    /// fn f(x: u64) -> u64 { x * x }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let mut seen: Vec<u64> = pool.imap_unordered(f, 0..10u64)?.collect::<Result<_, _>>()?;
+    /// seen.sort();
+    /// assert_eq!(seen, (0..10).map(f).collect::<Vec<_>>());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn imap_unordered<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
+    where
+        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Pod,
+        U: Pod,
+    {
+        self.imap_unordered_chunked(f, items, 1)
+    }
+
+    /// [`imap_unordered`](Pool::imap_unordered) sending `chunksize` items per
+    /// task; the items of one chunk stay together, in order.
+    pub fn imap_unordered_chunked<F, I, U>(
+        &self,
+        _f: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Imap<I::IntoIter, U>, Error>
+    where
+        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Pod,
+        U: Pod,
+    {
+        const { assert_stateless::<F>() };
+        let entry = self.entry_point(map_entry::<F, I::Item, U>)?;
+        Imap::new(Arc::clone(&self.core), items.into_iter(), entry.0, chunksize, false)
+    }
+
+    /// How this pool's workers were started.
+    pub fn start_method(&self) -> StartMethod {
+        self.core.config.start_method
     }
 
     /// Stops accepting work. Tasks already submitted still run; the workers exit
@@ -204,6 +484,7 @@ impl Pool {
             self.signal_workers_to_stop();
         }
         self.core.supervisor.join();
+        self.core.callbacks.stop_and_join(self.core.layout());
     }
 
     /// Waits for the workers to exit; [`close`](Pool::close) or
@@ -216,6 +497,7 @@ impl Pool {
             ));
         }
         self.core.supervisor.join();
+        self.core.callbacks.stop_and_join(self.core.layout());
         Ok(())
     }
 
@@ -226,13 +508,55 @@ impl Pool {
         self.core.supervisor.poke();
     }
 
+    fn default_chunksize(&self, len: usize) -> usize {
+        schedule::default_chunksize(len, self.core.processes)
+    }
+
+    /// Encodes `entry` for the workers, checking that they can resolve it.
+    fn entry_point(&self, entry: Entry) -> Result<EntryPoint, Error> {
+        self.core.ensure_running()?;
+        crate::start::check_entry(self.core.config.start_method, entry)
+    }
+
+    fn result<R: Clone + Send + Sync + 'static>(
+        &self,
+        job: Job,
+        decode: Decode<R>,
+        with_callbacks: bool,
+    ) -> AsyncResult<R> {
+        AsyncResult::new(Arc::clone(&self.core), job, decode, with_callbacks)
+    }
+
+    /// A result whose callbacks the callback thread runs.
+    fn watched<R, C, E>(
+        &self,
+        job: Job,
+        decode: Decode<R>,
+        callback: C,
+        error_callback: E,
+    ) -> Result<AsyncResult<R>, Error>
+    where
+        R: Clone + Send + Sync + 'static,
+        C: FnOnce(R) + Send + 'static,
+        E: FnOnce(Error) + Send + 'static,
+    {
+        let result = self.result(job, decode, true);
+        let watched = Watched {
+            shared: Arc::clone(result.shared()),
+            on_ok: Box::new(callback),
+            on_err: Box::new(error_callback),
+        };
+        Callbacks::watch(&self.core, Box::new(watched))?;
+        Ok(result)
+    }
+
     fn submit_apply<F, Args>(&self, _f: F, args: Args) -> Result<Ticket, Error>
     where
         F: Task<Args>,
         Args: Pod,
     {
         const { assert_stateless::<F>() };
-        self.core.ensure_running()?;
+        let entry = self.entry_point(apply_entry::<F, Args>)?.0;
         let core = &*self.core;
         let slot = core.alloc_slot()?;
         // Arguments and result share one place: the entry reads all arguments
@@ -253,7 +577,6 @@ impl Pool {
         // SAFETY: `at` is the slot's inline area or our fresh block, both aligned
         // for Args and unpublished, so this thread has them to itself.
         unsafe { core.layout().at(at).cast::<Args>().write(args) };
-        let entry = EntryPoint::new(apply_entry::<F, Args>).0;
         core.describe(
             slot,
             TaskDesc {

@@ -1,15 +1,17 @@
-//! [`AsyncResult`]: the handle to a task submitted with `apply_async`.
+//! [`AsyncResult`]: the handle to work submitted with an `*_async` method.
 
 use crate::error::Error;
 use crate::pool::core::{Core, Failure};
+use crate::pool::job::{Chunk, Job};
 use crate::shm::arena::Block;
 use crate::Pod;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Where a submitted task's result will be: its slot, the segment offset of its
-/// output, and the arena block holding its payload if it did not fit inline.
+/// Where a synchronous `apply`'s result will be: its slot, the segment offset
+/// of its output, and the arena block holding its payload if it did not fit
+/// inline.
 #[derive(Debug)]
 pub(crate) struct Ticket {
     pub(crate) slot: u32,
@@ -18,6 +20,16 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    /// The ticket as a one-chunk job (for a result handle).
+    pub(crate) fn into_job(self) -> Job {
+        let chunk = Chunk {
+            slot: self.slot,
+            output: self.output,
+            len: 1,
+        };
+        Job::single(chunk, self.block)
+    }
+
     /// Waits for the task, reads its outcome, and gives the slot back.
     pub(crate) fn finish<R: Pod>(self, core: &Core) -> Result<R, Error> {
         core.layout().slot(self.slot).wait_done(None);
@@ -30,12 +42,17 @@ impl Ticket {
     }
 }
 
-/// The result of a task submitted with [`Pool::apply_async`](crate::Pool::apply_async),
-/// like Python's `multiprocessing.pool.AsyncResult`.
+/// Reads a finished job's value (its chunks are all done).
+pub(crate) type Decode<R> = fn(&Core, &Job) -> Result<R, Failure>;
+
+/// The result of work submitted with [`Pool::apply_async`](crate::Pool::apply_async),
+/// [`Pool::map_async`](crate::Pool::map_async) and friends, like Python's
+/// `multiprocessing.pool.AsyncResult`.
 ///
 /// The handle is independent of the pool's lifetime: if the pool is terminated
 /// or dropped first, [`get`](AsyncResult::get) returns [`Error::Terminated`].
-/// Dropping a handle whose task has not started withdraws the task.
+/// Dropping a handle withdraws the tasks that have not started (unless
+/// callbacks were attached: those always run).
 ///
 /// ```
 /// use std::time::Duration;
@@ -49,51 +66,93 @@ impl Ticket {
 /// assert_eq!(res.get(None)?, 100); // as often as you like
 /// # Ok::<(), shmpool::Error>(())
 /// ```
-pub struct AsyncResult<R: Pod> {
-    core: Arc<Core>,
-    ticket: Ticket,
-    collected: OnceLock<Result<R, Failure>>,
+pub struct AsyncResult<R> {
+    shared: Arc<Shared<R>>,
 }
 
-impl<R: Pod> AsyncResult<R> {
-    pub(crate) fn new(core: Arc<Core>, ticket: Ticket) -> Self {
+/// State shared by a handle and, with callbacks, the callback thread.
+pub(crate) struct Shared<R> {
+    core: Arc<Core>,
+    job: Option<Job>,
+    decode: Decode<R>,
+    value: OnceLock<Result<R, Failure>>,
+    /// `Some` when callbacks are attached: the result is ready only once they ran.
+    delivery: Option<Delivery>,
+}
+
+/// Completion of a result's callbacks.
+#[derive(Default)]
+pub(crate) struct Delivery {
+    delivered: Mutex<bool>,
+    changed: Condvar,
+    callback_panic: OnceLock<String>,
+}
+
+impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
+    pub(crate) fn new(core: Arc<Core>, job: Job, decode: Decode<R>, with_callbacks: bool) -> Self {
         AsyncResult {
-            core,
-            ticket,
-            collected: OnceLock::new(),
+            shared: Arc::new(Shared {
+                core,
+                job: Some(job),
+                decode,
+                value: OnceLock::new(),
+                delivery: with_callbacks.then(Delivery::default),
+            }),
         }
     }
 
+    pub(crate) fn shared(&self) -> &Arc<Shared<R>> {
+        &self.shared
+    }
+
     /// Returns the result when it arrives; with `Some(timeout)`, returns
-    /// [`Error::Timeout`] if it has not arrived by then (the task keeps running).
-    /// A task that panicked gives [`Error::TaskPanicked`]; one whose worker died,
-    /// [`Error::WorkerDied`].
+    /// [`Error::Timeout`] if it has not arrived by then (the work keeps
+    /// running). A task that panicked gives [`Error::TaskPanicked`]; one whose
+    /// worker died, [`Error::WorkerDied`]; for a map, the first failing chunk's
+    /// error. If a callback was attached and panicked,
+    /// [`Error::CallbackPanicked`].
     pub fn get(&self, timeout: Option<Duration>) -> Result<R, Error> {
         if !self.wait(timeout) {
             return Err(Error::Timeout);
         }
-        self.collect().clone().map_err(Error::from)
+        if let Some(message) = self
+            .shared
+            .delivery
+            .as_ref()
+            .and_then(|d| d.callback_panic.get())
+        {
+            return Err(Error::CallbackPanicked {
+                message: message.clone(),
+            });
+        }
+        self.shared.collect().clone().map_err(Error::from)
     }
 
     /// Waits until the result is available or `timeout` passes; returns whether
     /// it is available.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        if self.collected.get().is_some() {
-            return true;
-        }
         let deadline = timeout.map(|t| Instant::now() + t);
-        self.core
-            .layout()
-            .slot(self.ticket.slot)
-            .wait_done(deadline)
+        let shared = &*self.shared;
+        match &shared.delivery {
+            Some(d) => d.wait(deadline),
+            None => {
+                shared.value.get().is_some()
+                    || shared.job().wait(shared.core.layout(), deadline)
+            }
+        }
     }
 
-    /// Whether the task has finished (successfully or not).
+    /// Whether the work has finished (successfully or not), and its callbacks
+    /// have run.
     pub fn ready(&self) -> bool {
-        self.collected.get().is_some() || self.core.layout().slot(self.ticket.slot).is_done()
+        let shared = &*self.shared;
+        match &shared.delivery {
+            Some(d) => *lock(&d.delivered),
+            None => shared.value.get().is_some() || shared.is_done(),
+        }
     }
 
-    /// Whether the task finished without panicking and without losing its worker.
+    /// Whether the work finished without a panic and without losing a worker.
     /// [`Error::InvalidArgument`] if it has not finished (Python raises
     /// `ValueError` there).
     pub fn successful(&self) -> Result<bool, Error> {
@@ -102,30 +161,105 @@ impl<R: Pod> AsyncResult<R> {
                 "successful() called before the result is ready",
             ));
         }
-        Ok(self.collect().is_ok())
-    }
-
-    /// Reads the outcome once (the slot is DONE).
-    fn collect(&self) -> &Result<R, Failure> {
-        self.collected.get_or_init(|| {
-            self.core
-                .read_outcome::<R>(self.ticket.slot, self.ticket.output)
-        })
+        Ok(self.shared.collect().is_ok())
     }
 }
 
-impl<R: Pod> Drop for AsyncResult<R> {
+impl<R> Shared<R> {
+    fn job(&self) -> &Job {
+        self.job.as_ref().expect("present until drop")
+    }
+
+    /// Whether every chunk has finished.
+    pub(crate) fn is_done(&self) -> bool {
+        self.job().is_done(self.core.layout())
+    }
+
+    /// Reads the outcome once (every chunk is done).
+    pub(crate) fn collect(&self) -> &Result<R, Failure> {
+        self.value
+            .get_or_init(|| (self.decode)(&self.core, self.job()))
+    }
+
+    /// Records that the callbacks ran (`panic`: the message if one panicked)
+    /// and wakes waiters.
+    pub(crate) fn delivered(&self, panic: Option<String>) {
+        let d = self.delivery.as_ref().expect("a result with callbacks");
+        if let Some(message) = panic {
+            let _ = d.callback_panic.set(message);
+        }
+        *lock(&d.delivered) = true;
+        d.changed.notify_all();
+    }
+}
+
+impl Delivery {
+    fn wait(&self, deadline: Option<Instant>) -> bool {
+        let mut delivered = lock(&self.delivered);
+        while !*delivered {
+            delivered = match deadline {
+                None => self
+                    .changed
+                    .wait(delivered)
+                    .unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let Some(left) = d.checked_duration_since(Instant::now()) else {
+                        return false;
+                    };
+                    self.changed
+                        .wait_timeout(delivered, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+        true
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<R> Drop for Shared<R> {
     fn drop(&mut self) {
-        self.core
-            .abandon_slot(self.ticket.slot, self.ticket.block.take());
+        if let Some(job) = self.job.take() {
+            self.core.dispose(job);
+        }
     }
 }
 
-impl<R: Pod + fmt::Debug> fmt::Debug for AsyncResult<R> {
+impl<R: fmt::Debug + Clone + Send + Sync + 'static> fmt::Debug for AsyncResult<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncResult")
             .field("ready", &self.ready())
-            .field("result", &self.collected.get())
+            .field("result", &self.shared.value.get())
             .finish()
     }
+}
+
+/// Decodes a one-chunk job whose output is one `R`.
+pub(crate) fn decode_one<R: Pod>(core: &Core, job: &Job) -> Result<R, Failure> {
+    let chunk = job.chunks().next().expect("one chunk");
+    core.read_outcome::<R>(chunk.slot, chunk.output)
+}
+
+/// Decodes a map job: every chunk's `U`s in order, or the first failure.
+pub(crate) fn decode_vec<U: Pod>(core: &Core, job: &Job) -> Result<Vec<U>, Failure> {
+    let len = job.chunks().map(|c| c.len).sum();
+    let mut out: Vec<U> = Vec::with_capacity(len);
+    for chunk in job.chunks() {
+        core.read_outcome::<()>(chunk.slot, 0)?;
+        // SAFETY: the chunk returned, so its worker wrote `len` U's at `output`
+        // (aligned for U) before DONE; `out` has room for all chunks.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                core.layout().at(chunk.output).cast::<U>(),
+                out.as_mut_ptr().add(out.len()),
+                chunk.len,
+            );
+            out.set_len(out.len() + chunk.len);
+        }
+    }
+    Ok(out)
 }

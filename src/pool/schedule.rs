@@ -10,9 +10,10 @@
 
 use crate::error::Error;
 use crate::pool::core::Core;
+use crate::pool::job::{Chunk, Job};
 use crate::pool::slot::{Outcome, TaskDesc};
 use crate::shm::arena::Block;
-use crate::task::{map_entry, EntryPoint};
+use crate::task::EntryPoint;
 use crate::Pod;
 use std::collections::VecDeque;
 use std::mem::{align_of, size_of};
@@ -54,18 +55,14 @@ impl MapLayout {
     }
 }
 
-/// `f` over `items` in chunks of `chunksize`, results in input order.
-pub(crate) fn map_slice<F, T, U>(
+/// Runs the chunk entry point `entry` (which maps `T`s to `U`s) over `items`
+/// in chunks of `chunksize`; results in input order.
+pub(crate) fn map_slice<T: Pod, U: Pod>(
     core: &Core,
     items: &[T],
     chunksize: usize,
-) -> Result<Vec<U>, Error>
-where
-    F: Fn(T) -> U + Copy + Send + Sync + 'static,
-    T: Pod,
-    U: Pod,
-{
-    const { crate::task::assert_stateless::<F>() };
+    entry: EntryPoint,
+) -> Result<Vec<U>, Error> {
     core.ensure_running()?;
     if chunksize == 0 {
         return Err(Error::invalid("chunksize must be at least 1"));
@@ -76,30 +73,89 @@ where
     let len = items.len();
     let shape = MapLayout::new::<T, U>(len).ok_or_else(|| Error::invalid("map input too large"))?;
     let block = core.alloc_block(shape.total, shape.align)?;
-    let result = run_chunks::<F, T, U>(core, items, chunksize, block, shape);
+    let result = run_chunks::<T, U>(core, items, chunksize, entry, block, shape);
     core.free_block(block);
     result
 }
 
-fn run_chunks<F, T, U>(
+/// Submits every chunk of `items` at once and returns the job without waiting
+/// (`map_async`). The input is copied into the pool's arena first, so the
+/// caller's slice is free when this returns.
+pub(crate) fn submit_slice<T: Pod, U: Pod>(
     core: &Core,
     items: &[T],
     chunksize: usize,
+    entry: EntryPoint,
+) -> Result<Job, Error> {
+    core.ensure_running()?;
+    if chunksize == 0 {
+        return Err(Error::invalid("chunksize must be at least 1"));
+    }
+    if items.is_empty() {
+        return Ok(Job::new(None));
+    }
+    let len = items.len();
+    let shape = MapLayout::new::<T, U>(len).ok_or_else(|| Error::invalid("map input too large"))?;
+    let block = core.alloc_block(shape.total, shape.align)?;
+    let base = Core::block_offset(block);
+    // SAFETY: the fresh block holds `len` T's from its start; no worker sees it
+    // before the chunks are published.
+    unsafe {
+        std::ptr::copy_nonoverlapping(items.as_ptr(), core.layout().at(base).cast::<T>(), len)
+    };
+    let mut job = Job::new(Some(block));
+    for start in (0..len).step_by(chunksize) {
+        let n = chunksize.min(len - start);
+        let submitted = core.alloc_slot().and_then(|slot| {
+            let output = base + (shape.output_start + start * size_of::<U>()) as u64;
+            core.describe(
+                slot,
+                TaskDesc {
+                    entry: entry.0,
+                    input: base + (start * size_of::<T>()) as u64,
+                    output,
+                    len: n as u64,
+                    ..TaskDesc::default()
+                },
+            );
+            match core.submit(slot) {
+                Ok(()) => Ok(Chunk {
+                    slot,
+                    output,
+                    len: n,
+                }),
+                Err(e) => {
+                    core.release_slot(slot);
+                    Err(e)
+                }
+            }
+        });
+        match submitted {
+            Ok(chunk) => job.push(chunk),
+            Err(e) => {
+                core.dispose(job);
+                return Err(e);
+            }
+        }
+    }
+    Ok(job)
+}
+
+fn run_chunks<T: Pod, U: Pod>(
+    core: &Core,
+    items: &[T],
+    chunksize: usize,
+    entry: EntryPoint,
     block: Block,
     shape: MapLayout,
-) -> Result<Vec<U>, Error>
-where
-    F: Fn(T) -> U + Copy + Send + Sync + 'static,
-    T: Pod,
-    U: Pod,
-{
+) -> Result<Vec<U>, Error> {
     let layout = core.layout();
     let len = items.len();
     let chunks = len.div_ceil(chunksize);
     let base = Core::block_offset(block);
     let input_at = |i: usize| base + (i * size_of::<T>()) as u64;
     let output_at = |i: usize| base + (shape.output_start + i * size_of::<U>()) as u64;
-    let entry = EntryPoint::new(map_entry::<F, T, U>).0;
+    let entry = entry.0;
 
     let mut out: Vec<U> = Vec::with_capacity(len);
     prefault(out.as_mut_ptr().cast(), len * size_of::<U>());

@@ -9,6 +9,9 @@
 //!
 //! What a worker's exit means:
 //! * status 0 after `close`, holding no task: a normal end; not replaced.
+//! * status 0 before `close`, holding no task: it ran its `maxtasksperchild`
+//!   quota; it is replaced. It exits right after finishing a task, so it holds
+//!   no popped ring entry and nothing needs pushing again.
 //! * anything else (a signal, `abort()`, `exit(n)` from a task): the slot it held
 //!   (`RUNNING(k)`) fails with `WorkerDied`; every `QUEUED` slot is pushed again
 //!   (the dead worker may have popped one without claiming it; duplicates are
@@ -19,8 +22,11 @@
 use crate::error::Error;
 use crate::pool::core::{Core, TERMINATED};
 use crate::pool::slot::{Outcome, SlotState};
-use crate::pool::worker;
-use crate::start::fork::{self, Child};
+use crate::pool::worker::WorkerStart;
+use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
+use crate::start::fork::Child;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{mpsc, Arc, Mutex};
@@ -30,19 +36,16 @@ use std::thread::JoinHandle;
 pub(crate) struct Supervisor {
     /// An eventfd the thread polls: written to make it look at the lifecycle.
     wake: OwnedFd,
+    /// An eventfd each worker adds 1 to once it is initialized.
+    ready: OwnedFd,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Supervisor {
     pub(crate) fn new() -> io::Result<Supervisor> {
-        // SAFETY: plain syscall.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Supervisor {
-            // SAFETY: a fresh descriptor that nothing else owns.
-            wake: unsafe { OwnedFd::from_raw_fd(raw) },
+            wake: eventfd()?,
+            ready: eventfd()?,
             thread: Mutex::new(None),
         })
     }
@@ -87,11 +90,107 @@ impl Supervisor {
     }
 }
 
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Reads (and resets) an eventfd's counter; 0 if nothing was written.
+fn drain(fd: &OwnedFd) -> u64 {
+    let mut count = 0u64;
+    // SAFETY: reads 8 bytes into a valid u64 from our non-blocking eventfd.
+    unsafe { libc::read(fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+    count
+}
+
 fn spawn_worker(core: &Core, index: usize) -> io::Result<Child> {
-    let layout = *core.layout();
-    let child = fork::fork_child(move || worker::serve(layout, index as u32))?;
+    let start = WorkerStart {
+        index: index as u32,
+        ready_fd: core.supervisor.ready.as_raw_fd(),
+        method: core.config.start_method,
+    };
+    let child = crate::start::start_worker(core.layout(), core.segment_fd(), start)?;
     core.set_pid(index, Some(child.pid as u32));
     Ok(child)
+}
+
+/// How long a starting worker may take to report in (spawned workers load a
+/// whole program first).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until every worker has run the initializer and reported in; fails if
+/// one exits first or none report within [`START_TIMEOUT`].
+fn await_ready(core: &Core, workers: &mut [Option<Child>]) -> Result<(), Error> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut ready = 0u64;
+    loop {
+        ready += drain(&core.supervisor.ready);
+        if ready >= workers.len() as u64 {
+            return Ok(());
+        }
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return Err(Error::StartFailed(format!(
+                "{} of {} workers did not report in within {START_TIMEOUT:?}",
+                workers.len() as u64 - ready,
+                workers.len()
+            )));
+        };
+        let mut fds: Vec<libc::pollfd> = std::iter::once(core.supervisor.ready.as_raw_fd())
+            .chain(workers.iter().flatten().map(|w| w.pidfd.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let timeout_ms = left.as_millis().min(1000) as libc::c_int + 1;
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        for (pfd, worker) in fds[1..]
+            .iter()
+            .zip(workers.iter_mut().filter(|w| w.is_some()))
+        {
+            if pfd.revents != 0 {
+                if let Some(status) = worker.as_ref().and_then(|w| w.reap(false)) {
+                    *worker = None; // reaped: its pid may be reused
+                    return Err(start_failure(core, status));
+                }
+            }
+        }
+    }
+}
+
+/// Why a worker that exited during start-up did so.
+fn start_failure(core: &Core, status: libc::c_int) -> Error {
+    let settings = &core.layout().header().settings;
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == INIT_FAILED_EXIT {
+        let len = settings.init_message_len.load(Ordering::Acquire) as usize;
+        // SAFETY: the failing worker wrote `len` bytes before exiting, and it
+        // has been reaped; no one writes them again.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                settings.init_message.get().cast::<u8>(),
+                len.min(INIT_MESSAGE_BYTES),
+            )
+        };
+        return Error::InitializerFailed {
+            message: String::from_utf8_lossy(bytes).into_owned(),
+        };
+    }
+    let how = if libc::WIFSIGNALED(status) {
+        format!("was killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("exited with status {}", libc::WEXITSTATUS(status))
+    };
+    match crate::start::explain_exit(status) {
+        Some(why) => Error::StartFailed(why.to_owned()),
+        None => Error::StartFailed(format!("a worker {how} while starting")),
+    }
 }
 
 fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
@@ -101,11 +200,23 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
             Ok(child) => workers.push(Some(child)),
             Err(e) => {
                 workers.into_iter().flatten().for_each(|w| {
-                    fork::kill_and_reap(w.pid);
+                    w.kill_and_reap();
                 });
                 let _ = ready.send(Err(e.into()));
                 return;
             }
+        }
+    }
+    let needs_handshake =
+        core.config.initializer.is_some() || core.config.start_method != crate::StartMethod::Fork;
+    if needs_handshake {
+        if let Err(e) = await_ready(&core, &mut workers) {
+            for w in workers.iter_mut().filter_map(Option::take) {
+                w.kill_and_reap();
+            }
+            (0..core.processes).for_each(|k| core.set_pid(k, None));
+            let _ = ready.send(Err(e));
+            return;
         }
     }
     let _ = ready.send(Ok(()));
@@ -148,15 +259,7 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
             continue; // EINTR
         }
         if fds[0].revents != 0 {
-            let mut count = 0u64;
-            // SAFETY: reads 8 bytes into a valid u64 from our non-blocking eventfd.
-            unsafe {
-                libc::read(
-                    core.supervisor.wake.as_raw_fd(),
-                    (&mut count as *mut u64).cast(),
-                    8,
-                )
-            };
+            drain(&core.supervisor.wake);
         }
         for (pfd, &k) in fds[1..].iter().zip(&live) {
             if pfd.revents == 0 {
@@ -165,32 +268,43 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
             let Some(child) = workers[k].take() else {
                 continue;
             };
-            let Some(status) = fork::reap(child.pid, false) else {
+            let Some(status) = child.reap(false) else {
                 workers[k] = Some(child); // spurious readiness
                 continue;
             };
             core.set_pid(k, None);
-            if let Some(queued) = settle_exit(&core, k, child.pid, status) {
-                if core.lifecycle() == TERMINATED {
-                    continue;
-                }
-                // Replace first, then re-push: with a full ring, pushing can wait
-                // for a worker to make room, and this may be the only one.
-                match spawn_worker(&core, k) {
-                    Ok(child) => workers[k] = Some(child),
-                    Err(_) => respawn.push(k),
-                }
+            let exit = settle_exit(&core, k, child.pid, status);
+            core.layout().header().done.notify_sleepers();
+            if exit == Exit::Finished || core.lifecycle() == TERMINATED {
+                continue;
+            }
+            // Replace first, then re-push: with a full ring, pushing can wait
+            // for a worker to make room, and this may be the only one.
+            match spawn_worker(&core, k) {
+                Ok(child) => workers[k] = Some(child),
+                Err(_) => respawn.push(k),
+            }
+            if let Exit::Died { queued } = exit {
                 queued.into_iter().for_each(|i| core.push(i));
             }
         }
     }
 }
 
-/// Settles worker `k`'s exit: fails the task it held. Returns `None` for a
-/// normal end (no replacement), else the slots still queued, to push again once
-/// a replacement runs (the dead worker may have popped one without claiming it;
-/// duplicates are harmless).
-fn settle_exit(core: &Core, k: usize, pid: libc::pid_t, status: libc::c_int) -> Option<Vec<u32>> {
+/// What a worker's exit calls for.
+#[derive(Debug, PartialEq, Eq)]
+enum Exit {
+    /// The pool is closed and the worker finished: no replacement.
+    Finished,
+    /// The worker ran its task quota: replace it.
+    Retired,
+    /// The worker died: replace it, then push again the slots still queued
+    /// (it may have popped one without claiming it; duplicates are harmless).
+    Died { queued: Vec<u32> },
+}
+
+/// Settles worker `k`'s exit: fails the task it held.
+fn settle_exit(core: &Core, k: usize, pid: libc::pid_t, status: libc::c_int) -> Exit {
     let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
     let clean = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     let layout = core.layout();
@@ -211,21 +325,20 @@ fn settle_exit(core: &Core, k: usize, pid: libc::pid_t, status: libc::c_int) -> 
             _ => {}
         }
     }
-    if clean && !held_task && layout.is_closing() {
-        None
-    } else {
-        Some(queued)
+    match (clean && !held_task, layout.is_closing()) {
+        (true, true) => Exit::Finished,
+        (true, false) => Exit::Retired,
+        (false, _) => Exit::Died { queued },
     }
 }
 
 fn terminate_all(core: &Core, workers: &mut [Option<Child>]) {
     for w in workers.iter().flatten() {
-        // SAFETY: `w.pid` is our unreaped child.
-        unsafe { libc::kill(w.pid, libc::SIGKILL) };
+        w.kill();
     }
     for (k, w) in workers.iter_mut().enumerate() {
         if let Some(w) = w.take() {
-            fork::reap(w.pid, true);
+            w.reap(true);
             core.set_pid(k, None);
         }
     }
@@ -238,4 +351,5 @@ fn terminate_all(core: &Core, workers: &mut [Option<Child>]) {
             -1,
         );
     }
+    layout.header().done.notify_sleepers();
 }

@@ -1,36 +1,62 @@
-//! The worker loop: what every worker process runs after it is forked.
+//! The worker loop: what every worker process runs after it starts.
 //!
-//! Claim a slot from the ring, run its entry point under `catch_unwind`, write
-//! the outcome, finish the slot; when there is nothing to do, spin briefly, then
-//! sleep on the header's wake word. Exit (status 0) once the pool is closed and
-//! the ring is empty.
+//! Run the pool's initializer (if any) and report in; then claim a slot from
+//! the ring, run its entry point under `catch_unwind`, write the outcome, finish
+//! the slot; when there is nothing to do, spin briefly, then sleep on the
+//! header's wake word. Exit (status 0) once the pool is closed and the ring is
+//! empty, or after `max_tasks` tasks (the supervisor then starts a replacement).
 
 use crate::pool::slot::Outcome;
-use crate::shm::layout::Layout;
+use crate::shm::layout::{Layout, INIT_FAILED_EXIT};
 use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, TaskIo};
 use std::any::Any;
+use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 
-/// Serves tasks until the pool closes; returns the exit status.
-pub(crate) fn serve(layout: Layout, index: u32) -> i32 {
+/// Who a worker is and how it tells the parent it is ready.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WorkerStart {
+    /// The worker's index in the pool (`0..processes`), kept by replacements.
+    pub(crate) index: u32,
+    /// An eventfd the worker adds 1 to once its initializer has run.
+    pub(crate) ready_fd: RawFd,
+    /// How the worker process was started (for `current_process().name`).
+    pub(crate) method: crate::StartMethod,
+}
+
+/// Serves tasks until the pool closes or the task quota is used up; returns
+/// the exit status.
+pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
     // A task's panic is reported to the caller through its slot; printing it in
     // the worker too would only interleave noise into the parent's stderr.
     std::panic::set_hook(Box::new(|_| {}));
+    crate::process::enter_worker(start.index as usize, start.method);
+    if let Err(message) = initialize(layout) {
+        record_init_failure(layout, &message);
+        return INIT_FAILED_EXIT;
+    }
+    report_ready(start.ready_fd);
+    let max_tasks = layout.header().settings.max_tasks.load(Ordering::Acquire);
+    let mut tasks_run = 0u64;
     let ring = layout.ring();
     let header = layout.header();
     loop {
-        if let Some(slot) = ring.try_pop() {
-            run(layout, slot, index);
-            continue;
-        }
-        let mut spin = SpinWait::new();
-        let mut popped = None;
-        while popped.is_none() && spin.spin() {
-            popped = ring.try_pop();
+        let mut popped = ring.try_pop();
+        if popped.is_none() {
+            let mut spin = SpinWait::new();
+            while popped.is_none() && spin.spin() {
+                popped = ring.try_pop();
+            }
         }
         if let Some(slot) = popped {
-            run(layout, slot, index);
+            if run(layout, slot, start.index) {
+                tasks_run += 1;
+                if max_tasks != 0 && tasks_run >= max_tasks {
+                    return 0; // retire: holding no task and no popped entry
+                }
+            }
             continue;
         }
         // `closing` first: once it is seen, every push made before close is too.
@@ -43,11 +69,65 @@ pub(crate) fn serve(layout: Layout, index: u32) -> i32 {
     }
 }
 
-/// Runs the task in slot `index` if this worker wins the claim.
-fn run(layout: Layout, index: u32, me: u32) {
+/// Runs the pool's initializer, if it has one; `Err` holds its panic message.
+fn initialize(layout: Layout) -> Result<(), String> {
+    let settings = &layout.header().settings;
+    if settings.init_set.load(Ordering::Acquire) == 0 {
+        return Ok(());
+    }
+    let entry = settings.init_entry.load(Ordering::Acquire);
+    let io = TaskIo {
+        input: settings.init_args.0.get().cast(),
+        output: std::ptr::null_mut(),
+        len: 1,
+    };
+    // SAFETY: only the parent writes the initializer, with EntryPoint::new in
+    // this binary, before any worker starts.
+    let entry = unsafe { EntryPoint(entry).resolve() };
+    // SAFETY: the parent wrote the entry's argument tuple into `init_args`
+    // (aligned to 64) and never writes it again; init entries write no output.
+    std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry(io) }))
+        .map_err(|payload| panic_message(&payload))
+}
+
+/// Publishes the first initializer failure for the parent (later ones lose the
+/// race and only exit).
+fn record_init_failure(layout: Layout, message: &str) {
+    let settings = &layout.header().settings;
+    if settings
+        .init_failed
+        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return;
+    }
+    let bytes = truncate(message, crate::shm::layout::INIT_MESSAGE_BYTES);
+    // SAFETY: winning `init_failed` makes this worker the message's only
+    // writer; the parent reads it only after reaping this process.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            settings.init_message.get().cast::<u8>(),
+            bytes.len(),
+        )
+    };
+    settings
+        .init_message_len
+        .store(bytes.len() as u32, Ordering::Release);
+}
+
+fn report_ready(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid u64; a bad fd only makes it fail.
+    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+}
+
+/// Runs the task in slot `index` if this worker wins the claim; returns
+/// whether it did.
+fn run(layout: Layout, index: u32, me: u32) -> bool {
     let slot = layout.slot(index);
     if !slot.claim(me) {
-        return; // a stale ring entry, or another worker was faster
+        return false; // a stale ring entry, or another worker was faster
     }
     // SAFETY: we hold RUNNING(me); the parent wrote desc before publishing.
     let desc = unsafe { *slot.desc() };
@@ -80,9 +160,11 @@ fn run(layout: Layout, index: u32, me: u32) {
         }
     }
     slot.finish();
+    layout.header().done.notify_sleepers();
+    true
 }
 
-fn panic_message(payload: &Box<dyn Any + Send>) -> String {
+pub(crate) fn panic_message(payload: &Box<dyn Any + Send>) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -12,6 +12,7 @@ use crate::pool::slot::TaskSlot;
 use crate::sync::ring::{Ring, RingHeader};
 use crate::sync::wake::WakeWord;
 use crossbeam_utils::CachePadded;
+use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Entries in the work ring: how many tasks may wait unclaimed at once.
@@ -45,9 +46,50 @@ pub(crate) struct PoolHeader {
     pub(crate) closing: AtomicU32,
     /// Idle workers sleep here; a push wakes one, close wakes all.
     pub(crate) work: CachePadded<WakeWord>,
+    /// Parent threads waiting for *any* task to finish sleep here (unordered
+    /// `imap`, the callback thread); whoever finishes a slot notifies it.
+    pub(crate) done: CachePadded<WakeWord>,
     /// Head and tail of the work ring.
     pub(crate) ring: RingHeader,
+    /// Per-worker settings written by the parent before any worker starts.
+    pub(crate) settings: WorkerSettings,
 }
+
+/// What a worker reads once at start: its task quota and its initializer.
+/// Written by the parent before the first worker starts; read-only afterwards.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct WorkerSettings {
+    /// Tasks a worker runs before it exits to be replaced; 0 = no limit.
+    pub(crate) max_tasks: AtomicU64,
+    /// Non-zero if the pool has an initializer.
+    pub(crate) init_set: AtomicU32,
+    /// The initializer's entry point (a `task::EntryPoint`).
+    pub(crate) init_entry: AtomicU64,
+    /// The initializer's arguments, as bytes (aligned to 64).
+    pub(crate) init_args: InitArgs,
+    /// Set (0 → 1) by the first worker whose initializer failed; it then
+    /// writes `init_message` and exits with [`INIT_FAILED_EXIT`].
+    pub(crate) init_failed: AtomicU32,
+    /// Length of the message in `init_message`.
+    pub(crate) init_message_len: AtomicU32,
+    /// The failed initializer's panic message (UTF-8, truncated); written only
+    /// by the worker that won `init_failed`, read by the parent after reaping it.
+    pub(crate) init_message: UnsafeCell<[u8; INIT_MESSAGE_BYTES]>,
+}
+
+/// Initializer argument bytes: written by the parent before any worker
+/// starts, read-only afterwards.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub(crate) struct InitArgs(pub(crate) UnsafeCell<[u8; INIT_ARGS_BYTES]>);
+
+/// Room for an initializer's argument tuple.
+pub(crate) const INIT_ARGS_BYTES: usize = 128;
+/// Room for an initializer's panic message.
+pub(crate) const INIT_MESSAGE_BYTES: usize = 512;
+/// The exit status of a worker whose initializer panicked.
+pub(crate) const INIT_FAILED_EXIT: i32 = 70;
 
 /// Typed views of a segment laid out as above.
 ///

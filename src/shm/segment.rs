@@ -63,6 +63,31 @@ impl Segment {
         })
     }
 
+    /// The memfd behind the mapping (handed to spawned workers).
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self._fd.as_raw_fd()
+    }
+
+    /// Maps `len` bytes of an inherited segment descriptor (in a spawned or
+    /// forkserver worker). The mapping lives until the process exits.
+    pub(crate) fn map_inherited(fd: std::os::fd::RawFd, len: usize) -> io::Result<*mut u8> {
+        // SAFETY: a new mapping chosen by the kernel; it aliases no Rust object.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ptr.cast())
+    }
+
     /// The first byte of the mapping.
     pub(crate) fn base(&self) -> *mut u8 {
         self.base.as_ptr()

@@ -13,11 +13,56 @@ use std::io::{self, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 
-/// A forked child: its pid and a pidfd that becomes readable when it exits.
+/// A worker process: its pid and a pidfd that becomes readable when it exits.
 #[derive(Debug)]
 pub(crate) struct Child {
     pub(crate) pid: libc::pid_t,
     pub(crate) pidfd: OwnedFd,
+    /// Who must `waitpid` it.
+    pub(crate) parent: Parent,
+}
+
+/// The process a worker is the child of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parent {
+    /// This process (fork, spawn).
+    Us,
+    /// The fork server, which reaps it on our request.
+    ForkServer,
+}
+
+impl Child {
+    /// `waitpid` through whoever is the parent; `None` while it runs (`block`
+    /// false).
+    pub(crate) fn reap(&self, block: bool) -> Option<libc::c_int> {
+        match self.parent {
+            Parent::Us => reap(self.pid, block),
+            Parent::ForkServer => super::forkserver::reap(self.pid, block),
+        }
+    }
+
+    /// Sends SIGKILL. The child is not reaped yet, so its pid names it alone.
+    pub(crate) fn kill(&self) {
+        // SAFETY: plain syscall on a pid that is ours until reaped.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+    }
+
+    /// Kills the child and waits for it, so it leaves no zombie.
+    pub(crate) fn kill_and_reap(&self) -> libc::c_int {
+        self.kill();
+        self.reap(true).unwrap_or(0)
+    }
+}
+
+/// A pidfd for `pid`, which must be unreaped.
+pub(crate) fn pidfd(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// Forks a child that runs `body` and exits with its return value (101 if it
@@ -25,6 +70,11 @@ pub(crate) struct Child {
 /// (`PR_SET_PDEATHSIG`), so call this from a thread that lives as long as the
 /// child should (the pool's supervisor).
 pub(crate) fn fork_child(body: impl FnOnce() -> i32) -> io::Result<Child> {
+    fork_with(true, body)
+}
+
+/// [`fork_child`], choosing whether the child dies with the forking thread.
+pub(crate) fn fork_with(die_with_thread: bool, body: impl FnOnce() -> i32) -> io::Result<Child> {
     let parent = std::process::id();
     let mut out = io::stdout().lock();
     let mut err = io::stderr().lock();
@@ -36,7 +86,7 @@ pub(crate) fn fork_child(body: impl FnOnce() -> i32) -> io::Result<Child> {
     drop(err);
     drop(out);
     if pid == 0 {
-        prepare_child(parent);
+        prepare_child(parent, die_with_thread);
         let code = std::panic::catch_unwind(AssertUnwindSafe(body)).unwrap_or(101);
         // SAFETY: leaves the child without unwinding into the parent's frames.
         unsafe { libc::_exit(code) }
@@ -44,20 +94,35 @@ pub(crate) fn fork_child(body: impl FnOnce() -> i32) -> io::Result<Child> {
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: plain syscall; the child is ours and unreaped, so `pid` is valid.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
-    if raw < 0 {
-        let e = io::Error::last_os_error();
-        kill_and_reap(pid);
-        return Err(e);
+    match pidfd(pid) {
+        Ok(pidfd) => Ok(Child {
+            pid,
+            pidfd,
+            parent: Parent::Us,
+        }),
+        Err(e) => {
+            kill_and_reap(pid);
+            Err(e)
+        }
     }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
-    Ok(Child { pid, pidfd })
 }
 
 /// In the child: die with the parent, and start from a clean signal state.
-fn prepare_child(parent: u32) {
+fn prepare_child(parent: u32, die_with_thread: bool) {
+    if die_with_thread {
+        die_with_parent(parent);
+    }
+    // SAFETY: plain syscalls on this process's own attributes.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
+/// Asks for SIGKILL when the parent (thread) dies; exits at once if the
+/// parent, `parent`, is already gone.
+pub(crate) fn die_with_parent(parent: u32) {
     // SAFETY: plain syscalls on this process's own attributes.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -65,9 +130,6 @@ fn prepare_child(parent: u32) {
         if libc::getppid() as u32 != parent {
             libc::_exit(1);
         }
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
 }
 

@@ -1,6 +1,150 @@
-//! How worker processes are started.
+//! How worker processes are started: `fork` (default), `spawn` (re-execute
+//! this program) and `forkserver` (fork from a small server process).
 //!
-//! Only `fork` exists so far; `forkserver` and `spawn` come with the start-method
-//! issue and will live beside it, behind the same [`fork::Child`] shape.
+//! * `fork`: forking safely from a multithreaded parent.
+//! * `spawn`: `fork` + `execve("/proc/self/exe")` with a role in the
+//!   environment; the new process becomes a worker in `bootstrap`, before
+//!   `main`.
+//! * `forkserver`: one server process per program (spawned the same way) that
+//!   forks workers on request and reaps them for us.
+//! * `bootstrap`: the `.init_array` hook that gives a re-executed process its
+//!   role.
+//!
+//! Whatever the method, a worker ends up in `pool::worker::serve` with the
+//! pool's segment mapped and reports in through the pool's `ready` eventfd.
 
+pub(crate) mod bootstrap;
 pub(crate) mod fork;
+pub(crate) mod forkserver;
+pub(crate) mod spawn;
+
+use crate::error::Error;
+use crate::pool::worker::{self, WorkerStart};
+use crate::shm::layout::Layout;
+use crate::task::{Entry, EntryPoint, TaskIo};
+use crate::StartMethod;
+use fork::Child;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::OnceLock;
+
+/// Starts one worker of the pool whose segment is `layout` / `segment_fd`.
+/// Called from the pool's supervisor thread.
+pub(crate) fn start_worker(
+    layout: &Layout,
+    segment_fd: RawFd,
+    start: WorkerStart,
+) -> io::Result<Child> {
+    match start.method {
+        StartMethod::Fork => {
+            let layout = *layout;
+            fork::fork_child(move || worker::serve(layout, start))
+        }
+        StartMethod::Spawn => spawn::spawn_worker(segment_fd, start),
+        StartMethod::ForkServer => forkserver::start_worker(segment_fd, start),
+    }
+}
+
+/// Exit statuses of a re-executed process that could not become a worker.
+pub(crate) const EXEC_FAILED_EXIT: i32 = 71;
+pub(crate) const BINARY_MISMATCH_EXIT: i32 = 72;
+pub(crate) const BAD_SEGMENT_EXIT: i32 = 73;
+
+/// What an exit status of a starting worker means, if it is one of ours.
+pub(crate) fn explain_exit(status: libc::c_int) -> Option<&'static str> {
+    if !libc::WIFEXITED(status) {
+        return None;
+    }
+    match libc::WEXITSTATUS(status) {
+        EXEC_FAILED_EXIT => Some("could not execute /proc/self/exe"),
+        BINARY_MISMATCH_EXIT => Some(
+            "the re-executed program is not the same binary as this one \
+             (was the executable replaced on disk?)",
+        ),
+        BAD_SEGMENT_EXIT => Some("the worker could not map the pool's shared memory"),
+        _ => None,
+    }
+}
+
+/// A function whose entry offset proves that two processes run the same
+/// binary: a re-executed worker compares its own offset with the parent's.
+///
+/// # Safety
+/// Does nothing; callable with any `TaskIo`.
+pub(crate) unsafe fn probe_entry(_: TaskIo) {}
+
+/// The probe's offset in this binary.
+pub(crate) fn probe_offset() -> u64 {
+    EntryPoint::new(probe_entry).0
+}
+
+/// The address range of the main executable's code, from its program headers.
+fn executable_text() -> (usize, usize) {
+    static TEXT: OnceLock<(usize, usize)> = OnceLock::new();
+    *TEXT.get_or_init(|| {
+        unsafe extern "C" fn visit(
+            info: *mut libc::dl_phdr_info,
+            _size: libc::size_t,
+            data: *mut libc::c_void,
+        ) -> libc::c_int {
+            // SAFETY: the loader passes valid info; `data` is our `(usize, usize)`.
+            let (info, range) = unsafe { (&*info, &mut *data.cast::<(usize, usize)>()) };
+            for i in 0..info.dlpi_phnum as usize {
+                // SAFETY: `dlpi_phdr` points at `dlpi_phnum` program headers.
+                let ph = unsafe { &*info.dlpi_phdr.add(i) };
+                if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
+                    let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
+                    range.0 = range.0.min(start);
+                    range.1 = range.1.max(start + ph.p_memsz as usize);
+                }
+            }
+            1 // the first object is the main executable: stop there
+        }
+        let mut range = (usize::MAX, 0usize);
+        // SAFETY: `visit` matches the callback signature and only writes `range`.
+        unsafe { libc::dl_iterate_phdr(Some(visit), (&mut range as *mut (usize, usize)).cast()) };
+        range
+    })
+}
+
+/// Encodes `entry` for workers started with `method`. Spawned and forkserver
+/// workers run a fresh copy of the executable, so the function must be part of
+/// it (not of a library loaded at run time).
+pub(crate) fn check_entry(method: StartMethod, entry: Entry) -> Result<EntryPoint, Error> {
+    if method != StartMethod::Fork {
+        let (start, end) = executable_text();
+        let addr = entry as usize;
+        if !(start..end).contains(&addr) {
+            return Err(Error::invalid(
+                "with the spawn and forkserver start methods, a task function must be \
+                 part of the executable (not of a dynamically loaded library)",
+            ));
+        }
+    }
+    Ok(EntryPoint::new(entry))
+}
+
+#[cfg(all(test, not(miri)))]
+mod tests {
+    use super::*;
+
+    fn square(x: u64) -> u64 {
+        x * x
+    }
+
+    #[test]
+    fn functions_of_this_binary_pass_and_foreign_code_is_rejected() {
+        fn entry_of<F: Fn(u64) -> u64 + Copy>(_: F) -> Entry {
+            crate::task::map_entry::<F, u64, u64>
+        }
+        assert!(check_entry(StartMethod::Spawn, entry_of(square)).is_ok());
+        // libc's code lives in a shared library, outside the executable.
+        // SAFETY: only the address is used; it is never called as an Entry.
+        let foreign: Entry = unsafe { std::mem::transmute(libc::getpid as usize) };
+        assert!(matches!(
+            check_entry(StartMethod::ForkServer, foreign),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(check_entry(StartMethod::Fork, foreign).is_ok());
+    }
+}

@@ -48,6 +48,16 @@ impl WakeWord {
         }
     }
 
+    /// Wakes every sleeper, if any; call after making the condition true. No
+    /// syscall and no shared write when nobody sleeps.
+    pub(crate) fn notify_sleepers(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::Relaxed) > 0 {
+            self.seq.fetch_add(1, Ordering::Release);
+            futex::wake(&self.seq, i32::MAX);
+        }
+    }
+
     /// Wakes every sleeper; call after making the condition true.
     pub(crate) fn notify_all(&self) {
         self.seq.fetch_add(1, Ordering::SeqCst);

@@ -1,0 +1,122 @@
+//! Start methods and contexts: how worker processes come to exist.
+//!
+//! Like Python's `multiprocessing.get_context(method)`: a [`Context`] makes
+//! pools whose workers are started with one [`StartMethod`].
+
+use crate::error::Error;
+use crate::pool::{Pool, PoolBuilder};
+
+/// How a pool starts its worker processes.
+///
+/// * [`Fork`](StartMethod::Fork) (the default): the worker is a `fork` of the
+///   pool's process. Fastest to start (~0.1 ms); the worker sees the parent's
+///   memory as it was at that instant, so globals set before the pool was made
+///   are visible in tasks.
+/// * [`Spawn`](StartMethod::Spawn): the worker is a fresh execution of this
+///   program's own executable (`/proc/self/exe`), which becomes a worker
+///   before `main` runs. Slower to start (~1 ms plus the program's own
+///   start-up); shares nothing with the parent but the pool's segment, and is
+///   unaffected by locks other threads held or by the parent's heap size.
+/// * [`ForkServer`](StartMethod::ForkServer): a small server process, spawned
+///   once per program, forks the workers. Workers start fast and clean, from a
+///   process with a tiny heap and a single thread.
+///
+/// With `Spawn` and `ForkServer`, functions still travel as offsets into the
+/// executable: a task function must be part of the executable itself (not of
+/// a library loaded with `dlopen`), else the call fails with
+/// [`Error::InvalidArgument`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum StartMethod {
+    /// `fork()` from the pool's supervisor thread.
+    #[default]
+    Fork,
+    /// `fork()` from a single-threaded server process started once.
+    ForkServer,
+    /// Re-execute this program's executable as a worker.
+    Spawn,
+}
+
+impl StartMethod {
+    /// Python's name for the method: `"fork"`, `"forkserver"` or `"spawn"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StartMethod::Fork => "fork",
+            StartMethod::ForkServer => "forkserver",
+            StartMethod::Spawn => "spawn",
+        }
+    }
+
+    pub(crate) fn name_prefix(self) -> &'static str {
+        match self {
+            StartMethod::Fork => "Fork",
+            StartMethod::ForkServer => "ForkServer",
+            StartMethod::Spawn => "Spawn",
+        }
+    }
+
+    /// Every start method, for iteration in tests and benchmarks.
+    pub const ALL: [StartMethod; 3] = [
+        StartMethod::Fork,
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+    ];
+}
+
+impl std::str::FromStr for StartMethod {
+    type Err = Error;
+
+    /// Parses Python's names (`"fork"`, `"forkserver"`, `"spawn"`).
+    fn from_str(s: &str) -> Result<Self, Error> {
+        StartMethod::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| Error::invalid(format!("unknown start method {s:?}")))
+    }
+}
+
+impl std::fmt::Display for StartMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Makes pools (and, later, other process objects) with one start method.
+/// Returned by [`get_context`].
+///
+/// ```
+/// use shmpool::{get_context, StartMethod};
+/// fn f(x: u64) -> u64 { x + 1 }
+///
+/// let ctx = get_context(StartMethod::Spawn);
+/// let pool = ctx.pool(1)?;                      // mp.get_context('spawn').Pool(1)
+/// assert_eq!(pool.map(f, &[1, 2])?, vec![2, 3]);
+/// assert_eq!(ctx.start_method(), StartMethod::Spawn);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    method: StartMethod,
+}
+
+/// A [`Context`] for `method`, like Python's `multiprocessing.get_context`.
+pub fn get_context(method: StartMethod) -> Context {
+    Context { method }
+}
+
+impl Context {
+    /// The context's start method.
+    pub fn start_method(&self) -> StartMethod {
+        self.method
+    }
+
+    /// Starts a pool of `processes` workers with this context's start method.
+    pub fn pool(&self, processes: usize) -> Result<Pool, Error> {
+        self.pool_builder().processes(processes).build()
+    }
+
+    /// A [`PoolBuilder`] preset to this context's start method.
+    pub fn pool_builder(&self) -> PoolBuilder {
+        Pool::builder().start_method(self.method)
+    }
+}

@@ -1,0 +1,295 @@
+//! Lazy `imap` / `imap_unordered`: the input is an iterator, pulled only as fast
+//! as results are consumed.
+//!
+//! At most a window of chunks is in flight (bounded in count and in bytes), so
+//! `0..u64::MAX` works and memory stays flat. Each chunk is one slot; a chunk
+//! small enough (input + output ≤ 192 bytes, e.g. chunk size 1 of a `u64`)
+//! lives in the slot's inline area and takes no arena allocation.
+
+use crate::error::Error;
+use crate::pool::core::Core;
+use crate::pool::job::{Chunk, Job};
+use crate::pool::slot::{TaskDesc, INLINE_CAPACITY};
+use crate::shm::arena::Block;
+use crate::sync::spin::SpinWait;
+use crate::Pod;
+use std::collections::VecDeque;
+use std::iter::Fuse;
+use std::marker::PhantomData;
+use std::mem::{align_of, size_of};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most chunks in flight per iterator.
+const MAX_WINDOW: usize = 1024;
+/// Most payload bytes in flight per iterator.
+const WINDOW_BYTES: usize = 64 << 20;
+
+/// The iterator returned by [`Pool::imap`](crate::Pool::imap) and its
+/// variants: yields `Ok(f(item))` for every input item — in input order for
+/// `imap`, in completion order for `imap_unordered` — and one `Err` per failed
+/// chunk (a panic, a dead worker), after which it goes on with the next chunk.
+///
+/// Dropping it stops pulling the input; chunks not yet started are withdrawn,
+/// and running ones finish unobserved.
+///
+/// ```
+/// use std::time::Duration;
+/// fn f(x: u64) -> u64 { x * x }
+/// let pool = shmpool::Pool::new(2)?;
+/// let mut it = pool.imap(f, 1..4u64)?;
+/// assert_eq!(it.next_timeout(Duration::from_secs(10)).unwrap()?, 1);
+/// assert_eq!(it.collect::<Result<Vec<_>, _>>()?, vec![4, 9]);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+pub struct Imap<I: Iterator, U> {
+    core: Arc<Core>,
+    input: Fuse<I>,
+    /// Set once the input is exhausted or can no longer be fed.
+    input_done: bool,
+    entry: u64,
+    chunksize: usize,
+    shape: ChunkShape,
+    ordered: bool,
+    window: usize,
+    in_flight: VecDeque<(Chunk, Option<Block>)>,
+    ready: VecDeque<Result<U, Error>>,
+    _out: PhantomData<fn() -> U>,
+}
+
+/// Where a chunk's input and output sit in its area.
+#[derive(Debug, Clone, Copy)]
+struct ChunkShape {
+    output_start: usize,
+    total: usize,
+    align: usize,
+    inline: bool,
+}
+
+impl<I, U> Imap<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    pub(crate) fn new(
+        core: Arc<Core>,
+        input: I,
+        entry: u64,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Result<Self, Error> {
+        core.ensure_running()?;
+        if chunksize == 0 {
+            return Err(Error::invalid("chunksize must be at least 1"));
+        }
+        let too_large = || Error::invalid("chunksize too large");
+        let in_bytes = chunksize
+            .checked_mul(size_of::<I::Item>())
+            .ok_or_else(too_large)?;
+        let align = align_of::<I::Item>().max(align_of::<U>());
+        let output_start = in_bytes.checked_next_multiple_of(align).ok_or_else(too_large)?;
+        let total = chunksize
+            .checked_mul(size_of::<U>())
+            .and_then(|b| b.checked_add(output_start))
+            .ok_or_else(too_large)?;
+        let shape = ChunkShape {
+            output_start,
+            total,
+            align: align.max(64),
+            inline: total <= INLINE_CAPACITY && align <= 64,
+        };
+        let window = (WINDOW_BYTES / total.max(1)).clamp(2 * core.processes, MAX_WINDOW);
+        Ok(Imap {
+            core,
+            input: input.fuse(),
+            input_done: false,
+            entry,
+            chunksize,
+            shape,
+            ordered,
+            window,
+            in_flight: VecDeque::new(),
+            ready: VecDeque::new(),
+            _out: PhantomData,
+        })
+    }
+
+    /// Like [`next`](Iterator::next), but gives up after `timeout`:
+    /// `Some(Err(Error::Timeout))` if no result arrived by then (the work goes
+    /// on; call again to keep waiting). `None` once every result was yielded.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<U, Error>> {
+        self.next_until(Some(Instant::now() + timeout))
+    }
+
+    fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<U, Error>> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            self.feed();
+            if self.in_flight.is_empty() {
+                return self.ready.pop_front();
+            }
+            let found = if self.ordered {
+                let slot = self.in_flight[0].0.slot;
+                self.core
+                    .layout()
+                    .slot(slot)
+                    .wait_done(deadline)
+                    .then_some(0)
+            } else {
+                self.wait_any(deadline)
+            };
+            match found {
+                Some(i) => self.collect(i),
+                None => return Some(Err(Error::Timeout)),
+            }
+        }
+    }
+
+    /// Tops the window up from the input.
+    fn feed(&mut self) {
+        while !self.input_done && self.in_flight.len() < self.window {
+            if let Err(e) = self.submit_next() {
+                self.input_done = true;
+                self.ready.push_back(Err(e));
+            }
+        }
+    }
+
+    /// Submits the next chunk; sets `input_done` if the input has run out.
+    fn submit_next(&mut self) -> Result<(), Error> {
+        let core = &*self.core;
+        let slot = core.alloc_slot()?;
+        let (base, block) = if self.shape.inline {
+            (core.layout().inline_offset(slot), None)
+        } else {
+            match core.alloc_block(self.shape.total, self.shape.align) {
+                Ok(b) => (Core::block_offset(b), Some(b)),
+                Err(e) => {
+                    core.release_slot(slot);
+                    return Err(e);
+                }
+            }
+        };
+        let input = core.layout().at(base).cast::<I::Item>();
+        let mut n = 0;
+        while n < self.chunksize {
+            let Some(item) = self.input.next() else {
+                self.input_done = true;
+                break;
+            };
+            // SAFETY: the area holds `chunksize` inputs from `base` (aligned for
+            // the item type) and is unpublished: this thread owns it.
+            unsafe { input.add(n).write(item) };
+            n += 1;
+        }
+        let chunk = Chunk {
+            slot,
+            output: base + self.shape.output_start as u64,
+            len: n,
+        };
+        if n == 0 {
+            core.release_slot(slot);
+            block.into_iter().for_each(|b| core.free_block(b));
+            return Ok(());
+        }
+        core.describe(
+            slot,
+            TaskDesc {
+                entry: self.entry,
+                input: base,
+                output: chunk.output,
+                len: n as u64,
+                ..TaskDesc::default()
+            },
+        );
+        if let Err(e) = core.submit(slot) {
+            core.release_slot(slot);
+            block.into_iter().for_each(|b| core.free_block(b));
+            return Err(e);
+        }
+        self.in_flight.push_back((chunk, block));
+        Ok(())
+    }
+
+    /// The position of a finished chunk, waiting for one until `deadline`.
+    fn wait_any(&self, deadline: Option<Instant>) -> Option<usize> {
+        let layout = self.core.layout();
+        let find = || {
+            self.in_flight
+                .iter()
+                .position(|(c, _)| layout.slot(c.slot).is_done())
+        };
+        let mut spin = SpinWait::new();
+        loop {
+            if let Some(i) = find() {
+                return Some(i);
+            }
+            if spin.spin() {
+                continue;
+            }
+            let timeout = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return find(),
+                },
+                None => None,
+            };
+            layout
+                .header()
+                .done
+                .park_unless(|| find().is_some(), timeout);
+        }
+    }
+
+    /// Moves finished chunk `i`'s results (or its error) to `ready`.
+    fn collect(&mut self, i: usize) {
+        let (chunk, block) = self.in_flight.remove(i).expect("in range");
+        let core = &*self.core;
+        match core.read_outcome::<()>(chunk.slot, 0) {
+            Ok(()) => {
+                let out = core.layout().at(chunk.output).cast::<U>();
+                // SAFETY: the chunk returned: its worker wrote `len` U's at
+                // `output` (aligned for U) before DONE, observed with Acquire.
+                let results = unsafe { std::slice::from_raw_parts(out, chunk.len) };
+                self.ready.extend(results.iter().map(|&u| Ok(u)));
+            }
+            Err(failure) => self.ready.push_back(Err(failure.into())),
+        }
+        core.dispose(Job::single(chunk, block));
+    }
+}
+
+impl<I, U> Iterator for Imap<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    type Item = Result<U, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_until(None)
+    }
+}
+
+impl<I: Iterator, U> Drop for Imap<I, U> {
+    fn drop(&mut self) {
+        for (chunk, block) in self.in_flight.drain(..) {
+            self.core.dispose(Job::single(chunk, block));
+        }
+    }
+}
+
+impl<I: Iterator, U> std::fmt::Debug for Imap<I, U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("ordered", &self.ordered)
+            .field("chunksize", &self.chunksize)
+            .field("in_flight", &self.in_flight.len())
+            .field("buffered", &self.ready.len())
+            .finish_non_exhaustive()
+    }
+}

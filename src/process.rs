@@ -1,0 +1,59 @@
+//! [`current_process`]: which process a piece of code runs in.
+
+use crate::StartMethod;
+use std::sync::OnceLock;
+
+/// The identity of a process of this program: the parent, or one of a pool's
+/// workers. Returned by [`current_process`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProcessInfo {
+    /// The worker's index in its pool (`0..processes`; a replacement keeps the
+    /// index of the worker it replaces), or `None` outside a worker.
+    pub index: Option<usize>,
+    /// The operating-system process id.
+    pub pid: u32,
+    /// `"MainProcess"` outside a worker; in a worker, Python's naming:
+    /// `"ForkPoolWorker-1"`, `"ForkServerPoolWorker-2"`, `"SpawnPoolWorker-1"`
+    /// (the number is `index + 1`).
+    pub name: String,
+}
+
+/// Set once, in a worker process, before its first task.
+static WORKER: OnceLock<(usize, StartMethod)> = OnceLock::new();
+
+/// Marks this process as worker `index` of a pool started with `method`.
+pub(crate) fn enter_worker(index: usize, method: StartMethod) {
+    let _ = WORKER.set((index, method));
+}
+
+/// Describes the calling process: inside a task, the worker running it;
+/// elsewhere, the main process. Like Python's
+/// `multiprocessing.current_process()`.
+///
+/// ```
+/// use shmpool::{current_process, Pool};
+///
+/// fn my_index() -> u64 { current_process().index.unwrap() as u64 }
+///
+/// assert_eq!(current_process().name, "MainProcess");
+/// assert_eq!(current_process().index, None);
+/// let pool = Pool::new(2)?;
+/// assert!(pool.apply(my_index, ())? < 2);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+pub fn current_process() -> ProcessInfo {
+    let pid = std::process::id();
+    match WORKER.get() {
+        Some(&(index, method)) => ProcessInfo {
+            index: Some(index),
+            pid,
+            name: format!("{}PoolWorker-{}", method.name_prefix(), index + 1),
+        },
+        None => ProcessInfo {
+            index: None,
+            pid,
+            name: "MainProcess".to_owned(),
+        },
+    }
+}

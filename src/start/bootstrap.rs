@@ -1,0 +1,102 @@
+//! The hook that turns a re-executed copy of this program into a pool worker
+//! or a fork server, before `main` runs.
+//!
+//! A function in the executable's `.init_array` runs before `main` in every
+//! process of this program (the C runtime calls it). It does nothing unless the
+//! environment names a role (`spawn::ENV` or `forkserver::ENV`); then it plays
+//! that role and leaves with `_exit`, so the program's `main` — or the test
+//! harness, inside `cargo test` — never runs in a worker. Programs therefore
+//! need no line of their own; [`crate::init`] exists for the rare build that
+//! drops the hook, and to make the intent visible in `main`.
+//!
+//! The role variable is removed first, so processes a task starts do not
+//! inherit it.
+
+use super::fork;
+use super::spawn::{self, Spec};
+use super::{forkserver, BAD_SEGMENT_EXIT, BINARY_MISMATCH_EXIT};
+use crate::pool::worker::{self, WorkerStart};
+use crate::shm::layout::{self, Layout};
+use crate::shm::segment::Segment;
+use crate::StartMethod;
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+
+#[used]
+#[link_section = ".init_array"]
+static BOOTSTRAP: extern "C" fn() = bootstrap;
+
+/// Makes sure the linker keeps [`BOOTSTRAP`]: an archive member nothing
+/// refers to would be left out of the executable.
+pub(crate) fn ensure_linked() {
+    // SAFETY: reads a valid, initialized static.
+    let _ = unsafe { std::ptr::read_volatile(&BOOTSTRAP) };
+}
+
+extern "C" fn bootstrap() {
+    // Unwinding out of an `extern "C"` function aborts; keep panics inside.
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(take_role));
+}
+
+/// Plays the role the environment names, if any, and exits.
+pub(crate) fn take_role() {
+    if let Some(spec) = std::env::var_os(spawn::ENV) {
+        std::env::remove_var(spawn::ENV);
+        let code = match Spec::decode(&spec) {
+            Some(spec) => run_spawned(spec),
+            None => BAD_SEGMENT_EXIT,
+        };
+        exit(code);
+    }
+    if let Some(fd) = std::env::var_os(forkserver::ENV) {
+        std::env::remove_var(forkserver::ENV);
+        let code = forkserver::serve(&fd);
+        exit(code);
+    }
+}
+
+fn exit(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: ends this process without running the program's own code.
+    unsafe { libc::_exit(code) }
+}
+
+fn run_spawned(spec: Spec) -> i32 {
+    if spec.probe != super::probe_offset() {
+        return BINARY_MISMATCH_EXIT;
+    }
+    become_worker(spec.segment_fd, spec.ready_fd, spec.index, StartMethod::Spawn)
+}
+
+/// Maps the pool's segment from `segment_fd` and serves as worker `index`.
+pub(crate) fn become_worker(
+    segment_fd: RawFd,
+    ready_fd: RawFd,
+    index: u32,
+    method: StartMethod,
+) -> i32 {
+    let Ok(base) = Segment::map_inherited(segment_fd, layout::SEGMENT_BYTES) else {
+        return BAD_SEGMENT_EXIT;
+    };
+    // SAFETY: `base` maps SEGMENT_BYTES of the pool's segment, page-aligned,
+    // and is never unmapped in this process.
+    let layout = unsafe { Layout::new(base) };
+    if layout.header().magic.load(Ordering::Acquire) != layout::MAGIC {
+        return BAD_SEGMENT_EXIT;
+    }
+    // Workers of spawn and forkserver die with their parent too.
+    // SAFETY: plain syscall.
+    let parent = unsafe { libc::getppid() } as u32;
+    fork::die_with_parent(parent);
+    worker::serve(
+        layout,
+        WorkerStart {
+            index,
+            ready_fd,
+            method,
+        },
+    )
+}

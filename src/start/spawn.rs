@@ -1,0 +1,125 @@
+//! The `spawn` start method: `fork` + `execve("/proc/self/exe")`.
+//!
+//! The new process gets its role from the environment variable [`ENV`]
+//! (`<segment fd>,<ready fd>,<index>,<probe>`), and the two descriptors it
+//! names survive the `exec` (their close-on-exec flag is cleared in the child
+//! only). `bootstrap` reads the variable before `main` runs and turns the
+//! process into a worker. `/proc/self/exe` names the running binary even if
+//! the file was replaced or deleted since.
+
+use super::fork::{self, Child};
+use crate::pool::worker::WorkerStart;
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+/// The variable that makes a re-executed process a pool worker.
+pub(crate) const ENV: &str = "SHMPOOL_SPAWN_WORKER";
+
+/// What a spawned worker needs, as carried in [`ENV`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Spec {
+    pub(crate) segment_fd: RawFd,
+    pub(crate) ready_fd: RawFd,
+    pub(crate) index: u32,
+    pub(crate) probe: u64,
+}
+
+impl Spec {
+    pub(crate) fn encode(&self) -> String {
+        format!(
+            "{},{},{},{}",
+            self.segment_fd, self.ready_fd, self.index, self.probe
+        )
+    }
+
+    pub(crate) fn decode(s: &OsStr) -> Option<Spec> {
+        let s = s.to_str()?;
+        let mut parts = s.split(',');
+        let spec = Spec {
+            segment_fd: parts.next()?.parse().ok()?,
+            ready_fd: parts.next()?.parse().ok()?,
+            index: parts.next()?.parse().ok()?,
+            probe: parts.next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(spec)
+    }
+}
+
+/// This process's environment plus `extra`, as `execve` wants it; built before
+/// `fork`, because the child of a multithreaded process must not allocate.
+pub(crate) fn environment(extra: (&str, String)) -> io::Result<Vec<CString>> {
+    std::env::vars_os()
+        .filter(|(k, _)| k != super::spawn::ENV && k != super::forkserver::ENV)
+        .chain(std::iter::once((extra.0.into(), extra.1.into())))
+        .map(|(k, v): (OsString, OsString)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).map_err(io::Error::other)
+        })
+        .collect()
+}
+
+/// Forks and executes this program with `env`, keeping `keep` open across the
+/// `exec`. `die_with_thread`: whether it dies with the calling thread.
+pub(crate) fn exec_self(
+    env: &[CString],
+    keep: &[RawFd],
+    die_with_thread: bool,
+) -> io::Result<Child> {
+    let path = c"/proc/self/exe";
+    let arg0 = std::env::args_os()
+        .next()
+        .and_then(|a| CString::new(a.into_vec()).ok())
+        .unwrap_or_else(|| c"shmpool-worker".to_owned());
+    let argv = [arg0.as_ptr(), std::ptr::null()];
+    let envp: Vec<*const libc::c_char> = env
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    fork::fork_with(die_with_thread, || {
+        for &fd in keep {
+            // SAFETY: async-signal-safe fcntl on a descriptor we inherited.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        }
+        // SAFETY: `path`, `argv` and `envp` are NUL-terminated arrays of valid
+        // C strings built before the fork; execve only returns on failure.
+        unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        super::EXEC_FAILED_EXIT
+    })
+}
+
+/// Starts a spawned worker (from the pool's supervisor thread).
+pub(crate) fn spawn_worker(segment_fd: RawFd, start: WorkerStart) -> io::Result<Child> {
+    super::bootstrap::ensure_linked();
+    let spec = Spec {
+        segment_fd,
+        ready_fd: start.ready_fd,
+        index: start.index,
+        probe: super::probe_offset(),
+    };
+    let env = environment((ENV, spec.encode()))?;
+    exec_self(&env, &[segment_fd, start.ready_fd], true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_round_trip_and_junk_is_refused() {
+        let spec = Spec {
+            segment_fd: 5,
+            ready_fd: 7,
+            index: 3,
+            probe: 123_456,
+        };
+        assert_eq!(Spec::decode(OsStr::new(&spec.encode())), Some(spec));
+        assert_eq!(Spec::decode(OsStr::new("5,7,3")), None);
+        assert_eq!(Spec::decode(OsStr::new("5,7,3,1,9")), None);
+        assert_eq!(Spec::decode(OsStr::new("a,b,c,d")), None);
+    }
+}
