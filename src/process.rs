@@ -27,6 +27,11 @@ pub(crate) fn enter_worker(index: usize, method: StartMethod) {
     let _ = WORKER.set((index, method));
 }
 
+/// Whether this process is a pool worker.
+pub(crate) fn in_worker() -> bool {
+    WORKER.get().is_some()
+}
+
 /// Describes the calling process: inside a task, the worker running it;
 /// elsewhere, the main process. Like Python's
 /// `multiprocessing.current_process()`.

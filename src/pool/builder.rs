@@ -158,6 +158,7 @@ impl PoolBuilder {
             return Err(Error::invalid(why));
         }
         config.processes = Some(processes);
+        crate::pool::worker::install_quiet_panic_hook();
         let core = Arc::new(Core::new(config)?);
         Supervisor::start(&core)?;
         Ok(Pool { core })

@@ -29,9 +29,8 @@ pub(crate) struct WorkerStart {
 /// Serves tasks until the pool closes or the task quota is used up; returns
 /// the exit status.
 pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
-    // A task's panic is reported to the caller through its slot; printing it in
-    // the worker too would only interleave noise into the parent's stderr.
-    std::panic::set_hook(Box::new(|_| {}));
+    // Done by the parent before forking; a spawned process installs it here.
+    install_quiet_panic_hook();
     crate::process::enter_worker(start.index as usize, start.method);
     if let Err(message) = initialize(layout) {
         record_init_failure(layout, &message);
@@ -67,6 +66,25 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
             .work
             .park_unless(|| layout.is_closing() || !ring.is_empty(), None);
     }
+}
+
+/// Silences panic messages in worker processes, and only there: a task's panic
+/// is reported to the caller through its slot, so printing it in the worker
+/// too would only interleave noise into the parent's stderr.
+///
+/// Installed once per program by the parent *before* it forks: a forked child
+/// must not call `set_hook`, because another parent thread that was panicking
+/// at the instant of the fork leaves the hook's lock taken forever in the child.
+pub(crate) fn install_quiet_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !crate::process::in_worker() {
+                previous(info)
+            }
+        }));
+    });
 }
 
 /// Runs the pool's initializer, if it has one; `Err` holds its panic message.
