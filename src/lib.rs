@@ -74,7 +74,8 @@ pub use task::Task;
 /// run under `cargo test` need nothing: the hook also runs before the test
 /// harness.
 ///
-/// ```
+/// ```no_run
+/// # #[allow(clippy::needless_doctest_main)]
 /// fn main() {
 ///     shmpool::init();
 ///     // ... the program, which may use shmpool::StartMethod::Spawn

@@ -50,7 +50,9 @@ fn the_issue_example_compiles_and_behaves_as_commented() {
             .build()?;
         assert_eq!(pool.map(shifted, &[1, 2])?, vec![1001, 1002]);
 
-        let mut seen: Vec<u64> = pool.imap_unordered(f, 0..10u64)?.collect::<Result<_, _>>()?;
+        let mut seen: Vec<u64> = pool
+            .imap_unordered(f, 0..10u64)?
+            .collect::<Result<_, _>>()?;
         seen.sort();
         assert_eq!(seen, (0..10).map(f).collect::<Vec<_>>());
         let ordered: Vec<u64> = pool.imap(f, 0..10u64)?.collect::<Result<_, _>>()?;
@@ -148,7 +150,10 @@ fn a_panicking_initializer_fails_build_and_leaves_no_worker() {
             .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
             .collect();
         // Killed and reaped by build() before it returned: not even zombies.
-        assert!(pids.iter().all(|&p| common::is_gone(p)), "left behind: {pids:?}");
+        assert!(
+            pids.iter().all(|&p| common::is_gone(p)),
+            "left behind: {pids:?}"
+        );
     });
 }
 
@@ -193,14 +198,27 @@ fn map_async_and_starmap_async_return_result_objects() {
         let r2 = pool.map_async_chunked(f, &v[..10], 3).unwrap();
         let pairs: Vec<(i64, i64)> = (0..1000).map(|i| (i, 2 * i)).collect();
         let s = pool.starmap_async(add, &pairs).unwrap();
-        assert_eq!(r.get(WAIT).unwrap(), v.iter().map(|&x| x * x).collect::<Vec<_>>());
-        assert_eq!(r2.get(WAIT).unwrap(), v[..10].iter().map(|&x| x * x).collect::<Vec<_>>());
+        assert_eq!(
+            r.get(WAIT).unwrap(),
+            v.iter().map(|&x| x * x).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            r2.get(WAIT).unwrap(),
+            v[..10].iter().map(|&x| x * x).collect::<Vec<_>>()
+        );
         assert!(r.ready() && r.successful().unwrap());
-        assert_eq!(s.get(WAIT).unwrap(), (0..1000).map(|i| 3 * i).collect::<Vec<i64>>());
+        assert_eq!(
+            s.get(WAIT).unwrap(),
+            (0..1000).map(|i| 3 * i).collect::<Vec<i64>>()
+        );
         // "If the remote call raised an exception then that exception will be
         // reraised by get()."
-        let bad = pool.map_async_chunked(fails_on_3, &[1, 2, 3, 4], 1).unwrap();
-        assert!(matches!(bad.get(WAIT), Err(Error::TaskPanicked { message }) if message == "three"));
+        let bad = pool
+            .map_async_chunked(fails_on_3, &[1, 2, 3, 4], 1)
+            .unwrap();
+        assert!(
+            matches!(bad.get(WAIT), Err(Error::TaskPanicked { message }) if message == "three")
+        );
         assert!(!bad.successful().unwrap());
         let empty = pool.map_async(f, &[]).unwrap();
         assert_eq!(empty.get(WAIT).unwrap(), Vec::<u64>::new());
@@ -223,10 +241,17 @@ fn starmap_unpacks_tuples_of_every_arity() {
     bounded(LIMIT, || {
         let pool = Pool::new(2).unwrap();
         assert_eq!(pool.starmap(add, &[(1, 2), (3, 4)]).unwrap(), vec![3, 7]);
-        assert_eq!(pool.starmap(three, &[(1, 2, 3), (4, 5, 6)]).unwrap(), vec![6, 15]);
+        assert_eq!(
+            pool.starmap(three, &[(1, 2, 3), (4, 5, 6)]).unwrap(),
+            vec![6, 15]
+        );
         assert_eq!(pool.starmap(six, &[(1, 1, 1, 1, 1, 1)]).unwrap(), vec![6]);
         let many: Vec<(i64, i64)> = (0..5000).map(|i| (i, -i)).collect();
-        assert!(pool.starmap_chunked(add, &many, 17).unwrap().iter().all(|&s| s == 0));
+        assert!(pool
+            .starmap_chunked(add, &many, 17)
+            .unwrap()
+            .iter()
+            .all(|&s| s == 0));
     });
 }
 
@@ -244,7 +269,10 @@ fn imap_is_lazy_ordered_and_has_next_timeout() {
         });
         let mut it = pool.imap_chunked(f, input, 64).unwrap();
         for i in 0..1000u64 {
-            assert_eq!(it.next_timeout(Duration::from_secs(30)).unwrap().unwrap(), i * i);
+            assert_eq!(
+                it.next_timeout(Duration::from_secs(30)).unwrap().unwrap(),
+                i * i
+            );
         }
         drop(it);
         let n = pulled.load(Ordering::Relaxed);
@@ -265,9 +293,15 @@ fn imap_is_lazy_ordered_and_has_next_timeout() {
             slow.next_timeout(Duration::from_millis(50)),
             Some(Err(Error::Timeout))
         ));
-        assert_eq!(slow.next_timeout(Duration::from_secs(30)).unwrap().unwrap(), 2000);
+        assert_eq!(
+            slow.next_timeout(Duration::from_secs(30)).unwrap().unwrap(),
+            2000
+        );
         assert!(slow.next_timeout(Duration::from_secs(1)).is_none());
-        assert!(matches!(pool.imap_chunked(f, 0..1u64, 0), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            pool.imap_chunked(f, 0..1u64, 0),
+            Err(Error::InvalidArgument(_))
+        ));
     });
 }
 
@@ -317,7 +351,11 @@ fn dropping_an_imap_discards_outstanding_work() {
         // The queued tasks were withdrawn: the pool is free again quickly
         // (at most the one running 300 ms task remains), not after 30 s.
         assert_eq!(pool.apply(f, (3,)).unwrap(), 9);
-        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
     });
 }
 
@@ -341,7 +379,8 @@ fn callbacks_run_once_in_the_parent_in_completion_order() {
                     (millis,),
                     move |v| {
                         let thread = std::thread::current().name().unwrap_or("").to_owned();
-                        tx.send((format!("ok {i} {v}"), std::process::id(), thread)).unwrap()
+                        tx.send((format!("ok {i} {v}"), std::process::id(), thread))
+                            .unwrap()
                     },
                     move |e| etx.send((format!("err {e}"), 0, String::new())).unwrap(),
                 )
@@ -364,13 +403,24 @@ fn callbacks_run_once_in_the_parent_in_completion_order() {
                 move |e| etx.send(e.to_string()).unwrap(),
             )
             .unwrap();
-        assert!(erx.recv_timeout(Duration::from_secs(30)).unwrap().contains("three"));
+        assert!(erx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap()
+            .contains("three"));
         assert!(matches!(r.get(WAIT), Err(Error::TaskPanicked { .. })));
         // starmap_async_with delivers the vector.
         let (stx, srx) = mpsc::channel();
-        pool.starmap_async_with(add, &[(1, 1), (2, 2)], move |v| stx.send(v).unwrap(), |_| {})
-            .unwrap();
-        assert_eq!(srx.recv_timeout(Duration::from_secs(30)).unwrap(), vec![2, 4]);
+        pool.starmap_async_with(
+            add,
+            &[(1, 1), (2, 2)],
+            move |v| stx.send(v).unwrap(),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(
+            srx.recv_timeout(Duration::from_secs(30)).unwrap(),
+            vec![2, 4]
+        );
         assert!(rx.try_recv().is_err(), "each callback runs once");
     });
 }
@@ -412,9 +462,12 @@ fn callbacks_still_run_when_the_handle_is_dropped_and_on_terminate() {
         // A task cut short by terminate gets its error_callback.
         let _busy = pool.apply_async(sleepy, (5000,)).unwrap();
         let cut = pool
-            .apply_async_with(sleepy, (5000,), |_| {}, move |e| {
-                tx2.send(Err(e.to_string())).unwrap()
-            })
+            .apply_async_with(
+                sleepy,
+                (5000,),
+                |_| {},
+                move |e| tx2.send(Err(e.to_string())).unwrap(),
+            )
             .unwrap();
         pool.terminate();
         assert!(rx.recv_timeout(Duration::from_secs(30)).unwrap().is_err());
@@ -434,10 +487,19 @@ fn lifecycle_matches_cpython_for_every_method() {
         assert!(matches!(pool.map(f, &[1]), Err(Error::Closed)));
         assert!(matches!(pool.map_async(f, &[1]), Err(Error::Closed)));
         assert!(matches!(pool.starmap(add, &[(1, 1)]), Err(Error::Closed)));
-        assert!(matches!(pool.starmap_async(add, &[(1, 1)]), Err(Error::Closed)));
+        assert!(matches!(
+            pool.starmap_async(add, &[(1, 1)]),
+            Err(Error::Closed)
+        ));
         assert!(matches!(pool.imap(f, 0..1u64), Err(Error::Closed)));
-        assert!(matches!(pool.imap_unordered(f, 0..1u64), Err(Error::Closed)));
-        assert!(matches!(pool.apply_async_with(f, (1,), |_| {}, |_| {}), Err(Error::Closed)));
+        assert!(matches!(
+            pool.imap_unordered(f, 0..1u64),
+            Err(Error::Closed)
+        ));
+        assert!(matches!(
+            pool.apply_async_with(f, (1,), |_| {}, |_| {}),
+            Err(Error::Closed)
+        ));
         pool.join().unwrap();
         // "Once all the tasks have been completed the worker processes will exit."
         assert_eq!(pending.get(WAIT).unwrap(), vec![1, 4]);

@@ -154,7 +154,11 @@ impl PoolBuilder {
         if config.max_tasks == Some(0) {
             return Err(Error::invalid("maxtasksperchild must be at least 1"));
         }
-        if let Some(why) = config.initializer.as_ref().and_then(|i| i.too_large.clone()) {
+        if let Some(why) = config
+            .initializer
+            .as_ref()
+            .and_then(|i| i.too_large.clone())
+        {
             return Err(Error::invalid(why));
         }
         config.processes = Some(processes);

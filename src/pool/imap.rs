@@ -88,7 +88,9 @@ where
             .checked_mul(size_of::<I::Item>())
             .ok_or_else(too_large)?;
         let align = align_of::<I::Item>().max(align_of::<U>());
-        let output_start = in_bytes.checked_next_multiple_of(align).ok_or_else(too_large)?;
+        let output_start = in_bytes
+            .checked_next_multiple_of(align)
+            .ok_or_else(too_large)?;
         let total = chunksize
             .checked_mul(size_of::<U>())
             .and_then(|b| b.checked_add(output_start))

@@ -27,7 +27,9 @@ use self::job::Job;
 use self::result::{decode_one, decode_vec, Decode, Ticket};
 use self::slot::{TaskDesc, INLINE_CAPACITY};
 use crate::error::Error;
-use crate::task::{apply_entry, assert_stateless, map_entry, starmap_entry, Entry, EntryPoint, Task};
+use crate::task::{
+    apply_entry, assert_stateless, map_entry, starmap_entry, Entry, EntryPoint, Task,
+};
 use crate::{Pod, StartMethod};
 pub use builder::PoolBuilder;
 pub use imap::Imap;
@@ -209,7 +211,12 @@ impl Pool {
     /// assert!(matches!(pool.map_chunked(|x: u8| x, &[1], 0), Err(shmpool::Error::InvalidArgument(_))));
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_chunked<F, T, U>(&self, _f: F, items: &[T], chunksize: usize) -> Result<Vec<U>, Error>
+    pub fn map_chunked<F, T, U>(
+        &self,
+        _f: F,
+        items: &[T],
+        chunksize: usize,
+    ) -> Result<Vec<U>, Error>
     where
         F: Fn(T) -> U + Copy + Send + Sync + 'static,
         T: Pod,
@@ -410,7 +417,13 @@ impl Pool {
     {
         const { assert_stateless::<F>() };
         let entry = self.entry_point(map_entry::<F, I::Item, U>)?;
-        Imap::new(Arc::clone(&self.core), items.into_iter(), entry.0, chunksize, true)
+        Imap::new(
+            Arc::clone(&self.core),
+            items.into_iter(),
+            entry.0,
+            chunksize,
+            true,
+        )
     }
 
     /// Like [`imap`](Pool::imap), but yields results as they complete, in any
@@ -450,7 +463,13 @@ impl Pool {
     {
         const { assert_stateless::<F>() };
         let entry = self.entry_point(map_entry::<F, I::Item, U>)?;
-        Imap::new(Arc::clone(&self.core), items.into_iter(), entry.0, chunksize, false)
+        Imap::new(
+            Arc::clone(&self.core),
+            items.into_iter(),
+            entry.0,
+            chunksize,
+            false,
+        )
     }
 
     /// How this pool's workers were started.

@@ -136,8 +136,7 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
         match &shared.delivery {
             Some(d) => d.wait(deadline),
             None => {
-                shared.value.get().is_some()
-                    || shared.job().wait(shared.core.layout(), deadline)
+                shared.value.get().is_some() || shared.job().wait(shared.core.layout(), deadline)
             }
         }
     }

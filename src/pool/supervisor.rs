@@ -25,12 +25,12 @@ use crate::pool::slot::{Outcome, SlotState};
 use crate::pool::worker::WorkerStart;
 use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
 use crate::start::fork::Child;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// The parent's handle on the supervisor thread.
 pub(crate) struct Supervisor {

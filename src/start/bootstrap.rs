@@ -68,7 +68,12 @@ fn run_spawned(spec: Spec) -> i32 {
     if spec.probe != super::probe_offset() {
         return BINARY_MISMATCH_EXIT;
     }
-    become_worker(spec.segment_fd, spec.ready_fd, spec.index, StartMethod::Spawn)
+    become_worker(
+        spec.segment_fd,
+        spec.ready_fd,
+        spec.index,
+        StartMethod::Spawn,
+    )
 }
 
 /// Maps the pool's segment from `segment_fd` and serves as worker `index`.

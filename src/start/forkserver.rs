@@ -56,7 +56,11 @@ pub(crate) fn start_worker(segment_fd: RawFd, start: WorkerStart) -> io::Result<
             *guard = Some(launch()?);
         }
         let s = guard.as_ref().expect("just launched");
-        match request(&s.socket, [START, start.index, 0, 0], &[segment_fd, start.ready_fd]) {
+        match request(
+            &s.socket,
+            [START, start.index, 0, 0],
+            &[segment_fd, start.ready_fd],
+        ) {
             Ok(r) => {
                 reply = Some(r);
                 break;
@@ -160,7 +164,7 @@ fn send(socket: RawFd, data: &[u32; 4], fds: &[RawFd]) -> io::Result<()> {
         iov_len: 16,
     };
     let mut control = [0u64; 8]; // aligned room for one cmsg of MAX_FDS fds
-    // SAFETY: an all-zero msghdr is valid.
+                                 // SAFETY: an all-zero msghdr is valid.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
@@ -282,12 +286,8 @@ fn start(socket: RawFd, server: libc::pid_t, index: u32, fds: [RawFd; MAX_FDS]) 
         // SAFETY: the child does not speak for the server.
         unsafe { libc::close(socket) };
         fork::die_with_parent(server as u32);
-        let code = super::bootstrap::become_worker(
-            segment_fd,
-            ready_fd,
-            index,
-            StartMethod::ForkServer,
-        );
+        let code =
+            super::bootstrap::become_worker(segment_fd, ready_fd, index, StartMethod::ForkServer);
         // SAFETY: ends the worker without returning into the server loop.
         unsafe { libc::_exit(code) }
     }

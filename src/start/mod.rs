@@ -140,7 +140,7 @@ mod tests {
         assert!(check_entry(StartMethod::Spawn, entry_of(square)).is_ok());
         // libc's code lives in a shared library, outside the executable.
         // SAFETY: only the address is used; it is never called as an Entry.
-        let foreign: Entry = unsafe { std::mem::transmute(libc::getpid as usize) };
+        let foreign: Entry = unsafe { std::mem::transmute(libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize) };
         assert!(matches!(
             check_entry(StartMethod::ForkServer, foreign),
             Err(Error::InvalidArgument(_))
