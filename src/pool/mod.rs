@@ -77,6 +77,11 @@ impl Pool {
     }
 
     /// The number of worker processes.
+    ///
+    /// ```
+    /// assert_eq!(shmpool::Pool::new(3)?.processes(), 3);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn processes(&self) -> usize {
         self.core.processes
     }
@@ -248,6 +253,13 @@ impl Pool {
     }
 
     /// [`map_async`](Pool::map_async) with chunks of `chunksize` elements.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let r = pool.map_async_chunked(|x: u32| x + 1, &[1, 2, 3, 4], 2)?;
+    /// assert_eq!(r.get(None)?, vec![2, 3, 4, 5]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn map_async_chunked<F, T, U>(
         &self,
         _f: F,
@@ -268,6 +280,16 @@ impl Pool {
     /// [`map_async`](Pool::map_async) with callbacks (see
     /// [`apply_async_with`](Pool::apply_async_with)): `callback` gets the whole
     /// vector; `error_callback` the first failing chunk's error.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// pool.map_async_with(|x: u8| x * 2, &[1, 2], move |v| tx.send(v).unwrap(), |e| eprintln!("{e}"))?;
+    /// assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), vec![2, 4]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn map_async_with<F, T, U, C, E>(
         &self,
         _f: F,
@@ -307,6 +329,13 @@ impl Pool {
     }
 
     /// [`starmap`](Pool::starmap) with chunks of `chunksize` items.
+    ///
+    /// ```
+    /// fn mul(a: f64, b: f64) -> f64 { a * b }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// assert_eq!(pool.starmap_chunked(mul, &[(1.5, 2.0), (3.0, 3.0)], 1)?, vec![3.0, 9.0]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn starmap_chunked<F, Args>(
         &self,
         _f: F,
@@ -349,6 +378,17 @@ impl Pool {
 
     /// [`starmap_async`](Pool::starmap_async) with callbacks (see
     /// [`apply_async_with`](Pool::apply_async_with)).
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// fn add(a: i64, b: i64) -> i64 { a + b }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// pool.starmap_async_with(add, &[(1, 2)], move |v| tx.send(v).unwrap(), |_| {})?;
+    /// assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), vec![3]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn starmap_async_with<F, Args, C, E>(
         &self,
         _f: F,
@@ -449,6 +489,16 @@ impl Pool {
 
     /// [`imap_unordered`](Pool::imap_unordered) sending `chunksize` items per
     /// task; the items of one chunk stay together, in order.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let mut v: Vec<u64> = pool
+    ///     .imap_unordered_chunked(|x: u64| x + 1, 0..100u64, 10)?
+    ///     .collect::<Result<_, _>>()?;
+    /// v.sort();
+    /// assert_eq!(v, (1..=100).collect::<Vec<u64>>());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn imap_unordered_chunked<F, I, U>(
         &self,
         _f: F,
@@ -473,6 +523,13 @@ impl Pool {
     }
 
     /// How this pool's workers were started.
+    ///
+    /// ```
+    /// use shmpool::{get_context, StartMethod};
+    /// let pool = get_context(StartMethod::ForkServer).pool(1)?;
+    /// assert_eq!(pool.start_method(), StartMethod::ForkServer);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn start_method(&self) -> StartMethod {
         self.core.config.start_method
     }
@@ -498,6 +555,17 @@ impl Pool {
     /// Kills the workers at once, without finishing outstanding work: their
     /// results fail with [`Error::Terminated`]. Returns once every worker is
     /// reaped. Dropping the pool does the same.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let long = pool.apply_async(nap, (60_000,))?;
+    /// pool.terminate();                               // returns at once
+    /// assert!(matches!(long.get(None), Err(shmpool::Error::Terminated)));
+    /// assert!(pool.worker_pids().is_empty());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn terminate(&self) {
         if self.core.advance_lifecycle(TERMINATED) != TERMINATED {
             self.signal_workers_to_stop();
@@ -509,6 +577,16 @@ impl Pool {
     /// Waits for the workers to exit; [`close`](Pool::close) or
     /// [`terminate`](Pool::terminate) must come first, else
     /// [`Error::InvalidArgument`] (Python raises `ValueError`).
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// assert!(pool.join().is_err());                  // not closed yet
+    /// let r = pool.map_async(|x: u8| x, &[1, 2])?;
+    /// pool.close();
+    /// pool.join()?;                                   // pending work finished first
+    /// assert_eq!(r.get(None)?, vec![1, 2]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn join(&self) -> Result<(), Error> {
         if self.core.lifecycle() == RUNNING {
             return Err(Error::invalid(
