@@ -135,7 +135,9 @@ fn await_ready(core: &Core, workers: &mut [Option<Child>]) -> Result<(), Error> 
         }
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
             return Err(Error::StartFailed(format!(
-                "{} of {} workers did not report in within {START_TIMEOUT:?}",
+                "{} of {} workers did not report in within {START_TIMEOUT:?} (a spawned \
+                 program must reach shmpool's start-up hook: call shmpool::init() first \
+                 thing in main)",
                 workers.len() as u64 - ready,
                 workers.len()
             )));
