@@ -4,7 +4,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rayon::prelude::*;
-use shmpool::Pool;
+use shmpool::{get_context, Pool, StartMethod};
 use std::time::Duration;
 
 const PROCESSES: usize = 2;
@@ -94,13 +94,42 @@ fn map_chunksize(c: &mut Criterion) {
     group.finish();
 }
 
-/// Creating a 2-process pool and dropping it (fork ×2, reap ×2).
+/// Creating a 2-process pool and dropping it, with each start method.
 fn pool_create_destroy(c: &mut Criterion) {
     let mut group = c.benchmark_group("pool_create_destroy");
     group.sample_size(20);
-    group.bench_function("shmpool_2_processes", |b| {
-        b.iter(|| drop(Pool::new(PROCESSES).unwrap()))
-    });
+    for method in StartMethod::ALL {
+        group.bench_function(format!("shmpool_2_processes_{method}"), |b| {
+            b.iter(|| drop(get_context(method).pool(PROCESSES).unwrap()))
+        });
+    }
+    group.finish();
+}
+
+/// `imap_unordered` / `imap` item rate over a lazy range, chunk size 1 and 64.
+fn imap_items(c: &mut Criterion) {
+    const N: u64 = 100_000;
+    let pool = Pool::new(PROCESSES).unwrap();
+    let mut group = c.benchmark_group("imap_items");
+    group.sample_size(10).throughput(Throughput::Elements(N));
+    for chunksize in [1usize, 64] {
+        group.bench_function(format!("imap_unordered_chunk_{chunksize}"), |b| {
+            b.iter(|| {
+                pool.imap_unordered_chunked(square_u64, 0..N, chunksize)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .sum::<u64>()
+            })
+        });
+        group.bench_function(format!("imap_chunk_{chunksize}"), |b| {
+            b.iter(|| {
+                pool.imap_chunked(square_u64, 0..N, chunksize)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .sum::<u64>()
+            })
+        });
+    }
     group.finish();
 }
 
@@ -110,6 +139,7 @@ criterion_group!(
     apply_async_tiny,
     map_square_f64,
     map_chunksize,
-    pool_create_destroy
+    pool_create_destroy,
+    imap_items
 );
 criterion_main!(benches);

@@ -69,9 +69,15 @@ pub(crate) fn explain_exit(status: libc::c_int) -> Option<&'static str> {
 /// A function whose entry offset proves that two processes run the same
 /// binary: a re-executed worker compares its own offset with the parent's.
 ///
+/// Never inlined: a small function is otherwise instantiated once per codegen
+/// unit that uses it, and two copies have two addresses.
+///
 /// # Safety
-/// Does nothing; callable with any `TaskIo`.
-pub(crate) unsafe fn probe_entry(_: TaskIo) {}
+/// Reads nothing from its argument; callable with any `TaskIo`.
+#[inline(never)]
+pub(crate) unsafe fn probe_entry(io: TaskIo) {
+    std::hint::black_box(io.len);
+}
 
 /// The probe's offset in this binary.
 pub(crate) fn probe_offset() -> u64 {
@@ -140,7 +146,9 @@ mod tests {
         assert!(check_entry(StartMethod::Spawn, entry_of(square)).is_ok());
         // libc's code lives in a shared library, outside the executable.
         // SAFETY: only the address is used; it is never called as an Entry.
-        let foreign: Entry = unsafe { std::mem::transmute(libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize) };
+        let foreign: Entry = unsafe {
+            std::mem::transmute(libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize)
+        };
         assert!(matches!(
             check_entry(StartMethod::ForkServer, foreign),
             Err(Error::InvalidArgument(_))
