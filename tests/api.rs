@@ -137,8 +137,12 @@ fn a_panicking_initializer_fails_build_and_leaves_no_worker() {
             }
             other => panic!("{other:?}"),
         }
-        // SAFETY: closing our write end, then reading what the workers wrote.
-        unsafe { libc::close(fds[1]) };
+        // SAFETY: closing our write end; the read end must not wait for other
+        // tests' workers, which inherit the write end too.
+        unsafe {
+            libc::close(fds[1]);
+            libc::fcntl(fds[0], libc::F_SETFL, libc::O_NONBLOCK);
+        }
         let mut buf = [0u8; 64];
         // SAFETY: reads into a live buffer.
         let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), 64) };
@@ -185,6 +189,54 @@ fn maxtasksperchild_replaces_workers_without_losing_or_repeating_work() {
             Pool::builder().maxtasksperchild(0).build(),
             Err(Error::InvalidArgument(_))
         ));
+    });
+}
+
+/// Writes one byte to `fd` (a pipe the test reads) per task run.
+fn count_run(fd: i32) {
+    // SAFETY: writes one byte from a live array to an inherited pipe.
+    unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+}
+
+#[test]
+fn maxtasksperchild_runs_every_task_exactly_once() {
+    bounded(LIMIT, || {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let pool = Pool::builder()
+            .processes(2)
+            .maxtasksperchild(3)
+            .build()
+            .unwrap();
+        let handles: Vec<_> = (0..300)
+            .map(|_| pool.apply_async(count_run, (fds[1],)).unwrap())
+            .collect();
+        for h in &handles {
+            h.get(WAIT).unwrap();
+        }
+        pool.close();
+        pool.join().unwrap();
+        // Workers of concurrent tests inherit the write end too, so read what
+        // is there without waiting for end-of-file. Every task has run (joined).
+        // SAFETY: our descriptors.
+        unsafe {
+            libc::close(fds[1]);
+            libc::fcntl(fds[0], libc::F_SETFL, libc::O_NONBLOCK);
+        }
+        let mut total = 0;
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reads into a live buffer.
+            let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            total += n;
+        }
+        // SAFETY: our read end.
+        unsafe { libc::close(fds[0]) };
+        assert_eq!(total, 300, "each task runs once, none lost, none repeated");
     });
 }
 

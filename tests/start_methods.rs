@@ -196,3 +196,36 @@ fn start_methods_parse_and_print_pythons_names() {
     assert_eq!(StartMethod::default(), StartMethod::Fork);
     assert_eq!(Pool::new(1).unwrap().start_method(), StartMethod::Fork);
 }
+
+#[test]
+fn a_normal_binary_spawns_workers_from_its_own_executable() {
+    // `cargo test` builds the examples next to the test binaries.
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/spawn_pool");
+    assert!(
+        example.exists(),
+        "build the examples first: {}",
+        example.display()
+    );
+    let output = bounded(LIMIT, move || {
+        std::process::Command::new(example).output().unwrap()
+    });
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    // The spawned workers do not see the parent's SETTING = 1000.
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert_eq!(lines[0], "spawn: [1, 4, 9]");
+    assert!(
+        ["SpawnPoolWorker-1", "SpawnPoolWorker-2"].contains(&lines[1]),
+        "{stdout}"
+    );
+    assert_eq!(lines[2], "forkserver: [1, 4, 9]");
+    assert!(lines[3].starts_with("ForkServerPoolWorker-"), "{stdout}");
+    assert_eq!(lines[4], "parent: MainProcess");
+}
