@@ -9,9 +9,13 @@ use std::fmt;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// The result did not arrive within the time given to
-    /// [`AsyncResult::get`](crate::AsyncResult::get) (like Python's
-    /// `multiprocessing.TimeoutError`). The task keeps running.
+    /// Either the result did not arrive within the time given to
+    /// [`AsyncResult::get`](crate::AsyncResult::get) or
+    /// [`Imap::next_timeout`](crate::Imap::next_timeout) (like Python's
+    /// `multiprocessing.TimeoutError`; the task keeps running), or the task ran
+    /// longer than the pool's
+    /// [`task_timeout`](crate::PoolBuilder::task_timeout) and was killed with
+    /// its worker (which the pool replaced).
     Timeout,
     /// The task panicked in its worker. The worker caught the panic and goes on
     /// serving tasks; `message` is the panic's message (truncated to about 190

@@ -10,9 +10,10 @@ use crate::task::{assert_stateless, init_entry, EntryPoint, Task};
 use crate::Pod;
 use std::mem::{align_of, size_of, MaybeUninit};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The most worker processes one pool may have.
-pub const MAX_PROCESSES: usize = 1 << 16;
+pub const MAX_PROCESSES: usize = crate::shm::layout::MAX_PROCESSES;
 
 /// Configures and starts a [`Pool`]; made by [`Pool::builder`] (or
 /// [`Context::pool_builder`](crate::Context::pool_builder)).
@@ -47,6 +48,8 @@ pub(crate) struct PoolConfig {
     pub(crate) initializer: Option<Initializer>,
     pub(crate) max_tasks: Option<u64>,
     pub(crate) start_method: StartMethod,
+    pub(crate) retries: u32,
+    pub(crate) task_timeout: Option<Duration>,
 }
 
 /// An initializer's entry point and its argument bytes.
@@ -122,6 +125,51 @@ impl PoolBuilder {
         self
     }
 
+    /// Runs a task again, up to `n` more times, when its worker dies while
+    /// running it (killed, `abort()`, a segfault, `exit()`); after that the
+    /// task fails with [`Error::WorkerDied`]. A panic is not retried (the task
+    /// ran and failed), nor is a task that exceeded the
+    /// [`task_timeout`](Self::task_timeout). Default: 0, like Python.
+    ///
+    /// With retries a task may run more than once, so it should be idempotent
+    /// (a `map` chunk is: it rewrites its own outputs).
+    ///
+    /// ```
+    /// fn f(x: u64) -> u64 { x + 1 }
+    /// let pool = shmpool::Pool::builder().processes(2).retries(3).build()?;
+    /// assert_eq!(pool.map(f, &[1, 2])?, vec![2, 3]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn retries(mut self, n: u32) -> Self {
+        self.config.retries = n;
+        self
+    }
+
+    /// Kills a task (with its worker) that runs longer than `limit`: the task
+    /// fails with [`Error::Timeout`], the worker is replaced, the pool goes on.
+    /// Measured with a millisecond clock from the moment a worker starts the
+    /// task (a `map` chunk is one task). Default: no limit. A zero limit is
+    /// [`Error::InvalidArgument`].
+    ///
+    /// This is not [`AsyncResult::get`](crate::AsyncResult::get)'s timeout,
+    /// which only stops *waiting*.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn spin() { loop { std::hint::spin_loop() } }
+    /// let pool = shmpool::Pool::builder()
+    ///     .processes(1)
+    ///     .task_timeout(Duration::from_millis(200))
+    ///     .build()?;
+    /// assert!(matches!(pool.apply(spin, ()), Err(shmpool::Error::Timeout)));
+    /// assert_eq!(pool.apply(|| 7u8, ())?, 7); // a fresh worker took over
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.config.task_timeout = Some(limit);
+        self
+    }
+
     /// How workers are started; see [`StartMethod`]. Default:
     /// [`StartMethod::Fork`].
     pub fn start_method(mut self, method: StartMethod) -> Self {
@@ -150,6 +198,9 @@ impl PoolBuilder {
             return Err(Error::invalid(format!(
                 "at most {MAX_PROCESSES} processes per pool"
             )));
+        }
+        if config.task_timeout == Some(Duration::ZERO) {
+            return Err(Error::invalid("task_timeout must be longer than zero"));
         }
         if config.max_tasks == Some(0) {
             return Err(Error::invalid("maxtasksperchild must be at least 1"));

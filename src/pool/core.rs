@@ -77,6 +77,9 @@ impl Core {
         settings
             .max_tasks
             .store(config.max_tasks.unwrap_or(0), Ordering::Relaxed);
+        settings
+            .track_tasks
+            .store(config.task_timeout.is_some() as u32, Ordering::Relaxed);
         if let Some(init) = &config.initializer {
             // SAFETY: no worker exists yet, so nothing else reads `init_args`;
             // both sides are 64-aligned arrays of INIT_ARGS_BYTES bytes.
@@ -299,6 +302,7 @@ impl Core {
                 signal: (signal >= 0).then_some(signal),
             }),
             Outcome::Terminated => Err(Failure::Terminated),
+            Outcome::TimedOut => Err(Failure::TimedOut),
         }
     }
 
@@ -319,6 +323,7 @@ pub(crate) enum Failure {
     Panicked(String),
     WorkerDied { pid: u32, signal: Option<i32> },
     Terminated,
+    TimedOut,
 }
 
 impl From<Failure> for Error {
@@ -327,6 +332,7 @@ impl From<Failure> for Error {
             Failure::Panicked(message) => Error::TaskPanicked { message },
             Failure::WorkerDied { pid, signal } => Error::WorkerDied { pid, signal },
             Failure::Terminated => Error::Terminated,
+            Failure::TimedOut => Error::Timeout,
         }
     }
 }

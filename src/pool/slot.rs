@@ -59,6 +59,8 @@ pub(crate) enum Outcome {
     WorkerDied = 2,
     /// The pool was terminated before the task finished.
     Terminated = 3,
+    /// The task ran longer than the pool's task timeout; its worker was killed.
+    TimedOut = 4,
 }
 
 impl Outcome {
@@ -67,6 +69,7 @@ impl Outcome {
             0 => Outcome::Returned,
             1 => Outcome::Panicked,
             2 => Outcome::WorkerDied,
+            4 => Outcome::TimedOut,
             _ => Outcome::Terminated,
         }
     }
@@ -90,7 +93,10 @@ pub(crate) struct TaskDesc {
     pub(crate) detail: u32,
     /// Signal number for `WorkerDied`, or -1.
     pub(crate) signal: i32,
-    pub(crate) _reserved: [u32; 3],
+    /// How many times the task was requeued after its worker died (written
+    /// by the supervisor, which holds the slot then).
+    pub(crate) retries_used: u32,
+    pub(crate) _reserved: [u32; 2],
 }
 
 /// A snapshot of a slot's state.
@@ -232,7 +238,6 @@ impl TaskSlot {
 
     /// RUNNING(k) → QUEUED, so the task runs again. Supervisor only, after
     /// reaping worker k. Returns `false` if the slot was not RUNNING(k).
-    #[allow(dead_code)] // for `retries`, with the crash-safety issue
     pub(crate) fn requeue(&self, worker: u32) -> bool {
         let mut s = self.state.load(Ordering::Acquire);
         loop {

@@ -225,6 +225,8 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
     drop(ready);
 
     let mut respawn: Vec<usize> = Vec::new();
+    // Per worker: the slot it was killed for, having exceeded the task timeout.
+    let mut timed_out: Vec<Option<u32>> = vec![None; core.processes];
     loop {
         if core.lifecycle() == TERMINATED {
             terminate_all(&core, &mut workers);
@@ -254,7 +256,14 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
                 revents: 0,
             })
             .collect();
-        let timeout_ms = if respawn.is_empty() { -1 } else { 100 };
+        let mut timeout_ms = if respawn.is_empty() { -1 } else { 100 };
+        if let Some(limit) = core.config.task_timeout {
+            let next = enforce_timeout(&core, &workers, &mut timed_out, limit);
+            timeout_ms = match timeout_ms {
+                -1 => next,
+                t => t.min(next),
+            };
+        }
         // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if n < 0 {
@@ -275,7 +284,7 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
                 continue;
             };
             core.set_pid(k, None);
-            let exit = settle_exit(&core, k, child.pid, status);
+            let exit = settle_exit(&core, k, child.pid, status, timed_out[k].take());
             core.layout().header().done.notify_sleepers();
             if exit == Exit::Finished || core.lifecycle() == TERMINATED {
                 continue;
@@ -305,8 +314,45 @@ enum Exit {
     Died { queued: Vec<u32> },
 }
 
-/// Settles worker `k`'s exit: fails the task it held.
-fn settle_exit(core: &Core, k: usize, pid: libc::pid_t, status: libc::c_int) -> Exit {
+/// Kills every worker whose task has run longer than `limit` (recording the
+/// slot in `timed_out`); returns how long `poll` may sleep before the next
+/// running task could expire, in milliseconds.
+fn enforce_timeout(
+    core: &Core,
+    workers: &[Option<Child>],
+    timed_out: &mut [Option<u32>],
+    limit: Duration,
+) -> libc::c_int {
+    let limit_ms = limit.as_millis().max(1) as u64;
+    let now = crate::shm::layout::monotonic_ms();
+    let mut next_ms = limit_ms;
+    for (k, w) in workers.iter().enumerate() {
+        let (Some(w), None) = (w, timed_out[k]) else {
+            continue;
+        };
+        let Some((slot, started)) = core.layout().worker_record(k as u32).running() else {
+            continue;
+        };
+        let ran = now.saturating_sub(started);
+        if ran >= limit_ms {
+            timed_out[k] = Some(slot);
+            w.kill(); // settled as Timeout when its pidfd reports the exit
+        } else {
+            next_ms = next_ms.min(limit_ms - ran);
+        }
+    }
+    next_ms.min(i32::MAX as u64) as libc::c_int + 1
+}
+
+/// Settles worker `k`'s exit: fails the task it held (`Timeout` if it is the
+/// slot `timed_out`), or queues it again if retries are left.
+fn settle_exit(
+    core: &Core,
+    k: usize,
+    pid: libc::pid_t,
+    status: libc::c_int,
+    timed_out: Option<u32>,
+) -> Exit {
     let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
     let clean = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     let layout = core.layout();
@@ -316,7 +362,27 @@ fn settle_exit(core: &Core, k: usize, pid: libc::pid_t, status: libc::c_int) -> 
         let slot = layout.slot(i);
         match slot.state() {
             SlotState::Running { worker } if worker as usize == k => {
-                held_task |= slot.finish_for(
+                held_task = true;
+                if timed_out == Some(i) {
+                    slot.finish_for(
+                        |s| s == SlotState::Running { worker: k as u32 },
+                        Outcome::TimedOut,
+                        pid as u32,
+                        signal.unwrap_or(-1),
+                    );
+                    continue;
+                }
+                // SAFETY: the slot is RUNNING(k) and k is reaped: the
+                // supervisor is its only accessor (module doc of `slot`).
+                let desc = unsafe { slot.desc() };
+                if desc.retries_used < core.config.retries {
+                    desc.retries_used += 1;
+                    if slot.requeue(k as u32) {
+                        queued.push(i);
+                        continue;
+                    }
+                }
+                slot.finish_for(
                     |s| s == SlotState::Running { worker: k as u32 },
                     Outcome::WorkerDied,
                     pid as u32,

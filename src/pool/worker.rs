@@ -38,6 +38,7 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
     }
     report_ready(start.ready_fd);
     let max_tasks = layout.header().settings.max_tasks.load(Ordering::Acquire);
+    let track = layout.header().settings.track_tasks.load(Ordering::Acquire) != 0;
     let mut tasks_run = 0u64;
     let ring = layout.ring();
     let header = layout.header();
@@ -50,7 +51,7 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
             }
         }
         if let Some(slot) = popped {
-            if run(layout, slot, start.index) {
+            if run(layout, slot, start.index, track) {
                 tasks_run += 1;
                 if max_tasks != 0 && tasks_run >= max_tasks {
                     return 0; // retire: holding no task and no popped entry
@@ -141,11 +142,16 @@ fn report_ready(fd: RawFd) {
 }
 
 /// Runs the task in slot `index` if this worker wins the claim; returns
-/// whether it did.
-fn run(layout: Layout, index: u32, me: u32) -> bool {
+/// whether it did. `track`: keep this worker's record (for the task timeout).
+fn run(layout: Layout, index: u32, me: u32, track: bool) -> bool {
     let slot = layout.slot(index);
     if !slot.claim(me) {
         return false; // a stale ring entry, or another worker was faster
+    }
+    if track {
+        layout
+            .worker_record(me)
+            .start(index, crate::shm::layout::monotonic_ms());
     }
     // SAFETY: we hold RUNNING(me); the parent wrote desc before publishing.
     let desc = unsafe { *slot.desc() };
@@ -176,6 +182,11 @@ fn run(layout: Layout, index: u32, me: u32) -> bool {
             // A payload whose destructor panics must not take the worker down.
             let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
         }
+    }
+    if track {
+        // Before `finish`: once DONE, the slot may be reused for another task,
+        // which the record must not seem to be running.
+        layout.worker_record(me).idle();
     }
     slot.finish();
     layout.header().done.notify_sleepers();

@@ -4,6 +4,7 @@
 //! ```text
 //! 0                 PoolHeader (one page): flags, the work wake word, ring positions
 //! RING_OFFSET       ring entries: RING_CAPACITY × u64
+//! WORKERS_OFFSET    worker records: MAX_PROCESSES × 64 B (what each worker runs)
 //! SLOTS_OFFSET      task slots:   SLOT_CAPACITY × 256 B   (sparse: touched as used)
 //! ARENA_OFFSET      payload arena for map chunks and large arguments (sparse)
 //! ```
@@ -24,7 +25,11 @@ pub(crate) const ARENA_BYTES: usize = 64 << 30;
 
 const PAGE: usize = 4096;
 pub(crate) const RING_OFFSET: usize = PAGE;
-pub(crate) const SLOTS_OFFSET: usize = RING_OFFSET + RING_CAPACITY * 8;
+/// The most worker processes one pool may have.
+pub(crate) const MAX_PROCESSES: usize = 1 << 16;
+pub(crate) const WORKERS_OFFSET: usize = RING_OFFSET + RING_CAPACITY * 8;
+pub(crate) const SLOTS_OFFSET: usize =
+    WORKERS_OFFSET + MAX_PROCESSES * std::mem::size_of::<WorkerRecord>();
 pub(crate) const ARENA_OFFSET: usize =
     SLOTS_OFFSET + SLOT_CAPACITY * std::mem::size_of::<TaskSlot>();
 /// The whole segment.
@@ -32,6 +37,54 @@ pub(crate) const SEGMENT_BYTES: usize = ARENA_OFFSET + ARENA_BYTES;
 
 const _: () = assert!(std::mem::size_of::<PoolHeader>() <= PAGE);
 const _: () = assert!(SLOTS_OFFSET % PAGE == 0 && ARENA_OFFSET % PAGE == 0);
+const _: () = assert!(std::mem::size_of::<WorkerRecord>() == 64);
+
+/// What worker k is running, for the supervisor's per-task timeout: written
+/// only by worker k (one cache line each, so workers do not share lines).
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub(crate) struct WorkerRecord {
+    /// `started_ms << 24 | (slot + 1)`, or 0 when idle: one word, so the
+    /// supervisor never pairs one task's slot with another task's start time.
+    running: AtomicU64,
+}
+
+/// Bits of [`WorkerRecord`] holding `slot + 1`.
+const RECORD_SLOT_BITS: u32 = 24;
+const _: () = assert!(SLOT_CAPACITY < (1 << RECORD_SLOT_BITS));
+
+impl WorkerRecord {
+    /// Worker side: now running `slot`, since `now_ms` (CLOCK_MONOTONIC).
+    pub(crate) fn start(&self, slot: u32, now_ms: u64) {
+        self.running.store(
+            (now_ms << RECORD_SLOT_BITS) | (slot as u64 + 1),
+            Ordering::Release,
+        );
+    }
+
+    /// Worker side: the task is finished.
+    pub(crate) fn idle(&self) {
+        self.running.store(0, Ordering::Release);
+    }
+
+    /// Supervisor side: `(slot, started_ms)` of the running task, if any.
+    pub(crate) fn running(&self) -> Option<(u32, u64)> {
+        let v = self.running.load(Ordering::Acquire);
+        let slot = v & ((1 << RECORD_SLOT_BITS) - 1);
+        (slot != 0).then(|| ((slot - 1) as u32, v >> RECORD_SLOT_BITS))
+    }
+}
+
+/// Milliseconds of CLOCK_MONOTONIC: one clock for every process of the pool.
+pub(crate) fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes a timespec we own; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
 
 /// Marks a segment laid out by this version of the crate.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpool1");
@@ -62,6 +115,8 @@ pub(crate) struct PoolHeader {
 pub(crate) struct WorkerSettings {
     /// Tasks a worker runs before it exits to be replaced; 0 = no limit.
     pub(crate) max_tasks: AtomicU64,
+    /// Non-zero if workers must keep their [`WorkerRecord`] (per-task timeout).
+    pub(crate) track_tasks: AtomicU32,
     /// Non-zero if the pool has an initializer.
     pub(crate) init_set: AtomicU32,
     /// The initializer's entry point (a `task::EntryPoint`).
@@ -132,6 +187,14 @@ impl Layout {
             )
         };
         Ring::new(&self.header().ring, entries)
+    }
+
+    /// Worker `index`'s record (< [`MAX_PROCESSES`]).
+    pub(crate) fn worker_record(&self, index: u32) -> &WorkerRecord {
+        let index = index as usize;
+        assert!(index < MAX_PROCESSES);
+        // SAFETY: in bounds; all-zero is a valid WorkerRecord, accessed atomically.
+        unsafe { &*self.base.add(WORKERS_OFFSET).cast::<WorkerRecord>().add(index) }
     }
 
     /// Task slot `index` (< [`SLOT_CAPACITY`]).
