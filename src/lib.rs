@@ -54,6 +54,7 @@ mod shm;
 mod start;
 mod sync;
 mod task;
+mod tracker;
 
 pub use context::{get_context, Context, StartMethod};
 pub use error::Error;
@@ -61,6 +62,7 @@ pub use pod::Pod;
 pub use pool::builder::MAX_PROCESSES;
 pub use pool::{AsyncResult, Imap, Pool, PoolBuilder};
 pub use process::{current_process, ProcessInfo};
+pub use shm::named::SharedMemory;
 pub use task::Task;
 
 /// Call first thing in `main` in programs that use the `Spawn` or `ForkServer`

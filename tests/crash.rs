@@ -63,7 +63,10 @@ fn maps_under_fire(pool: &Pool, maps: usize) -> usize {
         done.store(true, Ordering::SeqCst);
         let killed = killer.join().unwrap();
         match result {
-            Ok(out) => assert!(out == expected, "round {round}: a wrong value in the result"),
+            Ok(out) => assert!(
+                out == expected,
+                "round {round}: a wrong value in the result"
+            ),
             Err(Error::WorkerDied { signal, .. }) => {
                 assert_eq!(signal, Some(libc::SIGKILL), "round {round}");
                 died += 1;
@@ -75,7 +78,10 @@ fn maps_under_fire(pool: &Pool, maps: usize) -> usize {
         while pool.worker_pids().len() < pool.processes()
             || (killed && pool.worker_pids().contains(&victim))
         {
-            assert!(Instant::now() < deadline, "round {round}: worker not replaced");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: worker not replaced"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -89,7 +95,10 @@ fn killing_workers_during_maps_gives_the_exact_result_or_worker_died() {
         let died = maps_under_fire(&pool, 20);
         eprintln!("{died} of 20 maps lost a worker mid-chunk");
         let v: Vec<u64> = (0..1000).collect();
-        assert_eq!(pool.map(sq, &v).unwrap(), v.iter().map(|&x| sq(x)).collect::<Vec<_>>());
+        assert_eq!(
+            pool.map(sq, &v).unwrap(),
+            v.iter().map(|&x| sq(x)).collect::<Vec<_>>()
+        );
     });
 }
 
@@ -139,7 +148,11 @@ fn abort_segfault_and_exit_give_clear_errors_and_the_pool_goes_on() {
             Err(Error::WorkerDied { signal: None, .. }) => {}
             other => panic!("{other:?}"),
         }
-        let msg = Error::WorkerDied { pid: 1, signal: Some(libc::SIGSEGV) }.to_string();
+        let msg = Error::WorkerDied {
+            pid: 1,
+            signal: Some(libc::SIGSEGV),
+        }
+        .to_string();
         assert!(msg.contains("signal 11"), "{msg}");
         assert_eq!(pool.map(sq, &[1, 2, 3]).unwrap(), vec![1, 4, 9]);
     });
@@ -179,7 +192,10 @@ fn a_killed_idle_worker_is_replaced_and_the_pool_works() {
         kill(pids[0]);
         assert!(all_gone_within(&[pids[0]], Duration::from_secs(10)));
         let v: Vec<u64> = (0..100_000).collect();
-        assert_eq!(pool.map(sq, &v).unwrap(), v.iter().map(|&x| sq(x)).collect::<Vec<_>>());
+        assert_eq!(
+            pool.map(sq, &v).unwrap(),
+            v.iter().map(|&x| sq(x)).collect::<Vec<_>>()
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while pool.worker_pids().len() < 2 {
             assert!(Instant::now() < deadline);
@@ -210,15 +226,24 @@ fn a_task_looping_forever_is_killed_by_task_timeout() {
         let start = Instant::now();
         let stuck = pool.apply_async(spin_forever, ()).unwrap();
         let quick = pool.apply_async(nap, (50,)).unwrap();
-        assert!(matches!(stuck.get(Some(Duration::from_secs(30))), Err(Error::Timeout)));
+        assert!(matches!(
+            stuck.get(Some(Duration::from_secs(30))),
+            Err(Error::Timeout)
+        ));
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(300), "{waited:?}");
         assert!(waited < Duration::from_secs(10), "{waited:?}");
         assert_eq!(quick.get(Some(Duration::from_secs(30))).unwrap(), 50);
         // A map whose chunks each finish in time is unaffected.
-        assert_eq!(pool.map_chunked(nap, &[100, 100, 100, 100], 1).unwrap(), vec![100; 4]);
+        assert_eq!(
+            pool.map_chunked(nap, &[100, 100, 100, 100], 1).unwrap(),
+            vec![100; 4]
+        );
         // A map with one runaway chunk fails with Timeout, not a hang.
-        assert!(matches!(pool.map_chunked(nap, &[10, 5_000, 10], 1), Err(Error::Timeout)));
+        assert!(matches!(
+            pool.map_chunked(nap, &[10, 5_000, 10], 1),
+            Err(Error::Timeout)
+        ));
         assert_eq!(pool.apply(sq, (5,)).unwrap(), 25);
         assert!(matches!(
             Pool::builder().task_timeout(Duration::ZERO).build(),

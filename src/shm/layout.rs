@@ -194,7 +194,13 @@ impl Layout {
         let index = index as usize;
         assert!(index < MAX_PROCESSES);
         // SAFETY: in bounds; all-zero is a valid WorkerRecord, accessed atomically.
-        unsafe { &*self.base.add(WORKERS_OFFSET).cast::<WorkerRecord>().add(index) }
+        unsafe {
+            &*self
+                .base
+                .add(WORKERS_OFFSET)
+                .cast::<WorkerRecord>()
+                .add(index)
+        }
     }
 
     /// Task slot `index` (< [`SLOT_CAPACITY`]).

@@ -4,9 +4,12 @@
 //!   leak in `/dev/shm`, whatever dies and however).
 //! * [`layout`]: where the header, the ring, the task slots and the arena sit.
 //! * [`arena`]: the parent's allocator for `map` payloads inside the segment.
+//! * [`named`]: [`SharedMemory`](crate::SharedMemory), a *named* object that
+//!   unrelated processes can open; tracked by the resource tracker.
 //!
 //! Only offsets from the segment's base are ever stored in the segment.
 
 pub(crate) mod arena;
 pub(crate) mod layout;
+pub(crate) mod named;
 pub(crate) mod segment;

@@ -50,6 +50,10 @@ pub(crate) fn take_role() {
         };
         exit(code);
     }
+    if let Some(fd) = std::env::var_os(crate::tracker::ENV) {
+        std::env::remove_var(crate::tracker::ENV);
+        exit(crate::tracker::serve(&fd));
+    }
     if let Some(fd) = std::env::var_os(forkserver::ENV) {
         std::env::remove_var(forkserver::ENV);
         let code = forkserver::serve(&fd);

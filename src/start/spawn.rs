@@ -51,7 +51,9 @@ impl Spec {
 /// `fork`, because the child of a multithreaded process must not allocate.
 pub(crate) fn environment(extra: (&str, String)) -> io::Result<Vec<CString>> {
     std::env::vars_os()
-        .filter(|(k, _)| k != super::spawn::ENV && k != super::forkserver::ENV)
+        .filter(|(k, _)| {
+            k != super::spawn::ENV && k != super::forkserver::ENV && k != crate::tracker::ENV
+        })
         .chain(std::iter::once((extra.0.into(), extra.1.into())))
         .map(|(k, v): (OsString, OsString)| {
             let mut kv = k.into_vec();

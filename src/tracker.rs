@@ -1,0 +1,191 @@
+//! The resource tracker: a small process that removes named resources left
+//! behind by a crashed program, like the "semaphore tracker" / resource tracker
+//! of Python's `multiprocessing`.
+//!
+//! The pool itself creates nothing with a name (its segment is a `memfd`, its
+//! fork-server socket an anonymous pair), so a pool alone never starts a
+//! tracker. Named resources — [`SharedMemory`](crate::SharedMemory) objects in
+//! `/dev/shm` — are registered here when created and unregistered when
+//! unlinked.
+//!
+//! One tracker serves the whole program. It is this program's executable run
+//! again with [`ENV`] naming one end of a socket pair (see `start::bootstrap`);
+//! every process of the program holds the other end (forked workers inherit
+//! it), so the tracker reads end-of-file exactly when all of them are gone — however
+//! they ended, `kill -9` included. It then unlinks whatever is still
+//! registered, writes one warning line per resource to stderr, and exits. It
+//! ignores SIGINT and SIGTERM, so a Ctrl-C that kills the program does not kill
+//! the cleanup with it. Messages are single lines sent under a lock. A socket
+//! rather than a pipe: `send(MSG_NOSIGNAL)` cannot raise SIGPIPE in a host
+//! program that did not ignore it, should the tracker have been killed; the
+//! next message then starts a new tracker.
+
+use crate::start::spawn;
+use std::collections::BTreeSet;
+use std::ffi::{CString, OsStr};
+use std::io::{self, BufRead, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+/// The variable that makes a re-executed process the tracker.
+pub(crate) const ENV: &str = "SHMPOOL_TRACKER";
+
+/// Kinds of named resources the tracker knows how to remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A POSIX shared-memory object (`shm_open` name).
+    SharedMemory,
+}
+
+impl Kind {
+    fn tag(self) -> &'static str {
+        match self {
+            Kind::SharedMemory => "shm",
+        }
+    }
+}
+
+/// Our end of the socket to the running tracker, once started.
+static TRACKER: Mutex<Option<Tracker>> = Mutex::new(None);
+
+struct Tracker {
+    socket: OwnedFd,
+    pid: libc::pid_t,
+}
+
+/// Records that `name` exists and must be removed if the program dies first.
+pub(crate) fn register(kind: Kind, name: &str) -> io::Result<()> {
+    send("REGISTER", kind, name)
+}
+
+/// Records that `name` was removed normally.
+pub(crate) fn unregister(kind: Kind, name: &str) -> io::Result<()> {
+    send("UNREGISTER", kind, name)
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Option<Tracker>> {
+    TRACKER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn send(verb: &str, kind: Kind, name: &str) -> io::Result<()> {
+    if name.contains(['\n', ' ']) || name.len() > 255 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a tracked name must be one word of at most 255 bytes",
+        ));
+    }
+    let line = format!("{verb} {} {name}\n", kind.tag());
+    let mut guard = lock();
+    for attempt in 0..2 {
+        if guard.is_none() {
+            *guard = Some(launch()?);
+        }
+        let tracker = guard.as_ref().expect("just launched");
+        match send_all(tracker.socket.as_raw_fd(), line.as_bytes()) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt == 1 => return Err(e),
+            Err(_) => {
+                // The tracker died (killed from outside): reap it, start anew.
+                let dead = guard.take().expect("present");
+                crate::start::fork::reap(dead.pid, false);
+            }
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+fn send_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: sends from a live buffer on our socket.
+        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
+
+fn launch() -> io::Result<Tracker> {
+    crate::start::bootstrap::ensure_linked();
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two descriptors.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: two fresh descriptors that nothing else owns.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let env = spawn::environment((ENV, theirs.as_raw_fd().to_string()))?;
+    // The tracker must outlive this thread and this process: no death signal.
+    let child = spawn::exec_self(&env, &[theirs.as_raw_fd()], false)?;
+    Ok(Tracker {
+        socket: ours,
+        pid: child.pid,
+    })
+}
+
+/// The tracker's loop (in the re-executed process); returns its exit status.
+pub(crate) fn serve(fd: &OsStr) -> i32 {
+    let Some(fd) = fd.to_str().and_then(|s| s.parse::<RawFd>().ok()) else {
+        return 2;
+    };
+    // SAFETY: plain syscalls on this process's own signal dispositions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+    // SAFETY: the descriptor was handed to this process for it alone.
+    let socket = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut live: BTreeSet<(String, String)> = BTreeSet::new();
+    for line in io::BufReader::new(socket).lines() {
+        let Ok(line) = line else { break };
+        let mut words = line.split(' ');
+        let (Some(verb), Some(kind), Some(name)) = (words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        let key = (kind.to_owned(), name.to_owned());
+        match verb {
+            "REGISTER" => {
+                live.insert(key);
+            }
+            "UNREGISTER" => {
+                live.remove(&key);
+            }
+            _ => {}
+        }
+    }
+    // Every process of the program is gone: remove what they left.
+    let mut stderr = io::stderr().lock();
+    for (kind, name) in live {
+        let removed = match kind.as_str() {
+            "shm" => CString::new(name.as_str())
+                // SAFETY: a valid C string.
+                .map(|c| unsafe { libc::shm_unlink(c.as_ptr()) } == 0)
+                .unwrap_or(false),
+            _ => false,
+        };
+        let what = if removed {
+            "removed"
+        } else {
+            "could not remove"
+        };
+        let _ = writeln!(
+            stderr,
+            "shmpool tracker: the program ended without releasing {kind} {name}; {what} it"
+        );
+    }
+    0
+}
