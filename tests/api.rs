@@ -123,6 +123,7 @@ fn bad_init(fd: i32, k: u64) {
 #[test]
 fn a_panicking_initializer_fails_build_and_leaves_no_worker() {
     bounded(LIMIT, || {
+        let shm_before = common::shm_entries();
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for two descriptors.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
