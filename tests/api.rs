@@ -159,6 +159,7 @@ fn a_panicking_initializer_fails_build_and_leaves_no_worker() {
             pids.iter().all(|&p| common::is_gone(p)),
             "left behind: {pids:?}"
         );
+        assert_eq!(common::shm_entries(), shm_before, "no segment left in /dev/shm");
     });
 }
 
