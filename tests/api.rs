@@ -159,7 +159,11 @@ fn a_panicking_initializer_fails_build_and_leaves_no_worker() {
             pids.iter().all(|&p| common::is_gone(p)),
             "left behind: {pids:?}"
         );
-        assert_eq!(common::shm_entries(), shm_before, "no segment left in /dev/shm");
+        assert_eq!(
+            common::shm_entries(),
+            shm_before,
+            "no segment left in /dev/shm"
+        );
     });
 }
 
