@@ -60,7 +60,7 @@ pub use context::{get_context, Context, StartMethod};
 pub use error::Error;
 pub use pod::Pod;
 pub use pool::builder::MAX_PROCESSES;
-pub use pool::{AsyncResult, Imap, Pool, PoolBuilder};
+pub use pool::{AsyncResult, Imap, Pool, PoolBuilder, SharedVec};
 pub use process::{current_process, ProcessInfo};
 pub use shm::named::SharedMemory;
 pub use task::Task;

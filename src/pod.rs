@@ -41,7 +41,8 @@
 /// An implementor must hold no pointer, reference, file descriptor or other
 /// value whose meaning depends on the process that created it, and every bit
 /// pattern a value of it can take in one process must be a valid value in
-/// another process running the same binary.
+/// another process running the same binary. All-zero bytes must be a valid
+/// value (true of every implementor here, and of any `FromBytes` type).
 pub unsafe trait Pod: Copy + Send + Sync + 'static {}
 
 macro_rules! impl_pod {

@@ -194,6 +194,25 @@ where
     }
 }
 
+/// Entry point for one in-place chunk: `data[i] = f(data[i])` for `i < len`.
+///
+/// # Safety
+/// `io.input` points at `len` initialized, aligned `T`s that nothing else
+/// accesses meanwhile (`io.output` is the same place and is ignored).
+pub(crate) unsafe fn inplace_entry<F, T>(io: TaskIo)
+where
+    F: Fn(T) -> T + Copy,
+    T: Pod,
+{
+    // SAFETY: F is the zero-sized task type the parent was called with.
+    let f = unsafe { conjure::<F>() };
+    // SAFETY: by the contract, `len` initialized T's, exclusively ours.
+    let data = unsafe { std::slice::from_raw_parts_mut(io.input.cast_mut().cast::<T>(), io.len) };
+    for x in data {
+        *x = f(*x);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ pub(crate) mod imap;
 pub(crate) mod job;
 pub(crate) mod result;
 pub(crate) mod schedule;
+pub(crate) mod shared_vec;
 pub(crate) mod slot;
 pub(crate) mod supervisor;
 pub(crate) mod worker;
@@ -28,12 +29,13 @@ use self::result::{decode_one, decode_vec, Decode, Ticket};
 use self::slot::{TaskDesc, INLINE_CAPACITY};
 use crate::error::Error;
 use crate::task::{
-    apply_entry, assert_stateless, map_entry, starmap_entry, Entry, EntryPoint, Task,
+    apply_entry, assert_stateless, inplace_entry, map_entry, starmap_entry, Entry, EntryPoint, Task,
 };
 use crate::{Pod, StartMethod};
 pub use builder::PoolBuilder;
 pub use imap::Imap;
 pub use result::AsyncResult;
+pub use shared_vec::SharedVec;
 use std::mem::{align_of, size_of};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -520,6 +522,124 @@ impl Pool {
             chunksize,
             false,
         )
+    }
+
+    /// Applies `f` to every element of a [`SharedVec`] where it lies:
+    /// `data[i] = f(data[i])`, with no copy in or out (workers write into the
+    /// shared vector). Chunks as [`map`](Pool::map).
+    ///
+    /// On an error (a panic, a dead worker), chunks that ran have been written
+    /// and the others not: the vector is then partly mapped.
+    ///
+    /// ```
+    /// use shmpool::{Pool, SharedVec};
+    /// let pool = Pool::new(2)?;
+    /// let mut v = SharedVec::from_slice(&pool, &[1u32, 2, 3])?;
+    /// pool.map_inplace(|x: u32| x * 10, &mut v)?;
+    /// assert_eq!(&v[..], &[10, 20, 30]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_inplace<F, T>(&self, f: F, data: &mut SharedVec<T>) -> Result<(), Error>
+    where
+        F: Fn(T) -> T + Copy + Send + Sync + 'static,
+        T: Pod,
+    {
+        let chunksize = self.default_chunksize(data.len());
+        self.map_inplace_chunked(f, data, chunksize)
+    }
+
+    /// [`map_inplace`](Pool::map_inplace) with chunks of `chunksize` elements.
+    pub fn map_inplace_chunked<F, T>(
+        &self,
+        _f: F,
+        data: &mut SharedVec<T>,
+        chunksize: usize,
+    ) -> Result<(), Error>
+    where
+        F: Fn(T) -> T + Copy + Send + Sync + 'static,
+        T: Pod,
+    {
+        const { assert_stateless::<F>() };
+        self.check_owned(data)?;
+        let entry = self.entry_point(inplace_entry::<F, T>)?;
+        let at = schedule::InSegment {
+            input: data.offset(),
+            in_size: size_of::<T>(),
+            output: data.offset(),
+            out_size: size_of::<T>(),
+        };
+        schedule::run_in_segment(&self.core, data.len(), chunksize, entry, at)
+    }
+
+    /// `output[i] = f(input[i])` between two [`SharedVec`]s of this pool, with
+    /// no copy: workers read `input` and write `output` where they lie. The
+    /// lengths must match ([`Error::InvalidArgument`] otherwise).
+    ///
+    /// ```
+    /// use shmpool::{Pool, SharedVec};
+    /// let pool = Pool::new(2)?;
+    /// let input = SharedVec::from_slice(&pool, &[1.0f64, 2.0])?;
+    /// let mut out = SharedVec::<f32>::zeroed(&pool, 2)?;
+    /// pool.map_into(|x: f64| (x / 2.0) as f32, &input, &mut out)?;
+    /// assert_eq!(&out[..], &[0.5, 1.0]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_into<F, T, U>(
+        &self,
+        f: F,
+        input: &SharedVec<T>,
+        output: &mut SharedVec<U>,
+    ) -> Result<(), Error>
+    where
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        T: Pod,
+        U: Pod,
+    {
+        let chunksize = self.default_chunksize(input.len());
+        self.map_into_chunked(f, input, output, chunksize)
+    }
+
+    /// [`map_into`](Pool::map_into) with chunks of `chunksize` elements.
+    pub fn map_into_chunked<F, T, U>(
+        &self,
+        _f: F,
+        input: &SharedVec<T>,
+        output: &mut SharedVec<U>,
+        chunksize: usize,
+    ) -> Result<(), Error>
+    where
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        T: Pod,
+        U: Pod,
+    {
+        const { assert_stateless::<F>() };
+        self.check_owned(input)?;
+        self.check_owned(output)?;
+        if input.len() != output.len() {
+            return Err(Error::invalid(format!(
+                "map_into: input has {} elements, output {}",
+                input.len(),
+                output.len()
+            )));
+        }
+        let entry = self.entry_point(map_entry::<F, T, U>)?;
+        let at = schedule::InSegment {
+            input: input.offset(),
+            in_size: size_of::<T>(),
+            output: output.offset(),
+            out_size: size_of::<U>(),
+        };
+        schedule::run_in_segment(&self.core, input.len(), chunksize, entry, at)
+    }
+
+    fn check_owned<T: Pod>(&self, v: &SharedVec<T>) -> Result<(), Error> {
+        if v.belongs_to(&self.core) {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "this SharedVec belongs to another pool, whose memory these workers cannot see",
+            ))
+        }
     }
 
     /// How this pool's workers were started.

@@ -141,6 +141,78 @@ pub(crate) fn submit_slice<T: Pod, U: Pod>(
     Ok(job)
 }
 
+/// Where a map over data already in the segment reads and writes: element
+/// `i` is read at `input + i * in_size` and written at `output + i * out_size`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InSegment {
+    pub(crate) input: u64,
+    pub(crate) in_size: usize,
+    pub(crate) output: u64,
+    pub(crate) out_size: usize,
+}
+
+/// Runs `entry` over `len` elements that already live in the segment (a
+/// `SharedVec`): only task descriptions travel, no element is copied. At most
+/// [`WINDOW`] chunks are in flight; on the first failure the rest are
+/// withdrawn and the running ones awaited (they write into the caller's
+/// vector, which must not be touched before they finish).
+pub(crate) fn run_in_segment(
+    core: &Core,
+    len: usize,
+    chunksize: usize,
+    entry: EntryPoint,
+    at: InSegment,
+) -> Result<(), Error> {
+    core.ensure_running()?;
+    if chunksize == 0 {
+        return Err(Error::invalid("chunksize must be at least 1"));
+    }
+    let layout = core.layout();
+    let chunks = len.div_ceil(chunksize);
+    let mut in_flight: VecDeque<u32> = VecDeque::new();
+    let mut next_chunk = 0;
+    let mut error: Option<Error> = None;
+    loop {
+        while error.is_none() && next_chunk < chunks && in_flight.len() < WINDOW {
+            let start = next_chunk * chunksize;
+            let n = chunksize.min(len - start);
+            let submitted = core.alloc_slot().and_then(|slot| {
+                core.describe(
+                    slot,
+                    TaskDesc {
+                        entry: entry.0,
+                        input: at.input + (start * at.in_size) as u64,
+                        output: at.output + (start * at.out_size) as u64,
+                        len: n as u64,
+                        ..TaskDesc::default()
+                    },
+                );
+                core.submit(slot)
+                    .map(|()| slot)
+                    .inspect_err(|_| core.release_slot(slot))
+            });
+            match submitted {
+                Ok(slot) => in_flight.push_back(slot),
+                Err(e) => error = Some(e),
+            }
+            next_chunk += 1;
+        }
+        let Some(slot) = in_flight.pop_front() else {
+            break;
+        };
+        if error.is_some() && layout.slot(slot).cancel() {
+            core.release_slot(slot);
+            continue;
+        }
+        layout.slot(slot).wait_done(None);
+        if let Err(failure) = core.read_outcome::<()>(slot, 0) {
+            error.get_or_insert(failure.into());
+        }
+        core.release_slot(slot);
+    }
+    error.map_or(Ok(()), Err)
+}
+
 fn run_chunks<T: Pod, U: Pod>(
     core: &Core,
     items: &[T],
