@@ -4,7 +4,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rayon::prelude::*;
-use shmpool::{get_context, Pool, StartMethod};
+use shmpool::{get_context, Pool, SharedVec, StartMethod};
 use std::time::Duration;
 
 const PROCESSES: usize = 2;
@@ -76,6 +76,93 @@ fn map_square_f64(c: &mut Criterion) {
     group.finish();
 }
 
+/// `x * x` over 10M f64 in shared memory, in place and into a second vector,
+/// against rayon's `par_iter_mut` / `par_iter().zip()` on ordinary vectors.
+fn map_zero_copy(c: &mut Criterion) {
+    const N: usize = 10_000_000;
+    let pool = Pool::new(PROCESSES).unwrap();
+    let rayon = rayon_pool();
+    let v: Vec<f64> = (0..N).map(|i| (i % 1000) as f64).collect();
+    let mut group = c.benchmark_group("map_zero_copy_10M_f64");
+    group
+        .sample_size(20)
+        .throughput(Throughput::Elements(N as u64));
+    let mut shared = SharedVec::from_slice(&pool, &v).unwrap();
+    let mut out = SharedVec::<f64>::zeroed(&pool, N).unwrap();
+    // Repeated squaring reaches inf after a few rounds; multiplying inf costs
+    // the same as any other value on x86-64 (no denormals on this path).
+    group.bench_function("shmpool_map_inplace", |b| {
+        b.iter(|| pool.map_inplace(|x: f64| x * x, &mut shared).unwrap())
+    });
+    group.bench_function("shmpool_map_into", |b| {
+        b.iter(|| pool.map_into(|x: f64| x * x, &shared, &mut out).unwrap())
+    });
+    let mut plain = v.clone();
+    group.bench_function("rayon_par_iter_mut", |b| {
+        b.iter(|| rayon.install(|| plain.par_iter_mut().for_each(|x| *x = *x * *x)))
+    });
+    let mut plain_out = vec![0.0f64; N];
+    group.bench_function("rayon_zip_into", |b| {
+        b.iter(|| {
+            rayon.install(|| {
+                plain_out
+                    .par_iter_mut()
+                    .zip(plain.par_iter())
+                    .for_each(|(o, &x)| *o = x * x)
+            })
+        })
+    });
+    group.bench_function("sequential_in_place", |b| {
+        b.iter(|| plain.iter_mut().for_each(|x| *x = *x * *x))
+    });
+    group.finish();
+}
+
+/// About 1 µs and about 100 µs of arithmetic per element.
+fn costly(x: u64, rounds: u64) -> u64 {
+    let mut h = x;
+    for _ in 0..rounds {
+        h = black_box(
+            h.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407),
+        );
+    }
+    h
+}
+fn one_us(x: u64) -> u64 {
+    costly(x, 1_000)
+}
+fn hundred_us(x: u64) -> u64 {
+    costly(x, 100_000)
+}
+
+/// Functions that cost real time per element: here the pool should match rayon.
+fn map_costly(c: &mut Criterion) {
+    let pool = Pool::new(PROCESSES).unwrap();
+    let rayon = rayon_pool();
+    let mut group = c.benchmark_group("map_costly");
+    group.sample_size(10);
+    for (name, f, n) in [
+        ("1us", one_us as fn(u64) -> u64, 1_000_000u64),
+        ("100us", hundred_us as fn(u64) -> u64, 10_000),
+    ] {
+        let v: Vec<u64> = (0..n).collect();
+        group.throughput(Throughput::Elements(n));
+        match name {
+            "1us" => group.bench_function(format!("shmpool_map_{name}"), |b| {
+                b.iter(|| pool.map(one_us, &v).unwrap())
+            }),
+            _ => group.bench_function(format!("shmpool_map_{name}"), |b| {
+                b.iter(|| pool.map(hundred_us, &v).unwrap())
+            }),
+        };
+        group.bench_function(format!("rayon_collect_{name}"), |b| {
+            b.iter(|| rayon.install(|| v.par_iter().map(|&x| f(x)).collect::<Vec<u64>>()))
+        });
+    }
+    group.finish();
+}
+
 /// How chunk size trades scheduling overhead against balance: 1M u64.
 fn map_chunksize(c: &mut Criterion) {
     let pool = Pool::new(PROCESSES).unwrap();
@@ -140,6 +227,8 @@ criterion_group!(
     map_square_f64,
     map_chunksize,
     pool_create_destroy,
-    imap_items
+    imap_items,
+    map_zero_copy,
+    map_costly
 );
 criterion_main!(benches);

@@ -197,14 +197,25 @@ pub(crate) fn run_in_segment(
             }
             next_chunk += 1;
         }
-        let Some(slot) = in_flight.pop_front() else {
+        // Once everything is submitted the parent has nothing to do but wait:
+        // it sleeps on the newest chunk without spinning (on 2 CPUs a spinning
+        // parent takes time from the workers), and usually finds the older
+        // chunks done when it wakes: one wake-up per map instead of one per
+        // chunk.
+        let all_submitted = error.is_some() || next_chunk == chunks;
+        let popped = if all_submitted {
+            in_flight.pop_back()
+        } else {
+            in_flight.pop_front()
+        };
+        let Some(slot) = popped else {
             break;
         };
         if error.is_some() && layout.slot(slot).cancel() {
             core.release_slot(slot);
             continue;
         }
-        layout.slot(slot).wait_done(None);
+        layout.slot(slot).wait_done_with(!all_submitted, None);
         if let Err(failure) = core.read_outcome::<()>(slot, 0) {
             error.get_or_insert(failure.into());
         }

@@ -298,13 +298,20 @@ impl TaskSlot {
     /// Waits until DONE or `deadline`; returns whether the task is done. Spins
     /// a bounded number of times, then sleeps on the state word.
     pub(crate) fn wait_done(&self, deadline: Option<Instant>) -> bool {
+        self.wait_done_with(true, deadline)
+    }
+
+    /// [`wait_done`](Self::wait_done), choosing whether to spin first. Not
+    /// spinning suits a wait expected to be long, during which a spinning
+    /// parent would only take a CPU from the workers.
+    pub(crate) fn wait_done_with(&self, spin_first: bool, deadline: Option<Instant>) -> bool {
         let mut spin = SpinWait::new();
         loop {
             let s = self.state.load(Ordering::Acquire);
             if s & STATE_MASK == DONE {
                 return true;
             }
-            if spin.spin() {
+            if spin_first && spin.spin() {
                 continue;
             }
             let timeout = match deadline {
