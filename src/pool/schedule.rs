@@ -16,7 +16,7 @@ use crate::shm::arena::Block;
 use crate::task::EntryPoint;
 use crate::Pod;
 use std::collections::VecDeque;
-use std::mem::{align_of, size_of};
+use std::mem::{align_of, size_of, MaybeUninit};
 
 /// At most this many chunks of one map are in flight (bounds slot usage when
 /// chunks are tiny; with the default chunk size a map has far fewer).
@@ -71,9 +71,52 @@ pub(crate) fn map_slice<T: Pod, U: Pod>(
         return Ok(Vec::new());
     }
     let len = items.len();
-    let shape = MapLayout::new::<T, U>(len).ok_or_else(|| Error::invalid("map input too large"))?;
+    let mut out: Vec<U> = Vec::with_capacity(len);
+    let spare = &mut out.spare_capacity_mut()[..len];
+    let bytes = len * (size_of::<T>() + size_of::<U>());
+    // Where to cut for two parent threads: on a chunk boundary, so the tasks
+    // are the same as without the cut.
+    let cut = (len / 2).next_multiple_of(chunksize);
+    if bytes >= PARALLEL_BYTES && cut < len {
+        // The parent's copies (in, out, and faulting the fresh output) are
+        // the bottleneck of a large map: two threads share them.
+        let (items_a, items_b) = items.split_at(cut);
+        let (out_a, out_b) = spare.split_at_mut(cut);
+        let (a, b) = std::thread::scope(|scope| {
+            let other = scope.spawn(|| map_part(core, items_b, chunksize, entry, out_b));
+            let mine = map_part(core, items_a, chunksize, entry, out_a);
+            (
+                mine,
+                other
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            )
+        });
+        a.and(b)?;
+    } else {
+        map_part(core, items, chunksize, entry, spare)?;
+    }
+    // SAFETY: every chunk returned, so all `len` elements were written.
+    unsafe { out.set_len(len) };
+    Ok(out)
+}
+
+/// A map at least this large (input + output bytes) uses two parent threads.
+const PARALLEL_BYTES: usize = 8 << 20;
+
+/// Maps `items` into `out` (same length) through one arena block.
+fn map_part<T: Pod, U: Pod>(
+    core: &Core,
+    items: &[T],
+    chunksize: usize,
+    entry: EntryPoint,
+    out: &mut [MaybeUninit<U>],
+) -> Result<(), Error> {
+    let shape =
+        MapLayout::new::<T, U>(items.len()).ok_or_else(|| Error::invalid("map input too large"))?;
     let block = core.alloc_block(shape.total, shape.align)?;
-    let result = run_chunks::<T, U>(core, items, chunksize, entry, block, shape);
+    prefault(out.as_mut_ptr().cast(), std::mem::size_of_val(out));
+    let result = run_chunks::<T, U>(core, items, chunksize, entry, block, shape, out);
     core.free_block(block);
     result
 }
@@ -231,7 +274,8 @@ fn run_chunks<T: Pod, U: Pod>(
     entry: EntryPoint,
     block: Block,
     shape: MapLayout,
-) -> Result<Vec<U>, Error> {
+    out: &mut [MaybeUninit<U>],
+) -> Result<(), Error> {
     let layout = core.layout();
     let len = items.len();
     let chunks = len.div_ceil(chunksize);
@@ -240,8 +284,7 @@ fn run_chunks<T: Pod, U: Pod>(
     let output_at = |i: usize| base + (shape.output_start + i * size_of::<U>()) as u64;
     let entry = entry.0;
 
-    let mut out: Vec<U> = Vec::with_capacity(len);
-    prefault(out.as_mut_ptr().cast(), len * size_of::<U>());
+    debug_assert_eq!(out.len(), len);
     let mut in_flight: VecDeque<(u32, usize, usize)> = VecDeque::new();
     let mut next_chunk = 0;
     let mut error: Option<Error> = None;
@@ -295,11 +338,11 @@ fn run_chunks<T: Pod, U: Pod>(
         match layout.slot(slot).outcome().0 {
             Outcome::Returned if error.is_none() => {
                 // SAFETY: the worker wrote `n` U's at output_at(start) before DONE
-                // (observed with Acquire); `out` has capacity `len` ≥ start + n.
+                // (observed with Acquire); `out` holds `len` ≥ start + n elements.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         layout.at(output_at(start)).cast::<U>(),
-                        out.as_mut_ptr().add(start),
+                        out.as_mut_ptr().add(start).cast::<U>(),
                         n,
                     );
                 }
@@ -314,14 +357,7 @@ fn run_chunks<T: Pod, U: Pod>(
         }
         core.release_slot(slot);
     }
-    match error {
-        Some(e) => Err(e),
-        None => {
-            // SAFETY: every chunk returned, so all `len` elements were written.
-            unsafe { out.set_len(len) };
-            Ok(out)
-        }
-    }
+    error.map_or(Ok(()), Err)
 }
 
 /// Below this, a fresh output buffer is left to fault page by page.
