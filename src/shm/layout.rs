@@ -17,7 +17,9 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Entries in the work ring: how many tasks may wait unclaimed at once.
-pub(crate) const RING_CAPACITY: usize = 1 << 16;
+/// Enough that 100,000s of queued `apply_async` tasks never fill it; the
+/// region is sparse, so unused entries cost nothing.
+pub(crate) const RING_CAPACITY: usize = 1 << 20;
 /// Task slots: how many tasks may be in flight (queued, running or uncollected).
 pub(crate) const SLOT_CAPACITY: usize = 1 << 22;
 /// Bytes reserved for payloads (virtual; pages are allocated when touched).

@@ -1,0 +1,381 @@
+//! Side-by-side comparison in one run: shmpool, rayon, a sequential loop and
+//! Python's `multiprocessing.Pool`, on the same machine, with the same number
+//! of processes (threads for rayon).
+//!
+//! ```sh
+//! cargo run --release --example compare             # ~2 minutes; rewrites docs/PERFORMANCE.md
+//! cargo run --release --example compare -- --quick  # a smoke run; writes nothing
+//! ```
+//!
+//! Every cell is the median of repeated runs (at least 5, as many as fit in
+//! about a second, at most 51) after one warm-up run. Python's numbers come from
+//! `benches/compare.py`, run with `python3` (skipped with a message when there
+//! is none). Ratios compare throughput: above 1 means shmpool is faster.
+
+use rayon::prelude::*;
+use shmpool::{get_context, Pool, SharedVec, StartMethod};
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const PROCESSES: usize = 2;
+
+fn square_u64(x: u64) -> u64 {
+    x.wrapping_mul(x)
+}
+fn square_f64(x: f64) -> f64 {
+    x * x
+}
+/// About 1 µs of arithmetic.
+fn one_us(x: u64) -> u64 {
+    let mut h = x;
+    for _ in 0..1_000 {
+        h = black_box(
+            h.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407),
+        );
+    }
+    h
+}
+
+/// Median seconds of `f` (one warm-up run, then 5..=51 runs in ~`budget`).
+fn median(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 51 && (times.len() < 5 || start.elapsed() < budget) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// One row: a workload's time (or rate) for each contender.
+struct Row {
+    name: String,
+    unit: Unit,
+    shmpool: Option<f64>,
+    rayon: Option<f64>,
+    sequential: Option<f64>,
+    python: Option<f64>,
+}
+
+/// How a row's numbers read: a duration (lower is better) or a rate.
+#[derive(Clone, Copy)]
+enum Unit {
+    Micros,
+    Millis,
+    PerSecond,
+}
+
+impl Unit {
+    fn show(self, v: Option<f64>) -> String {
+        match (self, v) {
+            (_, None) => "–".into(),
+            (Unit::Micros, Some(s)) => format!("{:.2} µs", s * 1e6),
+            (Unit::Millis, Some(s)) => format!("{:.3} ms", s * 1e3),
+            (Unit::PerSecond, Some(r)) if r >= 1e6 => format!("{:.2} M/s", r / 1e6),
+            (Unit::PerSecond, Some(r)) => format!("{:.1} k/s", r / 1e3),
+        }
+    }
+
+    /// How many times faster `a` is than `b`.
+    fn speedup(self, a: Option<f64>, b: Option<f64>) -> String {
+        match (a, b) {
+            (Some(a), Some(b)) => match self {
+                Unit::PerSecond => format!("{:.2}", a / b),
+                _ => format!("{:.2}", b / a),
+            },
+            _ => "–".into(),
+        }
+    }
+}
+
+fn python(quick: bool) -> Result<serde_like::Map, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/compare.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).arg(PROCESSES.to_string());
+    if quick {
+        cmd.arg("--quick");
+    }
+    let child = cmd.output().map_err(|e| format!("python3 not run ({e})"))?;
+    if !child.status.success() {
+        return Err(format!(
+            "python3 failed: {}",
+            String::from_utf8_lossy(&child.stderr)
+        ));
+    }
+    serde_like::parse(&String::from_utf8_lossy(&child.stdout))
+}
+
+/// Just enough JSON for the flat object `compare.py` prints.
+mod serde_like {
+    pub type Map = std::collections::BTreeMap<String, String>;
+
+    pub fn parse(s: &str) -> Result<Map, String> {
+        let body = s.trim().strip_prefix('{').and_then(|s| s.strip_suffix('}'));
+        let body = body.ok_or("not a JSON object")?;
+        let mut map = Map::new();
+        for pair in body.split(", ") {
+            let (k, v) = pair.split_once(": ").ok_or("not a key: value pair")?;
+            map.insert(k.trim_matches('"').into(), v.trim_matches('"').into());
+        }
+        Ok(map)
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let budget = if quick {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(1)
+    };
+    let py = python(quick);
+    let py_get = |key: &str| -> Option<f64> { py.as_ref().ok()?.get(key)?.parse().ok() };
+    let mut rows = Vec::new();
+
+    // 0. Pool create + destroy, first: fork time grows with the parent's
+    //    memory, which the later workloads inflate.
+    for method in StartMethod::ALL {
+        rows.push(Row {
+            name: format!("pool create + destroy, {PROCESSES} processes, {method}"),
+            unit: Unit::Millis,
+            shmpool: Some(median(budget, || {
+                drop(get_context(method).pool(PROCESSES).unwrap())
+            })),
+            rayon: None,
+            sequential: None,
+            python: if method == StartMethod::Fork {
+                py_get("create_destroy_ms").map(|ms| ms / 1e3)
+            } else {
+                None
+            },
+        });
+    }
+
+    let pool = Pool::new(PROCESSES).expect("pool");
+    let rayon = rayon::ThreadPoolBuilder::new()
+        .num_threads(PROCESSES)
+        .build()
+        .expect("rayon");
+
+    // 1. apply round trip.
+    let n = 1000;
+    let t = median(budget, || {
+        for i in 0..n {
+            black_box(pool.apply(square_u64, (i,)).unwrap());
+        }
+    }) / n as f64;
+    rows.push(Row {
+        name: "`apply` round trip (one tiny task)".into(),
+        unit: Unit::Micros,
+        shmpool: Some(t),
+        rayon: None,
+        sequential: None,
+        python: py_get("apply_us").map(|us| us / 1e6),
+    });
+
+    // 2. Tiny tasks, 100,000 in flight.
+    let n = 100_000u64;
+    let t = median(budget, || {
+        let handles: Vec<_> = (0..n)
+            .map(|i| pool.apply_async(square_u64, (i,)).unwrap())
+            .collect();
+        black_box(handles.iter().map(|h| h.get(None).unwrap()).sum::<u64>());
+    });
+    rows.push(Row {
+        name: "tiny `apply_async`: 100,000 submitted, then collected".into(),
+        unit: Unit::PerSecond,
+        shmpool: Some(n as f64 / t),
+        rayon: None,
+        sequential: None,
+        python: py_get("apply_async_per_s"),
+    });
+
+    // 3. imap_unordered, chunk size 1.
+    let t = median(budget, || {
+        black_box(
+            pool.imap_unordered(square_u64, 0..n)
+                .unwrap()
+                .map(Result::unwrap)
+                .sum::<u64>(),
+        );
+    });
+    rows.push(Row {
+        name: "`imap_unordered`, chunk size 1, 100,000 items".into(),
+        unit: Unit::PerSecond,
+        shmpool: Some(n as f64 / t),
+        rayon: None,
+        sequential: None,
+        python: py_get("imap_unordered_per_s"),
+    });
+
+    // 4. x * x over f64 slices.
+    for n in [1_000usize, 100_000, 1_000_000, 10_000_000] {
+        let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
+        let ours = median(budget, || {
+            drop(black_box(pool.map(square_f64, &v).unwrap()))
+        });
+        let theirs = median(budget, || {
+            drop(black_box(rayon.install(|| {
+                v.par_iter().map(|&x| x * x).collect::<Vec<f64>>()
+            })))
+        });
+        let seq = median(budget, || {
+            drop(black_box(v.iter().map(|&x| x * x).collect::<Vec<f64>>()))
+        });
+        rows.push(Row {
+            name: format!("`map(x * x)` → `Vec`, {n} f64 (rayon: `par_iter().map().collect()`)"),
+            unit: Unit::Millis,
+            shmpool: Some(ours),
+            rayon: Some(theirs),
+            sequential: Some(seq),
+            python: py_get(&format!("map_{n}_ms")).map(|ms| ms / 1e3),
+        });
+    }
+    let n = 10_000_000;
+    let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
+    let mut shared = SharedVec::from_slice(&pool, &v).expect("shared vec");
+    let mut out = SharedVec::<f64>::zeroed(&pool, n).expect("shared vec");
+    let mut plain = v.clone();
+    let mut plain_out = vec![0.0; n];
+    rows.push(Row {
+        name: "`map_inplace(x * x)` on a `SharedVec`, 10M f64 (rayon: `par_iter_mut`)".into(),
+        unit: Unit::Millis,
+        shmpool: Some(median(budget, || {
+            pool.map_inplace(square_f64, &mut shared).unwrap()
+        })),
+        rayon: Some(median(budget, || {
+            rayon.install(|| plain.par_iter_mut().for_each(|x| *x = *x * *x))
+        })),
+        sequential: Some(median(budget, || {
+            black_box(&mut plain).iter_mut().for_each(|x| *x = *x * *x)
+        })),
+        python: None,
+    });
+    rows.push(Row {
+        name: "`map_into(x * x)` between `SharedVec`s, 10M f64 (rayon: zip into a `Vec`)".into(),
+        unit: Unit::Millis,
+        shmpool: Some(median(budget, || {
+            pool.map_into(square_f64, &shared, &mut out).unwrap()
+        })),
+        rayon: Some(median(budget, || {
+            rayon.install(|| {
+                plain_out
+                    .par_iter_mut()
+                    .zip(plain.par_iter())
+                    .for_each(|(o, &x)| *o = x * x)
+            })
+        })),
+        sequential: Some(median(budget, || {
+            black_box(&mut plain_out)
+                .iter_mut()
+                .zip(&plain)
+                .for_each(|(o, &x)| *o = x * x)
+        })),
+        python: None,
+    });
+    drop((shared, out, plain, plain_out));
+
+    // 5. A function that costs ~1 µs per element.
+    let n = if quick { 20_000 } else { 1_000_000 };
+    let v: Vec<u64> = (0..n).collect();
+    rows.push(Row {
+        name: format!("`map` of a ~1 µs function, {n} elements"),
+        unit: Unit::Millis,
+        shmpool: Some(median(budget, || {
+            drop(black_box(pool.map(one_us, &v).unwrap()))
+        })),
+        rayon: Some(median(budget, || {
+            drop(black_box(rayon.install(|| {
+                v.par_iter().map(|&x| one_us(x)).collect::<Vec<u64>>()
+            })))
+        })),
+        sequential: Some(median(budget, || {
+            drop(black_box(
+                v.iter().map(|&x| one_us(x)).collect::<Vec<u64>>(),
+            ))
+        })),
+        python: None,
+    });
+
+    let table = render(&rows, &py);
+    println!("{table}");
+    if quick {
+        println!("(--quick: docs/PERFORMANCE.md left unchanged)");
+    } else {
+        write_doc(&table);
+    }
+}
+
+fn render(rows: &[Row], py: &Result<serde_like::Map, String>) -> String {
+    let mut t = String::new();
+    let sh = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|| "?".into())
+    };
+    let python = match py {
+        Ok(map) => format!(
+            "Python {} `multiprocessing.Pool({PROCESSES})` (fork)",
+            map.get("python").map_or("?", String::as_str)
+        ),
+        Err(why) => format!("Python: skipped ({why})"),
+    };
+    let _ = writeln!(
+        t,
+        "Machine: {} CPUs, Linux {}, {}; {python}. Pools of {PROCESSES} processes, rayon with {PROCESSES} threads. Medians.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        sh("uname", &["-r"]),
+        sh("rustc", &["--version"]),
+    );
+    let _ = writeln!(
+        t,
+        "| workload | shmpool | rayon | sequential | Python | shmpool vs rayon | shmpool vs Python |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.unit.show(r.shmpool),
+            r.unit.show(r.rayon),
+            r.unit.show(r.sequential),
+            r.unit.show(r.python),
+            r.unit.speedup(r.shmpool, r.rayon),
+            r.unit.speedup(r.shmpool, r.python),
+        );
+    }
+    let _ = write!(
+        t,
+        "\nRatios are throughput ratios (> 1: shmpool is faster). Python's `map` \
+         rows use a list of floats and its default chunk size."
+    );
+    t
+}
+
+/// Replaces the text between the markers in docs/PERFORMANCE.md.
+fn write_doc(table: &str) {
+    const BEGIN: &str = "<!-- compare:begin -->";
+    const END: &str = "<!-- compare:end -->";
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PERFORMANCE.md");
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    let section = format!(
+        "{BEGIN}\n## Side by side (one run)\n\nReproduce with `cargo run --release --example compare` \
+         (this section is rewritten by it).\n\n{table}\n{END}"
+    );
+    let new = match (doc.find(BEGIN), doc.find(END)) {
+        (Some(b), Some(e)) if b < e => format!("{}{section}{}", &doc[..b], &doc[e + END.len()..]),
+        _ => format!("{doc}\n{section}\n"),
+    };
+    std::fs::write(path, new).expect("write docs/PERFORMANCE.md");
+    println!("docs/PERFORMANCE.md updated");
+}
