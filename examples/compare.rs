@@ -53,6 +53,84 @@ fn median(budget: Duration, mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
+/// Round trips between this process and a forked child through a word in a
+/// shared mapping: `(spinning, sleeping in futex_wait)`, seconds per trip.
+fn ping_pong(trips: u32) -> (f64, f64) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // SAFETY: a fresh shared anonymous page; it aliases no Rust object.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED);
+    // SAFETY: the page is zeroed, aligned, and outlives both processes' use.
+    let word = unsafe { &*page.cast::<AtomicU32>() };
+    let futex = |op: i32, val: u32| {
+        // SAFETY: a futex call on a word of a shared mapping.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word as *const AtomicU32,
+                op,
+                val,
+                0usize,
+                0usize,
+                0u32,
+            )
+        };
+    };
+    let mut results = [0.0; 2];
+    for (mode, result) in results.iter_mut().enumerate() {
+        let sleeping = mode == 1;
+        word.store(0, Ordering::SeqCst);
+        // Wait until `word` holds `want`, spinning or sleeping.
+        let wait = |want: u32| loop {
+            let now = word.load(Ordering::Acquire);
+            if now == want {
+                break;
+            }
+            if sleeping {
+                futex(libc::FUTEX_WAIT, now);
+            } else {
+                std::hint::spin_loop();
+            }
+        };
+        let set = |v: u32| {
+            word.store(v, Ordering::Release);
+            if sleeping {
+                futex(libc::FUTEX_WAKE, 1);
+            }
+        };
+        // SAFETY: the child only touches the shared word and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            for i in 0..trips {
+                wait(2 * i + 1);
+                set(2 * i + 2);
+            }
+            // SAFETY: leaves the child without running the parent's code.
+            unsafe { libc::_exit(0) };
+        }
+        let start = Instant::now();
+        for i in 0..trips {
+            set(2 * i + 1);
+            wait(2 * i + 2);
+        }
+        *result = start.elapsed().as_secs_f64() / f64::from(trips);
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
+    // SAFETY: unmaps the page mapped above; no reference outlives this.
+    unsafe { libc::munmap(page, 4096) };
+    (results[0], results[1])
+}
+
 /// One row: a workload's time (or rate) for each contender.
 struct Row {
     name: String,
@@ -299,6 +377,41 @@ fn main() {
             drop(black_box(
                 v.iter().map(|&x| one_us(x)).collect::<Vec<u64>>(),
             ))
+        })),
+        python: None,
+    });
+
+    // 7. Physical limits on this machine, for scale.
+    let (spin, sleep) = ping_pong(if quick { 2_000 } else { 20_000 });
+    for (name, t) in [
+        (
+            "limit: round trip between two processes spinning on a shared word",
+            spin,
+        ),
+        (
+            "limit: round trip between two processes sleeping in futex_wait",
+            sleep,
+        ),
+    ] {
+        rows.push(Row {
+            name: name.into(),
+            unit: Unit::Micros,
+            shmpool: None,
+            rayon: None,
+            sequential: Some(t),
+            python: None,
+        });
+    }
+    let src = vec![1.0f64; 10_000_000];
+    let mut dst = vec![0.0f64; 10_000_000];
+    dst.iter_mut().for_each(|x| *x = black_box(1.0)); // touch every page
+    rows.push(Row {
+        name: "limit: `memcpy` of 80 MB into a touched buffer (one thread)".into(),
+        unit: Unit::Millis,
+        shmpool: None,
+        rayon: None,
+        sequential: Some(median(budget, || {
+            black_box(&mut dst).copy_from_slice(black_box(&src))
         })),
         python: None,
     });

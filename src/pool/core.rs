@@ -226,17 +226,19 @@ impl Core {
     /// caller still owns (and frees) the slot then.
     pub(crate) fn submit(&self, slot: u32) -> Result<(), Error> {
         self.layout.slot(slot).publish();
+        // `push` ends with a SeqCst fence after the ring store (the wake word's
+        // Dekker fence). It pairs with the fence in `close`/`terminate`: either
+        // they see this slot queued (and run or fail it), or the load below
+        // sees their lifecycle change.
         self.push(slot);
-        // Pairs with the fence in `close`/`terminate`: either they see this slot
-        // queued (and run or fail it), or we see their lifecycle change here.
-        fence(Ordering::SeqCst);
         if self.lifecycle.load(Ordering::SeqCst) != RUNNING && self.layout.slot(slot).cancel() {
             return Err(Error::Closed);
         }
         Ok(())
     }
 
-    /// Appends `slot` to the ring, waiting while the ring is full.
+    /// Appends `slot` to the ring, waiting while the ring is full, then wakes a
+    /// worker if one sleeps. Ends with a SeqCst fence (`submit` relies on it).
     pub(crate) fn push(&self, slot: u32) {
         let ring = self.layout.ring();
         let mut backoff = Duration::from_micros(50);

@@ -40,6 +40,7 @@ impl WakeWord {
     }
 
     /// Wakes one sleeper, if any; call after making the condition true.
+    /// Issues a SeqCst fence first, whether or not anyone sleeps.
     pub(crate) fn notify_one(&self) {
         fence(Ordering::SeqCst);
         if self.sleepers.load(Ordering::Relaxed) > 0 {
