@@ -60,7 +60,7 @@ fn map_square_f64(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(4));
-    for n in [10_000usize, 1_000_000, 10_000_000] {
+    for n in [1_000usize, 10_000, 1_000_000, 10_000_000, 100_000_000] {
         let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("shmpool_map", n), &v, |b, v| {
