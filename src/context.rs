@@ -81,7 +81,32 @@ impl std::fmt::Display for StartMethod {
     }
 }
 
-/// Makes pools (and, later, other process objects) with one start method.
+/// The start method chosen with [`set_start_method`], if any.
+static DEFAULT_METHOD: std::sync::OnceLock<StartMethod> = std::sync::OnceLock::new();
+
+/// Chooses how this program starts its processes and pool workers from now
+/// on, like Python's `multiprocessing.set_start_method`. Like Python, it may be
+/// called once: a second call is [`Error::InvalidArgument`] ("context has
+/// already been set"). Prefer [`get_context`] in libraries.
+///
+/// ```
+/// shmpool::set_start_method(shmpool::StartMethod::Spawn)?;
+/// assert!(shmpool::set_start_method(shmpool::StartMethod::Fork).is_err());
+/// assert_eq!(shmpool::Pool::new(1)?.start_method(), shmpool::StartMethod::Spawn);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+pub fn set_start_method(method: StartMethod) -> Result<(), Error> {
+    DEFAULT_METHOD.set(method).map_err(|_| {
+        Error::invalid("context has already been set (set_start_method was called before)")
+    })
+}
+
+/// The program's start method: as set, else fork.
+pub(crate) fn default_method() -> StartMethod {
+    DEFAULT_METHOD.get().copied().unwrap_or_default()
+}
+
+/// Makes pools and processes with one start method.
 /// Returned by [`get_context`].
 ///
 /// ```
@@ -118,5 +143,15 @@ impl Context {
     /// A [`PoolBuilder`] preset to this context's start method.
     pub fn pool_builder(&self) -> PoolBuilder {
         Pool::builder().start_method(self.method)
+    }
+
+    /// A [`Process`](crate::Process) started with this context's start method
+    /// (Python's `ctx.Process(target=f, args=args)`).
+    pub fn process<F, Args>(&self, f: F, args: Args) -> crate::Process
+    where
+        F: crate::Task<Args>,
+        Args: crate::Pod,
+    {
+        crate::Process::with_method(self.method, f, args)
     }
 }

@@ -53,6 +53,18 @@ pub enum Error {
     /// A worker process could not be started (a spawned or forkserver worker
     /// that did not report in, or a binary that does not match this one).
     StartFailed(String),
+    /// A process holding a shared [`Lock`](crate::Lock) (or the lock inside a
+    /// [`Queue`](crate::Queue), [`Value`](crate::Value), …) died while holding
+    /// it. The lock has been released and made usable again; data it guarded
+    /// may be half-updated.
+    OwnerDied,
+    /// A [`Queue`](crate::Queue) or [`Pipe`](crate::Pipe) end waited for a
+    /// message, but every other process of the program is gone, so none can
+    /// come (where Python would wait forever).
+    PeersGone,
+    /// A [`Barrier`](crate::Barrier) was broken: a waiter timed out or
+    /// [`abort`](crate::Barrier::abort) was called.
+    BrokenBarrier,
     /// An argument is out of range: zero processes, a chunk size of zero,
     /// `join` before `close`, `successful()` before the result is ready, and so on.
     InvalidArgument(String),
@@ -88,6 +100,13 @@ impl fmt::Display for Error {
                 write!(f, "a result callback panicked: {message}")
             }
             Error::StartFailed(why) => write!(f, "a worker process could not start: {why}"),
+            Error::OwnerDied => f.write_str(
+                "the process holding the lock died; the lock was released and is usable again",
+            ),
+            Error::PeersGone => f.write_str(
+                "no other process of the program is alive to send what this end waits for",
+            ),
+            Error::BrokenBarrier => f.write_str("the barrier is broken"),
             Error::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
             Error::Io(e) => write!(f, "operating system error: {e}"),
         }

@@ -47,6 +47,7 @@
 
 mod context;
 mod error;
+mod objects;
 mod pod;
 mod pool;
 mod process;
@@ -56,12 +57,16 @@ mod sync;
 mod task;
 mod tracker;
 
-pub use context::{get_context, Context, StartMethod};
+pub use context::{get_context, set_start_method, Context, StartMethod};
 pub use error::Error;
+pub use objects::{
+    Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, ConditionGuard, Connection, Event,
+    Lock, LockGuard, Pipe, Queue, RLock, RLockGuard, Semaphore, Value, ValueGuard,
+};
 pub use pod::Pod;
 pub use pool::builder::MAX_PROCESSES;
 pub use pool::{AsyncResult, Imap, Pool, PoolBuilder, SharedVec};
-pub use process::{current_process, ProcessInfo};
+pub use process::{current_process, Process, ProcessInfo};
 pub use shm::named::SharedMemory;
 pub use task::Task;
 

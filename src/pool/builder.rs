@@ -35,10 +35,23 @@ pub const MAX_PROCESSES: usize = crate::shm::layout::MAX_PROCESSES;
 /// assert_eq!(pool.map(shifted, &[1, 2])?, vec![1001, 1002]);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct PoolBuilder {
     pub(crate) config: PoolConfig,
+}
+
+impl Default for PoolBuilder {
+    /// One process per CPU, the program's start method
+    /// ([`set_start_method`](crate::set_start_method); fork by default).
+    fn default() -> Self {
+        PoolBuilder {
+            config: PoolConfig {
+                start_method: crate::context::default_method(),
+                ..PoolConfig::default()
+            },
+        }
+    }
 }
 
 /// Everything a builder collects; read by the core and the supervisor.
@@ -214,6 +227,9 @@ impl PoolBuilder {
         }
         config.processes = Some(processes);
         crate::pool::worker::install_quiet_panic_hook();
+        // Workers must map the program's object heap (shared locks, queues):
+        // forked ones inherit it, so it must exist before they are forked.
+        crate::objects::Heap::get()?;
         let core = Arc::new(Core::new(config)?);
         Supervisor::start(&core)?;
         Ok(Pool { core })

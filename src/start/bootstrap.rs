@@ -50,6 +50,10 @@ pub(crate) fn take_role() {
         };
         exit(code);
     }
+    if let Some(value) = std::env::var_os(spawn::PROCESS_ENV) {
+        std::env::remove_var(spawn::PROCESS_ENV);
+        exit(run_spawned_process(&value));
+    }
     if let Some(fd) = std::env::var_os(crate::tracker::ENV) {
         std::env::remove_var(crate::tracker::ENV);
         exit(crate::tracker::serve(&fd));
@@ -72,12 +76,38 @@ fn run_spawned(spec: Spec) -> i32 {
     if spec.probe != super::probe_offset() {
         return BINARY_MISMATCH_EXIT;
     }
+    if !crate::objects::Heap::adopt(spec.heap_fd) {
+        return BAD_SEGMENT_EXIT;
+    }
     become_worker(
         spec.segment_fd,
         spec.ready_fd,
         spec.index,
         StartMethod::Spawn,
     )
+}
+
+/// A spawned `Process`: `<heap fd>,<spec offset>,<probe>`.
+fn run_spawned_process(value: &std::ffi::OsStr) -> i32 {
+    let parts: Vec<u64> = value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let [heap_fd, spec_at, probe] = parts[..] else {
+        return BAD_SEGMENT_EXIT;
+    };
+    if probe != super::probe_offset() {
+        return BINARY_MISMATCH_EXIT;
+    }
+    if !crate::objects::Heap::adopt(heap_fd as RawFd) {
+        return BAD_SEGMENT_EXIT;
+    }
+    // SAFETY: plain syscall.
+    fork::die_with_parent(unsafe { libc::getppid() } as u32);
+    crate::pool::worker::install_quiet_panic_hook();
+    crate::process::run_spec(spec_at)
 }
 
 /// Maps the pool's segment from `segment_fd` and serves as worker `index`.

@@ -88,6 +88,9 @@ pub(crate) fn fork_with(die_with_thread: bool, body: impl FnOnce() -> i32) -> io
     if pid == 0 {
         prepare_child(parent, die_with_thread);
         let code = std::panic::catch_unwind(AssertUnwindSafe(body)).unwrap_or(101);
+        // Only this thread exists in the child: no one else can hold these locks.
+        let _ = io::stdout().flush();
+        let _ = io::stderr().flush();
         // SAFETY: leaves the child without unwinding into the parent's frames.
         unsafe { libc::_exit(code) }
     }

@@ -32,6 +32,7 @@ pub(crate) const ENV: &str = "SHMPOOL_FORKSERVER";
 
 const START: u32 = 1;
 const REAP: u32 = 2;
+const START_PROCESS: u32 = 3;
 
 /// The parent's side of the running server.
 struct Server {
@@ -49,6 +50,24 @@ fn server() -> MutexGuard<'static, Option<Server>> {
 
 /// Asks the server (started if needed) for worker `start.index`.
 pub(crate) fn start_worker(segment_fd: RawFd, start: WorkerStart) -> io::Result<Child> {
+    let heap_fd = crate::objects::Heap::get().map_err(io::Error::other)?.fd();
+    start_child(
+        [START, start.index, 0, 0],
+        &[segment_fd, start.ready_fd, heap_fd],
+    )
+}
+
+/// Asks the server for a `Process` child running the spec at `spec_at` of
+/// the object heap `heap_fd`.
+pub(crate) fn start_process(heap_fd: RawFd, spec_at: u64) -> io::Result<Child> {
+    start_child(
+        [START_PROCESS, spec_at as u32, (spec_at >> 32) as u32, 0],
+        &[heap_fd],
+    )
+}
+
+/// Sends a start request; returns the new child.
+fn start_child(words: [u32; 4], fds: &[RawFd]) -> io::Result<Child> {
     let mut guard = server();
     let mut reply = None;
     for _attempt in 0..2 {
@@ -56,11 +75,7 @@ pub(crate) fn start_worker(segment_fd: RawFd, start: WorkerStart) -> io::Result<
             *guard = Some(launch()?);
         }
         let s = guard.as_ref().expect("just launched");
-        match request(
-            &s.socket,
-            [START, start.index, 0, 0],
-            &[segment_fd, start.ready_fd],
-        ) {
+        match request(&s.socket, words, fds) {
             Ok(r) => {
                 reply = Some(r);
                 break;
@@ -153,7 +168,7 @@ fn bytes_of_mut<T: Copy>(v: &mut [T]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), std::mem::size_of_val(v)) }
 }
 
-const MAX_FDS: usize = 2;
+const MAX_FDS: usize = 3;
 
 /// `sendmsg` of `data` with `fds` as `SCM_RIGHTS`.
 fn send(socket: RawFd, data: &[u32; 4], fds: &[RawFd]) -> io::Result<()> {
@@ -261,6 +276,12 @@ pub(crate) fn serve(fd: &OsStr) -> i32 {
         }
         let reply = match words[0] {
             START => start(socket, me, words[1], fds),
+            START_PROCESS => start_process_child(
+                socket,
+                me,
+                u64::from(words[1]) | u64::from(words[2]) << 32,
+                fds[0],
+            ),
             REAP => reap_child(words[1] as libc::pid_t, words[2] != 0),
             _ => [0, libc::EINVAL],
         };
@@ -276,19 +297,52 @@ pub(crate) fn serve(fd: &OsStr) -> i32 {
 
 /// Forks worker `index` (server side); replies `[pid, 0]` or `[-1, errno]`.
 fn start(socket: RawFd, server: libc::pid_t, index: u32, fds: [RawFd; MAX_FDS]) -> [i32; 2] {
-    let [segment_fd, ready_fd] = fds;
-    if segment_fd < 0 || ready_fd < 0 {
+    let [segment_fd, ready_fd, heap_fd] = fds;
+    if segment_fd < 0 || ready_fd < 0 || heap_fd < 0 {
         return [-1, libc::EBADF];
     }
+    fork_from_server(socket, server, heap_fd, move || {
+        super::bootstrap::become_worker(segment_fd, ready_fd, index, StartMethod::ForkServer)
+    })
+}
+
+/// Forks a `Process` child (server side).
+fn start_process_child(
+    socket: RawFd,
+    server: libc::pid_t,
+    spec_at: u64,
+    heap_fd: RawFd,
+) -> [i32; 2] {
+    if heap_fd < 0 {
+        return [-1, libc::EBADF];
+    }
+    fork_from_server(socket, server, heap_fd, move || {
+        crate::pool::worker::install_quiet_panic_hook();
+        crate::process::run_spec(spec_at)
+    })
+}
+
+/// Forks a child that maps the object heap `heap_fd` and runs `body`;
+/// replies `[pid, 0]` or `[-1, errno]`.
+fn fork_from_server(
+    socket: RawFd,
+    server: libc::pid_t,
+    heap_fd: RawFd,
+    body: impl FnOnce() -> i32,
+) -> [i32; 2] {
     // SAFETY: the server is single-threaded, so the child may run any code.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         // SAFETY: the child does not speak for the server.
         unsafe { libc::close(socket) };
         fork::die_with_parent(server as u32);
-        let code =
-            super::bootstrap::become_worker(segment_fd, ready_fd, index, StartMethod::ForkServer);
-        // SAFETY: ends the worker without returning into the server loop.
+        let code = if crate::objects::Heap::adopt(heap_fd) {
+            body()
+        } else {
+            super::BAD_SEGMENT_EXIT
+        };
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        // SAFETY: ends the child without returning into the server loop.
         unsafe { libc::_exit(code) }
     }
     if pid < 0 {

@@ -16,12 +16,17 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// The variable that makes a re-executed process a pool worker.
 pub(crate) const ENV: &str = "SHMPOOL_SPAWN_WORKER";
+/// The variable that makes a re-executed process run a `Process`'s function:
+/// `<heap fd>,<spec offset>,<probe>`.
+pub(crate) const PROCESS_ENV: &str = "SHMPOOL_SPAWN_PROCESS";
 
 /// What a spawned worker needs, as carried in [`ENV`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Spec {
     pub(crate) segment_fd: RawFd,
     pub(crate) ready_fd: RawFd,
+    /// The program's object heap (`objects`), so tasks can use shared objects.
+    pub(crate) heap_fd: RawFd,
     pub(crate) index: u32,
     pub(crate) probe: u64,
 }
@@ -29,8 +34,8 @@ pub(crate) struct Spec {
 impl Spec {
     pub(crate) fn encode(&self) -> String {
         format!(
-            "{},{},{},{}",
-            self.segment_fd, self.ready_fd, self.index, self.probe
+            "{},{},{},{},{}",
+            self.segment_fd, self.ready_fd, self.heap_fd, self.index, self.probe
         )
     }
 
@@ -40,6 +45,7 @@ impl Spec {
         let spec = Spec {
             segment_fd: parts.next()?.parse().ok()?,
             ready_fd: parts.next()?.parse().ok()?,
+            heap_fd: parts.next()?.parse().ok()?,
             index: parts.next()?.parse().ok()?,
             probe: parts.next()?.parse().ok()?,
         };
@@ -52,7 +58,7 @@ impl Spec {
 pub(crate) fn environment(extra: (&str, String)) -> io::Result<Vec<CString>> {
     std::env::vars_os()
         .filter(|(k, _)| {
-            k != super::spawn::ENV && k != super::forkserver::ENV && k != crate::tracker::ENV
+            k != ENV && k != PROCESS_ENV && k != super::forkserver::ENV && k != crate::tracker::ENV
         })
         .chain(std::iter::once((extra.0.into(), extra.1.into())))
         .map(|(k, v): (OsString, OsString)| {
@@ -97,14 +103,16 @@ pub(crate) fn exec_self(
 /// Starts a spawned worker (from the pool's supervisor thread).
 pub(crate) fn spawn_worker(segment_fd: RawFd, start: WorkerStart) -> io::Result<Child> {
     super::bootstrap::ensure_linked();
+    let heap_fd = crate::objects::Heap::get().map_err(io::Error::other)?.fd();
     let spec = Spec {
         segment_fd,
         ready_fd: start.ready_fd,
+        heap_fd,
         index: start.index,
         probe: super::probe_offset(),
     };
     let env = environment((ENV, spec.encode()))?;
-    exec_self(&env, &[segment_fd, start.ready_fd], true)
+    exec_self(&env, &[segment_fd, start.ready_fd, heap_fd], true)
 }
 
 #[cfg(test)]
@@ -116,12 +124,13 @@ mod tests {
         let spec = Spec {
             segment_fd: 5,
             ready_fd: 7,
+            heap_fd: 8,
             index: 3,
             probe: 123_456,
         };
         assert_eq!(Spec::decode(OsStr::new(&spec.encode())), Some(spec));
-        assert_eq!(Spec::decode(OsStr::new("5,7,3")), None);
-        assert_eq!(Spec::decode(OsStr::new("5,7,3,1,9")), None);
-        assert_eq!(Spec::decode(OsStr::new("a,b,c,d")), None);
+        assert_eq!(Spec::decode(OsStr::new("5,7,8,3")), None);
+        assert_eq!(Spec::decode(OsStr::new("5,7,8,3,1,9")), None);
+        assert_eq!(Spec::decode(OsStr::new("a,b,c,d,e")), None);
     }
 }

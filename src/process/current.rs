@@ -13,7 +13,8 @@ pub struct ProcessInfo {
     pub index: Option<usize>,
     /// The operating-system process id.
     pub pid: u32,
-    /// `"MainProcess"` outside a worker; in a worker, Python's naming:
+    /// `"MainProcess"` in the main process; a [`Process`](crate::Process)'s
+    /// name (`"Process-1"`, …) in its child; in a pool worker, Python's naming:
     /// `"ForkPoolWorker-1"`, `"ForkServerPoolWorker-2"`, `"SpawnPoolWorker-1"`
     /// (the number is `index + 1`).
     pub name: String,
@@ -21,6 +22,13 @@ pub struct ProcessInfo {
 
 /// Set once, in a worker process, before its first task.
 static WORKER: OnceLock<(usize, StartMethod)> = OnceLock::new();
+/// Set once, in a [`Process`](crate::Process) child, before its function runs.
+static PROCESS_NAME: OnceLock<String> = OnceLock::new();
+
+/// Marks this process as the child of a `Process` named `name`.
+pub(crate) fn enter_process(name: String) {
+    let _ = PROCESS_NAME.set(name);
+}
 
 /// Marks this process as worker `index` of a pool started with `method`.
 pub(crate) fn enter_worker(index: usize, method: StartMethod) {
@@ -58,7 +66,10 @@ pub fn current_process() -> ProcessInfo {
         None => ProcessInfo {
             index: None,
             pid,
-            name: "MainProcess".to_owned(),
+            name: PROCESS_NAME
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "MainProcess".to_owned()),
         },
     }
 }

@@ -1,0 +1,176 @@
+//! The program-wide object heap: one sparse memfd segment, a bump allocator in
+//! its header, and the table of the program's processes (for "are my peers
+//! alive?" checks).
+
+use crate::error::Error;
+use crate::shm::segment::Segment;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// Virtual size of the heap (pages cost memory only when touched).
+pub(crate) const HEAP_BYTES: usize = 1 << 32;
+const MAGIC: u64 = u64::from_le_bytes(*b"shmobj01");
+/// Processes the table can list.
+const MAX_MEMBERS: usize = 4096;
+
+/// The first bytes of the heap.
+#[repr(C)]
+struct HeapHeader {
+    magic: AtomicU64,
+    /// Next free offset (bump allocation; objects are never freed).
+    next: AtomicU64,
+    /// Pids of the program's processes that may use objects (0 = free entry).
+    members: [AtomicU32; MAX_MEMBERS],
+}
+
+const HEADER_BYTES: usize = std::mem::size_of::<HeapHeader>().next_multiple_of(4096);
+
+/// The heap as mapped in this process.
+pub(crate) struct Heap {
+    base: *mut u8,
+    fd: RawFd,
+    _segment: Option<Segment>,
+}
+
+// SAFETY: `base` points at a shared mapping valid for the life of the process;
+// every access goes through atomics or follows an object's own protocol.
+unsafe impl Send for Heap {}
+// SAFETY: as above.
+unsafe impl Sync for Heap {}
+
+static HEAP: OnceLock<Heap> = OnceLock::new();
+
+impl Heap {
+    /// This process's heap, created (and this process registered) on first use.
+    pub(crate) fn get() -> Result<&'static Heap, Error> {
+        if let Some(h) = HEAP.get() {
+            return Ok(h);
+        }
+        let segment = Segment::create("shmpool-objects", HEAP_BYTES)?;
+        let heap = Heap {
+            base: segment.base(),
+            fd: segment.fd(),
+            _segment: Some(segment),
+        };
+        let header = heap.header();
+        header.next.store(HEADER_BYTES as u64, Ordering::Relaxed);
+        header.magic.store(MAGIC, Ordering::Release);
+        let heap = HEAP.get_or_init(|| heap); // a racing thread's heap is dropped
+        heap.register(std::process::id());
+        Ok(heap)
+    }
+
+    /// In a spawned process: maps the parent's heap from an inherited
+    /// descriptor. Returns `false` if it is not a heap.
+    pub(crate) fn adopt(fd: RawFd) -> bool {
+        let Ok(base) = Segment::map_inherited(fd, HEAP_BYTES) else {
+            return false;
+        };
+        let heap = Heap {
+            base,
+            fd,
+            _segment: None,
+        };
+        if heap.header().magic.load(Ordering::Acquire) != MAGIC {
+            return false;
+        }
+        HEAP.set(heap).is_ok()
+    }
+
+    /// The heap if this process has one (without creating it).
+    pub(crate) fn existing() -> Option<&'static Heap> {
+        HEAP.get()
+    }
+
+    /// The descriptor to hand to a spawned process.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    fn header(&self) -> &HeapHeader {
+        // SAFETY: the heap starts with a HeapHeader (all-zero is valid), only
+        // accessed atomically.
+        unsafe { &*self.base.cast::<HeapHeader>() }
+    }
+
+    /// `len` zeroed bytes aligned to `align` (≤ 4096); returns the offset.
+    pub(crate) fn alloc(&self, len: usize, align: usize) -> Result<u64, Error> {
+        let next = &self.header().next;
+        let mut cur = next.load(Ordering::Relaxed);
+        loop {
+            let start = (cur as usize).next_multiple_of(align.max(64));
+            let end = start
+                .checked_add(len)
+                .filter(|&e| e <= HEAP_BYTES)
+                .ok_or_else(|| Error::invalid("the object heap (4 GiB) is full"))?;
+            match next.compare_exchange_weak(cur, end as u64, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(start as u64),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The object of type `O` at `offset`, if the offset is in bounds and
+    /// aligned. (Callers then check the object's kind tag.)
+    pub(crate) fn at<O>(&self, offset: u64) -> Option<&O> {
+        let offset = offset as usize;
+        let end = offset.checked_add(std::mem::size_of::<O>())?;
+        if offset < HEADER_BYTES || end > HEAP_BYTES || offset % std::mem::align_of::<O>() != 0 {
+            return None;
+        }
+        // SAFETY: in bounds and aligned; objects are made of atomics and
+        // cells accessed by their own protocols, and all-zero bytes are valid
+        // for them (the caller checks the kind tag before trusting contents).
+        Some(unsafe { &*self.base.add(offset).cast::<O>() })
+    }
+
+    /// A raw pointer to the byte at `offset` (< HEAP_BYTES, checked).
+    pub(crate) fn ptr(&self, offset: u64, len: usize) -> Option<*mut u8> {
+        let end = (offset as usize).checked_add(len)?;
+        // SAFETY: in bounds of the mapping.
+        (offset as usize >= HEADER_BYTES && end <= HEAP_BYTES)
+            .then(|| unsafe { self.base.add(offset as usize) })
+    }
+
+    /// Lists `pid` as a process of the program.
+    pub(crate) fn register(&self, pid: u32) {
+        for m in &self.header().members {
+            if m.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Whether some process of the program other than this one is alive.
+    pub(crate) fn others_alive(&self) -> bool {
+        let me = std::process::id();
+        let mut any = false;
+        for m in &self.header().members {
+            let pid = m.load(Ordering::Acquire);
+            if pid == 0 || pid == me {
+                continue;
+            }
+            if alive(pid) {
+                any = true;
+            } else {
+                // Forget the dead, so the table does not fill up.
+                let _ = m.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+        any
+    }
+}
+
+/// Whether `pid` runs (a zombie does not: it can no longer act).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}

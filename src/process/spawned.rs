@@ -1,0 +1,335 @@
+//! [`Process`]: run one function in a new process.
+
+use super::launch::on_launcher;
+use crate::context::StartMethod;
+use crate::error::Error;
+use crate::objects::Heap;
+use crate::start::fork::{self, Child};
+use crate::task::{assert_stateless, init_entry, EntryPoint, Task, TaskIo};
+use crate::Pod;
+use std::mem::{align_of, size_of};
+use std::os::fd::AsRawFd;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// What a started process runs, written into the object heap by the parent so
+/// that a spawned child (another copy of the program) can read it too.
+#[repr(C)]
+struct ProcessSpec {
+    entry: u64,
+    args_at: u64,
+    name_len: u64,
+    name: [u8; 64],
+}
+
+/// A function running in a process of its own, like Python's
+/// `multiprocessing.Process(target=f, args=(...))`.
+///
+/// The function and its arguments follow the pool's rules: a function item or
+/// non-capturing closure, [`Pod`] arguments — which include the shared objects
+/// ([`Queue`](crate::Queue), [`Lock`](crate::Lock), [`Value`](crate::Value), …),
+/// so a child can talk to its parent. The exit code is 0 when the function
+/// returns, 1 when it panics (the panic message goes to stderr, as Python
+/// prints a traceback), `-N` when signal `N` killed it.
+///
+/// The child is killed if this program exits (it never outlives it, as a
+/// Python "daemon" process). Dropping a started `Process` without `join` lets
+/// the child run on; it is reaped when it exits.
+///
+/// ```
+/// use shmpool::Process;
+///
+/// fn greet(n: u32) { assert_eq!(n, 7) }
+/// fn fail() { panic!("no") }
+///
+/// let mut p = Process::new(greet, (7,));
+/// p.start()?;
+/// assert_eq!(p.join(None)?, Some(0));
+/// let mut q = Process::new(fail, ());
+/// q.start()?;
+/// assert_eq!(q.join(None)?, Some(1));
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+pub struct Process {
+    name: String,
+    method: StartMethod,
+    entry: EntryPoint,
+    entry_fn: crate::task::Entry,
+    /// The argument tuple's bytes (aligned to 64 by the element type).
+    args: Vec<Aligned>,
+    args_len: usize,
+    args_align: usize,
+    child: Option<Child>,
+    exitcode: Option<i32>,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Aligned([u8; 64]);
+
+static COUNTER: AtomicU64 = AtomicU64::new(1);
+
+impl Process {
+    /// A process that will run `f(args...)`, started with the program's start
+    /// method ([`set_start_method`](crate::set_start_method); fork by
+    /// default). Nothing runs until [`start`](Process::start).
+    pub fn new<F, Args>(f: F, args: Args) -> Process
+    where
+        F: Task<Args>,
+        Args: Pod,
+    {
+        Self::with_method(crate::context::default_method(), f, args)
+    }
+
+    pub(crate) fn with_method<F, Args>(method: StartMethod, _f: F, args: Args) -> Process
+    where
+        F: Task<Args>,
+        Args: Pod,
+    {
+        const { assert_stateless::<F>() };
+        const { assert!(align_of::<Args>() <= 64) };
+        let mut buf = vec![Aligned([0; 64]); size_of::<Args>().div_ceil(64).max(1)];
+        // SAFETY: `buf` is 64-aligned with room for an Args.
+        unsafe { buf.as_mut_ptr().cast::<Args>().write(args) };
+        Process {
+            name: format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)),
+            method,
+            entry: EntryPoint::new(init_entry::<F, Args>),
+            entry_fn: init_entry::<F, Args>,
+            args: buf,
+            args_len: size_of::<Args>(),
+            args_align: align_of::<Args>(),
+            child: None,
+            exitcode: None,
+        }
+    }
+
+    /// The process's name: `"Process-N"` unless set with
+    /// [`set_name`](Process::set_name). Its child sees it as
+    /// [`current_process().name`](crate::current_process).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Renames the process (before it starts; up to 64 bytes are kept).
+    pub fn set_name(&mut self, name: impl Into<String>) {
+        self.name = name.into();
+    }
+
+    /// Starts the child. A process starts once: a second call is
+    /// [`Error::InvalidArgument`].
+    pub fn start(&mut self) -> Result<(), Error> {
+        if self.child.is_some() || self.exitcode.is_some() {
+            return Err(Error::invalid("a process can only be started once"));
+        }
+        crate::start::check_entry(self.method, self.entry_fn)?;
+        crate::pool::worker::install_quiet_panic_hook();
+        let heap = Heap::get()?;
+        let args_at = heap.alloc(self.args_len.max(1), self.args_align)?;
+        let args_ptr = heap.ptr(args_at, self.args_len).expect("fresh allocation");
+        // SAFETY: the allocation has room for `args_len` bytes; nothing else
+        // knows it yet.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.args.as_ptr().cast::<u8>(), args_ptr, self.args_len)
+        };
+        let spec_at = heap.alloc(size_of::<ProcessSpec>(), 64)?;
+        let spec_ptr = heap
+            .ptr(spec_at, size_of::<ProcessSpec>())
+            .expect("fresh allocation")
+            .cast::<ProcessSpec>();
+        let mut name = [0u8; 64];
+        let n = truncate(&self.name, 64);
+        name[..n].copy_from_slice(&self.name.as_bytes()[..n]);
+        // SAFETY: the fresh allocation holds a ProcessSpec and is ours.
+        unsafe {
+            spec_ptr.write(ProcessSpec {
+                entry: self.entry.0,
+                args_at,
+                name_len: n as u64,
+                name,
+            })
+        };
+        let method = self.method;
+        let child = on_launcher(move || launch(method, spec_at))?;
+        heap.register(child.pid as u32);
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits for the child to end, at most `timeout`; returns its exit code,
+    /// or `None` if it still runs. Before `start`: [`Error::InvalidArgument`]
+    /// (Python: "can only join a started process").
+    pub fn join(&mut self, timeout: Option<Duration>) -> Result<Option<i32>, Error> {
+        if let Some(code) = self.exitcode {
+            return Ok(Some(code));
+        }
+        if self.child.is_none() {
+            return Err(Error::invalid("can only join a started process"));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(code) = self.poll_exit() {
+                return Ok(Some(code));
+            }
+            let wait_ms = match deadline {
+                None => -1,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) => left.as_millis().min(i32::MAX as u128) as i32 + 1,
+                    None => return Ok(None),
+                },
+            };
+            let Some(child) = &self.child else {
+                continue; // reaped by poll_exit: the next turn returns
+            };
+            let mut pfd = libc::pollfd {
+                fd: child.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, wait_ms) };
+        }
+    }
+
+    /// Reaps the child if it has exited; its exit code then.
+    fn poll_exit(&mut self) -> Option<i32> {
+        if self.exitcode.is_none() {
+            let status = self.child.as_ref()?.reap(false)?;
+            self.child = None;
+            self.exitcode = Some(exit_code(status));
+        }
+        self.exitcode
+    }
+
+    /// The exit code once the child has ended (`None` while it runs or before
+    /// `start`): 0, 1 for a panic, the argument of `exit(n)`, or `-N` for
+    /// signal `N`.
+    pub fn exitcode(&mut self) -> Option<i32> {
+        self.poll_exit()
+    }
+
+    /// Whether the child has started and not ended.
+    pub fn is_alive(&mut self) -> bool {
+        self.child.is_some() && self.poll_exit().is_none()
+    }
+
+    /// The child's process id, once started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.pid as u32)
+    }
+
+    /// Asks the child to stop (SIGTERM); [`join`](Process::join) to wait.
+    pub fn terminate(&mut self) {
+        if self.poll_exit().is_none() {
+            if let Some(c) = &self.child {
+                // SAFETY: our unreaped child: the pid names it alone.
+                unsafe { libc::kill(c.pid, libc::SIGTERM) };
+            }
+        }
+    }
+
+    /// Kills the child (SIGKILL); [`join`](Process::join) to wait.
+    pub fn kill(&mut self) {
+        if self.poll_exit().is_none() {
+            if let Some(c) = &self.child {
+                c.kill();
+            }
+        }
+    }
+
+    /// How the child is (or will be) started.
+    pub fn start_method(&self) -> StartMethod {
+        self.method
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.poll_exit().is_none() {
+            if let Some(child) = self.child.take() {
+                // Let it run on; reap it when it ends, so it leaves no zombie.
+                let _ = std::thread::Builder::new()
+                    .name("shmpool-reaper".into())
+                    .spawn(move || {
+                        child.reap(true);
+                    });
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.name)
+            .field("method", &self.method)
+            .field("pid", &self.pid())
+            .field("exitcode", &self.exitcode)
+            .finish()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> usize {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
+/// Python's convention: the exit status, or `-N` for signal `N`.
+fn exit_code(status: libc::c_int) -> i32 {
+    if libc::WIFSIGNALED(status) {
+        -libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }
+}
+
+/// Starts the child for the spec at `spec_at` (on the launcher thread).
+fn launch(method: StartMethod, spec_at: u64) -> Result<Child, Error> {
+    let heap = Heap::get()?;
+    match method {
+        StartMethod::Fork => Ok(fork::fork_child(move || run_spec(spec_at))?),
+        StartMethod::Spawn => {
+            crate::start::bootstrap::ensure_linked();
+            let value = format!("{},{},{}", heap.fd(), spec_at, crate::start::probe_offset());
+            let env = crate::start::spawn::environment((crate::start::spawn::PROCESS_ENV, value))?;
+            Ok(crate::start::spawn::exec_self(&env, &[heap.fd()], true)?)
+        }
+        StartMethod::ForkServer => Ok(crate::start::forkserver::start_process(heap.fd(), spec_at)?),
+    }
+}
+
+/// In the child: runs the spec at `spec_at` of this process's heap; returns
+/// the exit code (0, or 1 if the function panicked).
+pub(crate) fn run_spec(spec_at: u64) -> i32 {
+    let Some(heap) = Heap::existing() else {
+        return crate::start::BAD_SEGMENT_EXIT;
+    };
+    let Some(spec) = heap.ptr(spec_at, size_of::<ProcessSpec>()) else {
+        return crate::start::BAD_SEGMENT_EXIT;
+    };
+    // SAFETY: the parent wrote a ProcessSpec there before starting us and
+    // never writes it again.
+    let spec = unsafe { spec.cast::<ProcessSpec>().read() };
+    let name = String::from_utf8_lossy(&spec.name[..(spec.name_len as usize).min(64)]).into_owned();
+    super::enter_process(name);
+    let Some(args) = heap.ptr(spec.args_at, 0) else {
+        return crate::start::BAD_SEGMENT_EXIT;
+    };
+    let io = TaskIo {
+        input: args,
+        output: std::ptr::null_mut(),
+        len: 1,
+    };
+    // SAFETY: the entry was made by `EntryPoint::new` in this binary (same
+    // program: fork, or checked by the spawn probe).
+    let entry = unsafe { EntryPoint(spec.entry).resolve() };
+    // SAFETY: `args` holds the entry's argument tuple, written by the parent.
+    match std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry(io) })) {
+        Ok(()) => 0,
+        Err(_) => 1, // the panic hook has printed the message
+    }
+}
