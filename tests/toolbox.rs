@@ -417,6 +417,11 @@ fn values_and_arrays_are_shared_and_checked_and_objects_work_in_pool_tasks() {
         assert_eq!(a.get(1).unwrap(), -2);
         assert!(matches!(a.get(3), Err(Error::InvalidArgument(_))));
         assert!(matches!(a.set(9, 0), Err(Error::InvalidArgument(_))));
+        let raw = Value::unlocked(2.5f64).unwrap();
+        raw.set(-1.0).unwrap();
+        assert_eq!(raw.get().unwrap(), -1.0);
+        *raw.lock().unwrap() *= 2.0;
+        assert_eq!(raw.get().unwrap(), -2.0);
         // A zeroed handle names no object: an error, not a wild access.
         // SAFETY: Lock is Pod, and all-zero bytes are a valid Pod value.
         let forged: Lock = unsafe { std::mem::zeroed() };

@@ -15,12 +15,14 @@ struct DataObject {
     kind: AtomicU32,
     elem_size: AtomicU32,
     len: AtomicU64,
+    /// 0: `get`/`set` skip the lock (Python's `lock=False`).
+    locked: AtomicU32,
     mutex: RawMutex,
 }
 
 const HEADER: usize = std::mem::size_of::<DataObject>().next_multiple_of(64);
 
-fn create<T: Pod>(tag: u32, items: &[T]) -> Result<u64, Error> {
+fn create<T: Pod>(tag: u32, items: &[T], locked: bool) -> Result<u64, Error> {
     let bytes = std::mem::size_of_val(items)
         .checked_add(HEADER)
         .ok_or_else(|| Error::invalid("too large"))?;
@@ -36,6 +38,7 @@ fn create<T: Pod>(tag: u32, items: &[T]) -> Result<u64, Error> {
     obj.elem_size
         .store(std::mem::size_of::<T>() as u32, Ordering::Relaxed);
     obj.len.store(items.len() as u64, Ordering::Relaxed);
+    obj.locked.store(locked as u32, Ordering::Relaxed);
     obj.kind.store(tag, Ordering::Release);
     Ok(at)
 }
@@ -60,7 +63,8 @@ fn open<T: Pod>(at: u64, tag: u32) -> Result<(&'static DataObject, *mut T, usize
 /// lock, like Python's `multiprocessing.Value('d', 0.0)`.
 ///
 /// [`get`](Value::get) and [`set`](Value::set) take the lock for one access;
-/// [`lock`](Value::lock) holds it across a read-modify-write.
+/// [`lock`](Value::lock) holds it across a read-modify-write;
+/// [`Value::unlocked`] makes one whose `get`/`set` skip the lock.
 ///
 /// ```
 /// let n = shmpool::Value::new(0.0f64)?;
@@ -120,18 +124,42 @@ impl<T: Pod> Value<T> {
     /// A shared value holding `value`.
     pub fn new(value: T) -> Result<Value<T>, Error> {
         Ok(Value {
-            at: create(kind::VALUE, &[value])?,
+            at: create(kind::VALUE, &[value], true)?,
             _marker: PhantomData,
         })
     }
 
-    /// A copy of the value (under the lock).
+    /// A shared value whose [`get`](Value::get) and [`set`](Value::set) do
+    /// not take the lock (Python's `Value('d', 0.0, lock=False)`): faster, but
+    /// a value wider than 8 bytes may be read half-written. [`lock`](Value::lock)
+    /// still works for read-modify-write.
+    pub fn unlocked(value: T) -> Result<Value<T>, Error> {
+        Ok(Value {
+            at: create(kind::VALUE, &[value], false)?,
+            _marker: PhantomData,
+        })
+    }
+
+    /// A copy of the value (under the lock, unless made `unlocked`).
     pub fn get(&self) -> Result<T, Error> {
+        let (obj, data, _) = open::<T>(self.at, kind::VALUE)?;
+        if obj.locked.load(Ordering::Relaxed) == 0 {
+            // SAFETY: one initialized T; the user opted out of the lock, and a
+            // volatile read of plain data is at worst torn, never invalid
+            // (every bit pattern of a Pod value is valid).
+            return Ok(unsafe { data.read_volatile() });
+        }
         Ok(*self.lock()?)
     }
 
-    /// Replaces the value (under the lock).
+    /// Replaces the value (under the lock, unless made `unlocked`).
     pub fn set(&self, value: T) -> Result<(), Error> {
+        let (obj, data, _) = open::<T>(self.at, kind::VALUE)?;
+        if obj.locked.load(Ordering::Relaxed) == 0 {
+            // SAFETY: as in `get`.
+            unsafe { data.write_volatile(value) };
+            return Ok(());
+        }
         *self.lock()? = value;
         Ok(())
     }
@@ -148,7 +176,7 @@ impl<T: Pod> Array<T> {
     /// A shared array holding a copy of `items`.
     pub fn new(items: &[T]) -> Result<Array<T>, Error> {
         Ok(Array {
-            at: create(kind::ARRAY, items)?,
+            at: create(kind::ARRAY, items, true)?,
             _marker: PhantomData,
         })
     }
