@@ -272,7 +272,7 @@ fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>, Error> {
 /// One end of a [`Pipe`]: sends into one queue, receives from the other.
 ///
 /// ```
-/// let (a, b) = shmpool::Pipe::<u32>::new()?;
+/// let (a, b) = shmpool::Pipe::new::<u32>()?;
 /// a.send(7)?;
 /// assert!(b.poll(None)?);
 /// assert_eq!(b.recv()?, 7);
