@@ -27,19 +27,7 @@ fn pool_and_results_are_send_and_sync() {
 
 #[test]
 fn quickstart_example_prints_what_the_seed_prints() {
-    // `cargo test` builds the examples next to the test binaries.
-    let exe = std::env::current_exe().unwrap();
-    let example = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/quickstart");
-    assert!(
-        example.exists(),
-        "build the examples first: {}",
-        example.display()
-    );
+    let example = common::example("quickstart");
     let output = bounded(LIMIT, move || {
         let start = Instant::now();
         (

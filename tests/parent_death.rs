@@ -16,23 +16,6 @@ use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn helper() -> std::path::PathBuf {
-    // `cargo test` builds the examples next to the test binaries.
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/crash_parent");
-    assert!(
-        path.exists(),
-        "build the examples first: {}",
-        path.display()
-    );
-    path
-}
-
 /// Reaps any exited child; returns the pids reaped.
 fn reap_any() -> Vec<i32> {
     let mut reaped = Vec::new();
@@ -54,7 +37,7 @@ fn alive(pid: i32) -> bool {
 }
 
 fn kill_parent_and_check(method: &str) {
-    let mut parent = Command::new(helper())
+    let mut parent = Command::new(common::example("crash_parent"))
         .arg(method)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -199,19 +199,7 @@ fn start_methods_parse_and_print_pythons_names() {
 
 #[test]
 fn a_normal_binary_spawns_workers_from_its_own_executable() {
-    // `cargo test` builds the examples next to the test binaries.
-    let exe = std::env::current_exe().unwrap();
-    let example = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/spawn_pool");
-    assert!(
-        example.exists(),
-        "build the examples first: {}",
-        example.display()
-    );
+    let example = common::example("spawn_pool");
     let output = bounded(LIMIT, move || {
         std::process::Command::new(example).output().unwrap()
     });

@@ -15,19 +15,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// Runs an example binary (built by `cargo test` next to the test binaries).
 fn run_example(name: &str) -> String {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "build the examples first: {}",
-        path.display()
-    );
+    let path = common::example(name);
     let out = bounded(LIMIT, move || {
         std::process::Command::new(path).output().unwrap()
     });

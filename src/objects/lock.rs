@@ -74,17 +74,8 @@ impl RawMutex {
             }
         };
         match r {
-            0 => Ok(()),
             libc::ETIMEDOUT => Err(Error::Timeout),
-            libc::EOWNERDEAD => {
-                // SAFETY: we hold the mutex (EOWNERDEAD locks it for us).
-                unsafe {
-                    libc::pthread_mutex_consistent(self.inner.get());
-                    libc::pthread_mutex_unlock(self.inner.get());
-                }
-                Err(Error::OwnerDied)
-            }
-            e => Err(std::io::Error::from_raw_os_error(e).into()),
+            r => self.settle(r),
         }
     }
 
@@ -92,10 +83,19 @@ impl RawMutex {
     pub(crate) fn try_lock(&self) -> Result<bool, Error> {
         // SAFETY: as in `lock`.
         match unsafe { libc::pthread_mutex_trylock(self.inner.get()) } {
-            0 => Ok(true),
             libc::EBUSY => Ok(false),
+            r => self.settle(r).map(|()| true),
+        }
+    }
+
+    /// Turns a lock call's result into ours; recovers a mutex whose holder
+    /// died (`EOWNERDEAD` hands it to us): consistent again, released,
+    /// reported as [`Error::OwnerDied`].
+    fn settle(&self, r: libc::c_int) -> Result<(), Error> {
+        match r {
+            0 => Ok(()),
             libc::EOWNERDEAD => {
-                // SAFETY: we hold the mutex.
+                // SAFETY: EOWNERDEAD means we now hold the mutex.
                 unsafe {
                     libc::pthread_mutex_consistent(self.inner.get());
                     libc::pthread_mutex_unlock(self.inner.get());

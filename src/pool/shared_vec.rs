@@ -106,10 +106,10 @@ impl<T: Pod> Deref for SharedVec<T> {
     type Target = [T];
 
     fn deref(&self) -> &[T] {
-        // SAFETY: the block holds `len` initialized T's (initialized at
-        // creation); workers write them only during a map that borrows this
-        // vector mutably, and every map has finished all its chunks (or had
-        // their workers reaped) before it returns.
+        // Workers write the block only during a map holding `&mut self`, and
+        // every map has finished all its chunks (or reaped their workers) by
+        // the time it returns.
+        // SAFETY: `len` T's, initialized at creation, not written meanwhile.
         unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len) }
     }
 }

@@ -42,22 +42,9 @@ impl Segment {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: a new mapping chosen by the kernel; it aliases no Rust object.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_NORESERVE,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let ptr = Self::map_inherited(fd.as_raw_fd(), len)?;
         Ok(Segment {
-            base: NonNull::new(ptr.cast()).expect("mmap returned null"),
+            base: NonNull::new(ptr).expect("mmap returned null"),
             len,
             _fd: fd,
         })
@@ -68,8 +55,8 @@ impl Segment {
         self._fd.as_raw_fd()
     }
 
-    /// Maps `len` bytes of an inherited segment descriptor (in a spawned or
-    /// forkserver worker). The mapping lives until the process exits.
+    /// Maps `len` bytes of a segment descriptor (ours, or one inherited by a
+    /// spawned or forkserver process, whose mapping lives until it exits).
     pub(crate) fn map_inherited(fd: std::os::fd::RawFd, len: usize) -> io::Result<*mut u8> {
         // SAFETY: a new mapping chosen by the kernel; it aliases no Rust object.
         let ptr = unsafe {
