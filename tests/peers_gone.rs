@@ -4,11 +4,15 @@
 
 mod common;
 
-use shmpool::{Error, Pipe, Process, Queue};
+use shmpool::{Error, Pipe, Pool, Process, Queue};
 use std::time::Duration;
 
 fn send_one_and_exit(q: Queue<u32>) {
     q.put(7).unwrap();
+}
+fn put_late(q: Queue<u32>) {
+    std::thread::sleep(Duration::from_millis(500)); // longer than a peer check
+    q.put(9).unwrap();
 }
 fn die() {
     std::process::abort()
@@ -30,5 +34,14 @@ fn a_receiver_whose_peers_are_gone_gets_an_error() {
         p.start().unwrap();
         p.join(Some(Duration::from_secs(30))).unwrap();
         assert!(matches!(mine.recv(), Err(Error::PeersGone)));
+
+        // A pool worker is a peer too: a reader waiting for a task's put is
+        // not told "gone" while the worker lives, even with no Process left.
+        let pool = Pool::new(1).unwrap();
+        let late = pool.apply_async(put_late, (q,)).unwrap();
+        assert_eq!(q.get().unwrap(), 9);
+        late.get(Some(Duration::from_secs(30))).unwrap();
+        drop(pool);
+        assert!(matches!(q.get(), Err(Error::PeersGone)));
     });
 }

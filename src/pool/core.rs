@@ -316,8 +316,13 @@ impl Core {
         }
     }
 
-    /// Records worker `index`'s pid (`None` once it is gone).
+    /// Records worker `index`'s pid (`None` once it is gone). A new worker is
+    /// also listed in the program's process table, so a queue reader knows a
+    /// worker may still send.
     pub(crate) fn set_pid(&self, index: usize, pid: Option<u32>) {
+        if let (Some(pid), Some(heap)) = (pid, crate::objects::Heap::existing()) {
+            heap.register(pid);
+        }
         lock(&self.pids)[index] = pid;
     }
 
