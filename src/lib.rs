@@ -79,7 +79,10 @@ pub use task::Task;
 /// executable's `.init_array`), so forgetting this line does no harm — it is
 /// there to make the intent visible, and for builds that drop the hook. Tests
 /// run under `cargo test` need nothing: the hook also runs before the test
-/// harness.
+/// harness. Should the hook be missing *and* the line forgotten, the child
+/// still takes its role at its first call of `PoolBuilder::build` or
+/// `Process::start`; if it never gets there, the parent's `build` fails with
+/// [`Error::StartFailed`] (naming this function) after 30 s, never hangs.
 ///
 /// ```no_run
 /// # #[allow(clippy::needless_doctest_main)]

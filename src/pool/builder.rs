@@ -199,6 +199,8 @@ impl PoolBuilder {
     /// initializer is [`Error::InitializerFailed`]; a worker that cannot start
     /// is [`Error::StartFailed`] or [`Error::Io`].
     pub fn build(self) -> Result<Pool, Error> {
+        // A spawned child whose start-up hook did not run takes its role here.
+        crate::start::bootstrap::take_role();
         let mut config = self.config;
         let processes = match config.processes {
             Some(n) => n,

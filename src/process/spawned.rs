@@ -123,6 +123,8 @@ impl Process {
         if self.child.is_some() || self.exitcode.is_some() {
             return Err(Error::invalid("a process can only be started once"));
         }
+        // A spawned child whose start-up hook did not run takes its role here.
+        crate::start::bootstrap::take_role();
         crate::start::check_entry(self.method, self.entry_fn)?;
         crate::pool::worker::install_quiet_panic_hook();
         let heap = Heap::get()?;
