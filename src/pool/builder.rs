@@ -101,7 +101,9 @@ impl PoolBuilder {
     /// (a global, a seed, a C library's init).
     ///
     /// If it panics in a worker starting with the pool, [`build`](Self::build)
-    /// returns [`Error::InitializerFailed`] and no worker is left running. The
+    /// returns [`Error::InitializerFailed`] and no worker is left running.
+    /// `build` waits for every initializer to finish (with spawn and
+    /// forkserver workers, at most 30 s, then [`Error::StartFailed`]). The
     /// arguments may take up to 128 bytes.
     pub fn initializer<F, Args>(mut self, _f: F, args: Args) -> Self
     where

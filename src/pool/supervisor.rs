@@ -119,21 +119,28 @@ fn spawn_worker(core: &Core, index: usize) -> io::Result<Child> {
     Ok(child)
 }
 
-/// How long a starting worker may take to report in (spawned workers load a
-/// whole program first).
+/// How long a re-executed (spawn, forkserver) worker may take to report in. A
+/// forked worker has no such limit: it cannot miss the start-up hook, and its
+/// exit is seen at once, so only a slow initializer keeps `build` waiting —
+/// as in Python.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Waits until every worker has run the initializer and reported in; fails if
 /// one exits first or none report within [`START_TIMEOUT`].
 fn await_ready(core: &Core, workers: &mut [Option<Child>]) -> Result<(), Error> {
-    let deadline = Instant::now() + START_TIMEOUT;
+    let deadline = (core.config.start_method != crate::StartMethod::Fork)
+        .then(|| Instant::now() + START_TIMEOUT);
     let mut ready = 0u64;
     loop {
         ready += drain(&core.supervisor.ready);
         if ready >= workers.len() as u64 {
             return Ok(());
         }
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let Some(left) = deadline
+            .unwrap_or(far)
+            .checked_duration_since(Instant::now())
+        else {
             return Err(Error::StartFailed(format!(
                 "{} of {} workers did not report in within {START_TIMEOUT:?} (a spawned \
                  program must reach shmpool's start-up hook: call shmpool::init() first \
