@@ -363,6 +363,12 @@ fn settle_exit(
     let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
     let clean = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     let layout = core.layout();
+    let record = layout.worker_record(k as u32);
+    let retired = record.is_retired();
+    record.idle(); // the index's next worker starts from a clean record
+    if clean && retired && !layout.is_closing() {
+        return Exit::Retired; // it said it holds nothing: no scan needed
+    }
     let mut held_task = false;
     let mut queued = Vec::new();
     for i in 0..core.slots_in_use() {

@@ -54,7 +54,10 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
             if run(layout, slot, start.index, track) {
                 tasks_run += 1;
                 if max_tasks != 0 && tasks_run >= max_tasks {
-                    return 0; // retire: holding no task and no popped entry
+                    // Holding no task and no popped entry: say so, so the
+                    // supervisor replaces us without scanning the slots.
+                    layout.worker_record(start.index).retire();
+                    return 0;
                 }
             }
             continue;

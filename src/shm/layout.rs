@@ -51,6 +51,8 @@ pub(crate) struct WorkerRecord {
     running: AtomicU64,
 }
 
+/// A retired worker's record (no slot index can make this value).
+const RETIRED: u64 = u64::MAX;
 /// Bits of [`WorkerRecord`] holding `slot + 1`.
 const RECORD_SLOT_BITS: u32 = 24;
 const _: () = assert!(SLOT_CAPACITY < (1 << RECORD_SLOT_BITS));
@@ -64,14 +66,29 @@ impl WorkerRecord {
         );
     }
 
-    /// Worker side: the task is finished.
+    /// Worker side: the task is finished. Supervisor side: reset for a new
+    /// worker at this index.
     pub(crate) fn idle(&self) {
         self.running.store(0, Ordering::Release);
+    }
+
+    /// Worker side, just before it exits for `maxtasksperchild`: it holds no
+    /// slot and no popped ring entry, so the supervisor need not scan.
+    pub(crate) fn retire(&self) {
+        self.running.store(RETIRED, Ordering::Release);
+    }
+
+    /// Supervisor side: whether the worker exited through [`retire`](Self::retire).
+    pub(crate) fn is_retired(&self) -> bool {
+        self.running.load(Ordering::Acquire) == RETIRED
     }
 
     /// Supervisor side: `(slot, started_ms)` of the running task, if any.
     pub(crate) fn running(&self) -> Option<(u32, u64)> {
         let v = self.running.load(Ordering::Acquire);
+        if v == RETIRED {
+            return None;
+        }
         let slot = v & ((1 << RECORD_SLOT_BITS) - 1);
         (slot != 0).then(|| ((slot - 1) as u32, v >> RECORD_SLOT_BITS))
     }
