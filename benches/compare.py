@@ -44,6 +44,15 @@ def main():
                 h.get()
 
         out["apply_async_per_s"] = n / median_of(tiny, budget=budget)
+        n = 10_000
+        called = []
+
+        def with_callbacks():
+            handles = [pool.apply_async(sq, (i,), callback=called.append) for i in range(n)]
+            for h in handles:
+                h.wait()
+
+        out["apply_async_callback_per_s"] = n / median_of(with_callbacks, budget=budget)
         n = 20_000
         out["imap_unordered_per_s"] = n / median_of(
             lambda: sum(pool.imap_unordered(sq, range(n))), budget=budget)

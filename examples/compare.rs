@@ -274,6 +274,37 @@ fn main() {
         python: py_get("apply_async_per_s"),
     });
 
+    // 2b. The same with a callback on each result (run on the pool's
+    //     callback thread, as Python's result handler runs them).
+    let called = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let t = median(budget, || {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let called = std::sync::Arc::clone(&called);
+                pool.apply_async_with(
+                    square_u64,
+                    (i,),
+                    move |v| {
+                        called.fetch_add(black_box(v) & 1, std::sync::atomic::Ordering::Relaxed);
+                    },
+                    |e| panic!("{e}"),
+                )
+                .unwrap()
+            })
+            .collect();
+        for h in &handles {
+            assert!(h.wait(None));
+        }
+    });
+    rows.push(Row {
+        name: "tiny `apply_async_with` (a callback each): 100,000 submitted, then awaited".into(),
+        unit: Unit::PerSecond,
+        shmpool: Some(n as f64 / t),
+        rayon: None,
+        sequential: None,
+        python: py_get("apply_async_callback_per_s"),
+    });
+
     // 3. imap_unordered, chunk size 1.
     let t = median(budget, || {
         black_box(

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{all_gone_within, bounded};
-use shmpool::{current_process, Error, Pool, StartMethod};
+use shmpool::{current_process, Error, Event, Pool, StartMethod};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -503,6 +503,120 @@ fn a_panicking_callback_is_reported_and_does_not_wedge_the_pool() {
             .unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), 9);
         assert_eq!(good.get(WAIT).unwrap(), 9);
+    });
+}
+
+/// Per-item callback counters: each callback adds 1 for a value, 1000 for
+/// an error, so a count says how many times which callback ran.
+fn counters(n: u64) -> std::sync::Arc<Vec<AtomicU64>> {
+    std::sync::Arc::new((0..n).map(|_| AtomicU64::new(0)).collect())
+}
+
+fn counting_callbacks(
+    seen: &std::sync::Arc<Vec<AtomicU64>>,
+    i: u64,
+) -> (
+    impl FnOnce(u64) + Send + 'static,
+    impl FnOnce(Error) + Send + 'static,
+) {
+    let (ok, err) = (std::sync::Arc::clone(seen), std::sync::Arc::clone(seen));
+    (
+        move |v| {
+            assert_eq!(v, 2 * i);
+            ok[i as usize].fetch_add(1, Ordering::SeqCst);
+        },
+        move |e| {
+            assert!(matches!(e, Error::WorkerDied { .. }), "{e}");
+            err[i as usize].fetch_add(1000, Ordering::SeqCst);
+        },
+    )
+}
+
+fn double_after(go: Event, i: u64) -> u64 {
+    assert!(go.wait(Some(Duration::from_secs(20))).unwrap());
+    2 * i
+}
+
+// "it should return immediately since otherwise the thread which handles the
+// results will get blocked": here a slow callback only delays the others,
+// though thousands of results finish while it runs (more than the workers'
+// finish logs hold).
+#[test]
+fn every_callback_runs_once_when_results_finish_during_a_slow_callback() {
+    bounded(LIMIT, || {
+        let pool = Pool::new(2).unwrap();
+        let go = Event::new().unwrap();
+        let n = 5000u64;
+        let seen = counters(n);
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (ok, err) = counting_callbacks(&seen, i);
+                pool.apply_async_with(double_after, (go, i), ok, err)
+                    .unwrap()
+            })
+            .collect();
+        // An already finished result (an empty map) wakes the callback thread:
+        // it takes in the results above, still running, then runs this slow
+        // callback, during which they all finish.
+        let (started_tx, started_rx) = mpsc::channel();
+        let slow = pool
+            .map_async_with(
+                f,
+                &[],
+                move |_| {
+                    started_tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(500));
+                },
+                |_| {},
+            )
+            .unwrap();
+        started_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        go.set().unwrap();
+        assert!(slow.wait(WAIT));
+        for (i, h) in handles.iter().enumerate() {
+            assert!(h.wait(WAIT), "callback {i} never ran");
+        }
+        for (i, count) in seen.iter().enumerate() {
+            assert_eq!(count.load(Ordering::SeqCst), 1, "item {i}");
+        }
+    });
+}
+
+/// `2 * i`, but aborts the worker for every 1000th item.
+fn doubled_unless_999(i: u64) -> u64 {
+    if i % 1000 == 999 {
+        std::process::abort();
+    }
+    2 * i
+}
+
+// Workers that die (abort) or retire (maxtasksperchild) while results with
+// callbacks stream in: each callback still runs exactly once.
+#[test]
+fn every_callback_runs_once_through_crashes_and_replacements() {
+    bounded(LIMIT, || {
+        let pool = Pool::builder()
+            .processes(2)
+            .maxtasksperchild(700)
+            .build()
+            .unwrap();
+        for n in [5000u64, 20_000] {
+            let seen = counters(n);
+            let handles: Vec<_> = (0..n)
+                .map(|i| {
+                    let (ok, err) = counting_callbacks(&seen, i);
+                    pool.apply_async_with(doubled_unless_999, (i,), ok, err)
+                        .unwrap()
+                })
+                .collect();
+            for (i, h) in handles.iter().enumerate() {
+                assert!(h.wait(WAIT), "callback {i} never ran");
+            }
+            for (i, count) in seen.iter().enumerate() {
+                let want = if i % 1000 == 999 { 1000 } else { 1 };
+                assert_eq!(count.load(Ordering::SeqCst), want, "item {i}");
+            }
+        }
     });
 }
 

@@ -1,10 +1,15 @@
 //! The callback thread: runs the `callback` / `error_callback` of `*_async_with`
 //! submissions in the parent, one at a time, in the order the work completes.
 //!
-//! One thread per pool, started on first use. It keeps the pending results,
-//! delivers every finished one, and sleeps on the header's `done` wake word
-//! (which every finishing worker notifies) when none is finished. A panicking
-//! callback is caught: its message goes to the result's handle
+//! One thread per pool, started on first use. It learns which slots finished
+//! from the workers' finish logs (`sync::finish_log`), so each completion
+//! costs O(1), however many results wait: a table from slot to waiting result
+//! says whose callbacks may now run. When a log overflowed or the supervisor
+//! finished slots itself (a worker died, the pool was terminated), it rescans
+//! every waiting result once. It sleeps on the header's `done` wake word,
+//! which every finisher notifies after logging.
+//!
+//! A panicking callback is caught: its message goes to the result's handle
 //! ([`Error::CallbackPanicked`](crate::Error::CallbackPanicked)) and the thread
 //! goes on — unlike CPython, whose result handler dies and leaves the pool
 //! wedged (bpo-83371 / gh-83371).
@@ -14,15 +19,31 @@ use crate::pool::core::Core;
 use crate::pool::result::Shared;
 use crate::shm::layout::Layout;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// A result waiting for its callbacks.
 pub(crate) trait Pending: Send {
     fn is_done(&self) -> bool;
+    /// A handle that tells whether the work is done, usable after `self`
+    /// moved to the callback thread.
+    fn progress(&self) -> Arc<dyn Progress>;
+    /// Calls `each` with the slot of every chunk.
+    fn for_each_slot(&self, each: &mut dyn FnMut(u32));
     /// Runs the right callback; called once, after `is_done`.
     fn deliver(self: Box<Self>);
+}
+
+/// Whether a result's work is done.
+pub(crate) trait Progress: Send + Sync {
+    fn is_done(&self) -> bool;
+}
+
+impl<R: Send + Sync> Progress for Shared<R> {
+    fn is_done(&self) -> bool {
+        Shared::is_done(self)
+    }
 }
 
 /// A result and the two callbacks to run on it.
@@ -35,6 +56,14 @@ pub(crate) struct Watched<R> {
 impl<R: Clone + Send + Sync + 'static> Pending for Watched<R> {
     fn is_done(&self) -> bool {
         self.shared.is_done()
+    }
+
+    fn progress(&self) -> Arc<dyn Progress> {
+        Arc::clone(&self.shared) as Arc<dyn Progress>
+    }
+
+    fn for_each_slot(&self, each: &mut dyn FnMut(u32)) {
+        self.shared.job().chunks().for_each(|c| each(c.slot));
     }
 
     fn deliver(self: Box<Self>) {
@@ -56,7 +85,13 @@ impl<R: Clone + Send + Sync + 'static> Pending for Watched<R> {
 #[derive(Default)]
 pub(crate) struct Callbacks {
     incoming: Mutex<Vec<Box<dyn Pending>>>,
+    /// Whether `incoming` is non-empty, so the thread checks it without the lock.
+    has_incoming: AtomicBool,
+    /// Set when slots finished without a log entry: check every waiting result.
+    rescan: AtomicBool,
     stop: AtomicBool,
+    /// Whether `thread` was ever started (a lock-free check per submission).
+    started: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -64,21 +99,46 @@ impl Callbacks {
     /// Hands `pending` to `core`'s callback thread, starting it if needed.
     pub(crate) fn watch(core: &Arc<Core>, pending: Box<dyn Pending>) -> Result<(), Error> {
         let this = &core.callbacks;
-        lock(&this.incoming).push(pending);
-        let mut thread = lock(&this.thread);
-        if thread.is_none() {
-            // The thread owns a reference to the core, so the core (and the
-            // segment the pending results live in) outlives it.
-            let core = Arc::clone(core);
-            *thread = Some(
-                std::thread::Builder::new()
-                    .name("shmpool-callbacks".into())
-                    .spawn(move || run(&core))?,
-            );
+        let progress = pending.progress();
+        {
+            let mut incoming = lock(&this.incoming);
+            incoming.push(pending);
+            this.has_incoming.store(true, Ordering::SeqCst);
         }
-        drop(thread);
-        core.layout().header().done.notify_sleepers();
+        if !this.started.load(Ordering::Acquire) {
+            let mut thread = lock(&this.thread);
+            if thread.is_none() {
+                // The thread owns a reference to the core, so the core (and the
+                // segment the pending results live in) outlives it.
+                let core = Arc::clone(core);
+                *thread = Some(
+                    std::thread::Builder::new()
+                        .name("shmpool-callbacks".into())
+                        .spawn(move || run(&core))?,
+                );
+                this.started.store(true, Ordering::Release);
+            }
+        }
+        // The thread checks `incoming` before it sleeps, and a task finishing
+        // after this push wakes it through the finish log. Only a task that
+        // finished before the push may have done so while the thread could
+        // not yet know the result: then wake it here. (No syscall per
+        // submission: the thread drains results faster than most callers
+        // submit, so it is usually asleep.)
+        // The fence pairs with the one in the finisher's notify: either this
+        // check sees the task done, or the finisher's log entry comes after
+        // the push above and wakes the thread (module doc).
+        fence(Ordering::SeqCst);
+        if progress.is_done() {
+            core.layout().header().done.notify_sleepers();
+        }
         Ok(())
+    }
+
+    /// Supervisor side: slots finished without a finish-log entry (a worker
+    /// died, or the pool was terminated). The caller then notifies `done`.
+    pub(crate) fn rescan(&self) {
+        self.rescan.store(true, Ordering::SeqCst);
     }
 
     /// Delivers everything still pending (the pool's work has ended), then
@@ -99,36 +159,126 @@ impl Callbacks {
 fn run(core: &Core) {
     let callbacks = &core.callbacks;
     let layout = core.layout();
-    let mut pending: Vec<Box<dyn Pending>> = Vec::new();
+    let logs = || (0..core.processes as u32).map(|k| layout.finish_log(k));
+    let mut waiting = Waiting::default();
+    let mut arrived = Vec::new();
     loop {
-        pending.append(&mut lock(&callbacks.incoming));
-        let mut i = 0;
-        let mut delivered = false;
-        while i < pending.len() {
-            if pending[i].is_done() {
-                pending.remove(i).deliver();
-                delivered = true;
-            } else {
-                i += 1;
-            }
+        let stopping = callbacks.stop.load(Ordering::SeqCst);
+        if callbacks.has_incoming.load(Ordering::SeqCst) {
+            let mut incoming = lock(&callbacks.incoming);
+            arrived.append(&mut incoming);
+            callbacks.has_incoming.store(false, Ordering::SeqCst);
         }
-        if pending.is_empty()
-            && callbacks.stop.load(Ordering::SeqCst)
-            && lock(&callbacks.incoming).is_empty()
-        {
+        // Pairs with the fence in each finisher's notify: a slot that finishes
+        // after the check in `add` is in a log drained below or later.
+        fence(Ordering::SeqCst);
+        let mut delivered = !arrived.is_empty();
+        arrived.drain(..).for_each(|p| waiting.add(p));
+        let mut rescan = stopping || callbacks.rescan.swap(false, Ordering::SeqCst);
+        for log in logs() {
+            rescan |= log.drain(|slot| delivered |= waiting.finished(slot));
+        }
+        if rescan {
+            delivered |= waiting.deliver_all_done();
+        }
+        if stopping && waiting.is_empty() && !callbacks.has_incoming.load(Ordering::SeqCst) {
             return;
         }
         if delivered {
+            // Results are streaming in. Let a batch gather instead of parking:
+            // a parked thread costs every finishing worker a wake-up syscall
+            // and this thread a context switch per result, which on a busy
+            // machine starves the submitting thread (measured: 100,000
+            // callbacks at ~0.4 M/s parked versus ~2 M/s batched).
+            std::thread::sleep(BATCH_PAUSE);
             continue;
         }
-        layout.header().done.park_unless(
-            || {
-                callbacks.stop.load(Ordering::SeqCst)
-                    || !lock(&callbacks.incoming).is_empty()
-                    || pending.iter().any(|p| p.is_done())
-            },
-            None,
-        );
+        let news = || {
+            callbacks.stop.load(Ordering::SeqCst)
+                || callbacks.rescan.load(Ordering::SeqCst)
+                || callbacks.has_incoming.load(Ordering::SeqCst)
+                || logs().any(|log| log.has_news())
+        };
+        layout.header().done.park_unless(news, None);
+    }
+}
+
+/// How long the thread pauses between batches while results stream in: a
+/// bound on the latency it adds to a callback (the kernel rounds it up to
+/// its timer slack, ~50 µs).
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_micros(20);
+
+/// The results whose callbacks have not run, and which slot belongs to which.
+#[derive(Default)]
+struct Waiting {
+    /// Results by key; `None` marks a free key.
+    results: Vec<Option<Box<dyn Pending>>>,
+    free_keys: Vec<usize>,
+    /// `key + 1` of the result owning each slot index, or 0.
+    owner_of_slot: Vec<usize>,
+    len: usize,
+}
+
+impl Waiting {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Delivers `pending` now if it is done, else keeps it until its slots
+    /// show up in a finish log.
+    fn add(&mut self, pending: Box<dyn Pending>) {
+        if pending.is_done() {
+            pending.deliver();
+            return;
+        }
+        let key = self.free_keys.pop().unwrap_or(self.results.len());
+        let owners = &mut self.owner_of_slot;
+        pending.for_each_slot(&mut |slot| {
+            let slot = slot as usize;
+            if owners.len() <= slot {
+                owners.resize(slot + 1, 0);
+            }
+            owners[slot] = key + 1;
+        });
+        if key == self.results.len() {
+            self.results.push(Some(pending));
+        } else {
+            self.results[key] = Some(pending);
+        }
+        self.len += 1;
+    }
+
+    /// A log says `slot` finished: delivers its owner if all of the owner's
+    /// chunks are done. Returns whether a callback ran.
+    fn finished(&mut self, slot: u32) -> bool {
+        match self.owner_of_slot.get(slot as usize) {
+            Some(&owner) if owner != 0 => self.deliver_if_done(owner - 1),
+            _ => false, // a slot without callbacks, or a stale entry
+        }
+    }
+
+    /// Delivers every result that is done (after finishes that left no log
+    /// entry). Returns whether a callback ran.
+    fn deliver_all_done(&mut self) -> bool {
+        let mut delivered = false;
+        for key in 0..self.results.len() {
+            delivered |= self.deliver_if_done(key);
+        }
+        delivered
+    }
+
+    fn deliver_if_done(&mut self, key: usize) -> bool {
+        match &self.results[key] {
+            Some(p) if p.is_done() => {}
+            _ => return false,
+        }
+        let pending = self.results[key].take().expect("checked above");
+        let owners = &mut self.owner_of_slot;
+        pending.for_each_slot(&mut |slot| owners[slot as usize] = 0);
+        self.free_keys.push(key);
+        self.len -= 1;
+        pending.deliver();
+        true
     }
 }
 

@@ -4,9 +4,12 @@ use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::pool::job::{Chunk, Job};
 use crate::shm::arena::Block;
+use crate::sync::futex;
+use crate::sync::spin::SpinWait;
 use crate::Pod;
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Where a synchronous `apply`'s result will be: its slot, the segment offset
@@ -80,13 +83,19 @@ pub(crate) struct Shared<R> {
     delivery: Option<Delivery>,
 }
 
-/// Completion of a result's callbacks.
+/// Completion of a result's callbacks: a one-shot flag that a waiting thread
+/// sleeps on. The callback thread sets it once per result, so setting it must
+/// cost no syscall when nobody waits (a `Condvar` would make one every time).
 #[derive(Default)]
 pub(crate) struct Delivery {
-    delivered: Mutex<bool>,
-    changed: Condvar,
+    /// [`DELIVERED`] once the callbacks ran, plus [`DELIVERY_WAITER`] while a
+    /// thread sleeps (or is about to) on this word.
+    state: AtomicU32,
     callback_panic: OnceLock<String>,
 }
+
+const DELIVERED: u32 = 1;
+const DELIVERY_WAITER: u32 = 2;
 
 impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
     pub(crate) fn new(core: Arc<Core>, job: Job, decode: Decode<R>, with_callbacks: bool) -> Self {
@@ -146,7 +155,7 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
     pub fn ready(&self) -> bool {
         let shared = &*self.shared;
         match &shared.delivery {
-            Some(d) => *lock(&d.delivered),
+            Some(d) => d.is_delivered(),
             None => shared.value.get().is_some() || shared.is_done(),
         }
     }
@@ -165,7 +174,7 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
 }
 
 impl<R> Shared<R> {
-    fn job(&self) -> &Job {
+    pub(crate) fn job(&self) -> &Job {
         self.job.as_ref().expect("present until drop")
     }
 
@@ -187,37 +196,45 @@ impl<R> Shared<R> {
         if let Some(message) = panic {
             let _ = d.callback_panic.set(message);
         }
-        *lock(&d.delivered) = true;
-        d.changed.notify_all();
+        if d.state.swap(DELIVERED, Ordering::AcqRel) & DELIVERY_WAITER != 0 {
+            futex::wake(&d.state, i32::MAX);
+        }
     }
 }
 
 impl Delivery {
-    fn wait(&self, deadline: Option<Instant>) -> bool {
-        let mut delivered = lock(&self.delivered);
-        while !*delivered {
-            delivered = match deadline {
-                None => self
-                    .changed
-                    .wait(delivered)
-                    .unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let Some(left) = d.checked_duration_since(Instant::now()) else {
-                        return false;
-                    };
-                    self.changed
-                        .wait_timeout(delivered, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
-        }
-        true
+    fn is_delivered(&self) -> bool {
+        self.state.load(Ordering::Acquire) & DELIVERED != 0
     }
-}
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    fn wait(&self, deadline: Option<Instant>) -> bool {
+        let mut spin = SpinWait::new();
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            if s & DELIVERED != 0 {
+                return true;
+            }
+            if spin.spin() {
+                continue;
+            }
+            let timeout = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return self.is_delivered(),
+                },
+            };
+            if s & DELIVERY_WAITER == 0
+                && self
+                    .state
+                    .compare_exchange(s, s | DELIVERY_WAITER, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                continue;
+            }
+            futex::wait(&self.state, s | DELIVERY_WAITER, timeout);
+        }
+    }
 }
 
 impl<R> Drop for Shared<R> {

@@ -292,6 +292,11 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
             };
             core.set_pid(k, None);
             let exit = settle_exit(&core, k, child.pid, status, timed_out[k].take());
+            if matches!(exit, Exit::Died { .. }) {
+                // It may have finished a slot without logging it, and the slot
+                // it held was just finished here, unlogged.
+                core.callbacks.rescan();
+            }
             core.layout().header().done.notify_sleepers();
             if exit == Exit::Finished || core.lifecycle() == TERMINATED {
                 continue;
@@ -432,5 +437,6 @@ fn terminate_all(core: &Core, workers: &mut [Option<Child>]) {
             -1,
         );
     }
+    core.callbacks.rescan();
     layout.header().done.notify_sleepers();
 }

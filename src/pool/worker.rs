@@ -192,6 +192,8 @@ fn run(layout: Layout, index: u32, me: u32, track: bool) -> bool {
         layout.worker_record(me).idle();
     }
     slot.finish();
+    // Before the notify: its fence publishes the entry to a parked reader.
+    layout.finish_log(me).push(index);
     layout.header().done.notify_sleepers();
     true
 }

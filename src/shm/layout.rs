@@ -5,11 +5,13 @@
 //! 0                 PoolHeader (one page): flags, the work wake word, ring positions
 //! RING_OFFSET       ring entries: RING_CAPACITY × u64
 //! WORKERS_OFFSET    worker records: MAX_PROCESSES × 64 B (what each worker runs)
+//! LOGS_OFFSET       finish logs:    MAX_PROCESSES × 4224 B (which slots each worker finished)
 //! SLOTS_OFFSET      task slots:   SLOT_CAPACITY × 256 B   (sparse: touched as used)
 //! ARENA_OFFSET      payload arena for map chunks and large arguments (sparse)
 //! ```
 
 use crate::pool::slot::TaskSlot;
+use crate::sync::finish_log::FinishLog;
 use crate::sync::ring::{Ring, RingHeader};
 use crate::sync::wake::WakeWord;
 use crossbeam_utils::CachePadded;
@@ -30,8 +32,10 @@ pub(crate) const RING_OFFSET: usize = PAGE;
 /// The most worker processes one pool may have.
 pub(crate) const MAX_PROCESSES: usize = 1 << 16;
 pub(crate) const WORKERS_OFFSET: usize = RING_OFFSET + RING_CAPACITY * 8;
-pub(crate) const SLOTS_OFFSET: usize =
+pub(crate) const LOGS_OFFSET: usize =
     WORKERS_OFFSET + MAX_PROCESSES * std::mem::size_of::<WorkerRecord>();
+pub(crate) const SLOTS_OFFSET: usize =
+    LOGS_OFFSET + MAX_PROCESSES * std::mem::size_of::<FinishLog>();
 pub(crate) const ARENA_OFFSET: usize =
     SLOTS_OFFSET + SLOT_CAPACITY * std::mem::size_of::<TaskSlot>();
 /// The whole segment.
@@ -220,6 +224,15 @@ impl Layout {
                 .cast::<WorkerRecord>()
                 .add(index)
         }
+    }
+
+    /// Worker `index`'s finish log (< [`MAX_PROCESSES`]).
+    pub(crate) fn finish_log(&self, index: u32) -> &FinishLog {
+        let index = index as usize;
+        assert!(index < MAX_PROCESSES);
+        // SAFETY: in bounds; all-zero is a valid empty FinishLog, accessed
+        // atomically by its one producer and one consumer (its module doc).
+        unsafe { &*self.base.add(LOGS_OFFSET).cast::<FinishLog>().add(index) }
     }
 
     /// Task slot `index` (< [`SLOT_CAPACITY`]).

@@ -5,6 +5,7 @@
 //! (the ring, the spin policy) can be tested in-process and under miri.
 //! None of these types knows about pools.
 
+pub(crate) mod finish_log;
 pub(crate) mod futex;
 pub(crate) mod ring;
 pub(crate) mod spin;
