@@ -141,6 +141,78 @@ struct Row {
     python: Option<f64>,
 }
 
+/// A target of the Performance issue, checked against this run.
+#[derive(Clone, Copy)]
+enum Goal {
+    /// shmpool's time at most this many seconds.
+    MaxSeconds(f64),
+    /// shmpool's rate at least this many per second.
+    MinRate(f64),
+    /// shmpool's throughput at least this fraction of rayon's.
+    MinVsRayon(f64),
+}
+
+/// (target, the row it is read from (a prefix of its name), goal).
+const GOALS: &[(&str, &str, Goal)] = &[
+    (
+        "`apply` round trip ≤ 1 µs",
+        "`apply` round trip",
+        Goal::MaxSeconds(1e-6),
+    ),
+    (
+        "tiny `apply_async` ≥ 3 M/s, 100,000 in flight",
+        "tiny `apply_async`:",
+        Goal::MinRate(3e6),
+    ),
+    (
+        "`imap_unordered` chunk size 1 ≥ 3 M items/s",
+        "`imap_unordered`",
+        Goal::MinRate(3e6),
+    ),
+    (
+        "`map_inplace` ≥ 0.9× rayon `par_iter_mut`, 10M f64",
+        "`map_inplace",
+        Goal::MinVsRayon(0.9),
+    ),
+    (
+        "`map(&[T]) -> Vec` ≥ 0.8× rayon `collect`, 10M f64",
+        "`map(x * x)` → `Vec`, 10000000 ",
+        Goal::MinVsRayon(0.8),
+    ),
+    (
+        "~1 µs per element ≥ 0.95× rayon",
+        "`map` of a ~1 µs function",
+        Goal::MinVsRayon(0.95),
+    ),
+    (
+        "pool create + destroy, 2 workers ≤ 1 ms (fork)",
+        "pool create + destroy, 2 processes, fork",
+        Goal::MaxSeconds(1e-3),
+    ),
+];
+
+/// The targets table: each goal, what this run measured, met or not.
+fn render_goals(rows: &[Row]) -> String {
+    let mut t = String::from("| target | this run | |\n|---|---|---|\n");
+    for (target, row_name, goal) in GOALS {
+        let Some(row) = rows.iter().find(|r| r.name.starts_with(row_name)) else {
+            continue;
+        };
+        let Some(ours) = row.shmpool else { continue };
+        let (measured, met) = match *goal {
+            Goal::MaxSeconds(max) => (row.unit.show(Some(ours)), ours <= max),
+            Goal::MinRate(min) => (row.unit.show(Some(ours)), ours >= min),
+            Goal::MinVsRayon(min) => {
+                let ratio = row.rayon.map_or(f64::NAN, |r| r / ours);
+                (format!("{ratio:.2}× rayon"), ratio >= min)
+            }
+        };
+        let verdict = if met { "met" } else { "**missed**" };
+        let _ = writeln!(t, "| {target} | {measured} | {verdict} |");
+    }
+    t
+}
+
 /// How a row's numbers read: a duration (lower is better) or a rate.
 #[derive(Clone, Copy)]
 enum Unit {
@@ -501,7 +573,9 @@ fn render(rows: &[Row], py: &Result<serde_like::Map, String>) -> String {
     let _ = write!(
         t,
         "\nRatios are throughput ratios (> 1: shmpool is faster). Python's `map` \
-         rows use a list of floats and its default chunk size."
+         rows use a list of floats and its default chunk size.\n\n\
+         ### Targets (Performance issue), from this run\n\n{}",
+        render_goals(rows)
     );
     t
 }

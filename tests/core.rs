@@ -441,6 +441,60 @@ fn eight_threads_submit_at_once() {
     });
 }
 
+/// Work submitted while workers are in every idle state (just finished and
+/// searching, about to sleep, asleep) is always picked up: no wake-up is lost
+/// between a producer that sees a searching worker and skips waking a
+/// sleeper, and that worker going to sleep or taking another task.
+#[test]
+fn work_submitted_at_any_moment_of_a_worker_going_idle_is_run() {
+    let pool = Pool::new(2).unwrap();
+    bounded(LIMIT, move || {
+        std::thread::scope(|s| {
+            for t in 0..2u64 {
+                let pool = &pool;
+                s.spawn(move || {
+                    for round in 0..300u64 {
+                        // 0–400 µs of quiet: workers spin ~100 µs, then sleep.
+                        std::thread::sleep(Duration::from_micros((round * 37 + t * 101) % 400));
+                        let hs: Vec<_> = (0..1 + round % 3)
+                            .map(|i| pool.apply_async(square, (round + i,)).unwrap())
+                            .collect();
+                        for (i, h) in hs.iter().enumerate() {
+                            let got = h.get(Some(Duration::from_secs(10)));
+                            assert_eq!(got.unwrap(), (round + i as u64).pow(2), "round {round}");
+                        }
+                    }
+                });
+            }
+        });
+    });
+}
+
+/// Two long tasks submitted while one worker searches and the other sleeps
+/// run at the same time: a producer that sees a searching worker does not
+/// wake the sleeper, so the sleeper must be woken for the second task (by the
+/// second push once the searcher took the first, or by the searcher itself
+/// if both were pushed before it took one).
+#[test]
+fn two_tasks_submitted_while_one_worker_searches_and_one_sleeps_run_in_parallel() {
+    let pool = Pool::new(2).unwrap();
+    bounded(LIMIT, move || {
+        for _ in 0..3 {
+            nap(50); // both workers asleep
+            pool.apply(square, (1,)).unwrap(); // one is now searching
+            let start = Instant::now();
+            let (a, b) = (
+                pool.apply_async(nap, (500,)).unwrap(),
+                pool.apply_async(nap, (500,)).unwrap(),
+            );
+            a.get(Some(Duration::from_secs(10))).unwrap();
+            b.get(Some(Duration::from_secs(10))).unwrap();
+            let took = start.elapsed();
+            assert!(took < Duration::from_millis(900), "serialized: {took:?}");
+        }
+    });
+}
+
 #[test]
 fn dropped_handles_do_not_leak_slots_or_block_later_work() {
     let pool = Pool::new(2).unwrap();

@@ -263,7 +263,14 @@ impl Core {
                 }
             }
         }
-        self.layout.header().work.notify_one();
+        // One fence serves the Dekker pairs with both kinds of idle worker: a
+        // searching one (its bit; it will find this entry, or wake a sleeper
+        // when it takes another and sees this one left), and a sleeping one.
+        fence(Ordering::SeqCst);
+        let header = self.layout.header();
+        if header.searching.load(Ordering::Relaxed) == 0 {
+            header.work.notify_one_fenced();
+        }
     }
 
     /// `len` bytes of arena aligned to `align`, as a segment offset + block.

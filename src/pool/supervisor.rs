@@ -371,6 +371,12 @@ fn settle_exit(
     let record = layout.worker_record(k as u32);
     let retired = record.is_retired();
     record.idle(); // the index's next worker starts from a clean record
+                   // A worker killed while searching cannot clear its bit; a stale bit would
+                   // keep producers from ever waking a sleeper.
+    layout.header().searching.fetch_and(
+        !crate::shm::layout::searching_bit(k as u32),
+        Ordering::SeqCst,
+    );
     if clean && retired && !layout.is_closing() {
         return Exit::Retired; // it said it holds nothing: no scan needed
     }

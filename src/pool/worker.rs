@@ -13,7 +13,7 @@ use crate::task::{EntryPoint, TaskIo};
 use std::any::Any;
 use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 
 /// Who a worker is and how it tells the parent it is ready.
 #[derive(Debug, Clone, Copy)]
@@ -42,12 +42,24 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
     let mut tasks_run = 0u64;
     let ring = layout.ring();
     let header = layout.header();
+    let my_bit = crate::shm::layout::searching_bit(start.index);
     loop {
         let mut popped = ring.try_pop();
         if popped.is_none() {
+            // Searching: while our bit is set, producers leave sleepers be,
+            // so a stream of tasks costs no wake-up syscall.
+            header.searching.fetch_or(my_bit, Ordering::SeqCst);
             let mut spin = SpinWait::new();
             while popped.is_none() && spin.spin() {
                 popped = ring.try_pop();
+            }
+            header.searching.fetch_and(!my_bit, Ordering::SeqCst);
+            // A producer may have skipped waking a sleeper for a task we did
+            // not take: if one is left, wake a sleeper for it. (Dekker pair
+            // with the producer's push-fence-read of `searching`.)
+            fence(Ordering::SeqCst);
+            if popped.is_some() && !ring.is_empty() {
+                header.work.notify_one_fenced();
             }
         }
         if let Some(slot) = popped {

@@ -98,6 +98,12 @@ impl WorkerRecord {
     }
 }
 
+/// Worker `index`'s bit in [`PoolHeader::searching`]; 0 (never counted as
+/// searching, so producers wake sleepers for it as usual) from index 64 on.
+pub(crate) fn searching_bit(index: u32) -> u64 {
+    1u64.checked_shl(index).unwrap_or(0)
+}
+
 /// Milliseconds of CLOCK_MONOTONIC: one clock for every process of the pool.
 pub(crate) fn monotonic_ms() -> u64 {
     let mut ts = libc::timespec {
@@ -120,8 +126,12 @@ pub(crate) struct PoolHeader {
     pub(crate) magic: AtomicU64,
     /// Non-zero once the pool is closed: workers exit when the ring is empty.
     pub(crate) closing: AtomicU32,
-    /// Idle workers sleep here; a push wakes one, close wakes all.
+    /// Idle workers sleep here; a push wakes one (unless a worker is
+    /// searching), close wakes all.
     pub(crate) work: CachePadded<WakeWord>,
+    /// Bit k set while worker k (k < 64) spins looking for work: a producer
+    /// that sees any bit set need not wake a sleeper (see [`searching_bit`]).
+    pub(crate) searching: CachePadded<AtomicU64>,
     /// Parent threads waiting for *any* task to finish sleep here (unordered
     /// `imap`, the callback thread); whoever finishes a slot notifies it.
     pub(crate) done: CachePadded<WakeWord>,

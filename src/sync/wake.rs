@@ -49,6 +49,15 @@ impl WakeWord {
         }
     }
 
+    /// [`notify_one`](Self::notify_one) for a caller that has issued the
+    /// SeqCst fence itself, after making the condition true.
+    pub(crate) fn notify_one_fenced(&self) {
+        if self.sleepers.load(Ordering::Relaxed) > 0 {
+            self.seq.fetch_add(1, Ordering::Release);
+            futex::wake(&self.seq, 1);
+        }
+    }
+
     /// Wakes every sleeper, if any; call after making the condition true. No
     /// syscall and no shared write when nobody sleeps.
     pub(crate) fn notify_sleepers(&self) {
