@@ -234,13 +234,16 @@ fn a_lock_whose_holder_died_is_reported_and_usable_again() {
         let held = l.lock_timeout(WAIT).unwrap();
         assert!(l.try_lock().unwrap().is_none());
         drop(held);
+        let _g = l.lock().unwrap();
+        let start = std::time::Instant::now();
         assert!(matches!(
-            {
-                let _g = l.lock().unwrap();
-                l.lock_timeout(Duration::from_millis(20)).map(|_| ())
-            },
+            l.lock_timeout(Duration::from_millis(50)),
             Err(Error::Timeout)
         ));
+        // The deadline is read on the right clock: neither in the past nor far off.
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(50), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
     });
 }
 

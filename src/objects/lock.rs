@@ -68,8 +68,8 @@ impl RawMutex {
             match timeout {
                 None => libc::pthread_mutex_lock(self.inner.get()),
                 Some(t) => {
-                    let deadline = realtime_after(t);
-                    libc::pthread_mutex_timedlock(self.inner.get(), &deadline)
+                    let deadline = monotonic_after(t);
+                    pthread_mutex_clocklock(self.inner.get(), libc::CLOCK_MONOTONIC, &deadline)
                 }
             }
         };
@@ -121,14 +121,25 @@ fn check(r: libc::c_int) -> Result<(), Error> {
     }
 }
 
-/// CLOCK_REALTIME now + `t` (what `pthread_mutex_timedlock` wants).
-fn realtime_after(t: Duration) -> libc::timespec {
+// glibc ≥ 2.30; not yet declared by the `libc` crate. `timedlock` would take a
+// CLOCK_REALTIME deadline, which a clock step (NTP, settimeofday) stretches or
+// cuts short.
+extern "C" {
+    fn pthread_mutex_clocklock(
+        mutex: *mut libc::pthread_mutex_t,
+        clock: libc::clockid_t,
+        deadline: *const libc::timespec,
+    ) -> libc::c_int;
+}
+
+/// CLOCK_MONOTONIC now + `t`, the deadline `pthread_mutex_clocklock` takes.
+fn monotonic_after(t: Duration) -> libc::timespec {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: writes a timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     let nanos = now.tv_nsec as u64 + u64::from(t.subsec_nanos());
     libc::timespec {
         tv_sec: now.tv_sec
