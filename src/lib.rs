@@ -59,6 +59,8 @@ mod tracker;
 
 pub use context::{get_context, set_start_method, Context, StartMethod};
 pub use error::Error;
+#[cfg(feature = "serde")]
+pub use objects::serial;
 pub use objects::{
     Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, ConditionGuard, Connection, Event,
     Lock, LockGuard, Pipe, Queue, RLock, RLockGuard, Semaphore, Value, ValueGuard,

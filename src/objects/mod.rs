@@ -25,6 +25,8 @@
 mod heap;
 mod lock;
 mod queue;
+#[cfg(feature = "serde")]
+pub mod serial;
 mod sync;
 mod value;
 
