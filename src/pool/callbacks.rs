@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::result::Shared;
 use crate::shm::layout::Layout;
+use crate::sync::wake::WakeWord;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,6 +88,9 @@ pub(crate) struct Callbacks {
     incoming: Mutex<Vec<Box<dyn Pending>>>,
     /// Whether `incoming` is non-empty, so the thread checks it without the lock.
     has_incoming: AtomicBool,
+    /// The thread sleeps here while no result waits for callbacks; `watch`
+    /// and `stop_and_join` notify it (a wake word in this process's memory).
+    arrivals: WakeWord,
     /// Set when slots finished without a log entry: check every waiting result.
     rescan: AtomicBool,
     stop: AtomicBool,
@@ -105,6 +109,9 @@ impl Callbacks {
             incoming.push(pending);
             this.has_incoming.store(true, Ordering::SeqCst);
         }
+        // A syscall only if the thread sleeps with nothing to deliver: once
+        // it holds a waiting result it sleeps on `done` instead.
+        this.arrivals.notify_sleepers();
         if !this.started.load(Ordering::Acquire) {
             let mut thread = lock(&this.thread);
             if thread.is_none() {
@@ -145,6 +152,7 @@ impl Callbacks {
     /// stops the thread.
     pub(crate) fn stop_and_join(&self, layout: &Layout) {
         self.stop.store(true, Ordering::SeqCst);
+        self.arrivals.notify_all();
         layout.header().done.notify_all();
         let handle = lock(&self.thread).take();
         if let Some(handle) = handle {
@@ -199,7 +207,21 @@ fn run(core: &Core) {
                 || callbacks.has_incoming.load(Ordering::SeqCst)
                 || logs().any(|log| log.has_news())
         };
-        layout.header().done.park_unless(news, None);
+        if waiting.is_empty() {
+            // Nothing to deliver: sleep until a result is handed over, not on
+            // `done`, which every finishing task of the pool notifies (a pool
+            // that once used callbacks would otherwise pay a wake-up syscall
+            // per task: imap_unordered 4.5 -> 1.2 M items/s, measured).
+            callbacks.arrivals.park_unless(
+                || {
+                    callbacks.stop.load(Ordering::SeqCst)
+                        || callbacks.has_incoming.load(Ordering::SeqCst)
+                },
+                None,
+            );
+        } else {
+            layout.header().done.park_unless(news, None);
+        }
     }
 }
 
