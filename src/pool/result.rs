@@ -80,7 +80,7 @@ pub(crate) struct Shared<R> {
     decode: Decode<R>,
     value: OnceLock<Result<R, Failure>>,
     /// `Some` when callbacks are attached: the result is ready only once they ran.
-    delivery: Option<Delivery>,
+    delivery: Option<Box<Delivery>>,
 }
 
 /// Completion of a result's callbacks: a one-shot flag that a waiting thread
@@ -105,7 +105,7 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
                 job: Some(job),
                 decode,
                 value: OnceLock::new(),
-                delivery: with_callbacks.then(Delivery::default),
+                delivery: with_callbacks.then(Box::default),
             }),
         }
     }

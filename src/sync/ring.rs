@@ -44,7 +44,10 @@ pub(crate) struct Ring<'a> {
 /// The push side: `&mut` access is the proof that there is one producer at a time.
 #[derive(Debug, Default)]
 pub(crate) struct Producer {
-    _not_sync: (),
+    /// A `head` seen earlier. `head` only grows, so this underestimates the
+    /// free room: the producer reads the real `head` (a line every consumer
+    /// writes) only when the ring looks full by it.
+    head_seen: u64,
 }
 
 /// Returned by [`Ring::try_push`] when every entry is still unconsumed.
@@ -67,11 +70,13 @@ impl<'a> Ring<'a> {
     }
 
     /// Appends `index`, or returns [`Full`] if `capacity` entries are unconsumed.
-    pub(crate) fn try_push(&self, _producer: &mut Producer, index: u32) -> Result<(), Full> {
+    pub(crate) fn try_push(&self, producer: &mut Producer, index: u32) -> Result<(), Full> {
         let tail = self.header.tail.load(Ordering::Relaxed);
-        let head = self.header.head.load(Ordering::Acquire);
-        if tail - head > self.mask {
-            return Err(Full);
+        if tail - producer.head_seen > self.mask {
+            producer.head_seen = self.header.head.load(Ordering::Acquire);
+            if tail - producer.head_seen > self.mask {
+                return Err(Full);
+            }
         }
         // Release: whoever reads this entry also sees the slot the parent wrote
         // before pushing its index.
