@@ -321,8 +321,8 @@ enum Exit {
     Finished,
     /// The worker ran its task quota: replace it.
     Retired,
-    /// The worker died: replace it, then push again the slots still queued
-    /// (it may have popped one without claiming it; duplicates are harmless).
+    /// The worker died: replace it, then push again the slot it may have
+    /// popped without claiming it, or the task being retried.
     Died { queued: Vec<u32> },
 }
 
@@ -370,19 +370,27 @@ fn settle_exit(
     let layout = core.layout();
     let record = layout.worker_record(k as u32);
     let retired = record.is_retired();
-    record.idle(); // the index's next worker starts from a clean record
-                   // A worker killed while searching cannot clear its bit; a stale bit would
-                   // keep producers from ever waking a sleeper.
+    let last_taken = record.take_last_taken();
+    // The index's next worker starts from a clean record.
+    record.idle();
+    // A worker killed while searching cannot clear its bit; a stale bit would
+    // keep producers from ever waking a sleeper.
     layout.header().searching.fetch_and(
         !crate::shm::layout::searching_bit(k as u32),
         Ordering::SeqCst,
     );
     if clean && retired && !layout.is_closing() {
-        return Exit::Retired; // it said it holds nothing: no scan needed
+        return Exit::Retired; // it said it holds nothing
     }
+    // The worker takes one ring entry at a time and notes it before taking
+    // it, so the slot it noted last is the only one it can hold: running
+    // (claimed), or popped but not yet claimed (still queued, and in no ring
+    // entry any more). A note for an entry it did not get in the end leaves
+    // the slot queued *and* in the ring: pushing it again is harmless (the
+    // claim is a CAS on the slot's state).
     let mut held_task = false;
     let mut queued = Vec::new();
-    for i in 0..core.slots_in_use() {
+    if let Some(i) = last_taken.filter(|&i| i < core.slots_in_use()) {
         let slot = layout.slot(i);
         match slot.state() {
             SlotState::Running { worker } if worker as usize == k => {
@@ -394,24 +402,25 @@ fn settle_exit(
                         pid as u32,
                         signal.unwrap_or(-1),
                     );
-                    continue;
-                }
-                // SAFETY: the slot is RUNNING(k) and k is reaped: the
-                // supervisor is its only accessor (module doc of `slot`).
-                let desc = unsafe { slot.desc() };
-                if desc.retries_used < core.config.retries {
-                    desc.retries_used += 1;
-                    if slot.requeue(k as u32) {
+                } else {
+                    // SAFETY: the slot is RUNNING(k) and k is reaped: the
+                    // supervisor is its only accessor (module doc of `slot`).
+                    let desc = unsafe { slot.desc() };
+                    let retried = desc.retries_used < core.config.retries && {
+                        desc.retries_used += 1;
+                        slot.requeue(k as u32)
+                    };
+                    if retried {
                         queued.push(i);
-                        continue;
+                    } else {
+                        slot.finish_for(
+                            |s| s == SlotState::Running { worker: k as u32 },
+                            Outcome::WorkerDied,
+                            pid as u32,
+                            signal.unwrap_or(-1),
+                        );
                     }
                 }
-                slot.finish_for(
-                    |s| s == SlotState::Running { worker: k as u32 },
-                    Outcome::WorkerDied,
-                    pid as u32,
-                    signal.unwrap_or(-1),
-                );
             }
             SlotState::Queued => queued.push(i),
             _ => {}

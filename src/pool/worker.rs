@@ -43,15 +43,17 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
     let ring = layout.ring();
     let header = layout.header();
     let my_bit = crate::shm::layout::searching_bit(start.index);
+    let record = layout.worker_record(start.index);
+    let pop = || ring.try_pop_noting(|slot| record.note_taking(slot));
     loop {
-        let mut popped = ring.try_pop();
+        let mut popped = pop();
         if popped.is_none() {
             // Searching: while our bit is set, producers leave sleepers be,
             // so a stream of tasks costs no wake-up syscall.
             header.searching.fetch_or(my_bit, Ordering::SeqCst);
             let mut spin = SpinWait::new();
             while popped.is_none() && spin.spin() {
-                popped = ring.try_pop();
+                popped = pop();
             }
             header.searching.fetch_and(!my_bit, Ordering::SeqCst);
             // A producer may have skipped waking a sleeper for a task we did
@@ -67,7 +69,7 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
                 tasks_run += 1;
                 if max_tasks != 0 && tasks_run >= max_tasks {
                     // Holding no task and no popped entry: say so, so the
-                    // supervisor replaces us without scanning the slots.
+                    // supervisor replaces us without settling anything.
                     layout.worker_record(start.index).retire();
                     return 0;
                 }

@@ -45,14 +45,21 @@ const _: () = assert!(std::mem::size_of::<PoolHeader>() <= PAGE);
 const _: () = assert!(SLOTS_OFFSET % PAGE == 0 && ARENA_OFFSET % PAGE == 0);
 const _: () = assert!(std::mem::size_of::<WorkerRecord>() == 64);
 
-/// What worker k is running, for the supervisor's per-task timeout: written
-/// only by worker k (one cache line each, so workers do not share lines).
+/// What worker k is doing, for the supervisor: written only by worker k (one
+/// cache line each, so workers do not share lines), read by the supervisor
+/// (timeouts while k lives; everything once k is reaped).
 #[repr(C, align(64))]
 #[derive(Debug, Default)]
 pub(crate) struct WorkerRecord {
     /// `started_ms << 24 | (slot + 1)`, or 0 when idle: one word, so the
     /// supervisor never pairs one task's slot with another task's start time.
+    /// Kept only with a task timeout.
     running: AtomicU64,
+    /// `slot + 1` of the last ring entry the worker took or was about to take
+    /// (written before the pop's CAS), or 0. The only slot a dead worker can
+    /// hold: it takes one entry at a time and runs it before the next. So
+    /// the supervisor settles a death by looking at this one slot.
+    taking: AtomicU64,
 }
 
 /// A retired worker's record (no slot index can make this value).
@@ -80,6 +87,20 @@ impl WorkerRecord {
     /// slot and no popped ring entry, so the supervisor need not scan.
     pub(crate) fn retire(&self) {
         self.running.store(RETIRED, Ordering::Release);
+    }
+
+    /// Worker side: about to take ring entry `slot` (before the pop's CAS).
+    pub(crate) fn note_taking(&self, slot: u32) {
+        self.taking.store(u64::from(slot) + 1, Ordering::Relaxed);
+    }
+
+    /// Supervisor side, after reaping the worker: the slot it last took or
+    /// was about to take. Resets the word for the index's next worker.
+    pub(crate) fn take_last_taken(&self) -> Option<u32> {
+        match self.taking.swap(0, Ordering::Acquire) {
+            0 => None,
+            v => Some((v - 1) as u32),
+        }
     }
 
     /// Supervisor side: whether the worker exited through [`retire`](Self::retire).

@@ -9,8 +9,9 @@
 //! position and releasing its stamp wedges the queue for every producer one lap
 //! later; here a consumer that dies at any point leaves the queue consistent (at
 //! worst an index it popped is never run, which the pool's supervisor repairs by
-//! re-pushing every slot still `QUEUED`; duplicates are harmless because a worker
-//! claims a slot by CAS on the slot's own state).
+//! re-pushing that slot if it is still `QUEUED` — the consumer noted the index
+//! before taking it, see [`Ring::try_pop_noting`]; duplicates are harmless
+//! because a worker claims a slot by CAS on the slot's own state).
 //!
 //! There is one producer at a time (the parent process, under its own lock; see
 //! [`Producer`]) and any number of consumers in any processes.
@@ -87,7 +88,17 @@ impl<'a> Ring<'a> {
     }
 
     /// Removes and returns the oldest index, or `None` if the ring is empty.
+    #[cfg(test)]
     pub(crate) fn try_pop(&self) -> Option<u32> {
+        self.try_pop_noting(|_| {})
+    }
+
+    /// [`try_pop`](Self::try_pop) that calls `note(index)` with each index it
+    /// is about to take, before the CAS that takes it: a consumer that dies
+    /// right after the CAS has then recorded what it took (the pool's worker
+    /// records it for the supervisor). `note` may be called for indices the
+    /// consumer then loses to another one.
+    pub(crate) fn try_pop_noting(&self, mut note: impl FnMut(u32)) -> Option<u32> {
         let mut head = self.header.head.load(Ordering::Acquire);
         loop {
             let entry = self.entries[(head & self.mask) as usize].load(Ordering::Acquire);
@@ -100,6 +111,8 @@ impl<'a> Ring<'a> {
                 head = now;
                 continue;
             }
+            // Before the CAS (whose release half orders this store first).
+            note(entry as u32);
             match self.header.head.compare_exchange_weak(
                 head,
                 head + 1,
