@@ -5,7 +5,6 @@ use crate::pool::core::{Core, Failure};
 use crate::pool::job::{Chunk, Job};
 use crate::shm::arena::Block;
 use crate::sync::futex;
-use crate::sync::spin::SpinWait;
 use crate::Pod;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -208,32 +207,14 @@ impl Delivery {
     }
 
     fn wait(&self, deadline: Option<Instant>) -> bool {
-        let mut spin = SpinWait::new();
-        loop {
-            let s = self.state.load(Ordering::Acquire);
-            if s & DELIVERED != 0 {
-                return true;
-            }
-            if spin.spin() {
-                continue;
-            }
-            let timeout = match deadline {
-                None => None,
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return self.is_delivered(),
-                },
-            };
-            if s & DELIVERY_WAITER == 0
-                && self
-                    .state
-                    .compare_exchange(s, s | DELIVERY_WAITER, Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
-            {
-                continue;
-            }
-            futex::wait(&self.state, s | DELIVERY_WAITER, timeout);
-        }
+        futex::wait_until(
+            &self.state,
+            DELIVERY_WAITER,
+            true,
+            deadline,
+            |s| s & DELIVERED != 0,
+            |_| false,
+        )
     }
 }
 

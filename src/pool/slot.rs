@@ -27,7 +27,6 @@
 //! `futex_wake` only when it is needed.
 
 use crate::sync::futex;
-use crate::sync::spin::SpinWait;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
@@ -305,36 +304,15 @@ impl TaskSlot {
     /// spinning suits a wait expected to be long, during which a spinning
     /// parent would only take a CPU from the workers.
     pub(crate) fn wait_done_with(&self, spin_first: bool, deadline: Option<Instant>) -> bool {
-        let mut spin = SpinWait::new();
-        loop {
-            let s = self.state.load(Ordering::Acquire);
-            if s & STATE_MASK == DONE {
-                return true;
-            }
-            if spin_first && spin.spin() {
-                continue;
-            }
-            let timeout = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return self.is_done(),
-                },
-                None => None,
-            };
-            if s & STATE_MASK == FREE {
-                // Cancelled or released under us: nothing will ever finish it.
-                return false;
-            }
-            if s & WAITER == 0
-                && self
-                    .state
-                    .compare_exchange(s, s | WAITER, Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
-            {
-                continue;
-            }
-            futex::wait(&self.state, s | WAITER, timeout);
-        }
+        futex::wait_until(
+            &self.state,
+            WAITER,
+            spin_first,
+            deadline,
+            |s| s & STATE_MASK == DONE,
+            // Cancelled or released under us: nothing will ever finish it.
+            |s| s & STATE_MASK == FREE,
+        )
     }
 }
 

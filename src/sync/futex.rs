@@ -4,8 +4,9 @@
 //! `FUTEX_PRIVATE_FLAG`: with it, a wake-up from another process would be
 //! silently lost (see `docs/ARCHITECTURE.md`, "Parking").
 
-use std::sync::atomic::AtomicU32;
-use std::time::Duration;
+use super::spin::SpinWait;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 /// Sleeps while `*word == expected`, for at most `timeout` (forever if `None`).
 ///
@@ -63,12 +64,55 @@ pub(crate) fn wake(word: &AtomicU32, count: i32) {
     }
 }
 
+/// Waits until `ready(*word)`, or `deadline`, or `abandoned(*word)` (then
+/// returns `false`: nothing will make it ready); returns whether it is ready.
+///
+/// Spins first if `spin_first` (see `sync::spin`), then sleeps on `word`
+/// after setting `waiter_bit` in it by CAS. Whoever makes the word ready must
+/// swap in the new value and call [`wake`] if the old one had `waiter_bit`:
+/// the CAS and the swap order the two sides, so no wake-up is lost.
+pub(crate) fn wait_until(
+    word: &AtomicU32,
+    waiter_bit: u32,
+    spin_first: bool,
+    deadline: Option<Instant>,
+    ready: impl Fn(u32) -> bool,
+    abandoned: impl Fn(u32) -> bool,
+) -> bool {
+    let mut spin = SpinWait::new();
+    loop {
+        let s = word.load(Ordering::Acquire);
+        if ready(s) {
+            return true;
+        }
+        if spin_first && spin.spin() {
+            continue;
+        }
+        let timeout = match deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return ready(word.load(Ordering::Acquire)),
+            },
+            None => None,
+        };
+        if abandoned(s) {
+            return false;
+        }
+        if s & waiter_bit == 0
+            && word
+                .compare_exchange(s, s | waiter_bit, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            continue;
+        }
+        wait(word, s | waiter_bit, timeout);
+    }
+}
+
 #[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
     use std::sync::Arc;
-    use std::time::Instant;
 
     #[test]
     fn wait_returns_at_once_when_the_value_differs() {
