@@ -252,6 +252,36 @@ fn nap(ms: u64) -> u64 {
     ms
 }
 
+// Tasks that end right at the limit: the supervisor may kill a worker in the
+// instant after its task finished and the next one started. That next task
+// did nothing wrong: it runs again (even with no retries) and never fails.
+#[test]
+fn a_task_that_starts_as_its_worker_is_killed_for_the_previous_one_is_run_again() {
+    bounded(LIMIT, || {
+        let pool = Pool::builder()
+            .processes(2)
+            .task_timeout(Duration::from_millis(20))
+            .build()
+            .unwrap();
+        let pairs: Vec<_> = (0..80u64)
+            .map(|i| {
+                let edge = pool.apply_async(nap, (19 + i % 3,)).unwrap();
+                let innocent = pool.apply_async(sq, (i,)).unwrap();
+                (edge, innocent)
+            })
+            .collect();
+        for (i, (edge, innocent)) in pairs.iter().enumerate() {
+            match edge.get(Some(Duration::from_secs(30))) {
+                Ok(ms) => assert_eq!(ms, 19 + i as u64 % 3),
+                Err(Error::Timeout) => {}
+                Err(other) => panic!("edge task {i}: {other:?}"),
+            }
+            let got = innocent.get(Some(Duration::from_secs(30)));
+            assert_eq!(got.unwrap(), sq(i as u64), "innocent task {i}");
+        }
+    });
+}
+
 #[test]
 fn a_task_looping_forever_is_killed_by_task_timeout() {
     bounded(LIMIT, || {

@@ -406,9 +406,17 @@ fn settle_exit(
                     // SAFETY: the slot is RUNNING(k) and k is reaped: the
                     // supervisor is its only accessor (module doc of `slot`).
                     let desc = unsafe { slot.desc() };
-                    let retried = desc.retries_used < core.config.retries && {
-                        desc.retries_used += 1;
+                    // Killed for a task that finished in the instant between
+                    // the timeout check and the kill: this one is innocent,
+                    // so it runs again without using up a retry.
+                    let innocent = timed_out.is_some();
+                    let retried = if innocent {
                         slot.requeue(k as u32)
+                    } else {
+                        desc.retries_used < core.config.retries && {
+                            desc.retries_used += 1;
+                            slot.requeue(k as u32)
+                        }
                     };
                     if retried {
                         queued.push(i);
