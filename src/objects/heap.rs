@@ -135,8 +135,24 @@ impl Heap {
 
     /// Lists `pid` as a process of the program.
     pub(crate) fn register(&self, pid: u32) {
+        // A full table is pruned of the dead once, then tried again (a
+        // program that starts thousands of workers over its life fills it).
+        for _ in 0..2 {
+            for m in &self.header().members {
+                if m.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            self.others_alive();
+        }
+    }
+
+    /// Removes `pid` from the table (it was reaped).
+    pub(crate) fn unregister(&self, pid: u32) {
         for m in &self.header().members {
-            if m.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
+            if m.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
                 return;

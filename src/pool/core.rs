@@ -325,12 +325,17 @@ impl Core {
 
     /// Records worker `index`'s pid (`None` once it is gone). A new worker is
     /// also listed in the program's process table, so a queue reader knows a
-    /// worker may still send.
+    /// worker may still send; a reaped one is removed from it.
     pub(crate) fn set_pid(&self, index: usize, pid: Option<u32>) {
-        if let (Some(pid), Some(heap)) = (pid, crate::objects::Heap::existing()) {
-            heap.register(pid);
+        let old = std::mem::replace(&mut lock(&self.pids)[index], pid);
+        if let Some(heap) = crate::objects::Heap::existing() {
+            if let Some(old) = old.filter(|&old| Some(old) != pid) {
+                heap.unregister(old);
+            }
+            if let Some(pid) = pid {
+                heap.register(pid);
+            }
         }
-        lock(&self.pids)[index] = pid;
     }
 
     /// Slots `[0, high_water)`: everything that may be in flight.
