@@ -16,6 +16,11 @@ fn main() -> Result<(), Error> {
     let v: Vec<u64> = (0..10).collect();
     println!("{:?}", pool.map(f, &v)?); // [0, 1, 4, ..., 81]
 
+    // the same numbers, in the order they finish
+    for i in pool.imap_unordered(f, 0..10)? {
+        println!("{}", i?);
+    }
+
     let res = pool.apply_async(f, (20,))?; // runs in one worker
     println!("{}", res.get(Some(Duration::from_secs(1)))?); // 400
 

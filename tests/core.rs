@@ -39,8 +39,13 @@ fn quickstart_example_prints_what_the_seed_prints() {
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 7, "{stdout}");
+    assert_eq!(lines.len(), 17, "{stdout}");
     assert_eq!(lines[0], "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]");
+    // "print same numbers in arbitrary order"
+    let mut unordered: Vec<u64> = lines[1..11].iter().map(|l| l.parse().unwrap()).collect();
+    unordered.sort_unstable();
+    assert_eq!(unordered, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+    let lines = &lines[10..];
     assert_eq!(lines[1], "400");
     let worker_pid: u32 = lines[2].parse().unwrap();
     assert_ne!(
