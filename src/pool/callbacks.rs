@@ -6,8 +6,10 @@
 //! costs O(1), however many results wait: a table from slot to waiting result
 //! says whose callbacks may now run. When a log overflowed or the supervisor
 //! finished slots itself (a worker died, the pool was terminated), it rescans
-//! every waiting result once. It sleeps on the header's `done` wake word,
-//! which every finisher notifies after logging.
+//! every waiting result once. While results wait, it sleeps on the header's
+//! `done` wake word, which every finisher notifies after logging; with none
+//! waiting, on a wake word of its own that only submissions with callbacks
+//! notify (see `docs/ARCHITECTURE.md`, "imap and callbacks").
 //!
 //! A panicking callback is caught: its message goes to the result's handle
 //! ([`Error::CallbackPanicked`](crate::Error::CallbackPanicked)) and the thread
