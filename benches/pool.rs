@@ -49,6 +49,23 @@ fn apply_async_tiny(c: &mut Criterion) {
             handles.iter().map(|h| h.get(None).unwrap()).sum::<u64>()
         })
     });
+    // The same with a callback on each result (run on the callback thread).
+    let sum = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    group.bench_function("shmpool_10k_with_callbacks", |b| {
+        b.iter(|| {
+            let handles: Vec<_> = (0..N)
+                .map(|i| {
+                    let sum = std::sync::Arc::clone(&sum);
+                    let add = move |v| {
+                        sum.fetch_add(v, std::sync::atomic::Ordering::Relaxed);
+                    };
+                    pool.apply_async_with(square_u64, (i,), add, |e| panic!("{e}"))
+                        .unwrap()
+                })
+                .collect();
+            handles.iter().all(|h| h.wait(None))
+        })
+    });
     group.finish();
 }
 
