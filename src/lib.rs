@@ -15,6 +15,13 @@
 //!   [`Error::WorkerDied`], the worker is replaced, the pool goes on.
 //! * The segment is an anonymous `memfd`: it has no name, so nothing can leak
 //!   in `/dev/shm`, however the program ends.
+//! * The rest of `multiprocessing`'s toolbox on the same machinery:
+//!   [`Process`], [`Queue`], [`Pipe`], [`Lock`], [`RLock`], [`Semaphore`],
+//!   [`Event`], [`Condition`], [`Barrier`], [`Value`], [`Array`],
+//!   [`SharedMemory`]; with the `serde` feature, `serial::{Queue, Pipe}` for
+//!   values of any `serde` type.
+//! * Spawned and fork-server workers need one line at the start of `main`:
+//!   [`init`].
 //!
 //! ```
 //! use shmpool::{Error, Pool};
