@@ -500,6 +500,33 @@ fn two_tasks_submitted_while_one_worker_searches_and_one_sleeps_run_in_parallel(
     });
 }
 
+/// Workers 64 and up have no "searching" bit (producers always wake a
+/// sleeper for them): a pool that large still runs everything.
+#[test]
+fn a_pool_of_seventy_processes_runs_everything() {
+    let pool = Pool::new(70).unwrap();
+    bounded(LIMIT, move || {
+        let v: Vec<u64> = (0..10_000).collect();
+        let out = pool.map_chunked(square, &v, 7).unwrap();
+        assert!(out.iter().zip(&v).all(|(&y, &x)| y == x * x));
+        for round in 0..20u64 {
+            nap(2); // let them all go to sleep now and then
+            let hs: Vec<_> = (0..100)
+                .map(|i| pool.apply_async(square, (round + i,)).unwrap())
+                .collect();
+            for (i, h) in hs.iter().enumerate() {
+                let got = h.get(Some(Duration::from_secs(10))).unwrap();
+                assert_eq!(got, (round + i as u64).pow(2));
+            }
+        }
+        let pids = pool.worker_pids();
+        assert_eq!(pids.len(), 70);
+        pool.close();
+        pool.join().unwrap();
+        assert!(all_gone_within(&pids, Duration::from_secs(5)));
+    });
+}
+
 #[test]
 fn dropped_handles_do_not_leak_slots_or_block_later_work() {
     let pool = Pool::new(2).unwrap();
