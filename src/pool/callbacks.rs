@@ -182,19 +182,21 @@ fn run(core: &Core) {
         // Pairs with the fence in each finisher's notify: a slot that finishes
         // after the check in `add` is in a log drained below or later.
         fence(Ordering::SeqCst);
-        let mut delivered = !arrived.is_empty();
+        // Whether anything happened this round (results arrived or callbacks
+        // ran): if so, more is likely to follow soon.
+        let mut progressed = !arrived.is_empty();
         arrived.drain(..).for_each(|p| waiting.add(p));
         let mut rescan = stopping || callbacks.rescan.swap(false, Ordering::SeqCst);
         for log in logs() {
-            rescan |= log.drain(|slot| delivered |= waiting.finished(slot));
+            rescan |= log.drain(|slot| progressed |= waiting.finished(slot));
         }
         if rescan {
-            delivered |= waiting.deliver_all_done();
+            progressed |= waiting.deliver_all_done();
         }
         if stopping && waiting.is_empty() && !callbacks.has_incoming.load(Ordering::SeqCst) {
             return;
         }
-        if delivered {
+        if progressed {
             // Results are streaming in. Let a batch gather instead of parking:
             // a parked thread costs every finishing worker a wake-up syscall
             // and this thread a context switch per result, which on a busy
