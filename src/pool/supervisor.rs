@@ -307,8 +307,8 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
                 Ok(child) => workers[k] = Some(child),
                 Err(_) => respawn.push(k),
             }
-            if let Exit::Died { queued } = exit {
-                queued.into_iter().for_each(|i| core.push(i));
+            if let Exit::Died { again: Some(i) } = exit {
+                core.push(i);
             }
         }
     }
@@ -321,9 +321,9 @@ enum Exit {
     Finished,
     /// The worker ran its task quota: replace it.
     Retired,
-    /// The worker died: replace it, then push again the slot it may have
-    /// popped without claiming it, or the task being retried.
-    Died { queued: Vec<u32> },
+    /// The worker died: replace it, then push `again` into the ring: the
+    /// slot it had popped without claiming it, or the task being retried.
+    Died { again: Option<u32> },
 }
 
 /// Kills every worker whose task has run longer than `limit` (recording the
@@ -389,7 +389,7 @@ fn settle_exit(
     // the slot queued *and* in the ring: pushing it again is harmless (the
     // claim is a CAS on the slot's state).
     let mut held_task = false;
-    let mut queued = Vec::new();
+    let mut again = None;
     if let Some(i) = last_taken.filter(|&i| i < core.slots_in_use()) {
         let slot = layout.slot(i);
         match slot.state() {
@@ -419,7 +419,7 @@ fn settle_exit(
                         }
                     };
                     if retried {
-                        queued.push(i);
+                        again = Some(i);
                     } else {
                         slot.finish_for(
                             |s| s == SlotState::Running { worker: k as u32 },
@@ -430,14 +430,14 @@ fn settle_exit(
                     }
                 }
             }
-            SlotState::Queued => queued.push(i),
+            SlotState::Queued => again = Some(i),
             _ => {}
         }
     }
     match (clean && !held_task, layout.is_closing()) {
         (true, true) => Exit::Finished,
         (true, false) => Exit::Retired,
-        (false, _) => Exit::Died { queued },
+        (false, _) => Exit::Died { again },
     }
 }
 
