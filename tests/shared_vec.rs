@@ -95,6 +95,45 @@ fn a_failed_chunk_is_reported_and_the_vector_stays_usable() {
     });
 }
 
+/// Set by the parent before the pool forks, so every worker sees it.
+static ABORTED_ONCE: std::sync::OnceLock<shmpool::Event> = std::sync::OnceLock::new();
+
+/// Doubles, but the first worker to reach 500 dies there, halfway through
+/// its chunk (whose first half it has already doubled in place).
+fn double_or_die_once(x: f64) -> f64 {
+    let once = ABORTED_ONCE.get().unwrap();
+    if x == 500.0 && !once.is_set().unwrap() {
+        once.set().unwrap();
+        std::process::abort();
+    }
+    2.0 * x
+}
+
+// A retry of an in-place chunk would read elements its first run already
+// wrote: with retries, such a chunk still fails with WorkerDied, never gives
+// elements mapped twice.
+#[test]
+fn an_in_place_chunk_whose_worker_died_is_not_run_again() {
+    bounded(LIMIT, || {
+        ABORTED_ONCE.set(shmpool::Event::new().unwrap()).unwrap();
+        let pool = Pool::builder().processes(2).retries(3).build().unwrap();
+        let mut v =
+            SharedVec::from_slice(&pool, &(0..1000).map(f64::from).collect::<Vec<_>>()).unwrap();
+        match pool.map_inplace_chunked(double_or_die_once, &mut v, 1000) {
+            Err(Error::WorkerDied { signal, .. }) => assert_eq!(signal, Some(libc::SIGABRT)),
+            other => panic!("{other:?}"),
+        }
+        assert!(v[..500]
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == 2.0 * i as f64));
+        assert!(v[500..]
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == (500 + i) as f64));
+    });
+}
+
 #[test]
 fn shared_vectors_work_with_every_start_method_and_outlive_the_pool_handle() {
     bounded(LIMIT, || {

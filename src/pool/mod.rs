@@ -529,7 +529,10 @@ impl Pool {
     /// shared vector). Chunks as [`map`](Pool::map).
     ///
     /// On an error (a panic, a dead worker), chunks that ran have been written
-    /// and the others not: the vector is then partly mapped.
+    /// and the others not: the vector is then partly mapped. A chunk whose
+    /// worker dies is never run again, even with
+    /// [`retries`](crate::PoolBuilder::retries): it may have overwritten part
+    /// of its input already, so a second run would map those elements twice.
     ///
     /// ```
     /// use shmpool::{Pool, SharedVec};
@@ -776,9 +779,11 @@ impl Pool {
         let entry = self.entry_point(apply_entry::<F, Args>)?.0;
         let core = &*self.core;
         let slot = core.alloc_slot()?;
-        // Arguments and result share one place: the entry reads all arguments
-        // before it writes the result.
-        let size = size_of::<Args>().max(size_of::<F::Output>());
+        // Arguments first, the result after them: never in the same bytes, so
+        // that a task run again (retries, after its worker died) reads the
+        // arguments it was given, not a result the first run wrote over them.
+        let output_start = size_of::<Args>().next_multiple_of(align_of::<F::Output>());
+        let size = output_start + size_of::<F::Output>();
         let align = align_of::<Args>().max(align_of::<F::Output>());
         let (at, block) = if size <= INLINE_CAPACITY && align <= 64 {
             (core.layout().inline_offset(slot), None)
@@ -791,6 +796,7 @@ impl Pool {
                 }
             }
         };
+        let output = at + output_start as u64;
         // SAFETY: `at` is the slot's inline area or our fresh block, both aligned
         // for Args and unpublished, so this thread has them to itself.
         unsafe { core.layout().at(at).cast::<Args>().write(args) };
@@ -799,7 +805,7 @@ impl Pool {
             TaskDesc {
                 entry,
                 input: at,
-                output: at,
+                output,
                 len: 1,
                 ..TaskDesc::default()
             },
@@ -813,7 +819,7 @@ impl Pool {
         }
         Ok(Ticket {
             slot,
-            output: at,
+            output,
             block,
         })
     }

@@ -11,7 +11,7 @@
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::job::{Chunk, Job};
-use crate::pool::slot::{Outcome, TaskDesc};
+use crate::pool::slot::{Outcome, TaskDesc, IN_PLACE};
 use crate::shm::arena::Block;
 use crate::task::EntryPoint;
 use crate::Pod;
@@ -227,6 +227,7 @@ pub(crate) fn run_in_segment(
                         input: at.input + (start * at.in_size) as u64,
                         output: at.output + (start * at.out_size) as u64,
                         len: n as u64,
+                        flags: if at.input == at.output { IN_PLACE } else { 0 },
                         ..TaskDesc::default()
                     },
                 );

@@ -95,8 +95,16 @@ pub(crate) struct TaskDesc {
     /// How many times the task was requeued after its worker died (written
     /// by the supervisor, which holds the slot then).
     pub(crate) retries_used: u32,
-    pub(crate) _reserved: [u32; 2],
+    /// [`IN_PLACE`] or 0, written by the parent with the rest.
+    pub(crate) flags: u32,
+    pub(crate) _reserved: u32,
 }
+
+/// [`TaskDesc::flags`]: the task writes its outputs over its inputs (a
+/// `map_inplace` chunk), so once it has started it cannot run again: a
+/// second run would read what the first one wrote. Its worker's death is
+/// `WorkerDied` even with retries left.
+pub(crate) const IN_PLACE: u32 = 1;
 
 /// A snapshot of a slot's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

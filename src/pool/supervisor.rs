@@ -21,7 +21,7 @@
 
 use crate::error::Error;
 use crate::pool::core::{Core, TERMINATED};
-use crate::pool::slot::{Outcome, SlotState};
+use crate::pool::slot::{Outcome, SlotState, IN_PLACE};
 use crate::pool::worker::WorkerStart;
 use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
 use crate::start::fork::Child;
@@ -410,7 +410,9 @@ fn settle_exit(
                     // the timeout check and the kill: this one is innocent,
                     // so it runs again without using up a retry.
                     let innocent = timed_out.is_some();
-                    let retried = if innocent {
+                    let retried = if desc.flags & IN_PLACE != 0 {
+                        false // a second run would read the first one's outputs
+                    } else if innocent {
                         slot.requeue(k as u32)
                     } else {
                         desc.retries_used < core.config.retries && {
