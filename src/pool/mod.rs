@@ -26,7 +26,7 @@ use self::callbacks::{Callbacks, Watched};
 use self::core::{Core, CLOSED, RUNNING, TERMINATED};
 use self::job::Job;
 use self::result::{decode_one, decode_vec, Decode, Ticket};
-use self::slot::{TaskDesc, INLINE_CAPACITY};
+use self::slot::{TaskDesc, INLINE_CAPACITY, WATCHED};
 use crate::error::Error;
 use crate::task::{
     apply_entry, assert_stateless, inplace_entry, map_entry, starmap_entry, Entry, EntryPoint, Task,
@@ -125,7 +125,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        self.submit_apply(f, args)?.finish(&self.core)
+        self.submit_apply(f, args, 0)?.finish(&self.core)
     }
 
     /// Submits `f(args...)` to a worker and returns at once with a handle to
@@ -144,7 +144,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        let job = self.submit_apply(f, args)?.into_job();
+        let job = self.submit_apply(f, args, 0)?.into_job();
         Ok(self.result(job, decode_one::<F::Output>, false))
     }
 
@@ -181,7 +181,7 @@ impl Pool {
         C: FnOnce(F::Output) + Send + 'static,
         E: FnOnce(Error) + Send + 'static,
     {
-        let job = self.submit_apply(f, args)?.into_job();
+        let job = self.submit_apply(f, args, WATCHED)?.into_job();
         self.watched(job, decode_one::<F::Output>, callback, error_callback)
     }
 
@@ -275,7 +275,7 @@ impl Pool {
     {
         const { assert_stateless::<F>() };
         let entry = self.entry_point(map_entry::<F, T, U>)?;
-        let job = schedule::submit_slice::<T, U>(&self.core, items, chunksize, entry)?;
+        let job = schedule::submit_slice::<T, U>(&self.core, items, chunksize, entry, 0)?;
         Ok(self.result(job, decode_vec::<U>, false))
     }
 
@@ -309,7 +309,7 @@ impl Pool {
         const { assert_stateless::<F>() };
         let entry = self.entry_point(map_entry::<F, T, U>)?;
         let chunksize = self.default_chunksize(items.len());
-        let job = schedule::submit_slice::<T, U>(&self.core, items, chunksize, entry)?;
+        let job = schedule::submit_slice::<T, U>(&self.core, items, chunksize, entry, WATCHED)?;
         self.watched(job, decode_vec::<U>, callback, error_callback)
     }
 
@@ -374,7 +374,8 @@ impl Pool {
         const { assert_stateless::<F>() };
         let entry = self.entry_point(starmap_entry::<F, Args>)?;
         let chunksize = self.default_chunksize(items.len());
-        let job = schedule::submit_slice::<Args, F::Output>(&self.core, items, chunksize, entry)?;
+        let job =
+            schedule::submit_slice::<Args, F::Output>(&self.core, items, chunksize, entry, 0)?;
         Ok(self.result(job, decode_vec::<F::Output>, false))
     }
 
@@ -407,7 +408,9 @@ impl Pool {
         const { assert_stateless::<F>() };
         let entry = self.entry_point(starmap_entry::<F, Args>)?;
         let chunksize = self.default_chunksize(items.len());
-        let job = schedule::submit_slice::<Args, F::Output>(&self.core, items, chunksize, entry)?;
+        let job = schedule::submit_slice::<Args, F::Output>(
+            &self.core, items, chunksize, entry, WATCHED,
+        )?;
         self.watched(job, decode_vec::<F::Output>, callback, error_callback)
     }
 
@@ -770,7 +773,8 @@ impl Pool {
         Ok(result)
     }
 
-    fn submit_apply<F, Args>(&self, _f: F, args: Args) -> Result<Ticket, Error>
+    /// Submits one task; `flags` go into its description (`slot::WATCHED`).
+    fn submit_apply<F, Args>(&self, _f: F, args: Args, flags: u32) -> Result<Ticket, Error>
     where
         F: Task<Args>,
         Args: Pod,
@@ -807,6 +811,7 @@ impl Pool {
                 input: at,
                 output,
                 len: 1,
+                flags,
                 ..TaskDesc::default()
             },
         );

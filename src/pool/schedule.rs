@@ -123,12 +123,14 @@ fn map_part<T: Pod, U: Pod>(
 
 /// Submits every chunk of `items` at once and returns the job without waiting
 /// (`map_async`). The input is copied into the pool's arena first, so the
-/// caller's slice is free when this returns.
+/// caller's slice is free when this returns. `flags` go into every chunk's
+/// description (`slot::WATCHED`).
 pub(crate) fn submit_slice<T: Pod, U: Pod>(
     core: &Core,
     items: &[T],
     chunksize: usize,
     entry: EntryPoint,
+    flags: u32,
 ) -> Result<Job, Error> {
     core.ensure_running()?;
     if chunksize == 0 {
@@ -158,6 +160,7 @@ pub(crate) fn submit_slice<T: Pod, U: Pod>(
                     input: base + (start * size_of::<T>()) as u64,
                     output,
                     len: n as u64,
+                    flags,
                     ..TaskDesc::default()
                 },
             );

@@ -95,7 +95,7 @@ pub(crate) struct TaskDesc {
     /// How many times the task was requeued after its worker died (written
     /// by the supervisor, which holds the slot then).
     pub(crate) retries_used: u32,
-    /// [`IN_PLACE`] or 0, written by the parent with the rest.
+    /// [`IN_PLACE`], [`WATCHED`], written by the parent with the rest.
     pub(crate) flags: u32,
     pub(crate) _reserved: u32,
 }
@@ -105,6 +105,10 @@ pub(crate) struct TaskDesc {
 /// second run would read what the first one wrote. Its worker's death is
 /// `WorkerDied` even with retries left.
 pub(crate) const IN_PLACE: u32 = 1;
+
+/// [`TaskDesc::flags`]: the task's result has callbacks; the worker that
+/// finishes it writes its slot into its finish log for the callback thread.
+pub(crate) const WATCHED: u32 = 2;
 
 /// A snapshot of a slot's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

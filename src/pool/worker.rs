@@ -6,7 +6,7 @@
 //! header's wake word. Exit (status 0) once the pool is closed and the ring is
 //! empty, or after `max_tasks` tasks (the supervisor then starts a replacement).
 
-use crate::pool::slot::Outcome;
+use crate::pool::slot::{Outcome, WATCHED};
 use crate::shm::layout::{Layout, INIT_FAILED_EXIT};
 use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, TaskIo};
@@ -206,8 +206,10 @@ fn run(layout: Layout, index: u32, me: u32, track: bool) -> bool {
         layout.worker_record(me).idle();
     }
     slot.finish();
-    // Before the notify: its fence publishes the entry to a parked reader.
-    layout.finish_log(me).push(index);
+    if desc.flags & WATCHED != 0 {
+        // Before the notify: its fence publishes the entry to a parked reader.
+        layout.finish_log(me).push(index);
+    }
     layout.header().done.notify_sleepers();
     true
 }
