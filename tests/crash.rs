@@ -321,3 +321,108 @@ fn a_task_looping_forever_is_killed_by_task_timeout() {
         ));
     });
 }
+
+/// Everything at once, with workers killed at random moments: callbacks,
+/// `imap_unordered`, `map`, `apply_async`, retries, retiring workers. Every
+/// call gives its exact result or `WorkerDied` (a task can be hit more often
+/// than its retries), every callback runs exactly once, and the pool ends
+/// cleanly.
+#[test]
+fn a_busy_pool_under_random_kills_keeps_every_promise() {
+    use std::sync::atomic::AtomicU64;
+    const ROUNDS: u64 = 100;
+    bounded(LIMIT, || {
+        let pool = Pool::builder()
+            .processes(3)
+            .retries(2)
+            .maxtasksperchild(500)
+            .build()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let pids_source = Arc::new(std::sync::Mutex::new(pool.worker_pids()));
+        let killer = {
+            let (stop, pids) = (Arc::clone(&stop), Arc::clone(&pids_source));
+            std::thread::spawn(move || {
+                let mut rng = Rng::new();
+                let mut kills = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5 + rng.below(20)));
+                    let pids = pids.lock().unwrap().clone();
+                    if let Some(&victim) = pids.get(rng.below(pids.len().max(1) as u64) as usize) {
+                        kill(victim);
+                        kills += 1;
+                    }
+                }
+                kills
+            })
+        };
+        let called = Arc::new(AtomicU64::new(0));
+        for round in 0..ROUNDS {
+            *pids_source.lock().unwrap() = pool.worker_pids();
+            let with_callbacks: Vec<_> = (0..300u64)
+                .map(|i| {
+                    let (on_ok, on_err) = (Arc::clone(&called), Arc::clone(&called));
+                    pool.apply_async_with(
+                        slow_sq,
+                        (i,),
+                        move |v| {
+                            assert_eq!(v, sq(i));
+                            on_ok.fetch_add(1, Ordering::SeqCst);
+                        },
+                        move |e| {
+                            assert!(matches!(e, Error::WorkerDied { .. }), "{e}");
+                            on_err.fetch_add(1, Ordering::SeqCst);
+                        },
+                    )
+                    .unwrap()
+                })
+                .collect();
+            let mut seen: Vec<u64> = Vec::new();
+            for r in pool.imap_unordered(slow_sq, 0..500u64).unwrap() {
+                match r {
+                    Ok(v) => seen.push(v),
+                    Err(Error::WorkerDied { .. }) => {}
+                    Err(e) => panic!("round {round}: {e:?}"),
+                }
+            }
+            let mut expected: Vec<u64> = (0..500u64).map(sq).collect();
+            seen.sort_unstable();
+            expected.retain(|v| seen.binary_search(v).is_ok());
+            assert_eq!(
+                seen, expected,
+                "round {round}: imap gave a value twice or a wrong one"
+            );
+            let v: Vec<u64> = (0..20_000).collect();
+            match pool.map_chunked(sq, &v, 100) {
+                Ok(out) => assert!(
+                    out.iter().zip(&v).all(|(&y, &x)| y == sq(x)),
+                    "round {round}"
+                ),
+                Err(Error::WorkerDied { .. }) => {}
+                Err(e) => panic!("round {round}: {e:?}"),
+            }
+            for h in &with_callbacks {
+                assert!(
+                    h.wait(Some(Duration::from_secs(30))),
+                    "round {round}: a callback never ran"
+                );
+                match h.get(None) {
+                    Ok(_) | Err(Error::WorkerDied { .. }) => {}
+                    Err(e) => panic!("round {round}: {e:?}"),
+                }
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        let kills = killer.join().unwrap();
+        assert_eq!(
+            called.load(Ordering::SeqCst),
+            ROUNDS * 300,
+            "each callback once"
+        );
+        eprintln!("{kills} workers killed");
+        let pids = pool.worker_pids();
+        pool.close();
+        pool.join().unwrap();
+        assert!(all_gone_within(&pids, Duration::from_secs(5)));
+    });
+}
