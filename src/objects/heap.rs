@@ -133,31 +133,27 @@ impl Heap {
             .then(|| unsafe { self.base.add(offset as usize) })
     }
 
-    /// Lists `pid` as a process of the program.
+    /// Lists `pid` as a process of the program. A full table is first pruned
+    /// of the dead (a program that starts thousands of workers over its life
+    /// fills it).
     pub(crate) fn register(&self, pid: u32) {
-        // A full table is pruned of the dead once, then tried again (a
-        // program that starts thousands of workers over its life fills it).
-        for _ in 0..2 {
-            for m in &self.header().members {
-                if m.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return;
-                }
-            }
-            self.others_alive();
+        if !self.replace_entry(0, pid) {
+            self.others_alive(); // forgets the dead as it looks
+            self.replace_entry(0, pid);
         }
     }
 
     /// Removes `pid` from the table (it was reaped).
     pub(crate) fn unregister(&self, pid: u32) {
-        for m in &self.header().members {
-            if m.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed)
+        self.replace_entry(pid, 0);
+    }
+
+    /// Replaces the first entry holding `old` with `new`; whether there was one.
+    fn replace_entry(&self, old: u32, new: u32) -> bool {
+        self.header().members.iter().any(|m| {
+            m.compare_exchange(old, new, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
-            {
-                return;
-            }
-        }
+        })
     }
 
     /// Whether some process of the program other than this one is alive.

@@ -128,15 +128,12 @@ impl Callbacks {
                 this.started.store(true, Ordering::Release);
             }
         }
-        // The thread checks `incoming` before it sleeps, and a task finishing
-        // after this push wakes it through the finish log. Only a task that
-        // finished before the push may have done so while the thread could
-        // not yet know the result: then wake it here. (No syscall per
-        // submission: the thread drains results faster than most callers
-        // submit, so it is usually asleep.)
-        // The fence pairs with the one in the finisher's notify: either this
-        // check sees the task done, or the finisher's log entry comes after
-        // the push above and wakes the thread (module doc).
+        // No wake-up on `done` per submission: the thread checks `incoming`
+        // before it sleeps, and a task finishing after the push wakes it with
+        // its log entry. Only a task already finished may have logged before
+        // the thread knew it: then wake the thread here. The fence pairs with
+        // the one in the finisher's notify, so one of the two sides sees the
+        // other.
         fence(Ordering::SeqCst);
         if progress.is_done() {
             core.layout().header().done.notify_sleepers();
@@ -242,12 +239,11 @@ struct Waiting {
     free_keys: Vec<usize>,
     /// `key + 1` of the result owning each slot index, or 0.
     owner_of_slot: Vec<usize>,
-    len: usize,
 }
 
 impl Waiting {
     fn is_empty(&self) -> bool {
-        self.len == 0
+        self.results.len() == self.free_keys.len()
     }
 
     /// Delivers `pending` now if it is done, else keeps it until its slots
@@ -271,7 +267,6 @@ impl Waiting {
         } else {
             self.results[key] = Some(pending);
         }
-        self.len += 1;
     }
 
     /// A log says `slot` finished: delivers its owner if all of the owner's
@@ -302,7 +297,6 @@ impl Waiting {
         let owners = &mut self.owner_of_slot;
         pending.for_each_slot(&mut |slot| owners[slot as usize] = 0);
         self.free_keys.push(key);
-        self.len -= 1;
         pending.deliver();
         true
     }

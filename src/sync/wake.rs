@@ -43,10 +43,7 @@ impl WakeWord {
     /// Issues a SeqCst fence first, whether or not anyone sleeps.
     pub(crate) fn notify_one(&self) {
         fence(Ordering::SeqCst);
-        if self.sleepers.load(Ordering::Relaxed) > 0 {
-            self.seq.fetch_add(1, Ordering::Release);
-            futex::wake(&self.seq, 1);
-        }
+        self.notify_one_fenced();
     }
 
     /// [`notify_one`](Self::notify_one) for a caller that has issued the
