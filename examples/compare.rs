@@ -8,7 +8,10 @@
 //! ```
 //!
 //! Every cell is the median of repeated runs (at least 5, as many as fit in
-//! about a second, at most 51) after one warm-up run. Python's numbers come from
+//! about a second, at most 51) after one warm-up run, except the "first call"
+//! and "peak memory" rows: each of their figures comes from a fresh process
+//! (this program run again with `--fresh`), the median of several, with the
+//! spread in the row's name. Python's numbers come from
 //! `benches/compare.py`, run with `python3` (skipped with a message when there
 //! is none). Ratios compare throughput: above 1 means shmpool is faster.
 
@@ -175,9 +178,19 @@ const GOALS: &[(&str, &str, Goal)] = &[
         Goal::MinVsRayon(0.9),
     ),
     (
-        "`map(&[T]) -> Vec` ≥ 0.8× rayon `collect`, 10M f64",
+        "warm `map(&[T]) -> Vec` ≥ 0.9× rayon `collect`, 10^5 f64",
+        "`map(x * x)` → `Vec`, 100000 ",
+        Goal::MinVsRayon(0.9),
+    ),
+    (
+        "warm `map(&[T]) -> Vec` ≥ 0.9× rayon `collect`, 10^6 f64",
+        "`map(x * x)` → `Vec`, 1000000 ",
+        Goal::MinVsRayon(0.9),
+    ),
+    (
+        "warm `map(&[T]) -> Vec` ≥ 0.9× rayon `collect`, 10^7 f64",
         "`map(x * x)` → `Vec`, 10000000 ",
-        Goal::MinVsRayon(0.8),
+        Goal::MinVsRayon(0.9),
     ),
     (
         "~1 µs per element ≥ 0.95× rayon",
@@ -277,7 +290,143 @@ mod serde_like {
     }
 }
 
+/// What a fresh process runs (`--fresh <contender> <n>`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Contender {
+    /// `pool.map` with zero-copy (the default).
+    Shmpool,
+    /// `pool.map` through the arena (`zero_copy(false)`).
+    ShmpoolCopying,
+    Rayon,
+    Sequential,
+}
+
+impl Contender {
+    const ALL: [Contender; 4] = [
+        Contender::Shmpool,
+        Contender::ShmpoolCopying,
+        Contender::Rayon,
+        Contender::Sequential,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Contender::Shmpool => "shmpool",
+            Contender::ShmpoolCopying => "shmpool-copying",
+            Contender::Rayon => "rayon",
+            Contender::Sequential => "sequential",
+        }
+    }
+}
+
+/// In a fresh process: builds the pool (untimed), then the input, then times
+/// the first `map(x * x)` over `n` f64 and four more. Prints `first warm
+/// peak_bytes`: seconds of the first call, median seconds of the next four,
+/// and peak memory: this process's peak RSS (`VmHWM`, which counts the shared
+/// pages it touched) plus what the workers hold privately at the end
+/// (`Private_*` of `/proc/<pid>/smaps_rollup`: their copies, stages and any
+/// shared pages only they touched).
+fn fresh(who: Contender, n: usize) {
+    let pool = matches!(who, Contender::Shmpool | Contender::ShmpoolCopying).then(|| {
+        Pool::builder()
+            .processes(PROCESSES)
+            .zero_copy(who == Contender::Shmpool)
+            .build()
+            .expect("pool")
+    });
+    let rayon = rayon::ThreadPoolBuilder::new()
+        .num_threads(PROCESSES)
+        .build()
+        .expect("rayon");
+    let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
+    let call = || -> Vec<f64> {
+        match (who, &pool) {
+            (Contender::Rayon, _) => rayon.install(|| v.par_iter().map(|&x| x * x).collect()),
+            (Contender::Sequential, _) => v.iter().map(|&x| x * x).collect(),
+            (_, Some(pool)) => pool.map(square_f64, &v).expect("map"),
+            (_, None) => unreachable!(),
+        }
+    };
+    let mut times = Vec::new();
+    let mut workers_private = 0;
+    for i in 0..5 {
+        let t = Instant::now();
+        let out = black_box(call());
+        times.push(t.elapsed().as_secs_f64());
+        assert_eq!(out[n - 1], square_f64(v[n - 1]));
+        if i == 0 {
+            if let Some(pool) = &pool {
+                workers_private = pool.worker_pids().iter().map(|&p| private_bytes(p)).sum();
+            }
+        }
+    }
+    let peak = status_kib("/proc/self/status", "VmHWM:") * 1024 + workers_private;
+    let mut warm = times[1..].to_vec();
+    warm.sort_by(f64::total_cmp);
+    println!("{} {} {peak}", times[0], warm[warm.len() / 2]);
+}
+
+/// A `kB` field of a `/proc` status-like file, in KiB (0 if absent).
+fn status_kib(path: &str, field: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes a process holds that no other process maps.
+fn private_bytes(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    (status_kib(&path, "Private_Clean:") + status_kib(&path, "Private_Dirty:")) * 1024
+}
+
+/// Runs `--fresh` `reps` times for each contender, interleaved so that the
+/// machine's state drifts alike for all; per contender, the sorted samples of
+/// `(first, warm, peak_bytes)`.
+fn fresh_runs(n: usize, reps: usize) -> Vec<(Contender, Vec<(f64, f64, f64)>)> {
+    let exe = std::env::current_exe().expect("own path");
+    let mut runs: Vec<(Contender, Vec<(f64, f64, f64)>)> =
+        Contender::ALL.iter().map(|&c| (c, Vec::new())).collect();
+    for _ in 0..reps {
+        for (who, samples) in &mut runs {
+            let out = Command::new(&exe)
+                .args(["--fresh", who.name(), &n.to_string()])
+                .output()
+                .expect("run a fresh process");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            let f: Vec<f64> = text
+                .split_whitespace()
+                .map(|x| x.parse().unwrap())
+                .collect();
+            samples.push((f[0], f[1], f[2]));
+        }
+    }
+    runs
+}
+
+/// The median and the range of `xs`.
+fn spread(mut xs: Vec<f64>) -> (f64, f64, f64) {
+    xs.sort_by(f64::total_cmp);
+    (xs[xs.len() / 2], xs[0], xs[xs.len() - 1])
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--fresh") {
+        let who = Contender::ALL
+            .into_iter()
+            .find(|c| c.name() == args[i + 1])
+            .expect("a contender");
+        fresh(who, args[i + 2].parse().expect("a length"));
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let budget = if quick {
         Duration::from_millis(100)
@@ -462,6 +611,16 @@ fn main() {
     });
     drop((shared, out, plain, plain_out));
 
+    // 4c. What a user meets first: the first call in a fresh process, and
+    //     peak memory, each from fresh processes.
+    let reps = if quick { 1 } else { 5 };
+    let mut fresh_table = Vec::new();
+    for n in [1_000_000usize, 10_000_000] {
+        fresh_table.push(FreshRow::first_call(n, fresh_runs(n, reps)));
+    }
+    let n = if quick { 1_000_000 } else { 100_000_000 };
+    fresh_table.push(FreshRow::peak_memory(n, fresh_runs(n, reps.min(3))));
+
     // 5. A function that costs ~1 µs per element.
     let n = if quick { 20_000 } else { 1_000_000 };
     let v: Vec<u64> = (0..n).collect();
@@ -519,7 +678,7 @@ fn main() {
         python: None,
     });
 
-    let table = render(&rows, &py);
+    let table = render(&rows, &py, &fresh_table);
     println!("{table}");
     if quick {
         println!("(--quick: docs/PERFORMANCE.md left unchanged)");
@@ -528,7 +687,125 @@ fn main() {
     }
 }
 
-fn render(rows: &[Row], py: &Result<serde_like::Map, String>) -> String {
+/// A row of the fresh-process table: per contender, the median and range of
+/// one measure over several fresh processes.
+struct FreshRow {
+    name: String,
+    unit: &'static str,
+    /// (median, min, max) per contender, in `Contender::ALL` order.
+    cells: Vec<(f64, f64, f64)>,
+    /// Warm medians (same processes), for the first-call ÷ warm ratio.
+    warm: Vec<f64>,
+    /// Lower is better (time, bytes).
+    kind: FreshKind,
+    n: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FreshKind {
+    FirstCall,
+    PeakMemory,
+}
+
+impl FreshRow {
+    fn first_call(n: usize, runs: Vec<(Contender, Vec<(f64, f64, f64)>)>) -> FreshRow {
+        FreshRow {
+            name: format!("first `map(x * x)` → `Vec` in a fresh process, {n} f64"),
+            unit: "ms",
+            cells: runs
+                .iter()
+                .map(|(_, s)| spread(s.iter().map(|x| x.0 * 1e3).collect()))
+                .collect(),
+            warm: runs
+                .iter()
+                .map(|(_, s)| spread(s.iter().map(|x| x.1 * 1e3).collect()).0)
+                .collect(),
+            kind: FreshKind::FirstCall,
+            n,
+        }
+    }
+
+    fn peak_memory(n: usize, runs: Vec<(Contender, Vec<(f64, f64, f64)>)>) -> FreshRow {
+        FreshRow {
+            name: format!("peak memory of `map(x * x)` → `Vec`, {n} f64 (RSS + workers' private)"),
+            unit: "MB",
+            cells: runs
+                .iter()
+                .map(|(_, s)| spread(s.iter().map(|x| x.2 / 1e6).collect()))
+                .collect(),
+            warm: Vec::new(),
+            kind: FreshKind::PeakMemory,
+            n,
+        }
+    }
+
+    fn cell(&self, who: Contender) -> (f64, f64, f64) {
+        self.cells[Contender::ALL.iter().position(|&c| c == who).unwrap()]
+    }
+}
+
+/// The fresh-process table and the targets read from it.
+fn render_fresh(rows: &[FreshRow]) -> (String, String) {
+    let mut t = String::from(
+        "| workload | shmpool | shmpool, `zero_copy(false)` | rayon | sequential | shmpool vs rayon |\n|---|---|---|---|---|---|\n",
+    );
+    let mut goals = String::new();
+    for r in rows {
+        let show = |(m, lo, hi): (f64, f64, f64)| format!("{m:.1} {} ({lo:.1}–{hi:.1})", r.unit);
+        let (ours, _, _) = r.cell(Contender::Shmpool);
+        let (theirs, _, _) = r.cell(Contender::Rayon);
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {:.2} |",
+            r.name,
+            show(r.cell(Contender::Shmpool)),
+            show(r.cell(Contender::ShmpoolCopying)),
+            show(r.cell(Contender::Rayon)),
+            show(r.cell(Contender::Sequential)),
+            theirs / ours,
+        );
+        let verdict = |met: bool| if met { "met" } else { "**missed**" };
+        match r.kind {
+            FreshKind::FirstCall => {
+                let (seq, _, _) = r.cell(Contender::Sequential);
+                let warm = r.warm[0];
+                if r.n == 10_000_000 {
+                    let _ = writeln!(
+                        goals,
+                        "| first call, fresh process, 10^7 f64 ≥ 0.8× rayon's first call | {:.2}× rayon | {} |",
+                        theirs / ours,
+                        verdict(theirs / ours >= 0.8)
+                    );
+                }
+                let _ = writeln!(
+                    goals,
+                    "| first call, fresh process, {} f64, never slower than the sequential loop | {ours:.1} ms vs {seq:.1} ms | {} |",
+                    r.n,
+                    verdict(ours <= seq)
+                );
+                let _ = writeln!(
+                    goals,
+                    "| first call, {} f64, within 1.3× of the same process's warm calls | {:.2}× ({ours:.1} ms vs {warm:.1} ms) | {} |",
+                    r.n,
+                    ours / warm,
+                    verdict(ours <= 1.3 * warm)
+                );
+            }
+            FreshKind::PeakMemory => {
+                let _ = writeln!(
+                    goals,
+                    "| peak memory, map of {} f64, ≤ 1.15× rayon's | {:.2}× ({ours:.0} MB vs {theirs:.0} MB) | {} |",
+                    r.n,
+                    ours / theirs,
+                    verdict(ours <= 1.15 * theirs)
+                );
+            }
+        }
+    }
+    (t, goals)
+}
+
+fn render(rows: &[Row], py: &Result<serde_like::Map, String>, fresh: &[FreshRow]) -> String {
     let mut t = String::new();
     let sh = |cmd: &str, args: &[&str]| {
         Command::new(cmd)
@@ -570,11 +847,17 @@ fn render(rows: &[Row], py: &Result<serde_like::Map, String>) -> String {
             r.unit.speedup(r.shmpool, r.python),
         );
     }
+    let (fresh_table, fresh_goals) = render_fresh(fresh);
     let _ = write!(
         t,
         "\nRatios are throughput ratios (> 1: shmpool is faster). Python's `map` \
          rows use a list of floats and its default chunk size.\n\n\
-         ### Targets (Performance issue), from this run\n\n{}",
+         ### Fresh processes: the first call, and peak memory\n\n\
+         Each cell: the median over fresh processes (this program run again with \
+         `--fresh`, contenders interleaved), and the range. Pools (and rayon's pool) are \
+         built before the clock starts; the input is made after the pool. Peak memory is \
+         the process's `VmHWM` plus what its workers hold privately.\n\n{fresh_table}\n\
+         ### Targets, from this run\n\n{}{fresh_goals}",
         render_goals(rows)
     );
     t

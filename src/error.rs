@@ -68,6 +68,15 @@ pub enum Error {
     /// An argument is out of range: zero processes, a chunk size of zero,
     /// `join` before `close`, `successful()` before the result is ready, and so on.
     InvalidArgument(String),
+    /// In the middle of a zero-copy [`map_inplace`](crate::Pool::map_inplace),
+    /// the kernel refused a worker access to the caller's memory after the
+    /// worker had written part of its chunk, so the chunk can be neither
+    /// finished nor run again: the slice is partly mapped. The pool copies
+    /// from then on. (Other maps redo a refused chunk by copying instead.)
+    ZeroCopyRefused {
+        /// The `errno` of the refused `process_vm_readv`/`writev`.
+        errno: i32,
+    },
     /// The operating system refused something (creating shared memory, forking).
     Io(std::io::Error),
 }
@@ -108,6 +117,12 @@ impl fmt::Display for Error {
             ),
             Error::BrokenBarrier => f.write_str("the barrier is broken"),
             Error::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
+            Error::ZeroCopyRefused { errno } => write!(
+                f,
+                "a worker was refused the caller's memory in the middle of an in-place map ({}); \
+                 the slice is partly mapped",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
             Error::Io(e) => write!(f, "operating system error: {e}"),
         }
     }

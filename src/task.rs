@@ -26,8 +26,9 @@
 //! pool.apply(g, (1,)).unwrap();
 //! ```
 
+use crate::pool::zero_copy::{AccessRefused, Peer, Stage};
 use crate::Pod;
-use std::mem::MaybeUninit;
+use std::mem::{size_of, MaybeUninit};
 
 /// A function a pool can run with arguments `Args` (a tuple of [`Pod`] values).
 ///
@@ -65,16 +66,41 @@ impl_task!(A, B, C, D);
 impl_task!(A, B, C, D, E);
 impl_task!(A, B, C, D, E, G);
 
-/// Where a worker finds a task's data: segment-resolved pointers and a count.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TaskIo {
+/// Where a worker finds a task's data: pointers and an element count.
+///
+/// Without `remote`, both pointers are this process's (resolved in the
+/// segment). With it, the side it names holds an address in the caller's
+/// memory, reached through the worker's stage (see `pool::zero_copy`).
+pub(crate) struct TaskIo<'a> {
     pub(crate) input: *const u8,
     pub(crate) output: *mut u8,
     pub(crate) len: usize,
+    pub(crate) remote: Option<Remote<'a>>,
 }
 
-/// The signature of every entry point.
-pub(crate) type Entry = unsafe fn(TaskIo);
+/// Which sides of a map task lie in the caller's memory, and how to reach it.
+pub(crate) struct Remote<'a> {
+    pub(crate) peer: Peer,
+    pub(crate) input: bool,
+    pub(crate) output: bool,
+    pub(crate) stage: &'a mut Stage,
+}
+
+impl TaskIo<'_> {
+    /// A task whose data lies in this process.
+    pub(crate) fn local(input: *const u8, output: *mut u8, len: usize) -> TaskIo<'static> {
+        TaskIo {
+            input,
+            output,
+            len,
+            remote: None,
+        }
+    }
+}
+
+/// The signature of every entry point: only a map task over the caller's
+/// memory can fail (the kernel refused the access).
+pub(crate) type Entry = for<'a> unsafe fn(TaskIo<'a>) -> Result<(), AccessRefused>;
 
 /// The reference point for relocatable entry offsets.
 #[inline(never)]
@@ -128,7 +154,9 @@ unsafe fn conjure<F: Copy>() -> F {
 /// # Safety
 /// `io.input` points at a valid `Args`, `io.output` at writable, aligned space for
 /// `F::Output`, and nothing else accesses either during the call.
-pub(crate) unsafe fn apply_entry<F: Task<Args>, Args: Pod>(io: TaskIo) {
+pub(crate) unsafe fn apply_entry<F: Task<Args>, Args: Pod>(
+    io: TaskIo<'_>,
+) -> Result<(), AccessRefused> {
     // SAFETY: by the contract, input holds an initialized Args written by the parent.
     let args = unsafe { io.input.cast::<Args>().read() };
     // SAFETY: F is the zero-sized task type the parent was called with.
@@ -136,45 +164,51 @@ pub(crate) unsafe fn apply_entry<F: Task<Args>, Args: Pod>(io: TaskIo) {
     let result = f.call(args);
     // SAFETY: output is aligned, writable, exclusive (contract).
     unsafe { io.output.cast::<F::Output>().write(result) };
+    Ok(())
 }
 
 /// Entry point for a pool's initializer: calls `f(args...)` and drops the result.
 ///
 /// # Safety
 /// `io.input` points at a valid `Args`; `io.output` is not used.
-pub(crate) unsafe fn init_entry<F: Task<Args>, Args: Pod>(io: TaskIo) {
+pub(crate) unsafe fn init_entry<F: Task<Args>, Args: Pod>(
+    io: TaskIo<'_>,
+) -> Result<(), AccessRefused> {
     // SAFETY: by the contract, input holds an initialized Args written by the parent.
     let args = unsafe { io.input.cast::<Args>().read() };
     // SAFETY: F is the zero-sized task type the builder was given.
     let f = unsafe { conjure::<F>() };
     let _ = f.call(args);
+    Ok(())
 }
 
 /// Entry point for one `starmap` chunk: `output[i] = f(input[i]...)`.
 ///
 /// # Safety
 /// As for [`map_entry`], with `Args` tuples as input and `F::Output` as output.
-pub(crate) unsafe fn starmap_entry<F: Task<Args>, Args: Pod>(io: TaskIo) {
+pub(crate) unsafe fn starmap_entry<F: Task<Args>, Args: Pod>(
+    io: TaskIo<'_>,
+) -> Result<(), AccessRefused> {
     // SAFETY: F is the zero-sized task type the parent was called with.
     let f = unsafe { conjure::<F>() };
-    // SAFETY: by the contract, `len` initialized Args and `len` exclusive outputs.
-    let (input, output) = unsafe {
-        (
-            std::slice::from_raw_parts(io.input.cast::<Args>(), io.len),
-            std::slice::from_raw_parts_mut(io.output.cast::<MaybeUninit<F::Output>>(), io.len),
-        )
-    };
-    for (out, &args) in output.iter_mut().zip(input) {
-        out.write(f.call(args));
+    // SAFETY: forwarded contract.
+    unsafe {
+        for_each_piece::<Args, F::Output>(io, |input, output| {
+            for (out, &args) in output.iter_mut().zip(input) {
+                out.write(f.call(args));
+            }
+        })
     }
 }
 
 /// Entry point for one `map` chunk: `output[i] = f(input[i])` for `i < len`.
 ///
 /// # Safety
-/// `io.input` points at `len` initialized `T`s, `io.output` at aligned space for
-/// `len` `U`s, the two do not overlap, and nothing else accesses them meanwhile.
-pub(crate) unsafe fn map_entry<F, T, U>(io: TaskIo)
+/// A local side (`io.remote` does not name it) points at `len` initialized
+/// `T`s (input) or aligned space for `len` `U`s (output); a remote side is the
+/// caller's address of the same, valid for the whole task. The two do not
+/// overlap, and nothing else accesses them meanwhile.
+pub(crate) unsafe fn map_entry<F, T, U>(io: TaskIo<'_>) -> Result<(), AccessRefused>
 where
     F: Fn(T) -> U + Copy,
     T: Pod,
@@ -182,35 +216,118 @@ where
 {
     // SAFETY: F is the zero-sized task type the parent was called with.
     let f = unsafe { conjure::<F>() };
-    // SAFETY: by the contract, `len` initialized T's and `len` exclusive U slots.
-    let (input, output) = unsafe {
-        (
-            std::slice::from_raw_parts(io.input.cast::<T>(), io.len),
-            std::slice::from_raw_parts_mut(io.output.cast::<MaybeUninit<U>>(), io.len),
-        )
-    };
-    for (out, &x) in output.iter_mut().zip(input) {
-        out.write(f(x));
+    // SAFETY: forwarded contract.
+    unsafe {
+        for_each_piece::<T, U>(io, |input, output| {
+            for (out, &x) in output.iter_mut().zip(input) {
+                out.write(f(x));
+            }
+        })
     }
 }
 
 /// Entry point for one in-place chunk: `data[i] = f(data[i])` for `i < len`.
 ///
 /// # Safety
-/// `io.input` points at `len` initialized, aligned `T`s that nothing else
-/// accesses meanwhile (`io.output` is the same place and is ignored).
-pub(crate) unsafe fn inplace_entry<F, T>(io: TaskIo)
+/// `io.input` and `io.output` name the same `len` initialized, aligned `T`s
+/// (local, or remote on both sides), which nothing else accesses meanwhile.
+pub(crate) unsafe fn inplace_entry<F, T>(io: TaskIo<'_>) -> Result<(), AccessRefused>
 where
     F: Fn(T) -> T + Copy,
     T: Pod,
 {
     // SAFETY: F is the zero-sized task type the parent was called with.
     let f = unsafe { conjure::<F>() };
+    if io.remote.is_some() {
+        // Staged: the piece is read into one buffer and mapped into another,
+        // so nothing aliases.
+        // SAFETY: forwarded contract (both sides remote, the same range).
+        return unsafe {
+            for_each_piece::<T, T>(io, |input, output| {
+                for (out, &x) in output.iter_mut().zip(input) {
+                    out.write(f(x));
+                }
+            })
+        };
+    }
     // SAFETY: by the contract, `len` initialized T's, exclusively ours.
     let data = unsafe { std::slice::from_raw_parts_mut(io.input.cast_mut().cast::<T>(), io.len) };
     for x in data {
         *x = f(*x);
     }
+    Ok(())
+}
+
+/// Runs `body` over a map task's elements: in one call when both sides are
+/// local, else piece by piece through the worker's stage, each remote piece
+/// read from the caller before `body` and written back to it after.
+///
+/// # Safety
+/// As for [`map_entry`].
+unsafe fn for_each_piece<T: Pod, U: Pod>(
+    io: TaskIo<'_>,
+    mut body: impl FnMut(&[T], &mut [MaybeUninit<U>]),
+) -> Result<(), AccessRefused> {
+    let Some(remote) = io.remote else {
+        // SAFETY: both sides local: `len` initialized T's and `len` exclusive,
+        // non-overlapping U slots (contract).
+        let (input, output) = unsafe {
+            (
+                std::slice::from_raw_parts(io.input.cast::<T>(), io.len),
+                std::slice::from_raw_parts_mut(io.output.cast::<MaybeUninit<U>>(), io.len),
+            )
+        };
+        body(input, output);
+        return Ok(());
+    };
+    let piece = Stage::piece_len(size_of::<T>(), size_of::<U>());
+    let mut done = 0;
+    while done < io.len {
+        let n = piece.min(io.len - done);
+        let (in_bytes, out_bytes) = (n * size_of::<T>(), n * size_of::<U>());
+        let (staged_in, staged_out) = remote.stage.buffers(in_bytes, out_bytes);
+        let input: &[T] = if remote.input {
+            let at = io.input as u64 + (done * size_of::<T>()) as u64;
+            // SAFETY: the stage has `in_bytes` bytes at `staged_in`, ours alone.
+            unsafe { remote.peer.read(at, staged_in, in_bytes) }.map_err(|errno| {
+                AccessRefused {
+                    errno,
+                    wrote: remote.output && done > 0,
+                }
+            })?;
+            // SAFETY: the kernel copied `n` initialized T's of the caller's slice
+            // there; the stage is aligned for T (the parent checked STAGE_ALIGN).
+            unsafe { std::slice::from_raw_parts(staged_in.cast::<T>(), n) }
+        } else {
+            // SAFETY: a local input holds `len` ≥ done + n T's (contract).
+            unsafe { std::slice::from_raw_parts(io.input.cast::<T>().add(done), n) }
+        };
+        let output: &mut [MaybeUninit<U>] = if remote.output {
+            // SAFETY: the stage has `out_bytes` bytes at `staged_out`, aligned
+            // for U and apart from the input buffer.
+            unsafe { std::slice::from_raw_parts_mut(staged_out.cast(), n) }
+        } else {
+            // SAFETY: a local output has room for `len` ≥ done + n U's (contract).
+            unsafe {
+                std::slice::from_raw_parts_mut(io.output.cast::<MaybeUninit<U>>().add(done), n)
+            }
+        };
+        body(input, output);
+        if remote.output {
+            let at = io.output as u64 + (done * size_of::<U>()) as u64;
+            // SAFETY: `body` wrote all `n` U's (`out_bytes` bytes) at `staged_out`.
+            unsafe { remote.peer.write(staged_out, out_bytes, at) }.map_err(|errno| {
+                AccessRefused {
+                    errno,
+                    // A refusal comes before any byte moves; a fault may come
+                    // after some did.
+                    wrote: done > 0 || errno != libc::EPERM,
+                }
+            })?;
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -238,14 +355,10 @@ mod tests {
         fn run<F: Task<(u64,)>>(_: F, x: u64) -> F::Output {
             let input = (x,);
             let mut out = MaybeUninit::<F::Output>::uninit();
-            let io = TaskIo {
-                input: (&input as *const (u64,)).cast(),
-                output: out.as_mut_ptr().cast(),
-                len: 1,
-            };
+            let io = TaskIo::local((&input as *const (u64,)).cast(), out.as_mut_ptr().cast(), 1);
             // SAFETY: input holds an Args, output has room for the result.
             unsafe {
-                apply_entry::<F, (u64,)>(io);
+                apply_entry::<F, (u64,)>(io).unwrap();
                 out.assume_init()
             }
         }
@@ -257,13 +370,9 @@ mod tests {
     fn map_entry_fills_every_output() {
         fn run<F: Fn(u32) -> f64 + Copy>(_: F, input: &[u32]) -> Vec<f64> {
             let mut out = vec![0.0; input.len()];
-            let io = TaskIo {
-                input: input.as_ptr().cast(),
-                output: out.as_mut_ptr().cast(),
-                len: input.len(),
-            };
+            let io = TaskIo::local(input.as_ptr().cast(), out.as_mut_ptr().cast(), input.len());
             // SAFETY: both buffers hold `len` elements and do not overlap.
-            unsafe { map_entry::<F, u32, f64>(io) };
+            unsafe { map_entry::<F, u32, f64>(io).unwrap() };
             out
         }
         assert_eq!(run(|x| f64::from(x) / 2.0, &[1, 2, 3]), vec![0.5, 1.0, 1.5]);

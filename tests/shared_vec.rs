@@ -1,5 +1,5 @@
-//! `SharedVec`, `map_inplace` and `map_into`: zero-copy maps over data in the
-//! pool's shared memory. Every wait is bounded.
+//! `SharedVec`, `map_inplace` and `map_into` over data in the pool's shared
+//! memory. Every wait is bounded.
 
 mod common;
 
@@ -65,18 +65,24 @@ fn map_into_writes_another_type_and_checks_lengths() {
     });
 }
 
+// Another pool's segment is mapped in this process too: to that pool's
+// workers it is the caller's memory like any other.
 #[test]
-fn a_vector_of_another_pool_is_refused() {
+fn a_vector_of_another_pool_is_mapped_like_any_slice() {
     bounded(LIMIT, || {
         let a = Pool::new(1).unwrap();
-        let b = Pool::new(1).unwrap();
-        let mut v = SharedVec::from_slice(&a, &[1.0f64]).unwrap();
-        assert!(matches!(
-            b.map_inplace(sq, &mut v),
-            Err(Error::InvalidArgument(_))
-        ));
-        a.map_inplace(sq, &mut v).unwrap();
-        assert_eq!(v[0], 1.0);
+        for zero_copy in [true, false] {
+            let b = Pool::builder()
+                .processes(1)
+                .zero_copy(zero_copy)
+                .build()
+                .unwrap();
+            let mut v = SharedVec::from_slice(&a, &[3.0f64]).unwrap();
+            b.map_inplace(sq, &mut v).unwrap();
+            assert_eq!(v[0], 9.0, "zero_copy {zero_copy}");
+            a.map_inplace(sq, &mut v).unwrap();
+            assert_eq!(v[0], 81.0, "zero_copy {zero_copy}");
+        }
     });
 }
 

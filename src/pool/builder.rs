@@ -48,6 +48,7 @@ impl Default for PoolBuilder {
         PoolBuilder {
             config: PoolConfig {
                 start_method: crate::context::default_method(),
+                zero_copy: true,
                 ..PoolConfig::default()
             },
         }
@@ -63,6 +64,8 @@ pub(crate) struct PoolConfig {
     pub(crate) start_method: StartMethod,
     pub(crate) retries: u32,
     pub(crate) task_timeout: Option<Duration>,
+    /// Hand workers the caller's memory (`pool::zero_copy`).
+    pub(crate) zero_copy: bool,
 }
 
 /// An initializer's entry point and its argument bytes.
@@ -189,6 +192,38 @@ impl PoolBuilder {
     /// [`StartMethod::Fork`].
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.config.start_method = method;
+        self
+    }
+
+    /// Whether workers may read and write the caller's memory, so that
+    /// [`Pool::map`], [`starmap`](Pool::starmap),
+    /// [`map_inplace`](Pool::map_inplace) and [`map_into`](Pool::map_into)
+    /// over plain slices copy nothing through the parent. Default: `true`.
+    ///
+    /// Workers reach the parent's memory with `process_vm_readv` and
+    /// `process_vm_writev`. Under Yama's `ptrace_scope=1` (the default of
+    /// common distributions) that needs the parent's consent, so while a pool
+    /// with zero-copy lives the program calls
+    /// `prctl(PR_SET_PTRACER, getpid())`: **every descendant of the program**
+    /// (workers, but also programs it or its tasks run) may then read and write
+    /// its memory, as a debugger could. When the last such pool is dropped the
+    /// program calls `prctl(PR_SET_PTRACER, 0)`. Yama holds one tracer per
+    /// process and has no getter: a program that declared its own tracer (a
+    /// crash reporter, say) loses that declaration. Pass `false` to avoid all
+    /// of this; maps then copy through the pool's shared memory.
+    ///
+    /// Where the kernel refuses (Yama scope 2 or 3, a seccomp filter, another
+    /// user namespace), the pool finds out as its workers start and copies
+    /// instead; a chunk refused before that is redone by copying. Results are
+    /// the same either way. [`Pool::zero_copy`] tells which path a pool takes.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::builder().processes(2).zero_copy(false).build()?;
+    /// assert_eq!(pool.map(|x: u32| x + 1, &[1, 2])?, vec![2, 3]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn zero_copy(mut self, enabled: bool) -> Self {
+        self.config.zero_copy = enabled;
         self
     }
 

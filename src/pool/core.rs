@@ -10,12 +10,13 @@ use crate::pool::callbacks::Callbacks;
 use crate::pool::job::Job;
 use crate::pool::slot::{Outcome, SlotState, TaskDesc};
 use crate::pool::supervisor::Supervisor;
+use crate::pool::zero_copy::{self, AccessRefused, PtracerGrant};
 use crate::shm::arena::{Arena, Block};
 use crate::shm::layout::{self, Layout};
 use crate::shm::segment::Segment;
 use crate::sync::ring::{Full, Producer};
 use crate::Pod;
-use std::sync::atomic::{fence, AtomicU8, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -40,6 +41,11 @@ pub(crate) struct Core {
     pub(crate) callbacks: Callbacks,
     /// The live workers' pids by index, kept by the supervisor.
     pub(crate) pids: Mutex<Vec<Option<u32>>>,
+    /// Whether maps may hand workers the caller's memory (`pool::zero_copy`):
+    /// set at start if configured, cleared for good on a refusal.
+    zero_copy: AtomicBool,
+    /// Held while this pool may use zero-copy maps.
+    ptracer: Mutex<Option<PtracerGrant>>,
     // Declared last: dropped (unmapped) after everything that points into it.
     _segment: Segment,
 }
@@ -93,6 +99,16 @@ impl Core {
             settings.init_entry.store(init.entry.0, Ordering::Relaxed);
             settings.init_set.store(1, Ordering::Relaxed);
         }
+        let ptracer = config.zero_copy.then(|| {
+            settings
+                .parent_pid
+                .store(std::process::id(), Ordering::Relaxed);
+            settings
+                .probe_target
+                .store(zero_copy::probe_target(), Ordering::Relaxed);
+            settings.zero_copy.store(1, Ordering::Relaxed);
+            PtracerGrant::acquire()
+        });
         header.magic.store(layout::MAGIC, Ordering::Release);
         Ok(Core {
             layout,
@@ -108,6 +124,8 @@ impl Core {
             supervisor: Supervisor::new()?,
             callbacks: Callbacks::default(),
             pids: Mutex::new(vec![None; processes]),
+            zero_copy: AtomicBool::new(ptracer.is_some()),
+            ptracer: Mutex::new(ptracer),
             _segment: segment,
         })
     }
@@ -139,6 +157,25 @@ impl Core {
         } else {
             Err(Error::Closed)
         }
+    }
+
+    /// Whether workers may reach the caller's memory: configured, and no
+    /// worker has found the kernel refusing it.
+    pub(crate) fn zero_copy(&self) -> bool {
+        self.zero_copy.load(Ordering::Relaxed)
+            && self
+                .layout
+                .header()
+                .zero_copy_refused
+                .load(Ordering::Relaxed)
+                == 0
+    }
+
+    /// Stops using zero-copy maps for good (a worker was refused), and gives
+    /// back this pool's share of the widened ptrace access.
+    pub(crate) fn disable_zero_copy(&self) {
+        self.zero_copy.store(false, Ordering::Relaxed);
+        lock(&self.ptracer).take();
     }
 
     /// A free slot for a new task.
@@ -320,6 +357,10 @@ impl Core {
             }),
             Outcome::Terminated => Err(Failure::Terminated),
             Outcome::TimedOut => Err(Failure::TimedOut),
+            Outcome::AccessRefused => Err(Failure::AccessRefused(AccessRefused {
+                errno: detail as i32,
+                wrote: signal != 0,
+            })),
         }
     }
 
@@ -351,6 +392,7 @@ pub(crate) enum Failure {
     WorkerDied { pid: u32, signal: Option<i32> },
     Terminated,
     TimedOut,
+    AccessRefused(AccessRefused),
 }
 
 impl From<Failure> for Error {
@@ -360,6 +402,9 @@ impl From<Failure> for Error {
             Failure::WorkerDied { pid, signal } => Error::WorkerDied { pid, signal },
             Failure::Terminated => Error::Terminated,
             Failure::TimedOut => Error::Timeout,
+            Failure::AccessRefused(refused) => Error::ZeroCopyRefused {
+                errno: refused.errno,
+            },
         }
     }
 }

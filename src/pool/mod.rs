@@ -21,6 +21,7 @@ pub(crate) mod shared_vec;
 pub(crate) mod slot;
 pub(crate) mod supervisor;
 pub(crate) mod worker;
+pub(crate) mod zero_copy;
 
 use self::callbacks::{Callbacks, Watched};
 use self::core::{Core, CLOSED, RUNNING, TERMINATED};
@@ -190,6 +191,10 @@ impl Pool {
     /// of `ceil(len / (4 * processes))` elements (CPython's default); see
     /// [`map_chunked`](Pool::map_chunked) to choose.
     ///
+    /// Nothing is copied through the parent: workers read their chunks where
+    /// `items` lies and write the results straight into the returned vector
+    /// (see [`PoolBuilder::zero_copy`] for how, and for the fallback).
+    ///
     /// If a task panics or its worker dies, the map returns that error (never a
     /// vector with holes); the other chunks in flight are withdrawn or awaited.
     ///
@@ -235,8 +240,11 @@ impl Pool {
     }
 
     /// Like [`map`](Pool::map), but returns at once with a handle to the
-    /// vector of results (Python's `map_async`). The input is copied into the
-    /// pool's shared memory before this returns; every chunk is queued at once.
+    /// vector of results (Python's `map_async`). Unlike [`map`](Pool::map),
+    /// this copies: the input is copied into the pool's shared memory before
+    /// this returns (so `items` is free at once, and the handle borrows
+    /// nothing), and the results are copied out of it by `get`. Every chunk is
+    /// queued at once.
     ///
     /// ```
     /// fn f(x: u64) -> u64 { x * x }
@@ -527,12 +535,17 @@ impl Pool {
         )
     }
 
-    /// Applies `f` to every element of a [`SharedVec`] where it lies:
-    /// `data[i] = f(data[i])`, with no copy in or out (workers write into the
-    /// shared vector). Chunks as [`map`](Pool::map).
+    /// Applies `f` to every element of `data` where it lies:
+    /// `data[i] = f(data[i])`. Chunks as [`map`](Pool::map).
+    ///
+    /// `data` is any mutable slice: a `Vec`'s, or a [`SharedVec`]'s. Workers
+    /// read and write it in place, in the caller's memory (see
+    /// [`zero_copy`](crate::PoolBuilder::zero_copy)) or in the pool's shared
+    /// memory; without zero-copy, a plain slice is copied through the pool's
+    /// shared memory chunk by chunk.
     ///
     /// On an error (a panic, a dead worker), chunks that ran have been written
-    /// and the others not: the vector is then partly mapped. A chunk whose
+    /// and the others not: the slice is then partly mapped. A chunk whose
     /// worker dies is never run again, even with
     /// [`retries`](crate::PoolBuilder::retries): it may have overwritten part
     /// of its input already, so a second run would map those elements twice.
@@ -540,12 +553,15 @@ impl Pool {
     /// ```
     /// use shmpool::{Pool, SharedVec};
     /// let pool = Pool::new(2)?;
-    /// let mut v = SharedVec::from_slice(&pool, &[1u32, 2, 3])?;
+    /// let mut v = vec![1u32, 2, 3];
     /// pool.map_inplace(|x: u32| x * 10, &mut v)?;
-    /// assert_eq!(&v[..], &[10, 20, 30]);
+    /// assert_eq!(v, [10, 20, 30]);
+    /// let mut shared = SharedVec::from_slice(&pool, &v)?;
+    /// pool.map_inplace(|x: u32| x + 1, &mut shared)?;
+    /// assert_eq!(&shared[..], &[11, 21, 31]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_inplace<F, T>(&self, f: F, data: &mut SharedVec<T>) -> Result<(), Error>
+    pub fn map_inplace<F, T>(&self, f: F, data: &mut [T]) -> Result<(), Error>
     where
         F: Fn(T) -> T + Copy + Send + Sync + 'static,
         T: Pod,
@@ -555,10 +571,18 @@ impl Pool {
     }
 
     /// [`map_inplace`](Pool::map_inplace) with chunks of `chunksize` elements.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let mut v: Vec<i64> = (0..10).collect();
+    /// pool.map_inplace_chunked(|x: i64| -x, &mut v[2..5], 2)?;
+    /// assert_eq!(&v[..6], &[0, 1, -2, -3, -4, 5]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn map_inplace_chunked<F, T>(
         &self,
         _f: F,
-        data: &mut SharedVec<T>,
+        data: &mut [T],
         chunksize: usize,
     ) -> Result<(), Error>
     where
@@ -566,36 +590,29 @@ impl Pool {
         T: Pod,
     {
         const { assert_stateless::<F>() };
-        self.check_owned(data)?;
         let entry = self.entry_point(inplace_entry::<F, T>)?;
-        let at = schedule::InSegment {
-            input: data.offset(),
-            in_size: size_of::<T>(),
-            output: data.offset(),
-            out_size: size_of::<T>(),
-        };
-        schedule::run_in_segment(&self.core, data.len(), chunksize, entry, at)
+        schedule::map_inplace(&self.core, data, chunksize, entry)
     }
 
-    /// `output[i] = f(input[i])` between two [`SharedVec`]s of this pool, with
-    /// no copy: workers read `input` and write `output` where they lie. The
+    /// `output[i] = f(input[i])`, written straight into `output`: workers read
+    /// `input` and write `output` where they lie (plain slices or
+    /// [`SharedVec`]s, as for [`map_inplace`](Pool::map_inplace)). The
     /// lengths must match ([`Error::InvalidArgument`] otherwise).
     ///
     /// ```
     /// use shmpool::{Pool, SharedVec};
     /// let pool = Pool::new(2)?;
-    /// let input = SharedVec::from_slice(&pool, &[1.0f64, 2.0])?;
-    /// let mut out = SharedVec::<f32>::zeroed(&pool, 2)?;
+    /// let input = vec![1.0f64, 2.0];
+    /// let mut out = vec![0.0f32; 2];
     /// pool.map_into(|x: f64| (x / 2.0) as f32, &input, &mut out)?;
-    /// assert_eq!(&out[..], &[0.5, 1.0]);
+    /// assert_eq!(out, [0.5, 1.0]);
+    /// let shared = SharedVec::from_slice(&pool, &input)?;
+    /// let mut shared_out = SharedVec::<f64>::zeroed(&pool, 2)?;
+    /// pool.map_into(|x: f64| x * 3.0, &shared, &mut shared_out)?;
+    /// assert_eq!(&shared_out[..], &[3.0, 6.0]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_into<F, T, U>(
-        &self,
-        f: F,
-        input: &SharedVec<T>,
-        output: &mut SharedVec<U>,
-    ) -> Result<(), Error>
+    pub fn map_into<F, T, U>(&self, f: F, input: &[T], output: &mut [U]) -> Result<(), Error>
     where
         F: Fn(T) -> U + Copy + Send + Sync + 'static,
         T: Pod,
@@ -606,11 +623,20 @@ impl Pool {
     }
 
     /// [`map_into`](Pool::map_into) with chunks of `chunksize` elements.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let mut out = [0u16; 3];
+    /// pool.map_into_chunked(|x: u8| u16::from(x) * 100, &[1, 2, 3], &mut out, 1)?;
+    /// assert_eq!(out, [100, 200, 300]);
+    /// assert!(pool.map_into_chunked(|x: u8| x, &[1], &mut [0u8; 2], 1).is_err());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn map_into_chunked<F, T, U>(
         &self,
         _f: F,
-        input: &SharedVec<T>,
-        output: &mut SharedVec<U>,
+        input: &[T],
+        output: &mut [U],
         chunksize: usize,
     ) -> Result<(), Error>
     where
@@ -619,8 +645,6 @@ impl Pool {
         U: Pod,
     {
         const { assert_stateless::<F>() };
-        self.check_owned(input)?;
-        self.check_owned(output)?;
         if input.len() != output.len() {
             return Err(Error::invalid(format!(
                 "map_into: input has {} elements, output {}",
@@ -629,23 +653,22 @@ impl Pool {
             )));
         }
         let entry = self.entry_point(map_entry::<F, T, U>)?;
-        let at = schedule::InSegment {
-            input: input.offset(),
-            in_size: size_of::<T>(),
-            output: output.offset(),
-            out_size: size_of::<U>(),
-        };
-        schedule::run_in_segment(&self.core, input.len(), chunksize, entry, at)
+        schedule::map_into(&self.core, input, output, chunksize, entry)
     }
 
-    fn check_owned<T: Pod>(&self, v: &SharedVec<T>) -> Result<(), Error> {
-        if v.belongs_to(&self.core) {
-            Ok(())
-        } else {
-            Err(Error::invalid(
-                "this SharedVec belongs to another pool, whose memory these workers cannot see",
-            ))
-        }
+    /// Whether maps over plain slices let the workers work on the caller's
+    /// memory (`true`), or copy through the pool's shared memory (`false`):
+    /// zero-copy was not asked for ([`PoolBuilder::zero_copy`]), or the kernel
+    /// refused a worker access to this process's memory. A pool whose workers
+    /// have not all started yet may still find out that it is refused.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::builder().processes(1).zero_copy(false).build()?;
+    /// assert!(!pool.zero_copy());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn zero_copy(&self) -> bool {
+        self.core.zero_copy()
     }
 
     /// How this pool's workers were started.

@@ -1,22 +1,30 @@
 //! Chunked `map`: how a slice becomes tasks and the results come back in order.
 //!
-//! The input and output of the whole map get one arena block. The parent copies
-//! chunk after chunk into it and publishes each at once (workers start on chunk
-//! 0 while the parent copies chunk 1); it keeps at most [`WINDOW`] chunks in
-//! flight, and collects them in input order, copying each chunk's output into
-//! the result vector as soon as it is done, so copy-in, compute and copy-out
-//! overlap. Results land in place: chunk i's output is written by exactly one
-//! worker into its own range of the block.
+//! Two ways to the data, chosen per call by [`map_raw`]:
+//!
+//! * **Where it lies** ([`run_where_it_lies`]): workers read the input and
+//!   write the output in place, in the pool's segment (a [`SharedVec`]) or in
+//!   the caller's own memory (`pool::zero_copy`). Only task descriptions
+//!   travel; nothing of the data is copied through the parent.
+//! * **Through the arena** (the fallback, when the kernel does not let workers
+//!   reach the caller's memory, or `zero_copy(false)`): the parent copies chunk
+//!   after chunk into one arena block and publishes each at once, keeps at
+//!   most [`WINDOW`] chunks in flight, and copies each chunk's output out as
+//!   soon as it is done, so copy-in, compute and copy-out overlap.
+//!
+//! [`SharedVec`]: crate::SharedVec
 
 use crate::error::Error;
-use crate::pool::core::Core;
+use crate::pool::core::{Core, Failure};
 use crate::pool::job::{Chunk, Job};
-use crate::pool::slot::{Outcome, TaskDesc, IN_PLACE};
+use crate::pool::slot::{Outcome, TaskDesc, IN_PLACE, REMOTE_INPUT, REMOTE_OUTPUT};
+use crate::pool::zero_copy::STAGE_ALIGN;
 use crate::shm::arena::Block;
 use crate::task::EntryPoint;
 use crate::Pod;
 use std::collections::VecDeque;
-use std::mem::{align_of, size_of, MaybeUninit};
+use std::mem::{align_of, size_of};
+use std::ops::Range;
 
 /// At most this many chunks of one map are in flight (bounds slot usage when
 /// chunks are tiny; with the default chunk size a map has far fewer).
@@ -53,6 +61,17 @@ impl MapLayout {
             align,
         })
     }
+
+    /// One region for an in-place map: the outputs overwrite the inputs.
+    pub(crate) fn in_place<T>(len: usize) -> Option<MapLayout> {
+        let total = len.checked_mul(size_of::<T>())?;
+        let align = align_of::<T>().max(if total >= 1 << 20 { 4096 } else { 64 });
+        Some(MapLayout {
+            output_start: 0,
+            total,
+            align,
+        })
+    }
 }
 
 /// Runs the chunk entry point `entry` (which maps `T`s to `U`s) over `items`
@@ -63,60 +82,243 @@ pub(crate) fn map_slice<T: Pod, U: Pod>(
     chunksize: usize,
     entry: EntryPoint,
 ) -> Result<Vec<U>, Error> {
-    core.ensure_running()?;
-    if chunksize == 0 {
-        return Err(Error::invalid("chunksize must be at least 1"));
-    }
-    if items.is_empty() {
-        return Ok(Vec::new());
-    }
+    check_chunksize(core, chunksize)?;
     let len = items.len();
     let mut out: Vec<U> = Vec::with_capacity(len);
-    let spare = &mut out.spare_capacity_mut()[..len];
-    let bytes = len * (size_of::<T>() + size_of::<U>());
-    // Where to cut for two parent threads: on a chunk boundary, so the tasks
-    // are the same as without the cut.
-    let cut = (len / 2).next_multiple_of(chunksize);
-    if bytes >= PARALLEL_BYTES && cut < len {
-        // The parent's copies (in, out, and faulting the fresh output) are
-        // the bottleneck of a large map: two threads share them.
-        let (items_a, items_b) = items.split_at(cut);
-        let (out_a, out_b) = spare.split_at_mut(cut);
-        let (a, b) = std::thread::scope(|scope| {
-            let other = scope.spawn(|| map_part(core, items_b, chunksize, entry, out_b));
-            let mine = map_part(core, items_a, chunksize, entry, out_a);
-            (
-                mine,
-                other
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p)),
-            )
-        });
-        a.and(b)?;
-    } else {
-        map_part(core, items, chunksize, entry, spare)?;
-    }
-    // SAFETY: every chunk returned, so all `len` elements were written.
+    let dst = out.spare_capacity_mut().as_mut_ptr().cast::<U>();
+    // SAFETY: `items` holds `len` T's, borrowed for the whole call; `dst` has
+    // room for `len` U's, apart from `items`, and only this call writes it.
+    unsafe { map_raw::<T, U>(core, items.as_ptr(), dst, len, chunksize, entry, false) }?;
+    // SAFETY: map_raw returned Ok: all `len` outputs were written.
     unsafe { out.set_len(len) };
     Ok(out)
 }
 
+/// `data[i] = f(data[i])` through the in-place entry point `entry`.
+pub(crate) fn map_inplace<T: Pod>(
+    core: &Core,
+    data: &mut [T],
+    chunksize: usize,
+    entry: EntryPoint,
+) -> Result<(), Error> {
+    check_chunksize(core, chunksize)?;
+    let ptr = data.as_mut_ptr();
+    // SAFETY: `data` is borrowed mutably for the whole call.
+    unsafe { map_raw::<T, T>(core, ptr, ptr, data.len(), chunksize, entry, true) }
+}
+
+/// `output[i] = f(input[i])` through the map entry point `entry`; the
+/// lengths were checked to match.
+pub(crate) fn map_into<T: Pod, U: Pod>(
+    core: &Core,
+    input: &[T],
+    output: &mut [U],
+    chunksize: usize,
+    entry: EntryPoint,
+) -> Result<(), Error> {
+    check_chunksize(core, chunksize)?;
+    debug_assert_eq!(input.len(), output.len());
+    // SAFETY: both borrowed for the whole call; `&mut` keeps them apart.
+    unsafe {
+        map_raw::<T, U>(
+            core,
+            input.as_ptr(),
+            output.as_mut_ptr(),
+            input.len(),
+            chunksize,
+            entry,
+            false,
+        )
+    }
+}
+
+fn check_chunksize(core: &Core, chunksize: usize) -> Result<(), Error> {
+    core.ensure_running()?;
+    if chunksize == 0 {
+        return Err(Error::invalid("chunksize must be at least 1"));
+    }
+    Ok(())
+}
+
+/// The one path of every synchronous map: `dst[i] = f(src[i])` for `i < len`,
+/// where the data lies if the workers can reach it, else through the arena.
+/// `in_place`: `src == dst` and `entry` is an in-place entry point.
+///
+/// # Safety
+/// `src` holds `len` initialized T's and `dst` has room for `len` U's, both
+/// valid until this returns; nothing else writes `src` or accesses `dst`
+/// meanwhile; they are the same pointer if `in_place`, else they do not
+/// overlap.
+unsafe fn map_raw<T: Pod, U: Pod>(
+    core: &Core,
+    src: *const T,
+    dst: *mut U,
+    len: usize,
+    chunksize: usize,
+    entry: EntryPoint,
+    in_place: bool,
+) -> Result<(), Error> {
+    if len == 0 {
+        return Ok(());
+    }
+    let (in_bytes, out_bytes) = (
+        len.checked_mul(size_of::<T>()),
+        len.checked_mul(size_of::<U>()),
+    );
+    let (Some(in_bytes), Some(out_bytes)) = (in_bytes, out_bytes) else {
+        return Err(Error::invalid("map input too large"));
+    };
+    let input = place_of(core, src.cast(), in_bytes, align_of::<T>());
+    let output = place_of(core, dst.cast_const().cast(), out_bytes, align_of::<U>());
+    let direct = input.zip(output).filter(|&(i, o)| {
+        let in_caller = matches!(i, Place::Caller(_)) || matches!(o, Place::Caller(_));
+        !in_caller || in_bytes + out_bytes >= SMALL_MAP_BYTES
+    });
+    let Some((input, output)) = direct else {
+        // SAFETY: forwarded contract.
+        return unsafe { through_arena(core, src, dst, len, chunksize, entry, in_place) };
+    };
+    let span = Span {
+        input,
+        in_size: size_of::<T>(),
+        output,
+        out_size: size_of::<U>(),
+        in_place,
+    };
+    if matches!(output, Place::Caller(_)) {
+        // Workers would fault the fresh output in one 4 KiB page at a time
+        // inside process_vm_writev; one bulk fault (huge pages where allowed)
+        // is faster. Measured in docs/PERFORMANCE.md, "Zero-copy maps".
+        prefault(dst.cast(), out_bytes);
+    }
+    let redo = run_where_it_lies(core, len, chunksize, entry, span)?;
+    if !redo.is_empty() {
+        // The kernel refused a worker the caller's memory: from now on this
+        // pool copies, and what was refused is done that way now.
+        core.disable_zero_copy();
+    }
+    for range in redo {
+        // SAFETY: a sub-range of the caller's buffers, which no worker
+        // touches any more (every chunk of the first pass is finished).
+        unsafe {
+            through_arena(
+                core,
+                src.add(range.start),
+                dst.add(range.start),
+                range.len(),
+                chunksize,
+                entry,
+                in_place,
+            )
+        }?;
+    }
+    Ok(())
+}
+
+/// Below this (input + output bytes), a map over the caller's memory copies
+/// through a small arena block instead: a cached `memcpy` in the parent is
+/// several times faster than `process_vm_readv`/`writev` (32 against 6.5 GB/s
+/// here, `docs/PERFORMANCE.md`, "Zero-copy maps"), and the block it uses is
+/// bounded by this size.
+pub(crate) const SMALL_MAP_BYTES: usize = 2 << 20;
+
+/// Where the workers find `bytes` bytes at `ptr`: in the segment, or in the
+/// caller's memory if they can reach it; `None`: only through the arena.
+fn place_of(core: &Core, ptr: *const u8, bytes: usize, align: usize) -> Option<Place> {
+    if let Some(offset) = core.layout().offset_of(ptr, bytes) {
+        return Some(Place::Segment(offset));
+    }
+    (core.zero_copy() && align <= STAGE_ALIGN).then_some(Place::Caller(ptr as u64))
+}
+
+/// The arena path of [`map_raw`] (same contract): a large map uses two parent
+/// threads, since the parent's copies are then the bottleneck.
+unsafe fn through_arena<T: Pod, U: Pod>(
+    core: &Core,
+    src: *const T,
+    dst: *mut U,
+    len: usize,
+    chunksize: usize,
+    entry: EntryPoint,
+    in_place: bool,
+) -> Result<(), Error> {
+    let bytes = len * (size_of::<T>() + size_of::<U>());
+    // Where to cut for two parent threads: on a chunk boundary, so the tasks
+    // are the same as without the cut.
+    let cut = (len / 2).next_multiple_of(chunksize);
+    if bytes < PARALLEL_BYTES || cut >= len {
+        // SAFETY: forwarded contract.
+        return unsafe { map_part(core, src, dst, len, chunksize, entry, in_place) };
+    }
+    let (src_b, dst_b) = (SendPtr(src.cast_mut()), SendPtr(dst));
+    let (a, b) = std::thread::scope(|scope| {
+        let other = scope.spawn(move || {
+            let (src_b, dst_b) = (src_b, dst_b);
+            // SAFETY: the second half of both buffers, disjoint from the first.
+            unsafe {
+                map_part(
+                    core,
+                    src_b.0.add(cut),
+                    dst_b.0.add(cut),
+                    len - cut,
+                    chunksize,
+                    entry,
+                    in_place,
+                )
+            }
+        });
+        // SAFETY: the first half.
+        let mine = unsafe { map_part(core, src, dst, cut, chunksize, entry, in_place) };
+        (
+            mine,
+            other
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        )
+    });
+    a.and(b)
+}
+
+/// A pointer handed to the second copying thread of [`through_arena`].
+struct SendPtr<T>(*mut T);
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
+// SAFETY: the two threads work on disjoint halves of the buffers, and the
+// scope joins the second before the caller's borrow ends.
+unsafe impl<T> Send for SendPtr<T> {}
+
 /// A map at least this large (input + output bytes) uses two parent threads.
 const PARALLEL_BYTES: usize = 8 << 20;
 
-/// Maps `items` into `out` (same length) through one arena block.
-fn map_part<T: Pod, U: Pod>(
+/// Maps `len` elements from `src` into `dst` through one arena block
+/// ([`map_raw`]'s contract).
+unsafe fn map_part<T: Pod, U: Pod>(
     core: &Core,
-    items: &[T],
+    src: *const T,
+    dst: *mut U,
+    len: usize,
     chunksize: usize,
     entry: EntryPoint,
-    out: &mut [MaybeUninit<U>],
+    in_place: bool,
 ) -> Result<(), Error> {
-    let shape =
-        MapLayout::new::<T, U>(items.len()).ok_or_else(|| Error::invalid("map input too large"))?;
+    let shape = if in_place {
+        MapLayout::in_place::<T>(len)
+    } else {
+        MapLayout::new::<T, U>(len)
+    }
+    .ok_or_else(|| Error::invalid("map input too large"))?;
     let block = core.alloc_block(shape.total, shape.align)?;
-    prefault(out.as_mut_ptr().cast(), std::mem::size_of_val(out));
-    let result = run_chunks::<T, U>(core, items, chunksize, entry, block, shape, out);
+    prefault(dst.cast(), len * size_of::<U>());
+    // SAFETY: forwarded contract.
+    let result = unsafe {
+        run_chunks::<T, U>(
+            core, src, dst, len, chunksize, entry, block, shape, in_place,
+        )
+    };
     core.free_block(block);
     result
 }
@@ -132,10 +334,7 @@ pub(crate) fn submit_slice<T: Pod, U: Pod>(
     entry: EntryPoint,
     flags: u32,
 ) -> Result<Job, Error> {
-    core.ensure_running()?;
-    if chunksize == 0 {
-        return Err(Error::invalid("chunksize must be at least 1"));
-    }
+    check_chunksize(core, chunksize)?;
     if items.is_empty() {
         return Ok(Job::new(None));
     }
@@ -187,50 +386,79 @@ pub(crate) fn submit_slice<T: Pod, U: Pod>(
     Ok(job)
 }
 
-/// Where a map over data already in the segment reads and writes: element
-/// `i` is read at `input + i * in_size` and written at `output + i * out_size`.
+/// Where one side of a map lies, as a worker finds it.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct InSegment {
-    pub(crate) input: u64,
-    pub(crate) in_size: usize,
-    pub(crate) output: u64,
-    pub(crate) out_size: usize,
+pub(crate) enum Place {
+    /// In the pool's segment, at this offset (a `SharedVec`).
+    Segment(u64),
+    /// In the caller's own memory, at this address (`pool::zero_copy`).
+    Caller(u64),
 }
 
-/// Runs `entry` over `len` elements that already live in the segment (a
-/// `SharedVec`): only task descriptions travel, no element is copied. At most
+impl Place {
+    /// The place `bytes` further on, the `flags` bit that names a caller side,
+    /// and the value for the task description.
+    fn advance(self, bytes: usize, remote_flag: u32) -> (u64, u32) {
+        match self {
+            Place::Segment(offset) => (offset + bytes as u64, 0),
+            Place::Caller(addr) => (addr + bytes as u64, remote_flag),
+        }
+    }
+}
+
+/// Where a map reads and writes: element `i` is read at `input + i * in_size`
+/// and written at `output + i * out_size`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span {
+    pub(crate) input: Place,
+    pub(crate) in_size: usize,
+    pub(crate) output: Place,
+    pub(crate) out_size: usize,
+    /// The outputs overwrite the inputs (`map_inplace`): a started chunk is
+    /// never run again, and never redone.
+    pub(crate) in_place: bool,
+}
+
+/// Runs `entry` over `len` elements where they lie ([`Span`]): only task
+/// descriptions travel, no element is copied by the parent. At most
 /// [`WINDOW`] chunks are in flight; on the first failure the rest are
 /// withdrawn and the running ones awaited (they write into the caller's
-/// vector, which must not be touched before they finish).
-pub(crate) fn run_in_segment(
+/// memory, which must not be touched before they finish).
+///
+/// Returns the element ranges a worker was refused access to the caller's
+/// memory for, having written nothing that cannot be written again: the
+/// caller redoes them another way. After the first refusal the remaining
+/// chunks are not submitted but returned too.
+pub(crate) fn run_where_it_lies(
     core: &Core,
     len: usize,
     chunksize: usize,
     entry: EntryPoint,
-    at: InSegment,
-) -> Result<(), Error> {
-    core.ensure_running()?;
-    if chunksize == 0 {
-        return Err(Error::invalid("chunksize must be at least 1"));
-    }
+    at: Span,
+) -> Result<Vec<Range<usize>>, Error> {
     let layout = core.layout();
     let chunks = len.div_ceil(chunksize);
-    let mut in_flight: VecDeque<u32> = VecDeque::new();
+    let mut in_flight: VecDeque<(u32, Range<usize>)> = VecDeque::new();
     let mut next_chunk = 0;
     let mut error: Option<Error> = None;
+    let mut redo: Vec<Range<usize>> = Vec::new();
+    let in_place = if at.in_place { IN_PLACE } else { 0 };
     loop {
-        while error.is_none() && next_chunk < chunks && in_flight.len() < WINDOW {
+        let halted = error.is_some() || !redo.is_empty();
+        while !halted && next_chunk < chunks && in_flight.len() < WINDOW {
             let start = next_chunk * chunksize;
             let n = chunksize.min(len - start);
+            let (input, remote_in) = at.input.advance(start * at.in_size, REMOTE_INPUT);
+            let (output, remote_out) = at.output.advance(start * at.out_size, REMOTE_OUTPUT);
             let submitted = core.alloc_slot().and_then(|slot| {
                 core.describe(
                     slot,
                     TaskDesc {
                         entry: entry.0,
-                        input: at.input + (start * at.in_size) as u64,
-                        output: at.output + (start * at.out_size) as u64,
+                        input,
+                        output,
                         len: n as u64,
-                        flags: if at.input == at.output { IN_PLACE } else { 0 },
+                        flags: in_place | remote_in | remote_out,
                         ..TaskDesc::default()
                     },
                 );
@@ -239,7 +467,7 @@ pub(crate) fn run_in_segment(
                     .inspect_err(|_| core.release_slot(slot))
             });
             match submitted {
-                Ok(slot) => in_flight.push_back(slot),
+                Ok(slot) => in_flight.push_back((slot, start..start + n)),
                 Err(e) => error = Some(e),
             }
             next_chunk += 1;
@@ -249,46 +477,63 @@ pub(crate) fn run_in_segment(
         // parent takes time from the workers), and usually finds the older
         // chunks done when it wakes: one wake-up per map instead of one per
         // chunk.
-        let all_submitted = error.is_some() || next_chunk == chunks;
+        let halted = error.is_some() || !redo.is_empty();
+        let all_submitted = halted || next_chunk == chunks;
         let popped = if all_submitted {
             in_flight.pop_back()
         } else {
             in_flight.pop_front()
         };
-        let Some(slot) = popped else {
+        let Some((slot, range)) = popped else {
             break;
         };
-        if error.is_some() && layout.slot(slot).cancel() {
+        if halted && layout.slot(slot).cancel() {
             core.release_slot(slot);
+            redo.push(range);
             continue;
         }
         layout.slot(slot).wait_done_with(!all_submitted, None);
-        if let Err(failure) = core.read_outcome::<()>(slot, 0) {
-            error.get_or_insert(failure.into());
+        match core.read_outcome::<()>(slot, 0) {
+            Ok(()) => {}
+            Err(Failure::AccessRefused(refused)) if !(at.in_place && refused.wrote) => {
+                redo.push(range);
+            }
+            Err(failure) => {
+                error.get_or_insert(failure.into());
+            }
         }
         core.release_slot(slot);
     }
-    error.map_or(Ok(()), Err)
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if !redo.is_empty() && next_chunk < chunks {
+        redo.push(next_chunk * chunksize..len);
+    }
+    Ok(redo)
 }
 
-fn run_chunks<T: Pod, U: Pod>(
+/// Runs the chunks of an arena map ([`map_raw`]'s contract for the buffers):
+/// copy in, publish, collect in order, copy out.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_chunks<T: Pod, U: Pod>(
     core: &Core,
-    items: &[T],
+    src: *const T,
+    dst: *mut U,
+    len: usize,
     chunksize: usize,
     entry: EntryPoint,
     block: Block,
     shape: MapLayout,
-    out: &mut [MaybeUninit<U>],
+    in_place: bool,
 ) -> Result<(), Error> {
     let layout = core.layout();
-    let len = items.len();
     let chunks = len.div_ceil(chunksize);
     let base = Core::block_offset(block);
     let input_at = |i: usize| base + (i * size_of::<T>()) as u64;
     let output_at = |i: usize| base + (shape.output_start + i * size_of::<U>()) as u64;
     let entry = entry.0;
-
-    debug_assert_eq!(out.len(), len);
+    let flags = if in_place { IN_PLACE } else { 0 };
     let mut in_flight: VecDeque<(u32, usize, usize)> = VecDeque::new();
     let mut next_chunk = 0;
     let mut error: Option<Error> = None;
@@ -307,7 +552,7 @@ fn run_chunks<T: Pod, U: Pod>(
             // range is not yet published, so no worker reads it.
             unsafe {
                 std::ptr::copy_nonoverlapping(
-                    items.as_ptr().add(start),
+                    src.add(start),
                     layout.at(input_at(start)).cast::<T>(),
                     n,
                 );
@@ -319,6 +564,7 @@ fn run_chunks<T: Pod, U: Pod>(
                     input: input_at(start),
                     output: output_at(start),
                     len: n as u64,
+                    flags,
                     ..TaskDesc::default()
                 },
             );
@@ -342,11 +588,11 @@ fn run_chunks<T: Pod, U: Pod>(
         match layout.slot(slot).outcome().0 {
             Outcome::Returned if error.is_none() => {
                 // SAFETY: the worker wrote `n` U's at output_at(start) before DONE
-                // (observed with Acquire); `out` holds `len` ≥ start + n elements.
+                // (observed with Acquire); `dst` has room for `len` ≥ start + n.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         layout.at(output_at(start)).cast::<U>(),
-                        out.as_mut_ptr().add(start).cast::<U>(),
+                        dst.add(start),
                         n,
                     );
                 }
@@ -364,6 +610,14 @@ fn run_chunks<T: Pod, U: Pod>(
     error.map_or(Ok(()), Err)
 }
 
+/// The whole pages inside `[ptr, ptr + bytes)`.
+fn whole_pages(ptr: *mut u8, bytes: usize) -> (usize, usize) {
+    const PAGE: usize = 4096;
+    let start = (ptr as usize).next_multiple_of(PAGE);
+    let end = ((ptr as usize + bytes) / PAGE * PAGE).max(start);
+    (start, end)
+}
+
 /// Below this, a fresh output buffer is left to fault page by page.
 const PREFAULT_BYTES: usize = 4 << 20;
 
@@ -375,9 +629,7 @@ fn prefault(ptr: *mut u8, bytes: usize) {
     if bytes < PREFAULT_BYTES {
         return;
     }
-    const PAGE: usize = 4096;
-    let start = (ptr as usize).next_multiple_of(PAGE);
-    let end = (ptr as usize + bytes) / PAGE * PAGE;
+    let (start, end) = whole_pages(ptr, bytes);
     for advice in [libc::MADV_HUGEPAGE, libc::MADV_POPULATE_WRITE] {
         // SAFETY: [start, end) lies inside the caller's allocation; neither advice
         // changes the contents of memory (the buffer is uninitialized anyway).

@@ -84,16 +84,6 @@ impl<T: Pod> SharedVec<T> {
         })
     }
 
-    /// The segment offset of element 0 (any aligned offset when empty).
-    pub(crate) fn offset(&self) -> u64 {
-        self.block.map_or(0, Core::block_offset)
-    }
-
-    /// Whether this vector lives in `core`'s segment.
-    pub(crate) fn belongs_to(&self, core: &Arc<Core>) -> bool {
-        Arc::ptr_eq(&self.core, core)
-    }
-
     fn as_ptr(&self) -> *const T {
         match self.block {
             Some(b) => self.core.layout().at(Core::block_offset(b)).cast::<T>(),

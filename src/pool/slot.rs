@@ -60,6 +60,10 @@ pub(crate) enum Outcome {
     Terminated = 3,
     /// The task ran longer than the pool's task timeout; its worker was killed.
     TimedOut = 4,
+    /// The kernel refused the worker the caller's memory (a zero-copy map
+    /// chunk); `detail` is the errno, `signal` 1 if part of the output was
+    /// written before.
+    AccessRefused = 5,
 }
 
 impl Outcome {
@@ -69,6 +73,7 @@ impl Outcome {
             1 => Outcome::Panicked,
             2 => Outcome::WorkerDied,
             4 => Outcome::TimedOut,
+            5 => Outcome::AccessRefused,
             _ => Outcome::Terminated,
         }
     }
@@ -90,12 +95,14 @@ pub(crate) struct TaskDesc {
     pub(crate) outcome: u32,
     /// Message length for `Panicked`, pid for `WorkerDied`.
     pub(crate) detail: u32,
-    /// Signal number for `WorkerDied`, or -1.
+    /// Signal number for `WorkerDied`, or -1; for `AccessRefused`, whether
+    /// output was written.
     pub(crate) signal: i32,
     /// How many times the task was requeued after its worker died (written
     /// by the supervisor, which holds the slot then).
     pub(crate) retries_used: u32,
-    /// [`IN_PLACE`], [`WATCHED`], written by the parent with the rest.
+    /// [`IN_PLACE`], [`WATCHED`], [`REMOTE_INPUT`], [`REMOTE_OUTPUT`],
+    /// written by the parent with the rest.
     pub(crate) flags: u32,
     pub(crate) _reserved: u32,
 }
@@ -109,6 +116,13 @@ pub(crate) const IN_PLACE: u32 = 1;
 /// [`TaskDesc::flags`]: the task's result has callbacks; the worker that
 /// finishes it writes its slot into its finish log for the callback thread.
 pub(crate) const WATCHED: u32 = 2;
+
+/// [`TaskDesc::flags`]: `input` is an address in the parent's memory, not a
+/// segment offset (a zero-copy map chunk; see `pool::zero_copy`).
+pub(crate) const REMOTE_INPUT: u32 = 4;
+
+/// [`TaskDesc::flags`]: `output` is an address in the parent's memory.
+pub(crate) const REMOTE_OUTPUT: u32 = 8;
 
 /// A snapshot of a slot's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

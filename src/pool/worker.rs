@@ -6,10 +6,11 @@
 //! header's wake word. Exit (status 0) once the pool is closed and the ring is
 //! empty, or after `max_tasks` tasks (the supervisor then starts a replacement).
 
-use crate::pool::slot::{Outcome, WATCHED};
+use crate::pool::slot::{Outcome, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED};
+use crate::pool::zero_copy::{self, AccessRefused, Peer, Stage};
 use crate::shm::layout::{Layout, INIT_FAILED_EXIT};
 use crate::sync::spin::SpinWait;
-use crate::task::{EntryPoint, TaskIo};
+use crate::task::{EntryPoint, Remote, TaskIo};
 use std::any::Any;
 use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
@@ -36,6 +37,8 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
         record_init_failure(layout, &message);
         return INIT_FAILED_EXIT;
     }
+    let peer = reach_parent(layout);
+    let mut stage = Stage::default();
     report_ready(start.ready_fd);
     let max_tasks = layout.header().settings.max_tasks.load(Ordering::Acquire);
     let track = layout.header().settings.track_tasks.load(Ordering::Acquire) != 0;
@@ -65,7 +68,7 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
             }
         }
         if let Some(slot) = popped {
-            if run(layout, slot, start.index, track) {
+            if run(layout, slot, start.index, track, peer, &mut stage) {
                 tasks_run += 1;
                 if max_tasks != 0 && tasks_run >= max_tasks {
                     // Holding no task and no popped entry: say so, so the
@@ -112,17 +115,15 @@ fn initialize(layout: Layout) -> Result<(), String> {
         return Ok(());
     }
     let entry = settings.init_entry.load(Ordering::Acquire);
-    let io = TaskIo {
-        input: settings.init_args.0.get().cast(),
-        output: std::ptr::null_mut(),
-        len: 1,
-    };
+    let io = TaskIo::local(settings.init_args.0.get().cast(), std::ptr::null_mut(), 1);
     // SAFETY: only the parent writes the initializer, with EntryPoint::new in
     // this binary, before any worker starts.
     let entry = unsafe { EntryPoint(entry).resolve() };
     // SAFETY: the parent wrote the entry's argument tuple into `init_args`
     // (aligned to 64) and never writes it again; init entries write no output.
+    // An init entry touches no caller memory, so it cannot be refused.
     std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry(io) }))
+        .map(drop)
         .map_err(|payload| panic_message(&payload))
 }
 
@@ -152,6 +153,30 @@ fn record_init_failure(layout: Layout, message: &str) {
         .store(bytes.len() as u32, Ordering::Release);
 }
 
+/// The parent, if zero-copy maps are on and the kernel lets this worker reach
+/// the parent's memory; a refusal is reported in the header, so the parent
+/// stops handing out its memory (chunks it already did are refused one by one,
+/// and redone).
+fn reach_parent(layout: Layout) -> Option<Peer> {
+    let settings = &layout.header().settings;
+    if settings.zero_copy.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let peer = Peer {
+        pid: settings.parent_pid.load(Ordering::Relaxed) as libc::pid_t,
+    };
+    match zero_copy::probe(peer, settings.probe_target.load(Ordering::Relaxed)) {
+        Ok(()) => Some(peer),
+        Err(errno) => {
+            layout
+                .header()
+                .zero_copy_refused
+                .store(errno.max(1) as u32, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 fn report_ready(fd: RawFd) {
     let one: u64 = 1;
     // SAFETY: writes 8 bytes from a valid u64; a bad fd only makes it fail.
@@ -160,7 +185,15 @@ fn report_ready(fd: RawFd) {
 
 /// Runs the task in slot `index` if this worker wins the claim; returns
 /// whether it did. `track`: keep this worker's record (for the task timeout).
-fn run(layout: Layout, index: u32, me: u32, track: bool) -> bool {
+/// `peer`: the parent, if this worker can reach its memory.
+fn run(
+    layout: Layout,
+    index: u32,
+    me: u32,
+    track: bool,
+    peer: Option<Peer>,
+    stage: &mut Stage,
+) -> bool {
     let slot = layout.slot(index);
     if !slot.claim(me) {
         return false; // a stale ring entry, or another worker was faster
@@ -172,20 +205,76 @@ fn run(layout: Layout, index: u32, me: u32, track: bool) -> bool {
     }
     // SAFETY: we hold RUNNING(me); the parent wrote desc before publishing.
     let desc = unsafe { *slot.desc() };
+    // Read now: once the slot is finished, the parent may reuse it.
+    let watched = desc.flags & WATCHED != 0;
+    let (remote_in, remote_out) = (
+        desc.flags & REMOTE_INPUT != 0,
+        desc.flags & REMOTE_OUTPUT != 0,
+    );
+    let remote = match (remote_in || remote_out, peer) {
+        (false, _) => None,
+        (true, Some(peer)) => Some(Remote {
+            peer,
+            input: remote_in,
+            output: remote_out,
+            stage,
+        }),
+        (true, None) => {
+            // Handed the parent's memory before the parent heard that this
+            // worker cannot reach it: refuse, having touched nothing.
+            return finish(layout, index, me, track, watched, || {
+                Err(AccessRefused {
+                    errno: libc::EPERM,
+                    wrote: false,
+                })
+            });
+        }
+    };
+    // A side in the parent's memory is an address there, not an offset here.
     let io = TaskIo {
-        input: layout.at(desc.input),
-        output: layout.at(desc.output),
+        input: if remote_in {
+            desc.input as *const u8
+        } else {
+            layout.at(desc.input)
+        },
+        output: if remote_out {
+            desc.output as *mut u8
+        } else {
+            layout.at(desc.output)
+        },
         len: desc.len as usize,
+        remote,
     };
     // SAFETY: only the parent writes entries, with EntryPoint::new in this binary.
     let entry = unsafe { EntryPoint(desc.entry).resolve() };
     // SAFETY: the parent laid out input/output for exactly this entry point and
     // gives them to no one else while we hold the slot.
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry(io) }));
+    finish(layout, index, me, track, watched, move || unsafe {
+        entry(io)
+    })
+}
+
+/// Runs `task` under `catch_unwind` in slot `index` (held as RUNNING(me)),
+/// writes its outcome and finishes the slot. Returns `true` (a task ran).
+fn finish(
+    layout: Layout,
+    index: u32,
+    me: u32,
+    track: bool,
+    watched: bool,
+    task: impl FnOnce() -> Result<(), AccessRefused>,
+) -> bool {
+    let slot = layout.slot(index);
+    let result = std::panic::catch_unwind(AssertUnwindSafe(task));
     // SAFETY: still RUNNING(me): the outcome is ours to write.
     let desc = unsafe { slot.desc() };
     match result {
-        Ok(()) => desc.outcome = Outcome::Returned as u32,
+        Ok(Ok(())) => desc.outcome = Outcome::Returned as u32,
+        Ok(Err(refused)) => {
+            desc.outcome = Outcome::AccessRefused as u32;
+            desc.detail = refused.errno as u32;
+            desc.signal = i32::from(refused.wrote);
+        }
         Err(payload) => {
             let message = panic_message(&payload);
             let bytes = truncate(&message, crate::pool::slot::INLINE_CAPACITY);
@@ -206,7 +295,7 @@ fn run(layout: Layout, index: u32, me: u32, track: bool) -> bool {
         layout.worker_record(me).idle();
     }
     slot.finish();
-    if desc.flags & WATCHED != 0 {
+    if watched {
         // Before the notify: its fence publishes the entry to a parked reader.
         layout.finish_log(me).push(index);
     }

@@ -321,17 +321,14 @@ pub(crate) fn run_spec(spec_at: u64) -> i32 {
     let Some(args) = heap.ptr(spec.args_at, 0) else {
         return crate::start::BAD_SEGMENT_EXIT;
     };
-    let io = TaskIo {
-        input: args,
-        output: std::ptr::null_mut(),
-        len: 1,
-    };
+    let io = TaskIo::local(args, std::ptr::null_mut(), 1);
     // SAFETY: the entry was made by `EntryPoint::new` in this binary (same
     // program: fork, or checked by the spawn probe).
     let entry = unsafe { EntryPoint(spec.entry).resolve() };
     // SAFETY: `args` holds the entry's argument tuple, written by the parent.
     match std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry(io) })) {
-        Ok(()) => 0,
+        // A process entry touches no caller memory, so it cannot be refused.
+        Ok(_) => 0,
         Err(_) => 1, // the panic hook has printed the message
     }
 }

@@ -158,6 +158,10 @@ pub(crate) struct PoolHeader {
     pub(crate) done: CachePadded<WakeWord>,
     /// Head and tail of the work ring.
     pub(crate) ring: RingHeader,
+    /// The errno of the first worker whose start-up probe found the kernel
+    /// refusing it the parent's memory (0: none did). Written by workers; the
+    /// parent only compares it with 0.
+    pub(crate) zero_copy_refused: AtomicU32,
     /// Per-worker settings written by the parent before any worker starts.
     pub(crate) settings: WorkerSettings,
 }
@@ -185,6 +189,13 @@ pub(crate) struct WorkerSettings {
     /// The failed initializer's panic message (UTF-8, truncated); written only
     /// by the worker that won `init_failed`, read by the parent after reaping it.
     pub(crate) init_message: UnsafeCell<[u8; INIT_MESSAGE_BYTES]>,
+    /// Non-zero if workers may be handed the parent's memory (zero-copy maps):
+    /// each then probes it at start (`pool::zero_copy::probe`).
+    pub(crate) zero_copy: AtomicU32,
+    /// The parent's pid, for `process_vm_readv`/`writev`.
+    pub(crate) parent_pid: AtomicU32,
+    /// The address of the parent's probe word.
+    pub(crate) probe_target: AtomicU64,
 }
 
 /// Initializer argument bytes: written by the parent before any worker
@@ -285,6 +296,13 @@ impl Layout {
         debug_assert!((offset as usize) <= SEGMENT_BYTES);
         // SAFETY: offsets handed out by this crate lie inside the mapping.
         unsafe { self.base.add(offset as usize) }
+    }
+
+    /// The segment offset of `[ptr, ptr + bytes)` if it lies wholly inside
+    /// the segment.
+    pub(crate) fn offset_of(&self, ptr: *const u8, bytes: usize) -> Option<u64> {
+        let offset = (ptr as usize).checked_sub(self.base as usize)?;
+        (offset.checked_add(bytes)? <= SEGMENT_BYTES).then_some(offset as u64)
     }
 
     /// Whether the pool was closed.

@@ -20,6 +20,7 @@ pub(crate) mod spawn;
 
 use crate::error::Error;
 use crate::pool::worker::{self, WorkerStart};
+use crate::pool::zero_copy::AccessRefused;
 use crate::shm::layout::Layout;
 use crate::task::{Entry, EntryPoint, TaskIo};
 use crate::StartMethod;
@@ -75,8 +76,9 @@ pub(crate) fn explain_exit(status: libc::c_int) -> Option<&'static str> {
 /// # Safety
 /// Reads nothing from its argument; callable with any `TaskIo`.
 #[inline(never)]
-pub(crate) unsafe fn probe_entry(io: TaskIo) {
+pub(crate) unsafe fn probe_entry(io: TaskIo<'_>) -> Result<(), AccessRefused> {
     std::hint::black_box(io.len);
+    Ok(())
 }
 
 /// The probe's offset in this binary.
