@@ -382,13 +382,22 @@ fn private_bytes(pid: u32) -> u64 {
     (status_kib(&path, "Private_Clean:") + status_kib(&path, "Private_Dirty:")) * 1024
 }
 
+/// One fresh process's figures: seconds of the first call, median seconds of
+/// the next four, peak bytes.
+struct FreshSample {
+    first: f64,
+    warm: f64,
+    peak_bytes: f64,
+}
+
+/// Per contender, the samples of its fresh processes.
+type FreshRuns = Vec<(Contender, Vec<FreshSample>)>;
+
 /// Runs `--fresh` `reps` times for each contender, interleaved so that the
-/// machine's state drifts alike for all; per contender, the sorted samples of
-/// `(first, warm, peak_bytes)`.
-fn fresh_runs(n: usize, reps: usize) -> Vec<(Contender, Vec<(f64, f64, f64)>)> {
+/// machine's state drifts alike for all.
+fn fresh_runs(n: usize, reps: usize) -> FreshRuns {
     let exe = std::env::current_exe().expect("own path");
-    let mut runs: Vec<(Contender, Vec<(f64, f64, f64)>)> =
-        Contender::ALL.iter().map(|&c| (c, Vec::new())).collect();
+    let mut runs: FreshRuns = Contender::ALL.iter().map(|&c| (c, Vec::new())).collect();
     for _ in 0..reps {
         for (who, samples) in &mut runs {
             let out = Command::new(&exe)
@@ -405,7 +414,11 @@ fn fresh_runs(n: usize, reps: usize) -> Vec<(Contender, Vec<(f64, f64, f64)>)> {
                 .split_whitespace()
                 .map(|x| x.parse().unwrap())
                 .collect();
-            samples.push((f[0], f[1], f[2]));
+            samples.push(FreshSample {
+                first: f[0],
+                warm: f[1],
+                peak_bytes: f[2],
+            });
         }
     }
     runs
@@ -708,30 +721,30 @@ enum FreshKind {
 }
 
 impl FreshRow {
-    fn first_call(n: usize, runs: Vec<(Contender, Vec<(f64, f64, f64)>)>) -> FreshRow {
+    fn first_call(n: usize, runs: FreshRuns) -> FreshRow {
         FreshRow {
             name: format!("first `map(x * x)` → `Vec` in a fresh process, {n} f64"),
             unit: "ms",
             cells: runs
                 .iter()
-                .map(|(_, s)| spread(s.iter().map(|x| x.0 * 1e3).collect()))
+                .map(|(_, s)| spread(s.iter().map(|x| x.first * 1e3).collect()))
                 .collect(),
             warm: runs
                 .iter()
-                .map(|(_, s)| spread(s.iter().map(|x| x.1 * 1e3).collect()).0)
+                .map(|(_, s)| spread(s.iter().map(|x| x.warm * 1e3).collect()).0)
                 .collect(),
             kind: FreshKind::FirstCall,
             n,
         }
     }
 
-    fn peak_memory(n: usize, runs: Vec<(Contender, Vec<(f64, f64, f64)>)>) -> FreshRow {
+    fn peak_memory(n: usize, runs: FreshRuns) -> FreshRow {
         FreshRow {
             name: format!("peak memory of `map(x * x)` → `Vec`, {n} f64 (RSS + workers' private)"),
             unit: "MB",
             cells: runs
                 .iter()
-                .map(|(_, s)| spread(s.iter().map(|x| x.2 / 1e6).collect()))
+                .map(|(_, s)| spread(s.iter().map(|x| x.peak_bytes / 1e6).collect()))
                 .collect(),
             warm: Vec::new(),
             kind: FreshKind::PeakMemory,

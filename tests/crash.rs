@@ -88,27 +88,42 @@ fn maps_under_fire(pool: &Pool, maps: usize) -> usize {
     died
 }
 
+// Both paths: workers writing into the caller's vector (zero-copy), and
+// chunks copied through the pool's shared memory.
 #[test]
 fn killing_workers_during_maps_gives_the_exact_result_or_worker_died() {
     bounded(LIMIT, || {
-        let pool = Pool::new(2).unwrap();
-        let died = maps_under_fire(&pool, 20);
-        eprintln!("{died} of 20 maps lost a worker mid-chunk");
-        let v: Vec<u64> = (0..1000).collect();
-        assert_eq!(
-            pool.map(sq, &v).unwrap(),
-            v.iter().map(|&x| sq(x)).collect::<Vec<_>>()
-        );
+        for zero_copy in [true, false] {
+            let pool = Pool::builder()
+                .processes(2)
+                .zero_copy(zero_copy)
+                .build()
+                .unwrap();
+            let died = maps_under_fire(&pool, 10);
+            eprintln!("zero_copy {zero_copy}: {died} of 10 maps lost a worker mid-chunk");
+            let v: Vec<u64> = (0..1000).collect();
+            assert_eq!(
+                pool.map(sq, &v).unwrap(),
+                v.iter().map(|&x| sq(x)).collect::<Vec<_>>()
+            );
+        }
     });
 }
 
 #[test]
 fn with_retries_every_map_under_fire_is_exact() {
     bounded(LIMIT, || {
-        let pool = Pool::builder().processes(2).retries(3).build().unwrap();
-        // Each map loses at most one worker, so 3 retries always suffice.
-        assert_eq!(maps_under_fire(&pool, 20), 0);
-        assert_eq!(pool.apply(sq, (12,)).unwrap(), 144);
+        for zero_copy in [true, false] {
+            let pool = Pool::builder()
+                .processes(2)
+                .retries(3)
+                .zero_copy(zero_copy)
+                .build()
+                .unwrap();
+            // Each map loses at most one worker, so 3 retries always suffice.
+            assert_eq!(maps_under_fire(&pool, 10), 0, "zero_copy {zero_copy}");
+            assert_eq!(pool.apply(sq, (12,)).unwrap(), 144);
+        }
     });
 }
 
