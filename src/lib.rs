@@ -10,7 +10,9 @@
 //!   shared-memory segment; arguments and results are [`Pod`] and are copied as
 //!   bytes, never serialized. Idle workers sleep in a futex (0% CPU).
 //! * [`Pool::map`] is the hot path: a slice is cut into chunks that the workers
-//!   claim from the ring; results land in place and come back in order.
+//!   claim from the ring; each worker reads its chunk where the caller's slice
+//!   lies and writes its results straight into the returned vector, so no
+//!   second copy of the data is made ([`PoolBuilder::zero_copy`]).
 //! * A worker that dies never hangs the caller: its task fails with
 //!   [`Error::WorkerDied`], the worker is replaced, the pool goes on.
 //! * The segment is an anonymous `memfd`: it has no name, so nothing can leak
