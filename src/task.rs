@@ -76,6 +76,12 @@ pub(crate) struct TaskIo<'a> {
     pub(crate) output: *mut u8,
     pub(crate) len: usize,
     pub(crate) remote: Option<Remote<'a>>,
+    /// The slot's inline bytes, for an entry point whose call description the
+    /// parent wrote there (the C API); null where there is none.
+    pub(crate) context: *const u8,
+    /// The segment's base in this process, to resolve offsets found in
+    /// `context`; null where there is none.
+    pub(crate) segment: *const u8,
 }
 
 /// Which sides of a map task lie in the caller's memory, and how to reach it.
@@ -94,6 +100,8 @@ impl TaskIo<'_> {
             output,
             len,
             remote: None,
+            context: std::ptr::null(),
+            segment: std::ptr::null(),
         }
     }
 }
@@ -268,26 +276,43 @@ unsafe fn for_each_piece<T: Pod, U: Pod>(
     io: TaskIo<'_>,
     mut body: impl FnMut(&[T], &mut [MaybeUninit<U>]),
 ) -> Result<(), AccessRefused> {
-    let Some(remote) = io.remote else {
-        // SAFETY: both sides local: `len` initialized T's and `len` exclusive,
-        // non-overlapping U slots (contract).
-        let (input, output) = unsafe {
-            (
-                std::slice::from_raw_parts(io.input.cast::<T>(), io.len),
-                std::slice::from_raw_parts_mut(io.output.cast::<MaybeUninit<U>>(), io.len),
+    // SAFETY: forwarded contract; each piece holds `n` initialized T's and
+    // room for `n` U's, aligned for them (the stage is aligned to 64, and the
+    // parent stages no type aligned beyond that).
+    unsafe {
+        for_each_piece_raw(io, size_of::<T>(), size_of::<U>(), |input, output, n| {
+            body(
+                std::slice::from_raw_parts(input.cast::<T>(), n),
+                std::slice::from_raw_parts_mut(output.cast::<MaybeUninit<U>>(), n),
             )
-        };
-        body(input, output);
+        })
+    }
+}
+
+/// [`for_each_piece`] for elements of `in_size` and `out_size` bytes known
+/// only at run time (the C API): `body(input, output, n)` gets pointers to
+/// `n` input elements and room for `n` output elements.
+///
+/// # Safety
+/// As for [`map_entry`], with elements of the given sizes.
+pub(crate) unsafe fn for_each_piece_raw(
+    io: TaskIo<'_>,
+    in_size: usize,
+    out_size: usize,
+    mut body: impl FnMut(*const u8, *mut u8, usize),
+) -> Result<(), AccessRefused> {
+    let Some(remote) = io.remote else {
+        body(io.input, io.output, io.len);
         return Ok(());
     };
-    let piece = Stage::piece_len(size_of::<T>(), size_of::<U>());
+    let piece = Stage::piece_len(in_size, out_size);
     let mut done = 0;
     while done < io.len {
         let n = piece.min(io.len - done);
-        let (in_bytes, out_bytes) = (n * size_of::<T>(), n * size_of::<U>());
+        let (in_bytes, out_bytes) = (n * in_size, n * out_size);
         let (staged_in, staged_out) = remote.stage.buffers(in_bytes, out_bytes);
-        let input: &[T] = if remote.input {
-            let at = io.input as u64 + (done * size_of::<T>()) as u64;
+        let input = if remote.input {
+            let at = io.input as u64 + (done * in_size) as u64;
             // SAFETY: the stage has `in_bytes` bytes at `staged_in`, ours alone.
             unsafe { remote.peer.read(at, staged_in, in_bytes) }.map_err(|errno| {
                 AccessRefused {
@@ -295,27 +320,19 @@ unsafe fn for_each_piece<T: Pod, U: Pod>(
                     wrote: remote.output && done > 0,
                 }
             })?;
-            // SAFETY: the kernel copied `n` initialized T's of the caller's slice
-            // there; the stage is aligned for T (the parent checked STAGE_ALIGN).
-            unsafe { std::slice::from_raw_parts(staged_in.cast::<T>(), n) }
+            staged_in.cast_const()
         } else {
-            // SAFETY: a local input holds `len` ≥ done + n T's (contract).
-            unsafe { std::slice::from_raw_parts(io.input.cast::<T>().add(done), n) }
+            io.input.wrapping_add(done * in_size)
         };
-        let output: &mut [MaybeUninit<U>] = if remote.output {
-            // SAFETY: the stage has `out_bytes` bytes at `staged_out`, aligned
-            // for U and apart from the input buffer.
-            unsafe { std::slice::from_raw_parts_mut(staged_out.cast(), n) }
+        let output = if remote.output {
+            staged_out
         } else {
-            // SAFETY: a local output has room for `len` ≥ done + n U's (contract).
-            unsafe {
-                std::slice::from_raw_parts_mut(io.output.cast::<MaybeUninit<U>>().add(done), n)
-            }
+            io.output.wrapping_add(done * out_size)
         };
-        body(input, output);
+        body(input, output, n);
         if remote.output {
-            let at = io.output as u64 + (done * size_of::<U>()) as u64;
-            // SAFETY: `body` wrote all `n` U's (`out_bytes` bytes) at `staged_out`.
+            let at = io.output as u64 + (done * out_size) as u64;
+            // SAFETY: `body` wrote all `n` outputs (`out_bytes` bytes) there.
             unsafe { remote.peer.write(staged_out, out_bytes, at) }.map_err(|errno| {
                 AccessRefused {
                     errno,

@@ -336,6 +336,21 @@ impl Core {
         unsafe { *self.layout.slot(slot).desc() = desc };
     }
 
+    /// Writes `bytes` (at most `INLINE_CAPACITY`) into the inline area of
+    /// `slot`, which the caller allocated and has not published.
+    pub(crate) fn write_inline(&self, slot: u32, bytes: &[u8]) {
+        assert!(bytes.len() <= crate::pool::slot::INLINE_CAPACITY);
+        // SAFETY: as for `describe`: the unpublished slot is the caller's alone,
+        // and its inline area holds INLINE_CAPACITY bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.layout.slot(slot).inline_ptr(),
+                bytes.len(),
+            )
+        };
+    }
+
     /// Reads the outcome of a DONE slot whose result of type `R` is at `output`.
     pub(crate) fn read_outcome<R: Pod>(&self, slot: u32, output: u64) -> Result<R, Failure> {
         let s = self.layout.slot(slot);

@@ -17,7 +17,9 @@
 use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::pool::job::{Chunk, Job};
-use crate::pool::slot::{Outcome, TaskDesc, IN_PLACE, REMOTE_INPUT, REMOTE_OUTPUT};
+use crate::pool::slot::{
+    Outcome, TaskDesc, INLINE_CAPACITY, IN_PLACE, REMOTE_INPUT, REMOTE_OUTPUT,
+};
 use crate::pool::zero_copy::STAGE_ALIGN;
 use crate::shm::arena::Block;
 use crate::task::EntryPoint;
@@ -35,6 +37,60 @@ pub(crate) fn default_chunksize(len: usize, processes: usize) -> usize {
     len.div_ceil(4 * processes.max(1)).max(1)
 }
 
+/// The size and alignment of one input or output element: a Rust type's, or
+/// what a C caller gives at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Elem {
+    pub(crate) size: usize,
+    pub(crate) align: usize,
+}
+
+impl Elem {
+    pub(crate) const fn of<T>() -> Elem {
+        Elem {
+            size: size_of::<T>(),
+            align: align_of::<T>(),
+        }
+    }
+
+    /// An element of `size` bytes whose type is unknown: aligned as far as an
+    /// array of them can be (the largest power of two dividing `size`, at
+    /// most 64).
+    pub(crate) fn of_size(size: usize) -> Elem {
+        let align = if size == 0 {
+            1
+        } else {
+            1 << size.trailing_zeros().min(6)
+        };
+        Elem { size, align }
+    }
+}
+
+/// One synchronous map: what runs on each chunk and how elements are laid out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MapCall<'a> {
+    pub(crate) entry: EntryPoint,
+    pub(crate) input: Elem,
+    pub(crate) output: Elem,
+    pub(crate) chunksize: usize,
+    /// The outputs overwrite the inputs (`map_inplace`; `entry` is an
+    /// in-place entry point and the input and output pointers are equal).
+    pub(crate) in_place: bool,
+    /// Bytes written into every chunk's inline slot area for its entry point
+    /// to read (the C API's description of the call); empty for Rust maps.
+    pub(crate) context: &'a [u8],
+}
+
+impl MapCall<'_> {
+    fn flags(&self) -> u32 {
+        if self.in_place {
+            IN_PLACE
+        } else {
+            0
+        }
+    }
+}
+
 /// The byte layout of one map's block: inputs first, outputs after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MapLayout {
@@ -44,33 +100,35 @@ pub(crate) struct MapLayout {
 }
 
 impl MapLayout {
-    pub(crate) fn new<T, U>(len: usize) -> Option<MapLayout> {
-        let input_bytes = len.checked_mul(size_of::<T>())?;
-        let align = align_of::<T>().max(align_of::<U>()).max(64);
+    pub(crate) fn new(len: usize, input: Elem, output: Elem) -> Option<MapLayout> {
+        let input_bytes = len.checked_mul(input.size)?;
+        let align = input.align.max(output.align).max(64);
         let output_start = input_bytes.checked_next_multiple_of(align)?;
-        let total = output_start.checked_add(len.checked_mul(size_of::<U>())?)?;
-        // Large blocks start on a page: fewer pages touched, cleaner for THP.
-        let align = if total >= 1 << 20 {
-            align.max(4096)
-        } else {
-            align
-        };
+        let total = output_start.checked_add(len.checked_mul(output.size)?)?;
         Some(MapLayout {
             output_start,
             total,
-            align,
+            align: Self::block_align(total, align),
         })
     }
 
     /// One region for an in-place map: the outputs overwrite the inputs.
-    pub(crate) fn in_place<T>(len: usize) -> Option<MapLayout> {
-        let total = len.checked_mul(size_of::<T>())?;
-        let align = align_of::<T>().max(if total >= 1 << 20 { 4096 } else { 64 });
+    pub(crate) fn in_place(len: usize, elem: Elem) -> Option<MapLayout> {
+        let total = len.checked_mul(elem.size)?;
         Some(MapLayout {
             output_start: 0,
             total,
-            align,
+            align: Self::block_align(total, elem.align.max(64)),
         })
+    }
+
+    /// Large blocks start on a page: fewer pages touched, cleaner for THP.
+    fn block_align(total: usize, align: usize) -> usize {
+        if total >= 1 << 20 {
+            align.max(4096)
+        } else {
+            align
+        }
     }
 }
 
@@ -82,13 +140,21 @@ pub(crate) fn map_slice<T: Pod, U: Pod>(
     chunksize: usize,
     entry: EntryPoint,
 ) -> Result<Vec<U>, Error> {
-    check_chunksize(core, chunksize)?;
+    let call = MapCall {
+        entry,
+        input: Elem::of::<T>(),
+        output: Elem::of::<U>(),
+        chunksize,
+        in_place: false,
+        context: &[],
+    };
+    check(core, &call)?;
     let len = items.len();
     let mut out: Vec<U> = Vec::with_capacity(len);
-    let dst = out.spare_capacity_mut().as_mut_ptr().cast::<U>();
+    let dst = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
     // SAFETY: `items` holds `len` T's, borrowed for the whole call; `dst` has
     // room for `len` U's, apart from `items`, and only this call writes it.
-    unsafe { map_raw::<T, U>(core, items.as_ptr(), dst, len, chunksize, entry, false) }?;
+    unsafe { map_raw(core, items.as_ptr().cast(), dst, len, call) }?;
     // SAFETY: map_raw returned Ok: all `len` outputs were written.
     unsafe { out.set_len(len) };
     Ok(out)
@@ -101,10 +167,18 @@ pub(crate) fn map_inplace<T: Pod>(
     chunksize: usize,
     entry: EntryPoint,
 ) -> Result<(), Error> {
-    check_chunksize(core, chunksize)?;
-    let ptr = data.as_mut_ptr();
+    let call = MapCall {
+        entry,
+        input: Elem::of::<T>(),
+        output: Elem::of::<T>(),
+        chunksize,
+        in_place: true,
+        context: &[],
+    };
+    check(core, &call)?;
+    let ptr = data.as_mut_ptr().cast::<u8>();
     // SAFETY: `data` is borrowed mutably for the whole call.
-    unsafe { map_raw::<T, T>(core, ptr, ptr, data.len(), chunksize, entry, true) }
+    unsafe { map_raw(core, ptr, ptr, data.len(), call) }
 }
 
 /// `output[i] = f(input[i])` through the map entry point `entry`; the
@@ -116,20 +190,19 @@ pub(crate) fn map_into<T: Pod, U: Pod>(
     chunksize: usize,
     entry: EntryPoint,
 ) -> Result<(), Error> {
-    check_chunksize(core, chunksize)?;
+    let call = MapCall {
+        entry,
+        input: Elem::of::<T>(),
+        output: Elem::of::<U>(),
+        chunksize,
+        in_place: false,
+        context: &[],
+    };
+    check(core, &call)?;
     debug_assert_eq!(input.len(), output.len());
+    let (src, dst) = (input.as_ptr().cast(), output.as_mut_ptr().cast());
     // SAFETY: both borrowed for the whole call; `&mut` keeps them apart.
-    unsafe {
-        map_raw::<T, U>(
-            core,
-            input.as_ptr(),
-            output.as_mut_ptr(),
-            input.len(),
-            chunksize,
-            entry,
-            false,
-        )
-    }
+    unsafe { map_raw(core, src, dst, input.len(), call) }
 }
 
 fn check_chunksize(core: &Core, chunksize: usize) -> Result<(), Error> {
@@ -140,58 +213,58 @@ fn check_chunksize(core: &Core, chunksize: usize) -> Result<(), Error> {
     Ok(())
 }
 
+fn check(core: &Core, call: &MapCall<'_>) -> Result<(), Error> {
+    check_chunksize(core, call.chunksize)?;
+    if call.context.len() > INLINE_CAPACITY {
+        return Err(Error::invalid("a map's call description is too large"));
+    }
+    Ok(())
+}
+
 /// The one path of every synchronous map: `dst[i] = f(src[i])` for `i < len`,
 /// where the data lies if the workers can reach it, else through the arena.
-/// `in_place`: `src == dst` and `entry` is an in-place entry point.
+/// The C API calls it directly.
 ///
 /// # Safety
-/// `src` holds `len` initialized T's and `dst` has room for `len` U's, both
-/// valid until this returns; nothing else writes `src` or accesses `dst`
-/// meanwhile; they are the same pointer if `in_place`, else they do not
-/// overlap.
-unsafe fn map_raw<T: Pod, U: Pod>(
+/// `src` holds `len` initialized input elements and `dst` has room for `len`
+/// output elements (laid out as `call` says, aligned for them), both valid
+/// until this returns; nothing else writes `src` or accesses `dst`
+/// meanwhile; they are the same pointer if `call.in_place`, else they do not
+/// overlap. `call.entry` maps such elements.
+pub(crate) unsafe fn map_raw(
     core: &Core,
-    src: *const T,
-    dst: *mut U,
+    src: *const u8,
+    dst: *mut u8,
     len: usize,
-    chunksize: usize,
-    entry: EntryPoint,
-    in_place: bool,
+    call: MapCall<'_>,
 ) -> Result<(), Error> {
+    check(core, &call)?;
     if len == 0 {
         return Ok(());
     }
-    let (in_bytes, out_bytes) = (
-        len.checked_mul(size_of::<T>()),
-        len.checked_mul(size_of::<U>()),
-    );
-    let (Some(in_bytes), Some(out_bytes)) = (in_bytes, out_bytes) else {
+    let (Some(in_bytes), Some(out_bytes)) = (
+        len.checked_mul(call.input.size),
+        len.checked_mul(call.output.size),
+    ) else {
         return Err(Error::invalid("map input too large"));
     };
-    let input = place_of(core, src.cast(), in_bytes, align_of::<T>());
-    let output = place_of(core, dst.cast_const().cast(), out_bytes, align_of::<U>());
+    let input = place_of(core, src, in_bytes, call.input.align);
+    let output = place_of(core, dst.cast_const(), out_bytes, call.output.align);
     let direct = input.zip(output).filter(|&(i, o)| {
         let in_caller = matches!(i, Place::Caller(_)) || matches!(o, Place::Caller(_));
         !in_caller || in_bytes + out_bytes >= SMALL_MAP_BYTES
     });
     let Some((input, output)) = direct else {
         // SAFETY: forwarded contract.
-        return unsafe { through_arena(core, src, dst, len, chunksize, entry, in_place) };
-    };
-    let span = Span {
-        input,
-        in_size: size_of::<T>(),
-        output,
-        out_size: size_of::<U>(),
-        in_place,
+        return unsafe { through_arena(core, src, dst, len, call) };
     };
     if matches!(output, Place::Caller(_)) {
         // Workers would fault the fresh output in one 4 KiB page at a time
         // inside process_vm_writev; one bulk fault (huge pages where allowed)
         // is faster. Measured in docs/PERFORMANCE.md, "Zero-copy maps".
-        prefault(dst.cast(), out_bytes);
+        prefault(dst, out_bytes);
     }
-    let redo = run_where_it_lies(core, len, chunksize, entry, span)?;
+    let redo = run_where_it_lies(core, len, call, Span { input, output })?;
     if !redo.is_empty() {
         // The kernel refused a worker the caller's memory: from now on this
         // pool copies, and what was refused is done that way now.
@@ -203,12 +276,10 @@ unsafe fn map_raw<T: Pod, U: Pod>(
         unsafe {
             through_arena(
                 core,
-                src.add(range.start),
-                dst.add(range.start),
+                src.add(range.start * call.input.size),
+                dst.add(range.start * call.output.size),
                 range.len(),
-                chunksize,
-                entry,
-                in_place,
+                call,
             )
         }?;
     }
@@ -233,42 +304,33 @@ fn place_of(core: &Core, ptr: *const u8, bytes: usize, align: usize) -> Option<P
 
 /// The arena path of [`map_raw`] (same contract): a large map uses two parent
 /// threads, since the parent's copies are then the bottleneck.
-unsafe fn through_arena<T: Pod, U: Pod>(
+unsafe fn through_arena(
     core: &Core,
-    src: *const T,
-    dst: *mut U,
+    src: *const u8,
+    dst: *mut u8,
     len: usize,
-    chunksize: usize,
-    entry: EntryPoint,
-    in_place: bool,
+    call: MapCall<'_>,
 ) -> Result<(), Error> {
-    let bytes = len * (size_of::<T>() + size_of::<U>());
+    let bytes = len * (call.input.size + call.output.size);
     // Where to cut for two parent threads: on a chunk boundary, so the tasks
     // are the same as without the cut.
-    let cut = (len / 2).next_multiple_of(chunksize);
+    let cut = (len / 2).next_multiple_of(call.chunksize);
     if bytes < PARALLEL_BYTES || cut >= len {
         // SAFETY: forwarded contract.
-        return unsafe { map_part(core, src, dst, len, chunksize, entry, in_place) };
+        return unsafe { map_part(core, src, dst, len, call) };
     }
-    let (src_b, dst_b) = (SendPtr(src.cast_mut()), SendPtr(dst));
+    let (src_b, dst_b) = (
+        SendPtr(src.wrapping_add(cut * call.input.size).cast_mut()),
+        SendPtr(dst.wrapping_add(cut * call.output.size)),
+    );
     let (a, b) = std::thread::scope(|scope| {
         let other = scope.spawn(move || {
             let (src_b, dst_b) = (src_b, dst_b);
             // SAFETY: the second half of both buffers, disjoint from the first.
-            unsafe {
-                map_part(
-                    core,
-                    src_b.0.add(cut),
-                    dst_b.0.add(cut),
-                    len - cut,
-                    chunksize,
-                    entry,
-                    in_place,
-                )
-            }
+            unsafe { map_part(core, src_b.0, dst_b.0, len - cut, call) }
         });
         // SAFETY: the first half.
-        let mine = unsafe { map_part(core, src, dst, cut, chunksize, entry, in_place) };
+        let mine = unsafe { map_part(core, src, dst, cut, call) };
         (
             mine,
             other
@@ -280,45 +342,34 @@ unsafe fn through_arena<T: Pod, U: Pod>(
 }
 
 /// A pointer handed to the second copying thread of [`through_arena`].
-struct SendPtr<T>(*mut T);
-impl<T> Clone for SendPtr<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for SendPtr<T> {}
+#[derive(Clone, Copy)]
+struct SendPtr(*mut u8);
 // SAFETY: the two threads work on disjoint halves of the buffers, and the
 // scope joins the second before the caller's borrow ends.
-unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl Send for SendPtr {}
 
 /// A map at least this large (input + output bytes) uses two parent threads.
 const PARALLEL_BYTES: usize = 8 << 20;
 
 /// Maps `len` elements from `src` into `dst` through one arena block
 /// ([`map_raw`]'s contract).
-unsafe fn map_part<T: Pod, U: Pod>(
+unsafe fn map_part(
     core: &Core,
-    src: *const T,
-    dst: *mut U,
+    src: *const u8,
+    dst: *mut u8,
     len: usize,
-    chunksize: usize,
-    entry: EntryPoint,
-    in_place: bool,
+    call: MapCall<'_>,
 ) -> Result<(), Error> {
-    let shape = if in_place {
-        MapLayout::in_place::<T>(len)
+    let shape = if call.in_place {
+        MapLayout::in_place(len, call.input)
     } else {
-        MapLayout::new::<T, U>(len)
+        MapLayout::new(len, call.input, call.output)
     }
     .ok_or_else(|| Error::invalid("map input too large"))?;
     let block = core.alloc_block(shape.total, shape.align)?;
-    prefault(dst.cast(), len * size_of::<U>());
+    prefault(dst, len * call.output.size);
     // SAFETY: forwarded contract.
-    let result = unsafe {
-        run_chunks::<T, U>(
-            core, src, dst, len, chunksize, entry, block, shape, in_place,
-        )
-    };
+    let result = unsafe { run_chunks(core, src, dst, len, call, block, shape) };
     core.free_block(block);
     result
 }
@@ -339,7 +390,8 @@ pub(crate) fn submit_slice<T: Pod, U: Pod>(
         return Ok(Job::new(None));
     }
     let len = items.len();
-    let shape = MapLayout::new::<T, U>(len).ok_or_else(|| Error::invalid("map input too large"))?;
+    let shape = MapLayout::new(len, Elem::of::<T>(), Elem::of::<U>())
+        .ok_or_else(|| Error::invalid("map input too large"))?;
     let block = core.alloc_block(shape.total, shape.align)?;
     let base = Core::block_offset(block);
     // SAFETY: the fresh block holds `len` T's from its start; no worker sees it
@@ -406,20 +458,29 @@ impl Place {
     }
 }
 
-/// Where a map reads and writes: element `i` is read at `input + i * in_size`
-/// and written at `output + i * out_size`.
+/// Where a map reads and writes: element `i` is read at `input + i *
+/// input.size` and written at `output + i * output.size` (sizes from the
+/// [`MapCall`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Span {
     pub(crate) input: Place,
-    pub(crate) in_size: usize,
     pub(crate) output: Place,
-    pub(crate) out_size: usize,
-    /// The outputs overwrite the inputs (`map_inplace`): a started chunk is
-    /// never run again, and never redone.
-    pub(crate) in_place: bool,
 }
 
-/// Runs `entry` over `len` elements where they lie ([`Span`]): only task
+/// Allocates, describes and publishes one chunk; on failure the slot is
+/// released again.
+fn submit_chunk(core: &Core, desc: TaskDesc, context: &[u8]) -> Result<u32, Error> {
+    let slot = core.alloc_slot()?;
+    core.describe(slot, desc);
+    if !context.is_empty() {
+        core.write_inline(slot, context);
+    }
+    core.submit(slot)
+        .map(|()| slot)
+        .inspect_err(|_| core.release_slot(slot))
+}
+
+/// Runs `call` over `len` elements where they lie ([`Span`]): only task
 /// descriptions travel, no element is copied by the parent. At most
 /// [`WINDOW`] chunks are in flight; on the first failure the rest are
 /// withdrawn and the running ones awaited (they write into the caller's
@@ -432,41 +493,32 @@ pub(crate) struct Span {
 pub(crate) fn run_where_it_lies(
     core: &Core,
     len: usize,
-    chunksize: usize,
-    entry: EntryPoint,
+    call: MapCall<'_>,
     at: Span,
 ) -> Result<Vec<Range<usize>>, Error> {
     let layout = core.layout();
+    let chunksize = call.chunksize;
     let chunks = len.div_ceil(chunksize);
     let mut in_flight: VecDeque<(u32, Range<usize>)> = VecDeque::new();
     let mut next_chunk = 0;
     let mut error: Option<Error> = None;
     let mut redo: Vec<Range<usize>> = Vec::new();
-    let in_place = if at.in_place { IN_PLACE } else { 0 };
     loop {
         let halted = error.is_some() || !redo.is_empty();
         while !halted && next_chunk < chunks && in_flight.len() < WINDOW {
             let start = next_chunk * chunksize;
             let n = chunksize.min(len - start);
-            let (input, remote_in) = at.input.advance(start * at.in_size, REMOTE_INPUT);
-            let (output, remote_out) = at.output.advance(start * at.out_size, REMOTE_OUTPUT);
-            let submitted = core.alloc_slot().and_then(|slot| {
-                core.describe(
-                    slot,
-                    TaskDesc {
-                        entry: entry.0,
-                        input,
-                        output,
-                        len: n as u64,
-                        flags: in_place | remote_in | remote_out,
-                        ..TaskDesc::default()
-                    },
-                );
-                core.submit(slot)
-                    .map(|()| slot)
-                    .inspect_err(|_| core.release_slot(slot))
-            });
-            match submitted {
+            let (input, remote_in) = at.input.advance(start * call.input.size, REMOTE_INPUT);
+            let (output, remote_out) = at.output.advance(start * call.output.size, REMOTE_OUTPUT);
+            let desc = TaskDesc {
+                entry: call.entry.0,
+                input,
+                output,
+                len: n as u64,
+                flags: call.flags() | remote_in | remote_out,
+                ..TaskDesc::default()
+            };
+            match submit_chunk(core, desc, call.context) {
                 Ok(slot) => in_flight.push_back((slot, start..start + n)),
                 Err(e) => error = Some(e),
             }
@@ -495,7 +547,7 @@ pub(crate) fn run_where_it_lies(
         layout.slot(slot).wait_done_with(!all_submitted, None);
         match core.read_outcome::<()>(slot, 0) {
             Ok(()) => {}
-            Err(Failure::AccessRefused(refused)) if !(at.in_place && refused.wrote) => {
+            Err(Failure::AccessRefused(refused)) if !(call.in_place && refused.wrote) => {
                 redo.push(range);
             }
             Err(failure) => {
@@ -515,25 +567,22 @@ pub(crate) fn run_where_it_lies(
 
 /// Runs the chunks of an arena map ([`map_raw`]'s contract for the buffers):
 /// copy in, publish, collect in order, copy out.
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_chunks<T: Pod, U: Pod>(
+unsafe fn run_chunks(
     core: &Core,
-    src: *const T,
-    dst: *mut U,
+    src: *const u8,
+    dst: *mut u8,
     len: usize,
-    chunksize: usize,
-    entry: EntryPoint,
+    call: MapCall<'_>,
     block: Block,
     shape: MapLayout,
-    in_place: bool,
 ) -> Result<(), Error> {
     let layout = core.layout();
+    let chunksize = call.chunksize;
+    let (in_size, out_size) = (call.input.size, call.output.size);
     let chunks = len.div_ceil(chunksize);
     let base = Core::block_offset(block);
-    let input_at = |i: usize| base + (i * size_of::<T>()) as u64;
-    let output_at = |i: usize| base + (shape.output_start + i * size_of::<U>()) as u64;
-    let entry = entry.0;
-    let flags = if in_place { IN_PLACE } else { 0 };
+    let input_at = |i: usize| base + (i * in_size) as u64;
+    let output_at = |i: usize| base + (shape.output_start + i * out_size) as u64;
     let mut in_flight: VecDeque<(u32, usize, usize)> = VecDeque::new();
     let mut next_chunk = 0;
     let mut error: Option<Error> = None;
@@ -541,39 +590,30 @@ unsafe fn run_chunks<T: Pod, U: Pod>(
         while error.is_none() && next_chunk < chunks && in_flight.len() < WINDOW {
             let start = next_chunk * chunksize;
             let n = chunksize.min(len - start);
-            let slot = match core.alloc_slot() {
-                Ok(slot) => slot,
+            // SAFETY: the block holds `len` inputs from `input_at(0)`; this
+            // chunk's range is not yet published, so no worker reads it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.add(start * in_size),
+                    layout.at(input_at(start)),
+                    n * in_size,
+                );
+            }
+            let desc = TaskDesc {
+                entry: call.entry.0,
+                input: input_at(start),
+                output: output_at(start),
+                len: n as u64,
+                flags: call.flags(),
+                ..TaskDesc::default()
+            };
+            match submit_chunk(core, desc, call.context) {
+                Ok(slot) => in_flight.push_back((slot, start, n)),
                 Err(e) => {
                     error = Some(e);
                     break;
                 }
-            };
-            // SAFETY: the block holds `len` T's from `input_at(0)`; this chunk's
-            // range is not yet published, so no worker reads it.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    src.add(start),
-                    layout.at(input_at(start)).cast::<T>(),
-                    n,
-                );
             }
-            core.describe(
-                slot,
-                TaskDesc {
-                    entry,
-                    input: input_at(start),
-                    output: output_at(start),
-                    len: n as u64,
-                    flags,
-                    ..TaskDesc::default()
-                },
-            );
-            if let Err(e) = core.submit(slot) {
-                core.release_slot(slot);
-                error = Some(e);
-                break;
-            }
-            in_flight.push_back((slot, start, n));
             next_chunk += 1;
         }
         let Some((slot, start, n)) = in_flight.pop_front() else {
@@ -587,13 +627,14 @@ unsafe fn run_chunks<T: Pod, U: Pod>(
         layout.slot(slot).wait_done(None);
         match layout.slot(slot).outcome().0 {
             Outcome::Returned if error.is_none() => {
-                // SAFETY: the worker wrote `n` U's at output_at(start) before DONE
-                // (observed with Acquire); `dst` has room for `len` ≥ start + n.
+                // SAFETY: the worker wrote `n` outputs at output_at(start)
+                // before DONE (observed with Acquire); `dst` has room for
+                // `len` ≥ start + n.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
-                        layout.at(output_at(start)).cast::<U>(),
-                        dst.add(start),
-                        n,
+                        layout.at(output_at(start)),
+                        dst.add(start * out_size),
+                        n * out_size,
                     );
                 }
             }
@@ -653,11 +694,13 @@ mod tests {
 
     #[test]
     fn map_layout_aligns_outputs_and_rejects_overflow() {
-        let m = MapLayout::new::<u8, f64>(3).unwrap();
+        let m = MapLayout::new(3, Elem::of::<u8>(), Elem::of::<f64>()).unwrap();
         assert_eq!(m.output_start, 64);
         assert_eq!(m.total, 64 + 24);
-        let big = MapLayout::new::<f64, f64>(1 << 20).unwrap();
+        let f64s = Elem::of::<f64>();
+        let big = MapLayout::new(1 << 20, f64s, f64s).unwrap();
         assert_eq!(big.align, 4096);
-        assert_eq!(MapLayout::new::<u64, u64>(usize::MAX / 4), None);
+        let u64s = Elem::of::<u64>();
+        assert_eq!(MapLayout::new(usize::MAX / 4, u64s, u64s), None);
     }
 }

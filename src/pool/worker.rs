@@ -244,6 +244,8 @@ fn run(
         },
         len: desc.len as usize,
         remote,
+        context: slot.inline_ptr(),
+        segment: layout.at(0),
     };
     // SAFETY: only the parent writes entries, with EntryPoint::new in this binary.
     let entry = unsafe { EntryPoint(desc.entry).resolve() };
