@@ -22,6 +22,8 @@
 //!   [`Event`], [`Condition`], [`Barrier`], [`Value`], [`Array`],
 //!   [`SharedMemory`]; with the `serde` feature, `serial::{Queue, Pipe}` for
 //!   values of any `serde` type.
+//! * C and Fortran programs use the same pool through [`capi`] (`libshmpool`,
+//!   `include/shmpool.h`).
 //! * Spawned and fork-server workers need one line at the start of `main`:
 //!   [`init`].
 //!
@@ -54,6 +56,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod capi;
 mod context;
 mod error;
 mod objects;

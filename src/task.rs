@@ -121,7 +121,7 @@ pub(crate) struct EntryPoint(pub(crate) u64);
 impl EntryPoint {
     /// Encodes `entry`.
     pub(crate) fn new(entry: Entry) -> Self {
-        EntryPoint((entry as usize).wrapping_sub(anchor as fn() as usize) as u64)
+        EntryPoint(code_offset(entry as usize))
     }
 
     /// Decodes the entry point.
@@ -130,10 +130,21 @@ impl EntryPoint {
     /// `self` must come from [`EntryPoint::new`] in a process running the same
     /// binary (the slot protocol guarantees it: only the parent writes entries).
     pub(crate) unsafe fn resolve(self) -> Entry {
-        let addr = (anchor as fn() as usize).wrapping_add(self.0 as usize);
+        let addr = code_at(self.0);
         // SAFETY: `addr` is the address of an `Entry` of this binary (contract).
         unsafe { std::mem::transmute::<usize, Entry>(addr) }
     }
+}
+
+/// The offset of the code at `addr` from [`anchor`]: what travels to a worker
+/// for any function (an entry point, or a C function given to the C API).
+pub(crate) fn code_offset(addr: usize) -> u64 {
+    addr.wrapping_sub(anchor as fn() as usize) as u64
+}
+
+/// The address in this process of the code at `offset` from [`anchor`].
+pub(crate) fn code_at(offset: u64) -> usize {
+    (anchor as fn() as usize).wrapping_add(offset as usize)
 }
 
 /// Rejects, at compile time, a task function that carries data.

@@ -754,6 +754,11 @@ impl Pool {
         self.core.supervisor.poke();
     }
 
+    /// The shared state, for the C API.
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+
     fn default_chunksize(&self, len: usize) -> usize {
         schedule::default_chunksize(len, self.core.processes)
     }

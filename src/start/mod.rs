@@ -119,9 +119,14 @@ fn executable_text() -> (usize, usize) {
 /// workers run a fresh copy of the executable, so the function must be part of
 /// it (not of a library loaded at run time).
 pub(crate) fn check_entry(method: StartMethod, entry: Entry) -> Result<EntryPoint, Error> {
+    check_code(method, entry as usize).map(EntryPoint)
+}
+
+/// Encodes the code address `addr` (a function) for workers started with
+/// `method`, as [`check_entry`] does for entry points.
+pub(crate) fn check_code(method: StartMethod, addr: usize) -> Result<u64, Error> {
     if method != StartMethod::Fork {
         let (start, end) = executable_text();
-        let addr = entry as usize;
         if !(start..end).contains(&addr) {
             return Err(Error::invalid(
                 "with the spawn and forkserver start methods, a task function must be \
@@ -129,7 +134,7 @@ pub(crate) fn check_entry(method: StartMethod, entry: Entry) -> Result<EntryPoin
             ));
         }
     }
-    Ok(EntryPoint::new(entry))
+    Ok(crate::task::code_offset(addr))
 }
 
 #[cfg(all(test, not(miri)))]

@@ -1,0 +1,97 @@
+//! The C API: the checked-in header is what cbindgen generates, and the C
+//! example compiles with the system `cc` against the built library, runs, and
+//! prints what it should. Every run is bounded.
+
+mod common;
+
+use common::bounded;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn generated_header() -> String {
+    let config = cbindgen::Config::from_file(Path::new(ROOT).join("cbindgen.toml")).unwrap();
+    let mut out = Vec::new();
+    cbindgen::Builder::new()
+        .with_config(config)
+        .with_src(Path::new(ROOT).join("src/capi/mod.rs"))
+        .generate()
+        .expect("cbindgen")
+        .write(&mut out);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn the_checked_in_header_is_what_cbindgen_generates() {
+    let path = Path::new(ROOT).join("include/shmpool.h");
+    let generated = generated_header();
+    if std::env::var_os("SHMPOOL_WRITE_HEADER").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "include/shmpool.h is stale: run `SHMPOOL_WRITE_HEADER=1 cargo test --test c_api`"
+    );
+}
+
+/// `target/<profile>`, where cargo put `libshmpool.a` next to the tests.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// Compiles `examples/c/map.c` against the static library into the target
+/// directory; returns the program's path.
+fn build_c_example() -> PathBuf {
+    let lib = profile_dir().join("libshmpool.a");
+    assert!(lib.exists(), "{} not built", lib.display());
+    let exe = profile_dir().join("c_map_example");
+    let status = Command::new("cc")
+        .arg("-std=c99")
+        .arg("-Wall")
+        .arg("-Werror")
+        .arg("-o")
+        .arg(&exe)
+        .arg(Path::new(ROOT).join("examples/c/map.c"))
+        .arg("-I")
+        .arg(Path::new(ROOT).join("include"))
+        .arg(&lib)
+        .args(["-lpthread", "-ldl", "-lm", "-lrt", "-lutil", "-lgcc_s"])
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "cc failed");
+    exe
+}
+
+#[test]
+fn the_c_example_maps_survives_a_crash_and_prints_its_results() {
+    bounded(Duration::from_secs(120), || {
+        let exe = build_c_example();
+        for method in ["fork", "forkserver", "spawn"] {
+            let out = Command::new(&exe)
+                .env("SHMPOOL_C_EXAMPLE_START", method)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{method}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                stdout,
+                "2 processes\n\
+                 map: ok, out[3] = 9.5, out[999999] = 999998000001.5\n\
+                 map_f64: ok, out[7] = 3.5\n\
+                 apply: ok, 1728\n\
+                 crash: SHMPOOL_WORKER_DIED\n\
+                 after the crash: ok, out[9] = 4.5\n\
+                 a NULL function: SHMPOOL_INVALID\n",
+                "{method}"
+            );
+        }
+    });
+}
