@@ -72,6 +72,11 @@ fn apply_async_tiny(c: &mut Criterion) {
 /// `x * x` over f64 slices: shmpool's map against rayon's collect and a loop.
 fn map_square_f64(c: &mut Criterion) {
     let pool = Pool::new(PROCESSES).unwrap();
+    let copying = Pool::builder()
+        .processes(PROCESSES)
+        .zero_copy(false)
+        .build()
+        .unwrap();
     let rayon = rayon_pool();
     let mut group = c.benchmark_group("map_square_f64");
     group
@@ -82,6 +87,9 @@ fn map_square_f64(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("shmpool_map", n), &v, |b, v| {
             b.iter(|| pool.map(|x: f64| x * x, v).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("shmpool_map_copying", n), &v, |b, v| {
+            b.iter(|| copying.map(|x: f64| x * x, v).unwrap())
         });
         group.bench_with_input(BenchmarkId::new("rayon_collect", n), &v, |b, v| {
             b.iter(|| rayon.install(|| v.par_iter().map(|&x| x * x).collect::<Vec<f64>>()))

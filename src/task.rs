@@ -405,4 +405,96 @@ mod tests {
         }
         assert_eq!(run(|x| f64::from(x) / 2.0, &[1, 2, 3]), vec![0.5, 1.0, 1.5]);
     }
+
+    fn mix(v: [u64; 3]) -> [u32; 5] {
+        [
+            v[0] as u32,
+            v[1] as u32,
+            v[2] as u32,
+            (v[0] ^ v[2]) as u32,
+            7,
+        ]
+    }
+
+    // A staged task reads and writes "the caller's" memory piece by piece;
+    // this process stands in for the caller (a process may read itself).
+    // Element sizes that do not divide the stage put piece boundaries
+    // mid-chunk, in different places on the input and output side.
+    #[test]
+    #[cfg_attr(miri, ignore)] // process_vm_readv is a syscall
+    fn staged_pieces_cover_every_element_and_no_other() {
+        fn run<F: Fn([u64; 3]) -> [u32; 5] + Copy>(
+            _: F,
+            input: &[[u64; 3]],
+            remote_in: bool,
+            remote_out: bool,
+        ) -> Vec<[u32; 5]> {
+            // One element of guard on each side of the output.
+            let mut out = vec![[u32::MAX; 5]; input.len() + 2];
+            let mut stage = Stage::default();
+            let io = TaskIo {
+                input: input.as_ptr().cast(),
+                output: out[1..].as_mut_ptr().cast(),
+                len: input.len(),
+                remote: Some(Remote {
+                    peer: Peer {
+                        pid: std::process::id() as libc::pid_t,
+                    },
+                    input: remote_in,
+                    output: remote_out,
+                    stage: &mut stage,
+                }),
+                context: std::ptr::null(),
+                segment: std::ptr::null(),
+            };
+            // SAFETY: `input` holds len elements, `out[1..]` room for len
+            // more; both stay borrowed here, and this process reaches itself.
+            unsafe { map_entry::<F, [u64; 3], [u32; 5]>(io).unwrap() };
+            out
+        }
+        let piece = Stage::piece_len(24, 20);
+        let input: Vec<[u64; 3]> = (0..3 * piece as u64 + 5).map(|i| [i, i * 3, !i]).collect();
+        for (remote_in, remote_out) in [(true, true), (true, false), (false, true)] {
+            let out = run(mix, &input, remote_in, remote_out);
+            assert_eq!(out[0], [u32::MAX; 5]);
+            assert_eq!(out[out.len() - 1], [u32::MAX; 5]);
+            assert!(out[1..=input.len()]
+                .iter()
+                .zip(&input)
+                .all(|(o, &x)| *o == mix(x)));
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // process_vm_readv is a syscall
+    fn a_staged_read_of_unmapped_memory_is_refused_not_trusted() {
+        let mut stage = Stage::default();
+        let mut out = [0u64; 4];
+        let io = TaskIo {
+            input: 8 as *const u8, // never mapped
+            output: out.as_mut_ptr().cast(),
+            len: 4,
+            remote: Some(Remote {
+                peer: Peer {
+                    pid: std::process::id() as libc::pid_t,
+                },
+                input: true,
+                output: false,
+                stage: &mut stage,
+            }),
+            context: std::ptr::null(),
+            segment: std::ptr::null(),
+        };
+        fn id(x: u64) -> u64 {
+            x
+        }
+        fn entry_of<F: Fn(u64) -> u64 + Copy>(_: F) -> Entry {
+            map_entry::<F, u64, u64>
+        }
+        // SAFETY: the input is remote (the kernel checks it); the output is ours.
+        let refused = unsafe { entry_of(id)(io) }.unwrap_err();
+        assert_eq!(refused.errno, libc::EFAULT);
+        assert!(!refused.wrote);
+        assert_eq!(out, [0; 4]);
+    }
 }

@@ -209,3 +209,39 @@ impl Stage {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_hold_at_least_one_element_and_fit_the_stage_otherwise() {
+        assert_eq!(Stage::piece_len(8, 8), STAGE_BYTES / 8);
+        assert_eq!(Stage::piece_len(1, 24), STAGE_BYTES / 24);
+        assert_eq!(Stage::piece_len(STAGE_BYTES * 3, 8), 1);
+        assert_eq!(Stage::piece_len(0, 0), STAGE_BYTES);
+    }
+
+    #[test]
+    fn stage_buffers_are_aligned_apart_and_grow_without_moving_back() {
+        let mut stage = Stage::default();
+        let (a, b) = stage.buffers(100, 3000);
+        assert_eq!(a as usize % STAGE_ALIGN, 0);
+        assert_eq!(b as usize % STAGE_ALIGN, 0);
+        // SAFETY: both buffers hold the bytes asked for and do not overlap
+        // (separate allocations); writing them checks that under miri.
+        unsafe {
+            a.write_bytes(1, 100);
+            b.write_bytes(2, 3000);
+            assert_eq!(*a.add(99), 1);
+        }
+        let (a2, b2) = stage.buffers(STAGE_BYTES, STAGE_BYTES);
+        // SAFETY: as above, larger.
+        unsafe {
+            a2.write_bytes(3, STAGE_BYTES);
+            b2.write_bytes(4, STAGE_BYTES);
+        }
+        let (a3, _) = stage.buffers(10, 10);
+        assert_eq!(a3, a2, "a smaller piece reuses the grown buffer");
+    }
+}
