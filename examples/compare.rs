@@ -210,7 +210,7 @@ struct Row {
     python: Option<f64>,
 }
 
-/// A target of the Performance issue, checked against this run.
+/// A performance target, checked against this run.
 #[derive(Clone, Copy)]
 enum Goal {
     /// shmpool's time at most this many seconds.

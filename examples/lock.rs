@@ -1,4 +1,4 @@
-//! The seed's `Lock` example, in Rust: ten processes print one line each,
+//! The `Lock` example of Python's docs (synchronization between processes), in Rust: ten processes print one line each,
 //! holding a shared lock so that only one prints at a time.
 //!
 //! ```python

@@ -1,4 +1,4 @@
-//! The seed's `Pipe` example, in Rust:
+//! The `Pipe` example of Python's docs (exchanging objects between processes), in Rust:
 //!
 //! ```python
 //! def f(conn):
@@ -17,7 +17,7 @@ use message::Message;
 use shmpool::{Connection, Pipe, Process};
 
 fn f(conn: Connection<Message>) {
-    conn.send(Message::seed()).unwrap();
+    conn.send(Message::example()).unwrap();
     conn.close().unwrap();
 }
 

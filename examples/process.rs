@@ -1,4 +1,4 @@
-//! The seed's first `Process` example, in Rust:
+//! The first `Process` example of Python's docs, in Rust:
 //!
 //! ```python
 //! def f(name):

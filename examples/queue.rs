@@ -1,4 +1,4 @@
-//! The seed's `Queue` example, in Rust:
+//! The `Queue` example of Python's docs (exchanging objects between processes), in Rust:
 //!
 //! ```python
 //! def f(q):
@@ -15,7 +15,7 @@ use message::Message;
 use shmpool::{Process, Queue};
 
 fn f(q: Queue<Message>) {
-    q.put(Message::seed()).unwrap();
+    q.put(Message::example()).unwrap();
 }
 
 fn main() -> Result<(), shmpool::Error> {

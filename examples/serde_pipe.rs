@@ -1,4 +1,4 @@
-//! The seed's `Pipe` example with a message of any `serde` type (feature
+//! The `Pipe` example of Python's docs with a message of any `serde` type (feature
 //! `serde`): Python's `[42, None, 'hello']` is the tuple `(42, None, "hello")`.
 //!
 //! ```sh

@@ -1,4 +1,4 @@
-//! The seed's start-method example, with a context, in Rust:
+//! The start-method example of Python's docs (contexts and start methods), with a context, in Rust:
 //!
 //! ```python
 //! def foo(q):

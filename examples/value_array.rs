@@ -1,4 +1,4 @@
-//! The seed's `Value` / `Array` example, in Rust:
+//! The `Value` / `Array` example of Python's docs (sharing state between processes), in Rust:
 //!
 //! ```python
 //! def f(n, a):
@@ -16,7 +16,7 @@
 
 use shmpool::{Array, Process, Value};
 
-#[allow(clippy::approx_constant)] // the seed's literal, printed as the seed prints it
+#[allow(clippy::approx_constant)] // Python's literal, printed as Python prints it
 fn f(n: Value<f64>, a: Array<i32>) {
     n.set(3.1415927).unwrap();
     for x in a.lock().unwrap().iter_mut() {

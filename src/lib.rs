@@ -52,9 +52,14 @@
 //! Linux only (it relies on `memfd`, `futex` and `pidfd`). See
 //! `docs/ARCHITECTURE.md` for the cross-process protocol.
 
-#![cfg(target_os = "linux")]
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "shmpool runs on Linux only: it is built on memfd_create, futex, pidfd and process_vm_readv"
+);
 
 pub mod capi;
 mod context;

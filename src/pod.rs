@@ -25,13 +25,13 @@
 /// References, `Box`, `Vec`, `String` and the like are not `Pod`, so a task that
 /// takes or returns them does not compile:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// fn len(s: &'static str) -> usize { s.len() }
 /// let pool = shmpool::Pool::new(1).unwrap();
 /// pool.apply(len, ("a pointer into the parent",)).unwrap();
 /// ```
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// fn make() -> Vec<u8> { vec![1] }
 /// let pool = shmpool::Pool::new(1).unwrap();
 /// pool.apply(make, ()).unwrap();
@@ -96,7 +96,7 @@ impl_pod_tuple!(A, B, C, D, E, F, G, H);
 ///
 /// See [`Pod`] for an example. A type without those derives does not compile:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// #[derive(Clone, Copy)]
 /// struct Handle(&'static u8);
 /// shmpool::pod!(Handle);

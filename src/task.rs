@@ -13,13 +13,13 @@
 //! A capturing closure or a function pointer (`fn(u64) -> u64` as a value) is
 //! not zero-sized and is rejected at compile time:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0080
 //! let offset = 3u64;
 //! let pool = shmpool::Pool::new(1).unwrap();
 //! pool.map(move |x: u64| x + offset, &[1, 2]).unwrap();
 //! ```
 //!
-//! ```compile_fail
+//! ```compile_fail,E0080
 //! fn f(x: u64) -> u64 { x }
 //! let g: fn(u64) -> u64 = f; // a pointer: its value would be read in another process
 //! let pool = shmpool::Pool::new(1).unwrap();

@@ -1,6 +1,6 @@
-//! The Pool API parity issue, test by test. Each test is named after the
-//! CPython behaviour it mirrors and quotes the seed's sentence
-//! (`pool-reference.txt`). Every wait is bounded.
+//! `Pool`'s API against Python's, test by test. Each test is named after the
+//! CPython behaviour it mirrors and quotes the sentence of Python's reference
+//! for it (https://docs.python.org/3/library/multiprocessing.html#module-multiprocessing.pool). Every wait is bounded.
 
 mod common;
 
@@ -38,9 +38,9 @@ fn fails_on_3(x: u64) -> u64 {
     x
 }
 
-/// The issue's "What a user writes" block, line by line.
+/// A typical first program, line by line, as its comments say.
 #[test]
-fn the_issue_example_compiles_and_behaves_as_commented() {
+fn a_first_program_compiles_and_behaves_as_commented() {
     bounded(LIMIT, || -> Result<(), Error> {
         let pool = Pool::builder()
             .processes(2)

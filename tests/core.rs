@@ -1,4 +1,4 @@
-//! The Core issue's behaviour, as a user sees it: apply, apply_async, map,
+//! The pool's core behaviour, as a user sees it: apply, apply_async, map,
 //! errors, lifecycle, concurrency. Every wait is bounded.
 
 mod common;
@@ -26,7 +26,7 @@ fn pool_and_results_are_send_and_sync() {
 }
 
 #[test]
-fn quickstart_example_prints_what_the_seed_prints() {
+fn quickstart_example_prints_what_pythons_pool_example_prints() {
     let example = common::example("quickstart");
     let output = bounded(LIMIT, move || {
         let start = Instant::now();

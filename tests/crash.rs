@@ -1,4 +1,4 @@
-//! The crash-safety issue: a killed worker never hangs the caller, a retried
+//! Crash safety: a killed worker never hangs the caller, a retried
 //! task gives the exact result, a runaway task is stopped. Every wait is
 //! bounded; every test here was run 20 times in a row before it was trusted.
 

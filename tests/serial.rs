@@ -43,7 +43,8 @@ fn send_from_task(q: Queue<(u32, u32, Note)>, i: u32) -> u32 {
     i
 }
 
-// The seed: "Queues are thread and process safe."
+// Python's docs (https://docs.python.org/3/library/multiprocessing.html#exchanging-objects-between-processes):
+// "Queues are thread and process safe."
 #[test]
 fn values_of_any_shape_cross_processes_and_pool_tasks_exactly_once() {
     bounded(LIMIT, || {
@@ -129,7 +130,7 @@ fn a_duplex_pipe_carries_values_both_ways_and_a_one_way_pipe_refuses_the_wrong_d
 }
 
 #[test]
-fn the_serde_pipe_example_prints_what_the_seed_prints() {
+fn the_serde_pipe_example_prints_what_pythons_pipe_example_prints() {
     let out = std::process::Command::new(common::example("serde_pipe"))
         .output()
         .unwrap();

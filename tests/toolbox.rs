@@ -1,4 +1,4 @@
-//! The seeds' toolbox beyond the pool: Process, Queue, Pipe, locks, Value and
+//! Python's toolbox beyond the pool: Process, Queue, Pipe, locks, Value and
 //! Array, across real processes. Every wait is bounded.
 
 mod common;
@@ -23,9 +23,9 @@ fn run_example(name: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-// The seed's outputs, example by example.
+// What the examples of Python's docs print (https://docs.python.org/3/library/multiprocessing.html), example by example.
 #[test]
-fn ported_examples_print_what_the_seed_prints() {
+fn ported_examples_print_what_pythons_examples_print() {
     assert_eq!(run_example("process"), "hello bob\n");
     assert_eq!(run_example("start_method"), "hello\n");
     assert_eq!(run_example("queue"), "[42, None, 'hello']\n");

@@ -1,4 +1,4 @@
-//! The seeds' message `[42, None, 'hello']` as plain data.
+//! The message `[42, None, 'hello']` of Python's `Queue` and `Pipe` examples, as plain data.
 
 use std::fmt;
 use zerocopy::{FromBytes, Immutable};
@@ -18,7 +18,7 @@ shmpool::pod!(Message);
 
 impl Message {
     /// `[42, None, 'hello']`.
-    pub fn seed() -> Message {
+    pub fn example() -> Message {
         let mut text = [0u8; 16];
         text[..5].copy_from_slice(b"hello");
         Message {

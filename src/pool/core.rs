@@ -332,7 +332,8 @@ impl Core {
     /// Writes `desc` into `slot`, which the caller allocated and has not published.
     pub(crate) fn describe(&self, slot: u32, desc: TaskDesc) {
         // SAFETY: the slot is FREE and was handed to this caller by alloc_slot, so
-        // the parent's caller has exclusive access to it until publish.
+        // the parent's caller has exclusive access to it until publish
+        // (docs/ARCHITECTURE.md, "Slots").
         unsafe { *self.layout.slot(slot).desc() = desc };
     }
 

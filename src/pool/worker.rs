@@ -203,7 +203,8 @@ fn run(
             .worker_record(me)
             .start(index, crate::shm::layout::monotonic_ms());
     }
-    // SAFETY: we hold RUNNING(me); the parent wrote desc before publishing.
+    // SAFETY: we hold RUNNING(me); the parent wrote desc before publishing
+    // (docs/ARCHITECTURE.md, "Slots").
     let desc = unsafe { *slot.desc() };
     // Read now: once the slot is finished, the parent may reuse it.
     let watched = desc.flags & WATCHED != 0;
@@ -250,7 +251,9 @@ fn run(
     // SAFETY: only the parent writes entries, with EntryPoint::new in this binary.
     let entry = unsafe { EntryPoint(desc.entry).resolve() };
     // SAFETY: the parent laid out input/output for exactly this entry point and
-    // gives them to no one else while we hold the slot.
+    // gives them to no one else while we hold the slot; a side in its own
+    // memory stays valid until the chunk is DONE (docs/ARCHITECTURE.md,
+    // "Slots" and "Zero-copy maps").
     finish(layout, index, me, track, watched, move || unsafe {
         entry(io)
     })

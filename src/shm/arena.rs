@@ -3,8 +3,9 @@
 //! Only the parent allocates and frees (workers receive offsets in task slots),
 //! so this is a plain single-process structure behind the pool's mutex. First
 //! fit from the lowest offset keeps reusing the same pages across calls, which
-//! matters: touching a fresh shared page costs ~1 µs, more than squaring the 512
-//! `f64`s it holds (`../shared/NOTES.md`).
+//! matters: touching a fresh shared page costs about a microsecond, more than
+//! squaring the 512 `f64`s it holds (`docs/PERFORMANCE.md`, "Figures the design
+//! relies on").
 
 use std::collections::BTreeMap;
 

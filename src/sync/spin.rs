@@ -1,6 +1,7 @@
 //! A bounded spin before parking.
 //!
-//! Measured on the target machines (`../shared/NOTES.md`): a kernel wake-up
+//! Measured on the target machines (`docs/PERFORMANCE.md`, "Figures the design
+//! relies on"): a kernel wake-up
 //! costs ~20 µs, a spinning hand-off between processes ~45 ns, and spinning only
 //! 0–100 times before sleeping made a chunked map 2.7× slower. So waiters spin
 //! about a thousand times (with `spin_loop` hints, and a `sched_yield` now and
