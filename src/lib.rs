@@ -74,7 +74,7 @@ mod sync;
 mod task;
 mod tracker;
 
-pub use context::{get_context, set_start_method, Context, StartMethod};
+pub use context::{get_context, Context};
 pub use error::Error;
 #[cfg(feature = "serde")]
 pub use objects::serial;
@@ -87,6 +87,7 @@ pub use pool::builder::MAX_PROCESSES;
 pub use pool::{AsyncResult, Imap, Pool, PoolBuilder, SharedVec};
 pub use process::{current_process, Process, ProcessInfo};
 pub use shm::named::SharedMemory;
+pub use start::{set_start_method, StartMethod};
 pub use task::Task;
 
 /// Call first thing in `main` in programs that use the `Spawn` or `ForkServer`

@@ -1,11 +1,11 @@
 //! [`PoolBuilder`]: configuration of a pool before its workers start.
 
-use crate::context::StartMethod;
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::supervisor::Supervisor;
 use crate::pool::Pool;
 use crate::shm::layout::INIT_ARGS_BYTES;
+use crate::start::StartMethod;
 use crate::task::{assert_stateless, init_entry, EntryPoint, Task};
 use crate::Pod;
 use std::mem::{align_of, size_of, MaybeUninit};
@@ -47,7 +47,7 @@ impl Default for PoolBuilder {
     fn default() -> Self {
         PoolBuilder {
             config: PoolConfig {
-                start_method: crate::context::default_method(),
+                start_method: crate::start::default_method(),
                 zero_copy: true,
                 ..PoolConfig::default()
             },

@@ -1,10 +1,10 @@
 //! [`Process`]: run one function in a new process.
 
 use super::launch::on_launcher;
-use crate::context::StartMethod;
 use crate::error::Error;
 use crate::objects::Heap;
 use crate::start::fork::{self, Child};
+use crate::start::StartMethod;
 use crate::task::{assert_stateless, init_entry, EntryPoint, Task, TaskIo};
 use crate::Pod;
 use std::mem::{align_of, size_of};
@@ -79,7 +79,7 @@ impl Process {
         F: Task<Args>,
         Args: Pod,
     {
-        Self::with_method(crate::context::default_method(), f, args)
+        Self::with_method(crate::start::default_method(), f, args)
     }
 
     pub(crate) fn with_method<F, Args>(method: StartMethod, _f: F, args: Args) -> Process

@@ -16,14 +16,17 @@
 pub(crate) mod bootstrap;
 pub(crate) mod fork;
 pub(crate) mod forkserver;
+pub(crate) mod method;
 pub(crate) mod spawn;
+
+pub(crate) use method::default_method;
+pub use method::{set_start_method, StartMethod};
 
 use crate::error::Error;
 use crate::pool::worker::{self, WorkerStart};
 use crate::pool::zero_copy::AccessRefused;
 use crate::shm::layout::Layout;
 use crate::task::{Entry, EntryPoint, TaskIo};
-use crate::StartMethod;
 use fork::Child;
 use std::io;
 use std::os::fd::RawFd;

@@ -1,0 +1,104 @@
+//! [`StartMethod`]: how worker processes come to exist, and the program's
+//! default ([`set_start_method`]).
+
+use crate::error::Error;
+
+/// How a pool starts its worker processes.
+///
+/// * [`Fork`](StartMethod::Fork) (the default): the worker is a `fork` of the
+///   pool's process. Fastest to start (~0.1 ms); the worker sees the parent's
+///   memory as it was at that instant, so globals set before the pool was made
+///   are visible in tasks.
+/// * [`Spawn`](StartMethod::Spawn): the worker is a fresh execution of this
+///   program's own executable (`/proc/self/exe`), which becomes a worker
+///   before `main` runs. Slower to start (~1 ms plus the program's own
+///   start-up); shares nothing with the parent but the pool's segment, and is
+///   unaffected by locks other threads held or by the parent's heap size.
+/// * [`ForkServer`](StartMethod::ForkServer): a small server process, spawned
+///   once per program, forks the workers. Workers start fast and clean, from a
+///   process with a tiny heap and a single thread.
+///
+/// With `Spawn` and `ForkServer`, functions still travel as offsets into the
+/// executable: a task function must be part of the executable itself (not of
+/// a library loaded with `dlopen`), else the call fails with
+/// [`Error::InvalidArgument`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum StartMethod {
+    /// `fork()` from the pool's supervisor thread.
+    #[default]
+    Fork,
+    /// `fork()` from a single-threaded server process started once.
+    ForkServer,
+    /// Re-execute this program's executable as a worker.
+    Spawn,
+}
+
+impl StartMethod {
+    /// Python's name for the method: `"fork"`, `"forkserver"` or `"spawn"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StartMethod::Fork => "fork",
+            StartMethod::ForkServer => "forkserver",
+            StartMethod::Spawn => "spawn",
+        }
+    }
+
+    pub(crate) fn name_prefix(self) -> &'static str {
+        match self {
+            StartMethod::Fork => "Fork",
+            StartMethod::ForkServer => "ForkServer",
+            StartMethod::Spawn => "Spawn",
+        }
+    }
+
+    /// Every start method, for iteration in tests and benchmarks.
+    pub const ALL: [StartMethod; 3] = [
+        StartMethod::Fork,
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+    ];
+}
+
+impl std::str::FromStr for StartMethod {
+    type Err = Error;
+
+    /// Parses Python's names (`"fork"`, `"forkserver"`, `"spawn"`).
+    fn from_str(s: &str) -> Result<Self, Error> {
+        StartMethod::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| Error::invalid(format!("unknown start method {s:?}")))
+    }
+}
+
+impl std::fmt::Display for StartMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The start method chosen with [`set_start_method`], if any.
+static DEFAULT_METHOD: std::sync::OnceLock<StartMethod> = std::sync::OnceLock::new();
+
+/// Chooses how this program starts its processes and pool workers from now
+/// on, like Python's `multiprocessing.set_start_method`. Like Python, it may be
+/// called once: a second call is [`Error::InvalidArgument`] ("context has
+/// already been set"). Prefer [`get_context`] in libraries.
+///
+/// ```
+/// shmpool::set_start_method(shmpool::StartMethod::Spawn)?;
+/// assert!(shmpool::set_start_method(shmpool::StartMethod::Fork).is_err());
+/// assert_eq!(shmpool::Pool::new(1)?.start_method(), shmpool::StartMethod::Spawn);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+pub fn set_start_method(method: StartMethod) -> Result<(), Error> {
+    DEFAULT_METHOD.set(method).map_err(|_| {
+        Error::invalid("context has already been set (set_start_method was called before)")
+    })
+}
+
+/// The program's start method: as set, else fork.
+pub(crate) fn default_method() -> StartMethod {
+    DEFAULT_METHOD.get().copied().unwrap_or_default()
+}
