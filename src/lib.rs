@@ -58,6 +58,7 @@
 
 pub mod capi;
 mod context;
+mod deadline;
 mod error;
 mod objects;
 mod pod;

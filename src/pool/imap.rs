@@ -121,7 +121,7 @@ where
     /// `Some(Err(Error::Timeout))` if no result arrived by then (the work goes
     /// on; call again to keep waiting). `None` once every result was yielded.
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<U, Error>> {
-        self.next_until(Some(Instant::now() + timeout))
+        self.next_until(crate::deadline::deadline(timeout))
     }
 
     fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<U, Error>> {

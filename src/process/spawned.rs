@@ -169,7 +169,7 @@ impl Process {
         if self.child.is_none() {
             return Err(Error::invalid("can only join a started process"));
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = crate::deadline::deadline_opt(timeout);
         loop {
             if let Some(code) = self.poll_exit() {
                 return Ok(Some(code));

