@@ -5,16 +5,20 @@
 mod common;
 
 use common::bounded;
-use shmpool::{Barrier, Condition, Event, Lock, Pipe, Pool, Process, Queue, Semaphore};
+use shmpool::{Barrier, Condition, Error, Event, Lock, Pipe, Pool, Process, Queue, Semaphore};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
+const WAIT: Option<Duration> = Some(Duration::from_secs(30));
 
 fn square(x: u64) -> u64 {
     x * x
 }
 fn sleep_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms))
+}
+fn abort_now() -> u8 {
+    std::process::abort()
 }
 
 #[test]
@@ -58,5 +62,36 @@ fn duration_max_timeouts_mean_no_deadline() {
         let mut p = Process::new(sleep_ms, (0,));
         p.start().unwrap();
         assert_eq!(p.join(Some(max)).unwrap(), Some(0));
+    });
+}
+
+#[test]
+fn task_timeouts_too_long_to_count_in_milliseconds_or_poll_never_fire() {
+    bounded(LIMIT, || {
+        for limit in [
+            // Its milliseconds wrap a u64 to 385.
+            Duration::from_secs(18_446_744_073_709_552),
+            // Its milliseconds overflow poll's c_int.
+            Duration::from_secs(25 * 24 * 3600),
+            Duration::MAX,
+        ] {
+            let pool = Pool::builder()
+                .processes(1)
+                .task_timeout(limit)
+                .build()
+                .unwrap();
+            let slow = pool.apply_async(sleep_ms, (1000,)).unwrap();
+            assert_eq!(
+                slow.get(WAIT).map_err(|e| e.to_string()),
+                Ok(()),
+                "{limit:?}"
+            );
+            let dies = pool.apply_async(abort_now, ()).unwrap();
+            assert!(
+                matches!(dies.get(WAIT), Err(Error::WorkerDied { .. })),
+                "{limit:?}"
+            );
+            assert_eq!(pool.apply(square, (3,)).unwrap(), 9);
+        }
     });
 }

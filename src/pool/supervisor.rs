@@ -335,7 +335,8 @@ fn enforce_timeout(
     timed_out: &mut [Option<u32>],
     limit: Duration,
 ) -> libc::c_int {
-    let limit_ms = limit.as_millis().max(1) as u64;
+    // Saturate: `as u64` would wrap a limit of 2^64 ms to a few ms.
+    let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
     let now = crate::shm::layout::monotonic_ms();
     let mut next_ms = limit_ms;
     for (k, w) in workers.iter().enumerate() {
@@ -353,7 +354,9 @@ fn enforce_timeout(
             next_ms = next_ms.min(limit_ms - ran);
         }
     }
-    next_ms.min(i32::MAX as u64) as libc::c_int + 1
+    // +1 so that poll does not wake just before the expiry; saturated, as a
+    // limit of weeks does not fit a c_int of milliseconds.
+    next_ms.saturating_add(1).min(i32::MAX as u64) as libc::c_int
 }
 
 /// Settles worker `k`'s exit: fails the task it held (`Timeout` if it is the
