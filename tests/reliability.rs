@@ -95,3 +95,13 @@ fn task_timeouts_too_long_to_count_in_milliseconds_or_poll_never_fire() {
         }
     });
 }
+
+#[test]
+fn process_join_with_a_month_long_timeout_waits_for_the_exit() {
+    bounded(LIMIT, || {
+        let mut p = Process::new(sleep_ms, (300,));
+        p.start().unwrap();
+        let month = Duration::from_secs(30 * 24 * 3600);
+        assert_eq!(p.join(Some(month)).unwrap(), Some(0));
+    });
+}

@@ -177,7 +177,7 @@ impl Process {
             let wait_ms = match deadline {
                 None => -1,
                 Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) => left.as_millis().min(i32::MAX as u128) as i32 + 1,
+                    Some(left) => (left.as_millis() + 1).min(i32::MAX as u128) as i32,
                     None => return Ok(None),
                 },
             };
