@@ -36,6 +36,10 @@ pub enum Error {
     Closed,
     /// The pool was terminated (or dropped) before this task finished.
     Terminated,
+    /// The pool's supervisor thread panicked (a bug in shmpool): its workers
+    /// were killed, every unfinished task failed with this error, and the
+    /// pool accepts no more work. The string says what the panic said.
+    PoolBroken(String),
     /// The pool's initializer panicked in a worker, so
     /// [`PoolBuilder::build`](crate::PoolBuilder::build) failed; no worker is
     /// left running.
@@ -102,6 +106,7 @@ impl fmt::Display for Error {
             }
             Error::Closed => f.write_str("the pool is closed and accepts no more work"),
             Error::Terminated => f.write_str("the pool was terminated before the task finished"),
+            Error::PoolBroken(why) => write!(f, "the pool is broken: {why}"),
             Error::InitializerFailed { message } => {
                 write!(f, "the pool's initializer failed in a worker: {message}")
             }
