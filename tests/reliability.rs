@@ -5,7 +5,10 @@
 mod common;
 
 use common::bounded;
-use shmpool::{Barrier, Condition, Error, Event, Lock, Pipe, Pool, Process, Queue, Semaphore};
+use shmpool::{
+    get_context, Barrier, Condition, Error, Event, Lock, Pipe, Pool, Process, Queue, Semaphore,
+    StartMethod,
+};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -103,5 +106,44 @@ fn process_join_with_a_month_long_timeout_waits_for_the_exit() {
         p.start().unwrap();
         let month = Duration::from_secs(30 * 24 * 3600);
         assert_eq!(p.join(Some(month)).unwrap(), Some(0));
+    });
+}
+
+/// The descriptors a program run by a task holds, as bits (bit 63: any fd
+/// ≥ 63), leaving out the one `ls` opens to read its own fd directory.
+fn fds_of_a_program_a_task_runs() -> u64 {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ls -l /proc/self/fd"])
+        .output()
+        .expect("sh runs");
+    let mut mask = 0u64;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((left, target)) = line.split_once(" -> ") else {
+            continue;
+        };
+        if target.starts_with("/proc/") && target.ends_with("/fd") {
+            continue;
+        }
+        if let Some(fd) = left.rsplit(' ').next().and_then(|f| f.parse::<u32>().ok()) {
+            mask |= 1 << fd.min(63);
+        }
+    }
+    mask
+}
+
+#[test]
+fn programs_a_task_runs_inherit_only_stdio_with_every_start_method() {
+    // Whatever this test's own launcher leaked into it (a CI runner's fds)
+    // reaches the programs it runs too, and is none of the pool's doing.
+    let outside = fds_of_a_program_a_task_runs() & !0b111;
+    bounded(Duration::from_secs(120), move || {
+        for method in StartMethod::ALL {
+            let pool = get_context(method).pool(1).unwrap();
+            let fds = pool.apply(fds_of_a_program_a_task_runs, ()).unwrap() & !outside;
+            assert_eq!(
+                fds, 0b111,
+                "{method}: fds {fds:#b} leaked to an exec'd program"
+            );
+        }
     });
 }

@@ -3,7 +3,8 @@
 //! The new process gets its role from the environment variable [`ENV`]
 //! (`<segment fd>,<ready fd>,<index>,<probe>`), and the two descriptors it
 //! names survive the `exec` (their close-on-exec flag is cleared in the child
-//! only). `bootstrap` reads the variable before `main` runs and turns the
+//! only, and set again by `bootstrap` as soon as the new program starts).
+//! `bootstrap` reads the variable before `main` runs and turns the
 //! process into a worker. `/proc/self/exe` names the running binary even if
 //! the file was replaced or deleted since.
 
