@@ -147,3 +147,63 @@ fn programs_a_task_runs_inherit_only_stdio_with_every_start_method() {
         }
     });
 }
+
+/// Starts `crash_parent` (a pool and a named SharedMemory) as the leader of
+/// its own process group, sends `signal` to that whole group, and returns
+/// whether the name was gone within 5 s.
+fn name_removed_after_group_signal(signal: i32) -> bool {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(common::example("crash_parent"));
+    // SAFETY: setrlimit is async-signal-safe; no core file from SIGQUIT.
+    unsafe {
+        command.pre_exec(|| {
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            Ok(())
+        })
+    };
+    let mut child = command
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let name = line.split_whitespace().nth(3).expect("a name").to_owned();
+    let path = format!("/dev/shm{name}");
+    assert!(std::path::Path::new(&path).exists());
+    // SAFETY: plain syscall; the group is the child's alone (process_group(0)).
+    assert_eq!(unsafe { libc::kill(-(child.id() as i32), signal) }, 0);
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&path).exists() {
+        if std::time::Instant::now() > deadline {
+            let _ = std::fs::remove_file(&path); // leave nothing behind
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+#[test]
+fn no_signal_to_the_whole_process_group_leaks_a_shared_memory_name() {
+    bounded(LIMIT, || {
+        for signal in [
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGKILL,
+        ] {
+            assert!(name_removed_after_group_signal(signal), "signal {signal}");
+        }
+    });
+}

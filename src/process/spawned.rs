@@ -298,7 +298,11 @@ fn launch(method: StartMethod, spec_at: u64) -> Result<Child, Error> {
             crate::start::bootstrap::ensure_linked();
             let value = format!("{},{},{}", heap.fd(), spec_at, crate::start::probe_offset());
             let env = crate::start::spawn::environment((crate::start::spawn::PROCESS_ENV, value))?;
-            Ok(crate::start::spawn::exec_self(&env, &[heap.fd()], true)?)
+            Ok(crate::start::spawn::exec_self(
+                &env,
+                &[heap.fd()],
+                crate::start::spawn::Tie::Thread,
+            )?)
         }
         StartMethod::ForkServer => Ok(crate::start::forkserver::start_process(heap.fd(), spec_at)?),
     }

@@ -143,7 +143,7 @@ fn launch() -> io::Result<Server> {
     let env = spawn::environment((ENV, theirs.as_raw_fd().to_string()))?;
     // The server must outlive the (supervisor) thread that happens to start
     // it; it notices the parent's death by the socket closing instead.
-    let process = spawn::exec_self(&env, &[theirs.as_raw_fd()], false)?;
+    let process = spawn::exec_self(&env, &[theirs.as_raw_fd()], spawn::Tie::None)?;
     drop(theirs);
     Ok(Server {
         socket: ours,
