@@ -207,3 +207,30 @@ fn no_signal_to_the_whole_process_group_leaks_a_shared_memory_name() {
         }
     });
 }
+
+fn nap_then(ms: u64, k: u64) -> u64 {
+    sleep_ms(ms);
+    k
+}
+
+// CPython's bpo-10332: workers retiring after close() must still be replaced
+// while tasks are queued.
+#[test]
+fn maxtasksperchild_with_an_early_close_still_runs_every_task() {
+    bounded(LIMIT, || {
+        let pool = Pool::builder()
+            .processes(3)
+            .maxtasksperchild(1)
+            .build()
+            .unwrap();
+        let results: Vec<_> = (0..6)
+            .map(|k| pool.apply_async(nap_then, (300, k)).unwrap())
+            .collect();
+        pool.close();
+        pool.join().unwrap();
+        for (k, r) in results.iter().enumerate() {
+            assert!(r.ready(), "task {k} had not finished when join returned");
+            assert_eq!(r.get(Some(Duration::ZERO)).unwrap(), k as u64);
+        }
+    });
+}

@@ -9,9 +9,10 @@
 //!
 //! What a worker's exit means:
 //! * status 0 after `close`, holding no task: a normal end; not replaced.
-//! * status 0 before `close`, holding no task: it ran its `maxtasksperchild`
-//!   quota; it is replaced. It exits right after finishing a task, so it holds
-//!   no popped ring entry and nothing needs pushing again.
+//! * status 0, holding no task, having run its `maxtasksperchild` quota: it
+//!   is replaced, unless the pool is closed and no task is queued. It exits
+//!   right after finishing a task, so it holds no popped ring entry and
+//!   nothing needs pushing again.
 //! * anything else (a signal, `abort()`, `exit(n)` from a task): the slot it held
 //!   (`RUNNING(k)`) fails with `WorkerDied`; every `QUEUED` slot is pushed again
 //!   (the dead worker may have popped one without claiming it; duplicates are
@@ -417,8 +418,15 @@ fn settle_exit(
         !crate::shm::layout::searching_bit(k as u32),
         Ordering::SeqCst,
     );
-    if clean && retired && !layout.is_closing() {
-        return Exit::Retired; // it said it holds nothing
+    if clean && retired {
+        // It said it holds nothing. After `close` too, queued tasks still
+        // need a worker: the replacement runs them, then sees `closing`
+        // with an empty ring and exits (CPython's bpo-10332).
+        return if layout.is_closing() && layout.ring().is_empty() {
+            Exit::Finished
+        } else {
+            Exit::Retired
+        };
     }
     // The worker takes one ring entry at a time and notes it before taking
     // it, so the slot it noted last is the only one it can hold: running
