@@ -234,3 +234,38 @@ fn maxtasksperchild_with_an_early_close_still_runs_every_task() {
         }
     });
 }
+
+fn exit_with(code: i32) {
+    std::process::exit(code)
+}
+
+/// A child's body: starts a grandchild with `StartMethod::ALL[method]` that
+/// exits with 7, and exits with the grandchild's code (99 if it got none).
+fn start_a_grandchild(method: u8) {
+    let mut grandchild = get_context(StartMethod::ALL[method as usize]).process(exit_with, (7,));
+    let code = match grandchild.start() {
+        Ok(()) => grandchild.join(Some(Duration::from_secs(10))),
+        Err(e) => Err(e),
+    };
+    std::process::exit(match code {
+        Ok(Some(c)) => c,
+        _ => 99,
+    })
+}
+
+#[test]
+fn children_of_every_start_method_start_grandchildren_of_every_start_method() {
+    bounded(Duration::from_secs(120), || {
+        for child_method in StartMethod::ALL {
+            for (m, grandchild_method) in StartMethod::ALL.iter().enumerate() {
+                let mut child = get_context(child_method).process(start_a_grandchild, (m as u8,));
+                child.start().unwrap();
+                assert_eq!(
+                    child.join(Some(Duration::from_secs(15))).unwrap(),
+                    Some(7),
+                    "a {child_method} child starting a {grandchild_method} grandchild"
+                );
+            }
+        }
+    });
+}
