@@ -269,3 +269,43 @@ fn children_of_every_start_method_start_grandchildren_of_every_start_method() {
         }
     });
 }
+
+/// 0..10, panicking when it reaches `at`.
+fn input_panicking_at(at: u64) -> impl Iterator<Item = u64> {
+    (0..10u64).inspect(move |&x| {
+        if x == at {
+            panic!("the input broke at {x}");
+        }
+    })
+}
+
+#[test]
+fn imap_yields_the_results_before_a_panicking_input_then_the_error() {
+    bounded(LIMIT, || {
+        let pool = Pool::new(2).unwrap();
+        for chunksize in [1, 3] {
+            for ordered in [true, false] {
+                let it = if ordered {
+                    pool.imap_chunked(square, input_panicking_at(5), chunksize)
+                } else {
+                    pool.imap_unordered_chunked(square, input_panicking_at(5), chunksize)
+                };
+                let results: Vec<Result<u64, Error>> = it.unwrap().collect();
+                let what = format!("chunksize {chunksize}, ordered {ordered}");
+                assert_eq!(results.len(), 6, "{what}: {results:?}");
+                let mut got: Vec<u64> = results[..5].iter().map(|r| *r.as_ref().unwrap()).collect();
+                if !ordered {
+                    got.sort();
+                }
+                assert_eq!(got, [0, 1, 4, 9, 16], "{what}");
+                assert!(
+                    matches!(&results[5], Err(Error::InputPanicked { message })
+                        if message == "the input broke at 5"),
+                    "{what}: {:?}",
+                    results[5]
+                );
+            }
+        }
+        assert_eq!(pool.apply(square, (6,)).unwrap(), 36, "the pool goes on");
+    });
+}

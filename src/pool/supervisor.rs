@@ -221,11 +221,7 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
         supervise(&core, &mut workers, ready)
     }));
     if let Err(payload) = supervised {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a non-string panic".into());
+        let message = crate::error::panic_message(&*payload);
         core.mark_broken(format!("its supervisor thread panicked: {message}"));
         terminate_all(&core, &mut workers);
     }
