@@ -309,3 +309,48 @@ fn imap_yields_the_results_before_a_panicking_input_then_the_error() {
         assert_eq!(pool.apply(square, (6,)).unwrap(), 36, "the pool goes on");
     });
 }
+
+/// The parent pid of process `pid`.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+    after
+        .split(' ')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A forkserver grandchild: exits 0 if its fork server is a child of
+/// `child`, 1 if it belongs to another process.
+fn check_my_fork_server(child: u32) {
+    // SAFETY: plain syscall.
+    let server = unsafe { libc::getppid() } as u32;
+    std::process::exit(if parent_of(server) == child { 0 } else { 1 })
+}
+
+/// A fork child: starts a forkserver grandchild and exits with its code.
+fn start_a_forkserver_grandchild() {
+    let mut grandchild =
+        get_context(StartMethod::ForkServer).process(check_my_fork_server, (std::process::id(),));
+    let code = match grandchild.start() {
+        Ok(()) => grandchild.join(Some(Duration::from_secs(10))),
+        Err(e) => Err(e),
+    };
+    std::process::exit(match code {
+        Ok(Some(c)) => c,
+        _ => 99,
+    })
+}
+
+#[test]
+fn a_fork_child_uses_a_fork_server_of_its_own_not_its_parents() {
+    bounded(LIMIT, || {
+        // The parent's fork server exists (it serves this pool).
+        let pool = get_context(StartMethod::ForkServer).pool(1).unwrap();
+        assert_eq!(pool.apply(square, (2,)).unwrap(), 4);
+        let mut child = get_context(StartMethod::Fork).process(start_a_forkserver_grandchild, ());
+        child.start().unwrap();
+        assert_eq!(child.join(Some(Duration::from_secs(30))).unwrap(), Some(0));
+    });
+}

@@ -38,6 +38,11 @@ const START_PROCESS: u32 = 3;
 struct Server {
     socket: OwnedFd,
     process: Child,
+    /// The process that started it: a child made by `fork` inherits this
+    /// static, but must not share the parent's socket (replies would go to
+    /// whichever process reads first) nor have its children forked by the
+    /// parent's server.
+    owner: u32,
 }
 
 /// One server per program, started on first use; the lock also serializes
@@ -45,7 +50,11 @@ struct Server {
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
 
 fn server() -> MutexGuard<'static, Option<Server>> {
-    SERVER.lock().unwrap_or_else(|e| e.into_inner())
+    let mut guard = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id();
+    // Dropping closes only this process's copies of the descriptors.
+    drop(guard.take_if(|s| s.owner != me));
+    guard
 }
 
 /// Asks the server (started if needed) for worker `start.index`.
@@ -148,6 +157,7 @@ fn launch() -> io::Result<Server> {
     Ok(Server {
         socket: ours,
         process,
+        owner: std::process::id(),
     })
 }
 
