@@ -23,11 +23,11 @@
 //! next message then starts a new tracker.
 
 use crate::start::spawn;
+use crate::sync::fork_mutex::{ForkMutex, ForkMutexGuard};
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsStr};
 use std::io::{self, BufRead, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
 
 /// The variable that makes a re-executed process the tracker.
 pub(crate) const ENV: &str = "SHMPOOL_TRACKER";
@@ -47,8 +47,9 @@ impl Kind {
     }
 }
 
-/// Our end of the socket to the running tracker, once started.
-static TRACKER: Mutex<Option<Tracker>> = Mutex::new(None);
+/// Our end of the socket to the running tracker, once started. Fork children
+/// share it (and the tracker) with their parent.
+static TRACKER: ForkMutex<Option<Tracker>> = ForkMutex::new(None);
 
 struct Tracker {
     socket: OwnedFd,
@@ -65,8 +66,8 @@ pub(crate) fn unregister(kind: Kind, name: &str) -> io::Result<()> {
     send("UNREGISTER", kind, name)
 }
 
-fn lock() -> std::sync::MutexGuard<'static, Option<Tracker>> {
-    TRACKER.lock().unwrap_or_else(|e| e.into_inner())
+fn lock() -> ForkMutexGuard<'static, Option<Tracker>> {
+    TRACKER.lock()
 }
 
 fn send(verb: &str, kind: Kind, name: &str) -> io::Result<()> {

@@ -7,23 +7,13 @@
 //! parent's channel but not its thread, so the channel is keyed by pid and a
 //! child starts a launcher of its own (a recursive process tree).
 
+use crate::sync::fork_mutex::ForkMutex;
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard};
 
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The launcher's channel and the pid of the process whose thread reads it.
-static LAUNCHER: Mutex<Option<(u32, mpsc::Sender<Job>)>> = Mutex::new(None);
-
-fn lock() -> MutexGuard<'static, Option<(u32, mpsc::Sender<Job>)>> {
-    LAUNCHER.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Held across every `fork` of this crate, so that no child is made while
-/// another thread holds the lock: the child would find it held for ever.
-pub(crate) fn hold_for_fork() -> impl Sized {
-    lock()
-}
+static LAUNCHER: ForkMutex<Option<(u32, mpsc::Sender<Job>)>> = ForkMutex::new(None);
 
 /// Runs `f` on the launcher thread (started on first use) and returns its
 /// result.
@@ -33,7 +23,7 @@ pub(crate) fn on_launcher<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'sta
         let _ = tx.send(f());
     });
     {
-        let mut launcher = lock();
+        let mut launcher = LAUNCHER.lock();
         let me = std::process::id();
         if let Some(stale) = launcher.take_if(|(pid, _)| *pid != me) {
             // The parent's, inherited through fork: its reader is not in

@@ -2,7 +2,7 @@
 //! `multiprocessing.Process`) and [`current_process`].
 
 mod current;
-pub(crate) mod launch;
+mod launch;
 mod spawned;
 
 pub use current::{current_process, ProcessInfo};

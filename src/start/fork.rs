@@ -76,9 +76,6 @@ pub(crate) fn fork_child(body: impl FnOnce() -> i32) -> io::Result<Child> {
 /// [`fork_child`], choosing whether the child dies with the forking thread.
 pub(crate) fn fork_with(die_with_thread: bool, body: impl FnOnce() -> i32) -> io::Result<Child> {
     let parent = std::process::id();
-    // Locks the child may need, taken so that no other thread holds them at
-    // the fork (the launcher's first: its holder may print a panic).
-    let launcher = crate::process::launch::hold_for_fork();
     let mut out = io::stdout().lock();
     let mut err = io::stderr().lock();
     let _ = out.flush();
@@ -88,7 +85,6 @@ pub(crate) fn fork_with(die_with_thread: bool, body: impl FnOnce() -> i32) -> io
     let pid = unsafe { libc::fork() };
     drop(err);
     drop(out);
-    drop(launcher);
     if pid == 0 {
         prepare_child(parent, die_with_thread);
         let code = std::panic::catch_unwind(AssertUnwindSafe(body)).unwrap_or(101);

@@ -21,11 +21,11 @@
 use super::fork::{self, Child, Parent};
 use super::spawn;
 use crate::pool::worker::WorkerStart;
+use crate::sync::fork_mutex::{ForkMutex, ForkMutexGuard};
 use crate::StartMethod;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Mutex, MutexGuard};
 
 /// The variable that makes a re-executed process the fork server.
 pub(crate) const ENV: &str = "SHMPOOL_FORKSERVER";
@@ -47,10 +47,10 @@ struct Server {
 
 /// One server per program, started on first use; the lock also serializes
 /// requests, which keeps each reply paired with its request.
-static SERVER: Mutex<Option<Server>> = Mutex::new(None);
+static SERVER: ForkMutex<Option<Server>> = ForkMutex::new(None);
 
-fn server() -> MutexGuard<'static, Option<Server>> {
-    let mut guard = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+fn server() -> ForkMutexGuard<'static, Option<Server>> {
+    let mut guard = SERVER.lock();
     let me = std::process::id();
     // Dropping closes only this process's copies of the descriptors.
     drop(guard.take_if(|s| s.owner != me));
