@@ -36,6 +36,17 @@ pub enum Error {
     Closed,
     /// The pool was terminated (or dropped) before this task finished.
     Terminated,
+    /// The input iterator given to an `imap` panicked, in the caller's
+    /// process. The [`Imap`](crate::Imap) yielded the results of the items
+    /// before it first, then this error, and then ends.
+    InputPanicked {
+        /// The panic payload, if it was a string.
+        message: String,
+    },
+    /// The pool's supervisor thread panicked (a bug in shmpool): its workers
+    /// were killed, every unfinished task failed with this error, and the
+    /// pool accepts no more work. The string says what the panic said.
+    PoolBroken(String),
     /// The pool's initializer panicked in a worker, so
     /// [`PoolBuilder::build`](crate::PoolBuilder::build) failed; no worker is
     /// left running.
@@ -102,6 +113,10 @@ impl fmt::Display for Error {
             }
             Error::Closed => f.write_str("the pool is closed and accepts no more work"),
             Error::Terminated => f.write_str("the pool was terminated before the task finished"),
+            Error::InputPanicked { message } => {
+                write!(f, "the imap input iterator panicked: {message}")
+            }
+            Error::PoolBroken(why) => write!(f, "the pool is broken: {why}"),
             Error::InitializerFailed { message } => {
                 write!(f, "the pool's initializer failed in a worker: {message}")
             }
@@ -141,6 +156,15 @@ impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e)
     }
+}
+
+/// A caught panic's message: its payload if that is a string.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic".into())
 }
 
 impl Error {

@@ -63,6 +63,7 @@ compile_error!(
 
 pub mod capi;
 mod context;
+mod deadline;
 mod error;
 mod objects;
 mod pod;

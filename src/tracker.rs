@@ -14,18 +14,20 @@
 //! it), so the tracker reads end-of-file exactly when all of them are gone — however
 //! they ended, `kill -9` included. It then unlinks whatever is still
 //! registered, writes one warning line per resource to stderr, and exits. It
-//! ignores SIGINT and SIGTERM, so a Ctrl-C that kills the program does not kill
-//! the cleanup with it. Messages are single lines sent under a lock. A socket
+//! runs in a session of its own and ignores every catchable signal, so what
+//! kills the program (Ctrl-C, Ctrl-\, a closed terminal's SIGHUP, a signal to
+//! the whole process group) does not kill the cleanup with it: only SIGKILL
+//! sent to the tracker itself, or a reboot, can leak a name. Messages are single lines sent under a lock. A socket
 //! rather than a pipe: `send(MSG_NOSIGNAL)` cannot raise SIGPIPE in a host
 //! program that did not ignore it, should the tracker have been killed; the
 //! next message then starts a new tracker.
 
 use crate::start::spawn;
+use crate::sync::fork_mutex::{ForkMutex, ForkMutexGuard};
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsStr};
 use std::io::{self, BufRead, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
 
 /// The variable that makes a re-executed process the tracker.
 pub(crate) const ENV: &str = "SHMPOOL_TRACKER";
@@ -45,8 +47,9 @@ impl Kind {
     }
 }
 
-/// Our end of the socket to the running tracker, once started.
-static TRACKER: Mutex<Option<Tracker>> = Mutex::new(None);
+/// Our end of the socket to the running tracker, once started. Fork children
+/// share it (and the tracker) with their parent.
+static TRACKER: ForkMutex<Option<Tracker>> = ForkMutex::new(None);
 
 struct Tracker {
     socket: OwnedFd,
@@ -63,8 +66,8 @@ pub(crate) fn unregister(kind: Kind, name: &str) -> io::Result<()> {
     send("UNREGISTER", kind, name)
 }
 
-fn lock() -> std::sync::MutexGuard<'static, Option<Tracker>> {
-    TRACKER.lock().unwrap_or_else(|e| e.into_inner())
+fn lock() -> ForkMutexGuard<'static, Option<Tracker>> {
+    TRACKER.lock()
 }
 
 fn send(verb: &str, kind: Kind, name: &str) -> io::Result<()> {
@@ -128,12 +131,32 @@ fn launch() -> io::Result<Tracker> {
     // SAFETY: two fresh descriptors that nothing else owns.
     let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let env = spawn::environment((ENV, theirs.as_raw_fd().to_string()))?;
-    // The tracker must outlive this thread and this process: no death signal.
-    let child = spawn::exec_self(&env, &[theirs.as_raw_fd()], false)?;
+    // The tracker must outlive this thread, this process and whatever signal
+    // ends the program (SIGHUP of a closed terminal, Ctrl-\).
+    let child = spawn::exec_self(&env, &[theirs.as_raw_fd()], spawn::Tie::Detached)?;
+    drop(theirs);
+    await_hello(&ours);
     Ok(Tracker {
         socket: ours,
         pid: child.pid,
     })
+}
+
+/// Waits (at most 5 s) for the tracker's first byte: from then on it is in
+/// its own session, out of reach of a signal to this program's group. Should
+/// it not come, messages go out anyway, and a failed send starts a new tracker.
+fn await_hello(socket: &OwnedFd) {
+    let mut pfd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&mut pfd, 1, 5000) } == 1 {
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into a live u8 from our socket.
+        unsafe { libc::recv(socket.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, 0) };
+    }
 }
 
 /// The tracker's loop (in the re-executed process); returns its exit status.
@@ -141,12 +164,11 @@ pub(crate) fn serve(fd: &OsStr) -> i32 {
     let Some(fd) = fd.to_str().and_then(|s| s.parse::<RawFd>().ok()) else {
         return 2;
     };
-    // SAFETY: plain syscalls on this process's own signal dispositions.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGTERM, libc::SIG_IGN);
-    }
-    // SAFETY: the descriptor was handed to this process for it alone.
+    // Done before the exec already; again in case this process was started
+    // otherwise (by hand, with the variable set).
+    spawn::detach();
+    let _ = send_all(fd, b"+"); // hello: detached (`await_hello`)
+                                // SAFETY: the descriptor was handed to this process for it alone.
     let socket = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let mut live: BTreeSet<(String, String)> = BTreeSet::new();
     for line in io::BufReader::new(socket).lines() {

@@ -136,7 +136,7 @@ impl<T: Pod> Queue<T> {
 
     /// [`put`](Self::put), giving up with [`Error::Timeout`] after `timeout`.
     pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), Error> {
-        self.put_until(value, Some(Instant::now() + timeout))
+        self.put_until(value, crate::deadline::deadline(timeout))
     }
 
     fn put_until(&self, value: T, deadline: Option<Instant>) -> Result<(), Error> {
@@ -180,7 +180,7 @@ impl<T: Pod> Queue<T> {
 
     /// [`get`](Self::get), giving up with [`Error::Timeout`] after `timeout`.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, Error> {
-        self.get_until(Some(Instant::now() + timeout))
+        self.get_until(crate::deadline::deadline(timeout))
     }
 
     /// The oldest value if there is one now.
@@ -393,15 +393,20 @@ impl<T: Pod> Connection<T> {
     /// do not wait).
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool, Error> {
         let rx = self.rx()?;
-        let deadline = Instant::now() + timeout.unwrap_or(Duration::ZERO);
+        let deadline = crate::deadline::deadline(timeout.unwrap_or(Duration::ZERO));
         loop {
             if !rx.is_empty()? {
                 return Ok(true);
             }
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-            std::thread::sleep(Duration::from_micros(200).min(deadline - Instant::now()));
+            let pause = Duration::from_micros(200);
+            let pause = match deadline {
+                None => pause,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => pause.min(left),
+                    _ => return Ok(false),
+                },
+            };
+            std::thread::sleep(pause);
         }
     }
 

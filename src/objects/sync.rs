@@ -4,6 +4,7 @@
 
 use super::heap::Heap;
 use super::lock::{bad_handle, kind, RawMutex};
+use crate::deadline::deadline_opt;
 use crate::error::Error;
 use crate::sync::wake::WakeWord;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,10 +19,6 @@ fn left(deadline: Option<Instant>) -> Result<Option<Duration>, Error> {
             _ => Err(Error::Timeout),
         },
     }
-}
-
-fn deadline(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.map(|t| Instant::now() + t)
 }
 
 /// Allocates a zeroed `O` in the heap; returns its offset and a reference.
@@ -64,7 +61,7 @@ fn semaphore(at: u64) -> Result<&'static SemaphoreObject, Error> {
 
 impl SemaphoreObject {
     fn acquire(&self, timeout: Option<Duration>) -> Result<(), Error> {
-        let deadline = deadline(timeout);
+        let deadline = deadline_opt(timeout);
         loop {
             let v = self.value.load(Ordering::Acquire);
             if v > 0 {
@@ -244,7 +241,7 @@ impl Event {
     /// Waits until the flag is set or `timeout` passes; returns whether it is set.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, Error> {
         let obj = self.object()?;
-        let deadline = deadline(timeout);
+        let deadline = deadline_opt(timeout);
         loop {
             if obj.flag.load(Ordering::Acquire) != 0 {
                 return Ok(true);
@@ -333,7 +330,7 @@ impl ConditionGuard {
         mut blocked: impl FnMut() -> bool,
         timeout: Option<Duration>,
     ) -> Result<bool, Error> {
-        let deadline = deadline(timeout);
+        let deadline = deadline_opt(timeout);
         while blocked() {
             let Ok(wait) = left(deadline) else {
                 return Ok(false);
@@ -421,7 +418,7 @@ impl Barrier {
     /// (`0..parties`, as Python).
     pub fn wait(&self, timeout: Option<Duration>) -> Result<u32, Error> {
         let obj = self.object()?;
-        let deadline = deadline(timeout);
+        let deadline = deadline_opt(timeout);
         obj.mutex.lock(None)?;
         if obj.broken.load(Ordering::Acquire) != 0 {
             obj.mutex.unlock();

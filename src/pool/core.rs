@@ -17,7 +17,7 @@ use crate::shm::segment::Segment;
 use crate::sync::ring::{Full, Producer};
 use crate::Pod;
 use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 /// The pool accepts work.
@@ -33,6 +33,8 @@ pub(crate) struct Core {
     pub(crate) processes: usize,
     pub(crate) config: PoolConfig,
     lifecycle: AtomicU8,
+    /// Set once if the supervisor thread died: why every call now fails.
+    broken: OnceLock<String>,
     slots: Mutex<SlotTable>,
     producer: Mutex<Producer>,
     arena: Mutex<Arena>,
@@ -115,6 +117,7 @@ impl Core {
             processes,
             config,
             lifecycle: AtomicU8::new(RUNNING),
+            broken: OnceLock::new(),
             slots: Mutex::new(SlotTable {
                 reap_at: 64,
                 ..SlotTable::default()
@@ -150,12 +153,12 @@ impl Core {
         prev
     }
 
-    /// `Err(Closed)` unless the pool accepts work.
+    /// `Err(Closed)` (or `Err(PoolBroken)`) unless the pool accepts work.
     pub(crate) fn ensure_running(&self) -> Result<(), Error> {
         if self.lifecycle() == RUNNING {
             Ok(())
         } else {
-            Err(Error::Closed)
+            Err(self.stopped())
         }
     }
 
@@ -176,6 +179,26 @@ impl Core {
     pub(crate) fn disable_zero_copy(&self) {
         self.zero_copy.store(false, Ordering::Relaxed);
         lock(&self.ptracer).take();
+    }
+
+    /// Why the pool accepts no work: closed or terminated, or broken.
+    pub(crate) fn stopped(&self) -> Error {
+        match self.broken.get() {
+            Some(why) => Error::PoolBroken(why.clone()),
+            None => Error::Closed,
+        }
+    }
+
+    /// Records that the supervisor died (`why`) and stops accepting work; the
+    /// caller then fails every unfinished slot.
+    pub(crate) fn mark_broken(&self, why: String) {
+        let _ = self.broken.set(why);
+        self.advance_lifecycle(TERMINATED);
+    }
+
+    /// Why the supervisor died, if it did.
+    pub(crate) fn broken(&self) -> Option<&str> {
+        self.broken.get().map(String::as_str)
     }
 
     /// A free slot for a new task.
@@ -269,7 +292,7 @@ impl Core {
         // sees their lifecycle change.
         self.push(slot);
         if self.lifecycle.load(Ordering::SeqCst) != RUNNING && self.layout.slot(slot).cancel() {
-            return Err(Error::Closed);
+            return Err(self.stopped());
         }
         Ok(())
     }
@@ -285,6 +308,9 @@ impl Core {
             let pushed = ring.try_push(&mut lock(&self.producer), slot);
             match pushed {
                 Ok(()) => break,
+                // Killed workers drain nothing: the slot is failed by
+                // `terminate_all` or withdrawn by `submit`.
+                Err(Full) if self.lifecycle() == TERMINATED => break,
                 Err(Full) => {
                     // Workers drain the ring independently of the parent, so this
                     // ends unless every worker is stuck in a task. Yield first
@@ -371,7 +397,10 @@ impl Core {
                 pid: detail,
                 signal: (signal >= 0).then_some(signal),
             }),
-            Outcome::Terminated => Err(Failure::Terminated),
+            Outcome::Terminated => Err(match self.broken() {
+                Some(why) => Failure::Broken(why.to_owned()),
+                None => Failure::Terminated,
+            }),
             Outcome::TimedOut => Err(Failure::TimedOut),
             Outcome::AccessRefused => Err(Failure::AccessRefused(AccessRefused {
                 errno: detail as i32,
@@ -407,6 +436,7 @@ pub(crate) enum Failure {
     Panicked(String),
     WorkerDied { pid: u32, signal: Option<i32> },
     Terminated,
+    Broken(String),
     TimedOut,
     AccessRefused(AccessRefused),
 }
@@ -417,6 +447,7 @@ impl From<Failure> for Error {
             Failure::Panicked(message) => Error::TaskPanicked { message },
             Failure::WorkerDied { pid, signal } => Error::WorkerDied { pid, signal },
             Failure::Terminated => Error::Terminated,
+            Failure::Broken(why) => Error::PoolBroken(why),
             Failure::TimedOut => Error::Timeout,
             Failure::AccessRefused(refused) => Error::ZeroCopyRefused {
                 errno: refused.errno,

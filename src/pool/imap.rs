@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::iter::Fuse;
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,11 @@ const WINDOW_BYTES: usize = 64 << 20;
 /// variants: yields `Ok(f(item))` for every input item — in input order for
 /// `imap`, in completion order for `imap_unordered` — and one `Err` per failed
 /// chunk (a panic, a dead worker), after which it goes on with the next chunk.
+///
+/// Should the input iterator panic, as in Python the results of the items
+/// before it come first (in order for `imap`), then one
+/// [`Error::InputPanicked`], and the iterator ends; the input is not pulled
+/// again.
 ///
 /// Dropping it stops pulling the input; chunks not yet started are withdrawn,
 /// and running ones finish unobserved.
@@ -54,6 +60,8 @@ pub struct Imap<I: Iterator, U> {
     window: usize,
     in_flight: VecDeque<(Chunk, Option<Block>)>,
     ready: VecDeque<Result<U, Error>>,
+    /// The input's panic, yielded once everything before it was.
+    input_panic: Option<Error>,
     _out: PhantomData<fn() -> U>,
 }
 
@@ -113,6 +121,7 @@ where
             window,
             in_flight: VecDeque::new(),
             ready: VecDeque::new(),
+            input_panic: None,
             _out: PhantomData,
         })
     }
@@ -121,7 +130,7 @@ where
     /// `Some(Err(Error::Timeout))` if no result arrived by then (the work goes
     /// on; call again to keep waiting). `None` once every result was yielded.
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<U, Error>> {
-        self.next_until(Some(Instant::now() + timeout))
+        self.next_until(crate::deadline::deadline(timeout))
     }
 
     fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<U, Error>> {
@@ -131,7 +140,10 @@ where
             }
             self.feed();
             if self.in_flight.is_empty() {
-                return self.ready.pop_front();
+                return self
+                    .ready
+                    .pop_front()
+                    .or_else(|| self.input_panic.take().map(Err));
             }
             let found = if self.ordered {
                 let slot = self.in_flight[0].0.slot;
@@ -178,9 +190,22 @@ where
         let input = core.layout().at(base).cast::<I::Item>();
         let mut n = 0;
         while n < self.chunksize {
-            let Some(item) = self.input.next() else {
-                self.input_done = true;
-                break;
+            // A panic here would leave the slot and block allocated and lose
+            // the items already in this chunk: it ends the input instead.
+            let next = std::panic::catch_unwind(AssertUnwindSafe(|| self.input.next()));
+            let item = match next {
+                Ok(Some(item)) => item,
+                Ok(None) => {
+                    self.input_done = true;
+                    break;
+                }
+                Err(payload) => {
+                    self.input_done = true;
+                    self.input_panic = Some(Error::InputPanicked {
+                        message: crate::error::panic_message(&*payload),
+                    });
+                    break;
+                }
             };
             // SAFETY: the area holds `chunksize` inputs from `base` (aligned for
             // the item type) and is unpublished: this thread owns it.
@@ -293,5 +318,27 @@ impl<I: Iterator, U> std::fmt::Debug for Imap<I, U> {
             .field("in_flight", &self.in_flight.len())
             .field("buffered", &self.ready.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    #[test]
+    fn a_panicking_input_gives_its_half_filled_chunk_back() {
+        let pool = crate::Pool::new(1).unwrap();
+        let round = || {
+            let input = (0..10u64).map(|x| if x == 5 { panic!("input") } else { x });
+            let it = pool.imap_chunked(|x: u64| x, input, 3).unwrap();
+            // Before the fix the panic came out of `next`.
+            let _ = catch_unwind(AssertUnwindSafe(|| it.count()));
+        };
+        round();
+        let used = pool.core.slots_in_use();
+        for _ in 0..5 {
+            round();
+        }
+        assert_eq!(pool.core.slots_in_use(), used, "a slot leaked per round");
     }
 }

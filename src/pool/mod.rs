@@ -744,7 +744,10 @@ impl Pool {
         }
         self.core.supervisor.join();
         self.core.callbacks.stop_and_join(self.core.layout());
-        Ok(())
+        match self.core.broken() {
+            Some(why) => Err(Error::PoolBroken(why.to_owned())),
+            None => Ok(()),
+        }
     }
 
     fn signal_workers_to_stop(&self) {

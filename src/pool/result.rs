@@ -139,7 +139,7 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
     /// Waits until the result is available or `timeout` passes; returns whether
     /// it is available.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = crate::deadline::deadline_opt(timeout);
         let shared = &*self.shared;
         match &shared.delivery {
             Some(d) => d.wait(deadline),

@@ -9,15 +9,21 @@
 //!
 //! What a worker's exit means:
 //! * status 0 after `close`, holding no task: a normal end; not replaced.
-//! * status 0 before `close`, holding no task: it ran its `maxtasksperchild`
-//!   quota; it is replaced. It exits right after finishing a task, so it holds
-//!   no popped ring entry and nothing needs pushing again.
+//! * status 0, holding no task, having run its `maxtasksperchild` quota: it
+//!   is replaced, unless the pool is closed and no task is queued. It exits
+//!   right after finishing a task, so it holds no popped ring entry and
+//!   nothing needs pushing again.
 //! * anything else (a signal, `abort()`, `exit(n)` from a task): the slot it held
 //!   (`RUNNING(k)`) fails with `WorkerDied`; every `QUEUED` slot is pushed again
 //!   (the dead worker may have popped one without claiming it; duplicates are
 //!   harmless); a new worker takes index k.
 //! * after `terminate`: every worker is killed and reaped, every unfinished slot
 //!   fails with `Terminated`, and the thread ends.
+//!
+//! Should the thread itself panic, nobody would settle exits or enforce
+//! timeouts again, and waiters would hang: the panic is caught, the pool
+//! marked broken, and everything ends as after `terminate`, every unfinished
+//! slot failing with `PoolBroken`.
 
 use crate::error::Error;
 use crate::pool::core::{Core, TERMINATED};
@@ -39,6 +45,9 @@ pub(crate) struct Supervisor {
     /// An eventfd each worker adds 1 to once it is initialized.
     ready: OwnedFd,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Makes the thread panic at its next wake-up, for the tests.
+    #[cfg(test)]
+    panic_on_wake: std::sync::atomic::AtomicBool,
 }
 
 impl Supervisor {
@@ -47,6 +56,8 @@ impl Supervisor {
             wake: eventfd()?,
             ready: eventfd()?,
             thread: Mutex::new(None),
+            #[cfg(test)]
+            panic_on_wake: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -203,12 +214,29 @@ fn start_failure(core: &Core, status: libc::c_int) -> Error {
 }
 
 fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
+    // Outside the unwind boundary, so that a panic leaves them to be killed
+    // and reaped here, not to zombies.
     let mut workers: Vec<Option<Child>> = Vec::with_capacity(core.processes);
+    let supervised = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        supervise(&core, &mut workers, ready)
+    }));
+    if let Err(payload) = supervised {
+        let message = crate::error::panic_message(&*payload);
+        core.mark_broken(format!("its supervisor thread panicked: {message}"));
+        terminate_all(&core, &mut workers);
+    }
+}
+
+fn supervise(
+    core: &Core,
+    workers: &mut Vec<Option<Child>>,
+    ready: mpsc::Sender<Result<(), Error>>,
+) {
     for index in 0..core.processes {
-        match spawn_worker(&core, index) {
+        match spawn_worker(core, index) {
             Ok(child) => workers.push(Some(child)),
             Err(e) => {
-                workers.into_iter().flatten().for_each(|w| {
+                workers.drain(..).flatten().for_each(|w| {
                     w.kill_and_reap();
                 });
                 let _ = ready.send(Err(e.into()));
@@ -219,7 +247,7 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
     let needs_handshake =
         core.config.initializer.is_some() || core.config.start_method != crate::StartMethod::Fork;
     if needs_handshake {
-        if let Err(e) = await_ready(&core, &mut workers) {
+        if let Err(e) = await_ready(core, workers) {
             for w in workers.iter_mut().filter_map(Option::take) {
                 w.kill_and_reap();
             }
@@ -236,10 +264,10 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
     let mut timed_out: Vec<Option<u32>> = vec![None; core.processes];
     loop {
         if core.lifecycle() == TERMINATED {
-            terminate_all(&core, &mut workers);
+            terminate_all(core, workers);
             return;
         }
-        respawn.retain(|&k| match spawn_worker(&core, k) {
+        respawn.retain(|&k| match spawn_worker(core, k) {
             Ok(child) => {
                 workers[k] = Some(child);
                 false
@@ -265,7 +293,7 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
             .collect();
         let mut timeout_ms = if respawn.is_empty() { -1 } else { 100 };
         if let Some(limit) = core.config.task_timeout {
-            let next = enforce_timeout(&core, &workers, &mut timed_out, limit);
+            let next = enforce_timeout(core, workers, &mut timed_out, limit);
             timeout_ms = match timeout_ms {
                 -1 => next,
                 t => t.min(next),
@@ -278,6 +306,10 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
         }
         if fds[0].revents != 0 {
             drain(&core.supervisor.wake);
+            #[cfg(test)]
+            if core.supervisor.panic_on_wake.swap(false, Ordering::SeqCst) {
+                panic!("injected by a test");
+            }
         }
         for (pfd, &k) in fds[1..].iter().zip(&live) {
             if pfd.revents == 0 {
@@ -291,7 +323,7 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
                 continue;
             };
             core.set_pid(k, None);
-            let exit = settle_exit(&core, k, child.pid, status, timed_out[k].take());
+            let exit = settle_exit(core, k, child.pid, status, timed_out[k].take());
             if matches!(exit, Exit::Died { .. }) {
                 // It may have finished a slot without logging it, and the slot
                 // it held was just finished here, unlogged.
@@ -303,7 +335,7 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
             }
             // Replace first, then re-push: with a full ring, pushing can wait
             // for a worker to make room, and this may be the only one.
-            match spawn_worker(&core, k) {
+            match spawn_worker(core, k) {
                 Ok(child) => workers[k] = Some(child),
                 Err(_) => respawn.push(k),
             }
@@ -335,7 +367,8 @@ fn enforce_timeout(
     timed_out: &mut [Option<u32>],
     limit: Duration,
 ) -> libc::c_int {
-    let limit_ms = limit.as_millis().max(1) as u64;
+    // Saturate: `as u64` would wrap a limit of 2^64 ms to a few ms.
+    let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
     let now = crate::shm::layout::monotonic_ms();
     let mut next_ms = limit_ms;
     for (k, w) in workers.iter().enumerate() {
@@ -353,7 +386,9 @@ fn enforce_timeout(
             next_ms = next_ms.min(limit_ms - ran);
         }
     }
-    next_ms.min(i32::MAX as u64) as libc::c_int + 1
+    // +1 so that poll does not wake just before the expiry; saturated, as a
+    // limit of weeks does not fit a c_int of milliseconds.
+    next_ms.saturating_add(1).min(i32::MAX as u64) as libc::c_int
 }
 
 /// Settles worker `k`'s exit: fails the task it held (`Timeout` if it is the
@@ -379,8 +414,15 @@ fn settle_exit(
         !crate::shm::layout::searching_bit(k as u32),
         Ordering::SeqCst,
     );
-    if clean && retired && !layout.is_closing() {
-        return Exit::Retired; // it said it holds nothing
+    if clean && retired {
+        // It said it holds nothing. After `close` too, queued tasks still
+        // need a worker: the replacement runs them, then sees `closing`
+        // with an empty ring and exits (CPython's bpo-10332).
+        return if layout.is_closing() && layout.ring().is_empty() {
+            Exit::Finished
+        } else {
+            Exit::Retired
+        };
     }
     // The worker takes one ring entry at a time and notes it before taking
     // it, so the slot it noted last is the only one it can hold: running
@@ -464,4 +506,65 @@ fn terminate_all(core: &Core, workers: &mut [Option<Child>]) {
     }
     core.callbacks.rescan();
     layout.header().done.notify_sleepers();
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Error, Pool};
+    use std::time::Duration;
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(30));
+
+    fn nap(ms: u64) {
+        std::thread::sleep(Duration::from_millis(ms))
+    }
+    fn square(x: u64) -> u64 {
+        x * x
+    }
+    fn is_broken<T: std::fmt::Debug>(r: Result<T, Error>) -> bool {
+        matches!(&r, Err(Error::PoolBroken(why)) if why.contains("injected by a test"))
+    }
+
+    #[test]
+    fn a_supervisor_panic_fails_every_pending_and_future_call() {
+        // On a thread, so that a hang (dropping a pool whose callbacks never
+        // came) fails the test instead.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            supervisor_panic_scenario();
+            done_tx.send(()).unwrap();
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(90))
+            .expect("finished within 90 s without a panic");
+    }
+
+    fn supervisor_panic_scenario() {
+        let pool = Pool::new(1).unwrap();
+        let running = pool.apply_async(nap, (60_000,)).unwrap();
+        let queued = pool.apply_async(square, (3,)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let watched = pool
+            .apply_async_with(square, (4,), |_| {}, move |e| tx.send(e).unwrap())
+            .unwrap();
+        let worker = pool.worker_pids()[0];
+        let supervisor = &pool.core.supervisor;
+        supervisor
+            .panic_on_wake
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        supervisor.poke();
+
+        assert!(is_broken(running.get(WAIT)));
+        assert!(is_broken(queued.get(WAIT)));
+        assert!(is_broken(watched.get(WAIT)));
+        let delivered = rx.recv_timeout(WAIT.unwrap()).map(Err::<(), _>);
+        assert!(is_broken(delivered.unwrap()));
+        assert!(is_broken(pool.apply(square, (5,))));
+        assert!(is_broken(pool.apply_async(square, (5,))));
+        pool.close();
+        assert!(is_broken(pool.join()));
+        // Killed and reaped, not left a zombie.
+        assert!(!std::path::Path::new(&format!("/proc/{worker}")).exists());
+        assert!(pool.worker_pids().is_empty());
+    }
 }

@@ -169,7 +169,7 @@ impl Process {
         if self.child.is_none() {
             return Err(Error::invalid("can only join a started process"));
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = crate::deadline::deadline_opt(timeout);
         loop {
             if let Some(code) = self.poll_exit() {
                 return Ok(Some(code));
@@ -177,7 +177,7 @@ impl Process {
             let wait_ms = match deadline {
                 None => -1,
                 Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) => left.as_millis().min(i32::MAX as u128) as i32 + 1,
+                    Some(left) => (left.as_millis() + 1).min(i32::MAX as u128) as i32,
                     None => return Ok(None),
                 },
             };
@@ -298,7 +298,11 @@ fn launch(method: StartMethod, spec_at: u64) -> Result<Child, Error> {
             crate::start::bootstrap::ensure_linked();
             let value = format!("{},{},{}", heap.fd(), spec_at, crate::start::probe_offset());
             let env = crate::start::spawn::environment((crate::start::spawn::PROCESS_ENV, value))?;
-            Ok(crate::start::spawn::exec_self(&env, &[heap.fd()], true)?)
+            Ok(crate::start::spawn::exec_self(
+                &env,
+                &[heap.fd()],
+                crate::start::spawn::Tie::Thread,
+            )?)
         }
         StartMethod::ForkServer => Ok(crate::start::forkserver::start_process(heap.fd(), spec_at)?),
     }

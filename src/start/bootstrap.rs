@@ -10,7 +10,10 @@
 //! drops the hook, and to make the intent visible in `main`.
 //!
 //! The role variable is removed first, so processes a task starts do not
-//! inherit it.
+//! inherit it; and every inherited descriptor is made close-on-exec again,
+//! so a program a task runs gets none of the pool's memory or eventfds (a
+//! shell that truncated the segment's memfd would kill the parent with
+//! SIGBUS).
 
 use super::fork;
 use super::spawn::{self, Spec};
@@ -42,6 +45,15 @@ extern "C" fn bootstrap() {
 
 /// Plays the role the environment names, if any, and exits.
 pub(crate) fn take_role() {
+    let roles = [
+        spawn::ENV,
+        spawn::PROCESS_ENV,
+        crate::tracker::ENV,
+        forkserver::ENV,
+    ];
+    if roles.iter().any(|r| std::env::var_os(r).is_some()) {
+        close_on_exec_inherited();
+    }
     if let Some(spec) = std::env::var_os(spawn::ENV) {
         std::env::remove_var(spawn::ENV);
         let code = match Spec::decode(&spec) {
@@ -62,6 +74,44 @@ pub(crate) fn take_role() {
         std::env::remove_var(forkserver::ENV);
         let code = forkserver::serve(&fd);
         exit(code);
+    }
+}
+
+/// Sets close-on-exec on every descriptor from 3 up. `exec_self` cleared it
+/// on the ones this process needs, for its own `exec` only; the descriptors
+/// stay open here, numbered as in the role variable.
+fn close_on_exec_inherited() {
+    // SAFETY: plain syscall; it only sets a flag on this process's descriptors.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    // Before Linux 5.11: one by one. Collected first, so that the directory's
+    // own descriptor is closed before the flags change.
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|&fd| fd >= 3)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        // SAFETY: fcntl on a number that names no descriptor fails with
+        // EBADF and changes nothing.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
     }
 }
 

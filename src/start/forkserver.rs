@@ -21,11 +21,11 @@
 use super::fork::{self, Child, Parent};
 use super::spawn;
 use crate::pool::worker::WorkerStart;
+use crate::sync::fork_mutex::{ForkMutex, ForkMutexGuard};
 use crate::StartMethod;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Mutex, MutexGuard};
 
 /// The variable that makes a re-executed process the fork server.
 pub(crate) const ENV: &str = "SHMPOOL_FORKSERVER";
@@ -38,14 +38,23 @@ const START_PROCESS: u32 = 3;
 struct Server {
     socket: OwnedFd,
     process: Child,
+    /// The process that started it: a child made by `fork` inherits this
+    /// static, but must not share the parent's socket (replies would go to
+    /// whichever process reads first) nor have its children forked by the
+    /// parent's server.
+    owner: u32,
 }
 
 /// One server per program, started on first use; the lock also serializes
 /// requests, which keeps each reply paired with its request.
-static SERVER: Mutex<Option<Server>> = Mutex::new(None);
+static SERVER: ForkMutex<Option<Server>> = ForkMutex::new(None);
 
-fn server() -> MutexGuard<'static, Option<Server>> {
-    SERVER.lock().unwrap_or_else(|e| e.into_inner())
+fn server() -> ForkMutexGuard<'static, Option<Server>> {
+    let mut guard = SERVER.lock();
+    let me = std::process::id();
+    // Dropping closes only this process's copies of the descriptors.
+    drop(guard.take_if(|s| s.owner != me));
+    guard
 }
 
 /// Asks the server (started if needed) for worker `start.index`.
@@ -143,11 +152,12 @@ fn launch() -> io::Result<Server> {
     let env = spawn::environment((ENV, theirs.as_raw_fd().to_string()))?;
     // The server must outlive the (supervisor) thread that happens to start
     // it; it notices the parent's death by the socket closing instead.
-    let process = spawn::exec_self(&env, &[theirs.as_raw_fd()], false)?;
+    let process = spawn::exec_self(&env, &[theirs.as_raw_fd()], spawn::Tie::None)?;
     drop(theirs);
     Ok(Server {
         socket: ours,
         process,
+        owner: std::process::id(),
     })
 }
 

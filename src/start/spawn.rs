@@ -3,7 +3,8 @@
 //! The new process gets its role from the environment variable [`ENV`]
 //! (`<segment fd>,<ready fd>,<index>,<probe>`), and the two descriptors it
 //! names survive the `exec` (their close-on-exec flag is cleared in the child
-//! only). `bootstrap` reads the variable before `main` runs and turns the
+//! only, and set again by `bootstrap` as soon as the new program starts).
+//! `bootstrap` reads the variable before `main` runs and turns the
 //! process into a worker. `/proc/self/exe` names the running binary even if
 //! the file was replaced or deleted since.
 
@@ -70,13 +71,22 @@ pub(crate) fn environment(extra: (&str, String)) -> io::Result<Vec<CString>> {
         .collect()
 }
 
+/// How a re-executed process relates to the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tie {
+    /// Dies with the calling thread (workers, spawned processes).
+    Thread,
+    /// Outlives the calling thread and process (the fork server).
+    None,
+    /// Outlives the program and what kills it: a session of its own, so no
+    /// signal to the program's process group or terminal reaches it, and every
+    /// catchable signal ignored (the tracker).
+    Detached,
+}
+
 /// Forks and executes this program with `env`, keeping `keep` open across the
-/// `exec`. `die_with_thread`: whether it dies with the calling thread.
-pub(crate) fn exec_self(
-    env: &[CString],
-    keep: &[RawFd],
-    die_with_thread: bool,
-) -> io::Result<Child> {
+/// `exec`, tied to the program as `tie` says.
+pub(crate) fn exec_self(env: &[CString], keep: &[RawFd], tie: Tie) -> io::Result<Child> {
     let path = c"/proc/self/exe";
     let arg0 = std::env::args_os()
         .next()
@@ -88,7 +98,12 @@ pub(crate) fn exec_self(
         .map(|e| e.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    fork::fork_with(die_with_thread, || {
+    fork::fork_with(tie == Tie::Thread, || {
+        if tie == Tie::Detached {
+            // Before the exec, so that no signal can come in between; ignored
+            // dispositions survive the exec.
+            detach();
+        }
         for &fd in keep {
             // SAFETY: async-signal-safe fcntl on a descriptor we inherited.
             unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
@@ -98,6 +113,20 @@ pub(crate) fn exec_self(
         unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
         super::EXEC_FAILED_EXIT
     })
+}
+
+/// Leaves the program's session and process group, and ignores every signal
+/// that can be ignored. Async-signal-safe (called between fork and exec).
+pub(crate) fn detach() {
+    // SAFETY: setsid and signal are async-signal-safe syscalls on this
+    // process's own attributes; signal refuses SIGKILL and SIGSTOP harmlessly.
+    unsafe {
+        libc::setsid();
+        // 64: the highest signal number on Linux (_NSIG - 1).
+        for sig in 1..=64 {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
 }
 
 /// Starts a spawned worker (from the pool's supervisor thread).
@@ -112,7 +141,7 @@ pub(crate) fn spawn_worker(segment_fd: RawFd, start: WorkerStart) -> io::Result<
         probe: super::probe_offset(),
     };
     let env = environment((ENV, spec.encode()))?;
-    exec_self(&env, &[segment_fd, start.ready_fd, heap_fd], true)
+    exec_self(&env, &[segment_fd, start.ready_fd, heap_fd], Tie::Thread)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! None of these types knows about pools.
 
 pub(crate) mod finish_log;
+pub(crate) mod fork_mutex;
 pub(crate) mod futex;
 pub(crate) mod ring;
 pub(crate) mod spin;
