@@ -30,7 +30,7 @@ use std::io::{self, BufRead, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// The variable that makes a re-executed process the tracker.
-pub(crate) const ENV: &str = "SHMPOOL_TRACKER";
+pub(crate) const ENV: &str = "SHMPOOL_ROLE_TRACKER";
 
 /// Kinds of named resources the tracker knows how to remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,8 +113,27 @@ fn send_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The tracker's start-up hook: like `start::bootstrap`'s for workers, it
+/// runs before `main` in every process of this program and takes the
+/// tracker's role if the environment names it. The tracker registers its own
+/// hook, so that the start machinery needs to know nothing of it.
+#[used]
+#[link_section = ".init_array"]
+static TRACKER_HOOK: extern "C" fn() = tracker_hook;
+
+extern "C" fn tracker_hook() {
+    // Unwinding out of an `extern "C"` function aborts; keep panics inside.
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(fd) = crate::start::bootstrap::claim_role(ENV) {
+            crate::start::bootstrap::exit(serve(&fd));
+        }
+    });
+}
+
 fn launch() -> io::Result<Tracker> {
-    crate::start::bootstrap::ensure_linked();
+    // Keeps the hook in the executable (see `start::bootstrap::ensure_linked`).
+    // SAFETY: reads a valid, initialized static.
+    let _ = unsafe { std::ptr::read_volatile(&TRACKER_HOOK) };
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for two descriptors.
     let r = unsafe {

@@ -43,38 +43,35 @@ extern "C" fn bootstrap() {
     let _ = std::panic::catch_unwind(AssertUnwindSafe(take_role));
 }
 
-/// Plays the role the environment names, if any, and exits.
+/// Plays the role the environment names, if any, and exits: a spawned
+/// worker, a spawned process or the fork server. (The tracker takes its role
+/// in a hook of its own, `tracker::TRACKER_HOOK`.)
 pub(crate) fn take_role() {
-    let roles = [
-        spawn::ENV,
-        spawn::PROCESS_ENV,
-        crate::tracker::ENV,
-        forkserver::ENV,
-    ];
-    if roles.iter().any(|r| std::env::var_os(r).is_some()) {
-        close_on_exec_inherited();
-    }
-    if let Some(spec) = std::env::var_os(spawn::ENV) {
-        std::env::remove_var(spawn::ENV);
+    if let Some(spec) = claim_role(spawn::ENV) {
         let code = match Spec::decode(&spec) {
             Some(spec) => run_spawned(spec),
             None => BAD_SEGMENT_EXIT,
         };
         exit(code);
     }
-    if let Some(value) = std::env::var_os(spawn::PROCESS_ENV) {
-        std::env::remove_var(spawn::PROCESS_ENV);
+    if let Some(value) = claim_role(spawn::PROCESS_ENV) {
         exit(run_spawned_process(&value));
     }
-    if let Some(fd) = std::env::var_os(crate::tracker::ENV) {
-        std::env::remove_var(crate::tracker::ENV);
-        exit(crate::tracker::serve(&fd));
+    if let Some(fd) = claim_role(forkserver::ENV) {
+        exit(forkserver::serve(&fd));
     }
-    if let Some(fd) = std::env::var_os(forkserver::ENV) {
-        std::env::remove_var(forkserver::ENV);
-        let code = forkserver::serve(&fd);
-        exit(code);
-    }
+}
+
+/// If the environment names role `env` (every role variable starts with
+/// [`ROLE_PREFIX`](super::ROLE_PREFIX)), takes it: removes the variable, so
+/// that processes this one starts do not inherit it, makes every inherited
+/// descriptor close-on-exec again, and returns the variable's value.
+pub(crate) fn claim_role(env: &str) -> Option<std::ffi::OsString> {
+    debug_assert!(env.starts_with(super::ROLE_PREFIX));
+    let value = std::env::var_os(env)?;
+    std::env::remove_var(env);
+    close_on_exec_inherited();
+    Some(value)
 }
 
 /// Sets close-on-exec on every descriptor from 3 up. `exec_self` cleared it
@@ -115,7 +112,8 @@ fn close_on_exec_inherited() {
     }
 }
 
-fn exit(code: i32) -> ! {
+/// Ends a process that played a role, flushing what it printed.
+pub(crate) fn exit(code: i32) -> ! {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     // SAFETY: ends this process without running the program's own code.

@@ -28,7 +28,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// The variable that makes a re-executed process the fork server.
-pub(crate) const ENV: &str = "SHMPOOL_FORKSERVER";
+pub(crate) const ENV: &str = "SHMPOOL_ROLE_FORKSERVER";
 
 const START: u32 = 1;
 const REAP: u32 = 2;

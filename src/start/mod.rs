@@ -17,6 +17,10 @@ pub(crate) mod bootstrap;
 pub(crate) mod fork;
 pub(crate) mod forkserver;
 pub(crate) mod method;
+
+/// Every environment variable that names the role of a re-executed process
+/// starts with this; none is passed on to the processes it starts.
+pub(crate) const ROLE_PREFIX: &str = "SHMPOOL_ROLE_";
 pub(crate) mod spawn;
 
 pub(crate) use method::default_method;

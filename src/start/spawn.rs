@@ -16,10 +16,10 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// The variable that makes a re-executed process a pool worker.
-pub(crate) const ENV: &str = "SHMPOOL_SPAWN_WORKER";
+pub(crate) const ENV: &str = "SHMPOOL_ROLE_SPAWN_WORKER";
 /// The variable that makes a re-executed process run a `Process`'s function:
 /// `<heap fd>,<spec offset>,<probe>`.
-pub(crate) const PROCESS_ENV: &str = "SHMPOOL_SPAWN_PROCESS";
+pub(crate) const PROCESS_ENV: &str = "SHMPOOL_ROLE_SPAWN_PROCESS";
 
 /// What a spawned worker needs, as carried in [`ENV`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,9 +58,7 @@ impl Spec {
 /// `fork`, because the child of a multithreaded process must not allocate.
 pub(crate) fn environment(extra: (&str, String)) -> io::Result<Vec<CString>> {
     std::env::vars_os()
-        .filter(|(k, _)| {
-            k != ENV && k != PROCESS_ENV && k != super::forkserver::ENV && k != crate::tracker::ENV
-        })
+        .filter(|(k, _)| !k.as_bytes().starts_with(super::ROLE_PREFIX.as_bytes()))
         .chain(std::iter::once((extra.0.into(), extra.1.into())))
         .map(|(k, v): (OsString, OsString)| {
             let mut kv = k.into_vec();
