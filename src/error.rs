@@ -9,14 +9,16 @@ use std::fmt;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// Either the result did not arrive within the time given to
-    /// [`AsyncResult::get`](crate::AsyncResult::get) or
-    /// [`Imap::next_timeout`](crate::Imap::next_timeout) (like Python's
-    /// `multiprocessing.TimeoutError`; the task keeps running), or the task ran
-    /// longer than the pool's
-    /// [`task_timeout`](crate::PoolBuilder::task_timeout) and was killed with
-    /// its worker (which the pool replaced).
+    /// The caller stopped waiting: the result did not arrive within the time
+    /// given to [`AsyncResult::get`](crate::AsyncResult::get),
+    /// [`Imap::next_timeout`](crate::Imap::next_timeout), a queue, lock or
+    /// process wait (like Python's `multiprocessing.TimeoutError`). The task,
+    /// if any, keeps running.
     Timeout,
+    /// The task ran longer than the pool's
+    /// [`task_timeout`](crate::PoolBuilder::task_timeout) and was killed with
+    /// its worker, which the pool replaced. It will not finish.
+    TaskTimedOut,
     /// The task panicked in its worker. The worker caught the panic and goes on
     /// serving tasks; `message` is the panic's message (truncated to about 190
     /// bytes).
@@ -77,7 +79,7 @@ pub enum Error {
     /// [`abort`](crate::Barrier::abort) was called.
     BrokenBarrier,
     /// An argument is out of range: zero processes, a chunk size of zero,
-    /// `join` before `close`, `successful()` before the result is ready, and so on.
+    /// mismatched lengths, a function the workers cannot call, and so on.
     InvalidArgument(String),
     /// In the middle of a zero-copy [`map_inplace`](crate::Pool::map_inplace),
     /// the kernel refused a worker access to the caller's memory after the
@@ -88,6 +90,15 @@ pub enum Error {
         /// The `errno` of the refused `process_vm_readv`/`writev`.
         errno: i32,
     },
+    /// A fixed-size table is full: more tasks in flight than the pool has
+    /// slots for, a map or argument larger than the pool's shared arena has
+    /// room for, or the program's object heap is used up. Collect or drop
+    /// results (or objects) and try again.
+    CapacityExceeded(String),
+    /// A call came at the wrong moment for the object's state: `join` before
+    /// `close`, `successful` before the result is ready, a process joined
+    /// before it was started or started twice, a second `set_start_method`.
+    InvalidState(String),
     /// The operating system refused something (creating shared memory, forking).
     Io(std::io::Error),
 }
@@ -96,6 +107,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Timeout => f.write_str("timed out waiting for the result"),
+            Error::TaskTimedOut => f.write_str(
+                "the task ran longer than the pool's task_timeout and was killed with its worker",
+            ),
+            Error::CapacityExceeded(why) => write!(f, "capacity exceeded: {why}"),
+            Error::InvalidState(why) => write!(f, "invalid state: {why}"),
             Error::TaskPanicked { message } => {
                 write!(f, "the task panicked in its worker: {message}")
             }
@@ -170,6 +186,14 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 impl Error {
     pub(crate) fn invalid(why: impl Into<String>) -> Error {
         Error::InvalidArgument(why.into())
+    }
+
+    pub(crate) fn full(why: impl Into<String>) -> Error {
+        Error::CapacityExceeded(why.into())
+    }
+
+    pub(crate) fn state(why: impl Into<String>) -> Error {
+        Error::InvalidState(why.into())
     }
 }
 

@@ -688,7 +688,7 @@ fn callbacks_still_run_when_the_handle_is_dropped_and_on_terminate() {
 fn lifecycle_matches_cpython_for_every_method() {
     bounded(LIMIT, || {
         let pool = Pool::new(1).unwrap();
-        assert!(matches!(pool.join(), Err(Error::InvalidArgument(_))));
+        assert!(matches!(pool.join(), Err(Error::InvalidState(_))));
         let pending = pool.map_async(f, &[1, 2]).unwrap();
         pool.close();
         assert!(matches!(pool.map(f, &[1]), Err(Error::Closed)));

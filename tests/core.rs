@@ -313,7 +313,7 @@ fn get_times_out_and_the_pool_stays_usable() {
     ));
     assert!(start.elapsed() < Duration::from_secs(2));
     assert!(!slow.ready());
-    assert!(matches!(slow.successful(), Err(Error::InvalidArgument(_))));
+    assert!(matches!(slow.successful(), Err(Error::InvalidState(_))));
     assert_eq!(
         pool.apply(square, (3,)).unwrap(),
         9,
@@ -375,7 +375,7 @@ fn close_lets_pending_work_finish_then_join_waits_for_the_workers() {
         .collect();
     let slow = pool.apply_async(nap, (200,)).unwrap();
     assert!(
-        matches!(pool.join(), Err(Error::InvalidArgument(_))),
+        matches!(pool.join(), Err(Error::InvalidState(_))),
         "join before close"
     );
     pool.close();

@@ -291,7 +291,7 @@ fn a_task_that_starts_as_its_worker_is_killed_for_the_previous_one_is_run_again(
         for (i, (edge, innocent)) in pairs.iter().enumerate() {
             match edge.get(Some(Duration::from_secs(30))) {
                 Ok(ms) => assert_eq!(ms, 19 + i as u64 % 3),
-                Err(Error::Timeout) => {}
+                Err(Error::TaskTimedOut) => {}
                 Err(other) => panic!("edge task {i}: {other:?}"),
             }
             let got = innocent.get(Some(Duration::from_secs(30)));
@@ -313,7 +313,7 @@ fn a_task_looping_forever_is_killed_by_task_timeout() {
         let quick = pool.apply_async(nap, (50,)).unwrap();
         assert!(matches!(
             stuck.get(Some(Duration::from_secs(30))),
-            Err(Error::Timeout)
+            Err(Error::TaskTimedOut)
         ));
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(300), "{waited:?}");
@@ -324,10 +324,10 @@ fn a_task_looping_forever_is_killed_by_task_timeout() {
             pool.map_chunked(nap, &[100, 100, 100, 100], 1).unwrap(),
             vec![100; 4]
         );
-        // A map with one runaway chunk fails with Timeout, not a hang.
+        // A map with one runaway chunk fails with TaskTimedOut, not a hang.
         assert!(matches!(
             pool.map_chunked(nap, &[10, 5_000, 10], 1),
-            Err(Error::Timeout)
+            Err(Error::TaskTimedOut)
         ));
         assert_eq!(pool.apply(sq, (5,)).unwrap(), 25);
         assert!(matches!(

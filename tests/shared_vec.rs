@@ -178,3 +178,16 @@ fn freed_vectors_give_their_memory_back() {
         );
     });
 }
+
+#[test]
+fn a_vector_larger_than_the_shared_arena_is_capacity_exceeded() {
+    bounded(LIMIT, || {
+        let pool = Pool::new(1).unwrap();
+        // 72 GiB: more than the arena reserves; refused before any page is touched.
+        match SharedVec::<u64>::zeroed(&pool, 9 << 30) {
+            Err(Error::CapacityExceeded(why)) => assert!(why.contains("arena"), "{why}"),
+            other => panic!("{:?}", other.map(|v| v.len())),
+        }
+        assert_eq!(SharedVec::<u64>::zeroed(&pool, 3).unwrap().len(), 3);
+    });
+}

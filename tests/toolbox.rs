@@ -64,13 +64,13 @@ fn process_exit_codes_follow_python() {
     bounded(LIMIT, || {
         let mut ok = Process::new(sleep_ms, (1,));
         assert!(
-            matches!(ok.join(None), Err(Error::InvalidArgument(_))),
+            matches!(ok.join(None), Err(Error::InvalidState(_))),
             "join before start"
         );
         assert_eq!(ok.exitcode(), None);
         ok.start().unwrap();
         assert!(
-            matches!(ok.start(), Err(Error::InvalidArgument(_))),
+            matches!(ok.start(), Err(Error::InvalidState(_))),
             "start twice"
         );
         assert_eq!(ok.join(Some(WAIT)).unwrap(), Some(0));

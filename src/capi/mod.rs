@@ -119,9 +119,9 @@ fn set_last_error(message: &str) {
 fn status(e: &Error) -> c_int {
     set_last_error(&e.to_string());
     match e {
-        Error::InvalidArgument(_) | Error::Closed => SHMPOOL_INVALID,
+        Error::InvalidArgument(_) | Error::InvalidState(_) | Error::Closed => SHMPOOL_INVALID,
         Error::WorkerDied { .. } => SHMPOOL_WORKER_DIED,
-        Error::Timeout => SHMPOOL_TIMEOUT,
+        Error::Timeout | Error::TaskTimedOut => SHMPOOL_TIMEOUT,
         Error::TaskPanicked { .. } => SHMPOOL_TASK_FAILED,
         Error::StartFailed(_) | Error::InitializerFailed { .. } => SHMPOOL_START_FAILED,
         Error::Io(_) => SHMPOOL_IO,

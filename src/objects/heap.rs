@@ -103,7 +103,7 @@ impl Heap {
             let end = start
                 .checked_add(len)
                 .filter(|&e| e <= HEAP_BYTES)
-                .ok_or_else(|| Error::invalid("the object heap (4 GiB) is full"))?;
+                .ok_or_else(|| Error::full("the object heap (4 GiB) is full"))?;
             match next.compare_exchange_weak(cur, end as u64, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return Ok(start as u64),
                 Err(now) => cur = now,

@@ -164,7 +164,7 @@ impl PoolBuilder {
     }
 
     /// Kills a task (with its worker) that runs longer than `limit`: the task
-    /// fails with [`Error::Timeout`], the worker is replaced, the pool goes on.
+    /// fails with [`Error::TaskTimedOut`], the worker is replaced, the pool goes on.
     /// Measured with a millisecond clock from the moment a worker starts the
     /// task (a `map` chunk is one task). Default: no limit. A zero limit is
     /// [`Error::InvalidArgument`].
@@ -179,7 +179,7 @@ impl PoolBuilder {
     ///     .processes(1)
     ///     .task_timeout(Duration::from_millis(200))
     ///     .build()?;
-    /// assert!(matches!(pool.apply(spin, ()), Err(shmpool::Error::Timeout)));
+    /// assert!(matches!(pool.apply(spin, ()), Err(shmpool::Error::TaskTimedOut)));
     /// assert_eq!(pool.apply(|| 7u8, ())?, 7); // a fresh worker took over
     /// # Ok::<(), shmpool::Error>(())
     /// ```

@@ -219,7 +219,7 @@ impl Core {
         }
         self.reap_orphans(&mut table);
         table.free.pop().ok_or_else(|| {
-            Error::invalid(format!(
+            Error::full(format!(
                 "more than {} tasks in flight; collect or drop some results first",
                 layout::SLOT_CAPACITY
             ))
@@ -339,7 +339,7 @@ impl Core {
     /// `len` bytes of arena aligned to `align`, as a segment offset + block.
     pub(crate) fn alloc_block(&self, len: usize, align: usize) -> Result<Block, Error> {
         lock(&self.arena).alloc(len, align).ok_or_else(|| {
-            Error::invalid(format!(
+            Error::full(format!(
                 "the pool's shared arena ({} GiB) has no room for {len} more bytes",
                 layout::ARENA_BYTES >> 30
             ))
@@ -448,7 +448,7 @@ impl From<Failure> for Error {
             Failure::WorkerDied { pid, signal } => Error::WorkerDied { pid, signal },
             Failure::Terminated => Error::Terminated,
             Failure::Broken(why) => Error::PoolBroken(why),
-            Failure::TimedOut => Error::Timeout,
+            Failure::TimedOut => Error::TaskTimedOut,
             Failure::AccessRefused(refused) => Error::ZeroCopyRefused {
                 errno: refused.errno,
             },

@@ -725,7 +725,7 @@ impl Pool {
 
     /// Waits for the workers to exit; [`close`](Pool::close) or
     /// [`terminate`](Pool::terminate) must come first, else
-    /// [`Error::InvalidArgument`] (Python raises `ValueError`).
+    /// [`Error::InvalidState`] (Python raises `ValueError`).
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
@@ -738,9 +738,7 @@ impl Pool {
     /// ```
     pub fn join(&self) -> Result<(), Error> {
         if self.core.lifecycle() == RUNNING {
-            return Err(Error::invalid(
-                "join() called before close() or terminate()",
-            ));
+            return Err(Error::state("join() called before close() or terminate()"));
         }
         self.core.supervisor.join();
         self.core.callbacks.stop_and_join(self.core.layout());

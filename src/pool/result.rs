@@ -160,11 +160,11 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
     }
 
     /// Whether the work finished without a panic and without losing a worker.
-    /// [`Error::InvalidArgument`] if it has not finished (Python raises
+    /// [`Error::InvalidState`] if it has not finished (Python raises
     /// `ValueError` there).
     pub fn successful(&self) -> Result<bool, Error> {
         if !self.ready() {
-            return Err(Error::invalid(
+            return Err(Error::state(
                 "successful() called before the result is ready",
             ));
         }

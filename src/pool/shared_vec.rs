@@ -19,9 +19,9 @@ use std::sync::Arc;
 /// its chunk where it lies. Use it for numerical data you map over more than
 /// once, or when the copies of [`Pool::map`] cost more than the function.
 ///
-/// A `SharedVec` belongs to the pool it was made with (other pools cannot see
-/// that memory: using it with one is [`Error::InvalidArgument`]); it may
-/// outlive the pool's handle, and frees its memory when dropped.
+/// A `SharedVec` lives in the segment of the pool it was made with (another
+/// pool's maps treat it as any slice of the caller's memory); it may outlive
+/// the pool's handle, and frees its memory when dropped.
 ///
 /// ```
 /// use shmpool::{Pool, SharedVec};

@@ -13,10 +13,12 @@
 //!   is replaced, unless the pool is closed and no task is queued. It exits
 //!   right after finishing a task, so it holds no popped ring entry and
 //!   nothing needs pushing again.
-//! * anything else (a signal, `abort()`, `exit(n)` from a task): the slot it held
-//!   (`RUNNING(k)`) fails with `WorkerDied`; every `QUEUED` slot is pushed again
-//!   (the dead worker may have popped one without claiming it; duplicates are
-//!   harmless); a new worker takes index k.
+//! * anything else (a signal, `abort()`, `exit(n)` from a task): the one slot
+//!   its record names (the ring entry it took or was about to take) is
+//!   settled: `RUNNING(k)` fails with `WorkerDied` or is requeued for a retry;
+//!   `QUEUED` with its ring entry gone (popped, not claimed) is pushed again
+//!   (a duplicate entry is harmless: claims are CASes). A new worker takes
+//!   index k. Settling is O(1), however many tasks are queued.
 //! * after `terminate`: every worker is killed and reaped, every unfinished slot
 //!   fails with `Terminated`, and the thread ends.
 //!
@@ -68,11 +70,9 @@ impl Supervisor {
         let handle = std::thread::Builder::new()
             .name("shmpool-supervisor".into())
             .spawn(move || run(thread_core, ready_tx))?;
-        let started = ready_rx.recv().unwrap_or_else(|_| {
-            Err(Error::Io(io::Error::other(
-                "the supervisor thread panicked",
-            )))
-        });
+        let started = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(Error::PoolBroken("the supervisor thread panicked".into())));
         if started.is_err() {
             let _ = handle.join();
         } else {
@@ -119,7 +119,7 @@ fn drain(fd: &OwnedFd) -> u64 {
     count
 }
 
-fn spawn_worker(core: &Core, index: usize) -> io::Result<Child> {
+fn spawn_worker(core: &Core, index: usize) -> Result<Child, Error> {
     let start = WorkerStart {
         index: index as u32,
         ready_fd: core.supervisor.ready.as_raw_fd(),
@@ -239,7 +239,7 @@ fn supervise(
                 workers.drain(..).flatten().for_each(|w| {
                     w.kill_and_reap();
                 });
-                let _ = ready.send(Err(e.into()));
+                let _ = ready.send(Err(e));
                 return;
             }
         }

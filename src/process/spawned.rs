@@ -118,10 +118,10 @@ impl Process {
     }
 
     /// Starts the child. A process starts once: a second call is
-    /// [`Error::InvalidArgument`].
+    /// [`Error::InvalidState`].
     pub fn start(&mut self) -> Result<(), Error> {
         if self.child.is_some() || self.exitcode.is_some() {
-            return Err(Error::invalid("a process can only be started once"));
+            return Err(Error::state("a process can only be started once"));
         }
         // A spawned child whose start-up hook did not run takes its role here.
         crate::start::bootstrap::take_role();
@@ -160,14 +160,14 @@ impl Process {
     }
 
     /// Waits for the child to end, at most `timeout`; returns its exit code,
-    /// or `None` if it still runs. Before `start`: [`Error::InvalidArgument`]
+    /// or `None` if it still runs. Before `start`: [`Error::InvalidState`]
     /// (Python: "can only join a started process").
     pub fn join(&mut self, timeout: Option<Duration>) -> Result<Option<i32>, Error> {
         if let Some(code) = self.exitcode {
             return Ok(Some(code));
         }
         if self.child.is_none() {
-            return Err(Error::invalid("can only join a started process"));
+            return Err(Error::state("can only join a started process"));
         }
         let deadline = crate::deadline::deadline_opt(timeout);
         loop {

@@ -20,6 +20,7 @@
 
 use super::fork::{self, Child, Parent};
 use super::spawn;
+use crate::error::Error;
 use crate::pool::worker::WorkerStart;
 use crate::sync::fork_mutex::{ForkMutex, ForkMutexGuard};
 use crate::StartMethod;
@@ -58,12 +59,12 @@ fn server() -> ForkMutexGuard<'static, Option<Server>> {
 }
 
 /// Asks the server (started if needed) for worker `start.index`.
-pub(crate) fn start_worker(segment_fd: RawFd, start: WorkerStart) -> io::Result<Child> {
-    let heap_fd = crate::objects::Heap::get().map_err(io::Error::other)?.fd();
-    start_child(
+pub(crate) fn start_worker(segment_fd: RawFd, start: WorkerStart) -> Result<Child, Error> {
+    let heap_fd = crate::objects::Heap::get()?.fd();
+    Ok(start_child(
         [START, start.index, 0, 0],
         &[segment_fd, start.ready_fd, heap_fd],
-    )
+    )?)
 }
 
 /// Asks the server for a `Process` child running the spec at `spec_at` of

@@ -83,7 +83,7 @@ static DEFAULT_METHOD: std::sync::OnceLock<StartMethod> = std::sync::OnceLock::n
 
 /// Chooses how this program starts its processes and pool workers from now
 /// on, like Python's `multiprocessing.set_start_method`. Like Python, it may be
-/// called once: a second call is [`Error::InvalidArgument`] ("context has
+/// called once: a second call is [`Error::InvalidState`] ("context has
 /// already been set"). Prefer [`get_context`] in libraries.
 ///
 /// ```
@@ -94,7 +94,7 @@ static DEFAULT_METHOD: std::sync::OnceLock<StartMethod> = std::sync::OnceLock::n
 /// ```
 pub fn set_start_method(method: StartMethod) -> Result<(), Error> {
     DEFAULT_METHOD.set(method).map_err(|_| {
-        Error::invalid("context has already been set (set_start_method was called before)")
+        Error::state("context has already been set (set_start_method was called before)")
     })
 }
 

@@ -32,7 +32,6 @@ use crate::pool::zero_copy::AccessRefused;
 use crate::shm::layout::Layout;
 use crate::task::{Entry, EntryPoint, TaskIo};
 use fork::Child;
-use std::io;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
 
@@ -42,11 +41,11 @@ pub(crate) fn start_worker(
     layout: &Layout,
     segment_fd: RawFd,
     start: WorkerStart,
-) -> io::Result<Child> {
+) -> Result<Child, Error> {
     match start.method {
         StartMethod::Fork => {
             let layout = *layout;
-            fork::fork_child(move || worker::serve(layout, start))
+            Ok(fork::fork_child(move || worker::serve(layout, start))?)
         }
         StartMethod::Spawn => spawn::spawn_worker(segment_fd, start),
         StartMethod::ForkServer => forkserver::start_worker(segment_fd, start),

@@ -9,6 +9,7 @@
 //! the file was replaced or deleted since.
 
 use super::fork::{self, Child};
+use crate::error::Error;
 use crate::pool::worker::WorkerStart;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -128,9 +129,9 @@ pub(crate) fn detach() {
 }
 
 /// Starts a spawned worker (from the pool's supervisor thread).
-pub(crate) fn spawn_worker(segment_fd: RawFd, start: WorkerStart) -> io::Result<Child> {
+pub(crate) fn spawn_worker(segment_fd: RawFd, start: WorkerStart) -> Result<Child, Error> {
     super::bootstrap::ensure_linked();
-    let heap_fd = crate::objects::Heap::get().map_err(io::Error::other)?.fd();
+    let heap_fd = crate::objects::Heap::get()?.fd();
     let spec = Spec {
         segment_fd,
         ready_fd: start.ready_fd,
@@ -139,7 +140,11 @@ pub(crate) fn spawn_worker(segment_fd: RawFd, start: WorkerStart) -> io::Result<
         probe: super::probe_offset(),
     };
     let env = environment((ENV, spec.encode()))?;
-    exec_self(&env, &[segment_fd, start.ready_fd, heap_fd], Tie::Thread)
+    Ok(exec_self(
+        &env,
+        &[segment_fd, start.ready_fd, heap_fd],
+        Tie::Thread,
+    )?)
 }
 
 #[cfg(test)]
