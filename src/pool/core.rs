@@ -8,13 +8,14 @@ use crate::error::Error;
 use crate::pool::builder::PoolConfig;
 use crate::pool::callbacks::Callbacks;
 use crate::pool::job::Job;
-use crate::pool::slot::{Outcome, SlotState, TaskDesc};
 use crate::pool::supervisor::Supervisor;
+use crate::pool::unpublished::UnpublishedSlot;
 use crate::pool::zero_copy::{self, AccessRefused, PtracerGrant};
 use crate::shm::arena::{Arena, Block};
 use crate::shm::layout::{self, Layout};
 use crate::shm::segment::Segment;
 use crate::sync::ring::{Full, Producer};
+use crate::sync::slot::{Outcome, SlotState};
 use crate::Pod;
 use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
@@ -201,8 +202,13 @@ impl Core {
         self.broken.get().map(String::as_str)
     }
 
-    /// A free slot for a new task.
-    pub(crate) fn alloc_slot(&self) -> Result<u32, Error> {
+    /// A free slot for a new task, as the token that alone may write it.
+    pub(crate) fn alloc_slot(&self) -> Result<UnpublishedSlot<'_>, Error> {
+        self.alloc_slot_index()
+            .map(|index| UnpublishedSlot::new(self, index))
+    }
+
+    fn alloc_slot_index(&self) -> Result<u32, Error> {
         let mut table = lock(&self.slots);
         if let Some(i) = table.free.pop() {
             return Ok(i);
@@ -283,8 +289,9 @@ impl Core {
     /// Publishes slot `slot` (its desc and input already written) and wakes a
     /// worker if one sleeps. If the pool was closed or terminated meanwhile and
     /// no worker took the task, withdraws it and returns `Err(Closed)`; the
-    /// caller still owns (and frees) the slot then.
-    pub(crate) fn submit(&self, slot: u32) -> Result<(), Error> {
+    /// caller still owns (and frees) the slot then. Only
+    /// `UnpublishedSlot::publish` calls it.
+    pub(super) fn submit(&self, slot: u32) -> Result<(), Error> {
         self.layout.slot(slot).publish();
         // `push` ends with a SeqCst fence after the ring store (the wake word's
         // Dekker fence). It pairs with the fence in `close`/`terminate`: either
@@ -353,29 +360,6 @@ impl Core {
     /// The segment offset of an arena block.
     pub(crate) fn block_offset(block: Block) -> u64 {
         (layout::ARENA_OFFSET + block.offset) as u64
-    }
-
-    /// Writes `desc` into `slot`, which the caller allocated and has not published.
-    pub(crate) fn describe(&self, slot: u32, desc: TaskDesc) {
-        // SAFETY: the slot is FREE and was handed to this caller by alloc_slot, so
-        // the parent's caller has exclusive access to it until publish
-        // (docs/ARCHITECTURE.md, "Slots").
-        unsafe { *self.layout.slot(slot).desc() = desc };
-    }
-
-    /// Writes `bytes` (at most `INLINE_CAPACITY`) into the inline area of
-    /// `slot`, which the caller allocated and has not published.
-    pub(crate) fn write_inline(&self, slot: u32, bytes: &[u8]) {
-        assert!(bytes.len() <= crate::pool::slot::INLINE_CAPACITY);
-        // SAFETY: as for `describe`: the unpublished slot is the caller's alone,
-        // and its inline area holds INLINE_CAPACITY bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.layout.slot(slot).inline_ptr(),
-                bytes.len(),
-            )
-        };
     }
 
     /// Reads the outcome of a DONE slot whose result of type `R` is at `output`.

@@ -9,8 +9,8 @@
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::job::{Chunk, Job};
-use crate::pool::slot::{TaskDesc, INLINE_CAPACITY};
 use crate::shm::arena::Block;
+use crate::sync::slot::{TaskDesc, INLINE_CAPACITY};
 use crate::sync::spin::SpinWait;
 use crate::Pod;
 use std::collections::VecDeque;
@@ -175,17 +175,11 @@ where
     /// Submits the next chunk; sets `input_done` if the input has run out.
     fn submit_next(&mut self) -> Result<(), Error> {
         let core = &*self.core;
-        let slot = core.alloc_slot()?;
-        let (base, block) = if self.shape.inline {
-            (core.layout().inline_offset(slot), None)
+        let mut slot = core.alloc_slot()?;
+        let base = if self.shape.inline {
+            slot.inline_offset()
         } else {
-            match core.alloc_block(self.shape.total, self.shape.align) {
-                Ok(b) => (Core::block_offset(b), Some(b)),
-                Err(e) => {
-                    core.release_slot(slot);
-                    return Err(e);
-                }
-            }
+            slot.attach_block(self.shape.total, self.shape.align)?
         };
         let input = core.layout().at(base).cast::<I::Item>();
         let mut n = 0;
@@ -212,32 +206,24 @@ where
             unsafe { input.add(n).write(item) };
             n += 1;
         }
+        if n == 0 {
+            return Ok(()); // the token gives the slot and block back
+        }
+        let output = base + self.shape.output_start as u64;
+        slot.describe(TaskDesc {
+            entry: self.entry,
+            input: base,
+            output,
+            len: n as u64,
+            ..TaskDesc::default()
+        });
+        let published = slot.publish()?;
         let chunk = Chunk {
-            slot,
-            output: base + self.shape.output_start as u64,
+            slot: published.slot,
+            output,
             len: n,
         };
-        if n == 0 {
-            core.release_slot(slot);
-            block.into_iter().for_each(|b| core.free_block(b));
-            return Ok(());
-        }
-        core.describe(
-            slot,
-            TaskDesc {
-                entry: self.entry,
-                input: base,
-                output: chunk.output,
-                len: n as u64,
-                ..TaskDesc::default()
-            },
-        );
-        if let Err(e) = core.submit(slot) {
-            core.release_slot(slot);
-            block.into_iter().for_each(|b| core.free_block(b));
-            return Err(e);
-        }
-        self.in_flight.push_back((chunk, block));
+        self.in_flight.push_back((chunk, published.block));
         Ok(())
     }
 

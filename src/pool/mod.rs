@@ -1,10 +1,13 @@
 //! The process pool: [`Pool`], its [`PoolBuilder`] and [`AsyncResult`].
 //!
 //! * `core`: state shared by the handle, results and the supervisor
-//! * `slot`: the task slot and its state machine (the cross-process protocol)
+//! * `unpublished`: the token for a slot being prepared (the task slot and
+//!   its state machine live in `sync::slot`)
 //! * `worker`: the loop every worker process runs
 //! * `supervisor`: starts, watches, settles and replaces workers
-//! * `schedule`: chunked `map` and `map_async`
+//! * `schedule`: chunked `map` and `map_async`, where the data lies or
+//!   through the arena
+//! * `zero_copy`: workers reading and writing the caller's memory
 //! * `imap`: lazy `imap` / `imap_unordered`
 //! * `job`: the parent's record of submitted work
 //! * `callbacks`: the thread that runs `*_with` callbacks
@@ -18,8 +21,8 @@ pub(crate) mod job;
 pub(crate) mod result;
 pub(crate) mod schedule;
 pub(crate) mod shared_vec;
-pub(crate) mod slot;
 pub(crate) mod supervisor;
+pub(crate) mod unpublished;
 pub(crate) mod worker;
 pub(crate) mod zero_copy;
 
@@ -27,8 +30,8 @@ use self::callbacks::{Callbacks, Watched};
 use self::core::{Core, CLOSED, RUNNING, TERMINATED};
 use self::job::Job;
 use self::result::{decode_one, decode_vec, Decode, Ticket};
-use self::slot::{TaskDesc, INLINE_CAPACITY, WATCHED};
 use crate::error::Error;
+use crate::sync::slot::{TaskDesc, INLINE_CAPACITY, WATCHED};
 use crate::task::{
     apply_entry, assert_stateless, inplace_entry, map_entry, starmap_entry, Entry, EntryPoint, Task,
 };
@@ -811,50 +814,35 @@ impl Pool {
         const { assert_stateless::<F>() };
         let entry = self.entry_point(apply_entry::<F, Args>)?.0;
         let core = &*self.core;
-        let slot = core.alloc_slot()?;
+        let mut slot = core.alloc_slot()?;
         // Arguments first, the result after them: never in the same bytes, so
         // that a task run again (retries, after its worker died) reads the
         // arguments it was given, not a result the first run wrote over them.
         let output_start = size_of::<Args>().next_multiple_of(align_of::<F::Output>());
         let size = output_start + size_of::<F::Output>();
         let align = align_of::<Args>().max(align_of::<F::Output>());
-        let (at, block) = if size <= INLINE_CAPACITY && align <= 64 {
-            (core.layout().inline_offset(slot), None)
+        let at = if size <= INLINE_CAPACITY && align <= 64 {
+            slot.inline_offset()
         } else {
-            match core.alloc_block(size, align) {
-                Ok(block) => (Core::block_offset(block), Some(block)),
-                Err(e) => {
-                    core.release_slot(slot);
-                    return Err(e);
-                }
-            }
+            slot.attach_block(size, align)?
         };
         let output = at + output_start as u64;
-        // SAFETY: `at` is the slot's inline area or our fresh block, both aligned
-        // for Args and unpublished, so this thread has them to itself.
+        // SAFETY: `at` is the token's inline area or block, aligned for Args;
+        // the slot is unpublished, so this thread has them to itself.
         unsafe { core.layout().at(at).cast::<Args>().write(args) };
-        core.describe(
-            slot,
-            TaskDesc {
-                entry,
-                input: at,
-                output,
-                len: 1,
-                flags,
-                ..TaskDesc::default()
-            },
-        );
-        if let Err(e) = core.submit(slot) {
-            core.release_slot(slot);
-            if let Some(b) = block {
-                core.free_block(b);
-            }
-            return Err(e);
-        }
-        Ok(Ticket {
-            slot,
+        slot.describe(TaskDesc {
+            entry,
+            input: at,
             output,
-            block,
+            len: 1,
+            flags,
+            ..TaskDesc::default()
+        });
+        let published = slot.publish()?;
+        Ok(Ticket {
+            slot: published.slot,
+            output,
+            block: published.block,
         })
     }
 }

@@ -17,11 +17,11 @@
 use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::pool::job::{Chunk, Job};
-use crate::pool::slot::{
-    Outcome, TaskDesc, INLINE_CAPACITY, IN_PLACE, REMOTE_INPUT, REMOTE_OUTPUT,
-};
 use crate::pool::zero_copy::STAGE_ALIGN;
 use crate::shm::arena::Block;
+use crate::sync::slot::{
+    Outcome, TaskDesc, INLINE_CAPACITY, IN_PLACE, REMOTE_INPUT, REMOTE_OUTPUT,
+};
 use crate::task::EntryPoint;
 use crate::Pod;
 use std::collections::VecDeque;
@@ -402,30 +402,21 @@ pub(crate) fn submit_slice<T: Pod, U: Pod>(
     let mut job = Job::new(Some(block));
     for start in (0..len).step_by(chunksize) {
         let n = chunksize.min(len - start);
-        let submitted = core.alloc_slot().and_then(|slot| {
-            let output = base + (shape.output_start + start * size_of::<U>()) as u64;
-            core.describe(
-                slot,
-                TaskDesc {
-                    entry: entry.0,
-                    input: base + (start * size_of::<T>()) as u64,
-                    output,
-                    len: n as u64,
-                    flags,
-                    ..TaskDesc::default()
-                },
-            );
-            match core.submit(slot) {
-                Ok(()) => Ok(Chunk {
-                    slot,
-                    output,
-                    len: n,
-                }),
-                Err(e) => {
-                    core.release_slot(slot);
-                    Err(e)
-                }
-            }
+        let output = base + (shape.output_start + start * size_of::<U>()) as u64;
+        let submitted = core.alloc_slot().and_then(|mut slot| {
+            slot.describe(TaskDesc {
+                entry: entry.0,
+                input: base + (start * size_of::<T>()) as u64,
+                output,
+                len: n as u64,
+                flags,
+                ..TaskDesc::default()
+            });
+            Ok(Chunk {
+                slot: slot.publish()?.slot,
+                output,
+                len: n,
+            })
         });
         match submitted {
             Ok(chunk) => job.push(chunk),
@@ -467,17 +458,15 @@ pub(crate) struct Span {
     pub(crate) output: Place,
 }
 
-/// Allocates, describes and publishes one chunk; on failure the slot is
-/// released again.
+/// Allocates, describes and publishes one chunk; on failure the slot goes
+/// back with its token.
 fn submit_chunk(core: &Core, desc: TaskDesc, context: &[u8]) -> Result<u32, Error> {
-    let slot = core.alloc_slot()?;
-    core.describe(slot, desc);
+    let mut slot = core.alloc_slot()?;
+    slot.describe(desc);
     if !context.is_empty() {
-        core.write_inline(slot, context);
+        slot.write_inline(context);
     }
-    core.submit(slot)
-        .map(|()| slot)
-        .inspect_err(|_| core.release_slot(slot))
+    Ok(slot.publish()?.slot)
 }
 
 /// Runs `call` over `len` elements where they lie ([`Span`]): only task

@@ -6,9 +6,9 @@
 //! header's wake word. Exit (status 0) once the pool is closed and the ring is
 //! empty, or after `max_tasks` tasks (the supervisor then starts a replacement).
 
-use crate::pool::slot::{Outcome, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED};
 use crate::pool::zero_copy::{self, AccessRefused, Peer, Stage};
 use crate::shm::layout::{Layout, INIT_FAILED_EXIT};
+use crate::sync::slot::{Outcome, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED};
 use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, Remote, TaskIo};
 use std::any::Any;
@@ -282,7 +282,7 @@ fn finish(
         }
         Err(payload) => {
             let message = panic_message(&payload);
-            let bytes = truncate(&message, crate::pool::slot::INLINE_CAPACITY);
+            let bytes = truncate(&message, crate::sync::slot::INLINE_CAPACITY);
             // SAFETY: the inline area is ours while RUNNING and holds at least
             // INLINE_CAPACITY bytes; `bytes` is no longer.
             unsafe {

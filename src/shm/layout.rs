@@ -10,9 +10,9 @@
 //! ARENA_OFFSET      payload arena for map chunks and large arguments (sparse)
 //! ```
 
-use crate::pool::slot::TaskSlot;
 use crate::sync::finish_log::FinishLog;
 use crate::sync::ring::{Ring, RingHeader};
+use crate::sync::slot::TaskSlot;
 use crate::sync::wake::WakeWord;
 use crossbeam_utils::CachePadded;
 use std::cell::UnsafeCell;
@@ -282,7 +282,7 @@ impl Layout {
         let index = index as usize;
         assert!(index < SLOT_CAPACITY);
         // SAFETY: in bounds; TaskSlot is valid when zeroed and its fields follow the
-        // slot protocol (pool::slot module doc).
+        // slot protocol (sync::slot module doc).
         unsafe { &*self.base.add(SLOTS_OFFSET).cast::<TaskSlot>().add(index) }
     }
 
