@@ -12,6 +12,16 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
+/// One test at a time: one of them measures this process's resident shared
+/// memory, which another test's pool would grow meanwhile.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` bounded, and alone among this file's tests.
+fn alone(f: impl FnOnce() + Send + 'static) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    bounded(LIMIT, f);
+}
+
 fn sq(x: f64) -> f64 {
     x * x
 }
@@ -39,7 +49,7 @@ const LENGTHS: [usize; 6] = [0, 1, 7, 1000, 300_001, 1_000_003];
 
 #[test]
 fn map_over_plain_slices_matches_a_sequential_loop_on_both_paths() {
-    bounded(LIMIT, || {
+    alone(|| {
         for zero_copy in [true, false] {
             let pool = pool(zero_copy, 2);
             for len in LENGTHS {
@@ -74,7 +84,7 @@ fn map_over_plain_slices_matches_a_sequential_loop_on_both_paths() {
 
 #[test]
 fn starmap_map_into_and_map_inplace_work_on_plain_slices_on_both_paths() {
-    bounded(LIMIT, || {
+    alone(|| {
         for zero_copy in [true, false] {
             let pool = pool(zero_copy, 2);
             for len in LENGTHS {
@@ -113,7 +123,7 @@ fn starmap_map_into_and_map_inplace_work_on_plain_slices_on_both_paths() {
 
 #[test]
 fn every_start_method_maps_the_callers_memory() {
-    bounded(LIMIT, || {
+    alone(|| {
         let v: Vec<f64> = (0..1_000_000).map(f64::from).collect();
         let want: Vec<f64> = v.iter().map(|&x| sq(x)).collect();
         for method in StartMethod::ALL {
@@ -140,7 +150,7 @@ fn shared_kib() -> u64 {
 // is what makes the measure meaningful); the zero-copy path almost none.
 #[test]
 fn a_zero_copy_map_keeps_no_second_copy_in_shared_memory() {
-    bounded(LIMIT, || {
+    alone(|| {
         let v: Vec<f64> = (0..4_000_000).map(f64::from).collect(); // 32 MB in, 32 MB out
         for zero_copy in [true, false] {
             let pool = pool(zero_copy, 2);
@@ -214,7 +224,7 @@ fn refuse_process_vm() {
 
 #[test]
 fn a_pool_whose_workers_are_refused_finds_out_at_start_and_copies() {
-    bounded(LIMIT, || {
+    alone(|| {
         for method in StartMethod::ALL {
             let pool = get_context(method)
                 .pool_builder()
@@ -242,7 +252,7 @@ fn plus_one(x: u64) -> u64 {
 // place, each element must still be mapped exactly once.
 #[test]
 fn a_worker_refused_mid_map_never_gives_wrong_data() {
-    bounded(LIMIT, || {
+    alone(|| {
         let v: Vec<u64> = (0..2_000_000).collect();
         for processes in [1, 2] {
             for in_place in [false, true] {
@@ -292,7 +302,7 @@ fn double_or_die_once(x: f64) -> f64 {
 // again, even with retries, since it may have overwritten part of its input.
 #[test]
 fn an_in_place_chunk_of_a_plain_slice_whose_worker_died_is_not_run_again() {
-    bounded(LIMIT, || {
+    alone(|| {
         ABORTED_ONCE.set(shmpool::Event::new().unwrap()).unwrap();
         for zero_copy in [true, false] {
             ABORTED_ONCE.get().unwrap().clear().unwrap();

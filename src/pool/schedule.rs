@@ -19,9 +19,7 @@ use crate::pool::core::{Core, Failure};
 use crate::pool::job::{Chunk, Job};
 use crate::pool::zero_copy::STAGE_ALIGN;
 use crate::shm::arena::Block;
-use crate::sync::slot::{
-    Outcome, TaskDesc, INLINE_CAPACITY, IN_PLACE, REMOTE_INPUT, REMOTE_OUTPUT,
-};
+use crate::sync::slot::{TaskDesc, INLINE_CAPACITY, IN_PLACE, REMOTE_INPUT, REMOTE_OUTPUT};
 use crate::task::EntryPoint;
 use crate::Pod;
 use std::collections::VecDeque;
@@ -469,11 +467,112 @@ fn submit_chunk(core: &Core, desc: TaskDesc, context: &[u8]) -> Result<u32, Erro
     Ok(slot.publish()?.slot)
 }
 
+/// In which order a [`Window`] hands back finished chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Collect {
+    /// Oldest first, spinning briefly on each: the arena path copies each
+    /// chunk's output out as soon as it is done, overlapping the workers.
+    InOrder,
+    /// Oldest first while chunks are still being submitted; once all are, the
+    /// newest first, sleeping without a spin: the parent has nothing else to
+    /// do, on 2 CPUs a spinning parent takes time from the workers, and the
+    /// older chunks are usually done when it wakes (one wake-up per map
+    /// instead of one per chunk).
+    NewestLast,
+}
+
+/// What a [`Window`] hands back.
+enum Collected<T> {
+    /// The chunk finished (its slot is `DONE`); release the slot after reading it.
+    Done(u32, T),
+    /// The window was halted and the chunk withdrawn before a worker took it
+    /// (its slot is released).
+    Withdrawn(T),
+}
+
+/// The chunks of one synchronous map in flight: the one home of the windowed
+/// submit, collect, and withdraw-on-first-failure loop. At most [`WINDOW`]
+/// chunks are in flight; once halted (an error, or a refusal to redo), no
+/// more are accepted, the queued ones are withdrawn and the running ones
+/// awaited: they write into the caller's memory or the map's block, which must
+/// not be freed or read before they finish.
+struct Window<'a, T> {
+    core: &'a Core,
+    order: Collect,
+    in_flight: VecDeque<(u32, T)>,
+    error: Option<Error>,
+    halted: bool,
+}
+
+impl<'a, T> Window<'a, T> {
+    fn new(core: &'a Core, order: Collect) -> Self {
+        Window {
+            core,
+            order,
+            in_flight: VecDeque::new(),
+            error: None,
+            halted: false,
+        }
+    }
+
+    /// Whether another chunk may be submitted now.
+    fn accepts(&self) -> bool {
+        !self.halted && self.in_flight.len() < WINDOW
+    }
+
+    /// Records a submission; a failed one halts the window.
+    fn push(&mut self, submitted: Result<u32, Error>, tag: T) {
+        match submitted {
+            Ok(slot) => self.in_flight.push_back((slot, tag)),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Records the map's first error and halts.
+    fn fail(&mut self, e: Error) {
+        self.error.get_or_insert(e);
+        self.halted = true;
+    }
+
+    /// Stops submitting without an error.
+    fn halt(&mut self) {
+        self.halted = true;
+    }
+
+    fn is_halted(&self) -> bool {
+        self.halted
+    }
+
+    /// The next finished or withdrawn chunk; `all_submitted`: nothing more
+    /// will be pushed. `None` once nothing is in flight.
+    fn next(&mut self, all_submitted: bool) -> Option<Collected<T>> {
+        let all_submitted = all_submitted || self.halted;
+        let newest = self.order == Collect::NewestLast && all_submitted;
+        let (slot, tag) = if newest {
+            self.in_flight.pop_back()?
+        } else {
+            self.in_flight.pop_front()?
+        };
+        let layout = self.core.layout();
+        if self.halted && layout.slot(slot).cancel() {
+            self.core.release_slot(slot);
+            return Some(Collected::Withdrawn(tag));
+        }
+        // Cannot hang on a dead worker: the supervisor finishes its slot.
+        let spin = self.order == Collect::InOrder || !all_submitted;
+        layout.slot(slot).wait_done_with(spin, None);
+        Some(Collected::Done(slot, tag))
+    }
+
+    /// The map's result, once [`next`](Self::next) has returned `None`.
+    fn finish(self) -> Result<(), Error> {
+        debug_assert!(self.in_flight.is_empty());
+        self.error.map_or(Ok(()), Err)
+    }
+}
+
 /// Runs `call` over `len` elements where they lie ([`Span`]): only task
-/// descriptions travel, no element is copied by the parent. At most
-/// [`WINDOW`] chunks are in flight; on the first failure the rest are
-/// withdrawn and the running ones awaited (they write into the caller's
-/// memory, which must not be touched before they finish).
+/// descriptions travel, no element is copied by the parent.
 ///
 /// Returns the element ranges a worker was refused access to the caller's
 /// memory for, having written nothing that cannot be written again: the
@@ -485,16 +584,13 @@ pub(crate) fn run_where_it_lies(
     call: MapCall<'_>,
     at: Span,
 ) -> Result<Vec<Range<usize>>, Error> {
-    let layout = core.layout();
     let chunksize = call.chunksize;
     let chunks = len.div_ceil(chunksize);
-    let mut in_flight: VecDeque<(u32, Range<usize>)> = VecDeque::new();
+    let mut window = Window::new(core, Collect::NewestLast);
     let mut next_chunk = 0;
-    let mut error: Option<Error> = None;
     let mut redo: Vec<Range<usize>> = Vec::new();
     loop {
-        let halted = error.is_some() || !redo.is_empty();
-        while !halted && next_chunk < chunks && in_flight.len() < WINDOW {
+        while window.accepts() && next_chunk < chunks {
             let start = next_chunk * chunksize;
             let n = chunksize.min(len - start);
             let (input, remote_in) = at.input.advance(start * call.input.size, REMOTE_INPUT);
@@ -507,48 +603,28 @@ pub(crate) fn run_where_it_lies(
                 flags: call.flags() | remote_in | remote_out,
                 ..TaskDesc::default()
             };
-            match submit_chunk(core, desc, call.context) {
-                Ok(slot) => in_flight.push_back((slot, start..start + n)),
-                Err(e) => error = Some(e),
-            }
+            window.push(submit_chunk(core, desc, call.context), start..start + n);
             next_chunk += 1;
         }
-        // Once everything is submitted the parent has nothing to do but wait:
-        // it sleeps on the newest chunk without spinning (on 2 CPUs a spinning
-        // parent takes time from the workers), and usually finds the older
-        // chunks done when it wakes: one wake-up per map instead of one per
-        // chunk.
-        let halted = error.is_some() || !redo.is_empty();
-        let all_submitted = halted || next_chunk == chunks;
-        let popped = if all_submitted {
-            in_flight.pop_back()
-        } else {
-            in_flight.pop_front()
-        };
-        let Some((slot, range)) = popped else {
-            break;
-        };
-        if halted && layout.slot(slot).cancel() {
-            core.release_slot(slot);
-            redo.push(range);
-            continue;
-        }
-        layout.slot(slot).wait_done_with(!all_submitted, None);
-        match core.read_outcome::<()>(slot, 0) {
-            Ok(()) => {}
-            Err(Failure::AccessRefused(refused)) if !(call.in_place && refused.wrote) => {
-                redo.push(range);
-            }
-            Err(failure) => {
-                error.get_or_insert(failure.into());
+        match window.next(next_chunk == chunks) {
+            None => break,
+            Some(Collected::Withdrawn(range)) => redo.push(range),
+            Some(Collected::Done(slot, range)) => {
+                match core.read_outcome::<()>(slot, 0) {
+                    Ok(()) => {}
+                    Err(Failure::AccessRefused(refused)) if !(call.in_place && refused.wrote) => {
+                        redo.push(range);
+                        window.halt();
+                    }
+                    Err(failure) => window.fail(failure.into()),
+                }
+                core.release_slot(slot);
             }
         }
-        core.release_slot(slot);
     }
-    if let Some(e) = error {
-        return Err(e);
-    }
-    if !redo.is_empty() && next_chunk < chunks {
+    let halted = window.is_halted();
+    window.finish()?;
+    if halted && next_chunk < chunks {
         redo.push(next_chunk * chunksize..len);
     }
     Ok(redo)
@@ -572,11 +648,10 @@ unsafe fn run_chunks(
     let base = Core::block_offset(block);
     let input_at = |i: usize| base + (i * in_size) as u64;
     let output_at = |i: usize| base + (shape.output_start + i * out_size) as u64;
-    let mut in_flight: VecDeque<(u32, usize, usize)> = VecDeque::new();
+    let mut window = Window::new(core, Collect::InOrder);
     let mut next_chunk = 0;
-    let mut error: Option<Error> = None;
     loop {
-        while error.is_none() && next_chunk < chunks && in_flight.len() < WINDOW {
+        while window.accepts() && next_chunk < chunks {
             let start = next_chunk * chunksize;
             let n = chunksize.min(len - start);
             // SAFETY: the block holds `len` inputs from `input_at(0)`; this
@@ -596,48 +671,34 @@ unsafe fn run_chunks(
                 flags: call.flags(),
                 ..TaskDesc::default()
             };
-            match submit_chunk(core, desc, call.context) {
-                Ok(slot) => in_flight.push_back((slot, start, n)),
-                Err(e) => {
-                    error = Some(e);
-                    break;
-                }
-            }
+            window.push(submit_chunk(core, desc, call.context), (start, n));
             next_chunk += 1;
         }
-        let Some((slot, start, n)) = in_flight.pop_front() else {
-            break;
-        };
-        if error.is_some() && core.layout().slot(slot).cancel() {
-            core.release_slot(slot);
-            continue;
-        }
-        // Cannot hang on a dead worker: the supervisor finishes its slot.
-        layout.slot(slot).wait_done(None);
-        match layout.slot(slot).outcome().0 {
-            Outcome::Returned if error.is_none() => {
-                // SAFETY: the worker wrote `n` outputs at output_at(start)
-                // before DONE (observed with Acquire); `dst` has room for
-                // `len` ≥ start + n.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        layout.at(output_at(start)),
-                        dst.add(start * out_size),
-                        n * out_size,
-                    );
+        match window.next(next_chunk == chunks) {
+            None => break,
+            Some(Collected::Withdrawn(_)) => {}
+            Some(Collected::Done(slot, (start, n))) => {
+                match core.read_outcome::<()>(slot, 0) {
+                    Ok(()) if !window.is_halted() => {
+                        // SAFETY: the worker wrote `n` outputs at output_at(start)
+                        // before DONE (observed with Acquire); `dst` has room for
+                        // `len` ≥ start + n.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                layout.at(output_at(start)),
+                                dst.add(start * out_size),
+                                n * out_size,
+                            );
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(failure) => window.fail(failure.into()),
                 }
-            }
-            Outcome::Returned => {}
-            _ => {
-                let failure = core
-                    .read_outcome::<()>(slot, 0)
-                    .expect_err("a failed outcome");
-                error.get_or_insert(failure.into());
+                core.release_slot(slot);
             }
         }
-        core.release_slot(slot);
     }
-    error.map_or(Ok(()), Err)
+    window.finish()
 }
 
 /// The whole pages inside `[ptr, ptr + bytes)`.
