@@ -79,6 +79,20 @@ pub(crate) struct MapCall<'a> {
     pub(crate) context: &'a [u8],
 }
 
+impl MapCall<'static> {
+    /// A map of `T`s to `U`s through `entry`, with no call description.
+    fn of<T, U>(entry: EntryPoint, chunksize: usize, in_place: bool) -> Self {
+        MapCall {
+            entry,
+            input: Elem::of::<T>(),
+            output: Elem::of::<U>(),
+            chunksize,
+            in_place,
+            context: &[],
+        }
+    }
+}
+
 impl MapCall<'_> {
     fn flags(&self) -> u32 {
         if self.in_place {
@@ -138,15 +152,8 @@ pub(crate) fn map_slice<T: Pod, U: Pod>(
     chunksize: usize,
     entry: EntryPoint,
 ) -> Result<Vec<U>, Error> {
-    let call = MapCall {
-        entry,
-        input: Elem::of::<T>(),
-        output: Elem::of::<U>(),
-        chunksize,
-        in_place: false,
-        context: &[],
-    };
-    check(core, &call)?;
+    let call = MapCall::of::<T, U>(entry, chunksize, false);
+    check(core, &call)?; // before the output is allocated
     let len = items.len();
     let mut out: Vec<U> = Vec::with_capacity(len);
     let dst = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
@@ -165,15 +172,7 @@ pub(crate) fn map_inplace<T: Pod>(
     chunksize: usize,
     entry: EntryPoint,
 ) -> Result<(), Error> {
-    let call = MapCall {
-        entry,
-        input: Elem::of::<T>(),
-        output: Elem::of::<T>(),
-        chunksize,
-        in_place: true,
-        context: &[],
-    };
-    check(core, &call)?;
+    let call = MapCall::of::<T, T>(entry, chunksize, true);
     let ptr = data.as_mut_ptr().cast::<u8>();
     // SAFETY: `data` is borrowed mutably for the whole call.
     unsafe { map_raw(core, ptr, ptr, data.len(), call) }
@@ -188,15 +187,7 @@ pub(crate) fn map_into<T: Pod, U: Pod>(
     chunksize: usize,
     entry: EntryPoint,
 ) -> Result<(), Error> {
-    let call = MapCall {
-        entry,
-        input: Elem::of::<T>(),
-        output: Elem::of::<U>(),
-        chunksize,
-        in_place: false,
-        context: &[],
-    };
-    check(core, &call)?;
+    let call = MapCall::of::<T, U>(entry, chunksize, false);
     debug_assert_eq!(input.len(), output.len());
     let (src, dst) = (input.as_ptr().cast(), output.as_mut_ptr().cast());
     // SAFETY: both borrowed for the whole call; `&mut` keeps them apart.
