@@ -186,3 +186,37 @@ fn alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// An object that lives in the heap and starts with the kind word that names
+/// it (written last when the object is made, with `Release`).
+pub(crate) trait SharedObject {
+    fn kind(&self) -> &AtomicU32;
+}
+
+/// Implements [`SharedObject`] for types whose first field is `kind`.
+macro_rules! shared_object {
+    ($($t:ty),+ $(,)?) => { $(
+        impl $crate::objects::heap::SharedObject for $t {
+            fn kind(&self) -> &std::sync::atomic::AtomicU32 {
+                &self.kind
+            }
+        }
+    )+ };
+}
+pub(crate) use shared_object;
+
+/// The object at heap offset `at` if it is of kind `tag`: the one check a
+/// handle passes before it is used, so that a forged or zeroed handle is an
+/// error, never a wild access.
+pub(crate) fn resolve<O: SharedObject>(at: u64, tag: u32) -> Result<&'static O, Error> {
+    let heap = Heap::existing().ok_or_else(bad_handle)?;
+    let obj: &O = heap.at(at).ok_or_else(bad_handle)?;
+    if obj.kind().load(Ordering::Acquire) != tag {
+        return Err(bad_handle());
+    }
+    Ok(obj)
+}
+
+pub(crate) fn bad_handle() -> Error {
+    Error::invalid("not a live shared object of this kind (a forged or zeroed handle?)")
+}

@@ -1,6 +1,6 @@
 //! [`Lock`] and [`RLock`]: process-shared robust mutexes with guards.
 
-use super::heap::Heap;
+use super::heap::{resolve, shared_object, Heap};
 use crate::error::Error;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -167,19 +167,7 @@ pub(crate) fn new_lock_object(recursive: bool) -> Result<u64, Error> {
     Ok(at)
 }
 
-/// The lock object at `at`, checked against `tag`.
-pub(crate) fn lock_object(at: u64, tag: u32) -> Result<&'static LockObject, Error> {
-    let heap = Heap::existing().ok_or_else(bad_handle)?;
-    let obj: &LockObject = heap.at(at).ok_or_else(bad_handle)?;
-    if obj.kind.load(Ordering::Acquire) != tag {
-        return Err(bad_handle());
-    }
-    Ok(obj)
-}
-
-pub(crate) fn bad_handle() -> Error {
-    Error::invalid("not a live shared object of this kind (a forged or zeroed handle?)")
-}
+shared_object!(LockObject);
 
 macro_rules! lock_type {
     ($name:ident, $guard:ident, $tag:expr, $recursive:expr, $doc:literal, $example:literal) => {
@@ -209,7 +197,7 @@ macro_rules! lock_type {
             }
 
             fn object(&self) -> Result<&'static LockObject, Error> {
-                lock_object(self.at, $tag)
+                resolve(self.at, $tag)
             }
 
             /// Waits for the lock and returns a guard that releases it.

@@ -1,8 +1,8 @@
 //! [`Queue`]: a bounded multi-producer multi-consumer queue of [`Pod`] values
 //! between processes; [`Pipe`]: two of them as a duplex pair of connections.
 
-use super::heap::Heap;
-use super::lock::{bad_handle, kind, RawMutex};
+use super::heap::{bad_handle, resolve, shared_object, Heap};
+use super::lock::{kind, RawMutex};
 use crate::error::Error;
 use crate::sync::wake::WakeWord;
 use crate::Pod;
@@ -33,6 +33,8 @@ struct QueueObject {
     /// Mirror of `tail - head`, readable without the lock.
     len: AtomicU32,
 }
+
+shared_object!(QueueObject);
 
 // SAFETY: `positions` is accessed only with `mutex` held; the rest is atomic.
 unsafe impl Sync for QueueObject {}
@@ -115,13 +117,11 @@ impl<T: Pod> Queue<T> {
     }
 
     fn object(&self) -> Result<(&'static QueueObject, *mut T), Error> {
-        let heap = Heap::existing().ok_or_else(bad_handle)?;
-        let obj: &QueueObject = heap.at(self.at).ok_or_else(bad_handle)?;
-        if obj.kind.load(Ordering::Acquire) != kind::QUEUE
-            || obj.elem_size.load(Ordering::Relaxed) as usize != std::mem::size_of::<T>()
-        {
+        let obj: &QueueObject = resolve(self.at, kind::QUEUE)?;
+        if obj.elem_size.load(Ordering::Relaxed) as usize != std::mem::size_of::<T>() {
             return Err(bad_handle());
         }
+        let heap = Heap::existing().ok_or_else(bad_handle)?;
         let cap = obj.capacity.load(Ordering::Relaxed) as usize;
         let data = heap
             .ptr(self.at + HEADER as u64, cap * std::mem::size_of::<T>())

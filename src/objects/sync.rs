@@ -2,8 +2,8 @@
 //! counters and flags in the object heap, waited on with the crate's futex
 //! wake word.
 
-use super::heap::Heap;
-use super::lock::{bad_handle, kind, RawMutex};
+use super::heap::{resolve, shared_object, Heap};
+use super::lock::{kind, RawMutex};
 use crate::deadline::deadline_opt;
 use crate::error::Error;
 use crate::sync::wake::WakeWord;
@@ -28,15 +28,7 @@ fn alloc<O>() -> Result<(u64, &'static O), Error> {
     Ok((at, heap.at(at).expect("fresh allocation")))
 }
 
-/// The object `O` at `at` whose kind word (its first field) is `tag`.
-fn object<O>(at: u64, tag: u32, kind_of: impl Fn(&O) -> &AtomicU32) -> Result<&'static O, Error> {
-    let heap = Heap::existing().ok_or_else(bad_handle)?;
-    let obj: &O = heap.at(at).ok_or_else(bad_handle)?;
-    if kind_of(obj).load(Ordering::Acquire) != tag {
-        return Err(bad_handle());
-    }
-    Ok(obj)
-}
+shared_object!(SemaphoreObject, EventObject, ConditionObject, BarrierObject);
 
 #[repr(C)]
 struct SemaphoreObject {
@@ -56,7 +48,7 @@ fn semaphore_new(value: u32, bound: u32) -> Result<u64, Error> {
 }
 
 fn semaphore(at: u64) -> Result<&'static SemaphoreObject, Error> {
-    object(at, kind::SEMAPHORE, |o: &SemaphoreObject| &o.kind)
+    resolve(at, kind::SEMAPHORE)
 }
 
 impl SemaphoreObject {
@@ -216,7 +208,7 @@ impl Event {
     }
 
     fn object(&self) -> Result<&'static EventObject, Error> {
-        object(self.at, kind::EVENT, |o: &EventObject| &o.kind)
+        resolve(self.at, kind::EVENT)
     }
 
     /// Sets the flag and wakes every waiter.
@@ -293,7 +285,7 @@ impl Condition {
     }
 
     fn object(&self) -> Result<&'static ConditionObject, Error> {
-        object(self.at, kind::CONDITION, |o: &ConditionObject| &o.kind)
+        resolve(self.at, kind::CONDITION)
     }
 
     /// Takes the condition's lock.
@@ -411,7 +403,7 @@ impl Barrier {
     }
 
     fn object(&self) -> Result<&'static BarrierObject, Error> {
-        object(self.at, kind::BARRIER, |o: &BarrierObject| &o.kind)
+        resolve(self.at, kind::BARRIER)
     }
 
     /// Waits for all parties; returns this waiter's arrival index

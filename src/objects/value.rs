@@ -1,8 +1,8 @@
 //! [`Value`] and [`Array`]: [`Pod`] data in the object heap, each with a lock,
 //! like Python's `multiprocessing.Value` and `multiprocessing.Array`.
 
-use super::heap::Heap;
-use super::lock::{bad_handle, kind, RawMutex};
+use super::heap::{bad_handle, resolve, shared_object, Heap};
+use super::lock::{kind, RawMutex};
 use crate::error::Error;
 use crate::Pod;
 use std::marker::PhantomData;
@@ -19,6 +19,8 @@ struct DataObject {
     locked: AtomicU32,
     mutex: RawMutex,
 }
+
+shared_object!(DataObject);
 
 const HEADER: usize = std::mem::size_of::<DataObject>().next_multiple_of(64);
 
@@ -45,13 +47,11 @@ fn create<T: Pod>(tag: u32, items: &[T], locked: bool) -> Result<u64, Error> {
 
 /// The object at `at` (checked) and a pointer to its elements.
 fn open<T: Pod>(at: u64, tag: u32) -> Result<(&'static DataObject, *mut T, usize), Error> {
-    let heap = Heap::existing().ok_or_else(bad_handle)?;
-    let obj: &DataObject = heap.at(at).ok_or_else(bad_handle)?;
-    if obj.kind.load(Ordering::Acquire) != tag
-        || obj.elem_size.load(Ordering::Relaxed) as usize != std::mem::size_of::<T>()
-    {
+    let obj: &DataObject = resolve(at, tag)?;
+    if obj.elem_size.load(Ordering::Relaxed) as usize != std::mem::size_of::<T>() {
         return Err(bad_handle());
     }
+    let heap = Heap::existing().ok_or_else(bad_handle)?;
     let len = obj.len.load(Ordering::Relaxed) as usize;
     let data = heap
         .ptr(at + HEADER as u64, len * std::mem::size_of::<T>())
