@@ -139,7 +139,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Waits until every worker has run the initializer and reported in; fails if
 /// one exits first or none report within [`START_TIMEOUT`].
 fn await_ready(core: &Core, workers: &mut [Option<Child>]) -> Result<(), Error> {
-    let deadline = (core.config.start_method != crate::StartMethod::Fork)
+    let deadline = (core.config.start_method.runs_a_fresh_executable())
         .then(|| Instant::now() + START_TIMEOUT);
     let mut ready = 0u64;
     loop {
@@ -245,7 +245,7 @@ fn supervise(
         }
     }
     let needs_handshake =
-        core.config.initializer.is_some() || core.config.start_method != crate::StartMethod::Fork;
+        core.config.initializer.is_some() || core.config.start_method.runs_a_fresh_executable();
     if needs_handshake {
         if let Err(e) = await_ready(core, workers) {
             for w in workers.iter_mut().filter_map(Option::take) {

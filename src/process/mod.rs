@@ -7,5 +7,5 @@ mod spawned;
 
 pub use current::{current_process, ProcessInfo};
 pub(crate) use current::{enter_process, enter_worker, in_worker};
-pub(crate) use spawned::run_spec;
+
 pub use spawned::Process;

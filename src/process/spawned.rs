@@ -289,8 +289,50 @@ fn exit_code(status: libc::c_int) -> i32 {
     }
 }
 
+/// The process module's start-up hook, run before `main` in every process of
+/// the program: takes the role of a spawned `Process` if the environment
+/// names it.
+#[used]
+#[link_section = ".init_array"]
+static PROCESS_HOOK: extern "C" fn() = process_hook;
+
+extern "C" fn process_hook() {
+    // Unwinding out of an `extern "C"` function aborts; keep panics inside.
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(value) = crate::start::bootstrap::claim_role(crate::start::spawn::PROCESS_ENV) {
+            crate::start::bootstrap::exit(run_spawned(&value));
+        }
+    });
+}
+
+/// A spawned `Process`: adopts the program's object heap, then runs its spec.
+fn run_spawned(value: &std::ffi::OsStr) -> i32 {
+    let parts: Vec<u64> = value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let [heap_fd, spec_at, probe] = parts[..] else {
+        return crate::start::BAD_SEGMENT_EXIT;
+    };
+    if probe != crate::start::probe_offset() {
+        return crate::start::BINARY_MISMATCH_EXIT;
+    }
+    if !Heap::adopt(heap_fd as std::os::fd::RawFd) {
+        return crate::start::BAD_SEGMENT_EXIT;
+    }
+    // SAFETY: plain syscall.
+    fork::die_with_parent(unsafe { libc::getppid() } as u32);
+    crate::pool::worker::install_quiet_panic_hook();
+    run_spec(spec_at)
+}
+
 /// Starts the child for the spec at `spec_at` (on the launcher thread).
 fn launch(method: StartMethod, spec_at: u64) -> Result<Child, Error> {
+    // Keeps the hook in the executable (see `start::bootstrap::ensure_linked`).
+    // SAFETY: reads a valid, initialized static.
+    let _ = unsafe { std::ptr::read_volatile(&PROCESS_HOOK) };
     let heap = Heap::get()?;
     match method {
         StartMethod::Fork => Ok(fork::fork_child(move || run_spec(spec_at))?),
@@ -304,13 +346,17 @@ fn launch(method: StartMethod, spec_at: u64) -> Result<Child, Error> {
                 crate::start::spawn::Tie::Thread,
             )?)
         }
-        StartMethod::ForkServer => Ok(crate::start::forkserver::start_process(heap.fd(), spec_at)?),
+        StartMethod::ForkServer => Ok(crate::start::forkserver::start_process(
+            heap.fd(),
+            spec_at,
+            run_spec,
+        )?),
     }
 }
 
 /// In the child: runs the spec at `spec_at` of this process's heap; returns
 /// the exit code (0, or 1 if the function panicked).
-pub(crate) fn run_spec(spec_at: u64) -> i32 {
+fn run_spec(spec_at: u64) -> i32 {
     let Some(heap) = Heap::existing() else {
         return crate::start::BAD_SEGMENT_EXIT;
     };

@@ -44,8 +44,9 @@ extern "C" fn bootstrap() {
 }
 
 /// Plays the role the environment names, if any, and exits: a spawned
-/// worker, a spawned process or the fork server. (The tracker takes its role
-/// in a hook of its own, `tracker::TRACKER_HOOK`.)
+/// worker or the fork server. (A spawned `Process` and the tracker take their
+/// roles in hooks of their own, in `process::spawned` and `tracker`: the start
+/// machinery knows nothing of them.)
 pub(crate) fn take_role() {
     if let Some(spec) = claim_role(spawn::ENV) {
         let code = match Spec::decode(&spec) {
@@ -53,9 +54,6 @@ pub(crate) fn take_role() {
             None => BAD_SEGMENT_EXIT,
         };
         exit(code);
-    }
-    if let Some(value) = claim_role(spawn::PROCESS_ENV) {
-        exit(run_spawned_process(&value));
     }
     if let Some(fd) = claim_role(forkserver::ENV) {
         exit(forkserver::serve(&fd));
@@ -136,28 +134,6 @@ fn run_spawned(spec: Spec) -> i32 {
 }
 
 /// A spawned `Process`: `<heap fd>,<spec offset>,<probe>`.
-fn run_spawned_process(value: &std::ffi::OsStr) -> i32 {
-    let parts: Vec<u64> = value
-        .to_str()
-        .unwrap_or("")
-        .split(',')
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    let [heap_fd, spec_at, probe] = parts[..] else {
-        return BAD_SEGMENT_EXIT;
-    };
-    if probe != super::probe_offset() {
-        return BINARY_MISMATCH_EXIT;
-    }
-    if !crate::objects::Heap::adopt(heap_fd as RawFd) {
-        return BAD_SEGMENT_EXIT;
-    }
-    // SAFETY: plain syscall.
-    fork::die_with_parent(unsafe { libc::getppid() } as u32);
-    crate::pool::worker::install_quiet_panic_hook();
-    crate::process::run_spec(spec_at)
-}
-
 /// Maps the pool's segment from `segment_fd` and serves as worker `index`.
 pub(crate) fn become_worker(
     segment_fd: RawFd,

@@ -67,11 +67,23 @@ pub(crate) fn start_worker(segment_fd: RawFd, start: WorkerStart) -> Result<Chil
     )?)
 }
 
-/// Asks the server for a `Process` child running the spec at `spec_at` of
-/// the object heap `heap_fd`.
-pub(crate) fn start_process(heap_fd: RawFd, spec_at: u64) -> io::Result<Child> {
+/// Asks the server for a `Process` child that calls `run(spec_at)` (the spec
+/// is in the object heap `heap_fd`). `run` travels as a code offset, like a
+/// task function: the server runs the same executable.
+pub(crate) fn start_process(
+    heap_fd: RawFd,
+    spec_at: u64,
+    run: fn(u64) -> i32,
+) -> io::Result<Child> {
+    let offset = crate::task::code_offset(run as usize) as i64;
+    let offset = i32::try_from(offset).map_err(|_| io::Error::other("code offset out of range"))?;
     start_child(
-        [START_PROCESS, spec_at as u32, (spec_at >> 32) as u32, 0],
+        [
+            START_PROCESS,
+            spec_at as u32,
+            (spec_at >> 32) as u32,
+            offset as u32,
+        ],
         &[heap_fd],
     )
 }
@@ -291,6 +303,7 @@ pub(crate) fn serve(fd: &OsStr) -> i32 {
                 socket,
                 me,
                 u64::from(words[1]) | u64::from(words[2]) << 32,
+                words[3] as i32,
                 fds[0],
             ),
             REAP => reap_child(words[1] as libc::pid_t, words[2] != 0),
@@ -317,19 +330,26 @@ fn start(socket: RawFd, server: libc::pid_t, index: u32, fds: [RawFd; MAX_FDS]) 
     })
 }
 
-/// Forks a `Process` child (server side).
+/// Forks a `Process` child (server side) that calls the function at code
+/// offset `run` with `spec_at`.
 fn start_process_child(
     socket: RawFd,
     server: libc::pid_t,
     spec_at: u64,
+    run: i32,
     heap_fd: RawFd,
 ) -> [i32; 2] {
     if heap_fd < 0 {
         return [-1, libc::EBADF];
     }
+    let addr = crate::task::code_at(i64::from(run) as u64);
+    // SAFETY: the program's own `start_process` sent the offset of a
+    // `fn(u64) -> i32` of this executable (the server runs the same one, and
+    // only the program's processes hold its socket).
+    let run = unsafe { std::mem::transmute::<usize, fn(u64) -> i32>(addr) };
     fork_from_server(socket, server, heap_fd, move || {
         crate::pool::worker::install_quiet_panic_hook();
-        crate::process::run_spec(spec_at)
+        run(spec_at)
     })
 }
 

@@ -44,6 +44,16 @@ impl StartMethod {
         }
     }
 
+    /// Whether workers run a fresh copy of the executable (spawn, and the
+    /// fork server's children): a task function must then be part of the
+    /// executable, and a worker must report in before the pool trusts it.
+    pub(crate) fn runs_a_fresh_executable(self) -> bool {
+        match self {
+            StartMethod::Fork => false,
+            StartMethod::ForkServer | StartMethod::Spawn => true,
+        }
+    }
+
     pub(crate) fn name_prefix(self) -> &'static str {
         match self {
             StartMethod::Fork => "Fork",

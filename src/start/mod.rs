@@ -131,7 +131,7 @@ pub(crate) fn check_entry(method: StartMethod, entry: Entry) -> Result<EntryPoin
 /// Encodes the code address `addr` (a function) for workers started with
 /// `method`, as [`check_entry`] does for entry points.
 pub(crate) fn check_code(method: StartMethod, addr: usize) -> Result<u64, Error> {
-    if method != StartMethod::Fork {
+    if method.runs_a_fresh_executable() {
         let (start, end) = executable_text();
         if !(start..end).contains(&addr) {
             return Err(Error::invalid(
