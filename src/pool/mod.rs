@@ -5,7 +5,8 @@
 //!   its state machine live in `sync::slot`)
 //! * `worker`: the loop every worker process runs
 //! * `supervisor`: starts, watches, settles and replaces workers
-//! * `schedule`: chunked `map` and `map_async`, where the data lies or
+//! * `schedule`: how work becomes tasks: `apply`'s one task, chunked `map`
+//!   and `map_async`, where the data lies or
 //!   through the arena
 //! * `zero_copy`: workers reading and writing the caller's memory
 //! * `imap`: lazy `imap` / `imap_unordered`
@@ -31,7 +32,7 @@ use self::core::{Core, CLOSED, RUNNING, TERMINATED};
 use self::job::Job;
 use self::result::{decode_one, decode_vec, Decode, Ticket};
 use crate::error::Error;
-use crate::sync::slot::{TaskDesc, INLINE_CAPACITY, WATCHED};
+use crate::sync::slot::WATCHED;
 use crate::task::{
     apply_entry, assert_stateless, inplace_entry, map_entry, starmap_entry, Entry, EntryPoint, Task,
 };
@@ -40,7 +41,7 @@ pub use builder::PoolBuilder;
 pub use imap::Imap;
 pub use result::AsyncResult;
 pub use shared_vec::SharedVec;
-use std::mem::{align_of, size_of};
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -812,38 +813,8 @@ impl Pool {
         Args: Pod,
     {
         const { assert_stateless::<F>() };
-        let entry = self.entry_point(apply_entry::<F, Args>)?.0;
-        let core = &*self.core;
-        let mut slot = core.alloc_slot()?;
-        // Arguments first, the result after them: never in the same bytes, so
-        // that a task run again (retries, after its worker died) reads the
-        // arguments it was given, not a result the first run wrote over them.
-        let output_start = size_of::<Args>().next_multiple_of(align_of::<F::Output>());
-        let size = output_start + size_of::<F::Output>();
-        let align = align_of::<Args>().max(align_of::<F::Output>());
-        let at = if size <= INLINE_CAPACITY && align <= 64 {
-            slot.inline_offset()
-        } else {
-            slot.attach_block(size, align)?
-        };
-        let output = at + output_start as u64;
-        // SAFETY: `at` is the token's inline area or block, aligned for Args;
-        // the slot is unpublished, so this thread has them to itself.
-        unsafe { core.layout().at(at).cast::<Args>().write(args) };
-        slot.describe(TaskDesc {
-            entry,
-            input: at,
-            output,
-            len: 1,
-            flags,
-            ..TaskDesc::default()
-        });
-        let published = slot.publish()?;
-        Ok(Ticket {
-            slot: published.slot,
-            output,
-            block: published.block,
-        })
+        let entry = self.entry_point(apply_entry::<F, Args>)?;
+        schedule::submit_apply::<Args, F::Output>(&self.core, entry, args, flags)
     }
 }
 

@@ -17,6 +17,7 @@
 use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::pool::job::{Chunk, Job};
+use crate::pool::result::Ticket;
 use crate::pool::zero_copy::STAGE_ALIGN;
 use crate::shm::arena::Block;
 use crate::sync::slot::{TaskDesc, INLINE_CAPACITY, IN_PLACE, REMOTE_INPUT, REMOTE_OUTPUT};
@@ -416,6 +417,47 @@ pub(crate) fn submit_slice<T: Pod, U: Pod>(
         }
     }
     Ok(job)
+}
+
+/// Submits one task, `apply`'s: `args` in the slot's inline area (or a block
+/// of its own), the result of type `R` after them. `flags` go into its
+/// description (`slot::WATCHED`).
+pub(crate) fn submit_apply<Args: Pod, R: Pod>(
+    core: &Core,
+    entry: EntryPoint,
+    args: Args,
+    flags: u32,
+) -> Result<Ticket, Error> {
+    let mut slot = core.alloc_slot()?;
+    // Arguments first, the result after them: never in the same bytes, so
+    // that a task run again (retries, after its worker died) reads the
+    // arguments it was given, not a result the first run wrote over them.
+    let output_start = size_of::<Args>().next_multiple_of(align_of::<R>());
+    let size = output_start + size_of::<R>();
+    let align = align_of::<Args>().max(align_of::<R>());
+    let at = if size <= INLINE_CAPACITY && align <= 64 {
+        slot.inline_offset()
+    } else {
+        slot.attach_block(size, align)?
+    };
+    let output = at + output_start as u64;
+    // SAFETY: `at` is the token's inline area or block, aligned for Args;
+    // the slot is unpublished, so this thread has them to itself.
+    unsafe { core.layout().at(at).cast::<Args>().write(args) };
+    slot.describe(TaskDesc {
+        entry: entry.0,
+        input: at,
+        output,
+        len: 1,
+        flags,
+        ..TaskDesc::default()
+    });
+    let published = slot.publish()?;
+    Ok(Ticket {
+        slot: published.slot,
+        output,
+        block: published.block,
+    })
 }
 
 /// Where one side of a map lies, as a worker finds it.
