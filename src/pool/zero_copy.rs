@@ -14,8 +14,8 @@
 //!   lets it.
 //! * Worker side: [`Peer`] (the parent, by pid), [`Stage`], [`probe`].
 
+use crate::sync::fork_mutex::ForkMutex;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, PoisonError};
 
 /// Bytes a worker stages per direction and piece: small enough that a piece
 /// stays in the worker's L2 cache between the read, the function and the write,
@@ -40,8 +40,12 @@ pub(crate) fn probe_target() -> u64 {
     PROBE_TARGET.as_ptr() as u64
 }
 
-/// Pools that hold a grant; the first sets the tracer, the last clears it.
-static GRANTS: Mutex<usize> = Mutex::new(0);
+/// `(pid, n)`: process `pid` has `n` pools holding a grant; the first sets the
+/// tracer, the last clears it. A fork child inherits the count but neither
+/// the pools nor the declaration (Yama keeps it per process), so it starts
+/// again from zero; and a ForkMutex, since a parent thread may have held it at
+/// the fork.
+static GRANTS: ForkMutex<(u32, usize)> = ForkMutex::new((0, 0));
 
 /// While it lives, this process's descendants may read and write its memory
 /// under Yama's `ptrace_scope=1` (`prctl(PR_SET_PTRACER, getpid())`). Yama keeps
@@ -53,8 +57,12 @@ pub(crate) struct PtracerGrant(());
 
 impl PtracerGrant {
     pub(crate) fn acquire() -> PtracerGrant {
-        let mut grants = GRANTS.lock().unwrap_or_else(PoisonError::into_inner);
-        if *grants == 0 {
+        let mut grants = GRANTS.lock();
+        let me = std::process::id();
+        if grants.0 != me {
+            *grants = (me, 0);
+        }
+        if grants.1 == 0 {
             // SAFETY: PR_SET_PTRACER takes a pid and changes no memory; it fails
             // with EINVAL where Yama is not built in, and then nothing is needed.
             unsafe {
@@ -67,16 +75,19 @@ impl PtracerGrant {
                 )
             };
         }
-        *grants += 1;
+        grants.1 += 1;
         PtracerGrant(())
     }
 }
 
 impl Drop for PtracerGrant {
     fn drop(&mut self) {
-        let mut grants = GRANTS.lock().unwrap_or_else(PoisonError::into_inner);
-        *grants -= 1;
-        if *grants == 0 {
+        let mut grants = GRANTS.lock();
+        if grants.0 != std::process::id() {
+            return; // a grant of the process this one was forked from
+        }
+        grants.1 -= 1;
+        if grants.1 == 0 {
             // SAFETY: as in `acquire`; 0 withdraws the declaration.
             unsafe { libc::prctl(libc::PR_SET_PTRACER, 0, 0, 0, 0) };
         }
