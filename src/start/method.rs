@@ -94,7 +94,7 @@ static DEFAULT_METHOD: std::sync::OnceLock<StartMethod> = std::sync::OnceLock::n
 /// Chooses how this program starts its processes and pool workers from now
 /// on, like Python's `multiprocessing.set_start_method`. Like Python, it may be
 /// called once: a second call is [`Error::InvalidState`] ("context has
-/// already been set"). Prefer [`get_context`] in libraries.
+/// already been set"). Prefer [`get_context`](crate::get_context) in libraries.
 ///
 /// ```
 /// shmpool::set_start_method(shmpool::StartMethod::Spawn)?;
