@@ -43,11 +43,24 @@ fn profile_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
+/// The static library cargo built beside this test: in `deps/` (where
+/// `cargo test` leaves it), or in `target/<profile>` (after `cargo build`).
+fn static_library() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap().join("libshmpool.a");
+    let lib = if deps.exists() {
+        deps
+    } else {
+        profile_dir().join("libshmpool.a")
+    };
+    assert!(lib.exists(), "{} not built", lib.display());
+    lib
+}
+
 /// Compiles `examples/c/map.c` against the static library into the target
 /// directory; returns the program's path.
 fn build_c_example() -> PathBuf {
-    let lib = profile_dir().join("libshmpool.a");
-    assert!(lib.exists(), "{} not built", lib.display());
+    let lib = static_library();
     let exe = profile_dir().join("c_map_example");
     let status = Command::new("cc")
         .arg("-std=c99")
