@@ -250,13 +250,14 @@ fn run(
     };
     // SAFETY: only the parent writes entries, with EntryPoint::new in this binary.
     let entry = unsafe { EntryPoint(desc.entry).resolve() };
-    // SAFETY: the parent laid out input/output for exactly this entry point and
-    // gives them to no one else while we hold the slot; a side in its own
-    // memory stays valid until the chunk is DONE (docs/ARCHITECTURE.md,
-    // "Slots" and "Zero-copy maps").
-    finish(layout, index, me, track, watched, move || unsafe {
-        entry(io)
-    })
+    let task = move || {
+        // SAFETY: the parent laid out input/output for this entry point and
+        // gives them to no one else while we hold the slot; a side in its own
+        // memory stays valid until the chunk is DONE (docs/ARCHITECTURE.md,
+        // "Slots" and "Zero-copy maps").
+        unsafe { entry(io) }
+    };
+    finish(layout, index, me, track, watched, task)
 }
 
 /// Runs `task` under `catch_unwind` in slot `index` (held as RUNNING(me)),
