@@ -354,3 +354,52 @@ fn a_fork_child_uses_a_fork_server_of_its_own_not_its_parents() {
         assert_eq!(child.join(Some(Duration::from_secs(30))).unwrap(), Some(0));
     });
 }
+
+/// Forks; the child returns at once, the parent after 100 ms (so that a
+/// child that went on as a worker would finish the slot first). Returns
+/// `x * x` and the fork's result (the child's pid in the parent, 0 in it).
+fn fork_then_square(x: u64) -> (u64, i64) {
+    // SAFETY: plain fork; both sides only return.
+    let pid = unsafe { libc::fork() };
+    if pid > 0 {
+        sleep_ms(100);
+    }
+    (x * x, i64::from(pid))
+}
+
+/// Whether `pid` has exited (a zombie, or gone altogether).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'),
+    }
+}
+
+#[test]
+fn a_process_a_task_forks_exits_when_the_task_returns_instead_of_serving() {
+    bounded(LIMIT, || {
+        for method in StartMethod::ALL {
+            let pool = get_context(method).pool(1).unwrap();
+            let (squared, child) = pool.apply(fork_then_square, (12,)).unwrap();
+            assert_eq!(squared, 144, "{method}");
+            assert!(child > 0, "{method}: the worker's own result, got {child}");
+            let child = child as u32;
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !exited(child) && std::time::Instant::now() < deadline {
+                sleep_ms(5);
+            }
+            let ghost = !exited(child);
+            if ghost {
+                // SAFETY: plain syscall; do not leave it serving after the test.
+                unsafe { libc::kill(child as i32, libc::SIGKILL) };
+            }
+            assert!(!ghost, "{method}: the forked child still runs");
+            for k in 0..300u64 {
+                assert_eq!(pool.apply(square, (k,)).unwrap(), k * k, "{method}");
+            }
+            let items: Vec<u64> = (0..10_000).collect();
+            let expect: Vec<u64> = items.iter().map(|x| x * x).collect();
+            assert_eq!(pool.map(square, &items).unwrap(), expect, "{method}");
+        }
+    });
+}

@@ -14,7 +14,7 @@ use crate::task::{EntryPoint, Remote, TaskIo};
 use std::any::Any;
 use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 /// Who a worker is and how it tells the parent it is ready.
 #[derive(Debug, Clone, Copy)]
@@ -32,8 +32,12 @@ pub(crate) struct WorkerStart {
 pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
     // Done by the parent before forking; a spawned process installs it here.
     install_quiet_panic_hook();
+    install_fork_counter();
     crate::process::enter_worker(start.index as usize, start.method);
-    if let Err(message) = initialize(layout) {
+    let me = Incarnation::now();
+    let initialized = initialize(layout);
+    me.exit_if_forked();
+    if let Err(message) = initialized {
         record_init_failure(layout, &message);
         return INIT_FAILED_EXIT;
     }
@@ -68,7 +72,7 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
             }
         }
         if let Some(slot) = popped {
-            if run(layout, slot, start.index, track, peer, &mut stage) {
+            if run(layout, slot, start.index, me, track, peer, &mut stage) {
                 tasks_run += 1;
                 if max_tasks != 0 && tasks_run >= max_tasks {
                     // Holding no task and no popped entry: say so, so the
@@ -106,6 +110,56 @@ pub(crate) fn install_quiet_panic_hook() {
             }
         }));
     });
+}
+
+/// How many times this process's line of ancestors forked to make it: bumped
+/// in every child by a `pthread_atfork` handler, so a process that a task
+/// forked has a count its worker loop did not start with.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_fork_in_child() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Registers [`count_fork_in_child`] once per process image (a forked
+/// worker inherits the registration; a spawned one makes its own).
+fn install_fork_counter() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a handler that only bumps an atomic, which is
+        // async-signal-safe, as a forked child requires.
+        unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
+    });
+}
+
+/// Which process the worker loop runs in: the fork count it started with.
+///
+/// A task (or initializer) that calls `fork()` and returns in the child
+/// would otherwise leave a second process running this loop: unsupervised,
+/// without a death signal, finishing a slot the parent may already have
+/// reused. Reading an atomic costs nothing per task, where `getpid()` is a
+/// system call. Only `fork()` through libc counts (glibc's `_Fork`, or a raw
+/// `clone` system call, run no atfork handler).
+#[derive(Debug, Clone, Copy)]
+struct Incarnation {
+    forks: u64,
+}
+
+impl Incarnation {
+    fn now() -> Incarnation {
+        Incarnation {
+            forks: FORKS.load(Ordering::Relaxed),
+        }
+    }
+
+    /// In a process a task forked from the worker: leaves at once, touching
+    /// no slot, log or record, and running no destructor of the worker's.
+    fn exit_if_forked(self) {
+        if FORKS.load(Ordering::Relaxed) != self.forks {
+            // SAFETY: ends this process; nothing of the pool's is touched.
+            unsafe { libc::_exit(0) }
+        }
+    }
 }
 
 /// Runs the pool's initializer, if it has one; `Err` holds its panic message.
@@ -190,6 +244,7 @@ fn run(
     layout: Layout,
     index: u32,
     me: u32,
+    incarnation: Incarnation,
     track: bool,
     peer: Option<Peer>,
     stage: &mut Stage,
@@ -223,7 +278,7 @@ fn run(
         (true, None) => {
             // Handed the parent's memory before the parent heard that this
             // worker cannot reach it: refuse, having touched nothing.
-            return finish(layout, index, me, track, watched, || {
+            return finish(layout, index, me, incarnation, track, watched, || {
                 Err(AccessRefused {
                     errno: libc::EPERM,
                     wrote: false,
@@ -254,23 +309,32 @@ fn run(
     // gives them to no one else while we hold the slot; a side in its own
     // memory stays valid until the chunk is DONE (docs/ARCHITECTURE.md,
     // "Slots" and "Zero-copy maps").
-    finish(layout, index, me, track, watched, move || unsafe {
-        entry(io)
-    })
+    finish(
+        layout,
+        index,
+        me,
+        incarnation,
+        track,
+        watched,
+        move || unsafe { entry(io) },
+    )
 }
 
 /// Runs `task` under `catch_unwind` in slot `index` (held as RUNNING(me)),
 /// writes its outcome and finishes the slot. Returns `true` (a task ran).
+/// A process the task forked leaves here, as the task returns in it.
 fn finish(
     layout: Layout,
     index: u32,
     me: u32,
+    incarnation: Incarnation,
     track: bool,
     watched: bool,
     task: impl FnOnce() -> Result<(), AccessRefused>,
 ) -> bool {
     let slot = layout.slot(index);
     let result = std::panic::catch_unwind(AssertUnwindSafe(task));
+    incarnation.exit_if_forked();
     // SAFETY: still RUNNING(me): the outcome is ours to write.
     let desc = unsafe { slot.desc() };
     match result {
