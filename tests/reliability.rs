@@ -403,3 +403,64 @@ fn a_process_a_task_forks_exits_when_the_task_returns_instead_of_serving() {
         }
     });
 }
+
+#[test]
+fn get_and_wait_inside_a_callback_on_a_result_whose_callbacks_are_pending_fail_at_once() {
+    bounded(LIMIT, || {
+        let pool = Pool::new(2).unwrap();
+        // Its callbacks can only run on the callback thread, after the one
+        // below returns: waiting for them there would wait forever.
+        let slow = pool
+            .apply_async_with(nap_then, (500, 1), |_| {}, |_| {})
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _outer = pool
+            .apply_async_with(
+                square,
+                (3,),
+                move |v| {
+                    let started = std::time::Instant::now();
+                    let got = slow.get(None).map_err(|e| e.to_string());
+                    let timed = slow.get(Some(Duration::from_secs(20)));
+                    let waited = slow.wait(None);
+                    let _ = tx.send((v, got, timed.is_ok(), waited, started.elapsed()));
+                },
+                |_| {},
+            )
+            .unwrap();
+        let (v, got, timed_ok, waited, took) = rx.recv_timeout(LIMIT).unwrap();
+        assert_eq!(v, 9);
+        let message = got.unwrap_err();
+        assert!(message.contains("get() inside a callback"), "{message}");
+        assert!(!timed_ok && !waited);
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        assert_eq!(pool.apply(square, (4,)).unwrap(), 16, "the pool goes on");
+    });
+}
+
+#[test]
+fn terminate_returns_within_a_grace_period_while_a_callback_is_stuck() {
+    bounded(LIMIT, || {
+        let pool = Pool::new(1).unwrap();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let _stuck = pool
+            .apply_async_with(
+                square,
+                (2,),
+                move |_| {
+                    started_tx.send(()).unwrap();
+                    let _ = release_rx.recv(); // until the test lets it go
+                },
+                |_| {},
+            )
+            .unwrap();
+        started_rx.recv_timeout(WAIT.unwrap()).unwrap();
+        let t0 = std::time::Instant::now();
+        pool.terminate();
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(12), "terminate took {took:?}");
+        drop(pool);
+        drop(release_tx);
+    });
+}
