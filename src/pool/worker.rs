@@ -249,10 +249,15 @@ fn run(
     peer: Option<Peer>,
     stage: &mut Stage,
 ) -> bool {
+    if index as usize >= crate::shm::layout::SLOT_CAPACITY {
+        return false; // a ring entry written over: no slot of ours
+    }
     let slot = layout.slot(index);
     if !slot.claim(me) {
         return false; // a stale ring entry, or another worker was faster
     }
+    #[cfg(test)]
+    hostile::running(slot, layout.finish_log(me));
     if track {
         layout
             .worker_record(me)
@@ -391,9 +396,152 @@ fn truncate(s: &str, max: usize) -> &[u8] {
     &s.as_bytes()[..end]
 }
 
+/// For the tests: where the running task's slot and finish log are, so a
+/// task can write over them as a hostile task (or a C library) could.
+#[cfg(test)]
+pub(crate) mod hostile {
+    use crate::sync::finish_log::FinishLog;
+    use crate::sync::slot::TaskSlot;
+    use std::sync::atomic::{AtomicPtr, Ordering};
+
+    static SLOT: AtomicPtr<TaskSlot> = AtomicPtr::new(std::ptr::null_mut());
+    static LOG: AtomicPtr<FinishLog> = AtomicPtr::new(std::ptr::null_mut());
+
+    pub(super) fn running(slot: &TaskSlot, log: &FinishLog) {
+        SLOT.store(slot as *const TaskSlot as *mut TaskSlot, Ordering::Relaxed);
+        LOG.store(log as *const FinishLog as *mut FinishLog, Ordering::Relaxed);
+    }
+
+    /// The slot of the task this worker runs (or ran last).
+    pub(crate) fn slot() -> &'static TaskSlot {
+        // SAFETY: set before every task to a slot of the segment, which stays
+        // mapped for the worker's life.
+        unsafe { &*SLOT.load(Ordering::Relaxed) }
+    }
+
+    /// This worker's finish log.
+    pub(crate) fn log() -> &'static FinishLog {
+        // SAFETY: as for `slot`.
+        unsafe { &*LOG.load(Ordering::Relaxed) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::slot::TaskDesc;
+    use crate::{Error, Pool};
+    use std::time::Duration;
+
+    /// Runs `f` on a thread; fails if it takes longer than `limit`.
+    fn bounded(limit: Duration, f: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(limit)
+            .expect("finished in time, without a panic");
+    }
+
+    fn square(x: u64) -> u64 {
+        x * x
+    }
+
+    /// Writes garbage over the whole of its slot's description, then returns.
+    fn scribble_over_the_description(x: u64) -> u64 {
+        let slot = hostile::slot();
+        // SAFETY: none: this plays a task with an `unsafe` bug. The worker
+        // copied the description before the task began.
+        unsafe {
+            std::ptr::write_bytes(
+                (slot.desc() as *mut TaskDesc).cast::<u8>(),
+                0xA5,
+                std::mem::size_of::<TaskDesc>(),
+            )
+        };
+        x + 1
+    }
+
+    /// A panic payload that writes over the slot's outcome when the worker
+    /// drops it: after the worker wrote the outcome, before it hands the slot
+    /// back (as a thread the task left running could).
+    struct LateScribble {
+        outcome: u32,
+        detail: u32,
+    }
+
+    impl Drop for LateScribble {
+        fn drop(&mut self) {
+            // SAFETY: none, as above.
+            let desc = unsafe { hostile::slot().desc() };
+            desc.outcome = self.outcome;
+            desc.detail = self.detail;
+        }
+    }
+
+    fn panic_then_scribble(outcome: u32, detail: u32) -> u64 {
+        std::panic::panic_any(LateScribble { outcome, detail })
+    }
+
+    /// Writes impossible positions over its worker's finish log, then returns.
+    fn scribble_over_the_finish_log(x: u64) -> u64 {
+        hostile::log().write_positions(5, 5 + (1 << 40));
+        x * x
+    }
+
+    #[test]
+    fn a_task_writing_over_its_slot_gets_a_clear_error_and_the_pool_goes_on() {
+        bounded(Duration::from_secs(60), || {
+            let pool = Pool::new(1).unwrap();
+            // The parent uses its own record of where the result is.
+            assert_eq!(
+                pool.apply(scribble_over_the_description, (41,)).unwrap(),
+                42
+            );
+            for (outcome, detail) in [(Outcome::Panicked as u32, 100_000), (0xDEAD, 0)] {
+                match pool.apply(panic_then_scribble, (outcome, detail)) {
+                    Err(Error::SlotCorrupted(what)) => {
+                        assert!(what.contains("reads"), "{what}")
+                    }
+                    other => panic!("outcome {outcome:#x}, detail {detail}: {other:?}"),
+                }
+                assert_eq!(pool.apply(square, (7,)).unwrap(), 49, "the pool goes on");
+            }
+            let items: Vec<u64> = (0..1000).collect();
+            let squares: Vec<u64> = items.iter().map(|x| x * x).collect();
+            assert_eq!(pool.map(square, &items).unwrap(), squares);
+        });
+    }
+
+    #[test]
+    fn a_task_writing_over_its_finish_log_still_gets_its_callback() {
+        bounded(Duration::from_secs(60), || {
+            let pool = Pool::new(1).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let sent = tx.clone();
+            let _r = pool
+                .apply_async_with(
+                    scribble_over_the_finish_log,
+                    (5,),
+                    move |v| sent.send(v).unwrap(),
+                    |e| panic!("{e}"),
+                )
+                .unwrap();
+            let wait = Duration::from_secs(30);
+            assert_eq!(rx.recv_timeout(wait), Ok(25));
+            // The log is consistent again: later callbacks come through it.
+            for k in 0..200u64 {
+                let sent = tx.clone();
+                pool.apply_async_with(square, (k,), move |v| sent.send(v).unwrap(), |_| {})
+                    .unwrap();
+            }
+            let mut got: Vec<u64> = (0..200).map(|_| rx.recv_timeout(wait).unwrap()).collect();
+            got.sort();
+            assert_eq!(got, (0..200u64).map(|k| k * k).collect::<Vec<_>>());
+            assert_eq!(pool.apply(square, (7,)).unwrap(), 49);
+        });
+    }
 
     #[test]
     fn truncation_respects_char_boundaries() {
