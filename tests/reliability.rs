@@ -464,3 +464,45 @@ fn terminate_returns_within_a_grace_period_while_a_callback_is_stuck() {
         drop(release_tx);
     });
 }
+
+/// Fills a local array of `N` bytes and sums it (black-boxed, so it stays on
+/// the stack).
+fn sum_of_a_big_local<const N: usize>(seed: u64) -> u64 {
+    let mut local = [0u8; N];
+    let local = std::hint::black_box(&mut local);
+    for (i, b) in local.iter_mut().enumerate() {
+        *b = (i as u64 ^ seed) as u8;
+    }
+    std::hint::black_box(&*local)
+        .iter()
+        .map(|&b| u64::from(b))
+        .sum()
+}
+
+#[test]
+fn tasks_have_a_main_thread_sized_stack_and_stack_size_sets_it() {
+    bounded(LIMIT, || {
+        const MIB: usize = 1 << 20;
+        let expect = |n: usize| {
+            sum_of_a_big_local::<0>(0) + (0..n as u64).map(|i| (i ^ 5) as u8 as u64).sum::<u64>()
+        };
+        for method in StartMethod::ALL {
+            let pool = get_context(method).pool(1).unwrap();
+            let got = pool.apply(sum_of_a_big_local::<MIB>, (5,));
+            assert_eq!(got.unwrap(), expect(MIB), "{method}: a 1 MiB local");
+            let got = pool.apply(sum_of_a_big_local::<{ 4 * MIB }>, (5,));
+            assert_eq!(got.unwrap(), expect(4 * MIB), "{method}: a 4 MiB local");
+        }
+        let pool = Pool::builder()
+            .processes(1)
+            .stack_size(64 << 20)
+            .build()
+            .unwrap();
+        let got = pool.apply(sum_of_a_big_local::<{ 32 * MIB }>, (5,));
+        assert_eq!(
+            got.unwrap(),
+            expect(32 * MIB),
+            "a 32 MiB local, 64 MiB stack"
+        );
+    });
+}
