@@ -506,3 +506,50 @@ fn tasks_have_a_main_thread_sized_stack_and_stack_size_sets_it() {
         );
     });
 }
+
+/// What `ps` shows for `pid` (`/proc/<pid>/comm`, at most 15 bytes).
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned()
+}
+
+/// `name` cut to the 15 bytes a process name holds.
+fn cut15(name: &str) -> &str {
+    &name[..name.len().min(15)]
+}
+
+#[test]
+fn workers_the_fork_server_and_the_tracker_carry_python_style_process_names() {
+    bounded(LIMIT, || {
+        for method in StartMethod::ALL {
+            let pool = get_context(method).pool(2).unwrap();
+            let prefix = match method {
+                StartMethod::Fork => "Fork",
+                StartMethod::Spawn => "Spawn",
+                _ => "ForkServer",
+            };
+            let mut pids = pool.worker_pids();
+            pids.sort();
+            let mut names: Vec<String> = pids.iter().map(|&p| comm(p)).collect();
+            names.sort();
+            let expect: Vec<String> = (1..=2)
+                .map(|n| cut15(&format!("{prefix}PoolWorker-{n}")).to_owned())
+                .collect();
+            assert_eq!(names, expect, "{method}");
+            if method == StartMethod::ForkServer {
+                assert_eq!(comm(parent_of(pids[0])), "ForkServer");
+            }
+        }
+        let _named = shmpool::SharedMemory::create(64).unwrap();
+        let names: Vec<String> = common::children()
+            .into_iter()
+            .map(|p| comm(p as u32))
+            .collect();
+        assert!(
+            names.iter().any(|n| n == "ResourceTracker"),
+            "children: {names:?}"
+        );
+    });
+}
