@@ -553,3 +553,52 @@ fn workers_the_fork_server_and_the_tracker_carry_python_style_process_names() {
         );
     });
 }
+
+/// This process's resident shared memory (`RssShmem`), in MiB.
+fn resident_shared_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssShmem:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        >> 10
+}
+
+fn add_one(x: u32) -> u32 {
+    x.wrapping_add(1)
+}
+
+#[test]
+fn a_large_map_gives_its_shared_memory_back_beyond_64_mib_once_done() {
+    bounded(LIMIT, || {
+        let pool = Pool::new(2).unwrap();
+        let items: Vec<u32> = (0..(96u32 << 20) / 4).collect(); // 96 MiB
+        let before = resident_shared_mib();
+        let result = pool.map_async(add_one, &items).unwrap();
+        let out = result.get(WAIT).unwrap();
+        assert_eq!(out.len(), items.len());
+        assert!(out.iter().zip(&items).all(|(&o, &i)| o == i + 1));
+        let during = resident_shared_mib();
+        assert!(
+            during >= before + 150,
+            "in and out were resident: {before} -> {during} MiB"
+        );
+        drop(result);
+        let after = resident_shared_mib();
+        // 192 MiB of block, of which at most the first 64 MiB of the arena
+        // stay resident (other tests' pools may move the figures a little).
+        assert!(
+            after + 100 <= during,
+            "beyond 64 MiB given back: {before} -> {during} -> {after} MiB"
+        );
+        assert_eq!(
+            pool.map_async(add_one, &items[..1000])
+                .unwrap()
+                .get(WAIT)
+                .unwrap()[999],
+            1000
+        );
+    });
+}

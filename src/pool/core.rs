@@ -28,6 +28,10 @@ pub(crate) const CLOSED: u8 = 1;
 /// `terminate()` was called (or the pool dropped): workers are killed.
 pub(crate) const TERMINATED: u8 = 2;
 
+/// How much of the arena's start keeps its memory when blocks there are
+/// freed; freed blocks beyond it give theirs back to the kernel.
+pub(crate) const RETAINED_ARENA_BYTES: usize = 64 << 20;
+
 /// Shared state of one pool.
 pub(crate) struct Core {
     layout: Layout,
@@ -248,10 +252,7 @@ impl Core {
             false
         });
         table.reap_at = (2 * table.orphans.len()).max(64);
-        if !freed_blocks.is_empty() {
-            let mut arena = lock(&self.arena);
-            freed_blocks.into_iter().for_each(|b| arena.free(b));
-        }
+        freed_blocks.into_iter().for_each(|b| self.free_block(b));
     }
 
     /// Returns a slot the parent no longer needs: it must be FREE or DONE.
@@ -354,7 +355,23 @@ impl Core {
     }
 
     pub(crate) fn free_block(&self, block: Block) {
+        self.give_back(block);
         lock(&self.arena).free(block);
+    }
+
+    /// Gives back the memory of the part of `block` (just finished with, not
+    /// yet returned to the arena, so nobody else uses it) that lies beyond the
+    /// first [`RETAINED_ARENA_BYTES`] of the arena: the arena allocates lowest
+    /// first, so small and recent blocks stay warm there, while a large map
+    /// does not hold its memory once done.
+    fn give_back(&self, block: Block) {
+        let end = block.offset + block.len;
+        if end <= RETAINED_ARENA_BYTES {
+            return;
+        }
+        let start = block.offset.max(RETAINED_ARENA_BYTES);
+        self._segment
+            .release(layout::ARENA_OFFSET + start, end - start);
     }
 
     /// The segment offset of an arena block.
