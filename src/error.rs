@@ -90,6 +90,12 @@ pub enum Error {
         /// The `errno` of the refused `process_vm_readv`/`writev`.
         errno: i32,
     },
+    /// The shared memory describing the task held impossible values when the
+    /// parent read its outcome back (the string says which): something in
+    /// the worker — the task, a C library it called, an `unsafe` bug — wrote
+    /// over the pool's segment. The parent never reads or writes outside the
+    /// segment for it; that task's result is lost, and the pool goes on.
+    SlotCorrupted(String),
     /// A fixed-size table is full: more tasks in flight than the pool has
     /// slots for, a map or argument larger than the pool's shared arena has
     /// room for, or the program's object heap is used up. Collect or drop
@@ -153,6 +159,10 @@ impl fmt::Display for Error {
                 "a worker was refused the caller's memory in the middle of an in-place map ({}); \
                  the slice is partly mapped",
                 std::io::Error::from_raw_os_error(*errno)
+            ),
+            Error::SlotCorrupted(what) => write!(
+                f,
+                "the task's slot in shared memory was written over in its worker: {what}"
             ),
             Error::Io(e) => write!(f, "operating system error: {e}"),
         }

@@ -186,6 +186,7 @@ pub(crate) fn serve(fd: &OsStr) -> i32 {
     // Done before the exec already; again in case this process was started
     // otherwise (by hand, with the variable set).
     spawn::detach();
+    crate::start::fork::set_process_name(b"ResourceTracker");
     let _ = send_all(fd, b"+"); // hello: detached (`await_hello`)
                                 // SAFETY: the descriptor was handed to this process for it alone.
     let socket = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });

@@ -354,3 +354,251 @@ fn a_fork_child_uses_a_fork_server_of_its_own_not_its_parents() {
         assert_eq!(child.join(Some(Duration::from_secs(30))).unwrap(), Some(0));
     });
 }
+
+/// Forks; the child returns at once, the parent after 100 ms (so that a
+/// child that went on as a worker would finish the slot first). Returns
+/// `x * x` and the fork's result (the child's pid in the parent, 0 in it).
+fn fork_then_square(x: u64) -> (u64, i64) {
+    // SAFETY: plain fork; both sides only return.
+    let pid = unsafe { libc::fork() };
+    if pid > 0 {
+        sleep_ms(100);
+    }
+    (x * x, i64::from(pid))
+}
+
+/// Whether `pid` has exited (a zombie, or gone altogether).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'),
+    }
+}
+
+#[test]
+fn a_process_a_task_forks_exits_when_the_task_returns_instead_of_serving() {
+    bounded(LIMIT, || {
+        for method in StartMethod::ALL {
+            let pool = get_context(method).pool(1).unwrap();
+            let (squared, child) = pool.apply(fork_then_square, (12,)).unwrap();
+            assert_eq!(squared, 144, "{method}");
+            assert!(child > 0, "{method}: the worker's own result, got {child}");
+            let child = child as u32;
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !exited(child) && std::time::Instant::now() < deadline {
+                sleep_ms(5);
+            }
+            let ghost = !exited(child);
+            if ghost {
+                // SAFETY: plain syscall; do not leave it serving after the test.
+                unsafe { libc::kill(child as i32, libc::SIGKILL) };
+            }
+            assert!(!ghost, "{method}: the forked child still runs");
+            for k in 0..300u64 {
+                assert_eq!(pool.apply(square, (k,)).unwrap(), k * k, "{method}");
+            }
+            let items: Vec<u64> = (0..10_000).collect();
+            let expect: Vec<u64> = items.iter().map(|x| x * x).collect();
+            assert_eq!(pool.map(square, &items).unwrap(), expect, "{method}");
+        }
+    });
+}
+
+#[test]
+fn get_and_wait_inside_a_callback_on_a_result_whose_callbacks_are_pending_fail_at_once() {
+    bounded(LIMIT, || {
+        let pool = Pool::new(2).unwrap();
+        // Its callbacks can only run on the callback thread, after the one
+        // below returns: waiting for them there would wait forever.
+        let slow = pool
+            .apply_async_with(nap_then, (500, 1), |_| {}, |_| {})
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _outer = pool
+            .apply_async_with(
+                square,
+                (3,),
+                move |v| {
+                    let started = std::time::Instant::now();
+                    let got = slow.get(None).map_err(|e| e.to_string());
+                    let timed = slow.get(Some(Duration::from_secs(20)));
+                    let waited = slow.wait(None);
+                    let _ = tx.send((v, got, timed.is_ok(), waited, started.elapsed()));
+                },
+                |_| {},
+            )
+            .unwrap();
+        let (v, got, timed_ok, waited, took) = rx.recv_timeout(LIMIT).unwrap();
+        assert_eq!(v, 9);
+        let message = got.unwrap_err();
+        assert!(message.contains("get() inside a callback"), "{message}");
+        assert!(!timed_ok && !waited);
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        assert_eq!(pool.apply(square, (4,)).unwrap(), 16, "the pool goes on");
+    });
+}
+
+#[test]
+fn terminate_returns_within_a_grace_period_while_a_callback_is_stuck() {
+    bounded(LIMIT, || {
+        let pool = Pool::new(1).unwrap();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let _stuck = pool
+            .apply_async_with(
+                square,
+                (2,),
+                move |_| {
+                    started_tx.send(()).unwrap();
+                    let _ = release_rx.recv(); // until the test lets it go
+                },
+                |_| {},
+            )
+            .unwrap();
+        started_rx.recv_timeout(WAIT.unwrap()).unwrap();
+        let t0 = std::time::Instant::now();
+        pool.terminate();
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(12), "terminate took {took:?}");
+        drop(pool);
+        drop(release_tx);
+    });
+}
+
+/// Fills a local array of `N` bytes and sums it (black-boxed, so it stays on
+/// the stack).
+fn sum_of_a_big_local<const N: usize>(seed: u64) -> u64 {
+    let mut local = [0u8; N];
+    let local = std::hint::black_box(&mut local);
+    for (i, b) in local.iter_mut().enumerate() {
+        *b = (i as u64 ^ seed) as u8;
+    }
+    std::hint::black_box(&*local)
+        .iter()
+        .map(|&b| u64::from(b))
+        .sum()
+}
+
+#[test]
+fn tasks_have_a_main_thread_sized_stack_and_stack_size_sets_it() {
+    bounded(LIMIT, || {
+        const MIB: usize = 1 << 20;
+        let expect = |n: usize| {
+            sum_of_a_big_local::<0>(0) + (0..n as u64).map(|i| (i ^ 5) as u8 as u64).sum::<u64>()
+        };
+        for method in StartMethod::ALL {
+            let pool = get_context(method).pool(1).unwrap();
+            let got = pool.apply(sum_of_a_big_local::<MIB>, (5,));
+            assert_eq!(got.unwrap(), expect(MIB), "{method}: a 1 MiB local");
+            let got = pool.apply(sum_of_a_big_local::<{ 4 * MIB }>, (5,));
+            assert_eq!(got.unwrap(), expect(4 * MIB), "{method}: a 4 MiB local");
+        }
+        let pool = Pool::builder()
+            .processes(1)
+            .stack_size(64 << 20)
+            .build()
+            .unwrap();
+        let got = pool.apply(sum_of_a_big_local::<{ 32 * MIB }>, (5,));
+        assert_eq!(
+            got.unwrap(),
+            expect(32 * MIB),
+            "a 32 MiB local, 64 MiB stack"
+        );
+    });
+}
+
+/// What `ps` shows for `pid` (`/proc/<pid>/comm`, at most 15 bytes).
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned()
+}
+
+/// `name` cut to the 15 bytes a process name holds.
+fn cut15(name: &str) -> &str {
+    &name[..name.len().min(15)]
+}
+
+#[test]
+fn workers_the_fork_server_and_the_tracker_carry_python_style_process_names() {
+    bounded(LIMIT, || {
+        for method in StartMethod::ALL {
+            let pool = get_context(method).pool(2).unwrap();
+            let prefix = match method {
+                StartMethod::Fork => "Fork",
+                StartMethod::Spawn => "Spawn",
+                _ => "ForkServer",
+            };
+            let mut pids = pool.worker_pids();
+            pids.sort();
+            let mut names: Vec<String> = pids.iter().map(|&p| comm(p)).collect();
+            names.sort();
+            let expect: Vec<String> = (1..=2)
+                .map(|n| cut15(&format!("{prefix}PoolWorker-{n}")).to_owned())
+                .collect();
+            assert_eq!(names, expect, "{method}");
+            if method == StartMethod::ForkServer {
+                assert_eq!(comm(parent_of(pids[0])), "ForkServer");
+            }
+        }
+        let _named = shmpool::SharedMemory::create(64).unwrap();
+        let names: Vec<String> = common::children()
+            .into_iter()
+            .map(|p| comm(p as u32))
+            .collect();
+        assert!(
+            names.iter().any(|n| n == "ResourceTracker"),
+            "children: {names:?}"
+        );
+    });
+}
+
+/// This process's resident shared memory (`RssShmem`), in MiB.
+fn resident_shared_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssShmem:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        >> 10
+}
+
+fn add_one(x: u32) -> u32 {
+    x.wrapping_add(1)
+}
+
+#[test]
+fn a_large_map_gives_its_shared_memory_back_beyond_64_mib_once_done() {
+    bounded(LIMIT, || {
+        let pool = Pool::new(2).unwrap();
+        let items: Vec<u32> = (0..(96u32 << 20) / 4).collect(); // 96 MiB
+        let before = resident_shared_mib();
+        let result = pool.map_async(add_one, &items).unwrap();
+        let out = result.get(WAIT).unwrap();
+        assert_eq!(out.len(), items.len());
+        assert!(out.iter().zip(&items).all(|(&o, &i)| o == i + 1));
+        let during = resident_shared_mib();
+        assert!(
+            during >= before + 150,
+            "in and out were resident: {before} -> {during} MiB"
+        );
+        drop(result);
+        let after = resident_shared_mib();
+        // 192 MiB of block, of which at most the first 64 MiB of the arena
+        // stay resident (other tests' pools may move the figures a little).
+        assert!(
+            after + 100 <= during,
+            "beyond 64 MiB given back: {before} -> {during} -> {after} MiB"
+        );
+        assert_eq!(
+            pool.map_async(add_one, &items[..1000])
+                .unwrap()
+                .get(WAIT)
+                .unwrap()[999],
+            1000
+        );
+    });
+}

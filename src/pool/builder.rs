@@ -66,6 +66,31 @@ pub(crate) struct PoolConfig {
     pub(crate) task_timeout: Option<Duration>,
     /// Hand workers the caller's memory (`pool::zero_copy`).
     pub(crate) zero_copy: bool,
+    /// The supervisor thread's stack, on which fork workers run their tasks
+    /// (`None`: [`default_stack_size`]).
+    pub(crate) stack_size: Option<usize>,
+}
+
+/// The smallest [`PoolBuilder::stack_size`] accepted.
+pub(crate) const MIN_STACK_SIZE: usize = 256 << 10;
+
+/// The stack fork workers run tasks on unless configured: the main thread's,
+/// that is `RLIMIT_STACK`'s soft limit, and at least 8 MiB (also when the
+/// limit is infinite, or above 1 GiB).
+pub(crate) fn default_stack_size() -> usize {
+    const MAIN_THREAD_DEFAULT: usize = 8 << 20;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: writes one rlimit into a valid struct.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } == 0;
+    match usize::try_from(limit.rlim_cur) {
+        Ok(bytes) if ok && limit.rlim_cur != libc::RLIM_INFINITY && bytes <= 1 << 30 => {
+            bytes.max(MAIN_THREAD_DEFAULT)
+        }
+        _ => MAIN_THREAD_DEFAULT,
+    }
 }
 
 /// An initializer's entry point and its argument bytes.
@@ -227,6 +252,30 @@ impl PoolBuilder {
         self
     }
 
+    /// The stack size, in bytes, that tasks of fork workers run on. Default:
+    /// the main thread's (`RLIMIT_STACK`, usually 8 MiB), at least 8 MiB.
+    ///
+    /// Fork workers are forked from the pool's supervisor thread, so they run
+    /// on a copy of its stack: this sets that thread's stack. Like any
+    /// thread's, it is reserved address space, backed by memory only as far
+    /// as a task uses it. Spawn and forkserver workers run on the main thread
+    /// of a process of their own, whose stack `RLIMIT_STACK` sets instead.
+    /// Less than 256 KiB is [`Error::InvalidArgument`] at `build`.
+    ///
+    /// ```
+    /// fn deep(x: u64) -> u64 {
+    ///     let local = std::hint::black_box([x as u8; 16 << 20]); // 16 MiB
+    ///     local.iter().map(|&b| u64::from(b)).sum()
+    /// }
+    /// let pool = shmpool::Pool::builder().processes(1).stack_size(64 << 20).build()?;
+    /// assert_eq!(pool.apply(deep, (1,))?, 16 << 20);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.config.stack_size = Some(bytes);
+        self
+    }
+
     /// Maps the shared segment and starts the workers; returns once every
     /// worker is running (and, with an initializer or a start method other
     /// than fork, once every worker has reported in).
@@ -253,6 +302,12 @@ impl PoolBuilder {
         }
         if config.task_timeout == Some(Duration::ZERO) {
             return Err(Error::invalid("task_timeout must be longer than zero"));
+        }
+        if config.stack_size.is_some_and(|b| b < MIN_STACK_SIZE) {
+            return Err(Error::invalid(format!(
+                "stack_size must be at least {} KiB",
+                MIN_STACK_SIZE >> 10
+            )));
         }
         if config.max_tasks == Some(0) {
             return Err(Error::invalid("maxtasksperchild must be at least 1"));

@@ -14,17 +14,38 @@
 //! A panicking callback is caught: its message goes to the result's handle
 //! ([`Error::CallbackPanicked`](crate::Error::CallbackPanicked)) and the thread
 //! goes on — unlike CPython, whose result handler dies and leaves the pool
-//! wedged (bpo-83371 / gh-83371).
+//! wedged (bpo-83371 / gh-83371). A callback that waits for a result of the
+//! same pool whose callbacks are pending would wait for this very thread:
+//! `AsyncResult::get` returns an error and `wait` returns `false` at once
+//! ([`on_callback_thread_of`]). One that blocks on anything else is waited
+//! for by `join`, and by `terminate` for [`STOP_GRACE`] only.
 
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::result::Shared;
 use crate::shm::layout::Layout;
 use crate::sync::wake::WakeWord;
+use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long `terminate` (and drop) waits for the callback thread once every
+/// slot is finished: a callback still running after that is left behind.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// On a callback thread: the address of the core it serves, else 0.
+    static SERVING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether the calling thread is `core`'s callback thread (so a wait for a
+/// result whose callbacks are pending would wait for itself).
+pub(crate) fn on_callback_thread_of(core: &Core) -> bool {
+    SERVING.with(|s| s.get()) == core as *const Core as usize
+}
 
 /// A result waiting for its callbacks.
 pub(crate) trait Pending: Send {
@@ -148,22 +169,42 @@ impl Callbacks {
     }
 
     /// Delivers everything still pending (the pool's work has ended), then
-    /// stops the thread.
-    pub(crate) fn stop_and_join(&self, layout: &Layout) {
+    /// stops the thread. With a `grace`, gives up waiting after it (a
+    /// callback that blocks forever must not hang `terminate`): the thread is
+    /// left to finish on its own, and one line on stderr says so.
+    pub(crate) fn stop_and_join(&self, layout: &Layout, grace: Option<Duration>) {
         self.stop.store(true, Ordering::SeqCst);
         self.arrivals.notify_all();
         layout.header().done.notify_all();
         let handle = lock(&self.thread).take();
-        if let Some(handle) = handle {
-            // A callback that drops the pool runs on this very thread.
-            if handle.thread().id() != std::thread::current().id() {
-                let _ = handle.join();
+        let Some(handle) = handle else {
+            return;
+        };
+        // A callback that drops the pool runs on this very thread.
+        if handle.thread().id() == std::thread::current().id() {
+            return;
+        }
+        if let Some(grace) = grace {
+            let deadline = Instant::now() + grace;
+            let mut pause = Duration::from_micros(50);
+            while !handle.is_finished() {
+                if Instant::now() >= deadline {
+                    eprintln!(
+                        "shmpool: a result callback is still running {grace:?} after the pool \
+                         was terminated; no longer waiting for the callback thread"
+                    );
+                    return; // detached: it holds the core, so nothing it uses goes away
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(10));
             }
         }
+        let _ = handle.join();
     }
 }
 
 fn run(core: &Core) {
+    SERVING.with(|s| s.set(core as *const Core as usize));
     let callbacks = &core.callbacks;
     let layout = core.layout();
     let logs = || (0..core.processes as u32).map(|k| layout.finish_log(k));

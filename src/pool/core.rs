@@ -15,7 +15,7 @@ use crate::shm::arena::{Arena, Block};
 use crate::shm::layout::{self, Layout};
 use crate::shm::segment::Segment;
 use crate::sync::ring::{Full, Producer};
-use crate::sync::slot::{Outcome, SlotState};
+use crate::sync::slot::{Outcome, SlotState, INLINE_CAPACITY};
 use crate::Pod;
 use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
@@ -27,6 +27,10 @@ pub(crate) const RUNNING: u8 = 0;
 pub(crate) const CLOSED: u8 = 1;
 /// `terminate()` was called (or the pool dropped): workers are killed.
 pub(crate) const TERMINATED: u8 = 2;
+
+/// How much of the arena's start keeps its memory when blocks there are
+/// freed; freed blocks beyond it give theirs back to the kernel.
+pub(crate) const RETAINED_ARENA_BYTES: usize = 64 << 20;
 
 /// Shared state of one pool.
 pub(crate) struct Core {
@@ -248,10 +252,7 @@ impl Core {
             false
         });
         table.reap_at = (2 * table.orphans.len()).max(64);
-        if !freed_blocks.is_empty() {
-            let mut arena = lock(&self.arena);
-            freed_blocks.into_iter().for_each(|b| arena.free(b));
-        }
+        freed_blocks.into_iter().for_each(|b| self.free_block(b));
     }
 
     /// Returns a slot the parent no longer needs: it must be FREE or DONE.
@@ -354,7 +355,23 @@ impl Core {
     }
 
     pub(crate) fn free_block(&self, block: Block) {
+        self.give_back(block);
         lock(&self.arena).free(block);
+    }
+
+    /// Gives back the memory of the part of `block` (just finished with, not
+    /// yet returned to the arena, so nobody else uses it) that lies beyond the
+    /// first [`RETAINED_ARENA_BYTES`] of the arena: the arena allocates lowest
+    /// first, so small and recent blocks stay warm there, while a large map
+    /// does not hold its memory once done.
+    fn give_back(&self, block: Block) {
+        let end = block.offset + block.len;
+        if end <= RETAINED_ARENA_BYTES {
+            return;
+        }
+        let start = block.offset.max(RETAINED_ARENA_BYTES);
+        self._segment
+            .release(layout::ARENA_OFFSET + start, end - start);
     }
 
     /// The segment offset of an arena block.
@@ -363,16 +380,34 @@ impl Core {
     }
 
     /// Reads the outcome of a DONE slot whose result of type `R` is at `output`.
+    ///
+    /// `output` is the parent's own record; what the slot says is not to be
+    /// trusted, since anything running in a worker (the task, a C library,
+    /// an `unsafe` bug) can write over it: an outcome no finisher writes, or
+    /// a message longer than the inline area, is [`Failure::Corrupted`],
+    /// never a read outside the slot.
     pub(crate) fn read_outcome<R: Pod>(&self, slot: u32, output: u64) -> Result<R, Failure> {
         let s = self.layout.slot(slot);
         let (outcome, detail, signal) = s.outcome();
+        let outcome = outcome
+            .map_err(|word| Failure::Corrupted(format!("its outcome word reads {word:#x}")))?;
         match outcome {
             // SAFETY: the worker wrote an R at `output` before finishing the slot
             // (DONE observed with Acquire by the caller); unaligned-safe read.
+            // `output` and R's size are the parent's, so the read stays in
+            // the block the parent reserved, whatever the slot says.
             Outcome::Returned => Ok(unsafe { self.layout.at(output).cast::<R>().read_unaligned() }),
             Outcome::Panicked => {
-                // SAFETY: the worker wrote `detail` message bytes inline before DONE.
-                let bytes = unsafe { std::slice::from_raw_parts(s.inline_ptr(), detail as usize) };
+                let len = detail as usize;
+                if len > INLINE_CAPACITY {
+                    return Err(Failure::Corrupted(format!(
+                        "its panic message length reads {len}, more than the slot's \
+                         {INLINE_CAPACITY} bytes"
+                    )));
+                }
+                // SAFETY: the inline area holds INLINE_CAPACITY bytes and `len`
+                // is no more; DONE was seen, so no finisher writes them now.
+                let bytes = unsafe { std::slice::from_raw_parts(s.inline_ptr(), len) };
                 Err(Failure::Panicked(
                     String::from_utf8_lossy(bytes).into_owned(),
                 ))
@@ -418,11 +453,16 @@ impl Core {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Failure {
     Panicked(String),
-    WorkerDied { pid: u32, signal: Option<i32> },
+    WorkerDied {
+        pid: u32,
+        signal: Option<i32>,
+    },
     Terminated,
     Broken(String),
     TimedOut,
     AccessRefused(AccessRefused),
+    /// The slot held values no finisher writes (what they were).
+    Corrupted(String),
 }
 
 impl From<Failure> for Error {
@@ -436,6 +476,7 @@ impl From<Failure> for Error {
             Failure::AccessRefused(refused) => Error::ZeroCopyRefused {
                 errno: refused.errno,
             },
+            Failure::Corrupted(what) => Error::SlotCorrupted(what),
         }
     }
 }

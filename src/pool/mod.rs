@@ -161,6 +161,8 @@ impl Pool {
     /// should return quickly. A panicking callback is caught: the handle's
     /// `get` then returns [`Error::CallbackPanicked`] and the pool goes on.
     /// Dropping the handle does not cancel the task: its callback still runs.
+    /// Inside a callback, waiting for another result of this pool whose
+    /// callbacks have not run fails at once (see [`AsyncResult::get`]).
     ///
     /// ```
     /// use std::sync::mpsc;
@@ -707,7 +709,14 @@ impl Pool {
 
     /// Kills the workers at once, without finishing outstanding work: their
     /// results fail with [`Error::Terminated`]. Returns once every worker is
-    /// reaped. Dropping the pool does the same.
+    /// reaped and the callbacks of `*_with` results have run (with
+    /// `Terminated` for unfinished ones). Dropping the pool does the same.
+    ///
+    /// A callback that is still running 5 seconds after the workers are gone
+    /// (blocked on something that never comes) is not waited for: `terminate`
+    /// prints one line on stderr and returns, and the callback thread ends
+    /// on its own if the callback ever returns. [`join`](Pool::join) waits
+    /// for every callback without a limit.
     ///
     /// ```
     /// use std::time::Duration;
@@ -724,7 +733,9 @@ impl Pool {
             self.signal_workers_to_stop();
         }
         self.core.supervisor.join();
-        self.core.callbacks.stop_and_join(self.core.layout());
+        self.core
+            .callbacks
+            .stop_and_join(self.core.layout(), Some(callbacks::STOP_GRACE));
     }
 
     /// Waits for the workers to exit; [`close`](Pool::close) or
@@ -745,7 +756,7 @@ impl Pool {
             return Err(Error::state("join() called before close() or terminate()"));
         }
         self.core.supervisor.join();
-        self.core.callbacks.stop_and_join(self.core.layout());
+        self.core.callbacks.stop_and_join(self.core.layout(), None);
         match self.core.broken() {
             Some(why) => Err(Error::PoolBroken(why.to_owned())),
             None => Ok(()),

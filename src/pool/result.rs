@@ -119,7 +119,20 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
     /// worker died, [`Error::WorkerDied`]; for a map, the first failing chunk's
     /// error. If a callback was attached and panicked,
     /// [`Error::CallbackPanicked`].
+    ///
+    /// Called from a callback of the same pool on a result whose own
+    /// callbacks have not run yet, it returns [`Error::InvalidState`] at
+    /// once, whatever the timeout: those callbacks run on the very thread
+    /// that is waiting, one at a time, so the wait could never end (in
+    /// Python it hangs the pool). A result without callbacks, or one already
+    /// delivered, can be waited for from a callback as from anywhere.
     pub fn get(&self, timeout: Option<Duration>) -> Result<R, Error> {
+        if self.waits_for_its_own_thread() {
+            return Err(Error::state(
+                "get() inside a callback on a result of the same pool whose callbacks have not \
+                 run yet: they run on this thread, after this callback returns",
+            ));
+        }
         if !self.wait(timeout) {
             return Err(Error::Timeout);
         }
@@ -138,7 +151,13 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
 
     /// Waits until the result is available or `timeout` passes; returns whether
     /// it is available.
+    ///
+    /// From a callback of the same pool, on a result whose own callbacks have
+    /// not run yet, returns `false` at once (see [`get`](Self::get)).
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        if self.waits_for_its_own_thread() {
+            return false;
+        }
         let deadline = crate::deadline::deadline_opt(timeout);
         let shared = &*self.shared;
         match &shared.delivery {
@@ -147,6 +166,14 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
                 shared.value.get().is_some() || shared.job().wait(shared.core.layout(), deadline)
             }
         }
+    }
+
+    /// Whether waiting for this result would wait for the calling thread
+    /// itself: a callback waiting for a result whose callbacks are pending.
+    fn waits_for_its_own_thread(&self) -> bool {
+        let shared = &*self.shared;
+        shared.delivery.as_ref().is_some_and(|d| !d.is_delivered())
+            && crate::pool::callbacks::on_callback_thread_of(&shared.core)
     }
 
     /// Whether the work has finished (successfully or not), and its callbacks

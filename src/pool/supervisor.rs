@@ -67,8 +67,12 @@ impl Supervisor {
     pub(crate) fn start(core: &Arc<Core>) -> Result<(), Error> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread_core = Arc::clone(core);
+        // Fork workers run their tasks on a copy of this thread's stack.
+        let stack =
+            (core.config.stack_size).unwrap_or_else(crate::pool::builder::default_stack_size);
         let handle = std::thread::Builder::new()
             .name("shmpool-supervisor".into())
+            .stack_size(stack)
             .spawn(move || run(thread_core, ready_tx))?;
         let started = ready_rx
             .recv()

@@ -14,7 +14,7 @@ use crate::task::{EntryPoint, Remote, TaskIo};
 use std::any::Any;
 use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 /// Who a worker is and how it tells the parent it is ready.
 #[derive(Debug, Clone, Copy)]
@@ -32,8 +32,12 @@ pub(crate) struct WorkerStart {
 pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
     // Done by the parent before forking; a spawned process installs it here.
     install_quiet_panic_hook();
+    install_fork_counter();
     crate::process::enter_worker(start.index as usize, start.method);
-    if let Err(message) = initialize(layout) {
+    let me = Incarnation::now();
+    let initialized = initialize(layout);
+    me.exit_if_forked();
+    if let Err(message) = initialized {
         record_init_failure(layout, &message);
         return INIT_FAILED_EXIT;
     }
@@ -68,7 +72,7 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
             }
         }
         if let Some(slot) = popped {
-            if run(layout, slot, start.index, track, peer, &mut stage) {
+            if run(layout, slot, start.index, me, track, peer, &mut stage) {
                 tasks_run += 1;
                 if max_tasks != 0 && tasks_run >= max_tasks {
                     // Holding no task and no popped entry: say so, so the
@@ -106,6 +110,56 @@ pub(crate) fn install_quiet_panic_hook() {
             }
         }));
     });
+}
+
+/// How many times this process's line of ancestors forked to make it: bumped
+/// in every child by a `pthread_atfork` handler, so a process that a task
+/// forked has a count its worker loop did not start with.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_fork_in_child() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Registers [`count_fork_in_child`] once per process image (a forked
+/// worker inherits the registration; a spawned one makes its own).
+fn install_fork_counter() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a handler that only bumps an atomic, which is
+        // async-signal-safe, as a forked child requires.
+        unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
+    });
+}
+
+/// Which process the worker loop runs in: the fork count it started with.
+///
+/// A task (or initializer) that calls `fork()` and returns in the child
+/// would otherwise leave a second process running this loop: unsupervised,
+/// without a death signal, finishing a slot the parent may already have
+/// reused. Reading an atomic costs nothing per task, where `getpid()` is a
+/// system call. Only `fork()` through libc counts (glibc's `_Fork`, or a raw
+/// `clone` system call, run no atfork handler).
+#[derive(Debug, Clone, Copy)]
+struct Incarnation {
+    forks: u64,
+}
+
+impl Incarnation {
+    fn now() -> Incarnation {
+        Incarnation {
+            forks: FORKS.load(Ordering::Relaxed),
+        }
+    }
+
+    /// In a process a task forked from the worker: leaves at once, touching
+    /// no slot, log or record, and running no destructor of the worker's.
+    fn exit_if_forked(self) {
+        if FORKS.load(Ordering::Relaxed) != self.forks {
+            // SAFETY: ends this process; nothing of the pool's is touched.
+            unsafe { libc::_exit(0) }
+        }
+    }
 }
 
 /// Runs the pool's initializer, if it has one; `Err` holds its panic message.
@@ -190,14 +244,20 @@ fn run(
     layout: Layout,
     index: u32,
     me: u32,
+    incarnation: Incarnation,
     track: bool,
     peer: Option<Peer>,
     stage: &mut Stage,
 ) -> bool {
+    if index as usize >= crate::shm::layout::SLOT_CAPACITY {
+        return false; // a ring entry written over: no slot of ours
+    }
     let slot = layout.slot(index);
     if !slot.claim(me) {
         return false; // a stale ring entry, or another worker was faster
     }
+    #[cfg(test)]
+    hostile::running(slot, layout.finish_log(me));
     if track {
         layout
             .worker_record(me)
@@ -223,7 +283,7 @@ fn run(
         (true, None) => {
             // Handed the parent's memory before the parent heard that this
             // worker cannot reach it: refuse, having touched nothing.
-            return finish(layout, index, me, track, watched, || {
+            return finish(layout, index, me, incarnation, track, watched, || {
                 Err(AccessRefused {
                     errno: libc::EPERM,
                     wrote: false,
@@ -257,21 +317,24 @@ fn run(
         // "Slots" and "Zero-copy maps").
         unsafe { entry(io) }
     };
-    finish(layout, index, me, track, watched, task)
+    finish(layout, index, me, incarnation, track, watched, task)
 }
 
 /// Runs `task` under `catch_unwind` in slot `index` (held as RUNNING(me)),
 /// writes its outcome and finishes the slot. Returns `true` (a task ran).
+/// A process the task forked leaves here, as the task returns in it.
 fn finish(
     layout: Layout,
     index: u32,
     me: u32,
+    incarnation: Incarnation,
     track: bool,
     watched: bool,
     task: impl FnOnce() -> Result<(), AccessRefused>,
 ) -> bool {
     let slot = layout.slot(index);
     let result = std::panic::catch_unwind(AssertUnwindSafe(task));
+    incarnation.exit_if_forked();
     // SAFETY: still RUNNING(me): the outcome is ours to write.
     let desc = unsafe { slot.desc() };
     match result {
@@ -328,9 +391,152 @@ fn truncate(s: &str, max: usize) -> &[u8] {
     &s.as_bytes()[..end]
 }
 
+/// For the tests: where the running task's slot and finish log are, so a
+/// task can write over them as a hostile task (or a C library) could.
+#[cfg(test)]
+pub(crate) mod hostile {
+    use crate::sync::finish_log::FinishLog;
+    use crate::sync::slot::TaskSlot;
+    use std::sync::atomic::{AtomicPtr, Ordering};
+
+    static SLOT: AtomicPtr<TaskSlot> = AtomicPtr::new(std::ptr::null_mut());
+    static LOG: AtomicPtr<FinishLog> = AtomicPtr::new(std::ptr::null_mut());
+
+    pub(super) fn running(slot: &TaskSlot, log: &FinishLog) {
+        SLOT.store(slot as *const TaskSlot as *mut TaskSlot, Ordering::Relaxed);
+        LOG.store(log as *const FinishLog as *mut FinishLog, Ordering::Relaxed);
+    }
+
+    /// The slot of the task this worker runs (or ran last).
+    pub(crate) fn slot() -> &'static TaskSlot {
+        // SAFETY: set before every task to a slot of the segment, which stays
+        // mapped for the worker's life.
+        unsafe { &*SLOT.load(Ordering::Relaxed) }
+    }
+
+    /// This worker's finish log.
+    pub(crate) fn log() -> &'static FinishLog {
+        // SAFETY: as for `slot`.
+        unsafe { &*LOG.load(Ordering::Relaxed) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::slot::TaskDesc;
+    use crate::{Error, Pool};
+    use std::time::Duration;
+
+    /// Runs `f` on a thread; fails if it takes longer than `limit`.
+    fn bounded(limit: Duration, f: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(limit)
+            .expect("finished in time, without a panic");
+    }
+
+    fn square(x: u64) -> u64 {
+        x * x
+    }
+
+    /// Writes garbage over the whole of its slot's description, then returns.
+    fn scribble_over_the_description(x: u64) -> u64 {
+        let slot = hostile::slot();
+        // SAFETY: none: this plays a task with an `unsafe` bug. The worker
+        // copied the description before the task began.
+        unsafe {
+            std::ptr::write_bytes(
+                (slot.desc() as *mut TaskDesc).cast::<u8>(),
+                0xA5,
+                std::mem::size_of::<TaskDesc>(),
+            )
+        };
+        x + 1
+    }
+
+    /// A panic payload that writes over the slot's outcome when the worker
+    /// drops it: after the worker wrote the outcome, before it hands the slot
+    /// back (as a thread the task left running could).
+    struct LateScribble {
+        outcome: u32,
+        detail: u32,
+    }
+
+    impl Drop for LateScribble {
+        fn drop(&mut self) {
+            // SAFETY: none, as above.
+            let desc = unsafe { hostile::slot().desc() };
+            desc.outcome = self.outcome;
+            desc.detail = self.detail;
+        }
+    }
+
+    fn panic_then_scribble(outcome: u32, detail: u32) -> u64 {
+        std::panic::panic_any(LateScribble { outcome, detail })
+    }
+
+    /// Writes impossible positions over its worker's finish log, then returns.
+    fn scribble_over_the_finish_log(x: u64) -> u64 {
+        hostile::log().write_positions(5, 5 + (1 << 40));
+        x * x
+    }
+
+    #[test]
+    fn a_task_writing_over_its_slot_gets_a_clear_error_and_the_pool_goes_on() {
+        bounded(Duration::from_secs(60), || {
+            let pool = Pool::new(1).unwrap();
+            // The parent uses its own record of where the result is.
+            assert_eq!(
+                pool.apply(scribble_over_the_description, (41,)).unwrap(),
+                42
+            );
+            for (outcome, detail) in [(Outcome::Panicked as u32, 100_000), (0xDEAD, 0)] {
+                match pool.apply(panic_then_scribble, (outcome, detail)) {
+                    Err(Error::SlotCorrupted(what)) => {
+                        assert!(what.contains("reads"), "{what}")
+                    }
+                    other => panic!("outcome {outcome:#x}, detail {detail}: {other:?}"),
+                }
+                assert_eq!(pool.apply(square, (7,)).unwrap(), 49, "the pool goes on");
+            }
+            let items: Vec<u64> = (0..1000).collect();
+            let squares: Vec<u64> = items.iter().map(|x| x * x).collect();
+            assert_eq!(pool.map(square, &items).unwrap(), squares);
+        });
+    }
+
+    #[test]
+    fn a_task_writing_over_its_finish_log_still_gets_its_callback() {
+        bounded(Duration::from_secs(60), || {
+            let pool = Pool::new(1).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let sent = tx.clone();
+            let _r = pool
+                .apply_async_with(
+                    scribble_over_the_finish_log,
+                    (5,),
+                    move |v| sent.send(v).unwrap(),
+                    |e| panic!("{e}"),
+                )
+                .unwrap();
+            let wait = Duration::from_secs(30);
+            assert_eq!(rx.recv_timeout(wait), Ok(25));
+            // The log is consistent again: later callbacks come through it.
+            for k in 0..200u64 {
+                let sent = tx.clone();
+                pool.apply_async_with(square, (k,), move |v| sent.send(v).unwrap(), |_| {})
+                    .unwrap();
+            }
+            let mut got: Vec<u64> = (0..200).map(|_| rx.recv_timeout(wait).unwrap()).collect();
+            got.sort();
+            assert_eq!(got, (0..200u64).map(|k| k * k).collect::<Vec<_>>());
+            assert_eq!(pool.apply(square, (7,)).unwrap(), 49);
+        });
+    }
 
     #[test]
     fn truncation_respects_char_boundaries() {

@@ -1,6 +1,7 @@
 //! [`current_process`]: which process a piece of code runs in.
 
 use crate::StartMethod;
+use std::io::Write;
 use std::sync::OnceLock;
 
 /// The identity of a process of this program: the parent, or one of a pool's
@@ -16,7 +17,9 @@ pub struct ProcessInfo {
     /// `"MainProcess"` in the main process; a [`Process`](crate::Process)'s
     /// name (`"Process-1"`, …) in its child; in a pool worker, Python's naming:
     /// `"ForkPoolWorker-1"`, `"ForkServerPoolWorker-2"`, `"SpawnPoolWorker-1"`
-    /// (the number is `index + 1`).
+    /// (the number is `index + 1`). Workers and `Process` children also
+    /// carry it as their process name (`ps`, `/proc/<pid>/comm`), cut to the
+    /// 15 bytes the kernel keeps.
     pub name: String,
 }
 
@@ -27,12 +30,19 @@ static PROCESS_NAME: OnceLock<String> = OnceLock::new();
 
 /// Marks this process as the child of a `Process` named `name`.
 pub(crate) fn enter_process(name: String) {
+    crate::start::fork::set_process_name(name.as_bytes());
     let _ = PROCESS_NAME.set(name);
 }
 
-/// Marks this process as worker `index` of a pool started with `method`.
+/// Marks this process as worker `index` of a pool started with `method`,
+/// and names it like Python does (`ForkPoolWorker-1`, ...) for `ps`.
 pub(crate) fn enter_worker(index: usize, method: StartMethod) {
     let _ = WORKER.set((index, method));
+    let mut name = [0u8; 64];
+    let mut out = &mut name[..];
+    let _ = write!(out, "{}PoolWorker-{}", method.name_prefix(), index + 1);
+    let len = 64 - out.len();
+    crate::start::fork::set_process_name(&name[..len]);
 }
 
 /// Whether this process is a pool worker.

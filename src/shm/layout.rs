@@ -27,7 +27,7 @@ pub(crate) const SLOT_CAPACITY: usize = 1 << 22;
 /// Bytes reserved for payloads (virtual; pages are allocated when touched).
 pub(crate) const ARENA_BYTES: usize = 64 << 30;
 
-const PAGE: usize = 4096;
+pub(crate) const PAGE: usize = 4096;
 pub(crate) const RING_OFFSET: usize = PAGE;
 /// The most worker processes one pool may have.
 pub(crate) const MAX_PROCESSES: usize = 1 << 16;

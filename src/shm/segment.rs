@@ -79,6 +79,34 @@ impl Segment {
     pub(crate) fn base(&self) -> *mut u8 {
         self.base.as_ptr()
     }
+
+    /// Gives the memory behind the whole pages of `[offset, offset + len)`
+    /// back to the kernel, in every process that maps the segment: they read
+    /// as zeros again and cost nothing until touched. The caller owns the
+    /// range (no process uses it). Returns the bytes punched.
+    pub(crate) fn release(&self, offset: usize, len: usize) -> usize {
+        let page = crate::shm::layout::PAGE;
+        let start = offset.next_multiple_of(page);
+        let end = (offset + len).min(self.len) / page * page;
+        if end <= start {
+            return 0;
+        }
+        // SAFETY: plain syscall on our descriptor; the range lies inside the
+        // file, and nobody reads or writes it (the caller's contract).
+        let done = unsafe {
+            libc::fallocate(
+                self.fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start as libc::off_t,
+                (end - start) as libc::off_t,
+            )
+        };
+        if done == 0 {
+            end - start
+        } else {
+            0 // not supported here: the memory stays, as before
+        }
+    }
 }
 
 impl Drop for Segment {
@@ -94,6 +122,24 @@ impl Drop for Segment {
 #[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn released_pages_read_as_zeros_and_partial_pages_are_kept() {
+        let seg = Segment::create("shmpool-test", 1 << 20).unwrap();
+        // SAFETY: 64 KiB from the start of a 1 MiB mapping that only this
+        // test uses.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(seg.base(), 64 << 10) };
+        bytes.fill(7);
+        // From the middle of page 0 to the middle of page 10: pages 1-9 go.
+        assert_eq!(seg.release(2048, 10 * 4096), 9 * 4096);
+        assert!(
+            bytes[..4096].iter().all(|&b| b == 7),
+            "a partial page stays"
+        );
+        assert!(bytes[4096..10 * 4096].iter().all(|&b| b == 0));
+        assert!(bytes[10 * 4096..].iter().all(|&b| b == 7));
+        assert_eq!(seg.release(100, 200), 0, "no whole page");
+    }
 
     #[test]
     fn a_large_sparse_segment_costs_nothing_until_touched() {

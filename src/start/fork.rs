@@ -136,6 +136,18 @@ pub(crate) fn die_with_parent(parent: u32) {
     }
 }
 
+/// Sets what `ps` and `/proc/<pid>/comm` show for this process (its main
+/// thread, which this is in every process that calls it): the kernel keeps
+/// 15 bytes, so longer names are cut. Allocates nothing (a forked child may
+/// call it).
+pub(crate) fn set_process_name(name: &[u8]) {
+    let mut comm = [0u8; 16];
+    let len = name.len().min(15);
+    comm[..len].copy_from_slice(&name[..len]);
+    // SAFETY: `comm` is NUL-terminated and 16 bytes long, as PR_SET_NAME reads.
+    unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
+}
+
 /// Kills `pid` with SIGKILL and waits for it, so it leaves no zombie.
 pub(crate) fn kill_and_reap(pid: libc::pid_t) -> libc::c_int {
     // SAFETY: `pid` is our unreaped child, so it cannot name another process.

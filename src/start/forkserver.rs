@@ -288,6 +288,7 @@ pub(crate) fn serve(fd: &OsStr) -> i32 {
     let Some(socket) = fd.to_str().and_then(|s| s.parse::<RawFd>().ok()) else {
         return super::BAD_SEGMENT_EXIT;
     };
+    super::fork::set_process_name(b"ForkServer");
     // SAFETY: plain syscall.
     let me = unsafe { libc::getpid() };
     loop {

@@ -72,17 +72,37 @@ impl FinishLog {
     /// Consumer: hands every published entry to `each`, oldest first, and
     /// frees them. Returns whether entries were dropped since the last drain
     /// (the caller must then rescan).
+    ///
+    /// The positions live where the worker can write anything: a `tail`
+    /// more than a log's worth ahead of `head` (or behind it) cannot be, so
+    /// the log was written over. Then no entry is believed, the caller is
+    /// told to rescan, and `head` is set to `tail`, which makes the log
+    /// consistent again for the producer.
     pub(crate) fn drain(&self, mut each: impl FnMut(u32)) -> bool {
         // Clear the flag first: an entry dropped after this point sets it again
         // and is seen by the next drain.
         let overflowed = self.overflowed.swap(0, Ordering::AcqRel) != 0;
         let head = self.head.load(Ordering::Relaxed);
         let tail = self.tail.load(Ordering::Acquire);
-        for i in head..tail {
-            each(self.entries[i as usize % FINISH_LOG_CAPACITY].load(Ordering::Relaxed));
+        let published = tail.wrapping_sub(head);
+        if published > FINISH_LOG_CAPACITY as u64 {
+            self.head.store(tail, Ordering::Release);
+            return true;
+        }
+        for i in 0..published {
+            let at = head.wrapping_add(i) as usize % FINISH_LOG_CAPACITY;
+            each(self.entries[at].load(Ordering::Relaxed));
         }
         self.head.store(tail, Ordering::Release);
         overflowed
+    }
+
+    /// For the tests: writes `head` and `tail` as a task scribbling over the
+    /// log could.
+    #[cfg(test)]
+    pub(crate) fn write_positions(&self, head: u64, tail: u64) {
+        self.head.store(head, Ordering::Relaxed);
+        self.tail.store(tail, Ordering::Relaxed);
     }
 
     /// Consumer: whether a drain would find something.
@@ -127,6 +147,19 @@ mod tests {
         assert!(overflowed);
         log.push(1);
         assert_eq!(drained(&log), (vec![1], false), "room again, flag cleared");
+    }
+
+    #[test]
+    fn positions_written_over_mean_a_rescan_not_a_walk_through_them() {
+        let log = FinishLog::default();
+        log.push(3);
+        for (head, tail) in [(0, u64::MAX), (5, 1 << 40), (1 << 40, 5)] {
+            log.write_positions(head, tail);
+            assert_eq!(drained(&log), (vec![], true), "{head}..{tail}");
+            assert!(!log.has_news(), "consistent again");
+            log.push(7);
+            assert_eq!(drained(&log), (vec![7], false));
+        }
     }
 
     #[test]

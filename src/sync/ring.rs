@@ -45,6 +45,10 @@ pub(crate) struct Ring<'a> {
 /// The push side: `&mut` access is the proof that there is one producer at a time.
 #[derive(Debug, Default)]
 pub(crate) struct Producer {
+    /// The next position to write: the producer's own count, of which the
+    /// shared `tail` is a copy for consumers. A consumer that writes over the
+    /// shared words cannot make the producer write elsewhere.
+    tail: u64,
     /// A `head` seen earlier. `head` only grows, so this underestimates the
     /// free room: the producer reads the real `head` (a line every consumer
     /// writes) only when the ring looks full by it.
@@ -71,11 +75,18 @@ impl<'a> Ring<'a> {
     }
 
     /// Appends `index`, or returns [`Full`] if `capacity` entries are unconsumed.
+    ///
+    /// A `head` that cannot be (ahead of the tail, or more than a ring behind
+    /// it: a consumer wrote over it) does not make the ring look full for
+    /// ever: the entry is written at the producer's own position regardless.
+    /// Consumers then find no entry tagged for their position, so tasks stop
+    /// being handed out, but no process reads or writes outside the ring.
     pub(crate) fn try_push(&self, producer: &mut Producer, index: u32) -> Result<(), Full> {
-        let tail = self.header.tail.load(Ordering::Relaxed);
-        if tail - producer.head_seen > self.mask {
+        let tail = producer.tail;
+        if tail.wrapping_sub(producer.head_seen) > self.mask {
             producer.head_seen = self.header.head.load(Ordering::Acquire);
-            if tail - producer.head_seen > self.mask {
+            let used = tail.wrapping_sub(producer.head_seen);
+            if used > self.mask && used <= self.mask + 1 {
                 return Err(Full);
             }
         }
@@ -83,7 +94,8 @@ impl<'a> Ring<'a> {
         // before pushing its index.
         self.entries[(tail & self.mask) as usize]
             .store(tag(tail) | u64::from(index), Ordering::Release);
-        self.header.tail.store(tail + 1, Ordering::Release);
+        producer.tail = tail.wrapping_add(1);
+        self.header.tail.store(producer.tail, Ordering::Release);
         Ok(())
     }
 
@@ -115,7 +127,7 @@ impl<'a> Ring<'a> {
             note(entry as u32);
             match self.header.head.compare_exchange_weak(
                 head,
-                head + 1,
+                head.wrapping_add(1),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
@@ -185,6 +197,34 @@ mod tests {
             ring.try_push(&mut producer, round + 100).unwrap();
             assert_eq!(ring.try_pop(), Some(round + 100));
         }
+    }
+
+    #[test]
+    fn positions_written_over_never_wedge_or_misdirect_the_producer() {
+        let header = RingHeader::default();
+        let entries = entries(4);
+        let ring = Ring::new(&header, &entries);
+        let mut producer = Producer::default();
+        ring.try_push(&mut producer, 1).unwrap();
+        // A consumer scribbles over both positions.
+        header.tail.store(u64::MAX, Ordering::Relaxed);
+        header.head.store(1 << 40, Ordering::Relaxed);
+        for i in 0..10 {
+            assert_eq!(
+                ring.try_push(&mut producer, i),
+                Ok(()),
+                "never full for ever"
+            );
+        }
+        assert_eq!(
+            header.tail.load(Ordering::Relaxed),
+            11,
+            "the producer's own count"
+        );
+        // Put right, the ring works again from the producer's position.
+        header.head.store(11, Ordering::Relaxed);
+        ring.try_push(&mut producer, 42).unwrap();
+        assert_eq!(ring.try_pop(), Some(42));
     }
 
     #[test]

@@ -67,15 +67,18 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    fn from_u32(v: u32) -> Outcome {
-        match v {
+    /// The outcome a word names; `Err(v)` for a word no finisher writes (the
+    /// slot was written over).
+    fn from_u32(v: u32) -> Result<Outcome, u32> {
+        Ok(match v {
             0 => Outcome::Returned,
             1 => Outcome::Panicked,
             2 => Outcome::WorkerDied,
+            3 => Outcome::Terminated,
             4 => Outcome::TimedOut,
             5 => Outcome::AccessRefused,
-            _ => Outcome::Terminated,
-        }
+            _ => return Err(v),
+        })
     }
 }
 
@@ -312,8 +315,11 @@ impl TaskSlot {
         self.state.load(Ordering::Acquire) & STATE_MASK == DONE
     }
 
-    /// The outcome. Only after [`TaskSlot::is_done`] returned `true`.
-    pub(crate) fn outcome(&self) -> (Outcome, u32, i32) {
+    /// The outcome (`Err` with the word if it names none), `detail` and
+    /// `signal`, as found: a worker may have written anything there, so the
+    /// caller checks them before use. Only after [`TaskSlot::is_done`]
+    /// returned `true`.
+    pub(crate) fn outcome(&self) -> (Result<Outcome, u32>, u32, i32) {
         debug_assert!(self.is_done());
         // SAFETY: DONE was observed with Acquire; nobody writes a DONE slot.
         let desc = unsafe { &*self.desc.get() };
@@ -370,7 +376,7 @@ mod tests {
         unsafe { slot.desc().outcome = Outcome::Returned as u32 };
         slot.finish();
         assert!(slot.wait_done(Some(Instant::now())));
-        assert_eq!(slot.outcome().0, Outcome::Returned);
+        assert_eq!(slot.outcome().0, Ok(Outcome::Returned));
         slot.release();
         assert_eq!(slot.state(), SlotState::Free);
     }
@@ -397,7 +403,7 @@ mod tests {
         let running_on = |w| move |s| s == SlotState::Running { worker: w };
         assert!(!slot.finish_for(running_on(5), Outcome::WorkerDied, 42, 9));
         assert!(slot.finish_for(running_on(7), Outcome::WorkerDied, 42, 9));
-        assert_eq!(slot.outcome(), (Outcome::WorkerDied, 42, 9));
+        assert_eq!(slot.outcome(), (Ok(Outcome::WorkerDied), 42, 9));
     }
 
     #[test]
@@ -411,7 +417,7 @@ mod tests {
             -1
         ));
         assert!(!slot.claim(0));
-        assert_eq!(slot.outcome().0, Outcome::Terminated);
+        assert_eq!(slot.outcome().0, Ok(Outcome::Terminated));
     }
 
     #[test]
