@@ -187,8 +187,9 @@ pub(crate) fn serve(fd: &OsStr) -> i32 {
     // otherwise (by hand, with the variable set).
     spawn::detach();
     crate::start::fork::set_process_name(b"ResourceTracker");
-    let _ = send_all(fd, b"+"); // hello: detached (`await_hello`)
-                                // SAFETY: the descriptor was handed to this process for it alone.
+    // Hello: this process is detached now (`await_hello`).
+    let _ = send_all(fd, b"+");
+    // SAFETY: the descriptor was handed to this process for it alone.
     let socket = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let mut live: BTreeSet<(String, String)> = BTreeSet::new();
     for line in io::BufReader::new(socket).lines() {
