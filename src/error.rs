@@ -73,7 +73,8 @@ pub enum Error {
     OwnerDied,
     /// A [`Queue`](crate::Queue) or [`Pipe`](crate::Pipe) end waited for a
     /// message, but every other process of the program is gone, so none can
-    /// come (where Python would wait forever).
+    /// come (where Python would wait forever). Also: a manager proxy's server
+    /// has stopped or died (its connection closed, or nothing listens).
     PeersGone,
     /// A [`Barrier`](crate::Barrier) was broken: a waiter timed out or
     /// [`abort`](crate::Barrier::abort) was called.
@@ -105,6 +106,12 @@ pub enum Error {
     /// `close`, `successful` before the result is ready, a process joined
     /// before it was started or started twice, a second `set_start_method`.
     InvalidState(String),
+    /// A value did not decode as the type asked for: a manager object read
+    /// with another type than it was written with, or a corrupt reply.
+    Decode(String),
+    /// A manager and its client do not share the authkey (or the peer is
+    /// not a shmpool manager); the connection was closed.
+    AuthenticationFailed,
     /// The operating system refused something (creating shared memory, forking).
     Io(std::io::Error),
 }
@@ -150,7 +157,8 @@ impl fmt::Display for Error {
                 "the process holding the lock died; the lock was released and is usable again",
             ),
             Error::PeersGone => f.write_str(
-                "no other process of the program is alive to send what this end waits for",
+                "no other process of the program is alive to send what this end waits for \
+                 (or the manager's server has stopped)",
             ),
             Error::BrokenBarrier => f.write_str("the barrier is broken"),
             Error::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
@@ -163,6 +171,10 @@ impl fmt::Display for Error {
             Error::SlotCorrupted(what) => write!(
                 f,
                 "the task's slot in shared memory was written over in its worker: {what}"
+            ),
+            Error::Decode(why) => write!(f, "cannot decode the value: {why}"),
+            Error::AuthenticationFailed => f.write_str(
+                "authentication with the manager failed: the two sides do not share the authkey",
             ),
             Error::Io(e) => write!(f, "operating system error: {e}"),
         }

@@ -24,6 +24,9 @@
 //!   values of any `serde` type.
 //! * C and Fortran programs use the same pool through [`capi`] (`libshmpool`,
 //!   `include/shmpool.h`).
+//! * With the `manager` feature, [`Manager`](crate::manager::Manager): a
+//!   server process holding dicts, lists, queues, locks, … of any `serde`
+//!   type, used through proxies from any process, locally or over TCP.
 //! * Spawned and fork-server workers need one line at the start of `main`:
 //!   [`init`].
 //!
@@ -65,6 +68,8 @@ pub mod capi;
 mod context;
 mod deadline;
 mod error;
+#[cfg(feature = "manager")]
+pub mod manager;
 mod objects;
 mod pod;
 mod pool;
@@ -77,6 +82,8 @@ mod tracker;
 
 pub use context::{get_context, Context};
 pub use error::Error;
+#[cfg(feature = "manager")]
+pub use manager::{Manager, ManagerBuilder};
 #[cfg(feature = "serde")]
 pub use objects::serial;
 pub use objects::{

@@ -1,0 +1,247 @@
+//! Where a manager's server listens and which key it takes, as a record in
+//! the program's object heap, so that every process of the program (forked
+//! or spawned) can reach it from a proxy, which carries only the record's
+//! offset. Also the two transports: a Unix socket in the abstract namespace
+//! (nothing on disk; the name vanishes with the server's last descriptor) and
+//! TCP.
+
+use super::frame;
+use crate::error::Error;
+use crate::objects::Heap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixStream};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Kind tag of a record: a forged proxy offset is refused.
+const ENDPOINT_TAG: u32 = 0x4d47_5250; // "MGRP"
+
+/// The longest authkey a record holds.
+pub(crate) const MAX_KEY_BYTES: usize = 256;
+const NAME_BYTES: usize = 64;
+
+/// The server's progress, in [`EndpointRecord::state`].
+pub(crate) const STARTING: u32 = 0;
+pub(crate) const READY: u32 = 1;
+pub(crate) const FAILED: u32 = 2;
+
+const UNIX: u32 = 1;
+const TCP: u32 = 2;
+
+/// How a manager is reached, as laid out in the heap. The plain fields are
+/// written once, before `tag` is published (Release), and never again; the
+/// atomics are written by the server as it starts.
+#[repr(C)]
+pub(crate) struct EndpointRecord {
+    tag: AtomicU32,
+    /// `STARTING`, `READY` or `FAILED`.
+    pub(crate) state: AtomicU32,
+    /// The `errno` of a failed start.
+    pub(crate) errno: AtomicU32,
+    /// TCP: the port bound (known once `READY`, for an address with port 0).
+    pub(crate) port: AtomicU32,
+    transport: u32,
+    key_len: u32,
+    name_len: u32,
+    ipv6: u32,
+    pub(crate) frame_limit: u64,
+    pub(crate) handshake_timeout_ms: u64,
+    ip: [u8; 16],
+    name: [u8; NAME_BYTES],
+    key: [u8; MAX_KEY_BYTES],
+}
+
+/// Where a server listens (before its record exists).
+#[derive(Debug, Clone)]
+pub(crate) enum Address {
+    /// An abstract Unix socket name (without the leading NUL).
+    Unix(String),
+    Tcp(SocketAddr),
+}
+
+/// What a record is made of.
+pub(crate) struct Settings<'a> {
+    pub(crate) address: Address,
+    pub(crate) authkey: &'a [u8],
+    pub(crate) frame_limit: usize,
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// Writes a new record into the heap; returns its offset.
+pub(crate) fn create(settings: &Settings<'_>) -> Result<u64, Error> {
+    if settings.authkey.len() > MAX_KEY_BYTES {
+        return Err(Error::invalid(format!(
+            "an authkey has at most {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    let heap = Heap::get()?;
+    let size = std::mem::size_of::<EndpointRecord>();
+    let at = heap.alloc(size, 64)?;
+    let ptr = heap
+        .ptr(at, size)
+        .expect("fresh allocation")
+        .cast::<EndpointRecord>();
+    let mut key = [0u8; MAX_KEY_BYTES];
+    key[..settings.authkey.len()].copy_from_slice(settings.authkey);
+    let mut record = EndpointRecord {
+        tag: AtomicU32::new(0),
+        state: AtomicU32::new(STARTING),
+        errno: AtomicU32::new(0),
+        port: AtomicU32::new(0),
+        transport: UNIX,
+        key_len: settings.authkey.len() as u32,
+        name_len: 0,
+        ipv6: 0,
+        frame_limit: settings.frame_limit as u64,
+        handshake_timeout_ms: settings.handshake_timeout.as_millis().max(1) as u64,
+        ip: [0; 16],
+        name: [0; NAME_BYTES],
+        key,
+    };
+    match &settings.address {
+        Address::Unix(name) => {
+            let n = name.len().min(NAME_BYTES);
+            record.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+            record.name_len = n as u32;
+        }
+        Address::Tcp(addr) => {
+            record.transport = TCP;
+            record.port = AtomicU32::new(u32::from(addr.port()));
+            match addr.ip() {
+                IpAddr::V4(ip) => record.ip[..4].copy_from_slice(&ip.octets()),
+                IpAddr::V6(ip) => {
+                    record.ipv6 = 1;
+                    record.ip = ip.octets();
+                }
+            }
+        }
+    }
+    // SAFETY: a fresh allocation of the record's size and alignment, which no
+    // other process knows of until this function returns its offset.
+    unsafe { ptr.write(record) };
+    heap.at::<EndpointRecord>(at)
+        .expect("fresh allocation")
+        .tag
+        .store(ENDPOINT_TAG, Ordering::Release);
+    Ok(at)
+}
+
+/// The record at `at`, checked.
+pub(crate) fn record(at: u64) -> Result<&'static EndpointRecord, Error> {
+    let forged =
+        || Error::invalid("not a manager proxy of this program (a forged or zeroed handle?)");
+    let heap = Heap::existing().ok_or_else(forged)?;
+    let record: &EndpointRecord = heap.at(at).ok_or_else(forged)?;
+    if record.tag.load(Ordering::Acquire) != ENDPOINT_TAG {
+        return Err(forged());
+    }
+    Ok(record)
+}
+
+impl EndpointRecord {
+    pub(crate) fn authkey(&self) -> &[u8] {
+        &self.key[..(self.key_len as usize).min(MAX_KEY_BYTES)]
+    }
+
+    pub(crate) fn address(&self) -> Address {
+        if self.transport == TCP {
+            let ip = if self.ipv6 == 1 {
+                IpAddr::V6(Ipv6Addr::from(self.ip))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(
+                    self.ip[0], self.ip[1], self.ip[2], self.ip[3],
+                ))
+            };
+            Address::Tcp(SocketAddr::new(
+                ip,
+                self.port.load(Ordering::Acquire) as u16,
+            ))
+        } else {
+            let n = (self.name_len as usize).min(NAME_BYTES);
+            Address::Unix(String::from_utf8_lossy(&self.name[..n]).into_owned())
+        }
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
+/// A connected socket of either transport.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    /// Connects to `address`.
+    pub(crate) fn connect(address: &Address) -> io::Result<Stream> {
+        match address {
+            Address::Unix(name) => {
+                let addr = UnixAddr::from_abstract_name(name.as_bytes())?;
+                Ok(Stream::Unix(UnixStream::connect_addr(&addr)?))
+            }
+            Address::Tcp(addr) => {
+                let stream = TcpStream::connect_timeout(addr, Duration::from_secs(10))?;
+                stream.set_nodelay(true)?;
+                Ok(Stream::Tcp(stream))
+            }
+        }
+    }
+
+    pub(crate) fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(t),
+            Stream::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
+    /// Sends a whole frame (or other bytes).
+    pub(crate) fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        frame::send_all(self, bytes)
+    }
+
+    /// Whether the peer has closed its end or the connection broke.
+    pub(crate) fn peer_gone(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no waiting.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.send(buf).map(|()| buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

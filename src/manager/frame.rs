@@ -1,0 +1,195 @@
+//! Length-prefixed frames over a stream socket: a little-endian `u32` length,
+//! then that many bytes. The length is checked against a limit before any
+//! byte of the body is read or any memory is reserved for it, so a peer
+//! cannot make the reader allocate more than the limit.
+
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+/// Bytes of a frame's length prefix.
+pub(crate) const HEADER_BYTES: usize = 4;
+
+/// The default largest frame body (Python's managers have none; a bound keeps
+/// one bad client from exhausting the server's memory).
+pub(crate) const DEFAULT_LIMIT: usize = 64 << 20;
+
+/// Reads frames from a stream, buffering so that a small frame costs one
+/// `read` in the common case.
+pub(crate) struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// What a reader tells its caller when a read timed out (`SO_RCVTIMEO`): when
+/// the first byte of the pending frame arrived, if one has.
+pub(crate) type Stalled = Option<Instant>;
+
+impl FrameReader {
+    pub(crate) fn new() -> FrameReader {
+        FrameReader {
+            buf: vec![0; 64 << 10],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The next frame's body, at most `limit` bytes. A read that times out
+    /// calls `on_stall`, which ends the read with its error or lets it wait
+    /// on. End of stream is `UnexpectedEof`; a longer frame is `InvalidData`.
+    pub(crate) fn next<'a>(
+        &'a mut self,
+        stream: &mut impl Read,
+        limit: usize,
+        mut on_stall: impl FnMut(Stalled) -> io::Result<()>,
+    ) -> io::Result<&'a [u8]> {
+        let mut first_byte: Stalled = (self.end > self.start).then(Instant::now);
+        self.fill(stream, HEADER_BYTES, &mut first_byte, &mut on_stall)?;
+        let mut len = [0u8; HEADER_BYTES];
+        len.copy_from_slice(&self.buf[self.start..self.start + HEADER_BYTES]);
+        let len = u32::from_le_bytes(len) as usize;
+        if len > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a frame of {len} bytes exceeds the limit of {limit} bytes"),
+            ));
+        }
+        self.fill(stream, HEADER_BYTES + len, &mut first_byte, &mut on_stall)?;
+        let body = self.start + HEADER_BYTES;
+        self.start = body + len;
+        Ok(&self.buf[body..body + len])
+    }
+
+    /// Reads until `need` bytes are buffered from `start`.
+    fn fill(
+        &mut self,
+        stream: &mut impl Read,
+        need: usize,
+        first_byte: &mut Stalled,
+        on_stall: &mut impl FnMut(Stalled) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if self.end - self.start >= need {
+            return Ok(());
+        }
+        // Make room: move what is buffered to the front, grow if the frame
+        // is larger than the buffer.
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+        while self.end < need {
+            match stream.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    first_byte.get_or_insert_with(Instant::now);
+                    self.end += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    on_stall(*first_byte)?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts a frame in `out`: a length prefix to be filled by [`seal`].
+pub(crate) fn open(out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&[0; HEADER_BYTES]);
+}
+
+/// Writes the body length into the prefix [`open`] left; the body's length.
+pub(crate) fn seal(out: &mut [u8]) -> usize {
+    let len = out.len() - HEADER_BYTES;
+    out[..HEADER_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
+    len
+}
+
+/// A frame holding `body`, ready to send.
+pub(crate) fn frame_of(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
+    open(&mut out);
+    out.extend_from_slice(body);
+    seal(&mut out);
+    out
+}
+
+/// Sends all of `bytes` with `MSG_NOSIGNAL`: a peer that has gone is an
+/// `EPIPE` error, never a SIGPIPE (a spawned process has not yet ignored it
+/// when it runs before `main`).
+pub(crate) fn send_all(fd: &impl AsRawFd, mut bytes: &[u8]) -> io::Result<()> {
+    let fd: RawFd = fd.as_raw_fd();
+    while !bytes.is_empty() {
+        // SAFETY: sends from a live buffer on a socket the caller owns.
+        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn never_stalls(_: Stalled) -> io::Result<()> {
+        panic!("a byte slice never times out")
+    }
+
+    #[test]
+    fn frames_round_trip_in_one_buffer_and_split_across_reads() {
+        let mut bytes = frame_of(b"hello");
+        bytes.extend(frame_of(b""));
+        bytes.extend(frame_of(&[7; 100_000])); // larger than the buffer
+        let mut reader = FrameReader::new();
+        let mut stream = &bytes[..];
+        assert_eq!(
+            reader.next(&mut stream, 1 << 20, never_stalls).unwrap(),
+            b"hello"
+        );
+        assert_eq!(
+            reader.next(&mut stream, 1 << 20, never_stalls).unwrap(),
+            b""
+        );
+        assert_eq!(
+            reader
+                .next(&mut stream, 1 << 20, never_stalls)
+                .unwrap()
+                .len(),
+            100_000
+        );
+        let eof = reader.next(&mut stream, 1 << 20, never_stalls).unwrap_err();
+        assert_eq!(eof.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_refused_before_its_body_is_read() {
+        let bytes = (u32::MAX).to_le_bytes();
+        let mut reader = FrameReader::new();
+        let err = reader
+            .next(&mut &bytes[..], 1024, never_stalls)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            reader.buf.len() <= 64 << 10,
+            "nothing was reserved for the body"
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! [`DictProxy`], [`ListProxy`] and [`NamespaceProxy`].
+
+use super::{proxy, unexpected};
+use crate::error::Error;
+use crate::manager::protocol::{decode, encode, Answer, Op};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+proxy!(
+    /// A dict held by a manager, like the proxy Python's `manager.dict()`
+    /// returns. Keys are compared by their encoding, so any `serde` type can
+    /// be a key (floats and enums included); entries keep insertion order,
+    /// as Python's dicts do. Each call is one atomic operation on the server.
+    ///
+    /// ```
+    /// let manager = shmpool::Manager::start()?;
+    /// let d = manager.dict::<String, u32>()?;
+    /// assert_eq!(d.insert(&"a".into(), &1)?, None);
+    /// assert_eq!(d.insert(&"a".into(), &2)?, Some(1));
+    /// assert_eq!(d.get(&"a".into())?, Some(2));
+    /// assert_eq!(d.items()?, vec![("a".to_string(), 2)]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    DictProxy<K, V>
+);
+
+impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy<K, V> {
+    /// `d[key] = value`; the value it replaces, if any.
+    pub fn insert(&self, key: &K, value: &V) -> Result<Option<V>, Error> {
+        let old = self.handle.item(Op::Insert(encode(key)?, encode(value)?))?;
+        old.map(|v| decode(&v)).transpose()
+    }
+
+    /// `d.get(key)`.
+    pub fn get(&self, key: &K) -> Result<Option<V>, Error> {
+        let value = self.handle.item(Op::Lookup(encode(key)?))?;
+        value.map(|v| decode(&v)).transpose()
+    }
+
+    /// `d.pop(key, None)`: removes the entry; its value, if there was one.
+    pub fn remove(&self, key: &K) -> Result<Option<V>, Error> {
+        let value = self.handle.item(Op::Remove(encode(key)?))?;
+        value.map(|v| decode(&v)).transpose()
+    }
+
+    /// `key in d`.
+    pub fn contains_key(&self, key: &K) -> Result<bool, Error> {
+        self.handle.flag(Op::Contains(encode(key)?))
+    }
+
+    /// `len(d)`.
+    pub fn len(&self) -> Result<usize, Error> {
+        Ok(self.handle.count(Op::Len)? as usize)
+    }
+
+    /// `len(d) == 0`.
+    pub fn is_empty(&self) -> Result<bool, Error> {
+        Ok(self.len()? == 0)
+    }
+
+    /// `list(d.keys())`, in insertion order.
+    pub fn keys(&self) -> Result<Vec<K>, Error> {
+        self.handle
+            .items(Op::Keys)?
+            .iter()
+            .map(|k| decode(k))
+            .collect()
+    }
+
+    /// `list(d.items())`, in insertion order.
+    pub fn items(&self) -> Result<Vec<(K, V)>, Error> {
+        match self.handle.call(Op::Entries)? {
+            Answer::Pairs(pairs) => pairs
+                .iter()
+                .map(|(k, v)| Ok((decode(k)?, decode(v)?)))
+                .collect(),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// `d.clear()`.
+    pub fn clear(&self) -> Result<(), Error> {
+        self.handle.done(Op::Clear)
+    }
+}
+
+proxy!(
+    /// A list held by a manager, like the proxy Python's `manager.list()`
+    /// returns. Indexes may be negative (from the end), as in Python.
+    ///
+    /// ```
+    /// let manager = shmpool::Manager::start()?;
+    /// let l = manager.list::<i64>()?;
+    /// l.extend(&[1, 2, 3])?;
+    /// l.push(&4)?;
+    /// l.reverse()?;
+    /// assert_eq!(l.to_vec()?, [4, 3, 2, 1]);
+    /// assert_eq!(l.get(-1)?, 1);
+    /// assert_eq!(l.pop()?, Some(1));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    ListProxy<T>
+);
+
+impl<T: Serialize + DeserializeOwned> ListProxy<T> {
+    /// `l.append(value)`.
+    pub fn push(&self, value: &T) -> Result<(), Error> {
+        self.handle.done(Op::Push(encode(value)?))
+    }
+
+    /// `l[index]`; out of range is [`Error::InvalidArgument`] (Python's
+    /// `IndexError`).
+    pub fn get(&self, index: i64) -> Result<T, Error> {
+        let item = self.handle.item(Op::At(index))?;
+        decode(&item.ok_or_else(|| Error::invalid("no item"))?)
+    }
+
+    /// `l[index] = value`.
+    pub fn set(&self, index: i64, value: &T) -> Result<(), Error> {
+        self.handle.done(Op::Put(index, encode(value)?))
+    }
+
+    /// `len(l)`.
+    pub fn len(&self) -> Result<usize, Error> {
+        Ok(self.handle.count(Op::Len)? as usize)
+    }
+
+    /// `len(l) == 0`.
+    pub fn is_empty(&self) -> Result<bool, Error> {
+        Ok(self.len()? == 0)
+    }
+
+    /// `l.insert(index, value)` (an index past either end inserts there).
+    pub fn insert(&self, index: i64, value: &T) -> Result<(), Error> {
+        self.handle.done(Op::InsertAt(index, encode(value)?))
+    }
+
+    /// `l.pop()`, or `None` if the list is empty.
+    pub fn pop(&self) -> Result<Option<T>, Error> {
+        let item = self.handle.item(Op::Pop(None))?;
+        item.map(|v| decode(&v)).transpose()
+    }
+
+    /// `l.pop(index)`, or `None` if out of range.
+    pub fn pop_at(&self, index: i64) -> Result<Option<T>, Error> {
+        let item = self.handle.item(Op::Pop(Some(index)))?;
+        item.map(|v| decode(&v)).transpose()
+    }
+
+    /// `l.extend(values)`, in one atomic operation.
+    pub fn extend(&self, values: &[T]) -> Result<(), Error> {
+        let items = values.iter().map(encode).collect::<Result<_, _>>()?;
+        self.handle.done(Op::Extend(items))
+    }
+
+    /// `l.reverse()`.
+    pub fn reverse(&self) -> Result<(), Error> {
+        self.handle.done(Op::Reverse)
+    }
+
+    /// `l.clear()`.
+    pub fn clear(&self) -> Result<(), Error> {
+        self.handle.done(Op::Clear)
+    }
+
+    /// `list(l)`: a copy of every item.
+    pub fn to_vec(&self) -> Result<Vec<T>, Error> {
+        self.handle
+            .items(Op::All)?
+            .iter()
+            .map(|v| decode(v))
+            .collect()
+    }
+}
+
+proxy!(
+    /// A namespace held by a manager, like Python's `manager.Namespace()`:
+    /// named attributes of any `serde` type (`ns.x = 1` is
+    /// `ns.set("x", &1)`).
+    ///
+    /// ```
+    /// let manager = shmpool::Manager::start()?;
+    /// let ns = manager.namespace()?;
+    /// ns.set("x", &10)?;
+    /// ns.set("y", &"hello")?;
+    /// assert_eq!(ns.get::<i32>("x")?, Some(10));
+    /// assert_eq!(ns.get::<String>("y")?.as_deref(), Some("hello"));
+    /// assert_eq!(ns.get::<i32>("z")?, None);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    NamespaceProxy
+);
+
+impl NamespaceProxy {
+    /// `setattr(ns, name, value)`.
+    pub fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<(), Error> {
+        self.handle
+            .done(Op::SetAttr(name.to_owned(), encode(value)?))
+    }
+
+    /// `getattr(ns, name, None)`; a value of another type is
+    /// [`Error::Decode`].
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, Error> {
+        let value = self.handle.item(Op::GetAttr(name.to_owned()))?;
+        value.map(|v| decode(&v)).transpose()
+    }
+
+    /// `delattr(ns, name)`; whether it was there.
+    pub fn remove(&self, name: &str) -> Result<bool, Error> {
+        Ok(self.handle.item(Op::DelAttr(name.to_owned()))?.is_some())
+    }
+
+    /// The attributes' names, sorted.
+    pub fn names(&self) -> Result<Vec<String>, Error> {
+        Ok(self
+            .handle
+            .items(Op::Keys)?
+            .into_iter()
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .collect())
+    }
+}
