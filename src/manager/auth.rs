@@ -7,12 +7,13 @@
 //! ```text
 //! server → client   MAGIC ‖ nonce_s                      (48 bytes)
 //! client → server   HMAC(key, "client" ‖ nonce_s) ‖ nonce_c   (64 bytes)
-//! server → client   WELCOME ‖ HMAC(key, "server" ‖ nonce_c ‖ nonce_s)
+//! server → client   WELCOME ‖ limit ‖ HMAC(key, "server" ‖ nonce_c ‖ nonce_s ‖ limit)
 //!                or FAILURE, and the server closes
 //! ```
 //!
-//! The labels keep a reply from being reflected back as the other side's
-//! proof. Until the exchange succeeds the server reads only these fixed-size
+//! `limit` is the server's frame limit (`u32`, little-endian), so a client
+//! refuses a request the server would not take before sending it. The labels
+//! keep a reply from being reflected back as the other side's proof. Until the exchange succeeds the server reads only these fixed-size
 //! frames (nothing is decoded), under a deadline.
 
 use hmac::{Hmac, Mac};
@@ -77,8 +78,14 @@ pub(crate) fn answer(key: &[u8], challenge: &[u8], nonce_c: &[u8; NONCE_BYTES]) 
 }
 
 /// The server's check of the client's answer: the frame to send back
-/// (welcome with the server's own proof, or failure) and whether it passed.
-pub(crate) fn judge(key: &[u8], nonce_s: &[u8; NONCE_BYTES], answer: &[u8]) -> (Vec<u8>, bool) {
+/// (welcome with the frame limit and the server's own proof, or failure) and
+/// whether it passed.
+pub(crate) fn judge(
+    key: &[u8],
+    nonce_s: &[u8; NONCE_BYTES],
+    answer: &[u8],
+    frame_limit: u32,
+) -> (Vec<u8>, bool) {
     if answer.len() != MAC_BYTES + NONCE_BYTES {
         return (FAILURE.to_vec(), false);
     }
@@ -87,25 +94,27 @@ pub(crate) fn judge(key: &[u8], nonce_s: &[u8; NONCE_BYTES], answer: &[u8]) -> (
     if mac(key, b"client", &[nonce_s]).verify_slice(proof).is_err() {
         return (FAILURE.to_vec(), false);
     }
-    let ours = mac(key, b"server", &[nonce_c, nonce_s])
+    let limit = frame_limit.to_le_bytes();
+    let ours = mac(key, b"server", &[nonce_c, nonce_s, &limit])
         .finalize()
         .into_bytes();
-    ([&WELCOME[..], &ours[..]].concat(), true)
+    ([&WELCOME[..], &limit, &ours[..]].concat(), true)
 }
 
-/// The client's check of the server's verdict.
+/// The client's check of the server's verdict: the server's frame limit if
+/// it proved it knows the key.
 pub(crate) fn accept(
     key: &[u8],
     nonce_s: &[u8],
     nonce_c: &[u8; NONCE_BYTES],
     verdict: &[u8],
-) -> bool {
-    let Some(proof) = verdict.strip_prefix(&WELCOME[..]) else {
-        return false;
-    };
-    mac(key, b"server", &[nonce_c, nonce_s])
+) -> Option<u32> {
+    let rest = verdict.strip_prefix(&WELCOME[..])?;
+    let (limit, proof) = rest.split_at_checked(4)?;
+    mac(key, b"server", &[nonce_c, nonce_s, limit])
         .verify_slice(proof)
-        .is_ok()
+        .ok()?;
+    Some(u32::from_le_bytes(limit.try_into().ok()?))
 }
 
 /// The nonce inside a `challenge` frame.
@@ -127,17 +136,30 @@ mod tests {
 
         let reply = answer(b"secret", &hello, &nonce_c).unwrap();
         assert!(reply.len() <= HANDSHAKE_LIMIT);
-        let (verdict, ok) = judge(b"secret", &nonce_s, &reply);
+        let (verdict, ok) = judge(b"secret", &nonce_s, &reply, 4096);
         assert!(ok && verdict.len() <= HANDSHAKE_LIMIT);
-        assert!(accept(b"secret", nonce_of(&hello), &nonce_c, &verdict));
+        assert_eq!(
+            accept(b"secret", nonce_of(&hello), &nonce_c, &verdict),
+            Some(4096)
+        );
         // A client holding the right key refuses a server that does not.
-        assert!(!accept(b"other", nonce_of(&hello), &nonce_c, &verdict));
+        assert_eq!(accept(b"other", nonce_of(&hello), &nonce_c, &verdict), None);
+        // A limit altered on the way fails the server's proof.
+        let mut altered = verdict.clone();
+        altered[WELCOME.len()] ^= 1;
+        assert_eq!(
+            accept(b"secret", nonce_of(&hello), &nonce_c, &altered),
+            None
+        );
 
         let wrong = answer(b"guess", &hello, &nonce_c).unwrap();
-        let (verdict, ok) = judge(b"secret", &nonce_s, &wrong);
+        let (verdict, ok) = judge(b"secret", &nonce_s, &wrong, 4096);
         assert!(!ok);
-        assert!(!accept(b"secret", nonce_of(&hello), &nonce_c, &verdict));
-        assert!(!judge(b"secret", &nonce_s, b"garbage").1);
+        assert_eq!(
+            accept(b"secret", nonce_of(&hello), &nonce_c, &verdict),
+            None
+        );
+        assert!(!judge(b"secret", &nonce_s, b"garbage", 4096).1);
         assert!(answer(b"secret", b"HTTP/1.1 200 OK", &nonce_c).is_none());
     }
 
@@ -148,6 +170,6 @@ mod tests {
             .finalize()
             .into_bytes();
         let reflected = [&server_proof[..], &nonce].concat();
-        assert!(!judge(b"k", &nonce, &reflected).1);
+        assert!(!judge(b"k", &nonce, &reflected, 1).1);
     }
 }

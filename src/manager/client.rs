@@ -120,9 +120,9 @@ impl Connection {
             .reader
             .next(&mut self.stream, auth::HANDSHAKE_LIMIT, &mut give_up)
             .map_err(handshake_error)?;
-        if !auth::accept(key, auth::nonce_of(&challenge), &nonce_c, verdict) {
-            return Err(Error::AuthenticationFailed);
-        }
+        let limit = auth::accept(key, auth::nonce_of(&challenge), &nonce_c, verdict)
+            .ok_or(Error::AuthenticationFailed)?;
+        self.limit = limit as usize;
         self.stream.set_read_timeout(None)?;
         Ok(())
     }

@@ -182,14 +182,17 @@ impl Object {
                     _ => return Err(Fault::Timeout),
                 },
             };
-            if caller.gone() {
-                return Err(Fault::Timeout); // nobody reads the answer
-            }
             state = self
                 .changed
                 .wait_timeout(state, slice)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            // Checked after each wake, before `ready` takes anything: a
+            // client that died while waiting must not take a queue's item or
+            // a lock that a live client could have.
+            if caller.gone() {
+                return Err(Fault::Timeout); // nobody reads the answer
+            }
         }
     }
 

@@ -235,14 +235,21 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, Error> {
         .map_err(|e| Error::invalid(format!("cannot encode the value: {e}")))
 }
 
-/// Decodes a value the server held or returned.
+/// Decodes a value the server held or returned. Bytes left over mean the
+/// value was written as another type (postcard does not describe types, so
+/// this is the check it allows).
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    postcard::from_bytes(bytes).map_err(|e| {
+    let failed = |why: String| {
         Error::Decode(format!(
-            "the manager's value does not decode as {}: {e}",
+            "the manager's value does not decode as {}: {why}",
             std::any::type_name::<T>()
         ))
-    })
+    };
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(failed(format!("{} bytes left over", rest.len()))),
+        Err(e) => Err(failed(e.to_string())),
+    }
 }
 
 #[cfg(test)]
@@ -252,8 +259,11 @@ mod tests {
     #[test]
     fn a_value_of_another_type_is_a_decode_error() {
         let bytes = encode(&"not a number").unwrap();
-        assert!(matches!(decode::<Vec<u64>>(&bytes), Err(Error::Decode(m)) if m.contains("Vec")));
+        assert!(
+            matches!(decode::<Vec<String>>(&bytes), Err(Error::Decode(m)) if m.contains("Vec"))
+        );
         assert_eq!(decode::<String>(&bytes).unwrap(), "not a number");
+        assert!(matches!(decode::<u8>(&bytes), Err(Error::Decode(m)) if m.contains("left over")));
     }
 
     #[test]

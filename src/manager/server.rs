@@ -221,7 +221,8 @@ fn authenticate(stream: &mut Stream, reader: &mut FrameReader, server: &Server) 
     let Ok(answer) = answer else {
         return false;
     };
-    let (verdict, passed) = auth::judge(&server.authkey, &nonce, answer);
+    let limit = server.frame_limit as u32; // at most u32::MAX (the builder's cap)
+    let (verdict, passed) = auth::judge(&server.authkey, &nonce, answer, limit);
     stream.send(&frame::frame_of(&verdict)).is_ok() && passed
 }
 

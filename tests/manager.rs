@@ -1,0 +1,473 @@
+//! `shmpool::Manager` (feature `manager`): a server process holding objects
+//! of any serde type, used through proxies from other processes, locally and
+//! over TCP. Every wait is bounded.
+#![cfg(feature = "manager")]
+
+mod common;
+
+use common::bounded;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use shmpool::manager::{DictProxy, EventProxy, LockProxy, QueueProxy};
+use shmpool::{Error, Manager, Pool, Process, StartMethod};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Whether `pid` no longer runs (gone, or a zombie not yet reaped by init).
+fn not_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'),
+        Err(_) => true,
+    }
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    done()
+}
+
+/// The abstract Unix socket names of this process's managers (listeners and
+/// their accepted connections show the same name: each name once).
+fn manager_sockets() -> std::collections::BTreeSet<String> {
+    let me = format!("@shmpool-manager-{}-", std::process::id());
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .filter(|name| name.starts_with(&me))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn pythons_example_prints_what_python_prints() {
+    let path = common::example("manager");
+    let out = bounded(LIMIT, move || {
+        std::process::Command::new(path).output().unwrap()
+    });
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "{0.25: None, 1: '1', '2': 2}\n[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]\n"
+    );
+}
+
+fn add_from_task(d: DictProxy<u64, String>, i: u64) -> u64 {
+    d.insert(&i, &format!("task {i}")).unwrap();
+    i
+}
+
+#[test]
+fn proxies_are_arguments_of_pool_tasks_and_work_with_every_start_method() {
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<u64, String>().unwrap();
+        let pool = Pool::new(2).unwrap();
+        let args: Vec<(DictProxy<u64, String>, u64)> = (0..20).map(|i| (d, i)).collect();
+        assert_eq!(
+            pool.starmap(add_from_task, &args).unwrap(),
+            (0..20).collect::<Vec<_>>()
+        );
+        assert_eq!(d.len().unwrap(), 20);
+        assert_eq!(d.get(&7).unwrap().as_deref(), Some("task 7"));
+
+        for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+            let mut m = Manager::builder().start_method(method).start().unwrap();
+            let l = m.list::<String>().unwrap();
+            l.push(&method.to_string()).unwrap();
+            assert_eq!(l.to_vec().unwrap(), [method.to_string()]);
+            let pid = m.server_pid().unwrap();
+            m.shutdown().unwrap();
+            assert!(
+                wait_until(Duration::from_secs(5), || not_running(pid)),
+                "{method}"
+            );
+        }
+    });
+}
+
+fn insert_many(d: DictProxy<(u32, u32), u32>, who: u32, n: u32) {
+    for i in 0..n {
+        d.insert(&(who, i), &i).unwrap();
+    }
+}
+
+#[test]
+fn sixteen_processes_inserting_at_once_lose_no_key() {
+    // 16 × 10,000 as the target states; each insert is a round trip to the
+    // server, about 20 µs in a debug build on two cores.
+    const PROCESSES: u32 = 16;
+    const EACH: u32 = 10_000;
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<(u32, u32), u32>().unwrap();
+        let started = Instant::now();
+        let mut ps: Vec<Process> = (0..PROCESSES)
+            .map(|who| Process::new(insert_many, (d, who, EACH)))
+            .collect();
+        ps.iter_mut().for_each(|p| p.start().unwrap());
+        for p in &mut ps {
+            assert_eq!(p.join(Some(Duration::from_secs(100))).unwrap(), Some(0));
+        }
+        eprintln!("{} inserts in {:?}", PROCESSES * EACH, started.elapsed());
+        assert_eq!(d.len().unwrap(), (PROCESSES * EACH) as usize);
+        assert_eq!(d.keys().unwrap().len(), (PROCESSES * EACH) as usize);
+        assert_eq!(d.get(&(15, 9_999)).unwrap(), Some(9_999));
+    });
+}
+
+fn hold_until_killed(lock: LockProxy, held: EventProxy) {
+    let _guard = lock.lock().unwrap();
+    held.set().unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_lock_whose_holder_dies_is_released_and_the_next_holder_is_told() {
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let (lock, held) = (manager.lock().unwrap(), manager.event().unwrap());
+        let mut p = Process::new(hold_until_killed, (lock, held));
+        p.start().unwrap();
+        assert!(held.wait_timeout(Duration::from_secs(30)).unwrap());
+        assert!(lock.try_lock().unwrap().is_none(), "the child holds it");
+        p.kill();
+        p.join(Some(Duration::from_secs(10))).unwrap();
+        // The server sees the connection close and frees the lock.
+        let waited = Instant::now();
+        assert!(matches!(
+            lock.lock_timeout(Duration::from_secs(10)),
+            Err(Error::OwnerDied)
+        ));
+        assert!(waited.elapsed() < Duration::from_secs(5));
+        let guard = lock.lock_timeout(Duration::from_secs(1)).unwrap();
+        drop(guard);
+        assert!(lock.try_lock().unwrap().is_some());
+    });
+}
+
+fn insert_forever(d: DictProxy<u64, Vec<u8>>) {
+    for i in 0.. {
+        d.insert(&i, &vec![7; 4096]).unwrap();
+    }
+}
+
+fn get_forever(q: QueueProxy<u64>) {
+    let _ = q.get();
+}
+
+#[test]
+fn clients_killed_mid_request_leave_the_server_serving_the_others() {
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<u64, Vec<u8>>().unwrap();
+        let q = manager.queue::<u64>().unwrap();
+        for round in 0..5 {
+            let mut busy = Process::new(insert_forever, (d,));
+            let mut waiting = Process::new(get_forever, (q,));
+            busy.start().unwrap();
+            waiting.start().unwrap();
+            let before = d.len().unwrap();
+            assert!(wait_until(Duration::from_secs(30), || d.len().unwrap() > before + 50));
+            std::thread::sleep(Duration::from_millis(round * 3));
+            busy.kill();
+            waiting.kill();
+            busy.join(Some(Duration::from_secs(10))).unwrap();
+            waiting.join(Some(Duration::from_secs(10))).unwrap();
+        }
+        // The dead getter took nothing: the item goes to a live one.
+        q.put(&42).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 42);
+        let n = d.len().unwrap();
+        d.insert(&u64::MAX, &vec![]).unwrap();
+        assert_eq!(d.len().unwrap(), n + 1);
+    });
+}
+
+// A client speaking the wire protocol by hand (the layout is in
+// docs/ARCHITECTURE.md, "Manager").
+fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let mut body = vec![0; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut body)?;
+    Ok(body)
+}
+
+fn write_frame(s: &mut TcpStream, body: &[u8]) {
+    s.write_all(&(body.len() as u32).to_le_bytes()).unwrap();
+    s.write_all(body).unwrap();
+}
+
+/// Runs the client side of the handshake with `key`; whether it was welcomed.
+fn handshake(s: &mut TcpStream, key: &[u8]) -> bool {
+    let challenge = read_frame(s).unwrap();
+    assert_eq!(&challenge[..16], b"shmpool-manager1");
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(b"client");
+    mac.update(&challenge[16..]);
+    let mut answer = mac.finalize().into_bytes().to_vec();
+    answer.extend_from_slice(&[3; 32]);
+    write_frame(s, &answer);
+    read_frame(s).unwrap().starts_with(b"#WELCOME")
+}
+
+/// Whether the server closes `s` within `limit` (reading what it sends).
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // a challenge or verdict: read on
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false, // timed out: still open
+        }
+    }
+}
+
+#[test]
+fn bad_peers_are_disconnected_in_bounded_time_while_a_good_client_goes_on() {
+    bounded(LIMIT, || {
+        let server = Manager::builder()
+            .address("127.0.0.1:0")
+            .authkey(b"the key")
+            .frame_limit(1 << 16)
+            .handshake_timeout(Duration::from_millis(500))
+            .start()
+            .unwrap();
+        let addr: SocketAddr = server.address().unwrap();
+        assert_ne!(addr.port(), 0);
+        let client = Manager::connect(addr, b"the key").unwrap();
+        let d = client.dict_named::<u32, u32>("counts").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let good = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    d.insert(&n, &n).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+        let patience = Duration::from_secs(3);
+
+        // A wrong key: refused, through the library and by hand.
+        assert!(matches!(
+            Manager::connect(addr, b"not the key"),
+            Err(Error::AuthenticationFailed)
+        ));
+        let mut s = TcpStream::connect(addr).unwrap();
+        assert!(!handshake(&mut s, b"not the key"));
+        assert!(closed_within(&mut s, patience), "wrong key");
+
+        // Garbage instead of an answer: its first bytes read as a huge length.
+        let mut s = TcpStream::connect(addr).unwrap();
+        read_frame(&mut s).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert!(closed_within(&mut s, patience), "garbage");
+
+        // A silent peer: closed after the handshake timeout.
+        let mut s = TcpStream::connect(addr).unwrap();
+        let silent = Instant::now();
+        assert!(closed_within(&mut s, patience), "silent peer");
+        assert!(silent.elapsed() >= Duration::from_millis(400));
+
+        // Authenticated, then a frame over the limit: closed at its header.
+        let mut s = TcpStream::connect(addr).unwrap();
+        assert!(handshake(&mut s, b"the key"));
+        s.write_all(&((1u32 << 16) + 1).to_le_bytes()).unwrap();
+        assert!(closed_within(&mut s, patience), "oversized frame");
+
+        // Authenticated, then half a frame and silence.
+        let mut s = TcpStream::connect(addr).unwrap();
+        assert!(handshake(&mut s, b"the key"));
+        s.write_all(&100u32.to_le_bytes()).unwrap();
+        s.write_all(&[0; 10]).unwrap();
+        assert!(closed_within(&mut s, patience), "half a frame");
+
+        // Authenticated, then a whole frame that decodes as nothing: an
+        // answer (an error), and the connection stays usable.
+        let mut s = TcpStream::connect(addr).unwrap();
+        assert!(handshake(&mut s, b"the key"));
+        write_frame(&mut s, &[0xff; 40]);
+        s.set_read_timeout(Some(patience)).unwrap();
+        let reply = read_frame(&mut s).unwrap();
+        assert_eq!(reply[0], 1, "an Err reply: {reply:?}");
+        write_frame(&mut s, &[0xff; 40]);
+        assert!(read_frame(&mut s).is_ok());
+
+        // A request over the limit is refused before it is sent; the
+        // connection goes on.
+        let big = client.value(&0u32).unwrap();
+        let list = client.list::<Vec<u8>>().unwrap();
+        assert!(matches!(
+            list.push(&vec![0; 1 << 17]),
+            Err(Error::InvalidArgument(_))
+        ));
+        big.set(&5).unwrap();
+        assert_eq!(big.get().unwrap(), 5);
+
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let inserted = good.join().unwrap();
+        assert!(inserted > 0);
+        assert_eq!(d.len().unwrap(), inserted as usize);
+    });
+}
+
+#[test]
+fn tcp_without_an_authkey_and_an_address_in_use_are_refused_at_start() {
+    bounded(LIMIT, || {
+        assert!(matches!(
+            Manager::builder().address("127.0.0.1:0").start(),
+            Err(Error::InvalidArgument(m)) if m.contains("authkey")
+        ));
+        let first = Manager::builder()
+            .address("127.0.0.1:0")
+            .authkey(b"k")
+            .start()
+            .unwrap();
+        let taken = first.address().unwrap();
+        let children_before = common::children().len();
+        match Manager::builder().address(taken).authkey(b"k").start() {
+            Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse),
+            other => panic!("{other:?}"),
+        }
+        assert!(wait_until(Duration::from_secs(5), || common::children()
+            .len()
+            <= children_before));
+        // Nothing listens where no manager is.
+        drop(first);
+        assert!(matches!(
+            Manager::connect(taken, b"k"),
+            Err(Error::PeersGone)
+        ));
+    });
+}
+
+#[test]
+fn values_read_as_another_type_are_decode_errors() {
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict_named::<String, u32>("config").unwrap();
+        d.insert(&"retries".into(), &3).unwrap();
+        let same = manager.dict_named::<String, String>("config").unwrap();
+        assert!(matches!(same.get(&"retries".into()), Err(Error::Decode(_))));
+        let ns = manager.namespace().unwrap();
+        ns.set("x", &"text").unwrap();
+        assert!(matches!(ns.get::<u32>("x"), Err(Error::Decode(_))));
+        assert!(matches!(
+            manager.queue_named::<u32>("config"),
+            Err(Error::InvalidArgument(m)) if m.contains("not a queue")
+        ));
+        assert_eq!(d.get(&"retries".into()).unwrap(), Some(3), "still served");
+    });
+}
+
+#[test]
+fn shutdown_and_drop_leave_no_process_no_socket_and_no_shared_memory() {
+    bounded(LIMIT, || {
+        let shm_before = common::shm_entries();
+        let mut manager = Manager::start().unwrap();
+        let q = manager.queue::<u32>().unwrap();
+        q.put(&1).unwrap();
+        let pid = manager.server_pid().unwrap();
+        assert_eq!(manager_sockets().len(), 1);
+        // A client blocked in get() when the server stops is told.
+        let blocked = std::thread::spawn(move || {
+            q.get().unwrap();
+            q.get()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        manager.shutdown().unwrap();
+        assert!(common::is_gone(pid), "shutdown reaps the server");
+        assert!(matches!(blocked.join().unwrap(), Err(Error::PeersGone)));
+        let told = Instant::now();
+        assert!(matches!(q.put(&2), Err(Error::PeersGone)));
+        assert!(told.elapsed() < Duration::from_secs(1));
+        assert!(manager_sockets().is_empty());
+        manager.shutdown().unwrap(); // again: nothing to do
+
+        let dropped = Manager::start().unwrap();
+        let pid = dropped.server_pid().unwrap();
+        drop(dropped);
+        assert!(common::is_gone(pid), "drop reaps the server");
+        assert!(manager_sockets().is_empty());
+
+        // A server killed from outside: calls fail at once, and shutdown
+        // still reaps it.
+        let mut killed = Manager::start().unwrap();
+        let l = killed.list::<u8>().unwrap();
+        l.push(&1).unwrap();
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(killed.server_pid().unwrap() as i32, libc::SIGKILL) };
+        assert!(wait_until(Duration::from_secs(5), || matches!(
+            l.push(&2),
+            Err(Error::PeersGone)
+        )));
+        let pid = killed.server_pid().unwrap();
+        killed.shutdown().unwrap();
+        assert!(common::is_gone(pid));
+        assert_eq!(common::shm_entries(), shm_before);
+    });
+}
+
+/// Set in the child copy of this test binary that plays the doomed parent.
+const DOOMED_PARENT: &str = "SHMPOOL_TEST_DOOMED_MANAGER_PARENT";
+
+#[test]
+fn doomed_parent() {
+    if std::env::var_os(DOOMED_PARENT).is_none() {
+        return; // only runs as the helper of the test below
+    }
+    let manager = Manager::start().unwrap();
+    let l = manager.list::<u8>().unwrap();
+    l.push(&1).unwrap();
+    println!("{}", manager.server_pid().unwrap());
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_parent_killed_with_sigkill_takes_its_server_along() {
+    bounded(LIMIT, || {
+        let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "doomed_parent",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(DOOMED_PARENT, "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(parent.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert_ne!(std::io::BufRead::read_line(&mut out, &mut line).unwrap(), 0);
+            // The harness prints "test doomed_parent ... " before the pid.
+            if let Some(Ok(pid)) = line.split_whitespace().last().map(str::parse::<u32>) {
+                parent.kill().unwrap(); // SIGKILL
+                parent.wait().unwrap();
+                assert!(
+                    wait_until(Duration::from_secs(5), || not_running(pid)),
+                    "the server {pid} outlived its parent"
+                );
+                return;
+            }
+        }
+    });
+}
