@@ -16,6 +16,18 @@ use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
+/// Tests that count this process's children or manager sockets take it
+/// exclusively; every other test that starts processes takes it shared.
+static CENSUS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    CENSUS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    CENSUS.write().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Whether `pid` no longer runs (gone, or a zombie not yet reaped by init).
 fn not_running(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -50,6 +62,7 @@ fn manager_sockets() -> std::collections::BTreeSet<String> {
 
 #[test]
 fn pythons_example_prints_what_python_prints() {
+    let _census = shared();
     let path = common::example("manager");
     let out = bounded(LIMIT, move || {
         std::process::Command::new(path).output().unwrap()
@@ -68,6 +81,7 @@ fn add_from_task(d: DictProxy<u64, String>, i: u64) -> u64 {
 
 #[test]
 fn proxies_are_arguments_of_pool_tasks_and_work_with_every_start_method() {
+    let _census = shared();
     bounded(LIMIT, || {
         let manager = Manager::start().unwrap();
         let d = manager.dict::<u64, String>().unwrap();
@@ -103,6 +117,7 @@ fn insert_many(d: DictProxy<(u32, u32), u32>, who: u32, n: u32) {
 
 #[test]
 fn sixteen_processes_inserting_at_once_lose_no_key() {
+    let _census = shared();
     // 16 × 10,000 as the target states; each insert is a round trip to the
     // server, about 20 µs in a debug build on two cores.
     const PROCESSES: u32 = 16;
@@ -133,6 +148,7 @@ fn hold_until_killed(lock: LockProxy, held: EventProxy) {
 
 #[test]
 fn a_lock_whose_holder_dies_is_released_and_the_next_holder_is_told() {
+    let _census = shared();
     bounded(LIMIT, || {
         let manager = Manager::start().unwrap();
         let (lock, held) = (manager.lock().unwrap(), manager.event().unwrap());
@@ -167,6 +183,7 @@ fn get_forever(q: QueueProxy<u64>) {
 
 #[test]
 fn clients_killed_mid_request_leave_the_server_serving_the_others() {
+    let _census = shared();
     bounded(LIMIT, || {
         let manager = Manager::start().unwrap();
         let d = manager.dict::<u64, Vec<u8>>().unwrap();
@@ -237,6 +254,7 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
 
 #[test]
 fn bad_peers_are_disconnected_in_bounded_time_while_a_good_client_goes_on() {
+    let _census = shared();
     bounded(LIMIT, || {
         let server = Manager::builder()
             .address("127.0.0.1:0")
@@ -328,6 +346,7 @@ fn bad_peers_are_disconnected_in_bounded_time_while_a_good_client_goes_on() {
 
 #[test]
 fn tcp_without_an_authkey_and_an_address_in_use_are_refused_at_start() {
+    let _census = exclusive();
     bounded(LIMIT, || {
         assert!(matches!(
             Manager::builder().address("127.0.0.1:0").start(),
@@ -358,6 +377,7 @@ fn tcp_without_an_authkey_and_an_address_in_use_are_refused_at_start() {
 
 #[test]
 fn values_read_as_another_type_are_decode_errors() {
+    let _census = shared();
     bounded(LIMIT, || {
         let manager = Manager::start().unwrap();
         let d = manager.dict_named::<String, u32>("config").unwrap();
@@ -377,6 +397,7 @@ fn values_read_as_another_type_are_decode_errors() {
 
 #[test]
 fn shutdown_and_drop_leave_no_process_no_socket_and_no_shared_memory() {
+    let _census = exclusive();
     bounded(LIMIT, || {
         let shm_before = common::shm_entries();
         let mut manager = Manager::start().unwrap();
@@ -441,6 +462,7 @@ fn doomed_parent() {
 
 #[test]
 fn a_parent_killed_with_sigkill_takes_its_server_along() {
+    let _census = shared();
     bounded(LIMIT, || {
         let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
