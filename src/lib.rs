@@ -24,7 +24,7 @@
 //!   values of any `serde` type.
 //! * C and Fortran programs use the same pool through [`capi`] (`libshmpool`,
 //!   `include/shmpool.h`).
-//! * With the `manager` feature, [`Manager`](crate::manager::Manager): a
+//! * With the `manager` feature, `Manager` (module `manager`): a
 //!   server process holding dicts, lists, queues, locks, … of any `serde`
 //!   type, used through proxies from any process, locally or over TCP.
 //! * Spawned and fork-server workers need one line at the start of `main`:

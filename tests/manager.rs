@@ -477,19 +477,22 @@ fn a_parent_killed_with_sigkill_takes_its_server_along() {
             .unwrap();
         let mut out = std::io::BufReader::new(parent.stdout.take().unwrap());
         let mut line = String::new();
-        loop {
+        let server = loop {
             line.clear();
-            assert_ne!(std::io::BufRead::read_line(&mut out, &mut line).unwrap(), 0);
+            if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
+                break None;
+            }
             // The harness prints "test doomed_parent ... " before the pid.
             if let Some(Ok(pid)) = line.split_whitespace().last().map(str::parse::<u32>) {
-                parent.kill().unwrap(); // SIGKILL
-                parent.wait().unwrap();
-                assert!(
-                    wait_until(Duration::from_secs(5), || not_running(pid)),
-                    "the server {pid} outlived its parent"
-                );
-                return;
+                break Some(pid);
             }
-        }
+        };
+        parent.kill().unwrap(); // SIGKILL
+        parent.wait().unwrap();
+        let pid = server.expect("the helper printed its server's pid");
+        assert!(
+            wait_until(Duration::from_secs(5), || not_running(pid)),
+            "the server {pid} outlived its parent"
+        );
     });
 }

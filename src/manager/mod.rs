@@ -20,7 +20,7 @@
 //! * Both ends prove they know the key (HMAC-SHA256 over random nonces, both
 //!   ways) before anything else is read; frames are length-prefixed and
 //!   limited in size (64 MiB by default).
-//! * The server is a [`Process`](crate::Process) started with the program's
+//! * The server is a [`Process`] started with the program's
 //!   start method (or the builder's): it dies with its parent, `kill -9`
 //!   included, and [`Manager::shutdown`] (or dropping the manager) stops it.
 //!   Clients then get [`Error::PeersGone`].

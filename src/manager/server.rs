@@ -151,18 +151,16 @@ fn serve_connection(mut stream: Stream, server: &Server) {
     let id = server.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut held: HashSet<u64> = HashSet::new();
     let mut out = Vec::new();
+    // Idle between requests is fine (a proxy may wait long between calls);
+    // a frame begun and not finished in time is a broken peer.
     let patience = server.handshake_timeout;
-    loop {
-        // Idle between requests is fine (a proxy may wait long between
-        // calls); a frame begun and not finished in time is a broken peer.
-        let request = match reader.next(&mut stream, server.frame_limit, |begun| match begun {
-            Some(at) if at.elapsed() > patience => Err(io::ErrorKind::TimedOut.into()),
-            _ => Ok(()),
-        }) {
-            Ok(body) => postcard::from_bytes::<Request>(body)
-                .map_err(|e| Fault::Decode(format!("the request does not decode: {e}"))),
-            Err(_) => break,
-        };
+    let stalled = |begun: Option<Instant>| match begun {
+        Some(at) if at.elapsed() > patience => Err(io::ErrorKind::TimedOut.into()),
+        _ => Ok(()),
+    };
+    while let Ok(body) = reader.next(&mut stream, server.frame_limit, stalled) {
+        let request = postcard::from_bytes::<Request>(body)
+            .map_err(|e| Fault::Decode(format!("the request does not decode: {e}")));
         let stop = matches!(request, Ok(Request::Shutdown));
         let reply = request.and_then(|request| {
             let peer = Peer {
@@ -171,18 +169,7 @@ fn serve_connection(mut stream: Stream, server: &Server) {
             };
             server.handle(request, &peer, &mut held)
         });
-        frame::open(&mut out);
-        out = postcard::to_extend(&reply, std::mem::take(&mut out)).unwrap_or_default();
-        if out.len() < frame::HEADER_BYTES {
-            break;
-        }
-        let len = frame::seal(&mut out);
-        if len > server.frame_limit {
-            frame::open(&mut out);
-            let too_large: Reply = Err(Fault::TooLarge(len as u64));
-            out = postcard::to_extend(&too_large, out).unwrap_or_default();
-            frame::seal(&mut out);
-        }
+        encode_reply(&reply, server.frame_limit, &mut out);
         if stream.send(&out).is_err() {
             break;
         }
@@ -196,6 +183,22 @@ fn serve_connection(mut stream: Stream, server: &Server) {
     // Gone, however it went: free what it held.
     for object in held.iter().filter_map(|at| server.object(*at).ok()) {
         object.abandon(id);
+    }
+}
+
+/// Frames `reply` into `out`; a reply over the limit becomes
+/// [`Fault::TooLarge`].
+fn encode_reply(reply: &Reply, limit: usize, out: &mut Vec<u8>) {
+    frame::open(out);
+    // Encoding into a Vec fails only on a type serde cannot represent, which
+    // the protocol's types are not.
+    *out = postcard::to_extend(reply, std::mem::take(out)).expect("a reply encodes");
+    let len = frame::seal(out);
+    if len > limit {
+        frame::open(out);
+        let too_large: Reply = Err(Fault::TooLarge(len as u64));
+        *out = postcard::to_extend(&too_large, std::mem::take(out)).expect("a fault encodes");
+        frame::seal(out);
     }
 }
 
