@@ -8,7 +8,10 @@ mod common;
 use common::bounded;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use shmpool::manager::{DictProxy, EventProxy, LockProxy, QueueProxy};
+use shmpool::manager::{
+    BarrierProxy, ConditionProxy, DictProxy, EventProxy, LockProxy, QueueProxy, SemaphoreProxy,
+    ValueProxy,
+};
 use shmpool::{Error, Manager, Pool, Process, StartMethod};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -494,5 +497,70 @@ fn a_parent_killed_with_sigkill_takes_its_server_along() {
             wait_until(Duration::from_secs(5), || not_running(pid)),
             "the server {pid} outlived its parent"
         );
+    });
+}
+
+fn meet(barrier: BarrierProxy, cond: ConditionProxy, turn: ValueProxy<u32>, sem: SemaphoreProxy) {
+    let index = barrier.wait_timeout(Duration::from_secs(30)).unwrap() as u32;
+    // Each process waits for its turn on the condition, then passes it on.
+    let held = cond.lock().unwrap();
+    while turn.get().unwrap() != index {
+        // Long enough that only a notify ends it in the test's time.
+        held.wait_timeout(Duration::from_secs(20)).unwrap();
+    }
+    turn.set(&(index + 1)).unwrap();
+    held.notify_all().unwrap();
+    drop(held);
+    sem.release().unwrap();
+}
+
+#[test]
+fn barrier_condition_and_semaphore_coordinate_processes() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let barrier = manager.barrier(4).unwrap();
+        let cond = manager.condition().unwrap();
+        let turn = manager.value(&0u32).unwrap();
+        let sem = manager.semaphore(0).unwrap();
+        let mut ps: Vec<Process> = (0..4)
+            .map(|_| Process::new(meet, (barrier, cond, turn, sem)))
+            .collect();
+        let started = Instant::now();
+        ps.iter_mut().for_each(|p| p.start().unwrap());
+        for _ in 0..4 {
+            assert!(sem.acquire_timeout(Duration::from_secs(30)).unwrap());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "woken by notify, not by timeouts"
+        );
+        for p in &mut ps {
+            assert_eq!(p.join(Some(Duration::from_secs(30))).unwrap(), Some(0));
+        }
+        assert_eq!(
+            turn.get().unwrap(),
+            4,
+            "every turn was taken once, in order"
+        );
+        assert!(!sem.acquire_timeout(Duration::from_millis(10)).unwrap());
+        // A lone waiter that times out breaks the barrier for the next one.
+        let lone = manager.barrier(2).unwrap();
+        assert!(matches!(
+            lone.wait_timeout(Duration::from_millis(50)),
+            Err(Error::BrokenBarrier)
+        ));
+        assert!(matches!(lone.wait(), Err(Error::BrokenBarrier)));
+    });
+}
+
+#[test]
+fn a_zeroed_proxy_is_refused_not_followed() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let _manager = Manager::start().unwrap();
+        // SAFETY: proxies are Pod, for which all-zero bytes are a valid value.
+        let forged: DictProxy<u8, u8> = unsafe { std::mem::zeroed() };
+        assert!(matches!(forged.len(), Err(Error::InvalidArgument(_))));
     });
 }

@@ -182,8 +182,9 @@ impl ManagerBuilder {
         self
     }
 
-    /// How long a connecting peer has to authenticate (and any peer to
-    /// finish a frame it began) before it is disconnected; 5 s by default.
+    /// How long a connecting peer has to authenticate before it is
+    /// disconnected, 5 s by default; a client that stops in the middle of a
+    /// frame is disconnected after at most twice this.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self

@@ -148,11 +148,20 @@ fn serve_connection(mut stream: Stream, server: &Server) {
     {
         return;
     }
+    // From now on an idle client may stay silent for ever: wake only every
+    // `handshake_timeout` to check a frame begun and not finished.
+    if stream
+        .set_read_timeout(Some(server.handshake_timeout))
+        .is_err()
+    {
+        return;
+    }
     let id = server.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut held: HashSet<u64> = HashSet::new();
     let mut out = Vec::new();
     // Idle between requests is fine (a proxy may wait long between calls);
-    // a frame begun and not finished in time is a broken peer.
+    // a frame begun and not finished in time (two timeouts at most) is a
+    // broken peer.
     let patience = server.handshake_timeout;
     let stalled = |begun: Option<Instant>| match begun {
         Some(at) if at.elapsed() > patience => Err(io::ErrorKind::TimedOut.into()),
