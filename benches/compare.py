@@ -27,6 +27,36 @@ def median_of(fn, min_reps=3, max_reps=21, budget=1.0):
     return statistics.median(times)
 
 
+def _manager_client(d, l, q, n, results):
+    """A child process doing n operations of each kind; seconds per operation."""
+    figures = []
+    for op in (lambda i: d.__setitem__(i, i), d.__getitem__, l.append,
+               lambda i: (q.put(i), q.get())):
+        t = time.perf_counter()
+        for i in range(n):
+            op(i)
+        figures.append((time.perf_counter() - t) / n)
+    results.put(figures)
+
+
+def manager_figures(out, quick, budget):
+    """multiprocessing.Manager(): proxy calls from a child, and start + shutdown."""
+    ctx = mp.get_context("fork")
+    n = 500 if quick else 5_000
+    with ctx.Manager() as m:
+        results = ctx.Queue()
+        # Held here: the server frees an object when its last proxy goes.
+        proxies = (m.dict(), m.list(), m.Queue())
+        p = ctx.Process(target=_manager_client, args=(*proxies, n, results))
+        p.start()
+        figures = results.get()
+        p.join()
+    for key, seconds in zip(("dict_set", "dict_get", "list_append", "queue_put_get"), figures):
+        out[f"manager_{key}_us"] = seconds * 1e6
+    out["manager_start_shutdown_ms"] = median_of(
+        lambda: ctx.Manager().shutdown(), budget=budget) * 1e3
+
+
 def main():
     processes = int(sys.argv[1])
     quick = len(sys.argv) > 2 and sys.argv[2] == "--quick"
@@ -61,6 +91,7 @@ def main():
             out[f"map_{n}_ms"] = median_of(lambda: pool.map(sq, data), budget=budget) * 1e3
     out["create_destroy_ms"] = median_of(
         lambda: ctx.Pool(processes).terminate(), budget=budget) * 1e3
+    manager_figures(out, quick, budget)
     print(json.dumps(out))
 
 

@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --release --example compare             # ~2 minutes; rewrites docs/PERFORMANCE.md
 //! cargo run --release --example compare -- --quick  # a smoke run; writes nothing
+//! cargo run --release --example compare --features manager  # adds the Manager rows
 //! ```
 //!
 //! Every cell is the median of repeated runs (at least 5, as many as fit in
@@ -198,6 +199,113 @@ fn vm_readv_seconds(src: &[f64], reps: u32) -> Option<f64> {
         libc::close(fds[1]);
     }
     best.is_finite().then_some(best)
+}
+
+/// A manager's start + shutdown, measured early for the same reason as a
+/// pool's: forking its server costs more as the parent's memory grows.
+#[cfg(feature = "manager")]
+fn manager_start_row(budget: Duration, py_get: &dyn Fn(&str) -> Option<f64>) -> Row {
+    Row {
+        name: "Manager start + shutdown".into(),
+        unit: Unit::Millis,
+        shmpool: Some(median(budget, || drop(shmpool::Manager::start().unwrap()))),
+        rayon: None,
+        sequential: None,
+        python: py_get("manager_start_shutdown_ms").map(|ms| ms / 1e3),
+    }
+}
+
+/// A child process doing `n` operations of each kind, as Python's figures
+/// are taken; seconds per operation into `out`.
+#[cfg(feature = "manager")]
+fn manager_client(
+    d: shmpool::manager::DictProxy<u32, u32>,
+    l: shmpool::manager::ListProxy<u32>,
+    q: shmpool::manager::QueueProxy<u32>,
+    tcp_d: shmpool::manager::DictProxy<u32, u32>,
+    out: shmpool::manager::ValueProxy<Vec<f64>>,
+    n: u32,
+) {
+    let per_op = |f: &mut dyn FnMut(u32)| {
+        let t = Instant::now();
+        (0..n).for_each(f);
+        t.elapsed().as_secs_f64() / f64::from(n)
+    };
+    let figures = vec![
+        per_op(&mut |i| {
+            black_box(d.insert(&i, &i).unwrap());
+        }),
+        per_op(&mut |i| {
+            black_box(d.get(&i).unwrap());
+        }),
+        per_op(&mut |i| l.push(&i).unwrap()),
+        per_op(&mut |i| {
+            q.put(&i).unwrap();
+            black_box(q.get().unwrap());
+        }),
+        per_op(&mut |i| {
+            black_box(tcp_d.insert(&i, &i).unwrap());
+        }),
+    ];
+    out.set(&figures).unwrap();
+}
+
+/// The Manager rows: a child process doing `n` operations of each kind (as
+/// Python's figures are taken), and a TCP-loopback dict set.
+#[cfg(feature = "manager")]
+fn manager_rows(quick: bool, py_get: &dyn Fn(&str) -> Option<f64>) -> Vec<Row> {
+    use shmpool::Manager;
+    let n: u32 = if quick { 500 } else { 5_000 };
+    let manager = Manager::start().expect("manager");
+    let tcp = Manager::builder()
+        .address("127.0.0.1:0")
+        .authkey(b"compare")
+        .start()
+        .expect("TCP manager");
+    let out = manager.value(&Vec::<f64>::new()).expect("value");
+    let args = (
+        manager.dict().expect("dict"),
+        manager.list().expect("list"),
+        manager.queue().expect("queue"),
+        tcp.dict().expect("dict"),
+        out,
+        n,
+    );
+    let mut child = shmpool::Process::new(manager_client, args);
+    child.start().expect("client process");
+    child.join(None).expect("client process");
+    let figures = out.get().expect("figures");
+    let names = [
+        (
+            "Manager `dict` set (`d[i] = i`), from a child",
+            "manager_dict_set_us",
+        ),
+        (
+            "Manager `dict` get (`d[i]`), from a child",
+            "manager_dict_get_us",
+        ),
+        (
+            "Manager `list` append, from a child",
+            "manager_list_append_us",
+        ),
+        (
+            "Manager queue put + get, from a child",
+            "manager_queue_put_get_us",
+        ),
+        ("Manager `dict` set over TCP loopback, from a child", ""),
+    ];
+    names
+        .iter()
+        .zip(figures)
+        .map(|(&(name, py), t)| Row {
+            name: name.into(),
+            unit: Unit::Micros,
+            shmpool: Some(t),
+            rayon: None,
+            sequential: None,
+            python: py_get(py).map(|us| us / 1e6),
+        })
+        .collect()
 }
 
 /// One row: a workload's time (or rate) for each contender.
@@ -621,6 +729,9 @@ fn main() {
         });
     }
 
+    #[cfg(feature = "manager")]
+    rows.push(manager_start_row(budget, &py_get));
+
     let pool = Pool::new(PROCESSES).expect("pool");
     let rayon = rayon::ThreadPoolBuilder::new()
         .num_threads(PROCESSES)
@@ -812,6 +923,10 @@ fn main() {
         })),
         python: None,
     });
+
+    // 6. A manager's proxies (with `--features manager`).
+    #[cfg(feature = "manager")]
+    rows.extend(manager_rows(quick, &py_get));
 
     // 7. Physical limits on this machine, for scale.
     let (spin, sleep) = ping_pong(if quick { 2_000 } else { 20_000 });
