@@ -564,3 +564,31 @@ fn a_zeroed_proxy_is_refused_not_followed() {
         assert!(matches!(forged.len(), Err(Error::InvalidArgument(_))));
     });
 }
+
+#[test]
+fn a_dict_keeps_insertion_order_and_a_list_indexes_as_python_does() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<String, u8>().unwrap();
+        for (k, v) in [("b", 1), ("a", 2), ("b", 3)] {
+            d.insert(&k.into(), &v).unwrap();
+        }
+        // Replacing a value keeps the key's place; removing and adding moves it last.
+        assert_eq!(d.items().unwrap(), [("b".into(), 3), ("a".into(), 2)]);
+        assert_eq!(d.remove(&"b".into()).unwrap(), Some(3));
+        d.insert(&"b".into(), &4).unwrap();
+        assert_eq!(d.keys().unwrap(), ["a", "b"]);
+        assert!(d.contains_key(&"a".into()).unwrap() && !d.contains_key(&"c".into()).unwrap());
+
+        let l = manager.list::<i32>().unwrap();
+        l.extend(&[1, 2, 3]).unwrap();
+        l.insert(-1, &9).unwrap(); // before the last, as list.insert(-1, 9)
+        l.insert(100, &7).unwrap(); // past the end: appended
+        assert_eq!(l.to_vec().unwrap(), [1, 2, 9, 3, 7]);
+        assert_eq!((l.get(-2).unwrap(), l.pop_at(0).unwrap()), (3, Some(1)));
+        assert!(matches!(l.get(10), Err(Error::InvalidArgument(_))));
+        l.set(-1, &0).unwrap();
+        assert_eq!(l.to_vec().unwrap(), [2, 9, 3, 0]);
+    });
+}

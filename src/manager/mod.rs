@@ -224,7 +224,12 @@ impl ManagerBuilder {
             .start_method
             .unwrap_or_else(crate::start::default_method);
         let mut server = Process::with_method(method, server::serve, (endpoint,));
-        server.set_name(format!("SyncManager-{endpoint}"));
+        // Python's name for a manager's server process.
+        static STARTED: AtomicU64 = AtomicU64::new(1);
+        server.set_name(format!(
+            "SyncManager-{}",
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
         server.start()?;
         // The server sends nothing through the heap's objects: it must not
         // count as a peer that could (`Error::PeersGone`).
