@@ -112,6 +112,26 @@ pub enum Error {
     /// A manager and its client do not share the authkey (or the peer is
     /// not a shmpool manager); the connection was closed.
     AuthenticationFailed,
+    /// A worker rank of an MPI pool ([`mpi::Pool`](crate::mpi::Pool)) could
+    /// not run a task, or could not start its local pool; `why` says what it
+    /// reported.
+    #[cfg(feature = "mpi")]
+    RankFailed {
+        /// The rank, in the job's world communicator.
+        rank: i32,
+        /// What the rank reported.
+        why: String,
+    },
+    /// A rank of an MPI pool sent a message that breaks the protocol: a
+    /// length other than the one asked for, a result for another task. Nothing
+    /// of it was used. Every rank must run the same binary.
+    #[cfg(feature = "mpi")]
+    BadMessage {
+        /// The rank that sent it.
+        rank: i32,
+        /// What was wrong with it.
+        why: String,
+    },
     /// The operating system refused something (creating shared memory, forking).
     Io(std::io::Error),
 }
@@ -175,6 +195,16 @@ impl fmt::Display for Error {
             Error::Decode(why) => write!(f, "cannot decode the value: {why}"),
             Error::AuthenticationFailed => f.write_str(
                 "authentication with the manager failed: the two sides do not share the authkey",
+            ),
+            #[cfg(feature = "mpi")]
+            Error::RankFailed { rank, why } => {
+                write!(f, "MPI rank {rank} could not run the task: {why}")
+            }
+            #[cfg(feature = "mpi")]
+            Error::BadMessage { rank, why } => write!(
+                f,
+                "MPI rank {rank} sent a message that breaks the protocol ({why}); \
+                 do all ranks run the same binary?"
             ),
             Error::Io(e) => write!(f, "operating system error: {e}"),
         }

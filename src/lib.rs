@@ -27,6 +27,8 @@
 //! * With the `manager` feature, `Manager` (module `manager`): a
 //!   server process holding dicts, lists, queues, locks, … of any `serde`
 //!   type, used through proxies from any process, locally or over TCP.
+//! * With the `mpi` feature, `mpi::Pool` spreads the same calls over the
+//!   ranks of an MPI job, each running its tasks in a local pool.
 //! * Spawned and fork-server workers need one line at the start of `main`:
 //!   [`init`].
 //!
@@ -70,6 +72,8 @@ mod deadline;
 mod error;
 #[cfg(feature = "manager")]
 pub mod manager;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod objects;
 mod pod;
 mod pool;

@@ -1,0 +1,179 @@
+//! The MPI pool: every rank runs this program; rank 0 gets the pool, the
+//! other ranks run its tasks in their local worker processes.
+//!
+//! ```sh
+//! cargo build --release --features mpi --example mpi_pool
+//! mpirun -n 3 --oversubscribe --bind-to none target/release/examples/mpi_pool
+//! srun -n 3 target/release/examples/mpi_pool           # under Slurm
+//! ```
+//!
+//! With an argument it runs one of the checks `tests/mpi.rs` makes, and
+//! prints `ok <check>` on rank 0 when it passes:
+//!
+//! * `results`: map, map_chunked, starmap, imap, imap_unordered, apply and
+//!   apply_async give what a local `shmpool::Pool` gives;
+//! * `crash`: a task that aborts on rank 2 fails the call with `WorkerDied`,
+//!   a panic with `TaskPanicked`, and the next map succeeds;
+//! * `million`: a ~1 µs function over 10^6 elements (10^5 in a debug build,
+//!   where the function is many times slower) gives the sequential results.
+
+use shmpool::{mpi, Error};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+fn sq(x: f64) -> f64 {
+    x * x
+}
+
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+fn collatz_steps(mut n: u64) -> u32 {
+    let mut steps = 0;
+    while n > 1 {
+        n = if n % 2 == 0 { n / 2 } else { 3 * n + 1 };
+        steps += 1;
+    }
+    steps
+}
+
+/// About 1 µs of arithmetic (in a release build).
+fn one_us(x: u64) -> u64 {
+    let mut h = x;
+    for _ in 0..1_000 {
+        h = black_box(
+            h.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407),
+        );
+    }
+    h
+}
+
+/// The rank this process belongs to, as the launcher told it (inherited by
+/// the rank's local worker processes).
+fn my_rank() -> Option<u32> {
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
+/// Aborts the local worker process it runs in if that belongs to rank 2.
+fn abort_on_rank_2(x: u64) -> u64 {
+    if my_rank() == Some(2) {
+        std::process::abort();
+    }
+    x + 1
+}
+
+fn panic_on_7(x: u64) -> u64 {
+    assert_ne!(x, 7, "seven");
+    x
+}
+
+fn main() -> Result<(), Error> {
+    let check = std::env::args().nth(1).unwrap_or_else(|| "demo".into());
+    let Some(pool) = mpi::Pool::world()? else {
+        return Ok(()); // a worker rank: served until rank 0 dropped its pool
+    };
+    match check.as_str() {
+        "demo" => demo(&pool)?,
+        "results" => results(&pool)?,
+        "crash" => crash(&pool)?,
+        "million" => million(&pool)?,
+        other => panic!("unknown check {other}"),
+    }
+    println!("ok {check}");
+    Ok(())
+}
+
+fn demo(pool: &mpi::Pool) -> Result<(), Error> {
+    let v: Vec<f64> = (0..1_000_000).map(f64::from).collect();
+    let squares = pool.map(sq, &v)?;
+    let r = pool.apply_async(add, (20, 22))?;
+    println!(
+        "{} ranks, {} processes; squares[999] = {}, 20 + 22 = {}",
+        pool.ranks(),
+        pool.processes(),
+        squares[999],
+        r.get(Some(Duration::from_secs(30)))?
+    );
+    Ok(())
+}
+
+fn results(pool: &mpi::Pool) -> Result<(), Error> {
+    let local = shmpool::Pool::new(2)?;
+    let v: Vec<f64> = (0..100_000).map(|i| f64::from(i) * 0.5 - 7.0).collect();
+    assert_eq!(pool.map(sq, &v)?, local.map(sq, &v)?);
+    let n: Vec<u64> = (1..5_000).collect();
+    assert_eq!(
+        pool.map_chunked(collatz_steps, &n, 7)?,
+        local.map(collatz_steps, &n)?
+    );
+    assert_eq!(pool.map(sq, &[])?, Vec::<f64>::new());
+    let pairs: Vec<(i64, i64)> = (0..10_000).map(|i| (i, -3 * i + 1)).collect();
+    assert_eq!(pool.starmap(add, &pairs)?, local.starmap(add, &pairs)?);
+    let ordered: Vec<u32> = pool
+        .imap(collatz_steps, 1..2_000u64)?
+        .collect::<Result<_, _>>()?;
+    assert_eq!(ordered, local.map(collatz_steps, &n[..1999])?);
+    let mut unordered: Vec<u32> = pool
+        .imap_unordered(collatz_steps, 1..2_000u64)?
+        .collect::<Result<_, _>>()?;
+    let mut want = local.map(collatz_steps, &n[..1999])?;
+    unordered.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(unordered, want);
+    let mut chunked: Vec<u32> = pool
+        .imap_unordered_chunked(collatz_steps, 1..2_000u64, 64)?
+        .collect::<Result<_, _>>()?;
+    chunked.sort_unstable();
+    assert_eq!(chunked, want);
+    let handles: Vec<_> = (0..200i64)
+        .map(|i| pool.apply_async(add, (i, i * i)))
+        .collect::<Result<_, _>>()?;
+    for (i, h) in (0..200i64).zip(&handles) {
+        let want = local.apply_async(add, (i, i * i))?.get(None)?;
+        assert_eq!(h.get(Some(Duration::from_secs(30)))?, want);
+    }
+    assert_eq!(pool.apply(add, (2, 3))?, local.apply(add, (2, 3))?);
+    Ok(())
+}
+
+fn crash(pool: &mpi::Pool) -> Result<(), Error> {
+    let v: Vec<u64> = (0..64).collect();
+    // Chunks of one element: both ranks take chunks, rank 2 among them.
+    match pool.map_chunked(abort_on_rank_2, &v, 1) {
+        Err(Error::WorkerDied { signal, .. }) => assert_eq!(signal, Some(libc::SIGABRT)),
+        other => panic!("a task aborting on rank 2 gave {other:?}"),
+    }
+    match pool.map_chunked(panic_on_7, &v, 4) {
+        Err(Error::TaskPanicked { message }) => assert!(message.contains("seven"), "{message}"),
+        other => panic!("a panicking task gave {other:?}"),
+    }
+    // The job goes on: every rank still serves, with a replaced worker.
+    let squares = pool.map_chunked(sq, &[1.0, 2.0, 3.0, 4.0], 1)?;
+    assert_eq!(squares, [1.0, 4.0, 9.0, 16.0]);
+    let ok: Vec<u64> = pool.map(panic_on_7, &[1, 2, 3])?;
+    assert_eq!(ok, [1, 2, 3]);
+    Ok(())
+}
+
+fn million(pool: &mpi::Pool) -> Result<(), Error> {
+    let n: u64 = if cfg!(debug_assertions) {
+        100_000
+    } else {
+        1_000_000
+    };
+    let v: Vec<u64> = (0..n).collect();
+    let start = Instant::now();
+    let got = pool.map(one_us, &v)?;
+    let took = start.elapsed();
+    let want: Vec<u64> = v.iter().map(|&x| one_us(x)).collect();
+    assert!(got == want, "the results differ from a sequential loop");
+    eprintln!(
+        "{n} elements of ~1 us over {} processes in {took:?}",
+        pool.processes()
+    );
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! [`PoolBuilder`]: starting MPI, each worker rank's local pool, and the
+//! check that every rank runs the same binary.
+
+use super::comm::Comm;
+use super::dispatch::Dispatcher;
+use super::protocol::STOP;
+use super::{rank, Pool, Shared};
+use crate::error::Error;
+use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
+use mpi::environment::Threading;
+use mpi::topology::Communicator;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Configures an MPI [`Pool`]; made by [`Pool::builder`]. Every rank runs
+/// the same program, so every rank builds with the same settings; each worker
+/// rank applies them to its own local pool.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// let pool = shmpool::mpi::Pool::builder()
+///     .processes_per_rank(4)                    // local worker processes on each worker rank
+///     .retries(1)                               // a task whose worker died runs once more
+///     .task_timeout(Duration::from_secs(60))
+///     .build()?;
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct PoolBuilder {
+    processes_per_rank: Option<usize>,
+    retries: u32,
+    task_timeout: Option<Duration>,
+}
+
+impl PoolBuilder {
+    /// The number of local worker processes on each worker rank. Default: the
+    /// rank's share of its node's CPUs, that is the CPUs it is bound to if
+    /// mpirun bound it, else the node's CPUs divided among the worker ranks
+    /// on that node (at least 1).
+    pub fn processes_per_rank(mut self, n: usize) -> Self {
+        self.processes_per_rank = Some(n);
+        self
+    }
+
+    /// How many times a task whose local worker died is run again on the same
+    /// rank ([`crate::PoolBuilder::retries`]). Default 0: the call fails with
+    /// [`Error::WorkerDied`].
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// How long a task may run on a rank before its local worker is killed
+    /// (the call then fails with [`Error::Timeout`];
+    /// [`crate::PoolBuilder::task_timeout`]). Default: no limit.
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.task_timeout = Some(limit);
+        self
+    }
+
+    /// Initializes MPI and starts the pool: on rank 0, returns it; on every
+    /// other rank, starts the rank's local pool, serves tasks until rank 0's
+    /// pool is dropped, then finalizes MPI and returns `None`.
+    ///
+    /// Fails with [`Error::InvalidArgument`] if MPI was initialized already,
+    /// if the job has a single rank, or if the MPI library cannot be called
+    /// from several threads one at a time (`MPI_THREAD_SERIALIZED`); with
+    /// [`Error::StartFailed`] if a rank runs another binary than rank 0; with
+    /// [`Error::RankFailed`] on rank 0 if a rank could not start its local
+    /// pool (that rank returns the reason).
+    pub fn build(self) -> Result<Option<Pool>, Error> {
+        let (universe, threading) = mpi::initialize_with_threading(Threading::Serialized)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "MPI is initialized already: shmpool::mpi initializes it, once, \
+                     and finalizes it when the pool is dropped",
+                )
+            })?;
+        if threading < Threading::Serialized {
+            return Err(Error::invalid(
+                "this MPI library does not offer MPI_THREAD_SERIALIZED",
+            ));
+        }
+        let comm = Comm::new(universe.world());
+        let (rank, size) = (comm.rank(), comm.size());
+        if size < 2 {
+            return Err(Error::invalid(
+                "an MPI pool needs at least 2 ranks (rank 0 hands out tasks, the \
+                 others run them): start the program with mpirun -n 3 or srun",
+            ));
+        }
+        let local = if rank == 0 {
+            None
+        } else {
+            let n = self
+                .processes_per_rank
+                .unwrap_or_else(|| default_processes(&comm));
+            Some(
+                crate::Pool::builder()
+                    .processes(n)
+                    .retries(self.retries)
+                    .maybe_task_timeout(self.task_timeout)
+                    .build(),
+            )
+        };
+        if rank == 0 {
+            // Rank 0 takes part in `default_processes`' collective too.
+            default_processes(&comm);
+        }
+        // Every rank reports its binary (the offset of one function from
+        // the anchor: equal only in the same executable) and its processes.
+        let hello = [
+            crate::start::probe_offset(),
+            match &local {
+                Some(Ok(pool)) => pool.processes() as u64,
+                _ => 0,
+            },
+        ];
+        let root = comm.world().process_at_rank(0);
+        if rank != 0 {
+            root.gather_into(&hello[..]);
+            let pool = local.expect("a worker rank")?;
+            rank::serve(&comm, &pool)?;
+            drop(pool);
+            drop(universe); // MPI_Finalize
+            return Ok(None);
+        }
+        let mut all = vec![0u64; 2 * size as usize];
+        root.gather_into_root(&hello[..], &mut all[..]);
+        let check = (1..size as usize).try_for_each(|r| {
+            if all[2 * r] != hello[0] {
+                Err(Error::StartFailed(format!(
+                    "rank {r} runs another binary than rank 0 (every rank must run \
+                     the same executable: functions travel as code offsets)"
+                )))
+            } else if all[2 * r + 1] == 0 {
+                Err(Error::RankFailed {
+                    rank: r as i32,
+                    why: "its local pool did not start (that rank's build returned why)".into(),
+                })
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = check {
+            for r in 1..size {
+                comm.send(r, STOP, &[]);
+            }
+            return Err(e);
+        }
+        let processes = all.chunks(2).skip(1).map(|h| h[1] as usize).sum();
+        Ok(Some(Pool {
+            shared: Arc::new(Shared {
+                state: Mutex::new(Dispatcher::new(comm)),
+            }),
+            ranks: size as usize - 1,
+            processes,
+            universe: Some(universe),
+        }))
+    }
+}
+
+/// The default local pool size of this rank: its share of its node's CPUs.
+/// Collective over the world communicator: every rank calls it once.
+fn default_processes(comm: &Comm) -> usize {
+    let node = comm.world().split_shared(comm.rank());
+    let is_root = i32::from(comm.rank() == 0);
+    let mut roots_here = 0i32;
+    node.all_reduce_into(&is_root, &mut roots_here, SystemOperation::sum());
+    let workers_here = (node.size() - roots_here).max(1) as usize;
+    let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    if allowed < online {
+        allowed // bound by mpirun to its own CPUs
+    } else {
+        (online / workers_here).max(1)
+    }
+}
+
+impl crate::PoolBuilder {
+    fn maybe_task_timeout(self, limit: Option<Duration>) -> Self {
+        match limit {
+            Some(t) => self.task_timeout(t),
+            None => self,
+        }
+    }
+}

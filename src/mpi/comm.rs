@@ -1,0 +1,165 @@
+//! The MPI calls the pool makes, on raw bytes: headers, payloads that lie in
+//! a caller's buffer, and a probe that waits without spinning a core.
+//!
+//! Waiting is polled (`MPI_Improbe`) with a backoff, not a blocking
+//! `MPI_Mprobe`: Open MPI's blocking calls spin, and a rank spinning while its
+//! local worker processes compute would take a CPU from them.
+
+use mpi::datatype::{DynBuffer, DynBufferMut, Equivalence};
+use mpi::point_to_point::{Destination, Message, Source, Status};
+use mpi::topology::{Communicator, SimpleCommunicator};
+use std::time::{Duration, Instant};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// The world communicator of the job, used by one thread at a time.
+pub(crate) struct Comm {
+    world: SimpleCommunicator,
+}
+
+// SAFETY: MPI was initialized with at least MPI_THREAD_SERIALIZED (checked
+// in `builder`), so any thread may make MPI calls as long as no two do at
+// once; every `Comm` is owned by one thread or kept behind a `Mutex`.
+unsafe impl Send for Comm {}
+
+impl Comm {
+    pub(crate) fn new(world: SimpleCommunicator) -> Comm {
+        Comm { world }
+    }
+
+    pub(crate) fn world(&self) -> &SimpleCommunicator {
+        &self.world
+    }
+
+    pub(crate) fn rank(&self) -> i32 {
+        self.world.rank()
+    }
+
+    pub(crate) fn size(&self) -> i32 {
+        self.world.size()
+    }
+
+    /// Sends a header (or an empty message for `&[]`) to `to`.
+    pub(crate) fn send(&self, to: i32, tag: i32, bytes: &[u8]) {
+        self.world.process_at_rank(to).send_with_tag(bytes, tag);
+    }
+
+    /// Sends the `len` bytes at `ptr` to `to`.
+    ///
+    /// # Safety
+    /// `ptr` points at `len` readable bytes (initialized or padding of `Pod`
+    /// values: MPI copies them as they are, never reads them as Rust values),
+    /// valid until this returns; `len` fits an MPI count.
+    pub(crate) unsafe fn send_raw(&self, to: i32, tag: i32, ptr: *const u8, len: usize) {
+        let datatype = u8::equivalent_datatype();
+        // SAFETY: `len` bytes at `ptr`, alive for the call (contract); the
+        // count fits an int (contract).
+        let buf = unsafe { DynBuffer::from_raw(ptr, len as i32, datatype) };
+        self.world.process_at_rank(to).send_with_tag(&buf, tag);
+    }
+
+    /// The next message from `from` (any rank if `None`) with `tag` (any if
+    /// `None`), if one has arrived.
+    pub(crate) fn try_probe(
+        &self,
+        from: Option<i32>,
+        tag: Option<i32>,
+    ) -> Option<(Message, Status)> {
+        match (from, tag) {
+            (Some(r), Some(t)) => self
+                .world
+                .process_at_rank(r)
+                .immediate_matched_probe_with_tag(t),
+            (Some(r), None) => self.world.process_at_rank(r).immediate_matched_probe(),
+            (None, Some(t)) => self.world.any_process().immediate_matched_probe_with_tag(t),
+            (None, None) => self.world.any_process().immediate_matched_probe(),
+        }
+    }
+
+    /// Waits for the next such message, with [`Backoff`].
+    pub(crate) fn probe(&self, from: Option<i32>, tag: Option<i32>) -> (Message, Status) {
+        let mut backoff = Backoff::new();
+        loop {
+            if let Some(found) = self.try_probe(from, tag) {
+                return found;
+            }
+            backoff.snooze();
+        }
+    }
+}
+
+/// The message's length in bytes, as MPI counts it.
+pub(crate) fn bytes_of(status: &Status) -> usize {
+    usize::try_from(status.count(u8::equivalent_datatype())).unwrap_or(usize::MAX)
+}
+
+/// Receives `msg` if it holds exactly one `H` (a header); else receives and
+/// drops it and says how long it was.
+pub(crate) fn receive_header<H>(msg: Message, status: &Status) -> Result<H, usize>
+where
+    H: FromBytes + IntoBytes + Immutable + KnownLayout,
+{
+    let bytes = bytes_of(status);
+    if bytes != size_of::<H>() {
+        discard(msg, status);
+        return Err(bytes);
+    }
+    let mut header = H::new_zeroed();
+    msg.matched_receive_into(header.as_mut_bytes());
+    Ok(header)
+}
+
+/// Receives `msg` into the `len` bytes at `ptr`; `len` was checked to be
+/// the message's length.
+///
+/// # Safety
+/// `ptr` points at `len` writable bytes that nothing else accesses until this
+/// returns; `len` fits an MPI count.
+pub(crate) unsafe fn receive_raw(msg: Message, ptr: *mut u8, len: usize) {
+    let datatype = u8::equivalent_datatype();
+    // SAFETY: `len` writable bytes at `ptr`, ours for the call (contract).
+    let mut buf = unsafe { DynBufferMut::from_raw(ptr, len as i32, datatype) };
+    msg.matched_receive_into(&mut buf);
+}
+
+/// Receives `msg` into a fresh vector of its own length (MPI's count, not a
+/// length announced by the sender).
+pub(crate) fn receive_vec(msg: Message, status: &Status) -> Vec<u8> {
+    let mut bytes = vec![0u8; bytes_of(status)];
+    msg.matched_receive_into(&mut bytes[..]);
+    bytes
+}
+
+/// Receives and drops a message nobody asked for.
+pub(crate) fn discard(msg: Message, status: &Status) {
+    drop(receive_vec(msg, status));
+}
+
+/// Waiting for a message: spin briefly, then yield, then sleep in steps that
+/// double up to 1 ms. A message that follows within ~50 µs (the next task of
+/// a busy rank, the data after a header) is seen at once; an idle rank costs
+/// about one wake-up per millisecond.
+pub(crate) struct Backoff {
+    start: Instant,
+    sleep: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Backoff {
+        Backoff {
+            start: Instant::now(),
+            sleep: Duration::from_micros(10),
+        }
+    }
+
+    pub(crate) fn snooze(&mut self) {
+        let waited = self.start.elapsed();
+        if waited < Duration::from_micros(20) {
+            std::hint::spin_loop();
+        } else if waited < Duration::from_micros(60) {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(self.sleep);
+            self.sleep = (self.sleep * 2).min(Duration::from_millis(1));
+        }
+    }
+}

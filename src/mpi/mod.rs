@@ -1,0 +1,513 @@
+//! One pool over the ranks of an MPI job (feature `mpi`): rank 0 hands out
+//! tasks, every other rank runs them in a local [`crate::Pool`] of worker
+//! processes.
+//!
+//! The shape is mpi4py's `MPICommExecutor`
+//! (<https://mpi4py.readthedocs.io/en/stable/mpi4py.futures.html>): every
+//! rank runs the same program and calls [`Pool::world`]; rank 0 gets the pool,
+//! the others serve until it is dropped.
+//!
+//! ```no_run
+//! fn sq(x: f64) -> f64 { x * x }
+//! fn f(x: u64) -> u64 { x + 1 }
+//!
+//! fn main() -> Result<(), shmpool::Error> {
+//!     if let Some(pool) = shmpool::mpi::Pool::world()? {
+//!         let v: Vec<f64> = (0..1000).map(f64::from).collect();
+//!         let squares: Vec<f64> = pool.map(sq, &v)?;
+//!         let r = pool.apply_async(f, (20,))?;
+//!         assert_eq!(r.get(None)?, 21);
+//!         println!("{} ranks, {} processes", pool.ranks(), pool.processes());
+//!         # let _ = squares;
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Run it with `mpirun -n 3 ./program` (or `srun -n 3 ./program`).
+//!
+//! * **Hierarchical.** A worker rank runs each task it is given in its local
+//!   pool ([`PoolBuilder::processes_per_rank`] processes), straight from the
+//!   pool's shared memory: MPI receives the input there and sends the output
+//!   from there.
+//! * **Dynamic.** A rank gets its next task when it returns its last one, so a
+//!   fast rank takes more.
+//! * **Crashes stay local.** A task that segfaults, aborts or panics takes
+//!   down only a local worker process of its rank; the call fails with
+//!   [`Error::WorkerDied`] or [`Error::TaskPanicked`] (or is retried, see
+//!   [`PoolBuilder::retries`]) and the pool goes on. A whole rank dying is
+//!   MPI's business: mpirun (or srun) ends the job.
+//! * **Same binary.** Functions travel as code offsets, arguments and results
+//!   as [`Pod`] bytes; every rank must run the same executable (checked when
+//!   the pool starts).
+//!
+//! Calls from several threads of rank 0 take turns: a `map` holds the pool
+//! until it returns.
+//!
+//! The protocol is described in `docs/ARCHITECTURE.md`, "MPI".
+//!
+//! * `protocol`: tags, headers, the length checks
+//! * `comm`: the MPI calls on raw bytes, and waiting without spinning
+//! * `dispatch`: rank 0's scheduler
+//! * `rank`: a worker rank's loop
+//! * `builder`, `result`, `imap`: the public types
+
+mod builder;
+mod comm;
+mod dispatch;
+mod imap;
+mod protocol;
+mod rank;
+mod result;
+
+pub use builder::PoolBuilder;
+pub use imap::Imap;
+pub use result::AsyncResult;
+
+use crate::error::Error;
+use crate::pool::schedule::{default_chunksize, Elem};
+use crate::task::{
+    apply_entry, assert_stateless, map_entry, starmap_entry, Entry, EntryPoint, Task,
+};
+use crate::{Pod, StartMethod};
+use comm::Backoff;
+use dispatch::{Dispatcher, Input, Output, Pending};
+use protocol::{TaskHeader, MAX_MESSAGE};
+use std::collections::HashSet;
+use std::mem::MaybeUninit;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// A pool whose tasks run on the worker ranks of an MPI job; exists on rank
+/// 0 only (see the [module docs](self)).
+///
+/// Dropping it waits for the tasks the ranks are running (at most one per
+/// rank), drops the queued ones (their handles return
+/// [`Error::Terminated`]), stops every worker rank and finalizes MPI.
+pub struct Pool {
+    shared: Arc<Shared>,
+    ranks: usize,
+    processes: usize,
+    universe: Option<mpi::environment::Universe>,
+}
+
+/// What the pool and its result handles share.
+pub(crate) struct Shared {
+    state: Mutex<Dispatcher>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Dispatcher> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drives the dispatcher until `f` finds what it waits for, or until
+    /// `deadline` (then `Ok(None)`). Fails with [`Error::Terminated`] if the
+    /// pool stopped without it.
+    fn wait<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut f: impl FnMut(&mut Dispatcher) -> Option<T>,
+    ) -> Result<Option<T>, Error> {
+        let mut backoff = Backoff::new();
+        loop {
+            {
+                let mut d = self.lock();
+                if let Some(found) = f(&mut d) {
+                    return Ok(Some(found));
+                }
+                if d.stopped() {
+                    return Err(Error::Terminated);
+                }
+                d.assign();
+                if d.receive().is_some() {
+                    backoff = Backoff::new();
+                    continue;
+                }
+            }
+            if deadline.is_some_and(|t| Instant::now() >= t) {
+                return Ok(None);
+            }
+            backoff.snooze();
+        }
+    }
+}
+
+impl Pool {
+    /// Starts the pool with the defaults ([`PoolBuilder`]): `Some(pool)` on
+    /// rank 0; on the other ranks, serves tasks until rank 0's pool is
+    /// dropped, then returns `None`. Every rank of the job must call it.
+    pub fn world() -> Result<Option<Pool>, Error> {
+        Pool::builder().build()
+    }
+
+    /// A [`PoolBuilder`] with the defaults.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The number of worker ranks (the job's ranks but rank 0).
+    pub fn ranks(&self) -> usize {
+        self.ranks
+    }
+
+    /// The number of local worker processes, over all worker ranks.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// Calls `f(args...)` on a worker rank and waits for the result
+    /// ([`crate::Pool::apply`]).
+    pub fn apply<F, Args>(&self, f: F, args: Args) -> Result<F::Output, Error>
+    where
+        F: Task<Args>,
+        Args: Pod,
+    {
+        self.apply_async(f, args)?.get(None)
+    }
+
+    /// Submits `f(args...)` and returns at once with a handle to the result
+    /// ([`crate::Pool::apply_async`]). The task goes to the first rank that
+    /// is free.
+    pub fn apply_async<F, Args>(&self, _f: F, args: Args) -> Result<AsyncResult<F::Output>, Error>
+    where
+        F: Task<Args>,
+        Args: Pod,
+    {
+        const { assert_stateless::<F>() };
+        let entry = entry_point(apply_entry::<F, Args>)?;
+        let (input, output) = (Elem::of::<Args>(), Elem::of::<F::Output>());
+        let mut d = self.shared.lock();
+        if d.stopped() {
+            return Err(Error::Closed);
+        }
+        let id = d.next_id();
+        let task = pending(
+            TaskHeader::new(id, entry.0, 1, input, output),
+            to_bytes(&[args]),
+        )?;
+        d.enqueue(task);
+        d.assign();
+        Ok(AsyncResult::new(Arc::clone(&self.shared), id))
+    }
+
+    /// Applies `f` to every element of `items` on the worker ranks; results in
+    /// order ([`crate::Pool::map`]). The slice is cut into chunks of
+    /// `ceil(len / (4 * processes))` elements (CPython's default, over the
+    /// processes of all ranks).
+    ///
+    /// Chunks are sent from `items` and their results received straight into
+    /// the returned vector. If a chunk fails, the map returns that error once
+    /// the chunks already running have come back.
+    pub fn map<F, T, U>(&self, f: F, items: &[T]) -> Result<Vec<U>, Error>
+    where
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        T: Pod,
+        U: Pod,
+    {
+        self.map_chunked(f, items, self.default_chunksize(items.len()))
+    }
+
+    /// [`map`](Pool::map) with chunks of `chunksize` elements (zero is
+    /// [`Error::InvalidArgument`]). A chunk is one MPI message each way, run
+    /// on one rank by its local pool.
+    pub fn map_chunked<F, T, U>(
+        &self,
+        _f: F,
+        items: &[T],
+        chunksize: usize,
+    ) -> Result<Vec<U>, Error>
+    where
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        T: Pod,
+        U: Pod,
+    {
+        const { assert_stateless::<F>() };
+        let entry = entry_point(map_entry::<F, T, U>)?;
+        self.map_typed(entry, items, chunksize)
+    }
+
+    /// Like [`map`](Pool::map) for functions of several arguments
+    /// ([`crate::Pool::starmap`]).
+    pub fn starmap<F, Args>(&self, f: F, items: &[Args]) -> Result<Vec<F::Output>, Error>
+    where
+        F: Task<Args>,
+        Args: Pod,
+    {
+        self.starmap_chunked(f, items, self.default_chunksize(items.len()))
+    }
+
+    /// [`starmap`](Pool::starmap) with chunks of `chunksize` items.
+    pub fn starmap_chunked<F, Args>(
+        &self,
+        _f: F,
+        items: &[Args],
+        chunksize: usize,
+    ) -> Result<Vec<F::Output>, Error>
+    where
+        F: Task<Args>,
+        Args: Pod,
+    {
+        const { assert_stateless::<F>() };
+        let entry = entry_point(starmap_entry::<F, Args>)?;
+        self.map_typed(entry, items, chunksize)
+    }
+
+    /// Like [`map`](Pool::map), but lazy: yields the results in order as they
+    /// come ([`crate::Pool::imap`]); one item per task.
+    pub fn imap<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
+    where
+        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Pod,
+        U: Pod,
+    {
+        self.imap_chunked(f, items, 1)
+    }
+
+    /// [`imap`](Pool::imap) with `chunksize` items per task.
+    pub fn imap_chunked<F, I, U>(
+        &self,
+        _f: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Imap<I::IntoIter, U>, Error>
+    where
+        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Pod,
+        U: Pod,
+    {
+        const { assert_stateless::<F>() };
+        let entry = entry_point(map_entry::<F, I::Item, U>)?;
+        self.imap_new(entry, items, chunksize, true)
+    }
+
+    /// Like [`imap`](Pool::imap), but yields results as they complete, in any
+    /// order ([`crate::Pool::imap_unordered`]).
+    pub fn imap_unordered<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
+    where
+        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Pod,
+        U: Pod,
+    {
+        self.imap_unordered_chunked(f, items, 1)
+    }
+
+    /// [`imap_unordered`](Pool::imap_unordered) with `chunksize` items per
+    /// task; the items of one chunk stay together, in order.
+    pub fn imap_unordered_chunked<F, I, U>(
+        &self,
+        _f: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Imap<I::IntoIter, U>, Error>
+    where
+        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Pod,
+        U: Pod,
+    {
+        const { assert_stateless::<F>() };
+        let entry = entry_point(map_entry::<F, I::Item, U>)?;
+        self.imap_new(entry, items, chunksize, false)
+    }
+
+    fn imap_new<I, U>(
+        &self,
+        entry: EntryPoint,
+        items: I,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Result<Imap<I::IntoIter, U>, Error>
+    where
+        I: IntoIterator,
+        I::Item: Pod,
+        U: Pod,
+    {
+        if chunksize == 0 {
+            return Err(Error::invalid("chunksize must be at least 1"));
+        }
+        if self.shared.lock().stopped() {
+            return Err(Error::Closed);
+        }
+        Ok(Imap::new(
+            Arc::clone(&self.shared),
+            items.into_iter(),
+            entry,
+            chunksize,
+            ordered,
+            2 * self.ranks,
+        ))
+    }
+
+    fn default_chunksize(&self, len: usize) -> usize {
+        default_chunksize(len, self.processes)
+    }
+
+    fn map_typed<T: Pod, U: Pod>(
+        &self,
+        entry: EntryPoint,
+        items: &[T],
+        chunksize: usize,
+    ) -> Result<Vec<U>, Error> {
+        let len = items.len();
+        let mut out: Vec<U> = Vec::with_capacity(len);
+        let dst = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        // SAFETY: `items` holds `len` T's, borrowed for the call; `dst` has
+        // room for `len` U's, apart from `items`, written only by this call.
+        unsafe {
+            self.map_raw(
+                entry,
+                items.as_ptr().cast(),
+                Elem::of::<T>(),
+                dst,
+                Elem::of::<U>(),
+                len,
+                chunksize,
+            )
+        }?;
+        // SAFETY: map_raw returned Ok: every chunk's output was received.
+        unsafe { out.set_len(len) };
+        Ok(out)
+    }
+
+    /// `dst[i] = f(src[i])` over the worker ranks, chunk by chunk, each chunk
+    /// sent from `src` and received into `dst` where they lie.
+    ///
+    /// # Safety
+    /// `src` holds `len` input elements and `dst` has room for `len` output
+    /// elements (as `input` and `output` describe them), valid and apart until
+    /// this returns; `entry` maps such elements.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn map_raw(
+        &self,
+        entry: EntryPoint,
+        src: *const u8,
+        input: Elem,
+        dst: *mut u8,
+        output: Elem,
+        len: usize,
+        chunksize: usize,
+    ) -> Result<(), Error> {
+        if chunksize == 0 {
+            return Err(Error::invalid("chunksize must be at least 1"));
+        }
+        // One chunk is one message each way.
+        let chunksize = chunksize.min(MAX_MESSAGE / input.size.max(output.size).max(1));
+        let chunks = len.div_ceil(chunksize);
+        TaskHeader::new(0, entry.0, chunksize, input, output)
+            .check()
+            .map_err(Error::invalid)?;
+        let mut d = self.shared.lock();
+        if d.stopped() {
+            return Err(Error::Closed);
+        }
+        let mut next = 0;
+        let mut mine: HashSet<u64> = HashSet::new();
+        let mut error: Option<Error> = None;
+        let mut backoff = Backoff::new();
+        loop {
+            d.assign();
+            while error.is_none() && next < chunks {
+                let Some(rank) = d.idle_rank() else { break };
+                let start = next * chunksize;
+                let n = chunksize.min(len - start);
+                let id = d.next_id();
+                let task = Pending {
+                    header: TaskHeader::new(id, entry.0, n, input, output),
+                    in_bytes: n * input.size,
+                    out_bytes: n * output.size,
+                    input: Input::Borrowed(src.wrapping_add(start * input.size)),
+                    output: Output::Borrowed(dst.wrapping_add(start * output.size)),
+                };
+                // SAFETY: elements [start, start + n) of `src` and `dst`
+                // (contract); this call keeps the mutex, so it receives the
+                // chunk itself before it returns.
+                unsafe { d.send(rank, task) };
+                mine.insert(id);
+                next += 1;
+            }
+            if mine.is_empty() && (next == chunks || error.is_some()) {
+                break;
+            }
+            match d.receive() {
+                Some(id) if mine.remove(&id) => {
+                    backoff = Backoff::new();
+                    if let Some(Err(e)) = d.take(id) {
+                        error.get_or_insert(e.into());
+                    }
+                }
+                Some(_) => backoff = Backoff::new(),
+                None => backoff.snooze(),
+            }
+        }
+        error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.lock().stop();
+        drop(self.universe.take()); // MPI_Finalize
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("ranks", &self.ranks)
+            .field("processes", &self.processes)
+            .finish()
+    }
+}
+
+/// Encodes `entry` for the other ranks: it must be code of the executable
+/// (they run their own copy of it, maybe at another address).
+fn entry_point(entry: Entry) -> Result<EntryPoint, Error> {
+    crate::start::check_entry(StartMethod::Spawn, entry)
+}
+
+/// An owned task for `header`, with `input` as its bytes.
+fn pending(header: TaskHeader, input: Vec<MaybeUninit<u8>>) -> Result<Pending, Error> {
+    let task = header.check().map_err(Error::invalid)?;
+    debug_assert_eq!(task.in_bytes, input.len());
+    Ok(Pending {
+        header,
+        in_bytes: task.in_bytes,
+        out_bytes: task.out_bytes,
+        input: Input::Owned(input),
+        output: Output::Owned,
+    })
+}
+
+/// The bytes of `items` (padding included, as it is), to send.
+fn to_bytes<T: Pod>(items: &[T]) -> Vec<MaybeUninit<u8>> {
+    let bytes = std::mem::size_of_val(items);
+    let mut v: Vec<MaybeUninit<u8>> = Vec::with_capacity(bytes);
+    // SAFETY: `v` has room for `bytes` bytes, apart from `items`; MaybeUninit
+    // bytes may hold anything, padding included.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            items.as_ptr().cast::<MaybeUninit<u8>>(),
+            v.as_mut_ptr(),
+            bytes,
+        );
+        v.set_len(bytes);
+    }
+    v
+}
+
+/// The `n` values of `T` in `bytes` (`n * size_of::<T>()` of them, checked by
+/// the protocol against what was asked).
+fn from_bytes<T: Pod>(bytes: &[u8], n: usize) -> Vec<T> {
+    let size = std::mem::size_of::<T>();
+    debug_assert_eq!(bytes.len(), n * size);
+    (0..n)
+        // SAFETY: `size` bytes that a rank of the same binary wrote from a
+        // `T` (none for a zero-sized T): a valid `T` here too (Pod's
+        // contract).
+        .map(|i| unsafe { bytes.as_ptr().add(i * size).cast::<T>().read_unaligned() })
+        .collect()
+}
