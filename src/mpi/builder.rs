@@ -8,7 +8,7 @@ use super::{rank, Pool, Shared};
 use crate::error::Error;
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::environment::Threading;
-use mpi::topology::Communicator;
+use mpi::topology::{Communicator, SimpleCommunicator};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,30 +59,39 @@ impl PoolBuilder {
         self
     }
 
-    /// Initializes MPI and starts the pool: on rank 0, returns it; on every
-    /// other rank, starts the rank's local pool, serves tasks until rank 0's
-    /// pool is dropped, then finalizes MPI and returns `None`.
+    /// Starts the pool: on rank 0, returns it; on every other rank, starts the
+    /// rank's local pool, serves tasks until rank 0's pool is dropped, then
+    /// returns `None`. Every rank of the job must call it (it is collective).
     ///
-    /// Fails with [`Error::InvalidArgument`] if MPI was initialized already,
-    /// if the job has a single rank, or if the MPI library cannot be called
-    /// from several threads one at a time (`MPI_THREAD_SERIALIZED`); with
+    /// If MPI is not initialized yet, this initializes it, and MPI is
+    /// finalized when the pool is done (on rank 0 when it is dropped, on the
+    /// others before `build` returns). If the program initialized MPI itself
+    /// (`mpi::initialize_with_threading` with at least `Threading::Serialized`
+    /// in rsmpi), the pool works on a duplicate of its world communicator and
+    /// leaves MPI to the program, which may go on using it afterwards.
+    ///
+    /// Fails with [`Error::InvalidArgument`] if the job has a single rank, or
+    /// if MPI cannot be called from several threads one at a time
+    /// (`MPI_THREAD_SERIALIZED`); with
     /// [`Error::StartFailed`] if a rank runs another binary than rank 0; with
     /// [`Error::RankFailed`] on rank 0 if a rank could not start its local
     /// pool (that rank returns the reason).
     pub fn build(self) -> Result<Option<Pool>, Error> {
-        let (universe, threading) = mpi::initialize_with_threading(Threading::Serialized)
-            .ok_or_else(|| {
-                Error::invalid(
-                    "MPI is initialized already: shmpool::mpi initializes it, once, \
-                     and finalizes it when the pool is dropped",
-                )
-            })?;
+        // MPI initialized here is finalized when the pool is done; MPI the
+        // program initialized itself stays the program's.
+        let (universe, threading) = match mpi::initialize_with_threading(Threading::Serialized) {
+            Some((universe, threading)) => (Some(universe), threading),
+            None => (None, mpi::environment::threading_support()),
+        };
         if threading < Threading::Serialized {
             return Err(Error::invalid(
-                "this MPI library does not offer MPI_THREAD_SERIALIZED",
+                "MPI must offer MPI_THREAD_SERIALIZED (initialize it with \
+                 mpi::initialize_with_threading(Threading::Serialized), or let the pool do it)",
             ));
         }
-        let comm = Comm::new(universe.world());
+        // A communicator of its own: the pool's tags never meet the program's
+        // messages.
+        let comm = Comm::new(SimpleCommunicator::world().duplicate());
         let (rank, size) = (comm.rank(), comm.size());
         if size < 2 {
             return Err(Error::invalid(
@@ -121,10 +130,11 @@ impl PoolBuilder {
         if rank != 0 {
             root.gather_into(&hello[..]);
             let pool = local.expect("a worker rank")?;
-            rank::serve(&comm, &pool)?;
+            let served = rank::serve(&comm, &pool);
             drop(pool);
-            drop(universe); // MPI_Finalize
-            return Ok(None);
+            drop(comm);
+            drop(universe); // MPI_Finalize, if the pool initialized MPI
+            return served.map(|()| None);
         }
         let mut all = vec![0u64; 2 * size as usize];
         root.gather_into_root(&hello[..], &mut all[..]);
@@ -156,7 +166,7 @@ impl PoolBuilder {
             }),
             ranks: size as usize - 1,
             processes,
-            universe: Some(universe),
+            universe,
         }))
     }
 }

@@ -53,7 +53,9 @@ pub(crate) type Done = Result<Vec<u8>, RemoteError>;
 
 /// Rank 0's state; kept behind the pool's mutex.
 pub(crate) struct Dispatcher {
-    comm: Comm,
+    /// The pool's communicator; dropped (freed) by [`stop`](Self::stop),
+    /// before MPI is finalized.
+    comm: Option<Comm>,
     next_id: u64,
     /// Index `r - 1`: what worker rank `r` runs.
     running: Vec<Option<Running>>,
@@ -75,7 +77,7 @@ impl Dispatcher {
     pub(crate) fn new(comm: Comm) -> Dispatcher {
         let workers = comm.size() as usize - 1;
         Dispatcher {
-            comm,
+            comm: Some(comm),
             next_id: 1,
             running: (0..workers).map(|_| None).collect(),
             queue: VecDeque::new(),
@@ -89,6 +91,14 @@ impl Dispatcher {
         self.stopped
     }
 
+    /// The communicator; only used before [`stop`](Self::stop), which every
+    /// caller checks first.
+    fn comm(&self) -> &Comm {
+        self.comm
+            .as_ref()
+            .expect("the pool's communicator is used after stop")
+    }
+
     /// A fresh task id.
     pub(crate) fn next_id(&mut self) -> u64 {
         let id = self.next_id;
@@ -97,7 +107,13 @@ impl Dispatcher {
     }
 
     /// Queues an owned task; a rank takes it at the next [`assign`](Self::assign).
+    /// After [`stop`](Self::stop), the task fails with `Terminated` at once.
     pub(crate) fn enqueue(&mut self, task: Pending) {
+        if self.stopped {
+            self.done
+                .insert(task.header.id, Err(RemoteError::Terminated));
+            return;
+        }
         self.queue.push_back(task);
     }
 
@@ -116,6 +132,9 @@ impl Dispatcher {
 
     /// Sends queued tasks to idle ranks.
     pub(crate) fn assign(&mut self) {
+        if self.stopped {
+            return;
+        }
         while !self.queue.is_empty() {
             let Some(rank) = self.idle_rank() else { return };
             let task = self.queue.pop_front().expect("not empty");
@@ -133,7 +152,7 @@ impl Dispatcher {
     /// [`receive`](Self::receive)).
     pub(crate) unsafe fn send(&mut self, rank: i32, task: Pending) {
         debug_assert!(self.running[rank as usize - 1].is_none());
-        self.comm
+        self.comm()
             .send(rank, TASK, zerocopy::IntoBytes::as_bytes(&task.header));
         if task.in_bytes > 0 {
             let ptr = match &task.input {
@@ -142,7 +161,7 @@ impl Dispatcher {
             };
             // SAFETY: `in_bytes` bytes at `ptr` (an owned vector of that
             // length, or the contract), below MAX_MESSAGE (the map cut it so).
-            unsafe { self.comm.send_raw(rank, TASK_DATA, ptr, task.in_bytes) };
+            unsafe { self.comm().send_raw(rank, TASK_DATA, ptr, task.in_bytes) };
         }
         self.running[rank as usize - 1] = Some(Running {
             id: task.header.id,
@@ -155,7 +174,10 @@ impl Dispatcher {
     /// [`done`](Self::done) (or drops it if abandoned) and frees its rank.
     /// Returns the finished task's id.
     pub(crate) fn receive(&mut self) -> Option<u64> {
-        let (msg, status) = self.comm.try_probe(None, Some(RESULT))?;
+        if self.stopped {
+            return None;
+        }
+        let (msg, status) = self.comm().try_probe(None, Some(RESULT))?;
         let rank = status.source_rank();
         let Some(running) = rank
             .checked_sub(1)
@@ -191,7 +213,7 @@ impl Dispatcher {
             Ok(0) => None,
             // The rank sends the data it announced: receive it, even if the
             // announcement was refused, so that nothing stays behind.
-            _ if header.bytes > 0 => Some(self.comm.probe(Some(rank), Some(RESULT_DATA))),
+            _ if header.bytes > 0 => Some(self.comm().probe(Some(rank), Some(RESULT_DATA))),
             _ => None,
         };
         if header.id != running.id {
@@ -278,10 +300,11 @@ impl Dispatcher {
                 backoff.snooze();
             }
         }
-        for rank in 1..self.comm.size() {
-            self.comm.send(rank, STOP, &[]);
+        for rank in 1..self.comm().size() {
+            self.comm().send(rank, STOP, &[]);
         }
         self.abandoned.clear();
         self.stopped = true;
+        self.comm = None;
     }
 }

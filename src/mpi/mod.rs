@@ -83,7 +83,8 @@ use std::time::Instant;
 ///
 /// Dropping it waits for the tasks the ranks are running (at most one per
 /// rank), drops the queued ones (their handles return
-/// [`Error::Terminated`]), stops every worker rank and finalizes MPI.
+/// [`Error::Terminated`]), stops every worker rank, and finalizes MPI if
+/// the pool initialized it ([`PoolBuilder::build`]).
 pub struct Pool {
     shared: Arc<Shared>,
     ranks: usize,
@@ -450,7 +451,7 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.shared.lock().stop();
-        drop(self.universe.take()); // MPI_Finalize
+        drop(self.universe.take()); // MPI_Finalize, if the pool initialized MPI
     }
 }
 
