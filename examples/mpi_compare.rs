@@ -2,9 +2,12 @@
 //! run: squaring 10M `f64` held by rank 0.
 //!
 //! * baseline: rsmpi `MPI_Scatterv` of the vector over all ranks, each
-//!   squares its part, `MPI_Gatherv` back to rank 0;
+//!   squares its part, `MPI_Gatherv` back to rank 0, into a fresh
+//!   `vec![0.0; n]` (what `map` returns is fresh too) or, as a second row,
+//!   into one output buffer warm from the rounds before;
 //! * `shmpool::mpi`: `pool.map(sq, &v)` on rank 0 (the worker ranks run the
-//!   chunks in their local pools).
+//!   chunks in their local pools), and `pool.map_into(sq, &v, &mut warm)`
+//!   into the warm buffer of the second baseline row.
 //!
 //! ```sh
 //! cargo build --release --features mpi --example mpi_compare
@@ -12,7 +15,7 @@
 //! mpirun -n 3 --oversubscribe --bind-to none target/release/examples/mpi_compare -- --quick
 //! ```
 //!
-//! Rounds go baseline, pool, baseline (5 each; the pool's ranks serve only
+//! Rounds go baseline, pool, baseline (5 each, 10 for each baseline row; the pool's ranks serve only
 //! while it lives), so both see the machine in the same state; each cell is
 //! a median with the min–max spread. Throughput is input bytes per second.
 //! Prints a markdown table on rank 0.
@@ -43,14 +46,22 @@ fn main() -> Result<(), shmpool::Error> {
     };
 
     let mut baseline = Vec::new();
+    let mut reused = Vec::new();
     let mut reference = Vec::new();
+    let mut warm = if rank == 0 {
+        vec![0.0f64; n]
+    } else {
+        Vec::new()
+    };
     for _ in 0..ROUNDS {
-        let (took, out) = scatter_square_gather(&world, &v, n);
+        let (took, out) = scatter_square_gather(&world, &v, n, None);
         baseline.push(took);
         reference = out;
+        reused.push(scatter_square_gather(&world, &v, n, Some(&mut warm)).0);
     }
 
     let mut pooled = Vec::new();
+    let mut pooled_into = Vec::new();
     let mut processes = 0;
     if let Some(pool) = shmpool::mpi::Pool::world()? {
         processes = pool.processes();
@@ -63,16 +74,25 @@ fn main() -> Result<(), shmpool::Error> {
                 out == reference,
                 "the pool's squares differ from the baseline's"
             );
+            warm.fill(0.0);
+            let start = Instant::now();
+            pool.map_into(sq, &v, &mut warm)?;
+            pooled_into.push(start.elapsed());
+            assert!(warm == reference, "map_into's squares differ");
         }
     }
 
     for _ in 0..ROUNDS {
-        baseline.push(scatter_square_gather(&world, &v, n).0);
+        baseline.push(scatter_square_gather(&world, &v, n, None).0);
+        reused.push(scatter_square_gather(&world, &v, n, Some(&mut warm)).0);
     }
+    assert!(rank != 0 || warm == reference);
 
     if rank == 0 {
         let bytes = (n * 8) as f64;
         let (b, p) = (Stats::of(&baseline, bytes), Stats::of(&pooled, bytes));
+        let r = Stats::of(&reused, bytes);
+        let pi = Stats::of(&pooled_into, bytes);
         println!(
             "| {}M f64, `mpirun -n {}` | time (median, min–max) | GB/s (median) | ratio |",
             n / 1_000_000,
@@ -80,10 +100,16 @@ fn main() -> Result<(), shmpool::Error> {
         );
         println!("|---|---|---|---|");
         println!(
-            "| rsmpi Scatterv → square → Gatherv ({} ranks compute) | {} | {:.2} | 1.00 |",
+            "| rsmpi Scatterv → square → Gatherv ({} ranks compute), fresh output | {} | {:.2} | 1.00 |",
             world.size(),
             b.range(),
             b.rate
+        );
+        println!(
+            "| the same, gathering into one warm output buffer | {} | {:.2} | {:.2} |",
+            r.range(),
+            r.rate,
+            r.rate / b.rate
         );
         println!(
             "| `shmpool::mpi::Pool::map` ({} ranks × local pool, {processes} processes) | {} | {:.2} | {:.2} |",
@@ -92,15 +118,24 @@ fn main() -> Result<(), shmpool::Error> {
             p.rate,
             p.rate / b.rate
         );
+        println!(
+            "| `shmpool::mpi::Pool::map_into` the same warm output buffer | {} | {:.2} | {:.2} (×{:.2} the warm row) |",
+            pi.range(),
+            pi.rate,
+            pi.rate / b.rate,
+            pi.rate / r.rate
+        );
     }
     Ok(())
 }
 
-/// One round of the hand-written program; rank 0's time and result.
+/// One round of the hand-written program; rank 0's time and result (a fresh
+/// `vec![0.0; n]`, or the results left in `warm`).
 fn scatter_square_gather(
     world: &mpi::topology::SimpleCommunicator,
     v: &[f64],
     n: usize,
+    warm: Option<&mut Vec<f64>>,
 ) -> (Duration, Vec<f64>) {
     let size = world.size() as usize;
     let counts: Vec<Count> = (0..size)
@@ -130,15 +165,21 @@ fn scatter_square_gather(
     for x in &mut part {
         *x = sq(*x);
     }
-    let mut out = Vec::new();
+    let mut fresh = Vec::new();
     if rank == 0 {
-        out = vec![0.0f64; n];
+        let out = match warm {
+            Some(warm) => warm,
+            None => {
+                fresh = vec![0.0f64; n];
+                &mut fresh
+            }
+        };
         let mut into = PartitionMut::new(&mut out[..], &counts[..], &displs[..]);
         root.gather_varcount_into_root(&part[..], &mut into);
     } else {
         root.gather_varcount_into(&part[..]);
     }
-    (start.elapsed(), out)
+    (start.elapsed(), fresh)
 }
 
 struct Stats {

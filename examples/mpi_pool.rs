@@ -10,8 +10,8 @@
 //! With an argument it runs one of the checks `tests/mpi.rs` makes, and
 //! prints `ok <check>` on rank 0 when it passes:
 //!
-//! * `results`: map, map_chunked, starmap, imap, imap_unordered, apply and
-//!   apply_async give what a local `shmpool::Pool` gives;
+//! * `results`: map, map_chunked, map_into, starmap, imap, imap_unordered,
+//!   apply and apply_async give what a local `shmpool::Pool` gives;
 //! * `crash`: a task that aborts on rank 2 fails the call with `WorkerDied`,
 //!   a panic with `TaskPanicked`, and the next map succeeds;
 //! * `million`: a ~1 µs function over 10^6 elements (10^5 in a debug build,
@@ -111,6 +111,17 @@ fn results(pool: &mpi::Pool) -> Result<(), Error> {
         local.map(collatz_steps, &n)?
     );
     assert_eq!(pool.map(sq, &[])?, Vec::<f64>::new());
+    let mut into = vec![0.0; v.len()];
+    pool.map_into_chunked(sq, &v, &mut into, 999)?;
+    assert_eq!(into, local.map(sq, &v)?);
+    assert!(matches!(
+        pool.map_into(sq, &v, &mut into[1..]),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        pool.map_chunked(sq, &v, 0),
+        Err(Error::InvalidArgument(_))
+    ));
     let pairs: Vec<(i64, i64)> = (0..10_000).map(|i| (i, -3 * i + 1)).collect();
     assert_eq!(pool.starmap(add, &pairs)?, local.starmap(add, &pairs)?);
     let ordered: Vec<u32> = pool

@@ -74,7 +74,7 @@ use comm::Backoff;
 use dispatch::{Dispatcher, Input, Output, Pending};
 use protocol::{TaskHeader, MAX_MESSAGE};
 use std::collections::HashSet;
-use std::mem::MaybeUninit;
+use std::mem::{size_of, MaybeUninit};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -228,6 +228,56 @@ impl Pool {
         self.map_typed(entry, items, chunksize)
     }
 
+    /// `output[i] = f(input[i])`, received straight into `output`
+    /// ([`crate::Pool::map_into`]): for a buffer used again and again, which
+    /// saves the page faults of a fresh vector. The lengths must match
+    /// ([`Error::InvalidArgument`] otherwise).
+    pub fn map_into<F, T, U>(&self, f: F, input: &[T], output: &mut [U]) -> Result<(), Error>
+    where
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        T: Pod,
+        U: Pod,
+    {
+        self.map_into_chunked(f, input, output, self.default_chunksize(input.len()))
+    }
+
+    /// [`map_into`](Pool::map_into) with chunks of `chunksize` elements.
+    pub fn map_into_chunked<F, T, U>(
+        &self,
+        _f: F,
+        input: &[T],
+        output: &mut [U],
+        chunksize: usize,
+    ) -> Result<(), Error>
+    where
+        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        T: Pod,
+        U: Pod,
+    {
+        const { assert_stateless::<F>() };
+        if input.len() != output.len() {
+            return Err(Error::invalid(format!(
+                "map_into: input has {} elements, output {}",
+                input.len(),
+                output.len()
+            )));
+        }
+        let entry = entry_point(map_entry::<F, T, U>)?;
+        // SAFETY: `input` holds `len` T's, `output` room for `len` U's; both
+        // borrowed for the call, and `&mut` keeps them apart.
+        unsafe {
+            self.map_raw(
+                entry,
+                input.as_ptr().cast(),
+                Elem::of::<T>(),
+                output.as_mut_ptr().cast(),
+                Elem::of::<U>(),
+                input.len(),
+                chunksize,
+            )
+        }
+    }
+
     /// Like [`map`](Pool::map) for functions of several arguments
     /// ([`crate::Pool::starmap`]).
     pub fn starmap<F, Args>(&self, f: F, items: &[Args]) -> Result<Vec<F::Output>, Error>
@@ -356,6 +406,9 @@ impl Pool {
         let len = items.len();
         let mut out: Vec<U> = Vec::with_capacity(len);
         let dst = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        // One bulk fault of a large fresh output (huge pages where allowed)
+        // instead of one per 4 KiB page inside MPI's copies.
+        crate::pool::schedule::prefault(dst, len * size_of::<U>());
         // SAFETY: `items` holds `len` T's, borrowed for the call; `dst` has
         // room for `len` U's, apart from `items`, written only by this call.
         unsafe {

@@ -749,7 +749,7 @@ const PREFAULT_BYTES: usize = 4 << 20;
 /// fault per 4 KiB as the results are copied in (~1.1 µs each here, more than
 /// the copy itself), and asks for huge pages where the kernel allows them.
 /// Only advice: if the kernel refuses, the copy faults pages as usual.
-fn prefault(ptr: *mut u8, bytes: usize) {
+pub(crate) fn prefault(ptr: *mut u8, bytes: usize) {
     if bytes < PREFAULT_BYTES {
         return;
     }
