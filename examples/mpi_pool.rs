@@ -14,6 +14,9 @@
 //!   apply and apply_async give what a local `shmpool::Pool` gives;
 //! * `crash`: a task that aborts on rank 2 fails the call with `WorkerDied`,
 //!   a panic with `TaskPanicked`, and the next map succeeds;
+//! * `lifecycle`: a result not yet there times out and comes later, dropped
+//!   handles and iterators leave the pool working, a dropped pool fails
+//!   what it had queued with `Terminated`;
 //! * `million`: a ~1 µs function over 10^6 elements (10^5 in a debug build,
 //!   where the function is many times slower) gives the sequential results.
 
@@ -81,6 +84,7 @@ fn main() -> Result<(), Error> {
         "results" => results(&pool)?,
         "crash" => crash(&pool)?,
         "million" => million(&pool)?,
+        "lifecycle" => lifecycle(&pool)?,
         other => panic!("unknown check {other}"),
     }
     println!("ok {check}");
@@ -167,6 +171,40 @@ fn crash(pool: &mpi::Pool) -> Result<(), Error> {
     assert_eq!(squares, [1.0, 4.0, 9.0, 16.0]);
     let ok: Vec<u64> = pool.map(panic_on_7, &[1, 2, 3])?;
     assert_eq!(ok, [1, 2, 3]);
+    Ok(())
+}
+
+fn nap_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn lifecycle(pool: &mpi::Pool) -> Result<(), Error> {
+    let slow = pool.apply_async(nap_ms, (300,))?;
+    assert!(matches!(
+        slow.get(Some(Duration::ZERO)),
+        Err(Error::Timeout)
+    ));
+    assert!(!slow.ready());
+    assert_eq!(slow.get(Some(Duration::from_secs(30)))?, 300);
+    assert!(slow.ready());
+    // Handles dropped before their results come; an iterator dropped early.
+    for _ in 0..10 {
+        drop(pool.apply_async(nap_ms, (20,))?);
+    }
+    let mut it = pool.imap(nap_ms, [10u64; 20])?;
+    assert_eq!(it.next().transpose()?, Some(10));
+    drop(it);
+    assert_eq!(pool.map(collatz_steps, &[27, 97])?, [111, 118]);
+    assert_eq!(pool.apply(add, (1, 1))?, 2);
+    // The panic of one imap chunk is yielded once; the others go on.
+    let got: Vec<Result<u64, Error>> = pool.imap(panic_on_7, 5..10u64)?.collect();
+    assert!(
+        matches!(&got[2], Err(Error::TaskPanicked { .. })),
+        "{got:?}"
+    );
+    let ok: Vec<u64> = got.into_iter().filter_map(Result::ok).collect();
+    assert_eq!(ok, [5, 6, 8, 9]);
     Ok(())
 }
 
