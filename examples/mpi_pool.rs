@@ -7,7 +7,8 @@
 //! srun -n 3 target/release/examples/mpi_pool           # under Slurm
 //! ```
 //!
-//! With an argument it runs one of the checks `tests/mpi.rs` makes, and
+//! With an argument it runs one of the checks (`<check>-forkserver`: the
+//! same with local workers started by a fork server) `tests/mpi.rs` makes, and
 //! prints `ok <check>` on rank 0 when it passes:
 //!
 //! * `results`: map, map_chunked, map_into, starmap, imap, imap_unordered,
@@ -20,7 +21,7 @@
 //! * `million`: a ~1 µs function over 10^6 elements (10^5 in a debug build,
 //!   where the function is many times slower) gives the sequential results.
 
-use shmpool::{mpi, Error};
+use shmpool::{mpi, Error, StartMethod};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -75,11 +76,26 @@ fn panic_on_7(x: u64) -> u64 {
 }
 
 fn main() -> Result<(), Error> {
-    let check = std::env::args().nth(1).unwrap_or_else(|| "demo".into());
-    let Some(pool) = mpi::Pool::world()? else {
+    let arg = std::env::args().nth(1).unwrap_or_else(|| "demo".into());
+    // `<check>-forkserver`: the ranks start their local workers from a fork
+    // server instead of forking themselves.
+    let (check, builder) = match arg.strip_suffix("-forkserver") {
+        Some(check) => (
+            check,
+            mpi::Pool::builder().start_method(StartMethod::ForkServer),
+        ),
+        None => (arg.as_str(), mpi::Pool::builder()),
+    };
+    // The demo takes the defaults (each rank's share of the CPUs); the checks
+    // set the size, as a program that knows its machine would.
+    let builder = match check {
+        "demo" => builder,
+        _ => builder.processes_per_rank(1),
+    };
+    let Some(pool) = builder.build()? else {
         return Ok(()); // a worker rank: served until rank 0 dropped its pool
     };
-    match check.as_str() {
+    match check {
         "demo" => demo(&pool)?,
         "results" => results(&pool)?,
         "crash" => crash(&pool)?,
@@ -87,7 +103,7 @@ fn main() -> Result<(), Error> {
         "lifecycle" => lifecycle(&pool)?,
         other => panic!("unknown check {other}"),
     }
-    println!("ok {check}");
+    println!("ok {arg}");
     Ok(())
 }
 

@@ -112,6 +112,11 @@ fn a_task_aborting_on_rank_2_is_worker_died_on_rank_0_and_the_next_map_succeeds(
 }
 
 #[test]
+fn crashes_stay_local_with_workers_started_by_a_fork_server() {
+    passes("crash-forkserver");
+}
+
+#[test]
 fn results_time_out_and_come_later_and_dropped_handles_leave_the_pool_working() {
     passes("lifecycle");
 }

@@ -6,6 +6,7 @@ use super::dispatch::Dispatcher;
 use super::protocol::STOP;
 use super::{rank, Pool, Shared};
 use crate::error::Error;
+use crate::StartMethod;
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::environment::Threading;
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -31,6 +32,7 @@ pub struct PoolBuilder {
     processes_per_rank: Option<usize>,
     retries: u32,
     task_timeout: Option<Duration>,
+    start_method: Option<StartMethod>,
 }
 
 impl PoolBuilder {
@@ -56,6 +58,17 @@ impl PoolBuilder {
     /// [`crate::PoolBuilder::task_timeout`]). Default: no limit.
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.task_timeout = Some(limit);
+        self
+    }
+
+    /// How each worker rank starts its local worker processes
+    /// ([`crate::PoolBuilder::start_method`]). Default: the program's
+    /// ([`set_start_method`](crate::set_start_method); fork unless set).
+    /// `StartMethod::ForkServer` forks them from a server that never
+    /// initialized MPI: the choice for networks whose MPI transport does not
+    /// survive a `fork()` of an initialized process (some InfiniBand stacks).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.start_method = Some(method);
         self
     }
 
@@ -99,24 +112,20 @@ impl PoolBuilder {
                  others run them): start the program with mpirun -n 3 or srun",
             ));
         }
-        let local = if rank == 0 {
-            None
-        } else {
-            let n = self
-                .processes_per_rank
-                .unwrap_or_else(|| default_processes(&comm));
-            Some(
-                crate::Pool::builder()
-                    .processes(n)
-                    .retries(self.retries)
-                    .maybe_task_timeout(self.task_timeout)
-                    .build(),
-            )
-        };
-        if rank == 0 {
-            // Rank 0 takes part in `default_processes`' collective too.
-            default_processes(&comm);
-        }
+        // Collective: every rank takes part, whatever its settings.
+        let share = default_processes(&comm);
+        let local = (rank != 0).then(|| {
+            let mut local = crate::Pool::builder()
+                .processes(self.processes_per_rank.unwrap_or(share))
+                .retries(self.retries);
+            if let Some(limit) = self.task_timeout {
+                local = local.task_timeout(limit);
+            }
+            if let Some(method) = self.start_method {
+                local = local.start_method(method);
+            }
+            local.build()
+        });
         // Every rank reports its binary (the offset of one function from
         // the anchor: equal only in the same executable) and its processes.
         let hello = [
@@ -186,14 +195,5 @@ fn default_processes(comm: &Comm) -> usize {
         allowed // bound by mpirun to its own CPUs
     } else {
         (online / workers_here).max(1)
-    }
-}
-
-impl crate::PoolBuilder {
-    fn maybe_task_timeout(self, limit: Option<Duration>) -> Self {
-        match limit {
-            Some(t) => self.task_timeout(t),
-            None => self,
-        }
     }
 }
