@@ -63,8 +63,14 @@ fn main() -> Result<(), shmpool::Error> {
     let mut pooled = Vec::new();
     let mut pooled_into = Vec::new();
     let mut processes = 0;
+    let mut round_trips = Vec::new();
     if let Some(pool) = shmpool::mpi::Pool::world()? {
         processes = pool.processes();
+        for i in 0..if quick { 200 } else { 2000 } {
+            let start = Instant::now();
+            assert_eq!(pool.apply(sq, (2.0,))?, 4.0, "round {i}");
+            round_trips.push(start.elapsed());
+        }
         let _ = pool.map(sq, &v[..1000])?; // warm-up: buffers on the ranks
         for _ in 0..ROUNDS {
             let start = Instant::now();
@@ -89,6 +95,15 @@ fn main() -> Result<(), shmpool::Error> {
     assert!(rank != 0 || warm == reference);
 
     if rank == 0 {
+        round_trips.sort();
+        let at = |q: f64| round_trips[((round_trips.len() - 1) as f64 * q) as usize];
+        println!(
+            "apply round trip (rank 0 -> a worker rank -> its local worker and back): \
+             median {:.1} us, p10 {:.1} us, p90 {:.1} us",
+            at(0.5).as_secs_f64() * 1e6,
+            at(0.1).as_secs_f64() * 1e6,
+            at(0.9).as_secs_f64() * 1e6
+        );
         let bytes = (n * 8) as f64;
         let (b, p) = (Stats::of(&baseline, bytes), Stats::of(&pooled, bytes));
         let r = Stats::of(&reused, bytes);
