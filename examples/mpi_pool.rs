@@ -18,6 +18,7 @@
 //! * `lifecycle`: a result not yet there times out and comes later, dropped
 //!   handles and iterators leave the pool working, a dropped pool fails
 //!   what it had queued with `Terminated`;
+//! * `idle`: worker ranks waiting for work use (almost) no CPU;
 //! * `million`: a ~1 µs function over 10^6 elements (10^5 in a debug build,
 //!   where the function is many times slower) gives the sequential results.
 
@@ -101,6 +102,7 @@ fn main() -> Result<(), Error> {
         "crash" => crash(&pool)?,
         "million" => million(&pool)?,
         "lifecycle" => lifecycle(&pool)?,
+        "idle" => idle(&pool)?,
         other => panic!("unknown check {other}"),
     }
     println!("ok {arg}");
@@ -221,6 +223,43 @@ fn lifecycle(pool: &mpi::Pool) -> Result<(), Error> {
     );
     let ok: Vec<u64> = got.into_iter().filter_map(Result::ok).collect();
     assert_eq!(ok, [5, 6, 8, 9]);
+    Ok(())
+}
+
+/// The pid of the process that started the local worker running this: its
+/// rank (with fork; with a fork server, the server).
+fn parent_pid() -> u32 {
+    // SAFETY: getppid has no preconditions.
+    unsafe { libc::getppid() as u32 }
+}
+
+/// User + system CPU time of `pid`, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn idle(pool: &mpi::Pool) -> Result<(), Error> {
+    // Every rank's pid (the ranks of this single-node job share /proc).
+    let mut ranks: Vec<u32> = pool
+        .map_chunked(|_: u8| parent_pid(), &[0; 64], 1)?
+        .into_iter()
+        .collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    let before: Vec<u64> = ranks.iter().map(|&p| cpu_ticks(p)).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    for (&pid, &was) in ranks.iter().zip(&before) {
+        let used = cpu_ticks(pid) - was;
+        // A spinning wait would take most of a core: ~200 ticks in 2 s.
+        assert!(
+            used <= 20,
+            "rank process {pid} used {used} ticks in 2 s of idling"
+        );
+    }
+    eprintln!("idle ranks {ranks:?}: ok");
     Ok(())
 }
 

@@ -121,6 +121,11 @@ fn results_time_out_and_come_later_and_dropped_handles_leave_the_pool_working() 
     passes("lifecycle");
 }
 
+#[test]
+fn worker_ranks_waiting_for_work_use_almost_no_cpu() {
+    passes("idle");
+}
+
 // 10^6 elements in a release build, 10^5 in a debug one (see the example).
 #[test]
 fn a_one_microsecond_function_over_many_elements_gives_the_sequential_results() {

@@ -134,14 +134,25 @@ pub(crate) fn discard(msg: Message, status: &Status) {
     drop(receive_vec(msg, status));
 }
 
-/// Waiting for a message: spin briefly, then yield, then sleep in steps that
-/// double up to 1 ms. A message that follows within ~50 µs (the next task of
-/// a busy rank, the data after a header) is seen at once; an idle rank costs
-/// about one wake-up per millisecond.
+/// Waiting for a message: spin for [`SPIN`], then yield the CPU until
+/// [`YIELD`], then sleep in steps that double from 10 µs up to 1 ms.
+///
+/// A message that comes within [`YIELD`] (an `apply`'s result, the next task
+/// of a busy rank, the data after a header) is seen within a scheduler slice:
+/// an `apply` round trip takes ~12 µs here; with yielding only to 60 µs it
+/// took ~350 µs, most of it in sleeps overshot by the kernel's timer slack
+/// (`docs/PERFORMANCE.md`, "MPI"). Yielding leaves the CPU to any process
+/// that wants it, so a local worker on the same core loses little. An idle
+/// rank costs about one wake-up per millisecond.
 pub(crate) struct Backoff {
     start: Instant,
     sleep: Duration,
 }
+
+/// How long a wait spins before it yields.
+const SPIN: Duration = Duration::from_micros(20);
+/// How long a wait yields before it sleeps.
+const YIELD: Duration = Duration::from_micros(300);
 
 impl Backoff {
     pub(crate) fn new() -> Backoff {
@@ -153,9 +164,9 @@ impl Backoff {
 
     pub(crate) fn snooze(&mut self) {
         let waited = self.start.elapsed();
-        if waited < Duration::from_micros(20) {
+        if waited < SPIN {
             std::hint::spin_loop();
-        } else if waited < Duration::from_micros(60) {
+        } else if waited < YIELD {
             std::thread::yield_now();
         } else {
             std::thread::sleep(self.sleep);
