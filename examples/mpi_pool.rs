@@ -18,6 +18,8 @@
 //! * `lifecycle`: a result not yet there times out and comes later, dropped
 //!   handles and iterators leave the pool working, a dropped pool fails
 //!   what it had queued with `Terminated`;
+//! * `retry`: with `retries(1)`, a task whose worker died runs again on its
+//!   rank and the call succeeds;
 //! * `idle`: worker ranks waiting for work use (almost) no CPU;
 //! * `million`: a ~1 µs function over 10^6 elements (10^5 in a debug build,
 //!   where the function is many times slower) gives the sequential results.
@@ -91,6 +93,7 @@ fn main() -> Result<(), Error> {
     // set the size, as a program that knows its machine would.
     let builder = match check {
         "demo" => builder,
+        "retry" => builder.processes_per_rank(1).retries(1),
         _ => builder.processes_per_rank(1),
     };
     let Some(pool) = builder.build()? else {
@@ -103,6 +106,7 @@ fn main() -> Result<(), Error> {
         "million" => million(&pool)?,
         "lifecycle" => lifecycle(&pool)?,
         "idle" => idle(&pool)?,
+        "retry" => retry(&pool)?,
         other => panic!("unknown check {other}"),
     }
     println!("ok {arg}");
@@ -223,6 +227,35 @@ fn lifecycle(pool: &mpi::Pool) -> Result<(), Error> {
     );
     let ok: Vec<u64> = got.into_iter().filter_map(Result::ok).collect();
     assert_eq!(ok, [5, 6, 8, 9]);
+    Ok(())
+}
+
+/// Aborts the first time it runs for `nonce` (on this machine), returns
+/// `nonce` the second time.
+fn abort_once(nonce: u64) -> u64 {
+    let mark = std::env::temp_dir().join(format!("shmpool-mpi-retry-{nonce}"));
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&mark)
+        .is_ok()
+    {
+        std::process::abort();
+    }
+    let _ = std::fs::remove_file(&mark);
+    nonce
+}
+
+fn retry(pool: &mpi::Pool) -> Result<(), Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let nonce = u64::from(std::process::id()) << 32 | u64::from(now);
+    assert_eq!(pool.apply(abort_once, (nonce,))?, nonce);
+    assert_eq!(
+        pool.map(abort_once, &[nonce + 1, nonce + 2])?,
+        [nonce + 1, nonce + 2]
+    );
     Ok(())
 }
 

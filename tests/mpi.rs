@@ -122,6 +122,11 @@ fn results_time_out_and_come_later_and_dropped_handles_leave_the_pool_working() 
 }
 
 #[test]
+fn with_retries_a_task_whose_worker_died_runs_again_and_succeeds() {
+    passes("retry");
+}
+
+#[test]
 fn worker_ranks_waiting_for_work_use_almost_no_cpu() {
     passes("idle");
 }
