@@ -138,6 +138,16 @@ impl Pool {
     /// Starts the pool with the defaults ([`PoolBuilder`]): `Some(pool)` on
     /// rank 0; on the other ranks, serves tasks until rank 0's pool is
     /// dropped, then returns `None`. Every rank of the job must call it.
+    ///
+    /// ```no_run
+    /// fn cube(x: i64) -> i64 { x * x * x }
+    ///
+    /// let Some(pool) = shmpool::mpi::Pool::world()? else {
+    ///     return Ok(()); // a worker rank, done serving
+    /// };
+    /// assert_eq!(pool.map(cube, &[1, 2, 3])?, [1, 8, 27]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn world() -> Result<Option<Pool>, Error> {
         Pool::builder().build()
     }
@@ -170,6 +180,19 @@ impl Pool {
     /// Submits `f(args...)` and returns at once with a handle to the result
     /// ([`crate::Pool::apply_async`]). The task goes to the first rank that
     /// is free.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// fn add(a: u64, b: u64) -> u64 { a + b }
+    ///
+    /// if let Some(pool) = shmpool::mpi::Pool::world()? {
+    ///     let handles: Vec<_> = (0..10).map(|i| pool.apply_async(add, (i, i))).collect::<Result<_, _>>()?;
+    ///     for (i, h) in (0..10).zip(&handles) {
+    ///         assert_eq!(h.get(Some(Duration::from_secs(60)))?, 2 * i);
+    ///     }
+    /// }
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn apply_async<F, Args>(&self, _f: F, args: Args) -> Result<AsyncResult<F::Output>, Error>
     where
         F: Task<Args>,
@@ -280,6 +303,14 @@ impl Pool {
 
     /// Like [`map`](Pool::map) for functions of several arguments
     /// ([`crate::Pool::starmap`]).
+    ///
+    /// ```no_run
+    /// fn add(a: i64, b: i64) -> i64 { a + b }
+    /// if let Some(pool) = shmpool::mpi::Pool::world()? {
+    ///     assert_eq!(pool.starmap(add, &[(1, 2), (3, 4)])?, [3, 7]);
+    /// }
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn starmap<F, Args>(&self, f: F, items: &[Args]) -> Result<Vec<F::Output>, Error>
     where
         F: Task<Args>,
@@ -336,6 +367,21 @@ impl Pool {
 
     /// Like [`imap`](Pool::imap), but yields results as they complete, in any
     /// order ([`crate::Pool::imap_unordered`]).
+    ///
+    /// ```no_run
+    /// fn steps(mut n: u64) -> u32 {
+    ///     let mut s = 0;
+    ///     while n > 1 { n = if n % 2 == 0 { n / 2 } else { 3 * n + 1 }; s += 1 }
+    ///     s
+    /// }
+    /// if let Some(pool) = shmpool::mpi::Pool::world()? {
+    ///     let longest = pool
+    ///         .imap_unordered_chunked(steps, 1..1_000_000u64, 10_000)?
+    ///         .try_fold(0, |m, s| s.map(|s| m.max(s)))?;
+    ///     assert_eq!(longest, 524);
+    /// }
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn imap_unordered<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
     where
         F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
