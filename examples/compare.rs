@@ -584,26 +584,38 @@ fn c_api_overhead(v: &[f64], budget: Duration) -> String {
     let (mut out, mut rust_out) = (vec![0.0; v.len()], vec![0.0; v.len()]);
     let (mut rust, mut via, mut c) = (Vec::new(), Vec::new(), Vec::new());
     let start = Instant::now();
+    let mut round = 0;
     while rust.len() < 51 && (rust.len() < 7 || start.elapsed() < budget * 2) {
-        let t = Instant::now();
-        pool.map_into(square_f64, v, &mut rust_out).unwrap();
-        rust.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        pool.map_into(square_via_c, v, &mut rust_out).unwrap();
-        via.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        // SAFETY: a live pool; `v` and `out` hold v.len() doubles each.
-        let rc = unsafe {
-            shmpool::capi::shmpool_map_f64(
-                capi_pool,
-                Some(square_c),
-                v.as_ptr(),
-                out.as_mut_ptr(),
-                v.len(),
-            )
-        };
-        c.push(t.elapsed().as_secs_f64() * 1e3);
-        assert_eq!(rc, shmpool::capi::SHMPOOL_OK);
+        // Each round starts with another of the three, so none always runs
+        // right after the same neighbour.
+        for j in 0..3 {
+            let t = Instant::now();
+            match (round + j) % 3 {
+                0 => {
+                    pool.map_into(square_f64, v, &mut rust_out).unwrap();
+                    rust.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                1 => {
+                    pool.map_into(square_via_c, v, &mut rust_out).unwrap();
+                    via.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                _ => {
+                    // SAFETY: a live pool; `v` and `out` hold v.len() doubles each.
+                    let rc = unsafe {
+                        shmpool::capi::shmpool_map_f64(
+                            capi_pool,
+                            Some(square_c),
+                            v.as_ptr(),
+                            out.as_mut_ptr(),
+                            v.len(),
+                        )
+                    };
+                    c.push(t.elapsed().as_secs_f64() * 1e3);
+                    assert_eq!(rc, shmpool::capi::SHMPOOL_OK);
+                }
+            }
+        }
+        round += 1;
     }
     // SAFETY: the pool made above, freed once.
     unsafe { shmpool::capi::shmpool_pool_free(capi_pool) };
@@ -619,7 +631,7 @@ fn c_api_overhead(v: &[f64], budget: Duration) -> String {
     };
     format!(
         "\n### The C API\n\nThe same map of `x * x` over {} f64 into a reused array, alternating on \
-         one pool of {PROCESSES}, medians and ranges: from Rust with the function inlined \
+         one pool of {PROCESSES} (each round starting with another), medians and ranges: from Rust with the function inlined \
          (`Pool::map_into`), from Rust calling a non-inlined `extern \"C\"` function per element, \
          and from the C API (`shmpool_map_f64`, that function called through a pointer). The \
          second pair isolates the API's own cost from the cost of a call per element.\n\n\
