@@ -77,12 +77,11 @@ fn run(
         in_place: false,
         context: &[],
     };
-    // SAFETY: the input buffer holds `len` input elements just received, the
-    // output buffer room for `len` outputs; both lie in the pool's segment,
-    // 64-aligned (SharedVec), apart, and only this call uses them until it
-    // returns. `entry` maps elements of exactly these sizes: rank 0 built the
-    // header from the same types it instantiated the entry point with, in
-    // the same binary.
+    // Rank 0 built the header from the same types it instantiated the entry
+    // point with, in the same binary, so `entry` maps elements of exactly
+    // these sizes.
+    // SAFETY: `len` inputs just received and room for `len` outputs, in the
+    // pool's segment, 64-aligned, apart, used only by this call.
     unsafe {
         schedule::map_raw(
             pool.core(),

@@ -392,10 +392,10 @@ impl Core {
         let outcome = outcome
             .map_err(|word| Failure::Corrupted(format!("its outcome word reads {word:#x}")))?;
         match outcome {
-            // SAFETY: the worker wrote an R at `output` before finishing the slot
-            // (DONE observed with Acquire by the caller); unaligned-safe read.
-            // `output` and R's size are the parent's, so the read stays in
-            // the block the parent reserved, whatever the slot says.
+            // `output` and R's size are the parent's, so the read stays in the
+            // block the parent reserved, whatever the slot says.
+            // SAFETY: the worker wrote an R at `output` before finishing the
+            // slot (DONE seen with Acquire by the caller); unaligned read.
             Outcome::Returned => Ok(unsafe { self.layout.at(output).cast::<R>().read_unaligned() }),
             Outcome::Panicked => {
                 let len = detail as usize;

@@ -311,10 +311,9 @@ fn run(
     // SAFETY: only the parent writes entries, with EntryPoint::new in this binary.
     let entry = unsafe { EntryPoint(desc.entry).resolve() };
     let task = move || {
-        // SAFETY: the parent laid out input/output for this entry point and
-        // gives them to no one else while we hold the slot; a side in its own
-        // memory stays valid until the chunk is DONE (docs/ARCHITECTURE.md,
-        // "Slots" and "Zero-copy maps").
+        // SAFETY: the parent laid out input/output for this entry point, for
+        // us alone while we hold the slot, valid until DONE (ARCHITECTURE.md,
+        // "Slots", "Zero-copy maps").
         unsafe { entry(io) }
     };
     finish(layout, index, me, incarnation, track, watched, task)
