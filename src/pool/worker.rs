@@ -485,6 +485,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // forks workers over a memfd segment
     fn a_task_writing_over_its_slot_gets_a_clear_error_and_the_pool_goes_on() {
         bounded(Duration::from_secs(60), || {
             let pool = Pool::new(1).unwrap();
@@ -509,6 +510,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // forks workers over a memfd segment
     fn a_task_writing_over_its_finish_log_still_gets_its_callback() {
         bounded(Duration::from_secs(60), || {
             let pool = Pool::new(1).unwrap();
