@@ -84,7 +84,7 @@ fn send(verb: &str, kind: Kind, name: &str) -> io::Result<()> {
             *guard = Some(launch()?);
         }
         let tracker = guard.as_ref().expect("just launched");
-        match send_all(tracker.socket.as_raw_fd(), line.as_bytes()) {
+        match crate::start::fork::send_all(tracker.socket.as_raw_fd(), line.as_bytes()) {
             Ok(()) => return Ok(()),
             Err(e) if attempt == 1 => return Err(e),
             Err(_) => {
@@ -95,22 +95,6 @@ fn send(verb: &str, kind: Kind, name: &str) -> io::Result<()> {
         }
     }
     unreachable!("the loop returns")
-}
-
-fn send_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        // SAFETY: sends from a live buffer on our socket.
-        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        bytes = &bytes[n as usize..];
-    }
-    Ok(())
 }
 
 /// The tracker's start-up hook: like `start::bootstrap`'s for workers, it
@@ -188,7 +172,7 @@ pub(crate) fn serve(fd: &OsStr) -> i32 {
     spawn::detach();
     crate::start::fork::set_process_name(b"ResourceTracker");
     // Hello: this process is detached now (`await_hello`).
-    let _ = send_all(fd, b"+");
+    let _ = crate::start::fork::send_all(fd, b"+");
     // SAFETY: the descriptor was handed to this process for it alone.
     let socket = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let mut live: BTreeSet<(String, String)> = BTreeSet::new();

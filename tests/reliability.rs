@@ -532,25 +532,40 @@ fn workers_the_fork_server_and_the_tracker_carry_python_style_process_names() {
             };
             let mut pids = pool.worker_pids();
             pids.sort();
-            let mut names: Vec<String> = pids.iter().map(|&p| comm(p)).collect();
-            names.sort();
             let expect: Vec<String> = (1..=2)
                 .map(|n| cut15(&format!("{prefix}PoolWorker-{n}")).to_owned())
                 .collect();
-            assert_eq!(names, expect, "{method}");
+            // A worker names itself as it starts, which a fork pool's build
+            // does not wait for: give it a moment.
+            let names = || {
+                let mut names: Vec<String> = pids.iter().map(|&p| comm(p)).collect();
+                names.sort();
+                names
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while names() != expect && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(names(), expect, "{method}");
             if method == StartMethod::ForkServer {
                 assert_eq!(comm(parent_of(pids[0])), "ForkServer");
             }
         }
         let _named = shmpool::SharedMemory::create(64).unwrap();
+        let tracker_named = || {
+            common::children()
+                .into_iter()
+                .any(|p| comm(p as u32) == "ResourceTracker")
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !tracker_named() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let names: Vec<String> = common::children()
             .into_iter()
             .map(|p| comm(p as u32))
             .collect();
-        assert!(
-            names.iter().any(|n| n == "ResourceTracker"),
-            "children: {names:?}"
-        );
+        assert!(tracker_named(), "children: {names:?}");
     });
 }
 

@@ -4,7 +4,7 @@
 //! cannot make the reader allocate more than the limit.
 
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 /// Bytes of a frame's length prefix.
@@ -125,24 +125,9 @@ pub(crate) fn frame_of(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Sends all of `bytes` with `MSG_NOSIGNAL`: a peer that has gone is an
-/// `EPIPE` error, never a SIGPIPE (a spawned process has not yet ignored it
-/// when it runs before `main`).
-pub(crate) fn send_all(fd: &impl AsRawFd, mut bytes: &[u8]) -> io::Result<()> {
-    let fd: RawFd = fd.as_raw_fd();
-    while !bytes.is_empty() {
-        // SAFETY: sends from a live buffer on a socket the caller owns.
-        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        bytes = &bytes[n as usize..];
-    }
-    Ok(())
+/// Sends all of `bytes` with `MSG_NOSIGNAL` (`start::fork::send_all`).
+pub(crate) fn send_all(fd: &impl AsRawFd, bytes: &[u8]) -> io::Result<()> {
+    crate::start::fork::send_all(fd.as_raw_fd(), bytes)
 }
 
 #[cfg(test)]

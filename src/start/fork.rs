@@ -174,3 +174,22 @@ pub(crate) fn reap(pid: libc::pid_t, block: bool) -> Option<libc::c_int> {
         }
     }
 }
+
+/// Sends all of `bytes` on socket `fd` with `MSG_NOSIGNAL`: a peer that has
+/// gone is an `EPIPE` error, never a SIGPIPE (a process in its start-up hook
+/// has not yet ignored it).
+pub(crate) fn send_all(fd: std::os::fd::RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: sends from a live buffer on a socket the caller owns.
+        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
