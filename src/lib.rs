@@ -75,14 +75,17 @@ pub mod manager;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod objects;
+mod panic;
 mod pod;
 mod pool;
 mod process;
+mod remote;
 mod shm;
 mod start;
 mod sync;
 mod task;
 mod tracker;
+mod worker;
 
 pub use context::{get_context, Context};
 pub use error::Error;

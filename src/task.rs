@@ -26,7 +26,7 @@
 //! pool.apply(g, (1,)).unwrap();
 //! ```
 
-use crate::pool::zero_copy::{AccessRefused, Peer, Stage};
+use crate::remote::{AccessRefused, Peer, Stage};
 use crate::Pod;
 use std::mem::{size_of, MaybeUninit};
 

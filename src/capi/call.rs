@@ -2,7 +2,7 @@
 //! description that the parent writes into each chunk's slot, read by one
 //! entry point, [`c_entry`].
 
-use crate::pool::zero_copy::AccessRefused;
+use crate::remote::AccessRefused;
 use crate::task::{code_at, for_each_piece_raw, TaskIo};
 use std::ffi::c_void;
 

@@ -320,7 +320,7 @@ impl PoolBuilder {
             return Err(Error::invalid(why));
         }
         config.processes = Some(processes);
-        crate::pool::worker::install_quiet_panic_hook();
+        crate::panic::install_quiet_panic_hook();
         // Workers must map the program's object heap (shared locks, queues):
         // forked ones inherit it, so it must exist before they are forked.
         crate::objects::Heap::get()?;

@@ -101,7 +101,7 @@ impl<R: Clone + Send + Sync + 'static> Pending for Watched<R> {
             Ok(v) => on_ok(v),
             Err(failure) => on_err(failure.into()),
         }));
-        shared.delivered(ran.err().map(|p| crate::pool::worker::panic_message(&p)));
+        shared.delivered(ran.err().map(|p| crate::panic::panic_message(&p)));
     }
 }
 

@@ -3,29 +3,27 @@
 //! * `core`: state shared by the handle, results and the supervisor
 //! * `unpublished`: the token for a slot being prepared (the task slot and
 //!   its state machine live in `sync::slot`)
-//! * `worker`: the loop every worker process runs
 //! * `supervisor`: starts, watches, settles and replaces workers
 //! * `schedule`: how work becomes tasks: `apply`'s one task, chunked `map`
 //!   and `map_async`, where the data lies or
 //!   through the arena
-//! * `zero_copy`: workers reading and writing the caller's memory
+//! * `zero_copy`: the parent's side of workers reaching the caller's memory
 //! * `imap`: lazy `imap` / `imap_unordered`
 //! * `job`: the parent's record of submitted work
 //! * `callbacks`: the thread that runs `*_with` callbacks
 //! * `result`, `builder`: the public handle types
 
 pub(crate) mod builder;
-pub(crate) mod callbacks;
+mod callbacks;
 pub(crate) mod core;
-pub(crate) mod imap;
-pub(crate) mod job;
-pub(crate) mod result;
+mod imap;
+mod job;
+mod result;
 pub(crate) mod schedule;
-pub(crate) mod shared_vec;
-pub(crate) mod supervisor;
-pub(crate) mod unpublished;
-pub(crate) mod worker;
-pub(crate) mod zero_copy;
+mod shared_vec;
+mod supervisor;
+mod unpublished;
+mod zero_copy;
 
 use self::callbacks::{Callbacks, Watched};
 use self::core::{Core, CLOSED, RUNNING, TERMINATED};

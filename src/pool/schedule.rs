@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::pool::job::{Chunk, Job};
 use crate::pool::result::Ticket;
-use crate::pool::zero_copy::STAGE_ALIGN;
+use crate::remote::STAGE_ALIGN;
 use crate::shm::arena::Block;
 use crate::sync::slot::{TaskDesc, INLINE_CAPACITY, IN_PLACE, REMOTE_INPUT, REMOTE_OUTPUT};
 use crate::task::EntryPoint;

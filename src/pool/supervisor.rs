@@ -29,10 +29,10 @@
 
 use crate::error::Error;
 use crate::pool::core::{Core, TERMINATED};
-use crate::pool::worker::WorkerStart;
 use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
 use crate::start::fork::Child;
 use crate::sync::slot::{Outcome, SlotState, IN_PLACE};
+use crate::worker::WorkerStart;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;

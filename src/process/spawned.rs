@@ -126,7 +126,7 @@ impl Process {
         // A spawned child whose start-up hook did not run takes its role here.
         crate::start::bootstrap::take_role();
         crate::start::check_entry(self.method, self.entry_fn)?;
-        crate::pool::worker::install_quiet_panic_hook();
+        crate::panic::install_quiet_panic_hook();
         let heap = Heap::get()?;
         let args_at = heap.alloc(self.args_len.max(1), self.args_align)?;
         let args_ptr = heap.ptr(args_at, self.args_len).expect("fresh allocation");
@@ -324,7 +324,7 @@ fn run_spawned(value: &std::ffi::OsStr) -> i32 {
     }
     // SAFETY: plain syscall.
     fork::die_with_parent(unsafe { libc::getppid() } as u32);
-    crate::pool::worker::install_quiet_panic_hook();
+    crate::panic::install_quiet_panic_hook();
     run_spec(spec_at)
 }
 

@@ -10,7 +10,7 @@
 //! * `bootstrap`: the `.init_array` hook that gives a re-executed process its
 //!   role.
 //!
-//! Whatever the method, a worker ends up in `pool::worker::serve` with the
+//! Whatever the method, a worker ends up in `worker::serve` with the
 //! pool's segment mapped and reports in through the pool's `ready` eventfd.
 
 pub(crate) mod bootstrap;
@@ -27,10 +27,10 @@ pub(crate) use method::default_method;
 pub use method::{set_start_method, StartMethod};
 
 use crate::error::Error;
-use crate::pool::worker::{self, WorkerStart};
-use crate::pool::zero_copy::AccessRefused;
+use crate::remote::AccessRefused;
 use crate::shm::layout::Layout;
 use crate::task::{Entry, EntryPoint, TaskIo};
+use crate::worker::{self, WorkerStart};
 use fork::Child;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
