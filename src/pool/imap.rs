@@ -196,7 +196,7 @@ where
                 Err(payload) => {
                     self.input_done = true;
                     self.input_panic = Some(Error::InputPanicked {
-                        message: crate::error::panic_message(&*payload),
+                        message: crate::panic::panic_message(&payload),
                     });
                     break;
                 }

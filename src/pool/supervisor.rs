@@ -225,7 +225,7 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
         supervise(&core, &mut workers, ready)
     }));
     if let Err(payload) = supervised {
-        let message = crate::error::panic_message(&*payload);
+        let message = crate::panic::panic_message(&payload);
         core.mark_broken(format!("its supervisor thread panicked: {message}"));
         terminate_all(&core, &mut workers);
     }
