@@ -15,11 +15,12 @@ use crate::remote::AccessRefused;
 use crate::shm::arena::{Arena, Block};
 use crate::shm::layout::{self, Layout};
 use crate::shm::segment::Segment;
+use crate::sync::lock;
 use crate::sync::ring::{Full, Producer};
 use crate::sync::slot::{Outcome, SlotState, INLINE_CAPACITY};
 use crate::Pod;
 use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// The pool accepts work.
@@ -69,12 +70,6 @@ struct SlotTable {
     orphans: Vec<(Vec<u32>, Option<Block>)>,
     /// Reap orphans once there are this many (doubles with survivors).
     reap_at: usize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The protected data stays consistent at every unlock, so a panic elsewhere
-    // while holding the lock does not invalidate it.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Core {

@@ -31,6 +31,7 @@ use crate::error::Error;
 use crate::pool::core::{Core, TERMINATED};
 use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
 use crate::start::fork::Child;
+use crate::sync::lock;
 use crate::sync::slot::{Outcome, SlotState, IN_PLACE};
 use crate::worker::WorkerStart;
 use std::io;
@@ -80,11 +81,7 @@ impl Supervisor {
         if started.is_err() {
             let _ = handle.join();
         } else {
-            *core
-                .supervisor
-                .thread
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(handle);
+            *lock(&core.supervisor.thread) = Some(handle);
         }
         started
     }
@@ -98,7 +95,7 @@ impl Supervisor {
 
     /// Waits for the thread to end (after close or terminate). Idempotent.
     pub(crate) fn join(&self) {
-        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = lock(&self.thread).take();
         if let Some(handle) = handle {
             let _ = handle.join();
         }
