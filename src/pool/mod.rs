@@ -103,10 +103,7 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.core
-            .pids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.core.pids)
             .iter()
             .flatten()
             .copied()
