@@ -26,7 +26,7 @@ mod unpublished;
 mod zero_copy;
 
 use self::callbacks::{Callbacks, Watched};
-use self::core::{Core, CLOSED, RUNNING, TERMINATED};
+use self::core::{Core, Lifecycle};
 use self::job::Job;
 use self::result::{decode_one, decode_vec, Decode, Ticket};
 use crate::error::Error;
@@ -697,7 +697,7 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn close(&self) {
-        if self.core.advance_lifecycle(CLOSED) == RUNNING {
+        if self.core.advance_lifecycle(Lifecycle::Closed) == Lifecycle::Running {
             self.signal_workers_to_stop();
         }
     }
@@ -724,7 +724,7 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn terminate(&self) {
-        if self.core.advance_lifecycle(TERMINATED) != TERMINATED {
+        if self.core.advance_lifecycle(Lifecycle::Terminated) != Lifecycle::Terminated {
             self.signal_workers_to_stop();
         }
         self.core.supervisor.join();
@@ -747,7 +747,7 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn join(&self) -> Result<(), Error> {
-        if self.core.lifecycle() == RUNNING {
+        if self.core.lifecycle() == Lifecycle::Running {
             return Err(Error::state("join() called before close() or terminate()"));
         }
         self.core.supervisor.join();
@@ -832,11 +832,7 @@ impl Drop for Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match self.core.lifecycle() {
-            RUNNING => "running",
-            CLOSED => "closed",
-            _ => "terminated",
-        };
+        let state = self.core.lifecycle().name();
         f.debug_struct("Pool")
             .field("processes", &self.core.processes)
             .field("state", &state)

@@ -28,7 +28,7 @@
 //! slot failing with `PoolBroken`.
 
 use crate::error::Error;
-use crate::pool::core::{Core, TERMINATED};
+use crate::pool::core::{Core, Lifecycle};
 use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
 use crate::start::fork::Child;
 use crate::sync::lock;
@@ -264,7 +264,7 @@ fn supervise(
     // Per worker: the slot it was killed for, having exceeded the task timeout.
     let mut timed_out: Vec<Option<u32>> = vec![None; core.processes];
     loop {
-        if core.lifecycle() == TERMINATED {
+        if core.lifecycle() == Lifecycle::Terminated {
             terminate_all(core, workers);
             return;
         }
@@ -331,7 +331,7 @@ fn supervise(
                 core.callbacks.rescan();
             }
             core.layout().header().done.notify_sleepers();
-            if exit == Exit::Finished || core.lifecycle() == TERMINATED {
+            if exit == Exit::Finished || core.lifecycle() == Lifecycle::Terminated {
                 continue;
             }
             // Replace first, then re-push: with a full ring, pushing can wait

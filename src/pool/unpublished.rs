@@ -130,7 +130,7 @@ mod tests {
     #[test]
     fn a_token_refused_by_a_stopped_pool_gives_its_slot_back() {
         let core = core();
-        core.advance_lifecycle(crate::pool::core::CLOSED);
+        core.advance_lifecycle(crate::pool::core::Lifecycle::Closed);
         let mut slot = core.alloc_slot().unwrap();
         let index = slot.index;
         slot.describe(TaskDesc::default());
