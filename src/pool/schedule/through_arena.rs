@@ -1,0 +1,154 @@
+//! Maps through the arena: the parent copies each chunk's input into an arena
+//! block and its output out, overlapping both with the workers.
+
+use super::layout::MapLayout;
+use super::map::MapCall;
+use super::memory::prefault;
+use super::window::{submit_chunk, Collect, Collected, Window};
+use crate::error::Error;
+use crate::pool::core::Core;
+use crate::shm::arena::Block;
+use crate::sync::slot::TaskDesc;
+
+/// The arena path of [`map_raw`](super::map_raw) (same contract): a large map uses two parent
+/// threads, since the parent's copies are then the bottleneck.
+pub(super) unsafe fn through_arena(
+    core: &Core,
+    src: *const u8,
+    dst: *mut u8,
+    len: usize,
+    call: MapCall<'_>,
+) -> Result<(), Error> {
+    let bytes = len * (call.input.size + call.output.size);
+    // Where to cut for two parent threads: on a chunk boundary, so the tasks
+    // are the same as without the cut.
+    let cut = (len / 2).next_multiple_of(call.chunksize);
+    if bytes < PARALLEL_BYTES || cut >= len {
+        // SAFETY: forwarded contract.
+        return unsafe { map_part(core, src, dst, len, call) };
+    }
+    let (src_b, dst_b) = (
+        SendPtr(src.wrapping_add(cut * call.input.size).cast_mut()),
+        SendPtr(dst.wrapping_add(cut * call.output.size)),
+    );
+    let (a, b) = std::thread::scope(|scope| {
+        let other = scope.spawn(move || {
+            let (src_b, dst_b) = (src_b, dst_b);
+            // SAFETY: the second half of both buffers, disjoint from the first.
+            unsafe { map_part(core, src_b.0, dst_b.0, len - cut, call) }
+        });
+        // SAFETY: the first half.
+        let mine = unsafe { map_part(core, src, dst, cut, call) };
+        (
+            mine,
+            other
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        )
+    });
+    a.and(b)
+}
+
+/// A pointer handed to the second copying thread of [`through_arena`].
+#[derive(Clone, Copy)]
+struct SendPtr(*mut u8);
+// SAFETY: the two threads work on disjoint halves of the buffers, and the
+// scope joins the second before the caller's borrow ends.
+unsafe impl Send for SendPtr {}
+
+/// A map at least this large (input + output bytes) uses two parent threads.
+const PARALLEL_BYTES: usize = 8 << 20;
+
+/// Maps `len` elements from `src` into `dst` through one arena block
+/// ([`map_raw`](super::map_raw)'s contract).
+unsafe fn map_part(
+    core: &Core,
+    src: *const u8,
+    dst: *mut u8,
+    len: usize,
+    call: MapCall<'_>,
+) -> Result<(), Error> {
+    let shape = if call.in_place {
+        MapLayout::in_place(len, call.input)
+    } else {
+        MapLayout::new(len, call.input, call.output)
+    }
+    .ok_or_else(|| Error::invalid("map input too large"))?;
+    let block = core.alloc_block(shape.total, shape.align)?;
+    prefault(dst, len * call.output.size);
+    // SAFETY: forwarded contract.
+    let result = unsafe { run_chunks(core, src, dst, len, call, block, shape) };
+    core.free_block(block);
+    result
+}
+
+/// Runs the chunks of an arena map ([`map_raw`](super::map_raw)'s contract for the buffers):
+/// copy in, publish, collect in order, copy out.
+unsafe fn run_chunks(
+    core: &Core,
+    src: *const u8,
+    dst: *mut u8,
+    len: usize,
+    call: MapCall<'_>,
+    block: Block,
+    shape: MapLayout,
+) -> Result<(), Error> {
+    let layout = core.layout();
+    let chunksize = call.chunksize;
+    let (in_size, out_size) = (call.input.size, call.output.size);
+    let chunks = len.div_ceil(chunksize);
+    let base = Core::block_offset(block);
+    let input_at = |i: usize| base + (i * in_size) as u64;
+    let output_at = |i: usize| base + (shape.output_start + i * out_size) as u64;
+    let mut window = Window::new(core, Collect::InOrder);
+    let mut next_chunk = 0;
+    loop {
+        while window.accepts() && next_chunk < chunks {
+            let start = next_chunk * chunksize;
+            let n = chunksize.min(len - start);
+            // SAFETY: the block holds `len` inputs from `input_at(0)`; this
+            // chunk's range is not yet published, so no worker reads it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.add(start * in_size),
+                    layout.at(input_at(start)),
+                    n * in_size,
+                );
+            }
+            let desc = TaskDesc {
+                entry: call.entry.0,
+                input: input_at(start),
+                output: output_at(start),
+                len: n as u64,
+                flags: call.flags(),
+                ..TaskDesc::default()
+            };
+            window.push(submit_chunk(core, desc, call.context), (start, n));
+            next_chunk += 1;
+        }
+        match window.next(next_chunk == chunks) {
+            None => break,
+            Some(Collected::Withdrawn(_)) => {}
+            Some(Collected::Done(slot, (start, n))) => {
+                match core.read_outcome::<()>(slot, 0) {
+                    Ok(()) if !window.is_halted() => {
+                        // SAFETY: the worker wrote `n` outputs at output_at(start)
+                        // before DONE (observed with Acquire); `dst` has room for
+                        // `len` ≥ start + n.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                layout.at(output_at(start)),
+                                dst.add(start * out_size),
+                                n * out_size,
+                            );
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(failure) => window.fail(failure.into()),
+                }
+                core.release_slot(slot);
+            }
+        }
+    }
+    window.finish()
+}
