@@ -10,6 +10,7 @@
 
 use crate::error::Error;
 use crate::pool::core::Core;
+use crate::pool::schedule::MapLayout;
 use crate::shm::arena::Block;
 use crate::sync::slot::{TaskDesc, INLINE_CAPACITY};
 
@@ -52,6 +53,17 @@ impl<'a> UnpublishedSlot<'a> {
         let block = self.core.alloc_block(len, align)?;
         self.block = Some(block);
         Ok(Core::block_offset(block))
+    }
+
+    /// Gives the task the room `area` asks for: the slot's inline area if it
+    /// fits there, else an arena block ([`attach_block`](Self::attach_block));
+    /// returns its segment offset.
+    pub(crate) fn attach_area(&mut self, area: &MapLayout) -> Result<u64, Error> {
+        if area.fits_inline() {
+            Ok(self.inline_offset())
+        } else {
+            self.attach_block(area.total, area.align)
+        }
     }
 
     /// Writes the task's description.

@@ -1,13 +1,28 @@
-//! How a call is cut into chunks and laid out in memory: the chunk size, the
-//! window of chunks in flight, the elements and the byte layout of a block.
+//! How a call is cut into chunks and laid out in memory, for `apply`, `map`
+//! and `imap` alike: the chunk size, the window of chunks in flight, the
+//! elements and the byte layout of a task's area or a map's block.
 
 use crate::error::Error;
 use crate::pool::core::Core;
+use crate::shm::layout::PAGE;
+use crate::sync::slot::INLINE_CAPACITY;
 use std::mem::{align_of, size_of};
 
-/// At most this many chunks of one map are in flight (bounds slot usage when
-/// chunks are tiny; with the default chunk size a map has far fewer).
+/// At most this many chunks of one map or imap are in flight (bounds slot
+/// usage when chunks are tiny; with the default chunk size a map has far
+/// fewer).
 pub(crate) const WINDOW: usize = 1024;
+
+/// At most this many payload bytes of one imap are in flight.
+const WINDOW_BYTES: usize = 64 << 20;
+
+/// How many chunks of an imap, each `chunk_bytes` (input + output) large, may
+/// be in flight in a pool of `processes` workers: enough to keep every worker
+/// busy twice over, but at most [`WINDOW`] chunks and, beyond those two per
+/// worker, at most [`WINDOW_BYTES`].
+pub(crate) fn imap_window(chunk_bytes: usize, processes: usize) -> usize {
+    (WINDOW_BYTES / chunk_bytes.max(1)).clamp(2 * processes, WINDOW)
+}
 
 /// CPython's default: `ceil(len / (4 * processes))`, at least 1.
 pub(crate) fn default_chunksize(len: usize, processes: usize) -> usize {
@@ -43,7 +58,7 @@ impl Elem {
     }
 }
 
-/// The byte layout of one map's block: inputs first, outputs after.
+/// The byte layout of one area of tasks: inputs first, outputs after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MapLayout {
     pub(crate) output_start: usize,
@@ -52,15 +67,15 @@ pub(crate) struct MapLayout {
 }
 
 impl MapLayout {
+    /// One block for all the chunks of a map: the outputs start on a cache
+    /// line of their own, apart from the inputs the parent may still be
+    /// copying in while workers write outputs.
     pub(crate) fn new(len: usize, input: Elem, output: Elem) -> Option<MapLayout> {
-        let input_bytes = len.checked_mul(input.size)?;
         let align = input.align.max(output.align).max(64);
-        let output_start = input_bytes.checked_next_multiple_of(align)?;
-        let total = output_start.checked_add(len.checked_mul(output.size)?)?;
+        let block = Self::inputs_then_outputs(len, input, output, align)?;
         Some(MapLayout {
-            output_start,
-            total,
-            align: Self::block_align(total, align),
+            align: Self::block_align(block.total, align),
+            ..block
         })
     }
 
@@ -74,17 +89,55 @@ impl MapLayout {
         })
     }
 
+    /// The area of one task, `len` inputs then `len` outputs, packed: an
+    /// `apply`, or one chunk of an `imap`. The parent writes the inputs before
+    /// the task is published and the worker the outputs after, never both at
+    /// once, so nothing is gained by a gap between them.
+    pub(crate) fn task(len: usize, input: Elem, output: Elem) -> Option<MapLayout> {
+        Self::inputs_then_outputs(len, input, output, input.align.max(output.align))
+    }
+
+    /// `len` inputs, then `len` outputs from the next multiple of `align`.
+    fn inputs_then_outputs(
+        len: usize,
+        input: Elem,
+        output: Elem,
+        align: usize,
+    ) -> Option<MapLayout> {
+        let output_start = len
+            .checked_mul(input.size)?
+            .checked_next_multiple_of(align)?;
+        let total = output_start.checked_add(len.checked_mul(output.size)?)?;
+        Some(MapLayout {
+            output_start,
+            total,
+            align,
+        })
+    }
+
+    /// Whether the area fits in a slot's inline area (which is aligned to 64)
+    /// and so needs no arena block.
+    pub(crate) fn fits_inline(&self) -> bool {
+        self.total <= INLINE_CAPACITY && self.align <= 64
+    }
+
     /// Large blocks start on a page: fewer pages touched, cleaner for THP.
     fn block_align(total: usize, align: usize) -> usize {
         if total >= 1 << 20 {
-            align.max(4096)
+            align.max(PAGE)
         } else {
             align
         }
     }
 }
 
-pub(super) fn check_chunksize(core: &Core, chunksize: usize) -> Result<(), Error> {
+/// The error of a call whose area would not fit in the address space.
+pub(super) fn too_large() -> Error {
+    Error::invalid("map input too large")
+}
+
+/// `Err` unless the pool accepts work and `chunksize` is at least 1.
+pub(crate) fn check_chunksize(core: &Core, chunksize: usize) -> Result<(), Error> {
     core.ensure_running()?;
     if chunksize == 0 {
         return Err(Error::invalid("chunksize must be at least 1"));
@@ -116,5 +169,30 @@ mod tests {
         assert_eq!(big.align, 4096);
         let u64s = Elem::of::<u64>();
         assert_eq!(MapLayout::new(usize::MAX / 4, u64s, u64s), None);
+    }
+
+    #[test]
+    fn a_task_area_is_packed_and_inline_up_to_the_slots_capacity() {
+        let (u8s, u64s) = (Elem::of::<u8>(), Elem::of::<u64>());
+        let one = MapLayout::task(3, u8s, u64s).unwrap();
+        assert_eq!((one.output_start, one.total, one.align), (8, 32, 8));
+        assert!(one.fits_inline());
+        // 12 + 12 u64s fill the 192 inline bytes exactly; one more does not fit.
+        assert!(MapLayout::task(12, u64s, u64s).unwrap().fits_inline());
+        assert!(!MapLayout::task(13, u64s, u64s).unwrap().fits_inline());
+        let over_aligned = Elem {
+            size: 128,
+            align: 128,
+        };
+        assert!(!MapLayout::task(1, over_aligned, u8s).unwrap().fits_inline());
+        assert_eq!(MapLayout::task(usize::MAX / 4, u64s, u64s), None);
+    }
+
+    #[test]
+    fn the_imap_window_is_bounded_in_chunks_and_in_bytes() {
+        assert_eq!(imap_window(16, 2), WINDOW);
+        assert_eq!(imap_window(1 << 20, 2), 64);
+        assert_eq!(imap_window(1 << 30, 2), 4);
+        assert_eq!(imap_window(0, 2), WINDOW);
     }
 }

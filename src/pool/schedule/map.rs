@@ -1,7 +1,7 @@
 //! The synchronous maps: their entry points for Rust callers, and
 //! [`map_raw`], the one path of every synchronous map.
 
-use super::layout::{check_chunksize, Elem};
+use super::layout::{check_chunksize, too_large, Elem};
 use super::memory::prefault;
 use super::through_arena::through_arena;
 use super::where_it_lies::{place_of, run_where_it_lies, Place, Span, SMALL_MAP_BYTES};
@@ -133,7 +133,7 @@ pub(crate) unsafe fn map_raw(
         len.checked_mul(call.input.size),
         len.checked_mul(call.output.size),
     ) else {
-        return Err(Error::invalid("map input too large"));
+        return Err(too_large());
     };
     let input = place_of(core, src, in_bytes, call.input.align);
     let output = place_of(core, dst.cast_const(), out_bytes, call.output.align);

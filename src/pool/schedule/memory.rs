@@ -1,8 +1,9 @@
 //! Page advice for a map's fresh output buffer.
 
+use crate::shm::layout::PAGE;
+
 /// The whole pages inside `[ptr, ptr + bytes)`.
 fn whole_pages(ptr: *mut u8, bytes: usize) -> (usize, usize) {
-    const PAGE: usize = 4096;
     let start = (ptr as usize).next_multiple_of(PAGE);
     let end = ((ptr as usize + bytes) / PAGE * PAGE).max(start);
     (start, end)

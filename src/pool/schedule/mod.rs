@@ -27,7 +27,7 @@ mod through_arena;
 mod where_it_lies;
 mod window;
 
-pub(crate) use layout::{default_chunksize, Elem};
+pub(crate) use layout::{check_chunksize, default_chunksize, imap_window, Elem, MapLayout};
 pub(crate) use map::{map_inplace, map_into, map_raw, map_slice, MapCall};
 #[cfg(feature = "mpi")]
 pub(crate) use memory::prefault;

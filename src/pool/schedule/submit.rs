@@ -1,14 +1,14 @@
 //! Submission without waiting: `apply`'s one task and `map_async`'s chunks.
 
-use super::layout::{check_chunksize, Elem, MapLayout};
+use super::layout::{check_chunksize, too_large, Elem, MapLayout};
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::job::{Chunk, Job};
 use crate::pool::result::Ticket;
-use crate::sync::slot::{TaskDesc, INLINE_CAPACITY};
+use crate::sync::slot::TaskDesc;
 use crate::task::EntryPoint;
 use crate::Pod;
-use std::mem::{align_of, size_of};
+use std::mem::size_of;
 
 /// Submits every chunk of `items` at once and returns the job without waiting
 /// (`map_async`). The input is copied into the pool's arena first, so the
@@ -26,8 +26,7 @@ pub(crate) fn submit_slice<T: Pod, U: Pod>(
         return Ok(Job::new(None));
     }
     let len = items.len();
-    let shape = MapLayout::new(len, Elem::of::<T>(), Elem::of::<U>())
-        .ok_or_else(|| Error::invalid("map input too large"))?;
+    let shape = MapLayout::new(len, Elem::of::<T>(), Elem::of::<U>()).ok_or_else(too_large)?;
     let block = core.alloc_block(shape.total, shape.align)?;
     let base = Core::block_offset(block);
     // SAFETY: the fresh block holds `len` T's from its start; no worker sees it
@@ -78,15 +77,9 @@ pub(crate) fn submit_apply<Args: Pod, R: Pod>(
     // Arguments first, the result after them: never in the same bytes, so
     // that a task run again (retries, after its worker died) reads the
     // arguments it was given, not a result the first run wrote over them.
-    let output_start = size_of::<Args>().next_multiple_of(align_of::<R>());
-    let size = output_start + size_of::<R>();
-    let align = align_of::<Args>().max(align_of::<R>());
-    let at = if size <= INLINE_CAPACITY && align <= 64 {
-        slot.inline_offset()
-    } else {
-        slot.attach_block(size, align)?
-    };
-    let output = at + output_start as u64;
+    let area = MapLayout::task(1, Elem::of::<Args>(), Elem::of::<R>()).ok_or_else(too_large)?;
+    let at = slot.attach_area(&area)?;
+    let output = at + area.output_start as u64;
     // SAFETY: `at` is the token's inline area or block, aligned for Args;
     // the slot is unpublished, so this thread has them to itself.
     unsafe { core.layout().at(at).cast::<Args>().write(args) };

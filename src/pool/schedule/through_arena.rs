@@ -1,7 +1,7 @@
 //! Maps through the arena: the parent copies each chunk's input into an arena
 //! block and its output out, overlapping both with the workers.
 
-use super::layout::MapLayout;
+use super::layout::{too_large, MapLayout};
 use super::map::MapCall;
 use super::memory::prefault;
 use super::window::{submit_chunk, Collect, Collected, Window};
@@ -73,7 +73,7 @@ unsafe fn map_part(
     } else {
         MapLayout::new(len, call.input, call.output)
     }
-    .ok_or_else(|| Error::invalid("map input too large"))?;
+    .ok_or_else(too_large)?;
     let block = core.alloc_block(shape.total, shape.align)?;
     prefault(dst, len * call.output.size);
     // SAFETY: forwarded contract.
