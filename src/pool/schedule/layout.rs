@@ -18,10 +18,13 @@ const WINDOW_BYTES: usize = 64 << 20;
 
 /// How many chunks of an imap, each `chunk_bytes` (input + output) large, may
 /// be in flight in a pool of `processes` workers: enough to keep every worker
-/// busy twice over, but at most [`WINDOW`] chunks and, beyond those two per
-/// worker, at most [`WINDOW_BYTES`].
+/// busy twice over, but at most [`WINDOW`] chunks (which wins in a pool of
+/// more than `WINDOW / 2` workers) and, beyond those two per worker, at most
+/// [`WINDOW_BYTES`].
 pub(crate) fn imap_window(chunk_bytes: usize, processes: usize) -> usize {
-    (WINDOW_BYTES / chunk_bytes.max(1)).clamp(2 * processes, WINDOW)
+    (WINDOW_BYTES / chunk_bytes.max(1))
+        .max(processes.saturating_mul(2))
+        .min(WINDOW)
 }
 
 /// CPython's default: `ceil(len / (4 * processes))`, at least 1.
@@ -194,5 +197,11 @@ mod tests {
         assert_eq!(imap_window(1 << 20, 2), 64);
         assert_eq!(imap_window(1 << 30, 2), 4);
         assert_eq!(imap_window(0, 2), WINDOW);
+    }
+
+    #[test]
+    fn the_imap_window_of_a_pool_of_more_than_512_processes_is_capped_not_a_panic() {
+        assert_eq!(imap_window(16, 600), WINDOW);
+        assert_eq!(imap_window(1 << 30, 600), WINDOW);
     }
 }
