@@ -3,7 +3,7 @@
 
 use super::layout::{check_chunksize, too_large, Elem};
 use super::memory::prefault;
-use super::through_arena::through_arena;
+use super::through_arena::{through_arena, Buffers};
 use super::where_it_lies::{place_of, run_where_it_lies, Place, Span, SMALL_MAP_BYTES};
 use crate::error::Error;
 use crate::pool::core::Core;
@@ -129,6 +129,7 @@ pub(crate) unsafe fn map_raw(
     if len == 0 {
         return Ok(());
     }
+    let buffers = Buffers { src, dst, len };
     let (Some(in_bytes), Some(out_bytes)) = (
         len.checked_mul(call.input.size),
         len.checked_mul(call.output.size),
@@ -143,7 +144,7 @@ pub(crate) unsafe fn map_raw(
     });
     let Some((input, output)) = direct else {
         // SAFETY: forwarded contract.
-        return unsafe { through_arena(core, src, dst, len, call) };
+        return unsafe { through_arena(core, buffers, call) };
     };
     if matches!(output, Place::Caller(_)) {
         // Workers would fault the fresh output in one 4 KiB page at a time
@@ -160,15 +161,7 @@ pub(crate) unsafe fn map_raw(
     for range in redo {
         // SAFETY: a sub-range of the caller's buffers, which no worker
         // touches any more (every chunk of the first pass is finished).
-        unsafe {
-            through_arena(
-                core,
-                src.add(range.start * call.input.size),
-                dst.add(range.start * call.output.size),
-                range.len(),
-                call,
-            )
-        }?;
+        unsafe { through_arena(core, buffers.part(range, &call), call) }?;
     }
     Ok(())
 }

@@ -4,41 +4,65 @@
 use super::layout::{too_large, MapLayout};
 use super::map::MapCall;
 use super::memory::prefault;
-use super::window::{submit_chunk, Collect, Collected, Window};
+use super::window::{Collect, Collected, Window};
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::shm::arena::Block;
 use crate::sync::slot::TaskDesc;
+use std::ops::Range;
 
-/// The arena path of [`map_raw`](super::map_raw) (same contract): a large map uses two parent
-/// threads, since the parent's copies are then the bottleneck.
+/// The caller's buffers of (part of) a map: `len` inputs at `src`, room for
+/// `len` outputs at `dst`, under [`map_raw`](super::map_raw)'s contract.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Buffers {
+    pub(super) src: *const u8,
+    pub(super) dst: *mut u8,
+    pub(super) len: usize,
+}
+
+// SAFETY: the buffers are handed to another thread only by `through_arena`,
+// which gives the two threads disjoint parts and joins the second before the
+// caller's borrow ends.
+unsafe impl Send for Buffers {}
+
+impl Buffers {
+    /// Elements `range` (inside `0..len`) of both buffers.
+    pub(super) fn part(self, range: Range<usize>, call: &MapCall<'_>) -> Buffers {
+        debug_assert!(range.start <= range.end && range.end <= self.len);
+        Buffers {
+            src: self.src.wrapping_add(range.start * call.input.size),
+            dst: self.dst.wrapping_add(range.start * call.output.size),
+            len: range.len(),
+        }
+    }
+}
+
+/// The arena path of [`map_raw`](super::map_raw) (same contract for
+/// `buffers`): a large map uses two parent threads, since the parent's copies
+/// are then the bottleneck.
 pub(super) unsafe fn through_arena(
     core: &Core,
-    src: *const u8,
-    dst: *mut u8,
-    len: usize,
+    buffers: Buffers,
     call: MapCall<'_>,
 ) -> Result<(), Error> {
+    let len = buffers.len;
     let bytes = len * (call.input.size + call.output.size);
     // Where to cut for two parent threads: on a chunk boundary, so the tasks
     // are the same as without the cut.
     let cut = (len / 2).next_multiple_of(call.chunksize);
     if bytes < PARALLEL_BYTES || cut >= len {
         // SAFETY: forwarded contract.
-        return unsafe { map_part(core, src, dst, len, call) };
+        return unsafe { map_part(core, buffers, call) };
     }
-    let (src_b, dst_b) = (
-        SendPtr(src.wrapping_add(cut * call.input.size).cast_mut()),
-        SendPtr(dst.wrapping_add(cut * call.output.size)),
-    );
+    let (first, second) = (buffers.part(0..cut, &call), buffers.part(cut..len, &call));
     let (a, b) = std::thread::scope(|scope| {
         let other = scope.spawn(move || {
-            let (src_b, dst_b) = (src_b, dst_b);
-            // SAFETY: the second half of both buffers, disjoint from the first.
-            unsafe { map_part(core, src_b.0, dst_b.0, len - cut, call) }
+            let second = second;
+            // SAFETY: the second part of both buffers, disjoint from the first.
+            unsafe { map_part(core, second, call) }
         });
-        // SAFETY: the first half.
-        let mine = unsafe { map_part(core, src, dst, cut, call) };
+        // SAFETY: the first part.
+        let mine = unsafe { map_part(core, first, call) };
         (
             mine,
             other
@@ -49,25 +73,13 @@ pub(super) unsafe fn through_arena(
     a.and(b)
 }
 
-/// A pointer handed to the second copying thread of [`through_arena`].
-#[derive(Clone, Copy)]
-struct SendPtr(*mut u8);
-// SAFETY: the two threads work on disjoint halves of the buffers, and the
-// scope joins the second before the caller's borrow ends.
-unsafe impl Send for SendPtr {}
-
 /// A map at least this large (input + output bytes) uses two parent threads.
 const PARALLEL_BYTES: usize = 8 << 20;
 
-/// Maps `len` elements from `src` into `dst` through one arena block
-/// ([`map_raw`](super::map_raw)'s contract).
-unsafe fn map_part(
-    core: &Core,
-    src: *const u8,
-    dst: *mut u8,
-    len: usize,
-    call: MapCall<'_>,
-) -> Result<(), Error> {
+/// Maps `buffers` through one arena block ([`map_raw`](super::map_raw)'s
+/// contract).
+unsafe fn map_part(core: &Core, buffers: Buffers, call: MapCall<'_>) -> Result<(), Error> {
+    let len = buffers.len;
     let shape = if call.in_place {
         MapLayout::in_place(len, call.input)
     } else {
@@ -75,20 +87,18 @@ unsafe fn map_part(
     }
     .ok_or_else(too_large)?;
     let block = core.alloc_block(shape.total, shape.align)?;
-    prefault(dst, len * call.output.size);
+    prefault(buffers.dst, len * call.output.size);
     // SAFETY: forwarded contract.
-    let result = unsafe { run_chunks(core, src, dst, len, call, block, shape) };
+    let result = unsafe { run_chunks(core, buffers, call, block, shape) };
     core.free_block(block);
     result
 }
 
-/// Runs the chunks of an arena map ([`map_raw`](super::map_raw)'s contract for the buffers):
-/// copy in, publish, collect in order, copy out.
+/// Runs the chunks of an arena map ([`map_raw`](super::map_raw)'s contract
+/// for `buffers`): copy in, publish, collect in order, copy out.
 unsafe fn run_chunks(
     core: &Core,
-    src: *const u8,
-    dst: *mut u8,
-    len: usize,
+    Buffers { src, dst, len }: Buffers,
     call: MapCall<'_>,
     block: Block,
     shape: MapLayout,
@@ -123,7 +133,7 @@ unsafe fn run_chunks(
                 flags: call.flags(),
                 ..TaskDesc::default()
             };
-            window.push(submit_chunk(core, desc, call.context), (start, n));
+            window.submit(desc, call.context, (start, n));
             next_chunk += 1;
         }
         match window.next(next_chunk == chunks) {

@@ -2,7 +2,7 @@
 //! in the caller's memory. Only task descriptions travel.
 
 use super::map::MapCall;
-use super::window::{submit_chunk, Collect, Collected, Window};
+use super::window::{Collect, Collected, Window};
 use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::remote::STAGE_ALIGN;
@@ -86,7 +86,7 @@ pub(crate) fn run_where_it_lies(
                 flags: call.flags() | remote_in | remote_out,
                 ..TaskDesc::default()
             };
-            window.push(submit_chunk(core, desc, call.context), start..start + n);
+            window.submit(desc, call.context, start..start + n);
             next_chunk += 1;
         }
         match window.next(next_chunk == chunks) {

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 /// Allocates, describes and publishes one chunk; on failure the slot goes
 /// back with its token.
-pub(super) fn submit_chunk(core: &Core, desc: TaskDesc, context: &[u8]) -> Result<u32, Error> {
+fn submit_chunk(core: &Core, desc: TaskDesc, context: &[u8]) -> Result<u32, Error> {
     let mut slot = core.alloc_slot()?;
     slot.describe(desc);
     if !context.is_empty() {
@@ -70,9 +70,10 @@ impl<'a, T> Window<'a, T> {
         !self.halted && self.in_flight.len() < WINDOW
     }
 
-    /// Records a submission; a failed one halts the window.
-    pub(super) fn push(&mut self, submitted: Result<u32, Error>, tag: T) {
-        match submitted {
+    /// Submits the chunk `desc` (with the call description `context` in its
+    /// inline area), known by `tag`; a failed submission halts the window.
+    pub(super) fn submit(&mut self, desc: TaskDesc, context: &[u8], tag: T) {
+        match submit_chunk(self.core, desc, context) {
             Ok(slot) => self.in_flight.push_back((slot, tag)),
             Err(e) => self.fail(e),
         }
