@@ -7,7 +7,10 @@ use super::result::{decode_one, decode_vec, Decode};
 use super::{schedule, AsyncResult, Imap, Pool};
 use crate::error::Error;
 use crate::sync::slot::WATCHED;
-use crate::task::{context_of, inplace_entry, map_entry, starmap_entry, Task};
+use crate::task::{
+    context_of, inplace_entry, map_entry, reduce_context, reduce_entry, starmap_entry,
+    ReduceBounds, Task,
+};
 use crate::Pod;
 use std::sync::Arc;
 
@@ -152,6 +155,25 @@ impl<'p> Call<'p, NoCallbacks> {
         let chunksize = self.map_chunksize(input.len());
         let context = context_of::<F, (T,)>(&bound);
         schedule::map_into(&self.pool.core, input, output, chunksize, entry, context)
+    }
+
+    /// Maps and folds without the vector ([`Pool::map_reduce`]).
+    pub fn map_reduce<F, O, T>(self, f: F, op: O, items: &[T]) -> Result<Option<F::Output>, Error>
+    where
+        F: Task<(T,)>,
+        O: Task<(F::Output, F::Output), Output = F::Output>,
+        T: Pod,
+    {
+        let bounds: ReduceBounds<F, O, T, F::Output> = (f.bind()?, op.bind()?);
+        let entry = self.pool.entry_point(reduce_entry::<F, O, T>)?;
+        let chunksize = self.map_chunksize(items.len());
+        let context = reduce_context::<F, O, T>(&bounds);
+        let core = &self.pool.core;
+        let per_chunk = schedule::map_fold::<T, F::Output>(core, items, chunksize, entry, context)?;
+        // In index order, so an associative `op` gives the same answer
+        // whatever the chunk size.
+        let combine = |a, b| O::call(&bounds.1, (a, b));
+        Ok(per_chunk.into_iter().reduce(combine))
     }
 
     /// A lazy, ordered map over any iterator ([`Pool::imap`]); the chunk

@@ -325,6 +325,43 @@ impl Pool {
             .map_async(f, items)
     }
 
+    /// Maps `f` over `items` and folds the results with `op`, without
+    /// building the vector of results: each worker folds its chunk and sends
+    /// back one value; this process combines the chunks' values in index
+    /// order. `None` for an empty input. `f` and `op` are tasks: function
+    /// items, `fn` pointers, or [`partial`](crate::partial)s.
+    ///
+    /// Within a chunk the fold runs left to right, `op(op(f(x0), f(x1)),
+    /// f(x2))…`, and the chunks' values are combined in order, so an
+    /// associative `op` (a sum, a max) gives the same answer for any chunk
+    /// size; floating-point sums round differently with different chunks,
+    /// as with rayon's `reduce`.
+    ///
+    /// ```
+    /// use shmpool::{partial, Pool};
+    /// fn scaled_sin(k: f64, x: f64) -> f64 { (x * k).sin() }
+    /// fn add(a: f64, b: f64) -> f64 { a + b }
+    /// fn max(a: u64, b: u64) -> u64 { a.max(b) }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let v: Vec<f64> = (0..100_000).map(f64::from).collect();
+    /// let total = pool.map_reduce(partial(scaled_sin, 0.5), add, &v)?.unwrap();
+    /// let serial: f64 = v.iter().map(|&x| scaled_sin(0.5, x)).sum();
+    /// assert!((total - serial).abs() < 1e-6);
+    ///
+    /// assert_eq!(pool.map_reduce(|x: u64| x % 1000, max, &[5, 1999, 7])?, Some(999));
+    /// assert_eq!(pool.map_reduce(|x: u64| x, max, &[])?, None);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_reduce<F, O, T>(&self, f: F, op: O, items: &[T]) -> Result<Option<F::Output>, Error>
+    where
+        F: Task<(T,)>,
+        O: Task<(F::Output, F::Output), Output = F::Output>,
+        T: Pod,
+    {
+        self.call().map_reduce(f, op, items)
+    }
+
     /// Like [`map`](Pool::map) for functions of several arguments: each item
     /// is a tuple of arguments, unpacked for the call (Python's `starmap`).
     ///

@@ -75,6 +75,9 @@ pub(crate) struct MapCall<'a> {
     /// The outputs overwrite the inputs (`map_inplace`; `entry` is an
     /// in-place entry point and the input and output pointers are equal).
     pub(crate) in_place: bool,
+    /// Each chunk writes one output element, not one per input
+    /// (`map_reduce`): chunk `k`'s goes to output index `k`.
+    pub(crate) fold: bool,
     /// Bytes written into every chunk's inline slot area for its entry point
     /// to read: a task's bound bytes (`task::context_of`), the C API's
     /// description of the call; empty for a function item. Possibly
@@ -96,12 +99,24 @@ impl<'a> MapCall<'a> {
             output: Elem::of::<U>(),
             chunksize,
             in_place,
+            fold: false,
             context,
         }
     }
 }
 
 impl MapCall<'_> {
+    /// How many output elements `n` input elements make, from a chunk
+    /// boundary on: one per chunk when folding, else one each. Also the
+    /// output index of the element at `n`, a chunk boundary.
+    pub(crate) fn outputs(&self, n: usize) -> usize {
+        if self.fold {
+            n.div_ceil(self.chunksize)
+        } else {
+            n
+        }
+    }
+
     fn flags(&self) -> u32 {
         if self.in_place {
             IN_PLACE
@@ -121,10 +136,20 @@ pub(crate) struct MapLayout {
 
 impl MapLayout {
     pub(crate) fn new(len: usize, input: Elem, output: Elem) -> Option<MapLayout> {
-        let input_bytes = len.checked_mul(input.size)?;
+        Self::with_outputs(len, len, input, output)
+    }
+
+    /// `inputs` input elements, then `outputs` output elements.
+    pub(crate) fn with_outputs(
+        inputs: usize,
+        outputs: usize,
+        input: Elem,
+        output: Elem,
+    ) -> Option<MapLayout> {
+        let input_bytes = inputs.checked_mul(input.size)?;
         let align = input.align.max(output.align).max(64);
         let output_start = input_bytes.checked_next_multiple_of(align)?;
-        let total = output_start.checked_add(len.checked_mul(output.size)?)?;
+        let total = output_start.checked_add(outputs.checked_mul(output.size)?)?;
         Some(MapLayout {
             output_start,
             total,
@@ -171,6 +196,32 @@ pub(crate) fn map_slice<T: Pod, U: Pod>(
     unsafe { map_raw(core, items.as_ptr().cast(), dst, len, call) }?;
     // SAFETY: map_raw returned Ok: all `len` outputs were written.
     unsafe { out.set_len(len) };
+    Ok(out)
+}
+
+/// One value per chunk of `items`, through the fold entry point `entry`
+/// (`map_reduce`): chunk `k`'s value at index `k`.
+pub(crate) fn map_fold<T: Pod, U: Pod>(
+    core: &Core,
+    items: &[T],
+    chunksize: usize,
+    entry: EntryPoint,
+    context: &[MaybeUninit<u8>],
+) -> Result<Vec<U>, Error> {
+    let call = MapCall {
+        fold: true,
+        ..MapCall::of::<T, U>(entry, chunksize, false, context)
+    };
+    check(core, &call)?; // before the output is allocated
+    let chunks = call.outputs(items.len());
+    let mut out: Vec<U> = Vec::with_capacity(chunks);
+    let dst = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+    // SAFETY: `items` holds `len` T's, borrowed for the whole call; `dst` has
+    // room for one U per chunk, apart from `items`, and only this call
+    // writes it.
+    unsafe { map_raw(core, items.as_ptr().cast(), dst, items.len(), call) }?;
+    // SAFETY: map_raw returned Ok: every chunk wrote its value.
+    unsafe { out.set_len(chunks) };
     Ok(out)
 }
 
@@ -253,7 +304,7 @@ pub(crate) unsafe fn map_raw(
     }
     let (Some(in_bytes), Some(out_bytes)) = (
         len.checked_mul(call.input.size),
-        len.checked_mul(call.output.size),
+        call.outputs(len).checked_mul(call.output.size),
     ) else {
         return Err(Error::invalid("map input too large"));
     };
@@ -286,7 +337,7 @@ pub(crate) unsafe fn map_raw(
             through_arena(
                 core,
                 src.add(range.start * call.input.size),
-                dst.add(range.start * call.output.size),
+                dst.add(call.outputs(range.start) * call.output.size),
                 range.len(),
                 call,
             )
@@ -320,7 +371,7 @@ unsafe fn through_arena(
     len: usize,
     call: MapCall<'_>,
 ) -> Result<(), Error> {
-    let bytes = len * (call.input.size + call.output.size);
+    let bytes = len * call.input.size + call.outputs(len) * call.output.size;
     // Where to cut for two parent threads: on a chunk boundary, so the tasks
     // are the same as without the cut.
     let cut = (len / 2).next_multiple_of(call.chunksize);
@@ -330,7 +381,7 @@ unsafe fn through_arena(
     }
     let (src_b, dst_b) = (
         SendPtr(src.wrapping_add(cut * call.input.size).cast_mut()),
-        SendPtr(dst.wrapping_add(cut * call.output.size)),
+        SendPtr(dst.wrapping_add(call.outputs(cut) * call.output.size)),
     );
     let (a, b) = std::thread::scope(|scope| {
         let other = scope.spawn(move || {
@@ -372,11 +423,11 @@ unsafe fn map_part(
     let shape = if call.in_place {
         MapLayout::in_place(len, call.input)
     } else {
-        MapLayout::new(len, call.input, call.output)
+        MapLayout::with_outputs(len, call.outputs(len), call.input, call.output)
     }
     .ok_or_else(|| Error::invalid("map input too large"))?;
     let block = core.alloc_block(shape.total, shape.align)?;
-    prefault(dst, len * call.output.size);
+    prefault(dst, call.outputs(len) * call.output.size);
     // SAFETY: forwarded contract.
     let result = unsafe { run_chunks(core, src, dst, len, call, block, shape) };
     core.free_block(block);
@@ -651,7 +702,9 @@ pub(crate) fn run_where_it_lies(
             let start = next_chunk * chunksize;
             let n = chunksize.min(len - start);
             let (input, remote_in) = at.input.advance(start * call.input.size, REMOTE_INPUT);
-            let (output, remote_out) = at.output.advance(start * call.output.size, REMOTE_OUTPUT);
+            let (output, remote_out) = at
+                .output
+                .advance(call.outputs(start) * call.output.size, REMOTE_OUTPUT);
             let desc = TaskDesc {
                 entry: call.entry.0,
                 input,
@@ -704,7 +757,7 @@ unsafe fn run_chunks(
     let chunks = len.div_ceil(chunksize);
     let base = Core::block_offset(block);
     let input_at = |i: usize| base + (i * in_size) as u64;
-    let output_at = |i: usize| base + (shape.output_start + i * out_size) as u64;
+    let output_at = |i: usize| base + (shape.output_start + call.outputs(i) * out_size) as u64;
     let mut window = Window::new(core, Collect::InOrder);
     let mut next_chunk = 0;
     loop {
@@ -743,8 +796,8 @@ unsafe fn run_chunks(
                         unsafe {
                             std::ptr::copy_nonoverlapping(
                                 layout.at(output_at(start)),
-                                dst.add(start * out_size),
-                                n * out_size,
+                                dst.add(call.outputs(start) * out_size),
+                                call.outputs(n) * out_size,
                             );
                         }
                     }
