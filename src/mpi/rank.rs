@@ -75,6 +75,7 @@ fn run(
         output: task.output,
         chunksize: schedule::default_chunksize(task.len, pool.processes()),
         in_place: false,
+        fold: false,
         context: &[],
     };
     // Rank 0 built the header from the same types it instantiated the entry

@@ -4,14 +4,14 @@
 //! At most a window of chunks is in flight (bounded in count and in bytes,
 //! `schedule::imap_window`), so `0..u64::MAX` works and memory stays flat.
 //! Each chunk is one slot with an area of its own (`MapLayout::task`, as for
-//! `apply`); a chunk small enough (input + output ≤ 192 bytes, e.g. chunk size
-//! 1 of a `u64`) lives in the slot's inline area and takes no arena
-//! allocation.
+//! `apply`); a chunk small enough (its task's bound bytes + input + output ≤
+//! 192 bytes, e.g. chunk size 1 of a `u64`) lives in the slot's inline area
+//! and takes no arena allocation.
 
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::job::{Chunk, Job};
-use crate::pool::schedule::{check_chunksize, imap_window, Elem, MapLayout};
+use crate::pool::schedule::{check_chunksize, check_context, imap_window, Elem, MapLayout};
 use crate::shm::arena::Block;
 use crate::sync::slot::TaskDesc;
 use crate::sync::spin::SpinWait;
@@ -19,6 +19,7 @@ use crate::Pod;
 use std::collections::VecDeque;
 use std::iter::Fuse;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +56,8 @@ pub struct Imap<I: Iterator, U> {
     /// The area of every chunk but a short last one.
     area: MapLayout,
     ordered: bool,
+    /// The task's bound bytes, carried by every chunk (`MapCall::context`).
+    context: Vec<MaybeUninit<u8>>,
     window: usize,
     in_flight: VecDeque<(Chunk, Option<Block>)>,
     ready: VecDeque<Result<U, Error>>,
@@ -75,8 +78,10 @@ where
         entry: u64,
         chunksize: usize,
         ordered: bool,
+        context: Vec<MaybeUninit<u8>>,
     ) -> Result<Self, Error> {
         check_chunksize(&core, chunksize)?;
+        check_context(&context)?;
         let area = MapLayout::task(chunksize, Elem::of::<I::Item>(), Elem::of::<U>())
             .ok_or_else(|| Error::invalid("chunksize too large"))?;
         let window = imap_window(area.total, core.processes);
@@ -88,6 +93,7 @@ where
             chunksize,
             area,
             ordered,
+            context,
             window,
             in_flight: VecDeque::new(),
             ready: VecDeque::new(),
@@ -146,7 +152,11 @@ where
     fn submit_next(&mut self) -> Result<(), Error> {
         let core = &*self.core;
         let mut slot = core.alloc_slot()?;
-        let base = slot.attach_area(&self.area)?;
+        if !self.context.is_empty() {
+            slot.write_inline(&self.context);
+        }
+        // The chunk's data follows the context in the inline area, if both fit.
+        let base = slot.attach_area(&self.area, self.context.len())?;
         let input = core.layout().at(base).cast::<I::Item>();
         let mut n = 0;
         while n < self.chunksize {

@@ -55,12 +55,14 @@ impl<'a> UnpublishedSlot<'a> {
         Ok(Core::block_offset(block))
     }
 
-    /// Gives the task the room `area` asks for: the slot's inline area if it
-    /// fits there, else an arena block ([`attach_block`](Self::attach_block));
-    /// returns its segment offset.
-    pub(crate) fn attach_area(&mut self, area: &MapLayout) -> Result<u64, Error> {
-        if area.fits_inline() {
-            Ok(self.inline_offset())
+    /// Gives the task the room `area` asks for: the slot's inline area after
+    /// its first `after` bytes (the task's context) if it fits there, else an
+    /// arena block ([`attach_block`](Self::attach_block)); returns its
+    /// segment offset.
+    pub(crate) fn attach_area(&mut self, area: &MapLayout, after: usize) -> Result<u64, Error> {
+        let start = after.next_multiple_of(area.align);
+        if area.fits_inline(start) {
+            Ok(self.inline_offset() + start as u64)
         } else {
             self.attach_block(area.total, area.align)
         }
@@ -75,13 +77,13 @@ impl<'a> UnpublishedSlot<'a> {
 
     /// Writes `bytes` (at most `INLINE_CAPACITY`) at the start of the slot's
     /// inline area.
-    pub(crate) fn write_inline(&mut self, bytes: &[u8]) {
+    pub(crate) fn write_inline(&mut self, bytes: &[std::mem::MaybeUninit<u8>]) {
         assert!(bytes.len() <= INLINE_CAPACITY);
         // SAFETY: as for `describe`; the inline area holds INLINE_CAPACITY bytes.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
-                self.core.layout().slot(self.index).inline_ptr(),
+                self.core.layout().slot(self.index).inline_ptr().cast(),
                 bytes.len(),
             )
         };

@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::pool::core::Core;
 use crate::shm::layout::PAGE;
 use crate::sync::slot::INLINE_CAPACITY;
-use std::mem::{align_of, size_of};
+use std::mem::{align_of, size_of, MaybeUninit};
 
 /// At most this many chunks of one map or imap are in flight (bounds slot
 /// usage when chunks are tiny; with the default chunk size a map has far
@@ -74,8 +74,19 @@ impl MapLayout {
     /// line of their own, apart from the inputs the parent may still be
     /// copying in while workers write outputs.
     pub(crate) fn new(len: usize, input: Elem, output: Elem) -> Option<MapLayout> {
+        Self::with_outputs(len, len, input, output)
+    }
+
+    /// [`new`](Self::new) for `inputs` input elements, then `outputs` output
+    /// elements (a fold's one per chunk).
+    pub(crate) fn with_outputs(
+        inputs: usize,
+        outputs: usize,
+        input: Elem,
+        output: Elem,
+    ) -> Option<MapLayout> {
         let align = input.align.max(output.align).max(64);
-        let block = Self::inputs_then_outputs(len, input, output, align)?;
+        let block = Self::inputs_then_outputs(inputs, outputs, input, output, align)?;
         Some(MapLayout {
             align: Self::block_align(block.total, align),
             ..block
@@ -97,20 +108,22 @@ impl MapLayout {
     /// the task is published and the worker the outputs after, never both at
     /// once, so nothing is gained by a gap between them.
     pub(crate) fn task(len: usize, input: Elem, output: Elem) -> Option<MapLayout> {
-        Self::inputs_then_outputs(len, input, output, input.align.max(output.align))
+        Self::inputs_then_outputs(len, len, input, output, input.align.max(output.align))
     }
 
-    /// `len` inputs, then `len` outputs from the next multiple of `align`.
+    /// `inputs` inputs, then `outputs` outputs from the next multiple of
+    /// `align`.
     fn inputs_then_outputs(
-        len: usize,
+        inputs: usize,
+        outputs: usize,
         input: Elem,
         output: Elem,
         align: usize,
     ) -> Option<MapLayout> {
-        let output_start = len
+        let output_start = inputs
             .checked_mul(input.size)?
             .checked_next_multiple_of(align)?;
-        let total = output_start.checked_add(len.checked_mul(output.size)?)?;
+        let total = output_start.checked_add(outputs.checked_mul(output.size)?)?;
         Some(MapLayout {
             output_start,
             total,
@@ -119,9 +132,9 @@ impl MapLayout {
     }
 
     /// Whether the area fits in a slot's inline area (which is aligned to 64)
-    /// and so needs no arena block.
-    pub(crate) fn fits_inline(&self) -> bool {
-        self.total <= INLINE_CAPACITY && self.align <= 64
+    /// from byte `start` on, and so needs no arena block.
+    pub(crate) fn fits_inline(&self, start: usize) -> bool {
+        start.saturating_add(self.total) <= INLINE_CAPACITY && self.align <= 64
     }
 
     /// Large blocks start on a page: fewer pages touched, cleaner for THP.
@@ -137,6 +150,18 @@ impl MapLayout {
 /// The error of a call whose area would not fit in the address space.
 pub(super) fn too_large() -> Error {
     Error::invalid("map input too large")
+}
+
+/// A chunk's context must fit its slot's inline area.
+pub(crate) fn check_context(context: &[MaybeUninit<u8>]) -> Result<(), Error> {
+    if context.len() > INLINE_CAPACITY {
+        return Err(Error::invalid(format!(
+            "a task's bound values take {} bytes; a map's chunks carry at most \
+             {INLINE_CAPACITY} (bind a SharedVec or an array handle instead of a large value)",
+            context.len()
+        )));
+    }
+    Ok(())
 }
 
 /// `Err` unless the pool accepts work and `chunksize` is at least 1.
@@ -179,15 +204,19 @@ mod tests {
         let (u8s, u64s) = (Elem::of::<u8>(), Elem::of::<u64>());
         let one = MapLayout::task(3, u8s, u64s).unwrap();
         assert_eq!((one.output_start, one.total, one.align), (8, 32, 8));
-        assert!(one.fits_inline());
-        // 12 + 12 u64s fill the 192 inline bytes exactly; one more does not fit.
-        assert!(MapLayout::task(12, u64s, u64s).unwrap().fits_inline());
-        assert!(!MapLayout::task(13, u64s, u64s).unwrap().fits_inline());
+        assert!(one.fits_inline(0));
+        // 12 + 12 u64s fill the 192 inline bytes exactly; one more does not
+        // fit, nor do they after a context.
+        let twelve = MapLayout::task(12, u64s, u64s).unwrap();
+        assert!(twelve.fits_inline(0) && !twelve.fits_inline(8));
+        assert!(!MapLayout::task(13, u64s, u64s).unwrap().fits_inline(0));
         let over_aligned = Elem {
             size: 128,
             align: 128,
         };
-        assert!(!MapLayout::task(1, over_aligned, u8s).unwrap().fits_inline());
+        assert!(!MapLayout::task(1, over_aligned, u8s)
+            .unwrap()
+            .fits_inline(0));
         assert_eq!(MapLayout::task(usize::MAX / 4, u64s, u64s), None);
     }
 

@@ -1,15 +1,16 @@
 //! The synchronous maps: their entry points for Rust callers, and
 //! [`map_raw`], the one path of every synchronous map.
 
-use super::layout::{check_chunksize, too_large, Elem};
+use super::layout::{check_chunksize, check_context, too_large, Elem};
 use super::memory::prefault;
 use super::through_arena::{through_arena, Buffers};
 use super::where_it_lies::{place_of, run_where_it_lies, Place, Span, SMALL_MAP_BYTES};
 use crate::error::Error;
 use crate::pool::core::Core;
-use crate::sync::slot::{INLINE_CAPACITY, IN_PLACE};
+use crate::sync::slot::IN_PLACE;
 use crate::task::EntryPoint;
 use crate::Pod;
+use std::mem::MaybeUninit;
 
 /// One synchronous map: what runs on each chunk and how elements are laid out.
 #[derive(Debug, Clone, Copy)]
@@ -21,26 +22,48 @@ pub(crate) struct MapCall<'a> {
     /// The outputs overwrite the inputs (`map_inplace`; `entry` is an
     /// in-place entry point and the input and output pointers are equal).
     pub(crate) in_place: bool,
+    /// Each chunk writes one output element, not one per input
+    /// (`map_reduce`): chunk `k`'s goes to output index `k`.
+    pub(crate) fold: bool,
     /// Bytes written into every chunk's inline slot area for its entry point
-    /// to read (the C API's description of the call); empty for Rust maps.
-    pub(crate) context: &'a [u8],
+    /// to read: a task's bound bytes (`task::context_of`), the C API's
+    /// description of the call; empty for a function item. Possibly
+    /// uninitialized bytes (a bound value's padding), only ever copied.
+    pub(crate) context: &'a [MaybeUninit<u8>],
 }
 
-impl MapCall<'static> {
-    /// A map of `T`s to `U`s through `entry`, with no call description.
-    fn of<T, U>(entry: EntryPoint, chunksize: usize, in_place: bool) -> Self {
+impl<'a> MapCall<'a> {
+    /// A map of `T`s to `U`s through `entry`, whose chunks carry `context`.
+    fn of<T, U>(
+        entry: EntryPoint,
+        chunksize: usize,
+        in_place: bool,
+        context: &'a [MaybeUninit<u8>],
+    ) -> Self {
         MapCall {
             entry,
             input: Elem::of::<T>(),
             output: Elem::of::<U>(),
             chunksize,
             in_place,
-            context: &[],
+            fold: false,
+            context,
         }
     }
 }
 
 impl MapCall<'_> {
+    /// How many output elements `n` input elements make, from a chunk
+    /// boundary on: one per chunk when folding, else one each. Also the
+    /// output index of the element at `n`, a chunk boundary.
+    pub(crate) fn outputs(&self, n: usize) -> usize {
+        if self.fold {
+            n.div_ceil(self.chunksize)
+        } else {
+            n
+        }
+    }
+
     pub(super) fn flags(&self) -> u32 {
         if self.in_place {
             IN_PLACE
@@ -57,8 +80,9 @@ pub(crate) fn map_slice<T: Pod, U: Pod>(
     items: &[T],
     chunksize: usize,
     entry: EntryPoint,
+    context: &[MaybeUninit<u8>],
 ) -> Result<Vec<U>, Error> {
-    let call = MapCall::of::<T, U>(entry, chunksize, false);
+    let call = MapCall::of::<T, U>(entry, chunksize, false, context);
     check(core, &call)?; // before the output is allocated
     let len = items.len();
     let mut out: Vec<U> = Vec::with_capacity(len);
@@ -71,14 +95,41 @@ pub(crate) fn map_slice<T: Pod, U: Pod>(
     Ok(out)
 }
 
+/// One value per chunk of `items`, through the fold entry point `entry`
+/// (`map_reduce`): chunk `k`'s value at index `k`.
+pub(crate) fn map_fold<T: Pod, U: Pod>(
+    core: &Core,
+    items: &[T],
+    chunksize: usize,
+    entry: EntryPoint,
+    context: &[MaybeUninit<u8>],
+) -> Result<Vec<U>, Error> {
+    let call = MapCall {
+        fold: true,
+        ..MapCall::of::<T, U>(entry, chunksize, false, context)
+    };
+    check(core, &call)?; // before the output is allocated
+    let chunks = call.outputs(items.len());
+    let mut out: Vec<U> = Vec::with_capacity(chunks);
+    let dst = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+    // SAFETY: `items` holds `len` T's, borrowed for the whole call; `dst` has
+    // room for one U per chunk, apart from `items`, and only this call
+    // writes it.
+    unsafe { map_raw(core, items.as_ptr().cast(), dst, items.len(), call) }?;
+    // SAFETY: map_raw returned Ok: every chunk wrote its value.
+    unsafe { out.set_len(chunks) };
+    Ok(out)
+}
+
 /// `data[i] = f(data[i])` through the in-place entry point `entry`.
 pub(crate) fn map_inplace<T: Pod>(
     core: &Core,
     data: &mut [T],
     chunksize: usize,
     entry: EntryPoint,
+    context: &[MaybeUninit<u8>],
 ) -> Result<(), Error> {
-    let call = MapCall::of::<T, T>(entry, chunksize, true);
+    let call = MapCall::of::<T, T>(entry, chunksize, true, context);
     let ptr = data.as_mut_ptr().cast::<u8>();
     // SAFETY: `data` is borrowed mutably for the whole call.
     unsafe { map_raw(core, ptr, ptr, data.len(), call) }
@@ -92,8 +143,9 @@ pub(crate) fn map_into<T: Pod, U: Pod>(
     output: &mut [U],
     chunksize: usize,
     entry: EntryPoint,
+    context: &[MaybeUninit<u8>],
 ) -> Result<(), Error> {
-    let call = MapCall::of::<T, U>(entry, chunksize, false);
+    let call = MapCall::of::<T, U>(entry, chunksize, false, context);
     debug_assert_eq!(input.len(), output.len());
     let (src, dst) = (input.as_ptr().cast(), output.as_mut_ptr().cast());
     // SAFETY: both borrowed for the whole call; `&mut` keeps them apart.
@@ -102,10 +154,7 @@ pub(crate) fn map_into<T: Pod, U: Pod>(
 
 fn check(core: &Core, call: &MapCall<'_>) -> Result<(), Error> {
     check_chunksize(core, call.chunksize)?;
-    if call.context.len() > INLINE_CAPACITY {
-        return Err(Error::invalid("a map's call description is too large"));
-    }
-    Ok(())
+    check_context(call.context)
 }
 
 /// The one path of every synchronous map: `dst[i] = f(src[i])` for `i < len`,
@@ -132,7 +181,7 @@ pub(crate) unsafe fn map_raw(
     let buffers = Buffers { src, dst, len };
     let (Some(in_bytes), Some(out_bytes)) = (
         len.checked_mul(call.input.size),
-        len.checked_mul(call.output.size),
+        call.outputs(len).checked_mul(call.output.size),
     ) else {
         return Err(too_large());
     };

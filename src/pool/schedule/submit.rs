@@ -1,6 +1,6 @@
 //! Submission without waiting: `apply`'s one task and `map_async`'s chunks.
 
-use super::layout::{check_chunksize, too_large, Elem, MapLayout};
+use super::layout::{check_chunksize, check_context, too_large, Elem, MapLayout};
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::job::{Chunk, Job};
@@ -8,7 +8,7 @@ use crate::pool::result::Ticket;
 use crate::sync::slot::TaskDesc;
 use crate::task::EntryPoint;
 use crate::Pod;
-use std::mem::size_of;
+use std::mem::{size_of, MaybeUninit};
 
 /// Submits every chunk of `items` at once and returns the job without waiting
 /// (`map_async`). The input is copied into the pool's arena first, so the
@@ -20,8 +20,10 @@ pub(crate) fn submit_slice<T: Pod, U: Pod>(
     chunksize: usize,
     entry: EntryPoint,
     flags: u32,
+    context: &[MaybeUninit<u8>],
 ) -> Result<Job, Error> {
     check_chunksize(core, chunksize)?;
+    check_context(context)?;
     if items.is_empty() {
         return Ok(Job::new(None));
     }
@@ -47,6 +49,9 @@ pub(crate) fn submit_slice<T: Pod, U: Pod>(
                 flags,
                 ..TaskDesc::default()
             });
+            if !context.is_empty() {
+                slot.write_inline(context);
+            }
             Ok(Chunk {
                 slot: slot.publish()?.slot,
                 output,
@@ -78,7 +83,7 @@ pub(crate) fn submit_apply<Args: Pod, R: Pod>(
     // that a task run again (retries, after its worker died) reads the
     // arguments it was given, not a result the first run wrote over them.
     let area = MapLayout::task(1, Elem::of::<Args>(), Elem::of::<R>()).ok_or_else(too_large)?;
-    let at = slot.attach_area(&area)?;
+    let at = slot.attach_area(&area, 0)?;
     let output = at + area.output_start as u64;
     // SAFETY: `at` is the token's inline area or block, aligned for Args;
     // the slot is unpublished, so this thread has them to itself.

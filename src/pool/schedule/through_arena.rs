@@ -26,12 +26,15 @@ pub(super) struct Buffers {
 unsafe impl Send for Buffers {}
 
 impl Buffers {
-    /// Elements `range` (inside `0..len`) of both buffers.
+    /// Input elements `range` (inside `0..len`, starting on a chunk
+    /// boundary) and their outputs.
     pub(super) fn part(self, range: Range<usize>, call: &MapCall<'_>) -> Buffers {
         debug_assert!(range.start <= range.end && range.end <= self.len);
         Buffers {
             src: self.src.wrapping_add(range.start * call.input.size),
-            dst: self.dst.wrapping_add(range.start * call.output.size),
+            dst: self
+                .dst
+                .wrapping_add(call.outputs(range.start) * call.output.size),
             len: range.len(),
         }
     }
@@ -46,7 +49,7 @@ pub(super) unsafe fn through_arena(
     call: MapCall<'_>,
 ) -> Result<(), Error> {
     let len = buffers.len;
-    let bytes = len * (call.input.size + call.output.size);
+    let bytes = len * call.input.size + call.outputs(len) * call.output.size;
     // Where to cut for two parent threads: on a chunk boundary, so the tasks
     // are the same as without the cut.
     let cut = (len / 2).next_multiple_of(call.chunksize);
@@ -83,11 +86,11 @@ unsafe fn map_part(core: &Core, buffers: Buffers, call: MapCall<'_>) -> Result<(
     let shape = if call.in_place {
         MapLayout::in_place(len, call.input)
     } else {
-        MapLayout::new(len, call.input, call.output)
+        MapLayout::with_outputs(len, call.outputs(len), call.input, call.output)
     }
     .ok_or_else(too_large)?;
     let block = core.alloc_block(shape.total, shape.align)?;
-    prefault(buffers.dst, len * call.output.size);
+    prefault(buffers.dst, call.outputs(len) * call.output.size);
     // SAFETY: forwarded contract.
     let result = unsafe { run_chunks(core, buffers, call, block, shape) };
     core.free_block(block);
@@ -109,7 +112,7 @@ unsafe fn run_chunks(
     let chunks = len.div_ceil(chunksize);
     let base = Core::block_offset(block);
     let input_at = |i: usize| base + (i * in_size) as u64;
-    let output_at = |i: usize| base + (shape.output_start + i * out_size) as u64;
+    let output_at = |i: usize| base + (shape.output_start + call.outputs(i) * out_size) as u64;
     let mut window = Window::new(core, Collect::InOrder);
     let mut next_chunk = 0;
     loop {
@@ -148,8 +151,8 @@ unsafe fn run_chunks(
                         unsafe {
                             std::ptr::copy_nonoverlapping(
                                 layout.at(output_at(start)),
-                                dst.add(start * out_size),
-                                n * out_size,
+                                dst.add(call.outputs(start) * out_size),
+                                call.outputs(n) * out_size,
                             );
                         }
                     }

@@ -77,7 +77,9 @@ pub(crate) fn run_where_it_lies(
             let start = next_chunk * chunksize;
             let n = chunksize.min(len - start);
             let (input, remote_in) = at.input.advance(start * call.input.size, REMOTE_INPUT);
-            let (output, remote_out) = at.output.advance(start * call.output.size, REMOTE_OUTPUT);
+            let (output, remote_out) = at
+                .output
+                .advance(call.outputs(start) * call.output.size, REMOTE_OUTPUT);
             let desc = TaskDesc {
                 entry: call.entry.0,
                 input,

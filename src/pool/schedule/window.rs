@@ -5,10 +5,11 @@ use crate::error::Error;
 use crate::pool::core::Core;
 use crate::sync::slot::TaskDesc;
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 
 /// Allocates, describes and publishes one chunk; on failure the slot goes
 /// back with its token.
-fn submit_chunk(core: &Core, desc: TaskDesc, context: &[u8]) -> Result<u32, Error> {
+fn submit_chunk(core: &Core, desc: TaskDesc, context: &[MaybeUninit<u8>]) -> Result<u32, Error> {
     let mut slot = core.alloc_slot()?;
     slot.describe(desc);
     if !context.is_empty() {
@@ -72,7 +73,7 @@ impl<'a, T> Window<'a, T> {
 
     /// Submits the chunk `desc` (with the call description `context` in its
     /// inline area), known by `tag`; a failed submission halts the window.
-    pub(super) fn submit(&mut self, desc: TaskDesc, context: &[u8], tag: T) {
+    pub(super) fn submit(&mut self, desc: TaskDesc, context: &[MaybeUninit<u8>], tag: T) {
         match submit_chunk(self.core, desc, context) {
             Ok(slot) => self.in_flight.push_back((slot, tag)),
             Err(e) => self.fail(e),
