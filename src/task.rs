@@ -47,6 +47,23 @@ use std::mem::{size_of, MaybeUninit};
 /// A closure's argument types must be written out (`|x: f64| x * x`): the
 /// pool's calls accept things that are not closures too, so the compiler
 /// cannot infer them from the call.
+///
+/// ```
+/// use shmpool::{partial, Pool};
+/// fn square(x: u64) -> u64 { x * x }
+/// fn cube(x: u64) -> u64 { x * x * x }
+/// fn shift(by: u64, x: u64) -> u64 { x << by }
+///
+/// let pool = Pool::new(2)?;
+/// // A table of functions, as a benchmark harness keeps one.
+/// let table: [(&str, fn(u64) -> u64); 2] = [("square", square), ("cube", cube)];
+/// for (name, f) in table {
+///     assert_eq!(pool.map(f, &[2, 3])?, [f(2), f(3)], "{name}");
+/// }
+/// assert_eq!(pool.apply(partial(shift, 4), (1,))?, 16);
+/// assert_eq!(pool.map(|x: u64| x + 1, &[1])?, [2]);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot run in a worker process as a task taking `{Args}`",
     label = "not a task taking `{Args}`",

@@ -44,9 +44,11 @@ use std::sync::Arc;
 
 /// A pool of worker processes, started once and reused for every task.
 ///
-/// Tasks are function items or non-capturing closures over [`Pod`] arguments
-/// and results; they run in separate processes, so a crash, an `abort()` or
-/// global state in a task cannot affect the caller. All methods take `&self`:
+/// Tasks ([`Task`]) are function items, `fn` pointers and non-capturing
+/// closures over [`Pod`] arguments and results, or any of these with bound
+/// values ([`partial`](crate::partial)); they run in separate processes, so a
+/// crash, an `abort()` or global state in a task cannot affect the caller.
+/// Per-call options (chunk size, callbacks) go through [`Pool::call`]. All methods take `&self`:
 /// a `Pool` is `Send + Sync`, and several threads may submit at once.
 ///
 /// Dropping the pool terminates it, like leaving Python's `with Pool() as p:`
