@@ -83,16 +83,7 @@ pub(crate) fn map_slice<T: Pod, U: Pod>(
     context: &[MaybeUninit<u8>],
 ) -> Result<Vec<U>, Error> {
     let call = MapCall::of::<T, U>(entry, chunksize, false, context);
-    check(core, &call)?; // before the output is allocated
-    let len = items.len();
-    let mut out: Vec<U> = Vec::with_capacity(len);
-    let dst = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-    // SAFETY: `items` holds `len` T's, borrowed for the whole call; `dst` has
-    // room for `len` U's, apart from `items`, and only this call writes it.
-    unsafe { map_raw(core, items.as_ptr().cast(), dst, len, call) }?;
-    // SAFETY: map_raw returned Ok: all `len` outputs were written.
-    unsafe { out.set_len(len) };
-    Ok(out)
+    map_to_vec(core, items, call)
 }
 
 /// One value per chunk of `items`, through the fold entry point `entry`
@@ -108,16 +99,27 @@ pub(crate) fn map_fold<T: Pod, U: Pod>(
         fold: true,
         ..MapCall::of::<T, U>(entry, chunksize, false, context)
     };
+    map_to_vec(core, items, call)
+}
+
+/// Runs `call` (from `T`s to `U`s, not in place) over `items` into a new
+/// vector of its `call.outputs(len)` results.
+fn map_to_vec<T: Pod, U: Pod>(
+    core: &Core,
+    items: &[T],
+    call: MapCall<'_>,
+) -> Result<Vec<U>, Error> {
+    debug_assert!(call.input == Elem::of::<T>() && call.output == Elem::of::<U>());
     check(core, &call)?; // before the output is allocated
-    let chunks = call.outputs(items.len());
-    let mut out: Vec<U> = Vec::with_capacity(chunks);
+    let outputs = call.outputs(items.len());
+    let mut out: Vec<U> = Vec::with_capacity(outputs);
     let dst = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
     // SAFETY: `items` holds `len` T's, borrowed for the whole call; `dst` has
-    // room for one U per chunk, apart from `items`, and only this call
-    // writes it.
+    // room for the call's `outputs` U's, apart from `items`, and only this
+    // call writes it.
     unsafe { map_raw(core, items.as_ptr().cast(), dst, items.len(), call) }?;
-    // SAFETY: map_raw returned Ok: every chunk wrote its value.
-    unsafe { out.set_len(chunks) };
+    // SAFETY: map_raw returned Ok: all `outputs` results were written.
+    unsafe { out.set_len(outputs) };
     Ok(out)
 }
 
