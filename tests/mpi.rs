@@ -131,6 +131,21 @@ fn worker_ranks_waiting_for_work_use_almost_no_cpu() {
     passes("idle");
 }
 
+#[test]
+fn rank_0_runs_chunks_and_apply_tasks_in_its_own_local_pool() {
+    passes("every-rank");
+}
+
+#[test]
+fn with_no_processes_on_rank_0_only_the_worker_ranks_compute() {
+    passes("root-idle");
+}
+
+#[test]
+fn each_rank_rank_0_included_runs_two_tasks_at_once() {
+    passes("in-flight");
+}
+
 // 10^6 elements in a release build, 10^5 in a debug one (see the example).
 #[test]
 fn a_one_microsecond_function_over_many_elements_gives_the_sequential_results() {
@@ -141,8 +156,8 @@ fn a_one_microsecond_function_over_many_elements_gives_the_sequential_results() 
 fn every_rank_returns_and_rank_0_reports_the_job() {
     let (ok, out, err) = mpirun("demo");
     assert!(ok, "stdout:\n{out}\nstderr:\n{err}");
-    // Two worker ranks, at least one local process each.
-    assert!(out.contains("2 ranks, "), "{out}");
+    // Three ranks that compute (rank 0 too), at least one local process each.
+    assert!(out.contains("3 ranks, "), "{out}");
     assert!(out.contains("squares[999] = 998001, 20 + 22 = 42"), "{out}");
     // Only rank 0 prints: the worker ranks got None and returned.
     assert_eq!(out.matches("ok demo").count(), 1, "{out}");
