@@ -19,6 +19,7 @@ use crate::remote::STAGE_ALIGN;
 use crate::task::EntryPoint;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::mem::MaybeUninit;
+
 /// Where a task's input comes from.
 pub(crate) enum Input {
     /// Bytes owned by the task (`apply_async`, `imap`).
@@ -53,7 +54,7 @@ struct Remote {
     /// The send of its input, if not yet complete; declared before the input
     /// it reads, so that dropping waits for it first.
     sending: Option<Sending>,
-    _input: Input,
+    input: Input,
 }
 
 /// A task in rank 0's own local pool.
@@ -236,7 +237,7 @@ impl Dispatcher {
             out_bytes: task.out_bytes,
             output: task.output,
             sending,
-            _input: task.input,
+            input: task.input,
         });
     }
 
@@ -316,7 +317,7 @@ impl Dispatcher {
         // the input later): the send completes now or soon.
         if let Some(mut sending) = running.sending.take() {
             if !sending.test() {
-                self.draining.push((sending, running._input));
+                self.draining.push((sending, running.input));
             }
         }
         Some((running.id, outcome))
