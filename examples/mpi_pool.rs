@@ -13,13 +13,14 @@
 //!
 //! * `results`: map, map_chunked, map_into, starmap, imap, imap_unordered,
 //!   apply and apply_async give what a local `shmpool::Pool` gives;
-//! * `crash`: a task that aborts on rank 2 fails the call with `WorkerDied`,
-//!   a panic with `TaskPanicked`, and the next map succeeds;
+//! * `crash`: a task that aborts on rank 2 (or in rank 0's local pool) fails
+//!   the call with `WorkerDied`, a panic with `TaskPanicked`, and the next
+//!   map succeeds;
 //! * `lifecycle`: a result not yet there times out and comes later, dropped
 //!   handles and iterators leave the pool working, a dropped pool fails
 //!   what it had queued with `Terminated`;
 //! * `retry`: with `retries(1)`, a task whose worker died runs again on its
-//!   rank and the call succeeds;
+//!   rank (rank 0 included) and the call succeeds;
 //! * `idle`: worker ranks waiting for work use (almost) no CPU;
 //! * `every-rank`: rank 0's local pool runs chunks too, next to the worker
 //!   ranks' (`root-idle`: not with `processes_on_rank_0(0)`);
@@ -71,6 +72,14 @@ fn my_rank() -> Option<u32> {
 /// Aborts the local worker process it runs in if that belongs to rank 2.
 fn abort_on_rank_2(x: u64) -> u64 {
     if my_rank() == Some(2) {
+        std::process::abort();
+    }
+    x + 1
+}
+
+/// Aborts the local worker process it runs in if that belongs to rank 0.
+fn abort_on_rank_0(x: u64) -> u64 {
+    if my_rank() == Some(0) {
         std::process::abort();
     }
     x + 1
@@ -193,6 +202,11 @@ fn crash(pool: &mpi::Pool) -> Result<(), Error> {
         Err(Error::WorkerDied { signal, .. }) => assert_eq!(signal, Some(libc::SIGABRT)),
         other => panic!("a task aborting on rank 2 gave {other:?}"),
     }
+    // The same in rank 0's own local pool.
+    match pool.map_chunked(abort_on_rank_0, &v, 1) {
+        Err(Error::WorkerDied { signal, .. }) => assert_eq!(signal, Some(libc::SIGABRT)),
+        other => panic!("a task aborting on rank 0 gave {other:?}"),
+    }
     match pool.map_chunked(panic_on_7, &v, 4) {
         Err(Error::TaskPanicked { message }) => assert!(message.contains("seven"), "{message}"),
         other => panic!("a panicking task gave {other:?}"),
@@ -265,6 +279,9 @@ fn retry(pool: &mpi::Pool) -> Result<(), Error> {
         pool.map(abort_once, &[nonce + 1, nonce + 2])?,
         [nonce + 1, nonce + 2]
     );
+    // Three chunks: one on each worker rank and one in rank 0's local pool.
+    let three = [nonce + 3, nonce + 4, nonce + 5];
+    assert_eq!(pool.map_chunked(abort_once, &three, 1)?, three);
     Ok(())
 }
 
