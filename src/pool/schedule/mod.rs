@@ -34,3 +34,5 @@ pub(crate) use map::{map_fold, map_inplace, map_into, map_raw, map_slice, MapCal
 #[cfg(feature = "mpi")]
 pub(crate) use memory::prefault;
 pub(crate) use submit::{submit_apply, submit_slice};
+#[cfg(feature = "mpi")]
+pub(crate) use where_it_lies::{Place, SMALL_MAP_BYTES};
