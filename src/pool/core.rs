@@ -422,6 +422,7 @@ impl Core {
                 None => Failure::Terminated,
             }),
             Outcome::TimedOut => Err(Failure::TimedOut),
+            Outcome::Aborted => Err(Failure::Aborted),
             Outcome::AccessRefused => Err(Failure::AccessRefused(AccessRefused {
                 errno: detail as i32,
                 wrote: signal != 0,
@@ -464,6 +465,8 @@ pub(crate) enum Failure {
     AccessRefused(AccessRefused),
     /// The slot held values no finisher writes (what they were).
     Corrupted(String),
+    /// Withdrawn or stopped by `AsyncResult::abort`.
+    Aborted,
 }
 
 impl From<Failure> for Error {
@@ -478,6 +481,7 @@ impl From<Failure> for Error {
                 errno: refused.errno,
             },
             Failure::Corrupted(what) => Error::SlotCorrupted(what),
+            Failure::Aborted => Error::Aborted,
         }
     }
 }

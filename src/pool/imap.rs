@@ -39,6 +39,10 @@ const WINDOW_BYTES: usize = 64 << 20;
 /// Dropping it stops pulling the input; chunks not yet started are withdrawn,
 /// and running ones finish unobserved.
 ///
+/// With the feature `async`, it is also a `futures_core::Stream`: `while let Some(r) = it.next().await` waits
+/// without blocking the executor, woken by the pool's callback thread, and
+/// pulls the input as results are consumed, as the iterator does.
+///
 /// ```
 /// use std::time::Duration;
 /// fn f(x: u64) -> u64 { x * x }
@@ -62,6 +66,9 @@ pub struct Imap<I: Iterator, U> {
     ready: VecDeque<Result<U, Error>>,
     /// The input's panic, yielded once everything before it was.
     input_panic: Option<Error>,
+    /// The callback thread's entry while this is polled as a stream.
+    #[cfg(feature = "async")]
+    polled: Option<Arc<crate::pool::callbacks::Polled>>,
     _out: PhantomData<fn() -> U>,
 }
 
@@ -122,6 +129,8 @@ where
             in_flight: VecDeque::new(),
             ready: VecDeque::new(),
             input_panic: None,
+            #[cfg(feature = "async")]
+            polled: None,
             _out: PhantomData,
         })
     }
@@ -288,8 +297,99 @@ where
     }
 }
 
+#[cfg(feature = "async")]
+impl<I, U> Imap<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    /// A finished chunk to collect now: the oldest if ordered, any otherwise.
+    fn done_now(&self) -> Option<usize> {
+        let layout = self.core.layout();
+        let done = |c: &Chunk| layout.slot(c.slot).is_done();
+        if self.ordered {
+            self.in_flight.front().filter(|(c, _)| done(c)).map(|_| 0)
+        } else {
+            self.in_flight.iter().position(|(c, _)| done(c))
+        }
+    }
+}
+
+// Nothing in an `Imap` is ever pinned in place (no projection).
+#[cfg(feature = "async")]
+impl<I: Iterator, U> Unpin for Imap<I, U> {}
+
+#[cfg(feature = "async")]
+impl<I, U> futures_core::Stream for Imap<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    type Item = Result<U, Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if let Some(item) = this.ready.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            this.feed();
+            if this.in_flight.is_empty() {
+                let last = this.ready.pop_front();
+                return Poll::Ready(last.or_else(|| this.input_panic.take().map(Err)));
+            }
+            if let Some(i) = this.done_now() {
+                this.collect(i);
+                continue;
+            }
+            // Nothing finished: tell the callback thread which chunks to
+            // watch and whom to wake, then look once more (a chunk finishing
+            // before the thread watched is seen here).
+            let polled = this.polled.get_or_insert_with(Default::default);
+            {
+                let mut slots = polled.slots.lock().unwrap_or_else(|e| e.into_inner());
+                slots.clear();
+                let watched = if this.ordered {
+                    1
+                } else {
+                    this.in_flight.len()
+                };
+                slots.extend(this.in_flight.iter().take(watched).map(|(c, _)| c.slot));
+            }
+            let mut waker = polled.waker.lock().unwrap_or_else(|e| e.into_inner());
+            match &*waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
+            }
+            drop(waker);
+            if let Err(e) = crate::pool::callbacks::Callbacks::watch_polled(&this.core, polled) {
+                return Poll::Ready(Some(Err(e)));
+            }
+            match this.done_now() {
+                Some(i) => this.collect(i),
+                None => return Poll::Pending,
+            }
+        }
+    }
+}
+
 impl<I: Iterator, U> Drop for Imap<I, U> {
     fn drop(&mut self) {
+        #[cfg(feature = "async")]
+        if let Some(polled) = &self.polled {
+            // No slots: the callback thread drops the entry.
+            polled
+                .slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
         for (chunk, block) in self.in_flight.drain(..) {
             self.core.dispose(Job::single(chunk, block));
         }

@@ -12,7 +12,10 @@
 //! * `job`: the parent's record of submitted work
 //! * `callbacks`: the thread that runs `*_with` callbacks
 //! * `result`, `builder`: the public handle types
+//! * `waker`: awaiting a result (`IntoFuture`), woken by the callback thread
+//! * `abort`: stopping a result's work, and every worker at once
 
+mod abort;
 pub(crate) mod builder;
 mod callbacks;
 pub(crate) mod core;
@@ -23,6 +26,7 @@ pub(crate) mod schedule;
 mod shared_vec;
 mod supervisor;
 mod unpublished;
+mod waker;
 mod zero_copy;
 
 use self::callbacks::{Callbacks, Watched};
@@ -39,6 +43,7 @@ pub use builder::PoolBuilder;
 pub use imap::Imap;
 pub use result::AsyncResult;
 pub use shared_vec::SharedVec;
+pub use waker::ResultFuture;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -147,7 +152,8 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        let job = self.submit_apply(f, args, 0)?.into_job();
+        // WATCHED: its finish is logged, so an awaiting future can be woken.
+        let job = self.submit_apply(f, args, WATCHED)?.into_job();
         Ok(self.result(job, decode_one::<F::Output>, false))
     }
 
@@ -287,7 +293,7 @@ impl Pool {
     {
         const { assert_stateless::<F>() };
         let entry = self.entry_point(map_entry::<F, T, U>)?;
-        let job = schedule::submit_slice::<T, U>(&self.core, items, chunksize, entry, 0)?;
+        let job = schedule::submit_slice::<T, U>(&self.core, items, chunksize, entry, WATCHED)?;
         Ok(self.result(job, decode_vec::<U>, false))
     }
 
@@ -386,8 +392,9 @@ impl Pool {
         const { assert_stateless::<F>() };
         let entry = self.entry_point(starmap_entry::<F, Args>)?;
         let chunksize = self.default_chunksize(items.len());
-        let job =
-            schedule::submit_slice::<Args, F::Output>(&self.core, items, chunksize, entry, 0)?;
+        let job = schedule::submit_slice::<Args, F::Output>(
+            &self.core, items, chunksize, entry, WATCHED,
+        )?;
         Ok(self.result(job, decode_vec::<F::Output>, false))
     }
 
@@ -824,6 +831,45 @@ impl Pool {
         const { assert_stateless::<F>() };
         let entry = self.entry_point(apply_entry::<F, Args>)?;
         schedule::submit_apply::<Args, F::Output>(&self.core, entry, args, flags)
+    }
+
+    /// Sends `SIGTERM` to every worker now, like Python 3.14's
+    /// `ProcessPoolExecutor.terminate_workers()`, and ends the pool as
+    /// [`terminate`](Pool::terminate) does: unfinished tasks fail with
+    /// [`Error::Terminated`], and no more work is accepted. A worker still
+    /// alive 2 seconds later (one that handles or ignores `SIGTERM`) gets
+    /// `SIGKILL`, so this always returns. Returns once every worker is reaped.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let long = pool.apply_async(nap, (60_000,))?;
+    /// pool.terminate_workers();
+    /// assert!(matches!(long.get(None), Err(shmpool::Error::Terminated)));
+    /// assert!(pool.worker_pids().is_empty());
+    /// assert!(matches!(pool.apply(|| 1u8, ()), Err(shmpool::Error::Closed)));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn terminate_workers(&self) {
+        self.core.supervisor.set_stop_signal(libc::SIGTERM);
+        self.terminate();
+    }
+
+    /// Sends `SIGKILL` to every worker now, like Python 3.14's
+    /// `ProcessPoolExecutor.kill_workers()`: the same as
+    /// [`terminate`](Pool::terminate), under Python's name. Unfinished tasks
+    /// fail with [`Error::Terminated`].
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let pending = pool.apply_async(|| loop { std::hint::spin_loop() }, ())?;
+    /// pool.kill_workers();
+    /// assert!(matches!(pending.get(None), Err(shmpool::Error::Terminated)));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn kill_workers(&self) {
+        self.terminate();
     }
 }
 
