@@ -99,6 +99,8 @@ pub use objects::{
 };
 pub use pod::Pod;
 pub use pool::builder::MAX_PROCESSES;
+#[cfg(feature = "async")]
+pub use pool::ImapStream;
 pub use pool::{AsyncResult, Imap, Pool, PoolBuilder, ResultFuture, SharedVec};
 pub use process::{current_process, Process, ProcessInfo};
 pub use shm::named::SharedMemory;

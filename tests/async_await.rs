@@ -484,3 +484,30 @@ fn abort_after_the_pool_was_terminated_is_harmless() {
         ));
     });
 }
+
+#[test]
+fn the_async_service_example_answers_and_aborts_the_late_request() {
+    let exe = common::example("async_service");
+    let out = bounded(LIMIT, move || {
+        std::process::Command::new(exe).output().unwrap()
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("request 21: 200 42"), "{text}");
+    assert!(
+        text.contains("request  0: 504"),
+        "the endless request was aborted: {text}"
+    );
+    assert!(
+        text.contains("request 13: 500 the parser crashed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("request 50: 200 100"),
+        "served after the aborts: {text}"
+    );
+}

@@ -39,9 +39,11 @@ const WINDOW_BYTES: usize = 64 << 20;
 /// Dropping it stops pulling the input; chunks not yet started are withdrawn,
 /// and running ones finish unobserved.
 ///
-/// With the feature `async`, it is also a `futures_core::Stream`: `while let Some(r) = it.next().await` waits
-/// without blocking the executor, woken by the pool's callback thread, and
-/// pulls the input as results are consumed, as the iterator does.
+/// With the feature `async`, it is also a `futures_core::Stream`, woken by
+/// the pool's callback thread instead of blocking the executor, and pulling
+/// the input as results are consumed, as the iterator does. Being both, its
+/// `next`, `map`, … are ambiguous once `StreamExt` is imported:
+/// [`into_stream`](Imap::into_stream) gives a stream that is only a stream.
 ///
 /// ```
 /// use std::time::Duration;
@@ -313,6 +315,59 @@ where
         } else {
             self.in_flight.iter().position(|(c, _)| done(c))
         }
+    }
+}
+
+#[cfg(feature = "async")]
+impl<I, U> Imap<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    /// This `Imap` as only a `futures_core::Stream` (feature `async`), so
+    /// that `StreamExt`'s methods need no disambiguation.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// fn f(x: u64) -> u64 { x * x }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let squares = futures_executor::block_on(async {
+    ///     let mut stream = pool.imap(f, 0..5u64)?.into_stream();
+    ///     let mut got = Vec::new();
+    ///     while let Some(r) = stream.next().await {
+    ///         got.push(r?);
+    ///     }
+    ///     Ok::<_, shmpool::Error>(got)
+    /// })?;
+    /// assert_eq!(squares, [0, 1, 4, 9, 16]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn into_stream(self) -> ImapStream<I, U> {
+        ImapStream(self)
+    }
+}
+
+/// An [`Imap`] as only a `futures_core::Stream` (feature `async`); made by
+/// [`Imap::into_stream`]. Dropping it drops the `Imap`.
+#[cfg(feature = "async")]
+#[derive(Debug)]
+pub struct ImapStream<I: Iterator, U>(Imap<I, U>);
+
+#[cfg(feature = "async")]
+impl<I, U> futures_core::Stream for ImapStream<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    type Item = Result<U, Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_next(cx)
     }
 }
 

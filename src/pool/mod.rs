@@ -41,6 +41,8 @@ use crate::task::{
 use crate::{Pod, StartMethod};
 pub use builder::PoolBuilder;
 pub use imap::Imap;
+#[cfg(feature = "async")]
+pub use imap::ImapStream;
 pub use result::AsyncResult;
 pub use shared_vec::SharedVec;
 pub use waker::ResultFuture;
