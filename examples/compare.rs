@@ -408,7 +408,7 @@ fn render_goals(rows: &[Row]) -> String {
                     .find(|r| r.name.starts_with(other))
                     .and_then(|r| r.shmpool);
                 let ratio = theirs.map_or(f64::NAN, |t| ours / t);
-                (format!("{ratio:.2}× `{other}`"), ratio >= min)
+                (format!("{ratio:.2}×"), ratio >= min)
             }
         };
         let verdict = if met { "met" } else { "**missed**" };

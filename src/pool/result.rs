@@ -157,8 +157,9 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
     pub(crate) fn refuse_own_thread(&self) -> Option<Error> {
         self.waits_for_its_own_thread().then(|| {
             Error::state(
-                "waiting inside a callback for a result of the same pool whose callbacks have \
-                 not run yet: they run on this thread, after this callback returns",
+                "get() (or .await) inside a callback on a result of the same pool whose \
+                 callbacks have not run yet: they run on this thread, after this callback \
+                 returns",
             )
         })
     }
