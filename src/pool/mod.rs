@@ -864,8 +864,9 @@ impl Pool {
     /// fail with [`Error::Terminated`].
     ///
     /// ```
+    /// fn spin() { loop { std::hint::spin_loop() } }
     /// let pool = shmpool::Pool::new(1)?;
-    /// let pending = pool.apply_async(|| loop { std::hint::spin_loop() }, ())?;
+    /// let pending = pool.apply_async(spin, ())?;
     /// pool.kill_workers();
     /// assert!(matches!(pending.get(None), Err(shmpool::Error::Terminated)));
     /// # Ok::<(), shmpool::Error>(())
