@@ -157,9 +157,9 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
     pub(crate) fn refuse_own_thread(&self) -> Option<Error> {
         self.waits_for_its_own_thread().then(|| {
             Error::state(
-                "get() (or .await) inside a callback on a result of the same pool whose \
-                 callbacks have not run yet: they run on this thread, after this callback \
-                 returns",
+                "get() inside a callback (or an .await there) on a result of the same pool \
+                 whose callbacks have not run yet: they run on this thread, after this \
+                 callback returns",
             )
         })
     }
