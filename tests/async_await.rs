@@ -241,6 +241,25 @@ fn abort_stops_a_spinning_task_and_the_pool_serves_the_next_at_once() {
 }
 
 #[test]
+fn an_aborted_task_is_not_retried_even_with_retries_left() {
+    bounded(LIMIT, || {
+        let pool = Pool::builder().processes(1).retries(3).build().unwrap();
+        let stuck = pool.apply_async(spin, ()).unwrap();
+        let_it_start();
+        assert!(stuck.abort());
+        // Run again, it would spin on the replacement and this would wait.
+        let asked = Instant::now();
+        assert_eq!(pool.apply(square, (6,)).unwrap(), 36);
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            asked.elapsed()
+        );
+        assert!(matches!(stuck.get(WAIT), Err(Error::Aborted)));
+    });
+}
+
+#[test]
 fn abort_withdraws_a_queued_task_and_leaves_the_running_one_alone() {
     bounded(LIMIT, || {
         let pool = Pool::new(1).unwrap();
