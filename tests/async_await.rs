@@ -178,6 +178,28 @@ fn an_awaited_result_with_callbacks_resolves_after_its_callback_ran() {
 }
 
 #[test]
+fn a_block_on_inside_a_callback_awaits_another_result() {
+    bounded(LIMIT, || {
+        let pool = std::sync::Arc::new(Pool::new(2).unwrap());
+        let p = std::sync::Arc::clone(&pool);
+        let (tx, rx) = mpsc::channel();
+        pool.apply_async_with(
+            square,
+            (2,),
+            move |v| {
+                let other = p.apply_async(nap, (50,)).unwrap();
+                let got = futures_executor::block_on(other.into_future());
+                tx.send((v, got.map_err(|e| e.to_string()))).unwrap();
+            },
+            |_| {},
+        )
+        .unwrap();
+        let (v, got) = rx.recv_timeout(WAIT.unwrap()).unwrap();
+        assert_eq!((v, got), (4, Ok(50)));
+    });
+}
+
+#[test]
 fn a_worker_killed_mid_await_gives_worker_died() {
     bounded(LIMIT, || {
         let pool = Pool::new(1).unwrap();

@@ -403,6 +403,11 @@ where
                 this.collect(i);
                 continue;
             }
+            if crate::pool::callbacks::on_callback_thread_of(&this.core) {
+                // Polled inside a callback: the thread that would wake this
+                // stream is the one polling it, so wait as `next` does.
+                return Poll::Ready(this.next_until(None));
+            }
             // Nothing finished: tell the callback thread which chunks to
             // watch and whom to wake, then look once more (a chunk finishing
             // before the thread watched is seen here).

@@ -86,6 +86,10 @@ impl<R: Send + Sync + 'static> Pending for Awaited<R> {
 /// resolves to what [`AsyncResult::get`] returns, without blocking the
 /// thread that polls it.
 ///
+/// Polled on the pool's callback thread (a `block_on` inside a callback of
+/// the same pool), it waits as [`get`](AsyncResult::get) does, since the
+/// thread that would wake it is the one polling it.
+///
 /// Dropping it before it resolves withdraws the tasks that have not started,
 /// as dropping the handle does; with
 /// [`abort_on_drop`](AsyncResult::abort_on_drop) (or the pool's
@@ -159,6 +163,13 @@ impl<R: Clone + Send + Sync + 'static> Future for ResultFuture<R> {
             return Poll::Ready(Err(e));
         }
         let shared = this.result.shared();
+        if crate::pool::callbacks::on_callback_thread_of(shared.core()) {
+            // Polled inside a callback (a `block_on` there): the thread that
+            // would wake this future is the one polling it, so wait as `get`
+            // does instead.
+            this.finished = true;
+            return Poll::Ready(this.result.get(None));
+        }
         shared.waker.register(cx.waker());
         if !this.registered && !shared.has_callbacks() {
             this.registered = true;
