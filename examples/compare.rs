@@ -19,6 +19,7 @@
 use rayon::prelude::*;
 use shmpool::{get_context, partial, Pool, SharedVec, StartMethod};
 use std::fmt::Write as _;
+use std::future::IntoFuture;
 use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -327,6 +328,9 @@ enum Goal {
     MinRate(f64),
     /// shmpool's throughput at least this fraction of rayon's.
     MinVsRayon(f64),
+    /// shmpool's rate at least this fraction of another row's (named by a
+    /// prefix).
+    MinVsRow(&'static str, f64),
 }
 
 /// (target, the row it is read from (a prefix of its name), goal).
@@ -340,6 +344,11 @@ const GOALS: &[(&str, &str, Goal)] = &[
         "tiny `apply_async` ≥ 3 M/s, 100,000 in flight",
         "tiny `apply_async`:",
         Goal::MinRate(3e6),
+    ),
+    (
+        "awaiting 100,000 tiny `apply_async` ≥ 1/1.5 of blocking `get`",
+        "tiny `apply_async` `.await`ed in order",
+        Goal::MinVsRow("tiny `apply_async`:", 1.0 / 1.5),
     ),
     (
         "`imap_unordered` chunk size 1 ≥ 3 M items/s",
@@ -392,6 +401,14 @@ fn render_goals(rows: &[Row]) -> String {
             Goal::MinVsRayon(min) => {
                 let ratio = row.rayon.map_or(f64::NAN, |r| r / ours);
                 (format!("{ratio:.2}× rayon"), ratio >= min)
+            }
+            Goal::MinVsRow(other, min) => {
+                let theirs = rows
+                    .iter()
+                    .find(|r| r.name.starts_with(other))
+                    .and_then(|r| r.shmpool);
+                let ratio = theirs.map_or(f64::NAN, |t| ours / t);
+                (format!("{ratio:.2}×"), ratio >= min)
             }
         };
         let verdict = if met { "met" } else { "**missed**" };
@@ -934,6 +951,56 @@ fn main() {
         rayon: None,
         sequential: None,
         python: py_get("apply_async_callback_per_s"),
+    });
+
+    // 2c. The same results `.await`ed instead of waited for: in order, on a
+    //     minimal executor, and as many concurrent tokio tasks (woken by the
+    //     pool's callback thread; the runtime's thread never blocks).
+    let t = median(budget, || {
+        let handles: Vec<_> = (0..n)
+            .map(|i| pool.apply_async(square_u64, (i,)).unwrap())
+            .collect();
+        black_box(futures_executor::block_on(async {
+            let mut sum = 0u64;
+            for h in handles {
+                sum = sum.wrapping_add(h.await.unwrap());
+            }
+            sum
+        }));
+    });
+    rows.push(Row {
+        name: "tiny `apply_async` `.await`ed in order: 100,000 submitted, then awaited \
+               (`futures::executor::block_on`)"
+            .into(),
+        unit: Unit::PerSecond,
+        shmpool: Some(n as f64 / t),
+        rayon: None,
+        sequential: None,
+        python: None,
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let t = median(budget, || {
+        black_box(rt.block_on(async {
+            let tasks: Vec<_> = (0..n)
+                .map(|i| tokio::spawn(pool.apply_async(square_u64, (i,)).unwrap().into_future()))
+                .collect();
+            let mut sum = 0u64;
+            for t in tasks {
+                sum = sum.wrapping_add(t.await.unwrap().unwrap());
+            }
+            sum
+        }));
+    });
+    rows.push(Row {
+        name: "tiny `apply_async` `.await`ed by 100,000 tokio tasks (current-thread runtime)"
+            .into(),
+        unit: Unit::PerSecond,
+        shmpool: Some(n as f64 / t),
+        rayon: None,
+        sequential: None,
+        python: None,
     });
 
     // 3. imap_unordered, chunk size 1.

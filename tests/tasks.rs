@@ -465,3 +465,24 @@ fn a_failing_map_reduce_chunk_is_an_error_not_a_partial_result() {
         assert_eq!(pool.map_reduce(square, add_u64, &[2, 3]).unwrap(), Some(13));
     });
 }
+
+#[test]
+fn bound_values_and_call_options_are_awaitable() {
+    bounded(LIMIT, || {
+        let pool = Pool::new(2).unwrap();
+        let k: u64 = runtime_value(5);
+        let v: Vec<u64> = (0..100).collect();
+        let got = pollster::block_on(async {
+            let one = pool.apply_async(partial(offset, k), (1,)).unwrap().await;
+            let many = pool
+                .call()
+                .chunksize(7)
+                .map_async(partial(offset, k), &v)
+                .unwrap()
+                .await;
+            (one, many)
+        });
+        assert_eq!(got.0.unwrap(), 1 + k);
+        assert_eq!(got.1.unwrap(), v.iter().map(|x| x + k).collect::<Vec<_>>());
+    });
+}

@@ -240,8 +240,8 @@ impl<'p, C> Call<'p, C> {
         Args: Pod,
         C: Deliver<F::Output>,
     {
-        let flags = watched_flag::<C, F::Output>();
-        let job = self.pool.submit_apply(f, args, flags)?.into_job();
+        // WATCHED: its finish is logged, for callbacks or an awaiting future.
+        let job = self.pool.submit_apply(f, args, WATCHED)?.into_job();
         deliver(self.pool, job, decode_one::<F::Output>, self.callbacks)
     }
 
@@ -287,9 +287,8 @@ impl<'p, C> Call<'p, C> {
         C: Deliver<Vec<U>>,
     {
         let chunksize = self.map_chunksize(items.len());
-        let flags = watched_flag::<C, Vec<U>>();
         let core = &self.pool.core;
-        let job = schedule::submit_slice::<T, U>(core, items, chunksize, entry, flags, context)?;
+        let job = schedule::submit_slice::<T, U>(core, items, chunksize, entry, WATCHED, context)?;
         deliver(self.pool, job, decode_vec::<U>, self.callbacks)
     }
 
@@ -302,9 +301,6 @@ impl<'p, C> Call<'p, C> {
 /// What a [`Call`] does with a finished result: nothing ([`NoCallbacks`]:
 /// the handle reads it), or run callbacks ([`WithCallbacks`]). Sealed.
 pub trait Deliver<R>: sealed::Sealed {
-    /// Whether the callback thread watches the job (`slot::WATCHED`).
-    #[doc(hidden)]
-    const WATCHES: bool;
     /// The callbacks to run, boxed for the callback thread.
     #[doc(hidden)]
     fn into_callbacks(self) -> Option<Boxed<R>>;
@@ -324,7 +320,6 @@ mod sealed {
 }
 
 impl<R> Deliver<R> for NoCallbacks {
-    const WATCHES: bool = false;
     fn into_callbacks(self) -> Option<Boxed<R>> {
         None
     }
@@ -335,18 +330,8 @@ where
     C: FnOnce(R) + Send + 'static,
     E: FnOnce(Error) + Send + 'static,
 {
-    const WATCHES: bool = true;
     fn into_callbacks(self) -> Option<Boxed<R>> {
         Some((Box::new(self.callback), Box::new(self.error_callback)))
-    }
-}
-
-/// The description flag of tasks whose result `D` delivers.
-fn watched_flag<D: Deliver<R>, R>() -> u32 {
-    if D::WATCHES {
-        WATCHED
-    } else {
-        0
     }
 }
 

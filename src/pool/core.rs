@@ -465,6 +465,7 @@ impl Core {
                 None => Failure::Terminated,
             }),
             Outcome::TimedOut => Err(Failure::TimedOut),
+            Outcome::Aborted => Err(Failure::Aborted),
             Outcome::AccessRefused => Err(Failure::AccessRefused(AccessRefused {
                 errno: detail as i32,
                 wrote: signal != 0,
@@ -507,6 +508,8 @@ pub(crate) enum Failure {
     AccessRefused(AccessRefused),
     /// The slot held values no finisher writes (what they were).
     Corrupted(String),
+    /// Withdrawn or stopped by `AsyncResult::abort`.
+    Aborted,
 }
 
 impl From<Failure> for Error {
@@ -521,6 +524,7 @@ impl From<Failure> for Error {
                 errno: refused.errno,
             },
             Failure::Corrupted(what) => Error::SlotCorrupted(what),
+            Failure::Aborted => Error::Aborted,
         }
     }
 }

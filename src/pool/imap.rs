@@ -37,6 +37,12 @@ use std::time::{Duration, Instant};
 /// Dropping it stops pulling the input; chunks not yet started are withdrawn,
 /// and running ones finish unobserved.
 ///
+/// With the feature `async`, it is also a `futures_core::Stream`, woken by
+/// the pool's callback thread instead of blocking the executor, and pulling
+/// the input as results are consumed, as the iterator does. Being both, its
+/// `next`, `map`, … are ambiguous once `StreamExt` is imported:
+/// [`into_stream`](Imap::into_stream) gives a stream that is only a stream.
+///
 /// ```
 /// use std::time::Duration;
 /// fn f(x: u64) -> u64 { x * x }
@@ -63,6 +69,9 @@ pub struct Imap<I: Iterator, U> {
     ready: VecDeque<Result<U, Error>>,
     /// The input's panic, yielded once everything before it was.
     input_panic: Option<Error>,
+    /// The callback thread's entry while this is polled as a stream.
+    #[cfg(feature = "async")]
+    polled: Option<Arc<crate::pool::callbacks::Polled>>,
     _out: PhantomData<fn() -> U>,
 }
 
@@ -98,6 +107,8 @@ where
             in_flight: VecDeque::new(),
             ready: VecDeque::new(),
             input_panic: None,
+            #[cfg(feature = "async")]
+            polled: None,
             _out: PhantomData,
         })
     }
@@ -264,8 +275,153 @@ where
     }
 }
 
+#[cfg(feature = "async")]
+impl<I, U> Imap<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    /// A finished chunk to collect now: the oldest if ordered, any otherwise.
+    fn done_now(&self) -> Option<usize> {
+        let layout = self.core.layout();
+        let done = |c: &Chunk| layout.slot(c.slot).is_done();
+        if self.ordered {
+            self.in_flight.front().filter(|(c, _)| done(c)).map(|_| 0)
+        } else {
+            self.in_flight.iter().position(|(c, _)| done(c))
+        }
+    }
+}
+
+#[cfg(feature = "async")]
+impl<I, U> Imap<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    /// This `Imap` as only a `futures_core::Stream` (feature `async`), so
+    /// that `StreamExt`'s methods need no disambiguation.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// fn f(x: u64) -> u64 { x * x }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let squares = futures_executor::block_on(async {
+    ///     let mut stream = pool.imap(f, 0..5u64)?.into_stream();
+    ///     let mut got = Vec::new();
+    ///     while let Some(r) = stream.next().await {
+    ///         got.push(r?);
+    ///     }
+    ///     Ok::<_, shmpool::Error>(got)
+    /// })?;
+    /// assert_eq!(squares, [0, 1, 4, 9, 16]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn into_stream(self) -> ImapStream<I, U> {
+        ImapStream(self)
+    }
+}
+
+/// An [`Imap`] as only a `futures_core::Stream` (feature `async`); made by
+/// [`Imap::into_stream`]. Dropping it drops the `Imap`.
+#[cfg(feature = "async")]
+#[derive(Debug)]
+pub struct ImapStream<I: Iterator, U>(Imap<I, U>);
+
+#[cfg(feature = "async")]
+impl<I, U> futures_core::Stream for ImapStream<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    type Item = Result<U, Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_next(cx)
+    }
+}
+
+// Nothing in an `Imap` is ever pinned in place (no projection).
+#[cfg(feature = "async")]
+impl<I: Iterator, U> Unpin for Imap<I, U> {}
+
+#[cfg(feature = "async")]
+impl<I, U> futures_core::Stream for Imap<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    type Item = Result<U, Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if let Some(item) = this.ready.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            this.feed();
+            if this.in_flight.is_empty() {
+                let last = this.ready.pop_front();
+                return Poll::Ready(last.or_else(|| this.input_panic.take().map(Err)));
+            }
+            if let Some(i) = this.done_now() {
+                this.collect(i);
+                continue;
+            }
+            if crate::pool::callbacks::on_callback_thread_of(&this.core) {
+                // Polled inside a callback: the thread that would wake this
+                // stream is the one polling it, so wait as `next` does.
+                return Poll::Ready(this.next_until(None));
+            }
+            // Nothing finished: tell the callback thread which chunks to
+            // watch and whom to wake, then look once more (a chunk finishing
+            // before the thread watched is seen here).
+            let polled = this.polled.get_or_insert_with(Default::default);
+            {
+                let mut slots = crate::sync::lock(&polled.slots);
+                slots.clear();
+                let watched = if this.ordered {
+                    1
+                } else {
+                    this.in_flight.len()
+                };
+                slots.extend(this.in_flight.iter().take(watched).map(|(c, _)| c.slot));
+            }
+            let mut waker = crate::sync::lock(&polled.waker);
+            match &*waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
+            }
+            drop(waker);
+            if let Err(e) = crate::pool::callbacks::Callbacks::watch_polled(&this.core, polled) {
+                return Poll::Ready(Some(Err(e)));
+            }
+            match this.done_now() {
+                Some(i) => this.collect(i),
+                None => return Poll::Pending,
+            }
+        }
+    }
+}
+
 impl<I: Iterator, U> Drop for Imap<I, U> {
     fn drop(&mut self) {
+        #[cfg(feature = "async")]
+        if let Some(polled) = &self.polled {
+            // No slots: the callback thread drops the entry.
+            crate::sync::lock(&polled.slots).clear();
+        }
         for (chunk, block) in self.in_flight.drain(..) {
             self.core.dispose(Job::single(chunk, block));
         }

@@ -12,7 +12,10 @@
 //! * `job`: the parent's record of submitted work
 //! * `callbacks`: the thread that runs `*_with` callbacks
 //! * `result`, `builder`: the public handle types
+//! * `waker`: awaiting a result (`IntoFuture`), woken by the callback thread
+//! * `abort`: stopping a result's work, and every worker at once
 
+mod abort;
 pub(crate) mod builder;
 mod call;
 mod callbacks;
@@ -24,6 +27,7 @@ pub(crate) mod schedule;
 mod shared_vec;
 mod supervisor;
 mod unpublished;
+mod waker;
 mod zero_copy;
 
 use self::callbacks::{Callbacks, Watched};
@@ -36,8 +40,11 @@ use crate::{Pod, StartMethod};
 pub use builder::PoolBuilder;
 pub use call::{Call, Deliver, NoCallbacks, WithCallbacks};
 pub use imap::Imap;
+#[cfg(feature = "async")]
+pub use imap::ImapStream;
 pub use result::AsyncResult;
 pub use shared_vec::SharedVec;
+pub use waker::ResultFuture;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -814,6 +821,46 @@ impl Pool {
         let input: ApplyInput<F, Args> = (f.bind()?, args);
         let entry = self.entry_point(apply_entry::<F, Args>)?;
         schedule::submit_apply::<ApplyInput<F, Args>, F::Output>(&self.core, entry, input, flags)
+    }
+
+    /// Sends `SIGTERM` to every worker now, like Python 3.14's
+    /// `ProcessPoolExecutor.terminate_workers()`, and ends the pool as
+    /// [`terminate`](Pool::terminate) does: unfinished tasks fail with
+    /// [`Error::Terminated`], and no more work is accepted. A worker still
+    /// alive 2 seconds later (one that handles or ignores `SIGTERM`) gets
+    /// `SIGKILL`, so this always returns. Returns once every worker is reaped.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let long = pool.apply_async(nap, (60_000,))?;
+    /// pool.terminate_workers();
+    /// assert!(matches!(long.get(None), Err(shmpool::Error::Terminated)));
+    /// assert!(pool.worker_pids().is_empty());
+    /// assert!(matches!(pool.apply(|| 1u8, ()), Err(shmpool::Error::Closed)));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn terminate_workers(&self) {
+        self.core.supervisor.set_stop_signal(libc::SIGTERM);
+        self.terminate();
+    }
+
+    /// Sends `SIGKILL` to every worker now, like Python 3.14's
+    /// `ProcessPoolExecutor.kill_workers()`: the same as
+    /// [`terminate`](Pool::terminate), under Python's name. Unfinished tasks
+    /// fail with [`Error::Terminated`].
+    ///
+    /// ```
+    /// fn spin() { loop { std::hint::spin_loop() } }
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let pending = pool.apply_async(spin, ())?;
+    /// pool.kill_workers();
+    /// assert!(matches!(pending.get(None), Err(shmpool::Error::Terminated)));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn kill_workers(&self) {
+        self.terminate();
     }
 }
 
