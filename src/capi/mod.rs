@@ -394,6 +394,9 @@ unsafe fn map_c(
     if input.is_null() || output.is_null() {
         return Err(invalid("an array is NULL"));
     }
+    // Before anything is allocated; `map_raw` checks again with the same
+    // function, so both of its paths see only sizes that passed.
+    schedule::MapBytes::check(n, in_elem, out_elem, input, output.cast_const())?;
     let core = pool.core();
     let method = pool.start_method();
     let entry = crate::start::check_entry(method, c_entry as Entry)?;

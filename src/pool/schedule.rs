@@ -104,6 +104,44 @@ impl MapCall<'_> {
     }
 }
 
+/// The byte sizes of one map's input and output, checked once before any
+/// path runs: each product `len × size` without overflow, each at most
+/// `isize::MAX` (no allocation is larger, so a larger "array" is a caller's
+/// mistake, not memory to write), their sum without overflow, and neither
+/// range wrapping around the address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MapBytes {
+    pub(crate) input: usize,
+    pub(crate) output: usize,
+    /// `input + output`.
+    pub(crate) total: usize,
+}
+
+impl MapBytes {
+    pub(crate) fn check(
+        len: usize,
+        input: Elem,
+        output: Elem,
+        src: *const u8,
+        dst: *const u8,
+    ) -> Result<MapBytes, Error> {
+        let bytes = |elem: Elem, at: *const u8| {
+            len.checked_mul(elem.size)
+                .filter(|&b| isize::try_from(b).is_ok())
+                .filter(|&b| (at as usize).checked_add(b).is_some())
+        };
+        match (bytes(input, src), bytes(output, dst)) {
+            (Some(input), Some(output)) => Ok(MapBytes {
+                input,
+                output,
+                // Both at most isize::MAX: the sum fits.
+                total: input + output,
+            }),
+            _ => Err(Error::invalid("map input too large")),
+        }
+    }
+}
+
 /// The byte layout of one map's block: inputs first, outputs after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MapLayout {
@@ -232,17 +270,14 @@ pub(crate) unsafe fn map_raw(
     if len == 0 {
         return Ok(());
     }
-    let (Some(in_bytes), Some(out_bytes)) = (
-        len.checked_mul(call.input.size),
-        len.checked_mul(call.output.size),
-    ) else {
-        return Err(Error::invalid("map input too large"));
-    };
-    let input = place_of(core, src, in_bytes, call.input.align);
-    let output = place_of(core, dst.cast_const(), out_bytes, call.output.align);
+    // The one size check, before either path (every product below is bounded
+    // by these).
+    let bytes = MapBytes::check(len, call.input, call.output, src, dst)?;
+    let input = place_of(core, src, bytes.input, call.input.align);
+    let output = place_of(core, dst.cast_const(), bytes.output, call.output.align);
     let direct = input.zip(output).filter(|&(i, o)| {
         let in_caller = matches!(i, Place::Caller(_)) || matches!(o, Place::Caller(_));
-        !in_caller || in_bytes + out_bytes >= SMALL_MAP_BYTES
+        !in_caller || bytes.total >= SMALL_MAP_BYTES
     });
     let Some((input, output)) = direct else {
         // SAFETY: forwarded contract.
@@ -252,7 +287,7 @@ pub(crate) unsafe fn map_raw(
         // Workers would fault the fresh output in one 4 KiB page at a time
         // inside process_vm_writev; one bulk fault (huge pages where allowed)
         // is faster. Measured in docs/PERFORMANCE.md, "Zero-copy maps".
-        prefault(dst, out_bytes);
+        prefault(dst, bytes.output);
     }
     let redo = run_where_it_lies(core, len, call, Span { input, output })?;
     if !redo.is_empty() {
@@ -301,7 +336,8 @@ unsafe fn through_arena(
     len: usize,
     call: MapCall<'_>,
 ) -> Result<(), Error> {
-    let bytes = len * (call.input.size + call.output.size);
+    // map_raw checked both sizes: this does not overflow.
+    let bytes = len * call.input.size + len * call.output.size;
     // Where to cut for two parent threads: on a chunk boundary, so the tasks
     // are the same as without the cut.
     let cut = (len / 2).next_multiple_of(call.chunksize);
@@ -785,5 +821,19 @@ mod tests {
         assert_eq!(big.align, 4096);
         let u64s = Elem::of::<u64>();
         assert_eq!(MapLayout::new(usize::MAX / 4, u64s, u64s), None);
+    }
+
+    #[test]
+    fn map_bytes_refuse_wrapping_products_and_ranges() {
+        let (b, at) = (Elem::of_size(1), std::ptr::null::<u8>());
+        let ok = MapBytes::check(10, b, Elem::of_size(8), at, at).unwrap();
+        assert_eq!((ok.input, ok.output, ok.total), (10, 80, 90));
+        assert!(MapBytes::check(usize::MAX, b, b, at, at).is_err());
+        // n * 2 wraps to 2.
+        assert!(MapBytes::check(usize::MAX / 2 + 2, Elem::of_size(2), b, at, at).is_err());
+        assert!(MapBytes::check(isize::MAX as usize + 1, b, b, at, at).is_err());
+        // A range that would run past the end of the address space.
+        let high = (usize::MAX - 4) as *const u8;
+        assert!(MapBytes::check(8, b, b, at, high).is_err());
     }
 }
