@@ -181,7 +181,8 @@ pub(crate) unsafe fn apply_entry<F: Task<Args>, Args: Pod>(
     // SAFETY: F is the zero-sized task type the parent was called with.
     let f = unsafe { conjure::<F>() };
     let result = f.call(args);
-    // SAFETY: output is aligned, writable, exclusive (contract).
+    crate::worker::fork_guard::check(); // a child the task forked writes nothing
+                                        // SAFETY: output is aligned, writable, exclusive (contract).
     unsafe { io.output.cast::<F::Output>().write(result) };
     Ok(())
 }
@@ -198,6 +199,7 @@ pub(crate) unsafe fn init_entry<F: Task<Args>, Args: Pod>(
     // SAFETY: F is the zero-sized task type the builder was given.
     let f = unsafe { conjure::<F>() };
     let _ = f.call(args);
+    crate::worker::fork_guard::check(); // a child the task forked writes nothing
     Ok(())
 }
 
@@ -214,7 +216,9 @@ pub(crate) unsafe fn starmap_entry<F: Task<Args>, Args: Pod>(
     unsafe {
         for_each_piece::<Args, F::Output>(io, |input, output| {
             for (out, &args) in output.iter_mut().zip(input) {
-                out.write(f.call(args));
+                let y = f.call(args);
+                crate::worker::fork_guard::check(); // a child the task forked writes nothing
+                out.write(y);
             }
         })
     }
@@ -239,7 +243,9 @@ where
     unsafe {
         for_each_piece::<T, U>(io, |input, output| {
             for (out, &x) in output.iter_mut().zip(input) {
-                out.write(f(x));
+                let y = f(x);
+                crate::worker::fork_guard::check(); // a child the task forked writes nothing
+                out.write(y);
             }
         })
     }
@@ -264,7 +270,9 @@ where
         return unsafe {
             for_each_piece::<T, T>(io, |input, output| {
                 for (out, &x) in output.iter_mut().zip(input) {
-                    out.write(f(x));
+                    let y = f(x);
+                    crate::worker::fork_guard::check(); // a child the task forked writes nothing
+                    out.write(y);
                 }
             })
         };
@@ -272,7 +280,9 @@ where
     // SAFETY: by the contract, `len` initialized T's, exclusively ours.
     let data = unsafe { std::slice::from_raw_parts_mut(io.input.cast_mut().cast::<T>(), io.len) };
     for x in data {
-        *x = f(*x);
+        let y = f(*x);
+        crate::worker::fork_guard::check(); // a child the task forked writes nothing
+        *x = y;
     }
     Ok(())
 }
