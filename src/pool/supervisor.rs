@@ -67,9 +67,13 @@ impl Supervisor {
     pub(crate) fn start(core: &Arc<Core>) -> Result<(), Error> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread_core = Arc::clone(core);
-        // Fork workers run their tasks on a copy of this thread's stack.
-        let stack =
-            (core.config.stack_size).unwrap_or_else(crate::pool::builder::default_stack_size);
+        // Fork workers run their tasks on a copy of this thread's stack
+        // (spawn and forkserver workers make their own: `become_worker`).
+        let stack = match core.config.start_method {
+            crate::StartMethod::Fork => core.config.stack_size,
+            _ => None,
+        }
+        .unwrap_or_else(crate::pool::builder::default_stack_size);
         let handle = std::thread::Builder::new()
             .name("shmpool-supervisor".into())
             .stack_size(stack)
