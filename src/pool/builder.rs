@@ -197,6 +197,13 @@ impl PoolBuilder {
     /// This is not [`AsyncResult::get`](crate::AsyncResult::get)'s timeout,
     /// which only stops *waiting*.
     ///
+    /// A worker that is stopped (`SIGSTOP`, `SIGTSTP`, a debugger) runs
+    /// nothing: without a limit, a task it holds (and the `map` waiting for
+    /// it) waits until the worker is continued (`SIGCONT`), as in Python; with
+    /// one, the limit kills it like any other. The pool's supervisor notices a
+    /// stopped worker within a second and says so on stderr;
+    /// [`Pool::stopped_workers`](crate::Pool::stopped_workers) lists them.
+    ///
     /// ```
     /// use std::time::Duration;
     /// fn spin() { loop { std::hint::spin_loop() } }
