@@ -28,7 +28,7 @@ mod where_it_lies;
 mod window;
 
 pub(crate) use layout::{
-    check_chunksize, check_context, default_chunksize, imap_window, Elem, MapLayout,
+    check_chunksize, check_context, default_chunksize, imap_window, Elem, MapBytes, MapLayout,
 };
 pub(crate) use map::{map_fold, map_inplace, map_into, map_raw, map_slice, MapCall};
 #[cfg(feature = "mpi")]
