@@ -100,9 +100,13 @@ pub use objects::{
 pub use pod::Pod;
 pub use pool::builder::MAX_PROCESSES;
 pub use pool::{AsyncResult, Imap, Pool, PoolBuilder, SharedVec};
+#[cfg(feature = "serde")]
+pub use pool::{SerdeImap, SerdePool, DEFAULT_RESULT_CAPACITY};
 pub use process::{current_process, Process, ProcessInfo};
 pub use shm::named::SharedMemory;
 pub use start::{set_start_method, StartMethod};
+#[cfg(feature = "serde")]
+pub use task::serde::{SerdeTask, Wire};
 pub use task::Task;
 
 /// Call first thing in `main` in programs that use the `Spawn` or `ForkServer`

@@ -26,6 +26,9 @@
 //! pool.apply(g, (1,)).unwrap();
 //! ```
 
+#[cfg(feature = "serde")]
+pub(crate) mod serde;
+
 use crate::remote::{AccessRefused, Peer, Stage};
 use crate::Pod;
 use std::mem::{size_of, MaybeUninit};
@@ -161,7 +164,7 @@ pub(crate) const fn assert_stateless<F>() {
 /// # Safety
 /// `F` is zero-sized and `Copy`, and a value of it existed (the parent was given
 /// one), so reading it out of thin air is the same as copying that value.
-unsafe fn conjure<F: Copy>() -> F {
+pub(crate) unsafe fn conjure<F: Copy>() -> F {
     const { assert_stateless::<F>() };
     // SAFETY: reading a zero-sized type from a dangling, aligned pointer reads no
     // memory; the value is valid by the function's contract.

@@ -464,6 +464,15 @@ pub(crate) enum Failure {
     AccessRefused(AccessRefused),
     /// The slot held values no finisher writes (what they were).
     Corrupted(String),
+    /// A serde task's value did not decode (why).
+    #[cfg(feature = "serde")]
+    Decode(String),
+    /// A serde task's results did not fit the room reserved for them.
+    #[cfg(feature = "serde")]
+    CapacityExceeded(String),
+    /// A serde task's result could not be encoded (why).
+    #[cfg(feature = "serde")]
+    Unencodable(String),
 }
 
 impl From<Failure> for Error {
@@ -478,6 +487,12 @@ impl From<Failure> for Error {
                 errno: refused.errno,
             },
             Failure::Corrupted(what) => Error::SlotCorrupted(what),
+            #[cfg(feature = "serde")]
+            Failure::Decode(why) => Error::Decode(why),
+            #[cfg(feature = "serde")]
+            Failure::CapacityExceeded(why) => Error::CapacityExceeded(why),
+            #[cfg(feature = "serde")]
+            Failure::Unencodable(why) => Error::InvalidArgument(why),
         }
     }
 }

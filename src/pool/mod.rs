@@ -20,6 +20,8 @@ mod imap;
 mod job;
 mod result;
 pub(crate) mod schedule;
+#[cfg(feature = "serde")]
+mod serde;
 mod shared_vec;
 mod supervisor;
 mod unpublished;
@@ -29,6 +31,8 @@ use self::callbacks::{Callbacks, Watched};
 use self::core::{Core, CLOSED, RUNNING, TERMINATED};
 use self::job::Job;
 use self::result::{decode_one, decode_vec, Decode, Ticket};
+#[cfg(feature = "serde")]
+pub use self::serde::{SerdeImap, SerdePool, DEFAULT_RESULT_CAPACITY};
 use crate::error::Error;
 use crate::sync::slot::WATCHED;
 use crate::task::{

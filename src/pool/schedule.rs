@@ -502,7 +502,7 @@ fn submit_chunk(core: &Core, desc: TaskDesc, context: &[u8]) -> Result<u32, Erro
 
 /// In which order a [`Window`] hands back finished chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Collect {
+pub(crate) enum Collect {
     /// Oldest first, spinning briefly on each: the arena path copies each
     /// chunk's output out as soon as it is done, overlapping the workers.
     InOrder,
@@ -515,7 +515,7 @@ enum Collect {
 }
 
 /// What a [`Window`] hands back.
-enum Collected<T> {
+pub(crate) enum Collected<T> {
     /// The chunk finished (its slot is `DONE`); release the slot after reading it.
     Done(u32, T),
     /// The window was halted and the chunk withdrawn before a worker took it
@@ -529,7 +529,7 @@ enum Collected<T> {
 /// more are accepted, the queued ones are withdrawn and the running ones
 /// awaited: they write into the caller's memory or the map's block, which must
 /// not be freed or read before they finish.
-struct Window<'a, T> {
+pub(crate) struct Window<'a, T> {
     core: &'a Core,
     order: Collect,
     in_flight: VecDeque<(u32, T)>,
@@ -538,7 +538,7 @@ struct Window<'a, T> {
 }
 
 impl<'a, T> Window<'a, T> {
-    fn new(core: &'a Core, order: Collect) -> Self {
+    pub(crate) fn new(core: &'a Core, order: Collect) -> Self {
         Window {
             core,
             order,
@@ -549,12 +549,12 @@ impl<'a, T> Window<'a, T> {
     }
 
     /// Whether another chunk may be submitted now.
-    fn accepts(&self) -> bool {
+    pub(crate) fn accepts(&self) -> bool {
         !self.halted && self.in_flight.len() < WINDOW
     }
 
     /// Records a submission; a failed one halts the window.
-    fn push(&mut self, submitted: Result<u32, Error>, tag: T) {
+    pub(crate) fn push(&mut self, submitted: Result<u32, Error>, tag: T) {
         match submitted {
             Ok(slot) => self.in_flight.push_back((slot, tag)),
             Err(e) => self.fail(e),
@@ -562,7 +562,7 @@ impl<'a, T> Window<'a, T> {
     }
 
     /// Records the map's first error and halts.
-    fn fail(&mut self, e: Error) {
+    pub(crate) fn fail(&mut self, e: Error) {
         self.error.get_or_insert(e);
         self.halted = true;
     }
@@ -572,13 +572,13 @@ impl<'a, T> Window<'a, T> {
         self.halted = true;
     }
 
-    fn is_halted(&self) -> bool {
+    pub(crate) fn is_halted(&self) -> bool {
         self.halted
     }
 
     /// The next finished or withdrawn chunk; `all_submitted`: nothing more
     /// will be pushed. `None` once nothing is in flight.
-    fn next(&mut self, all_submitted: bool) -> Option<Collected<T>> {
+    pub(crate) fn next(&mut self, all_submitted: bool) -> Option<Collected<T>> {
         let all_submitted = all_submitted || self.halted;
         let newest = self.order == Collect::NewestLast && all_submitted;
         let (slot, tag) = if newest {
@@ -598,7 +598,7 @@ impl<'a, T> Window<'a, T> {
     }
 
     /// The map's result, once [`next`](Self::next) has returned `None`.
-    fn finish(self) -> Result<(), Error> {
+    pub(crate) fn finish(self) -> Result<(), Error> {
         debug_assert!(self.in_flight.is_empty());
         self.error.map_or(Ok(()), Err)
     }
