@@ -1066,11 +1066,11 @@ fn serde_section(
     });
     let chunk = strings.len().div_ceil(4 * PROCESSES);
     let theirs = median_spread(budget, || {
-        let mut handles: Vec<_> = strings
+        let handles: Vec<_> = strings
             .chunks(chunk)
             .map(|c| procspawn.spawn(c.to_vec(), upper_all))
             .collect();
-        for h in &mut handles {
+        for h in handles {
             black_box(h.join().unwrap());
         }
     });
@@ -1104,11 +1104,11 @@ fn serde_section(
         drop(black_box(pool.serde().map(upper_bytes, &vectors).unwrap()))
     });
     let theirs = median_spread(budget, || {
-        let mut handles: Vec<_> = vectors
+        let handles: Vec<_> = vectors
             .iter()
             .map(|v| procspawn.spawn(v.clone(), upper_bytes))
             .collect();
-        for h in &mut handles {
+        for h in handles {
             black_box(h.join().unwrap());
         }
     });

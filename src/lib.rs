@@ -99,7 +99,9 @@ pub use objects::{
 };
 pub use pod::Pod;
 pub use pool::builder::MAX_PROCESSES;
-pub use pool::{AsyncResult, Imap, Pool, PoolBuilder, SharedVec};
+pub use pool::{
+    AsyncResult, Call, Deliver, Imap, NoCallbacks, Pool, PoolBuilder, SharedVec, WithCallbacks,
+};
 #[cfg(feature = "serde")]
 pub use pool::{SerdeImap, SerdePool, DEFAULT_RESULT_CAPACITY};
 pub use process::{current_process, Process, ProcessInfo};
@@ -107,7 +109,7 @@ pub use shm::named::SharedMemory;
 pub use start::{set_start_method, StartMethod};
 #[cfg(feature = "serde")]
 pub use task::serde::{SerdeTask, Wire};
-pub use task::Task;
+pub use task::{partial, Partial, Task};
 
 /// Call first thing in `main` in programs that use the `Spawn` or `ForkServer`
 /// start methods (like `procspawn::init()`): in a process started as a pool

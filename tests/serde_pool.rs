@@ -1,11 +1,12 @@
 //! `pool.serde()`: the pool's calls for any serde value, with every start
 //! method, large values, and every way a task can fail. Every wait is bounded.
+#![cfg(feature = "serde")]
 
 mod common;
 
 use common::bounded;
 use serde::{Deserialize, Serialize};
-use shmpool::{get_context, Error, Pool, StartMethod};
+use shmpool::{get_context, partial, Error, Pool, StartMethod};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -375,5 +376,85 @@ fn calls_on_a_closed_pool_are_refused() {
         ));
         assert!(pool.serde().imap(upper, Vec::<String>::new()).is_err());
         pool.join().unwrap();
+    });
+}
+
+fn prefix(p: String, s: String) -> String {
+    format!("{p}{s}")
+}
+
+fn tag((name, n): (String, u32), s: String, k: usize) -> String {
+    format!("{name}{n}:{s}{k}")
+}
+
+fn lower(s: String) -> String {
+    s.to_lowercase()
+}
+
+#[test]
+fn partial_binds_a_serde_value_for_every_call_shape() {
+    bounded(LIMIT, || {
+        for method in [StartMethod::Fork, StartMethod::Spawn] {
+            let pool = get_context(method).pool(2).unwrap();
+            let s = pool.serde();
+            let p = "é-prefix/".repeat(std::env::args().count()); // known at run time
+            let words: Vec<String> = (0..500).map(|i| format!("w{i}")).collect();
+            let expected: Vec<String> = words.iter().map(|w| format!("{p}{w}")).collect();
+            let f = partial(prefix, p.clone());
+            assert_eq!(s.map(f.clone(), &words).unwrap(), expected, "{method:?}");
+            assert_eq!(s.map_chunked(f.clone(), &words, 1).unwrap(), expected);
+            assert_eq!(s.apply(f.clone(), ("x".into(),)).unwrap(), format!("{p}x"));
+            let r = s.apply_async(f.clone(), ("y".into(),)).unwrap();
+            assert_eq!(r.get(WAIT).unwrap(), format!("{p}y"));
+            let got: Vec<String> = s
+                .imap(f.clone(), words.clone())
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(got, expected);
+            let mut got: Vec<String> = s
+                .imap_unordered_chunked(f, words.clone(), 9)
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            got.sort();
+            let mut sorted = expected.clone();
+            sorted.sort();
+            assert_eq!(got, sorted);
+            // A tuple bound, and starmap over the remaining arguments.
+            let pairs = vec![("a".to_string(), 1usize), ("b".to_string(), 2)];
+            assert_eq!(
+                s.starmap(partial(tag, ("n".to_string(), 7u32)), &pairs)
+                    .unwrap(),
+                ["n7:a1", "n7:b2"]
+            );
+            pool.close();
+            pool.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn fn_pointers_are_serde_tasks() {
+    bounded(LIMIT, || {
+        type Named = (&'static str, fn(String) -> String);
+        let table: [Named; 2] = [("upper", upper), ("lower", lower)];
+        for method in [StartMethod::Fork, StartMethod::ForkServer] {
+            let pool = get_context(method).pool(2).unwrap();
+            let words: Vec<String> = vec!["MiXed".into(), "Case".into()];
+            for (name, f) in table {
+                let expected: Vec<String> = words.iter().cloned().map(f).collect();
+                assert_eq!(pool.serde().map(f, &words).unwrap(), expected, "{name}");
+                assert_eq!(
+                    pool.serde().apply(f, ("aB".into(),)).unwrap(),
+                    f("aB".into())
+                );
+                // A pointer bound in a partial.
+                let p = partial(prefix, "p-".to_string());
+                assert_eq!(pool.serde().map(p, &words).unwrap()[0], "p-MiXed");
+            }
+            pool.close();
+            pool.join().unwrap();
+        }
     });
 }

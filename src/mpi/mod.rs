@@ -66,9 +66,7 @@ pub use result::AsyncResult;
 
 use crate::error::Error;
 use crate::pool::schedule::{default_chunksize, Elem};
-use crate::task::{
-    apply_entry, assert_stateless, map_entry, starmap_entry, Entry, EntryPoint, Task,
-};
+use crate::task::{apply_entry, map_entry, starmap_entry, ApplyInput, Entry, EntryPoint, Task};
 use crate::{Pod, StartMethod};
 use comm::Backoff;
 use dispatch::{Dispatcher, Input, Output, Pending};
@@ -193,14 +191,14 @@ impl Pool {
     /// }
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn apply_async<F, Args>(&self, _f: F, args: Args) -> Result<AsyncResult<F::Output>, Error>
+    pub fn apply_async<F, Args>(&self, f: F, args: Args) -> Result<AsyncResult<F::Output>, Error>
     where
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_stateless::<F>() };
+        let args: ApplyInput<F, Args> = (f.bind()?, args);
         let entry = entry_point(apply_entry::<F, Args>)?;
-        let (input, output) = (Elem::of::<Args>(), Elem::of::<F::Output>());
+        let (input, output) = (Elem::of::<ApplyInput<F, Args>>(), Elem::of::<F::Output>());
         let mut d = self.shared.lock();
         if d.stopped() {
             return Err(Error::Closed);
@@ -225,7 +223,7 @@ impl Pool {
     /// the chunks already running have come back.
     pub fn map<F, T, U>(&self, f: F, items: &[T]) -> Result<Vec<U>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,), Output = U>,
         T: Pod,
         U: Pod,
     {
@@ -242,12 +240,12 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Vec<U>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,), Output = U>,
         T: Pod,
         U: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = entry_point(map_entry::<F, T, U>)?;
+        const { assert_function_item::<F>() };
+        let entry = entry_point(map_entry::<F, T>)?;
         self.map_typed(entry, items, chunksize)
     }
 
@@ -257,7 +255,7 @@ impl Pool {
     /// ([`Error::InvalidArgument`] otherwise).
     pub fn map_into<F, T, U>(&self, f: F, input: &[T], output: &mut [U]) -> Result<(), Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,), Output = U>,
         T: Pod,
         U: Pod,
     {
@@ -273,11 +271,11 @@ impl Pool {
         chunksize: usize,
     ) -> Result<(), Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,), Output = U>,
         T: Pod,
         U: Pod,
     {
-        const { assert_stateless::<F>() };
+        const { assert_function_item::<F>() };
         if input.len() != output.len() {
             return Err(Error::invalid(format!(
                 "map_into: input has {} elements, output {}",
@@ -285,7 +283,7 @@ impl Pool {
                 output.len()
             )));
         }
-        let entry = entry_point(map_entry::<F, T, U>)?;
+        let entry = entry_point(map_entry::<F, T>)?;
         // SAFETY: `input` holds `len` T's, `output` room for `len` U's; both
         // borrowed for the call, and `&mut` keeps them apart.
         unsafe {
@@ -330,7 +328,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_stateless::<F>() };
+        const { assert_function_item::<F>() };
         let entry = entry_point(starmap_entry::<F, Args>)?;
         self.map_typed(entry, items, chunksize)
     }
@@ -339,7 +337,7 @@ impl Pool {
     /// come ([`crate::Pool::imap`]); one item per task.
     pub fn imap<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,), Output = U>,
         I: IntoIterator,
         I::Item: Pod,
         U: Pod,
@@ -355,13 +353,13 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Imap<I::IntoIter, U>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,), Output = U>,
         I: IntoIterator,
         I::Item: Pod,
         U: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = entry_point(map_entry::<F, I::Item, U>)?;
+        const { assert_function_item::<F>() };
+        let entry = entry_point(map_entry::<F, I::Item>)?;
         self.imap_new(entry, items, chunksize, true)
     }
 
@@ -384,7 +382,7 @@ impl Pool {
     /// ```
     pub fn imap_unordered<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,), Output = U>,
         I: IntoIterator,
         I::Item: Pod,
         U: Pod,
@@ -401,13 +399,13 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Imap<I::IntoIter, U>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,), Output = U>,
         I: IntoIterator,
         I::Item: Pod,
         U: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = entry_point(map_entry::<F, I::Item, U>)?;
+        const { assert_function_item::<F>() };
+        let entry = entry_point(map_entry::<F, I::Item>)?;
         self.imap_new(entry, items, chunksize, false)
     }
 
@@ -610,4 +608,14 @@ fn from_bytes<T: Pod>(bytes: &[u8], n: usize) -> Vec<T> {
         // contract).
         .map(|i| unsafe { bytes.as_ptr().add(i * size).cast::<T>().read_unaligned() })
         .collect()
+}
+
+/// Maps over MPI run function items only: their chunks carry no bound
+/// values across the ranks yet.
+const fn assert_function_item<F>() {
+    assert!(
+        std::mem::size_of::<F>() == 0,
+        "shmpool::mpi: maps run function items and non-capturing closures; \
+         `partial` and `fn` pointers are supported by `apply` and by the local `shmpool::Pool`"
+    );
 }

@@ -16,7 +16,7 @@ use crate::Pod;
 use std::collections::VecDeque;
 use std::iter::Fuse;
 use std::marker::PhantomData;
-use std::mem::{align_of, size_of};
+use std::mem::{align_of, size_of, MaybeUninit};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +57,8 @@ pub struct Imap<I: Iterator, U> {
     chunksize: usize,
     shape: ChunkShape,
     ordered: bool,
+    /// The task's bound bytes, carried by every chunk (`MapCall::context`).
+    context: Vec<MaybeUninit<u8>>,
     window: usize,
     in_flight: VecDeque<(Chunk, Option<Block>)>,
     ready: VecDeque<Result<U, Error>>,
@@ -65,9 +67,12 @@ pub struct Imap<I: Iterator, U> {
     _out: PhantomData<fn() -> U>,
 }
 
-/// Where a chunk's input and output sit in its area.
+/// Where a chunk's input and output sit in its area: the slot's inline
+/// area after the context, or a block of its own.
 #[derive(Debug, Clone, Copy)]
 struct ChunkShape {
+    /// Where the input starts in the inline area (after the context).
+    inline_start: usize,
     output_start: usize,
     total: usize,
     align: usize,
@@ -86,8 +91,10 @@ where
         entry: u64,
         chunksize: usize,
         ordered: bool,
+        context: Vec<MaybeUninit<u8>>,
     ) -> Result<Self, Error> {
         core.ensure_running()?;
+        crate::pool::schedule::check_context(&context)?;
         if chunksize == 0 {
             return Err(Error::invalid("chunksize must be at least 1"));
         }
@@ -103,11 +110,13 @@ where
             .checked_mul(size_of::<U>())
             .and_then(|b| b.checked_add(output_start))
             .ok_or_else(too_large)?;
+        let inline_start = context.len().next_multiple_of(align);
         let shape = ChunkShape {
+            inline_start,
             output_start,
             total,
             align: align.max(64),
-            inline: total <= INLINE_CAPACITY && align <= 64,
+            inline: inline_start + total <= INLINE_CAPACITY && align <= 64,
         };
         let window = (WINDOW_BYTES / total.max(1)).clamp(2 * core.processes, MAX_WINDOW);
         Ok(Imap {
@@ -118,6 +127,7 @@ where
             chunksize,
             shape,
             ordered,
+            context,
             window,
             in_flight: VecDeque::new(),
             ready: VecDeque::new(),
@@ -176,8 +186,11 @@ where
     fn submit_next(&mut self) -> Result<(), Error> {
         let core = &*self.core;
         let mut slot = core.alloc_slot()?;
+        if !self.context.is_empty() {
+            slot.write_inline(&self.context);
+        }
         let base = if self.shape.inline {
-            slot.inline_offset()
+            slot.inline_offset() + self.shape.inline_start as u64
         } else {
             slot.attach_block(self.shape.total, self.shape.align)?
         };

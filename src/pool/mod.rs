@@ -14,6 +14,7 @@
 //! * `result`, `builder`: the public handle types
 
 pub(crate) mod builder;
+mod call;
 mod callbacks;
 pub(crate) mod core;
 mod imap;
@@ -30,16 +31,14 @@ mod zero_copy;
 use self::callbacks::{Callbacks, Watched};
 use self::core::{Core, CLOSED, RUNNING, TERMINATED};
 use self::job::Job;
-use self::result::{decode_one, decode_vec, Decode, Ticket};
+use self::result::{Decode, Ticket};
 #[cfg(feature = "serde")]
 pub use self::serde::{SerdeImap, SerdePool, DEFAULT_RESULT_CAPACITY};
 use crate::error::Error;
-use crate::sync::slot::WATCHED;
-use crate::task::{
-    apply_entry, assert_stateless, inplace_entry, map_entry, starmap_entry, Entry, EntryPoint, Task,
-};
+use crate::task::{apply_entry, ApplyInput, Entry, EntryPoint, Task};
 use crate::{Pod, StartMethod};
 pub use builder::PoolBuilder;
+pub use call::{Call, Deliver, NoCallbacks, WithCallbacks};
 pub use imap::Imap;
 pub use result::AsyncResult;
 pub use shared_vec::SharedVec;
@@ -117,6 +116,19 @@ impl Pool {
             .collect()
     }
 
+    /// A call with per-call options (chunk size, callbacks), like the keyword
+    /// arguments of Python's `Pool` methods; see [`Call`].
+    ///
+    /// ```
+    /// fn f(x: u64) -> u64 { x * x }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// assert_eq!(pool.call().chunksize(2).map(f, &[1, 2, 3])?, vec![1, 4, 9]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn call(&self) -> Call<'_> {
+        Call::new(self)
+    }
+
     /// Calls `f(args...)` in a worker and waits for the result.
     ///
     /// `args` is a tuple: `()`, `(a,)`, `(a, b)`, … up to six [`Pod`] values.
@@ -132,7 +144,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        self.submit_apply(f, args, 0)?.finish(&self.core)
+        self.call().apply(f, args)
     }
 
     /// Submits `f(args...)` to a worker and returns at once with a handle to
@@ -151,8 +163,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        let job = self.submit_apply(f, args, 0)?.into_job();
-        Ok(self.result(job, decode_one::<F::Output>, false))
+        self.call().apply_async(f, args)
     }
 
     /// [`apply_async`](Pool::apply_async) with callbacks, like Python's
@@ -190,8 +201,9 @@ impl Pool {
         C: FnOnce(F::Output) + Send + 'static,
         E: FnOnce(Error) + Send + 'static,
     {
-        let job = self.submit_apply(f, args, WATCHED)?.into_job();
-        self.watched(job, decode_one::<F::Output>, callback, error_callback)
+        self.call()
+            .callbacks(callback, error_callback)
+            .apply_async(f, args)
     }
 
     /// Applies `f` to every element of `items` in the workers and returns the
@@ -213,13 +225,12 @@ impl Pool {
     /// assert_eq!(squares[999], 998_001.0);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map<F, T, U>(&self, f: F, items: &[T]) -> Result<Vec<U>, Error>
+    pub fn map<F, T>(&self, f: F, items: &[T]) -> Result<Vec<F::Output>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,)>,
         T: Pod,
-        U: Pod,
     {
-        self.map_chunked(f, items, self.default_chunksize(items.len()))
+        self.call().map(f, items)
     }
 
     /// [`map`](Pool::map) with chunks of `chunksize` elements (at least 1;
@@ -231,20 +242,17 @@ impl Pool {
     /// assert!(matches!(pool.map_chunked(|x: u8| x, &[1], 0), Err(shmpool::Error::InvalidArgument(_))));
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_chunked<F, T, U>(
+    pub fn map_chunked<F, T>(
         &self,
-        _f: F,
+        f: F,
         items: &[T],
         chunksize: usize,
-    ) -> Result<Vec<U>, Error>
+    ) -> Result<Vec<F::Output>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,)>,
         T: Pod,
-        U: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(map_entry::<F, T, U>)?;
-        schedule::map_slice::<T, U>(&self.core, items, chunksize, entry)
+        self.call().chunksize(chunksize).map(f, items)
     }
 
     /// Like [`map`](Pool::map), but returns at once with a handle to the
@@ -261,13 +269,12 @@ impl Pool {
     /// assert_eq!(r.get(None)?, vec![1, 4, 9]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_async<F, T, U>(&self, f: F, items: &[T]) -> Result<AsyncResult<Vec<U>>, Error>
+    pub fn map_async<F, T>(&self, f: F, items: &[T]) -> Result<AsyncResult<Vec<F::Output>>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,)>,
         T: Pod,
-        U: Pod,
     {
-        self.map_async_chunked(f, items, self.default_chunksize(items.len()))
+        self.call().map_async(f, items)
     }
 
     /// [`map_async`](Pool::map_async) with chunks of `chunksize` elements.
@@ -278,21 +285,17 @@ impl Pool {
     /// assert_eq!(r.get(None)?, vec![2, 3, 4, 5]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_async_chunked<F, T, U>(
+    pub fn map_async_chunked<F, T>(
         &self,
-        _f: F,
+        f: F,
         items: &[T],
         chunksize: usize,
-    ) -> Result<AsyncResult<Vec<U>>, Error>
+    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,)>,
         T: Pod,
-        U: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(map_entry::<F, T, U>)?;
-        let job = schedule::submit_slice::<T, U>(&self.core, items, chunksize, entry, 0)?;
-        Ok(self.result(job, decode_vec::<U>, false))
+        self.call().chunksize(chunksize).map_async(f, items)
     }
 
     /// [`map_async`](Pool::map_async) with callbacks (see
@@ -308,25 +311,22 @@ impl Pool {
     /// assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), vec![2, 4]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_async_with<F, T, U, C, E>(
+    pub fn map_async_with<F, T, C, E>(
         &self,
-        _f: F,
+        f: F,
         items: &[T],
         callback: C,
         error_callback: E,
-    ) -> Result<AsyncResult<Vec<U>>, Error>
+    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,)>,
         T: Pod,
-        U: Pod,
-        C: FnOnce(Vec<U>) + Send + 'static,
+        C: FnOnce(Vec<F::Output>) + Send + 'static,
         E: FnOnce(Error) + Send + 'static,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(map_entry::<F, T, U>)?;
-        let chunksize = self.default_chunksize(items.len());
-        let job = schedule::submit_slice::<T, U>(&self.core, items, chunksize, entry, WATCHED)?;
-        self.watched(job, decode_vec::<U>, callback, error_callback)
+        self.call()
+            .callbacks(callback, error_callback)
+            .map_async(f, items)
     }
 
     /// Like [`map`](Pool::map) for functions of several arguments: each item
@@ -343,7 +343,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        self.starmap_chunked(f, items, self.default_chunksize(items.len()))
+        self.call().starmap(f, items)
     }
 
     /// [`starmap`](Pool::starmap) with chunks of `chunksize` items.
@@ -356,7 +356,7 @@ impl Pool {
     /// ```
     pub fn starmap_chunked<F, Args>(
         &self,
-        _f: F,
+        f: F,
         items: &[Args],
         chunksize: usize,
     ) -> Result<Vec<F::Output>, Error>
@@ -364,9 +364,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(starmap_entry::<F, Args>)?;
-        schedule::map_slice::<Args, F::Output>(&self.core, items, chunksize, entry)
+        self.call().chunksize(chunksize).starmap(f, items)
     }
 
     /// [`starmap`](Pool::starmap) returning at once with a handle (Python's
@@ -380,19 +378,14 @@ impl Pool {
     /// ```
     pub fn starmap_async<F, Args>(
         &self,
-        _f: F,
+        f: F,
         items: &[Args],
     ) -> Result<AsyncResult<Vec<F::Output>>, Error>
     where
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(starmap_entry::<F, Args>)?;
-        let chunksize = self.default_chunksize(items.len());
-        let job =
-            schedule::submit_slice::<Args, F::Output>(&self.core, items, chunksize, entry, 0)?;
-        Ok(self.result(job, decode_vec::<F::Output>, false))
+        self.call().starmap_async(f, items)
     }
 
     /// [`starmap_async`](Pool::starmap_async) with callbacks (see
@@ -410,7 +403,7 @@ impl Pool {
     /// ```
     pub fn starmap_async_with<F, Args, C, E>(
         &self,
-        _f: F,
+        f: F,
         items: &[Args],
         callback: C,
         error_callback: E,
@@ -421,13 +414,9 @@ impl Pool {
         C: FnOnce(Vec<F::Output>) + Send + 'static,
         E: FnOnce(Error) + Send + 'static,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(starmap_entry::<F, Args>)?;
-        let chunksize = self.default_chunksize(items.len());
-        let job = schedule::submit_slice::<Args, F::Output>(
-            &self.core, items, chunksize, entry, WATCHED,
-        )?;
-        self.watched(job, decode_vec::<F::Output>, callback, error_callback)
+        self.call()
+            .callbacks(callback, error_callback)
+            .starmap_async(f, items)
     }
 
     /// A lazy [`map`](Pool::map) over any iterator, yielding results in input
@@ -442,14 +431,13 @@ impl Pool {
     /// assert_eq!(ordered, (0..10).map(f).collect::<Vec<_>>());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn imap<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
+    pub fn imap<F, I>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, F::Output>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,)>,
         I: IntoIterator,
         I::Item: Pod,
-        U: Pod,
     {
-        self.imap_chunked(f, items, 1)
+        self.call().imap(f, items)
     }
 
     /// [`imap`](Pool::imap) sending `chunksize` items per task (at least 1):
@@ -464,27 +452,18 @@ impl Pool {
     /// drop(it); // stops feeding; outstanding work is discarded
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn imap_chunked<F, I, U>(
+    pub fn imap_chunked<F, I>(
         &self,
-        _f: F,
+        f: F,
         items: I,
         chunksize: usize,
-    ) -> Result<Imap<I::IntoIter, U>, Error>
+    ) -> Result<Imap<I::IntoIter, F::Output>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,)>,
         I: IntoIterator,
         I::Item: Pod,
-        U: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(map_entry::<F, I::Item, U>)?;
-        Imap::new(
-            Arc::clone(&self.core),
-            items.into_iter(),
-            entry.0,
-            chunksize,
-            true,
-        )
+        self.call().chunksize(chunksize).imap(f, items)
     }
 
     /// Like [`imap`](Pool::imap), but yields results as they complete, in any
@@ -498,14 +477,17 @@ impl Pool {
     /// assert_eq!(seen, (0..10).map(f).collect::<Vec<_>>());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn imap_unordered<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
+    pub fn imap_unordered<F, I>(
+        &self,
+        f: F,
+        items: I,
+    ) -> Result<Imap<I::IntoIter, F::Output>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,)>,
         I: IntoIterator,
         I::Item: Pod,
-        U: Pod,
     {
-        self.imap_unordered_chunked(f, items, 1)
+        self.call().imap_unordered(f, items)
     }
 
     /// [`imap_unordered`](Pool::imap_unordered) sending `chunksize` items per
@@ -520,27 +502,18 @@ impl Pool {
     /// assert_eq!(v, (1..=100).collect::<Vec<u64>>());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn imap_unordered_chunked<F, I, U>(
+    pub fn imap_unordered_chunked<F, I>(
         &self,
-        _f: F,
+        f: F,
         items: I,
         chunksize: usize,
-    ) -> Result<Imap<I::IntoIter, U>, Error>
+    ) -> Result<Imap<I::IntoIter, F::Output>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,)>,
         I: IntoIterator,
         I::Item: Pod,
-        U: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(map_entry::<F, I::Item, U>)?;
-        Imap::new(
-            Arc::clone(&self.core),
-            items.into_iter(),
-            entry.0,
-            chunksize,
-            false,
-        )
+        self.call().chunksize(chunksize).imap_unordered(f, items)
     }
 
     /// Applies `f` to every element of `data` where it lies:
@@ -571,11 +544,10 @@ impl Pool {
     /// ```
     pub fn map_inplace<F, T>(&self, f: F, data: &mut [T]) -> Result<(), Error>
     where
-        F: Fn(T) -> T + Copy + Send + Sync + 'static,
+        F: Task<(T,), Output = T>,
         T: Pod,
     {
-        let chunksize = self.default_chunksize(data.len());
-        self.map_inplace_chunked(f, data, chunksize)
+        self.call().map_inplace(f, data)
     }
 
     /// [`map_inplace`](Pool::map_inplace) with chunks of `chunksize` elements.
@@ -589,17 +561,15 @@ impl Pool {
     /// ```
     pub fn map_inplace_chunked<F, T>(
         &self,
-        _f: F,
+        f: F,
         data: &mut [T],
         chunksize: usize,
     ) -> Result<(), Error>
     where
-        F: Fn(T) -> T + Copy + Send + Sync + 'static,
+        F: Task<(T,), Output = T>,
         T: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(inplace_entry::<F, T>)?;
-        schedule::map_inplace(&self.core, data, chunksize, entry)
+        self.call().chunksize(chunksize).map_inplace(f, data)
     }
 
     /// `output[i] = f(input[i])`, written straight into `output`: workers read
@@ -620,14 +590,12 @@ impl Pool {
     /// assert_eq!(&shared_out[..], &[3.0, 6.0]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_into<F, T, U>(&self, f: F, input: &[T], output: &mut [U]) -> Result<(), Error>
+    pub fn map_into<F, T>(&self, f: F, input: &[T], output: &mut [F::Output]) -> Result<(), Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,)>,
         T: Pod,
-        U: Pod,
     {
-        let chunksize = self.default_chunksize(input.len());
-        self.map_into_chunked(f, input, output, chunksize)
+        self.call().map_into(f, input, output)
     }
 
     /// [`map_into`](Pool::map_into) with chunks of `chunksize` elements.
@@ -640,28 +608,18 @@ impl Pool {
     /// assert!(pool.map_into_chunked(|x: u8| x, &[1], &mut [0u8; 2], 1).is_err());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_into_chunked<F, T, U>(
+    pub fn map_into_chunked<F, T>(
         &self,
-        _f: F,
+        f: F,
         input: &[T],
-        output: &mut [U],
+        output: &mut [F::Output],
         chunksize: usize,
     ) -> Result<(), Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,)>,
         T: Pod,
-        U: Pod,
     {
-        const { assert_stateless::<F>() };
-        if input.len() != output.len() {
-            return Err(Error::invalid(format!(
-                "map_into: input has {} elements, output {}",
-                input.len(),
-                output.len()
-            )));
-        }
-        let entry = self.entry_point(map_entry::<F, T, U>)?;
-        schedule::map_into(&self.core, input, output, chunksize, entry)
+        self.call().chunksize(chunksize).map_into(f, input, output)
     }
 
     /// Whether maps over plain slices let the workers work on the caller's
@@ -777,10 +735,6 @@ impl Pool {
         &self.core
     }
 
-    fn default_chunksize(&self, len: usize) -> usize {
-        schedule::default_chunksize(len, self.core.processes)
-    }
-
     /// Encodes `entry` for the workers, checking that they can resolve it.
     fn entry_point(&self, entry: Entry) -> Result<EntryPoint, Error> {
         self.core.ensure_running()?;
@@ -820,14 +774,14 @@ impl Pool {
     }
 
     /// Submits one task; `flags` go into its description (`slot::WATCHED`).
-    fn submit_apply<F, Args>(&self, _f: F, args: Args, flags: u32) -> Result<Ticket, Error>
+    fn submit_apply<F, Args>(&self, f: F, args: Args, flags: u32) -> Result<Ticket, Error>
     where
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_stateless::<F>() };
+        let input: ApplyInput<F, Args> = (f.bind()?, args);
         let entry = self.entry_point(apply_entry::<F, Args>)?;
-        schedule::submit_apply::<Args, F::Output>(&self.core, entry, args, flags)
+        schedule::submit_apply::<ApplyInput<F, Args>, F::Output>(&self.core, entry, input, flags)
     }
 }
 

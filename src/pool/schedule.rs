@@ -24,7 +24,7 @@ use crate::sync::slot::{TaskDesc, INLINE_CAPACITY, IN_PLACE, REMOTE_INPUT, REMOT
 use crate::task::EntryPoint;
 use crate::Pod;
 use std::collections::VecDeque;
-use std::mem::{align_of, size_of};
+use std::mem::{align_of, size_of, MaybeUninit};
 use std::ops::Range;
 
 /// At most this many chunks of one map are in flight (bounds slot usage when
@@ -76,20 +76,27 @@ pub(crate) struct MapCall<'a> {
     /// in-place entry point and the input and output pointers are equal).
     pub(crate) in_place: bool,
     /// Bytes written into every chunk's inline slot area for its entry point
-    /// to read (the C API's description of the call); empty for Rust maps.
-    pub(crate) context: &'a [u8],
+    /// to read: a task's bound bytes (`task::context_of`), the C API's
+    /// description of the call; empty for a function item. Possibly
+    /// uninitialized bytes (a bound value's padding), only ever copied.
+    pub(crate) context: &'a [MaybeUninit<u8>],
 }
 
-impl MapCall<'static> {
-    /// A map of `T`s to `U`s through `entry`, with no call description.
-    fn of<T, U>(entry: EntryPoint, chunksize: usize, in_place: bool) -> Self {
+impl<'a> MapCall<'a> {
+    /// A map of `T`s to `U`s through `entry`, whose chunks carry `context`.
+    fn of<T, U>(
+        entry: EntryPoint,
+        chunksize: usize,
+        in_place: bool,
+        context: &'a [MaybeUninit<u8>],
+    ) -> Self {
         MapCall {
             entry,
             input: Elem::of::<T>(),
             output: Elem::of::<U>(),
             chunksize,
             in_place,
-            context: &[],
+            context,
         }
     }
 }
@@ -152,8 +159,9 @@ pub(crate) fn map_slice<T: Pod, U: Pod>(
     items: &[T],
     chunksize: usize,
     entry: EntryPoint,
+    context: &[MaybeUninit<u8>],
 ) -> Result<Vec<U>, Error> {
-    let call = MapCall::of::<T, U>(entry, chunksize, false);
+    let call = MapCall::of::<T, U>(entry, chunksize, false, context);
     check(core, &call)?; // before the output is allocated
     let len = items.len();
     let mut out: Vec<U> = Vec::with_capacity(len);
@@ -172,8 +180,9 @@ pub(crate) fn map_inplace<T: Pod>(
     data: &mut [T],
     chunksize: usize,
     entry: EntryPoint,
+    context: &[MaybeUninit<u8>],
 ) -> Result<(), Error> {
-    let call = MapCall::of::<T, T>(entry, chunksize, true);
+    let call = MapCall::of::<T, T>(entry, chunksize, true, context);
     let ptr = data.as_mut_ptr().cast::<u8>();
     // SAFETY: `data` is borrowed mutably for the whole call.
     unsafe { map_raw(core, ptr, ptr, data.len(), call) }
@@ -187,8 +196,9 @@ pub(crate) fn map_into<T: Pod, U: Pod>(
     output: &mut [U],
     chunksize: usize,
     entry: EntryPoint,
+    context: &[MaybeUninit<u8>],
 ) -> Result<(), Error> {
-    let call = MapCall::of::<T, U>(entry, chunksize, false);
+    let call = MapCall::of::<T, U>(entry, chunksize, false, context);
     debug_assert_eq!(input.len(), output.len());
     let (src, dst) = (input.as_ptr().cast(), output.as_mut_ptr().cast());
     // SAFETY: both borrowed for the whole call; `&mut` keeps them apart.
@@ -205,8 +215,17 @@ fn check_chunksize(core: &Core, chunksize: usize) -> Result<(), Error> {
 
 fn check(core: &Core, call: &MapCall<'_>) -> Result<(), Error> {
     check_chunksize(core, call.chunksize)?;
-    if call.context.len() > INLINE_CAPACITY {
-        return Err(Error::invalid("a map's call description is too large"));
+    check_context(call.context)
+}
+
+/// A chunk's context must fit its slot's inline area.
+pub(crate) fn check_context(context: &[MaybeUninit<u8>]) -> Result<(), Error> {
+    if context.len() > INLINE_CAPACITY {
+        return Err(Error::invalid(format!(
+            "a task's bound values take {} bytes; a map's chunks carry at most \
+             {INLINE_CAPACITY} (bind a SharedVec or an array handle instead of a large value)",
+            context.len()
+        )));
     }
     Ok(())
 }
@@ -374,8 +393,10 @@ pub(crate) fn submit_slice<T: Pod, U: Pod>(
     chunksize: usize,
     entry: EntryPoint,
     flags: u32,
+    context: &[MaybeUninit<u8>],
 ) -> Result<Job, Error> {
     check_chunksize(core, chunksize)?;
+    check_context(context)?;
     if items.is_empty() {
         return Ok(Job::new(None));
     }
@@ -402,6 +423,9 @@ pub(crate) fn submit_slice<T: Pod, U: Pod>(
                 flags,
                 ..TaskDesc::default()
             });
+            if !context.is_empty() {
+                slot.write_inline(context);
+            }
             Ok(Chunk {
                 slot: slot.publish()?.slot,
                 output,
@@ -491,7 +515,7 @@ pub(crate) struct Span {
 
 /// Allocates, describes and publishes one chunk; on failure the slot goes
 /// back with its token.
-fn submit_chunk(core: &Core, desc: TaskDesc, context: &[u8]) -> Result<u32, Error> {
+fn submit_chunk(core: &Core, desc: TaskDesc, context: &[MaybeUninit<u8>]) -> Result<u32, Error> {
     let mut slot = core.alloc_slot()?;
     slot.describe(desc);
     if !context.is_empty() {

@@ -24,8 +24,8 @@ use crate::shm::arena::Block;
 use crate::sync::slot::TaskDesc;
 use crate::sync::spin::SpinWait;
 use crate::task::serde::{
-    map_entry, star_entry, InHeader, OutHeader, SerdeTask, VecFlavor, Wire, IN_HEADER, MAX_MESSAGE,
-    OUT_HEADER, STATUS_BAD_INPUT, STATUS_OK, STATUS_OVERFLOW, STATUS_UNENCODABLE,
+    entry, InHeader, OutHeader, SerdeTask, VecFlavor, Wire, IN_HEADER, MAX_MESSAGE, OUT_HEADER,
+    STATUS_BAD_INPUT, STATUS_OK, STATUS_OVERFLOW, STATUS_UNENCODABLE,
 };
 use crate::task::EntryPoint;
 use serde::de::DeserializeOwned;
@@ -62,8 +62,10 @@ const MAX_WINDOW: usize = 1024;
 /// [`result_capacity`](SerdePool::result_capacity)), or four times its
 /// inputs if more. This is Python's `Pool` with pickle.
 ///
-/// The function is, as for the pool, a function item or a non-capturing
-/// closure. A panic in it is [`Error::TaskPanicked`], a dead worker
+/// The function is, as for the pool, a function item, a non-capturing
+/// closure with its argument types written out, a `fn` pointer into the
+/// executable, or [`partial(f, value)`](crate::partial) with a serde
+/// `value` (cloned for each call in the worker; it travels once per chunk). A panic in it is [`Error::TaskPanicked`], a dead worker
 /// [`Error::WorkerDied`]; a result that does not decode (a task that wrote
 /// over shared memory) is [`Error::Decode`], never a panic here.
 ///
@@ -76,6 +78,12 @@ const MAX_WINDOW: usize = 1024;
 /// let lines = vec!["a b c".to_string(), "hello world".to_string()];
 /// let counts: Vec<(String, usize)> = pool.serde().map(count_words, &lines)?;
 /// assert_eq!(counts[1], ("hello world".to_string(), 2));
+///
+/// // A value known at run time, bound as the first argument:
+/// fn label(prefix: String, line: String) -> String { format!("{prefix}: {line}") }
+/// let prefix = std::env::args().next().unwrap_or_default();
+/// let labelled = pool.serde().map(shmpool::partial(label, prefix.clone()), &lines)?;
+/// assert_eq!(labelled[0], format!("{prefix}: a b c"));
 /// # Ok::<(), shmpool::Error>(())
 /// ```
 #[derive(Clone, Copy)]
@@ -174,7 +182,7 @@ impl<'a> SerdePool<'a> {
         F: SerdeTask<Args>,
         Args: Wire,
     {
-        let chunk = self.submit_apply(f, &args)?;
+        let chunk = self.submit_apply(&f, &args)?;
         let core = self.core();
         core.layout().slot(chunk.slot).wait_done(None);
         let value = decode_one::<F::Output>(core, &chunk.job());
@@ -199,7 +207,7 @@ impl<'a> SerdePool<'a> {
         F::Output: Clone + Send + Sync,
         Args: Wire,
     {
-        let chunk = self.submit_apply(f, &args)?;
+        let chunk = self.submit_apply(&f, &args)?;
         Ok(AsyncResult::new(
             Arc::clone(&self.pool.core),
             chunk.job(),
@@ -228,11 +236,10 @@ impl<'a> SerdePool<'a> {
     /// assert_eq!(pool.serde().map(summarize, &orders)?, vec![Summary { id: 1, count: 2 }]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map<F, T, U>(&self, f: F, items: &[T]) -> Result<Vec<U>, Error>
+    pub fn map<F, T>(&self, f: F, items: &[T]) -> Result<Vec<F::Output>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: SerdeTask<(T,)>,
         T: Wire,
-        U: Wire,
     {
         self.map_chunked(f, items, self.default_chunksize(items.len()))
     }
@@ -247,20 +254,18 @@ impl<'a> SerdePool<'a> {
     /// assert_eq!(pool.serde().map_chunked(|s: String| s.len(), &v, 2)?, vec![1, 2, 3]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_chunked<F, T, U>(
+    pub fn map_chunked<F, T>(
         &self,
-        _f: F,
+        f: F,
         items: &[T],
         chunksize: usize,
-    ) -> Result<Vec<U>, Error>
+    ) -> Result<Vec<F::Output>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: SerdeTask<(T,)>,
         T: Wire,
-        U: Wire,
     {
-        const { crate::task::assert_stateless::<F>() };
-        let entry = self.pool.entry_point(map_entry::<F, T, U>)?;
-        self.map_slice(entry, items, chunksize)
+        let (entry, bound) = self.prepare::<F, (T,)>(&f)?;
+        self.map_slice(entry, &bound, items, chunksize)
     }
 
     /// Like [`map`](SerdePool::map) for functions of several arguments: each
@@ -292,7 +297,7 @@ impl<'a> SerdePool<'a> {
     /// ```
     pub fn starmap_chunked<F, Args>(
         &self,
-        _f: F,
+        f: F,
         items: &[Args],
         chunksize: usize,
     ) -> Result<Vec<F::Output>, Error>
@@ -300,9 +305,8 @@ impl<'a> SerdePool<'a> {
         F: SerdeTask<Args>,
         Args: Wire,
     {
-        const { crate::task::assert_stateless::<F>() };
-        let entry = self.pool.entry_point(star_entry::<F, Args>)?;
-        self.map_slice(entry, items, chunksize)
+        let (entry, bound) = self.prepare::<F, Args>(&f)?;
+        self.map_slice(entry, &bound, items, chunksize)
     }
 
     /// Like [`map`](SerdePool::map), but lazy (Python's `imap`, chunk size
@@ -320,12 +324,11 @@ impl<'a> SerdePool<'a> {
     /// assert_eq!(upper, ["ANN", "BOB"]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn imap<F, I, U>(&self, f: F, items: I) -> Result<SerdeImap<I::IntoIter, U>, Error>
+    pub fn imap<F, I>(&self, f: F, items: I) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: SerdeTask<(I::Item,)>,
         I: IntoIterator,
         I::Item: Wire,
-        U: Wire,
     {
         self.imap_chunked(f, items, 1)
     }
@@ -338,21 +341,19 @@ impl<'a> SerdePool<'a> {
     /// assert_eq!(it.map(Result::unwrap).last(), Some("999".to_string()));
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn imap_chunked<F, I, U>(
+    pub fn imap_chunked<F, I>(
         &self,
-        _f: F,
+        f: F,
         items: I,
         chunksize: usize,
-    ) -> Result<SerdeImap<I::IntoIter, U>, Error>
+    ) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: SerdeTask<(I::Item,)>,
         I: IntoIterator,
         I::Item: Wire,
-        U: Wire,
     {
-        const { crate::task::assert_stateless::<F>() };
-        let entry = self.pool.entry_point(map_entry::<F, I::Item, U>)?;
-        SerdeImap::new(self, items.into_iter(), entry, chunksize, true)
+        let (entry, bound) = self.prepare::<F, (I::Item,)>(&f)?;
+        SerdeImap::new(self, items.into_iter(), entry, bound, chunksize, true)
     }
 
     /// Like [`imap`](SerdePool::imap), but yields results as they complete,
@@ -391,21 +392,19 @@ impl<'a> SerdePool<'a> {
     /// assert_eq!(n, 50);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn imap_unordered_chunked<F, I, U>(
+    pub fn imap_unordered_chunked<F, I>(
         &self,
-        _f: F,
+        f: F,
         items: I,
         chunksize: usize,
-    ) -> Result<SerdeImap<I::IntoIter, U>, Error>
+    ) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: SerdeTask<(I::Item,)>,
         I: IntoIterator,
         I::Item: Wire,
-        U: Wire,
     {
-        const { crate::task::assert_stateless::<F>() };
-        let entry = self.pool.entry_point(map_entry::<F, I::Item, U>)?;
-        SerdeImap::new(self, items.into_iter(), entry, chunksize, false)
+        let (entry, bound) = self.prepare::<F, (I::Item,)>(&f)?;
+        SerdeImap::new(self, items.into_iter(), entry, bound, chunksize, false)
     }
 
     fn core(&self) -> &'a Core {
@@ -422,16 +421,27 @@ impl<'a> SerdePool<'a> {
         (IN_FLIGHT_BYTES / reserved.max(1)).clamp(2 * self.core().processes + 2, MAX_WINDOW)
     }
 
-    fn submit_apply<F, Args>(&self, _f: F, args: &Args) -> Result<Submitted, Error>
+    /// The entry point for `F` over `Args`, and `f`'s bound value encoded:
+    /// what every chunk carries before its items.
+    fn prepare<F, Args>(&self, f: &F) -> Result<(EntryPoint, Vec<u8>), Error>
     where
         F: SerdeTask<Args>,
         Args: Wire,
     {
-        const { crate::task::assert_stateless::<F>() };
-        let entry = self.pool.entry_point(star_entry::<F, Args>)?;
-        let mut scratch = Vec::new();
-        encode_into(&mut scratch, args)?;
-        submit(self.core(), entry, &scratch, 1, self.result_capacity)
+        let entry = self.pool.entry_point(entry::<F, Args>)?;
+        let mut bound = Vec::new();
+        encode_into(&mut bound, &f.bind()?)?;
+        Ok((entry, bound))
+    }
+
+    fn submit_apply<F, Args>(&self, f: &F, args: &Args) -> Result<Submitted, Error>
+    where
+        F: SerdeTask<Args>,
+        Args: Wire,
+    {
+        let (entry, mut bytes) = self.prepare::<F, Args>(f)?;
+        encode_into(&mut bytes, args)?;
+        submit(self.core(), entry, &bytes, 1, self.result_capacity)
     }
 
     /// Runs `entry` over `items`, in chunks: encode and submit chunk after
@@ -440,6 +450,7 @@ impl<'a> SerdePool<'a> {
     fn map_slice<T: Serialize, U: DeserializeOwned>(
         &self,
         entry: EntryPoint,
+        bound: &[u8],
         items: &[T],
         chunksize: usize,
     ) -> Result<Vec<U>, Error> {
@@ -462,6 +473,7 @@ impl<'a> SerdePool<'a> {
                     break;
                 };
                 scratch.clear();
+                scratch.extend_from_slice(bound);
                 let submitted = chunk
                     .iter()
                     .try_for_each(|item| encode_into(&mut scratch, item))
@@ -678,6 +690,8 @@ pub struct SerdeImap<I: Iterator, U> {
     input: Fuse<I>,
     input_done: bool,
     entry: EntryPoint,
+    /// The task's bound value, encoded: the start of every chunk.
+    bound: Vec<u8>,
     chunksize: usize,
     result_capacity: usize,
     ordered: bool,
@@ -699,6 +713,7 @@ where
         view: &SerdePool<'_>,
         input: I,
         entry: EntryPoint,
+        bound: Vec<u8>,
         chunksize: usize,
         ordered: bool,
     ) -> Result<Self, Error> {
@@ -712,6 +727,7 @@ where
             input: input.fuse(),
             input_done: false,
             entry,
+            bound,
             chunksize,
             result_capacity: view.result_capacity,
             ordered,
@@ -775,6 +791,7 @@ where
     /// has run out.
     fn submit_next(&mut self) -> Result<(), Error> {
         self.scratch.clear();
+        self.scratch.extend_from_slice(&self.bound);
         let mut n = 0;
         while n < self.chunksize {
             // A panic in the input ends it (as for the Pod `imap`).
@@ -934,7 +951,7 @@ mod tests {
         let entry = pool.entry_point(entry)?;
         let items = vec!["item".to_string(); 5];
         pool.serde()
-            .map_slice::<String, String>(entry, &items, chunksize)
+            .map_slice::<String, String>(entry, &[0], &items, chunksize)
     }
 
     #[test]
@@ -961,7 +978,7 @@ mod tests {
         // The same through an apply's handle.
         let entry = pool.entry_point(garbage_values).unwrap();
         let mut bytes = Vec::new();
-        encode_into(&mut bytes, &("x".to_string(),)).unwrap();
+        encode_into(&mut bytes, &(0u64, "x".to_string())).unwrap();
         let chunk = submit(pool.core(), entry, &bytes, 1, 1 << 10).unwrap();
         let r = AsyncResult::new(
             Arc::clone(&pool.core),

@@ -63,13 +63,13 @@ impl<'a> UnpublishedSlot<'a> {
 
     /// Writes `bytes` (at most `INLINE_CAPACITY`) at the start of the slot's
     /// inline area.
-    pub(crate) fn write_inline(&mut self, bytes: &[u8]) {
+    pub(crate) fn write_inline(&mut self, bytes: &[std::mem::MaybeUninit<u8>]) {
         assert!(bytes.len() <= INLINE_CAPACITY);
         // SAFETY: as for `describe`; the inline area holds INLINE_CAPACITY bytes.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
-                self.core.layout().slot(self.index).inline_ptr(),
+                self.core.layout().slot(self.index).inline_ptr().cast(),
                 bytes.len(),
             )
         };

@@ -17,8 +17,9 @@
 //! worker wrote: the header's count and byte length are checked against the
 //! area the parent itself reserved (`pool::serde`).
 
+use super::{conjure, FnCode, Partial, TaskIo};
+use crate::error::Error;
 use crate::remote::AccessRefused;
-use crate::task::{conjure, TaskIo};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::mem::size_of;
@@ -35,13 +36,29 @@ impl<T: Serialize + DeserializeOwned + 'static> Wire for T {}
 /// A function a pool's [`serde`](crate::Pool::serde) view can run with
 /// arguments `Args`, a tuple of serde values.
 ///
-/// Implemented for every function item and non-capturing closure taking up to
-/// six serde values and returning one. You do not implement it yourself.
-pub trait SerdeTask<Args>: Copy + Send + Sync + 'static {
+/// Implemented for every function item, non-capturing closure and `fn`
+/// pointer taking up to six serde values and returning one, and for
+/// [`Partial`] with a serde bound value (`partial(f, value)`: `f(value, x,
+/// ..)`). You do not implement it yourself. A closure's argument types must
+/// be written out (`|s: String| s.len()`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot run in a worker process as a serde task taking `{Args}`",
+    label = "not a serde task taking `{Args}`",
+    note = "a serde task is a function item, a `fn` pointer, a non-capturing closure with its argument types written out (`|s: String| s.len()`), or `shmpool::partial(f, value)`, taking and returning `Serialize + DeserializeOwned` values"
+)]
+pub trait SerdeTask<Args>: Send + Sync + 'static {
     /// What the function returns.
     type Output: Wire;
+    /// What travels with each chunk besides the arguments: the function's
+    /// code (for a `fn` pointer) and a [`Partial`]'s bound value.
     #[doc(hidden)]
-    fn call(self, args: Args) -> Self::Output;
+    type Bound: Wire;
+    /// In the parent: checks that the task can travel and encodes it.
+    #[doc(hidden)]
+    fn bind(&self) -> Result<Self::Bound, Error>;
+    /// In the worker: calls the task.
+    #[doc(hidden)]
+    fn call(bound: &Self::Bound, args: Args) -> Self::Output;
 }
 
 macro_rules! impl_serde_task {
@@ -53,9 +70,27 @@ macro_rules! impl_serde_task {
             $($arg: Wire,)*
         {
             type Output = Ret;
+            /// The code offset of a `fn` pointer ([`FnCode`]); 0 for a
+            /// function item.
+            type Bound = u64;
+
+            fn bind(&self) -> Result<u64, Error> {
+                FnCode::of::<Func, fn($($arg),*) -> Ret>(self).map(|code| code.0)
+            }
+
             #[allow(non_snake_case)]
-            fn call(self, ($($arg,)*): ($($arg,)*)) -> Ret {
-                self($($arg),*)
+            fn call(code: &u64, ($($arg,)*): ($($arg,)*)) -> Ret {
+                if size_of::<Func>() == 0 {
+                    // SAFETY: a zero-sized function type the parent was given
+                    // a value of (`bind` ran there).
+                    let f = unsafe { conjure::<Func>() };
+                    f($($arg),*)
+                } else {
+                    // SAFETY: `bind` encoded a `fn` pointer of exactly this
+                    // type (it checks the type), in the parent.
+                    let f = unsafe { FnCode(*code).resolve::<fn($($arg),*) -> Ret>() };
+                    f($($arg),*)
+                }
             }
         }
     };
@@ -67,6 +102,37 @@ impl_serde_task!(A, B, C);
 impl_serde_task!(A, B, C, D);
 impl_serde_task!(A, B, C, D, E);
 impl_serde_task!(A, B, C, D, E, G);
+
+macro_rules! impl_serde_partial {
+    ($($arg:ident),*) => {
+        impl<F, V, $($arg),*> SerdeTask<($($arg,)*)> for Partial<F, V>
+        where
+            F: SerdeTask<(V, $($arg,)*)>,
+            V: Wire + Clone + Send + Sync,
+            $($arg: Wire,)*
+        {
+            type Output = F::Output;
+            type Bound = (F::Bound, V);
+
+            fn bind(&self) -> Result<Self::Bound, Error> {
+                Ok((self.f.bind()?, self.bound.clone()))
+            }
+
+            #[allow(non_snake_case)]
+            fn call(bound: &Self::Bound, ($($arg,)*): ($($arg,)*)) -> Self::Output {
+                // Each call gets its own copy, as each call of Python's
+                // `functools.partial` gets the same object.
+                F::call(&bound.0, (bound.1.clone(), $($arg,)*))
+            }
+        }
+    };
+}
+impl_serde_partial!();
+impl_serde_partial!(A);
+impl_serde_partial!(A, C);
+impl_serde_partial!(A, C, D);
+impl_serde_partial!(A, C, D, E);
+impl_serde_partial!(A, C, D, E, G);
 
 /// The parent's header at the start of a chunk's block.
 #[repr(C)]
@@ -108,86 +174,74 @@ pub(crate) const STATUS_BAD_INPUT: u32 = 0x5e7d_0003;
 /// message.
 pub(crate) const STATUS_UNENCODABLE: u32 = 0x5e7d_0004;
 
-/// Entry point for a chunk of `map`: `(T,)` and `T` encode alike, so the
-/// inputs are `T`s.
+/// Entry point for a chunk of `map`, `starmap` or `apply` (one item): the
+/// chunk's inputs are the task's bound value, then `Args` tuples (a `map`'s
+/// `T`s are encoded as `(T,)`, which postcard encodes alike).
 ///
 /// # Safety
 /// `io.input` points at an [`InHeader`] followed by its `in_bytes` bytes,
 /// `io.output` at an [`OutHeader`] followed by `out_capacity` writable bytes,
 /// both local and for this call alone; `io.len` is the item count.
-pub(crate) unsafe fn map_entry<F, T, U>(io: TaskIo<'_>) -> Result<(), AccessRefused>
-where
-    F: Fn(T) -> U + Copy,
-    T: DeserializeOwned,
-    U: Serialize,
-{
-    // SAFETY: F is the zero-sized task type the parent was called with.
-    let f = unsafe { conjure::<F>() };
-    // SAFETY: forwarded contract.
-    unsafe { run_chunk::<T, U>(io, f) };
-    Ok(())
-}
-
-/// Entry point for a chunk of `starmap`, or for `apply` (one item): the
-/// inputs are `Args` tuples.
-///
-/// # Safety
-/// As for [`map_entry`].
-pub(crate) unsafe fn star_entry<F, Args>(io: TaskIo<'_>) -> Result<(), AccessRefused>
+pub(crate) unsafe fn entry<F, Args>(io: TaskIo<'_>) -> Result<(), AccessRefused>
 where
     F: SerdeTask<Args>,
     Args: DeserializeOwned,
 {
-    // SAFETY: F is the zero-sized task type the parent was called with.
-    let f = unsafe { conjure::<F>() };
-    // SAFETY: forwarded contract.
-    unsafe { run_chunk::<Args, F::Output>(io, |args| f.call(args)) };
-    Ok(())
-}
-
-/// Decodes each input, calls `f`, encodes each result; writes the output
-/// header last.
-///
-/// # Safety
-/// As for [`map_entry`].
-unsafe fn run_chunk<T: DeserializeOwned, U: Serialize>(io: TaskIo<'_>, mut f: impl FnMut(T) -> U) {
     debug_assert!(io.remote.is_none(), "serde chunks lie in the segment");
     // SAFETY: the contract: a header the parent wrote (unaligned read).
     let header = unsafe { io.input.cast::<InHeader>().read_unaligned() };
     // SAFETY: the contract: `in_bytes` bytes after the header, then room for
     // `out_capacity` after the output header, disjoint, ours alone.
-    let (mut input, output) = unsafe {
+    let (input, output) = unsafe {
         (
             std::slice::from_raw_parts(io.input.add(IN_HEADER), header.in_bytes as usize),
             std::slice::from_raw_parts_mut(io.output.add(OUT_HEADER), header.out_capacity as usize),
         )
     };
-    let write_header = |status: u32, count: usize, used: usize| {
-        let header = OutHeader {
-            status,
-            count: count as u32,
-            used: used as u64,
-        };
-        // SAFETY: the contract: room for the header at `io.output`.
-        unsafe { io.output.cast::<OutHeader>().write_unaligned(header) };
+    let (status, count, used) = run_chunk::<F, Args>(input, output, io.len);
+    let header = OutHeader {
+        status,
+        count: count as u32,
+        used: used as u64,
+    };
+    // SAFETY: the contract: room for the header at `io.output`, written last.
+    unsafe { io.output.cast::<OutHeader>().write_unaligned(header) };
+    Ok(())
+}
+
+/// Decodes the bound value and each input, calls the task, encodes each
+/// result into `output`; returns the header's `(status, count, used)`.
+fn run_chunk<F: SerdeTask<Args>, Args: DeserializeOwned>(
+    input: &[u8],
+    output: &mut [u8],
+    len: usize,
+) -> (u32, usize, usize) {
+    let (bound, mut input) = match postcard::take_from_bytes::<F::Bound>(input) {
+        Ok(taken) => taken,
+        Err(e) => {
+            let message = format!(
+                "the task's bound value does not decode as {}: {e}",
+                std::any::type_name::<F::Bound>()
+            );
+            return (STATUS_BAD_INPUT, 0, write_message(output, &message));
+        }
     };
     let mut used = 0;
-    for i in 0..io.len {
-        let value = match postcard::take_from_bytes::<T>(input) {
-            Ok((value, rest)) => {
+    for i in 0..len {
+        let args = match postcard::take_from_bytes::<Args>(input) {
+            Ok((args, rest)) => {
                 input = rest;
-                value
+                args
             }
             Err(e) => {
                 let message = format!(
                     "input {i} of the chunk does not decode as {}: {e}",
-                    std::any::type_name::<T>()
+                    std::any::type_name::<Args>()
                 );
-                let n = write_message(output, &message);
-                return write_header(STATUS_BAD_INPUT, i, n);
+                return (STATUS_BAD_INPUT, i, write_message(output, &message));
             }
         };
-        let result = f(value);
+        let result = F::call(&bound, args);
         match postcard::to_slice(&result, &mut output[used..]) {
             Ok(written) => used += written.len(),
             Err(postcard::Error::SerializeBufferFull) => {
@@ -196,19 +250,18 @@ unsafe fn run_chunk<T: DeserializeOwned, U: Serialize>(io: TaskIo<'_>, mut f: im
                     postcard::ser_flavors::Size::default(),
                 )
                 .unwrap_or(0);
-                return write_header(STATUS_OVERFLOW, i, used.saturating_add(size));
+                return (STATUS_OVERFLOW, i, used.saturating_add(size));
             }
             Err(e) => {
                 let message = format!(
                     "the result of input {i} ({}) cannot be encoded: {e}",
-                    std::any::type_name::<U>()
+                    std::any::type_name::<F::Output>()
                 );
-                let n = write_message(output, &message);
-                return write_header(STATUS_UNENCODABLE, i, n);
+                return (STATUS_UNENCODABLE, i, write_message(output, &message));
             }
         }
     }
-    write_header(STATUS_OK, io.len, used);
+    (STATUS_OK, len, used)
 }
 
 /// Writes as much of `message` as fits into `area`; returns its length.
@@ -251,9 +304,11 @@ mod tests {
         s.to_uppercase()
     }
 
-    /// Lays out a chunk as the parent does, in an 8-aligned buffer.
+    /// Lays out a chunk of a function item as the parent does (its bound
+    /// value, 0, first), in an 8-aligned buffer.
     fn chunk(inputs: &[String], capacity: usize) -> (Vec<u64>, usize) {
         let mut bytes = Vec::new();
+        postcard::serialize_with_flavor(&0u64, VecFlavor(&mut bytes)).unwrap();
         for s in inputs {
             postcard::serialize_with_flavor(s, VecFlavor(&mut bytes)).unwrap();
         }
@@ -272,7 +327,7 @@ mod tests {
         (buf, out)
     }
 
-    fn run<F: Fn(String) -> String + Copy>(
+    fn run<F: SerdeTask<(String,), Output = String>>(
         _: F,
         inputs: &[String],
         capacity: usize,
@@ -282,7 +337,7 @@ mod tests {
         // SAFETY: laid out by `chunk`; the output area lies after the input.
         unsafe {
             let io = TaskIo::local(base, base.add(out), inputs.len());
-            map_entry::<F, String, String>(io).unwrap();
+            entry::<F, (String,)>(io).unwrap();
             let header = base.add(out).cast::<OutHeader>().read();
             let area = std::slice::from_raw_parts(base.add(out + OUT_HEADER), capacity).to_vec();
             (header, area)
@@ -317,8 +372,8 @@ mod tests {
 
     #[test]
     fn an_input_that_does_not_decode_is_reported_not_run() {
-        fn entry_of<F: Fn(String) -> String + Copy>(_: F) -> crate::task::Entry {
-            map_entry::<F, String, String>
+        fn entry_of<F: SerdeTask<(String,)>>(_: F) -> crate::task::Entry {
+            entry::<F, (String,)>
         }
         // Says it holds two items; the bytes end after the first.
         let (mut buf, out) = chunk(&["ok".to_string()], 256);
