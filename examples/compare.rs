@@ -1045,7 +1045,8 @@ fn serde_section(
     let mut table = String::from(
         "\n### Any serde value: `pool.serde()`\n\n\
          Median, then the fastest and slowest run, in ms. procspawn: its pool of \
-         2 processes, one job per chunk of the size shmpool uses (`ceil(len / 8)` items). \
+         2 processes, one job per chunk of the size shmpool uses (`ceil(len / 8)` items), \
+         one job per process at a time (more queued jobs of this size block its sender). \
          The machine is shared and noisy: compare medians, and read the spread.\n\n\
          | workload | shmpool `serde().map` | procspawn | Python `Pool(2).map` | shmpool vs procspawn | shmpool vs Python |\n\
          |---|---|---|---|---|---|\n",
@@ -1066,12 +1067,17 @@ fn serde_section(
     });
     let chunk = strings.len().div_ceil(4 * PROCESSES);
     let theirs = median_spread(budget, || {
-        let handles: Vec<_> = strings
-            .chunks(chunk)
-            .map(|c| procspawn.spawn(c.to_vec(), upper_all))
-            .collect();
-        for h in handles {
-            black_box(h.join().unwrap());
+        // One job per process at a time: with more queued, a large job's
+        // send blocks for good here (procspawn 1.0.2).
+        let chunks: Vec<&[String]> = strings.chunks(chunk).collect();
+        for wave in chunks.chunks(PROCESSES) {
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|c| procspawn.spawn(c.to_vec(), upper_all))
+                .collect();
+            for h in handles {
+                black_box(h.join().unwrap());
+            }
         }
     });
     let py = py3("serde_strings");
@@ -1104,12 +1110,14 @@ fn serde_section(
         drop(black_box(pool.serde().map(upper_bytes, &vectors).unwrap()))
     });
     let theirs = median_spread(budget, || {
-        let handles: Vec<_> = vectors
-            .iter()
-            .map(|v| procspawn.spawn(v.clone(), upper_bytes))
-            .collect();
-        for h in handles {
-            black_box(h.join().unwrap());
+        for wave in vectors.chunks(PROCESSES) {
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|v| procspawn.spawn(v.clone(), upper_bytes))
+                .collect();
+            for h in handles {
+                black_box(h.join().unwrap());
+            }
         }
     });
     let py = py3("serde_vectors");

@@ -42,10 +42,12 @@ use std::time::{Duration, Instant};
 /// the chunk's encoded inputs).
 pub const DEFAULT_RESULT_CAPACITY: usize = 16 << 20;
 
-/// Reserved bytes (inputs and room for results) in flight per call: bounds
-/// how much of the arena one call holds, above the chunks that keep every
-/// worker busy.
-const IN_FLIGHT_BYTES: usize = 1 << 30;
+/// Reserved bytes (inputs and room for results) in flight per call, above
+/// the chunks that keep every worker busy: the part of the arena whose pages
+/// stay mapped when blocks are freed, so that the pages a call writes are
+/// warm for the next one (a page punched out and faulted in again costs
+/// more than encoding the 4 KiB it holds).
+const IN_FLIGHT_BYTES: usize = super::core::RETAINED_ARENA_BYTES;
 
 /// Most chunks in flight per call.
 const MAX_WINDOW: usize = 1024;
@@ -418,7 +420,7 @@ impl<'a> SerdePool<'a> {
     /// How many chunks of one call may be in flight, each reserving about
     /// `reserved` bytes.
     fn window(&self, reserved: usize) -> usize {
-        (IN_FLIGHT_BYTES / reserved.max(1)).clamp(2 * self.core().processes + 2, MAX_WINDOW)
+        (IN_FLIGHT_BYTES / reserved.max(1)).clamp(self.core().processes + 2, MAX_WINDOW)
     }
 
     /// The entry point for `F` over `Args`, and `f`'s bound value encoded:
