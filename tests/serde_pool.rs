@@ -458,3 +458,43 @@ fn fn_pointers_are_serde_tasks() {
         }
     });
 }
+
+/// A value whose `Serialize` fails, as a hand-written one can.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+struct Refuses(u8);
+
+impl Serialize for Refuses {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 0 {
+            return Err(serde::ser::Error::custom("refused"));
+        }
+        s.serialize_u8(self.0)
+    }
+}
+
+fn refuse(n: u8) -> Refuses {
+    Refuses(n)
+}
+
+fn keep(r: Refuses) -> u8 {
+    r.0
+}
+
+#[test]
+fn values_that_cannot_be_encoded_are_invalid_arguments_on_either_side() {
+    bounded(LIMIT, || {
+        let pool = Pool::new(2).unwrap();
+        let s = pool.serde();
+        // In the parent: nothing is submitted.
+        assert!(matches!(
+            s.map(keep, &[Refuses(1), Refuses(0)]),
+            Err(Error::InvalidArgument(why)) if why.contains("cannot encode")
+        ));
+        // In the worker: the chunk reports it.
+        match s.map(refuse, &[1, 2, 0, 3]) {
+            Err(Error::InvalidArgument(why)) => assert!(why.contains("cannot be encoded"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.map(refuse, &[1, 2]).unwrap(), [Refuses(1), Refuses(2)]);
+    });
+}

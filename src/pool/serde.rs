@@ -28,6 +28,7 @@ use crate::task::serde::{
     STATUS_BAD_INPUT, STATUS_OK, STATUS_OVERFLOW, STATUS_UNENCODABLE,
 };
 use crate::task::EntryPoint;
+use postcard::ser_flavors::Size;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -441,9 +442,9 @@ impl<'a> SerdePool<'a> {
         F: SerdeTask<Args>,
         Args: Wire,
     {
-        let (entry, mut bytes) = self.prepare::<F, Args>(f)?;
-        encode_into(&mut bytes, args)?;
-        submit(self.core(), entry, &bytes, 1, self.result_capacity)
+        let (entry, bound) = self.prepare::<F, Args>(f)?;
+        let args = std::slice::from_ref(args);
+        submit(self.core(), entry, &bound, args, self.result_capacity)
     }
 
     /// Runs `entry` over `items`, in chunks: encode and submit chunk after
@@ -463,7 +464,6 @@ impl<'a> SerdePool<'a> {
         }
         let mut out = Vec::with_capacity(items.len());
         let mut chunks = items.chunks(chunksize);
-        let mut scratch = Vec::new();
         let mut window = Window::new(core, Collect::InOrder);
         let mut limit = MAX_WINDOW;
         let mut in_flight = 0;
@@ -474,14 +474,7 @@ impl<'a> SerdePool<'a> {
                     all_submitted = true;
                     break;
                 };
-                scratch.clear();
-                scratch.extend_from_slice(bound);
-                let submitted = chunk
-                    .iter()
-                    .try_for_each(|item| encode_into(&mut scratch, item))
-                    .and_then(|()| {
-                        submit(core, entry, &scratch, chunk.len(), self.result_capacity)
-                    });
+                let submitted = submit(core, entry, bound, chunk, self.result_capacity);
                 match submitted {
                     Ok(s) => {
                         limit = self.window(s.block.len);
@@ -516,60 +509,70 @@ impl<'a> SerdePool<'a> {
 
 /// Appends `value`'s encoding to `buf`.
 fn encode_into<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<(), Error> {
-    postcard::serialize_with_flavor(value, VecFlavor(buf)).map_err(|e| {
-        Error::invalid(format!(
-            "cannot encode a {} with postcard: {e}",
-            std::any::type_name::<T>()
-        ))
-    })
+    postcard::serialize_with_flavor(value, VecFlavor(buf)).map_err(|e| unencodable::<T>(&e))
 }
 
-/// Lays a chunk of `len` items encoded in `bytes` into a fresh block, with
-/// room for at least `result_capacity` bytes of results, and publishes it.
-fn submit(
+/// Lays a chunk into a fresh block: the task's encoded `bound` value, then
+/// `items` encoded straight into the block (their sizes measured first),
+/// with room for at least `result_capacity` bytes of results; publishes it.
+fn submit<T: Serialize>(
     core: &Core,
     entry: EntryPoint,
-    bytes: &[u8],
-    len: usize,
+    bound: &[u8],
+    items: &[T],
     result_capacity: usize,
 ) -> Result<Submitted, Error> {
+    let mut in_bytes = bound.len();
+    for item in items {
+        let size = postcard::serialize_with_flavor(item, Size::default())
+            .map_err(|e| unencodable::<T>(&e))?;
+        in_bytes = in_bytes.saturating_add(size);
+    }
     let too_large = || Error::full("a chunk's encoded inputs are larger than the pool's arena");
     let out_rel = IN_HEADER
-        .checked_add(bytes.len())
+        .checked_add(in_bytes)
         .and_then(|n| n.checked_next_multiple_of(64))
         .ok_or_else(too_large)?;
     // The block's length is a multiple of 64: the worker gets all of it, so
     // that the parent's bound (the block's end) is the worker's.
     let total = out_rel
         .checked_add(OUT_HEADER)
-        .and_then(|n| n.checked_add(result_capacity.max(bytes.len().saturating_mul(4))))
+        .and_then(|n| n.checked_add(result_capacity.max(in_bytes.saturating_mul(4))))
         .and_then(|n| n.checked_next_multiple_of(64))
         .ok_or_else(too_large)?;
     let capacity = total - out_rel - OUT_HEADER;
-    let in_header = InHeader {
-        in_bytes: bytes.len() as u64,
-        out_capacity: capacity as u64,
-    };
-    let write = |at: u64| {
-        let base = core.layout().at(at);
-        // SAFETY: `at` is a fresh block of `total` bytes that no worker sees
-        // before the slot is published: the input header and bytes, then an
-        // output header zeroed, so that nothing an earlier user of these
-        // bytes left reads as a result.
-        unsafe {
-            base.cast::<InHeader>().write_unaligned(in_header);
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(IN_HEADER), bytes.len());
-            std::ptr::write_bytes(base.add(out_rel), 0, OUT_HEADER);
-        }
-    };
     let mut slot = core.alloc_slot()?;
     let at = slot.attach_block(total, 64)?;
-    write(at);
+    let base = core.layout().at(at);
+    // SAFETY: `at` is a fresh block of `total` bytes, `in_bytes` of them
+    // after the input header, that no worker sees before the slot is
+    // published; this thread has it to itself.
+    let area = unsafe { std::slice::from_raw_parts_mut(base.add(IN_HEADER), in_bytes) };
+    area[..bound.len()].copy_from_slice(bound);
+    let mut used = bound.len();
+    for item in items {
+        // A `Serialize` that gives another length the second time is
+        // refused, never trusted.
+        used += postcard::to_slice(item, &mut area[used..])
+            .map_err(|e| unencodable::<T>(&e))?
+            .len();
+    }
+    let in_header = InHeader {
+        in_bytes: used as u64,
+        out_capacity: capacity as u64,
+    };
+    // SAFETY: as above: the input header at the block's start, and an
+    // output header zeroed, so that nothing an earlier user of these bytes
+    // left reads as a result.
+    unsafe {
+        base.cast::<InHeader>().write_unaligned(in_header);
+        std::ptr::write_bytes(base.add(out_rel), 0, OUT_HEADER);
+    }
     slot.describe(TaskDesc {
         entry: entry.0,
         input: at,
         output: at + out_rel as u64,
-        len: len as u64,
+        len: items.len() as u64,
         ..TaskDesc::default()
     });
     let published = slot.publish()?;
@@ -578,8 +581,15 @@ fn submit(
         slot,
         block,
         out: at + out_rel as u64,
-        len,
+        len: items.len(),
     })
+}
+
+fn unencodable<T: ?Sized>(e: &postcard::Error) -> Error {
+    Error::invalid(format!(
+        "cannot encode a {} with postcard: {e}",
+        std::any::type_name::<T>()
+    ))
 }
 
 /// Decodes the one result of a finished single-item job (`apply`).
@@ -701,7 +711,8 @@ pub struct SerdeImap<I: Iterator, U> {
     in_flight: VecDeque<Submitted>,
     ready: VecDeque<Result<U, Error>>,
     input_panic: Option<Error>,
-    scratch: Vec<u8>,
+    /// The items of the chunk being filled.
+    pending: Vec<I::Item>,
     _out: PhantomData<fn() -> U>,
 }
 
@@ -737,7 +748,7 @@ where
             in_flight: VecDeque::new(),
             ready: VecDeque::new(),
             input_panic: None,
-            scratch: Vec::new(),
+            pending: Vec::new(),
             _out: PhantomData,
         })
     }
@@ -792,10 +803,8 @@ where
     /// Encodes and submits the next chunk; sets `input_done` once the input
     /// has run out.
     fn submit_next(&mut self) -> Result<(), Error> {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&self.bound);
-        let mut n = 0;
-        while n < self.chunksize {
+        self.pending.clear();
+        while self.pending.len() < self.chunksize {
             // A panic in the input ends it (as for the Pod `imap`).
             let next = std::panic::catch_unwind(AssertUnwindSafe(|| self.input.next()));
             let item = match next {
@@ -812,19 +821,19 @@ where
                     break;
                 }
             };
-            encode_into(&mut self.scratch, &item)?;
-            n += 1;
+            self.pending.push(item);
         }
-        if n == 0 {
+        if self.pending.is_empty() {
             return Ok(());
         }
         let submitted = submit(
             &self.core,
             self.entry,
-            &self.scratch,
-            n,
+            &self.bound,
+            &self.pending,
             self.result_capacity,
         )?;
+        self.pending.clear();
         self.in_flight.push_back(submitted);
         Ok(())
     }
@@ -979,9 +988,7 @@ mod tests {
         }
         // The same through an apply's handle.
         let entry = pool.entry_point(garbage_values).unwrap();
-        let mut bytes = Vec::new();
-        encode_into(&mut bytes, &(0u64, "x".to_string())).unwrap();
-        let chunk = submit(pool.core(), entry, &bytes, 1, 1 << 10).unwrap();
+        let chunk = submit(pool.core(), entry, &[0], &["x".to_string()], 1 << 10).unwrap();
         let r = AsyncResult::new(
             Arc::clone(&pool.core),
             chunk.job(),

@@ -281,11 +281,13 @@ pub(crate) struct VecFlavor<'a>(pub(crate) &'a mut Vec<u8>);
 impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
     type Output = ();
 
+    #[inline(always)]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         self.0.extend_from_slice(data);
         Ok(())
     }
 
+    #[inline(always)]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
         self.0.push(data);
         Ok(())
