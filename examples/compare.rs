@@ -1045,8 +1045,9 @@ fn serde_section(
     let mut table = String::from(
         "\n### Any serde value: `pool.serde()`\n\n\
          Median, then the fastest and slowest run, in ms. procspawn: its pool of \
-         2 processes, one job per chunk of the size shmpool uses (`ceil(len / 8)` items), \
-         one job per process at a time (more queued jobs of this size block its sender). \
+         2 processes, one job per chunk of the size shmpool uses (`ceil(len / 8)` \
+         strings), or per vector, one job per process at a time (more queued jobs of \
+         this size block its sender). \
          The machine is shared and noisy: compare medians, and read the spread.\n\n\
          | workload | shmpool `serde().map` | procspawn | Python `Pool(2).map` | shmpool vs procspawn | shmpool vs Python |\n\
          |---|---|---|---|---|---|\n",
