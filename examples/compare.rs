@@ -842,6 +842,8 @@ fn spread(mut xs: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() {
+    // In a process procspawn started, this runs its job and never returns.
+    procspawn::init();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--fresh") {
         let who = Contender::ALL
@@ -1093,6 +1095,10 @@ fn main() {
     let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
     let c_api = c_api_overhead(&v, budget);
 
+    // 4b'. Any serde value: `pool.serde()` against rayon, Python and procspawn.
+    let (serde_rows, serde_table) = serde_section(&pool, &rayon, budget, &py_get);
+    rows.extend(serde_rows);
+
     // 4d. Bound values and map-reduce.
     let tasks = task_rows(&pool, &rayon, budget, quick);
 
@@ -1178,13 +1184,213 @@ fn main() {
     });
 
     let mut table = render(&rows, &py, &fresh_table);
-    let _ = write!(table, "{c_api}{tasks}");
+    let _ = write!(table, "{c_api}{serde_table}{tasks}");
     println!("{table}");
     if quick {
         println!("(--quick: docs/PERFORMANCE.md left unchanged)");
     } else {
         write_doc(&table);
     }
+}
+
+/// (median, fastest, slowest) seconds of `f`, as [`median`] runs it.
+fn median_spread(budget: Duration, mut f: impl FnMut()) -> (f64, f64, f64) {
+    f();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 51 && (times.len() < 5 || start.elapsed() < budget) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    spread(times)
+}
+
+fn upper(s: String) -> String {
+    s.to_uppercase()
+}
+fn upper_bytes(v: Vec<u8>) -> Vec<u8> {
+    v.to_ascii_uppercase()
+}
+fn upper_all(v: Vec<String>) -> Vec<String> {
+    v.into_iter().map(upper).collect()
+}
+
+/// `pool.serde()` on Python's "any picklable" workloads (10,000 strings of
+/// 100 bytes, 10 vectors of 1 MiB, upper-cased), against rayon, Python's
+/// `Pool` and procspawn's pool (serde over ipc-channel, one job per chunk of
+/// the same size as ours); and what the serde path costs against the `Pod`
+/// one. Rows for the main table, and a table with the spread of each.
+fn serde_section(
+    pool: &Pool,
+    rayon: &rayon::ThreadPool,
+    budget: Duration,
+    py_get: &dyn Fn(&str) -> Option<f64>,
+) -> (Vec<Row>, String) {
+    let procspawn = procspawn::Pool::new(PROCESSES).expect("procspawn pool");
+    let strings: Vec<String> = (0..10_000)
+        .map(|i| format!("{:x<100}", format!("string {i} ")))
+        .collect();
+    let pattern: Vec<u8> = (0..=255u8).collect();
+    let vectors: Vec<Vec<u8>> = (0..10).map(|_| pattern.repeat(4096)).collect();
+    let mut rows = Vec::new();
+    let mut table = String::from(
+        "\n### Any serde value: `pool.serde()`\n\n\
+         Median, then the fastest and slowest run, in ms. procspawn: its pool of \
+         2 processes, one job per chunk of the size shmpool uses (`ceil(len / 8)` \
+         strings), or per vector, one job per process at a time (more queued jobs of \
+         this size block its sender). \
+         The machine is shared and noisy: compare medians, and read the spread.\n\n\
+         | workload | shmpool `serde().map` | procspawn | Python `Pool(2).map` | shmpool vs procspawn | shmpool vs Python |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    let ms =
+        |(m, lo, hi): (f64, f64, f64)| format!("{:.3} ({:.3}–{:.3})", m * 1e3, lo * 1e3, hi * 1e3);
+    let py3 = |key: &str| -> Option<(f64, f64, f64)> {
+        Some((
+            py_get(&format!("{key}_ms"))? / 1e3,
+            py_get(&format!("{key}_min_ms"))? / 1e3,
+            py_get(&format!("{key}_max_ms"))? / 1e3,
+        ))
+    };
+
+    // Strings.
+    let ours = median_spread(budget, || {
+        drop(black_box(pool.serde().map(upper, &strings).unwrap()))
+    });
+    let chunk = strings.len().div_ceil(4 * PROCESSES);
+    let theirs = median_spread(budget, || {
+        // One job per process at a time: with more queued, a large job's
+        // send blocks for good here (procspawn 1.0.2).
+        let chunks: Vec<&[String]> = strings.chunks(chunk).collect();
+        for wave in chunks.chunks(PROCESSES) {
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|c| procspawn.spawn(c.to_vec(), upper_all))
+                .collect();
+            for h in handles {
+                black_box(h.join().unwrap());
+            }
+        }
+    });
+    let py = py3("serde_strings");
+    rows.push(Row {
+        name: "`serde().map(to_uppercase)`, 10,000 `String`s of 100 bytes (rayon: `par_iter().map().collect()`)".into(),
+        unit: Unit::Millis,
+        shmpool: Some(ours.0),
+        rayon: Some(median(budget, || {
+            drop(black_box(rayon.install(|| {
+                strings.par_iter().map(|s| s.to_uppercase()).collect::<Vec<String>>()
+            })))
+        })),
+        sequential: Some(median(budget, || {
+            drop(black_box(strings.iter().map(|s| s.to_uppercase()).collect::<Vec<String>>()))
+        })),
+        python: py.map(|p| p.0),
+    });
+    let _ = writeln!(
+        table,
+        "| 10,000 strings of 100 bytes | {} | {} | {} | {:.1} | {} |",
+        ms(ours),
+        ms(theirs),
+        py.map_or("–".into(), ms),
+        theirs.0 / ours.0,
+        py.map_or("–".into(), |p| format!("{:.1}", p.0 / ours.0)),
+    );
+
+    // Vectors of 1 MiB.
+    let ours = median_spread(budget, || {
+        drop(black_box(pool.serde().map(upper_bytes, &vectors).unwrap()))
+    });
+    let theirs = median_spread(budget, || {
+        for wave in vectors.chunks(PROCESSES) {
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|v| procspawn.spawn(v.clone(), upper_bytes))
+                .collect();
+            for h in handles {
+                black_box(h.join().unwrap());
+            }
+        }
+    });
+    let py = py3("serde_vectors");
+    rows.push(Row {
+        name: "`serde().map(to_ascii_uppercase)`, 10 `Vec<u8>` of 1 MiB".into(),
+        unit: Unit::Millis,
+        shmpool: Some(ours.0),
+        rayon: Some(median(budget, || {
+            drop(black_box(rayon.install(|| {
+                vectors
+                    .par_iter()
+                    .map(|v| v.to_ascii_uppercase())
+                    .collect::<Vec<_>>()
+            })))
+        })),
+        sequential: Some(median(budget, || {
+            drop(black_box(
+                vectors
+                    .iter()
+                    .map(|v| v.to_ascii_uppercase())
+                    .collect::<Vec<_>>(),
+            ))
+        })),
+        python: py.map(|p| p.0),
+    });
+    let _ = writeln!(
+        table,
+        "| 10 vectors (`Vec<u8>`; Python: `bytes`) of 1 MiB | {} | {} | {} | {:.1} | {} |",
+        ms(ours),
+        ms(theirs),
+        py.map_or("–".into(), ms),
+        theirs.0 / ours.0,
+        py.map_or("–".into(), |p| format!("{:.1}", p.0 / ours.0)),
+    );
+
+    // What encoding costs: the same map of u64s through both paths.
+    let _ = write!(
+        table,
+        "\nWhat the serde path costs against the `Pod` path (the same `map(x * x)`):\n\n\
+         | workload | `pool.map` (Pod) | `pool.serde().map` | serde / Pod |\n|---|---|---|---|\n"
+    );
+    for n in [10_000usize, 1_000_000] {
+        let v: Vec<u64> = (0..n as u64).collect();
+        let pod = median_spread(budget, || {
+            drop(black_box(pool.map(square_u64, &v).unwrap()))
+        });
+        let ser = median_spread(budget, || {
+            drop(black_box(pool.serde().map(square_u64, &v).unwrap()))
+        });
+        let _ = writeln!(
+            table,
+            "| {n} `u64` | {} | {} | {:.1}× slower |",
+            ms(pod),
+            ms(ser),
+            ser.0 / pod.0
+        );
+    }
+    let strings_pod: Vec<[u8; 100]> = strings
+        .iter()
+        .map(|s| s.as_bytes().try_into().unwrap())
+        .collect();
+    let pod = median_spread(budget, || {
+        drop(black_box(pool.map(upper_array, &strings_pod).unwrap()))
+    });
+    let ser = median_spread(budget, || {
+        drop(black_box(pool.serde().map(upper, &strings).unwrap()))
+    });
+    let _ = writeln!(
+        table,
+        "| 10,000 strings of 100 bytes (Pod: `[u8; 100]`) | {} | {} | {:.1}× slower |",
+        ms(pod),
+        ms(ser),
+        ser.0 / pod.0
+    );
+    (rows, table)
+}
+
+fn upper_array(mut a: [u8; 100]) -> [u8; 100] {
+    a.make_ascii_uppercase();
+    a
 }
 
 /// A row of the fresh-process table: per contender, the median and range of

@@ -110,9 +110,13 @@ pub use pool::{
     AsyncResult, Call, Deliver, Imap, NoCallbacks, Pool, PoolBuilder, ResultFuture, SharedVec,
     WithCallbacks,
 };
+#[cfg(feature = "serde")]
+pub use pool::{SerdeImap, SerdePool, DEFAULT_RESULT_CAPACITY};
 pub use process::{current_process, Process, ProcessInfo};
 pub use shm::named::SharedMemory;
 pub use start::{set_start_method, StartMethod};
+#[cfg(feature = "serde")]
+pub use task::serde::{SerdeTask, Wire};
 pub use task::{partial, Partial, Task};
 
 /// Call first thing in `main` in programs that use the `Spawn` or `ForkServer`

@@ -28,6 +28,8 @@
 //! ```
 
 mod partial;
+#[cfg(feature = "serde")]
+pub(crate) mod serde;
 
 pub use partial::{partial, Partial};
 

@@ -132,7 +132,9 @@ fn main() {
     );
     assert!(!ok, "a String bound value built:\n{err}");
     assert!(
-        err.contains("`String` cannot cross a process boundary"),
+        err.contains("String>` cannot run in a worker process as a task"),
         "{err}"
     );
+    // `pool.serde()` takes it.
+    assert!(err.contains("use `pool.serde()`"), "{err}");
 }

@@ -513,6 +513,15 @@ pub(crate) enum Failure {
     Corrupted(String),
     /// Withdrawn or stopped by `AsyncResult::abort`.
     Aborted,
+    /// A serde task's value did not decode (why).
+    #[cfg(feature = "serde")]
+    Decode(String),
+    /// A serde task's results did not fit the room reserved for them.
+    #[cfg(feature = "serde")]
+    CapacityExceeded(String),
+    /// A serde task's result could not be encoded (why).
+    #[cfg(feature = "serde")]
+    Unencodable(String),
 }
 
 impl From<Failure> for Error {
@@ -528,6 +537,12 @@ impl From<Failure> for Error {
             },
             Failure::Corrupted(what) => Error::SlotCorrupted(what),
             Failure::Aborted => Error::Aborted,
+            #[cfg(feature = "serde")]
+            Failure::Decode(why) => Error::Decode(why),
+            #[cfg(feature = "serde")]
+            Failure::CapacityExceeded(why) => Error::CapacityExceeded(why),
+            #[cfg(feature = "serde")]
+            Failure::Unencodable(why) => Error::InvalidArgument(why),
         }
     }
 }

@@ -24,6 +24,8 @@ mod imap;
 mod job;
 mod result;
 pub(crate) mod schedule;
+#[cfg(feature = "serde")]
+mod serde;
 mod shared_vec;
 mod supervisor;
 mod unpublished;
@@ -34,6 +36,8 @@ use self::callbacks::{Callbacks, Watched};
 use self::core::{Core, Lifecycle};
 use self::job::Job;
 use self::result::{Decode, Ticket};
+#[cfg(feature = "serde")]
+pub use self::serde::{SerdeImap, SerdePool, DEFAULT_RESULT_CAPACITY};
 use crate::error::Error;
 use crate::task::{apply_entry, ApplyInput, Entry, EntryPoint, Task};
 use crate::{Pod, StartMethod};

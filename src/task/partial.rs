@@ -11,8 +11,8 @@ use crate::Pod;
 /// [`Process`](crate::Process).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Partial<F, B> {
-    f: F,
-    bound: B,
+    pub(crate) f: F,
+    pub(crate) bound: B,
 }
 
 /// Binds `value` as the first argument of `f`, like Python's
@@ -25,6 +25,9 @@ pub struct Partial<F, B> {
 /// [`pod!`](crate::pod!) struct) and travels with the call, once per `apply`
 /// or per map chunk, never once per element. `f` is a function item, a `fn`
 /// pointer, or another `Partial` (to bind more values, or bind a tuple).
+///
+/// With [`pool.serde()`](crate::Pool::serde) the bound value may be any serde
+/// value (a `String`, a `Vec`, your own struct), cloned for each call.
 ///
 /// ```
 /// use shmpool::{partial, Pool};
@@ -42,7 +45,7 @@ pub struct Partial<F, B> {
 /// assert_eq!(pool.apply(partial(scale, k), (0.5,))?, (0.5 * k).sin());
 /// # Ok::<(), shmpool::Error>(())
 /// ```
-pub fn partial<F, B: Pod>(f: F, value: B) -> Partial<F, B> {
+pub fn partial<F, B>(f: F, value: B) -> Partial<F, B> {
     Partial { f, bound: value }
 }
 

@@ -36,3 +36,4 @@ pub(crate) use memory::prefault;
 pub(crate) use submit::{submit_apply, submit_slice};
 #[cfg(feature = "mpi")]
 pub(crate) use where_it_lies::{Place, SMALL_MAP_BYTES};
+pub(crate) use window::{Collect, Collected, Window};

@@ -20,7 +20,7 @@ fn submit_chunk(core: &Core, desc: TaskDesc, context: &[MaybeUninit<u8>]) -> Res
 
 /// In which order a [`Window`] hands back finished chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Collect {
+pub(crate) enum Collect {
     /// Oldest first, spinning briefly on each: the arena path copies each
     /// chunk's output out as soon as it is done, overlapping the workers.
     InOrder,
@@ -33,7 +33,7 @@ pub(super) enum Collect {
 }
 
 /// What a [`Window`] hands back.
-pub(super) enum Collected<T> {
+pub(crate) enum Collected<T> {
     /// The chunk finished (its slot is `DONE`); release the slot after reading it.
     Done(u32, T),
     /// The window was halted and the chunk withdrawn before a worker took it
@@ -47,7 +47,7 @@ pub(super) enum Collected<T> {
 /// more are accepted, the queued ones are withdrawn and the running ones
 /// awaited: they write into the caller's memory or the map's block, which must
 /// not be freed or read before they finish.
-pub(super) struct Window<'a, T> {
+pub(crate) struct Window<'a, T> {
     core: &'a Core,
     order: Collect,
     in_flight: VecDeque<(u32, T)>,
@@ -56,7 +56,7 @@ pub(super) struct Window<'a, T> {
 }
 
 impl<'a, T> Window<'a, T> {
-    pub(super) fn new(core: &'a Core, order: Collect) -> Self {
+    pub(crate) fn new(core: &'a Core, order: Collect) -> Self {
         Window {
             core,
             order,
@@ -67,7 +67,7 @@ impl<'a, T> Window<'a, T> {
     }
 
     /// Whether another chunk may be submitted now.
-    pub(super) fn accepts(&self) -> bool {
+    pub(crate) fn accepts(&self) -> bool {
         !self.halted && self.in_flight.len() < WINDOW
     }
 
@@ -80,24 +80,30 @@ impl<'a, T> Window<'a, T> {
         }
     }
 
+    /// Records a chunk published elsewhere (`serde()`'s chunks, which own
+    /// their blocks), known by `tag`.
+    pub(crate) fn push(&mut self, slot: u32, tag: T) {
+        self.in_flight.push_back((slot, tag));
+    }
+
     /// Records the map's first error and halts.
-    pub(super) fn fail(&mut self, e: Error) {
+    pub(crate) fn fail(&mut self, e: Error) {
         self.error.get_or_insert(e);
         self.halted = true;
     }
 
     /// Stops submitting without an error.
-    pub(super) fn halt(&mut self) {
+    pub(crate) fn halt(&mut self) {
         self.halted = true;
     }
 
-    pub(super) fn is_halted(&self) -> bool {
+    pub(crate) fn is_halted(&self) -> bool {
         self.halted
     }
 
     /// The next finished or withdrawn chunk; `all_submitted`: nothing more
     /// will be pushed. `None` once nothing is in flight.
-    pub(super) fn next(&mut self, all_submitted: bool) -> Option<Collected<T>> {
+    pub(crate) fn next(&mut self, all_submitted: bool) -> Option<Collected<T>> {
         let all_submitted = all_submitted || self.halted;
         let newest = self.order == Collect::NewestLast && all_submitted;
         let (slot, tag) = if newest {
@@ -117,7 +123,7 @@ impl<'a, T> Window<'a, T> {
     }
 
     /// The map's result, once [`next`](Self::next) has returned `None`.
-    pub(super) fn finish(self) -> Result<(), Error> {
+    pub(crate) fn finish(self) -> Result<(), Error> {
         debug_assert!(self.in_flight.is_empty());
         self.error.map_or(Ok(()), Err)
     }
