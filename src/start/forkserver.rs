@@ -126,7 +126,13 @@ fn start_child(words: [u32; 4], fds: &[BorrowedFd<'_>]) -> io::Result<Child> {
     }
     drop(guard); // `reap` below takes the lock again
     let [pid, errno] = reply.ok_or_else(|| io::Error::other("the fork server does not answer"))?;
-    let Some(child) = rustix::process::Pid::from_raw(pid).filter(|_| pid > 0) else {
+    // `Pid::from_raw` wants no negative number: check the sign first.
+    let child = if pid > 0 {
+        rustix::process::Pid::from_raw(pid)
+    } else {
+        None
+    };
+    let Some(child) = child else {
         return Err(io::Error::from_raw_os_error(errno));
     };
     match fork::pidfd(pid) {
@@ -379,5 +385,19 @@ fn reap_child(pid: libc::pid_t, block: bool) -> [i32; 2] {
     match fork::reap(pid, block) {
         Some(status) => [1, status],
         None => [0, 0],
+    }
+}
+
+#[cfg(all(test, not(miri)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_request_without_descriptors_is_refused_with_ebadf() {
+        let e = start_child([START, 0, 0, 0], &[]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
+        // The server still serves: an unknown request is refused, not fatal.
+        let e = start_child([99, 0, 0, 0], &[]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
     }
 }
