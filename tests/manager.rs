@@ -592,3 +592,214 @@ fn a_dict_keeps_insertion_order_and_a_list_indexes_as_python_does() {
         assert_eq!(l.to_vec().unwrap(), [2, 9, 3, 0]);
     });
 }
+
+/// The thread count of process `pid`.
+fn threads_of(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss_of(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<usize>()
+        .unwrap()
+        * 1024
+}
+
+#[test]
+fn a_flood_of_silent_connections_costs_no_threads_and_a_client_is_served_at_once() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let server = Manager::builder()
+            .address("127.0.0.1:0")
+            .authkey(b"flood")
+            .start()
+            .unwrap();
+        let addr = server.address().unwrap();
+        let pid = server.server_pid().unwrap();
+        let before = threads_of(pid);
+        let flood: Vec<TcpStream> = (0..1000)
+            .filter_map(|_| TcpStream::connect(addr).ok())
+            .collect();
+        assert!(flood.len() >= 900, "only {} connected", flood.len());
+        // Give the server time to accept them all (it would make a thread each).
+        std::thread::sleep(Duration::from_millis(300));
+        let during = threads_of(pid);
+        assert!(
+            during <= before + 2,
+            "{during} server threads with 1,000 silent peers ({before} before)"
+        );
+        // A client with the key is served at once meanwhile: the median of
+        // five connect + call round trips is under 10 ms.
+        let mut times: Vec<Duration> = (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                let client = Manager::connect(addr, b"flood").unwrap();
+                client.value_named("v", &1u32).unwrap().get().unwrap();
+                start.elapsed()
+            })
+            .collect();
+        times.sort();
+        assert!(times[2] < Duration::from_millis(10), "{times:?}");
+        // This process can still make processes and threads.
+        let pool = Pool::new(2).unwrap();
+        assert_eq!(pool.apply(square, (7,)).unwrap(), 49);
+        drop(flood);
+    });
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Connects to the abstract socket `name` as user `uid` from a forked child
+/// (raw system calls only), and reports what happened: 0 the server closed
+/// without a byte, 1 it sent a challenge, 2 no connection, 3 no answer.
+fn connect_as(uid: u32, name: &str) -> i32 {
+    // SAFETY: plain sockaddr_un, filled below within its size.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as u16;
+    for (i, b) in name.bytes().enumerate() {
+        addr.sun_path[i + 1] = b as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as u32;
+    // SAFETY: the child makes only async-signal-safe system calls and exits
+    // with `_exit`; the parent waits for it.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            if libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+                libc::_exit(4);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            if fd < 0 || libc::connect(fd, std::ptr::addr_of!(addr).cast(), len) != 0 {
+                libc::_exit(2);
+            }
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut pfd, 1, 3000) != 1 {
+                libc::_exit(3);
+            }
+            let mut buf = [0u8; 64];
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::_exit(if n > 0 { 1 } else { 0 });
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        libc::WEXITSTATUS(status)
+    }
+}
+
+#[test]
+fn another_user_is_refused_on_the_local_socket_before_any_handshake() {
+    // SAFETY: a plain query.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot connect as another user (the check is unit-tested)");
+        return;
+    }
+    let _census = exclusive();
+    bounded(LIMIT, || {
+        let before = manager_sockets();
+        let manager = Manager::start().unwrap();
+        let name = manager_sockets()
+            .difference(&before)
+            .next()
+            .unwrap()
+            .trim_start_matches('@')
+            .to_owned();
+        assert_eq!(connect_as(0, &name), 1, "root gets a challenge");
+        assert_eq!(connect_as(65534, &name), 0, "nobody is closed at once");
+        let d = manager.dict::<u32, u32>().unwrap();
+        d.insert(&1, &1).unwrap();
+    });
+}
+
+#[test]
+fn a_trickled_handshake_ends_at_its_deadline() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let server = Manager::builder()
+            .address("127.0.0.1:0")
+            .authkey(b"k")
+            .handshake_timeout(Duration::from_millis(500))
+            .start()
+            .unwrap();
+        let mut s = TcpStream::connect(server.address().unwrap()).unwrap();
+        let start = Instant::now();
+        read_frame(&mut s).unwrap();
+        s.write_all(&64u32.to_le_bytes()).unwrap();
+        let closed = loop {
+            std::thread::sleep(Duration::from_millis(90));
+            if s.write_all(&[0]).is_err() || start.elapsed() > Duration::from_secs(3) {
+                break start.elapsed();
+            }
+        };
+        assert!(closed_within(&mut s, Duration::from_secs(3)));
+        assert!(
+            closed < Duration::from_millis(900),
+            "closed after {closed:?}"
+        );
+    });
+}
+
+#[test]
+fn a_trickled_frame_is_cut_off_and_memory_follows_the_bytes_not_the_header() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let server = Manager::builder()
+            .address("127.0.0.1:0")
+            .authkey(b"k")
+            .handshake_timeout(Duration::from_millis(500))
+            .start()
+            .unwrap();
+        let pid = server.server_pid().unwrap();
+        let mut s = TcpStream::connect(server.address().unwrap()).unwrap();
+        assert!(handshake(&mut s, b"k"));
+        let rss = rss_of(pid);
+        s.write_all(&(60u32 << 20).to_le_bytes()).unwrap();
+        let start = Instant::now();
+        let mut grew = 0;
+        let closed = loop {
+            std::thread::sleep(Duration::from_millis(100));
+            grew = grew.max(rss_of(pid).saturating_sub(rss));
+            if s.write_all(&[0; 16]).is_err() || start.elapsed() > Duration::from_secs(5) {
+                break start.elapsed();
+            }
+        };
+        assert!(
+            closed < Duration::from_millis(1600),
+            "closed after {closed:?}"
+        );
+        assert!(grew < 8 << 20, "the server grew by {grew} bytes");
+    });
+}
+
+#[test]
+fn an_enormous_handshake_timeout_saturates_instead_of_wrapping() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        // In milliseconds this is 2^64 + 384: wrapped, it would be 384 ms.
+        for timeout in [Duration::from_secs(18_446_744_073_709_552), Duration::MAX] {
+            let server = Manager::builder()
+                .address("127.0.0.1:0")
+                .authkey(b"k")
+                .handshake_timeout(timeout)
+                .start()
+                .unwrap();
+            let addr = server.address().unwrap();
+            let mut silent = TcpStream::connect(addr).unwrap();
+            assert!(!closed_within(&mut silent, Duration::from_secs(1)));
+            let client = Manager::connect(addr, b"k").unwrap();
+            assert_eq!(client.value(&3u8).unwrap().get().unwrap(), 3);
+        }
+    });
+}

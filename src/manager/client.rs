@@ -94,17 +94,18 @@ pub(crate) fn probe(endpoint: u64) -> Result<(), Error> {
 impl Connection {
     /// The client half of `auth`'s exchange, under `timeout` in all.
     fn authenticate(&mut self, key: &[u8], timeout: std::time::Duration) -> Result<(), Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline(timeout);
         self.stream.set_read_timeout(Some(timeout))?;
+        // Called after a partial read too: ends the wait only at the deadline.
         let mut give_up = |_| -> io::Result<()> {
-            Err(if Instant::now() >= deadline {
-                io::Error::new(
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the manager did not authenticate in time",
-                )
+                ))
             } else {
-                io::ErrorKind::WouldBlock.into()
-            })
+                Ok(())
+            }
         };
         let challenge = self
             .reader

@@ -96,7 +96,7 @@ pub(crate) fn create(settings: &Settings<'_>) -> Result<u64, Error> {
         name_len: 0,
         ipv6: 0,
         frame_limit: settings.frame_limit as u64,
-        handshake_timeout_ms: settings.handshake_timeout.as_millis().max(1) as u64,
+        handshake_timeout_ms: millis(settings.handshake_timeout),
         ip: [0; 16],
         name: [0; NAME_BYTES],
         key,
@@ -127,6 +127,12 @@ pub(crate) fn create(settings: &Settings<'_>) -> Result<u64, Error> {
         .tag
         .store(ENDPOINT_TAG, Ordering::Release);
     Ok(at)
+}
+
+/// `t` in whole milliseconds, at least 1, saturating at `u64::MAX` (no
+/// deadline in practice) instead of wrapping.
+pub(crate) fn millis(t: Duration) -> u64 {
+    u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// The record at `at`, checked.
@@ -200,6 +206,13 @@ impl Stream {
         }
     }
 
+    pub(crate) fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_nonblocking(on),
+            Stream::Tcp(s) => s.set_nonblocking(on),
+        }
+    }
+
     /// Sends a whole frame (or other bytes).
     pub(crate) fn send(&self, bytes: &[u8]) -> io::Result<()> {
         frame::send_all(self, bytes)
@@ -243,5 +256,22 @@ impl Write for Stream {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_saturate_in_milliseconds() {
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+        // 2^64 ms and a bit: wrapped, this would be 384 ms.
+        assert_eq!(
+            millis(Duration::from_secs(18_446_744_073_709_552)),
+            u64::MAX
+        );
+        assert_eq!(millis(Duration::ZERO), 1);
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
     }
 }
