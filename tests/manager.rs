@@ -385,8 +385,11 @@ fn values_read_as_another_type_are_decode_errors() {
         let manager = Manager::start().unwrap();
         let d = manager.dict_named::<String, u32>("config").unwrap();
         d.insert(&"retries".into(), &3).unwrap();
-        let same = manager.dict_named::<String, String>("config").unwrap();
-        assert!(matches!(same.get(&"retries".into()), Err(Error::Decode(_))));
+        // Refused at lookup, before any value is read.
+        assert!(matches!(
+            manager.dict_named::<String, String>("config"),
+            Err(Error::Decode(m)) if m.contains("u32")
+        ));
         let ns = manager.namespace().unwrap();
         ns.set("x", &"text").unwrap();
         assert!(matches!(ns.get::<u32>("x"), Err(Error::Decode(_))));
@@ -548,7 +551,7 @@ fn barrier_condition_and_semaphore_coordinate_processes() {
         let lone = manager.barrier(2).unwrap();
         assert!(matches!(
             lone.wait_timeout(Duration::from_millis(50)),
-            Err(Error::BrokenBarrier)
+            Err(Error::Timeout)
         ));
         assert!(matches!(lone.wait(), Err(Error::BrokenBarrier)));
     });
@@ -801,5 +804,149 @@ fn an_enormous_handshake_timeout_saturates_instead_of_wrapping() {
             let client = Manager::connect(addr, b"k").unwrap();
             assert_eq!(client.value(&3u8).unwrap().get().unwrap(), 3);
         }
+    });
+}
+
+fn count_up(d: DictProxy<String, u64>, v: ValueProxy<i64>, n: u32) {
+    for i in 0..n {
+        if i % 2 == 0 {
+            d.fetch_add(&"hits".to_string(), 1).unwrap();
+            v.fetch_add(1).unwrap();
+        } else {
+            d.update(&"hits".to_string(), |old| Some(old.unwrap_or(0) + 1))
+                .unwrap();
+            v.update(|old| old.map(|x| x + 1)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn four_processes_adding_a_thousand_each_make_four_thousand() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<String, u64>().unwrap();
+        let v = manager.value(&0i64).unwrap();
+        let mut children: Vec<Process> = (0..4)
+            .map(|_| Process::new(count_up, (d, v, 1000)))
+            .collect();
+        for c in &mut children {
+            c.start().unwrap();
+        }
+        for c in &mut children {
+            assert_eq!(c.join(Some(Duration::from_secs(100))).unwrap(), Some(0));
+        }
+        assert_eq!(d.get(&"hits".into()).unwrap(), Some(4000));
+        assert_eq!(v.get().unwrap(), 4000);
+    });
+}
+
+#[test]
+fn over_tcp_fetch_add_works_and_a_function_is_refused() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let server = Manager::builder()
+            .address("127.0.0.1:0")
+            .authkey(b"k")
+            .start()
+            .unwrap();
+        let client = Manager::connect(server.address().unwrap(), b"k").unwrap();
+        let d = client.dict_named::<u8, i8>("d").unwrap();
+        assert_eq!(d.fetch_add(&1, 100).unwrap(), 0);
+        assert!(
+            matches!(d.fetch_add(&1, 100), Err(Error::InvalidArgument(m)) if m.contains("overflow"))
+        );
+        assert_eq!(d.get(&1).unwrap(), Some(100), "an overflow changes nothing");
+        assert!(matches!(
+            d.update(&1, |_| Some(0)),
+            Err(Error::InvalidArgument(m)) if m.contains("same executable")
+        ));
+        assert_eq!(d.get(&1).unwrap(), Some(100));
+    });
+}
+
+#[test]
+fn an_update_that_panics_changes_nothing_and_the_server_goes_on() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let v = manager.value(&5u32).unwrap();
+        assert!(matches!(
+            v.update(|_| panic!("no")),
+            Err(Error::InvalidArgument(m)) if m.contains("panicked")
+        ));
+        assert_eq!(v.get().unwrap(), 5);
+    });
+}
+
+#[test]
+fn a_proxy_of_other_types_is_refused_before_any_value_is_read() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let server = Manager::builder()
+            .address("127.0.0.1:0")
+            .authkey(b"k")
+            .start()
+            .unwrap();
+        let d = server.dict_named::<String, u64>("counts").unwrap();
+        d.insert(&"a".into(), &4000).unwrap();
+        // Another program, over TCP, with other types.
+        let other = Manager::connect(server.address().unwrap(), b"k").unwrap();
+        assert!(matches!(
+            other.dict_named::<String, i32>("counts"),
+            Err(Error::Decode(m)) if m.contains("u64")
+        ));
+        assert!(matches!(
+            other.value_named::<u64>("counts", &0),
+            Err(Error::InvalidArgument(_))
+        ));
+        let same = other.dict_named::<String, u64>("counts").unwrap();
+        assert_eq!(same.get(&"a".into()).unwrap(), Some(4000));
+        // The same check at every call is unit-tested (`server`): safe code
+        // cannot change a proxy's types after it was made.
+    });
+}
+
+#[test]
+fn a_semaphore_at_its_largest_count_refuses_release_and_never_wraps() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let lock = manager.lock().unwrap();
+        let _held = lock.lock().unwrap();
+        let sem = manager.semaphore(u64::MAX).unwrap();
+        assert!(matches!(sem.release(), Err(Error::InvalidArgument(_))));
+        assert!(sem.acquire_timeout(Duration::ZERO).unwrap());
+        sem.release().unwrap();
+        // The connection (and the lock it holds) lives on.
+        assert!(lock.try_lock().is_err(), "not re-entrant: still ours");
+    });
+}
+
+#[test]
+fn a_barrier_wait_that_times_out_is_a_timeout_and_breaks_it_like_the_heap_barrier() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let proxy = manager.barrier(2).unwrap();
+        let heap = shmpool::Barrier::new(2).unwrap();
+        assert!(matches!(
+            proxy.wait_timeout(Duration::ZERO),
+            Err(Error::Timeout)
+        ));
+        assert!(matches!(
+            heap.wait(Some(Duration::ZERO)),
+            Err(Error::Timeout)
+        ));
+        assert!(matches!(
+            proxy.wait_timeout(Duration::ZERO),
+            Err(Error::BrokenBarrier)
+        ));
+        assert!(matches!(
+            heap.wait(Some(Duration::ZERO)),
+            Err(Error::BrokenBarrier)
+        ));
+        let one = manager.barrier(1).unwrap();
+        assert_eq!(one.wait_timeout(Duration::ZERO).unwrap(), 0);
     });
 }

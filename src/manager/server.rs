@@ -15,7 +15,7 @@ use super::auth::{self, NONCE_BYTES};
 use super::endpoint::{self, Address, EndpointRecord, Stream, FAILED, READY};
 use super::frame::{self, FrameReader};
 use super::objects::{Caller, ConnId, Object};
-use super::protocol::{Answer, Fault, Reply, Request, Spec};
+use super::protocol::{Answer, Fault, Reply, Request, Spec, Types};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 use std::net::{IpAddr, TcpListener};
@@ -129,6 +129,17 @@ fn peer_credentials(fd: RawFd) -> io::Result<(i32, u32)> {
         return Err(io::Error::last_os_error());
     }
     Ok((cred.pid, cred.uid))
+}
+
+/// Whether process `pid` runs the same executable file as this one (same
+/// device and inode behind `/proc/<pid>/exe`).
+fn runs_our_executable(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |path: String| std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
+    match (id("/proc/self/exe".into()), id(format!("/proc/{pid}/exe"))) {
+        (Ok(ours), Ok(theirs)) => ours == theirs,
+        _ => false,
+    }
 }
 
 /// Whether a local peer running as `uid` may talk to a server running as
@@ -321,7 +332,7 @@ fn accept_forever(listener: &Listener, server: &Arc<Server>) {
         for (i, passed) in done.into_iter().rev() {
             let p = pending.swap_remove(i);
             if passed {
-                start_connection(p.stream, server);
+                start_connection(p.stream, p.peer, server);
             }
         }
         if fds[0].revents != 0 {
@@ -367,14 +378,18 @@ fn accept_waiting(listener: &Listener, server: &Server, pending: &mut Vec<Pendin
 /// Serves an authenticated connection on a thread of its own. If no thread
 /// can be made, the connection is dropped: that client sees the server
 /// close, the others go on.
-fn start_connection(stream: Stream, server: &Arc<Server>) {
+fn start_connection(stream: Stream, peer: PeerKey, server: &Arc<Server>) {
     if stream.set_nonblocking(false).is_err() {
         return;
     }
+    let our_code = match peer {
+        PeerKey::Pid(pid) => runs_our_executable(pid),
+        PeerKey::Ip(_) => false,
+    };
     let server = Arc::clone(server);
     let _ = std::thread::Builder::new()
         .name("shmpool-manager-conn".into())
-        .spawn(move || serve_connection(stream, &server));
+        .spawn(move || serve_connection(stream, our_code, &server));
 }
 
 fn fail(record: &EndpointRecord, e: &io::Error) {
@@ -388,6 +403,7 @@ fn fail(record: &EndpointRecord, e: &io::Error) {
 struct Peer<'a> {
     id: ConnId,
     stream: &'a Stream,
+    our_code: bool,
 }
 
 impl Caller for Peer<'_> {
@@ -398,9 +414,13 @@ impl Caller for Peer<'_> {
     fn gone(&self) -> bool {
         self.stream.peer_gone()
     }
+
+    fn runs_our_code(&self) -> bool {
+        self.our_code
+    }
 }
 
-fn serve_connection(mut stream: Stream, server: &Server) {
+fn serve_connection(mut stream: Stream, our_code: bool, server: &Server) {
     let mut reader = FrameReader::new();
     // From now on an idle client may stay silent for ever: wake only every
     // `handshake_timeout` to check a frame begun and not finished.
@@ -433,6 +453,7 @@ fn serve_connection(mut stream: Stream, server: &Server) {
             let peer = Peer {
                 id,
                 stream: &stream,
+                our_code,
             };
             server.handle(request, &peer, &mut holdings.held)
         });
@@ -496,8 +517,8 @@ impl Server {
             .ok_or_else(|| Fault::Invalid(format!("the manager holds no object {id}")))
     }
 
-    fn create(&self, spec: Spec) -> Result<u64, Fault> {
-        let object = Arc::new(Object::new(spec)?);
+    fn create(&self, spec: Spec, types: Types) -> Result<u64, Fault> {
+        let object = Arc::new(Object::new(spec, types)?);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.objects
             .write()
@@ -513,24 +534,37 @@ impl Server {
         held: &mut HashSet<u64>,
     ) -> Result<Answer, Fault> {
         match request {
-            Request::Create(spec) => self.create(spec).map(Answer::Id),
-            Request::Named(name, spec) => {
+            Request::Create(spec, types) => self.create(spec, types).map(Answer::Id),
+            Request::Named(name, spec, types) => {
                 let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(&id) = names.get(&name) {
-                    if !self.object(id)?.is(&spec) {
+                    let object = self.object(id)?;
+                    if !object.is(&spec) {
                         return Err(Fault::Invalid(format!(
                             "the manager's object {name:?} is not a {}",
                             spec.kind()
                         )));
                     }
+                    if object.types.fingerprint != types.fingerprint {
+                        return Err(Fault::TypeMismatch(format!(
+                            "the manager's object {name:?} is a {}, not a {}",
+                            object.types.names, types.names
+                        )));
+                    }
                     return Ok(Answer::Id(id));
                 }
-                let id = self.create(spec)?;
+                let id = self.create(spec, types)?;
                 names.insert(name, id);
                 Ok(Answer::Id(id))
             }
-            Request::Call(id, op) => {
+            Request::Call(id, fingerprint, op) => {
                 let object = self.object(id)?;
+                if object.types.fingerprint != fingerprint {
+                    return Err(Fault::TypeMismatch(format!(
+                        "the manager's object {id} is a {}; this proxy's types differ",
+                        object.types.names
+                    )));
+                }
                 object.apply(op, peer, &mut |holds| {
                     if holds {
                         held.insert(id);
@@ -541,5 +575,94 @@ impl Server {
             }
             Request::Shutdown => Ok(Answer::Done),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::protocol::Op;
+
+    struct Client(ConnId);
+
+    impl Caller for Client {
+        fn id(&self) -> ConnId {
+            self.0
+        }
+        fn gone(&self) -> bool {
+            false
+        }
+        fn runs_our_code(&self) -> bool {
+            true
+        }
+    }
+
+    fn server() -> Server {
+        Server {
+            objects: RwLock::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            next_conn: AtomicU64::new(1),
+            authkey: b"k".to_vec(),
+            frame_limit: 1 << 20,
+            handshake_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn only_the_same_user_or_root_may_connect() {
+        assert!(may_connect(1000, 1000));
+        assert!(may_connect(0, 1000));
+        assert!(!may_connect(1001, 1000));
+        assert!(!may_connect(65534, 0));
+        assert!(may_connect(0, 0));
+    }
+
+    #[test]
+    fn a_call_with_another_type_fingerprint_is_refused() {
+        let server = server();
+        let types = Types::new("ValueProxy").with::<u64>();
+        let id = server.create(Spec::Value(vec![7]), types.clone()).unwrap();
+        let object = server.object(id).unwrap();
+        assert_eq!(object.types, types);
+        let other = Types::new("ValueProxy").with::<i32>().fingerprint;
+        let stream = std::os::unix::net::UnixStream::pair().unwrap().0;
+        let stream = Stream::Unix(stream);
+        let peer = Peer {
+            id: 1,
+            stream: &stream,
+            our_code: false,
+        };
+        let mut held = HashSet::new();
+        let refused = server.handle(Request::Call(id, other, Op::Load), &peer, &mut held);
+        assert!(matches!(refused, Err(Fault::TypeMismatch(m)) if m.contains("u64")));
+        let served = server.handle(
+            Request::Call(id, types.fingerprint, Op::Load),
+            &peer,
+            &mut held,
+        );
+        assert_eq!(served, Ok(Answer::Item(Some(vec![7]))));
+    }
+
+    #[test]
+    fn a_panicking_connection_thread_releases_its_locks() {
+        let server = server();
+        let types = Types::new("LockProxy");
+        let id = server.create(Spec::Lock, types).unwrap();
+        let lock = server.object(id).unwrap();
+        let acquire = |who| lock.apply(Op::Acquire(Some(0)), &Client(who), &mut |_| {});
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut holdings = Holdings {
+                server: &server,
+                id: 1,
+                held: HashSet::new(),
+            };
+            assert_eq!(acquire(1), Ok(Answer::Flag(true)));
+            holdings.held.insert(id);
+            panic!("a bug in a connection thread");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(acquire(2), Err(Fault::OwnerDied));
+        assert_eq!(acquire(2), Ok(Answer::Flag(true)));
     }
 }
