@@ -950,3 +950,55 @@ fn a_barrier_wait_that_times_out_is_a_timeout_and_breaks_it_like_the_heap_barrie
         assert_eq!(one.wait_timeout(Duration::ZERO).unwrap(), 0);
     });
 }
+
+/// Sends `signal` to process `pid`.
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: a plain system call on a process this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
+}
+
+#[test]
+fn a_call_with_a_timeout_returns_by_its_deadline_from_a_stopped_server() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let mut manager = Manager::start().unwrap();
+        let pid = manager.server_pid().unwrap();
+        let q = manager.queue::<u32>().unwrap();
+        let lock = manager.lock().unwrap();
+        let held = lock.lock().unwrap();
+        q.put(&1).unwrap();
+        assert_eq!(q.get().unwrap(), 1); // this thread's connection is made
+        signal(pid, libc::SIGSTOP);
+        let timeout = Duration::from_millis(300);
+        let late = Duration::from_millis(300 + 200 + 400); // margin and slack
+        let start = Instant::now();
+        assert!(matches!(q.get_timeout(timeout), Err(Error::Timeout)));
+        assert!(start.elapsed() < late, "{:?}", start.elapsed());
+        let start = Instant::now();
+        assert!(matches!(q.get_timeout(timeout), Err(Error::Timeout)));
+        assert!(start.elapsed() < late, "again: {:?}", start.elapsed());
+        // A new connection, from another thread, too.
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            assert!(matches!(lock.lock_timeout(timeout), Err(Error::Timeout)));
+            assert!(start.elapsed() < late, "{:?}", start.elapsed());
+        })
+        .join()
+        .unwrap();
+        signal(pid, libc::SIGCONT);
+        // The connection goes on, and this thread still holds its lock.
+        q.put(&2).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 2);
+        std::thread::spawn(move || assert!(lock.try_lock().unwrap().is_none()))
+            .join()
+            .unwrap();
+        drop(held);
+        assert!(lock.try_lock().unwrap().is_some());
+        // Shutting down a stopped server is bounded too.
+        signal(pid, libc::SIGSTOP);
+        let start = Instant::now();
+        manager.shutdown().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(15));
+        assert!(wait_until(Duration::from_secs(10), || not_running(pid)));
+    });
+}

@@ -348,7 +348,12 @@ impl Manager {
             client::disconnect(self.endpoint);
             return Ok(());
         };
-        let asked = client::call(self.endpoint, &Request::Shutdown);
+        // Bounded: a stopped server is killed below.
+        let asked = client::call_until(
+            self.endpoint,
+            &Request::Shutdown,
+            Instant::now().checked_add(STOP_TIMEOUT),
+        );
         client::disconnect(self.endpoint);
         let timeout = if asked.is_ok() {
             STOP_TIMEOUT
