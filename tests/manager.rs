@@ -215,7 +215,7 @@ fn clients_killed_mid_request_leave_the_server_serving_the_others() {
 
 // A client speaking the wire protocol by hand (the layout is in
 // docs/ARCHITECTURE.md, "Manager").
-fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+fn read_frame(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len)?;
     let mut body = vec![0; u32::from_le_bytes(len) as usize];
@@ -223,22 +223,28 @@ fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(body)
 }
 
-fn write_frame(s: &mut TcpStream, body: &[u8]) {
+fn write_frame(s: &mut impl Write, body: &[u8]) {
     s.write_all(&(body.len() as u32).to_le_bytes()).unwrap();
     s.write_all(body).unwrap();
 }
 
 /// Runs the client side of the handshake with `key`; whether it was welcomed.
 fn handshake(s: &mut TcpStream, key: &[u8]) -> bool {
-    let challenge = read_frame(s).unwrap();
+    try_handshake(s, key).unwrap()
+}
+
+/// [`handshake`]; an error if the server closed the connection on us.
+fn try_handshake(s: &mut (impl Read + Write), key: &[u8]) -> std::io::Result<bool> {
+    let challenge = read_frame(s)?;
     assert_eq!(&challenge[..16], b"shmpool-manager1");
     let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
     mac.update(b"client");
     mac.update(&challenge[16..]);
     let mut answer = mac.finalize().into_bytes().to_vec();
     answer.extend_from_slice(&[3; 32]);
-    write_frame(s, &answer);
-    read_frame(s).unwrap().starts_with(b"#WELCOME")
+    s.write_all(&(answer.len() as u32).to_le_bytes())?;
+    s.write_all(&answer)?;
+    Ok(read_frame(s)?.starts_with(b"#WELCOME"))
 }
 
 /// Whether the server closes `s` within `limit` (reading what it sends).
@@ -1000,5 +1006,127 @@ fn a_call_with_a_timeout_returns_by_its_deadline_from_a_stopped_server() {
         manager.shutdown().unwrap();
         assert!(start.elapsed() < Duration::from_secs(15));
         assert!(wait_until(Duration::from_secs(10), || not_running(pid)));
+    });
+}
+
+/// Where the outsider helper connects (an abstract socket name).
+const OUTSIDER_ENV: &str = "SHMPOOL_TEST_OUTSIDER_SOCKET";
+/// The key it tries.
+const OUTSIDER_KEY: &[u8] = b"a key every process of this user can read";
+
+/// Not a test of its own: the body of the process that
+/// `a_process_outside_the_program_cannot_authenticate_even_with_the_key`
+/// runs (this test binary, executed again); it does nothing otherwise.
+#[test]
+fn helper_try_the_key_from_wherever_this_runs() {
+    let Some(name) = std::env::var_os(OUTSIDER_ENV) else {
+        return;
+    };
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_encoded_bytes()).unwrap();
+    let verdict = match std::os::unix::net::UnixStream::connect_addr(&addr) {
+        Err(_) => "no connection",
+        Ok(mut s) => {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            match try_handshake(&mut s, OUTSIDER_KEY) {
+                Ok(true) => "welcomed",
+                Ok(false) => "wrong key",
+                Err(_) => "refused",
+            }
+        }
+    };
+    println!("OUTSIDER: {verdict}");
+}
+
+/// Runs the helper above with `env`: as a child of this process, or, with
+/// `orphan`, as a grandchild whose parent exits at once (so that it descends
+/// from no process of the program); what it printed.
+fn run_helper(socket: &str, orphan: bool) -> String {
+    use std::ffi::CString;
+    let exe = CString::new(
+        std::env::current_exe()
+            .unwrap()
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    let args = [
+        exe.clone(),
+        CString::new("helper_try_the_key_from_wherever_this_runs").unwrap(),
+        CString::new("--exact").unwrap(),
+        CString::new("--nocapture").unwrap(),
+    ];
+    let env = [CString::new(format!("{OUTSIDER_ENV}={socket}")).unwrap()];
+    let argv: Vec<*const libc::c_char> = args
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp: Vec<*const libc::c_char> = env
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let mut fds = [0; 2];
+    // SAFETY: the children make only async-signal-safe calls (fork, dup2,
+    // execve, _exit) on memory prepared before the fork; the parent reads
+    // the pipe until every writer is gone, bounded by `poll`.
+    unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        let child = libc::fork();
+        if child == 0 {
+            libc::close(fds[0]);
+            if orphan && libc::fork() != 0 {
+                libc::_exit(0);
+            }
+            libc::dup2(fds[1], 1);
+            libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+        libc::close(fds[1]);
+        let mut status = 0;
+        assert_eq!(libc::waitpid(child, &mut status, 0), child);
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: fds[0],
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            assert!(Instant::now() < deadline, "the helper did not finish");
+            if libc::poll(&mut pfd, 1, 1000) <= 0 {
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            let n = libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len());
+            if n <= 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+        libc::close(fds[0]);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+#[test]
+fn a_process_outside_the_program_cannot_authenticate_even_with_the_key() {
+    let _census = exclusive();
+    bounded(LIMIT, || {
+        let before = manager_sockets();
+        let manager = Manager::builder().authkey(OUTSIDER_KEY).start().unwrap();
+        let name = manager_sockets()
+            .difference(&before)
+            .next()
+            .unwrap()
+            .trim_start_matches('@')
+            .to_owned();
+        let inside = run_helper(&name, false);
+        assert!(inside.contains("OUTSIDER: welcomed"), "{inside}");
+        let outside = run_helper(&name, true);
+        assert!(outside.contains("OUTSIDER: refused"), "{outside}");
+        let d = manager.dict::<u8, u8>().unwrap();
+        d.insert(&1, &2).unwrap();
     });
 }

@@ -5,7 +5,9 @@
 //! blocks only its client's thread).
 //!
 //! On the local socket, a peer of another user (`SO_PEERCRED`; root
-//! excepted) is closed before anything is sent or read. Until a connection
+//! excepted), or a process outside the program (not a descendant of the
+//! program's first process), is closed before anything is sent or read:
+//! knowing the key is not enough locally. Until a connection
 //! authenticated (`auth`) nothing it sends is decoded. Any failure of one
 //! connection — a wrong key, garbage, a frame over the limit, a frame not
 //! finished in time, a peer that vanished, a bug that panicked its thread —
@@ -73,13 +75,13 @@ impl Listener {
     /// The next connection waiting, if any, and who it comes from; a local
     /// peer of another user (neither this server's user nor root) is closed
     /// here, before a byte is sent or read.
-    fn accept(&self) -> io::Result<Option<(Stream, PeerKey)>> {
+    fn accept(&self, root: i32) -> io::Result<Option<(Stream, PeerKey)>> {
         let accepted = match self {
             Listener::Unix(l) => l.accept().and_then(|(s, _)| {
                 let (pid, uid) = peer_credentials(s.as_raw_fd())?;
                 // SAFETY: a plain query of this process's user.
                 let me = unsafe { libc::geteuid() };
-                if !may_connect(uid, me) {
+                if !may_connect(uid, me) || !in_program(pid, root) {
                     return Ok(None); // dropped: closed at once
                 }
                 Ok(Some((Stream::Unix(s), PeerKey::Pid(pid))))
@@ -129,6 +131,45 @@ fn peer_credentials(fd: RawFd) -> io::Result<(i32, u32)> {
         return Err(io::Error::last_os_error());
     }
     Ok((cred.pid, cred.uid))
+}
+
+/// The parent of process `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses (which may hold anything): the
+    // state, then the parent's pid.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The program's first process, as this server sees it when it starts: the
+/// highest of its ancestors that runs the same executable (the manager's
+/// owner at least).
+fn program_root() -> i32 {
+    // SAFETY: a plain query.
+    let mut root = unsafe { libc::getppid() };
+    while let Some(up) = parent_of(root).filter(|&p| p > 1 && runs_our_executable(p)) {
+        root = up;
+    }
+    root
+}
+
+/// Whether process `pid` belongs to the program: it is `root` or descends
+/// from it (the kernel's parent links, which no process of the program can
+/// forge). A process of the program orphaned by an ancestor's exit is no
+/// longer one.
+fn in_program(pid: i32, root: i32) -> bool {
+    let mut at = pid;
+    for _ in 0..4096 {
+        if at == root {
+            return true;
+        }
+        match parent_of(at) {
+            Some(up) if up > 0 && up != at => at = up,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Whether process `pid` runs the same executable file as this one (same
@@ -280,7 +321,7 @@ pub(crate) fn serve(endpoint_at: u64) {
         frame_limit: record.frame_limit as usize,
         handshake_timeout: record.handshake_timeout(),
     });
-    accept_forever(&listener, &server);
+    accept_forever(&listener, &server, program_root());
 }
 
 /// The acceptor: one thread runs every handshake at once over non-blocking
@@ -288,7 +329,7 @@ pub(crate) fn serve(endpoint_at: u64) {
 /// connection gets a thread of its own only once it has authenticated. So a
 /// peer without the key costs the server at most a socket for one
 /// handshake timeout, and never a thread.
-fn accept_forever(listener: &Listener, server: &Arc<Server>) {
+fn accept_forever(listener: &Listener, server: &Arc<Server>, root: i32) {
     let mut pending: Vec<Pending> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {
@@ -336,15 +377,15 @@ fn accept_forever(listener: &Listener, server: &Arc<Server>) {
             }
         }
         if fds[0].revents != 0 {
-            accept_waiting(listener, server, &mut pending);
+            accept_waiting(listener, server, root, &mut pending);
         }
     }
 }
 
 /// Accepts every connection waiting, making room under the caps.
-fn accept_waiting(listener: &Listener, server: &Server, pending: &mut Vec<Pending>) {
+fn accept_waiting(listener: &Listener, server: &Server, root: i32, pending: &mut Vec<Pending>) {
     loop {
-        let (stream, peer) = match listener.accept() {
+        let (stream, peer) = match listener.accept(root) {
             Ok(Some(pair)) => pair,
             Ok(None) => return,
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => continue,
@@ -607,6 +648,19 @@ mod tests {
             frame_limit: 1 << 20,
             handshake_timeout: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn the_program_is_this_process_and_its_descendants() {
+        let me = std::process::id() as i32;
+        // SAFETY: a plain query.
+        let parent = unsafe { libc::getppid() };
+        assert!(in_program(me, me));
+        assert!(in_program(me, parent));
+        assert!(!in_program(parent, me));
+        assert!(!in_program(1, me));
+        assert!(!in_program(i32::MAX, me), "no such process");
+        assert_eq!(parent_of(me), Some(parent));
     }
 
     #[test]
