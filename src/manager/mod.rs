@@ -19,7 +19,14 @@
 //!   `Manager::connect(addr, key)`): TCP; an authkey is required.
 //! * Both ends prove they know the key (HMAC-SHA256 over random nonces, both
 //!   ways) before anything else is read; frames are length-prefixed and
-//!   limited in size (64 MiB by default).
+//!   limited in size (64 MiB by default). Locally, the server also refuses a
+//!   peer of another user, or a process outside the program, before the
+//!   handshake; no connection gets a thread before it authenticates. The
+//!   README's threat model says who can read the key.
+//! * Each object records its proxy's types: a proxy of other types is
+//!   refused ([`Error::Decode`]) before any value is read.
+//! * A call with a timeout returns by it (plus 200 ms), whatever the server
+//!   does.
 //! * The server is a [`Process`] started with the program's
 //!   start method (or the builder's): it dies with its parent, `kill -9`
 //!   included, and [`Manager::shutdown`] (or dropping the manager) stops it.
