@@ -1130,3 +1130,44 @@ fn a_process_outside_the_program_cannot_authenticate_even_with_the_key() {
         d.insert(&1, &2).unwrap();
     });
 }
+
+/// The entries of `/proc/<pid>/fd` and `/proc/<pid>/maps` that name a
+/// manager's lane.
+fn lanes_of(pid: u32) -> (usize, usize) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|l| l.to_string_lossy().contains("shmpool-manager-lane"))
+        })
+        .count();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("shmpool-manager-lane"))
+        .count();
+    (fds, maps)
+}
+
+#[test]
+fn local_calls_go_through_a_lane_no_descriptor_reaches_and_large_messages_still_pass() {
+    let _census = exclusive();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let server = manager.server_pid().unwrap();
+        let l = manager.list::<Vec<u8>>().unwrap();
+        l.push(&vec![1; 10]).unwrap();
+        // Mapped on both sides, held open by no descriptor on either.
+        let me = std::process::id();
+        assert_eq!(lanes_of(me), (0, 1));
+        let (fds, maps) = lanes_of(server);
+        assert_eq!((fds, maps > 0), (0, true));
+        // Larger than a lane, both ways (on the socket).
+        let big = vec![7u8; 300_000];
+        l.push(&big).unwrap();
+        let all = l.to_vec().unwrap();
+        assert_eq!((all.len(), &all[1]), (2, &big));
+        assert_eq!(l.get(0).unwrap(), vec![1; 10]);
+    });
+}

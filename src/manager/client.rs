@@ -19,10 +19,12 @@
 use super::auth::{self, NONCE_BYTES};
 use super::endpoint::{self, Stream};
 use super::frame::{self, FrameReader};
+use super::lane::{self, Lane, Waited};
 use super::protocol::{Answer, Op, Reply, Request};
 use crate::error::Error;
 use std::cell::RefCell;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// How long past its own timeout a call waits for the server's answer (the
@@ -49,6 +51,8 @@ struct Connection {
     owed: Vec<Owed>,
     /// The socket's current read and write timeout.
     timeout: Option<Duration>,
+    /// The shared-memory lane of a local connection (see `lane`).
+    lane: Option<Lane>,
 }
 
 thread_local! {
@@ -133,11 +137,17 @@ fn connect(endpoint: u64, deadline: Option<Instant>) -> Result<Connection, Error
         out: Vec::new(),
         owed: Vec::new(),
         timeout: None,
+        lane: None,
     };
-    match connection.authenticate(record.authkey(), timeout) {
+    let result = connection
+        .authenticate(record.authkey(), timeout)
+        .and_then(|()| connection.open_lane(timeout));
+    match result {
         Err(Error::Io(e))
-            if e.kind() == io::ErrorKind::TimedOut
-                && deadline.is_some_and(|d| Instant::now() >= d) =>
+            if matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) && deadline.is_some_and(|d| Instant::now() >= d) =>
         {
             Err(Error::Timeout)
         }
@@ -211,8 +221,34 @@ impl Connection {
         Ok(())
     }
 
+    /// On a local connection, asks the server for a shared-memory lane and
+    /// maps it; without one (the server could not make it), calls go on the
+    /// socket.
+    fn open_lane(&mut self, timeout: Duration) -> Result<(), Error> {
+        if !matches!(self.stream, Stream::Unix(_)) {
+            return Ok(());
+        }
+        self.send(&Request::Lane, None)?;
+        self.stream.set_read_timeout(Some(timeout))?;
+        let fd = lane::recv_fd(self.stream.as_raw_fd()).map_err(gone_or_io)?;
+        self.stream.set_read_timeout(None)?;
+        if let Some(fd) = fd {
+            self.lane = Some(Lane::map(fd)?);
+        }
+        Ok(())
+    }
+
     /// The next reply, read until `deadline` at most (`TimedOut`).
     fn reply(&mut self, deadline: Option<Instant>) -> Result<Reply, Error> {
+        if let Some(lane) = &self.lane {
+            let fd = self.stream.as_raw_fd();
+            match lane.reply(deadline, &|| endpoint::fd_gone(fd)) {
+                Waited::Message(Some(body)) => return decode_reply(&body),
+                Waited::Message(None) => {} // on the socket
+                Waited::Timeout => return Err(Error::Timeout),
+                Waited::Gone => return Err(Error::PeersGone),
+            }
+        }
         self.wait_until(deadline)?;
         let past = |_| match deadline {
             Some(d) if Instant::now() >= d => Err(io::ErrorKind::TimedOut.into()),
@@ -225,8 +261,7 @@ impl Connection {
                 io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Error::Timeout,
                 _ => gone_or_io(e),
             })?;
-        postcard::from_bytes(body)
-            .map_err(|e| Error::Decode(format!("the manager's reply does not decode: {e}")))
+        decode_reply(body)
     }
 
     /// Reads and drops the replies that came too late for their calls,
@@ -275,6 +310,18 @@ impl Connection {
                 self.limit
             )));
         }
+        if let Some(lane) = &self.lane {
+            if len <= lane::CAPACITY {
+                lane.post(Some(&out[frame::HEADER_BYTES..]));
+                self.out = out;
+                return Ok(());
+            }
+        }
+        if let Some(lane) = &self.lane {
+            // Announced first: the server reads the socket only then, and a
+            // large frame does not fit in the socket's buffer.
+            lane.post(None);
+        }
         let sent = self.stream.send(&out);
         self.out = out;
         sent.map_err(|e| match e.kind() {
@@ -282,6 +329,11 @@ impl Connection {
             _ => gone_or_io(e),
         })
     }
+}
+
+fn decode_reply(body: &[u8]) -> Result<Reply, Error> {
+    postcard::from_bytes(body)
+        .map_err(|e| Error::Decode(format!("the manager's reply does not decode: {e}")))
 }
 
 /// A connection that ended, or a server that is not there, is

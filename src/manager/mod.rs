@@ -62,6 +62,7 @@ mod auth;
 mod client;
 mod endpoint;
 mod frame;
+mod lane;
 mod objects;
 mod protocol;
 mod proxy;

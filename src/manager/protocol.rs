@@ -182,6 +182,9 @@ pub(crate) enum Request {
     Call(u64, u64, Op),
     /// Ends the server (after answering).
     Shutdown,
+    /// Asks for a shared-memory lane (a local connection, once): answered
+    /// by one byte with the lane's memfd (`lane::send_fd`), not a frame.
+    Lane,
 }
 
 /// Operations on objects; each applies to the kinds named in its comment.

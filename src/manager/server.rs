@@ -16,6 +16,7 @@
 use super::auth::{self, NONCE_BYTES};
 use super::endpoint::{self, Address, EndpointRecord, Stream, FAILED, READY};
 use super::frame::{self, FrameReader};
+use super::lane::{self, Lane, Waited};
 use super::objects::{Caller, ConnId, Object};
 use super::protocol::{Answer, Fault, Reply, Request, Spec, Types};
 use std::collections::{HashMap, HashSet};
@@ -489,16 +490,21 @@ fn serve_connection(mut stream: Stream, our_code: bool, server: &Server) {
     while let Ok(body) = reader.next(&mut stream, server.frame_limit, stalled) {
         let request = postcard::from_bytes::<Request>(body)
             .map_err(|e| Fault::Decode(format!("the request does not decode: {e}")));
-        let stop = matches!(request, Ok(Request::Shutdown));
-        let reply = request.and_then(|request| {
-            let peer = Peer {
-                id,
-                stream: &stream,
-                our_code,
-            };
-            server.handle(request, &peer, &mut holdings.held)
-        });
-        encode_reply(&reply, server.frame_limit, &mut out);
+        if matches!(request, Ok(Request::Lane)) && matches!(stream, Stream::Unix(_)) {
+            let fd = stream.as_raw_fd();
+            match Lane::create() {
+                Ok((lane, memfd)) => {
+                    if lane::send_fd(fd, Some(memfd.as_raw_fd())).is_ok() {
+                        drop(memfd); // only the two mappings remain
+                        serve_lane(&lane, &mut stream, &mut reader, &mut holdings, our_code);
+                    }
+                    return;
+                }
+                Err(_) if lane::send_fd(fd, None).is_ok() => continue,
+                Err(_) => return,
+            }
+        }
+        let stop = respond(request, &stream, &mut holdings, our_code, &mut out);
         if stream.send(&out).is_err() {
             break;
         }
@@ -506,6 +512,77 @@ fn serve_connection(mut stream: Stream, our_code: bool, server: &Server) {
             // The reply is in the client's socket buffer; every other client
             // sees its connection close.
             // SAFETY: ends this process; it holds nothing that needs saving.
+            unsafe { libc::_exit(0) };
+        }
+    }
+}
+
+/// Answers `request` into `out` (a whole frame); whether the server must
+/// stop once it is sent.
+fn respond(
+    request: Result<Request, Fault>,
+    stream: &Stream,
+    holdings: &mut Holdings<'_>,
+    our_code: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    let server = holdings.server;
+    let stop = matches!(request, Ok(Request::Shutdown));
+    let reply = request.and_then(|request| {
+        let peer = Peer {
+            id: holdings.id,
+            stream,
+            our_code,
+        };
+        server.handle(request, &peer, &mut holdings.held)
+    });
+    encode_reply(&reply, server.frame_limit, out);
+    stop
+}
+
+/// Serves a connection through its shared-memory lane until the client
+/// goes; a message too large for the lane travels on the socket.
+fn serve_lane(
+    lane: &Lane,
+    stream: &mut Stream,
+    reader: &mut FrameReader,
+    holdings: &mut Holdings<'_>,
+    our_code: bool,
+) {
+    let server = holdings.server;
+    let fd = stream.as_raw_fd();
+    let gone = || endpoint::fd_gone(fd);
+    let patience = server.handshake_timeout;
+    let stalled = |begun: Option<Instant>| match begun {
+        Some(at) if at.elapsed() > patience => Err(io::ErrorKind::TimedOut.into()),
+        _ => Ok(()),
+    };
+    let mut out = Vec::new();
+    loop {
+        let request = match lane.request(&gone) {
+            Waited::Message(Some(body)) => postcard::from_bytes::<Request>(&body),
+            Waited::Message(None) => match reader.next(stream, server.frame_limit, stalled) {
+                Ok(body) => postcard::from_bytes::<Request>(body),
+                Err(_) => return,
+            },
+            Waited::Timeout | Waited::Gone => return,
+        };
+        let request =
+            request.map_err(|e| Fault::Decode(format!("the request does not decode: {e}")));
+        let stop = respond(request, stream, holdings, our_code, &mut out);
+        let body = &out[frame::HEADER_BYTES..];
+        if body.len() <= lane::CAPACITY {
+            lane.answer(Some(body));
+        } else {
+            // Announced first: the client reads the socket only then, and a
+            // large frame does not fit in the socket's buffer.
+            lane.answer(None);
+            if stream.send(&out).is_err() {
+                return;
+            }
+        }
+        if stop {
+            // SAFETY: ends this process; the reply is in the client's mapping.
             unsafe { libc::_exit(0) };
         }
     }
@@ -615,6 +692,9 @@ impl Server {
                 })
             }
             Request::Shutdown => Ok(Answer::Done),
+            Request::Lane => Err(Fault::Invalid(
+                "a lane is for a local connection, once".into(),
+            )),
         }
     }
 }
