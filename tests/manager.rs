@@ -1178,3 +1178,24 @@ fn local_calls_go_through_a_lane_no_descriptor_reaches_and_large_messages_still_
         assert_eq!(l.get(0).unwrap(), vec![1; 10]);
     });
 }
+
+#[test]
+fn a_call_to_a_server_that_died_fails_at_once() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let pid = manager.server_pid().unwrap();
+        let d = manager.dict::<u8, u8>().unwrap();
+        d.insert(&1, &1).unwrap();
+        signal(pid, libc::SIGKILL);
+        assert!(wait_until(Duration::from_secs(10), || not_running(pid)));
+        let start = Instant::now();
+        assert!(matches!(d.insert(&2, &2), Err(Error::PeersGone)));
+        assert!(
+            start.elapsed() < Duration::from_millis(50),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(matches!(d.len(), Err(Error::PeersGone)));
+    });
+}

@@ -42,6 +42,9 @@ const ON_SOCKET: u32 = u32::MAX;
 
 /// How long a sleeper sleeps before checking that the other side lives.
 const SLICE: Duration = Duration::from_millis(100);
+/// The first slice is short: a call to a server that just died (or a
+/// server's thread whose client died) learns it in about a millisecond.
+const FIRST_SLICE: Duration = Duration::from_millis(1);
 
 #[repr(C)]
 struct Header {
@@ -179,14 +182,16 @@ impl Lane {
     ) -> Waited {
         let h = self.header();
         if h.state.load(Ordering::Acquire) != want {
+            let mut longest = FIRST_SLICE;
             loop {
                 let slice = match deadline {
-                    None => SLICE,
+                    None => longest,
                     Some(d) => match d.checked_duration_since(Instant::now()) {
-                        Some(left) if !left.is_zero() => left.min(SLICE),
+                        Some(left) if !left.is_zero() => left.min(longest),
                         _ => return Waited::Timeout,
                     },
                 };
+                longest = SLICE;
                 sleeper.store(1, Ordering::SeqCst);
                 let seen = h.state.load(Ordering::SeqCst);
                 if seen != want {
