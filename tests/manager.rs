@@ -1199,3 +1199,23 @@ fn a_call_to_a_server_that_died_fails_at_once() {
         assert!(matches!(d.len(), Err(Error::PeersGone)));
     });
 }
+
+#[test]
+fn forty_threads_of_one_process_connecting_at_once_all_get_in() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<u32, u32>().unwrap();
+        let start = std::sync::Barrier::new(40);
+        std::thread::scope(|s| {
+            for i in 0..40 {
+                let start = &start;
+                s.spawn(move || {
+                    start.wait();
+                    d.insert(&i, &i).unwrap();
+                });
+            }
+        });
+        assert_eq!(d.len().unwrap(), 40);
+    });
+}

@@ -42,9 +42,6 @@ const ON_SOCKET: u32 = u32::MAX;
 
 /// How long a sleeper sleeps before checking that the other side lives.
 const SLICE: Duration = Duration::from_millis(100);
-/// The first slice is short: a call to a server that just died (or a
-/// server's thread whose client died) learns it in about a millisecond.
-const FIRST_SLICE: Duration = Duration::from_millis(1);
 
 #[repr(C)]
 struct Header {
@@ -179,19 +176,24 @@ impl Lane {
         sleeper: &AtomicU32,
         deadline: Option<Instant>,
         gone: &dyn Fn() -> bool,
+        check_first: bool,
     ) -> Waited {
         let h = self.header();
         if h.state.load(Ordering::Acquire) != want {
-            let mut longest = FIRST_SLICE;
+            if check_first && gone() {
+                // A call to a server that just died fails at once, not
+                // after a slice. (A 1 ms first slice instead made every
+                // call 2.5 times slower here.)
+                return Waited::Gone;
+            }
             loop {
                 let slice = match deadline {
-                    None => longest,
+                    None => SLICE,
                     Some(d) => match d.checked_duration_since(Instant::now()) {
-                        Some(left) if !left.is_zero() => left.min(longest),
+                        Some(left) if !left.is_zero() => left.min(SLICE),
                         _ => return Waited::Timeout,
                     },
                 };
-                longest = SLICE;
                 sleeper.store(1, Ordering::SeqCst);
                 let seen = h.state.load(Ordering::SeqCst);
                 if seen != want {
@@ -232,7 +234,7 @@ impl Lane {
     /// whether the server went.
     pub(crate) fn reply(&self, deadline: Option<Instant>, gone: &dyn Fn() -> bool) -> Waited {
         let h = self.header();
-        let waited = self.take(REPLY, &h.client_sleeps, deadline, gone);
+        let waited = self.take(REPLY, &h.client_sleeps, deadline, gone, true);
         if matches!(waited, Waited::Message(_)) {
             h.state.store(IDLE, Ordering::Release);
         }
@@ -242,7 +244,7 @@ impl Lane {
     /// Server: waits for the next request for as long as the client lives.
     pub(crate) fn request(&self, gone: &dyn Fn() -> bool) -> Waited {
         let h = self.header();
-        self.take(REQUEST, &h.server_sleeps, None, gone)
+        self.take(REQUEST, &h.server_sleeps, None, gone, false)
     }
 
     /// Server: publishes the reply (`None`: it was sent on the socket).

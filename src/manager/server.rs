@@ -45,8 +45,8 @@ enum Listener {
     Tcp(TcpListener),
 }
 
-/// Who a pending handshake comes from, for the per-peer limit: a TCP peer's
-/// address, or a local peer's process.
+/// Who a pending handshake comes from: a TCP peer's address (for the
+/// per-peer limit), or a local peer's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PeerKey {
     Ip(IpAddr),
@@ -190,11 +190,11 @@ fn may_connect(uid: u32, me: u32) -> bool {
     uid == me || uid == 0
 }
 
-/// At most this many connections authenticate at once; a new one beyond it
-/// takes the place of the oldest.
+/// At most this many TCP connections authenticate at once; a new one beyond
+/// it takes the place of the oldest.
 const MAX_PENDING: usize = 64;
-/// At most this many of them from one peer (one address, or one local
-/// process); a new one beyond it takes the place of that peer's oldest.
+/// At most this many of them from one address; a new one beyond it takes
+/// the place of that address's oldest.
 const MAX_PENDING_PER_PEER: usize = 16;
 /// The longest the acceptor sleeps without looking at its deadlines.
 const ACCEPTOR_TICK: Duration = Duration::from_secs(1);
@@ -402,14 +402,22 @@ fn accept_waiting(listener: &Listener, server: &Server, root: i32, pending: &mut
             }
             Err(_) => return,
         };
-        // Oldest first: `pending` is in arrival order.
-        let from_peer = pending.iter().filter(|p| p.peer == peer).count();
-        if from_peer >= MAX_PENDING_PER_PEER {
-            if let Some(at) = pending.iter().position(|p| p.peer == peer) {
-                pending.remove(at);
+        // The caps are for TCP peers: a local peer already proved it is a
+        // process of the program (a burst of its threads connecting at once
+        // must not evict one another). Oldest first: `pending` is in
+        // arrival order.
+        if let PeerKey::Ip(_) = peer {
+            let remote = |p: &&Pending| matches!(p.peer, PeerKey::Ip(_));
+            let from_peer = pending.iter().filter(|p| p.peer == peer).count();
+            if from_peer >= MAX_PENDING_PER_PEER {
+                if let Some(at) = pending.iter().position(|p| p.peer == peer) {
+                    pending.remove(at);
+                }
+            } else if pending.iter().filter(remote).count() >= MAX_PENDING {
+                if let Some(at) = pending.iter().position(|p| remote(&p)) {
+                    pending.remove(at);
+                }
             }
-        } else if pending.len() >= MAX_PENDING {
-            pending.remove(0);
         }
         if let Some(p) = Pending::start(stream, peer, server) {
             pending.push(p);
