@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 if ! cargo +nightly miri --version >/dev/null 2>&1; then
     rustup component add --toolchain nightly miri rust-src
 fi
-exec cargo +nightly miri test --lib -- sync:: shm::arena task:: pool::schedule pool::worker pool::zero_copy "$@"
+exec cargo +nightly miri test --lib -- sync:: shm::arena task:: pool::schedule worker:: remote:: pool::zero_copy panic:: "$@"

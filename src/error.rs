@@ -226,15 +226,6 @@ impl From<std::io::Error> for Error {
     }
 }
 
-/// A caught panic's message: its payload if that is a string.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string panic".into())
-}
-
 impl Error {
     pub(crate) fn invalid(why: impl Into<String>) -> Error {
         Error::InvalidArgument(why.into())

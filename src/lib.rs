@@ -75,14 +75,17 @@ pub mod manager;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod objects;
+mod panic;
 mod pod;
 mod pool;
 mod process;
+mod remote;
 mod shm;
 mod start;
 mod sync;
 mod task;
 mod tracker;
+mod worker;
 
 pub use context::{get_context, Context};
 pub use error::Error;
@@ -96,11 +99,13 @@ pub use objects::{
 };
 pub use pod::Pod;
 pub use pool::builder::MAX_PROCESSES;
-pub use pool::{AsyncResult, Imap, Pool, PoolBuilder, SharedVec};
+pub use pool::{
+    AsyncResult, Call, Deliver, Imap, NoCallbacks, Pool, PoolBuilder, SharedVec, WithCallbacks,
+};
 pub use process::{current_process, Process, ProcessInfo};
 pub use shm::named::SharedMemory;
 pub use start::{set_start_method, StartMethod};
-pub use task::Task;
+pub use task::{partial, Partial, Task};
 
 /// Call first thing in `main` in programs that use the `Spawn` or `ForkServer`
 /// start methods (like `procspawn::init()`): in a process started as a pool

@@ -2,7 +2,7 @@
 //! description that the parent writes into each chunk's slot, read by one
 //! entry point, [`c_entry`].
 
-use crate::pool::zero_copy::AccessRefused;
+use crate::remote::AccessRefused;
 use crate::task::{code_at, for_each_piece_raw, TaskIo};
 use std::ffi::c_void;
 
@@ -34,12 +34,12 @@ pub(crate) struct CallDesc {
 }
 
 impl CallDesc {
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        // SAFETY: a repr(C) struct of integers with no padding (the explicit
-        // `_pad` fills the only gap), so every byte is initialized.
+    pub(crate) fn as_bytes(&self) -> &[std::mem::MaybeUninit<u8>] {
+        // SAFETY: the bytes of a live value, viewed as possibly uninitialized
+        // bytes (a repr(C) struct of integers: all are initialized anyway).
         unsafe {
             std::slice::from_raw_parts(
-                (self as *const CallDesc).cast::<u8>(),
+                (self as *const CallDesc).cast::<std::mem::MaybeUninit<u8>>(),
                 std::mem::size_of::<CallDesc>(),
             )
         }

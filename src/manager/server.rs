@@ -635,9 +635,7 @@ fn encode_reply(reply: &Reply, limit: usize, out: &mut Vec<u8>) {
 
 impl Server {
     fn object(&self, id: u64) -> Result<Arc<Object>, Fault> {
-        self.objects
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::unpoisoned(self.objects.read())
             .get(&id)
             .cloned()
             .ok_or_else(|| Fault::Invalid(format!("the manager holds no object {id}")))
@@ -646,10 +644,7 @@ impl Server {
     fn create(&self, spec: Spec, types: Types) -> Result<u64, Fault> {
         let object = Arc::new(Object::new(spec, types)?);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.objects
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, object);
+        crate::sync::unpoisoned(self.objects.write()).insert(id, object);
         Ok(id)
     }
 
@@ -662,7 +657,7 @@ impl Server {
         match request {
             Request::Create(spec, types) => self.create(spec, types).map(Answer::Id),
             Request::Named(name, spec, types) => {
-                let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+                let mut names = crate::sync::lock(&self.names);
                 if let Some(&id) = names.get(&name) {
                     let object = self.object(id)?;
                     if !object.is(&spec) {

@@ -6,7 +6,7 @@ use crate::pool::supervisor::Supervisor;
 use crate::pool::Pool;
 use crate::shm::layout::INIT_ARGS_BYTES;
 use crate::start::StartMethod;
-use crate::task::{assert_stateless, init_entry, EntryPoint, Task};
+use crate::task::{init_entry, ApplyInput, EntryPoint, Task};
 use crate::Pod;
 use std::mem::{align_of, size_of, MaybeUninit};
 use std::sync::Arc;
@@ -133,22 +133,34 @@ impl PoolBuilder {
     /// `build` waits for every initializer to finish (with spawn and
     /// forkserver workers, at most 30 s, then [`Error::StartFailed`]). The
     /// arguments may take up to 128 bytes.
-    pub fn initializer<F, Args>(mut self, _f: F, args: Args) -> Self
+    pub fn initializer<F, Args>(mut self, f: F, args: Args) -> Self
     where
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_stateless::<F>() };
         let mut bytes = InitBytes([MaybeUninit::uninit(); INIT_ARGS_BYTES]);
-        let too_large = if size_of::<Args>() > INIT_ARGS_BYTES || align_of::<Args>() > 64 {
+        let input_size = size_of::<ApplyInput<F, Args>>();
+        let too_large = if input_size > INIT_ARGS_BYTES || align_of::<ApplyInput<F, Args>>() > 64 {
             Some(format!(
-                "initializer arguments take {} bytes; at most {INIT_ARGS_BYTES} fit",
-                size_of::<Args>()
+                "initializer arguments (with bound values) take {input_size} bytes; \
+                 at most {INIT_ARGS_BYTES} fit"
             ))
         } else {
-            // SAFETY: `bytes` is 64-aligned and has room for an `Args` (checked).
-            unsafe { bytes.0.as_mut_ptr().cast::<Args>().write(args) };
-            None
+            match f.bind() {
+                Ok(bound) => {
+                    let input: ApplyInput<F, Args> = (bound, args);
+                    // SAFETY: `bytes` is 64-aligned and has room for the input (checked).
+                    unsafe {
+                        bytes
+                            .0
+                            .as_mut_ptr()
+                            .cast::<ApplyInput<F, Args>>()
+                            .write(input)
+                    };
+                    None
+                }
+                Err(e) => Some(format!("the initializer cannot travel: {e}")),
+            }
         };
         self.config.initializer = Some(Initializer {
             entry: EntryPoint::new(init_entry::<F, Args>),
@@ -320,7 +332,7 @@ impl PoolBuilder {
             return Err(Error::invalid(why));
         }
         config.processes = Some(processes);
-        crate::pool::worker::install_quiet_panic_hook();
+        crate::panic::install_quiet_panic_hook();
         // Workers must map the program's object heap (shared locks, queues):
         // forked ones inherit it, so it must exist before they are forked.
         crate::objects::Heap::get()?;

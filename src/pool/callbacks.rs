@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::result::Shared;
 use crate::shm::layout::Layout;
+use crate::sync::lock;
 use crate::sync::wake::WakeWord;
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
@@ -101,7 +102,7 @@ impl<R: Clone + Send + Sync + 'static> Pending for Watched<R> {
             Ok(v) => on_ok(v),
             Err(failure) => on_err(failure.into()),
         }));
-        shared.delivered(ran.err().map(|p| crate::pool::worker::panic_message(&p)));
+        shared.delivered(ran.err().map(|p| crate::panic::panic_message(&p)));
     }
 }
 
@@ -341,8 +342,4 @@ impl Waiting {
         pending.deliver();
         true
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

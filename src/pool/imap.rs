@@ -1,30 +1,28 @@
 //! Lazy `imap` / `imap_unordered`: the input is an iterator, pulled only as fast
 //! as results are consumed.
 //!
-//! At most a window of chunks is in flight (bounded in count and in bytes), so
-//! `0..u64::MAX` works and memory stays flat. Each chunk is one slot; a chunk
-//! small enough (input + output ≤ 192 bytes, e.g. chunk size 1 of a `u64`)
-//! lives in the slot's inline area and takes no arena allocation.
+//! At most a window of chunks is in flight (bounded in count and in bytes,
+//! `schedule::imap_window`), so `0..u64::MAX` works and memory stays flat.
+//! Each chunk is one slot with an area of its own (`MapLayout::task`, as for
+//! `apply`); a chunk small enough (its task's bound bytes + input + output ≤
+//! 192 bytes, e.g. chunk size 1 of a `u64`) lives in the slot's inline area
+//! and takes no arena allocation.
 
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::job::{Chunk, Job};
+use crate::pool::schedule::{check_chunksize, check_context, imap_window, Elem, MapLayout};
 use crate::shm::arena::Block;
-use crate::sync::slot::{TaskDesc, INLINE_CAPACITY};
+use crate::sync::slot::TaskDesc;
 use crate::sync::spin::SpinWait;
 use crate::Pod;
 use std::collections::VecDeque;
 use std::iter::Fuse;
 use std::marker::PhantomData;
-use std::mem::{align_of, size_of};
+use std::mem::MaybeUninit;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Most chunks in flight per iterator.
-const MAX_WINDOW: usize = 1024;
-/// Most payload bytes in flight per iterator.
-const WINDOW_BYTES: usize = 64 << 20;
 
 /// The iterator returned by [`Pool::imap`](crate::Pool::imap) and its
 /// variants: yields `Ok(f(item))` for every input item — in input order for
@@ -55,23 +53,17 @@ pub struct Imap<I: Iterator, U> {
     input_done: bool,
     entry: u64,
     chunksize: usize,
-    shape: ChunkShape,
+    /// The area of every chunk but a short last one.
+    area: MapLayout,
     ordered: bool,
+    /// The task's bound bytes, carried by every chunk (`MapCall::context`).
+    context: Vec<MaybeUninit<u8>>,
     window: usize,
     in_flight: VecDeque<(Chunk, Option<Block>)>,
     ready: VecDeque<Result<U, Error>>,
     /// The input's panic, yielded once everything before it was.
     input_panic: Option<Error>,
     _out: PhantomData<fn() -> U>,
-}
-
-/// Where a chunk's input and output sit in its area.
-#[derive(Debug, Clone, Copy)]
-struct ChunkShape {
-    output_start: usize,
-    total: usize,
-    align: usize,
-    inline: bool,
 }
 
 impl<I, U> Imap<I, U>
@@ -86,38 +78,22 @@ where
         entry: u64,
         chunksize: usize,
         ordered: bool,
+        context: Vec<MaybeUninit<u8>>,
     ) -> Result<Self, Error> {
-        core.ensure_running()?;
-        if chunksize == 0 {
-            return Err(Error::invalid("chunksize must be at least 1"));
-        }
-        let too_large = || Error::invalid("chunksize too large");
-        let in_bytes = chunksize
-            .checked_mul(size_of::<I::Item>())
-            .ok_or_else(too_large)?;
-        let align = align_of::<I::Item>().max(align_of::<U>());
-        let output_start = in_bytes
-            .checked_next_multiple_of(align)
-            .ok_or_else(too_large)?;
-        let total = chunksize
-            .checked_mul(size_of::<U>())
-            .and_then(|b| b.checked_add(output_start))
-            .ok_or_else(too_large)?;
-        let shape = ChunkShape {
-            output_start,
-            total,
-            align: align.max(64),
-            inline: total <= INLINE_CAPACITY && align <= 64,
-        };
-        let window = (WINDOW_BYTES / total.max(1)).clamp(2 * core.processes, MAX_WINDOW);
+        check_chunksize(&core, chunksize)?;
+        check_context(&context)?;
+        let area = MapLayout::task(chunksize, Elem::of::<I::Item>(), Elem::of::<U>())
+            .ok_or_else(|| Error::invalid("chunksize too large"))?;
+        let window = imap_window(area.total, core.processes);
         Ok(Imap {
             core,
             input: input.fuse(),
             input_done: false,
             entry,
             chunksize,
-            shape,
+            area,
             ordered,
+            context,
             window,
             in_flight: VecDeque::new(),
             ready: VecDeque::new(),
@@ -176,11 +152,11 @@ where
     fn submit_next(&mut self) -> Result<(), Error> {
         let core = &*self.core;
         let mut slot = core.alloc_slot()?;
-        let base = if self.shape.inline {
-            slot.inline_offset()
-        } else {
-            slot.attach_block(self.shape.total, self.shape.align)?
-        };
+        if !self.context.is_empty() {
+            slot.write_inline(&self.context);
+        }
+        // The chunk's data follows the context in the inline area, if both fit.
+        let base = slot.attach_area(&self.area, self.context.len())?;
         let input = core.layout().at(base).cast::<I::Item>();
         let mut n = 0;
         while n < self.chunksize {
@@ -196,7 +172,7 @@ where
                 Err(payload) => {
                     self.input_done = true;
                     self.input_panic = Some(Error::InputPanicked {
-                        message: crate::error::panic_message(&*payload),
+                        message: crate::panic::panic_message(&payload),
                     });
                     break;
                 }
@@ -209,7 +185,7 @@ where
         if n == 0 {
             return Ok(()); // the token gives the slot and block back
         }
-        let output = base + self.shape.output_start as u64;
+        let output = base + self.area.output_start as u64;
         slot.describe(TaskDesc {
             entry: self.entry,
             input: base,

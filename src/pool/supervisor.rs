@@ -28,11 +28,12 @@
 //! slot failing with `PoolBroken`.
 
 use crate::error::Error;
-use crate::pool::core::{Core, TERMINATED};
-use crate::pool::worker::WorkerStart;
+use crate::pool::core::{Core, Lifecycle};
 use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
 use crate::start::fork::Child;
+use crate::sync::lock;
 use crate::sync::slot::{Outcome, SlotState, IN_PLACE};
+use crate::worker::WorkerStart;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -80,11 +81,7 @@ impl Supervisor {
         if started.is_err() {
             let _ = handle.join();
         } else {
-            *core
-                .supervisor
-                .thread
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(handle);
+            *lock(&core.supervisor.thread) = Some(handle);
         }
         started
     }
@@ -98,7 +95,7 @@ impl Supervisor {
 
     /// Waits for the thread to end (after close or terminate). Idempotent.
     pub(crate) fn join(&self) {
-        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = lock(&self.thread).take();
         if let Some(handle) = handle {
             let _ = handle.join();
         }
@@ -225,7 +222,7 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
         supervise(&core, &mut workers, ready)
     }));
     if let Err(payload) = supervised {
-        let message = crate::error::panic_message(&*payload);
+        let message = crate::panic::panic_message(&payload);
         core.mark_broken(format!("its supervisor thread panicked: {message}"));
         terminate_all(&core, &mut workers);
     }
@@ -267,7 +264,7 @@ fn supervise(
     // Per worker: the slot it was killed for, having exceeded the task timeout.
     let mut timed_out: Vec<Option<u32>> = vec![None; core.processes];
     loop {
-        if core.lifecycle() == TERMINATED {
+        if core.lifecycle() == Lifecycle::Terminated {
             terminate_all(core, workers);
             return;
         }
@@ -334,7 +331,7 @@ fn supervise(
                 core.callbacks.rescan();
             }
             core.layout().header().done.notify_sleepers();
-            if exit == Exit::Finished || core.lifecycle() == TERMINATED {
+            if exit == Exit::Finished || core.lifecycle() == Lifecycle::Terminated {
                 continue;
             }
             // Replace first, then re-push: with a full ring, pushing can wait

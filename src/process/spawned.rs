@@ -5,7 +5,7 @@ use crate::error::Error;
 use crate::objects::Heap;
 use crate::start::fork::{self, Child};
 use crate::start::StartMethod;
-use crate::task::{assert_stateless, init_entry, EntryPoint, Task, TaskIo};
+use crate::task::{init_entry, ApplyInput, EntryPoint, Task, TaskIo};
 use crate::Pod;
 use std::mem::{align_of, size_of};
 use std::os::fd::AsRawFd;
@@ -60,6 +60,9 @@ pub struct Process {
     args: Vec<Aligned>,
     args_len: usize,
     args_align: usize,
+    /// Why the function cannot travel (a `fn` pointer outside the
+    /// executable): reported by `start`.
+    refused: Option<Error>,
     child: Option<Child>,
     exitcode: Option<i32>,
 }
@@ -82,24 +85,36 @@ impl Process {
         Self::with_method(crate::start::default_method(), f, args)
     }
 
-    pub(crate) fn with_method<F, Args>(method: StartMethod, _f: F, args: Args) -> Process
+    pub(crate) fn with_method<F, Args>(method: StartMethod, f: F, args: Args) -> Process
     where
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_stateless::<F>() };
-        const { assert!(align_of::<Args>() <= 64) };
-        let mut buf = vec![Aligned([0; 64]); size_of::<Args>().div_ceil(64).max(1)];
-        // SAFETY: `buf` is 64-aligned with room for an Args.
-        unsafe { buf.as_mut_ptr().cast::<Args>().write(args) };
+        type Input<F, Args> = ApplyInput<F, Args>;
+        const { assert!(align_of::<Input<F, Args>>() <= 64) };
+        let size = size_of::<Input<F, Args>>();
+        let mut buf = vec![Aligned([0; 64]); size.div_ceil(64).max(1)];
+        let refused = match f.bind() {
+            Ok(bound) => {
+                // SAFETY: `buf` is 64-aligned with room for the input.
+                unsafe {
+                    buf.as_mut_ptr()
+                        .cast::<Input<F, Args>>()
+                        .write((bound, args))
+                };
+                None
+            }
+            Err(e) => Some(e),
+        };
         Process {
             name: format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)),
             method,
             entry: EntryPoint::new(init_entry::<F, Args>),
             entry_fn: init_entry::<F, Args>,
             args: buf,
-            args_len: size_of::<Args>(),
-            args_align: align_of::<Args>(),
+            args_len: size,
+            args_align: align_of::<Input<F, Args>>(),
+            refused,
             child: None,
             exitcode: None,
         }
@@ -123,10 +138,13 @@ impl Process {
         if self.child.is_some() || self.exitcode.is_some() {
             return Err(Error::state("a process can only be started once"));
         }
+        if let Some(refused) = self.refused.take() {
+            return Err(refused);
+        }
         // A spawned child whose start-up hook did not run takes its role here.
         crate::start::bootstrap::take_role();
         crate::start::check_entry(self.method, self.entry_fn)?;
-        crate::pool::worker::install_quiet_panic_hook();
+        crate::panic::install_quiet_panic_hook();
         let heap = Heap::get()?;
         let args_at = heap.alloc(self.args_len.max(1), self.args_align)?;
         let args_ptr = heap.ptr(args_at, self.args_len).expect("fresh allocation");
@@ -324,7 +342,7 @@ fn run_spawned(value: &std::ffi::OsStr) -> i32 {
     }
     // SAFETY: plain syscall.
     fork::die_with_parent(unsafe { libc::getppid() } as u32);
-    crate::pool::worker::install_quiet_panic_hook();
+    crate::panic::install_quiet_panic_hook();
     run_spec(spec_at)
 }
 

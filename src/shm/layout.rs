@@ -190,7 +190,7 @@ pub(crate) struct WorkerSettings {
     /// by the worker that won `init_failed`, read by the parent after reaping it.
     pub(crate) init_message: UnsafeCell<[u8; INIT_MESSAGE_BYTES]>,
     /// Non-zero if workers may be handed the parent's memory (zero-copy maps):
-    /// each then probes it at start (`pool::zero_copy::probe`).
+    /// each then probes it at start (`remote::probe`).
     pub(crate) zero_copy: AtomicU32,
     /// The parent's pid, for `process_vm_readv`/`writev`.
     pub(crate) parent_pid: AtomicU32,

@@ -18,9 +18,9 @@
 use super::fork;
 use super::spawn::{self, Spec};
 use super::{forkserver, BAD_SEGMENT_EXIT, BINARY_MISMATCH_EXIT};
-use crate::pool::worker::{self, WorkerStart};
 use crate::shm::layout::{self, Layout};
 use crate::shm::segment::Segment;
+use crate::worker::{self, WorkerStart};
 use crate::StartMethod;
 use std::io::Write;
 use std::os::fd::RawFd;

@@ -23,12 +23,15 @@ pub(crate) struct Child {
 }
 
 /// The process a worker is the child of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Parent {
     /// This process (fork, spawn).
     Us,
-    /// The fork server, which reaps it on our request.
-    ForkServer,
+    /// Another process, which `waitpid`s the child when `reap` asks it to
+    /// (the fork server): `reap(pid, block)` as [`reap`].
+    Other {
+        reap: fn(libc::pid_t, bool) -> Option<libc::c_int>,
+    },
 }
 
 impl Child {
@@ -37,7 +40,7 @@ impl Child {
     pub(crate) fn reap(&self, block: bool) -> Option<libc::c_int> {
         match self.parent {
             Parent::Us => reap(self.pid, block),
-            Parent::ForkServer => super::forkserver::reap(self.pid, block),
+            Parent::Other { reap } => reap(self.pid, block),
         }
     }
 

@@ -21,8 +21,8 @@
 use super::fork::{self, Child, Parent};
 use super::spawn;
 use crate::error::Error;
-use crate::pool::worker::WorkerStart;
 use crate::sync::fork_mutex::{ForkMutex, ForkMutexGuard};
+use crate::worker::WorkerStart;
 use crate::StartMethod;
 use std::ffi::OsStr;
 use std::io;
@@ -119,7 +119,7 @@ fn start_child(words: [u32; 4], fds: &[RawFd]) -> io::Result<Child> {
         Ok(pidfd) => Ok(Child {
             pid,
             pidfd,
-            parent: Parent::ForkServer,
+            parent: Parent::Other { reap },
         }),
         Err(e) => {
             // SAFETY: the server has not reaped `pid` (it only does when asked).
@@ -349,7 +349,7 @@ fn start_process_child(
     // only the program's processes hold its socket).
     let run = unsafe { std::mem::transmute::<usize, fn(u64) -> i32>(addr) };
     fork_from_server(socket, server, heap_fd, move || {
-        crate::pool::worker::install_quiet_panic_hook();
+        crate::panic::install_quiet_panic_hook();
         run(spec_at)
     })
 }

@@ -10,7 +10,7 @@
 //! * `bootstrap`: the `.init_array` hook that gives a re-executed process its
 //!   role.
 //!
-//! Whatever the method, a worker ends up in `pool::worker::serve` with the
+//! Whatever the method, a worker ends up in `worker::serve` with the
 //! pool's segment mapped and reports in through the pool's `ready` eventfd.
 
 pub(crate) mod bootstrap;
@@ -27,10 +27,10 @@ pub(crate) use method::default_method;
 pub use method::{set_start_method, StartMethod};
 
 use crate::error::Error;
-use crate::pool::worker::{self, WorkerStart};
-use crate::pool::zero_copy::AccessRefused;
+use crate::remote::AccessRefused;
 use crate::shm::layout::Layout;
 use crate::task::{Entry, EntryPoint, TaskIo};
+use crate::worker::{self, WorkerStart};
 use fork::Child;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
@@ -143,6 +143,21 @@ pub(crate) fn check_code(method: StartMethod, addr: usize) -> Result<u64, Error>
     Ok(crate::task::code_offset(addr))
 }
 
+/// Encodes the address of a `fn` pointer given as a task. Whatever the start
+/// method, it must point into the executable's code: a pointer into a library
+/// loaded at run time, or into memory made executable (a JIT), is refused
+/// rather than trusted, since nothing tells such a pointer from a wrong one.
+pub(crate) fn check_fn_pointer(addr: usize) -> Result<u64, Error> {
+    let (start, end) = executable_text();
+    if !(start..end).contains(&addr) {
+        return Err(Error::invalid(format!(
+            "a `fn` pointer given as a task must point into the executable's code; \
+             {addr:#x} lies outside it (a dynamically loaded library, or generated code)"
+        )));
+    }
+    Ok(crate::task::code_offset(addr))
+}
+
 #[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
@@ -153,8 +168,8 @@ mod tests {
 
     #[test]
     fn functions_of_this_binary_pass_and_foreign_code_is_rejected() {
-        fn entry_of<F: Fn(u64) -> u64 + Copy>(_: F) -> Entry {
-            crate::task::map_entry::<F, u64, u64>
+        fn entry_of<F: crate::Task<(u64,), Output = u64>>(_: F) -> Entry {
+            crate::task::map_entry::<F, u64>
         }
         assert!(check_entry(StartMethod::Spawn, entry_of(square)).is_ok());
         // libc's code lives in a shared library, outside the executable.

@@ -10,7 +10,7 @@
 
 use super::fork::{self, Child};
 use crate::error::Error;
-use crate::pool::worker::WorkerStart;
+use crate::worker::WorkerStart;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::RawFd;

@@ -6,12 +6,12 @@
 //! header's wake word. Exit (status 0) once the pool is closed and the ring is
 //! empty, or after `max_tasks` tasks (the supervisor then starts a replacement).
 
-use crate::pool::zero_copy::{self, AccessRefused, Peer, Stage};
+use crate::panic::{install_quiet_panic_hook, panic_message};
+use crate::remote::{self, AccessRefused, Peer, Stage};
 use crate::shm::layout::{Layout, INIT_FAILED_EXIT};
 use crate::sync::slot::{Outcome, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED};
 use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, Remote, TaskIo};
-use std::any::Any;
 use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -91,25 +91,6 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
             .work
             .park_unless(|| layout.is_closing() || !ring.is_empty(), None);
     }
-}
-
-/// Silences panic messages in worker processes, and only there: a task's panic
-/// is reported to the caller through its slot, so printing it in the worker
-/// too would only interleave noise into the parent's stderr.
-///
-/// Installed once per program by the parent *before* it forks: a forked child
-/// must not call `set_hook`, because another parent thread that was panicking
-/// at the instant of the fork leaves the hook's lock taken forever in the child.
-pub(crate) fn install_quiet_panic_hook() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !crate::process::in_worker() {
-                previous(info)
-            }
-        }));
-    });
 }
 
 /// How many times this process's line of ancestors forked to make it: bumped
@@ -219,7 +200,7 @@ fn reach_parent(layout: Layout) -> Option<Peer> {
     let peer = Peer {
         pid: settings.parent_pid.load(Ordering::Relaxed) as libc::pid_t,
     };
-    match zero_copy::probe(peer, settings.probe_target.load(Ordering::Relaxed)) {
+    match remote::probe(peer, settings.probe_target.load(Ordering::Relaxed)) {
         Ok(()) => Some(peer),
         Err(errno) => {
             layout
@@ -369,16 +350,6 @@ fn finish(
     }
     layout.header().done.notify_sleepers();
     true
-}
-
-pub(crate) fn panic_message(payload: &Box<dyn Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string panic payload".to_owned()
-    }
 }
 
 /// The longest prefix of `s` of at most `max` bytes ending on a char boundary.
@@ -544,15 +515,5 @@ mod tests {
         assert_eq!(truncate("héllo", 2), b"h");
         assert_eq!(truncate("héllo", 3), "hé".as_bytes());
         assert_eq!(truncate("short", 100), b"short");
-    }
-
-    #[test]
-    fn panic_messages_are_extracted() {
-        let p: Box<dyn Any + Send> = Box::new("static");
-        assert_eq!(panic_message(&p), "static");
-        let p: Box<dyn Any + Send> = Box::new(format!("formatted {}", 1));
-        assert_eq!(panic_message(&p), "formatted 1");
-        let p: Box<dyn Any + Send> = Box::new(7u8);
-        assert_eq!(panic_message(&p), "a non-string panic payload");
     }
 }
