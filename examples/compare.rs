@@ -17,8 +17,9 @@
 //! is none). Ratios compare throughput: above 1 means shmpool is faster.
 
 use rayon::prelude::*;
-use shmpool::{get_context, Pool, SharedVec, StartMethod};
+use shmpool::{get_context, partial, Pool, SharedVec, StartMethod};
 use std::fmt::Write as _;
+use std::future::IntoFuture;
 use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -327,6 +328,9 @@ enum Goal {
     MinRate(f64),
     /// shmpool's throughput at least this fraction of rayon's.
     MinVsRayon(f64),
+    /// shmpool's rate at least this fraction of another row's (named by a
+    /// prefix).
+    MinVsRow(&'static str, f64),
 }
 
 /// (target, the row it is read from (a prefix of its name), goal).
@@ -340,6 +344,11 @@ const GOALS: &[(&str, &str, Goal)] = &[
         "tiny `apply_async` ≥ 3 M/s, 100,000 in flight",
         "tiny `apply_async`:",
         Goal::MinRate(3e6),
+    ),
+    (
+        "awaiting 100,000 tiny `apply_async` ≥ 1/1.5 of blocking `get`",
+        "tiny `apply_async` `.await`ed in order",
+        Goal::MinVsRow("tiny `apply_async`:", 1.0 / 1.5),
     ),
     (
         "`imap_unordered` chunk size 1 ≥ 3 M items/s",
@@ -392,6 +401,14 @@ fn render_goals(rows: &[Row]) -> String {
             Goal::MinVsRayon(min) => {
                 let ratio = row.rayon.map_or(f64::NAN, |r| r / ours);
                 (format!("{ratio:.2}× rayon"), ratio >= min)
+            }
+            Goal::MinVsRow(other, min) => {
+                let theirs = rows
+                    .iter()
+                    .find(|r| r.name.starts_with(other))
+                    .and_then(|r| r.shmpool);
+                let ratio = theirs.map_or(f64::NAN, |t| ours / t);
+                (format!("{ratio:.2}×"), ratio >= min)
             }
         };
         let verdict = if met { "met" } else { "**missed**" };
@@ -650,6 +667,128 @@ fn c_api_overhead(v: &[f64], budget: Duration) -> String {
     )
 }
 
+fn scale_f64(k: f64, x: f64) -> f64 {
+    x * k
+}
+fn add_f64(a: f64, b: f64) -> f64 {
+    a + b
+}
+fn add_u64(a: u64, b: u64) -> u64 {
+    a.wrapping_add(b)
+}
+
+/// Medians and ranges (ms) of `calls`, run in alternation, each round
+/// starting with another, so that drift on a noisy machine hits all alike.
+fn alternating(budget: Duration, calls: &mut [&mut dyn FnMut()]) -> Vec<(f64, f64, f64)> {
+    let k = calls.len();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); k];
+    for c in calls.iter_mut() {
+        c(); // warm-up
+    }
+    let start = Instant::now();
+    let mut round = 0;
+    while times[0].len() < 51 && (times[0].len() < 7 || start.elapsed() < budget * k as u32) {
+        for j in 0..k {
+            let i = (round + j) % k;
+            let t = Instant::now();
+            calls[i]();
+            times[i].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        round += 1;
+    }
+    times.into_iter().map(spread).collect()
+}
+
+/// `partial` against a bare function item, and `map_reduce` against rayon's
+/// `par_iter().map().reduce()` and a sequential loop: a section of its own.
+fn task_rows(pool: &Pool, rayon: &rayon::ThreadPool, budget: Duration, quick: bool) -> String {
+    let show = |(m, lo, hi): (f64, f64, f64)| format!("{m:.3} ms ({lo:.3}–{hi:.3})");
+    let n = if quick { 1_000_000 } else { 10_000_000 };
+    let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
+    let k = black_box(2.0);
+    let (mut bare, mut bound) = (
+        || drop(black_box(pool.map(square_f64, &v).unwrap())),
+        || drop(black_box(pool.map(partial(scale_f64, k), &v).unwrap())),
+    );
+    let t = alternating(budget, &mut [&mut bare, &mut bound]);
+    let partial_cost = t[1].0 / t[0].0 - 1.0;
+    let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+    let mut out = format!(
+        "\n### Tasks: bound values and map-reduce\n\n\
+         `map` over {n} f64 into a fresh `Vec`, alternating on one pool of {PROCESSES} (each \
+         round starting with another), medians and ranges: a bare function item (`x * x`) \
+         against `partial(scale, k)` (`x * k`, `k` bound at run time).\n\n\
+         | function item | `partial(scale, k)` | `partial` vs item |\n|---|---|---|\n\
+         | {} | {} | {:+.1} % |\n",
+        show(t[0]),
+        show(t[1]),
+        partial_cost * 100.0
+    );
+    let reduce_trivial = {
+        let (mut ours, mut theirs, mut seq) = (
+            || {
+                black_box(pool.map_reduce(square_f64, add_f64, &v).unwrap());
+            },
+            || {
+                black_box(
+                    rayon.install(|| v.par_iter().map(|&x| x * x).reduce(|| 0.0, |a, b| a + b)),
+                );
+            },
+            || {
+                black_box(v.iter().map(|&x| x * x).fold(0.0, |a, b| a + b));
+            },
+        );
+        alternating(budget, &mut [&mut ours, &mut theirs, &mut seq])
+    };
+    let m = if quick { 20_000 } else { 1_000_000 };
+    let w: Vec<u64> = (0..m).collect();
+    let reduce_heavy = {
+        let (mut ours, mut theirs, mut seq) = (
+            || {
+                black_box(pool.map_reduce(one_us, add_u64, &w).unwrap());
+            },
+            || {
+                black_box(rayon.install(|| w.par_iter().map(|&x| one_us(x)).reduce(|| 0, add_u64)));
+            },
+            || {
+                black_box(w.iter().map(|&x| one_us(x)).fold(0, add_u64));
+            },
+        );
+        alternating(budget, &mut [&mut ours, &mut theirs, &mut seq])
+    };
+    let _ = write!(
+        out,
+        "\n`map_reduce(f, add, &v)` against rayon's `par_iter().map(f).reduce(|| 0, add)` \
+         ({PROCESSES} threads) and a sequential `map().fold()`, alternating, medians and \
+         ranges.\n\n| workload | shmpool `map_reduce` | rayon | sequential | vs rayon |\n\
+         |---|---|---|---|---|\n\
+         | `x * x` over {n} f64 | {} | {} | {} | {:.2}× |\n\
+         | a ~1 µs function over {m} u64 | {} | {} | {} | {:.2}× |\n",
+        show(reduce_trivial[0]),
+        show(reduce_trivial[1]),
+        show(reduce_trivial[2]),
+        reduce_trivial[1].0 / reduce_trivial[0].0,
+        show(reduce_heavy[0]),
+        show(reduce_heavy[1]),
+        show(reduce_heavy[2]),
+        reduce_heavy[1].0 / reduce_heavy[0].0,
+    );
+    let _ = write!(
+        out,
+        "\n| target | this run | |\n|---|---|---|\n\
+         | `partial` within 5 % of a bare function item, {n} f64 | {:+.1} % | {} |\n\
+         | `map_reduce` ≥ 0.9× rayon, `x * x` over {n} f64 | {:.2}× | {} |\n\
+         | `map_reduce` ≥ 0.9× rayon, a ~1 µs function | {:.2}× | {} |\n",
+        partial_cost * 100.0,
+        verdict(partial_cost.abs() <= 0.05),
+        reduce_trivial[1].0 / reduce_trivial[0].0,
+        verdict(reduce_trivial[1].0 / reduce_trivial[0].0 >= 0.9),
+        reduce_heavy[1].0 / reduce_heavy[0].0,
+        verdict(reduce_heavy[1].0 / reduce_heavy[0].0 >= 0.9),
+    );
+    out
+}
+
 /// One fresh process's figures: seconds of the first call, median seconds of
 /// the next four, peak bytes.
 struct FreshSample {
@@ -816,6 +955,56 @@ fn main() {
         python: py_get("apply_async_callback_per_s"),
     });
 
+    // 2c. The same results `.await`ed instead of waited for: in order, on a
+    //     minimal executor, and as many concurrent tokio tasks (woken by the
+    //     pool's callback thread; the runtime's thread never blocks).
+    let t = median(budget, || {
+        let handles: Vec<_> = (0..n)
+            .map(|i| pool.apply_async(square_u64, (i,)).unwrap())
+            .collect();
+        black_box(futures_executor::block_on(async {
+            let mut sum = 0u64;
+            for h in handles {
+                sum = sum.wrapping_add(h.await.unwrap());
+            }
+            sum
+        }));
+    });
+    rows.push(Row {
+        name: "tiny `apply_async` `.await`ed in order: 100,000 submitted, then awaited \
+               (`futures::executor::block_on`)"
+            .into(),
+        unit: Unit::PerSecond,
+        shmpool: Some(n as f64 / t),
+        rayon: None,
+        sequential: None,
+        python: None,
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let t = median(budget, || {
+        black_box(rt.block_on(async {
+            let tasks: Vec<_> = (0..n)
+                .map(|i| tokio::spawn(pool.apply_async(square_u64, (i,)).unwrap().into_future()))
+                .collect();
+            let mut sum = 0u64;
+            for t in tasks {
+                sum = sum.wrapping_add(t.await.unwrap().unwrap());
+            }
+            sum
+        }));
+    });
+    rows.push(Row {
+        name: "tiny `apply_async` `.await`ed by 100,000 tokio tasks (current-thread runtime)"
+            .into(),
+        unit: Unit::PerSecond,
+        shmpool: Some(n as f64 / t),
+        rayon: None,
+        sequential: None,
+        python: None,
+    });
+
     // 3. imap_unordered, chunk size 1.
     let t = median(budget, || {
         black_box(
@@ -910,6 +1099,9 @@ fn main() {
     let (serde_rows, serde_table) = serde_section(&pool, &rayon, budget, &py_get);
     rows.extend(serde_rows);
 
+    // 4d. Bound values and map-reduce.
+    let tasks = task_rows(&pool, &rayon, budget, quick);
+
     // 4c. What a user meets first: the first call in a fresh process, and
     //     peak memory, each from fresh processes.
     let reps = if quick { 1 } else { 5 };
@@ -992,7 +1184,7 @@ fn main() {
     });
 
     let mut table = render(&rows, &py, &fresh_table);
-    let _ = write!(table, "{c_api}{serde_table}");
+    let _ = write!(table, "{c_api}{tasks}{serde_table}");
     println!("{table}");
     if quick {
         println!("(--quick: docs/PERFORMANCE.md left unchanged)");

@@ -134,6 +134,11 @@ pub enum Error {
     },
     /// The operating system refused something (creating shared memory, forking).
     Io(std::io::Error),
+    /// The work was stopped by [`AsyncResult::abort`](crate::AsyncResult::abort)
+    /// (or by dropping a handle that aborts on drop): a task not yet started
+    /// was withdrawn, a running one was stopped by killing its worker, which
+    /// the pool replaced. It will not finish.
+    Aborted,
 }
 
 impl fmt::Display for Error {
@@ -207,6 +212,7 @@ impl fmt::Display for Error {
                  do all ranks run the same binary?"
             ),
             Error::Io(e) => write!(f, "operating system error: {e}"),
+            Error::Aborted => f.write_str("the task was aborted before it finished"),
         }
     }
 }
@@ -224,15 +230,6 @@ impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e)
     }
-}
-
-/// A caught panic's message: its payload if that is a string.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string panic".into())
 }
 
 impl Error {

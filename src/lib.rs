@@ -22,6 +22,11 @@
 //!   [`Event`], [`Condition`], [`Barrier`], [`Value`], [`Array`],
 //!   [`SharedMemory`]; with the `serde` feature, `serial::{Queue, Pipe}` for
 //!   values of any `serde` type.
+//! * Async code awaits results ([`AsyncResult`] is `IntoFuture`), woken
+//!   without blocking its executor and without depending on a runtime, and
+//!   can stop a task with [`AsyncResult::abort`] (its worker is killed and
+//!   replaced); with the `async` feature, an [`Imap`] is a
+//!   `futures_core::Stream`.
 //! * C and Fortran programs use the same pool through [`capi`] (`libshmpool`,
 //!   `include/shmpool.h`).
 //! * With the `manager` feature, `Manager` (module `manager`): a
@@ -99,8 +104,11 @@ pub use objects::{
 };
 pub use pod::Pod;
 pub use pool::builder::MAX_PROCESSES;
+#[cfg(feature = "async")]
+pub use pool::ImapStream;
 pub use pool::{
-    AsyncResult, Call, Deliver, Imap, NoCallbacks, Pool, PoolBuilder, SharedVec, WithCallbacks,
+    AsyncResult, Call, Deliver, Imap, NoCallbacks, Pool, PoolBuilder, ResultFuture, SharedVec,
+    WithCallbacks,
 };
 #[cfg(feature = "serde")]
 pub use pool::{SerdeImap, SerdePool, DEFAULT_RESULT_CAPACITY};

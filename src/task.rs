@@ -49,6 +49,23 @@ use std::mem::{size_of, MaybeUninit};
 /// A closure's argument types must be written out (`|x: f64| x * x`): the
 /// pool's calls accept things that are not closures too, so the compiler
 /// cannot infer them from the call.
+///
+/// ```
+/// use shmpool::{partial, Pool};
+/// fn square(x: u64) -> u64 { x * x }
+/// fn cube(x: u64) -> u64 { x * x * x }
+/// fn shift(by: u64, x: u64) -> u64 { x << by }
+///
+/// let pool = Pool::new(2)?;
+/// // A table of functions, as a benchmark harness keeps one.
+/// let table: [(&str, fn(u64) -> u64); 2] = [("square", square), ("cube", cube)];
+/// for (name, f) in table {
+///     assert_eq!(pool.map(f, &[2, 3])?, [f(2), f(3)], "{name}");
+/// }
+/// assert_eq!(pool.apply(partial(shift, 4), (1,))?, 16);
+/// assert_eq!(pool.map(|x: u64| x + 1, &[1])?, [2]);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot run in a worker process as a task taking `{Args}`",
     label = "not a task taking `{Args}`",
@@ -408,6 +425,109 @@ where
         *x = F::call(&bound, (*x,));
     }
     Ok(())
+}
+
+/// What a `map_reduce` chunk carries: the map's and the fold's bound bytes.
+pub(crate) type ReduceBounds<F, O, T, U> = (<F as Task<(T,)>>::Bound, <O as Task<(U, U)>>::Bound);
+
+/// The context bytes of a `map_reduce`: both bounds, or nothing when both
+/// tasks are zero-sized.
+pub(crate) fn reduce_context<F, O, T>(
+    bounds: &ReduceBounds<F, O, T, F::Output>,
+) -> &[MaybeUninit<u8>]
+where
+    F: Task<(T,)>,
+    O: Task<(F::Output, F::Output), Output = F::Output>,
+{
+    let len = if size_of::<F>() + size_of::<O>() == 0 {
+        0
+    } else {
+        size_of::<ReduceBounds<F, O, T, F::Output>>()
+    };
+    // SAFETY: `len` bytes of a live value, viewed as possibly uninitialized
+    // bytes (padding), which is all a copy of them needs.
+    unsafe {
+        std::slice::from_raw_parts(
+            (bounds as *const ReduceBounds<F, O, T, F::Output>).cast(),
+            len,
+        )
+    }
+}
+
+/// Entry point for one `map_reduce` chunk: folds `f(input[i])` with `op`, in
+/// order, and writes the one result to `output`.
+///
+/// # Safety
+/// As for [`map_entry`], with room for one output element; unless both tasks
+/// are zero-sized, `io.context` holds their [`ReduceBounds`].
+pub(crate) unsafe fn reduce_entry<F, O, T>(io: TaskIo<'_>) -> Result<(), AccessRefused>
+where
+    F: Task<(T,)>,
+    O: Task<(F::Output, F::Output), Output = F::Output>,
+    T: Pod,
+{
+    let (f_bound, op_bound): ReduceBounds<F, O, T, F::Output> =
+        if size_of::<F>() + size_of::<O>() == 0 {
+            // SAFETY: all-zero bytes are a valid value of every Pod type.
+            unsafe { MaybeUninit::zeroed().assume_init() }
+        } else {
+            // SAFETY: the parent wrote both bounds there (contract).
+            unsafe {
+                io.context
+                    .cast::<ReduceBounds<F, O, T, F::Output>>()
+                    .read_unaligned()
+            }
+        };
+    let output = io.output;
+    let peer = io.remote.as_ref().filter(|r| r.output).map(|r| r.peer);
+    // The fold reads pieces of input and writes nothing until the end.
+    let reading = TaskIo {
+        output: std::ptr::null_mut(),
+        remote: io.remote.map(|r| Remote { output: false, ..r }),
+        ..io
+    };
+    let mut acc: Option<F::Output> = None;
+    // SAFETY: forwarded contract, with no output side; each piece holds `n`
+    // initialized T's, aligned for them.
+    unsafe {
+        for_each_piece_raw(reading, size_of::<T>(), 0, |input, _, n| {
+            let xs = std::slice::from_raw_parts(input.cast::<T>(), n);
+            let mut xs = xs.iter();
+            let mut a = match acc {
+                Some(a) => a,
+                None => match xs.next() {
+                    Some(&x) => F::call(&f_bound, (x,)),
+                    None => return,
+                },
+            };
+            for &x in xs {
+                a = O::call(&op_bound, (a, F::call(&f_bound, (x,))));
+            }
+            acc = Some(a);
+        })
+    }?;
+    let Some(acc) = acc else {
+        return Ok(()); // no element: the parent sends no empty chunk
+    };
+    match peer {
+        // SAFETY: `acc` is a live value of `size_of::<F::Output>()` bytes.
+        Some(peer) => unsafe {
+            peer.write(
+                (&acc as *const F::Output).cast(),
+                size_of::<F::Output>(),
+                output as u64,
+            )
+        }
+        .map_err(|errno| AccessRefused {
+            errno,
+            wrote: errno != libc::EPERM,
+        }),
+        None => {
+            // SAFETY: room for one aligned output, ours alone (contract).
+            unsafe { output.cast::<F::Output>().write(acc) };
+            Ok(())
+        }
+    }
 }
 
 /// Runs `body` over a map task's elements: in one call when both sides are

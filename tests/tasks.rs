@@ -344,3 +344,145 @@ fn every_python_call_shape_is_writable_with_call_options() {
         ));
     });
 }
+
+fn add_u64(a: u64, b: u64) -> u64 {
+    a.wrapping_add(b)
+}
+/// `x` as the affine map `y -> (2x + 1) y + x²`: maps of this family do
+/// not commute.
+fn affine_of(x: u64) -> (u64, u64) {
+    (x.wrapping_mul(2).wrapping_add(1), x.wrapping_mul(x))
+}
+/// Composes two affine maps, first `f` then `g`: associative but not
+/// commutative, so chunks combined out of order (or an element folded twice
+/// or skipped) change the result.
+fn then((fa, fb): (u64, u64), (ga, gb): (u64, u64)) -> (u64, u64) {
+    (fa.wrapping_mul(ga), ga.wrapping_mul(fb).wrapping_add(gb))
+}
+
+#[test]
+fn map_reduce_folds_in_index_order_whatever_the_chunks_and_the_path() {
+    bounded(LIMIT, || {
+        // 10^6 u64 in: large enough to go where the data lies.
+        let v: Vec<u64> = (0..1_000_000).collect();
+        let want_sum: u64 = v.iter().map(|&x| square(x)).fold(0, add_u64);
+        for zero_copy in [true, false] {
+            let pool = Pool::builder()
+                .processes(2)
+                .zero_copy(zero_copy)
+                .build()
+                .unwrap();
+            assert_eq!(
+                pool.map_reduce(square, add_u64, &v).unwrap(),
+                Some(want_sum)
+            );
+            for chunksize in [1usize, 7, 1000, 1_000_000] {
+                let small = &v[..3000];
+                assert_eq!(
+                    pool.call()
+                        .chunksize(chunksize)
+                        .map_reduce(affine_of, then, small)
+                        .unwrap(),
+                    small.iter().map(|&x| affine_of(x)).reduce(then),
+                    "chunksize {chunksize}, zero_copy {zero_copy}"
+                );
+            }
+            assert_eq!(pool.map_reduce(square, add_u64, &[]).unwrap(), None);
+            assert_eq!(pool.map_reduce(square, add_u64, &[9]).unwrap(), Some(81));
+        }
+    });
+}
+
+#[test]
+fn map_reduce_takes_partials_fn_pointers_and_shared_vecs() {
+    bounded(LIMIT, || {
+        fn weighted(w: u64, x: u64) -> u64 {
+            w * x
+        }
+        fn capped_add(cap: u64, a: u64, b: u64) -> u64 {
+            (a + b).min(cap)
+        }
+        let pool = Pool::new(2).unwrap();
+        let v: Vec<u64> = (1..=100).collect();
+        let w: u64 = runtime_value(3);
+        assert_eq!(
+            pool.map_reduce(partial(weighted, w), add_u64, &v).unwrap(),
+            Some(3 * 5050)
+        );
+        assert_eq!(
+            pool.map_reduce(square, partial(capped_add, 1000), &v)
+                .unwrap(),
+            Some(1000)
+        );
+        let op: fn(u64, u64) -> u64 = add_u64;
+        let f: fn(u64) -> u64 = cube;
+        assert_eq!(
+            pool.map_reduce(f, op, &v).unwrap(),
+            Some(v.iter().map(|&x| cube(x)).sum())
+        );
+        let shared = shmpool::SharedVec::from_slice(&pool, &v).unwrap();
+        assert_eq!(
+            pool.map_reduce(square, add_u64, &shared).unwrap(),
+            Some(338_350)
+        );
+        for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+            let p = get_context(method).pool(2).unwrap();
+            assert_eq!(
+                p.map_reduce(partial(weighted, w), op, &v).unwrap(),
+                Some(3 * 5050),
+                "{method:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_failing_map_reduce_chunk_is_an_error_not_a_partial_result() {
+    bounded(LIMIT, || {
+        fn panics_at_7(x: u64) -> u64 {
+            assert_ne!(x, 7, "seven");
+            x
+        }
+        fn dies_at_7(x: u64) -> u64 {
+            if x == 7 {
+                std::process::abort();
+            }
+            x
+        }
+        let pool = Pool::new(2).unwrap();
+        let v: Vec<u64> = (0..100).collect();
+        assert!(matches!(
+            pool.call()
+                .chunksize(5)
+                .map_reduce(panics_at_7, add_u64, &v),
+            Err(Error::TaskPanicked { .. })
+        ));
+        assert!(matches!(
+            pool.call().chunksize(5).map_reduce(dies_at_7, add_u64, &v),
+            Err(Error::WorkerDied { .. })
+        ));
+        // The pool goes on.
+        assert_eq!(pool.map_reduce(square, add_u64, &[2, 3]).unwrap(), Some(13));
+    });
+}
+
+#[test]
+fn bound_values_and_call_options_are_awaitable() {
+    bounded(LIMIT, || {
+        let pool = Pool::new(2).unwrap();
+        let k: u64 = runtime_value(5);
+        let v: Vec<u64> = (0..100).collect();
+        let got = pollster::block_on(async {
+            let one = pool.apply_async(partial(offset, k), (1,)).unwrap().await;
+            let many = pool
+                .call()
+                .chunksize(7)
+                .map_async(partial(offset, k), &v)
+                .unwrap()
+                .await;
+            (one, many)
+        });
+        assert_eq!(got.0.unwrap(), 1 + k);
+        assert_eq!(got.1.unwrap(), v.iter().map(|x| x + k).collect::<Vec<_>>());
+    });
+}

@@ -427,6 +427,7 @@ unsafe fn map_c(
         output: out_elem,
         chunksize,
         in_place: false,
+        fold: false,
         context: desc.as_bytes(),
     };
     // SAFETY: forwarded contract; `c_entry` maps elements as `desc` describes.

@@ -119,7 +119,7 @@ impl Object {
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
         // A panic on the server is a bug; the state stays usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Whether this object's kind is `kind` (for named objects).
@@ -182,11 +182,7 @@ impl Object {
                     _ => return Err(Fault::Timeout),
                 },
             };
-            state = self
-                .changed
-                .wait_timeout(state, slice)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            state = crate::sync::unpoisoned(self.changed.wait_timeout(state, slice)).0;
             // Checked after each wake, before `ready` takes anything: a
             // client that died while waiting must not take a queue's item or
             // a lock that a live client could have.

@@ -240,9 +240,7 @@ fn authenticate(stream: &mut Stream, reader: &mut FrameReader, server: &Server) 
 
 impl Server {
     fn object(&self, id: u64) -> Result<Arc<Object>, Fault> {
-        self.objects
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::unpoisoned(self.objects.read())
             .get(&id)
             .cloned()
             .ok_or_else(|| Fault::Invalid(format!("the manager holds no object {id}")))
@@ -251,10 +249,7 @@ impl Server {
     fn create(&self, spec: Spec) -> Result<u64, Fault> {
         let object = Arc::new(Object::new(spec)?);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.objects
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, object);
+        crate::sync::unpoisoned(self.objects.write()).insert(id, object);
         Ok(id)
     }
 
@@ -267,7 +262,7 @@ impl Server {
         match request {
             Request::Create(spec) => self.create(spec).map(Answer::Id),
             Request::Named(name, spec) => {
-                let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+                let mut names = crate::sync::lock(&self.names);
                 if let Some(&id) = names.get(&name) {
                     if !self.object(id)?.is(&spec) {
                         return Err(Fault::Invalid(format!(

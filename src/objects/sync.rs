@@ -2,7 +2,7 @@
 //! counters and flags in the object heap, waited on with the crate's futex
 //! wake word.
 
-use super::heap::{resolve, shared_object, Heap};
+use super::heap::{heap_handle, resolve, shared_object, Heap};
 use super::lock::{kind, RawMutex};
 use crate::deadline::deadline_opt;
 use crate::error::Error;
@@ -94,17 +94,12 @@ impl SemaphoreObject {
 
 macro_rules! semaphore_type {
     ($name:ident, $doc:literal, $example:literal, $new:item) => {
-        #[doc = $doc]
-        ///
-        #[doc = $example]
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        #[repr(C)]
-        pub struct $name {
-            at: u64,
+        heap_handle! {
+            #[doc = $doc]
+            ///
+            #[doc = $example]
+            $name
         }
-
-        // SAFETY: an offset into the program's object heap, checked on use.
-        unsafe impl crate::Pod for $name {}
 
         impl $name {
             $new
@@ -178,26 +173,21 @@ struct EventObject {
     word: WakeWord,
 }
 
-/// A flag processes can wait for, like Python's `multiprocessing.Event`.
-///
-/// ```
-/// use std::time::Duration;
-/// let ev = shmpool::Event::new()?;
-/// assert!(!ev.wait(Some(Duration::from_millis(1)))?);
-/// ev.set()?;
-/// assert!(ev.is_set()? && ev.wait(None)?);
-/// ev.clear()?;
-/// assert!(!ev.is_set()?);
-/// # Ok::<(), shmpool::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
-pub struct Event {
-    at: u64,
+heap_handle! {
+    /// A flag processes can wait for, like Python's `multiprocessing.Event`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let ev = shmpool::Event::new()?;
+    /// assert!(!ev.wait(Some(Duration::from_millis(1)))?);
+    /// ev.set()?;
+    /// assert!(ev.is_set()? && ev.wait(None)?);
+    /// ev.clear()?;
+    /// assert!(!ev.is_set()?);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    Event
 }
-
-// SAFETY: an offset into the program's object heap, checked on use.
-unsafe impl crate::Pod for Event {}
 
 impl Event {
     /// A new event, not set.
@@ -254,26 +244,21 @@ struct ConditionObject {
     word: WakeWord,
 }
 
-/// A condition variable shared by processes, with its own lock, like Python's
-/// `multiprocessing.Condition`. Wait and notify through the guard that
-/// [`lock`](Condition::lock) returns.
-///
-/// ```
-/// use std::time::Duration;
-/// let cond = shmpool::Condition::new()?;
-/// let mut guard = cond.lock()?;
-/// guard.notify_all();                       // nobody waits: nothing happens
-/// assert!(!guard.wait(Some(Duration::from_millis(5)))?); // times out
-/// # Ok::<(), shmpool::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
-pub struct Condition {
-    at: u64,
+heap_handle! {
+    /// A condition variable shared by processes, with its own lock, like Python's
+    /// `multiprocessing.Condition`. Wait and notify through the guard that
+    /// [`lock`](Condition::lock) returns.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cond = shmpool::Condition::new()?;
+    /// let mut guard = cond.lock()?;
+    /// guard.notify_all();                       // nobody waits: nothing happens
+    /// assert!(!guard.wait(Some(Duration::from_millis(5)))?); // times out
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    Condition
 }
-
-// SAFETY: an offset into the program's object heap, checked on use.
-unsafe impl crate::Pod for Condition {}
 
 impl Condition {
     /// A new condition with its own (non-recursive, robust) lock.
@@ -366,28 +351,23 @@ struct BarrierObject {
     word: WakeWord,
 }
 
-/// A barrier for a fixed number of processes, like Python's
-/// `multiprocessing.Barrier`: each [`wait`](Barrier::wait) blocks until
-/// `parties` waits are in progress, then all return.
-///
-/// A waiter that times out breaks the barrier: it and every other waiter get
-/// [`Error::BrokenBarrier`] (or [`Error::Timeout`] for the one that timed out),
-/// so a party that died can never hang the others forever — if they wait with
-/// a timeout.
-///
-/// ```
-/// let b = shmpool::Barrier::new(1)?;
-/// assert_eq!(b.wait(None)?, 0); // one party: passes at once
-/// # Ok::<(), shmpool::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
-pub struct Barrier {
-    at: u64,
+heap_handle! {
+    /// A barrier for a fixed number of processes, like Python's
+    /// `multiprocessing.Barrier`: each [`wait`](Barrier::wait) blocks until
+    /// `parties` waits are in progress, then all return.
+    ///
+    /// A waiter that times out breaks the barrier: it and every other waiter get
+    /// [`Error::BrokenBarrier`] (or [`Error::Timeout`] for the one that timed out),
+    /// so a party that died can never hang the others forever — if they wait with
+    /// a timeout.
+    ///
+    /// ```
+    /// let b = shmpool::Barrier::new(1)?;
+    /// assert_eq!(b.wait(None)?, 0); // one party: passes at once
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    Barrier
 }
-
-// SAFETY: an offset into the program's object heap, checked on use.
-unsafe impl crate::Pod for Barrier {}
 
 impl Barrier {
     /// A barrier for `parties` (≥ 1) waiters.

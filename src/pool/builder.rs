@@ -69,6 +69,8 @@ pub(crate) struct PoolConfig {
     /// The supervisor thread's stack, on which fork workers run their tasks
     /// (`None`: [`default_stack_size`]).
     pub(crate) stack_size: Option<usize>,
+    /// Dropping an unfinished result handle (or its future) aborts its work.
+    pub(crate) abort_on_drop: bool,
 }
 
 /// The smallest [`PoolBuilder::stack_size`] accepted.
@@ -222,6 +224,29 @@ impl PoolBuilder {
     /// ```
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.config.task_timeout = Some(limit);
+        self
+    }
+
+    /// Whether dropping an unfinished [`AsyncResult`](crate::AsyncResult),
+    /// or the future `.await` made of it, [aborts](crate::AsyncResult::abort)
+    /// its work: running tasks are stopped by killing their workers, like
+    /// tokio's `JoinHandle::abort`. Default `false`: a drop only withdraws
+    /// tasks that have not started, and running ones finish unobserved.
+    /// One result can choose otherwise with
+    /// [`AsyncResult::abort_on_drop`](crate::AsyncResult::abort_on_drop).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn spin() { loop { std::hint::spin_loop() } }
+    /// let pool = shmpool::Pool::builder().processes(1).abort_on_drop(true).build()?;
+    /// let stuck = pool.apply_async(spin, ())?;
+    /// std::thread::sleep(Duration::from_millis(50));
+    /// drop(stuck);                                 // kills its worker
+    /// assert_eq!(pool.apply(|| 7u8, ())?, 7);      // served by a new one
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn abort_on_drop(mut self, enabled: bool) -> Self {
+        self.config.abort_on_drop = enabled;
         self
     }
 

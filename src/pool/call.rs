@@ -7,7 +7,10 @@ use super::result::{decode_one, decode_vec, Decode};
 use super::{schedule, AsyncResult, Imap, Pool};
 use crate::error::Error;
 use crate::sync::slot::WATCHED;
-use crate::task::{context_of, inplace_entry, map_entry, starmap_entry, Task};
+use crate::task::{
+    context_of, inplace_entry, map_entry, reduce_context, reduce_entry, starmap_entry,
+    ReduceBounds, Task,
+};
 use crate::Pod;
 use std::sync::Arc;
 
@@ -154,6 +157,25 @@ impl<'p> Call<'p, NoCallbacks> {
         schedule::map_into(&self.pool.core, input, output, chunksize, entry, context)
     }
 
+    /// Maps and folds without the vector ([`Pool::map_reduce`]).
+    pub fn map_reduce<F, O, T>(self, f: F, op: O, items: &[T]) -> Result<Option<F::Output>, Error>
+    where
+        F: Task<(T,)>,
+        O: Task<(F::Output, F::Output), Output = F::Output>,
+        T: Pod,
+    {
+        let bounds: ReduceBounds<F, O, T, F::Output> = (f.bind()?, op.bind()?);
+        let entry = self.pool.entry_point(reduce_entry::<F, O, T>)?;
+        let chunksize = self.map_chunksize(items.len());
+        let context = reduce_context::<F, O, T>(&bounds);
+        let core = &self.pool.core;
+        let per_chunk = schedule::map_fold::<T, F::Output>(core, items, chunksize, entry, context)?;
+        // In index order, so an associative `op` gives the same answer
+        // whatever the chunk size.
+        let combine = |a, b| O::call(&bounds.1, (a, b));
+        Ok(per_chunk.into_iter().reduce(combine))
+    }
+
     /// A lazy, ordered map over any iterator ([`Pool::imap`]); the chunk
     /// size defaults to 1, as in Python.
     pub fn imap<F, I>(self, f: F, items: I) -> Result<Imap<I::IntoIter, F::Output>, Error>
@@ -218,8 +240,8 @@ impl<'p, C> Call<'p, C> {
         Args: Pod,
         C: Deliver<F::Output>,
     {
-        let flags = watched_flag::<C, F::Output>();
-        let job = self.pool.submit_apply(f, args, flags)?.into_job();
+        // WATCHED: its finish is logged, for callbacks or an awaiting future.
+        let job = self.pool.submit_apply(f, args, WATCHED)?.into_job();
         deliver(self.pool, job, decode_one::<F::Output>, self.callbacks)
     }
 
@@ -265,9 +287,8 @@ impl<'p, C> Call<'p, C> {
         C: Deliver<Vec<U>>,
     {
         let chunksize = self.map_chunksize(items.len());
-        let flags = watched_flag::<C, Vec<U>>();
         let core = &self.pool.core;
-        let job = schedule::submit_slice::<T, U>(core, items, chunksize, entry, flags, context)?;
+        let job = schedule::submit_slice::<T, U>(core, items, chunksize, entry, WATCHED, context)?;
         deliver(self.pool, job, decode_vec::<U>, self.callbacks)
     }
 
@@ -280,9 +301,6 @@ impl<'p, C> Call<'p, C> {
 /// What a [`Call`] does with a finished result: nothing ([`NoCallbacks`]:
 /// the handle reads it), or run callbacks ([`WithCallbacks`]). Sealed.
 pub trait Deliver<R>: sealed::Sealed {
-    /// Whether the callback thread watches the job (`slot::WATCHED`).
-    #[doc(hidden)]
-    const WATCHES: bool;
     /// The callbacks to run, boxed for the callback thread.
     #[doc(hidden)]
     fn into_callbacks(self) -> Option<Boxed<R>>;
@@ -302,7 +320,6 @@ mod sealed {
 }
 
 impl<R> Deliver<R> for NoCallbacks {
-    const WATCHES: bool = false;
     fn into_callbacks(self) -> Option<Boxed<R>> {
         None
     }
@@ -313,18 +330,8 @@ where
     C: FnOnce(R) + Send + 'static,
     E: FnOnce(Error) + Send + 'static,
 {
-    const WATCHES: bool = true;
     fn into_callbacks(self) -> Option<Boxed<R>> {
         Some((Box::new(self.callback), Box::new(self.error_callback)))
-    }
-}
-
-/// The description flag of tasks whose result `D` delivers.
-fn watched_flag<D: Deliver<R>, R>() -> u32 {
-    if D::WATCHES {
-        WATCHED
-    } else {
-        0
     }
 }
 

@@ -15,19 +15,68 @@ use crate::remote::AccessRefused;
 use crate::shm::arena::{Arena, Block};
 use crate::shm::layout::{self, Layout};
 use crate::shm::segment::Segment;
+use crate::sync::lock;
 use crate::sync::ring::{Full, Producer};
 use crate::sync::slot::{Outcome, SlotState, INLINE_CAPACITY};
 use crate::Pod;
 use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-/// The pool accepts work.
-pub(crate) const RUNNING: u8 = 0;
-/// `close()` was called: pending work finishes, nothing new is accepted.
-pub(crate) const CLOSED: u8 = 1;
-/// `terminate()` was called (or the pool dropped): workers are killed.
-pub(crate) const TERMINATED: u8 = 2;
+/// Where a pool is in its life. It only moves forward (`Running` → `Closed`
+/// → `Terminated`, or `Running` → `Terminated`): the order of the variants is
+/// that of the states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Lifecycle {
+    /// The pool accepts work.
+    Running = 0,
+    /// `close()` was called: pending work finishes, nothing new is accepted.
+    Closed = 1,
+    /// `terminate()` was called (or the pool dropped): workers are killed.
+    Terminated = 2,
+}
+
+impl Lifecycle {
+    /// The state a word names; only [`LifecycleCell`] writes the word.
+    fn from_u8(v: u8) -> Lifecycle {
+        match v {
+            0 => Lifecycle::Running,
+            1 => Lifecycle::Closed,
+            _ => Lifecycle::Terminated,
+        }
+    }
+
+    /// The state's name, as `Pool`'s `Debug` shows it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Lifecycle::Running => "running",
+            Lifecycle::Closed => "closed",
+            Lifecycle::Terminated => "terminated",
+        }
+    }
+}
+
+/// A pool's [`Lifecycle`], shared by every thread that submits or stops work:
+/// it can only be advanced.
+#[derive(Debug)]
+struct LifecycleCell(AtomicU8);
+
+impl LifecycleCell {
+    fn new() -> Self {
+        LifecycleCell(AtomicU8::new(Lifecycle::Running as u8))
+    }
+
+    fn get(&self) -> Lifecycle {
+        Lifecycle::from_u8(self.0.load(Ordering::SeqCst))
+    }
+
+    /// Moves to `to` unless the state is already as far; returns the state
+    /// before.
+    fn advance(&self, to: Lifecycle) -> Lifecycle {
+        Lifecycle::from_u8(self.0.fetch_max(to as u8, Ordering::SeqCst))
+    }
+}
 
 /// How much of the arena's start keeps its memory when blocks there are
 /// freed; freed blocks beyond it give theirs back to the kernel.
@@ -38,7 +87,7 @@ pub(crate) struct Core {
     layout: Layout,
     pub(crate) processes: usize,
     pub(crate) config: PoolConfig,
-    lifecycle: AtomicU8,
+    lifecycle: LifecycleCell,
     /// Set once if the supervisor thread died: why every call now fails.
     broken: OnceLock<String>,
     slots: Mutex<SlotTable>,
@@ -69,12 +118,6 @@ struct SlotTable {
     orphans: Vec<(Vec<u32>, Option<Block>)>,
     /// Reap orphans once there are this many (doubles with survivors).
     reap_at: usize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The protected data stays consistent at every unlock, so a panic elsewhere
-    // while holding the lock does not invalidate it.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Core {
@@ -122,7 +165,7 @@ impl Core {
             layout,
             processes,
             config,
-            lifecycle: AtomicU8::new(RUNNING),
+            lifecycle: LifecycleCell::new(),
             broken: OnceLock::new(),
             slots: Mutex::new(SlotTable {
                 reap_at: 64,
@@ -148,20 +191,20 @@ impl Core {
         &self.layout
     }
 
-    pub(crate) fn lifecycle(&self) -> u8 {
-        self.lifecycle.load(Ordering::SeqCst)
+    pub(crate) fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.get()
     }
 
-    /// Moves RUNNING → `to` (or CLOSED → TERMINATED); returns the previous state.
-    pub(crate) fn advance_lifecycle(&self, to: u8) -> u8 {
-        let prev = self.lifecycle.fetch_max(to, Ordering::SeqCst);
+    /// Moves the pool on to `to` (never back); returns the previous state.
+    pub(crate) fn advance_lifecycle(&self, to: Lifecycle) -> Lifecycle {
+        let prev = self.lifecycle.advance(to);
         fence(Ordering::SeqCst);
         prev
     }
 
     /// `Err(Closed)` (or `Err(PoolBroken)`) unless the pool accepts work.
     pub(crate) fn ensure_running(&self) -> Result<(), Error> {
-        if self.lifecycle() == RUNNING {
+        if self.lifecycle() == Lifecycle::Running {
             Ok(())
         } else {
             Err(self.stopped())
@@ -199,7 +242,7 @@ impl Core {
     /// caller then fails every unfinished slot.
     pub(crate) fn mark_broken(&self, why: String) {
         let _ = self.broken.set(why);
-        self.advance_lifecycle(TERMINATED);
+        self.advance_lifecycle(Lifecycle::Terminated);
     }
 
     /// Why the supervisor died, if it did.
@@ -300,7 +343,7 @@ impl Core {
         // they see this slot queued (and run or fail it), or the load below
         // sees their lifecycle change.
         self.push(slot);
-        if self.lifecycle.load(Ordering::SeqCst) != RUNNING && self.layout.slot(slot).cancel() {
+        if self.lifecycle() != Lifecycle::Running && self.layout.slot(slot).cancel() {
             return Err(self.stopped());
         }
         Ok(())
@@ -319,7 +362,7 @@ impl Core {
                 Ok(()) => break,
                 // Killed workers drain nothing: the slot is failed by
                 // `terminate_all` or withdrawn by `submit`.
-                Err(Full) if self.lifecycle() == TERMINATED => break,
+                Err(Full) if self.lifecycle() == Lifecycle::Terminated => break,
                 Err(Full) => {
                     // Workers drain the ring independently of the parent, so this
                     // ends unless every worker is stuck in a task. Yield first
@@ -422,6 +465,7 @@ impl Core {
                 None => Failure::Terminated,
             }),
             Outcome::TimedOut => Err(Failure::TimedOut),
+            Outcome::Aborted => Err(Failure::Aborted),
             Outcome::AccessRefused => Err(Failure::AccessRefused(AccessRefused {
                 errno: detail as i32,
                 wrote: signal != 0,
@@ -464,6 +508,8 @@ pub(crate) enum Failure {
     AccessRefused(AccessRefused),
     /// The slot held values no finisher writes (what they were).
     Corrupted(String),
+    /// Withdrawn or stopped by `AsyncResult::abort`.
+    Aborted,
     /// A serde task's value did not decode (why).
     #[cfg(feature = "serde")]
     Decode(String),
@@ -487,6 +533,7 @@ impl From<Failure> for Error {
                 errno: refused.errno,
             },
             Failure::Corrupted(what) => Error::SlotCorrupted(what),
+            Failure::Aborted => Error::Aborted,
             #[cfg(feature = "serde")]
             Failure::Decode(why) => Error::Decode(why),
             #[cfg(feature = "serde")]
@@ -494,5 +541,23 @@ impl From<Failure> for Error {
             #[cfg(feature = "serde")]
             Failure::Unencodable(why) => Error::InvalidArgument(why),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Lifecycle, LifecycleCell};
+
+    #[test]
+    fn the_lifecycle_only_moves_forward() {
+        let cell = LifecycleCell::new();
+        assert_eq!(cell.get(), Lifecycle::Running);
+        assert_eq!(cell.advance(Lifecycle::Closed), Lifecycle::Running);
+        assert_eq!(cell.advance(Lifecycle::Running), Lifecycle::Closed);
+        assert_eq!(cell.get(), Lifecycle::Closed);
+        assert_eq!(cell.advance(Lifecycle::Terminated), Lifecycle::Closed);
+        assert_eq!(cell.advance(Lifecycle::Closed), Lifecycle::Terminated);
+        assert_eq!(cell.get(), Lifecycle::Terminated);
+        assert_eq!(cell.get().name(), "terminated");
     }
 }

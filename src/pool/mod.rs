@@ -12,7 +12,10 @@
 //! * `job`: the parent's record of submitted work
 //! * `callbacks`: the thread that runs `*_with` callbacks
 //! * `result`, `builder`: the public handle types
+//! * `waker`: awaiting a result (`IntoFuture`), woken by the callback thread
+//! * `abort`: stopping a result's work, and every worker at once
 
+mod abort;
 pub(crate) mod builder;
 mod call;
 mod callbacks;
@@ -26,10 +29,11 @@ mod serde;
 mod shared_vec;
 mod supervisor;
 mod unpublished;
+mod waker;
 mod zero_copy;
 
 use self::callbacks::{Callbacks, Watched};
-use self::core::{Core, CLOSED, RUNNING, TERMINATED};
+use self::core::{Core, Lifecycle};
 use self::job::Job;
 use self::result::{Decode, Ticket};
 #[cfg(feature = "serde")]
@@ -40,17 +44,22 @@ use crate::{Pod, StartMethod};
 pub use builder::PoolBuilder;
 pub use call::{Call, Deliver, NoCallbacks, WithCallbacks};
 pub use imap::Imap;
+#[cfg(feature = "async")]
+pub use imap::ImapStream;
 pub use result::AsyncResult;
 pub use shared_vec::SharedVec;
+pub use waker::ResultFuture;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A pool of worker processes, started once and reused for every task.
 ///
-/// Tasks are function items or non-capturing closures over [`Pod`] arguments
-/// and results; they run in separate processes, so a crash, an `abort()` or
-/// global state in a task cannot affect the caller. All methods take `&self`:
+/// Tasks ([`Task`]) are function items, `fn` pointers and non-capturing
+/// closures over [`Pod`] arguments and results, or any of these with bound
+/// values ([`partial`](crate::partial)); they run in separate processes, so a
+/// crash, an `abort()` or global state in a task cannot affect the caller.
+/// Per-call options (chunk size, callbacks) go through [`Pool::call`]. All methods take `&self`:
 /// a `Pool` is `Send + Sync`, and several threads may submit at once.
 ///
 /// Dropping the pool terminates it, like leaving Python's `with Pool() as p:`
@@ -106,10 +115,7 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.core
-            .pids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.core.pids)
             .iter()
             .flatten()
             .copied()
@@ -327,6 +333,43 @@ impl Pool {
         self.call()
             .callbacks(callback, error_callback)
             .map_async(f, items)
+    }
+
+    /// Maps `f` over `items` and folds the results with `op`, without
+    /// building the vector of results: each worker folds its chunk and sends
+    /// back one value; this process combines the chunks' values in index
+    /// order. `None` for an empty input. `f` and `op` are tasks: function
+    /// items, `fn` pointers, or [`partial`](crate::partial)s.
+    ///
+    /// Within a chunk the fold runs left to right, `op(op(f(x0), f(x1)),
+    /// f(x2))…`, and the chunks' values are combined in order, so an
+    /// associative `op` (a sum, a max) gives the same answer for any chunk
+    /// size; floating-point sums round differently with different chunks,
+    /// as with rayon's `reduce`.
+    ///
+    /// ```
+    /// use shmpool::{partial, Pool};
+    /// fn scaled_sin(k: f64, x: f64) -> f64 { (x * k).sin() }
+    /// fn add(a: f64, b: f64) -> f64 { a + b }
+    /// fn max(a: u64, b: u64) -> u64 { a.max(b) }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let v: Vec<f64> = (0..100_000).map(f64::from).collect();
+    /// let total = pool.map_reduce(partial(scaled_sin, 0.5), add, &v)?.unwrap();
+    /// let serial: f64 = v.iter().map(|&x| scaled_sin(0.5, x)).sum();
+    /// assert!((total - serial).abs() < 1e-6);
+    ///
+    /// assert_eq!(pool.map_reduce(|x: u64| x % 1000, max, &[5, 1999, 7])?, Some(999));
+    /// assert_eq!(pool.map_reduce(|x: u64| x, max, &[])?, None);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_reduce<F, O, T>(&self, f: F, op: O, items: &[T]) -> Result<Option<F::Output>, Error>
+    where
+        F: Task<(T,)>,
+        O: Task<(F::Output, F::Output), Output = F::Output>,
+        T: Pod,
+    {
+        self.call().map_reduce(f, op, items)
     }
 
     /// Like [`map`](Pool::map) for functions of several arguments: each item
@@ -662,7 +705,7 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn close(&self) {
-        if self.core.advance_lifecycle(CLOSED) == RUNNING {
+        if self.core.advance_lifecycle(Lifecycle::Closed) == Lifecycle::Running {
             self.signal_workers_to_stop();
         }
     }
@@ -689,7 +732,7 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn terminate(&self) {
-        if self.core.advance_lifecycle(TERMINATED) != TERMINATED {
+        if self.core.advance_lifecycle(Lifecycle::Terminated) != Lifecycle::Terminated {
             self.signal_workers_to_stop();
         }
         self.core.supervisor.join();
@@ -712,7 +755,7 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn join(&self) -> Result<(), Error> {
-        if self.core.lifecycle() == RUNNING {
+        if self.core.lifecycle() == Lifecycle::Running {
             return Err(Error::state("join() called before close() or terminate()"));
         }
         self.core.supervisor.join();
@@ -783,6 +826,46 @@ impl Pool {
         let entry = self.entry_point(apply_entry::<F, Args>)?;
         schedule::submit_apply::<ApplyInput<F, Args>, F::Output>(&self.core, entry, input, flags)
     }
+
+    /// Sends `SIGTERM` to every worker now, like Python 3.14's
+    /// `ProcessPoolExecutor.terminate_workers()`, and ends the pool as
+    /// [`terminate`](Pool::terminate) does: unfinished tasks fail with
+    /// [`Error::Terminated`], and no more work is accepted. A worker still
+    /// alive 2 seconds later (one that handles or ignores `SIGTERM`) gets
+    /// `SIGKILL`, so this always returns. Returns once every worker is reaped.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let long = pool.apply_async(nap, (60_000,))?;
+    /// pool.terminate_workers();
+    /// assert!(matches!(long.get(None), Err(shmpool::Error::Terminated)));
+    /// assert!(pool.worker_pids().is_empty());
+    /// assert!(matches!(pool.apply(|| 1u8, ()), Err(shmpool::Error::Closed)));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn terminate_workers(&self) {
+        self.core.supervisor.set_stop_signal(libc::SIGTERM);
+        self.terminate();
+    }
+
+    /// Sends `SIGKILL` to every worker now, like Python 3.14's
+    /// `ProcessPoolExecutor.kill_workers()`: the same as
+    /// [`terminate`](Pool::terminate), under Python's name. Unfinished tasks
+    /// fail with [`Error::Terminated`].
+    ///
+    /// ```
+    /// fn spin() { loop { std::hint::spin_loop() } }
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let pending = pool.apply_async(spin, ())?;
+    /// pool.kill_workers();
+    /// assert!(matches!(pending.get(None), Err(shmpool::Error::Terminated)));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn kill_workers(&self) {
+        self.terminate();
+    }
 }
 
 impl Drop for Pool {
@@ -793,11 +876,7 @@ impl Drop for Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match self.core.lifecycle() {
-            RUNNING => "running",
-            CLOSED => "closed",
-            _ => "terminated",
-        };
+        let state = self.core.lifecycle().name();
         f.debug_struct("Pool")
             .field("processes", &self.core.processes)
             .field("state", &state)

@@ -20,7 +20,12 @@
 //!   (a duplicate entry is harmless: claims are CASes). A new worker takes
 //!   index k. Settling is O(1), however many tasks are queued.
 //! * after `terminate`: every worker is killed and reaped, every unfinished slot
-//!   fails with `Terminated`, and the thread ends.
+//!   fails with `Terminated`, and the thread ends. `terminate_workers` sends
+//!   `SIGTERM` first and `SIGKILL` only to workers still alive after
+//!   [`TERM_GRACE`].
+//! * killed for `AsyncResult::abort`: the slot it was killed for is finished
+//!   with `Aborted` (never retried); a task it took up in the instant before
+//!   the kill is innocent and runs again, as after a task timeout.
 //!
 //! Should the thread itself panic, nobody would settle exits or enforce
 //! timeouts again, and waiters would hang: the panic is caught, the pool
@@ -28,14 +33,15 @@
 //! slot failing with `PoolBroken`.
 
 use crate::error::Error;
-use crate::pool::core::{Core, TERMINATED};
+use crate::pool::core::{Core, Lifecycle};
 use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
 use crate::start::fork::Child;
-use crate::sync::slot::{Outcome, SlotState, IN_PLACE};
+use crate::sync::lock;
+use crate::sync::slot::{Outcome, SlotState, IN_PLACE, MAX_WORKER_INDEX};
 use crate::worker::WorkerStart;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,6 +53,11 @@ pub(crate) struct Supervisor {
     /// An eventfd each worker adds 1 to once it is initialized.
     ready: OwnedFd,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Slots whose workers `AsyncResult::abort` asks to be killed.
+    aborts: Mutex<Vec<u32>>,
+    /// The signal `terminate` sends the workers (`SIGKILL` unless
+    /// `terminate_workers` asked for `SIGTERM`).
+    stop_signal: AtomicI32,
     /// Makes the thread panic at its next wake-up, for the tests.
     #[cfg(test)]
     panic_on_wake: std::sync::atomic::AtomicBool,
@@ -58,6 +69,8 @@ impl Supervisor {
             wake: eventfd()?,
             ready: eventfd()?,
             thread: Mutex::new(None),
+            aborts: Mutex::new(Vec::new()),
+            stop_signal: AtomicI32::new(libc::SIGKILL),
             #[cfg(test)]
             panic_on_wake: std::sync::atomic::AtomicBool::new(false),
         })
@@ -80,11 +93,7 @@ impl Supervisor {
         if started.is_err() {
             let _ = handle.join();
         } else {
-            *core
-                .supervisor
-                .thread
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(handle);
+            *lock(&core.supervisor.thread) = Some(handle);
         }
         started
     }
@@ -96,9 +105,22 @@ impl Supervisor {
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
+    /// Asks the thread to kill the workers running `slots` (checked again
+    /// there: a slot that finished meanwhile costs nothing).
+    pub(crate) fn abort(&self, slots: &[u32]) {
+        lock(&self.aborts).extend_from_slice(slots);
+        self.poke();
+    }
+
+    /// Makes the coming `terminate` send `signal` (`SIGTERM` or `SIGKILL`)
+    /// first; called before the lifecycle changes.
+    pub(crate) fn set_stop_signal(&self, signal: libc::c_int) {
+        self.stop_signal.store(signal, Ordering::SeqCst);
+    }
+
     /// Waits for the thread to end (after close or terminate). Idempotent.
     pub(crate) fn join(&self) {
-        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = lock(&self.thread).take();
         if let Some(handle) = handle {
             let _ = handle.join();
         }
@@ -225,7 +247,7 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
         supervise(&core, &mut workers, ready)
     }));
     if let Err(payload) = supervised {
-        let message = crate::error::panic_message(&*payload);
+        let message = crate::panic::panic_message(&payload);
         core.mark_broken(format!("its supervisor thread panicked: {message}"));
         terminate_all(&core, &mut workers);
     }
@@ -264,10 +286,11 @@ fn supervise(
     drop(ready);
 
     let mut respawn: Vec<usize> = Vec::new();
-    // Per worker: the slot it was killed for, having exceeded the task timeout.
-    let mut timed_out: Vec<Option<u32>> = vec![None; core.processes];
+    // Per worker: the slot it was killed for (having exceeded the task
+    // timeout, or aborted), and the outcome that slot gets.
+    let mut killed_for: Vec<Option<(u32, Outcome)>> = vec![None; core.processes];
     loop {
-        if core.lifecycle() == TERMINATED {
+        if core.lifecycle() == Lifecycle::Terminated {
             terminate_all(core, workers);
             return;
         }
@@ -297,7 +320,7 @@ fn supervise(
             .collect();
         let mut timeout_ms = if respawn.is_empty() { -1 } else { 100 };
         if let Some(limit) = core.config.task_timeout {
-            let next = enforce_timeout(core, workers, &mut timed_out, limit);
+            let next = enforce_timeout(core, workers, &mut killed_for, limit);
             timeout_ms = match timeout_ms {
                 -1 => next,
                 t => t.min(next),
@@ -314,6 +337,7 @@ fn supervise(
             if core.supervisor.panic_on_wake.swap(false, Ordering::SeqCst) {
                 panic!("injected by a test");
             }
+            kill_aborted(core, workers, &mut killed_for);
         }
         for (pfd, &k) in fds[1..].iter().zip(&live) {
             if pfd.revents == 0 {
@@ -327,14 +351,14 @@ fn supervise(
                 continue;
             };
             core.set_pid(k, None);
-            let exit = settle_exit(core, k, child.pid, status, timed_out[k].take());
+            let exit = settle_exit(core, k, child.pid, status, killed_for[k].take());
             if matches!(exit, Exit::Died { .. }) {
                 // It may have finished a slot without logging it, and the slot
                 // it held was just finished here, unlogged.
                 core.callbacks.rescan();
             }
             core.layout().header().done.notify_sleepers();
-            if exit == Exit::Finished || core.lifecycle() == TERMINATED {
+            if exit == Exit::Finished || core.lifecycle() == Lifecycle::Terminated {
                 continue;
             }
             // Replace first, then re-push: with a full ring, pushing can wait
@@ -350,6 +374,10 @@ fn supervise(
     }
 }
 
+/// How long `terminate_workers` waits for workers to end after `SIGTERM`
+/// before it kills the rest.
+pub(crate) const TERM_GRACE: Duration = Duration::from_secs(2);
+
 /// What a worker's exit calls for.
 #[derive(Debug, PartialEq, Eq)]
 enum Exit {
@@ -362,13 +390,34 @@ enum Exit {
     Died { again: Option<u32> },
 }
 
+/// Kills the workers running the slots `AsyncResult::abort` asked for
+/// (recording each slot in `killed_for`).
+fn kill_aborted(core: &Core, workers: &[Option<Child>], killed_for: &mut [Option<(u32, Outcome)>]) {
+    let slots = std::mem::take(&mut *lock(&core.supervisor.aborts));
+    for i in slots {
+        if i >= core.slots_in_use() {
+            continue;
+        }
+        // Checked here, just before the kill: a slot finished meanwhile (or
+        // its worker already dying) needs none.
+        let SlotState::Running { worker } = core.layout().slot(i).state() else {
+            continue;
+        };
+        let k = worker as usize;
+        if let (Some(Some(w)), Some(None)) = (workers.get(k), killed_for.get(k)) {
+            killed_for[k] = Some((i, Outcome::Aborted));
+            w.kill(); // settled as Aborted when its pidfd reports the exit
+        }
+    }
+}
+
 /// Kills every worker whose task has run longer than `limit` (recording the
-/// slot in `timed_out`); returns how long `poll` may sleep before the next
+/// slot in `killed_for`); returns how long `poll` may sleep before the next
 /// running task could expire, in milliseconds.
 fn enforce_timeout(
     core: &Core,
     workers: &[Option<Child>],
-    timed_out: &mut [Option<u32>],
+    timed_out: &mut [Option<(u32, Outcome)>],
     limit: Duration,
 ) -> libc::c_int {
     // Saturate: `as u64` would wrap a limit of 2^64 ms to a few ms.
@@ -384,7 +433,7 @@ fn enforce_timeout(
         };
         let ran = now.saturating_sub(started);
         if ran >= limit_ms {
-            timed_out[k] = Some(slot);
+            timed_out[k] = Some((slot, Outcome::TimedOut));
             w.kill(); // settled as Timeout when its pidfd reports the exit
         } else {
             next_ms = next_ms.min(limit_ms - ran);
@@ -395,14 +444,15 @@ fn enforce_timeout(
     next_ms.saturating_add(1).min(i32::MAX as u64) as libc::c_int
 }
 
-/// Settles worker `k`'s exit: fails the task it held (`Timeout` if it is the
-/// slot `timed_out`), or queues it again if retries are left.
+/// Settles worker `k`'s exit: fails the task it held (with the outcome
+/// `killed_for` names if it is that slot), or queues it again if retries are
+/// left.
 fn settle_exit(
     core: &Core,
     k: usize,
     pid: libc::pid_t,
     status: libc::c_int,
-    timed_out: Option<u32>,
+    killed_for: Option<(u32, Outcome)>,
 ) -> Exit {
     let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
     let clean = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
@@ -441,10 +491,10 @@ fn settle_exit(
         match slot.state() {
             SlotState::Running { worker } if worker as usize == k => {
                 held_task = true;
-                if timed_out == Some(i) {
+                if let Some((_, why)) = killed_for.filter(|&(slot, _)| slot == i) {
                     slot.finish_for(
                         |s| s == SlotState::Running { worker: k as u32 },
-                        Outcome::TimedOut,
+                        why,
                         pid as u32,
                         signal.unwrap_or(-1),
                     );
@@ -455,7 +505,7 @@ fn settle_exit(
                     // Killed for a task that finished in the instant between
                     // the timeout check and the kill: this one is innocent,
                     // so it runs again without using up a retry.
-                    let innocent = timed_out.is_some();
+                    let innocent = killed_for.is_some();
                     let retried = if desc.flags & IN_PLACE != 0 {
                         false // a second run would read the first one's outputs
                     } else if innocent {
@@ -490,8 +540,33 @@ fn settle_exit(
 }
 
 fn terminate_all(core: &Core, workers: &mut [Option<Child>]) {
+    let signal = core.supervisor.stop_signal.load(Ordering::SeqCst);
     for w in workers.iter().flatten() {
-        w.kill();
+        if signal == libc::SIGKILL {
+            w.kill();
+        } else {
+            w.signal(signal);
+        }
+    }
+    if signal != libc::SIGKILL {
+        // A worker that handles or blocks the signal (a handler inherited
+        // at fork, say) must not hang `terminate_workers`.
+        let deadline = Instant::now() + TERM_GRACE;
+        let mut pause = Duration::from_micros(100);
+        for (k, slot) in workers.iter_mut().enumerate() {
+            while let Some(w) = slot.as_ref() {
+                if w.reap(false).is_some() {
+                    *slot = None;
+                    core.set_pid(k, None);
+                } else if Instant::now() >= deadline {
+                    w.kill();
+                    break;
+                } else {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+            }
+        }
     }
     for (k, w) in workers.iter_mut().enumerate() {
         if let Some(w) = w.take() {
@@ -501,8 +576,13 @@ fn terminate_all(core: &Core, workers: &mut [Option<Child>]) {
     }
     let layout = core.layout();
     for i in 0..core.slots_in_use() {
+        // A slot held by the placeholder is being finished by `abort` now.
         layout.slot(i).finish_for(
-            |s| matches!(s, SlotState::Queued | SlotState::Running { .. }),
+            |s| match s {
+                SlotState::Queued => true,
+                SlotState::Running { worker } => worker != MAX_WORKER_INDEX,
+                _ => false,
+            },
             Outcome::Terminated,
             0,
             -1,

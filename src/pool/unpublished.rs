@@ -10,6 +10,7 @@
 
 use crate::error::Error;
 use crate::pool::core::Core;
+use crate::pool::schedule::MapLayout;
 use crate::shm::arena::Block;
 use crate::sync::slot::{TaskDesc, INLINE_CAPACITY};
 
@@ -52,6 +53,19 @@ impl<'a> UnpublishedSlot<'a> {
         let block = self.core.alloc_block(len, align)?;
         self.block = Some(block);
         Ok(Core::block_offset(block))
+    }
+
+    /// Gives the task the room `area` asks for: the slot's inline area after
+    /// its first `after` bytes (the task's context) if it fits there, else an
+    /// arena block ([`attach_block`](Self::attach_block)); returns its
+    /// segment offset.
+    pub(crate) fn attach_area(&mut self, area: &MapLayout, after: usize) -> Result<u64, Error> {
+        let start = after.next_multiple_of(area.align);
+        if area.fits_inline(start) {
+            Ok(self.inline_offset() + start as u64)
+        } else {
+            self.attach_block(area.total, area.align)
+        }
     }
 
     /// Writes the task's description.
@@ -130,7 +144,7 @@ mod tests {
     #[test]
     fn a_token_refused_by_a_stopped_pool_gives_its_slot_back() {
         let core = core();
-        core.advance_lifecycle(crate::pool::core::CLOSED);
+        core.advance_lifecycle(crate::pool::core::Lifecycle::Closed);
         let mut slot = core.alloc_slot().unwrap();
         let index = slot.index;
         slot.describe(TaskDesc::default());
