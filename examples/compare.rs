@@ -1184,7 +1184,7 @@ fn main() {
     });
 
     let mut table = render(&rows, &py, &fresh_table);
-    let _ = write!(table, "{c_api}{tasks}{serde_table}");
+    let _ = write!(table, "{c_api}{serde_table}{tasks}");
     println!("{table}");
     if quick {
         println!("(--quick: docs/PERFORMANCE.md left unchanged)");

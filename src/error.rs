@@ -71,9 +71,10 @@ pub enum Error {
     /// it. The lock has been released and made usable again; data it guarded
     /// may be half-updated.
     OwnerDied,
-    /// A [`Queue`](crate::Queue) or [`Pipe`](crate::Pipe) end waited for a
-    /// message, but every other process of the program is gone, so none can
-    /// come (where Python would wait forever). Also: a manager proxy's server
+    /// A [`Queue`](crate::Queue) or [`Pipe`](crate::Pipe) end waited, without
+    /// a timeout, for a message, but every other process of the program is
+    /// gone and this process has no other thread (but shmpool's own), so none
+    /// can come (where Python would wait forever). Also: a manager proxy's server
     /// has stopped or died (its connection closed, or nothing listens).
     PeersGone,
     /// A [`Barrier`](crate::Barrier) was broken: a waiter timed out or
@@ -182,8 +183,8 @@ impl fmt::Display for Error {
                 "the process holding the lock died; the lock was released and is usable again",
             ),
             Error::PeersGone => f.write_str(
-                "no other process of the program is alive to send what this end waits for \
-                 (or the manager's server has stopped)",
+                "no other process of the program, and no other thread of this one, is alive \
+                 to send what this end waits for (or the manager's server has stopped)",
             ),
             Error::BrokenBarrier => f.write_str("the barrier is broken"),
             Error::InvalidArgument(why) => write!(f, "invalid argument: {why}"),

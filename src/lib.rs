@@ -88,6 +88,7 @@ mod remote;
 mod shm;
 mod start;
 mod sync;
+mod sys;
 mod task;
 mod tracker;
 mod worker;

@@ -334,7 +334,8 @@ pub(crate) unsafe fn apply_entry<F: Task<Args>, Args: Pod>(
     // by the parent.
     let (bound, args) = unsafe { io.input.cast::<ApplyInput<F, Args>>().read() };
     let result = F::call(&bound, args);
-    // SAFETY: output is aligned, writable, exclusive (contract).
+    crate::worker::fork_guard::check(); // a child the task forked writes nothing
+                                        // SAFETY: output is aligned, writable, exclusive (contract).
     unsafe { io.output.cast::<F::Output>().write(result) };
     Ok(())
 }
@@ -351,6 +352,7 @@ pub(crate) unsafe fn init_entry<F: Task<Args>, Args: Pod>(
     // by the parent.
     let (bound, args) = unsafe { io.input.cast::<ApplyInput<F, Args>>().read() };
     let _ = F::call(&bound, args);
+    crate::worker::fork_guard::check(); // a child the task forked writes nothing
     Ok(())
 }
 
@@ -367,7 +369,9 @@ pub(crate) unsafe fn starmap_entry<F: Task<Args>, Args: Pod>(
     unsafe {
         for_each_piece::<Args, F::Output>(io, |input, output| {
             for (out, &args) in output.iter_mut().zip(input) {
-                out.write(F::call(&bound, args));
+                let y = F::call(&bound, args);
+                crate::worker::fork_guard::check(); // a child the task forked writes nothing
+                out.write(y);
             }
         })
     }
@@ -388,7 +392,9 @@ pub(crate) unsafe fn map_entry<F: Task<(T,)>, T: Pod>(io: TaskIo<'_>) -> Result<
     unsafe {
         for_each_piece::<T, F::Output>(io, |input, output| {
             for (out, &x) in output.iter_mut().zip(input) {
-                out.write(F::call(&bound, (x,)));
+                let y = F::call(&bound, (x,));
+                crate::worker::fork_guard::check(); // a child the task forked writes nothing
+                out.write(y);
             }
         })
     }
@@ -414,7 +420,9 @@ where
         return unsafe {
             for_each_piece::<T, T>(io, |input, output| {
                 for (out, &x) in output.iter_mut().zip(input) {
-                    out.write(F::call(&bound, (x,)));
+                    let y = F::call(&bound, (x,));
+                    crate::worker::fork_guard::check(); // a child the task forked writes nothing
+                    out.write(y);
                 }
             })
         };
@@ -422,7 +430,9 @@ where
     // SAFETY: by the contract, `len` initialized T's, exclusively ours.
     let data = unsafe { std::slice::from_raw_parts_mut(io.input.cast_mut().cast::<T>(), io.len) };
     for x in data {
-        *x = F::call(&bound, (*x,));
+        let y = F::call(&bound, (*x,));
+        crate::worker::fork_guard::check(); // a child the task forked writes nothing
+        *x = y;
     }
     Ok(())
 }
@@ -503,6 +513,10 @@ where
             for &x in xs {
                 a = O::call(&op_bound, (a, F::call(&f_bound, (x,))));
             }
+            // A child the task forked leaves before the fold's value is
+            // written (one check per piece: the value is written once, at
+            // the end).
+            crate::worker::fork_guard::check();
             acc = Some(a);
         })
     }?;

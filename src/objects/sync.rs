@@ -237,11 +237,33 @@ impl Event {
     }
 }
 
+/// A condition: a notify grants wake-ups ("tokens") to the waiters waiting
+/// at that moment; a waiter leaves `wait` only by taking one (or at its
+/// timeout), so `notify(n)` wakes at most `n`, however the futex behaves.
 #[repr(C)]
 struct ConditionObject {
     kind: AtomicU32,
     mutex: RawMutex,
     word: WakeWord,
+    /// Waiters registered (under `mutex`) and not yet granted a wake-up.
+    waiters: AtomicU32,
+    /// Wake-ups granted by notifies and not yet taken.
+    tokens: AtomicU32,
+    /// Bumped (under `mutex`) by every notify that grants wake-ups: a waiter
+    /// takes a token only if a notify came after it registered, so a later
+    /// waiter cannot take the wake-up of an earlier one.
+    generation: AtomicU32,
+}
+
+impl ConditionObject {
+    /// Takes a wake-up for a waiter registered in `generation`, if one is due.
+    fn take_token(&self, generation: u32) -> bool {
+        self.generation.load(Ordering::Acquire) != generation
+            && self
+                .tokens
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(1))
+                .is_ok()
+    }
 }
 
 heap_handle! {
@@ -289,15 +311,43 @@ pub struct ConditionGuard {
 
 impl ConditionGuard {
     /// Releases the lock, sleeps until notified (or `timeout`), takes the lock
-    /// again. Returns `false` on timeout. May wake spuriously: wait in a loop
-    /// on your condition, or use [`wait_while`](Self::wait_while).
+    /// again. Returns `true` if notified, `false` on timeout. No spurious
+    /// wake-ups: it returns `true` only for a notify made after it began
+    /// waiting, and [`notify(n)`](Self::notify) wakes at most `n` waiters, as
+    /// with Python's `Condition`.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
-        let seen = self.obj.word.sequence();
-        self.obj.mutex.unlock();
-        let start = Instant::now();
-        self.obj.word.wait_for_change(seen, timeout);
-        self.obj.mutex.lock(None)?;
-        Ok(self.obj.word.sequence() != seen || timeout.map_or(true, |t| start.elapsed() < t))
+        let obj = self.obj;
+        let deadline = deadline_opt(timeout);
+        // Registered under the lock: a notify after the unlock counts us.
+        let generation = obj.generation.load(Ordering::Relaxed);
+        obj.waiters.fetch_add(1, Ordering::Relaxed);
+        obj.mutex.unlock();
+        let mut notified = loop {
+            if obj.take_token(generation) {
+                break true;
+            }
+            let Ok(wait) = left(deadline) else {
+                break false;
+            };
+            obj.word.park_unless(
+                || {
+                    obj.generation.load(Ordering::Acquire) != generation
+                        && obj.tokens.load(Ordering::Acquire) > 0
+                },
+                wait,
+            );
+        };
+        let locked = obj.mutex.lock(None);
+        if !notified {
+            // Timed out: a notify may have counted us meanwhile; if not, we
+            // are no longer a waiter for the next one to count.
+            notified = obj.take_token(generation);
+            if !notified {
+                obj.waiters.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        locked?;
+        Ok(notified)
     }
 
     /// Waits while `blocked()` holds (checked with the lock held), at most
@@ -317,14 +367,24 @@ impl ConditionGuard {
         Ok(true)
     }
 
-    /// Wakes up to `n` waiters.
+    /// Wakes up to `n` of the waiters waiting now.
     pub fn notify(&mut self, n: u32) {
-        self.obj.word.notify_n(n.min(i32::MAX as u32) as i32);
+        let obj = self.obj;
+        let granted = n.min(obj.waiters.load(Ordering::Relaxed));
+        if granted == 0 {
+            return;
+        }
+        obj.waiters.fetch_sub(granted, Ordering::Relaxed);
+        obj.tokens.fetch_add(granted, Ordering::Release);
+        obj.generation.fetch_add(1, Ordering::Release);
+        // Every sleeper looks; those a token is for take one, the others
+        // sleep on.
+        obj.word.notify_sleepers();
     }
 
-    /// Wakes every waiter.
+    /// Wakes every waiter waiting now.
     pub fn notify_all(&mut self) {
-        self.obj.word.notify_n(i32::MAX);
+        self.notify(u32::MAX);
     }
 }
 

@@ -66,8 +66,8 @@ pub(crate) struct PoolConfig {
     pub(crate) task_timeout: Option<Duration>,
     /// Hand workers the caller's memory (`pool::zero_copy`).
     pub(crate) zero_copy: bool,
-    /// The supervisor thread's stack, on which fork workers run their tasks
-    /// (`None`: [`default_stack_size`]).
+    /// The stack tasks run on (`None`: [`default_stack_size`]): the
+    /// supervisor thread's with fork, a worker thread's otherwise.
     pub(crate) stack_size: Option<usize>,
     /// Dropping an unfinished result handle (or its future) aborts its work.
     pub(crate) abort_on_drop: bool,
@@ -211,6 +211,13 @@ impl PoolBuilder {
     /// This is not [`AsyncResult::get`](crate::AsyncResult::get)'s timeout,
     /// which only stops *waiting*.
     ///
+    /// A worker that is stopped (`SIGSTOP`, `SIGTSTP`, a debugger) runs
+    /// nothing: without a limit, a task it holds (and the `map` waiting for
+    /// it) waits until the worker is continued (`SIGCONT`), as in Python; with
+    /// one, the limit kills it like any other. The pool's supervisor notices a
+    /// stopped worker within a second and says so on stderr;
+    /// [`Pool::stopped_workers`](crate::Pool::stopped_workers) lists them.
+    ///
     /// ```
     /// use std::time::Duration;
     /// fn spin() { loop { std::hint::spin_loop() } }
@@ -289,15 +296,18 @@ impl PoolBuilder {
         self
     }
 
-    /// The stack size, in bytes, that tasks of fork workers run on. Default:
-    /// the main thread's (`RLIMIT_STACK`, usually 8 MiB), at least 8 MiB.
+    /// The stack size, in bytes, that tasks run on, with every start method.
+    /// Default: the main thread's (`RLIMIT_STACK`, usually 8 MiB), at least
+    /// 8 MiB.
     ///
     /// Fork workers are forked from the pool's supervisor thread, so they run
-    /// on a copy of its stack: this sets that thread's stack. Like any
-    /// thread's, it is reserved address space, backed by memory only as far
-    /// as a task uses it. Spawn and forkserver workers run on the main thread
-    /// of a process of their own, whose stack `RLIMIT_STACK` sets instead.
-    /// Less than 256 KiB is [`Error::InvalidArgument`] at `build`.
+    /// on a copy of its stack: this sets that thread's stack. Spawn and
+    /// forkserver workers, whose main thread's stack `RLIMIT_STACK` set when
+    /// they started, run their tasks on a thread of this stack size instead.
+    /// Like any thread's, it is reserved address space, backed by memory only
+    /// as far as a task uses it. Less than 256 KiB is
+    /// [`Error::InvalidArgument`] at `build`; more than the system can reserve
+    /// is [`Error::Io`] (fork) or [`Error::StartFailed`] at `build`.
     ///
     /// ```
     /// fn deep(x: u64) -> u64 {

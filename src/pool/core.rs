@@ -137,6 +137,9 @@ impl Core {
         settings
             .track_tasks
             .store(config.task_timeout.is_some() as u32, Ordering::Relaxed);
+        settings
+            .stack_size
+            .store(config.stack_size.unwrap_or(0) as u64, Ordering::Relaxed);
         if let Some(init) = &config.initializer {
             // SAFETY: no worker exists yet, so nothing else reads `init_args`;
             // both sides are 64-aligned arrays of INIT_ARGS_BYTES bytes.

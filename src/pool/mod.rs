@@ -122,6 +122,25 @@ impl Pool {
             .collect()
     }
 
+    /// The pids of the workers that are stopped now (`SIGSTOP`, `SIGTSTP`,
+    /// a debugger). A stopped worker runs nothing: a task it holds, and a
+    /// `map` or `get` waiting for that task, waits until the worker is
+    /// continued (`SIGCONT`), or until the pool's
+    /// [`task_timeout`](crate::PoolBuilder::task_timeout) kills it. The pool's
+    /// supervisor also says so on stderr, once per stop, within a second.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// assert!(pool.stopped_workers().is_empty());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn stopped_workers(&self) -> Vec<u32> {
+        self.worker_pids()
+            .into_iter()
+            .filter(|&pid| supervisor::is_stopped(pid as libc::pid_t))
+            .collect()
+    }
+
     /// A call with per-call options (chunk size, callbacks), like the keyword
     /// arguments of Python's `Pool` methods; see [`Call`].
     ///

@@ -487,7 +487,7 @@ impl<'a> SerdePool<'a> {
                     Ok(s) => {
                         limit = self.window(s.block.len);
                         in_flight += 1;
-                        window.push(Ok(s.slot), s);
+                        window.push(s.slot, s);
                     }
                     Err(e) => window.fail(e),
                 }

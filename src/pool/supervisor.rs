@@ -80,9 +80,13 @@ impl Supervisor {
     pub(crate) fn start(core: &Arc<Core>) -> Result<(), Error> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread_core = Arc::clone(core);
-        // Fork workers run their tasks on a copy of this thread's stack.
-        let stack =
-            (core.config.stack_size).unwrap_or_else(crate::pool::builder::default_stack_size);
+        // Fork workers run their tasks on a copy of this thread's stack
+        // (spawn and forkserver workers make their own: `become_worker`).
+        let stack = match core.config.start_method {
+            crate::StartMethod::Fork => core.config.stack_size,
+            _ => None,
+        }
+        .unwrap_or_else(crate::pool::builder::default_stack_size);
         let handle = std::thread::Builder::new()
             .name("shmpool-supervisor".into())
             .stack_size(stack)
@@ -289,6 +293,9 @@ fn supervise(
     // Per worker: the slot it was killed for (having exceeded the task
     // timeout, or aborted), and the outcome that slot gets.
     let mut killed_for: Vec<Option<(u32, Outcome)>> = vec![None; core.processes];
+    // Per worker: the pid last reported stopped (a stopped worker sends no
+    // event on its pidfd: it is looked at every STOP_CHECK_MS).
+    let mut reported_stopped: Vec<Option<libc::pid_t>> = vec![None; core.processes];
     loop {
         if core.lifecycle() == Lifecycle::Terminated {
             terminate_all(core, workers);
@@ -318,13 +325,15 @@ fn supervise(
                 revents: 0,
             })
             .collect();
-        let mut timeout_ms = if respawn.is_empty() { -1 } else { 100 };
+        notice_stopped(workers, &mut reported_stopped);
+        let mut timeout_ms = if respawn.is_empty() {
+            STOP_CHECK_MS
+        } else {
+            100
+        };
         if let Some(limit) = core.config.task_timeout {
             let next = enforce_timeout(core, workers, &mut killed_for, limit);
-            timeout_ms = match timeout_ms {
-                -1 => next,
-                t => t.min(next),
-            };
+            timeout_ms = timeout_ms.min(next);
         }
         // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -434,6 +443,14 @@ fn enforce_timeout(
         let ran = now.saturating_sub(started);
         if ran >= limit_ms {
             timed_out[k] = Some((slot, Outcome::TimedOut));
+            if is_stopped(w.pid) {
+                warn(&format!(
+                    "worker {} (pid {}) was stopped when its task reached the pool's \
+                     task_timeout; it is killed and replaced",
+                    k + 1,
+                    w.pid
+                ));
+            }
             w.kill(); // settled as Timeout when its pidfd reports the exit
         } else {
             next_ms = next_ms.min(limit_ms - ran);
@@ -442,6 +459,49 @@ fn enforce_timeout(
     // +1 so that poll does not wake just before the expiry; saturated, as a
     // limit of weeks does not fit a c_int of milliseconds.
     next_ms.saturating_add(1).min(i32::MAX as u64) as libc::c_int
+}
+
+/// How often the supervisor looks for stopped workers, in milliseconds.
+const STOP_CHECK_MS: libc::c_int = 1000;
+
+/// Whether process `pid` is stopped (`SIGSTOP`, `SIGTSTP`, a debugger): it
+/// runs nothing, its tasks included, until it is continued.
+pub(crate) fn is_stopped(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "T" || state == "t")
+    })
+}
+
+/// Says once on stderr that a worker is stopped (and forgets it once it runs
+/// again or is replaced), since a task it holds, and whatever waits for that
+/// task, waits with it.
+fn notice_stopped(workers: &[Option<Child>], reported: &mut [Option<libc::pid_t>]) {
+    for (k, w) in workers.iter().enumerate() {
+        let Some(w) = w else {
+            reported[k] = None;
+            continue;
+        };
+        let stopped = is_stopped(w.pid);
+        if stopped && reported[k] != Some(w.pid) {
+            warn(&format!(
+                "worker {} (pid {}) is stopped (SIGSTOP or a debugger): a task it holds \
+                 waits until it is continued (SIGCONT), or until the pool's task_timeout",
+                k + 1,
+                w.pid
+            ));
+        }
+        reported[k] = stopped.then_some(w.pid);
+    }
+}
+
+/// Writes `shmpool: <message>` to stderr (the descriptor itself: this thread
+/// may have inherited a test harness's output capture).
+fn warn(message: &str) {
+    let line = format!("shmpool: {message}\n");
+    // SAFETY: writes from a live buffer; a closed stderr only makes it fail.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
 }
 
 /// Settles worker `k`'s exit: fails the task it held (with the outcome

@@ -8,7 +8,6 @@ use crate::start::StartMethod;
 use crate::task::{init_entry, ApplyInput, EntryPoint, Task, TaskIo};
 use crate::Pod;
 use std::mem::{align_of, size_of};
-use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -192,23 +191,26 @@ impl Process {
             if let Some(code) = self.poll_exit() {
                 return Ok(Some(code));
             }
-            let wait_ms = match deadline {
-                None => -1,
+            let timeout = match deadline {
+                None => None,
                 Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) => (left.as_millis() + 1).min(i32::MAX as u128) as i32,
+                    // Rounded up, so the wait never ends just short of `d`.
+                    Some(left) => {
+                        rustix::event::Timespec::try_from(left + Duration::from_millis(1)).ok()
+                    }
                     None => return Ok(None),
                 },
             };
             let Some(child) = &self.child else {
                 continue; // reaped by poll_exit: the next turn returns
             };
-            let mut pfd = libc::pollfd {
-                fd: child.pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, wait_ms) };
+            // The pidfd turns readable when the child exits; an interruption
+            // or error just means another turn.
+            let mut pfd = [rustix::event::PollFd::new(
+                &child.pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            let _ = rustix::event::poll(&mut pfd, timeout.as_ref());
         }
     }
 
@@ -243,8 +245,10 @@ impl Process {
     pub fn terminate(&mut self) {
         if self.poll_exit().is_none() {
             if let Some(c) = &self.child {
-                // SAFETY: our unreaped child: the pid names it alone.
-                unsafe { libc::kill(c.pid, libc::SIGTERM) };
+                // Our unreaped child: the pid names it alone.
+                if let Some(pid) = rustix::process::Pid::from_raw(c.pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                }
             }
         }
     }
@@ -340,8 +344,7 @@ fn run_spawned(value: &std::ffi::OsStr) -> i32 {
     if !Heap::adopt(heap_fd as std::os::fd::RawFd) {
         return crate::start::BAD_SEGMENT_EXIT;
     }
-    // SAFETY: plain syscall.
-    fork::die_with_parent(unsafe { libc::getppid() } as u32);
+    fork::die_with_parent(std::os::unix::process::parent_id());
     crate::panic::install_quiet_panic_hook();
     run_spec(spec_at)
 }
@@ -352,6 +355,9 @@ fn launch(method: StartMethod, spec_at: u64) -> Result<Child, Error> {
     // SAFETY: reads a valid, initialized static.
     let _ = unsafe { std::ptr::read_volatile(&PROCESS_HOOK) };
     let heap = Heap::get()?;
+    // SAFETY: the object heap lives as long as the program, and with it its
+    // descriptor.
+    let heap_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(heap.fd()) };
     match method {
         StartMethod::Fork => Ok(fork::fork_child(move || run_spec(spec_at))?),
         StartMethod::Spawn => {
@@ -360,14 +366,12 @@ fn launch(method: StartMethod, spec_at: u64) -> Result<Child, Error> {
             let env = crate::start::spawn::environment((crate::start::spawn::PROCESS_ENV, value))?;
             Ok(crate::start::spawn::exec_self(
                 &env,
-                &[heap.fd()],
+                &[heap_fd],
                 crate::start::spawn::Tie::Thread,
             )?)
         }
         StartMethod::ForkServer => Ok(crate::start::forkserver::start_process(
-            heap.fd(),
-            spec_at,
-            run_spec,
+            heap_fd, spec_at, run_spec,
         )?),
     }
 }

@@ -196,6 +196,9 @@ pub(crate) struct WorkerSettings {
     pub(crate) parent_pid: AtomicU32,
     /// The address of the parent's probe word.
     pub(crate) probe_target: AtomicU64,
+    /// `PoolBuilder::stack_size` in bytes (0: not set), for workers that do
+    /// not run on a copy of the supervisor's stack (spawn, forkserver).
+    pub(crate) stack_size: AtomicU64,
 }
 
 /// Initializer argument bytes: written by the parent before any worker

@@ -56,6 +56,9 @@ pub(crate) fn start_worker(
 pub(crate) const EXEC_FAILED_EXIT: i32 = 71;
 pub(crate) const BINARY_MISMATCH_EXIT: i32 = 72;
 pub(crate) const BAD_SEGMENT_EXIT: i32 = 73;
+/// A spawn or forkserver worker could not make the stack
+/// `PoolBuilder::stack_size` asked for.
+pub(crate) const STACK_FAILED_EXIT: i32 = 74;
 
 /// What an exit status of a starting worker means, if it is one of ours.
 pub(crate) fn explain_exit(status: libc::c_int) -> Option<&'static str> {
@@ -69,6 +72,9 @@ pub(crate) fn explain_exit(status: libc::c_int) -> Option<&'static str> {
              (was the executable replaced on disk?)",
         ),
         BAD_SEGMENT_EXIT => Some("the worker could not map the pool's shared memory"),
+        STACK_FAILED_EXIT => {
+            Some("the worker could not make a thread with the stack_size asked for")
+        }
         _ => None,
     }
 }

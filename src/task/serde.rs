@@ -242,6 +242,7 @@ fn run_chunk<F: SerdeTask<Args>, Args: DeserializeOwned>(
             }
         };
         let result = F::call(&bound, args);
+        crate::worker::fork_guard::check(); // a child the task forked writes nothing
         match postcard::to_slice(&result, &mut output[used..]) {
             Ok(written) => used += written.len(),
             Err(postcard::Error::SerializeBufferFull) => {

@@ -61,6 +61,57 @@ impl Elem {
     }
 }
 
+/// The byte sizes of one map's input and output, checked once before any
+/// path runs: each product `count × size` without overflow, each at most
+/// `isize::MAX` (no allocation is larger, so a larger "array" is a caller's
+/// mistake, not memory to write), their sum without overflow, and neither
+/// range wrapping around the address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MapBytes {
+    pub(crate) input: usize,
+    pub(crate) output: usize,
+    /// `input + output`.
+    pub(crate) total: usize,
+}
+
+impl MapBytes {
+    /// `len` inputs at `src` and `len` outputs at `dst`.
+    pub(crate) fn check(
+        len: usize,
+        input: Elem,
+        output: Elem,
+        src: *const u8,
+        dst: *const u8,
+    ) -> Result<MapBytes, Error> {
+        Self::check_counts(len, len, input, output, src, dst)
+    }
+
+    /// `inputs` inputs at `src` and `outputs` outputs at `dst`.
+    pub(crate) fn check_counts(
+        inputs: usize,
+        outputs: usize,
+        input: Elem,
+        output: Elem,
+        src: *const u8,
+        dst: *const u8,
+    ) -> Result<MapBytes, Error> {
+        let bytes = |n: usize, elem: Elem, at: *const u8| {
+            n.checked_mul(elem.size)
+                .filter(|&b| isize::try_from(b).is_ok())
+                .filter(|&b| (at as usize).checked_add(b).is_some())
+        };
+        match (bytes(inputs, input, src), bytes(outputs, output, dst)) {
+            (Some(input), Some(output)) => Ok(MapBytes {
+                input,
+                output,
+                // Both at most isize::MAX: the sum fits.
+                total: input + output,
+            }),
+            _ => Err(too_large()),
+        }
+    }
+}
+
 /// The byte layout of one area of tasks: inputs first, outputs after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MapLayout {
@@ -232,5 +283,19 @@ mod tests {
     fn the_imap_window_of_a_pool_of_more_than_512_processes_is_capped_not_a_panic() {
         assert_eq!(imap_window(16, 600), WINDOW);
         assert_eq!(imap_window(1 << 30, 600), WINDOW);
+    }
+
+    #[test]
+    fn map_bytes_refuse_wrapping_products_and_ranges() {
+        let (b, at) = (Elem::of_size(1), std::ptr::null::<u8>());
+        let ok = MapBytes::check(10, b, Elem::of_size(8), at, at).unwrap();
+        assert_eq!((ok.input, ok.output, ok.total), (10, 80, 90));
+        assert!(MapBytes::check(usize::MAX, b, b, at, at).is_err());
+        // n * 2 wraps to 2.
+        assert!(MapBytes::check(usize::MAX / 2 + 2, Elem::of_size(2), b, at, at).is_err());
+        assert!(MapBytes::check(isize::MAX as usize + 1, b, b, at, at).is_err());
+        // A range that would run past the end of the address space.
+        let high = (usize::MAX - 4) as *const u8;
+        assert!(MapBytes::check(8, b, b, at, high).is_err());
     }
 }

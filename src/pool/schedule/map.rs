@@ -1,7 +1,7 @@
 //! The synchronous maps: their entry points for Rust callers, and
 //! [`map_raw`], the one path of every synchronous map.
 
-use super::layout::{check_chunksize, check_context, too_large, Elem};
+use super::layout::{check_chunksize, check_context, Elem, MapBytes};
 use super::memory::prefault;
 use super::through_arena::{through_arena, Buffers};
 use super::where_it_lies::{place_of, run_where_it_lies, Place, Span, SMALL_MAP_BYTES};
@@ -181,17 +181,21 @@ pub(crate) unsafe fn map_raw(
         return Ok(());
     }
     let buffers = Buffers { src, dst, len };
-    let (Some(in_bytes), Some(out_bytes)) = (
-        len.checked_mul(call.input.size),
-        call.outputs(len).checked_mul(call.output.size),
-    ) else {
-        return Err(too_large());
-    };
-    let input = place_of(core, src, in_bytes, call.input.align);
-    let output = place_of(core, dst.cast_const(), out_bytes, call.output.align);
+    // The one size check, before either path (every product below is bounded
+    // by these).
+    let bytes = MapBytes::check_counts(
+        len,
+        call.outputs(len),
+        call.input,
+        call.output,
+        src,
+        dst.cast_const(),
+    )?;
+    let input = place_of(core, src, bytes.input, call.input.align);
+    let output = place_of(core, dst.cast_const(), bytes.output, call.output.align);
     let direct = input.zip(output).filter(|&(i, o)| {
         let in_caller = matches!(i, Place::Caller(_)) || matches!(o, Place::Caller(_));
-        !in_caller || in_bytes + out_bytes >= SMALL_MAP_BYTES
+        !in_caller || bytes.total >= SMALL_MAP_BYTES
     });
     let Some((input, output)) = direct else {
         // SAFETY: forwarded contract.
@@ -201,7 +205,7 @@ pub(crate) unsafe fn map_raw(
         // Workers would fault the fresh output in one 4 KiB page at a time
         // inside process_vm_writev; one bulk fault (huge pages where allowed)
         // is faster. Measured in docs/PERFORMANCE.md, "Zero-copy maps".
-        prefault(dst, out_bytes);
+        prefault(dst, bytes.output);
     }
     let redo = run_where_it_lies(core, len, call, Span { input, output })?;
     if !redo.is_empty() {

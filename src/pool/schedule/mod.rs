@@ -28,7 +28,7 @@ mod where_it_lies;
 mod window;
 
 pub(crate) use layout::{
-    check_chunksize, check_context, default_chunksize, imap_window, Elem, MapLayout,
+    check_chunksize, check_context, default_chunksize, imap_window, Elem, MapBytes, MapLayout,
 };
 pub(crate) use map::{map_fold, map_inplace, map_into, map_raw, map_slice, MapCall};
 #[cfg(feature = "mpi")]
@@ -36,5 +36,4 @@ pub(crate) use memory::prefault;
 pub(crate) use submit::{submit_apply, submit_slice};
 #[cfg(feature = "mpi")]
 pub(crate) use where_it_lies::{Place, SMALL_MAP_BYTES};
-#[cfg(feature = "serde")]
 pub(crate) use window::{Collect, Collected, Window};

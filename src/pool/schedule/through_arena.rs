@@ -49,6 +49,7 @@ pub(super) unsafe fn through_arena(
     call: MapCall<'_>,
 ) -> Result<(), Error> {
     let len = buffers.len;
+    // map_raw checked both sizes: this does not overflow.
     let bytes = len * call.input.size + call.outputs(len) * call.output.size;
     // Where to cut for two parent threads: on a chunk boundary, so the tasks
     // are the same as without the cut.

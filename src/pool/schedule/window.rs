@@ -73,21 +73,17 @@ impl<'a, T> Window<'a, T> {
 
     /// Submits the chunk `desc` (with the call description `context` in its
     /// inline area), known by `tag`; a failed submission halts the window.
-    pub(crate) fn submit(&mut self, desc: TaskDesc, context: &[MaybeUninit<u8>], tag: T) {
+    pub(super) fn submit(&mut self, desc: TaskDesc, context: &[MaybeUninit<u8>], tag: T) {
         match submit_chunk(self.core, desc, context) {
             Ok(slot) => self.in_flight.push_back((slot, tag)),
             Err(e) => self.fail(e),
         }
     }
 
-    /// Records a chunk submitted elsewhere (with a block of its own: the
-    /// serde maps); a failed submission halts the window.
-    #[cfg(feature = "serde")]
-    pub(crate) fn push(&mut self, submitted: Result<u32, Error>, tag: T) {
-        match submitted {
-            Ok(slot) => self.in_flight.push_back((slot, tag)),
-            Err(e) => self.fail(e),
-        }
+    /// Records a chunk published elsewhere (`serde()`'s chunks, which own
+    /// their blocks), known by `tag`.
+    pub(crate) fn push(&mut self, slot: u32, tag: T) {
+        self.in_flight.push_back((slot, tag));
     }
 
     /// Records the map's first error and halts.
