@@ -498,3 +498,35 @@ fn values_that_cannot_be_encoded_are_invalid_arguments_on_either_side() {
         assert_eq!(s.map(refuse, &[1, 2]).unwrap(), [Refuses(1), Refuses(2)]);
     });
 }
+
+fn slow_upper(s: String) -> String {
+    std::thread::sleep(Duration::from_millis(200));
+    s.to_uppercase()
+}
+
+#[test]
+fn an_awaited_serde_result_wakes_its_task() {
+    bounded(LIMIT, || {
+        use std::future::IntoFuture;
+        let pool = Pool::new(2).unwrap();
+        let r = pool
+            .serde()
+            .apply_async(slow_upper, ("abc".into(),))
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let got = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), r.into_future()).await
+        });
+        // Woken when the task finishes (~0.2 s), not found by a later poll.
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(got.expect("woken before the timeout").unwrap(), "ABC");
+    });
+}

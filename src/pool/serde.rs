@@ -21,7 +21,7 @@ use super::schedule::{default_chunksize, Collect, Collected, Window};
 use super::Pool;
 use crate::error::Error;
 use crate::shm::arena::Block;
-use crate::sync::slot::TaskDesc;
+use crate::sync::slot::{TaskDesc, WATCHED};
 use crate::sync::spin::SpinWait;
 use crate::task::serde::{
     entry, InHeader, OutHeader, SerdeTask, VecFlavor, Wire, IN_HEADER, MAX_MESSAGE, OUT_HEADER,
@@ -185,7 +185,7 @@ impl<'a> SerdePool<'a> {
         F: SerdeTask<Args>,
         Args: Wire,
     {
-        let chunk = self.submit_apply(&f, &args)?;
+        let chunk = self.submit_apply(&f, &args, 0)?;
         let core = self.core();
         core.layout().slot(chunk.slot).wait_done(None);
         let value = decode_one::<F::Output>(core, &chunk.job());
@@ -210,7 +210,8 @@ impl<'a> SerdePool<'a> {
         F::Output: Clone + Send + Sync,
         Args: Wire,
     {
-        let chunk = self.submit_apply(&f, &args)?;
+        // WATCHED: its finish is logged, for an awaiting future.
+        let chunk = self.submit_apply(&f, &args, WATCHED)?;
         Ok(AsyncResult::new(
             Arc::clone(&self.pool.core),
             chunk.job(),
@@ -437,14 +438,21 @@ impl<'a> SerdePool<'a> {
         Ok((entry, bound))
     }
 
-    fn submit_apply<F, Args>(&self, f: &F, args: &Args) -> Result<Submitted, Error>
+    fn submit_apply<F, Args>(&self, f: &F, args: &Args, flags: u32) -> Result<Submitted, Error>
     where
         F: SerdeTask<Args>,
         Args: Wire,
     {
         let (entry, bound) = self.prepare::<F, Args>(f)?;
         let args = std::slice::from_ref(args);
-        submit(self.core(), entry, &bound, args, self.result_capacity)
+        submit(
+            self.core(),
+            entry,
+            &bound,
+            args,
+            self.result_capacity,
+            flags,
+        )
     }
 
     /// Runs `entry` over `items`, in chunks: encode and submit chunk after
@@ -474,7 +482,7 @@ impl<'a> SerdePool<'a> {
                     all_submitted = true;
                     break;
                 };
-                let submitted = submit(core, entry, bound, chunk, self.result_capacity);
+                let submitted = submit(core, entry, bound, chunk, self.result_capacity, 0);
                 match submitted {
                     Ok(s) => {
                         limit = self.window(s.block.len);
@@ -514,13 +522,15 @@ fn encode_into<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<()
 
 /// Lays a chunk into a fresh block: the task's encoded `bound` value, then
 /// `items` encoded straight into the block (their sizes measured first),
-/// with room for at least `result_capacity` bytes of results; publishes it.
+/// with room for at least `result_capacity` bytes of results; publishes it
+/// with `flags` (`slot::WATCHED` for a handle that may be awaited).
 fn submit<T: Serialize>(
     core: &Core,
     entry: EntryPoint,
     bound: &[u8],
     items: &[T],
     result_capacity: usize,
+    flags: u32,
 ) -> Result<Submitted, Error> {
     let mut in_bytes = bound.len();
     for item in items {
@@ -573,6 +583,7 @@ fn submit<T: Serialize>(
         input: at,
         output: at + out_rel as u64,
         len: items.len() as u64,
+        flags,
         ..TaskDesc::default()
     });
     let published = slot.publish()?;
@@ -832,6 +843,7 @@ where
             &self.bound,
             &self.pending,
             self.result_capacity,
+            0,
         )?;
         self.pending.clear();
         self.in_flight.push_back(submitted);
@@ -988,7 +1000,7 @@ mod tests {
         }
         // The same through an apply's handle.
         let entry = pool.entry_point(garbage_values).unwrap();
-        let chunk = submit(pool.core(), entry, &[0], &["x".to_string()], 1 << 10).unwrap();
+        let chunk = submit(pool.core(), entry, &[0], &["x".to_string()], 1 << 10, 0).unwrap();
         let r = AsyncResult::new(
             Arc::clone(&pool.core),
             chunk.job(),
