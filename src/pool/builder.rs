@@ -69,6 +69,8 @@ pub(crate) struct PoolConfig {
     /// The supervisor thread's stack, on which fork workers run their tasks
     /// (`None`: [`default_stack_size`]).
     pub(crate) stack_size: Option<usize>,
+    /// The harness options (`pool::harness`).
+    pub(crate) harness: crate::pool::harness::HarnessConfig,
 }
 
 /// The smallest [`PoolBuilder::stack_size`] accepted.
@@ -319,6 +321,7 @@ impl PoolBuilder {
         {
             return Err(Error::invalid(why));
         }
+        config.harness.resolve(processes)?;
         config.processes = Some(processes);
         crate::panic::install_quiet_panic_hook();
         // Workers must map the program's object heap (shared locks, queues):

@@ -117,6 +117,7 @@ impl Core {
             settings.zero_copy.store(1, Ordering::Relaxed);
             PtracerGrant::acquire()
         });
+        config.harness.write_settings(&layout);
         header.magic.store(layout::MAGIC, Ordering::Release);
         Ok(Core {
             layout,

@@ -16,6 +16,7 @@
 pub(crate) mod builder;
 mod callbacks;
 pub(crate) mod core;
+pub(crate) mod harness;
 mod imap;
 mod job;
 mod result;

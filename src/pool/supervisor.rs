@@ -412,6 +412,7 @@ fn settle_exit(
     let last_taken = record.take_last_taken();
     // The index's next worker starts from a clean record.
     record.idle();
+    record.counters.reset();
     // A worker killed while searching cannot clear its bit; a stale bit would
     // keep producers from ever waking a sleeper.
     layout.header().searching.fetch_and(

