@@ -216,3 +216,143 @@ fn workers_get_thread_limits_and_the_programs_own_setting_wins() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Kills its worker on element 13.
+fn fragile(x: u64) -> u64 {
+    if x == 13 {
+        std::process::abort()
+    }
+    x * 2
+}
+
+fn fragile_pair(x: u64, y: u64) -> u64 {
+    fragile(x) + y
+}
+
+#[test]
+fn a_dead_workers_error_names_the_elements_of_its_chunk() {
+    bounded(LIMIT, || {
+        let pool = Pool::new(2).unwrap();
+        let items: Vec<u64> = (0..40).collect();
+        let pairs: Vec<(u64, u64)> = items.iter().map(|&x| (x, 1)).collect();
+        let died = |r: Result<Vec<u64>, Error>, what: &str| match r {
+            Err(Error::WorkerDied {
+                elements, signal, ..
+            }) => {
+                assert_eq!(signal, Some(libc::SIGABRT), "{what}");
+                assert_eq!(elements, Some(10..20), "{what}");
+            }
+            other => panic!("{what}: {other:?}"),
+        };
+        died(pool.map_chunked(fragile, &items, 10), "map");
+        died(pool.starmap_chunked(fragile_pair, &pairs, 10), "starmap");
+        let async_map = pool.map_async_chunked(fragile, &items, 10).unwrap();
+        died(async_map.get(Some(Duration::from_secs(60))), "map_async");
+        let mut out = vec![0u64; 40];
+        match pool.map_into_chunked(fragile, &items, &mut out, 10) {
+            Err(e) => assert_eq!(e.elements(), Some(10..20), "map_into: {e}"),
+            Ok(()) => panic!("map_into succeeded"),
+        }
+        for ordered in [true, false] {
+            let it = if ordered {
+                pool.imap_chunked(fragile, items.clone(), 10).unwrap()
+            } else {
+                pool.imap_unordered_chunked(fragile, items.clone(), 10)
+                    .unwrap()
+            };
+            let errors: Vec<Error> = it.filter_map(Result::err).collect();
+            assert_eq!(errors.len(), 1, "imap (ordered: {ordered}): {errors:?}");
+            assert_eq!(errors[0].elements(), Some(10..20), "{}", errors[0]);
+        }
+        // apply names no elements.
+        match pool.apply(fragile, (13,)) {
+            Err(e @ Error::WorkerDied { .. }) => assert_eq!(e.elements(), None),
+            other => panic!("{other:?}"),
+        }
+        // The recipe: re-run the suspects one element per task.
+        let suspects = pool.map_chunked(fragile, &items, 10).unwrap_err();
+        let culprits: Vec<usize> = suspects
+            .elements()
+            .unwrap()
+            .filter(|&i| pool.map_chunked(fragile, &items[i..i + 1], 1).is_err())
+            .collect();
+        assert_eq!(culprits, vec![13]);
+    });
+}
+
+#[test]
+fn with_retries_a_dying_chunk_is_split_until_the_error_names_one_element() {
+    bounded(LIMIT, || {
+        let items: Vec<u64> = (0..40).collect();
+        for (retries, want) in [
+            (1, 10..15),
+            (2, 12..15),
+            (3, 13..15),
+            (4, 13..14),
+            (9, 13..14),
+        ] {
+            let pool = Pool::builder()
+                .processes(2)
+                .retries(retries)
+                .build()
+                .unwrap();
+            for zero_copy in [true, false] {
+                let pool_ref = &pool;
+                let got = if zero_copy {
+                    pool_ref.map_chunked(fragile, &items, 10)
+                } else {
+                    let copy = Pool::builder()
+                        .processes(2)
+                        .retries(retries)
+                        .zero_copy(false)
+                        .build()
+                        .unwrap();
+                    copy.map_chunked(fragile, &items, 10)
+                };
+                match got {
+                    Err(e @ Error::WorkerDied { .. }) => {
+                        assert_eq!(e.elements(), Some(want.clone()), "retries {retries}: {e}")
+                    }
+                    other => panic!("retries {retries}: {other:?}"),
+                }
+            }
+        }
+    });
+}
+
+/// Kills its worker the first time it sees element 13 in this test run
+/// (a marker file, named after the test process, records that it did).
+fn fragile_once(x: u64) -> u64 {
+    if x == 13 {
+        let marker = format!(
+            "/tmp/shmpool-harness-once-{}",
+            std::os::unix::process::parent_id()
+        );
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(marker)
+            .is_ok()
+        {
+            std::process::abort()
+        }
+    }
+    x * 2
+}
+
+#[test]
+fn a_chunk_retried_after_a_passing_death_brings_every_result_back() {
+    bounded(LIMIT, || {
+        let marker = format!("/tmp/shmpool-harness-once-{}", std::process::id());
+        let _ = std::fs::remove_file(&marker);
+        let pool = Pool::builder().processes(2).retries(1).build().unwrap();
+        let items: Vec<u64> = (0..40).collect();
+        let got = pool.map_chunked(fragile_once, &items, 10);
+        let _ = std::fs::remove_file(&marker);
+        assert_eq!(
+            got.unwrap(),
+            items.iter().map(|x| x * 2).collect::<Vec<_>>()
+        );
+        assert_eq!(pool.worker_pids().len(), 2);
+    });
+}

@@ -179,6 +179,12 @@ impl PoolBuilder {
     /// With retries a task may run more than once, so it should be idempotent
     /// (a `map` chunk is: it rewrites its own outputs).
     ///
+    /// A chunk of `map`, `starmap` or `map_into` (and their `_chunked` forms)
+    /// is not run again whole: each retry runs its two halves, so the other
+    /// elements' results come back and the error names the elements that
+    /// still kill a worker ([`Error::elements`]), down to a single one given
+    /// enough retries.
+    ///
     /// ```
     /// fn f(x: u64) -> u64 { x + 1 }
     /// let pool = shmpool::Pool::builder().processes(2).retries(3).build()?;
@@ -206,7 +212,7 @@ impl PoolBuilder {
     ///     .processes(1)
     ///     .task_timeout(Duration::from_millis(200))
     ///     .build()?;
-    /// assert!(matches!(pool.apply(spin, ()), Err(shmpool::Error::TaskTimedOut)));
+    /// assert!(matches!(pool.apply(spin, ()), Err(shmpool::Error::TaskTimedOut { .. })));
     /// assert_eq!(pool.apply(|| 7u8, ())?, 7); // a fresh worker took over
     /// # Ok::<(), shmpool::Error>(())
     /// ```

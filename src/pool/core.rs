@@ -465,20 +465,44 @@ pub(crate) enum Failure {
     AccessRefused(AccessRefused),
     /// The slot held values no finisher writes (what they were).
     Corrupted(String),
+    /// A worker's death (or timeout) in a map chunk: the input elements the
+    /// chunk covered.
+    Covering {
+        failure: Box<Failure>,
+        elements: std::ops::Range<usize>,
+    },
+}
+
+impl Failure {
+    /// Names the map elements a dead (or timed-out) chunk covered.
+    pub(crate) fn covering(self, elements: std::ops::Range<usize>) -> Failure {
+        match self {
+            Failure::WorkerDied { .. } | Failure::TimedOut => Failure::Covering {
+                failure: Box::new(self),
+                elements,
+            },
+            other => other,
+        }
+    }
 }
 
 impl From<Failure> for Error {
     fn from(f: Failure) -> Error {
         match f {
             Failure::Panicked(message) => Error::TaskPanicked { message },
-            Failure::WorkerDied { pid, signal } => Error::WorkerDied { pid, signal },
+            Failure::WorkerDied { pid, signal } => Error::WorkerDied {
+                pid,
+                signal,
+                elements: None,
+            },
             Failure::Terminated => Error::Terminated,
             Failure::Broken(why) => Error::PoolBroken(why),
-            Failure::TimedOut => Error::TaskTimedOut,
+            Failure::TimedOut => Error::TaskTimedOut { elements: None },
             Failure::AccessRefused(refused) => Error::ZeroCopyRefused {
                 errno: refused.errno,
             },
             Failure::Corrupted(what) => Error::SlotCorrupted(what),
+            Failure::Covering { failure, elements } => Error::from(*failure).covering(elements),
         }
     }
 }

@@ -58,7 +58,10 @@ pub struct Imap<I: Iterator, U> {
     shape: ChunkShape,
     ordered: bool,
     window: usize,
-    in_flight: VecDeque<(Chunk, Option<Block>)>,
+    /// Chunks in flight, with the input index of each one's first element.
+    in_flight: VecDeque<(Chunk, Option<Block>, usize)>,
+    /// Input elements put into chunks so far.
+    pulled: usize,
     ready: VecDeque<Result<U, Error>>,
     /// The input's panic, yielded once everything before it was.
     input_panic: Option<Error>,
@@ -120,6 +123,7 @@ where
             ordered,
             window,
             in_flight: VecDeque::new(),
+            pulled: 0,
             ready: VecDeque::new(),
             input_panic: None,
             _out: PhantomData,
@@ -223,7 +227,9 @@ where
             output,
             len: n,
         };
-        self.in_flight.push_back((chunk, published.block));
+        self.in_flight
+            .push_back((chunk, published.block, self.pulled));
+        self.pulled += n;
         Ok(())
     }
 
@@ -233,7 +239,7 @@ where
         let find = || {
             self.in_flight
                 .iter()
-                .position(|(c, _)| layout.slot(c.slot).is_done())
+                .position(|(c, _, _)| layout.slot(c.slot).is_done())
         };
         let mut spin = SpinWait::new();
         loop {
@@ -259,7 +265,7 @@ where
 
     /// Moves finished chunk `i`'s results (or its error) to `ready`.
     fn collect(&mut self, i: usize) {
-        let (chunk, block) = self.in_flight.remove(i).expect("in range");
+        let (chunk, block, first) = self.in_flight.remove(i).expect("in range");
         let core = &*self.core;
         match core.read_outcome::<()>(chunk.slot, 0) {
             Ok(()) => {
@@ -269,7 +275,9 @@ where
                 let results = unsafe { std::slice::from_raw_parts(out, chunk.len) };
                 self.ready.extend(results.iter().map(|&u| Ok(u)));
             }
-            Err(failure) => self.ready.push_back(Err(failure.into())),
+            Err(failure) => self
+                .ready
+                .push_back(Err(Error::from(failure).covering(first..first + chunk.len))),
         }
         core.dispose(Job::single(chunk, block));
     }
@@ -290,7 +298,7 @@ where
 
 impl<I: Iterator, U> Drop for Imap<I, U> {
     fn drop(&mut self) {
-        for (chunk, block) in self.in_flight.drain(..) {
+        for (chunk, block, _) in self.in_flight.drain(..) {
             self.core.dispose(Job::single(chunk, block));
         }
     }

@@ -20,7 +20,7 @@ use crate::pool::job::{Chunk, Job};
 use crate::pool::result::Ticket;
 use crate::remote::STAGE_ALIGN;
 use crate::shm::arena::Block;
-use crate::sync::slot::{TaskDesc, INLINE_CAPACITY, IN_PLACE, REMOTE_INPUT, REMOTE_OUTPUT};
+use crate::sync::slot::{TaskDesc, INLINE_CAPACITY, IN_PLACE, REMOTE_INPUT, REMOTE_OUTPUT, SPLIT};
 use crate::task::EntryPoint;
 use crate::Pod;
 use std::collections::VecDeque;
@@ -489,6 +489,34 @@ pub(crate) struct Span {
     pub(crate) output: Place,
 }
 
+/// [`SPLIT`] unless the chunk cannot run twice (in place).
+fn split_flag(call: &MapCall<'_>) -> u32 {
+    if call.in_place {
+        0
+    } else {
+        SPLIT
+    }
+}
+
+/// The two halves to run again when a [`SPLIT`] chunk over `range` failed
+/// with `failure` after `used` retries: when its worker died, retries are
+/// left, and it has more than one element. So the other elements' results
+/// come back, and the one that kills its worker is cornered.
+fn halves(
+    core: &Core,
+    call: &MapCall<'_>,
+    failure: &Failure,
+    range: &Range<usize>,
+    used: u32,
+) -> Option<[Range<usize>; 2]> {
+    let died = matches!(failure, Failure::WorkerDied { .. });
+    if !died || call.in_place || used >= core.config.retries || range.len() < 2 {
+        return None;
+    }
+    let mid = range.start + range.len() / 2;
+    Some([range.start..mid, mid..range.end])
+}
+
 /// Allocates, describes and publishes one chunk; on failure the slot goes
 /// back with its token.
 fn submit_chunk(core: &Core, desc: TaskDesc, context: &[u8]) -> Result<u32, Error> {
@@ -622,34 +650,48 @@ pub(crate) fn run_where_it_lies(
     let mut window = Window::new(core, Collect::NewestLast);
     let mut next_chunk = 0;
     let mut redo: Vec<Range<usize>> = Vec::new();
+    let submit = |range: Range<usize>, retries_used: u32| {
+        let (input, remote_in) = at
+            .input
+            .advance(range.start * call.input.size, REMOTE_INPUT);
+        let (output, remote_out) = at
+            .output
+            .advance(range.start * call.output.size, REMOTE_OUTPUT);
+        let desc = TaskDesc {
+            entry: call.entry.0,
+            input,
+            output,
+            len: range.len() as u64,
+            flags: call.flags() | split_flag(&call) | remote_in | remote_out,
+            retries_used,
+            ..TaskDesc::default()
+        };
+        submit_chunk(core, desc, call.context)
+    };
     loop {
         while window.accepts() && next_chunk < chunks {
             let start = next_chunk * chunksize;
-            let n = chunksize.min(len - start);
-            let (input, remote_in) = at.input.advance(start * call.input.size, REMOTE_INPUT);
-            let (output, remote_out) = at.output.advance(start * call.output.size, REMOTE_OUTPUT);
-            let desc = TaskDesc {
-                entry: call.entry.0,
-                input,
-                output,
-                len: n as u64,
-                flags: call.flags() | remote_in | remote_out,
-                ..TaskDesc::default()
-            };
-            window.push(submit_chunk(core, desc, call.context), start..start + n);
+            let range = start..start + chunksize.min(len - start);
+            window.push(submit(range.clone(), 0), (range, 0));
             next_chunk += 1;
         }
         match window.next(next_chunk == chunks) {
             None => break,
-            Some(Collected::Withdrawn(range)) => redo.push(range),
-            Some(Collected::Done(slot, range)) => {
+            Some(Collected::Withdrawn((range, _))) => redo.push(range),
+            Some(Collected::Done(slot, (range, used))) => {
                 match core.read_outcome::<()>(slot, 0) {
                     Ok(()) => {}
                     Err(Failure::AccessRefused(refused)) if !(call.in_place && refused.wrote) => {
                         redo.push(range);
                         window.halt();
                     }
-                    Err(failure) => window.fail(failure.into()),
+                    Err(failure) => match halves(core, &call, &failure, &range, used) {
+                        Some([a, b]) if !window.is_halted() => {
+                            window.push(submit(a.clone(), used + 1), (a, used + 1));
+                            window.push(submit(b.clone(), used + 1), (b, used + 1));
+                        }
+                        _ => window.fail(Error::from(failure).covering(range)),
+                    },
                 }
                 core.release_slot(slot);
             }
@@ -683,6 +725,18 @@ unsafe fn run_chunks(
     let output_at = |i: usize| base + (shape.output_start + i * out_size) as u64;
     let mut window = Window::new(core, Collect::InOrder);
     let mut next_chunk = 0;
+    let submit = |start: usize, n: usize, retries_used: u32| {
+        let desc = TaskDesc {
+            entry: call.entry.0,
+            input: input_at(start),
+            output: output_at(start),
+            len: n as u64,
+            flags: call.flags() | split_flag(&call),
+            retries_used,
+            ..TaskDesc::default()
+        };
+        submit_chunk(core, desc, call.context)
+    };
     loop {
         while window.accepts() && next_chunk < chunks {
             let start = next_chunk * chunksize;
@@ -696,21 +750,13 @@ unsafe fn run_chunks(
                     n * in_size,
                 );
             }
-            let desc = TaskDesc {
-                entry: call.entry.0,
-                input: input_at(start),
-                output: output_at(start),
-                len: n as u64,
-                flags: call.flags(),
-                ..TaskDesc::default()
-            };
-            window.push(submit_chunk(core, desc, call.context), (start, n));
+            window.push(submit(start, n, 0), (start, n, 0));
             next_chunk += 1;
         }
         match window.next(next_chunk == chunks) {
             None => break,
             Some(Collected::Withdrawn(_)) => {}
-            Some(Collected::Done(slot, (start, n))) => {
+            Some(Collected::Done(slot, (start, n, used))) => {
                 match core.read_outcome::<()>(slot, 0) {
                     Ok(()) if !window.is_halted() => {
                         // SAFETY: the worker wrote `n` outputs at output_at(start)
@@ -725,7 +771,22 @@ unsafe fn run_chunks(
                         }
                     }
                     Ok(()) => {}
-                    Err(failure) => window.fail(failure.into()),
+                    // The inputs are still in the block: a worker only reads them.
+                    Err(failure) => {
+                        match halves(core, &call, &failure, &(start..start + n), used) {
+                            Some([a, b]) if !window.is_halted() => {
+                                window.push(
+                                    submit(a.start, a.len(), used + 1),
+                                    (a.start, a.len(), used + 1),
+                                );
+                                window.push(
+                                    submit(b.start, b.len(), used + 1),
+                                    (b.start, b.len(), used + 1),
+                                );
+                            }
+                            _ => window.fail(Error::from(failure).covering(start..start + n)),
+                        }
+                    }
                 }
                 core.release_slot(slot);
             }

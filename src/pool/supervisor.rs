@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::pool::core::{Core, TERMINATED};
 use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
 use crate::start::fork::Child;
-use crate::sync::slot::{Outcome, SlotState, IN_PLACE};
+use crate::sync::slot::{Outcome, SlotState, IN_PLACE, SPLIT};
 use crate::worker::WorkerStart;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -459,6 +459,8 @@ fn settle_exit(
                     let innocent = timed_out.is_some();
                     let retried = if desc.flags & IN_PLACE != 0 {
                         false // a second run would read the first one's outputs
+                    } else if desc.flags & SPLIT != 0 && desc.len > 1 && !innocent {
+                        false // the parent runs its halves again
                     } else if innocent {
                         slot.requeue(k as u32)
                     } else {
