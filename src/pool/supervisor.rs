@@ -457,10 +457,12 @@ fn settle_exit(
                     // the timeout check and the kill: this one is innocent,
                     // so it runs again without using up a retry.
                     let innocent = timed_out.is_some();
-                    let retried = if desc.flags & IN_PLACE != 0 {
-                        false // a second run would read the first one's outputs
-                    } else if desc.flags & SPLIT != 0 && desc.len > 1 && !innocent {
-                        false // the parent runs its halves again
+                    // In place: a second run would read the first one's
+                    // outputs. Split: the parent runs its halves again.
+                    let no_rerun = desc.flags & IN_PLACE != 0
+                        || (desc.flags & SPLIT != 0 && desc.len > 1 && !innocent);
+                    let retried = if no_rerun {
+                        false
                     } else if innocent {
                         slot.requeue(k as u32)
                     } else {
