@@ -99,7 +99,7 @@ pub use objects::{
 };
 pub use pod::Pod;
 pub use pool::builder::MAX_PROCESSES;
-pub use pool::{AsyncResult, Imap, Pool, PoolBuilder, SharedVec};
+pub use pool::{AsyncResult, Imap, Insights, Pool, PoolBuilder, PoolStats, SharedVec, WorkerStats};
 pub use process::{current_process, Process, ProcessInfo};
 pub use shm::named::SharedMemory;
 pub use start::{set_start_method, StartMethod};

@@ -356,3 +356,91 @@ fn a_chunk_retried_after_a_passing_death_brings_every_result_back() {
         assert_eq!(pool.worker_pids().len(), 2);
     });
 }
+
+fn nap_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn abort_task() -> u8 {
+    std::process::abort()
+}
+
+#[test]
+fn stats_count_tasks_time_deaths_retries_and_timeouts() {
+    bounded(LIMIT, || {
+        for method in METHODS {
+            let pool = Pool::builder()
+                .processes(2)
+                .retries(1)
+                .task_timeout(Duration::from_secs(2))
+                .start_method(method)
+                .build()
+                .unwrap();
+            let fresh = pool.stats();
+            assert_eq!(fresh.tasks_done, 0);
+            assert_eq!(fresh.workers.len(), 2);
+            assert_eq!(
+                fresh.workers.iter().map(|w| w.index).collect::<Vec<_>>(),
+                vec![0, 1]
+            );
+            assert!(fresh.workers.iter().all(|w| w.pid != 0 && w.deaths == 0));
+
+            // Eight tasks of 30 ms: at least 240 ms of work in all.
+            pool.map_chunked(nap_ms, &[30; 8], 1).unwrap();
+            let s = pool.stats();
+            assert_eq!(s.tasks_done, 8, "{method:?}: {s:?}");
+            assert_eq!(s.workers.iter().map(|w| w.tasks_done).sum::<u64>(), 8);
+            assert!(s.busy >= Duration::from_millis(240), "{s:?}");
+            assert!(s.busy < s.uptime * 2, "{s:?}");
+            for w in &s.workers {
+                assert!(w.slowest_task >= Duration::from_millis(30), "{w:?}");
+                assert!(w.busy >= w.slowest_task, "{w:?}");
+                assert!(w.startup > Duration::ZERO, "{w:?}");
+                assert!(w.busy + w.idle <= s.uptime, "{w:?} {s:?}");
+            }
+
+            // A death at index k: counted there, and the replacement keeps k.
+            assert!(pool.apply(abort_task, ()).is_err());
+            let s = pool.stats();
+            assert_eq!(s.worker_deaths, 2, "died, retried, died: {s:?}");
+            assert_eq!(s.retries, 1, "{s:?}");
+            assert_eq!(s.workers.iter().map(|w| w.deaths).sum::<u64>(), 2);
+            assert_eq!(s.workers.len(), 2);
+            assert_eq!(s.tasks_done, 8, "tasks of the dead are kept: {s:?}");
+
+            assert!(pool.apply(nap_ms, (10_000,)).is_err());
+            let s = pool.stats();
+            assert_eq!(s.timeouts, 1, "{s:?}");
+            assert_eq!(s.worker_deaths, 3, "{s:?}");
+
+            let text = pool.insights().to_string();
+            for word in [
+                "working",
+                "waiting",
+                "starting",
+                "slowest tasks",
+                "deaths 3",
+            ] {
+                assert!(text.contains(word), "{word}: {text}");
+            }
+        }
+    });
+}
+
+#[test]
+fn retired_workers_figures_stay_in_the_totals() {
+    bounded(LIMIT, || {
+        let pool = Pool::builder()
+            .processes(2)
+            .maxtasksperchild(3)
+            .build()
+            .unwrap();
+        let items: Vec<u64> = (0..30).collect();
+        pool.map_chunked(|x: u64| x + 1, &items, 1).unwrap();
+        let s = pool.stats();
+        assert_eq!(s.tasks_done, 30, "{s:?}");
+        assert_eq!(s.worker_deaths, 0, "retiring is no death: {s:?}");
+        assert!(s.workers.iter().all(|w| w.tasks_done <= 3), "{s:?}");
+    });
+}

@@ -49,6 +49,8 @@ pub(crate) struct Core {
     pub(crate) callbacks: Callbacks,
     /// The live workers' pids by index, kept by the supervisor.
     pub(crate) pids: Mutex<Vec<Option<u32>>>,
+    /// The parent's side of `Pool::stats`.
+    pub(crate) stats: crate::pool::stats::StatsBook,
     /// Whether maps may hand workers the caller's memory (`pool::zero_copy`):
     /// set at start if configured, cleared for good on a refusal.
     zero_copy: AtomicBool,
@@ -134,6 +136,7 @@ impl Core {
             supervisor: Supervisor::new()?,
             callbacks: Callbacks::default(),
             pids: Mutex::new(vec![None; processes]),
+            stats: crate::pool::stats::StatsBook::new(processes),
             zero_copy: AtomicBool::new(ptracer.is_some()),
             ptracer: Mutex::new(ptracer),
             _segment: segment,

@@ -22,6 +22,7 @@ mod job;
 mod result;
 pub(crate) mod schedule;
 mod shared_vec;
+pub(crate) mod stats;
 mod supervisor;
 mod unpublished;
 mod zero_copy;
@@ -40,6 +41,7 @@ pub use builder::PoolBuilder;
 pub use imap::Imap;
 pub use result::AsyncResult;
 pub use shared_vec::SharedVec;
+pub use stats::{Insights, PoolStats, WorkerStats};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

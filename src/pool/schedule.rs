@@ -514,6 +514,7 @@ fn halves(
         return None;
     }
     let mid = range.start + range.len() / 2;
+    core.stats.retried();
     Some([range.start..mid, mid..range.end])
 }
 

@@ -29,6 +29,7 @@
 
 use crate::error::Error;
 use crate::pool::core::{Core, TERMINATED};
+use crate::pool::stats::Leaving;
 use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
 use crate::start::fork::Child;
 use crate::sync::slot::{Outcome, SlotState, IN_PLACE, SPLIT};
@@ -129,6 +130,7 @@ fn spawn_worker(core: &Core, index: usize) -> Result<Child, Error> {
         ready_fd: core.supervisor.ready.as_raw_fd(),
         method: core.config.start_method,
     };
+    core.stats.spawning(index);
     let child = crate::start::start_worker(core.layout(), core.segment_fd(), start)?;
     core.set_pid(index, Some(child.pid as u32));
     Ok(child)
@@ -326,8 +328,22 @@ fn supervise(
                 workers[k] = Some(child); // spurious readiness
                 continue;
             };
+            // Held until the worker's figures are in the totals, so that
+            // `Pool::stats` never sees it gone and not yet counted.
+            let accounting = core.stats.accounting();
             core.set_pid(k, None);
             let exit = settle_exit(core, k, child.pid, status, timed_out[k].take());
+            // Before the index's next worker starts: its figures join the
+            // pool's totals, and the record starts from zero.
+            let counters = &core.layout().worker_record(k as u32).counters;
+            let how = match exit {
+                Exit::Died { .. } => Leaving::Died,
+                _ if counters.over_memory.load(Ordering::Relaxed) != 0 => Leaving::OverMemory,
+                _ => Leaving::Retired,
+            };
+            core.stats.left(k, counters, how);
+            counters.reset();
+            drop(accounting);
             if matches!(exit, Exit::Died { .. }) {
                 // It may have finished a slot without logging it, and the slot
                 // it held was just finished here, unlogged.
@@ -412,7 +428,6 @@ fn settle_exit(
     let last_taken = record.take_last_taken();
     // The index's next worker starts from a clean record.
     record.idle();
-    record.counters.reset();
     // A worker killed while searching cannot clear its bit; a stale bit would
     // keep producers from ever waking a sleeper.
     layout.header().searching.fetch_and(
@@ -443,6 +458,7 @@ fn settle_exit(
             SlotState::Running { worker } if worker as usize == k => {
                 held_task = true;
                 if timed_out == Some(i) {
+                    core.stats.timed_out();
                     slot.finish_for(
                         |s| s == SlotState::Running { worker: k as u32 },
                         Outcome::TimedOut,
@@ -468,6 +484,7 @@ fn settle_exit(
                     } else {
                         desc.retries_used < core.config.retries && {
                             desc.retries_used += 1;
+                            core.stats.retried();
                             slot.requeue(k as u32)
                         }
                     };

@@ -89,6 +89,9 @@ pub(crate) struct WorkerCounters {
     pub(crate) slowest: AtomicU64,
     /// The resident set size after the last task, in KiB (0: not measured).
     pub(crate) rss_kib: AtomicU64,
+    /// Non-zero once the worker exits to be replaced, its resident set
+    /// over the pool's `max_memory_per_worker`.
+    pub(crate) over_memory: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -102,6 +105,7 @@ impl WorkerCounters {
             &self.busy,
             &self.slowest,
             &self.rss_kib,
+            &self.over_memory,
         ] {
             word.store(0, Ordering::Relaxed);
         }

@@ -358,15 +358,21 @@ fn finish(
         // which the record must not seem to be running.
         layout.worker_record(me).idle();
     }
+    count_task(layout, me, took);
     slot.finish();
     if watched {
         // Before the notify: its fence publishes the entry to a parked reader.
         layout.finish_log(me).push(index);
     }
     layout.header().done.notify_sleepers();
-    // After the slot is handed back, off the result's path. Only this worker
-    // writes its counters, so a load and a store add up without a locked
-    // instruction.
+    true
+}
+
+/// Adds a finished task to this worker's counters (`Pool::stats`). Only this
+/// worker writes them, so a load and a store add up without a locked
+/// instruction. Called before the slot is finished: a parent that saw the
+/// result (with Acquire) sees it counted.
+fn count_task(layout: Layout, me: u32, took: u64) {
     let counters = &layout.worker_record(me).counters;
     let add = |word: &AtomicU64, v: u64| {
         word.store(
@@ -379,7 +385,6 @@ fn finish(
     if took > counters.slowest.load(Ordering::Relaxed) {
         counters.slowest.store(took, Ordering::Relaxed);
     }
-    true
 }
 
 /// The longest prefix of `s` of at most `max` bytes ending on a char boundary.

@@ -1,0 +1,378 @@
+//! [`Pool::stats`] and [`Pool::insights`]: what the workers did, for
+//! display.
+//!
+//! Counting stays off the task's path: each worker keeps its figures in its
+//! own record of the segment (`shm::layout::WorkerCounters`), with plain
+//! relaxed stores after it has handed the result back; the parent reads them
+//! only when asked. The parent keeps what outlives a worker (start times,
+//! deaths, totals of replaced workers) in a [`StatsBook`]. A task can write
+//! anything over its worker's record, so figures read from it are
+//! saturated, clamped to what is possible, and never used for a decision.
+
+use crate::pool::Pool;
+use crate::shm::layout::{monotonic_ns, WorkerCounters};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// What a pool's workers have done so far: returned by [`Pool::stats`].
+///
+/// A *task* is one `apply` or one chunk of a map. Times are wall-clock
+/// (`CLOCK_MONOTONIC`), measured by each worker around each task.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// The live workers, by index.
+    pub workers: Vec<WorkerStats>,
+    /// Tasks finished (returned or panicked) by every worker since the pool
+    /// started, replaced ones included.
+    pub tasks_done: u64,
+    /// Tasks (or map chunk halves) run again after their worker died: see
+    /// [`PoolBuilder::retries`](crate::PoolBuilder::retries).
+    pub retries: u64,
+    /// Tasks killed by the [`task_timeout`](crate::PoolBuilder::task_timeout).
+    pub timeouts: u64,
+    /// Workers that died (a signal, `abort()`, an `exit()` from a task, a
+    /// timeout) and were replaced. Workers that exit after their
+    /// `maxtasksperchild` quota, or after a memory cap, are not deaths.
+    pub worker_deaths: u64,
+    /// Workers replaced because their resident memory passed the pool's
+    /// memory cap.
+    pub memory_replacements: u64,
+    /// Time spent running tasks, by every worker since the pool started.
+    pub busy: Duration,
+    /// How long the pool has existed.
+    pub uptime: Duration,
+}
+
+/// One live worker's figures, in [`PoolStats::workers`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// The worker's index (`0..processes`); a replacement keeps it.
+    pub index: usize,
+    /// Its process id.
+    pub pid: u32,
+    /// Tasks this process has finished.
+    pub tasks_done: u64,
+    /// Time this process spent running tasks.
+    pub busy: Duration,
+    /// Time this process spent waiting for work since it was ready.
+    pub idle: Duration,
+    /// From the parent's start request to the worker loop (fork or exec,
+    /// mapping the segment).
+    pub startup: Duration,
+    /// How long the pool's initializer took in this process (plus the
+    /// zero-copy probe).
+    pub initializer: Duration,
+    /// How many workers at this index died (see [`PoolStats::worker_deaths`]).
+    pub deaths: u64,
+    /// The longest task this process ran.
+    pub slowest_task: Duration,
+}
+
+/// The parent's side of the figures: what outlives a worker.
+#[derive(Debug)]
+pub(crate) struct StatsBook {
+    created_ns: u64,
+    /// Per index: when the parent asked for its current worker.
+    spawned_at: Vec<AtomicU64>,
+    /// Per index: deaths.
+    deaths: Vec<AtomicU64>,
+    retired_tasks: AtomicU64,
+    retired_busy: AtomicU64,
+    retries: AtomicU64,
+    timeouts: AtomicU64,
+    worker_deaths: AtomicU64,
+    memory_replacements: AtomicU64,
+    /// The slowest tasks of workers gone, longest first (at most
+    /// [`SLOWEST_KEPT`]).
+    slowest: Mutex<Vec<u64>>,
+    /// Held by the supervisor from a worker's reaping until its figures are
+    /// in the totals, and by `stats` while it reads.
+    accounting: Mutex<()>,
+}
+
+/// How many of the slowest tasks' durations insights show.
+const SLOWEST_KEPT: usize = 5;
+
+/// Why a worker left, for the book.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Leaving {
+    /// Quota used up, pool closed: not a death.
+    Retired,
+    /// Over the memory cap after a task: replaced, not a death.
+    OverMemory,
+    /// Killed, crashed, exited from a task, or timed out.
+    Died,
+}
+
+impl StatsBook {
+    pub(crate) fn new(processes: usize) -> StatsBook {
+        StatsBook {
+            created_ns: monotonic_ns(),
+            spawned_at: (0..processes).map(|_| AtomicU64::new(0)).collect(),
+            deaths: (0..processes).map(|_| AtomicU64::new(0)).collect(),
+            retired_tasks: AtomicU64::new(0),
+            retired_busy: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            worker_deaths: AtomicU64::new(0),
+            memory_replacements: AtomicU64::new(0),
+            slowest: Mutex::new(Vec::new()),
+            accounting: Mutex::new(()),
+        }
+    }
+
+    /// See [`StatsBook::accounting`]'s field.
+    pub(crate) fn accounting(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.accounting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The parent is about to start worker `index`.
+    pub(crate) fn spawning(&self, index: usize) {
+        self.spawned_at[index].store(monotonic_ns(), Ordering::Relaxed);
+    }
+
+    /// Worker `index` left (`how`), its counters still in its record: adds
+    /// them to the pool's totals before the record is reset.
+    pub(crate) fn left(&self, index: usize, counters: &WorkerCounters, how: Leaving) {
+        let tasks = counters.tasks_done.load(Ordering::Relaxed);
+        let busy = counters.busy.load(Ordering::Relaxed);
+        saturating_add(&self.retired_tasks, tasks);
+        saturating_add(&self.retired_busy, busy);
+        self.keep_slowest(counters.slowest.load(Ordering::Relaxed));
+        match how {
+            Leaving::Retired => {}
+            Leaving::OverMemory => saturating_add(&self.memory_replacements, 1),
+            Leaving::Died => {
+                saturating_add(&self.worker_deaths, 1);
+                saturating_add(&self.deaths[index], 1);
+            }
+        }
+    }
+
+    pub(crate) fn retried(&self) {
+        saturating_add(&self.retries, 1);
+    }
+
+    pub(crate) fn timed_out(&self) {
+        saturating_add(&self.timeouts, 1);
+    }
+
+    fn keep_slowest(&self, ns: u64) {
+        if ns == 0 {
+            return;
+        }
+        let mut kept = self.slowest.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.push(ns);
+        kept.sort_unstable_by(|a, b| b.cmp(a));
+        kept.truncate(SLOWEST_KEPT);
+    }
+}
+
+fn saturating_add(word: &AtomicU64, v: u64) {
+    let _ = word.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| {
+        Some(x.saturating_add(v))
+    });
+}
+
+fn ns(v: u64) -> Duration {
+    Duration::from_nanos(v)
+}
+
+impl Pool {
+    /// What the workers have done so far: tasks, time working, waiting and
+    /// starting, deaths, retries, timeouts. Cheap (it reads a few words per
+    /// worker); figures are for display, as workers update them without
+    /// synchronizing with the caller.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// pool.map_chunked(square, &[1, 2, 3, 4], 1)?;
+    /// let stats = pool.stats();
+    /// assert_eq!(stats.tasks_done, 4);
+    /// assert_eq!(stats.workers.len(), 2);
+    /// assert_eq!(stats.workers.iter().map(|w| w.tasks_done).sum::<u64>(), 4);
+    /// assert_eq!(stats.worker_deaths, 0);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn stats(&self) -> PoolStats {
+        let core = &*self.core;
+        let book = &core.stats;
+        let _accounting = book.accounting();
+        let now = monotonic_ns();
+        let pids = core
+            .pids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut workers = Vec::new();
+        for (index, pid) in pids.iter().enumerate() {
+            let Some(pid) = *pid else { continue };
+            let c = &core.layout().worker_record(index as u32).counters;
+            let spawned = book.spawned_at[index].load(Ordering::Relaxed);
+            let serving = c.serving_since.load(Ordering::Relaxed);
+            let ready = c.ready_at.load(Ordering::Relaxed);
+            // Clamped to what the parent knows is possible: a worker's
+            // record is not to be trusted.
+            let alive = now.saturating_sub(spawned);
+            let (startup, initializer, up) = if serving == 0 || ready == 0 {
+                (alive, 0, 0)
+            } else {
+                let startup = serving.saturating_sub(spawned).min(alive);
+                let init = c.initializer.load(Ordering::Relaxed).min(alive - startup);
+                (startup, init, now.saturating_sub(ready).min(alive))
+            };
+            let busy = c.busy.load(Ordering::Relaxed).min(up);
+            workers.push(WorkerStats {
+                index,
+                pid,
+                tasks_done: c.tasks_done.load(Ordering::Relaxed),
+                busy: ns(busy),
+                idle: ns(up - busy),
+                startup: ns(startup),
+                initializer: ns(initializer),
+                deaths: book.deaths[index].load(Ordering::Relaxed),
+                slowest_task: ns(c.slowest.load(Ordering::Relaxed).min(busy)),
+            });
+        }
+        let live_tasks = workers
+            .iter()
+            .fold(0u64, |a, w| a.saturating_add(w.tasks_done));
+        let live_busy = workers
+            .iter()
+            .fold(Duration::ZERO, |a, w| a.saturating_add(w.busy));
+        PoolStats {
+            tasks_done: book
+                .retired_tasks
+                .load(Ordering::Relaxed)
+                .saturating_add(live_tasks),
+            retries: book.retries.load(Ordering::Relaxed),
+            timeouts: book.timeouts.load(Ordering::Relaxed),
+            worker_deaths: book.worker_deaths.load(Ordering::Relaxed),
+            memory_replacements: book.memory_replacements.load(Ordering::Relaxed),
+            busy: ns(book.retired_busy.load(Ordering::Relaxed)).saturating_add(live_busy),
+            uptime: ns(now.saturating_sub(book.created_ns)),
+            workers,
+        }
+    }
+
+    /// A summary to print, like MPIRE's `print_insights`: for the live
+    /// workers, the shares of their time spent working (running tasks),
+    /// waiting (ready, with nothing to do) and starting (start-up and
+    /// initializer); the totals of [`stats`](Self::stats); and the
+    /// durations of the slowest tasks (the slowest of each worker, live or
+    /// gone, longest first).
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// pool.map(square, &[1, 2, 3])?;
+    /// let text = pool.insights().to_string();
+    /// assert!(text.contains("working"), "{text}");
+    /// println!("{text}");
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn insights(&self) -> Insights {
+        let stats = self.stats();
+        let mut slowest = self
+            .core
+            .stats
+            .slowest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|&v| ns(v))
+            .chain(stats.workers.iter().map(|w| w.slowest_task))
+            .filter(|d| !d.is_zero())
+            .collect::<Vec<_>>();
+        slowest.sort_unstable_by(|a, b| b.cmp(a));
+        slowest.truncate(SLOWEST_KEPT);
+        Insights { stats, slowest }
+    }
+}
+
+/// The summary [`Pool::insights`] returns; print it with `{}`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Insights {
+    /// The figures it summarizes.
+    pub stats: PoolStats,
+    /// The slowest tasks' durations, longest first (at most five).
+    pub slowest: Vec<Duration>,
+}
+
+fn share(part: Duration, whole: Duration) -> f64 {
+    if whole.is_zero() {
+        0.0
+    } else {
+        100.0 * part.as_secs_f64() / whole.as_secs_f64()
+    }
+}
+
+impl fmt::Display for Insights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.stats;
+        let sum = |g: fn(&WorkerStats) -> Duration| {
+            s.workers
+                .iter()
+                .fold(Duration::ZERO, |a, w| a.saturating_add(g(w)))
+        };
+        let (busy, idle) = (sum(|w| w.busy), sum(|w| w.idle));
+        let starting = sum(|w| w.startup.saturating_add(w.initializer));
+        let total = busy.saturating_add(idle).saturating_add(starting);
+        writeln!(
+            f,
+            "pool insights: {} live workers, up {:.3?}",
+            s.workers.len(),
+            s.uptime
+        )?;
+        writeln!(
+            f,
+            "  tasks done {}, retries {}, timeouts {}, worker deaths {}, memory replacements {}",
+            s.tasks_done, s.retries, s.timeouts, s.worker_deaths, s.memory_replacements
+        )?;
+        writeln!(
+            f,
+            "  live workers' time: working {:.1} %, waiting {:.1} %, starting {:.1} % (of {:.3?})",
+            share(busy, total),
+            share(idle, total),
+            share(starting, total),
+            total
+        )?;
+        writeln!(
+            f,
+            "  {:>6} {:>8} {:>8} {:>12} {:>12} {:>12} {:>12} {:>6}",
+            "worker", "pid", "tasks", "working", "waiting", "startup", "initializer", "deaths"
+        )?;
+        for w in &s.workers {
+            writeln!(
+                f,
+                "  {:>6} {:>8} {:>8} {:>12} {:>12} {:>12} {:>12} {:>6}",
+                w.index,
+                w.pid,
+                w.tasks_done,
+                format!("{:.3?}", w.busy),
+                format!("{:.3?}", w.idle),
+                format!("{:.3?}", w.startup),
+                format!("{:.3?}", w.initializer),
+                w.deaths
+            )?;
+        }
+        let slowest: Vec<String> = self.slowest.iter().map(|d| format!("{d:.3?}")).collect();
+        write!(
+            f,
+            "  slowest tasks: {}",
+            if slowest.is_empty() {
+                "none yet".into()
+            } else {
+                slowest.join(", ")
+            }
+        )
+    }
+}
