@@ -328,8 +328,9 @@ fn supervise(
                 workers[k] = Some(child); // spurious readiness
                 continue;
             };
-            // Held until the worker's figures are in the totals, so that
-            // `Pool::stats` never sees it gone and not yet counted.
+            // Held until the worker's figures are in the totals and it is
+            // replaced, so that `Pool::stats` never sees it gone and not yet
+            // counted.
             let accounting = core.stats.accounting();
             core.set_pid(k, None);
             let exit = settle_exit(core, k, child.pid, status, timed_out[k].take());
@@ -343,7 +344,6 @@ fn supervise(
             };
             core.stats.left(k, counters, how);
             counters.reset();
-            drop(accounting);
             if matches!(exit, Exit::Died { .. }) {
                 // It may have finished a slot without logging it, and the slot
                 // it held was just finished here, unlogged.
@@ -359,6 +359,9 @@ fn supervise(
                 Ok(child) => workers[k] = Some(child),
                 Err(_) => respawn.push(k),
             }
+            // Released once replaced: `stats` after a failed task lists the
+            // replacement, with the death at its index.
+            drop(accounting);
             if let Exit::Died { again: Some(i) } = exit {
                 core.push(i);
             }
