@@ -43,6 +43,8 @@ pub enum Error {
         /// (indexes into the map's input); `None` for `apply`. See
         /// [`Error::elements`].
         elements: Option<Range<usize>>,
+        /// Whether it died of memory, as far as the pool can tell.
+        cause: DeathCause,
     },
     /// The pool no longer accepts work: it was closed or terminated.
     Closed,
@@ -165,7 +167,15 @@ impl fmt::Display for Error {
                 pid,
                 signal,
                 elements,
+                cause,
             } => {
+                match cause {
+                    DeathCause::OutOfMemory => f.write_str("out of memory: ")?,
+                    DeathCause::MemoryLimit => {
+                        f.write_str("an allocation failed past memory_limit_per_worker: ")?
+                    }
+                    DeathCause::Other => {}
+                }
                 match signal {
                     Some(sig) => write!(
                         f,
@@ -224,6 +234,35 @@ impl fmt::Display for Error {
             Error::Io(e) => write!(f, "operating system error: {e}"),
         }
     }
+}
+
+/// Why a worker died, in [`Error::WorkerDied`]: whether memory was the
+/// reason, as far as the pool can tell from outside the dead process.
+///
+/// How it tells:
+/// * [`MemoryLimit`](DeathCause::MemoryLimit): under
+///   [`memory_limit_per_worker`](crate::PoolBuilder::memory_limit_per_worker),
+///   the worker's SIGABRT handler found `errno` set to `ENOMEM` (Rust
+///   aborts the process when an allocation fails, right after the failing
+///   call), and recorded it in the worker's record in the pool's segment.
+/// * [`OutOfMemory`](DeathCause::OutOfMemory): the worker was killed by
+///   SIGKILL that the pool did not send (no task timeout, no terminate),
+///   and the kernel's count of OOM kills (`oom_kill` in `/proc/vmstat`,
+///   which counts cgroup OOM kills too) went up since the pool last looked.
+///   Another process killed by the OOM killer at the same moment would be
+///   mistaken for it: a strong hint, not a proof.
+/// * [`Other`](DeathCause::Other): anything else (a signal, `abort()`, an
+///   `exit()` from the task).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DeathCause {
+    /// Not known to be memory.
+    #[default]
+    Other,
+    /// Killed by the kernel's OOM killer (system-wide or its cgroup's).
+    OutOfMemory,
+    /// An allocation failed past the pool's `memory_limit_per_worker`.
+    MemoryLimit,
 }
 
 /// Names a map's elements in an error message.
@@ -333,6 +372,7 @@ mod tests {
             pid: 12,
             signal: Some(9),
             elements: None,
+            cause: DeathCause::Other,
         }
         .to_string();
         assert!(died.contains("12") && died.contains("signal 9"), "{died}");
@@ -340,7 +380,9 @@ mod tests {
             pid: 12,
             signal: None,
             elements: Some(40..48),
+            cause: DeathCause::OutOfMemory,
         };
+        assert!(in_map.to_string().contains("out of memory"), "{in_map}");
         assert!(in_map.to_string().contains("elements 40..48"), "{in_map}");
         assert_eq!(in_map.elements(), Some(40..48));
         let one = Error::TaskTimedOut { elements: None }.covering(7..8);

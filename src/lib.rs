@@ -88,6 +88,7 @@ mod tracker;
 mod worker;
 
 pub use context::{get_context, Context};
+pub use error::DeathCause;
 pub use error::Error;
 #[cfg(feature = "manager")]
 pub use manager::{Manager, ManagerBuilder};

@@ -207,6 +207,7 @@ fn abort_segfault_and_exit_give_clear_errors_and_the_pool_goes_on() {
             pid: 1,
             signal: Some(libc::SIGSEGV),
             elements: None,
+            cause: shmpool::DeathCause::Other,
         }
         .to_string();
         assert!(msg.contains("signal 11"), "{msg}");

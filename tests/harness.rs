@@ -444,3 +444,114 @@ fn retired_workers_figures_stay_in_the_totals() {
         assert!(s.workers.iter().all(|w| w.tasks_done <= 3), "{s:?}");
     });
 }
+
+/// Leaks `mib` MiB (as a leaky C library would), touched.
+fn leak(mib: u64) -> u64 {
+    let kept = vec![1u8; (mib << 20) as usize];
+    std::mem::forget(kept);
+    std::process::id() as u64
+}
+
+#[test]
+fn a_worker_over_the_memory_cap_is_replaced_after_its_task_and_the_result_is_kept() {
+    bounded(LIMIT, || {
+        for method in [StartMethod::Fork, StartMethod::Spawn] {
+            let pool = Pool::builder()
+                .processes(1)
+                .max_memory_per_worker(48 << 20)
+                .start_method(method)
+                .build()
+                .unwrap();
+            // Under the cap: the same worker goes on.
+            let a = pool.apply(leak, (16,)).unwrap();
+            let b = pool.apply(leak, (16,)).unwrap();
+            assert_eq!(a, b, "{method:?}");
+            // 64 MiB more: past the cap. The result comes back, then a fresh
+            // worker takes over.
+            let c = pool.apply(leak, (32,)).unwrap();
+            assert_eq!(
+                c, a,
+                "{method:?}: the result of the task that passed the cap"
+            );
+            let d = pool.apply(leak, (0,)).unwrap();
+            assert_ne!(d, a, "{method:?}: replaced");
+            let s = pool.stats();
+            assert_eq!(s.memory_replacements, 1, "{method:?}: {s:?}");
+            assert_eq!(s.worker_deaths, 0, "{method:?}: {s:?}");
+            assert!(pool
+                .insights()
+                .to_string()
+                .contains("memory replacements 1"));
+        }
+        assert!(matches!(
+            Pool::builder().max_memory_per_worker(0).build(),
+            Err(Error::InvalidArgument(_))
+        ));
+    });
+}
+
+/// Reserves `mib` MiB with `try_reserve`: a failure is a panic.
+fn reserve(mib: u64) -> u64 {
+    let mut v: Vec<u8> = Vec::new();
+    match v.try_reserve_exact((mib << 20) as usize) {
+        Ok(()) => mib,
+        Err(e) => panic!("could not reserve: {e}"),
+    }
+}
+
+/// Allocates `mib` MiB the ordinary way: a failure aborts the process.
+fn allocate(mib: u64) -> u64 {
+    let v = vec![1u8; (mib << 20) as usize];
+    std::hint::black_box(&v);
+    v.len() as u64
+}
+
+#[test]
+fn past_the_memory_limit_an_allocation_fails_in_the_task_and_the_death_says_so() {
+    bounded(LIMIT, || {
+        // Spawn: a fresh process, whatever this test binary has printed.
+        let pool = Pool::builder()
+            .processes(1)
+            .memory_limit_per_worker(256 << 20)
+            .start_method(StartMethod::Spawn)
+            .build()
+            .unwrap();
+        assert_eq!(pool.apply(reserve, (64,)).unwrap(), 64);
+        assert_eq!(pool.apply(allocate, (64,)).unwrap(), 64 << 20);
+        match pool.apply(reserve, (2048,)) {
+            Err(Error::TaskPanicked { message }) => {
+                assert!(message.contains("reserve"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        match pool.apply(allocate, (2048,)) {
+            Err(e @ Error::WorkerDied { .. }) => {
+                let Error::WorkerDied { cause, signal, .. } = &e else {
+                    unreachable!()
+                };
+                assert_eq!(*cause, shmpool::DeathCause::MemoryLimit, "{e}");
+                assert_eq!(*signal, Some(libc::SIGABRT));
+                assert!(e.to_string().contains("memory_limit_per_worker"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another abort is not put down to memory.
+        match pool.apply(abort_task, ()) {
+            Err(Error::WorkerDied { cause, .. }) => {
+                assert_eq!(cause, shmpool::DeathCause::Other)
+            }
+            other => panic!("{other:?}"),
+        }
+        let s = pool.stats();
+        assert_eq!((s.memory_limit_deaths, s.worker_deaths), (1, 2), "{s:?}");
+        assert_eq!(
+            pool.apply(allocate, (1,)).unwrap(),
+            1 << 20,
+            "the pool goes on"
+        );
+        assert!(matches!(
+            Pool::builder().memory_limit_per_worker(0).build(),
+            Err(Error::InvalidArgument(_))
+        ));
+    });
+}

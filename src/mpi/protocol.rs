@@ -165,6 +165,7 @@ impl From<RemoteError> for Error {
                 pid,
                 signal,
                 elements: None,
+                cause: crate::error::DeathCause::Other,
             },
             RemoteError::Timeout => Error::Timeout,
             RemoteError::Failed { rank, why } => Error::RankFailed { rank, why },
@@ -288,6 +289,7 @@ mod tests {
                 pid: 42,
                 signal: Some(6),
                 elements: None,
+                cause: crate::error::DeathCause::Other,
             }),
         );
         assert_eq!(died.expected_bytes(1, 80), Ok(0));

@@ -418,6 +418,7 @@ impl Core {
                 ))
             }
             Outcome::WorkerDied => Err(Failure::WorkerDied {
+                cause: self.stats.cause_of(detail),
                 pid: detail,
                 signal: (signal >= 0).then_some(signal),
             }),
@@ -461,6 +462,7 @@ pub(crate) enum Failure {
     WorkerDied {
         pid: u32,
         signal: Option<i32>,
+        cause: crate::error::DeathCause,
     },
     Terminated,
     Broken(String),
@@ -493,10 +495,11 @@ impl From<Failure> for Error {
     fn from(f: Failure) -> Error {
         match f {
             Failure::Panicked(message) => Error::TaskPanicked { message },
-            Failure::WorkerDied { pid, signal } => Error::WorkerDied {
+            Failure::WorkerDied { pid, signal, cause } => Error::WorkerDied {
                 pid,
                 signal,
                 elements: None,
+                cause,
             },
             Failure::Terminated => Error::Terminated,
             Failure::Broken(why) => Error::PoolBroken(why),

@@ -20,6 +20,8 @@ pub(crate) struct HarnessConfig {
     pins: Vec<Vec<usize>>,
     /// The thread count workers set (resolved).
     threads: u32,
+    max_memory: Option<u64>,
+    memory_limit: Option<u64>,
 }
 
 /// The most threads [`PoolBuilder::threads_per_worker`] accepts.
@@ -63,6 +65,11 @@ impl HarnessConfig {
                 .collect(),
             (None, false) => Vec::new(),
         };
+        if self.max_memory == Some(0) || self.memory_limit == Some(0) {
+            return Err(Error::invalid(
+                "max_memory_per_worker and memory_limit_per_worker must be more than zero",
+            ));
+        }
         self.threads = match self.threads_per_worker {
             Some(0) => return Err(Error::invalid("threads_per_worker must be at least 1")),
             Some(k) if k > MAX_THREADS_PER_WORKER => {
@@ -98,6 +105,12 @@ impl HarnessConfig {
         settings
             .pinned
             .store(u32::from(!self.pins.is_empty()), Ordering::Relaxed);
+        settings
+            .memory_limit
+            .store(self.memory_limit.unwrap_or(0), Ordering::Relaxed);
+        // Rounded up, so that a cap below 1 KiB is not "no cap".
+        let cap_kib = self.max_memory.map_or(0, |b| b.div_ceil(1024));
+        settings.max_rss_kib.store(cap_kib, Ordering::Relaxed);
     }
 }
 
@@ -189,6 +202,91 @@ impl PoolBuilder {
     /// ```
     pub fn threads_per_worker(mut self, k: usize) -> Self {
         self.config.harness.threads_per_worker = Some(k);
+        self
+    }
+
+    /// Replaces a worker after a task during which it gained more than
+    /// `bytes` of memory: for tasks that leak (or C libraries that do, as in
+    /// loky's and joblib's reports), without a fixed task quota. The task's
+    /// result is kept; the worker exits once it has handed it back, and a
+    /// fresh one takes its index. Replacements count in
+    /// [`PoolStats::memory_replacements`](crate::PoolStats::memory_replacements),
+    /// not as deaths.
+    ///
+    /// Measured by the worker after each task: its anonymous resident memory
+    /// (`/proc/self/statm`: resident minus shared pages, so the pool's
+    /// shared memory does not count) beyond what it had when it became
+    /// ready (pages a forked worker shares with the parent are not its own
+    /// gain). Memory that came and went within one task is not seen. The
+    /// check reads a `/proc` file (a few microseconds) after every task, so
+    /// only pools that ask for it pay. Zero is [`Error::InvalidArgument`] at
+    /// `build`.
+    ///
+    /// ```
+    /// fn leak(mib: u64) -> u64 {
+    ///     let kept = vec![1u8; (mib << 20) as usize];
+    ///     std::mem::forget(kept); // a leak, as a C library might have
+    ///     mib
+    /// }
+    /// let pool = shmpool::Pool::builder()
+    ///     .processes(1)
+    ///     .max_memory_per_worker(32 << 20)
+    ///     .build()?;
+    /// let first = pool.worker_pids();
+    /// assert_eq!(pool.apply(leak, (64,))?, 64); // the result is kept
+    /// assert_eq!(pool.apply(leak, (0,))?, 0);   // run by a fresh worker
+    /// assert_ne!(pool.worker_pids(), first);
+    /// assert_eq!(pool.stats().memory_replacements, 1);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn max_memory_per_worker(mut self, bytes: u64) -> Self {
+        self.config.harness.max_memory = Some(bytes);
+        self
+    }
+
+    /// Limits how much more address space each worker may map, with
+    /// `RLIMIT_AS`, so that a runaway allocation fails inside the task
+    /// instead of waking the kernel's OOM killer (which may pick another
+    /// process). The limit is `bytes` beyond the worker's address space at
+    /// start, which includes the reservation of the pool's shared memory
+    /// (tens of GiB, virtual). It applies to the initializer and every task.
+    ///
+    /// What a failed allocation does depends on who allocates: C's `malloc`
+    /// returns NULL, Rust's `Vec::try_reserve` returns an error (a task can
+    /// turn it into a panic, so [`Error::TaskPanicked`]), and Rust's
+    /// ordinary allocations abort the process, as Rust does on allocation
+    /// failure: the task then fails with [`Error::WorkerDied`] whose cause
+    /// is [`DeathCause::MemoryLimit`](crate::DeathCause::MemoryLimit) (see
+    /// there how it is told apart), and the pool replaces the worker. Zero
+    /// is [`Error::InvalidArgument`] at `build`.
+    ///
+    /// ```
+    /// use shmpool::{DeathCause, Error};
+    /// fn grab(mib: u64) -> u64 {
+    ///     let mut v: Vec<u8> = Vec::new();
+    ///     match v.try_reserve_exact((mib << 20) as usize) {
+    ///         Ok(()) => mib,
+    ///         Err(e) => panic!("out of memory: {e}"),
+    ///     }
+    /// }
+    /// fn grab_or_abort(mib: u64) -> u64 {
+    ///     let v = vec![1u8; (mib << 20) as usize];
+    ///     v.len() as u64
+    /// }
+    /// let pool = shmpool::Pool::builder()
+    ///     .processes(1)
+    ///     .memory_limit_per_worker(256 << 20)
+    ///     .build()?;
+    /// assert_eq!(pool.apply(grab, (16,))?, 16);
+    /// assert!(matches!(pool.apply(grab, (1024,)), Err(Error::TaskPanicked { .. })));
+    /// match pool.apply(grab_or_abort, (1024,)) {
+    ///     Err(Error::WorkerDied { cause, .. }) => assert_eq!(cause, DeathCause::MemoryLimit),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn memory_limit_per_worker(mut self, bytes: u64) -> Self {
+        self.config.harness.memory_limit = Some(bytes);
         self
     }
 }

@@ -9,6 +9,7 @@
 //! anything over its worker's record, so figures read from it are
 //! saturated, clamped to what is possible, and never used for a decision.
 
+use crate::error::DeathCause;
 use crate::pool::Pool;
 use crate::shm::layout::{monotonic_ns, WorkerCounters};
 use std::fmt;
@@ -37,9 +38,17 @@ pub struct PoolStats {
     /// timeout) and were replaced. Workers that exit after their
     /// `maxtasksperchild` quota, or after a memory cap, are not deaths.
     pub worker_deaths: u64,
-    /// Workers replaced because their resident memory passed the pool's
-    /// memory cap.
+    /// Workers replaced because the memory they gained passed
+    /// [`max_memory_per_worker`](crate::PoolBuilder::max_memory_per_worker)
+    /// (not deaths).
     pub memory_replacements: u64,
+    /// Worker deaths the pool put down to the kernel's OOM killer
+    /// ([`DeathCause::OutOfMemory`](crate::DeathCause::OutOfMemory)).
+    pub out_of_memory: u64,
+    /// Worker deaths from an allocation failed past
+    /// [`memory_limit_per_worker`](crate::PoolBuilder::memory_limit_per_worker)
+    /// ([`DeathCause::MemoryLimit`](crate::DeathCause::MemoryLimit)).
+    pub memory_limit_deaths: u64,
     /// Time spent running tasks, by every worker since the pool started.
     pub busy: Duration,
     /// How long the pool has existed.
@@ -92,6 +101,23 @@ pub(crate) struct StatsBook {
     /// Held by the supervisor from a worker's reaping until its figures are
     /// in the totals, and by `stats` while it reads.
     accounting: Mutex<()>,
+    out_of_memory: AtomicU64,
+    memory_limit_deaths: AtomicU64,
+    /// The kernel's OOM kill count when the pool last looked.
+    oom_kills_seen: AtomicU64,
+    /// Recent deaths put down to memory, by pid (at most [`CAUSES_KEPT`]).
+    causes: Mutex<std::collections::VecDeque<(u32, DeathCause)>>,
+}
+
+/// How many deaths' causes are kept for the errors that report them.
+const CAUSES_KEPT: usize = 1024;
+
+/// The kernel's count of OOM kills (`oom_kill` in `/proc/vmstat`), if known.
+fn oom_kills() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// How many of the slowest tasks' durations insights show.
@@ -122,7 +148,51 @@ impl StatsBook {
             memory_replacements: AtomicU64::new(0),
             slowest: Mutex::new(Vec::new()),
             accounting: Mutex::new(()),
+            out_of_memory: AtomicU64::new(0),
+            memory_limit_deaths: AtomicU64::new(0),
+            oom_kills_seen: AtomicU64::new(u64::MAX),
+            causes: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// Notes the kernel's OOM kill count (supervisor side, after start-up:
+    /// off `build`'s path).
+    pub(crate) fn note_oom_kills(&self) {
+        if let Some(n) = oom_kills() {
+            self.oom_kills_seen.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the kernel's OOM kill count went up since last noted (and
+    /// notes the new count).
+    pub(crate) fn oom_kills_rose(&self) -> bool {
+        let Some(now) = oom_kills() else { return false };
+        let before = self.oom_kills_seen.swap(now, Ordering::Relaxed);
+        before != u64::MAX && now > before
+    }
+
+    /// Records why worker `pid` died, for the errors of its tasks.
+    pub(crate) fn died_of(&self, pid: u32, cause: DeathCause) {
+        match cause {
+            DeathCause::Other => return,
+            DeathCause::OutOfMemory => saturating_add(&self.out_of_memory, 1),
+            DeathCause::MemoryLimit => saturating_add(&self.memory_limit_deaths, 1),
+        }
+        let mut causes = self.causes.lock().unwrap_or_else(PoisonError::into_inner);
+        if causes.len() == CAUSES_KEPT {
+            causes.pop_front();
+        }
+        causes.push_back((pid, cause));
+    }
+
+    /// Why worker `pid` died, if it was put down to memory.
+    pub(crate) fn cause_of(&self, pid: u32) -> DeathCause {
+        let causes = self.causes.lock().unwrap_or_else(PoisonError::into_inner);
+        causes
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == pid)
+            .map_or(DeathCause::Other, |&(_, c)| c)
     }
 
     /// See [`StatsBook::accounting`]'s field.
@@ -256,6 +326,8 @@ impl Pool {
             timeouts: book.timeouts.load(Ordering::Relaxed),
             worker_deaths: book.worker_deaths.load(Ordering::Relaxed),
             memory_replacements: book.memory_replacements.load(Ordering::Relaxed),
+            out_of_memory: book.out_of_memory.load(Ordering::Relaxed),
+            memory_limit_deaths: book.memory_limit_deaths.load(Ordering::Relaxed),
             busy: ns(book.retired_busy.load(Ordering::Relaxed)).saturating_add(live_busy),
             uptime: ns(now.saturating_sub(book.created_ns)),
             workers,
@@ -334,8 +406,15 @@ impl fmt::Display for Insights {
         )?;
         writeln!(
             f,
-            "  tasks done {}, retries {}, timeouts {}, worker deaths {}, memory replacements {}",
-            s.tasks_done, s.retries, s.timeouts, s.worker_deaths, s.memory_replacements
+            "  tasks done {}, retries {}, timeouts {}, worker deaths {} (out of memory {}, \
+             past the memory limit {}), memory replacements {}",
+            s.tasks_done,
+            s.retries,
+            s.timeouts,
+            s.worker_deaths,
+            s.out_of_memory,
+            s.memory_limit_deaths,
+            s.memory_replacements
         )?;
         writeln!(
             f,
@@ -374,5 +453,28 @@ impl fmt::Display for Insights {
                 slowest.join(", ")
             }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_oom_kill_count_is_read_and_causes_are_kept_per_pid() {
+        // Linux 4.13 and later count OOM kills in /proc/vmstat.
+        assert!(oom_kills().is_some());
+        let book = StatsBook::new(1);
+        assert!(!book.oom_kills_rose(), "nothing noted yet");
+        book.note_oom_kills();
+        book.died_of(7, DeathCause::MemoryLimit);
+        book.died_of(8, DeathCause::Other);
+        assert_eq!(book.cause_of(7), DeathCause::MemoryLimit);
+        assert_eq!(book.cause_of(8), DeathCause::Other);
+        for pid in 100..100 + CAUSES_KEPT as u32 {
+            book.died_of(pid, DeathCause::OutOfMemory);
+        }
+        assert_eq!(book.cause_of(7), DeathCause::Other, "the oldest are dropped");
+        assert_eq!(book.out_of_memory.load(Ordering::Relaxed), CAUSES_KEPT as u64);
     }
 }

@@ -27,7 +27,7 @@
 //! marked broken, and everything ends as after `terminate`, every unfinished
 //! slot failing with `PoolBroken`.
 
-use crate::error::Error;
+use crate::error::{DeathCause, Error};
 use crate::pool::core::{Core, TERMINATED};
 use crate::pool::stats::Leaving;
 use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
@@ -264,6 +264,7 @@ fn supervise(
     }
     let _ = ready.send(Ok(()));
     drop(ready);
+    core.stats.note_oom_kills();
 
     let mut respawn: Vec<usize> = Vec::new();
     // Per worker: the slot it was killed for, having exceeded the task timeout.
@@ -429,6 +430,19 @@ fn settle_exit(
     let record = layout.worker_record(k as u32);
     let retired = record.is_retired();
     let last_taken = record.take_last_taken();
+    // Before any slot is finished: its error reads the cause.
+    let over_limit = record.over_limit.swap(0, Ordering::Relaxed) != 0;
+    if !clean {
+        let killed_by_us = timed_out.is_some() || core.lifecycle() == TERMINATED;
+        let cause = if over_limit {
+            DeathCause::MemoryLimit
+        } else if signal == Some(libc::SIGKILL) && !killed_by_us && core.stats.oom_kills_rose() {
+            DeathCause::OutOfMemory
+        } else {
+            DeathCause::Other
+        };
+        core.stats.died_of(pid as u32, cause);
+    }
     // The index's next worker starts from a clean record.
     record.idle();
     // A worker killed while searching cannot clear its bit; a stale bit would

@@ -63,6 +63,11 @@ pub(crate) struct WorkerRecord {
     /// hold: it takes one entry at a time and runs it before the next. So
     /// the supervisor settles a death by looking at this one slot.
     taking: AtomicU64,
+    /// Set (non-zero) by the worker's SIGABRT handler when it aborts with
+    /// `errno` ENOMEM under the pool's `memory_limit_per_worker`: an
+    /// allocation failed. Read by the supervisor once the worker is reaped,
+    /// to say why it died (only to say so). Reset with the counters.
+    pub(crate) over_limit: AtomicU64,
     /// What the worker counts for `Pool::stats`, on a cache line of its own
     /// so the supervisor's reads of the words above do not share it.
     pub(crate) counters: WorkerCounters,
@@ -87,7 +92,8 @@ pub(crate) struct WorkerCounters {
     pub(crate) busy: AtomicU64,
     /// The longest task's duration.
     pub(crate) slowest: AtomicU64,
-    /// The resident set size after the last task, in KiB (0: not measured).
+    /// The anonymous memory the worker gained since it was ready, in KiB,
+    /// measured after its last task (only under `max_memory_per_worker`).
     pub(crate) rss_kib: AtomicU64,
     /// Non-zero once the worker exits to be replaced, its resident set
     /// over the pool's `max_memory_per_worker`.

@@ -56,6 +56,10 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
         .initializer
         .store(ready_at.saturating_sub(init_began), Ordering::Relaxed);
     counters.ready_at.store(ready_at, Ordering::Relaxed);
+    let memory_cap_kib = layout.header().settings.max_rss_kib.load(Ordering::Acquire);
+    if memory_cap_kib != 0 {
+        setup::note_baseline();
+    }
     report_ready(start.ready_fd);
     let max_tasks = layout.header().settings.max_tasks.load(Ordering::Acquire);
     let track = layout.header().settings.track_tasks.load(Ordering::Acquire) != 0;
@@ -87,7 +91,9 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
         if let Some(slot) = popped {
             if run(layout, slot, start.index, me, track, peer, &mut stage) {
                 tasks_run += 1;
-                if max_tasks != 0 && tasks_run >= max_tasks {
+                let over_memory = memory_cap_kib != 0
+                    && setup::over_memory_cap(layout, start.index, memory_cap_kib);
+                if over_memory || (max_tasks != 0 && tasks_run >= max_tasks) {
                     // Holding no task and no popped entry: say so, so the
                     // supervisor replaces us without settling anything.
                     layout.worker_record(start.index).retire();
