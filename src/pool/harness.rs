@@ -22,6 +22,8 @@ pub(crate) struct HarnessConfig {
     threads: u32,
     max_memory: Option<u64>,
     memory_limit: Option<u64>,
+    /// Draw progress bars (`pool::progress`).
+    pub(crate) progress: bool,
 }
 
 /// The most threads [`PoolBuilder::threads_per_worker`] accepts.
@@ -287,6 +289,39 @@ impl PoolBuilder {
     /// ```
     pub fn memory_limit_per_worker(mut self, bytes: u64) -> Self {
         self.config.harness.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Draws a progress bar on stderr for each `map`, `starmap`, `map_into`,
+    /// `map_inplace` (and their `_chunked` forms) and `imap*` call: elements
+    /// done, the rate and an ETA. Needs the feature `progress` (which brings
+    /// in `indicatif`); without it, this does nothing. Default: `false`.
+    ///
+    /// The bar is drawn only when stderr is a terminal, so logs and CI
+    /// output stay clean. It advances as the caller collects each finished
+    /// chunk, so it is right when chunks finish out of order or a worker dies
+    /// (a retried chunk counts once, when it finishes). The `*_async` maps
+    /// draw none: an [`Imap`](crate::Imap) is an ordinary `Iterator`, so
+    /// indicatif's `ProgressIterator` works on it directly for any other
+    /// display:
+    ///
+    /// ```ignore
+    /// use indicatif::ProgressIterator;
+    /// let squares: Vec<u64> = pool
+    ///     .imap(square, 0..1_000_000u64)?
+    ///     .progress_count(1_000_000)
+    ///     .collect::<Result<_, _>>()?;
+    /// ```
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = shmpool::Pool::builder().processes(2).progress(true).build()?;
+    /// let items: Vec<u64> = (0..10_000).collect();
+    /// assert_eq!(pool.map(square, &items)?.len(), 10_000); // a bar, on a terminal
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn progress(mut self, enabled: bool) -> Self {
+        self.config.harness.progress = enabled;
         self
     }
 }

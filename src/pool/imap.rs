@@ -62,6 +62,8 @@ pub struct Imap<I: Iterator, U> {
     in_flight: VecDeque<(Chunk, Option<Block>, usize)>,
     /// Input elements put into chunks so far.
     pulled: usize,
+    /// The bar, if the pool draws them (`pool::progress`).
+    progress: crate::pool::progress::Progress,
     ready: VecDeque<Result<U, Error>>,
     /// The input's panic, yielded once everything before it was.
     input_panic: Option<Error>,
@@ -113,7 +115,13 @@ where
             inline: total <= INLINE_CAPACITY && align <= 64,
         };
         let window = (WINDOW_BYTES / total.max(1)).clamp(2 * core.processes, MAX_WINDOW);
+        let exact = match input.size_hint() {
+            (low, Some(high)) if low == high => Some(low),
+            _ => None,
+        };
+        let progress = crate::pool::progress::Progress::start(&core, exact);
         Ok(Imap {
+            progress,
             core,
             input: input.fuse(),
             input_done: false,
@@ -144,6 +152,9 @@ where
             }
             self.feed();
             if self.in_flight.is_empty() {
+                if self.input_done && self.input_panic.is_none() {
+                    self.progress.finish();
+                }
                 return self
                     .ready
                     .pop_front()
@@ -274,6 +285,7 @@ where
                 // `output` (aligned for U) before DONE, observed with Acquire.
                 let results = unsafe { std::slice::from_raw_parts(out, chunk.len) };
                 self.ready.extend(results.iter().map(|&u| Ok(u)));
+                self.progress.advance(chunk.len);
             }
             Err(failure) => self
                 .ready

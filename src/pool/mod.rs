@@ -19,6 +19,7 @@ pub(crate) mod core;
 pub(crate) mod harness;
 mod imap;
 mod job;
+mod progress;
 mod result;
 pub(crate) mod schedule;
 mod shared_vec;

@@ -17,6 +17,7 @@
 use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::pool::job::{Chunk, Job};
+use crate::pool::progress::Progress;
 use crate::pool::result::Ticket;
 use crate::remote::STAGE_ALIGN;
 use crate::shm::arena::Block;
@@ -232,6 +233,22 @@ pub(crate) unsafe fn map_raw(
     if len == 0 {
         return Ok(());
     }
+    let progress = Progress::start(core, Some(len));
+    // SAFETY: forwarded contract.
+    unsafe { map_raw_with(core, src, dst, len, call, &progress) }?;
+    progress.finish();
+    Ok(())
+}
+
+/// [`map_raw`], advancing `progress` as chunks finish.
+unsafe fn map_raw_with(
+    core: &Core,
+    src: *const u8,
+    dst: *mut u8,
+    len: usize,
+    call: MapCall<'_>,
+    progress: &Progress,
+) -> Result<(), Error> {
     let (Some(in_bytes), Some(out_bytes)) = (
         len.checked_mul(call.input.size),
         len.checked_mul(call.output.size),
@@ -246,7 +263,7 @@ pub(crate) unsafe fn map_raw(
     });
     let Some((input, output)) = direct else {
         // SAFETY: forwarded contract.
-        return unsafe { through_arena(core, src, dst, len, call) };
+        return unsafe { through_arena(core, src, dst, len, call, progress) };
     };
     if matches!(output, Place::Caller(_)) {
         // Workers would fault the fresh output in one 4 KiB page at a time
@@ -254,7 +271,7 @@ pub(crate) unsafe fn map_raw(
         // is faster. Measured in docs/PERFORMANCE.md, "Zero-copy maps".
         prefault(dst, out_bytes);
     }
-    let redo = run_where_it_lies(core, len, call, Span { input, output })?;
+    let redo = run_where_it_lies(core, len, call, Span { input, output }, progress)?;
     if !redo.is_empty() {
         // The kernel refused a worker the caller's memory: from now on this
         // pool copies, and what was refused is done that way now.
@@ -270,6 +287,7 @@ pub(crate) unsafe fn map_raw(
                 dst.add(range.start * call.output.size),
                 range.len(),
                 call,
+                progress,
             )
         }?;
     }
@@ -300,6 +318,7 @@ unsafe fn through_arena(
     dst: *mut u8,
     len: usize,
     call: MapCall<'_>,
+    progress: &Progress,
 ) -> Result<(), Error> {
     let bytes = len * (call.input.size + call.output.size);
     // Where to cut for two parent threads: on a chunk boundary, so the tasks
@@ -307,7 +326,7 @@ unsafe fn through_arena(
     let cut = (len / 2).next_multiple_of(call.chunksize);
     if bytes < PARALLEL_BYTES || cut >= len {
         // SAFETY: forwarded contract.
-        return unsafe { map_part(core, src, dst, len, call) };
+        return unsafe { map_part(core, src, dst, len, call, progress) };
     }
     let (src_b, dst_b) = (
         SendPtr(src.wrapping_add(cut * call.input.size).cast_mut()),
@@ -317,10 +336,10 @@ unsafe fn through_arena(
         let other = scope.spawn(move || {
             let (src_b, dst_b) = (src_b, dst_b);
             // SAFETY: the second half of both buffers, disjoint from the first.
-            unsafe { map_part(core, src_b.0, dst_b.0, len - cut, call) }
+            unsafe { map_part(core, src_b.0, dst_b.0, len - cut, call, progress) }
         });
         // SAFETY: the first half.
-        let mine = unsafe { map_part(core, src, dst, cut, call) };
+        let mine = unsafe { map_part(core, src, dst, cut, call, progress) };
         (
             mine,
             other
@@ -349,6 +368,7 @@ unsafe fn map_part(
     dst: *mut u8,
     len: usize,
     call: MapCall<'_>,
+    progress: &Progress,
 ) -> Result<(), Error> {
     let shape = if call.in_place {
         MapLayout::in_place(len, call.input)
@@ -359,7 +379,7 @@ unsafe fn map_part(
     let block = core.alloc_block(shape.total, shape.align)?;
     prefault(dst, len * call.output.size);
     // SAFETY: forwarded contract.
-    let result = unsafe { run_chunks(core, src, dst, len, call, block, shape) };
+    let result = unsafe { run_chunks(core, src, dst, len, call, (block, shape), progress) };
     core.free_block(block);
     result
 }
@@ -645,6 +665,7 @@ pub(crate) fn run_where_it_lies(
     len: usize,
     call: MapCall<'_>,
     at: Span,
+    progress: &Progress,
 ) -> Result<Vec<Range<usize>>, Error> {
     let chunksize = call.chunksize;
     let chunks = len.div_ceil(chunksize);
@@ -681,7 +702,7 @@ pub(crate) fn run_where_it_lies(
             Some(Collected::Withdrawn((range, _))) => redo.push(range),
             Some(Collected::Done(slot, (range, used))) => {
                 match core.read_outcome::<()>(slot, 0) {
-                    Ok(()) => {}
+                    Ok(()) => progress.advance(range.len()),
                     Err(Failure::AccessRefused(refused)) if !(call.in_place && refused.wrote) => {
                         redo.push(range);
                         window.halt();
@@ -714,8 +735,8 @@ unsafe fn run_chunks(
     dst: *mut u8,
     len: usize,
     call: MapCall<'_>,
-    block: Block,
-    shape: MapLayout,
+    (block, shape): (Block, MapLayout),
+    progress: &Progress,
 ) -> Result<(), Error> {
     let layout = core.layout();
     let chunksize = call.chunksize;
@@ -760,6 +781,7 @@ unsafe fn run_chunks(
             Some(Collected::Done(slot, (start, n, used))) => {
                 match core.read_outcome::<()>(slot, 0) {
                     Ok(()) if !window.is_halted() => {
+                        progress.advance(n);
                         // SAFETY: the worker wrote `n` outputs at output_at(start)
                         // before DONE (observed with Acquire); `dst` has room for
                         // `len` ≥ start + n.

@@ -474,7 +474,14 @@ mod tests {
         for pid in 100..100 + CAUSES_KEPT as u32 {
             book.died_of(pid, DeathCause::OutOfMemory);
         }
-        assert_eq!(book.cause_of(7), DeathCause::Other, "the oldest are dropped");
-        assert_eq!(book.out_of_memory.load(Ordering::Relaxed), CAUSES_KEPT as u64);
+        assert_eq!(
+            book.cause_of(7),
+            DeathCause::Other,
+            "the oldest are dropped"
+        );
+        assert_eq!(
+            book.out_of_memory.load(Ordering::Relaxed),
+            CAUSES_KEPT as u64
+        );
     }
 }
