@@ -305,12 +305,18 @@ impl PoolBuilder {
     /// indicatif's `ProgressIterator` works on it directly for any other
     /// display:
     ///
-    /// ```ignore
+    /// ```
+    /// # #[cfg(feature = "progress")] {
     /// use indicatif::ProgressIterator;
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = shmpool::Pool::new(2)?; // no bar of the pool's own
     /// let squares: Vec<u64> = pool
-    ///     .imap(square, 0..1_000_000u64)?
-    ///     .progress_count(1_000_000)
+    ///     .imap(square, 0..10_000u64)?
+    ///     .progress_count(10_000)
     ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(squares[99], 99 * 99);
+    /// # }
+    /// # Ok::<(), shmpool::Error>(())
     /// ```
     ///
     /// ```
