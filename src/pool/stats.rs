@@ -484,4 +484,32 @@ mod tests {
             CAUSES_KEPT as u64
         );
     }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // forks workers over a memfd segment
+    fn garbage_in_a_workers_counters_gives_clamped_figures_not_a_panic() {
+        let pool = Pool::new(1).unwrap();
+        assert_eq!(pool.apply(|x: u64| x + 1, (1,)).unwrap(), 2);
+        // As a task (or a C library) in the worker could write them.
+        let c = &pool.core.layout().worker_record(0).counters;
+        for (word, value) in [
+            (&c.serving_since, u64::MAX),
+            (&c.initializer, u64::MAX),
+            (&c.ready_at, 1),
+            (&c.tasks_done, u64::MAX),
+            (&c.busy, u64::MAX),
+            (&c.slowest, u64::MAX),
+        ] {
+            word.store(value, Ordering::Relaxed);
+        }
+        let s = pool.stats();
+        let w = &s.workers[0];
+        assert!(w.busy + w.idle <= s.uptime, "{s:?}");
+        assert!(w.startup <= s.uptime && w.initializer <= s.uptime, "{s:?}");
+        assert!(w.slowest_task <= w.busy, "{s:?}");
+        assert_eq!(s.tasks_done, u64::MAX, "saturated, not wrapped");
+        assert!(pool.insights().to_string().contains("working"));
+        // The pool goes on.
+        assert_eq!(pool.apply(|x: u64| x + 1, (2,)).unwrap(), 3);
+    }
 }
