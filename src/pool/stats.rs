@@ -11,7 +11,7 @@
 
 use crate::error::DeathCause;
 use crate::pool::Pool;
-use crate::shm::layout::{monotonic_ns, WorkerCounters};
+use crate::shm::layout::{monotonic_ns, ticks, WorkerCounters};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -85,18 +85,21 @@ pub struct WorkerStats {
 #[derive(Debug)]
 pub(crate) struct StatsBook {
     created_ns: u64,
+    /// [`ticks`] at `created_ns`: the two give the tick rate later.
+    created_ticks: u64,
     /// Per index: when the parent asked for its current worker.
     spawned_at: Vec<AtomicU64>,
     /// Per index: deaths.
     deaths: Vec<AtomicU64>,
     retired_tasks: AtomicU64,
+    /// In [`ticks`].
     retired_busy: AtomicU64,
     retries: AtomicU64,
     timeouts: AtomicU64,
     worker_deaths: AtomicU64,
     memory_replacements: AtomicU64,
-    /// The slowest tasks of workers gone, longest first (at most
-    /// [`SLOWEST_KEPT`]).
+    /// The slowest tasks of workers gone, in [`ticks`], longest first (at
+    /// most [`SLOWEST_KEPT`]).
     slowest: Mutex<Vec<u64>>,
     /// Held by the supervisor from a worker's reaping until its figures are
     /// in the totals, and by `stats` while it reads.
@@ -138,6 +141,7 @@ impl StatsBook {
     pub(crate) fn new(processes: usize) -> StatsBook {
         StatsBook {
             created_ns: monotonic_ns(),
+            created_ticks: ticks(),
             spawned_at: (0..processes).map(|_| AtomicU64::new(0)).collect(),
             deaths: (0..processes).map(|_| AtomicU64::new(0)).collect(),
             retired_tasks: AtomicU64::new(0),
@@ -254,6 +258,19 @@ fn ns(v: u64) -> Duration {
     Duration::from_nanos(v)
 }
 
+impl StatsBook {
+    /// Ticks per nanosecond, measured from the pool's creation to `now_ns`
+    /// (1 if too little time has passed to tell, or the counter went back).
+    fn tick_rate(&self, now_ns: u64) -> f64 {
+        let elapsed = now_ns.saturating_sub(self.created_ns);
+        let ticked = ticks().saturating_sub(self.created_ticks);
+        if elapsed < 100_000 || ticked == 0 {
+            return 1.0;
+        }
+        ticked as f64 / elapsed as f64
+    }
+}
+
 impl Pool {
     /// What the workers have done so far: tasks, time working, waiting and
     /// starting, deaths, retries, timeouts. Cheap (it reads a few words per
@@ -276,6 +293,9 @@ impl Pool {
         let book = &core.stats;
         let _accounting = book.accounting();
         let now = monotonic_ns();
+        let rate = book.tick_rate(now);
+        // Saturates: `as` from f64 clamps to the u64 range.
+        let to_ns = |t: u64| (t as f64 / rate) as u64;
         let pids = core
             .pids
             .lock()
@@ -298,7 +318,7 @@ impl Pool {
                 let init = c.initializer.load(Ordering::Relaxed).min(alive - startup);
                 (startup, init, now.saturating_sub(ready).min(alive))
             };
-            let busy = c.busy.load(Ordering::Relaxed).min(up);
+            let busy = to_ns(c.busy.load(Ordering::Relaxed)).min(up);
             workers.push(WorkerStats {
                 index,
                 pid,
@@ -308,7 +328,7 @@ impl Pool {
                 startup: ns(startup),
                 initializer: ns(initializer),
                 deaths: book.deaths[index].load(Ordering::Relaxed),
-                slowest_task: ns(c.slowest.load(Ordering::Relaxed).min(busy)),
+                slowest_task: ns(to_ns(c.slowest.load(Ordering::Relaxed)).min(busy)),
             });
         }
         let live_tasks = workers
@@ -328,7 +348,7 @@ impl Pool {
             memory_replacements: book.memory_replacements.load(Ordering::Relaxed),
             out_of_memory: book.out_of_memory.load(Ordering::Relaxed),
             memory_limit_deaths: book.memory_limit_deaths.load(Ordering::Relaxed),
-            busy: ns(book.retired_busy.load(Ordering::Relaxed)).saturating_add(live_busy),
+            busy: ns(to_ns(book.retired_busy.load(Ordering::Relaxed))).saturating_add(live_busy),
             uptime: ns(now.saturating_sub(book.created_ns)),
             workers,
         }
@@ -352,14 +372,14 @@ impl Pool {
     /// ```
     pub fn insights(&self) -> Insights {
         let stats = self.stats();
-        let mut slowest = self
-            .core
-            .stats
+        let book = &self.core.stats;
+        let rate = book.tick_rate(monotonic_ns());
+        let mut slowest = book
             .slowest
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|&v| ns(v))
+            .map(|&v| ns((v as f64 / rate) as u64))
             .chain(stats.workers.iter().map(|w| w.slowest_task))
             .filter(|d| !d.is_zero())
             .collect::<Vec<_>>();

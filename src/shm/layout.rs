@@ -76,7 +76,8 @@ pub(crate) struct WorkerRecord {
 /// Figures a worker keeps about itself for `Pool::stats`: written by the
 /// worker alone with relaxed stores, read by the parent for display only (a
 /// worker's task can write anything here, so readers saturate and never use
-/// them for decisions). Times are nanoseconds of CLOCK_MONOTONIC.
+/// them for decisions). Instants are nanoseconds of CLOCK_MONOTONIC; task
+/// durations are in [`ticks`].
 #[repr(C, align(64))]
 #[derive(Debug, Default)]
 pub(crate) struct WorkerCounters {
@@ -88,9 +89,9 @@ pub(crate) struct WorkerCounters {
     pub(crate) ready_at: AtomicU64,
     /// Tasks finished (returned or panicked).
     pub(crate) tasks_done: AtomicU64,
-    /// Time spent running tasks.
+    /// Time spent running tasks, in [`ticks`].
     pub(crate) busy: AtomicU64,
-    /// The longest task's duration.
+    /// The longest task's duration, in [`ticks`].
     pub(crate) slowest: AtomicU64,
     /// The anonymous memory the worker gained since it was ready, in KiB,
     /// measured after its last task (only under `max_memory_per_worker`).
@@ -202,6 +203,23 @@ pub(crate) fn monotonic_ns() -> u64 {
     // SAFETY: writes a timespec we own; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// A cheap tick count for timing tasks (`Pool::stats`): the CPU's time-stamp
+/// counter, one instruction instead of a vDSO call (~6 against ~25 ns).
+/// Constant-rate and synchronized across CPUs on the machines Linux itself
+/// clocks with it; the parent converts ticks to time with a rate it measures
+/// against CLOCK_MONOTONIC (`pool::stats`). Figures are for display only.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn ticks() -> u64 {
+    // SAFETY: RDTSC exists on every x86_64 CPU and has no memory effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Elsewhere, nanoseconds of CLOCK_MONOTONIC.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn ticks() -> u64 {
+    monotonic_ns()
 }
 
 /// Milliseconds of CLOCK_MONOTONIC: one clock for every process of the pool.

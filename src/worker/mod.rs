@@ -332,9 +332,9 @@ fn finish(
     task: impl FnOnce() -> Result<(), AccessRefused>,
 ) -> bool {
     let slot = layout.slot(index);
-    let began = crate::shm::layout::monotonic_ns();
+    let began = crate::shm::layout::ticks();
     let result = std::panic::catch_unwind(AssertUnwindSafe(task));
-    let took = crate::shm::layout::monotonic_ns().saturating_sub(began);
+    let took = crate::shm::layout::ticks().saturating_sub(began);
     incarnation.exit_if_forked();
     // SAFETY: still RUNNING(me): the outcome is ours to write.
     let desc = unsafe { slot.desc() };
