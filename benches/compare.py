@@ -15,6 +15,22 @@ def sq(x):
     return x * x
 
 
+def upper(s):
+    return s.upper()
+
+
+def spread_of(fn, min_reps=5, max_reps=21, budget=1.0):
+    """(median, min, max) seconds of fn() over repetitions filling about `budget` seconds."""
+    fn()  # warm-up
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), min(times), max(times)
+
+
 def median_of(fn, min_reps=3, max_reps=21, budget=1.0):
     """Median seconds of fn() over repetitions filling about `budget` seconds."""
     fn()  # warm-up
@@ -89,6 +105,13 @@ def main():
         for n in (1_000, 100_000, 1_000_000):
             data = [float(i) for i in range(n)]
             out[f"map_{n}_ms"] = median_of(lambda: pool.map(sq, data), budget=budget) * 1e3
+        # Any picklable value: 10,000 strings of 100 bytes, and 10 bytes
+        # objects of 1 MiB, upper-cased (examples/compare.rs, "serde").
+        strings = [f"string {i} ".ljust(100, "x") for i in range(10_000)]
+        vectors = [bytes(range(256)) * 4096 for _ in range(10)]
+        for key, data in (("serde_strings", strings), ("serde_vectors", vectors)):
+            med, lo, hi = spread_of(lambda: pool.map(upper, data), budget=budget)
+            out[f"{key}_ms"], out[f"{key}_min_ms"], out[f"{key}_max_ms"] = med * 1e3, lo * 1e3, hi * 1e3
     out["create_destroy_ms"] = median_of(
         lambda: ctx.Pool(processes).terminate(), budget=budget) * 1e3
     manager_figures(out, quick, budget)

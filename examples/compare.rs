@@ -17,8 +17,9 @@
 //! is none). Ratios compare throughput: above 1 means shmpool is faster.
 
 use rayon::prelude::*;
-use shmpool::{get_context, Pool, SharedVec, StartMethod};
+use shmpool::{get_context, partial, Pool, SharedVec, StartMethod};
 use std::fmt::Write as _;
+use std::future::IntoFuture;
 use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -327,6 +328,9 @@ enum Goal {
     MinRate(f64),
     /// shmpool's throughput at least this fraction of rayon's.
     MinVsRayon(f64),
+    /// shmpool's rate at least this fraction of another row's (named by a
+    /// prefix).
+    MinVsRow(&'static str, f64),
 }
 
 /// (target, the row it is read from (a prefix of its name), goal).
@@ -340,6 +344,11 @@ const GOALS: &[(&str, &str, Goal)] = &[
         "tiny `apply_async` ≥ 3 M/s, 100,000 in flight",
         "tiny `apply_async`:",
         Goal::MinRate(3e6),
+    ),
+    (
+        "awaiting 100,000 tiny `apply_async` ≥ 1/1.5 of blocking `get`",
+        "tiny `apply_async` `.await`ed in order",
+        Goal::MinVsRow("tiny `apply_async`:", 1.0 / 1.5),
     ),
     (
         "`imap_unordered` chunk size 1 ≥ 3 M items/s",
@@ -392,6 +401,14 @@ fn render_goals(rows: &[Row]) -> String {
             Goal::MinVsRayon(min) => {
                 let ratio = row.rayon.map_or(f64::NAN, |r| r / ours);
                 (format!("{ratio:.2}× rayon"), ratio >= min)
+            }
+            Goal::MinVsRow(other, min) => {
+                let theirs = rows
+                    .iter()
+                    .find(|r| r.name.starts_with(other))
+                    .and_then(|r| r.shmpool);
+                let ratio = theirs.map_or(f64::NAN, |t| ours / t);
+                (format!("{ratio:.2}×"), ratio >= min)
             }
         };
         let verdict = if met { "met" } else { "**missed**" };
@@ -650,6 +667,128 @@ fn c_api_overhead(v: &[f64], budget: Duration) -> String {
     )
 }
 
+fn scale_f64(k: f64, x: f64) -> f64 {
+    x * k
+}
+fn add_f64(a: f64, b: f64) -> f64 {
+    a + b
+}
+fn add_u64(a: u64, b: u64) -> u64 {
+    a.wrapping_add(b)
+}
+
+/// Medians and ranges (ms) of `calls`, run in alternation, each round
+/// starting with another, so that drift on a noisy machine hits all alike.
+fn alternating(budget: Duration, calls: &mut [&mut dyn FnMut()]) -> Vec<(f64, f64, f64)> {
+    let k = calls.len();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); k];
+    for c in calls.iter_mut() {
+        c(); // warm-up
+    }
+    let start = Instant::now();
+    let mut round = 0;
+    while times[0].len() < 51 && (times[0].len() < 7 || start.elapsed() < budget * k as u32) {
+        for j in 0..k {
+            let i = (round + j) % k;
+            let t = Instant::now();
+            calls[i]();
+            times[i].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        round += 1;
+    }
+    times.into_iter().map(spread).collect()
+}
+
+/// `partial` against a bare function item, and `map_reduce` against rayon's
+/// `par_iter().map().reduce()` and a sequential loop: a section of its own.
+fn task_rows(pool: &Pool, rayon: &rayon::ThreadPool, budget: Duration, quick: bool) -> String {
+    let show = |(m, lo, hi): (f64, f64, f64)| format!("{m:.3} ms ({lo:.3}–{hi:.3})");
+    let n = if quick { 1_000_000 } else { 10_000_000 };
+    let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
+    let k = black_box(2.0);
+    let (mut bare, mut bound) = (
+        || drop(black_box(pool.map(square_f64, &v).unwrap())),
+        || drop(black_box(pool.map(partial(scale_f64, k), &v).unwrap())),
+    );
+    let t = alternating(budget, &mut [&mut bare, &mut bound]);
+    let partial_cost = t[1].0 / t[0].0 - 1.0;
+    let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+    let mut out = format!(
+        "\n### Tasks: bound values and map-reduce\n\n\
+         `map` over {n} f64 into a fresh `Vec`, alternating on one pool of {PROCESSES} (each \
+         round starting with another), medians and ranges: a bare function item (`x * x`) \
+         against `partial(scale, k)` (`x * k`, `k` bound at run time).\n\n\
+         | function item | `partial(scale, k)` | `partial` vs item |\n|---|---|---|\n\
+         | {} | {} | {:+.1} % |\n",
+        show(t[0]),
+        show(t[1]),
+        partial_cost * 100.0
+    );
+    let reduce_trivial = {
+        let (mut ours, mut theirs, mut seq) = (
+            || {
+                black_box(pool.map_reduce(square_f64, add_f64, &v).unwrap());
+            },
+            || {
+                black_box(
+                    rayon.install(|| v.par_iter().map(|&x| x * x).reduce(|| 0.0, |a, b| a + b)),
+                );
+            },
+            || {
+                black_box(v.iter().map(|&x| x * x).fold(0.0, |a, b| a + b));
+            },
+        );
+        alternating(budget, &mut [&mut ours, &mut theirs, &mut seq])
+    };
+    let m = if quick { 20_000 } else { 1_000_000 };
+    let w: Vec<u64> = (0..m).collect();
+    let reduce_heavy = {
+        let (mut ours, mut theirs, mut seq) = (
+            || {
+                black_box(pool.map_reduce(one_us, add_u64, &w).unwrap());
+            },
+            || {
+                black_box(rayon.install(|| w.par_iter().map(|&x| one_us(x)).reduce(|| 0, add_u64)));
+            },
+            || {
+                black_box(w.iter().map(|&x| one_us(x)).fold(0, add_u64));
+            },
+        );
+        alternating(budget, &mut [&mut ours, &mut theirs, &mut seq])
+    };
+    let _ = write!(
+        out,
+        "\n`map_reduce(f, add, &v)` against rayon's `par_iter().map(f).reduce(|| 0, add)` \
+         ({PROCESSES} threads) and a sequential `map().fold()`, alternating, medians and \
+         ranges.\n\n| workload | shmpool `map_reduce` | rayon | sequential | vs rayon |\n\
+         |---|---|---|---|---|\n\
+         | `x * x` over {n} f64 | {} | {} | {} | {:.2}× |\n\
+         | a ~1 µs function over {m} u64 | {} | {} | {} | {:.2}× |\n",
+        show(reduce_trivial[0]),
+        show(reduce_trivial[1]),
+        show(reduce_trivial[2]),
+        reduce_trivial[1].0 / reduce_trivial[0].0,
+        show(reduce_heavy[0]),
+        show(reduce_heavy[1]),
+        show(reduce_heavy[2]),
+        reduce_heavy[1].0 / reduce_heavy[0].0,
+    );
+    let _ = write!(
+        out,
+        "\n| target | this run | |\n|---|---|---|\n\
+         | `partial` within 5 % of a bare function item, {n} f64 | {:+.1} % | {} |\n\
+         | `map_reduce` ≥ 0.9× rayon, `x * x` over {n} f64 | {:.2}× | {} |\n\
+         | `map_reduce` ≥ 0.9× rayon, a ~1 µs function | {:.2}× | {} |\n",
+        partial_cost * 100.0,
+        verdict(partial_cost.abs() <= 0.05),
+        reduce_trivial[1].0 / reduce_trivial[0].0,
+        verdict(reduce_trivial[1].0 / reduce_trivial[0].0 >= 0.9),
+        reduce_heavy[1].0 / reduce_heavy[0].0,
+        verdict(reduce_heavy[1].0 / reduce_heavy[0].0 >= 0.9),
+    );
+    out
+}
+
 /// One fresh process's figures: seconds of the first call, median seconds of
 /// the next four, peak bytes.
 struct FreshSample {
@@ -703,6 +842,8 @@ fn spread(mut xs: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() {
+    // In a process procspawn started, this runs its job and never returns.
+    procspawn::init();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--fresh") {
         let who = Contender::ALL
@@ -814,6 +955,56 @@ fn main() {
         python: py_get("apply_async_callback_per_s"),
     });
 
+    // 2c. The same results `.await`ed instead of waited for: in order, on a
+    //     minimal executor, and as many concurrent tokio tasks (woken by the
+    //     pool's callback thread; the runtime's thread never blocks).
+    let t = median(budget, || {
+        let handles: Vec<_> = (0..n)
+            .map(|i| pool.apply_async(square_u64, (i,)).unwrap())
+            .collect();
+        black_box(futures_executor::block_on(async {
+            let mut sum = 0u64;
+            for h in handles {
+                sum = sum.wrapping_add(h.await.unwrap());
+            }
+            sum
+        }));
+    });
+    rows.push(Row {
+        name: "tiny `apply_async` `.await`ed in order: 100,000 submitted, then awaited \
+               (`futures::executor::block_on`)"
+            .into(),
+        unit: Unit::PerSecond,
+        shmpool: Some(n as f64 / t),
+        rayon: None,
+        sequential: None,
+        python: None,
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let t = median(budget, || {
+        black_box(rt.block_on(async {
+            let tasks: Vec<_> = (0..n)
+                .map(|i| tokio::spawn(pool.apply_async(square_u64, (i,)).unwrap().into_future()))
+                .collect();
+            let mut sum = 0u64;
+            for t in tasks {
+                sum = sum.wrapping_add(t.await.unwrap().unwrap());
+            }
+            sum
+        }));
+    });
+    rows.push(Row {
+        name: "tiny `apply_async` `.await`ed by 100,000 tokio tasks (current-thread runtime)"
+            .into(),
+        unit: Unit::PerSecond,
+        shmpool: Some(n as f64 / t),
+        rayon: None,
+        sequential: None,
+        python: None,
+    });
+
     // 3. imap_unordered, chunk size 1.
     let t = median(budget, || {
         black_box(
@@ -904,6 +1095,13 @@ fn main() {
     let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
     let c_api = c_api_overhead(&v, budget);
 
+    // 4b'. Any serde value: `pool.serde()` against rayon, Python and procspawn.
+    let (serde_rows, serde_table) = serde_section(&pool, &rayon, budget, &py_get);
+    rows.extend(serde_rows);
+
+    // 4d. Bound values and map-reduce.
+    let tasks = task_rows(&pool, &rayon, budget, quick);
+
     // 4c. What a user meets first: the first call in a fresh process, and
     //     peak memory, each from fresh processes.
     let reps = if quick { 1 } else { 5 };
@@ -986,13 +1184,213 @@ fn main() {
     });
 
     let mut table = render(&rows, &py, &fresh_table);
-    let _ = write!(table, "{c_api}");
+    let _ = write!(table, "{c_api}{serde_table}{tasks}");
     println!("{table}");
     if quick {
         println!("(--quick: docs/PERFORMANCE.md left unchanged)");
     } else {
         write_doc(&table);
     }
+}
+
+/// (median, fastest, slowest) seconds of `f`, as [`median`] runs it.
+fn median_spread(budget: Duration, mut f: impl FnMut()) -> (f64, f64, f64) {
+    f();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 51 && (times.len() < 5 || start.elapsed() < budget) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    spread(times)
+}
+
+fn upper(s: String) -> String {
+    s.to_uppercase()
+}
+fn upper_bytes(v: Vec<u8>) -> Vec<u8> {
+    v.to_ascii_uppercase()
+}
+fn upper_all(v: Vec<String>) -> Vec<String> {
+    v.into_iter().map(upper).collect()
+}
+
+/// `pool.serde()` on Python's "any picklable" workloads (10,000 strings of
+/// 100 bytes, 10 vectors of 1 MiB, upper-cased), against rayon, Python's
+/// `Pool` and procspawn's pool (serde over ipc-channel, one job per chunk of
+/// the same size as ours); and what the serde path costs against the `Pod`
+/// one. Rows for the main table, and a table with the spread of each.
+fn serde_section(
+    pool: &Pool,
+    rayon: &rayon::ThreadPool,
+    budget: Duration,
+    py_get: &dyn Fn(&str) -> Option<f64>,
+) -> (Vec<Row>, String) {
+    let procspawn = procspawn::Pool::new(PROCESSES).expect("procspawn pool");
+    let strings: Vec<String> = (0..10_000)
+        .map(|i| format!("{:x<100}", format!("string {i} ")))
+        .collect();
+    let pattern: Vec<u8> = (0..=255u8).collect();
+    let vectors: Vec<Vec<u8>> = (0..10).map(|_| pattern.repeat(4096)).collect();
+    let mut rows = Vec::new();
+    let mut table = String::from(
+        "\n### Any serde value: `pool.serde()`\n\n\
+         Median, then the fastest and slowest run, in ms. procspawn: its pool of \
+         2 processes, one job per chunk of the size shmpool uses (`ceil(len / 8)` \
+         strings), or per vector, one job per process at a time (more queued jobs of \
+         this size block its sender). \
+         The machine is shared and noisy: compare medians, and read the spread.\n\n\
+         | workload | shmpool `serde().map` | procspawn | Python `Pool(2).map` | shmpool vs procspawn | shmpool vs Python |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    let ms =
+        |(m, lo, hi): (f64, f64, f64)| format!("{:.3} ({:.3}–{:.3})", m * 1e3, lo * 1e3, hi * 1e3);
+    let py3 = |key: &str| -> Option<(f64, f64, f64)> {
+        Some((
+            py_get(&format!("{key}_ms"))? / 1e3,
+            py_get(&format!("{key}_min_ms"))? / 1e3,
+            py_get(&format!("{key}_max_ms"))? / 1e3,
+        ))
+    };
+
+    // Strings.
+    let ours = median_spread(budget, || {
+        drop(black_box(pool.serde().map(upper, &strings).unwrap()))
+    });
+    let chunk = strings.len().div_ceil(4 * PROCESSES);
+    let theirs = median_spread(budget, || {
+        // One job per process at a time: with more queued, a large job's
+        // send blocks for good here (procspawn 1.0.2).
+        let chunks: Vec<&[String]> = strings.chunks(chunk).collect();
+        for wave in chunks.chunks(PROCESSES) {
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|c| procspawn.spawn(c.to_vec(), upper_all))
+                .collect();
+            for h in handles {
+                black_box(h.join().unwrap());
+            }
+        }
+    });
+    let py = py3("serde_strings");
+    rows.push(Row {
+        name: "`serde().map(to_uppercase)`, 10,000 `String`s of 100 bytes (rayon: `par_iter().map().collect()`)".into(),
+        unit: Unit::Millis,
+        shmpool: Some(ours.0),
+        rayon: Some(median(budget, || {
+            drop(black_box(rayon.install(|| {
+                strings.par_iter().map(|s| s.to_uppercase()).collect::<Vec<String>>()
+            })))
+        })),
+        sequential: Some(median(budget, || {
+            drop(black_box(strings.iter().map(|s| s.to_uppercase()).collect::<Vec<String>>()))
+        })),
+        python: py.map(|p| p.0),
+    });
+    let _ = writeln!(
+        table,
+        "| 10,000 strings of 100 bytes | {} | {} | {} | {:.1} | {} |",
+        ms(ours),
+        ms(theirs),
+        py.map_or("–".into(), ms),
+        theirs.0 / ours.0,
+        py.map_or("–".into(), |p| format!("{:.1}", p.0 / ours.0)),
+    );
+
+    // Vectors of 1 MiB.
+    let ours = median_spread(budget, || {
+        drop(black_box(pool.serde().map(upper_bytes, &vectors).unwrap()))
+    });
+    let theirs = median_spread(budget, || {
+        for wave in vectors.chunks(PROCESSES) {
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|v| procspawn.spawn(v.clone(), upper_bytes))
+                .collect();
+            for h in handles {
+                black_box(h.join().unwrap());
+            }
+        }
+    });
+    let py = py3("serde_vectors");
+    rows.push(Row {
+        name: "`serde().map(to_ascii_uppercase)`, 10 `Vec<u8>` of 1 MiB".into(),
+        unit: Unit::Millis,
+        shmpool: Some(ours.0),
+        rayon: Some(median(budget, || {
+            drop(black_box(rayon.install(|| {
+                vectors
+                    .par_iter()
+                    .map(|v| v.to_ascii_uppercase())
+                    .collect::<Vec<_>>()
+            })))
+        })),
+        sequential: Some(median(budget, || {
+            drop(black_box(
+                vectors
+                    .iter()
+                    .map(|v| v.to_ascii_uppercase())
+                    .collect::<Vec<_>>(),
+            ))
+        })),
+        python: py.map(|p| p.0),
+    });
+    let _ = writeln!(
+        table,
+        "| 10 vectors (`Vec<u8>`; Python: `bytes`) of 1 MiB | {} | {} | {} | {:.1} | {} |",
+        ms(ours),
+        ms(theirs),
+        py.map_or("–".into(), ms),
+        theirs.0 / ours.0,
+        py.map_or("–".into(), |p| format!("{:.1}", p.0 / ours.0)),
+    );
+
+    // What encoding costs: the same map of u64s through both paths.
+    let _ = write!(
+        table,
+        "\nWhat the serde path costs against the `Pod` path (the same `map(x * x)`):\n\n\
+         | workload | `pool.map` (Pod) | `pool.serde().map` | serde / Pod |\n|---|---|---|---|\n"
+    );
+    for n in [10_000usize, 1_000_000] {
+        let v: Vec<u64> = (0..n as u64).collect();
+        let pod = median_spread(budget, || {
+            drop(black_box(pool.map(square_u64, &v).unwrap()))
+        });
+        let ser = median_spread(budget, || {
+            drop(black_box(pool.serde().map(square_u64, &v).unwrap()))
+        });
+        let _ = writeln!(
+            table,
+            "| {n} `u64` | {} | {} | {:.1}× slower |",
+            ms(pod),
+            ms(ser),
+            ser.0 / pod.0
+        );
+    }
+    let strings_pod: Vec<[u8; 100]> = strings
+        .iter()
+        .map(|s| s.as_bytes().try_into().unwrap())
+        .collect();
+    let pod = median_spread(budget, || {
+        drop(black_box(pool.map(upper_array, &strings_pod).unwrap()))
+    });
+    let ser = median_spread(budget, || {
+        drop(black_box(pool.serde().map(upper, &strings).unwrap()))
+    });
+    let _ = writeln!(
+        table,
+        "| 10,000 strings of 100 bytes (Pod: `[u8; 100]`) | {} | {} | {:.1}× slower |",
+        ms(pod),
+        ms(ser),
+        ser.0 / pod.0
+    );
+    (rows, table)
+}
+
+fn upper_array(mut a: [u8; 100]) -> [u8; 100] {
+    a.make_ascii_uppercase();
+    a
 }
 
 /// A row of the fresh-process table: per contender, the median and range of

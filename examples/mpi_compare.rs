@@ -5,8 +5,8 @@
 //!   squares its part, `MPI_Gatherv` back to rank 0, into a fresh
 //!   `vec![0.0; n]` (what `map` returns is fresh too) or, as a second row,
 //!   into one output buffer warm from the rounds before;
-//! * `shmpool::mpi`: `pool.map(sq, &v)` on rank 0 (the worker ranks run the
-//!   chunks in their local pools), and `pool.map_into(sq, &v, &mut warm)`
+//! * `shmpool::mpi`: `pool.map(sq, &v)` on rank 0 (every rank, rank 0
+//!   included, runs chunks in its local pool), and `pool.map_into(sq, &v, &mut warm)`
 //!   into the warm buffer of the second baseline row.
 //!
 //! ```sh
@@ -63,9 +63,11 @@ fn main() -> Result<(), shmpool::Error> {
     let mut pooled = Vec::new();
     let mut pooled_into = Vec::new();
     let mut processes = 0;
+    let mut ranks = 0;
     let mut round_trips = Vec::new();
     if let Some(pool) = shmpool::mpi::Pool::world()? {
         processes = pool.processes();
+        ranks = pool.ranks();
         for i in 0..if quick { 200 } else { 2000 } {
             let start = Instant::now();
             assert_eq!(pool.apply(sq, (2.0,))?, 4.0, "round {i}");
@@ -127,8 +129,7 @@ fn main() -> Result<(), shmpool::Error> {
             r.rate / b.rate
         );
         println!(
-            "| `shmpool::mpi::Pool::map` ({} ranks × local pool, {processes} processes) | {} | {:.2} | {:.2} |",
-            world.size() - 1,
+            "| `shmpool::mpi::Pool::map` ({ranks} ranks × local pool, {processes} processes) | {} | {:.2} | {:.2} |",
             p.range(),
             p.rate,
             p.rate / b.rate

@@ -13,14 +13,18 @@
 //!
 //! * `results`: map, map_chunked, map_into, starmap, imap, imap_unordered,
 //!   apply and apply_async give what a local `shmpool::Pool` gives;
-//! * `crash`: a task that aborts on rank 2 fails the call with `WorkerDied`,
-//!   a panic with `TaskPanicked`, and the next map succeeds;
+//! * `crash`: a task that aborts on rank 2 (or in rank 0's local pool) fails
+//!   the call with `WorkerDied`, a panic with `TaskPanicked`, and the next
+//!   map succeeds;
 //! * `lifecycle`: a result not yet there times out and comes later, dropped
 //!   handles and iterators leave the pool working, a dropped pool fails
 //!   what it had queued with `Terminated`;
 //! * `retry`: with `retries(1)`, a task whose worker died runs again on its
-//!   rank and the call succeeds;
+//!   rank (rank 0 included) and the call succeeds;
 //! * `idle`: worker ranks waiting for work use (almost) no CPU;
+//! * `every-rank`: rank 0's local pool runs chunks too, next to the worker
+//!   ranks' (`root-idle`: not with `processes_on_rank_0(0)`);
+//! * `in-flight`: each rank, rank 0 included, runs two tasks at once;
 //! * `million`: a ~1 µs function over 10^6 elements (10^5 in a debug build,
 //!   where the function is many times slower) gives the sequential results.
 
@@ -73,6 +77,14 @@ fn abort_on_rank_2(x: u64) -> u64 {
     x + 1
 }
 
+/// Aborts the local worker process it runs in if that belongs to rank 0.
+fn abort_on_rank_0(x: u64) -> u64 {
+    if my_rank() == Some(0) {
+        std::process::abort();
+    }
+    x + 1
+}
+
 fn panic_on_7(x: u64) -> u64 {
     assert_ne!(x, 7, "seven");
     x
@@ -94,6 +106,9 @@ fn main() -> Result<(), Error> {
     let builder = match check {
         "demo" => builder,
         "retry" => builder.processes_per_rank(1).retries(1),
+        "root-idle" => builder.processes_per_rank(1).processes_on_rank_0(0),
+        // Two local workers per rank, so that two tasks can run at once.
+        "in-flight" => builder.processes_per_rank(2),
         _ => builder.processes_per_rank(1),
     };
     let Some(pool) = builder.build()? else {
@@ -107,6 +122,9 @@ fn main() -> Result<(), Error> {
         "lifecycle" => lifecycle(&pool)?,
         "idle" => idle(&pool)?,
         "retry" => retry(&pool)?,
+        "every-rank" => every_rank(&pool)?,
+        "root-idle" => root_idle(&pool)?,
+        "in-flight" => in_flight(&pool)?,
         other => panic!("unknown check {other}"),
     }
     println!("ok {arg}");
@@ -184,6 +202,11 @@ fn crash(pool: &mpi::Pool) -> Result<(), Error> {
         Err(Error::WorkerDied { signal, .. }) => assert_eq!(signal, Some(libc::SIGABRT)),
         other => panic!("a task aborting on rank 2 gave {other:?}"),
     }
+    // The same in rank 0's own local pool.
+    match pool.map_chunked(abort_on_rank_0, &v, 1) {
+        Err(Error::WorkerDied { signal, .. }) => assert_eq!(signal, Some(libc::SIGABRT)),
+        other => panic!("a task aborting on rank 0 gave {other:?}"),
+    }
     match pool.map_chunked(panic_on_7, &v, 4) {
         Err(Error::TaskPanicked { message }) => assert!(message.contains("seven"), "{message}"),
         other => panic!("a panicking task gave {other:?}"),
@@ -256,6 +279,9 @@ fn retry(pool: &mpi::Pool) -> Result<(), Error> {
         pool.map(abort_once, &[nonce + 1, nonce + 2])?,
         [nonce + 1, nonce + 2]
     );
+    // Three chunks: one on each worker rank and one in rank 0's local pool.
+    let three = [nonce + 3, nonce + 4, nonce + 5];
+    assert_eq!(pool.map_chunked(abort_once, &three, 1)?, three);
     Ok(())
 }
 
@@ -311,6 +337,104 @@ fn million(pool: &mpi::Pool) -> Result<(), Error> {
     eprintln!(
         "{n} elements of ~1 us over {} processes in {took:?}",
         pool.processes()
+    );
+    Ok(())
+}
+
+/// The rank whose local worker ran this (0 if the launcher did not say).
+fn rank_of(_: u8) -> u32 {
+    my_rank().unwrap_or(u32::MAX)
+}
+
+/// How many chunks of a map of one-element chunks each rank ran.
+fn chunks_per_rank(pool: &mpi::Pool, chunks: usize) -> Result<Vec<usize>, Error> {
+    let ranks = pool.map_chunked(rank_of, &vec![0u8; chunks], 1)?;
+    let mut per_rank = vec![0; 3];
+    for r in ranks {
+        per_rank[r as usize] += 1;
+    }
+    Ok(per_rank)
+}
+
+fn every_rank(pool: &mpi::Pool) -> Result<(), Error> {
+    assert_eq!((pool.ranks(), pool.processes()), (3, 3));
+    let per_rank = chunks_per_rank(pool, 300)?;
+    assert!(
+        per_rank.iter().all(|&n| n > 0),
+        "chunks per rank: {per_rank:?}"
+    );
+    // Rank 0's share of a large map (run on the caller's memory) and of
+    // apply_async (run in its stage) give the same results as elsewhere.
+    let v: Vec<f64> = (0..3_000_000).map(|i| f64::from(i) * 0.5).collect();
+    let want: Vec<f64> = v.iter().map(|&x| sq(x)).collect();
+    assert!(pool.map(sq, &v)? == want, "a large map's squares differ");
+    let handles: Vec<_> = (0..60u8)
+        .map(|_| pool.apply_async(rank_of, (0,)))
+        .collect::<Result<_, _>>()?;
+    let mut ranks: Vec<u32> = handles
+        .iter()
+        .map(|h| h.get(Some(Duration::from_secs(30))))
+        .collect::<Result<_, _>>()?;
+    ranks.sort_unstable();
+    ranks.dedup();
+    assert_eq!(ranks, [0, 1, 2], "ranks that ran apply_async tasks");
+    eprintln!("chunks per rank: {per_rank:?}");
+    Ok(())
+}
+
+fn root_idle(pool: &mpi::Pool) -> Result<(), Error> {
+    assert_eq!((pool.ranks(), pool.processes()), (2, 2));
+    let per_rank = chunks_per_rank(pool, 60)?;
+    assert_eq!(per_rank[0], 0, "chunks per rank: {per_rank:?}");
+    assert!(
+        per_rank[1] > 0 && per_rank[2] > 0,
+        "chunks per rank: {per_rank:?}"
+    );
+    Ok(())
+}
+
+/// The marker a task of `run` on `rank` leaves, numbered `i`.
+fn marker(run: u64, rank: u32, i: u64) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("shmpool-mpi-inflight-{run}-{rank}-{i}"))
+}
+
+/// Leaves a marker, then waits (at most 10 s) until another task of `run`
+/// on the same rank has left one: it runs at the same time. Returns how
+/// many it saw, 1 if it ran alone.
+fn meet(run: u64, i: u64) -> u64 {
+    let rank = my_rank().unwrap_or(u32::MAX);
+    std::fs::write(marker(run, rank, i), b"").unwrap();
+    let prefix = format!("shmpool-mpi-inflight-{run}-{rank}-");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .count() as u64;
+        if seen >= 2 || Instant::now() >= deadline {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn in_flight(pool: &mpi::Pool) -> Result<(), Error> {
+    let run = u64::from(std::process::id());
+    // Six one-element tasks on three ranks: two go to each rank at once, and
+    // each meets the other of its rank. With one task per rank at a time,
+    // each would wait alone and see only its own marker.
+    let tasks: Vec<(u64, u64)> = (0..6).map(|i| (run, i)).collect();
+    let seen = pool.starmap_chunked(meet, &tasks, 1);
+    for rank in 0..3 {
+        for i in 0..6 {
+            let _ = std::fs::remove_file(marker(run, rank, i));
+        }
+    }
+    let seen = seen?;
+    assert!(
+        seen.iter().all(|&n| n >= 2),
+        "markers each task saw: {seen:?}"
     );
     Ok(())
 }

@@ -110,7 +110,9 @@ size_t shmpool_processes(const shmpool_pool *pool);
 // workers once per call (a pointer would mean nothing in another process);
 // `f` gets a pointer to that copy, or `NULL` if `ctx_len` is 0.
 //
-// Returns `SHMPOOL_OK` once every output is written. If `f` crashes a
+// Returns `SHMPOOL_OK` once every output is written, and `SHMPOOL_INVALID`,
+// before anything runs, for sizes no array can have (`n * in_size` or
+// `n * out_size` overflowing, or above `PTRDIFF_MAX`). If `f` crashes a
 // worker, `SHMPOOL_WORKER_DIED` (unless `retries` ran it again
 // successfully): then `out` is only partly written. The pool goes on either
 // way.

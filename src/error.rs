@@ -83,9 +83,10 @@ pub enum Error {
     /// it. The lock has been released and made usable again; data it guarded
     /// may be half-updated.
     OwnerDied,
-    /// A [`Queue`](crate::Queue) or [`Pipe`](crate::Pipe) end waited for a
-    /// message, but every other process of the program is gone, so none can
-    /// come (where Python would wait forever). Also: a manager proxy's server
+    /// A [`Queue`](crate::Queue) or [`Pipe`](crate::Pipe) end waited, without
+    /// a timeout, for a message, but every other process of the program is
+    /// gone and this process has no other thread (but shmpool's own), so none
+    /// can come (where Python would wait forever). Also: a manager proxy's server
     /// has stopped or died (its connection closed, or nothing listens).
     PeersGone,
     /// A [`Barrier`](crate::Barrier) was broken: a waiter timed out or
@@ -146,6 +147,11 @@ pub enum Error {
     },
     /// The operating system refused something (creating shared memory, forking).
     Io(std::io::Error),
+    /// The work was stopped by [`AsyncResult::abort`](crate::AsyncResult::abort)
+    /// (or by dropping a handle that aborts on drop): a task not yet started
+    /// was withdrawn, a running one was stopped by killing its worker, which
+    /// the pool replaced. It will not finish.
+    Aborted,
 }
 
 impl fmt::Display for Error {
@@ -202,8 +208,8 @@ impl fmt::Display for Error {
                 "the process holding the lock died; the lock was released and is usable again",
             ),
             Error::PeersGone => f.write_str(
-                "no other process of the program is alive to send what this end waits for \
-                 (or the manager's server has stopped)",
+                "no other process of the program, and no other thread of this one, is alive \
+                 to send what this end waits for (or the manager's server has stopped)",
             ),
             Error::BrokenBarrier => f.write_str("the barrier is broken"),
             Error::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
@@ -232,6 +238,7 @@ impl fmt::Display for Error {
                  do all ranks run the same binary?"
             ),
             Error::Io(e) => write!(f, "operating system error: {e}"),
+            Error::Aborted => f.write_str("the task was aborted before it finished"),
         }
     }
 }
@@ -287,15 +294,6 @@ impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e)
     }
-}
-
-/// A caught panic's message: its payload if that is a string.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string panic".into())
 }
 
 impl Error {

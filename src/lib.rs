@@ -22,6 +22,11 @@
 //!   [`Event`], [`Condition`], [`Barrier`], [`Value`], [`Array`],
 //!   [`SharedMemory`]; with the `serde` feature, `serial::{Queue, Pipe}` for
 //!   values of any `serde` type.
+//! * Async code awaits results ([`AsyncResult`] is `IntoFuture`), woken
+//!   without blocking its executor and without depending on a runtime, and
+//!   can stop a task with [`AsyncResult::abort`] (its worker is killed and
+//!   replaced); with the `async` feature, an [`Imap`] is a
+//!   `futures_core::Stream`.
 //! * C and Fortran programs use the same pool through [`capi`] (`libshmpool`,
 //!   `include/shmpool.h`).
 //! * With the `manager` feature, `Manager` (module `manager`): a
@@ -83,6 +88,7 @@ mod remote;
 mod shm;
 mod start;
 mod sync;
+mod sys;
 mod task;
 mod tracker;
 mod worker;
@@ -100,11 +106,20 @@ pub use objects::{
 };
 pub use pod::Pod;
 pub use pool::builder::MAX_PROCESSES;
-pub use pool::{AsyncResult, Imap, Insights, Pool, PoolBuilder, PoolStats, SharedVec, WorkerStats};
+#[cfg(feature = "async")]
+pub use pool::ImapStream;
+pub use pool::{
+    AsyncResult, Call, Deliver, Imap, Insights, NoCallbacks, Pool, PoolBuilder, PoolStats,
+    ResultFuture, SharedVec, WithCallbacks, WorkerStats,
+};
+#[cfg(feature = "serde")]
+pub use pool::{SerdeImap, SerdePool, DEFAULT_RESULT_CAPACITY};
 pub use process::{current_process, Process, ProcessInfo};
 pub use shm::named::SharedMemory;
 pub use start::{set_start_method, StartMethod};
-pub use task::Task;
+#[cfg(feature = "serde")]
+pub use task::serde::{SerdeTask, Wire};
+pub use task::{partial, Partial, Task};
 
 /// Call first thing in `main` in programs that use the `Spawn` or `ForkServer`
 /// start methods (like `procspawn::init()`): in a process started as a pool

@@ -22,6 +22,8 @@ pub(crate) fn install_quiet_panic_hook() {
     });
 }
 
+/// A caught panic's message: its payload if that is a string. Takes the
+/// `Box` itself, so that the box cannot be mistaken for the payload.
 pub(crate) fn panic_message(payload: &Box<dyn Any + Send>) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()

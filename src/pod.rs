@@ -43,6 +43,12 @@
 /// pattern a value of it can take in one process must be a valid value in
 /// another process running the same binary. All-zero bytes must be a valid
 /// value (true of every implementor here, and of any `FromBytes` type).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot cross a process boundary as plain bytes (it is not `shmpool::Pod`)",
+    label = "not plain data: this value would hold pointers into this process",
+    note = "for `String`, `Vec`, `PathBuf` or your own `serde` types, use `pool.serde()`: the same pool, encoding values with serde",
+    note = "for your own `#[repr(C)]` struct of plain fields, derive zerocopy's `FromBytes` and `Immutable` and add `shmpool::pod!(YourType);`"
+)]
 pub unsafe trait Pod: Copy + Send + Sync + 'static {}
 
 macro_rules! impl_pod {

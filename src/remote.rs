@@ -48,54 +48,26 @@ impl Peer {
     /// `local` is valid for writes of `len` bytes, and nothing else accesses
     /// them meanwhile.
     pub(crate) unsafe fn read(&self, remote: u64, local: *mut u8, len: usize) -> Result<(), i32> {
-        let local_iov = libc::iovec {
-            iov_base: local.cast(),
-            iov_len: len,
-        };
-        let remote_iov = libc::iovec {
-            iov_base: remote as *mut libc::c_void,
-            iov_len: len,
-        };
-        // SAFETY: the local iovec is writable (contract); the kernel checks the
-        // remote range itself (EFAULT if unmapped).
-        let n = unsafe { libc::process_vm_readv(self.pid, &local_iov, 1, &remote_iov, 1, 0) };
-        transferred(n, len)
+        // SAFETY: `local` is valid for writes of `len` bytes and not otherwise
+        // accessed (contract).
+        let local = unsafe { std::slice::from_raw_parts_mut(local, len) };
+        crate::sys::vm::read(self.pid, remote, local)
     }
 
     /// Copies `len` bytes at `local` to the peer's address `remote`.
     ///
     /// # Safety
-    /// `local` is valid for reads of `len` bytes.
+    /// `local` is valid for reads of `len` bytes. If the peer is this process
+    /// (tests do that), nothing else accesses `remote..remote + len` meanwhile.
     pub(crate) unsafe fn write(
         &self,
         local: *const u8,
         len: usize,
         remote: u64,
     ) -> Result<(), i32> {
-        let local_iov = libc::iovec {
-            iov_base: local.cast_mut().cast(),
-            iov_len: len,
-        };
-        let remote_iov = libc::iovec {
-            iov_base: remote as *mut libc::c_void,
-            iov_len: len,
-        };
-        // SAFETY: the kernel only reads the local iovec, readable by the
-        // contract; it checks the remote range itself.
-        let n = unsafe { libc::process_vm_writev(self.pid, &local_iov, 1, &remote_iov, 1, 0) };
-        transferred(n, len)
-    }
-}
-
-/// A whole transfer is `Ok`; a short one means part of the range was not
-/// mapped (the kernel stops at the first fault).
-fn transferred(n: isize, wanted: usize) -> Result<(), i32> {
-    match n {
-        -1 => Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)),
-        n if n as usize == wanted => Ok(()),
-        _ => Err(libc::EFAULT),
+        // SAFETY: `local` is valid for reads of `len` bytes, and the remote
+        // range is not accessed meanwhile if the peer is this process (contract).
+        unsafe { crate::sys::vm::write(self.pid, std::slice::from_raw_parts(local, len), remote) }
     }
 }
 
@@ -103,13 +75,13 @@ fn transferred(n: isize, wanted: usize) -> Result<(), i32> {
 /// parent's probe word at `target` and writes it back unchanged.
 pub(crate) fn probe(peer: Peer, target: u64) -> Result<(), i32> {
     let mut word = [0u8; 8];
-    // SAFETY: `word` is ours, 8 bytes.
-    unsafe { peer.read(target, word.as_mut_ptr(), 8) }?;
+    crate::sys::vm::read(peer.pid, target, &mut word)?;
     if u64::from_le_bytes(word) != PROBE_MAGIC {
         return Err(libc::EFAULT);
     }
-    // SAFETY: as above.
-    unsafe { peer.write(word.as_ptr(), 8, target) }
+    // SAFETY: a worker probes its parent, never itself; the probe word is
+    // the parent's to give.
+    unsafe { crate::sys::vm::write(peer.pid, &word, target) }
 }
 
 /// One cache line of staging buffer: keeps pieces aligned for any `Pod` type

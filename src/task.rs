@@ -1,45 +1,153 @@
 //! How a function travels to a worker: as the address of a monomorphized entry
 //! point, never as a closure's data.
 //!
-//! A pool task is a function item or a non-capturing closure: a zero-sized,
-//! `Copy` type. The worker does not need its bytes (there are none); it needs
-//! code that calls it with the right argument and result types. For each
-//! `(F, Args)` the compiler instantiates an [`Entry`] function that reads the
-//! arguments from the slot, calls `F` and writes the result; its address is
-//! stored in the slot as an offset from [`anchor`], a function of this crate,
-//! so the same scheme works when a worker maps the binary at another address
-//! (spawned workers, later). With fork the offset is exact by construction.
+//! A task is a function item or a non-capturing closure (a zero-sized type),
+//! a `fn` pointer into the executable, or either with bound values
+//! ([`partial`]). The worker does not need a function item's bytes (there are
+//! none); it needs code that calls it with the right argument and result
+//! types. For each `(F, Args)` the compiler instantiates an [`Entry`] function
+//! that reads the arguments from the slot, calls `F` and writes the result;
+//! its address is stored in the slot as an offset from [`anchor`], a function
+//! of this crate, so the same scheme works when a worker maps the binary at
+//! another address (spawned workers). With fork the offset is exact by
+//! construction.
 //!
-//! A capturing closure or a function pointer (`fn(u64) -> u64` as a value) is
-//! not zero-sized and is rejected at compile time:
+//! What a task carries besides its type, [`Task::Bound`], travels as plain
+//! bytes with each call (once per `apply`, once per map chunk, never once per
+//! element): a `fn` pointer as its code offset, checked to lie in the
+//! executable ([`FnCode`]), and a [`Partial`]'s bound value.
+//!
+//! A capturing closure cannot travel: its captured values could be pointers
+//! into the parent's heap, which would be read as garbage in the worker. It
+//! is refused at compile time, with a message that names [`partial`]:
 //!
 //! ```compile_fail,E0080
 //! let offset = 3u64;
 //! let pool = shmpool::Pool::new(1).unwrap();
 //! pool.map(move |x: u64| x + offset, &[1, 2]).unwrap();
 //! ```
-//!
-//! ```compile_fail,E0080
-//! fn f(x: u64) -> u64 { x }
-//! let g: fn(u64) -> u64 = f; // a pointer: its value would be read in another process
-//! let pool = shmpool::Pool::new(1).unwrap();
-//! pool.apply(g, (1,)).unwrap();
-//! ```
 
+mod partial;
+#[cfg(feature = "serde")]
+pub(crate) mod serde;
+
+pub use partial::{partial, Partial};
+
+use crate::error::Error;
 use crate::remote::{AccessRefused, Peer, Stage};
 use crate::Pod;
+use std::any::TypeId;
 use std::mem::{size_of, MaybeUninit};
 
 /// A function a pool can run with arguments `Args` (a tuple of [`Pod`] values).
 ///
-/// Implemented for every function item and non-capturing closure taking up to
-/// six `Pod` arguments and returning a `Pod` value (including `()`). You do
-/// not implement it yourself.
+/// Implemented for every function item, non-capturing closure and `fn`
+/// pointer taking up to six `Pod` arguments and returning a `Pod` value
+/// (including `()`), and for [`Partial`], a task with bound values (see
+/// [`partial`]). You do not implement it yourself.
+///
+/// A closure's argument types must be written out (`|x: f64| x * x`): the
+/// pool's calls accept things that are not closures too, so the compiler
+/// cannot infer them from the call.
+///
+/// ```
+/// use shmpool::{partial, Pool};
+/// fn square(x: u64) -> u64 { x * x }
+/// fn cube(x: u64) -> u64 { x * x * x }
+/// fn shift(by: u64, x: u64) -> u64 { x << by }
+///
+/// let pool = Pool::new(2)?;
+/// // A table of functions, as a benchmark harness keeps one.
+/// let table: [(&str, fn(u64) -> u64); 2] = [("square", square), ("cube", cube)];
+/// for (name, f) in table {
+///     assert_eq!(pool.map(f, &[2, 3])?, [f(2), f(3)], "{name}");
+/// }
+/// assert_eq!(pool.apply(partial(shift, 4), (1,))?, 16);
+/// assert_eq!(pool.map(|x: u64| x + 1, &[1])?, [2]);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot run in a worker process as a task taking `{Args}`",
+    label = "not a task taking `{Args}`",
+    note = "a task is a function item, a `fn` pointer, a non-capturing closure with its argument types written out (`|x: f64| x * x`), or `shmpool::partial(f, value)`, taking and returning `Pod` values",
+    note = "for `String`, `Vec`, paths or your own serde types, use `pool.serde()`"
+)]
 pub trait Task<Args>: Copy + Send + Sync + 'static {
     /// What the function returns.
     type Output: Pod;
+    /// What travels with each call besides the arguments.
     #[doc(hidden)]
-    fn call(self, args: Args) -> Self::Output;
+    type Bound: Pod;
+    /// In the parent: checks that the task can travel and encodes it.
+    #[doc(hidden)]
+    fn bind(&self) -> Result<Self::Bound, Error>;
+    /// In the worker: calls the task.
+    #[doc(hidden)]
+    fn call(bound: &Self::Bound, args: Args) -> Self::Output;
+}
+
+/// A task function's code, as [`Task::Bound`] carries it: the offset of a
+/// `fn` pointer's code from [`anchor`]; unused (0) for a function item, whose
+/// type says everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
+#[doc(hidden)]
+pub struct FnCode(u64);
+
+// SAFETY: a plain integer; an offset means the same in every process of the
+// same binary, and zero is a valid value (no function).
+unsafe impl Pod for FnCode {}
+
+impl FnCode {
+    /// Encodes `f`, a function of the pointer type `P` (`fn(A, ..) -> R`) or
+    /// a zero-sized function item or closure of that signature.
+    fn of<F: Copy + 'static, P: Copy + 'static>(f: &F) -> Result<FnCode, Error> {
+        const { assert_travels::<F>() };
+        if size_of::<F>() == 0 {
+            return Ok(FnCode(0));
+        }
+        if TypeId::of::<F>() != TypeId::of::<P>() {
+            // Pointer-sized with a niche, but not a `fn` pointer: a closure
+            // capturing one reference or box.
+            return Err(Error::invalid(format!(
+                "`{}` captures a value, which cannot travel to a worker process: pass \
+                 it as an argument or bind it with `shmpool::partial(f, value)`",
+                std::any::type_name::<F>()
+            )));
+        }
+        // SAFETY: F is P, a `fn` pointer type (checked just above), which has
+        // the size and representation of a code address.
+        let addr = unsafe { std::mem::transmute_copy::<F, usize>(f) };
+        crate::start::check_fn_pointer(addr).map(FnCode)
+    }
+
+    /// The function this encodes, as a `fn` pointer of type `P`.
+    ///
+    /// # Safety
+    /// `self` came from [`FnCode::of`] with the same `P`, in a process of
+    /// the same binary (only the parent writes task descriptions).
+    #[inline(always)]
+    unsafe fn resolve<P: Copy>(self) -> P {
+        let addr = code_at(self.0);
+        // SAFETY: the address of a `P` of this binary (contract); `P` is a
+        // `fn` pointer type, the size of an address.
+        unsafe { std::mem::transmute_copy::<usize, P>(&addr) }
+    }
+}
+
+/// Refuses, at compile time, a task that carries data: only zero-sized
+/// functions and `fn` pointers (pointer-sized with a niche) may pass; the
+/// rest of the pointer-sized ones are told apart from `fn` pointers at run
+/// time ([`FnCode::of`]).
+pub(crate) const fn assert_travels<F>() {
+    let size = size_of::<F>();
+    let fn_pointer_like = size == size_of::<usize>() && size_of::<Option<F>>() == size;
+    assert!(
+        size == 0 || fn_pointer_like,
+        "shmpool: a closure that captures variables cannot run in a worker process. \
+         Bind the values instead: `shmpool::partial(f, value)` calls `f(value, x)` \
+         for each `x`, with `fn f(value: V, x: T) -> U` (see the docs of `shmpool::partial`)"
+    );
 }
 
 macro_rules! impl_task {
@@ -51,9 +159,26 @@ macro_rules! impl_task {
             $($arg: Pod,)*
         {
             type Output = Ret;
+            type Bound = FnCode;
+
+            fn bind(&self) -> Result<FnCode, Error> {
+                FnCode::of::<Func, fn($($arg),*) -> Ret>(self)
+            }
+
+            #[inline(always)]
             #[allow(non_snake_case)]
-            fn call(self, ($($arg,)*): ($($arg,)*)) -> Ret {
-                self($($arg),*)
+            fn call(code: &FnCode, ($($arg,)*): ($($arg,)*)) -> Ret {
+                if size_of::<Func>() == 0 {
+                    // SAFETY: a zero-sized function type the parent was given
+                    // a value of (`bind` ran there).
+                    let f = unsafe { conjure::<Func>() };
+                    f($($arg),*)
+                } else {
+                    // SAFETY: `bind` encoded a `fn` pointer of exactly this
+                    // type (it checks the type), in the parent.
+                    let f = unsafe { code.resolve::<fn($($arg),*) -> Ret>() };
+                    f($($arg),*)
+                }
             }
         }
     };
@@ -65,6 +190,38 @@ impl_task!(A, B, C);
 impl_task!(A, B, C, D);
 impl_task!(A, B, C, D, E);
 impl_task!(A, B, C, D, E, G);
+
+/// A task's bound bytes, or zeros where the task carries nothing (a
+/// zero-sized task: every part of its bound is then unused or zero-sized).
+///
+/// # Safety
+/// Unless `F` is zero-sized, `context` points at an `F::Bound` the parent
+/// wrote (`MapCall::context`).
+#[inline(always)]
+unsafe fn bound_at<F: Task<Args>, Args>(context: *const u8) -> F::Bound {
+    if size_of::<F>() == 0 {
+        // SAFETY: all-zero bytes are a valid value of every Pod type.
+        unsafe { MaybeUninit::<F::Bound>::zeroed().assume_init() }
+    } else {
+        // SAFETY: the parent wrote an F::Bound there (contract); the inline
+        // area is 64-aligned, but read unaligned all the same.
+        unsafe { context.cast::<F::Bound>().read_unaligned() }
+    }
+}
+
+/// The bytes of `value` as a map's call context (`MapCall::context`): what
+/// every chunk's slot carries for its entry point, or nothing for a
+/// zero-sized task.
+pub(crate) fn context_of<F: Task<Args>, Args>(bound: &F::Bound) -> &[MaybeUninit<u8>] {
+    let len = if size_of::<F>() == 0 {
+        0
+    } else {
+        size_of::<F::Bound>()
+    };
+    // SAFETY: `len` bytes of a live value, viewed as possibly uninitialized
+    // bytes (padding), which is all a copy of them needs.
+    unsafe { std::slice::from_raw_parts((bound as *const F::Bound).cast(), len) }
+}
 
 /// Where a worker finds a task's data: pointers and an element count.
 ///
@@ -147,57 +304,55 @@ pub(crate) fn code_at(offset: u64) -> usize {
     (anchor as fn() as usize).wrapping_add(offset as usize)
 }
 
-/// Rejects, at compile time, a task function that carries data.
-pub(crate) const fn assert_stateless<F>() {
-    assert!(
-        std::mem::size_of::<F>() == 0,
-        "shmpool: a task must be a function item or a non-capturing closure; \
-         captured variables and function pointers cannot travel to another process"
-    );
-}
-
 /// Makes a value of the zero-sized function type `F`.
 ///
 /// # Safety
 /// `F` is zero-sized and `Copy`, and a value of it existed (the parent was given
 /// one), so reading it out of thin air is the same as copying that value.
+#[inline(always)]
 unsafe fn conjure<F: Copy>() -> F {
-    const { assert_stateless::<F>() };
+    debug_assert_eq!(size_of::<F>(), 0);
     // SAFETY: reading a zero-sized type from a dangling, aligned pointer reads no
     // memory; the value is valid by the function's contract.
     unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() }
 }
 
-/// Entry point for `apply`: `input` holds an `Args`, `output` receives the result.
+/// What `apply`'s input holds: the task's bound bytes, then its arguments.
+pub(crate) type ApplyInput<F, Args> = (<F as Task<Args>>::Bound, Args);
+
+/// Entry point for `apply`: `input` holds an [`ApplyInput`], `output`
+/// receives the result.
 ///
 /// # Safety
-/// `io.input` points at a valid `Args`, `io.output` at writable, aligned space for
-/// `F::Output`, and nothing else accesses either during the call.
+/// `io.input` points at a valid `ApplyInput<F, Args>`, `io.output` at
+/// writable, aligned space for `F::Output`, and nothing else accesses either
+/// during the call.
 pub(crate) unsafe fn apply_entry<F: Task<Args>, Args: Pod>(
     io: TaskIo<'_>,
 ) -> Result<(), AccessRefused> {
-    // SAFETY: by the contract, input holds an initialized Args written by the parent.
-    let args = unsafe { io.input.cast::<Args>().read() };
-    // SAFETY: F is the zero-sized task type the parent was called with.
-    let f = unsafe { conjure::<F>() };
-    let result = f.call(args);
-    // SAFETY: output is aligned, writable, exclusive (contract).
+    // SAFETY: by the contract, input holds an initialized ApplyInput written
+    // by the parent.
+    let (bound, args) = unsafe { io.input.cast::<ApplyInput<F, Args>>().read() };
+    let result = F::call(&bound, args);
+    crate::worker::fork_guard::check(); // a child the task forked writes nothing
+                                        // SAFETY: output is aligned, writable, exclusive (contract).
     unsafe { io.output.cast::<F::Output>().write(result) };
     Ok(())
 }
 
-/// Entry point for a pool's initializer: calls `f(args...)` and drops the result.
+/// Entry point for a pool's initializer or a `Process`: calls the task and
+/// drops the result.
 ///
 /// # Safety
-/// `io.input` points at a valid `Args`; `io.output` is not used.
+/// `io.input` points at a valid `ApplyInput<F, Args>`; `io.output` is not used.
 pub(crate) unsafe fn init_entry<F: Task<Args>, Args: Pod>(
     io: TaskIo<'_>,
 ) -> Result<(), AccessRefused> {
-    // SAFETY: by the contract, input holds an initialized Args written by the parent.
-    let args = unsafe { io.input.cast::<Args>().read() };
-    // SAFETY: F is the zero-sized task type the builder was given.
-    let f = unsafe { conjure::<F>() };
-    let _ = f.call(args);
+    // SAFETY: by the contract, input holds an initialized ApplyInput written
+    // by the parent.
+    let (bound, args) = unsafe { io.input.cast::<ApplyInput<F, Args>>().read() };
+    let _ = F::call(&bound, args);
+    crate::worker::fork_guard::check(); // a child the task forked writes nothing
     Ok(())
 }
 
@@ -208,13 +363,15 @@ pub(crate) unsafe fn init_entry<F: Task<Args>, Args: Pod>(
 pub(crate) unsafe fn starmap_entry<F: Task<Args>, Args: Pod>(
     io: TaskIo<'_>,
 ) -> Result<(), AccessRefused> {
-    // SAFETY: F is the zero-sized task type the parent was called with.
-    let f = unsafe { conjure::<F>() };
+    // SAFETY: the chunk's context holds F's bound bytes (contract).
+    let bound = unsafe { bound_at::<F, Args>(io.context) };
     // SAFETY: forwarded contract.
     unsafe {
         for_each_piece::<Args, F::Output>(io, |input, output| {
             for (out, &args) in output.iter_mut().zip(input) {
-                out.write(f.call(args));
+                let y = F::call(&bound, args);
+                crate::worker::fork_guard::check(); // a child the task forked writes nothing
+                out.write(y);
             }
         })
     }
@@ -224,22 +381,20 @@ pub(crate) unsafe fn starmap_entry<F: Task<Args>, Args: Pod>(
 ///
 /// # Safety
 /// A local side (`io.remote` does not name it) points at `len` initialized
-/// `T`s (input) or aligned space for `len` `U`s (output); a remote side is the
+/// `T`s (input) or aligned space for `len` outputs; a remote side is the
 /// caller's address of the same, valid for the whole task. The two do not
-/// overlap, and nothing else accesses them meanwhile.
-pub(crate) unsafe fn map_entry<F, T, U>(io: TaskIo<'_>) -> Result<(), AccessRefused>
-where
-    F: Fn(T) -> U + Copy,
-    T: Pod,
-    U: Pod,
-{
-    // SAFETY: F is the zero-sized task type the parent was called with.
-    let f = unsafe { conjure::<F>() };
+/// overlap, and nothing else accesses them meanwhile. Unless `F` is
+/// zero-sized, `io.context` holds `F`'s bound bytes.
+pub(crate) unsafe fn map_entry<F: Task<(T,)>, T: Pod>(io: TaskIo<'_>) -> Result<(), AccessRefused> {
+    // SAFETY: the chunk's context holds F's bound bytes (contract).
+    let bound = unsafe { bound_at::<F, (T,)>(io.context) };
     // SAFETY: forwarded contract.
     unsafe {
-        for_each_piece::<T, U>(io, |input, output| {
+        for_each_piece::<T, F::Output>(io, |input, output| {
             for (out, &x) in output.iter_mut().zip(input) {
-                out.write(f(x));
+                let y = F::call(&bound, (x,));
+                crate::worker::fork_guard::check(); // a child the task forked writes nothing
+                out.write(y);
             }
         })
     }
@@ -249,14 +404,15 @@ where
 ///
 /// # Safety
 /// `io.input` and `io.output` name the same `len` initialized, aligned `T`s
-/// (local, or remote on both sides), which nothing else accesses meanwhile.
+/// (local, or remote on both sides), which nothing else accesses meanwhile;
+/// the context as for [`map_entry`].
 pub(crate) unsafe fn inplace_entry<F, T>(io: TaskIo<'_>) -> Result<(), AccessRefused>
 where
-    F: Fn(T) -> T + Copy,
+    F: Task<(T,), Output = T>,
     T: Pod,
 {
-    // SAFETY: F is the zero-sized task type the parent was called with.
-    let f = unsafe { conjure::<F>() };
+    // SAFETY: the chunk's context holds F's bound bytes (contract).
+    let bound = unsafe { bound_at::<F, (T,)>(io.context) };
     if io.remote.is_some() {
         // Staged: the piece is read into one buffer and mapped into another,
         // so nothing aliases.
@@ -264,7 +420,9 @@ where
         return unsafe {
             for_each_piece::<T, T>(io, |input, output| {
                 for (out, &x) in output.iter_mut().zip(input) {
-                    out.write(f(x));
+                    let y = F::call(&bound, (x,));
+                    crate::worker::fork_guard::check(); // a child the task forked writes nothing
+                    out.write(y);
                 }
             })
         };
@@ -272,9 +430,118 @@ where
     // SAFETY: by the contract, `len` initialized T's, exclusively ours.
     let data = unsafe { std::slice::from_raw_parts_mut(io.input.cast_mut().cast::<T>(), io.len) };
     for x in data {
-        *x = f(*x);
+        let y = F::call(&bound, (*x,));
+        crate::worker::fork_guard::check(); // a child the task forked writes nothing
+        *x = y;
     }
     Ok(())
+}
+
+/// What a `map_reduce` chunk carries: the map's and the fold's bound bytes.
+pub(crate) type ReduceBounds<F, O, T, U> = (<F as Task<(T,)>>::Bound, <O as Task<(U, U)>>::Bound);
+
+/// The context bytes of a `map_reduce`: both bounds, or nothing when both
+/// tasks are zero-sized.
+pub(crate) fn reduce_context<F, O, T>(
+    bounds: &ReduceBounds<F, O, T, F::Output>,
+) -> &[MaybeUninit<u8>]
+where
+    F: Task<(T,)>,
+    O: Task<(F::Output, F::Output), Output = F::Output>,
+{
+    let len = if size_of::<F>() + size_of::<O>() == 0 {
+        0
+    } else {
+        size_of::<ReduceBounds<F, O, T, F::Output>>()
+    };
+    // SAFETY: `len` bytes of a live value, viewed as possibly uninitialized
+    // bytes (padding), which is all a copy of them needs.
+    unsafe {
+        std::slice::from_raw_parts(
+            (bounds as *const ReduceBounds<F, O, T, F::Output>).cast(),
+            len,
+        )
+    }
+}
+
+/// Entry point for one `map_reduce` chunk: folds `f(input[i])` with `op`, in
+/// order, and writes the one result to `output`.
+///
+/// # Safety
+/// As for [`map_entry`], with room for one output element; unless both tasks
+/// are zero-sized, `io.context` holds their [`ReduceBounds`].
+pub(crate) unsafe fn reduce_entry<F, O, T>(io: TaskIo<'_>) -> Result<(), AccessRefused>
+where
+    F: Task<(T,)>,
+    O: Task<(F::Output, F::Output), Output = F::Output>,
+    T: Pod,
+{
+    let (f_bound, op_bound): ReduceBounds<F, O, T, F::Output> =
+        if size_of::<F>() + size_of::<O>() == 0 {
+            // SAFETY: all-zero bytes are a valid value of every Pod type.
+            unsafe { MaybeUninit::zeroed().assume_init() }
+        } else {
+            // SAFETY: the parent wrote both bounds there (contract).
+            unsafe {
+                io.context
+                    .cast::<ReduceBounds<F, O, T, F::Output>>()
+                    .read_unaligned()
+            }
+        };
+    let output = io.output;
+    let peer = io.remote.as_ref().filter(|r| r.output).map(|r| r.peer);
+    // The fold reads pieces of input and writes nothing until the end.
+    let reading = TaskIo {
+        output: std::ptr::null_mut(),
+        remote: io.remote.map(|r| Remote { output: false, ..r }),
+        ..io
+    };
+    let mut acc: Option<F::Output> = None;
+    // SAFETY: forwarded contract, with no output side; each piece holds `n`
+    // initialized T's, aligned for them.
+    unsafe {
+        for_each_piece_raw(reading, size_of::<T>(), 0, |input, _, n| {
+            let xs = std::slice::from_raw_parts(input.cast::<T>(), n);
+            let mut xs = xs.iter();
+            let mut a = match acc {
+                Some(a) => a,
+                None => match xs.next() {
+                    Some(&x) => F::call(&f_bound, (x,)),
+                    None => return,
+                },
+            };
+            for &x in xs {
+                a = O::call(&op_bound, (a, F::call(&f_bound, (x,))));
+            }
+            // A child the task forked leaves before the fold's value is
+            // written (one check per piece: the value is written once, at
+            // the end).
+            crate::worker::fork_guard::check();
+            acc = Some(a);
+        })
+    }?;
+    let Some(acc) = acc else {
+        return Ok(()); // no element: the parent sends no empty chunk
+    };
+    match peer {
+        // SAFETY: `acc` is a live value of `size_of::<F::Output>()` bytes.
+        Some(peer) => unsafe {
+            peer.write(
+                (&acc as *const F::Output).cast(),
+                size_of::<F::Output>(),
+                output as u64,
+            )
+        }
+        .map_err(|errno| AccessRefused {
+            errno,
+            wrote: errno != libc::EPERM,
+        }),
+        None => {
+            // SAFETY: room for one aligned output, ours alone (contract).
+            unsafe { output.cast::<F::Output>().write(acc) };
+            Ok(())
+        }
+    }
 }
 
 /// Runs `body` over a map task's elements: in one call when both sides are
@@ -368,8 +635,8 @@ mod tests {
 
     #[test]
     fn entry_points_round_trip_through_their_offset() {
-        fn entry_of<F: Fn(u64) -> u64 + Copy>(_: F) -> Entry {
-            map_entry::<F, u64, u64>
+        fn entry_of<F: Task<(u64,), Output = u64>>(_: F) -> Entry {
+            map_entry::<F, u64>
         }
         let entry = entry_of(square);
         let point = EntryPoint::new(entry);
@@ -380,10 +647,14 @@ mod tests {
 
     #[test]
     fn entries_call_the_function() {
-        fn run<F: Task<(u64,)>>(_: F, x: u64) -> F::Output {
-            let input = (x,);
+        fn run<F: Task<(u64,)>>(f: F, x: u64) -> F::Output {
+            let input: ApplyInput<F, (u64,)> = (f.bind().unwrap(), (x,));
             let mut out = MaybeUninit::<F::Output>::uninit();
-            let io = TaskIo::local((&input as *const (u64,)).cast(), out.as_mut_ptr().cast(), 1);
+            let io = TaskIo::local(
+                (&input as *const ApplyInput<F, (u64,)>).cast(),
+                out.as_mut_ptr().cast(),
+                1,
+            );
             // SAFETY: input holds an Args, output has room for the result.
             unsafe {
                 apply_entry::<F, (u64,)>(io).unwrap();
@@ -396,11 +667,11 @@ mod tests {
 
     #[test]
     fn map_entry_fills_every_output() {
-        fn run<F: Fn(u32) -> f64 + Copy>(_: F, input: &[u32]) -> Vec<f64> {
+        fn run<F: Task<(u32,), Output = f64>>(_: F, input: &[u32]) -> Vec<f64> {
             let mut out = vec![0.0; input.len()];
             let io = TaskIo::local(input.as_ptr().cast(), out.as_mut_ptr().cast(), input.len());
             // SAFETY: both buffers hold `len` elements and do not overlap.
-            unsafe { map_entry::<F, u32, f64>(io).unwrap() };
+            unsafe { map_entry::<F, u32>(io).unwrap() };
             out
         }
         assert_eq!(run(|x| f64::from(x) / 2.0, &[1, 2, 3]), vec![0.5, 1.0, 1.5]);
@@ -423,7 +694,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore)] // process_vm_readv is a syscall
     fn staged_pieces_cover_every_element_and_no_other() {
-        fn run<F: Fn([u64; 3]) -> [u32; 5] + Copy>(
+        fn run<F: Task<([u64; 3],), Output = [u32; 5]>>(
             _: F,
             input: &[[u64; 3]],
             remote_in: bool,
@@ -449,7 +720,7 @@ mod tests {
             };
             // SAFETY: `input` holds len elements, `out[1..]` room for len
             // more; both stay borrowed here, and this process reaches itself.
-            unsafe { map_entry::<F, [u64; 3], [u32; 5]>(io).unwrap() };
+            unsafe { map_entry::<F, [u64; 3]>(io).unwrap() };
             out
         }
         let piece = Stage::piece_len(24, 20);
@@ -488,8 +759,8 @@ mod tests {
         fn id(x: u64) -> u64 {
             x
         }
-        fn entry_of<F: Fn(u64) -> u64 + Copy>(_: F) -> Entry {
-            map_entry::<F, u64, u64>
+        fn entry_of<F: Task<(u64,), Output = u64>>(_: F) -> Entry {
+            map_entry::<F, u64>
         }
         // SAFETY: the input is remote (the kernel checks it); the output is ours.
         let refused = unsafe { entry_of(id)(io) }.unwrap_err();

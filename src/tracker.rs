@@ -25,9 +25,9 @@
 use crate::start::spawn;
 use crate::sync::fork_mutex::{ForkMutex, ForkMutexGuard};
 use std::collections::BTreeSet;
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::io::{self, BufRead, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// The variable that makes a re-executed process the tracker.
 pub(crate) const ENV: &str = "SHMPOOL_ROLE_TRACKER";
@@ -118,25 +118,16 @@ fn launch() -> io::Result<Tracker> {
     // Keeps the hook in the executable (see `start::bootstrap::ensure_linked`).
     // SAFETY: reads a valid, initialized static.
     let _ = unsafe { std::ptr::read_volatile(&TRACKER_HOOK) };
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: two fresh descriptors that nothing else owns.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (ours, theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
     let env = spawn::environment((ENV, theirs.as_raw_fd().to_string()))?;
     // The tracker must outlive this thread, this process and whatever signal
     // ends the program (SIGHUP of a closed terminal, Ctrl-\).
-    let child = spawn::exec_self(&env, &[theirs.as_raw_fd()], spawn::Tie::Detached)?;
+    let child = spawn::exec_self(&env, &[theirs.as_fd()], spawn::Tie::Detached)?;
     drop(theirs);
     await_hello(&ours);
     Ok(Tracker {
@@ -149,32 +140,37 @@ fn launch() -> io::Result<Tracker> {
 /// its own session, out of reach of a signal to this program's group. Should
 /// it not come, messages go out anyway, and a failed send starts a new tracker.
 fn await_hello(socket: &OwnedFd) {
-    let mut pfd = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut pfd = [PollFd::new(socket, PollFlags::IN)];
+    let five_seconds = Timespec {
+        tv_sec: 5,
+        tv_nsec: 0,
     };
-    // SAFETY: one valid pollfd.
-    if unsafe { libc::poll(&mut pfd, 1, 5000) } == 1 {
-        let mut byte = 0u8;
-        // SAFETY: reads one byte into a live u8 from our socket.
-        unsafe { libc::recv(socket.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, 0) };
+    if rustix::event::poll(&mut pfd, Some(&five_seconds)) == Ok(1) {
+        let mut byte = [0u8; 1];
+        let _ = rustix::net::recv(socket, &mut byte, rustix::net::RecvFlags::empty());
     }
 }
 
 /// The tracker's loop (in the re-executed process); returns its exit status.
 pub(crate) fn serve(fd: &OsStr) -> i32 {
-    let Some(fd) = fd.to_str().and_then(|s| s.parse::<RawFd>().ok()) else {
+    let Some(fd) = fd
+        .to_str()
+        .and_then(|s| s.parse::<RawFd>().ok())
+        .filter(|&fd| fd >= 0)
+    else {
         return 2;
     };
+    // SAFETY: `launch` named this inherited descriptor, the tracker's end of
+    // the socket pair, in the environment; nothing else in this process owns it.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     // Done before the exec already; again in case this process was started
     // otherwise (by hand, with the variable set).
     spawn::detach();
     crate::start::fork::set_process_name(b"ResourceTracker");
     // Hello: this process is detached now (`await_hello`).
-    let _ = crate::start::fork::send_all(fd, b"+");
-    // SAFETY: the descriptor was handed to this process for it alone.
-    let socket = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let _ = crate::start::fork::send_all(socket.as_raw_fd(), b"+");
+    let socket = std::fs::File::from(socket);
     let mut live: BTreeSet<(String, String)> = BTreeSet::new();
     for line in io::BufReader::new(socket).lines() {
         let Ok(line) = line else { break };
@@ -198,10 +194,7 @@ pub(crate) fn serve(fd: &OsStr) -> i32 {
     let mut stderr = io::stderr().lock();
     for (kind, name) in live {
         let removed = match kind.as_str() {
-            "shm" => CString::new(name.as_str())
-                // SAFETY: a valid C string.
-                .map(|c| unsafe { libc::shm_unlink(c.as_ptr()) } == 0)
-                .unwrap_or(false),
+            "shm" => rustix::shm::unlink(name.as_str()).is_ok(),
             _ => false,
         };
         let what = if removed {

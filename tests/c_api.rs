@@ -108,3 +108,75 @@ fn the_c_example_maps_survives_a_crash_and_prints_its_results() {
         }
     });
 }
+
+unsafe extern "C" fn copy_byte(
+    input: *const std::ffi::c_void,
+    output: *mut std::ffi::c_void,
+    _ctx: *const std::ffi::c_void,
+) {
+    // SAFETY: shmpool_map hands one readable input byte and one writable output byte.
+    unsafe { *output.cast::<u8>() = *input.cast::<u8>() };
+}
+
+/// `shmpool_map` over `n` elements of `size` bytes, reading and writing
+/// 64-byte arrays followed by guard bytes: the status, and whether the guard
+/// bytes after `out` are untouched.
+fn map_with_impossible_length(zero_copy: bool, n: usize, size: usize) -> (i32, String, bool) {
+    use shmpool::capi::*;
+    let mut options = shmpool_options_default();
+    options.processes = 2;
+    options.zero_copy = zero_copy as i32;
+    // SAFETY: valid options.
+    let pool = unsafe { shmpool_pool_new(&options) };
+    assert!(!pool.is_null());
+    let input = vec![7u8; 64 + 4096];
+    let mut output = vec![0xAAu8; 64 + 4096];
+    // SAFETY: a live pool and a function of this program; the lengths are
+    // deliberately impossible: the call must refuse them before touching
+    // either array.
+    let rc = unsafe {
+        shmpool_map(
+            pool,
+            Some(copy_byte),
+            input.as_ptr().cast(),
+            size,
+            output.as_mut_ptr().cast(),
+            size,
+            n,
+            0,
+            std::ptr::null(),
+            0,
+        )
+    };
+    // SAFETY: the thread's last-error string, valid until its next call.
+    let message = unsafe { std::ffi::CStr::from_ptr(shmpool_last_error()) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: made above, freed once.
+    unsafe { shmpool_pool_free(pool) };
+    (rc, message, output.iter().all(|&b| b == 0xAA))
+}
+
+#[test]
+fn shmpool_map_refuses_lengths_no_array_can_have_on_both_paths() {
+    bounded(Duration::from_secs(60), || {
+        let cases = [
+            (usize::MAX, 1),              // SIZE_MAX one-byte elements
+            (usize::MAX / 2 + 2, 2),      // n * size wraps around to 2
+            (usize::MAX / 4 + 1, 4),      // n * size wraps around to 0
+            (isize::MAX as usize + 1, 1), // no overflow, but larger than any allocation
+        ];
+        for zero_copy in [true, false] {
+            for (n, size) in cases {
+                let (rc, message, untouched) = map_with_impossible_length(zero_copy, n, size);
+                assert_eq!(
+                    rc,
+                    shmpool::capi::SHMPOOL_INVALID,
+                    "zero_copy {zero_copy}, n {n}, size {size}: {message}"
+                );
+                assert!(message.contains("too large"), "{message}");
+                assert!(untouched, "zero_copy {zero_copy}, n {n}: wrote into out");
+            }
+        }
+    });
+}

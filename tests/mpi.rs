@@ -38,13 +38,24 @@ fn example(name: &str) -> PathBuf {
 }
 
 /// Runs `mpirun -n 3 mpi_pool <check>`; its exit status, stdout and stderr.
-/// One job at a time: concurrent mpiruns race creating their session
-/// directories ("File exists"), and 2 cores have no room for more.
 fn mpirun(check: &str) -> (bool, String, String) {
+    mpirun_n(3, check)
+}
+
+/// Runs `mpirun -n <ranks> mpi_pool <check>`. One job at a time: concurrent
+/// mpiruns race creating their session directories ("File exists"), and 2
+/// cores have no room for more.
+fn mpirun_n(ranks: usize, check: &str) -> (bool, String, String) {
     static ONE_JOB: Mutex<()> = Mutex::new(());
     let _turn = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
     let mut child = Command::new("mpirun")
-        .args(["-n", "3", "--oversubscribe", "--bind-to", "none"])
+        .args([
+            "-n",
+            &ranks.to_string(),
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+        ])
         .arg(example("mpi_pool"))
         .arg(check)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -131,6 +142,36 @@ fn worker_ranks_waiting_for_work_use_almost_no_cpu() {
     passes("idle");
 }
 
+#[test]
+fn rank_0_runs_chunks_and_apply_tasks_in_its_own_local_pool() {
+    passes("every-rank");
+}
+
+#[test]
+fn with_no_processes_on_rank_0_only_the_worker_ranks_compute() {
+    passes("root-idle");
+}
+
+#[test]
+fn each_rank_rank_0_included_runs_two_tasks_at_once() {
+    passes("in-flight");
+}
+
+#[test]
+fn a_job_of_one_rank_runs_every_task_in_rank_0s_local_pool() {
+    let (ok, out, err) = mpirun_n(1, "results");
+    assert!(
+        ok && out.lines().any(|l| l == "ok results"),
+        "success {ok}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    // With no processes on rank 0, nobody would run them: refused.
+    let (ok, out, err) = mpirun_n(1, "root-idle");
+    assert!(
+        !ok && err.contains("InvalidArgument") && err.contains("at least 2 ranks"),
+        "success {ok}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+}
+
 // 10^6 elements in a release build, 10^5 in a debug one (see the example).
 #[test]
 fn a_one_microsecond_function_over_many_elements_gives_the_sequential_results() {
@@ -141,8 +182,8 @@ fn a_one_microsecond_function_over_many_elements_gives_the_sequential_results() 
 fn every_rank_returns_and_rank_0_reports_the_job() {
     let (ok, out, err) = mpirun("demo");
     assert!(ok, "stdout:\n{out}\nstderr:\n{err}");
-    // Two worker ranks, at least one local process each.
-    assert!(out.contains("2 ranks, "), "{out}");
+    // Three ranks that compute (rank 0 too), at least one local process each.
+    assert!(out.contains("3 ranks, "), "{out}");
     assert!(out.contains("squares[999] = 998001, 20 + 22 = 42"), "{out}");
     // Only rank 0 prints: the worker ranks got None and returned.
     assert_eq!(out.matches("ok demo").count(), 1, "{out}");

@@ -493,17 +493,24 @@ fn tasks_have_a_main_thread_sized_stack_and_stack_size_sets_it() {
             let got = pool.apply(sum_of_a_big_local::<{ 4 * MIB }>, (5,));
             assert_eq!(got.unwrap(), expect(4 * MIB), "{method}: a 4 MiB local");
         }
-        let pool = Pool::builder()
-            .processes(1)
-            .stack_size(64 << 20)
-            .build()
-            .unwrap();
-        let got = pool.apply(sum_of_a_big_local::<{ 32 * MIB }>, (5,));
-        assert_eq!(
-            got.unwrap(),
-            expect(32 * MIB),
-            "a 32 MiB local, 64 MiB stack"
-        );
+        for method in StartMethod::ALL {
+            let pool = get_context(method)
+                .pool_builder()
+                .processes(1)
+                .stack_size(64 << 20)
+                .maxtasksperchild(1)
+                .build()
+                .unwrap();
+            let got = pool.apply(sum_of_a_big_local::<{ 32 * MIB }>, (5,));
+            assert_eq!(
+                got.unwrap(),
+                expect(32 * MIB),
+                "{method}: a 32 MiB local, 64 MiB stack"
+            );
+            // Replacements (one task each) get it too.
+            let got = pool.map(sum_of_a_big_local::<{ 32 * MIB }>, &[5, 5]);
+            assert_eq!(got.unwrap(), vec![expect(32 * MIB); 2], "{method}: map");
+        }
     });
 }
 
@@ -615,5 +622,22 @@ fn a_large_map_gives_its_shared_memory_back_beyond_64_mib_once_done() {
                 .unwrap()[999],
             1000
         );
+    });
+}
+
+#[test]
+fn a_stack_size_no_thread_can_have_is_an_error_with_every_start_method() {
+    bounded(LIMIT, || {
+        for method in StartMethod::ALL {
+            let built = get_context(method)
+                .pool_builder()
+                .processes(1)
+                .stack_size(1 << 60)
+                .build();
+            match built {
+                Err(Error::StartFailed(_) | Error::Io(_)) => {}
+                other => panic!("{method}: {other:?}"),
+            }
+        }
     });
 }

@@ -34,12 +34,12 @@ pub(crate) struct CallDesc {
 }
 
 impl CallDesc {
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        // SAFETY: a repr(C) struct of integers with no padding (the explicit
-        // `_pad` fills the only gap), so every byte is initialized.
+    pub(crate) fn as_bytes(&self) -> &[std::mem::MaybeUninit<u8>] {
+        // SAFETY: the bytes of a live value, viewed as possibly uninitialized
+        // bytes (a repr(C) struct of integers: all are initialized anyway).
         unsafe {
             std::slice::from_raw_parts(
-                (self as *const CallDesc).cast::<u8>(),
+                (self as *const CallDesc).cast::<std::mem::MaybeUninit<u8>>(),
                 std::mem::size_of::<CallDesc>(),
             )
         }
@@ -73,7 +73,9 @@ pub(crate) unsafe fn c_entry(io: TaskIo<'_>) -> Result<(), AccessRefused> {
             for_each_piece_raw(io, 8, 8, |input, output, n| {
                 let (input, output) = (input.cast::<f64>(), output.cast::<f64>());
                 for i in 0..n {
-                    output.add(i).write(f(input.add(i).read()));
+                    let y = f(input.add(i).read());
+                    crate::worker::fork_guard::check(); // a child the task forked writes nothing
+                    output.add(i).write(y);
                 }
             })
         };
@@ -89,6 +91,9 @@ pub(crate) unsafe fn c_entry(io: TaskIo<'_>) -> Result<(), AccessRefused> {
                     output.add(i * out_size).cast(),
                     ctx,
                 );
+                // A child `f` forked goes no further (what `f` itself wrote
+                // before returning is its own doing).
+                crate::worker::fork_guard::check();
             }
         })
     }

@@ -233,7 +233,9 @@ pub unsafe extern "C" fn shmpool_processes(pool: *const shmpool_pool) -> usize {
 /// workers once per call (a pointer would mean nothing in another process);
 /// `f` gets a pointer to that copy, or `NULL` if `ctx_len` is 0.
 ///
-/// Returns `SHMPOOL_OK` once every output is written. If `f` crashes a
+/// Returns `SHMPOOL_OK` once every output is written, and `SHMPOOL_INVALID`,
+/// before anything runs, for sizes no array can have (`n * in_size` or
+/// `n * out_size` overflowing, or above `PTRDIFF_MAX`). If `f` crashes a
 /// worker, `SHMPOOL_WORKER_DIED` (unless `retries` ran it again
 /// successfully): then `out` is only partly written. The pool goes on either
 /// way.
@@ -394,6 +396,9 @@ unsafe fn map_c(
     if input.is_null() || output.is_null() {
         return Err(invalid("an array is NULL"));
     }
+    // Before anything is allocated; `map_raw` checks again with the same
+    // function, so both of its paths see only sizes that passed.
+    schedule::MapBytes::check(n, in_elem, out_elem, input, output.cast_const())?;
     let core = pool.core();
     let method = pool.start_method();
     let entry = crate::start::check_entry(method, c_entry as Entry)?;
@@ -427,6 +432,7 @@ unsafe fn map_c(
         output: out_elem,
         chunksize,
         in_place: false,
+        fold: false,
         context: desc.as_bytes(),
     };
     // SAFETY: forwarded contract; `c_entry` maps elements as `desc` describes.

@@ -38,16 +38,15 @@ pub(crate) fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
     let mut out = [0u8; N];
     let mut filled = 0;
     while filled < N {
-        // SAFETY: writes at most `N - filled` bytes into our own buffer.
-        let n = unsafe { libc::getrandom(out[filled..].as_mut_ptr().cast(), N - filled, 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-            continue;
-        }
-        filled += n as usize;
+        let n = match rustix::rand::getrandom(
+            &mut out[filled..],
+            rustix::rand::GetRandomFlags::empty(),
+        ) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        filled += n;
     }
     Ok(out)
 }

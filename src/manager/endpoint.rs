@@ -96,7 +96,7 @@ pub(crate) fn create(settings: &Settings<'_>) -> Result<u64, Error> {
         name_len: 0,
         ipv6: 0,
         frame_limit: settings.frame_limit as u64,
-        handshake_timeout_ms: settings.handshake_timeout.as_millis().max(1) as u64,
+        handshake_timeout_ms: millis(settings.handshake_timeout),
         ip: [0; 16],
         name: [0; NAME_BYTES],
         key,
@@ -127,6 +127,12 @@ pub(crate) fn create(settings: &Settings<'_>) -> Result<u64, Error> {
         .tag
         .store(ENDPOINT_TAG, Ordering::Release);
     Ok(at)
+}
+
+/// `t` in whole milliseconds, at least 1, saturating at `u64::MAX` (no
+/// deadline in practice) instead of wrapping.
+pub(crate) fn millis(t: Duration) -> u64 {
+    u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// The record at `at`, checked.
@@ -200,6 +206,20 @@ impl Stream {
         }
     }
 
+    pub(crate) fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_write_timeout(t),
+            Stream::Tcp(s) => s.set_write_timeout(t),
+        }
+    }
+
+    pub(crate) fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_nonblocking(on),
+            Stream::Tcp(s) => s.set_nonblocking(on),
+        }
+    }
+
     /// Sends a whole frame (or other bytes).
     pub(crate) fn send(&self, bytes: &[u8]) -> io::Result<()> {
         frame::send_all(self, bytes)
@@ -207,15 +227,21 @@ impl Stream {
 
     /// Whether the peer has closed its end or the connection broke.
     pub(crate) fn peer_gone(&self) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.as_raw_fd(),
-            events: libc::POLLRDHUP,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, no waiting.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+        fd_gone(self.as_raw_fd())
     }
+}
+
+/// Whether the peer of socket `fd` has closed its end or the connection
+/// broke.
+pub(crate) fn fd_gone(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
 }
 
 impl AsRawFd for Stream {
@@ -243,5 +269,22 @@ impl Write for Stream {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_saturate_in_milliseconds() {
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+        // 2^64 ms and a bit: wrapped, this would be 384 ms.
+        assert_eq!(
+            millis(Duration::from_secs(18_446_744_073_709_552)),
+            u64::MAX
+        );
+        assert_eq!(millis(Duration::ZERO), 1);
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
     }
 }

@@ -1,7 +1,8 @@
 //! Length-prefixed frames over a stream socket: a little-endian `u32` length,
 //! then that many bytes. The length is checked against a limit before any
-//! byte of the body is read or any memory is reserved for it, so a peer
-//! cannot make the reader allocate more than the limit.
+//! byte of the body is read, and memory is reserved as the body's bytes
+//! arrive (doubling), not as its header announces, so a peer cannot make the
+//! reader allocate more than the limit, nor much more than it sent.
 
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -35,9 +36,12 @@ impl FrameReader {
         }
     }
 
-    /// The next frame's body, at most `limit` bytes. A read that times out
-    /// calls `on_stall`, which ends the read with its error or lets it wait
-    /// on. End of stream is `UnexpectedEof`; a longer frame is `InvalidData`.
+    /// The next frame's body, at most `limit` bytes. Each read that leaves
+    /// the frame incomplete (it timed out, or brought only part of it) calls
+    /// `on_stall` with the time the frame's first byte came, which ends the
+    /// read with its error or lets it wait on: so a deadline on a whole frame
+    /// holds however its bytes trickle in. End of stream is `UnexpectedEof`;
+    /// a longer frame is `InvalidData`.
     pub(crate) fn next<'a>(
         &'a mut self,
         stream: &mut impl Read,
@@ -77,15 +81,20 @@ impl FrameReader {
         self.buf.copy_within(self.start..self.end, 0);
         self.end -= self.start;
         self.start = 0;
-        if self.buf.len() < need {
-            self.buf.resize(need, 0);
-        }
         while self.end < need {
+            if self.end == self.buf.len() {
+                // Full: grow by what has arrived (doubling), up to `need`.
+                let grown = need.min(self.buf.len().saturating_mul(2));
+                self.buf.resize(grown, 0);
+            }
             match stream.read(&mut self.buf[self.end..]) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => {
                     first_byte.get_or_insert_with(Instant::now);
                     self.end += n;
+                    if self.end < need {
+                        on_stall(*first_byte)?
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
@@ -135,7 +144,7 @@ mod tests {
     use super::*;
 
     fn never_stalls(_: Stalled) -> io::Result<()> {
-        panic!("a byte slice never times out")
+        Ok(())
     }
 
     #[test]
@@ -176,5 +185,48 @@ mod tests {
             reader.buf.len() <= 64 << 10,
             "nothing was reserved for the body"
         );
+    }
+
+    /// Yields its bytes a few at a time.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(1000);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn memory_follows_the_bytes_that_came_not_the_header() {
+        let mut bytes = (60u32 << 20).to_le_bytes().to_vec();
+        bytes.extend([1; 200_000]);
+        let mut reader = FrameReader::new();
+        let err = reader
+            .next(&mut Trickle(&bytes), 64 << 20, never_stalls)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(reader.buf.len() <= 512 << 10, "{} bytes", reader.buf.len());
+    }
+
+    #[test]
+    fn every_partial_read_asks_whether_to_go_on() {
+        let bytes = frame_of(&[2; 10_000]);
+        let mut reader = FrameReader::new();
+        let mut asked = 0;
+        let err = reader
+            .next(&mut Trickle(&bytes), 1 << 20, |begun| {
+                assert!(begun.is_some());
+                asked += 1;
+                if asked == 3 {
+                    Err(io::ErrorKind::TimedOut.into())
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }

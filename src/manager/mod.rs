@@ -19,7 +19,14 @@
 //!   `Manager::connect(addr, key)`): TCP; an authkey is required.
 //! * Both ends prove they know the key (HMAC-SHA256 over random nonces, both
 //!   ways) before anything else is read; frames are length-prefixed and
-//!   limited in size (64 MiB by default).
+//!   limited in size (64 MiB by default). Locally, the server also refuses a
+//!   peer of another user, or a process outside the program, before the
+//!   handshake; no connection gets a thread before it authenticates. The
+//!   README's threat model says who can read the key.
+//! * Each object records its proxy's types: a proxy of other types is
+//!   refused ([`Error::Decode`]) before any value is read.
+//! * A call with a timeout returns by it (plus 200 ms), whatever the server
+//!   does.
 //! * The server is a [`Process`] started with the program's
 //!   start method (or the builder's): it dies with its parent, `kill -9`
 //!   included, and [`Manager::shutdown`] (or dropping the manager) stops it.
@@ -55,6 +62,7 @@ mod auth;
 mod client;
 mod endpoint;
 mod frame;
+mod lane;
 mod objects;
 mod protocol;
 mod proxy;
@@ -62,8 +70,8 @@ mod server;
 
 pub use proxy::{
     ArrayProxy, BarrierProxy, ConditionProxy, ConditionProxyGuard, DictProxy, EventProxy,
-    ListProxy, LockProxy, LockProxyGuard, NamespaceProxy, QueueProxy, RLockProxy, RLockProxyGuard,
-    SemaphoreProxy, ValueProxy,
+    ListProxy, LockProxy, LockProxyGuard, NamespaceProxy, Number, QueueProxy, RLockProxy,
+    RLockProxyGuard, SemaphoreProxy, ValueProxy,
 };
 
 use crate::error::Error;
@@ -72,7 +80,7 @@ use crate::start::StartMethod;
 use crate::Process;
 use endpoint::{Address, Settings};
 use protocol::{encode, Answer, Request, Spec};
-use proxy::{unexpected, Handle};
+use proxy::{unexpected, Handle, Typed};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -348,7 +356,12 @@ impl Manager {
             client::disconnect(self.endpoint);
             return Ok(());
         };
-        let asked = client::call(self.endpoint, &Request::Shutdown);
+        // Bounded: a stopped server is killed below.
+        let asked = client::call_until(
+            self.endpoint,
+            &Request::Shutdown,
+            Instant::now().checked_add(STOP_TIMEOUT),
+        );
         client::disconnect(self.endpoint);
         let timeout = if asked.is_ok() {
             STOP_TIMEOUT
@@ -362,20 +375,25 @@ impl Manager {
         Ok(())
     }
 
-    fn create(&self, spec: Spec) -> Result<Handle, Error> {
-        self.id_of(Request::Create(spec))
+    fn create<P: Typed>(&self, spec: Spec) -> Result<P, Error> {
+        self.id_of(Request::Create(spec, P::types()))
     }
 
-    fn named(&self, name: &str, spec: Spec) -> Result<Handle, Error> {
-        self.id_of(Request::Named(name.to_owned(), spec))
+    fn named<P: Typed>(&self, name: &str, spec: Spec) -> Result<P, Error> {
+        self.id_of(Request::Named(name.to_owned(), spec, P::types()))
     }
 
-    fn id_of(&self, request: Request) -> Result<Handle, Error> {
+    fn id_of<P: Typed>(&self, request: Request) -> Result<P, Error> {
+        let types = match &request {
+            Request::Create(_, types) | Request::Named(_, _, types) => types.fingerprint,
+            _ => 0,
+        };
         match client::call(self.endpoint, &request)? {
-            Answer::Id(id) => Ok(Handle {
+            Answer::Id(id) => Ok(P::of(Handle {
                 endpoint: self.endpoint,
                 id,
-            }),
+                types,
+            })),
             other => Err(unexpected(other)),
         }
     }
@@ -386,32 +404,32 @@ impl Manager {
         K: Serialize + DeserializeOwned,
         V: Serialize + DeserializeOwned,
     {
-        self.create(Spec::Dict).map(DictProxy::of)
+        self.create(Spec::Dict)
     }
 
     /// A new, empty list (`manager.list()`).
     pub fn list<T: Serialize + DeserializeOwned>(&self) -> Result<ListProxy<T>, Error> {
-        self.create(Spec::List(Vec::new())).map(ListProxy::of)
+        self.create(Spec::List(Vec::new()))
     }
 
     /// A new namespace (`manager.Namespace()`).
     pub fn namespace(&self) -> Result<NamespaceProxy, Error> {
-        self.create(Spec::Namespace).map(NamespaceProxy::of)
+        self.create(Spec::Namespace)
     }
 
     /// A new, unbounded queue (`manager.Queue()`).
     pub fn queue<T: Serialize + DeserializeOwned>(&self) -> Result<QueueProxy<T>, Error> {
-        self.create(Spec::Queue).map(QueueProxy::of)
+        self.create(Spec::Queue)
     }
 
     /// A new lock (`manager.Lock()`).
     pub fn lock(&self) -> Result<LockProxy, Error> {
-        self.create(Spec::Lock).map(LockProxy::of)
+        self.create(Spec::Lock)
     }
 
     /// A new re-entrant lock (`manager.RLock()`).
     pub fn rlock(&self) -> Result<RLockProxy, Error> {
-        self.create(Spec::RLock).map(RLockProxy::of)
+        self.create(Spec::RLock)
     }
 
     /// A new semaphore with count `value` (`manager.Semaphore(value)`).
@@ -420,7 +438,7 @@ impl Manager {
             value,
             bounded: false,
         };
-        self.create(spec).map(SemaphoreProxy::of)
+        self.create(spec)
     }
 
     /// A new semaphore that refuses to be released past `value`
@@ -430,17 +448,17 @@ impl Manager {
             value,
             bounded: true,
         };
-        self.create(spec).map(SemaphoreProxy::of)
+        self.create(spec)
     }
 
     /// A new event, not set (`manager.Event()`).
     pub fn event(&self) -> Result<EventProxy, Error> {
-        self.create(Spec::Event).map(EventProxy::of)
+        self.create(Spec::Event)
     }
 
     /// A new condition with its own re-entrant lock (`manager.Condition()`).
     pub fn condition(&self) -> Result<ConditionProxy, Error> {
-        self.create(Spec::Condition).map(ConditionProxy::of)
+        self.create(Spec::Condition)
     }
 
     /// A new barrier for `parties` (≥ 1) waiters (`manager.Barrier(n)`).
@@ -448,7 +466,7 @@ impl Manager {
         let spec = Spec::Barrier {
             parties: parties as u64,
         };
-        self.create(spec).map(BarrierProxy::of)
+        self.create(spec)
     }
 
     /// A new value (`manager.Value(typecode, value)`).
@@ -456,7 +474,7 @@ impl Manager {
         &self,
         value: &T,
     ) -> Result<ValueProxy<T>, Error> {
-        self.create(Spec::Value(encode(value)?)).map(ValueProxy::of)
+        self.create(Spec::Value(encode(value)?))
     }
 
     /// A new fixed-length array (`manager.Array(typecode, sequence)`).
@@ -465,7 +483,7 @@ impl Manager {
         items: &[T],
     ) -> Result<ArrayProxy<T>, Error> {
         let items = items.iter().map(encode).collect::<Result<_, _>>()?;
-        self.create(Spec::Array(items)).map(ArrayProxy::of)
+        self.create(Spec::Array(items))
     }
 
     /// The dict registered under `name`, made empty by the first caller
@@ -476,7 +494,7 @@ impl Manager {
         K: Serialize + DeserializeOwned,
         V: Serialize + DeserializeOwned,
     {
-        self.named(name, Spec::Dict).map(DictProxy::of)
+        self.named(name, Spec::Dict)
     }
 
     /// The list registered under `name` (see [`dict_named`](Self::dict_named)).
@@ -484,12 +502,12 @@ impl Manager {
         &self,
         name: &str,
     ) -> Result<ListProxy<T>, Error> {
-        self.named(name, Spec::List(Vec::new())).map(ListProxy::of)
+        self.named(name, Spec::List(Vec::new()))
     }
 
     /// The namespace registered under `name`.
     pub fn namespace_named(&self, name: &str) -> Result<NamespaceProxy, Error> {
-        self.named(name, Spec::Namespace).map(NamespaceProxy::of)
+        self.named(name, Spec::Namespace)
     }
 
     /// The queue registered under `name`.
@@ -497,17 +515,17 @@ impl Manager {
         &self,
         name: &str,
     ) -> Result<QueueProxy<T>, Error> {
-        self.named(name, Spec::Queue).map(QueueProxy::of)
+        self.named(name, Spec::Queue)
     }
 
     /// The lock registered under `name`.
     pub fn lock_named(&self, name: &str) -> Result<LockProxy, Error> {
-        self.named(name, Spec::Lock).map(LockProxy::of)
+        self.named(name, Spec::Lock)
     }
 
     /// The event registered under `name`.
     pub fn event_named(&self, name: &str) -> Result<EventProxy, Error> {
-        self.named(name, Spec::Event).map(EventProxy::of)
+        self.named(name, Spec::Event)
     }
 
     /// The value registered under `name`, made from `initial` by the first
@@ -518,7 +536,6 @@ impl Manager {
         initial: &T,
     ) -> Result<ValueProxy<T>, Error> {
         self.named(name, Spec::Value(encode(initial)?))
-            .map(ValueProxy::of)
     }
 }
 

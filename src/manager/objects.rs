@@ -7,7 +7,7 @@
 //! that its client is still connected and the server is not stopping, so a
 //! client that dies while blocked frees its thread within one slice.
 
-use super::protocol::{Answer, Bytes, Fault, Op, Spec};
+use super::protocol::{add_encoded, Answer, Bytes, Fault, Op, Spec, Trampoline, Types};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,11 +23,16 @@ pub(crate) trait Caller {
     fn id(&self) -> ConnId;
     /// Whether the caller has gone (disconnected, or the server stops).
     fn gone(&self) -> bool;
+    /// Whether the caller runs this server's executable, so that a code
+    /// offset it sends names a function of ours (`update`).
+    fn runs_our_code(&self) -> bool;
 }
 
 pub(crate) struct Object {
     state: Mutex<State>,
     changed: Condvar,
+    /// The types of the proxy that made it.
+    pub(crate) types: Types,
 }
 
 /// A dict that keeps insertion order, as Python's does: keys to their
@@ -76,7 +81,7 @@ enum State {
 }
 
 impl Object {
-    pub(crate) fn new(spec: Spec) -> Result<Object, Fault> {
+    pub(crate) fn new(spec: Spec, types: Types) -> Result<Object, Fault> {
         let state = match spec {
             Spec::Dict => State::Dict(OrderedMap::default()),
             Spec::List(items) => State::List(items),
@@ -114,12 +119,13 @@ impl Object {
         Ok(Object {
             state: Mutex::new(state),
             changed: Condvar::new(),
+            types,
         })
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
         // A panic on the server is a bug; the state stays usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Whether this object's kind is `kind` (for named objects).
@@ -182,11 +188,7 @@ impl Object {
                     _ => return Err(Fault::Timeout),
                 },
             };
-            state = self
-                .changed
-                .wait_timeout(state, slice)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            state = crate::sync::unpoisoned(self.changed.wait_timeout(state, slice)).0;
             // Checked after each wake, before `ready` takes anything: a
             // client that died while waiting must not take a queue's item or
             // a lock that a live client could have.
@@ -294,7 +296,9 @@ impl Object {
                         "a bounded semaphore was released too many times".into(),
                     ));
                 }
-                *value += 1;
+                *value = value.checked_add(1).ok_or_else(|| {
+                    Fault::Invalid("the semaphore's count is at its largest (u64::MAX)".into())
+                })?;
             }
             _ => return Err(wrong("release")),
         }
@@ -323,7 +327,7 @@ impl Object {
                     ));
                 }
                 let ticket = *next;
-                *next += 1;
+                *next = next.wrapping_add(1); // tickets are compared, never ordered
                 waiters.push_back((ticket, false));
                 let depth = std::mem::take(&mut lock.depth);
                 lock.owner = None;
@@ -416,19 +420,25 @@ impl Object {
             Ok((Ok(()), _)) => Ok(Answer::Count(index)),
             Ok((Err(fault), _)) => Err(fault),
             Err(_) => {
-                // A waiter that times out breaks the barrier (Python's rule).
+                // A waiter that times out breaks the barrier (Python's rule):
+                // the others get `BrokenBarrier`; it gets `Timeout`, as with
+                // the heap's `Barrier`, so the caller can tell who gave up.
                 let mut state = self.lock_state();
                 if let State::Barrier {
-                    broken, generation, ..
+                    broken,
+                    generation,
+                    arrived,
+                    ..
                 } = &mut *state
                 {
                     if *generation != my_generation {
                         return Ok(Answer::Count(index));
                     }
                     *broken = true;
+                    *arrived = 0;
                 }
                 self.changed.notify_all();
-                Err(Fault::BrokenBarrier)
+                Err(Fault::Timeout)
             }
         }
     }
@@ -447,10 +457,13 @@ fn try_lock(lock: &mut LockState, me: ConnId) -> Option<Result<bool, Fault>> {
             lock.depth = 1;
             Some(Ok(true))
         }
-        Some(owner) if owner == me && lock.recursive => {
-            lock.depth += 1;
-            Some(Ok(true))
-        }
+        Some(owner) if owner == me && lock.recursive => Some(match lock.depth.checked_add(1) {
+            Some(depth) => {
+                lock.depth = depth;
+                Ok(true)
+            }
+            None => Err(Fault::Invalid("the lock is held too many times".into())),
+        }),
         Some(owner) if owner == me => Some(Err(Fault::Invalid(
             "this thread already holds the lock (a Lock is not re-entrant; use an RLock)".into(),
         ))),
@@ -470,6 +483,52 @@ fn index(i: i64, len: usize) -> Option<usize> {
 
 fn out_of_range(i: i64, len: usize) -> Fault {
     Fault::Invalid(format!("index {i} out of range for a list of {len}"))
+}
+
+/// Sets (`Some`) or removes (`None`) a dict's entry.
+fn dict_put(d: &mut OrderedMap, k: Bytes, v: Option<Bytes>) -> Result<(), Fault> {
+    match (d.index.get(&k), v) {
+        (Some(seq), Some(v)) => d.entries.get_mut(seq).expect("indexed entry").1 = v,
+        (Some(_), None) => {
+            let seq = d.index.remove(&k).expect("indexed entry");
+            d.entries.remove(&seq);
+        }
+        (None, Some(v)) => {
+            let seq = d.next;
+            d.next = d.next.checked_add(1).ok_or_else(|| {
+                Fault::Invalid("the dict has had too many entries (u64::MAX)".into())
+            })?;
+            d.index.insert(k.clone(), seq);
+            d.entries.insert(seq, (k, v));
+        }
+        (None, None) => {}
+    }
+    Ok(())
+}
+
+/// Runs a client's update function on `old`: only for a client of this
+/// executable (checked by the acceptor), whose code offsets name our code.
+fn run_update(
+    caller: &dyn Caller,
+    trampoline: u64,
+    func: u64,
+    old: Option<&[u8]>,
+) -> Result<Option<Bytes>, Fault> {
+    if !caller.runs_our_code() {
+        return Err(Fault::Invalid(
+            "update runs a function in the server: only local clients of the same executable \
+             may send one (fetch_add works for every client)"
+                .into(),
+        ));
+    }
+    let at = crate::task::code_at(trampoline);
+    // SAFETY: the caller runs this executable (the acceptor compared its
+    // `/proc/<pid>/exe` with ours) and proved it knows the key; its proxies
+    // send the code offset of a `Trampoline` monomorphized for the value
+    // type, which the object's type fingerprint (checked before this call)
+    // pins, and of a function of the type that trampoline casts to.
+    let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(at) };
+    trampoline(crate::task::code_at(func), old).map_err(Fault::Invalid)
 }
 
 /// The operations that never wait.
@@ -494,7 +553,9 @@ fn apply_now(state: &mut State, op: Op, caller: &dyn Caller) -> Result<Answer, F
             }
             None => {
                 let seq = d.next;
-                d.next += 1;
+                d.next = d.next.checked_add(1).ok_or_else(|| {
+                    Fault::Invalid("the dict has had too many entries (u64::MAX)".into())
+                })?;
                 d.index.insert(k.clone(), seq);
                 d.entries.insert(seq, (k, v));
                 Item(None)
@@ -592,6 +653,29 @@ fn apply_now(state: &mut State, op: Op, caller: &dyn Caller) -> Result<Answer, F
         (State::Value(v), Op::Store(new)) => {
             *v = new;
             Done
+        }
+        (State::Dict(d), Op::AddTo(Some(k), kind, delta)) => {
+            let old = d.index.get(&k).map(|seq| &d.entries[seq].1);
+            let (old, new) = add_encoded(old.map(Vec::as_slice), kind, &delta)?;
+            dict_put(d, k, Some(new))?;
+            Item(Some(old))
+        }
+        (State::Value(v), Op::AddTo(None, kind, delta)) => {
+            let (old, new) = add_encoded(Some(v), kind, &delta)?;
+            *v = new;
+            Item(Some(old))
+        }
+        (State::Dict(d), Op::Update(Some(k), trampoline, func)) => {
+            let old = d.index.get(&k).map(|seq| d.entries[seq].1.as_slice());
+            let new = run_update(caller, trampoline, func, old)?;
+            dict_put(d, k, new.clone())?;
+            Item(new)
+        }
+        (State::Value(v), Op::Update(None, trampoline, func)) => {
+            let new = run_update(caller, trampoline, func, Some(v))?
+                .ok_or_else(|| Fault::Invalid("an update of a value must give a value".into()))?;
+            *v = new.clone();
+            Item(Some(new))
         }
         (_, op) => return Err(wrong(op.name())),
     })

@@ -1,21 +1,28 @@
-//! The server process: binds the record's address, then serves each client
-//! connection on a thread of its own (std threads; a blocked `queue.get()`
-//! or `lock()` blocks only its client's thread).
+//! The server process: binds the record's address; one acceptor thread runs
+//! every handshake (non-blocking sockets under `poll`, a cap, a per-peer cap,
+//! a deadline each); each authenticated connection is then served on a
+//! thread of its own (std threads; a blocked `queue.get()` or `lock()`
+//! blocks only its client's thread).
 //!
-//! A connection is served only after it authenticated (`auth`), within the
-//! record's handshake timeout; until then nothing it sends is decoded. Any
-//! failure of one connection — a wrong key, garbage, a frame over the limit,
-//! a peer silent mid-frame, a peer that vanished — closes that connection
-//! alone, and releases the locks it held.
+//! On the local socket, a peer of another user (`SO_PEERCRED`; root
+//! excepted), or a process outside the program (not a descendant of the
+//! program's first process), is closed before anything is sent or read:
+//! knowing the key is not enough locally. Until a connection
+//! authenticated (`auth`) nothing it sends is decoded. Any failure of one
+//! connection — a wrong key, garbage, a frame over the limit, a frame not
+//! finished in time, a peer that vanished, a bug that panicked its thread —
+//! closes that connection alone, and releases the locks it held.
 
 use super::auth::{self, NONCE_BYTES};
 use super::endpoint::{self, Address, EndpointRecord, Stream, FAILED, READY};
 use super::frame::{self, FrameReader};
-use super::objects::{Caller, ConnId, Object, SLICE};
-use super::protocol::{Answer, Fault, Reply, Request, Spec};
+use super::lane::{self, Lane, Waited};
+use super::objects::{Caller, ConnId, Object};
+use super::protocol::{Answer, Fault, Reply, Request, Spec, Types};
 use std::collections::{HashMap, HashSet};
-use std::io;
-use std::net::TcpListener;
+use std::io::{self, Read};
+use std::net::{IpAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,30 +45,245 @@ enum Listener {
     Tcp(TcpListener),
 }
 
+/// Who a pending handshake comes from: a TCP peer's address (for the
+/// per-peer limit), or a local peer's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerKey {
+    Ip(IpAddr),
+    Pid(i32),
+}
+
 impl Listener {
     fn bind(address: &Address) -> io::Result<(Listener, u16)> {
-        match address {
+        let (listener, port) = match address {
             Address::Unix(name) => {
                 let addr = UnixAddr::from_abstract_name(name.as_bytes())?;
-                Ok((Listener::Unix(UnixListener::bind_addr(&addr)?), 0))
+                (Listener::Unix(UnixListener::bind_addr(&addr)?), 0)
             }
             Address::Tcp(addr) => {
                 let listener = TcpListener::bind(addr)?;
                 let port = listener.local_addr()?.port();
-                Ok((Listener::Tcp(listener), port))
+                (Listener::Tcp(listener), port)
             }
+        };
+        match &listener {
+            Listener::Unix(l) => l.set_nonblocking(true)?,
+            Listener::Tcp(l) => l.set_nonblocking(true)?,
+        }
+        Ok((listener, port))
+    }
+
+    /// The next connection waiting, if any, and who it comes from; a local
+    /// peer of another user (neither this server's user nor root) is closed
+    /// here, before a byte is sent or read.
+    fn accept(&self, root: i32) -> io::Result<Option<(Stream, PeerKey)>> {
+        let accepted = match self {
+            Listener::Unix(l) => l.accept().and_then(|(s, _)| {
+                let (pid, uid) = peer_credentials(s.as_raw_fd())?;
+                // SAFETY: a plain query of this process's user.
+                let me = unsafe { libc::geteuid() };
+                if !may_connect(uid, me) || !in_program(pid, root) {
+                    return Ok(None); // dropped: closed at once
+                }
+                Ok(Some((Stream::Unix(s), PeerKey::Pid(pid))))
+            }),
+            Listener::Tcp(l) => l.accept().and_then(|(s, addr)| {
+                s.set_nodelay(true)?;
+                Ok(Some((Stream::Tcp(s), PeerKey::Ip(addr.ip()))))
+            }),
+        };
+        match accepted {
+            Ok(Some(pair)) => Ok(Some(pair)),
+            // Refused peer: there may be more connections waiting.
+            Ok(None) => Err(io::ErrorKind::PermissionDenied.into()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
-    fn accept(&self) -> io::Result<Stream> {
+    fn fd(&self) -> RawFd {
         match self {
-            Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
-            Listener::Tcp(l) => l.accept().and_then(|(s, _)| {
-                s.set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
-            }),
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
         }
     }
+}
+
+/// The process and user at the other end of local socket `fd`
+/// (`SO_PEERCRED`: as they were when it connected).
+fn peer_credentials(fd: RawFd) -> io::Result<(i32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a writable ucred and `len` its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((cred.pid, cred.uid))
+}
+
+/// The parent of process `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses (which may hold anything): the
+    // state, then the parent's pid.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The program's first process, as this server sees it when it starts: the
+/// highest of its ancestors that runs the same executable (the manager's
+/// owner at least).
+fn program_root() -> i32 {
+    // SAFETY: a plain query.
+    let mut root = unsafe { libc::getppid() };
+    while let Some(up) = parent_of(root).filter(|&p| p > 1 && runs_our_executable(p)) {
+        root = up;
+    }
+    root
+}
+
+/// Whether process `pid` belongs to the program: it is `root` or descends
+/// from it (the kernel's parent links, which no process of the program can
+/// forge). A process of the program orphaned by an ancestor's exit is no
+/// longer one.
+fn in_program(pid: i32, root: i32) -> bool {
+    let mut at = pid;
+    for _ in 0..4096 {
+        if at == root {
+            return true;
+        }
+        match parent_of(at) {
+            Some(up) if up > 0 && up != at => at = up,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Whether process `pid` runs the same executable file as this one (same
+/// device and inode behind `/proc/<pid>/exe`).
+fn runs_our_executable(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |path: String| std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
+    match (id("/proc/self/exe".into()), id(format!("/proc/{pid}/exe"))) {
+        (Ok(ours), Ok(theirs)) => ours == theirs,
+        _ => false,
+    }
+}
+
+/// Whether a local peer running as `uid` may talk to a server running as
+/// `me`: the same user, or root (who could read the server's memory anyway).
+fn may_connect(uid: u32, me: u32) -> bool {
+    uid == me || uid == 0
+}
+
+/// At most this many TCP connections authenticate at once; a new one beyond
+/// it takes the place of the oldest.
+const MAX_PENDING: usize = 64;
+/// At most this many of them from one address; a new one beyond it takes
+/// the place of that address's oldest.
+const MAX_PENDING_PER_PEER: usize = 16;
+/// The longest the acceptor sleeps without looking at its deadlines.
+const ACCEPTOR_TICK: Duration = Duration::from_secs(1);
+
+/// A connection that has not authenticated yet: it costs the server a
+/// socket and these few bytes, no thread.
+struct Pending {
+    stream: Stream,
+    peer: PeerKey,
+    /// `None`: a timeout too large for `Instant` (no deadline).
+    deadline: Option<Instant>,
+    nonce: [u8; NONCE_BYTES],
+    got: [u8; frame::HEADER_BYTES + auth::HANDSHAKE_LIMIT],
+    len: usize,
+}
+
+/// What one read of a pending handshake came to.
+enum Progress {
+    More,
+    Passed,
+    Failed,
+}
+
+impl Pending {
+    /// Sends the challenge to a fresh connection (a few bytes into an empty
+    /// socket buffer: all or nothing).
+    fn start(stream: Stream, peer: PeerKey, server: &Server) -> Option<Pending> {
+        stream.set_nonblocking(true).ok()?;
+        let nonce = auth::random_bytes::<NONCE_BYTES>().ok()?;
+        send_now(&stream, &frame::frame_of(&auth::challenge(&nonce)))?;
+        Some(Pending {
+            stream,
+            peer,
+            deadline: crate::deadline::deadline(server.handshake_timeout),
+            nonce,
+            got: [0; frame::HEADER_BYTES + auth::HANDSHAKE_LIMIT],
+            len: 0,
+        })
+    }
+
+    /// Reads what has arrived; judges the answer once it is whole.
+    fn advance(&mut self, server: &Server) -> Progress {
+        loop {
+            let want = if self.len < frame::HEADER_BYTES {
+                frame::HEADER_BYTES
+            } else {
+                let mut header = [0u8; frame::HEADER_BYTES];
+                header.copy_from_slice(&self.got[..frame::HEADER_BYTES]);
+                let body = u32::from_le_bytes(header) as usize;
+                if body > auth::HANDSHAKE_LIMIT {
+                    return Progress::Failed;
+                }
+                frame::HEADER_BYTES + body
+            };
+            if self.len >= frame::HEADER_BYTES && self.len == want {
+                break;
+            }
+            match self.stream.read(&mut self.got[self.len..want]) {
+                Ok(0) => return Progress::Failed,
+                Ok(n) => self.len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::More,
+                Err(_) => return Progress::Failed,
+            }
+        }
+        let answer = &self.got[frame::HEADER_BYTES..self.len];
+        let limit = server.frame_limit as u32; // at most u32::MAX (the builder's cap)
+        let (verdict, passed) = auth::judge(&server.authkey, &self.nonce, answer, limit);
+        let sent = send_now(&self.stream, &frame::frame_of(&verdict)).is_some();
+        if sent && passed {
+            Progress::Passed
+        } else {
+            Progress::Failed
+        }
+    }
+}
+
+/// Sends `bytes` without waiting; `None` unless all of them went.
+fn send_now(stream: &Stream, bytes: &[u8]) -> Option<()> {
+    // SAFETY: sends from a live buffer on a socket we own.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    (n >= 0 && n as usize == bytes.len()).then_some(())
 }
 
 /// The server process's body (a [`Process`](crate::Process) function):
@@ -100,22 +322,124 @@ pub(crate) fn serve(endpoint_at: u64) {
         frame_limit: record.frame_limit as usize,
         handshake_timeout: record.handshake_timeout(),
     });
+    accept_forever(&listener, &server, program_root());
+}
+
+/// The acceptor: one thread runs every handshake at once over non-blocking
+/// sockets (`poll`), under a cap, a per-peer cap and each one's deadline; a
+/// connection gets a thread of its own only once it has authenticated. So a
+/// peer without the key costs the server at most a socket for one
+/// handshake timeout, and never a thread.
+fn accept_forever(listener: &Listener, server: &Arc<Server>, root: i32) {
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {
-        match listener.accept() {
-            Ok(stream) => {
-                let server = Arc::clone(&server);
-                // If no thread can be made, the connection is dropped: that
-                // client sees the server close, the others go on.
-                let _ = std::thread::Builder::new()
-                    .name("shmpool-manager-conn".into())
-                    .spawn(move || serve_connection(stream, &server));
+        let now = Instant::now();
+        pending.retain(|p| p.deadline.map_or(true, |d| d > now));
+        let wait = pending
+            .iter()
+            .filter_map(|p| p.deadline)
+            .min()
+            .map_or(ACCEPTOR_TICK, |d| d.saturating_duration_since(now))
+            .min(ACCEPTOR_TICK);
+        fds.clear();
+        fds.push(libc::pollfd {
+            fd: listener.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        fds.extend(pending.iter().map(|p| libc::pollfd {
+            fd: p.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        // Rounded up, so that a deadline is past when poll returns.
+        let ms = wait.as_micros().div_ceil(1000) as libc::c_int;
+        // SAFETY: `fds` is a live array of `fds.len()` pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n <= 0 {
+            continue; // timeout (deadlines above) or EINTR
+        }
+        // Handshakes first (their indexes are those of `fds[1..]`).
+        let mut done = Vec::new();
+        for (i, fd) in fds[1..].iter().enumerate() {
+            if fd.revents != 0 {
+                match pending[i].advance(server) {
+                    Progress::More => {}
+                    Progress::Passed => done.push((i, true)),
+                    Progress::Failed => done.push((i, false)),
+                }
             }
-            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
-                std::thread::sleep(SLICE); // out of descriptors: wait for some to close
+        }
+        for (i, passed) in done.into_iter().rev() {
+            let p = pending.swap_remove(i);
+            if passed {
+                start_connection(p.stream, p.peer, server);
             }
-            Err(_) => {}
+        }
+        if fds[0].revents != 0 {
+            accept_waiting(listener, server, root, &mut pending);
         }
     }
+}
+
+/// Accepts every connection waiting, making room under the caps.
+fn accept_waiting(listener: &Listener, server: &Server, root: i32, pending: &mut Vec<Pending>) {
+    loop {
+        let (stream, peer) = match listener.accept(root) {
+            Ok(Some(pair)) => pair,
+            Ok(None) => return,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => continue,
+            Err(e)
+                if e.raw_os_error() == Some(libc::EMFILE)
+                    || e.raw_os_error() == Some(libc::ENFILE) =>
+            {
+                // Out of descriptors: free the oldest handshake's, try later.
+                if !pending.is_empty() {
+                    pending.remove(0);
+                }
+                return;
+            }
+            Err(_) => return,
+        };
+        // The caps are for TCP peers: a local peer already proved it is a
+        // process of the program (a burst of its threads connecting at once
+        // must not evict one another). Oldest first: `pending` is in
+        // arrival order.
+        if let PeerKey::Ip(_) = peer {
+            let remote = |p: &&Pending| matches!(p.peer, PeerKey::Ip(_));
+            let from_peer = pending.iter().filter(|p| p.peer == peer).count();
+            if from_peer >= MAX_PENDING_PER_PEER {
+                if let Some(at) = pending.iter().position(|p| p.peer == peer) {
+                    pending.remove(at);
+                }
+            } else if pending.iter().filter(remote).count() >= MAX_PENDING {
+                if let Some(at) = pending.iter().position(|p| remote(&p)) {
+                    pending.remove(at);
+                }
+            }
+        }
+        if let Some(p) = Pending::start(stream, peer, server) {
+            pending.push(p);
+        }
+    }
+}
+
+/// Serves an authenticated connection on a thread of its own. If no thread
+/// can be made, the connection is dropped: that client sees the server
+/// close, the others go on.
+fn start_connection(stream: Stream, peer: PeerKey, server: &Arc<Server>) {
+    if stream.set_nonblocking(false).is_err() {
+        return;
+    }
+    let our_code = match peer {
+        PeerKey::Pid(pid) => runs_our_executable(pid),
+        PeerKey::Ip(_) => false,
+    };
+    let server = Arc::clone(server);
+    let _ = std::thread::Builder::new()
+        .name("shmpool-manager-conn".into())
+        .spawn(move || serve_connection(stream, our_code, &server));
 }
 
 fn fail(record: &EndpointRecord, e: &io::Error) {
@@ -129,6 +453,7 @@ fn fail(record: &EndpointRecord, e: &io::Error) {
 struct Peer<'a> {
     id: ConnId,
     stream: &'a Stream,
+    our_code: bool,
 }
 
 impl Caller for Peer<'_> {
@@ -139,15 +464,14 @@ impl Caller for Peer<'_> {
     fn gone(&self) -> bool {
         self.stream.peer_gone()
     }
+
+    fn runs_our_code(&self) -> bool {
+        self.our_code
+    }
 }
 
-fn serve_connection(mut stream: Stream, server: &Server) {
+fn serve_connection(mut stream: Stream, our_code: bool, server: &Server) {
     let mut reader = FrameReader::new();
-    if stream.set_read_timeout(Some(SLICE)).is_err()
-        || !authenticate(&mut stream, &mut reader, server)
-    {
-        return;
-    }
     // From now on an idle client may stay silent for ever: wake only every
     // `handshake_timeout` to check a frame begun and not finished.
     if stream
@@ -157,7 +481,11 @@ fn serve_connection(mut stream: Stream, server: &Server) {
         return;
     }
     let id = server.next_conn.fetch_add(1, Ordering::Relaxed);
-    let mut held: HashSet<u64> = HashSet::new();
+    let mut holdings = Holdings {
+        server,
+        id,
+        held: HashSet::new(),
+    };
     let mut out = Vec::new();
     // Idle between requests is fine (a proxy may wait long between calls);
     // a frame begun and not finished in time (two timeouts at most) is a
@@ -170,15 +498,21 @@ fn serve_connection(mut stream: Stream, server: &Server) {
     while let Ok(body) = reader.next(&mut stream, server.frame_limit, stalled) {
         let request = postcard::from_bytes::<Request>(body)
             .map_err(|e| Fault::Decode(format!("the request does not decode: {e}")));
-        let stop = matches!(request, Ok(Request::Shutdown));
-        let reply = request.and_then(|request| {
-            let peer = Peer {
-                id,
-                stream: &stream,
-            };
-            server.handle(request, &peer, &mut held)
-        });
-        encode_reply(&reply, server.frame_limit, &mut out);
+        if matches!(request, Ok(Request::Lane)) && matches!(stream, Stream::Unix(_)) {
+            let fd = stream.as_raw_fd();
+            match Lane::create() {
+                Ok((lane, memfd)) => {
+                    if lane::send_fd(fd, Some(memfd.as_raw_fd())).is_ok() {
+                        drop(memfd); // only the two mappings remain
+                        serve_lane(&lane, &mut stream, &mut reader, &mut holdings, our_code);
+                    }
+                    return;
+                }
+                Err(_) if lane::send_fd(fd, None).is_ok() => continue,
+                Err(_) => return,
+            }
+        }
+        let stop = respond(request, &stream, &mut holdings, our_code, &mut out);
         if stream.send(&out).is_err() {
             break;
         }
@@ -189,9 +523,97 @@ fn serve_connection(mut stream: Stream, server: &Server) {
             unsafe { libc::_exit(0) };
         }
     }
-    // Gone, however it went: free what it held.
-    for object in held.iter().filter_map(|at| server.object(*at).ok()) {
-        object.abandon(id);
+}
+
+/// Answers `request` into `out` (a whole frame); whether the server must
+/// stop once it is sent.
+fn respond(
+    request: Result<Request, Fault>,
+    stream: &Stream,
+    holdings: &mut Holdings<'_>,
+    our_code: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    let server = holdings.server;
+    let stop = matches!(request, Ok(Request::Shutdown));
+    let reply = request.and_then(|request| {
+        let peer = Peer {
+            id: holdings.id,
+            stream,
+            our_code,
+        };
+        server.handle(request, &peer, &mut holdings.held)
+    });
+    encode_reply(&reply, server.frame_limit, out);
+    stop
+}
+
+/// Serves a connection through its shared-memory lane until the client
+/// goes; a message too large for the lane travels on the socket.
+fn serve_lane(
+    lane: &Lane,
+    stream: &mut Stream,
+    reader: &mut FrameReader,
+    holdings: &mut Holdings<'_>,
+    our_code: bool,
+) {
+    let server = holdings.server;
+    let fd = stream.as_raw_fd();
+    let gone = || endpoint::fd_gone(fd);
+    let patience = server.handshake_timeout;
+    let stalled = |begun: Option<Instant>| match begun {
+        Some(at) if at.elapsed() > patience => Err(io::ErrorKind::TimedOut.into()),
+        _ => Ok(()),
+    };
+    let mut out = Vec::new();
+    loop {
+        let request = match lane.request(&gone) {
+            Waited::Message(Some(body)) => postcard::from_bytes::<Request>(&body),
+            Waited::Message(None) => match reader.next(stream, server.frame_limit, stalled) {
+                Ok(body) => postcard::from_bytes::<Request>(body),
+                Err(_) => return,
+            },
+            Waited::Timeout | Waited::Gone => return,
+        };
+        let request =
+            request.map_err(|e| Fault::Decode(format!("the request does not decode: {e}")));
+        let stop = respond(request, stream, holdings, our_code, &mut out);
+        let body = &out[frame::HEADER_BYTES..];
+        if body.len() <= lane::CAPACITY {
+            lane.answer(Some(body));
+        } else {
+            // Announced first: the client reads the socket only then, and a
+            // large frame does not fit in the socket's buffer.
+            lane.answer(None);
+            if stream.send(&out).is_err() {
+                return;
+            }
+        }
+        if stop {
+            // SAFETY: ends this process; the reply is in the client's mapping.
+            unsafe { libc::_exit(0) };
+        }
+    }
+}
+
+/// The locks one connection holds; dropped when its thread ends, however it
+/// ends (the client went, or a bug panicked the thread), it frees them: the
+/// next holder is told [`Fault::OwnerDied`].
+struct Holdings<'a> {
+    server: &'a Server,
+    id: ConnId,
+    held: HashSet<u64>,
+}
+
+impl Drop for Holdings<'_> {
+    fn drop(&mut self) {
+        for object in self
+            .held
+            .iter()
+            .filter_map(|at| self.server.object(*at).ok())
+        {
+            object.abandon(self.id);
+        }
     }
 }
 
@@ -211,50 +633,18 @@ fn encode_reply(reply: &Reply, limit: usize, out: &mut Vec<u8>) {
     }
 }
 
-/// The server half of `auth`'s exchange, within the handshake timeout.
-fn authenticate(stream: &mut Stream, reader: &mut FrameReader, server: &Server) -> bool {
-    let deadline = Instant::now() + server.handshake_timeout;
-    let Ok(nonce) = auth::random_bytes::<NONCE_BYTES>() else {
-        return false;
-    };
-    if stream
-        .send(&frame::frame_of(&auth::challenge(&nonce)))
-        .is_err()
-    {
-        return false;
-    }
-    let answer = reader.next(stream, auth::HANDSHAKE_LIMIT, |_| {
-        if Instant::now() >= deadline {
-            Err(io::ErrorKind::TimedOut.into())
-        } else {
-            Ok(())
-        }
-    });
-    let Ok(answer) = answer else {
-        return false;
-    };
-    let limit = server.frame_limit as u32; // at most u32::MAX (the builder's cap)
-    let (verdict, passed) = auth::judge(&server.authkey, &nonce, answer, limit);
-    stream.send(&frame::frame_of(&verdict)).is_ok() && passed
-}
-
 impl Server {
     fn object(&self, id: u64) -> Result<Arc<Object>, Fault> {
-        self.objects
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::unpoisoned(self.objects.read())
             .get(&id)
             .cloned()
             .ok_or_else(|| Fault::Invalid(format!("the manager holds no object {id}")))
     }
 
-    fn create(&self, spec: Spec) -> Result<u64, Fault> {
-        let object = Arc::new(Object::new(spec)?);
+    fn create(&self, spec: Spec, types: Types) -> Result<u64, Fault> {
+        let object = Arc::new(Object::new(spec, types)?);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.objects
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, object);
+        crate::sync::unpoisoned(self.objects.write()).insert(id, object);
         Ok(id)
     }
 
@@ -265,24 +655,37 @@ impl Server {
         held: &mut HashSet<u64>,
     ) -> Result<Answer, Fault> {
         match request {
-            Request::Create(spec) => self.create(spec).map(Answer::Id),
-            Request::Named(name, spec) => {
-                let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+            Request::Create(spec, types) => self.create(spec, types).map(Answer::Id),
+            Request::Named(name, spec, types) => {
+                let mut names = crate::sync::lock(&self.names);
                 if let Some(&id) = names.get(&name) {
-                    if !self.object(id)?.is(&spec) {
+                    let object = self.object(id)?;
+                    if !object.is(&spec) {
                         return Err(Fault::Invalid(format!(
                             "the manager's object {name:?} is not a {}",
                             spec.kind()
                         )));
                     }
+                    if object.types.fingerprint != types.fingerprint {
+                        return Err(Fault::TypeMismatch(format!(
+                            "the manager's object {name:?} is a {}, not a {}",
+                            object.types.names, types.names
+                        )));
+                    }
                     return Ok(Answer::Id(id));
                 }
-                let id = self.create(spec)?;
+                let id = self.create(spec, types)?;
                 names.insert(name, id);
                 Ok(Answer::Id(id))
             }
-            Request::Call(id, op) => {
+            Request::Call(id, fingerprint, op) => {
                 let object = self.object(id)?;
+                if object.types.fingerprint != fingerprint {
+                    return Err(Fault::TypeMismatch(format!(
+                        "the manager's object {id} is a {}; this proxy's types differ",
+                        object.types.names
+                    )));
+                }
                 object.apply(op, peer, &mut |holds| {
                     if holds {
                         held.insert(id);
@@ -292,6 +695,111 @@ impl Server {
                 })
             }
             Request::Shutdown => Ok(Answer::Done),
+            Request::Lane => Err(Fault::Invalid(
+                "a lane is for a local connection, once".into(),
+            )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::protocol::Op;
+
+    struct Client(ConnId);
+
+    impl Caller for Client {
+        fn id(&self) -> ConnId {
+            self.0
+        }
+        fn gone(&self) -> bool {
+            false
+        }
+        fn runs_our_code(&self) -> bool {
+            true
+        }
+    }
+
+    fn server() -> Server {
+        Server {
+            objects: RwLock::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            next_conn: AtomicU64::new(1),
+            authkey: b"k".to_vec(),
+            frame_limit: 1 << 20,
+            handshake_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn the_program_is_this_process_and_its_descendants() {
+        let me = std::process::id() as i32;
+        // SAFETY: a plain query.
+        let parent = unsafe { libc::getppid() };
+        assert!(in_program(me, me));
+        assert!(in_program(me, parent));
+        assert!(!in_program(parent, me));
+        assert!(!in_program(1, me));
+        assert!(!in_program(i32::MAX, me), "no such process");
+        assert_eq!(parent_of(me), Some(parent));
+    }
+
+    #[test]
+    fn only_the_same_user_or_root_may_connect() {
+        assert!(may_connect(1000, 1000));
+        assert!(may_connect(0, 1000));
+        assert!(!may_connect(1001, 1000));
+        assert!(!may_connect(65534, 0));
+        assert!(may_connect(0, 0));
+    }
+
+    #[test]
+    fn a_call_with_another_type_fingerprint_is_refused() {
+        let server = server();
+        let types = Types::new("ValueProxy").with::<u64>();
+        let id = server.create(Spec::Value(vec![7]), types.clone()).unwrap();
+        let object = server.object(id).unwrap();
+        assert_eq!(object.types, types);
+        let other = Types::new("ValueProxy").with::<i32>().fingerprint;
+        let stream = std::os::unix::net::UnixStream::pair().unwrap().0;
+        let stream = Stream::Unix(stream);
+        let peer = Peer {
+            id: 1,
+            stream: &stream,
+            our_code: false,
+        };
+        let mut held = HashSet::new();
+        let refused = server.handle(Request::Call(id, other, Op::Load), &peer, &mut held);
+        assert!(matches!(refused, Err(Fault::TypeMismatch(m)) if m.contains("u64")));
+        let served = server.handle(
+            Request::Call(id, types.fingerprint, Op::Load),
+            &peer,
+            &mut held,
+        );
+        assert_eq!(served, Ok(Answer::Item(Some(vec![7]))));
+    }
+
+    #[test]
+    fn a_panicking_connection_thread_releases_its_locks() {
+        let server = server();
+        let types = Types::new("LockProxy");
+        let id = server.create(Spec::Lock, types).unwrap();
+        let lock = server.object(id).unwrap();
+        let acquire = |who| lock.apply(Op::Acquire(Some(0)), &Client(who), &mut |_| {});
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut holdings = Holdings {
+                server: &server,
+                id: 1,
+                held: HashSet::new(),
+            };
+            assert_eq!(acquire(1), Ok(Answer::Flag(true)));
+            holdings.held.insert(id);
+            panic!("a bug in a connection thread");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(acquire(2), Err(Fault::OwnerDied));
+        assert_eq!(acquire(2), Ok(Answer::Flag(true)));
     }
 }

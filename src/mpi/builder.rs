@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Configures an MPI [`Pool`]; made by [`Pool::builder`]. Every rank runs
-/// the same program, so every rank builds with the same settings; each worker
-/// rank applies them to its own local pool.
+/// the same program, so every rank builds with the same settings; each rank
+/// applies them to its own local pool.
 ///
 /// ```no_run
 /// use std::time::Duration;
 /// let pool = shmpool::mpi::Pool::builder()
-///     .processes_per_rank(4)                    // local worker processes on each worker rank
+///     .processes_per_rank(4)                    // local worker processes on each rank
 ///     .retries(1)                               // a task whose worker died runs once more
 ///     .task_timeout(Duration::from_secs(60))
 ///     .build()?;
@@ -30,18 +30,35 @@ use std::time::Duration;
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct PoolBuilder {
     processes_per_rank: Option<usize>,
+    processes_on_rank_0: Option<usize>,
     retries: u32,
     task_timeout: Option<Duration>,
     start_method: Option<StartMethod>,
 }
 
 impl PoolBuilder {
-    /// The number of local worker processes on each worker rank. Default: the
+    /// The number of local worker processes on each rank. Default: the
     /// rank's share of its node's CPUs, that is the CPUs it is bound to if
-    /// mpirun bound it, else the node's CPUs divided among the worker ranks
-    /// on that node (at least 1).
+    /// mpirun bound it, else the node's CPUs divided among the ranks on that
+    /// node (at least 1).
     pub fn processes_per_rank(mut self, n: usize) -> Self {
         self.processes_per_rank = Some(n);
+        self
+    }
+
+    /// The number of local worker processes on rank 0, which runs tasks
+    /// between handing them out, so that a job with one rank per node leaves
+    /// no node idle. Default: as on the other ranks
+    /// ([`processes_per_rank`](Self::processes_per_rank)). Zero: rank 0 only
+    /// hands out tasks (the job then needs at least 2 ranks).
+    ///
+    /// ```no_run
+    /// // Rank 0's node also runs the program's own work: leave it alone.
+    /// let pool = shmpool::mpi::Pool::builder().processes_on_rank_0(0).build()?;
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn processes_on_rank_0(mut self, n: usize) -> Self {
+        self.processes_on_rank_0 = Some(n);
         self
     }
 
@@ -72,9 +89,10 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the pool: on rank 0, returns it; on every other rank, starts the
-    /// rank's local pool, serves tasks until rank 0's pool is dropped, then
-    /// returns `None`. Every rank of the job must call it (it is collective).
+    /// Starts the pool: every rank starts its local pool; on rank 0, returns
+    /// the pool; on every other rank, serves tasks until rank 0's pool is
+    /// dropped, then returns `None`. Every rank of the job must call it (it
+    /// is collective).
     ///
     /// If MPI is not initialized yet, this initializes it, and MPI is
     /// finalized when the pool is done (on rank 0 when it is dropped, on the
@@ -83,8 +101,9 @@ impl PoolBuilder {
     /// in rsmpi), the pool works on a duplicate of its world communicator and
     /// leaves MPI to the program, which may go on using it afterwards.
     ///
-    /// Fails with [`Error::InvalidArgument`] if the job has a single rank, or
-    /// if MPI cannot be called from several threads one at a time
+    /// Fails with [`Error::InvalidArgument`] if the job has a single rank and
+    /// rank 0 runs no tasks ([`processes_on_rank_0`](Self::processes_on_rank_0)),
+    /// or if MPI cannot be called from several threads one at a time
     /// (`MPI_THREAD_SERIALIZED`); with
     /// [`Error::StartFailed`] if a rank runs another binary than rank 0; with
     /// [`Error::RankFailed`] on rank 0 if a rank could not start its local
@@ -106,17 +125,20 @@ impl PoolBuilder {
         // messages.
         let comm = Comm::new(SimpleCommunicator::world().duplicate());
         let (rank, size) = (comm.rank(), comm.size());
-        if size < 2 {
+        let per_rank = self.processes_per_rank;
+        let on_rank_0 = self.processes_on_rank_0.or(per_rank);
+        if size < 2 && on_rank_0 == Some(0) {
             return Err(Error::invalid(
-                "an MPI pool needs at least 2 ranks (rank 0 hands out tasks, the \
-                 others run them): start the program with mpirun -n 3 or srun",
+                "an MPI pool whose rank 0 runs no tasks needs at least 2 ranks: \
+                 start the program with mpirun -n 3 or srun",
             ));
         }
         // Collective: every rank takes part, whatever its settings.
-        let share = default_processes(&comm);
-        let local = (rank != 0).then(|| {
+        let share = default_processes(&comm, on_rank_0 != Some(0));
+        let processes = if rank == 0 { on_rank_0 } else { per_rank }.unwrap_or(share);
+        let local = (processes > 0).then(|| {
             let mut local = crate::Pool::builder()
-                .processes(self.processes_per_rank.unwrap_or(share))
+                .processes(processes)
                 .retries(self.retries);
             if let Some(limit) = self.task_timeout {
                 local = local.task_timeout(limit);
@@ -138,7 +160,7 @@ impl PoolBuilder {
         let root = comm.world().process_at_rank(0);
         if rank != 0 {
             root.gather_into(&hello[..]);
-            let pool = local.expect("a worker rank")?;
+            let pool = local.expect("a worker rank has processes")?;
             let served = rank::serve(&comm, &pool);
             drop(pool);
             drop(comm);
@@ -147,6 +169,7 @@ impl PoolBuilder {
         }
         let mut all = vec![0u64; 2 * size as usize];
         root.gather_into_root(&hello[..], &mut all[..]);
+        let local = local.transpose();
         let check = (1..size as usize).try_for_each(|r| {
             if all[2 * r] != hello[0] {
                 Err(Error::StartFailed(format!(
@@ -162,32 +185,37 @@ impl PoolBuilder {
                 Ok(())
             }
         });
-        if let Err(e) = check {
-            for r in 1..size {
-                comm.send(r, STOP, &[]);
+        let local = match (check, local) {
+            (Ok(()), Ok(local)) => local,
+            (Err(e), _) | (_, Err(e)) => {
+                for r in 1..size {
+                    comm.send(r, STOP, &[]);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        let processes = all.chunks(2).skip(1).map(|h| h[1] as usize).sum();
+        };
+        let processes = all.chunks(2).map(|h| h[1] as usize).sum();
+        let computing = usize::from(local.is_some()) + size as usize - 1;
         Ok(Some(Pool {
             shared: Arc::new(Shared {
-                state: Mutex::new(Dispatcher::new(comm)),
+                state: Mutex::new(Dispatcher::new(comm, local)),
             }),
-            ranks: size as usize - 1,
+            ranks: computing,
             processes,
             universe,
         }))
     }
 }
 
-/// The default local pool size of this rank: its share of its node's CPUs.
+/// The default local pool size of this rank: its share of its node's CPUs,
+/// among the ranks there that compute (rank 0 too if `root_computes`).
 /// Collective over the world communicator: every rank calls it once.
-fn default_processes(comm: &Comm) -> usize {
+fn default_processes(comm: &Comm, root_computes: bool) -> usize {
     let node = comm.world().split_shared(comm.rank());
-    let is_root = i32::from(comm.rank() == 0);
-    let mut roots_here = 0i32;
-    node.all_reduce_into(&is_root, &mut roots_here, SystemOperation::sum());
-    let workers_here = (node.size() - roots_here).max(1) as usize;
+    let idle_root = i32::from(comm.rank() == 0 && !root_computes);
+    let mut idle_here = 0i32;
+    node.all_reduce_into(&idle_root, &mut idle_here, SystemOperation::sum());
+    let workers_here = (node.size() - idle_here).max(1) as usize;
     let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
     // SAFETY: sysconf has no preconditions.
     let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;

@@ -1,13 +1,17 @@
 //! The MPI calls the pool makes, on raw bytes: headers, payloads that lie in
-//! a caller's buffer, and a probe that waits without spinning a core.
+//! a caller's buffer, sends that complete in the background ([`Sending`]),
+//! and a probe that waits without spinning a core.
 //!
 //! Waiting is polled (`MPI_Improbe`) with a backoff, not a blocking
 //! `MPI_Mprobe`: Open MPI's blocking calls spin, and a rank spinning while its
 //! local worker processes compute would take a CPU from them.
 
-use mpi::datatype::{DynBuffer, DynBufferMut, Equivalence};
+use mpi::datatype::{DynBufferMut, Equivalence};
+use mpi::ffi;
 use mpi::point_to_point::{Destination, Message, Source, Status};
+use mpi::raw::AsRaw;
 use mpi::topology::{Communicator, SimpleCommunicator};
+use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -43,18 +47,44 @@ impl Comm {
         self.world.process_at_rank(to).send_with_tag(bytes, tag);
     }
 
-    /// Sends the `len` bytes at `ptr` to `to`.
+    /// Starts sending the `len` bytes at `ptr` to `to` and returns at once
+    /// (`MPI_Isend`): the caller goes on receiving while the receiver takes
+    /// the bytes, so two ranks sending to each other never wait on each
+    /// other.
     ///
     /// # Safety
     /// `ptr` points at `len` readable bytes (initialized or padding of `Pod`
     /// values: MPI copies them as they are, never reads them as Rust values),
-    /// valid until this returns; `len` fits an MPI count.
-    pub(crate) unsafe fn send_raw(&self, to: i32, tag: i32, ptr: *const u8, len: usize) {
-        let datatype = u8::equivalent_datatype();
-        // SAFETY: `len` bytes at `ptr`, alive for the call (contract); the
-        // count fits an int (contract).
-        let buf = unsafe { DynBuffer::from_raw(ptr, len as i32, datatype) };
-        self.world.process_at_rank(to).send_with_tag(&buf, tag);
+    /// which stay valid and unchanged until the returned [`Sending`] is
+    /// complete (it waits for that when dropped); `len` fits an MPI count.
+    pub(crate) unsafe fn isend_raw(
+        &self,
+        to: i32,
+        tag: i32,
+        ptr: *const u8,
+        len: usize,
+    ) -> Sending {
+        let mut request = MaybeUninit::<ffi::MPI_Request>::uninit();
+        // SAFETY: `len` bytes at `ptr` that outlive the request (contract);
+        // the communicator and datatype are live handles; MPI writes the
+        // request handle before it returns.
+        unsafe {
+            ffi::MPI_Isend(
+                ptr.cast(),
+                len as i32,
+                u8::equivalent_datatype().as_raw(),
+                to,
+                tag,
+                self.world.as_raw(),
+                request.as_mut_ptr(),
+            );
+        }
+        Sending {
+            // SAFETY: written by MPI_Isend (MPI aborts the job on an error,
+            // its default handler, rather than return without it).
+            request: unsafe { request.assume_init() },
+            done: false,
+        }
     }
 
     /// The next message from `from` (any rank if `None`) with `tag` (any if
@@ -84,6 +114,47 @@ impl Comm {
             }
             backoff.snooze();
         }
+    }
+}
+
+/// A send in progress ([`Comm::isend_raw`]); its bytes are MPI's until
+/// [`test`](Sending::test) says it is complete. Dropping it waits for that.
+pub(crate) struct Sending {
+    request: ffi::MPI_Request,
+    done: bool,
+}
+
+// SAFETY: an MPI request handle is an opaque value; like `Comm`, it is used
+// by one thread at a time (MPI_THREAD_SERIALIZED).
+unsafe impl Send for Sending {}
+
+impl Sending {
+    /// Whether the send is complete (the bytes are free again); progresses
+    /// MPI.
+    pub(crate) fn test(&mut self) -> bool {
+        if !self.done {
+            let mut flag = 0;
+            // SAFETY: a request from MPI_Isend, not yet completed (`done`),
+            // so not yet freed; MPI_Test frees it when it reports completion.
+            unsafe { ffi::MPI_Test(&mut self.request, &mut flag, ffi::RSMPI_STATUS_IGNORE) };
+            self.done = flag != 0;
+        }
+        self.done
+    }
+
+    /// Waits until the send is complete, without spinning a core.
+    pub(crate) fn wait(&mut self) {
+        let mut backoff = Backoff::new();
+        while !self.test() {
+            backoff.snooze();
+        }
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        // The bytes may not be freed while MPI still reads them.
+        self.wait();
     }
 }
 

@@ -1,6 +1,6 @@
 //! One pool over the ranks of an MPI job (feature `mpi`): rank 0 hands out
-//! tasks, every other rank runs them in a local [`crate::Pool`] of worker
-//! processes.
+//! tasks, and every rank, rank 0 included, runs them in a local
+//! [`crate::Pool`] of worker processes.
 //!
 //! The shape is mpi4py's `MPICommExecutor`
 //! (<https://mpi4py.readthedocs.io/en/stable/mpi4py.futures.html>): every
@@ -30,8 +30,14 @@
 //!   pool ([`PoolBuilder::processes_per_rank`] processes), straight from the
 //!   pool's shared memory: MPI receives the input there and sends the output
 //!   from there.
-//! * **Dynamic.** A rank gets its next task when it returns its last one, so a
-//!   fast rank takes more.
+//! * **Every rank computes.** Rank 0 runs tasks in its own local pool
+//!   ([`PoolBuilder::processes_on_rank_0`]) between handing them out, on the
+//!   caller's memory where its local workers can reach it; with one rank per
+//!   node, no node is idle.
+//! * **Dynamic, with work in flight.** Each rank has up to two tasks: it
+//!   receives the next and sends back the last while its local workers
+//!   compute one. A rank gets another task when it returns one, so a fast
+//!   rank takes more.
 //! * **Crashes stay local.** A task that segfaults, aborts or panics takes
 //!   down only a local worker process of its rank; the call fails with
 //!   [`Error::WorkerDied`] or [`Error::TaskPanicked`] (or is retried, see
@@ -50,12 +56,14 @@
 //! * `comm`: the MPI calls on raw bytes, and waiting without spinning
 //! * `dispatch`: rank 0's scheduler
 //! * `rank`: a worker rank's loop
+//! * `local`: a task in a rank's local pool, polled without waiting
 //! * `builder`, `result`, `imap`: the public types
 
 mod builder;
 mod comm;
 mod dispatch;
 mod imap;
+mod local;
 mod protocol;
 mod rank;
 mod result;
@@ -66,9 +74,7 @@ pub use result::AsyncResult;
 
 use crate::error::Error;
 use crate::pool::schedule::{default_chunksize, Elem};
-use crate::task::{
-    apply_entry, assert_stateless, map_entry, starmap_entry, Entry, EntryPoint, Task,
-};
+use crate::task::{apply_entry, map_entry, starmap_entry, ApplyInput, Entry, EntryPoint, Task};
 use crate::{Pod, StartMethod};
 use comm::Backoff;
 use dispatch::{Dispatcher, Input, Output, Pending};
@@ -78,10 +84,10 @@ use std::mem::{size_of, MaybeUninit};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-/// A pool whose tasks run on the worker ranks of an MPI job; exists on rank
-/// 0 only (see the [module docs](self)).
+/// A pool whose tasks run on the ranks of an MPI job; exists on rank 0 only
+/// (see the [module docs](self)).
 ///
-/// Dropping it waits for the tasks the ranks are running (at most one per
+/// Dropping it waits for the tasks the ranks are running (at most two per
 /// rank), drops the queued ones (their handles return
 /// [`Error::Terminated`]), stops every worker rank, and finalizes MPI if
 /// the pool initialized it ([`PoolBuilder::build`]).
@@ -99,7 +105,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Dispatcher> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Drives the dispatcher until `f` finds what it waits for, or until
@@ -157,17 +163,18 @@ impl Pool {
         PoolBuilder::default()
     }
 
-    /// The number of worker ranks (the job's ranks but rank 0).
+    /// The number of ranks that run tasks: the job's ranks (rank 0 among
+    /// them unless [`PoolBuilder::processes_on_rank_0`] was 0).
     pub fn ranks(&self) -> usize {
         self.ranks
     }
 
-    /// The number of local worker processes, over all worker ranks.
+    /// The number of local worker processes, over all ranks.
     pub fn processes(&self) -> usize {
         self.processes
     }
 
-    /// Calls `f(args...)` on a worker rank and waits for the result
+    /// Calls `f(args...)` on a rank and waits for the result
     /// ([`crate::Pool::apply`]).
     pub fn apply<F, Args>(&self, f: F, args: Args) -> Result<F::Output, Error>
     where
@@ -178,8 +185,8 @@ impl Pool {
     }
 
     /// Submits `f(args...)` and returns at once with a handle to the result
-    /// ([`crate::Pool::apply_async`]). The task goes to the first rank that
-    /// is free.
+    /// ([`crate::Pool::apply_async`]). The task goes to the rank with the
+    /// fewest tasks (a worker rank before rank 0 on a tie).
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -193,14 +200,14 @@ impl Pool {
     /// }
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn apply_async<F, Args>(&self, _f: F, args: Args) -> Result<AsyncResult<F::Output>, Error>
+    pub fn apply_async<F, Args>(&self, f: F, args: Args) -> Result<AsyncResult<F::Output>, Error>
     where
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_stateless::<F>() };
+        let args: ApplyInput<F, Args> = (f.bind()?, args);
         let entry = entry_point(apply_entry::<F, Args>)?;
-        let (input, output) = (Elem::of::<Args>(), Elem::of::<F::Output>());
+        let (input, output) = (Elem::of::<ApplyInput<F, Args>>(), Elem::of::<F::Output>());
         let mut d = self.shared.lock();
         if d.stopped() {
             return Err(Error::Closed);
@@ -215,7 +222,7 @@ impl Pool {
         Ok(AsyncResult::new(Arc::clone(&self.shared), id))
     }
 
-    /// Applies `f` to every element of `items` on the worker ranks; results in
+    /// Applies `f` to every element of `items` on the ranks; results in
     /// order ([`crate::Pool::map`]). The slice is cut into chunks of
     /// `ceil(len / (4 * processes))` elements (CPython's default, over the
     /// processes of all ranks).
@@ -225,7 +232,7 @@ impl Pool {
     /// the chunks already running have come back.
     pub fn map<F, T, U>(&self, f: F, items: &[T]) -> Result<Vec<U>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,), Output = U>,
         T: Pod,
         U: Pod,
     {
@@ -242,12 +249,12 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Vec<U>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,), Output = U>,
         T: Pod,
         U: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = entry_point(map_entry::<F, T, U>)?;
+        const { assert_function_item::<F>() };
+        let entry = entry_point(map_entry::<F, T>)?;
         self.map_typed(entry, items, chunksize)
     }
 
@@ -257,7 +264,7 @@ impl Pool {
     /// ([`Error::InvalidArgument`] otherwise).
     pub fn map_into<F, T, U>(&self, f: F, input: &[T], output: &mut [U]) -> Result<(), Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,), Output = U>,
         T: Pod,
         U: Pod,
     {
@@ -273,11 +280,11 @@ impl Pool {
         chunksize: usize,
     ) -> Result<(), Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,), Output = U>,
         T: Pod,
         U: Pod,
     {
-        const { assert_stateless::<F>() };
+        const { assert_function_item::<F>() };
         if input.len() != output.len() {
             return Err(Error::invalid(format!(
                 "map_into: input has {} elements, output {}",
@@ -285,7 +292,7 @@ impl Pool {
                 output.len()
             )));
         }
-        let entry = entry_point(map_entry::<F, T, U>)?;
+        let entry = entry_point(map_entry::<F, T>)?;
         // SAFETY: `input` holds `len` T's, `output` room for `len` U's; both
         // borrowed for the call, and `&mut` keeps them apart.
         unsafe {
@@ -330,7 +337,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_stateless::<F>() };
+        const { assert_function_item::<F>() };
         let entry = entry_point(starmap_entry::<F, Args>)?;
         self.map_typed(entry, items, chunksize)
     }
@@ -339,7 +346,7 @@ impl Pool {
     /// come ([`crate::Pool::imap`]); one item per task.
     pub fn imap<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,), Output = U>,
         I: IntoIterator,
         I::Item: Pod,
         U: Pod,
@@ -355,13 +362,13 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Imap<I::IntoIter, U>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,), Output = U>,
         I: IntoIterator,
         I::Item: Pod,
         U: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = entry_point(map_entry::<F, I::Item, U>)?;
+        const { assert_function_item::<F>() };
+        let entry = entry_point(map_entry::<F, I::Item>)?;
         self.imap_new(entry, items, chunksize, true)
     }
 
@@ -384,7 +391,7 @@ impl Pool {
     /// ```
     pub fn imap_unordered<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,), Output = U>,
         I: IntoIterator,
         I::Item: Pod,
         U: Pod,
@@ -401,13 +408,13 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Imap<I::IntoIter, U>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,), Output = U>,
         I: IntoIterator,
         I::Item: Pod,
         U: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = entry_point(map_entry::<F, I::Item, U>)?;
+        const { assert_function_item::<F>() };
+        let entry = entry_point(map_entry::<F, I::Item>)?;
         self.imap_new(entry, items, chunksize, false)
     }
 
@@ -435,7 +442,7 @@ impl Pool {
             entry,
             chunksize,
             ordered,
-            2 * self.ranks,
+            protocol::IN_FLIGHT * self.ranks,
         ))
     }
 
@@ -473,8 +480,9 @@ impl Pool {
         Ok(out)
     }
 
-    /// `dst[i] = f(src[i])` over the worker ranks, chunk by chunk, each chunk
-    /// sent from `src` and received into `dst` where they lie.
+    /// `dst[i] = f(src[i])` over the ranks, chunk by chunk, each chunk sent
+    /// from `src` and received into `dst` where they lie (or, on rank 0, run
+    /// there).
     ///
     /// # Safety
     /// `src` holds `len` input elements and `dst` has room for `len` output
@@ -511,7 +519,7 @@ impl Pool {
         loop {
             d.assign();
             while error.is_none() && next < chunks {
-                let Some(rank) = d.idle_rank() else { break };
+                let Some(rank) = d.free_rank() else { break };
                 let start = next * chunksize;
                 let n = chunksize.min(len - start);
                 let id = d.next_id();
@@ -524,12 +532,13 @@ impl Pool {
                 };
                 // SAFETY: elements [start, start + n) of `src` and `dst`
                 // (contract); this call keeps the mutex, so it receives the
-                // chunk itself before it returns.
+                // chunk, and waits for the sends of its data, before it
+                // returns.
                 unsafe { d.send(rank, task) };
                 mine.insert(id);
                 next += 1;
             }
-            if mine.is_empty() && (next == chunks || error.is_some()) {
+            if mine.is_empty() && (next == chunks || error.is_some()) && !d.sending() {
                 break;
             }
             match d.receive() {
@@ -610,4 +619,14 @@ fn from_bytes<T: Pod>(bytes: &[u8], n: usize) -> Vec<T> {
         // contract).
         .map(|i| unsafe { bytes.as_ptr().add(i * size).cast::<T>().read_unaligned() })
         .collect()
+}
+
+/// Maps over MPI run function items only: their chunks carry no bound
+/// values across the ranks yet.
+const fn assert_function_item<F>() {
+    assert!(
+        std::mem::size_of::<F>() == 0,
+        "shmpool::mpi: maps run function items and non-capturing closures; \
+         `partial` and `fn` pointers are supported by `apply` and by the local `shmpool::Pool`"
+    );
 }

@@ -12,9 +12,13 @@
 //!   STOP        empty                  ->   the rank drops its pool, returns None
 //! ```
 //!
-//! Rank 0 sends a rank its next task only after it has received the rank's
-//! last result, so each rank has at most one task, and every blocking send
-//! finds its receiver waiting (see `docs/ARCHITECTURE.md`, "MPI").
+//! Rank 0 keeps up to [`IN_FLIGHT`] tasks on each worker rank: it sends a
+//! rank another task only while the rank has fewer, so the rank always has a
+//! stage to receive it into. A rank answers its tasks in the order they came.
+//! Neither side waits on the other with a send outstanding: a worker rank
+//! sends only with `MPI_Isend` and goes on receiving; rank 0 sends task data
+//! with `MPI_Isend` and goes on receiving results, and its only blocking sends
+//! are headers, which a rank that never blocks always comes to receive.
 
 use crate::error::Error;
 use crate::pool::schedule::Elem;
@@ -30,6 +34,10 @@ pub(crate) const RESULT: i32 = 3;
 pub(crate) const RESULT_DATA: i32 = 4;
 /// Rank 0 to a worker: no more tasks; an empty message.
 pub(crate) const STOP: i32 = 5;
+
+/// The tasks rank 0 keeps on each rank (its own local pool included): one
+/// computes while the next is received and the last one's result sent.
+pub(crate) const IN_FLIGHT: usize = 2;
 
 /// The most bytes one message carries: MPI counts are `int`s. Maps cut their
 /// chunks below it.

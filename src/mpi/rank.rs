@@ -1,59 +1,187 @@
-//! What a worker rank does: receive a task from rank 0, run it in the rank's
-//! local [`Pool`](crate::Pool), send the result back; until STOP.
+//! What a worker rank does: receive tasks from rank 0, run them in the rank's
+//! local [`Pool`](crate::Pool), send the results back in the order the tasks
+//! came; until STOP.
 //!
-//! The task's input is received straight into the local pool's shared
-//! segment and its output is computed there, so the local workers read and
-//! write the data where it lies, and MPI sends it from there: the only copies
-//! are MPI's own.
+//! Rank 0 keeps up to [`IN_FLIGHT`] tasks on each rank, and this loop never
+//! blocks on one of them: while the local workers compute a task, it receives
+//! the next one and sends the last result (`MPI_Isend`), polling both MPI and
+//! the task slots of its local pool. Each task in flight has its own
+//! [`Stage`] in the local pool's segment: MPI receives the input there, the
+//! local workers read and write it where it lies, and MPI sends the output
+//! from there, so the only copies are MPI's own.
 
-use super::comm::{self, bytes_of, Comm};
-use super::protocol::{ResultHeader, TaskHeader, RESULT, RESULT_DATA, STOP, TASK, TASK_DATA};
+use super::comm::{self, bytes_of, Backoff, Comm, Sending};
+use super::local::{Finished, LocalTask, Stage};
+use super::protocol::{
+    ResultHeader, TaskHeader, IN_FLIGHT, RESULT, RESULT_DATA, STOP, TASK, TASK_DATA,
+};
 use crate::error::Error;
-use crate::pool::schedule::{self, MapCall};
 use crate::task::EntryPoint;
-use crate::{Pool, SharedVec, StartMethod};
+use crate::{Pool, StartMethod};
+use std::collections::VecDeque;
 
 /// Serves tasks from rank 0 in `pool` until rank 0 says STOP.
 pub(crate) fn serve(comm: &Comm, pool: &Pool) -> Result<(), Error> {
-    let mut buffers = Buffers::new(pool)?;
+    let mut free: Vec<Stage> = (0..IN_FLIGHT)
+        .map(|_| Stage::new(pool))
+        .collect::<Result<_, _>>()?;
+    let mut running: VecDeque<Running> = VecDeque::new();
+    let mut sending: Vec<Reply> = Vec::new();
+    let mut backoff = Backoff::new();
     loop {
-        let (msg, status) = comm.probe(Some(0), None);
-        match status.tag() {
-            STOP => {
-                comm::discard(msg, &status);
-                return Ok(());
+        let mut progress = false;
+        // A reply rank 0 has taken gives its stage back.
+        let mut i = 0;
+        while i < sending.len() {
+            if sending[i].test() {
+                free.push(sending.swap_remove(i).into_stage());
+                progress = true;
+            } else {
+                i += 1;
             }
-            TASK => {
-                let (id, outcome) = match comm::receive_header::<TaskHeader>(msg, &status) {
-                    Ok(header) => (header.id, run(comm, pool, &mut buffers, &header)),
-                    Err(bytes) => (
-                        0,
-                        Err(Error::invalid(format!("a task header of {bytes} bytes"))),
-                    ),
-                };
-                reply(comm, id, outcome, &buffers);
+        }
+        // Results go back in the order the tasks came (rank 0 checks it).
+        while running.front_mut().is_some_and(|r| r.poll(pool)) {
+            let done = running.pop_front().expect("checked");
+            sending.push(Reply::send(comm, pool, done));
+            progress = true;
+        }
+        // Rank 0 sends a task only to a rank with fewer than IN_FLIGHT, and
+        // only after it received the reply that frees a stage here; until
+        // that reply's send completes, the message waits.
+        if let Some(stage) = free.pop() {
+            match comm.try_probe(Some(0), None) {
+                None => free.push(stage),
+                Some((msg, status)) => {
+                    progress = true;
+                    match status.tag() {
+                        STOP => {
+                            comm::discard(msg, &status);
+                            free.push(stage);
+                            break;
+                        }
+                        TASK => {
+                            running.push_back(Running::receive(comm, pool, stage, msg, &status))
+                        }
+                        // Data after a header this rank refused, or a stray:
+                        // MPI knows its length, so it is drained without
+                        // trusting anything.
+                        _ => {
+                            comm::discard(msg, &status);
+                            free.push(stage);
+                        }
+                    }
+                }
             }
-            // Data after a header this rank refused, or a stray: MPI knows
-            // its length, so it is drained without trusting anything.
-            _ => comm::discard(msg, &status),
+        }
+        if progress {
+            backoff = Backoff::new();
+        } else {
+            backoff.snooze();
+        }
+    }
+    // Rank 0 stops a rank only once it has every result, so nothing runs;
+    // the replies' sends complete as they are dropped.
+    for task in running {
+        task.wait(pool);
+    }
+    drop(sending);
+    Ok(())
+}
+
+/// A task this rank received, in its stage.
+struct Running {
+    id: u64,
+    stage: Stage,
+    out_bytes: usize,
+    state: State,
+}
+
+enum State {
+    Computing(LocalTask),
+    /// Refused or failed before it ran; the reply says why.
+    Failed(Error),
+}
+
+impl Running {
+    /// Receives the task announced by the TASK message `msg` (and its input)
+    /// into `stage`, and starts it in the local pool.
+    fn receive(
+        comm: &Comm,
+        pool: &Pool,
+        mut stage: Stage,
+        msg: mpi::point_to_point::Message,
+        status: &mpi::point_to_point::Status,
+    ) -> Running {
+        let header = match comm::receive_header::<TaskHeader>(msg, status) {
+            Ok(header) => header,
+            Err(bytes) => {
+                return Running {
+                    id: 0,
+                    stage,
+                    out_bytes: 0,
+                    state: State::Failed(Error::invalid(format!("a task header of {bytes} bytes"))),
+                }
+            }
+        };
+        let (out_bytes, state) = match start(comm, pool, &mut stage, &header) {
+            Ok((out_bytes, task)) => (out_bytes, State::Computing(task)),
+            Err(e) => (0, State::Failed(e)),
+        };
+        Running {
+            id: header.id,
+            stage,
+            out_bytes,
+            state,
+        }
+    }
+
+    /// Collects what the local workers finished; `true` once the task ended.
+    fn poll(&mut self, pool: &Pool) -> bool {
+        match &mut self.state {
+            State::Computing(task) => task.poll(pool.core()),
+            State::Failed(_) => true,
+        }
+    }
+
+    /// How the task ended (`Ok(bytes of output)` in the stage); once
+    /// [`poll`](Self::poll) returned `true`.
+    fn outcome(state: State, out_bytes: usize, pool: &Pool) -> Result<usize, Error> {
+        match state {
+            State::Computing(task) => match task.finish(pool.core()) {
+                Finished::Ok => Ok(out_bytes),
+                Finished::Failed(e) => Err(e),
+                // Only a caller's memory can be refused, never the segment.
+                Finished::Refused => Err(Error::invalid(
+                    "a local worker was refused its own pool's segment",
+                )),
+            },
+            State::Failed(e) => Err(e),
+        }
+    }
+
+    fn wait(self, pool: &Pool) {
+        if let State::Computing(task) = self.state {
+            task.wait(pool.core());
         }
     }
 }
 
-/// Runs one task; `Ok(bytes of output)` in `buffers.output`.
-fn run(
+/// Checks `header`, receives its input into `stage` and starts the task;
+/// its bytes of output and the task.
+fn start(
     comm: &Comm,
     pool: &Pool,
-    buffers: &mut Buffers,
+    stage: &mut Stage,
     header: &TaskHeader,
-) -> Result<usize, Error> {
+) -> Result<(usize, LocalTask), Error> {
     let task = header.check().map_err(Error::invalid)?;
     // The entry point must be code of this executable; rank 0 runs the same
     // binary (checked when the pool started), so its offset means the same
     // function here.
     let entry = crate::start::check_code(StartMethod::Spawn, crate::task::code_at(header.entry))
         .map(EntryPoint)?;
-    buffers.reserve(pool, task.in_bytes, task.out_bytes)?;
+    stage.reserve(pool, task.in_bytes, task.out_bytes)?;
     if task.in_bytes > 0 {
         let (msg, status) = comm.probe(Some(0), Some(TASK_DATA));
         let got = bytes_of(&status);
@@ -64,77 +192,88 @@ fn run(
                 task.in_bytes
             )));
         }
-        // SAFETY: the input buffer holds at least `in_bytes` bytes (reserved
-        // above) that no local worker touches between tasks; the count is
-        // below MAX_MESSAGE (checked).
-        unsafe { comm::receive_raw(msg, buffers.input.as_mut_ptr(), task.in_bytes) };
+        // SAFETY: the stage's input holds at least `in_bytes` bytes (reserved
+        // above) that no local worker touches while the stage is free; the
+        // count is below MAX_MESSAGE (checked).
+        unsafe { comm::receive_raw(msg, stage.input_ptr(), task.in_bytes) };
     }
-    let call = MapCall {
-        entry,
-        input: task.input,
-        output: task.output,
-        chunksize: schedule::default_chunksize(task.len, pool.processes()),
-        in_place: false,
-        context: &[],
-    };
+    let (src, dst) = stage.places(pool);
     // Rank 0 built the header from the same types it instantiated the entry
     // point with, in the same binary, so `entry` maps elements of exactly
     // these sizes.
-    // SAFETY: `len` inputs just received and room for `len` outputs, in the
-    // pool's segment, 64-aligned, apart, used only by this call.
-    unsafe {
-        schedule::map_raw(
+    // SAFETY: `len` inputs just received and room for `len` outputs in the
+    // stage, in the pool's segment, 64-aligned, apart; the stage belongs to
+    // this task until its reply is sent.
+    let running = unsafe {
+        LocalTask::start(
             pool.core(),
-            buffers.input.as_ptr(),
-            buffers.output.as_mut_ptr(),
+            entry,
+            task.input,
+            task.output,
             task.len,
-            call,
+            src,
+            dst,
         )
-    }?;
-    Ok(task.out_bytes)
+    };
+    Ok((task.out_bytes, running))
 }
 
-/// Sends how task `id` ended: the header, then its output or message.
-fn reply(comm: &Comm, id: u64, outcome: Result<usize, Error>, buffers: &Buffers) {
-    let (header, message) = ResultHeader::new(id, outcome.as_ref().map(|&b| b));
-    comm.send(0, RESULT, zerocopy::IntoBytes::as_bytes(&header));
-    match outcome {
-        Ok(0) => {}
-        Ok(bytes) => {
-            // SAFETY: the output buffer holds the task's `bytes` output bytes,
-            // just written by the local map; below MAX_MESSAGE (checked).
-            unsafe { comm.send_raw(0, RESULT_DATA, buffers.output.as_ptr(), bytes) };
-        }
-        Err(_) if message.is_empty() => {}
-        Err(_) => comm.send(0, RESULT_DATA, &message),
-    }
+/// A result on its way to rank 0: the sends in progress, and what they read.
+struct Reply {
+    /// Declared first: dropped (completed) before the bytes they read.
+    sends: Vec<Sending>,
+    _header: Box<ResultHeader>,
+    _message: Vec<u8>,
+    stage: Stage,
 }
 
-/// The rank's input and output areas in its local pool's segment, grown to
-/// the largest task seen.
-struct Buffers {
-    input: SharedVec<u8>,
-    output: SharedVec<u8>,
-}
-
-impl Buffers {
-    const MIN: usize = 4096;
-
-    fn new(pool: &Pool) -> Result<Buffers, Error> {
-        Ok(Buffers {
-            input: SharedVec::zeroed(pool, Self::MIN)?,
-            output: SharedVec::zeroed(pool, Self::MIN)?,
-        })
-    }
-
-    fn reserve(&mut self, pool: &Pool, in_bytes: usize, out_bytes: usize) -> Result<(), Error> {
-        for (buf, bytes) in [(&mut self.input, in_bytes), (&mut self.output, out_bytes)] {
-            if buf.len() < bytes {
-                // Freed first, so that the arena can reuse the space.
-                *buf = SharedVec::zeroed(pool, Self::MIN)?;
-                *buf = SharedVec::zeroed(pool, bytes.next_power_of_two())?;
+impl Reply {
+    /// Starts sending how `task` ended: the header, then its output or message.
+    fn send(comm: &Comm, pool: &Pool, task: Running) -> Reply {
+        let Running {
+            id,
+            stage,
+            out_bytes,
+            state,
+        } = task;
+        let outcome = Running::outcome(state, out_bytes, pool);
+        let (header, message) = ResultHeader::new(id, outcome.as_ref().map(|&b| b));
+        let header = Box::new(header);
+        let bytes = zerocopy::IntoBytes::as_bytes(&*header);
+        // SAFETY: the header lives in its box, kept with the send in `Reply`
+        // until the send completes.
+        let mut sends = vec![unsafe { comm.isend_raw(0, RESULT, bytes.as_ptr(), bytes.len()) }];
+        match outcome {
+            Ok(0) => {}
+            Ok(bytes) => {
+                // SAFETY: the stage's output holds the task's `bytes` output
+                // bytes, just written by the local workers; below MAX_MESSAGE
+                // (checked); the stage is kept with the send.
+                sends.push(unsafe { comm.isend_raw(0, RESULT_DATA, stage.output_ptr(), bytes) });
+            }
+            Err(_) if message.is_empty() => {}
+            Err(_) => {
+                // SAFETY: the message vector is kept with the send.
+                sends.push(unsafe {
+                    comm.isend_raw(0, RESULT_DATA, message.as_ptr(), message.len())
+                });
             }
         }
-        Ok(())
+        Reply {
+            sends,
+            _header: header,
+            _message: message,
+            stage,
+        }
+    }
+
+    /// Whether every send is complete.
+    fn test(&mut self) -> bool {
+        self.sends.iter_mut().all(Sending::test)
+    }
+
+    fn into_stage(mut self) -> Stage {
+        self.sends.clear();
+        self.stage
     }
 }

@@ -205,6 +205,25 @@ macro_rules! shared_object {
 }
 pub(crate) use shared_object;
 
+/// Declares a public handle to an object in the heap: it holds only the
+/// object's offset, so it is `Copy` and [`Pod`](crate::Pod) and travels into
+/// tasks and other processes; every use checks it with [`resolve`].
+macro_rules! heap_handle {
+    ($(#[$attr:meta])* $name:ident) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(C)]
+        pub struct $name {
+            at: u64,
+        }
+
+        // SAFETY: an offset into the program's object heap, meaningful in
+        // every process of the program and checked on every use (`resolve`).
+        unsafe impl crate::Pod for $name {}
+    };
+}
+pub(crate) use heap_handle;
+
 /// The object at heap offset `at` if it is of kind `tag`: the one check a
 /// handle passes before it is used, so that a forged or zeroed handle is an
 /// error, never a wild access.

@@ -1,6 +1,6 @@
 //! [`Lock`] and [`RLock`]: process-shared robust mutexes with guards.
 
-use super::heap::{resolve, shared_object, Heap};
+use super::heap::{heap_handle, resolve, shared_object, Heap};
 use crate::error::Error;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -171,22 +171,16 @@ shared_object!(LockObject);
 
 macro_rules! lock_type {
     ($name:ident, $guard:ident, $tag:expr, $recursive:expr, $doc:literal, $example:literal) => {
-        #[doc = $doc]
-        ///
-        /// A holder that dies (killed, crashed) while holding it does not
-        /// deadlock the others: the next `lock` returns
-        /// [`Error::OwnerDied`] and leaves it free.
-        ///
-        #[doc = $example]
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        #[repr(C)]
-        pub struct $name {
-            at: u64,
+        heap_handle! {
+            #[doc = $doc]
+            ///
+            /// A holder that dies (killed, crashed) while holding it does not
+            /// deadlock the others: the next `lock` returns
+            /// [`Error::OwnerDied`] and leaves it free.
+            ///
+            #[doc = $example]
+            $name
         }
-
-        // SAFETY: an offset into the program's object heap, meaningful in
-        // every process of the program and checked on every use.
-        unsafe impl crate::Pod for $name {}
 
         impl $name {
             /// A new, unlocked lock in the program's object heap.

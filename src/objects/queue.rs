@@ -44,9 +44,14 @@ const HEADER: usize = std::mem::size_of::<QueueObject>().next_multiple_of(64);
 /// A bounded queue shared by the processes of the program, like Python's
 /// `multiprocessing.Queue`, for [`Pod`] values (copied as bytes: no pickling).
 ///
-/// `put` waits while the queue is full, `get` while it is empty. A `get` that
-/// waits while **no other process of the program is alive** returns
-/// [`Error::PeersGone`] instead of waiting forever. [`close`](Queue::close)
+/// `put` waits while the queue is full, `get` while it is empty. A `get`
+/// without a timeout that waits while **nothing can put any more** returns
+/// [`Error::PeersGone`] instead of waiting forever (Python would wait
+/// forever): no other process of the program is alive, and this process has
+/// no thread but the waiting one and shmpool's own (threads named
+/// `shmpool-…`), checked every 100 ms. A `get_timeout` never does: it
+/// returns [`Error::Timeout`] at its deadline, as Python's `get(timeout=…)`
+/// raises `Empty`. [`close`](Queue::close)
 /// makes further `put`s fail and lets `get` drain what is left, then fail
 /// with [`Error::Closed`].
 ///
@@ -172,13 +177,15 @@ impl<T: Pod> Queue<T> {
     }
 
     /// Removes and returns the oldest value, waiting while the queue is empty.
-    /// [`Error::PeersGone`] if it is empty and no other process of the program
-    /// is alive; [`Error::Closed`] if it is empty and closed.
+    /// [`Error::PeersGone`] if it is empty and nothing can put any more (no
+    /// other process of the program alive, no other thread in this one but
+    /// shmpool's own); [`Error::Closed`] if it is empty and closed.
     pub fn get(&self) -> Result<T, Error> {
         self.get_until(None)
     }
 
-    /// [`get`](Self::get), giving up with [`Error::Timeout`] after `timeout`.
+    /// [`get`](Self::get), giving up with [`Error::Timeout`] after `timeout`
+    /// (never [`Error::PeersGone`]: it waits out its timeout).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, Error> {
         self.get_until(crate::deadline::deadline(timeout))
     }
@@ -213,15 +220,14 @@ impl<T: Pod> Queue<T> {
             if obj.closed.load(Ordering::Acquire) != 0 {
                 return Err(Error::Closed);
             }
+            // A bounded wait ends at its deadline, with Timeout (Python's
+            // `Empty`); only an unbounded one looks for senders, in slices.
             let wait = remaining(deadline)?;
-            let slice = wait.map_or(PEER_CHECK, |w| w.min(PEER_CHECK));
             obj.items.park_unless(
                 || obj.len.load(Ordering::Acquire) > 0 || obj.closed.load(Ordering::Acquire) != 0,
-                Some(slice),
+                Some(wait.unwrap_or(PEER_CHECK)),
             );
-            if obj.len.load(Ordering::Acquire) == 0
-                && !Heap::existing().is_some_and(|h| h.others_alive())
-            {
+            if deadline.is_none() && obj.len.load(Ordering::Acquire) == 0 && !anyone_may_send() {
                 return Err(Error::PeersGone);
             }
         }
@@ -247,6 +253,31 @@ impl<T: Pod> Queue<T> {
         obj.spaces.notify_all();
         Ok(())
     }
+}
+
+/// Whether anything could still put into a queue this thread waits on: some
+/// other process of the program is alive, or this process has another
+/// thread that is not one of shmpool's own (named `shmpool-…`).
+fn anyone_may_send() -> bool {
+    Heap::existing().is_some_and(|h| h.others_alive()) || other_threads_here()
+}
+
+/// Whether this process has a thread other than the caller and shmpool's
+/// own service threads. If the program itself is named `shmpool-…`, its
+/// threads cannot be told from ours by name: then every thread counts.
+fn other_threads_here() -> bool {
+    const OURS: &str = "shmpool-";
+    // SAFETY: plain syscall.
+    let me = unsafe { libc::gettid() }.to_string();
+    let name = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    let ours_by_name = !name("/proc/self/comm".into()).starts_with(OURS);
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return true; // cannot tell: assume someone may send
+    };
+    tasks.flatten().any(|task| {
+        task.file_name().to_str() != Some(me.as_str())
+            && !(ours_by_name && name(task.path().join("comm")).starts_with(OURS))
+    })
 }
 
 /// A queue's positions stay consistent whatever instruction a holder died at
@@ -378,13 +409,14 @@ impl<T: Pod> Connection<T> {
         self.tx()?.put(value)
     }
 
-    /// Receives the next message, waiting for it ([`Error::PeersGone`] if no
-    /// other process of the program is alive to send it).
+    /// Receives the next message, waiting for it ([`Error::PeersGone`] if
+    /// nothing can send it any more, as for [`Queue::get`]).
     pub fn recv(&self) -> Result<T, Error> {
         self.rx()?.get()
     }
 
-    /// [`recv`](Self::recv), giving up with [`Error::Timeout`].
+    /// [`recv`](Self::recv), giving up with [`Error::Timeout`] after
+    /// `timeout` (never [`Error::PeersGone`]).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, Error> {
         self.rx()?.get_timeout(timeout)
     }

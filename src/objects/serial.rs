@@ -129,7 +129,8 @@ impl<T: Serialize + DeserializeOwned, const N: usize> Queue<T, N> {
     }
 
     /// Removes and returns the oldest message, waiting while the queue is
-    /// empty ([`Error::PeersGone`] if no other process is alive to send one,
+    /// empty ([`Error::PeersGone`] if nothing can send one any more, as for
+    /// [`Queue::get`](crate::Queue::get),
     /// [`Error::Closed`] once closed and drained).
     pub fn get(&self) -> Result<T, Error> {
         decode(&self.frames.get()?)

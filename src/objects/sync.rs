@@ -2,7 +2,7 @@
 //! counters and flags in the object heap, waited on with the crate's futex
 //! wake word.
 
-use super::heap::{resolve, shared_object, Heap};
+use super::heap::{heap_handle, resolve, shared_object, Heap};
 use super::lock::{kind, RawMutex};
 use crate::deadline::deadline_opt;
 use crate::error::Error;
@@ -94,17 +94,12 @@ impl SemaphoreObject {
 
 macro_rules! semaphore_type {
     ($name:ident, $doc:literal, $example:literal, $new:item) => {
-        #[doc = $doc]
-        ///
-        #[doc = $example]
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        #[repr(C)]
-        pub struct $name {
-            at: u64,
+        heap_handle! {
+            #[doc = $doc]
+            ///
+            #[doc = $example]
+            $name
         }
-
-        // SAFETY: an offset into the program's object heap, checked on use.
-        unsafe impl crate::Pod for $name {}
 
         impl $name {
             $new
@@ -178,26 +173,21 @@ struct EventObject {
     word: WakeWord,
 }
 
-/// A flag processes can wait for, like Python's `multiprocessing.Event`.
-///
-/// ```
-/// use std::time::Duration;
-/// let ev = shmpool::Event::new()?;
-/// assert!(!ev.wait(Some(Duration::from_millis(1)))?);
-/// ev.set()?;
-/// assert!(ev.is_set()? && ev.wait(None)?);
-/// ev.clear()?;
-/// assert!(!ev.is_set()?);
-/// # Ok::<(), shmpool::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
-pub struct Event {
-    at: u64,
+heap_handle! {
+    /// A flag processes can wait for, like Python's `multiprocessing.Event`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let ev = shmpool::Event::new()?;
+    /// assert!(!ev.wait(Some(Duration::from_millis(1)))?);
+    /// ev.set()?;
+    /// assert!(ev.is_set()? && ev.wait(None)?);
+    /// ev.clear()?;
+    /// assert!(!ev.is_set()?);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    Event
 }
-
-// SAFETY: an offset into the program's object heap, checked on use.
-unsafe impl crate::Pod for Event {}
 
 impl Event {
     /// A new event, not set.
@@ -247,33 +237,50 @@ impl Event {
     }
 }
 
+/// A condition: a notify grants wake-ups ("tokens") to the waiters waiting
+/// at that moment; a waiter leaves `wait` only by taking one (or at its
+/// timeout), so `notify(n)` wakes at most `n`, however the futex behaves.
 #[repr(C)]
 struct ConditionObject {
     kind: AtomicU32,
     mutex: RawMutex,
     word: WakeWord,
+    /// Waiters registered (under `mutex`) and not yet granted a wake-up.
+    waiters: AtomicU32,
+    /// Wake-ups granted by notifies and not yet taken.
+    tokens: AtomicU32,
+    /// Bumped (under `mutex`) by every notify that grants wake-ups: a waiter
+    /// takes a token only if a notify came after it registered, so a later
+    /// waiter cannot take the wake-up of an earlier one.
+    generation: AtomicU32,
 }
 
-/// A condition variable shared by processes, with its own lock, like Python's
-/// `multiprocessing.Condition`. Wait and notify through the guard that
-/// [`lock`](Condition::lock) returns.
-///
-/// ```
-/// use std::time::Duration;
-/// let cond = shmpool::Condition::new()?;
-/// let mut guard = cond.lock()?;
-/// guard.notify_all();                       // nobody waits: nothing happens
-/// assert!(!guard.wait(Some(Duration::from_millis(5)))?); // times out
-/// # Ok::<(), shmpool::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
-pub struct Condition {
-    at: u64,
+impl ConditionObject {
+    /// Takes a wake-up for a waiter registered in `generation`, if one is due.
+    fn take_token(&self, generation: u32) -> bool {
+        self.generation.load(Ordering::Acquire) != generation
+            && self
+                .tokens
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(1))
+                .is_ok()
+    }
 }
 
-// SAFETY: an offset into the program's object heap, checked on use.
-unsafe impl crate::Pod for Condition {}
+heap_handle! {
+    /// A condition variable shared by processes, with its own lock, like Python's
+    /// `multiprocessing.Condition`. Wait and notify through the guard that
+    /// [`lock`](Condition::lock) returns.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cond = shmpool::Condition::new()?;
+    /// let mut guard = cond.lock()?;
+    /// guard.notify_all();                       // nobody waits: nothing happens
+    /// assert!(!guard.wait(Some(Duration::from_millis(5)))?); // times out
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    Condition
+}
 
 impl Condition {
     /// A new condition with its own (non-recursive, robust) lock.
@@ -304,15 +311,43 @@ pub struct ConditionGuard {
 
 impl ConditionGuard {
     /// Releases the lock, sleeps until notified (or `timeout`), takes the lock
-    /// again. Returns `false` on timeout. May wake spuriously: wait in a loop
-    /// on your condition, or use [`wait_while`](Self::wait_while).
+    /// again. Returns `true` if notified, `false` on timeout. No spurious
+    /// wake-ups: it returns `true` only for a notify made after it began
+    /// waiting, and [`notify(n)`](Self::notify) wakes at most `n` waiters, as
+    /// with Python's `Condition`.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
-        let seen = self.obj.word.sequence();
-        self.obj.mutex.unlock();
-        let start = Instant::now();
-        self.obj.word.wait_for_change(seen, timeout);
-        self.obj.mutex.lock(None)?;
-        Ok(self.obj.word.sequence() != seen || timeout.map_or(true, |t| start.elapsed() < t))
+        let obj = self.obj;
+        let deadline = deadline_opt(timeout);
+        // Registered under the lock: a notify after the unlock counts us.
+        let generation = obj.generation.load(Ordering::Relaxed);
+        obj.waiters.fetch_add(1, Ordering::Relaxed);
+        obj.mutex.unlock();
+        let mut notified = loop {
+            if obj.take_token(generation) {
+                break true;
+            }
+            let Ok(wait) = left(deadline) else {
+                break false;
+            };
+            obj.word.park_unless(
+                || {
+                    obj.generation.load(Ordering::Acquire) != generation
+                        && obj.tokens.load(Ordering::Acquire) > 0
+                },
+                wait,
+            );
+        };
+        let locked = obj.mutex.lock(None);
+        if !notified {
+            // Timed out: a notify may have counted us meanwhile; if not, we
+            // are no longer a waiter for the next one to count.
+            notified = obj.take_token(generation);
+            if !notified {
+                obj.waiters.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        locked?;
+        Ok(notified)
     }
 
     /// Waits while `blocked()` holds (checked with the lock held), at most
@@ -332,14 +367,24 @@ impl ConditionGuard {
         Ok(true)
     }
 
-    /// Wakes up to `n` waiters.
+    /// Wakes up to `n` of the waiters waiting now.
     pub fn notify(&mut self, n: u32) {
-        self.obj.word.notify_n(n.min(i32::MAX as u32) as i32);
+        let obj = self.obj;
+        let granted = n.min(obj.waiters.load(Ordering::Relaxed));
+        if granted == 0 {
+            return;
+        }
+        obj.waiters.fetch_sub(granted, Ordering::Relaxed);
+        obj.tokens.fetch_add(granted, Ordering::Release);
+        obj.generation.fetch_add(1, Ordering::Release);
+        // Every sleeper looks; those a token is for take one, the others
+        // sleep on.
+        obj.word.notify_sleepers();
     }
 
-    /// Wakes every waiter.
+    /// Wakes every waiter waiting now.
     pub fn notify_all(&mut self) {
-        self.obj.word.notify_n(i32::MAX);
+        self.notify(u32::MAX);
     }
 }
 
@@ -366,28 +411,23 @@ struct BarrierObject {
     word: WakeWord,
 }
 
-/// A barrier for a fixed number of processes, like Python's
-/// `multiprocessing.Barrier`: each [`wait`](Barrier::wait) blocks until
-/// `parties` waits are in progress, then all return.
-///
-/// A waiter that times out breaks the barrier: it and every other waiter get
-/// [`Error::BrokenBarrier`] (or [`Error::Timeout`] for the one that timed out),
-/// so a party that died can never hang the others forever — if they wait with
-/// a timeout.
-///
-/// ```
-/// let b = shmpool::Barrier::new(1)?;
-/// assert_eq!(b.wait(None)?, 0); // one party: passes at once
-/// # Ok::<(), shmpool::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
-pub struct Barrier {
-    at: u64,
+heap_handle! {
+    /// A barrier for a fixed number of processes, like Python's
+    /// `multiprocessing.Barrier`: each [`wait`](Barrier::wait) blocks until
+    /// `parties` waits are in progress, then all return.
+    ///
+    /// A waiter that times out breaks the barrier: it and every other waiter get
+    /// [`Error::BrokenBarrier`] (or [`Error::Timeout`] for the one that timed out),
+    /// so a party that died can never hang the others forever — if they wait with
+    /// a timeout.
+    ///
+    /// ```
+    /// let b = shmpool::Barrier::new(1)?;
+    /// assert_eq!(b.wait(None)?, 0); // one party: passes at once
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    Barrier
 }
-
-// SAFETY: an offset into the program's object heap, checked on use.
-unsafe impl crate::Pod for Barrier {}
 
 impl Barrier {
     /// A barrier for `parties` (≥ 1) waiters.

@@ -6,7 +6,7 @@ use crate::pool::supervisor::Supervisor;
 use crate::pool::Pool;
 use crate::shm::layout::INIT_ARGS_BYTES;
 use crate::start::StartMethod;
-use crate::task::{assert_stateless, init_entry, EntryPoint, Task};
+use crate::task::{init_entry, ApplyInput, EntryPoint, Task};
 use crate::Pod;
 use std::mem::{align_of, size_of, MaybeUninit};
 use std::sync::Arc;
@@ -66,11 +66,13 @@ pub(crate) struct PoolConfig {
     pub(crate) task_timeout: Option<Duration>,
     /// Hand workers the caller's memory (`pool::zero_copy`).
     pub(crate) zero_copy: bool,
-    /// The supervisor thread's stack, on which fork workers run their tasks
-    /// (`None`: [`default_stack_size`]).
+    /// The stack tasks run on (`None`: [`default_stack_size`]): the
+    /// supervisor thread's with fork, a worker thread's otherwise.
     pub(crate) stack_size: Option<usize>,
     /// The harness options (`pool::harness`).
     pub(crate) harness: crate::pool::harness::HarnessConfig,
+    /// Dropping an unfinished result handle (or its future) aborts its work.
+    pub(crate) abort_on_drop: bool,
 }
 
 /// The smallest [`PoolBuilder::stack_size`] accepted.
@@ -135,22 +137,34 @@ impl PoolBuilder {
     /// `build` waits for every initializer to finish (with spawn and
     /// forkserver workers, at most 30 s, then [`Error::StartFailed`]). The
     /// arguments may take up to 128 bytes.
-    pub fn initializer<F, Args>(mut self, _f: F, args: Args) -> Self
+    pub fn initializer<F, Args>(mut self, f: F, args: Args) -> Self
     where
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_stateless::<F>() };
         let mut bytes = InitBytes([MaybeUninit::uninit(); INIT_ARGS_BYTES]);
-        let too_large = if size_of::<Args>() > INIT_ARGS_BYTES || align_of::<Args>() > 64 {
+        let input_size = size_of::<ApplyInput<F, Args>>();
+        let too_large = if input_size > INIT_ARGS_BYTES || align_of::<ApplyInput<F, Args>>() > 64 {
             Some(format!(
-                "initializer arguments take {} bytes; at most {INIT_ARGS_BYTES} fit",
-                size_of::<Args>()
+                "initializer arguments (with bound values) take {input_size} bytes; \
+                 at most {INIT_ARGS_BYTES} fit"
             ))
         } else {
-            // SAFETY: `bytes` is 64-aligned and has room for an `Args` (checked).
-            unsafe { bytes.0.as_mut_ptr().cast::<Args>().write(args) };
-            None
+            match f.bind() {
+                Ok(bound) => {
+                    let input: ApplyInput<F, Args> = (bound, args);
+                    // SAFETY: `bytes` is 64-aligned and has room for the input (checked).
+                    unsafe {
+                        bytes
+                            .0
+                            .as_mut_ptr()
+                            .cast::<ApplyInput<F, Args>>()
+                            .write(input)
+                    };
+                    None
+                }
+                Err(e) => Some(format!("the initializer cannot travel: {e}")),
+            }
         };
         self.config.initializer = Some(Initializer {
             entry: EntryPoint::new(init_entry::<F, Args>),
@@ -205,6 +219,13 @@ impl PoolBuilder {
     /// This is not [`AsyncResult::get`](crate::AsyncResult::get)'s timeout,
     /// which only stops *waiting*.
     ///
+    /// A worker that is stopped (`SIGSTOP`, `SIGTSTP`, a debugger) runs
+    /// nothing: without a limit, a task it holds (and the `map` waiting for
+    /// it) waits until the worker is continued (`SIGCONT`), as in Python; with
+    /// one, the limit kills it like any other. The pool's supervisor notices a
+    /// stopped worker within a second and says so on stderr;
+    /// [`Pool::stopped_workers`](crate::Pool::stopped_workers) lists them.
+    ///
     /// ```
     /// use std::time::Duration;
     /// fn spin() { loop { std::hint::spin_loop() } }
@@ -218,6 +239,29 @@ impl PoolBuilder {
     /// ```
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.config.task_timeout = Some(limit);
+        self
+    }
+
+    /// Whether dropping an unfinished [`AsyncResult`](crate::AsyncResult),
+    /// or the future `.await` made of it, [aborts](crate::AsyncResult::abort)
+    /// its work: running tasks are stopped by killing their workers, like
+    /// tokio's `JoinHandle::abort`. Default `false`: a drop only withdraws
+    /// tasks that have not started, and running ones finish unobserved.
+    /// One result can choose otherwise with
+    /// [`AsyncResult::abort_on_drop`](crate::AsyncResult::abort_on_drop).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn spin() { loop { std::hint::spin_loop() } }
+    /// let pool = shmpool::Pool::builder().processes(1).abort_on_drop(true).build()?;
+    /// let stuck = pool.apply_async(spin, ())?;
+    /// std::thread::sleep(Duration::from_millis(50));
+    /// drop(stuck);                                 // kills its worker
+    /// assert_eq!(pool.apply(|| 7u8, ())?, 7);      // served by a new one
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn abort_on_drop(mut self, enabled: bool) -> Self {
+        self.config.abort_on_drop = enabled;
         self
     }
 
@@ -260,15 +304,18 @@ impl PoolBuilder {
         self
     }
 
-    /// The stack size, in bytes, that tasks of fork workers run on. Default:
-    /// the main thread's (`RLIMIT_STACK`, usually 8 MiB), at least 8 MiB.
+    /// The stack size, in bytes, that tasks run on, with every start method.
+    /// Default: the main thread's (`RLIMIT_STACK`, usually 8 MiB), at least
+    /// 8 MiB.
     ///
     /// Fork workers are forked from the pool's supervisor thread, so they run
-    /// on a copy of its stack: this sets that thread's stack. Like any
-    /// thread's, it is reserved address space, backed by memory only as far
-    /// as a task uses it. Spawn and forkserver workers run on the main thread
-    /// of a process of their own, whose stack `RLIMIT_STACK` sets instead.
-    /// Less than 256 KiB is [`Error::InvalidArgument`] at `build`.
+    /// on a copy of its stack: this sets that thread's stack. Spawn and
+    /// forkserver workers, whose main thread's stack `RLIMIT_STACK` set when
+    /// they started, run their tasks on a thread of this stack size instead.
+    /// Like any thread's, it is reserved address space, backed by memory only
+    /// as far as a task uses it. Less than 256 KiB is
+    /// [`Error::InvalidArgument`] at `build`; more than the system can reserve
+    /// is [`Error::Io`] (fork) or [`Error::StartFailed`] at `build`.
     ///
     /// ```
     /// fn deep(x: u64) -> u64 {

@@ -11,6 +11,11 @@
 //! waiting, on a wake word of its own that only submissions with callbacks
 //! notify (see `docs/ARCHITECTURE.md`, "imap and callbacks").
 //!
+//! The same thread wakes the futures of awaited results (`pool::waker`): an
+//! awaited result without callbacks is a waiting entry whose "callback"
+//! wakes a `Waker`. An imap stream waiting for any of its chunks is a
+//! [`Polled`] entry, checked every round while the thread watches `done`.
+//!
 //! A panicking callback is caught: its message goes to the result's handle
 //! ([`Error::CallbackPanicked`](crate::Error::CallbackPanicked)) and the thread
 //! goes on — unlike CPython, whose result handler dies and leaves the pool
@@ -24,11 +29,13 @@ use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::result::Shared;
 use crate::shm::layout::Layout;
+use crate::sync::lock;
 use crate::sync::wake::WakeWord;
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -55,8 +62,45 @@ pub(crate) trait Pending: Send {
     fn progress(&self) -> Arc<dyn Progress>;
     /// Calls `each` with the slot of every chunk.
     fn for_each_slot(&self, each: &mut dyn FnMut(u32));
+    /// Whether nobody wants the result any more (an awaiting future was
+    /// dropped): the entry is then dropped without being delivered.
+    fn is_abandoned(&self) -> bool {
+        false
+    }
     /// Runs the right callback; called once, after `is_done`.
     fn deliver(self: Box<Self>);
+}
+
+/// A stream (an `Imap` being polled) waiting for any of some slots to finish.
+#[derive(Default)]
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
+pub(crate) struct Polled {
+    /// The slots whose finishing wakes the stream; empty once the stream is
+    /// gone. Indices only: a slot reused since is at worst a spurious wake.
+    pub(crate) slots: Mutex<Vec<u32>>,
+    pub(crate) waker: Mutex<Option<Waker>>,
+    /// Whether the thread holds this entry (so a poll need not hand it over).
+    pub(crate) queued: AtomicBool,
+}
+
+impl Polled {
+    /// Whether the entry is ready to wake (a slot finished) or to drop
+    /// (`slots` empty).
+    fn is_due(&self, layout: &Layout) -> bool {
+        let slots = lock(&self.slots);
+        slots.is_empty() || slots.iter().any(|&i| layout.slot(i).is_done())
+    }
+
+    /// Wakes the stream. `queued` is cleared before the waker is taken: a
+    /// poll that stored a new waker either sees `queued` clear (and hands the
+    /// entry over again) or has its waker taken here.
+    fn wake(&self) {
+        self.queued.store(false, Ordering::SeqCst);
+        let waker = lock(&self.waker).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
 }
 
 /// Whether a result's work is done.
@@ -109,6 +153,12 @@ impl<R: Clone + Send + Sync + 'static> Pending for Watched<R> {
 #[derive(Default)]
 pub(crate) struct Callbacks {
     incoming: Mutex<Vec<Box<dyn Pending>>>,
+    /// Streams to watch, handed over by `poll_next`.
+    incoming_polled: Mutex<Vec<Arc<Polled>>>,
+    /// Slots that finished (or whose result was abandoned) without a
+    /// finish-log entry: looked at as if logged (`look_at`).
+    notices: Mutex<Vec<u32>>,
+    has_notices: AtomicBool,
     /// Whether `incoming` is non-empty, so the thread checks it without the lock.
     has_incoming: AtomicBool,
     /// The thread sleeps here while no result waits for callbacks; `watch`
@@ -135,6 +185,52 @@ impl Callbacks {
         // A syscall only if the thread sleeps with nothing to deliver: once
         // it holds a waiting result it sleeps on `done` instead.
         this.arrivals.notify_sleepers();
+        Callbacks::ensure_started(core)?;
+        // No wake-up on `done` per submission: the thread checks `incoming`
+        // before it sleeps, and a task finishing after the push wakes it with
+        // its log entry. Only a task already finished may have logged before
+        // the thread knew it: then wake the thread here. The fence pairs with
+        // the one in the finisher's notify, so one of the two sides sees the
+        // other.
+        fence(Ordering::SeqCst);
+        if progress.is_done() {
+            core.layout().header().done.notify_sleepers();
+        }
+        Ok(())
+    }
+
+    /// Hands a polled stream's entry to the thread (starting it if needed),
+    /// unless the thread holds it already.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn watch_polled(core: &Arc<Core>, polled: &Arc<Polled>) -> Result<(), Error> {
+        let this = &core.callbacks;
+        if polled.queued.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        lock(&this.incoming_polled).push(Arc::clone(polled));
+        this.has_incoming.store(true, Ordering::SeqCst);
+        this.arrivals.notify_sleepers();
+        Callbacks::ensure_started(core)?;
+        // As in `watch`: a chunk that finished before the thread watched.
+        core.layout().header().done.notify_sleepers();
+        Ok(())
+    }
+
+    /// Asks the thread to look at `slots` as if a finish log named them:
+    /// they finished without an entry (withdrawn by `abort`), or their
+    /// awaiting future was dropped. Nothing to do if the thread never ran.
+    pub(crate) fn look_at(&self, layout: &Layout, slots: &[u32]) {
+        if !self.started.load(Ordering::Acquire) {
+            return;
+        }
+        lock(&self.notices).extend_from_slice(slots);
+        self.has_notices.store(true, Ordering::SeqCst);
+        // It sleeps on `done` whenever it holds a waiting result.
+        layout.header().done.notify_sleepers();
+    }
+
+    fn ensure_started(core: &Arc<Core>) -> Result<(), Error> {
+        let this = &core.callbacks;
         if !this.started.load(Ordering::Acquire) {
             let mut thread = lock(&this.thread);
             if thread.is_none() {
@@ -148,16 +244,6 @@ impl Callbacks {
                 );
                 this.started.store(true, Ordering::Release);
             }
-        }
-        // No wake-up on `done` per submission: the thread checks `incoming`
-        // before it sleeps, and a task finishing after the push wakes it with
-        // its log entry. Only a task already finished may have logged before
-        // the thread knew it: then wake the thread here. The fence pairs with
-        // the one in the finisher's notify, so one of the two sides sees the
-        // other.
-        fence(Ordering::SeqCst);
-        if progress.is_done() {
-            core.layout().header().done.notify_sleepers();
         }
         Ok(())
     }
@@ -210,12 +296,15 @@ fn run(core: &Core) {
     let logs = || (0..core.processes as u32).map(|k| layout.finish_log(k));
     let mut waiting = Waiting::default();
     let mut arrived = Vec::new();
+    let mut polled: Vec<Arc<Polled>> = Vec::new();
+    let mut notices = Vec::new();
     loop {
         let stopping = callbacks.stop.load(Ordering::SeqCst);
         if callbacks.has_incoming.load(Ordering::SeqCst) {
-            let mut incoming = lock(&callbacks.incoming);
-            arrived.append(&mut incoming);
+            // Cleared first: a push after this is seen next round.
             callbacks.has_incoming.store(false, Ordering::SeqCst);
+            arrived.append(&mut lock(&callbacks.incoming));
+            polled.append(&mut lock(&callbacks.incoming_polled));
         }
         // Pairs with the fence in each finisher's notify: a slot that finishes
         // after the check in `add` is in a log drained below or later.
@@ -228,9 +317,26 @@ fn run(core: &Core) {
         for log in logs() {
             rescan |= log.drain(|slot| progressed |= waiting.finished(slot));
         }
+        if callbacks.has_notices.swap(false, Ordering::SeqCst) {
+            notices.append(&mut lock(&callbacks.notices));
+            for slot in notices.drain(..) {
+                progressed |= waiting.finished(slot);
+            }
+        }
         if rescan {
             progressed |= waiting.deliver_all_done();
         }
+        // Streams: wake those with a finished chunk (all of them when
+        // stopping: their chunks are finished, or never will be).
+        polled.retain(|p| {
+            if stopping || p.is_due(layout) {
+                p.wake();
+                progressed = true;
+                false
+            } else {
+                true
+            }
+        });
         if stopping && waiting.is_empty() && !callbacks.has_incoming.load(Ordering::SeqCst) {
             return;
         }
@@ -247,9 +353,11 @@ fn run(core: &Core) {
             callbacks.stop.load(Ordering::SeqCst)
                 || callbacks.rescan.load(Ordering::SeqCst)
                 || callbacks.has_incoming.load(Ordering::SeqCst)
+                || callbacks.has_notices.load(Ordering::SeqCst)
                 || logs().any(|log| log.has_news())
+                || polled.iter().any(|p| p.is_due(layout))
         };
-        if waiting.is_empty() {
+        if waiting.is_empty() && polled.is_empty() {
             // Nothing to deliver: sleep until a result is handed over, not on
             // `done`, which every finishing task of the pool notifies (a pool
             // that once used callbacks would otherwise pay a wake-up syscall
@@ -290,6 +398,9 @@ impl Waiting {
     /// Delivers `pending` now if it is done, else keeps it until its slots
     /// show up in a finish log.
     fn add(&mut self, pending: Box<dyn Pending>) {
+        if pending.is_abandoned() {
+            return;
+        }
         if pending.is_done() {
             pending.deliver();
             return;
@@ -330,19 +441,21 @@ impl Waiting {
     }
 
     fn deliver_if_done(&mut self, key: usize) -> bool {
-        match &self.results[key] {
-            Some(p) if p.is_done() => {}
+        let abandoned = match &self.results[key] {
+            Some(p) if p.is_abandoned() => true,
+            Some(p) if p.is_done() => false,
             _ => return false,
-        }
+        };
         let pending = self.results[key].take().expect("checked above");
         let owners = &mut self.owner_of_slot;
         pending.for_each_slot(&mut |slot| owners[slot as usize] = 0);
         self.free_keys.push(key);
+        if abandoned {
+            // Its result is dropped here: unstarted tasks are withdrawn.
+            drop(pending);
+            return false;
+        }
         pending.deliver();
         true
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

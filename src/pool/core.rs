@@ -15,19 +15,68 @@ use crate::remote::AccessRefused;
 use crate::shm::arena::{Arena, Block};
 use crate::shm::layout::{self, Layout};
 use crate::shm::segment::Segment;
+use crate::sync::lock;
 use crate::sync::ring::{Full, Producer};
 use crate::sync::slot::{Outcome, SlotState, INLINE_CAPACITY};
 use crate::Pod;
 use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-/// The pool accepts work.
-pub(crate) const RUNNING: u8 = 0;
-/// `close()` was called: pending work finishes, nothing new is accepted.
-pub(crate) const CLOSED: u8 = 1;
-/// `terminate()` was called (or the pool dropped): workers are killed.
-pub(crate) const TERMINATED: u8 = 2;
+/// Where a pool is in its life. It only moves forward (`Running` → `Closed`
+/// → `Terminated`, or `Running` → `Terminated`): the order of the variants is
+/// that of the states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Lifecycle {
+    /// The pool accepts work.
+    Running = 0,
+    /// `close()` was called: pending work finishes, nothing new is accepted.
+    Closed = 1,
+    /// `terminate()` was called (or the pool dropped): workers are killed.
+    Terminated = 2,
+}
+
+impl Lifecycle {
+    /// The state a word names; only [`LifecycleCell`] writes the word.
+    fn from_u8(v: u8) -> Lifecycle {
+        match v {
+            0 => Lifecycle::Running,
+            1 => Lifecycle::Closed,
+            _ => Lifecycle::Terminated,
+        }
+    }
+
+    /// The state's name, as `Pool`'s `Debug` shows it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Lifecycle::Running => "running",
+            Lifecycle::Closed => "closed",
+            Lifecycle::Terminated => "terminated",
+        }
+    }
+}
+
+/// A pool's [`Lifecycle`], shared by every thread that submits or stops work:
+/// it can only be advanced.
+#[derive(Debug)]
+struct LifecycleCell(AtomicU8);
+
+impl LifecycleCell {
+    fn new() -> Self {
+        LifecycleCell(AtomicU8::new(Lifecycle::Running as u8))
+    }
+
+    fn get(&self) -> Lifecycle {
+        Lifecycle::from_u8(self.0.load(Ordering::SeqCst))
+    }
+
+    /// Moves to `to` unless the state is already as far; returns the state
+    /// before.
+    fn advance(&self, to: Lifecycle) -> Lifecycle {
+        Lifecycle::from_u8(self.0.fetch_max(to as u8, Ordering::SeqCst))
+    }
+}
 
 /// How much of the arena's start keeps its memory when blocks there are
 /// freed; freed blocks beyond it give theirs back to the kernel.
@@ -38,7 +87,7 @@ pub(crate) struct Core {
     layout: Layout,
     pub(crate) processes: usize,
     pub(crate) config: PoolConfig,
-    lifecycle: AtomicU8,
+    lifecycle: LifecycleCell,
     /// Set once if the supervisor thread died: why every call now fails.
     broken: OnceLock<String>,
     slots: Mutex<SlotTable>,
@@ -73,12 +122,6 @@ struct SlotTable {
     reap_at: usize,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The protected data stays consistent at every unlock, so a panic elsewhere
-    // while holding the lock does not invalidate it.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Core {
     /// Maps a fresh segment for a pool configured by `config` (its workers are
     /// not started yet); `config.processes` is set.
@@ -96,6 +139,9 @@ impl Core {
         settings
             .track_tasks
             .store(config.task_timeout.is_some() as u32, Ordering::Relaxed);
+        settings
+            .stack_size
+            .store(config.stack_size.unwrap_or(0) as u64, Ordering::Relaxed);
         if let Some(init) = &config.initializer {
             // SAFETY: no worker exists yet, so nothing else reads `init_args`;
             // both sides are 64-aligned arrays of INIT_ARGS_BYTES bytes.
@@ -125,7 +171,7 @@ impl Core {
             layout,
             processes,
             config,
-            lifecycle: AtomicU8::new(RUNNING),
+            lifecycle: LifecycleCell::new(),
             broken: OnceLock::new(),
             slots: Mutex::new(SlotTable {
                 reap_at: 64,
@@ -152,20 +198,20 @@ impl Core {
         &self.layout
     }
 
-    pub(crate) fn lifecycle(&self) -> u8 {
-        self.lifecycle.load(Ordering::SeqCst)
+    pub(crate) fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.get()
     }
 
-    /// Moves RUNNING → `to` (or CLOSED → TERMINATED); returns the previous state.
-    pub(crate) fn advance_lifecycle(&self, to: u8) -> u8 {
-        let prev = self.lifecycle.fetch_max(to, Ordering::SeqCst);
+    /// Moves the pool on to `to` (never back); returns the previous state.
+    pub(crate) fn advance_lifecycle(&self, to: Lifecycle) -> Lifecycle {
+        let prev = self.lifecycle.advance(to);
         fence(Ordering::SeqCst);
         prev
     }
 
     /// `Err(Closed)` (or `Err(PoolBroken)`) unless the pool accepts work.
     pub(crate) fn ensure_running(&self) -> Result<(), Error> {
-        if self.lifecycle() == RUNNING {
+        if self.lifecycle() == Lifecycle::Running {
             Ok(())
         } else {
             Err(self.stopped())
@@ -203,7 +249,7 @@ impl Core {
     /// caller then fails every unfinished slot.
     pub(crate) fn mark_broken(&self, why: String) {
         let _ = self.broken.set(why);
-        self.advance_lifecycle(TERMINATED);
+        self.advance_lifecycle(Lifecycle::Terminated);
     }
 
     /// Why the supervisor died, if it did.
@@ -304,7 +350,7 @@ impl Core {
         // they see this slot queued (and run or fail it), or the load below
         // sees their lifecycle change.
         self.push(slot);
-        if self.lifecycle.load(Ordering::SeqCst) != RUNNING && self.layout.slot(slot).cancel() {
+        if self.lifecycle() != Lifecycle::Running && self.layout.slot(slot).cancel() {
             return Err(self.stopped());
         }
         Ok(())
@@ -323,7 +369,7 @@ impl Core {
                 Ok(()) => break,
                 // Killed workers drain nothing: the slot is failed by
                 // `terminate_all` or withdrawn by `submit`.
-                Err(Full) if self.lifecycle() == TERMINATED => break,
+                Err(Full) if self.lifecycle() == Lifecycle::Terminated => break,
                 Err(Full) => {
                     // Workers drain the ring independently of the parent, so this
                     // ends unless every worker is stuck in a task. Yield first
@@ -427,6 +473,7 @@ impl Core {
                 None => Failure::Terminated,
             }),
             Outcome::TimedOut => Err(Failure::TimedOut),
+            Outcome::Aborted => Err(Failure::Aborted),
             Outcome::AccessRefused => Err(Failure::AccessRefused(AccessRefused {
                 errno: detail as i32,
                 wrote: signal != 0,
@@ -470,6 +517,17 @@ pub(crate) enum Failure {
     AccessRefused(AccessRefused),
     /// The slot held values no finisher writes (what they were).
     Corrupted(String),
+    /// Withdrawn or stopped by `AsyncResult::abort`.
+    Aborted,
+    /// A serde task's value did not decode (why).
+    #[cfg(feature = "serde")]
+    Decode(String),
+    /// A serde task's results did not fit the room reserved for them.
+    #[cfg(feature = "serde")]
+    CapacityExceeded(String),
+    /// A serde task's result could not be encoded (why).
+    #[cfg(feature = "serde")]
+    Unencodable(String),
     /// A worker's death (or timeout) in a map chunk: the input elements the
     /// chunk covered.
     Covering {
@@ -509,6 +567,31 @@ impl From<Failure> for Error {
             },
             Failure::Corrupted(what) => Error::SlotCorrupted(what),
             Failure::Covering { failure, elements } => Error::from(*failure).covering(elements),
+            Failure::Aborted => Error::Aborted,
+            #[cfg(feature = "serde")]
+            Failure::Decode(why) => Error::Decode(why),
+            #[cfg(feature = "serde")]
+            Failure::CapacityExceeded(why) => Error::CapacityExceeded(why),
+            #[cfg(feature = "serde")]
+            Failure::Unencodable(why) => Error::InvalidArgument(why),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Lifecycle, LifecycleCell};
+
+    #[test]
+    fn the_lifecycle_only_moves_forward() {
+        let cell = LifecycleCell::new();
+        assert_eq!(cell.get(), Lifecycle::Running);
+        assert_eq!(cell.advance(Lifecycle::Closed), Lifecycle::Running);
+        assert_eq!(cell.advance(Lifecycle::Running), Lifecycle::Closed);
+        assert_eq!(cell.get(), Lifecycle::Closed);
+        assert_eq!(cell.advance(Lifecycle::Terminated), Lifecycle::Closed);
+        assert_eq!(cell.advance(Lifecycle::Closed), Lifecycle::Terminated);
+        assert_eq!(cell.get(), Lifecycle::Terminated);
+        assert_eq!(cell.get().name(), "terminated");
     }
 }

@@ -1,30 +1,28 @@
 //! Lazy `imap` / `imap_unordered`: the input is an iterator, pulled only as fast
 //! as results are consumed.
 //!
-//! At most a window of chunks is in flight (bounded in count and in bytes), so
-//! `0..u64::MAX` works and memory stays flat. Each chunk is one slot; a chunk
-//! small enough (input + output ≤ 192 bytes, e.g. chunk size 1 of a `u64`)
-//! lives in the slot's inline area and takes no arena allocation.
+//! At most a window of chunks is in flight (bounded in count and in bytes,
+//! `schedule::imap_window`), so `0..u64::MAX` works and memory stays flat.
+//! Each chunk is one slot with an area of its own (`MapLayout::task`, as for
+//! `apply`); a chunk small enough (its task's bound bytes + input + output ≤
+//! 192 bytes, e.g. chunk size 1 of a `u64`) lives in the slot's inline area
+//! and takes no arena allocation.
 
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::job::{Chunk, Job};
+use crate::pool::schedule::{check_chunksize, check_context, imap_window, Elem, MapLayout};
 use crate::shm::arena::Block;
-use crate::sync::slot::{TaskDesc, INLINE_CAPACITY};
+use crate::sync::slot::TaskDesc;
 use crate::sync::spin::SpinWait;
 use crate::Pod;
 use std::collections::VecDeque;
 use std::iter::Fuse;
 use std::marker::PhantomData;
-use std::mem::{align_of, size_of};
+use std::mem::MaybeUninit;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Most chunks in flight per iterator.
-const MAX_WINDOW: usize = 1024;
-/// Most payload bytes in flight per iterator.
-const WINDOW_BYTES: usize = 64 << 20;
 
 /// The iterator returned by [`Pool::imap`](crate::Pool::imap) and its
 /// variants: yields `Ok(f(item))` for every input item — in input order for
@@ -38,6 +36,12 @@ const WINDOW_BYTES: usize = 64 << 20;
 ///
 /// Dropping it stops pulling the input; chunks not yet started are withdrawn,
 /// and running ones finish unobserved.
+///
+/// With the feature `async`, it is also a `futures_core::Stream`, woken by
+/// the pool's callback thread instead of blocking the executor, and pulling
+/// the input as results are consumed, as the iterator does. Being both, its
+/// `next`, `map`, … are ambiguous once `StreamExt` is imported:
+/// [`into_stream`](Imap::into_stream) gives a stream that is only a stream.
 ///
 /// ```
 /// use std::time::Duration;
@@ -55,8 +59,11 @@ pub struct Imap<I: Iterator, U> {
     input_done: bool,
     entry: u64,
     chunksize: usize,
-    shape: ChunkShape,
+    /// The area of every chunk but a short last one.
+    area: MapLayout,
     ordered: bool,
+    /// The task's bound bytes, carried by every chunk (`MapCall::context`).
+    context: Vec<MaybeUninit<u8>>,
     window: usize,
     /// Chunks in flight, with the input index of each one's first element.
     in_flight: VecDeque<(Chunk, Option<Block>, usize)>,
@@ -67,16 +74,10 @@ pub struct Imap<I: Iterator, U> {
     ready: VecDeque<Result<U, Error>>,
     /// The input's panic, yielded once everything before it was.
     input_panic: Option<Error>,
+    /// The callback thread's entry while this is polled as a stream.
+    #[cfg(feature = "async")]
+    polled: Option<Arc<crate::pool::callbacks::Polled>>,
     _out: PhantomData<fn() -> U>,
-}
-
-/// Where a chunk's input and output sit in its area.
-#[derive(Debug, Clone, Copy)]
-struct ChunkShape {
-    output_start: usize,
-    total: usize,
-    align: usize,
-    inline: bool,
 }
 
 impl<I, U> Imap<I, U>
@@ -91,30 +92,13 @@ where
         entry: u64,
         chunksize: usize,
         ordered: bool,
+        context: Vec<MaybeUninit<u8>>,
     ) -> Result<Self, Error> {
-        core.ensure_running()?;
-        if chunksize == 0 {
-            return Err(Error::invalid("chunksize must be at least 1"));
-        }
-        let too_large = || Error::invalid("chunksize too large");
-        let in_bytes = chunksize
-            .checked_mul(size_of::<I::Item>())
-            .ok_or_else(too_large)?;
-        let align = align_of::<I::Item>().max(align_of::<U>());
-        let output_start = in_bytes
-            .checked_next_multiple_of(align)
-            .ok_or_else(too_large)?;
-        let total = chunksize
-            .checked_mul(size_of::<U>())
-            .and_then(|b| b.checked_add(output_start))
-            .ok_or_else(too_large)?;
-        let shape = ChunkShape {
-            output_start,
-            total,
-            align: align.max(64),
-            inline: total <= INLINE_CAPACITY && align <= 64,
-        };
-        let window = (WINDOW_BYTES / total.max(1)).clamp(2 * core.processes, MAX_WINDOW);
+        check_chunksize(&core, chunksize)?;
+        check_context(&context)?;
+        let area = MapLayout::task(chunksize, Elem::of::<I::Item>(), Elem::of::<U>())
+            .ok_or_else(|| Error::invalid("chunksize too large"))?;
+        let window = imap_window(area.total, core.processes);
         let exact = match input.size_hint() {
             (low, Some(high)) if low == high => Some(low),
             _ => None,
@@ -127,13 +111,16 @@ where
             input_done: false,
             entry,
             chunksize,
-            shape,
+            area,
             ordered,
+            context,
             window,
             in_flight: VecDeque::new(),
             pulled: 0,
             ready: VecDeque::new(),
             input_panic: None,
+            #[cfg(feature = "async")]
+            polled: None,
             _out: PhantomData,
         })
     }
@@ -191,11 +178,11 @@ where
     fn submit_next(&mut self) -> Result<(), Error> {
         let core = &*self.core;
         let mut slot = core.alloc_slot()?;
-        let base = if self.shape.inline {
-            slot.inline_offset()
-        } else {
-            slot.attach_block(self.shape.total, self.shape.align)?
-        };
+        if !self.context.is_empty() {
+            slot.write_inline(&self.context);
+        }
+        // The chunk's data follows the context in the inline area, if both fit.
+        let base = slot.attach_area(&self.area, self.context.len())?;
         let input = core.layout().at(base).cast::<I::Item>();
         let mut n = 0;
         while n < self.chunksize {
@@ -211,7 +198,7 @@ where
                 Err(payload) => {
                     self.input_done = true;
                     self.input_panic = Some(Error::InputPanicked {
-                        message: crate::error::panic_message(&*payload),
+                        message: crate::panic::panic_message(&payload),
                     });
                     break;
                 }
@@ -224,7 +211,7 @@ where
         if n == 0 {
             return Ok(()); // the token gives the slot and block back
         }
-        let output = base + self.shape.output_start as u64;
+        let output = base + self.area.output_start as u64;
         slot.describe(TaskDesc {
             entry: self.entry,
             input: base,
@@ -308,8 +295,159 @@ where
     }
 }
 
+#[cfg(feature = "async")]
+impl<I, U> Imap<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    /// A finished chunk to collect now: the oldest if ordered, any otherwise.
+    fn done_now(&self) -> Option<usize> {
+        let layout = self.core.layout();
+        let done = |c: &Chunk| layout.slot(c.slot).is_done();
+        if self.ordered {
+            self.in_flight
+                .front()
+                .filter(|(c, _, _)| done(c))
+                .map(|_| 0)
+        } else {
+            self.in_flight.iter().position(|(c, _, _)| done(c))
+        }
+    }
+}
+
+#[cfg(feature = "async")]
+impl<I, U> Imap<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    /// This `Imap` as only a `futures_core::Stream` (feature `async`), so
+    /// that `StreamExt`'s methods need no disambiguation.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// fn f(x: u64) -> u64 { x * x }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let squares = futures_executor::block_on(async {
+    ///     let mut stream = pool.imap(f, 0..5u64)?.into_stream();
+    ///     let mut got = Vec::new();
+    ///     while let Some(r) = stream.next().await {
+    ///         got.push(r?);
+    ///     }
+    ///     Ok::<_, shmpool::Error>(got)
+    /// })?;
+    /// assert_eq!(squares, [0, 1, 4, 9, 16]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn into_stream(self) -> ImapStream<I, U> {
+        ImapStream(self)
+    }
+}
+
+/// An [`Imap`] as only a `futures_core::Stream` (feature `async`); made by
+/// [`Imap::into_stream`]. Dropping it drops the `Imap`.
+#[cfg(feature = "async")]
+#[derive(Debug)]
+pub struct ImapStream<I: Iterator, U>(Imap<I, U>);
+
+#[cfg(feature = "async")]
+impl<I, U> futures_core::Stream for ImapStream<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    type Item = Result<U, Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_next(cx)
+    }
+}
+
+// Nothing in an `Imap` is ever pinned in place (no projection).
+#[cfg(feature = "async")]
+impl<I: Iterator, U> Unpin for Imap<I, U> {}
+
+#[cfg(feature = "async")]
+impl<I, U> futures_core::Stream for Imap<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
+    type Item = Result<U, Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if let Some(item) = this.ready.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            this.feed();
+            if this.in_flight.is_empty() {
+                if this.input_done && this.input_panic.is_none() {
+                    this.progress.finish();
+                }
+                let last = this.ready.pop_front();
+                return Poll::Ready(last.or_else(|| this.input_panic.take().map(Err)));
+            }
+            if let Some(i) = this.done_now() {
+                this.collect(i);
+                continue;
+            }
+            if crate::pool::callbacks::on_callback_thread_of(&this.core) {
+                // Polled inside a callback: the thread that would wake this
+                // stream is the one polling it, so wait as `next` does.
+                return Poll::Ready(this.next_until(None));
+            }
+            // Nothing finished: tell the callback thread which chunks to
+            // watch and whom to wake, then look once more (a chunk finishing
+            // before the thread watched is seen here).
+            let polled = this.polled.get_or_insert_with(Default::default);
+            {
+                let mut slots = crate::sync::lock(&polled.slots);
+                slots.clear();
+                let watched = if this.ordered {
+                    1
+                } else {
+                    this.in_flight.len()
+                };
+                slots.extend(this.in_flight.iter().take(watched).map(|(c, _, _)| c.slot));
+            }
+            let mut waker = crate::sync::lock(&polled.waker);
+            match &*waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
+            }
+            drop(waker);
+            if let Err(e) = crate::pool::callbacks::Callbacks::watch_polled(&this.core, polled) {
+                return Poll::Ready(Some(Err(e)));
+            }
+            match this.done_now() {
+                Some(i) => this.collect(i),
+                None => return Poll::Pending,
+            }
+        }
+    }
+}
+
 impl<I: Iterator, U> Drop for Imap<I, U> {
     fn drop(&mut self) {
+        #[cfg(feature = "async")]
+        if let Some(polled) = &self.polled {
+            // No slots: the callback thread drops the entry.
+            crate::sync::lock(&polled.slots).clear();
+        }
         for (chunk, block, _) in self.in_flight.drain(..) {
             self.core.dispose(Job::single(chunk, block));
         }

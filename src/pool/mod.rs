@@ -12,8 +12,12 @@
 //! * `job`: the parent's record of submitted work
 //! * `callbacks`: the thread that runs `*_with` callbacks
 //! * `result`, `builder`: the public handle types
+//! * `waker`: awaiting a result (`IntoFuture`), woken by the callback thread
+//! * `abort`: stopping a result's work, and every worker at once
 
+mod abort;
 pub(crate) mod builder;
+mod call;
 mod callbacks;
 pub(crate) mod core;
 pub(crate) mod harness;
@@ -22,36 +26,44 @@ mod job;
 mod progress;
 mod result;
 pub(crate) mod schedule;
+#[cfg(feature = "serde")]
+mod serde;
 mod shared_vec;
 pub(crate) mod stats;
 mod supervisor;
 mod unpublished;
+mod waker;
 mod zero_copy;
 
 use self::callbacks::{Callbacks, Watched};
-use self::core::{Core, CLOSED, RUNNING, TERMINATED};
+use self::core::{Core, Lifecycle};
 use self::job::Job;
-use self::result::{decode_one, decode_vec, Decode, Ticket};
+use self::result::{Decode, Ticket};
+#[cfg(feature = "serde")]
+pub use self::serde::{SerdeImap, SerdePool, DEFAULT_RESULT_CAPACITY};
 use crate::error::Error;
-use crate::sync::slot::WATCHED;
-use crate::task::{
-    apply_entry, assert_stateless, inplace_entry, map_entry, starmap_entry, Entry, EntryPoint, Task,
-};
+use crate::task::{apply_entry, ApplyInput, Entry, EntryPoint, Task};
 use crate::{Pod, StartMethod};
 pub use builder::PoolBuilder;
+pub use call::{Call, Deliver, NoCallbacks, WithCallbacks};
 pub use imap::Imap;
+#[cfg(feature = "async")]
+pub use imap::ImapStream;
 pub use result::AsyncResult;
 pub use shared_vec::SharedVec;
 pub use stats::{Insights, PoolStats, WorkerStats};
+pub use waker::ResultFuture;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A pool of worker processes, started once and reused for every task.
 ///
-/// Tasks are function items or non-capturing closures over [`Pod`] arguments
-/// and results; they run in separate processes, so a crash, an `abort()` or
-/// global state in a task cannot affect the caller. All methods take `&self`:
+/// Tasks ([`Task`]) are function items, `fn` pointers and non-capturing
+/// closures over [`Pod`] arguments and results, or any of these with bound
+/// values ([`partial`](crate::partial)); they run in separate processes, so a
+/// crash, an `abort()` or global state in a task cannot affect the caller.
+/// Per-call options (chunk size, callbacks) go through [`Pool::call`]. All methods take `&self`:
 /// a `Pool` is `Send + Sync`, and several threads may submit at once.
 ///
 /// Dropping the pool terminates it, like leaving Python's `with Pool() as p:`
@@ -107,14 +119,43 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.core
-            .pids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.core.pids)
             .iter()
             .flatten()
             .copied()
             .collect()
+    }
+
+    /// The pids of the workers that are stopped now (`SIGSTOP`, `SIGTSTP`,
+    /// a debugger). A stopped worker runs nothing: a task it holds, and a
+    /// `map` or `get` waiting for that task, waits until the worker is
+    /// continued (`SIGCONT`), or until the pool's
+    /// [`task_timeout`](crate::PoolBuilder::task_timeout) kills it. The pool's
+    /// supervisor also says so on stderr, once per stop, within a second.
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// assert!(pool.stopped_workers().is_empty());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn stopped_workers(&self) -> Vec<u32> {
+        self.worker_pids()
+            .into_iter()
+            .filter(|&pid| supervisor::is_stopped(pid as libc::pid_t))
+            .collect()
+    }
+
+    /// A call with per-call options (chunk size, callbacks), like the keyword
+    /// arguments of Python's `Pool` methods; see [`Call`].
+    ///
+    /// ```
+    /// fn f(x: u64) -> u64 { x * x }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// assert_eq!(pool.call().chunksize(2).map(f, &[1, 2, 3])?, vec![1, 4, 9]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn call(&self) -> Call<'_> {
+        Call::new(self)
     }
 
     /// Calls `f(args...)` in a worker and waits for the result.
@@ -132,7 +173,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        self.submit_apply(f, args, 0)?.finish(&self.core)
+        self.call().apply(f, args)
     }
 
     /// Submits `f(args...)` to a worker and returns at once with a handle to
@@ -151,8 +192,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        let job = self.submit_apply(f, args, 0)?.into_job();
-        Ok(self.result(job, decode_one::<F::Output>, false))
+        self.call().apply_async(f, args)
     }
 
     /// [`apply_async`](Pool::apply_async) with callbacks, like Python's
@@ -190,8 +230,9 @@ impl Pool {
         C: FnOnce(F::Output) + Send + 'static,
         E: FnOnce(Error) + Send + 'static,
     {
-        let job = self.submit_apply(f, args, WATCHED)?.into_job();
-        self.watched(job, decode_one::<F::Output>, callback, error_callback)
+        self.call()
+            .callbacks(callback, error_callback)
+            .apply_async(f, args)
     }
 
     /// Applies `f` to every element of `items` in the workers and returns the
@@ -213,13 +254,12 @@ impl Pool {
     /// assert_eq!(squares[999], 998_001.0);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map<F, T, U>(&self, f: F, items: &[T]) -> Result<Vec<U>, Error>
+    pub fn map<F, T>(&self, f: F, items: &[T]) -> Result<Vec<F::Output>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,)>,
         T: Pod,
-        U: Pod,
     {
-        self.map_chunked(f, items, self.default_chunksize(items.len()))
+        self.call().map(f, items)
     }
 
     /// [`map`](Pool::map) with chunks of `chunksize` elements (at least 1;
@@ -231,20 +271,17 @@ impl Pool {
     /// assert!(matches!(pool.map_chunked(|x: u8| x, &[1], 0), Err(shmpool::Error::InvalidArgument(_))));
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_chunked<F, T, U>(
+    pub fn map_chunked<F, T>(
         &self,
-        _f: F,
+        f: F,
         items: &[T],
         chunksize: usize,
-    ) -> Result<Vec<U>, Error>
+    ) -> Result<Vec<F::Output>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,)>,
         T: Pod,
-        U: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(map_entry::<F, T, U>)?;
-        schedule::map_slice::<T, U>(&self.core, items, chunksize, entry)
+        self.call().chunksize(chunksize).map(f, items)
     }
 
     /// Like [`map`](Pool::map), but returns at once with a handle to the
@@ -261,13 +298,12 @@ impl Pool {
     /// assert_eq!(r.get(None)?, vec![1, 4, 9]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_async<F, T, U>(&self, f: F, items: &[T]) -> Result<AsyncResult<Vec<U>>, Error>
+    pub fn map_async<F, T>(&self, f: F, items: &[T]) -> Result<AsyncResult<Vec<F::Output>>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,)>,
         T: Pod,
-        U: Pod,
     {
-        self.map_async_chunked(f, items, self.default_chunksize(items.len()))
+        self.call().map_async(f, items)
     }
 
     /// [`map_async`](Pool::map_async) with chunks of `chunksize` elements.
@@ -278,21 +314,17 @@ impl Pool {
     /// assert_eq!(r.get(None)?, vec![2, 3, 4, 5]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_async_chunked<F, T, U>(
+    pub fn map_async_chunked<F, T>(
         &self,
-        _f: F,
+        f: F,
         items: &[T],
         chunksize: usize,
-    ) -> Result<AsyncResult<Vec<U>>, Error>
+    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,)>,
         T: Pod,
-        U: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(map_entry::<F, T, U>)?;
-        let job = schedule::submit_slice::<T, U>(&self.core, items, chunksize, entry, 0)?;
-        Ok(self.result(job, decode_vec::<U>, false))
+        self.call().chunksize(chunksize).map_async(f, items)
     }
 
     /// [`map_async`](Pool::map_async) with callbacks (see
@@ -308,25 +340,59 @@ impl Pool {
     /// assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), vec![2, 4]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_async_with<F, T, U, C, E>(
+    pub fn map_async_with<F, T, C, E>(
         &self,
-        _f: F,
+        f: F,
         items: &[T],
         callback: C,
         error_callback: E,
-    ) -> Result<AsyncResult<Vec<U>>, Error>
+    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,)>,
         T: Pod,
-        U: Pod,
-        C: FnOnce(Vec<U>) + Send + 'static,
+        C: FnOnce(Vec<F::Output>) + Send + 'static,
         E: FnOnce(Error) + Send + 'static,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(map_entry::<F, T, U>)?;
-        let chunksize = self.default_chunksize(items.len());
-        let job = schedule::submit_slice::<T, U>(&self.core, items, chunksize, entry, WATCHED)?;
-        self.watched(job, decode_vec::<U>, callback, error_callback)
+        self.call()
+            .callbacks(callback, error_callback)
+            .map_async(f, items)
+    }
+
+    /// Maps `f` over `items` and folds the results with `op`, without
+    /// building the vector of results: each worker folds its chunk and sends
+    /// back one value; this process combines the chunks' values in index
+    /// order. `None` for an empty input. `f` and `op` are tasks: function
+    /// items, `fn` pointers, or [`partial`](crate::partial)s.
+    ///
+    /// Within a chunk the fold runs left to right, `op(op(f(x0), f(x1)),
+    /// f(x2))…`, and the chunks' values are combined in order, so an
+    /// associative `op` (a sum, a max) gives the same answer for any chunk
+    /// size; floating-point sums round differently with different chunks,
+    /// as with rayon's `reduce`.
+    ///
+    /// ```
+    /// use shmpool::{partial, Pool};
+    /// fn scaled_sin(k: f64, x: f64) -> f64 { (x * k).sin() }
+    /// fn add(a: f64, b: f64) -> f64 { a + b }
+    /// fn max(a: u64, b: u64) -> u64 { a.max(b) }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let v: Vec<f64> = (0..100_000).map(f64::from).collect();
+    /// let total = pool.map_reduce(partial(scaled_sin, 0.5), add, &v)?.unwrap();
+    /// let serial: f64 = v.iter().map(|&x| scaled_sin(0.5, x)).sum();
+    /// assert!((total - serial).abs() < 1e-6);
+    ///
+    /// assert_eq!(pool.map_reduce(|x: u64| x % 1000, max, &[5, 1999, 7])?, Some(999));
+    /// assert_eq!(pool.map_reduce(|x: u64| x, max, &[])?, None);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_reduce<F, O, T>(&self, f: F, op: O, items: &[T]) -> Result<Option<F::Output>, Error>
+    where
+        F: Task<(T,)>,
+        O: Task<(F::Output, F::Output), Output = F::Output>,
+        T: Pod,
+    {
+        self.call().map_reduce(f, op, items)
     }
 
     /// Like [`map`](Pool::map) for functions of several arguments: each item
@@ -343,7 +409,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        self.starmap_chunked(f, items, self.default_chunksize(items.len()))
+        self.call().starmap(f, items)
     }
 
     /// [`starmap`](Pool::starmap) with chunks of `chunksize` items.
@@ -356,7 +422,7 @@ impl Pool {
     /// ```
     pub fn starmap_chunked<F, Args>(
         &self,
-        _f: F,
+        f: F,
         items: &[Args],
         chunksize: usize,
     ) -> Result<Vec<F::Output>, Error>
@@ -364,9 +430,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(starmap_entry::<F, Args>)?;
-        schedule::map_slice::<Args, F::Output>(&self.core, items, chunksize, entry)
+        self.call().chunksize(chunksize).starmap(f, items)
     }
 
     /// [`starmap`](Pool::starmap) returning at once with a handle (Python's
@@ -380,19 +444,14 @@ impl Pool {
     /// ```
     pub fn starmap_async<F, Args>(
         &self,
-        _f: F,
+        f: F,
         items: &[Args],
     ) -> Result<AsyncResult<Vec<F::Output>>, Error>
     where
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(starmap_entry::<F, Args>)?;
-        let chunksize = self.default_chunksize(items.len());
-        let job =
-            schedule::submit_slice::<Args, F::Output>(&self.core, items, chunksize, entry, 0)?;
-        Ok(self.result(job, decode_vec::<F::Output>, false))
+        self.call().starmap_async(f, items)
     }
 
     /// [`starmap_async`](Pool::starmap_async) with callbacks (see
@@ -410,7 +469,7 @@ impl Pool {
     /// ```
     pub fn starmap_async_with<F, Args, C, E>(
         &self,
-        _f: F,
+        f: F,
         items: &[Args],
         callback: C,
         error_callback: E,
@@ -421,13 +480,9 @@ impl Pool {
         C: FnOnce(Vec<F::Output>) + Send + 'static,
         E: FnOnce(Error) + Send + 'static,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(starmap_entry::<F, Args>)?;
-        let chunksize = self.default_chunksize(items.len());
-        let job = schedule::submit_slice::<Args, F::Output>(
-            &self.core, items, chunksize, entry, WATCHED,
-        )?;
-        self.watched(job, decode_vec::<F::Output>, callback, error_callback)
+        self.call()
+            .callbacks(callback, error_callback)
+            .starmap_async(f, items)
     }
 
     /// A lazy [`map`](Pool::map) over any iterator, yielding results in input
@@ -442,14 +497,13 @@ impl Pool {
     /// assert_eq!(ordered, (0..10).map(f).collect::<Vec<_>>());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn imap<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
+    pub fn imap<F, I>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, F::Output>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,)>,
         I: IntoIterator,
         I::Item: Pod,
-        U: Pod,
     {
-        self.imap_chunked(f, items, 1)
+        self.call().imap(f, items)
     }
 
     /// [`imap`](Pool::imap) sending `chunksize` items per task (at least 1):
@@ -464,27 +518,18 @@ impl Pool {
     /// drop(it); // stops feeding; outstanding work is discarded
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn imap_chunked<F, I, U>(
+    pub fn imap_chunked<F, I>(
         &self,
-        _f: F,
+        f: F,
         items: I,
         chunksize: usize,
-    ) -> Result<Imap<I::IntoIter, U>, Error>
+    ) -> Result<Imap<I::IntoIter, F::Output>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,)>,
         I: IntoIterator,
         I::Item: Pod,
-        U: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(map_entry::<F, I::Item, U>)?;
-        Imap::new(
-            Arc::clone(&self.core),
-            items.into_iter(),
-            entry.0,
-            chunksize,
-            true,
-        )
+        self.call().chunksize(chunksize).imap(f, items)
     }
 
     /// Like [`imap`](Pool::imap), but yields results as they complete, in any
@@ -498,14 +543,17 @@ impl Pool {
     /// assert_eq!(seen, (0..10).map(f).collect::<Vec<_>>());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn imap_unordered<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
+    pub fn imap_unordered<F, I>(
+        &self,
+        f: F,
+        items: I,
+    ) -> Result<Imap<I::IntoIter, F::Output>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,)>,
         I: IntoIterator,
         I::Item: Pod,
-        U: Pod,
     {
-        self.imap_unordered_chunked(f, items, 1)
+        self.call().imap_unordered(f, items)
     }
 
     /// [`imap_unordered`](Pool::imap_unordered) sending `chunksize` items per
@@ -520,27 +568,18 @@ impl Pool {
     /// assert_eq!(v, (1..=100).collect::<Vec<u64>>());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn imap_unordered_chunked<F, I, U>(
+    pub fn imap_unordered_chunked<F, I>(
         &self,
-        _f: F,
+        f: F,
         items: I,
         chunksize: usize,
-    ) -> Result<Imap<I::IntoIter, U>, Error>
+    ) -> Result<Imap<I::IntoIter, F::Output>, Error>
     where
-        F: Fn(I::Item) -> U + Copy + Send + Sync + 'static,
+        F: Task<(I::Item,)>,
         I: IntoIterator,
         I::Item: Pod,
-        U: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(map_entry::<F, I::Item, U>)?;
-        Imap::new(
-            Arc::clone(&self.core),
-            items.into_iter(),
-            entry.0,
-            chunksize,
-            false,
-        )
+        self.call().chunksize(chunksize).imap_unordered(f, items)
     }
 
     /// Applies `f` to every element of `data` where it lies:
@@ -571,11 +610,10 @@ impl Pool {
     /// ```
     pub fn map_inplace<F, T>(&self, f: F, data: &mut [T]) -> Result<(), Error>
     where
-        F: Fn(T) -> T + Copy + Send + Sync + 'static,
+        F: Task<(T,), Output = T>,
         T: Pod,
     {
-        let chunksize = self.default_chunksize(data.len());
-        self.map_inplace_chunked(f, data, chunksize)
+        self.call().map_inplace(f, data)
     }
 
     /// [`map_inplace`](Pool::map_inplace) with chunks of `chunksize` elements.
@@ -589,17 +627,15 @@ impl Pool {
     /// ```
     pub fn map_inplace_chunked<F, T>(
         &self,
-        _f: F,
+        f: F,
         data: &mut [T],
         chunksize: usize,
     ) -> Result<(), Error>
     where
-        F: Fn(T) -> T + Copy + Send + Sync + 'static,
+        F: Task<(T,), Output = T>,
         T: Pod,
     {
-        const { assert_stateless::<F>() };
-        let entry = self.entry_point(inplace_entry::<F, T>)?;
-        schedule::map_inplace(&self.core, data, chunksize, entry)
+        self.call().chunksize(chunksize).map_inplace(f, data)
     }
 
     /// `output[i] = f(input[i])`, written straight into `output`: workers read
@@ -620,14 +656,12 @@ impl Pool {
     /// assert_eq!(&shared_out[..], &[3.0, 6.0]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_into<F, T, U>(&self, f: F, input: &[T], output: &mut [U]) -> Result<(), Error>
+    pub fn map_into<F, T>(&self, f: F, input: &[T], output: &mut [F::Output]) -> Result<(), Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,)>,
         T: Pod,
-        U: Pod,
     {
-        let chunksize = self.default_chunksize(input.len());
-        self.map_into_chunked(f, input, output, chunksize)
+        self.call().map_into(f, input, output)
     }
 
     /// [`map_into`](Pool::map_into) with chunks of `chunksize` elements.
@@ -640,28 +674,18 @@ impl Pool {
     /// assert!(pool.map_into_chunked(|x: u8| x, &[1], &mut [0u8; 2], 1).is_err());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn map_into_chunked<F, T, U>(
+    pub fn map_into_chunked<F, T>(
         &self,
-        _f: F,
+        f: F,
         input: &[T],
-        output: &mut [U],
+        output: &mut [F::Output],
         chunksize: usize,
     ) -> Result<(), Error>
     where
-        F: Fn(T) -> U + Copy + Send + Sync + 'static,
+        F: Task<(T,)>,
         T: Pod,
-        U: Pod,
     {
-        const { assert_stateless::<F>() };
-        if input.len() != output.len() {
-            return Err(Error::invalid(format!(
-                "map_into: input has {} elements, output {}",
-                input.len(),
-                output.len()
-            )));
-        }
-        let entry = self.entry_point(map_entry::<F, T, U>)?;
-        schedule::map_into(&self.core, input, output, chunksize, entry)
+        self.call().chunksize(chunksize).map_into(f, input, output)
     }
 
     /// Whether maps over plain slices let the workers work on the caller's
@@ -704,7 +728,7 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn close(&self) {
-        if self.core.advance_lifecycle(CLOSED) == RUNNING {
+        if self.core.advance_lifecycle(Lifecycle::Closed) == Lifecycle::Running {
             self.signal_workers_to_stop();
         }
     }
@@ -731,7 +755,7 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn terminate(&self) {
-        if self.core.advance_lifecycle(TERMINATED) != TERMINATED {
+        if self.core.advance_lifecycle(Lifecycle::Terminated) != Lifecycle::Terminated {
             self.signal_workers_to_stop();
         }
         self.core.supervisor.join();
@@ -754,7 +778,7 @@ impl Pool {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn join(&self) -> Result<(), Error> {
-        if self.core.lifecycle() == RUNNING {
+        if self.core.lifecycle() == Lifecycle::Running {
             return Err(Error::state("join() called before close() or terminate()"));
         }
         self.core.supervisor.join();
@@ -775,10 +799,6 @@ impl Pool {
     /// The shared state, for the C API.
     pub(crate) fn core(&self) -> &Core {
         &self.core
-    }
-
-    fn default_chunksize(&self, len: usize) -> usize {
-        schedule::default_chunksize(len, self.core.processes)
     }
 
     /// Encodes `entry` for the workers, checking that they can resolve it.
@@ -820,14 +840,54 @@ impl Pool {
     }
 
     /// Submits one task; `flags` go into its description (`slot::WATCHED`).
-    fn submit_apply<F, Args>(&self, _f: F, args: Args, flags: u32) -> Result<Ticket, Error>
+    fn submit_apply<F, Args>(&self, f: F, args: Args, flags: u32) -> Result<Ticket, Error>
     where
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_stateless::<F>() };
+        let input: ApplyInput<F, Args> = (f.bind()?, args);
         let entry = self.entry_point(apply_entry::<F, Args>)?;
-        schedule::submit_apply::<Args, F::Output>(&self.core, entry, args, flags)
+        schedule::submit_apply::<ApplyInput<F, Args>, F::Output>(&self.core, entry, input, flags)
+    }
+
+    /// Sends `SIGTERM` to every worker now, like Python 3.14's
+    /// `ProcessPoolExecutor.terminate_workers()`, and ends the pool as
+    /// [`terminate`](Pool::terminate) does: unfinished tasks fail with
+    /// [`Error::Terminated`], and no more work is accepted. A worker still
+    /// alive 2 seconds later (one that handles or ignores `SIGTERM`) gets
+    /// `SIGKILL`, so this always returns. Returns once every worker is reaped.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let long = pool.apply_async(nap, (60_000,))?;
+    /// pool.terminate_workers();
+    /// assert!(matches!(long.get(None), Err(shmpool::Error::Terminated)));
+    /// assert!(pool.worker_pids().is_empty());
+    /// assert!(matches!(pool.apply(|| 1u8, ()), Err(shmpool::Error::Closed)));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn terminate_workers(&self) {
+        self.core.supervisor.set_stop_signal(libc::SIGTERM);
+        self.terminate();
+    }
+
+    /// Sends `SIGKILL` to every worker now, like Python 3.14's
+    /// `ProcessPoolExecutor.kill_workers()`: the same as
+    /// [`terminate`](Pool::terminate), under Python's name. Unfinished tasks
+    /// fail with [`Error::Terminated`].
+    ///
+    /// ```
+    /// fn spin() { loop { std::hint::spin_loop() } }
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let pending = pool.apply_async(spin, ())?;
+    /// pool.kill_workers();
+    /// assert!(matches!(pending.get(None), Err(shmpool::Error::Terminated)));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn kill_workers(&self) {
+        self.terminate();
     }
 }
 
@@ -839,11 +899,7 @@ impl Drop for Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match self.core.lifecycle() {
-            RUNNING => "running",
-            CLOSED => "closed",
-            _ => "terminated",
-        };
+        let state = self.core.lifecycle().name();
         f.debug_struct("Pool")
             .field("processes", &self.core.processes)
             .field("state", &state)

@@ -3,11 +3,12 @@
 use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::pool::job::{Chunk, Job};
+use crate::pool::waker::WakerCell;
 use crate::shm::arena::Block;
 use crate::sync::futex;
 use crate::Pod;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -54,7 +55,12 @@ pub(crate) type Decode<R> = fn(&Core, &Job) -> Result<R, Failure>;
 /// The handle is independent of the pool's lifetime: if the pool is terminated
 /// or dropped first, [`get`](AsyncResult::get) returns [`Error::Terminated`].
 /// Dropping a handle withdraws the tasks that have not started (unless
-/// callbacks were attached: those always run).
+/// callbacks were attached: those always run); with
+/// [`abort_on_drop`](AsyncResult::abort_on_drop) it also stops running ones.
+///
+/// In async code, `.await` the handle (it implements
+/// [`IntoFuture`](std::future::IntoFuture), see [`ResultFuture`](crate::ResultFuture)):
+/// the executor thread is never blocked.
 ///
 /// ```
 /// use std::time::Duration;
@@ -70,6 +76,8 @@ pub(crate) type Decode<R> = fn(&Core, &Job) -> Result<R, Failure>;
 /// ```
 pub struct AsyncResult<R> {
     shared: Arc<Shared<R>>,
+    /// Whether dropping the handle (or its future) aborts unfinished work.
+    abort_on_drop: bool,
 }
 
 /// State shared by a handle and, with callbacks, the callback thread.
@@ -80,6 +88,11 @@ pub(crate) struct Shared<R> {
     value: OnceLock<Result<R, Failure>>,
     /// `Some` when callbacks are attached: the result is ready only once they ran.
     delivery: Option<Box<Delivery>>,
+    /// The task awaiting this result, woken by the callback thread.
+    pub(crate) waker: WakerCell,
+    /// Set when an awaiting future was dropped before it resolved: the
+    /// callback thread then drops its entry without waking anyone.
+    pub(crate) abandoned: AtomicBool,
 }
 
 /// Completion of a result's callbacks: a one-shot flag that a waiting thread
@@ -98,6 +111,7 @@ const DELIVERY_WAITER: u32 = 2;
 
 impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
     pub(crate) fn new(core: Arc<Core>, job: Job, decode: Decode<R>, with_callbacks: bool) -> Self {
+        let abort_on_drop = core.config.abort_on_drop;
         AsyncResult {
             shared: Arc::new(Shared {
                 core,
@@ -105,12 +119,15 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
                 decode,
                 value: OnceLock::new(),
                 delivery: with_callbacks.then(Box::default),
+                waker: WakerCell::default(),
+                abandoned: AtomicBool::new(false),
             }),
+            abort_on_drop,
         }
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared<R>> {
-        &self.shared
+    pub(crate) fn set_abort_on_drop(&mut self, yes: bool) {
+        self.abort_on_drop = yes;
     }
 
     /// Returns the result when it arrives; with `Some(timeout)`, returns
@@ -127,15 +144,28 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
     /// Python it hangs the pool). A result without callbacks, or one already
     /// delivered, can be waited for from a callback as from anywhere.
     pub fn get(&self, timeout: Option<Duration>) -> Result<R, Error> {
-        if self.waits_for_its_own_thread() {
-            return Err(Error::state(
-                "get() inside a callback on a result of the same pool whose callbacks have not \
-                 run yet: they run on this thread, after this callback returns",
-            ));
+        if let Some(e) = self.refuse_own_thread() {
+            return Err(e);
         }
         if !self.wait(timeout) {
             return Err(Error::Timeout);
         }
+        self.read()
+    }
+
+    /// The error for a wait that would wait for the calling thread itself.
+    pub(crate) fn refuse_own_thread(&self) -> Option<Error> {
+        self.waits_for_its_own_thread().then(|| {
+            Error::state(
+                "get() inside a callback (or an .await there) on a result of the same pool \
+                 whose callbacks have not run yet: they run on this thread, after this \
+                 callback returns",
+            )
+        })
+    }
+
+    /// The outcome of a ready result.
+    pub(crate) fn read(&self) -> Result<R, Error> {
         if let Some(message) = self
             .shared
             .delivery
@@ -168,6 +198,57 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
         }
     }
 
+    /// Stops the work if it has not finished, like Python's
+    /// `concurrent.futures.Future.cancel` but also for running work: a task
+    /// not yet started is withdrawn, and a running one is stopped by killing
+    /// its worker (with `SIGKILL`), which the pool replaces as after a
+    /// crash; for a map, every chunk. The result then reads
+    /// [`Error::Aborted`] (at once: [`get`](Self::get) and `.await` do not
+    /// wait for the worker to die). Tasks of other results are not affected,
+    /// except one that a killed worker took up in the instant before the
+    /// kill: it runs again on another worker (without using up a retry).
+    ///
+    /// Returns whether anything was stopped: `false` if every task had
+    /// already finished (the result keeps its value) or it was aborted
+    /// before. With callbacks, `error_callback` gets [`Error::Aborted`] once
+    /// the killed workers are reaped.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn spin() { loop { std::hint::spin_loop() } }
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let stuck = pool.apply_async(spin, ())?;
+    /// std::thread::sleep(Duration::from_millis(50)); // let it start
+    /// assert!(stuck.abort());
+    /// assert!(matches!(stuck.get(None), Err(shmpool::Error::Aborted)));
+    /// assert_eq!(pool.apply(|x: u8| x + 1, (1,))?, 2); // on a new worker
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn abort(&self) -> bool {
+        crate::pool::abort::abort(&self.shared)
+    }
+
+    /// Whether dropping this handle, or the future `.await` makes of it,
+    /// before the work finished [aborts](Self::abort) it (default: the
+    /// pool's [`PoolBuilder::abort_on_drop`](crate::PoolBuilder::abort_on_drop),
+    /// itself `false`). Without it, a drop only withdraws tasks that have not
+    /// started.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let slow = pool.apply_async(nap, (60_000,))?.abort_on_drop(true);
+    /// std::thread::sleep(Duration::from_millis(50));
+    /// drop(slow); // kills the worker
+    /// assert_eq!(pool.apply(|x: u8| x, (5,))?, 5);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn abort_on_drop(mut self, yes: bool) -> Self {
+        self.abort_on_drop = yes;
+        self
+    }
+
     /// Whether waiting for this result would wait for the calling thread
     /// itself: a callback waiting for a result whose callbacks are pending.
     fn waits_for_its_own_thread(&self) -> bool {
@@ -182,7 +263,7 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
         let shared = &*self.shared;
         match &shared.delivery {
             Some(d) => d.is_delivered(),
-            None => shared.value.get().is_some() || shared.is_done(),
+            None => shared.is_settled(),
         }
     }
 
@@ -199,9 +280,44 @@ impl<R: Clone + Send + Sync + 'static> AsyncResult<R> {
     }
 }
 
+impl<R> AsyncResult<R> {
+    pub(crate) fn shared(&self) -> &Arc<Shared<R>> {
+        &self.shared
+    }
+}
+
+impl<R> Drop for AsyncResult<R> {
+    fn drop(&mut self) {
+        if self.abort_on_drop {
+            crate::pool::abort::abort(&self.shared);
+        }
+    }
+}
+
 impl<R> Shared<R> {
     pub(crate) fn job(&self) -> &Job {
         self.job.as_ref().expect("present until drop")
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    pub(crate) fn has_callbacks(&self) -> bool {
+        self.delivery.is_some()
+    }
+
+    /// Whether the outcome is known: every chunk done, or aborted.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.value.get().is_some() || self.is_done()
+    }
+
+    /// Sets the outcome to `Aborted` unless it is known already; returns
+    /// whether it did.
+    pub(crate) fn settle_aborted(&self) -> bool {
+        self.value.get().is_none()
+            && !self.is_done()
+            && self.value.set(Err(Failure::Aborted)).is_ok()
     }
 
     /// Whether every chunk has finished.
@@ -225,6 +341,7 @@ impl<R> Shared<R> {
         if d.state.swap(DELIVERED, Ordering::AcqRel) & DELIVERY_WAITER != 0 {
             futex::wake(&d.state, i32::MAX);
         }
+        self.waker.wake();
     }
 }
 

@@ -20,7 +20,12 @@
 //!   (a duplicate entry is harmless: claims are CASes). A new worker takes
 //!   index k. Settling is O(1), however many tasks are queued.
 //! * after `terminate`: every worker is killed and reaped, every unfinished slot
-//!   fails with `Terminated`, and the thread ends.
+//!   fails with `Terminated`, and the thread ends. `terminate_workers` sends
+//!   `SIGTERM` first and `SIGKILL` only to workers still alive after
+//!   [`TERM_GRACE`].
+//! * killed for `AsyncResult::abort`: the slot it was killed for is finished
+//!   with `Aborted` (never retried); a task it took up in the instant before
+//!   the kill is innocent and runs again, as after a task timeout.
 //!
 //! Should the thread itself panic, nobody would settle exits or enforce
 //! timeouts again, and waiters would hang: the panic is caught, the pool
@@ -28,15 +33,16 @@
 //! slot failing with `PoolBroken`.
 
 use crate::error::{DeathCause, Error};
-use crate::pool::core::{Core, TERMINATED};
+use crate::pool::core::{Core, Lifecycle};
 use crate::pool::stats::Leaving;
 use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
 use crate::start::fork::Child;
-use crate::sync::slot::{Outcome, SlotState, IN_PLACE, SPLIT};
+use crate::sync::lock;
+use crate::sync::slot::{Outcome, SlotState, IN_PLACE, MAX_WORKER_INDEX, SPLIT};
 use crate::worker::WorkerStart;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,6 +54,11 @@ pub(crate) struct Supervisor {
     /// An eventfd each worker adds 1 to once it is initialized.
     ready: OwnedFd,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Slots whose workers `AsyncResult::abort` asks to be killed.
+    aborts: Mutex<Vec<u32>>,
+    /// The signal `terminate` sends the workers (`SIGKILL` unless
+    /// `terminate_workers` asked for `SIGTERM`).
+    stop_signal: AtomicI32,
     /// Makes the thread panic at its next wake-up, for the tests.
     #[cfg(test)]
     panic_on_wake: std::sync::atomic::AtomicBool,
@@ -59,6 +70,8 @@ impl Supervisor {
             wake: eventfd()?,
             ready: eventfd()?,
             thread: Mutex::new(None),
+            aborts: Mutex::new(Vec::new()),
+            stop_signal: AtomicI32::new(libc::SIGKILL),
             #[cfg(test)]
             panic_on_wake: std::sync::atomic::AtomicBool::new(false),
         })
@@ -68,9 +81,13 @@ impl Supervisor {
     pub(crate) fn start(core: &Arc<Core>) -> Result<(), Error> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread_core = Arc::clone(core);
-        // Fork workers run their tasks on a copy of this thread's stack.
-        let stack =
-            (core.config.stack_size).unwrap_or_else(crate::pool::builder::default_stack_size);
+        // Fork workers run their tasks on a copy of this thread's stack
+        // (spawn and forkserver workers make their own: `become_worker`).
+        let stack = match core.config.start_method {
+            crate::StartMethod::Fork => core.config.stack_size,
+            _ => None,
+        }
+        .unwrap_or_else(crate::pool::builder::default_stack_size);
         let handle = std::thread::Builder::new()
             .name("shmpool-supervisor".into())
             .stack_size(stack)
@@ -81,11 +98,7 @@ impl Supervisor {
         if started.is_err() {
             let _ = handle.join();
         } else {
-            *core
-                .supervisor
-                .thread
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(handle);
+            *lock(&core.supervisor.thread) = Some(handle);
         }
         started
     }
@@ -97,9 +110,22 @@ impl Supervisor {
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
+    /// Asks the thread to kill the workers running `slots` (checked again
+    /// there: a slot that finished meanwhile costs nothing).
+    pub(crate) fn abort(&self, slots: &[u32]) {
+        lock(&self.aborts).extend_from_slice(slots);
+        self.poke();
+    }
+
+    /// Makes the coming `terminate` send `signal` (`SIGTERM` or `SIGKILL`)
+    /// first; called before the lifecycle changes.
+    pub(crate) fn set_stop_signal(&self, signal: libc::c_int) {
+        self.stop_signal.store(signal, Ordering::SeqCst);
+    }
+
     /// Waits for the thread to end (after close or terminate). Idempotent.
     pub(crate) fn join(&self) {
-        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = lock(&self.thread).take();
         if let Some(handle) = handle {
             let _ = handle.join();
         }
@@ -227,7 +253,7 @@ fn run(core: Arc<Core>, ready: mpsc::Sender<Result<(), Error>>) {
         supervise(&core, &mut workers, ready)
     }));
     if let Err(payload) = supervised {
-        let message = crate::error::panic_message(&*payload);
+        let message = crate::panic::panic_message(&payload);
         core.mark_broken(format!("its supervisor thread panicked: {message}"));
         terminate_all(&core, &mut workers);
     }
@@ -267,10 +293,14 @@ fn supervise(
     core.stats.note_oom_kills();
 
     let mut respawn: Vec<usize> = Vec::new();
-    // Per worker: the slot it was killed for, having exceeded the task timeout.
-    let mut timed_out: Vec<Option<u32>> = vec![None; core.processes];
+    // Per worker: the slot it was killed for (having exceeded the task
+    // timeout, or aborted), and the outcome that slot gets.
+    let mut killed_for: Vec<Option<(u32, Outcome)>> = vec![None; core.processes];
+    // Per worker: the pid last reported stopped (a stopped worker sends no
+    // event on its pidfd: it is looked at every STOP_CHECK_MS).
+    let mut reported_stopped: Vec<Option<libc::pid_t>> = vec![None; core.processes];
     loop {
-        if core.lifecycle() == TERMINATED {
+        if core.lifecycle() == Lifecycle::Terminated {
             terminate_all(core, workers);
             return;
         }
@@ -298,13 +328,15 @@ fn supervise(
                 revents: 0,
             })
             .collect();
-        let mut timeout_ms = if respawn.is_empty() { -1 } else { 100 };
+        notice_stopped(workers, &mut reported_stopped);
+        let mut timeout_ms = if respawn.is_empty() {
+            STOP_CHECK_MS
+        } else {
+            100
+        };
         if let Some(limit) = core.config.task_timeout {
-            let next = enforce_timeout(core, workers, &mut timed_out, limit);
-            timeout_ms = match timeout_ms {
-                -1 => next,
-                t => t.min(next),
-            };
+            let next = enforce_timeout(core, workers, &mut killed_for, limit);
+            timeout_ms = timeout_ms.min(next);
         }
         // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -317,6 +349,7 @@ fn supervise(
             if core.supervisor.panic_on_wake.swap(false, Ordering::SeqCst) {
                 panic!("injected by a test");
             }
+            kill_aborted(core, workers, &mut killed_for);
         }
         for (pfd, &k) in fds[1..].iter().zip(&live) {
             if pfd.revents == 0 {
@@ -334,7 +367,7 @@ fn supervise(
             // counted.
             let accounting = core.stats.accounting();
             core.set_pid(k, None);
-            let exit = settle_exit(core, k, child.pid, status, timed_out[k].take());
+            let exit = settle_exit(core, k, child.pid, status, killed_for[k].take());
             // Before the index's next worker starts: its figures join the
             // pool's totals, and the record starts from zero.
             let counters = &core.layout().worker_record(k as u32).counters;
@@ -351,7 +384,7 @@ fn supervise(
                 core.callbacks.rescan();
             }
             core.layout().header().done.notify_sleepers();
-            if exit == Exit::Finished || core.lifecycle() == TERMINATED {
+            if exit == Exit::Finished || core.lifecycle() == Lifecycle::Terminated {
                 continue;
             }
             // Replace first, then re-push: with a full ring, pushing can wait
@@ -370,6 +403,10 @@ fn supervise(
     }
 }
 
+/// How long `terminate_workers` waits for workers to end after `SIGTERM`
+/// before it kills the rest.
+pub(crate) const TERM_GRACE: Duration = Duration::from_secs(2);
+
 /// What a worker's exit calls for.
 #[derive(Debug, PartialEq, Eq)]
 enum Exit {
@@ -382,13 +419,34 @@ enum Exit {
     Died { again: Option<u32> },
 }
 
+/// Kills the workers running the slots `AsyncResult::abort` asked for
+/// (recording each slot in `killed_for`).
+fn kill_aborted(core: &Core, workers: &[Option<Child>], killed_for: &mut [Option<(u32, Outcome)>]) {
+    let slots = std::mem::take(&mut *lock(&core.supervisor.aborts));
+    for i in slots {
+        if i >= core.slots_in_use() {
+            continue;
+        }
+        // Checked here, just before the kill: a slot finished meanwhile (or
+        // its worker already dying) needs none.
+        let SlotState::Running { worker } = core.layout().slot(i).state() else {
+            continue;
+        };
+        let k = worker as usize;
+        if let (Some(Some(w)), Some(None)) = (workers.get(k), killed_for.get(k)) {
+            killed_for[k] = Some((i, Outcome::Aborted));
+            w.kill(); // settled as Aborted when its pidfd reports the exit
+        }
+    }
+}
+
 /// Kills every worker whose task has run longer than `limit` (recording the
-/// slot in `timed_out`); returns how long `poll` may sleep before the next
+/// slot in `killed_for`); returns how long `poll` may sleep before the next
 /// running task could expire, in milliseconds.
 fn enforce_timeout(
     core: &Core,
     workers: &[Option<Child>],
-    timed_out: &mut [Option<u32>],
+    timed_out: &mut [Option<(u32, Outcome)>],
     limit: Duration,
 ) -> libc::c_int {
     // Saturate: `as u64` would wrap a limit of 2^64 ms to a few ms.
@@ -404,7 +462,15 @@ fn enforce_timeout(
         };
         let ran = now.saturating_sub(started);
         if ran >= limit_ms {
-            timed_out[k] = Some(slot);
+            timed_out[k] = Some((slot, Outcome::TimedOut));
+            if is_stopped(w.pid) {
+                warn(&format!(
+                    "worker {} (pid {}) was stopped when its task reached the pool's \
+                     task_timeout; it is killed and replaced",
+                    k + 1,
+                    w.pid
+                ));
+            }
             w.kill(); // settled as Timeout when its pidfd reports the exit
         } else {
             next_ms = next_ms.min(limit_ms - ran);
@@ -415,14 +481,58 @@ fn enforce_timeout(
     next_ms.saturating_add(1).min(i32::MAX as u64) as libc::c_int
 }
 
-/// Settles worker `k`'s exit: fails the task it held (`Timeout` if it is the
-/// slot `timed_out`), or queues it again if retries are left.
+/// How often the supervisor looks for stopped workers, in milliseconds.
+const STOP_CHECK_MS: libc::c_int = 1000;
+
+/// Whether process `pid` is stopped (`SIGSTOP`, `SIGTSTP`, a debugger): it
+/// runs nothing, its tasks included, until it is continued.
+pub(crate) fn is_stopped(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "T" || state == "t")
+    })
+}
+
+/// Says once on stderr that a worker is stopped (and forgets it once it runs
+/// again or is replaced), since a task it holds, and whatever waits for that
+/// task, waits with it.
+fn notice_stopped(workers: &[Option<Child>], reported: &mut [Option<libc::pid_t>]) {
+    for (k, w) in workers.iter().enumerate() {
+        let Some(w) = w else {
+            reported[k] = None;
+            continue;
+        };
+        let stopped = is_stopped(w.pid);
+        if stopped && reported[k] != Some(w.pid) {
+            warn(&format!(
+                "worker {} (pid {}) is stopped (SIGSTOP or a debugger): a task it holds \
+                 waits until it is continued (SIGCONT), or until the pool's task_timeout",
+                k + 1,
+                w.pid
+            ));
+        }
+        reported[k] = stopped.then_some(w.pid);
+    }
+}
+
+/// Writes `shmpool: <message>` to stderr (the descriptor itself: this thread
+/// may have inherited a test harness's output capture).
+fn warn(message: &str) {
+    let line = format!("shmpool: {message}\n");
+    // SAFETY: writes from a live buffer; a closed stderr only makes it fail.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+}
+
+/// Settles worker `k`'s exit: fails the task it held (with the outcome
+/// `killed_for` names if it is that slot), or queues it again if retries are
+/// left.
 fn settle_exit(
     core: &Core,
     k: usize,
     pid: libc::pid_t,
     status: libc::c_int,
-    timed_out: Option<u32>,
+    killed_for: Option<(u32, Outcome)>,
 ) -> Exit {
     let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
     let clean = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
@@ -433,7 +543,7 @@ fn settle_exit(
     // Before any slot is finished: its error reads the cause.
     let over_limit = record.over_limit.swap(0, Ordering::Relaxed) != 0;
     if !clean {
-        let killed_by_us = timed_out.is_some() || core.lifecycle() == TERMINATED;
+        let killed_by_us = killed_for.is_some() || core.lifecycle() == Lifecycle::Terminated;
         let cause = if over_limit {
             DeathCause::MemoryLimit
         } else if signal == Some(libc::SIGKILL) && !killed_by_us && core.stats.oom_kills_rose() {
@@ -474,11 +584,13 @@ fn settle_exit(
         match slot.state() {
             SlotState::Running { worker } if worker as usize == k => {
                 held_task = true;
-                if timed_out == Some(i) {
-                    core.stats.timed_out();
+                if let Some((_, why)) = killed_for.filter(|&(slot, _)| slot == i) {
+                    if why == Outcome::TimedOut {
+                        core.stats.timed_out();
+                    }
                     slot.finish_for(
                         |s| s == SlotState::Running { worker: k as u32 },
-                        Outcome::TimedOut,
+                        why,
                         pid as u32,
                         signal.unwrap_or(-1),
                     );
@@ -489,7 +601,7 @@ fn settle_exit(
                     // Killed for a task that finished in the instant between
                     // the timeout check and the kill: this one is innocent,
                     // so it runs again without using up a retry.
-                    let innocent = timed_out.is_some();
+                    let innocent = killed_for.is_some();
                     // In place: a second run would read the first one's
                     // outputs. Split: the parent runs its halves again.
                     let no_rerun = desc.flags & IN_PLACE != 0
@@ -529,8 +641,33 @@ fn settle_exit(
 }
 
 fn terminate_all(core: &Core, workers: &mut [Option<Child>]) {
+    let signal = core.supervisor.stop_signal.load(Ordering::SeqCst);
     for w in workers.iter().flatten() {
-        w.kill();
+        if signal == libc::SIGKILL {
+            w.kill();
+        } else {
+            w.signal(signal);
+        }
+    }
+    if signal != libc::SIGKILL {
+        // A worker that handles or blocks the signal (a handler inherited
+        // at fork, say) must not hang `terminate_workers`.
+        let deadline = Instant::now() + TERM_GRACE;
+        let mut pause = Duration::from_micros(100);
+        for (k, slot) in workers.iter_mut().enumerate() {
+            while let Some(w) = slot.as_ref() {
+                if w.reap(false).is_some() {
+                    *slot = None;
+                    core.set_pid(k, None);
+                } else if Instant::now() >= deadline {
+                    w.kill();
+                    break;
+                } else {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+            }
+        }
     }
     for (k, w) in workers.iter_mut().enumerate() {
         if let Some(w) = w.take() {
@@ -540,8 +677,13 @@ fn terminate_all(core: &Core, workers: &mut [Option<Child>]) {
     }
     let layout = core.layout();
     for i in 0..core.slots_in_use() {
+        // A slot held by the placeholder is being finished by `abort` now.
         layout.slot(i).finish_for(
-            |s| matches!(s, SlotState::Queued | SlotState::Running { .. }),
+            |s| match s {
+                SlotState::Queued => true,
+                SlotState::Running { worker } => worker != MAX_WORKER_INDEX,
+                _ => false,
+            },
             Outcome::Terminated,
             0,
             -1,

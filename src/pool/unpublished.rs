@@ -10,6 +10,7 @@
 
 use crate::error::Error;
 use crate::pool::core::Core;
+use crate::pool::schedule::MapLayout;
 use crate::shm::arena::Block;
 use crate::sync::slot::{TaskDesc, INLINE_CAPACITY};
 
@@ -54,6 +55,19 @@ impl<'a> UnpublishedSlot<'a> {
         Ok(Core::block_offset(block))
     }
 
+    /// Gives the task the room `area` asks for: the slot's inline area after
+    /// its first `after` bytes (the task's context) if it fits there, else an
+    /// arena block ([`attach_block`](Self::attach_block)); returns its
+    /// segment offset.
+    pub(crate) fn attach_area(&mut self, area: &MapLayout, after: usize) -> Result<u64, Error> {
+        let start = after.next_multiple_of(area.align);
+        if area.fits_inline(start) {
+            Ok(self.inline_offset() + start as u64)
+        } else {
+            self.attach_block(area.total, area.align)
+        }
+    }
+
     /// Writes the task's description.
     pub(crate) fn describe(&mut self, desc: TaskDesc) {
         // SAFETY: the slot is FREE and this token is its only handle, borrowed
@@ -63,13 +77,13 @@ impl<'a> UnpublishedSlot<'a> {
 
     /// Writes `bytes` (at most `INLINE_CAPACITY`) at the start of the slot's
     /// inline area.
-    pub(crate) fn write_inline(&mut self, bytes: &[u8]) {
+    pub(crate) fn write_inline(&mut self, bytes: &[std::mem::MaybeUninit<u8>]) {
         assert!(bytes.len() <= INLINE_CAPACITY);
         // SAFETY: as for `describe`; the inline area holds INLINE_CAPACITY bytes.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
-                self.core.layout().slot(self.index).inline_ptr(),
+                self.core.layout().slot(self.index).inline_ptr().cast(),
                 bytes.len(),
             )
         };
@@ -130,7 +144,7 @@ mod tests {
     #[test]
     fn a_token_refused_by_a_stopped_pool_gives_its_slot_back() {
         let core = core();
-        core.advance_lifecycle(crate::pool::core::CLOSED);
+        core.advance_lifecycle(crate::pool::core::Lifecycle::Closed);
         let mut slot = core.alloc_slot().unwrap();
         let index = slot.index;
         slot.describe(TaskDesc::default());

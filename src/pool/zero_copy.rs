@@ -40,17 +40,11 @@ impl PtracerGrant {
             *grants = (me, 0);
         }
         if grants.1 == 0 {
-            // SAFETY: PR_SET_PTRACER takes a pid and changes no memory; it fails
-            // with EINVAL where Yama is not built in, and then nothing is needed.
-            unsafe {
-                libc::prctl(
-                    libc::PR_SET_PTRACER,
-                    libc::getpid() as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                )
-            };
+            // Fails with EINVAL where Yama is not built in, and then nothing
+            // is needed.
+            let _ = rustix::process::set_ptracer(rustix::process::PTracer::ProcessID(
+                rustix::process::getpid(),
+            ));
         }
         grants.1 += 1;
         PtracerGrant(())
@@ -65,8 +59,8 @@ impl Drop for PtracerGrant {
         }
         grants.1 -= 1;
         if grants.1 == 0 {
-            // SAFETY: as in `acquire`; 0 withdraws the declaration.
-            unsafe { libc::prctl(libc::PR_SET_PTRACER, 0, 0, 0, 0) };
+            // Withdraws the declaration (`PR_SET_PTRACER, 0`).
+            let _ = rustix::process::set_ptracer(rustix::process::PTracer::None);
         }
     }
 }

@@ -5,10 +5,9 @@ use crate::error::Error;
 use crate::objects::Heap;
 use crate::start::fork::{self, Child};
 use crate::start::StartMethod;
-use crate::task::{assert_stateless, init_entry, EntryPoint, Task, TaskIo};
+use crate::task::{init_entry, ApplyInput, EntryPoint, Task, TaskIo};
 use crate::Pod;
 use std::mem::{align_of, size_of};
-use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -60,6 +59,9 @@ pub struct Process {
     args: Vec<Aligned>,
     args_len: usize,
     args_align: usize,
+    /// Why the function cannot travel (a `fn` pointer outside the
+    /// executable): reported by `start`.
+    refused: Option<Error>,
     child: Option<Child>,
     exitcode: Option<i32>,
 }
@@ -82,24 +84,36 @@ impl Process {
         Self::with_method(crate::start::default_method(), f, args)
     }
 
-    pub(crate) fn with_method<F, Args>(method: StartMethod, _f: F, args: Args) -> Process
+    pub(crate) fn with_method<F, Args>(method: StartMethod, f: F, args: Args) -> Process
     where
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_stateless::<F>() };
-        const { assert!(align_of::<Args>() <= 64) };
-        let mut buf = vec![Aligned([0; 64]); size_of::<Args>().div_ceil(64).max(1)];
-        // SAFETY: `buf` is 64-aligned with room for an Args.
-        unsafe { buf.as_mut_ptr().cast::<Args>().write(args) };
+        type Input<F, Args> = ApplyInput<F, Args>;
+        const { assert!(align_of::<Input<F, Args>>() <= 64) };
+        let size = size_of::<Input<F, Args>>();
+        let mut buf = vec![Aligned([0; 64]); size.div_ceil(64).max(1)];
+        let refused = match f.bind() {
+            Ok(bound) => {
+                // SAFETY: `buf` is 64-aligned with room for the input.
+                unsafe {
+                    buf.as_mut_ptr()
+                        .cast::<Input<F, Args>>()
+                        .write((bound, args))
+                };
+                None
+            }
+            Err(e) => Some(e),
+        };
         Process {
             name: format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)),
             method,
             entry: EntryPoint::new(init_entry::<F, Args>),
             entry_fn: init_entry::<F, Args>,
             args: buf,
-            args_len: size_of::<Args>(),
-            args_align: align_of::<Args>(),
+            args_len: size,
+            args_align: align_of::<Input<F, Args>>(),
+            refused,
             child: None,
             exitcode: None,
         }
@@ -122,6 +136,9 @@ impl Process {
     pub fn start(&mut self) -> Result<(), Error> {
         if self.child.is_some() || self.exitcode.is_some() {
             return Err(Error::state("a process can only be started once"));
+        }
+        if let Some(refused) = self.refused.take() {
+            return Err(refused);
         }
         // A spawned child whose start-up hook did not run takes its role here.
         crate::start::bootstrap::take_role();
@@ -174,23 +191,26 @@ impl Process {
             if let Some(code) = self.poll_exit() {
                 return Ok(Some(code));
             }
-            let wait_ms = match deadline {
-                None => -1,
+            let timeout = match deadline {
+                None => None,
                 Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) => (left.as_millis() + 1).min(i32::MAX as u128) as i32,
+                    // Rounded up, so the wait never ends just short of `d`.
+                    Some(left) => {
+                        rustix::event::Timespec::try_from(left + Duration::from_millis(1)).ok()
+                    }
                     None => return Ok(None),
                 },
             };
             let Some(child) = &self.child else {
                 continue; // reaped by poll_exit: the next turn returns
             };
-            let mut pfd = libc::pollfd {
-                fd: child.pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, wait_ms) };
+            // The pidfd turns readable when the child exits; an interruption
+            // or error just means another turn.
+            let mut pfd = [rustix::event::PollFd::new(
+                &child.pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            let _ = rustix::event::poll(&mut pfd, timeout.as_ref());
         }
     }
 
@@ -225,8 +245,10 @@ impl Process {
     pub fn terminate(&mut self) {
         if self.poll_exit().is_none() {
             if let Some(c) = &self.child {
-                // SAFETY: our unreaped child: the pid names it alone.
-                unsafe { libc::kill(c.pid, libc::SIGTERM) };
+                // Our unreaped child: the pid names it alone.
+                if let Some(pid) = rustix::process::Pid::from_raw(c.pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                }
             }
         }
     }
@@ -322,8 +344,7 @@ fn run_spawned(value: &std::ffi::OsStr) -> i32 {
     if !Heap::adopt(heap_fd as std::os::fd::RawFd) {
         return crate::start::BAD_SEGMENT_EXIT;
     }
-    // SAFETY: plain syscall.
-    fork::die_with_parent(unsafe { libc::getppid() } as u32);
+    fork::die_with_parent(std::os::unix::process::parent_id());
     crate::panic::install_quiet_panic_hook();
     run_spec(spec_at)
 }
@@ -334,6 +355,9 @@ fn launch(method: StartMethod, spec_at: u64) -> Result<Child, Error> {
     // SAFETY: reads a valid, initialized static.
     let _ = unsafe { std::ptr::read_volatile(&PROCESS_HOOK) };
     let heap = Heap::get()?;
+    // SAFETY: the object heap lives as long as the program, and with it its
+    // descriptor.
+    let heap_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(heap.fd()) };
     match method {
         StartMethod::Fork => Ok(fork::fork_child(move || run_spec(spec_at))?),
         StartMethod::Spawn => {
@@ -342,14 +366,12 @@ fn launch(method: StartMethod, spec_at: u64) -> Result<Child, Error> {
             let env = crate::start::spawn::environment((crate::start::spawn::PROCESS_ENV, value))?;
             Ok(crate::start::spawn::exec_self(
                 &env,
-                &[heap.fd()],
+                &[heap_fd],
                 crate::start::spawn::Tie::Thread,
             )?)
         }
         StartMethod::ForkServer => Ok(crate::start::forkserver::start_process(
-            heap.fd(),
-            spec_at,
-            run_spec,
+            heap_fd, spec_at, run_spec,
         )?),
     }
 }

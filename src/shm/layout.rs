@@ -303,6 +303,9 @@ pub(crate) struct WorkerSettings {
     /// A worker whose resident set passes this many KiB after a task exits
     /// (to be replaced); 0: no cap.
     pub(crate) max_rss_kib: AtomicU64,
+    /// `PoolBuilder::stack_size` in bytes (0: not set), for workers that do
+    /// not run on a copy of the supervisor's stack (spawn, forkserver).
+    pub(crate) stack_size: AtomicU64,
 }
 
 /// Initializer argument bytes: written by the parent before any worker

@@ -3,9 +3,12 @@
 
 use crate::error::Error;
 use crate::tracker::{self, Kind};
+use rustix::fs::Mode;
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::shm::OFlags;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,9 +60,9 @@ impl SharedMemory {
             ));
         }
         let mut random = [0u8; 8];
-        // SAFETY: fills our buffer; on failure the name is still unique by pid
-        // and counter, and O_EXCL refuses a clash.
-        unsafe { libc::getrandom(random.as_mut_ptr().cast(), 8, libc::GRND_NONBLOCK) };
+        // On failure the name is still unique by pid and counter, and O_EXCL
+        // refuses a clash.
+        let _ = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::NONBLOCK);
         let name = format!(
             "/shmpool-{}-{}-{:016x}",
             std::process::id(),
@@ -87,58 +90,44 @@ impl SharedMemory {
     fn map(name: &str, create: Option<usize>) -> Result<SharedMemory, Error> {
         let cname = CString::new(name).map_err(|_| Error::invalid("a name without NUL bytes"))?;
         let flags = match create {
-            Some(_) => libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
-            None => libc::O_RDWR | libc::O_CLOEXEC,
+            Some(_) => OFlags::CREATE | OFlags::EXCL | OFlags::RDWR,
+            None => OFlags::RDWR,
         };
-        // SAFETY: a valid C string; mode 0600: only this user may open it.
-        let raw = unsafe { libc::shm_open(cname.as_ptr(), flags, 0o600) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error().into());
-        }
-        // SAFETY: a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let fail = |e: io::Error| {
+        // Mode 0600: only this user may open it (rustix adds O_CLOEXEC).
+        let fd = rustix::shm::open(cname.as_c_str(), flags, Mode::from_raw_mode(0o600))
+            .map_err(io::Error::from)?;
+        let fail = |e: rustix::io::Errno| {
             if create.is_some() {
-                // SAFETY: a valid C string naming the object we just created.
-                unsafe { libc::shm_unlink(cname.as_ptr()) };
+                let _ = rustix::shm::unlink(cname.as_c_str());
             }
-            Error::Io(e)
+            Error::Io(e.into())
         };
         let len = match create {
             Some(len) => {
-                // SAFETY: plain syscall on our descriptor.
-                if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-                    return Err(fail(io::Error::last_os_error()));
-                }
+                rustix::fs::ftruncate(&fd, len as u64).map_err(fail)?;
                 len
             }
             None => {
-                // SAFETY: an all-zero stat is valid; fstat fills it.
-                let mut st: libc::stat = unsafe { std::mem::zeroed() };
-                // SAFETY: plain syscall writing into `st`.
-                if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-                    return Err(fail(io::Error::last_os_error()));
-                }
-                if st.st_size <= 0 {
+                let size = rustix::fs::fstat(&fd).map_err(fail)?.st_size;
+                if size <= 0 {
                     return Err(Error::invalid(format!("{name} is empty")));
                 }
-                st.st_size as usize
+                size as usize
             }
         };
-        // SAFETY: a new mapping chosen by the kernel; it aliases no Rust object.
+        // SAFETY: a new mapping at an address the kernel chooses; it aliases no
+        // Rust object.
         let ptr = unsafe {
-            libc::mmap(
+            rustix::mm::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
                 0,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(fail(io::Error::last_os_error()));
         }
+        .map_err(fail)?;
         Ok(SharedMemory {
             name: name.to_owned(),
             base: NonNull::new(ptr.cast()).expect("mmap returned null"),
@@ -180,11 +169,7 @@ impl SharedMemory {
     /// Removes the name now (mappings stay valid until dropped). Only the
     /// creator's handle removes the name on drop; this works from any handle.
     pub fn unlink(&mut self) -> Result<(), Error> {
-        let cname = CString::new(self.name.as_str()).expect("checked at creation");
-        // SAFETY: a valid C string.
-        if unsafe { libc::shm_unlink(cname.as_ptr()) } != 0 {
-            return Err(io::Error::last_os_error().into());
-        }
+        rustix::shm::unlink(self.name.as_str()).map_err(io::Error::from)?;
         if self.owner {
             self.owner = false;
         }
@@ -197,7 +182,7 @@ impl Drop for SharedMemory {
     fn drop(&mut self) {
         // SAFETY: our mapping of `len` bytes; no reference into it outlives
         // `self`.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
         if self.owner {
             let _ = self.unlink();
         }

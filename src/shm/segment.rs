@@ -7,8 +7,10 @@
 //! touched, and workers forked later inherit the complete mapping, so the
 //! payload arena can grow without any process remapping.
 
+use rustix::fs::FallocateFlags;
+use rustix::mm::{MapFlags, ProtFlags};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 /// A `MAP_SHARED` mapping of a sparse memfd, unmapped on drop.
@@ -30,19 +32,9 @@ impl Segment {
     /// Creates a zero-filled shared mapping of `len` bytes named `name` (for
     /// `/proc/<pid>/maps` only; the file has no path).
     pub(crate) fn create(name: &str, len: usize) -> io::Result<Segment> {
-        let cname = std::ffi::CString::new(name).map_err(io::Error::other)?;
-        // SAFETY: `cname` is a valid NUL-terminated string.
-        let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: plain syscall on a descriptor we own.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = Self::map_inherited(fd.as_raw_fd(), len)?;
+        let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        let ptr = Self::map(fd.as_fd(), len)?;
         Ok(Segment {
             base: NonNull::new(ptr).expect("mmap returned null"),
             len,
@@ -51,28 +43,38 @@ impl Segment {
     }
 
     /// The memfd behind the mapping (handed to spawned workers).
-    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+    pub(crate) fn fd(&self) -> RawFd {
         self._fd.as_raw_fd()
     }
 
     /// Maps `len` bytes of a segment descriptor (ours, or one inherited by a
     /// spawned or forkserver process, whose mapping lives until it exits).
-    pub(crate) fn map_inherited(fd: std::os::fd::RawFd, len: usize) -> io::Result<*mut u8> {
-        // SAFETY: a new mapping chosen by the kernel; it aliases no Rust object.
+    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<*mut u8> {
+        // SAFETY: a new mapping at an address the kernel chooses; it aliases no
+        // Rust object.
         let ptr = unsafe {
-            libc::mmap(
+            rustix::mm::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::NORESERVE,
                 fd,
                 0,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        }?;
         Ok(ptr.cast())
+    }
+
+    /// [`map`](Segment::map) of a descriptor number: the form the worker's
+    /// bootstrap and the object heap hold. A number that names no open file
+    /// fails with `EBADF`, as `mmap` would.
+    pub(crate) fn map_inherited(fd: RawFd, len: usize) -> io::Result<*mut u8> {
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        // SAFETY: `fd` is not -1, and the borrow lasts only for this `mmap`,
+        // which checks the descriptor itself (the mapping keeps the file alive).
+        Self::map(unsafe { BorrowedFd::borrow_raw(fd) }, len)
     }
 
     /// The first byte of the mapping.
@@ -91,17 +93,14 @@ impl Segment {
         if end <= start {
             return 0;
         }
-        // SAFETY: plain syscall on our descriptor; the range lies inside the
-        // file, and nobody reads or writes it (the caller's contract).
-        let done = unsafe {
-            libc::fallocate(
-                self.fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                start as libc::off_t,
-                (end - start) as libc::off_t,
-            )
-        };
-        if done == 0 {
+        // The caller owns the range: nobody reads or writes it meanwhile.
+        let done = rustix::fs::fallocate(
+            &self._fd,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            start as u64,
+            (end - start) as u64,
+        );
+        if done.is_ok() {
             end - start
         } else {
             0 // not supported here: the memory stays, as before
@@ -113,9 +112,7 @@ impl Drop for Segment {
     fn drop(&mut self) {
         // SAFETY: we created this mapping with this length; no reference into it
         // outlives the `Segment` (they all borrow it).
-        unsafe {
-            libc::munmap(self.base.as_ptr().cast(), self.len);
-        }
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
 

@@ -154,12 +154,28 @@ pub(crate) fn become_worker(
     // SAFETY: plain syscall.
     let parent = unsafe { libc::getppid() } as u32;
     fork::die_with_parent(parent);
-    worker::serve(
-        layout,
-        WorkerStart {
-            index,
-            ready_fd,
-            method,
-        },
-    )
+    let start = WorkerStart {
+        index,
+        ready_fd,
+        method,
+    };
+    let stack = layout.header().settings.stack_size.load(Ordering::Relaxed);
+    if stack == 0 {
+        return worker::serve(layout, start);
+    }
+    // `PoolBuilder::stack_size`: this main thread's stack was sized by
+    // RLIMIT_STACK at exec, so tasks run on a thread with the stack asked
+    // for, as fork workers run on a copy of the supervisor thread's. The
+    // name goes on the main thread first: `/proc/<pid>/comm` shows its.
+    crate::process::enter_worker(index as usize, method);
+    let Ok(stack) = usize::try_from(stack) else {
+        return super::STACK_FAILED_EXIT;
+    };
+    std::thread::Builder::new()
+        .name("shmpool-worker".into())
+        .stack_size(stack)
+        .spawn(move || worker::serve(layout, start))
+        .map_or(super::STACK_FAILED_EXIT, |serving| {
+            serving.join().unwrap_or(super::STACK_FAILED_EXIT)
+        })
 }

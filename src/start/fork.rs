@@ -50,6 +50,12 @@ impl Child {
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
     }
 
+    /// Sends `signal`. The child is not reaped yet, so its pid names it alone.
+    pub(crate) fn signal(&self, signal: libc::c_int) {
+        // SAFETY: plain syscall on a pid that is ours until reaped.
+        unsafe { libc::kill(self.pid, signal) };
+    }
+
     /// Kills the child and waits for it, so it leaves no zombie.
     pub(crate) fn kill_and_reap(&self) -> libc::c_int {
         self.kill();

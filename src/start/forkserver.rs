@@ -22,11 +22,18 @@ use super::fork::{self, Child, Parent};
 use super::spawn;
 use crate::error::Error;
 use crate::sync::fork_mutex::{ForkMutex, ForkMutexGuard};
+use crate::sys::process::{self as sys, Forked};
 use crate::worker::WorkerStart;
 use crate::StartMethod;
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
 use std::ffi::OsStr;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// The variable that makes a re-executed process the fork server.
 pub(crate) const ENV: &str = "SHMPOOL_ROLE_FORKSERVER";
@@ -61,17 +68,24 @@ fn server() -> ForkMutexGuard<'static, Option<Server>> {
 /// Asks the server (started if needed) for worker `start.index`.
 pub(crate) fn start_worker(segment_fd: RawFd, start: WorkerStart) -> Result<Child, Error> {
     let heap_fd = crate::objects::Heap::get()?.fd();
-    Ok(start_child(
-        [START, start.index, 0, 0],
-        &[segment_fd, start.ready_fd, heap_fd],
-    )?)
+    // SAFETY: the pool keeps its segment and the worker's ready descriptor open
+    // until the worker has started, and the object heap lives as long as the
+    // program; all three outlive this call.
+    let fds = unsafe {
+        [
+            BorrowedFd::borrow_raw(segment_fd),
+            BorrowedFd::borrow_raw(start.ready_fd),
+            BorrowedFd::borrow_raw(heap_fd),
+        ]
+    };
+    Ok(start_child([START, start.index, 0, 0], &fds)?)
 }
 
 /// Asks the server for a `Process` child that calls `run(spec_at)` (the spec
 /// is in the object heap `heap_fd`). `run` travels as a code offset, like a
 /// task function: the server runs the same executable.
 pub(crate) fn start_process(
-    heap_fd: RawFd,
+    heap_fd: BorrowedFd<'_>,
     spec_at: u64,
     run: fn(u64) -> i32,
 ) -> io::Result<Child> {
@@ -89,7 +103,7 @@ pub(crate) fn start_process(
 }
 
 /// Sends a start request; returns the new child.
-fn start_child(words: [u32; 4], fds: &[RawFd]) -> io::Result<Child> {
+fn start_child(words: [u32; 4], fds: &[BorrowedFd<'_>]) -> io::Result<Child> {
     let mut guard = server();
     let mut reply = None;
     for _attempt in 0..2 {
@@ -97,7 +111,7 @@ fn start_child(words: [u32; 4], fds: &[RawFd]) -> io::Result<Child> {
             *guard = Some(launch()?);
         }
         let s = guard.as_ref().expect("just launched");
-        match request(&s.socket, words, fds) {
+        match request(s.socket.as_fd(), words, fds) {
             Ok(r) => {
                 reply = Some(r);
                 break;
@@ -112,9 +126,15 @@ fn start_child(words: [u32; 4], fds: &[RawFd]) -> io::Result<Child> {
     }
     drop(guard); // `reap` below takes the lock again
     let [pid, errno] = reply.ok_or_else(|| io::Error::other("the fork server does not answer"))?;
-    if pid <= 0 {
+    // `Pid::from_raw` wants no negative number: check the sign first.
+    let child = if pid > 0 {
+        rustix::process::Pid::from_raw(pid)
+    } else {
+        None
+    };
+    let Some(child) = child else {
         return Err(io::Error::from_raw_os_error(errno));
-    }
+    };
     match fork::pidfd(pid) {
         Ok(pidfd) => Ok(Child {
             pid,
@@ -122,8 +142,9 @@ fn start_child(words: [u32; 4], fds: &[RawFd]) -> io::Result<Child> {
             parent: Parent::Other { reap },
         }),
         Err(e) => {
-            // SAFETY: the server has not reaped `pid` (it only does when asked).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // The server has not reaped `pid` (it only does when asked), so the
+            // pid cannot name another process yet.
+            let _ = rustix::process::kill_process(child, rustix::process::Signal::KILL);
             reap(pid, true);
             Err(e)
         }
@@ -137,7 +158,7 @@ pub(crate) fn reap(pid: libc::pid_t, block: bool) -> Option<libc::c_int> {
     let Some(s) = guard.as_ref() else {
         return Some(libc::SIGKILL);
     };
-    match request(&s.socket, [REAP, pid as u32, block as u32, 0], &[]) {
+    match request(s.socket.as_fd(), [REAP, pid as u32, block as u32, 0], &[]) {
         Ok([1, status]) => Some(status),
         Ok(_) => None,
         Err(_) => Some(libc::SIGKILL),
@@ -147,25 +168,16 @@ pub(crate) fn reap(pid: libc::pid_t, block: bool) -> Option<libc::c_int> {
 /// Spawns the server with its end of a fresh socket pair.
 fn launch() -> io::Result<Server> {
     super::bootstrap::ensure_linked();
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: two fresh descriptors that nothing else owns.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
     let env = spawn::environment((ENV, theirs.as_raw_fd().to_string()))?;
     // The server must outlive the (supervisor) thread that happens to start
     // it; it notices the parent's death by the socket closing instead.
-    let process = spawn::exec_self(&env, &[theirs.as_raw_fd()], spawn::Tie::None)?;
+    let process = spawn::exec_self(&env, &[theirs.as_fd()], spawn::Tie::None)?;
     drop(theirs);
     Ok(Server {
         socket: ours,
@@ -175,109 +187,78 @@ fn launch() -> io::Result<Server> {
 }
 
 /// Sends one request (with `fds` attached) and reads the two-word reply.
-fn request(socket: &OwnedFd, words: [u32; 4], fds: &[RawFd]) -> io::Result<[i32; 2]> {
-    send(socket.as_raw_fd(), &words, fds)?;
-    let mut reply = [0i32; 2];
-    let n = recv(socket.as_raw_fd(), bytes_of_mut(&mut reply), &mut [])?;
+fn request(
+    socket: BorrowedFd<'_>,
+    words: [u32; 4],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<[i32; 2]> {
+    send(socket, &words, fds)?;
+    let mut reply = [0u8; 8];
+    let n = recv(socket, &mut reply, &mut [])?;
     if n != 8 {
         return Err(io::Error::other("the fork server closed its socket"));
     }
-    Ok(reply)
+    let [a, b] =
+        [&reply[..4], &reply[4..]].map(|w| i32::from_ne_bytes(w.try_into().expect("four bytes")));
+    Ok([a, b])
 }
 
-fn bytes_of_mut<T: Copy>(v: &mut [T]) -> &mut [u8] {
-    // SAFETY: the integer arrays used here have no padding and any bytes are
-    // valid for them.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), std::mem::size_of_val(v)) }
-}
-
+/// The most descriptors one request carries.
 const MAX_FDS: usize = 3;
 
-/// `sendmsg` of `data` with `fds` as `SCM_RIGHTS`.
-fn send(socket: RawFd, data: &[u32; 4], fds: &[RawFd]) -> io::Result<()> {
+/// `sendmsg` of `words` with `fds` as `SCM_RIGHTS`.
+fn send(socket: BorrowedFd<'_>, words: &[u32; 4], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     assert!(fds.len() <= MAX_FDS);
-    let mut data = *data;
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: 16,
-    };
-    let mut control = [0u64; 8]; // aligned room for one cmsg of MAX_FDS fds
-                                 // SAFETY: an all-zero msghdr is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    let mut data = [0u8; 16];
+    for (out, w) in data.chunks_exact_mut(4).zip(words) {
+        out.copy_from_slice(&w.to_ne_bytes());
+    }
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() {
-        // SAFETY: CMSG_SPACE / CMSG_LEN are pure computations.
-        let space = unsafe { libc::CMSG_SPACE((fds.len() * 4) as u32) } as usize;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        // SAFETY: `msg` has a control buffer of `space` bytes, enough for one
-        // header and `fds.len()` descriptors (checked against MAX_FDS above).
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as usize;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
-        }
+        let pushed = control.push(SendAncillaryMessage::ScmRights(fds));
+        assert!(pushed, "room for MAX_FDS descriptors");
     }
     loop {
-        // SAFETY: `msg` points at live buffers set up above.
-        let n = unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match rustix::net::sendmsg(
+            socket,
+            &[IoSlice::new(&data)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
-/// `recvmsg` into `buf`, storing received descriptors in `fds`; returns the
-/// byte count (0 at end of stream).
-fn recv(socket: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut control = [0u64; 8];
-    // SAFETY: an all-zero msghdr is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
+/// `recvmsg` into `buf`, storing received descriptors in `fds` (any beyond
+/// its length are closed); returns the byte count (0 at end of stream).
+fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], fds: &mut [Option<OwnedFd>]) -> io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
     let n = loop {
-        // SAFETY: `msg` points at live buffers set up above.
-        let n = unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match rustix::net::recvmsg(
+            socket,
+            &mut [IoSliceMut::new(buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => break msg.bytes,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     };
-    let mut got = 0;
-    // SAFETY: walks the control messages the kernel wrote into `control`.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / 4;
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                for i in 0..count {
-                    let fd = data.add(i).read_unaligned();
-                    if got < fds.len() {
-                        fds[got] = fd;
-                        got += 1;
-                    } else {
-                        libc::close(fd);
-                    }
+    let mut slots = fds.iter_mut();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            for fd in received {
+                // Past the slots, `fd` drops here: closed.
+                if let Some(slot) = slots.next() {
+                    *slot = Some(fd);
                 }
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
     Ok(n)
@@ -285,48 +266,61 @@ fn recv(socket: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> io::Result<usize> {
 
 /// The server's loop (in the re-executed process); returns its exit status.
 pub(crate) fn serve(fd: &OsStr) -> i32 {
-    let Some(socket) = fd.to_str().and_then(|s| s.parse::<RawFd>().ok()) else {
+    let Some(fd) = fd
+        .to_str()
+        .and_then(|s| s.parse::<RawFd>().ok())
+        .filter(|&fd| fd >= 0)
+    else {
         return super::BAD_SEGMENT_EXIT;
     };
+    // SAFETY: `launch` named this inherited descriptor, the server's end of
+    // the socket pair, in the environment; nothing else in this process owns it.
+    let mut socket = Some(unsafe { OwnedFd::from_raw_fd(fd) });
     super::fork::set_process_name(b"ForkServer");
-    // SAFETY: plain syscall.
-    let me = unsafe { libc::getpid() };
-    loop {
-        let mut words = [0u32; 4];
-        let mut fds = [-1; MAX_FDS];
-        match recv(socket, bytes_of_mut(&mut words), &mut fds) {
+    let me = std::process::id();
+    while let Some(s) = socket.as_ref().map(|s| s.as_fd()) {
+        let mut words = [0u8; 16];
+        let mut fds: [Option<OwnedFd>; MAX_FDS] = Default::default();
+        match recv(s, &mut words, &mut fds) {
             Ok(16) => {}
             Ok(_) | Err(_) => return 0, // the parent is gone
         }
-        let reply = match words[0] {
-            START => start(socket, me, words[1], fds),
+        let [kind, a, b, c] = [0, 1, 2, 3]
+            .map(|i| u32::from_ne_bytes(words[i * 4..i * 4 + 4].try_into().expect("four bytes")));
+        let reply = match kind {
+            START => start(&mut socket, me, a, &fds),
             START_PROCESS => start_process_child(
-                socket,
+                &mut socket,
                 me,
-                u64::from(words[1]) | u64::from(words[2]) << 32,
-                words[3] as i32,
-                fds[0],
+                u64::from(a) | u64::from(b) << 32,
+                c as i32,
+                fds[0].as_ref(),
             ),
-            REAP => reap_child(words[1] as libc::pid_t, words[2] != 0),
+            REAP => reap_child(a as libc::pid_t, b != 0),
             _ => [0, libc::EINVAL],
         };
-        for fd in fds.into_iter().filter(|&fd| fd >= 0) {
-            // SAFETY: descriptors we received and no longer need.
-            unsafe { libc::close(fd) };
-        }
-        if send(socket, &[reply[0] as u32, reply[1] as u32, 0, 0], &[]).is_err() {
+        // The received descriptors drop (close) here: the children have theirs.
+        drop(fds);
+        let Some(s) = socket.as_ref() else { return 0 };
+        if send(s.as_fd(), &[reply[0] as u32, reply[1] as u32, 0, 0], &[]).is_err() {
             return 0;
         }
     }
+    0
 }
 
 /// Forks worker `index` (server side); replies `[pid, 0]` or `[-1, errno]`.
-fn start(socket: RawFd, server: libc::pid_t, index: u32, fds: [RawFd; MAX_FDS]) -> [i32; 2] {
-    let [segment_fd, ready_fd, heap_fd] = fds;
-    if segment_fd < 0 || ready_fd < 0 || heap_fd < 0 {
+fn start(
+    socket: &mut Option<OwnedFd>,
+    server: u32,
+    index: u32,
+    fds: &[Option<OwnedFd>; MAX_FDS],
+) -> [i32; 2] {
+    let [Some(segment_fd), Some(ready_fd), Some(heap_fd)] = fds else {
         return [-1, libc::EBADF];
-    }
-    fork_from_server(socket, server, heap_fd, move || {
+    };
+    let (segment_fd, ready_fd) = (segment_fd.as_raw_fd(), ready_fd.as_raw_fd());
+    fork_from_server(socket, server, heap_fd.as_fd(), move || {
         super::bootstrap::become_worker(segment_fd, ready_fd, index, StartMethod::ForkServer)
     })
 }
@@ -334,53 +328,54 @@ fn start(socket: RawFd, server: libc::pid_t, index: u32, fds: [RawFd; MAX_FDS]) 
 /// Forks a `Process` child (server side) that calls the function at code
 /// offset `run` with `spec_at`.
 fn start_process_child(
-    socket: RawFd,
-    server: libc::pid_t,
+    socket: &mut Option<OwnedFd>,
+    server: u32,
     spec_at: u64,
     run: i32,
-    heap_fd: RawFd,
+    heap_fd: Option<&OwnedFd>,
 ) -> [i32; 2] {
-    if heap_fd < 0 {
+    let Some(heap_fd) = heap_fd else {
         return [-1, libc::EBADF];
-    }
+    };
     let addr = crate::task::code_at(i64::from(run) as u64);
     // SAFETY: the program's own `start_process` sent the offset of a
     // `fn(u64) -> i32` of this executable (the server runs the same one, and
     // only the program's processes hold its socket).
     let run = unsafe { std::mem::transmute::<usize, fn(u64) -> i32>(addr) };
-    fork_from_server(socket, server, heap_fd, move || {
+    fork_from_server(socket, server, heap_fd.as_fd(), move || {
         crate::panic::install_quiet_panic_hook();
         run(spec_at)
     })
 }
 
 /// Forks a child that maps the object heap `heap_fd` and runs `body`;
-/// replies `[pid, 0]` or `[-1, errno]`.
+/// replies `[pid, 0]` or `[-1, errno]`. The received descriptors stay open in
+/// the child (it never returns into the loop that would close them).
 fn fork_from_server(
-    socket: RawFd,
-    server: libc::pid_t,
-    heap_fd: RawFd,
+    socket: &mut Option<OwnedFd>,
+    server: u32,
+    heap_fd: BorrowedFd<'_>,
     body: impl FnOnce() -> i32,
 ) -> [i32; 2] {
-    // SAFETY: the server is single-threaded, so the child may run any code.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: the child does not speak for the server.
-        unsafe { libc::close(socket) };
-        fork::die_with_parent(server as u32);
-        let code = if crate::objects::Heap::adopt(heap_fd) {
-            body()
-        } else {
-            super::BAD_SEGMENT_EXIT
-        };
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-        // SAFETY: ends the child without returning into the server loop.
-        unsafe { libc::_exit(code) }
+    // SAFETY: the server is single-threaded, so the child may run any code;
+    // it leaves through `exit_now`.
+    match unsafe { sys::fork() } {
+        Ok(Forked::Child) => {
+            // The child does not speak for the server: if it kept the socket,
+            // the parent would not see the server's end close when it dies.
+            drop(socket.take());
+            fork::die_with_parent(server);
+            let code = if crate::objects::Heap::adopt(heap_fd.as_raw_fd()) {
+                body()
+            } else {
+                super::BAD_SEGMENT_EXIT
+            };
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            sys::exit_now(code)
+        }
+        Ok(Forked::Parent(pid)) => [pid, 0],
+        Err(e) => [-1, e.raw_os_error().unwrap_or(0)],
     }
-    if pid < 0 {
-        return [-1, io::Error::last_os_error().raw_os_error().unwrap_or(0)];
-    }
-    [pid, 0]
 }
 
 /// `waitpid` on the server's child; replies `[1, status]`, or `[0, 0]` if it
@@ -390,5 +385,19 @@ fn reap_child(pid: libc::pid_t, block: bool) -> [i32; 2] {
     match fork::reap(pid, block) {
         Some(status) => [1, status],
         None => [0, 0],
+    }
+}
+
+#[cfg(all(test, not(miri)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_request_without_descriptors_is_refused_with_ebadf() {
+        let e = start_child([START, 0, 0, 0], &[]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
+        // The server still serves: an unknown request is refused, not fatal.
+        let e = start_child([99, 0, 0, 0], &[]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
     }
 }

@@ -56,6 +56,9 @@ pub(crate) fn start_worker(
 pub(crate) const EXEC_FAILED_EXIT: i32 = 71;
 pub(crate) const BINARY_MISMATCH_EXIT: i32 = 72;
 pub(crate) const BAD_SEGMENT_EXIT: i32 = 73;
+/// A spawn or forkserver worker could not make the stack
+/// `PoolBuilder::stack_size` asked for.
+pub(crate) const STACK_FAILED_EXIT: i32 = 74;
 
 /// What an exit status of a starting worker means, if it is one of ours.
 pub(crate) fn explain_exit(status: libc::c_int) -> Option<&'static str> {
@@ -69,6 +72,9 @@ pub(crate) fn explain_exit(status: libc::c_int) -> Option<&'static str> {
              (was the executable replaced on disk?)",
         ),
         BAD_SEGMENT_EXIT => Some("the worker could not map the pool's shared memory"),
+        STACK_FAILED_EXIT => {
+            Some("the worker could not make a thread with the stack_size asked for")
+        }
         _ => None,
     }
 }
@@ -143,6 +149,21 @@ pub(crate) fn check_code(method: StartMethod, addr: usize) -> Result<u64, Error>
     Ok(crate::task::code_offset(addr))
 }
 
+/// Encodes the address of a `fn` pointer given as a task. Whatever the start
+/// method, it must point into the executable's code: a pointer into a library
+/// loaded at run time, or into memory made executable (a JIT), is refused
+/// rather than trusted, since nothing tells such a pointer from a wrong one.
+pub(crate) fn check_fn_pointer(addr: usize) -> Result<u64, Error> {
+    let (start, end) = executable_text();
+    if !(start..end).contains(&addr) {
+        return Err(Error::invalid(format!(
+            "a `fn` pointer given as a task must point into the executable's code; \
+             {addr:#x} lies outside it (a dynamically loaded library, or generated code)"
+        )));
+    }
+    Ok(crate::task::code_offset(addr))
+}
+
 #[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
@@ -153,8 +174,8 @@ mod tests {
 
     #[test]
     fn functions_of_this_binary_pass_and_foreign_code_is_rejected() {
-        fn entry_of<F: Fn(u64) -> u64 + Copy>(_: F) -> Entry {
-            crate::task::map_entry::<F, u64, u64>
+        fn entry_of<F: crate::Task<(u64,), Output = u64>>(_: F) -> Entry {
+            crate::task::map_entry::<F, u64>
         }
         assert!(check_entry(StartMethod::Spawn, entry_of(square)).is_ok());
         // libc's code lives in a shared library, outside the executable.

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::worker::WorkerStart;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// The variable that makes a re-executed process a pool worker.
@@ -85,7 +85,7 @@ pub(crate) enum Tie {
 
 /// Forks and executes this program with `env`, keeping `keep` open across the
 /// `exec`, tied to the program as `tie` says.
-pub(crate) fn exec_self(env: &[CString], keep: &[RawFd], tie: Tie) -> io::Result<Child> {
+pub(crate) fn exec_self(env: &[CString], keep: &[BorrowedFd<'_>], tie: Tie) -> io::Result<Child> {
     let path = c"/proc/self/exe";
     let arg0 = std::env::args_os()
         .next()
@@ -103,13 +103,14 @@ pub(crate) fn exec_self(env: &[CString], keep: &[RawFd], tie: Tie) -> io::Result
             // dispositions survive the exec.
             detach();
         }
-        for &fd in keep {
-            // SAFETY: async-signal-safe fcntl on a descriptor we inherited.
-            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        for fd in keep {
+            // Clears close-on-exec (an async-signal-safe fcntl).
+            let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty());
         }
-        // SAFETY: `path`, `argv` and `envp` are NUL-terminated arrays of valid
-        // C strings built before the fork; execve only returns on failure.
-        unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        // SAFETY: `argv` and `envp` are null-terminated arrays of valid C
+        // strings built before the fork, alive in this frame; the child of
+        // `fork_with` runs only this until the exec.
+        let _ = unsafe { crate::sys::process::execve(path, argv.as_ptr(), envp.as_ptr()) };
         super::EXEC_FAILED_EXIT
     })
 }
@@ -117,15 +118,9 @@ pub(crate) fn exec_self(env: &[CString], keep: &[RawFd], tie: Tie) -> io::Result
 /// Leaves the program's session and process group, and ignores every signal
 /// that can be ignored. Async-signal-safe (called between fork and exec).
 pub(crate) fn detach() {
-    // SAFETY: setsid and signal are async-signal-safe syscalls on this
-    // process's own attributes; signal refuses SIGKILL and SIGSTOP harmlessly.
-    unsafe {
-        libc::setsid();
-        // 64: the highest signal number on Linux (_NSIG - 1).
-        for sig in 1..=64 {
-            libc::signal(sig, libc::SIG_IGN);
-        }
-    }
+    // Fails only if already a group leader, which a fresh child is not.
+    let _ = rustix::process::setsid();
+    crate::sys::process::ignore_all_signals();
 }
 
 /// Starts a spawned worker (from the pool's supervisor thread).
@@ -140,11 +135,17 @@ pub(crate) fn spawn_worker(segment_fd: RawFd, start: WorkerStart) -> Result<Chil
         probe: super::probe_offset(),
     };
     let env = environment((ENV, spec.encode()))?;
-    Ok(exec_self(
-        &env,
-        &[segment_fd, start.ready_fd, heap_fd],
-        Tie::Thread,
-    )?)
+    // SAFETY: the pool keeps its segment and the worker's ready descriptor open
+    // until the worker has started, and the object heap lives as long as the
+    // program; all three outlive this call.
+    let keep = unsafe {
+        [
+            BorrowedFd::borrow_raw(segment_fd),
+            BorrowedFd::borrow_raw(start.ready_fd),
+            BorrowedFd::borrow_raw(heap_fd),
+        ]
+    };
+    Ok(exec_self(&env, &keep, Tie::Thread)?)
 }
 
 #[cfg(test)]

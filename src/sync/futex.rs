@@ -1,10 +1,12 @@
 //! Process-shared futex wait and wake on an `AtomicU32`.
 //!
 //! The word may live in a `MAP_SHARED` mapping, so the calls never use
-//! `FUTEX_PRIVATE_FLAG`: with it, a wake-up from another process would be
+//! `FUTEX_PRIVATE_FLAG` (`futex::Flags::PRIVATE`): with it, a wake-up from another process would be
 //! silently lost (see `docs/ARCHITECTURE.md`, "Parking").
 
 use super::spin::SpinWait;
+#[cfg(not(miri))]
+use rustix::thread::futex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,26 +23,13 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
     }
     #[cfg(not(miri))]
     {
-        let ts = timeout.map(|d| libc::timespec {
-            tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
-            tv_nsec: d.subsec_nanos() as libc::c_long,
+        let ts = timeout.map(|d| futex::Timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: i64::from(d.subsec_nanos()),
         });
-        let ts_ptr = ts
-            .as_ref()
-            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: `word` is a valid, aligned u32 for the whole call; FUTEX_WAIT only
-        // reads it, and `ts_ptr` is null or points at `ts`, alive until we return.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                word.as_ptr(),
-                libc::FUTEX_WAIT,
-                expected,
-                ts_ptr,
-                std::ptr::null::<u32>(),
-                0u32,
-            );
-        }
+        // Every outcome (woken, timed out, interrupted, value changed) means
+        // "re-check", so the result carries nothing the callers need.
+        let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
     }
 }
 
@@ -49,19 +38,7 @@ pub(crate) fn wake(word: &AtomicU32, count: i32) {
     #[cfg(miri)]
     let _ = (word, count);
     #[cfg(not(miri))]
-    // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE does not access memory
-    // through the other (null) arguments.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            count,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0u32,
-        );
-    }
+    let _ = futex::wake(word, futex::Flags::empty(), count.max(0) as u32);
 }
 
 /// Waits until `ready(*word)`, or `deadline`, or `abandoned(*word)` (then

@@ -12,3 +12,19 @@ pub(crate) mod ring;
 pub(crate) mod slot;
 pub(crate) mod spin;
 pub(crate) mod wake;
+
+use std::sync::{LockResult, Mutex, MutexGuard, PoisonError};
+
+/// The guard of a std lock (or condition wait), whether or not it is
+/// poisoned: every such lock in the crate leaves its data consistent at each
+/// unlock, so a panic elsewhere while it was held (a user's callback, a bug
+/// caught at a thread's edge) does not invalidate the data, and the pool or
+/// manager must go on working.
+pub(crate) fn unpoisoned<G>(result: LockResult<G>) -> G {
+    result.unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Locks `m`, ignoring poison ([`unpoisoned`]).
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    unpoisoned(m.lock())
+}

@@ -64,6 +64,9 @@ pub(crate) enum Outcome {
     /// chunk); `detail` is the errno, `signal` 1 if part of the output was
     /// written before.
     AccessRefused = 5,
+    /// The task was aborted by the parent: withdrawn before it started, or
+    /// stopped by killing its worker (`detail` its pid, `signal` the signal).
+    Aborted = 6,
 }
 
 impl Outcome {
@@ -77,6 +80,7 @@ impl Outcome {
             3 => Outcome::Terminated,
             4 => Outcome::TimedOut,
             5 => Outcome::AccessRefused,
+            6 => Outcome::Aborted,
             _ => return Err(v),
         })
     }

@@ -65,26 +65,6 @@ impl WakeWord {
         }
     }
 
-    /// The current sequence number, for [`wait_for_change`](Self::wait_for_change)
-    /// (a condition variable: read it while holding the associated lock).
-    pub(crate) fn sequence(&self) -> u32 {
-        self.seq.load(Ordering::Acquire)
-    }
-
-    /// Sleeps until the sequence moves past `seen` (any notify after `seen`
-    /// was read), or `timeout`. May return spuriously.
-    pub(crate) fn wait_for_change(&self, seen: u32, timeout: Option<Duration>) {
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
-        futex::wait(&self.seq, seen, timeout);
-        self.sleepers.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// Bumps the sequence and wakes up to `n` sleepers.
-    pub(crate) fn notify_n(&self, n: i32) {
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        futex::wake(&self.seq, n);
-    }
-
     /// Wakes every sleeper; call after making the condition true.
     pub(crate) fn notify_all(&self) {
         self.seq.fetch_add(1, Ordering::SeqCst);

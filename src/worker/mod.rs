@@ -6,6 +6,8 @@
 //! header's wake word. Exit (status 0) once the pool is closed and the ring is
 //! empty, or after `max_tasks` tasks (the supervisor then starts a replacement).
 
+pub(crate) mod fork_guard;
+
 use crate::panic::{install_quiet_panic_hook, panic_message};
 use crate::remote::{self, AccessRefused, Peer, Stage};
 use crate::shm::layout::{Layout, INIT_FAILED_EXIT};
@@ -34,17 +36,17 @@ pub(crate) struct WorkerStart {
 pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
     // Done by the parent before forking; a spawned process installs it here.
     install_quiet_panic_hook();
-    install_fork_counter();
+    fork_guard::arm();
     crate::process::enter_worker(start.index as usize, start.method);
     let counters = &layout.worker_record(start.index).counters;
     counters
         .serving_since
         .store(crate::shm::layout::monotonic_ns(), Ordering::Relaxed);
     setup::prepare(layout, start.index);
-    let me = Incarnation::now();
     let init_began = crate::shm::layout::monotonic_ns();
     let initialized = initialize(layout);
-    me.exit_if_forked();
+    fork_guard::check();
+    fork_guard::reap_children();
     if let Err(message) = initialized {
         record_init_failure(layout, &message);
         return INIT_FAILED_EXIT;
@@ -89,7 +91,7 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
             }
         }
         if let Some(slot) = popped {
-            if run(layout, slot, start.index, me, track, peer, &mut stage) {
+            if run(layout, slot, start.index, track, peer, &mut stage) {
                 tasks_run += 1;
                 let over_memory = memory_cap_kib != 0
                     && setup::over_memory_cap(layout, start.index, memory_cap_kib);
@@ -109,56 +111,6 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
         header
             .work
             .park_unless(|| layout.is_closing() || !ring.is_empty(), None);
-    }
-}
-
-/// How many times this process's line of ancestors forked to make it: bumped
-/// in every child by a `pthread_atfork` handler, so a process that a task
-/// forked has a count its worker loop did not start with.
-static FORKS: AtomicU64 = AtomicU64::new(0);
-
-extern "C" fn count_fork_in_child() {
-    FORKS.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Registers [`count_fork_in_child`] once per process image (a forked
-/// worker inherits the registration; a spawned one makes its own).
-fn install_fork_counter() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: registers a handler that only bumps an atomic, which is
-        // async-signal-safe, as a forked child requires.
-        unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
-    });
-}
-
-/// Which process the worker loop runs in: the fork count it started with.
-///
-/// A task (or initializer) that calls `fork()` and returns in the child
-/// would otherwise leave a second process running this loop: unsupervised,
-/// without a death signal, finishing a slot the parent may already have
-/// reused. Reading an atomic costs nothing per task, where `getpid()` is a
-/// system call. Only `fork()` through libc counts (glibc's `_Fork`, or a raw
-/// `clone` system call, run no atfork handler).
-#[derive(Debug, Clone, Copy)]
-struct Incarnation {
-    forks: u64,
-}
-
-impl Incarnation {
-    fn now() -> Incarnation {
-        Incarnation {
-            forks: FORKS.load(Ordering::Relaxed),
-        }
-    }
-
-    /// In a process a task forked from the worker: leaves at once, touching
-    /// no slot, log or record, and running no destructor of the worker's.
-    fn exit_if_forked(self) {
-        if FORKS.load(Ordering::Relaxed) != self.forks {
-            // SAFETY: ends this process; nothing of the pool's is touched.
-            unsafe { libc::_exit(0) }
-        }
     }
 }
 
@@ -244,7 +196,6 @@ fn run(
     layout: Layout,
     index: u32,
     me: u32,
-    incarnation: Incarnation,
     track: bool,
     peer: Option<Peer>,
     stage: &mut Stage,
@@ -283,7 +234,7 @@ fn run(
         (true, None) => {
             // Handed the parent's memory before the parent heard that this
             // worker cannot reach it: refuse, having touched nothing.
-            return finish(layout, index, me, incarnation, track, watched, || {
+            return finish(layout, index, me, track, watched, || {
                 Err(AccessRefused {
                     errno: libc::EPERM,
                     wrote: false,
@@ -316,7 +267,7 @@ fn run(
         // "Slots", "Zero-copy maps").
         unsafe { entry(io) }
     };
-    finish(layout, index, me, incarnation, track, watched, task)
+    finish(layout, index, me, track, watched, task)
 }
 
 /// Runs `task` under `catch_unwind` in slot `index` (held as RUNNING(me)),
@@ -326,7 +277,6 @@ fn finish(
     layout: Layout,
     index: u32,
     me: u32,
-    incarnation: Incarnation,
     track: bool,
     watched: bool,
     task: impl FnOnce() -> Result<(), AccessRefused>,
@@ -335,7 +285,7 @@ fn finish(
     let began = crate::shm::layout::ticks();
     let result = std::panic::catch_unwind(AssertUnwindSafe(task));
     let took = crate::shm::layout::ticks().saturating_sub(began);
-    incarnation.exit_if_forked();
+    fork_guard::check();
     // SAFETY: still RUNNING(me): the outcome is ours to write.
     let desc = unsafe { slot.desc() };
     match result {
@@ -371,6 +321,7 @@ fn finish(
         layout.finish_log(me).push(index);
     }
     layout.header().done.notify_sleepers();
+    fork_guard::reap_children();
     true
 }
 

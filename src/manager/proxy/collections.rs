@@ -1,6 +1,6 @@
 //! [`DictProxy`], [`ListProxy`] and [`NamespaceProxy`].
 
-use super::{proxy, unexpected};
+use super::{fetch_add, proxy, unexpected, update, Number};
 use crate::error::Error;
 use crate::manager::protocol::{decode, encode, Answer, Op};
 use serde::de::DeserializeOwned;
@@ -81,6 +81,53 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     /// `d.clear()`.
     pub fn clear(&self) -> Result<(), Error> {
         self.handle.done(Op::Clear)
+    }
+
+    /// `d[key] = d.get(key, 0) + delta` as one atomic operation in the
+    /// server, against every other client; the value before (zero if the
+    /// key was missing). An integer sum that would overflow is
+    /// [`Error::InvalidArgument`] and changes nothing. Works over TCP too.
+    ///
+    /// ```
+    /// let manager = shmpool::Manager::start()?;
+    /// let hits = manager.dict::<String, u64>()?;
+    /// assert_eq!(hits.fetch_add(&"/".into(), 1)?, 0);
+    /// assert_eq!(hits.fetch_add(&"/".into(), 1)?, 1);
+    /// assert_eq!(hits.get(&"/".into())?, Some(2));
+    /// assert!(hits.fetch_add(&"/".into(), u64::MAX).is_err()); // no wrap
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn fetch_add(&self, key: &K, delta: V) -> Result<V, Error>
+    where
+        V: Number,
+    {
+        fetch_add(&self.handle, Some(encode(key)?), delta)
+    }
+
+    /// Replaces the entry at `key` with `f(current)` (`None`: absent, or
+    /// remove it) as one atomic operation in the server: `f` runs there, on
+    /// the object, while every other call on it waits, so keep it short.
+    /// Returns the new value. `f` is a plain function (or a closure that
+    /// captures nothing) of this executable: only clients of a local
+    /// manager running the same executable may send one; others get
+    /// [`Error::InvalidArgument`] (use [`fetch_add`](Self::fetch_add)). A
+    /// panic in `f` is [`Error::InvalidArgument`] and changes nothing.
+    ///
+    /// ```
+    /// let manager = shmpool::Manager::start()?;
+    /// let words = manager.dict::<u32, Vec<String>>()?;
+    /// let new = words.update(&1, |old| {
+    ///     let mut list = old.unwrap_or_default();
+    ///     list.push("one".into());
+    ///     Some(list)
+    /// })?;
+    /// assert_eq!(new, Some(vec!["one".to_string()]));
+    /// assert_eq!(words.update(&1, |_| None)?, None); // removed
+    /// assert_eq!(words.len()?, 0);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn update(&self, key: &K, f: fn(Option<V>) -> Option<V>) -> Result<Option<V>, Error> {
+        update(&self.handle, Some(encode(key)?), f)
     }
 }
 

@@ -281,8 +281,12 @@ impl BarrierProxy {
         Ok(self.handle.count(Op::BarrierWait(None))? as usize)
     }
 
-    /// [`wait`](Self::wait) at most `timeout`; a timeout breaks the barrier
-    /// for every party ([`Error::BrokenBarrier`]), as in Python.
+    /// [`wait`](Self::wait) at most `timeout`. A timeout breaks the barrier,
+    /// as in Python: the other parties get [`Error::BrokenBarrier`]; the one
+    /// that timed out gets [`Error::Timeout`] (Python raises
+    /// `BrokenBarrierError` there too), as with the heap's
+    /// [`Barrier`](crate::Barrier), so that the two agree and a caller can
+    /// tell who gave up. `Duration::ZERO` passes only the last party.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, Error> {
         Ok(self.handle.count(Op::BarrierWait(micros(timeout)))? as usize)
     }

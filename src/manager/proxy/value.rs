@@ -1,6 +1,6 @@
 //! [`ValueProxy`] and [`ArrayProxy`].
 
-use super::proxy;
+use super::{fetch_add, proxy, update, Number};
 use crate::error::Error;
 use crate::manager::protocol::{decode, encode, Op};
 use serde::de::DeserializeOwned;
@@ -9,8 +9,8 @@ use serde::Serialize;
 proxy!(
     /// One value held by a manager, like Python's `manager.Value(typecode,
     /// value)` (`v.value` is `v.get()`, `v.value = x` is `v.set(&x)`). Each
-    /// `get` and `set` is atomic; a read-modify-write needs a
-    /// [`LockProxy`](super::LockProxy) around it, as in Python.
+    /// call is atomic; a read-modify-write is [`fetch_add`](Self::fetch_add)
+    /// or [`update`](Self::update) (in Python it needs a lock around it).
     ///
     /// ```
     /// let manager = shmpool::Manager::start()?;
@@ -32,6 +32,39 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
     /// `v.value = value`.
     pub fn set(&self, value: &T) -> Result<(), Error> {
         self.handle.done(Op::Store(encode(value)?))
+    }
+
+    /// `v.value += delta` as one atomic operation in the server; the value
+    /// before. An integer sum that would overflow is
+    /// [`Error::InvalidArgument`] and changes nothing.
+    ///
+    /// ```
+    /// let manager = shmpool::Manager::start()?;
+    /// let n = manager.value(&10i32)?;
+    /// assert_eq!(n.fetch_add(-3)?, 10);
+    /// assert_eq!(n.get()?, 7);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn fetch_add(&self, delta: T) -> Result<T, Error>
+    where
+        T: Number,
+    {
+        fetch_add(&self.handle, None, delta)
+    }
+
+    /// `v.value = f(v.value)` as one atomic operation in the server (see
+    /// [`DictProxy::update`](super::DictProxy::update) for what `f` may
+    /// be; `f` must give a value); the new value.
+    ///
+    /// ```
+    /// let manager = shmpool::Manager::start()?;
+    /// let name = manager.value(&"ab".to_string())?;
+    /// assert_eq!(name.update(|s| s.map(|s| s + "c"))?, "abc");
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn update(&self, f: fn(Option<T>) -> Option<T>) -> Result<T, Error> {
+        update(&self.handle, None, f)?
+            .ok_or_else(|| Error::Decode("no new value in the reply".into()))
     }
 }
 

@@ -1,0 +1,8 @@
+//! The system calls that have no safe typed form in rustix or std, each in a
+//! small function whose contract is written down (`# Safety`) or checked.
+//!
+//! Everything else goes through rustix (futex, memfd, mmap, `sendmsg` with
+//! `SCM_RIGHTS`, `prctl`, `getrandom`) or std.
+
+pub(crate) mod process;
+pub(crate) mod vm;

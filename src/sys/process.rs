@@ -1,0 +1,66 @@
+//! `fork`, `_exit`, `execve` and signal dispositions: the process calls with no
+//! safe form (rustix offers none, or only an unsafe one).
+
+use std::ffi::CStr;
+use std::io;
+
+/// What [`fork`] returns in each process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forked {
+    /// In the new process.
+    Child,
+    /// In the calling process: the child's pid.
+    Parent(i32),
+}
+
+/// `fork(2)`.
+///
+/// # Safety
+/// In the child only the forking thread exists: any lock another thread held
+/// stays held. The caller must be single-threaded, or the child must touch
+/// only what the forking thread owns and async-signal-safe calls until it
+/// execs or exits (with [`exit_now`], never by returning into frames the
+/// parent also runs).
+pub(crate) unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: fork has no memory preconditions; what the child may do is the
+    // caller's contract.
+    match unsafe { libc::fork() } {
+        0 => Ok(Forked::Child),
+        pid if pid > 0 => Ok(Forked::Parent(pid)),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// `_exit(2)`: ends this process at once, running no destructor, `atexit`
+/// handler or stdio flush. Safe: skipping destructors only leaks.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` has no preconditions and does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// `execve(2)` of `path` with `argv` and `envp`; returns only on failure.
+///
+/// # Safety
+/// `argv` and `envp` are null-terminated arrays of pointers to NUL-terminated
+/// strings, all alive for the call. Between `fork` and here the caller's
+/// [`fork`] contract holds (this call is async-signal-safe).
+pub(crate) unsafe fn execve(
+    path: &CStr,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> io::Error {
+    // SAFETY: the arrays are valid (contract); execve only returns on failure.
+    unsafe { libc::execve(path.as_ptr(), argv, envp) };
+    io::Error::last_os_error()
+}
+
+/// Ignores every signal that can be ignored (`SIG_IGN`; the kernel refuses
+/// SIGKILL and SIGSTOP harmlessly). Async-signal-safe; ignored dispositions
+/// survive `exec`. Safe: no handler is installed, so no code runs in one.
+pub(crate) fn ignore_all_signals() {
+    // 64: the highest signal number on Linux (_NSIG - 1).
+    for sig in 1..=64 {
+        // SAFETY: SIG_IGN installs no handler; invalid numbers fail with EINVAL.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+}

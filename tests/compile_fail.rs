@@ -1,0 +1,140 @@
+//! What the compiler says to a user who writes a task that cannot travel.
+//!
+//! Each case is a small program, built with `cargo build` (some refusals
+//! come only after monomorphization, which `cargo check` skips) against this
+//! crate in a scratch project; the test asserts that the build fails and
+//! that the message names the user's code and says what to write instead.
+//! The scratch project shares one target directory, so only the first case
+//! builds shmpool.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Builds `main_rs` as a program depending on this crate; returns whether
+/// the build succeeded, and the compiler's output.
+fn build(name: &str, main_rs: &str) -> (bool, String) {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile_fail");
+    let project = root.join(name);
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    let manifest = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\nshmpool = {{ path = {:?} }}\n\n[workspace]\n",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::write(project.join("Cargo.toml"), manifest).unwrap();
+    std::fs::write(project.join("src/main.rs"), main_rs).unwrap();
+    // Reuse this crate's lock file, so the scratch project resolves the same
+    // versions offline.
+    let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock");
+    if lock.exists() {
+        std::fs::copy(&lock, project.join("Cargo.lock")).unwrap();
+    }
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--offline", "--color", "never"])
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", root.join("target"))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .output()
+        .expect("cargo runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One program per case would rebuild nothing but itself; all cases run in
+/// one test so they build one after another.
+#[test]
+fn tasks_that_cannot_travel_fail_to_build_with_a_message_saying_what_to_write() {
+    // A capturing closure: refused after monomorphization, naming the
+    // closure's place in the user's file and `shmpool::partial`.
+    let (ok, err) = build(
+        "capturing_closure",
+        r#"
+fn main() {
+    let pool = shmpool::Pool::new(2).unwrap();
+    let scale = std::env::args().count() as f64;
+    let v = vec![1.0f64, 2.0];
+    let out = pool.map(move |x: f64| (x * scale).sin(), &v).unwrap();
+    println!("{out:?}");
+}
+"#,
+    );
+    assert!(!ok, "a capturing closure built:\n{err}");
+    assert!(
+        err.contains("a closure that captures variables cannot run in a worker process"),
+        "{err}"
+    );
+    assert!(err.contains("shmpool::partial(f, value)"), "{err}");
+    assert!(
+        err.contains("src/main.rs:6"),
+        "the user's closure is not named:\n{err}"
+    );
+
+    // A `String` argument: refused at type checking (so `cargo check` too),
+    // at the user's call site, naming `pool.serde()`.
+    let (ok, err) = build(
+        "string_argument",
+        r#"
+fn count_lines(p: String) -> usize { p.len() }
+fn main() {
+    let pool = shmpool::Pool::new(2).unwrap();
+    let paths: Vec<String> = vec!["a".into()];
+    let counts = pool.map(count_lines, &paths).unwrap();
+    println!("{counts:?}");
+}
+"#,
+    );
+    assert!(!ok, "a String task built:\n{err}");
+    assert!(
+        err.contains("`String` cannot cross a process boundary as plain bytes"),
+        "{err}"
+    );
+    assert!(err.contains("pool.serde()"), "{err}");
+    assert!(
+        err.contains("src/main.rs:6"),
+        "the user's call is not named:\n{err}"
+    );
+
+    // A `Vec` result, through `apply`.
+    let (ok, err) = build(
+        "vec_result",
+        r#"
+fn make(n: u64) -> Vec<u64> { vec![n] }
+fn main() {
+    let pool = shmpool::Pool::new(1).unwrap();
+    println!("{:?}", pool.apply(make, (1,)));
+}
+"#,
+    );
+    assert!(!ok, "a Vec result built:\n{err}");
+    assert!(
+        err.contains("fn(u64) -> Vec<u64> {make}` cannot run in a worker process as a task"),
+        "{err}"
+    );
+    assert!(err.contains("use `pool.serde()`"), "{err}");
+    assert!(
+        err.contains("src/main.rs:5"),
+        "the user's call is not named:\n{err}"
+    );
+
+    // A bound value that is not plain data.
+    let (ok, err) = build(
+        "partial_string",
+        r#"
+fn greet(name: String, x: u64) -> u64 { name.len() as u64 + x }
+fn main() {
+    let pool = shmpool::Pool::new(1).unwrap();
+    println!("{:?}", pool.map(shmpool::partial(greet, "a".to_string()), &[1u64]));
+}
+"#,
+    );
+    assert!(!ok, "a String bound value built:\n{err}");
+    assert!(
+        err.contains("String>` cannot run in a worker process as a task"),
+        "{err}"
+    );
+    // `pool.serde()` takes it.
+    assert!(err.contains("use `pool.serde()`"), "{err}");
+}
