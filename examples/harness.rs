@@ -40,19 +40,15 @@ fn xorshift(seed: u64) -> u64 {
     x
 }
 
-/// The benchmarks, by name. Task functions travel to the workers as
-/// function items, so each row is a `match` arm calling the pool with its
-/// own function.
-const BENCHMARKS: [&str; 3] = ["collatz_steps", "digit_sum", "xorshift"];
+/// A benchmark: a name and the task function, as a plain fn pointer (a
+/// function of this executable, so a task like a function item).
+type Benchmark = (&'static str, fn(u64) -> u64);
 
-/// Runs benchmark `i` of [`BENCHMARKS`] over `items`.
-fn run(pool: &Pool, i: usize, items: &[u64]) -> Result<Vec<u64>, shmpool::Error> {
-    match i {
-        0 => pool.map(collatz_steps, items),
-        1 => pool.map(digit_sum, items),
-        _ => pool.map(xorshift, items),
-    }
-}
+const BENCHMARKS: [Benchmark; 3] = [
+    ("collatz_steps", collatz_steps),
+    ("digit_sum", digit_sum),
+    ("xorshift", xorshift),
+];
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -69,13 +65,13 @@ fn main() -> Result<(), shmpool::Error> {
         pool.processes(),
         items.len()
     );
-    for (i, name) in BENCHMARKS.iter().enumerate() {
+    for &(name, f) in &BENCHMARKS {
         let before: PoolStats = pool.stats();
         let mut times = Vec::with_capacity(RUNS);
         let mut check = 0u64;
         for _ in 0..RUNS {
             let start = Instant::now();
-            let out = run(&pool, i, &items)?;
+            let out = pool.map(f, &items)?;
             times.push(start.elapsed());
             check = out.iter().fold(0, |a, &x| a ^ x);
         }
