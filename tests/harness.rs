@@ -555,3 +555,56 @@ fn past_the_memory_limit_an_allocation_fails_in_the_task_and_the_death_says_so()
         ));
     });
 }
+
+/// Kills its worker the first time it sees element 13 in this test run
+/// (its own marker file, apart from [`fragile_once`]'s).
+fn fragile_once_in_a_fold(x: u64) -> u64 {
+    if x == 13 {
+        let marker = format!(
+            "/tmp/shmpool-harness-fold-once-{}",
+            std::os::unix::process::parent_id()
+        );
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(marker)
+            .is_ok()
+        {
+            std::process::abort()
+        }
+    }
+    x * 2
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[test]
+fn a_folding_chunk_whose_worker_died_is_retried_whole_not_split() {
+    // Each chunk of map_reduce writes one value: halves would write two, the
+    // second over the next chunk's.
+    bounded(LIMIT, || {
+        let marker = format!("/tmp/shmpool-harness-fold-once-{}", std::process::id());
+        for zero_copy in [true, false] {
+            let _ = std::fs::remove_file(&marker);
+            let pool = Pool::builder()
+                .processes(2)
+                .retries(1)
+                .zero_copy(zero_copy)
+                .build()
+                .unwrap();
+            let items: Vec<u64> = (0..40).collect();
+            let got = pool
+                .call()
+                .chunksize(10)
+                .map_reduce(fragile_once_in_a_fold, add, &items);
+            let died = std::fs::remove_file(&marker).is_ok();
+            assert!(
+                died,
+                "zero_copy {zero_copy}: the task never killed its worker"
+            );
+            assert_eq!(got.unwrap(), Some(items.iter().map(|x| x * 2).sum()));
+        }
+    });
+}
