@@ -245,9 +245,57 @@ fn imap_items(c: &mut Criterion) {
     group.finish();
 }
 
+/// What `Pool::stats` adds to each task in the worker (`worker::finish`):
+/// two reads of the time-stamp counter and three relaxed load-and-store
+/// updates of the worker's own counters, done here the same way; and, for
+/// comparison, the same with two CLOCK_MONOTONIC reads (the vDSO).
+fn stats_counting(c: &mut Criterion) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    #[repr(C, align(64))]
+    #[derive(Default)]
+    struct Counters {
+        tasks_done: AtomicU64,
+        busy: AtomicU64,
+        slowest: AtomicU64,
+    }
+    fn now_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: writes a timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+    fn tsc() -> u64 {
+        // SAFETY: RDTSC exists on every x86_64 CPU.
+        unsafe { std::arch::x86_64::_rdtsc() }
+    }
+    let counters = Counters::default();
+    let mut group = c.benchmark_group("stats_counting");
+    group.throughput(Throughput::Elements(1));
+    for (name, clock) in [("per_task", tsc as fn() -> u64), ("per_task_vdso", now_ns)] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let began = clock();
+                black_box(&counters);
+                let took = clock().saturating_sub(began);
+                let add = |w: &AtomicU64, v: u64| w.store(w.load(Relaxed).wrapping_add(v), Relaxed);
+                add(&counters.tasks_done, 1);
+                add(&counters.busy, took);
+                if took > counters.slowest.load(Relaxed) {
+                    counters.slowest.store(took, Relaxed);
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     round_trip,
+    stats_counting,
     apply_async_tiny,
     map_square_f64,
     map_chunksize,

@@ -1,6 +1,7 @@
 //! The crate's one error type.
 
 use std::fmt;
+use std::ops::Range;
 
 /// Everything that can go wrong when using a pool.
 ///
@@ -18,7 +19,12 @@ pub enum Error {
     /// The task ran longer than the pool's
     /// [`task_timeout`](crate::PoolBuilder::task_timeout) and was killed with
     /// its worker, which the pool replaced. It will not finish.
-    TaskTimedOut,
+    TaskTimedOut {
+        /// From a map: the input elements the killed chunk covered (indexes
+        /// into the map's input); `None` for `apply`. See
+        /// [`Error::elements`].
+        elements: Option<Range<usize>>,
+    },
     /// The task panicked in its worker. The worker caught the panic and goes on
     /// serving tasks; `message` is the panic's message (truncated to about 190
     /// bytes).
@@ -33,6 +39,12 @@ pub enum Error {
         pid: u32,
         /// The signal that killed it, or `None` if it exited.
         signal: Option<i32>,
+        /// From a map: the input elements the dead worker's chunk covered
+        /// (indexes into the map's input); `None` for `apply`. See
+        /// [`Error::elements`].
+        elements: Option<Range<usize>>,
+        /// Whether it died of memory, as far as the pool can tell.
+        cause: DeathCause,
     },
     /// The pool no longer accepts work: it was closed or terminated.
     Closed,
@@ -146,9 +158,12 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Timeout => f.write_str("timed out waiting for the result"),
-            Error::TaskTimedOut => f.write_str(
-                "the task ran longer than the pool's task_timeout and was killed with its worker",
-            ),
+            Error::TaskTimedOut { elements } => {
+                f.write_str(
+                    "the task ran longer than the pool's task_timeout and was killed with its worker",
+                )?;
+                write_elements(f, elements)
+            }
             Error::CapacityExceeded(why) => write!(f, "capacity exceeded: {why}"),
             Error::InvalidState(why) => write!(f, "invalid state: {why}"),
             Error::TaskPanicked { message } => {
@@ -156,15 +171,25 @@ impl fmt::Display for Error {
             }
             Error::WorkerDied {
                 pid,
-                signal: Some(sig),
+                signal,
+                elements,
+                cause,
             } => {
-                write!(
-                    f,
-                    "worker process {pid} died from signal {sig} while running the task"
-                )
-            }
-            Error::WorkerDied { pid, signal: None } => {
-                write!(f, "worker process {pid} exited while running the task")
+                match cause {
+                    DeathCause::OutOfMemory => f.write_str("out of memory: ")?,
+                    DeathCause::MemoryLimit => {
+                        f.write_str("an allocation failed past memory_limit_per_worker: ")?
+                    }
+                    DeathCause::Other => {}
+                }
+                match signal {
+                    Some(sig) => write!(
+                        f,
+                        "worker process {pid} died from signal {sig} while running the task"
+                    )?,
+                    None => write!(f, "worker process {pid} exited while running the task")?,
+                }
+                write_elements(f, elements)
             }
             Error::Closed => f.write_str("the pool is closed and accepts no more work"),
             Error::Terminated => f.write_str("the pool was terminated before the task finished"),
@@ -218,6 +243,44 @@ impl fmt::Display for Error {
     }
 }
 
+/// Why a worker died, in [`Error::WorkerDied`]: whether memory was the
+/// reason, as far as the pool can tell from outside the dead process.
+///
+/// How it tells:
+/// * [`MemoryLimit`](DeathCause::MemoryLimit): under
+///   [`memory_limit_per_worker`](crate::PoolBuilder::memory_limit_per_worker),
+///   the worker's SIGABRT handler found `errno` set to `ENOMEM` (Rust
+///   aborts the process when an allocation fails, right after the failing
+///   call), and recorded it in the worker's record in the pool's segment.
+/// * [`OutOfMemory`](DeathCause::OutOfMemory): the worker was killed by
+///   SIGKILL that the pool did not send (no task timeout, no terminate),
+///   and the kernel's count of OOM kills (`oom_kill` in `/proc/vmstat`,
+///   which counts cgroup OOM kills too) went up since the pool last looked.
+///   Another process killed by the OOM killer at the same moment would be
+///   mistaken for it: a strong hint, not a proof.
+/// * [`Other`](DeathCause::Other): anything else (a signal, `abort()`, an
+///   `exit()` from the task).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DeathCause {
+    /// Not known to be memory.
+    #[default]
+    Other,
+    /// Killed by the kernel's OOM killer (system-wide or its cgroup's).
+    OutOfMemory,
+    /// An allocation failed past the pool's `memory_limit_per_worker`.
+    MemoryLimit,
+}
+
+/// Names a map's elements in an error message.
+fn write_elements(f: &mut fmt::Formatter<'_>, elements: &Option<Range<usize>>) -> fmt::Result {
+    match elements {
+        Some(r) if r.len() == 1 => write!(f, " (input element {})", r.start),
+        Some(r) => write!(f, " (input elements {}..{})", r.start, r.end),
+        None => Ok(()),
+    }
+}
+
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
@@ -245,6 +308,54 @@ impl Error {
     pub(crate) fn state(why: impl Into<String>) -> Error {
         Error::InvalidState(why.into())
     }
+
+    /// Which input elements of a map the failed chunk covered: for
+    /// [`Error::WorkerDied`] and [`Error::TaskTimedOut`] from a `map`,
+    /// `starmap`, `map_into`, their `_chunked` and `_async` forms, or an
+    /// `imap`; `None` otherwise.
+    ///
+    /// To find the one input that kills a worker, run just those elements
+    /// again with a chunk size of 1: each then fails on its own. With
+    /// [`retries`](crate::PoolBuilder::retries), `map`, `starmap` and
+    /// `map_into` do this themselves: a chunk whose worker dies is split in
+    /// halves on each retry, so the other elements' results come back and,
+    /// given enough retries (about log2 of the chunk size), the error names
+    /// a single element.
+    ///
+    /// ```
+    /// fn fragile(x: u64) -> u64 {
+    ///     if x == 13 { std::process::abort() }
+    ///     x
+    /// }
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let items: Vec<u64> = (0..40).collect();
+    /// let err = pool.map_chunked(fragile, &items, 10).unwrap_err();
+    /// let suspects = err.elements().expect("a worker died in a map");
+    /// assert_eq!(suspects, 10..20);
+    /// // Re-run just those, one element per task, to find the culprit.
+    /// let culprit = suspects
+    ///     .clone()
+    ///     .find(|&i| pool.map_chunked(fragile, &items[i..i + 1], 1).is_err());
+    /// assert_eq!(culprit, Some(13));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn elements(&self) -> Option<Range<usize>> {
+        match self {
+            Error::WorkerDied { elements, .. } | Error::TaskTimedOut { elements } => {
+                elements.clone()
+            }
+            _ => None,
+        }
+    }
+
+    /// Names the elements a failed map chunk covered, if this error is one
+    /// that can say so.
+    pub(crate) fn covering(mut self, range: Range<usize>) -> Error {
+        if let Error::WorkerDied { elements, .. } | Error::TaskTimedOut { elements } = &mut self {
+            *elements = Some(range);
+        }
+        self
+    }
 }
 
 #[cfg(test)]
@@ -258,9 +369,22 @@ mod tests {
         let died = Error::WorkerDied {
             pid: 12,
             signal: Some(9),
+            elements: None,
+            cause: DeathCause::Other,
         }
         .to_string();
         assert!(died.contains("12") && died.contains("signal 9"), "{died}");
+        let in_map = Error::WorkerDied {
+            pid: 12,
+            signal: None,
+            elements: Some(40..48),
+            cause: DeathCause::OutOfMemory,
+        };
+        assert!(in_map.to_string().contains("out of memory"), "{in_map}");
+        assert!(in_map.to_string().contains("elements 40..48"), "{in_map}");
+        assert_eq!(in_map.elements(), Some(40..48));
+        let one = Error::TaskTimedOut { elements: None }.covering(7..8);
+        assert!(one.to_string().contains("element 7"), "{one}");
         let panicked = Error::TaskPanicked {
             message: "boom".into(),
         }

@@ -94,6 +94,7 @@ mod tracker;
 mod worker;
 
 pub use context::{get_context, Context};
+pub use error::DeathCause;
 pub use error::Error;
 #[cfg(feature = "manager")]
 pub use manager::{Manager, ManagerBuilder};
@@ -108,8 +109,8 @@ pub use pool::builder::MAX_PROCESSES;
 #[cfg(feature = "async")]
 pub use pool::ImapStream;
 pub use pool::{
-    AsyncResult, Call, Deliver, Imap, NoCallbacks, Pool, PoolBuilder, ResultFuture, SharedVec,
-    WithCallbacks,
+    AsyncResult, Call, Deliver, Imap, Insights, NoCallbacks, Pool, PoolBuilder, PoolStats,
+    ResultFuture, SharedVec, WithCallbacks, WorkerStats,
 };
 #[cfg(feature = "serde")]
 pub use pool::{SerdeImap, SerdePool, DEFAULT_RESULT_CAPACITY};

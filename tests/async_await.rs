@@ -223,7 +223,7 @@ fn a_worker_killed_mid_await_gives_worker_died() {
             .expect("resolved within 30 s")
         });
         assert!(
-            matches!(got, Err(Error::WorkerDied { pid, signal: Some(9) }) if pid == worker),
+            matches!(got, Err(Error::WorkerDied { pid, signal: Some(9), .. }) if pid == worker),
             "{got:?}"
         );
         // A replacement serves the next request.

@@ -293,7 +293,7 @@ fn a_worker_that_aborts_fails_its_task_and_is_replaced() {
             (r, after)
         }
     }) {
-        (Err(Error::WorkerDied { pid, signal }), Ok(25)) => {
+        (Err(Error::WorkerDied { pid, signal, .. }), Ok(25)) => {
             assert_eq!(signal, Some(libc::SIGABRT));
             assert!(pid > 0);
         }

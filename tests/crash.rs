@@ -191,7 +191,7 @@ fn abort_segfault_and_exit_give_clear_errors_and_the_pool_goes_on() {
     bounded(LIMIT, || {
         let pool = Pool::new(2).unwrap();
         let expect_signal = |r: Result<u8, Error>, sig: i32| match r {
-            Err(Error::WorkerDied { signal, pid }) => {
+            Err(Error::WorkerDied { signal, pid, .. }) => {
                 assert_eq!(signal, Some(sig));
                 assert!(pid > 0);
             }
@@ -206,6 +206,8 @@ fn abort_segfault_and_exit_give_clear_errors_and_the_pool_goes_on() {
         let msg = Error::WorkerDied {
             pid: 1,
             signal: Some(libc::SIGSEGV),
+            elements: None,
+            cause: shmpool::DeathCause::Other,
         }
         .to_string();
         assert!(msg.contains("signal 11"), "{msg}");
@@ -291,7 +293,7 @@ fn a_task_that_starts_as_its_worker_is_killed_for_the_previous_one_is_run_again(
         for (i, (edge, innocent)) in pairs.iter().enumerate() {
             match edge.get(Some(Duration::from_secs(30))) {
                 Ok(ms) => assert_eq!(ms, 19 + i as u64 % 3),
-                Err(Error::TaskTimedOut) => {}
+                Err(Error::TaskTimedOut { elements: None }) => {}
                 Err(other) => panic!("edge task {i}: {other:?}"),
             }
             let got = innocent.get(Some(Duration::from_secs(30)));
@@ -313,7 +315,7 @@ fn a_task_looping_forever_is_killed_by_task_timeout() {
         let quick = pool.apply_async(nap, (50,)).unwrap();
         assert!(matches!(
             stuck.get(Some(Duration::from_secs(30))),
-            Err(Error::TaskTimedOut)
+            Err(Error::TaskTimedOut { elements: None })
         ));
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(300), "{waited:?}");
@@ -324,10 +326,11 @@ fn a_task_looping_forever_is_killed_by_task_timeout() {
             pool.map_chunked(nap, &[100, 100, 100, 100], 1).unwrap(),
             vec![100; 4]
         );
-        // A map with one runaway chunk fails with TaskTimedOut, not a hang.
+        // A map with one runaway chunk fails with TaskTimedOut, not a hang,
+        // and names the chunk's element.
         assert!(matches!(
             pool.map_chunked(nap, &[10, 5_000, 10], 1),
-            Err(Error::TaskTimedOut)
+            Err(Error::TaskTimedOut { elements: Some(r) }) if r == (1..2)
         ));
         assert_eq!(pool.apply(sq, (5,)).unwrap(), 25);
         assert!(matches!(

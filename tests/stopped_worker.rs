@@ -130,7 +130,7 @@ fn a_stopped_worker_is_noticed_and_a_map_waits_for_it_or_its_task_timeout() {
         std::thread::sleep(Duration::from_millis(100));
         signal(pid, libc::SIGSTOP);
         let got = job.get(Some(Duration::from_secs(30)));
-        assert!(matches!(got, Err(Error::TaskTimedOut)), "{got:?}");
+        assert!(matches!(got, Err(Error::TaskTimedOut { .. })), "{got:?}");
         let timed_out = format!("worker 1 (pid {pid}) was stopped when its task reached");
         assert!(
             stderr.shows(&timed_out, Duration::from_secs(5)),

@@ -121,7 +121,7 @@ fn status(e: &Error) -> c_int {
     match e {
         Error::InvalidArgument(_) | Error::InvalidState(_) | Error::Closed => SHMPOOL_INVALID,
         Error::WorkerDied { .. } => SHMPOOL_WORKER_DIED,
-        Error::Timeout | Error::TaskTimedOut => SHMPOOL_TIMEOUT,
+        Error::Timeout | Error::TaskTimedOut { .. } => SHMPOOL_TIMEOUT,
         Error::TaskPanicked { .. } => SHMPOOL_TASK_FAILED,
         Error::StartFailed(_) | Error::InitializerFailed { .. } => SHMPOOL_START_FAILED,
         Error::Io(_) => SHMPOOL_IO,

@@ -169,7 +169,12 @@ impl From<RemoteError> for Error {
     fn from(e: RemoteError) -> Error {
         match e {
             RemoteError::Panicked(message) => Error::TaskPanicked { message },
-            RemoteError::WorkerDied { pid, signal } => Error::WorkerDied { pid, signal },
+            RemoteError::WorkerDied { pid, signal } => Error::WorkerDied {
+                pid,
+                signal,
+                elements: None,
+                cause: crate::error::DeathCause::Other,
+            },
             RemoteError::Timeout => Error::Timeout,
             RemoteError::Failed { rank, why } => Error::RankFailed { rank, why },
             RemoteError::BadMessage { rank, why } => Error::BadMessage { rank, why },
@@ -199,7 +204,7 @@ impl ResultHeader {
                 header.status = PANICKED;
                 message.clone()
             }
-            Err(Error::WorkerDied { pid, signal }) => {
+            Err(Error::WorkerDied { pid, signal, .. }) => {
                 header.status = WORKER_DIED;
                 header.pid = *pid;
                 header.signal = signal.unwrap_or(-1);
@@ -291,6 +296,8 @@ mod tests {
             Err(&Error::WorkerDied {
                 pid: 42,
                 signal: Some(6),
+                elements: None,
+                cause: crate::error::DeathCause::Other,
             }),
         );
         assert_eq!(died.expected_bytes(1, 80), Ok(0));

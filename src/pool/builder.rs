@@ -69,6 +69,8 @@ pub(crate) struct PoolConfig {
     /// The stack tasks run on (`None`: [`default_stack_size`]): the
     /// supervisor thread's with fork, a worker thread's otherwise.
     pub(crate) stack_size: Option<usize>,
+    /// The harness options (`pool::harness`).
+    pub(crate) harness: crate::pool::harness::HarnessConfig,
     /// Dropping an unfinished result handle (or its future) aborts its work.
     pub(crate) abort_on_drop: bool,
 }
@@ -191,6 +193,12 @@ impl PoolBuilder {
     /// With retries a task may run more than once, so it should be idempotent
     /// (a `map` chunk is: it rewrites its own outputs).
     ///
+    /// A chunk of `map`, `starmap` or `map_into` (and their `_chunked` forms)
+    /// is not run again whole: each retry runs its two halves, so the other
+    /// elements' results come back and the error names the elements that
+    /// still kill a worker ([`Error::elements`]), down to a single one given
+    /// enough retries.
+    ///
     /// ```
     /// fn f(x: u64) -> u64 { x + 1 }
     /// let pool = shmpool::Pool::builder().processes(2).retries(3).build()?;
@@ -225,7 +233,7 @@ impl PoolBuilder {
     ///     .processes(1)
     ///     .task_timeout(Duration::from_millis(200))
     ///     .build()?;
-    /// assert!(matches!(pool.apply(spin, ()), Err(shmpool::Error::TaskTimedOut)));
+    /// assert!(matches!(pool.apply(spin, ()), Err(shmpool::Error::TaskTimedOut { .. })));
     /// assert_eq!(pool.apply(|| 7u8, ())?, 7); // a fresh worker took over
     /// # Ok::<(), shmpool::Error>(())
     /// ```
@@ -366,6 +374,7 @@ impl PoolBuilder {
         {
             return Err(Error::invalid(why));
         }
+        config.harness.resolve(processes)?;
         config.processes = Some(processes);
         crate::panic::install_quiet_panic_hook();
         // Workers must map the program's object heap (shared locks, queues):

@@ -98,6 +98,8 @@ pub(crate) struct Core {
     pub(crate) callbacks: Callbacks,
     /// The live workers' pids by index, kept by the supervisor.
     pub(crate) pids: Mutex<Vec<Option<u32>>>,
+    /// The parent's side of `Pool::stats`.
+    pub(crate) stats: crate::pool::stats::StatsBook,
     /// Whether maps may hand workers the caller's memory (`pool::zero_copy`):
     /// set at start if configured, cleared for good on a refusal.
     zero_copy: AtomicBool,
@@ -163,6 +165,7 @@ impl Core {
             settings.zero_copy.store(1, Ordering::Relaxed);
             PtracerGrant::acquire()
         });
+        config.harness.write_settings(&layout);
         header.magic.store(layout::MAGIC, Ordering::Release);
         Ok(Core {
             layout,
@@ -179,6 +182,7 @@ impl Core {
             supervisor: Supervisor::new()?,
             callbacks: Callbacks::default(),
             pids: Mutex::new(vec![None; processes]),
+            stats: crate::pool::stats::StatsBook::new(processes),
             zero_copy: AtomicBool::new(ptracer.is_some()),
             ptracer: Mutex::new(ptracer),
             _segment: segment,
@@ -460,6 +464,7 @@ impl Core {
                 ))
             }
             Outcome::WorkerDied => Err(Failure::WorkerDied {
+                cause: self.stats.cause_of(detail),
                 pid: detail,
                 signal: (signal >= 0).then_some(signal),
             }),
@@ -504,6 +509,7 @@ pub(crate) enum Failure {
     WorkerDied {
         pid: u32,
         signal: Option<i32>,
+        cause: crate::error::DeathCause,
     },
     Terminated,
     Broken(String),
@@ -522,20 +528,45 @@ pub(crate) enum Failure {
     /// A serde task's result could not be encoded (why).
     #[cfg(feature = "serde")]
     Unencodable(String),
+    /// A worker's death (or timeout) in a map chunk: the input elements the
+    /// chunk covered.
+    Covering {
+        failure: Box<Failure>,
+        elements: std::ops::Range<usize>,
+    },
+}
+
+impl Failure {
+    /// Names the map elements a dead (or timed-out) chunk covered.
+    pub(crate) fn covering(self, elements: std::ops::Range<usize>) -> Failure {
+        match self {
+            Failure::WorkerDied { .. } | Failure::TimedOut => Failure::Covering {
+                failure: Box::new(self),
+                elements,
+            },
+            other => other,
+        }
+    }
 }
 
 impl From<Failure> for Error {
     fn from(f: Failure) -> Error {
         match f {
             Failure::Panicked(message) => Error::TaskPanicked { message },
-            Failure::WorkerDied { pid, signal } => Error::WorkerDied { pid, signal },
+            Failure::WorkerDied { pid, signal, cause } => Error::WorkerDied {
+                pid,
+                signal,
+                elements: None,
+                cause,
+            },
             Failure::Terminated => Error::Terminated,
             Failure::Broken(why) => Error::PoolBroken(why),
-            Failure::TimedOut => Error::TaskTimedOut,
+            Failure::TimedOut => Error::TaskTimedOut { elements: None },
             Failure::AccessRefused(refused) => Error::ZeroCopyRefused {
                 errno: refused.errno,
             },
             Failure::Corrupted(what) => Error::SlotCorrupted(what),
+            Failure::Covering { failure, elements } => Error::from(*failure).covering(elements),
             Failure::Aborted => Error::Aborted,
             #[cfg(feature = "serde")]
             Failure::Decode(why) => Error::Decode(why),

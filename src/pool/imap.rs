@@ -65,7 +65,12 @@ pub struct Imap<I: Iterator, U> {
     /// The task's bound bytes, carried by every chunk (`MapCall::context`).
     context: Vec<MaybeUninit<u8>>,
     window: usize,
-    in_flight: VecDeque<(Chunk, Option<Block>)>,
+    /// Chunks in flight, with the input index of each one's first element.
+    in_flight: VecDeque<(Chunk, Option<Block>, usize)>,
+    /// Input elements put into chunks so far.
+    pulled: usize,
+    /// The bar, if the pool draws them (`pool::progress`).
+    progress: crate::pool::progress::Progress,
     ready: VecDeque<Result<U, Error>>,
     /// The input's panic, yielded once everything before it was.
     input_panic: Option<Error>,
@@ -94,7 +99,13 @@ where
         let area = MapLayout::task(chunksize, Elem::of::<I::Item>(), Elem::of::<U>())
             .ok_or_else(|| Error::invalid("chunksize too large"))?;
         let window = imap_window(area.total, core.processes);
+        let exact = match input.size_hint() {
+            (low, Some(high)) if low == high => Some(low),
+            _ => None,
+        };
+        let progress = crate::pool::progress::Progress::start(&core, exact);
         Ok(Imap {
+            progress,
             core,
             input: input.fuse(),
             input_done: false,
@@ -105,6 +116,7 @@ where
             context,
             window,
             in_flight: VecDeque::new(),
+            pulled: 0,
             ready: VecDeque::new(),
             input_panic: None,
             #[cfg(feature = "async")]
@@ -127,6 +139,9 @@ where
             }
             self.feed();
             if self.in_flight.is_empty() {
+                if self.input_done && self.input_panic.is_none() {
+                    self.progress.finish();
+                }
                 return self
                     .ready
                     .pop_front()
@@ -210,7 +225,9 @@ where
             output,
             len: n,
         };
-        self.in_flight.push_back((chunk, published.block));
+        self.in_flight
+            .push_back((chunk, published.block, self.pulled));
+        self.pulled += n;
         Ok(())
     }
 
@@ -220,7 +237,7 @@ where
         let find = || {
             self.in_flight
                 .iter()
-                .position(|(c, _)| layout.slot(c.slot).is_done())
+                .position(|(c, _, _)| layout.slot(c.slot).is_done())
         };
         let mut spin = SpinWait::new();
         loop {
@@ -246,7 +263,7 @@ where
 
     /// Moves finished chunk `i`'s results (or its error) to `ready`.
     fn collect(&mut self, i: usize) {
-        let (chunk, block) = self.in_flight.remove(i).expect("in range");
+        let (chunk, block, first) = self.in_flight.remove(i).expect("in range");
         let core = &*self.core;
         match core.read_outcome::<()>(chunk.slot, 0) {
             Ok(()) => {
@@ -255,8 +272,11 @@ where
                 // `output` (aligned for U) before DONE, observed with Acquire.
                 let results = unsafe { std::slice::from_raw_parts(out, chunk.len) };
                 self.ready.extend(results.iter().map(|&u| Ok(u)));
+                self.progress.advance(chunk.len);
             }
-            Err(failure) => self.ready.push_back(Err(failure.into())),
+            Err(failure) => self
+                .ready
+                .push_back(Err(Error::from(failure).covering(first..first + chunk.len))),
         }
         core.dispose(Job::single(chunk, block));
     }
@@ -287,9 +307,12 @@ where
         let layout = self.core.layout();
         let done = |c: &Chunk| layout.slot(c.slot).is_done();
         if self.ordered {
-            self.in_flight.front().filter(|(c, _)| done(c)).map(|_| 0)
+            self.in_flight
+                .front()
+                .filter(|(c, _, _)| done(c))
+                .map(|_| 0)
         } else {
-            self.in_flight.iter().position(|(c, _)| done(c))
+            self.in_flight.iter().position(|(c, _, _)| done(c))
         }
     }
 }
@@ -372,6 +395,9 @@ where
             }
             this.feed();
             if this.in_flight.is_empty() {
+                if this.input_done && this.input_panic.is_none() {
+                    this.progress.finish();
+                }
                 let last = this.ready.pop_front();
                 return Poll::Ready(last.or_else(|| this.input_panic.take().map(Err)));
             }
@@ -396,7 +422,7 @@ where
                 } else {
                     this.in_flight.len()
                 };
-                slots.extend(this.in_flight.iter().take(watched).map(|(c, _)| c.slot));
+                slots.extend(this.in_flight.iter().take(watched).map(|(c, _, _)| c.slot));
             }
             let mut waker = crate::sync::lock(&polled.waker);
             match &*waker {
@@ -422,7 +448,7 @@ impl<I: Iterator, U> Drop for Imap<I, U> {
             // No slots: the callback thread drops the entry.
             crate::sync::lock(&polled.slots).clear();
         }
-        for (chunk, block) in self.in_flight.drain(..) {
+        for (chunk, block, _) in self.in_flight.drain(..) {
             self.core.dispose(Job::single(chunk, block));
         }
     }

@@ -20,13 +20,16 @@ pub(crate) mod builder;
 mod call;
 mod callbacks;
 pub(crate) mod core;
+pub(crate) mod harness;
 mod imap;
 mod job;
+mod progress;
 mod result;
 pub(crate) mod schedule;
 #[cfg(feature = "serde")]
 mod serde;
 mod shared_vec;
+pub(crate) mod stats;
 mod supervisor;
 mod unpublished;
 mod waker;
@@ -48,6 +51,7 @@ pub use imap::Imap;
 pub use imap::ImapStream;
 pub use result::AsyncResult;
 pub use shared_vec::SharedVec;
+pub use stats::{Insights, PoolStats, WorkerStats};
 pub use waker::ResultFuture;
 
 use std::sync::atomic::Ordering;

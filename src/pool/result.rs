@@ -390,7 +390,9 @@ pub(crate) fn decode_vec<U: Pod>(core: &Core, job: &Job) -> Result<Vec<U>, Failu
     let len = job.chunks().map(|c| c.len).sum();
     let mut out: Vec<U> = Vec::with_capacity(len);
     for chunk in job.chunks() {
-        core.read_outcome::<()>(chunk.slot, 0)?;
+        let first = out.len();
+        core.read_outcome::<()>(chunk.slot, 0)
+            .map_err(|f| f.covering(first..first + chunk.len))?;
         // SAFETY: the chunk returned, so its worker wrote `len` U's at `output`
         // (aligned for U) before DONE; `out` has room for all chunks.
         unsafe {

@@ -32,12 +32,13 @@
 //! marked broken, and everything ends as after `terminate`, every unfinished
 //! slot failing with `PoolBroken`.
 
-use crate::error::Error;
+use crate::error::{DeathCause, Error};
 use crate::pool::core::{Core, Lifecycle};
+use crate::pool::stats::Leaving;
 use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
 use crate::start::fork::Child;
 use crate::sync::lock;
-use crate::sync::slot::{Outcome, SlotState, IN_PLACE, MAX_WORKER_INDEX};
+use crate::sync::slot::{Outcome, SlotState, IN_PLACE, MAX_WORKER_INDEX, SPLIT};
 use crate::worker::WorkerStart;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -155,6 +156,7 @@ fn spawn_worker(core: &Core, index: usize) -> Result<Child, Error> {
         ready_fd: core.supervisor.ready.as_raw_fd(),
         method: core.config.start_method,
     };
+    core.stats.spawning(index);
     let child = crate::start::start_worker(core.layout(), core.segment_fd(), start)?;
     core.set_pid(index, Some(child.pid as u32));
     Ok(child)
@@ -288,6 +290,7 @@ fn supervise(
     }
     let _ = ready.send(Ok(()));
     drop(ready);
+    core.stats.note_oom_kills();
 
     let mut respawn: Vec<usize> = Vec::new();
     // Per worker: the slot it was killed for (having exceeded the task
@@ -359,8 +362,22 @@ fn supervise(
                 workers[k] = Some(child); // spurious readiness
                 continue;
             };
+            // Held until the worker's figures are in the totals and it is
+            // replaced, so that `Pool::stats` never sees it gone and not yet
+            // counted.
+            let accounting = core.stats.accounting();
             core.set_pid(k, None);
             let exit = settle_exit(core, k, child.pid, status, killed_for[k].take());
+            // Before the index's next worker starts: its figures join the
+            // pool's totals, and the record starts from zero.
+            let counters = &core.layout().worker_record(k as u32).counters;
+            let how = match exit {
+                Exit::Died { .. } => Leaving::Died,
+                _ if counters.over_memory.load(Ordering::Relaxed) != 0 => Leaving::OverMemory,
+                _ => Leaving::Retired,
+            };
+            core.stats.left(k, counters, how);
+            counters.reset();
             if matches!(exit, Exit::Died { .. }) {
                 // It may have finished a slot without logging it, and the slot
                 // it held was just finished here, unlogged.
@@ -376,6 +393,9 @@ fn supervise(
                 Ok(child) => workers[k] = Some(child),
                 Err(_) => respawn.push(k),
             }
+            // Released once replaced: `stats` after a failed task lists the
+            // replacement, with the death at its index.
+            drop(accounting);
             if let Exit::Died { again: Some(i) } = exit {
                 core.push(i);
             }
@@ -520,6 +540,19 @@ fn settle_exit(
     let record = layout.worker_record(k as u32);
     let retired = record.is_retired();
     let last_taken = record.take_last_taken();
+    // Before any slot is finished: its error reads the cause.
+    let over_limit = record.over_limit.swap(0, Ordering::Relaxed) != 0;
+    if !clean {
+        let killed_by_us = killed_for.is_some() || core.lifecycle() == Lifecycle::Terminated;
+        let cause = if over_limit {
+            DeathCause::MemoryLimit
+        } else if signal == Some(libc::SIGKILL) && !killed_by_us && core.stats.oom_kills_rose() {
+            DeathCause::OutOfMemory
+        } else {
+            DeathCause::Other
+        };
+        core.stats.died_of(pid as u32, cause);
+    }
     // The index's next worker starts from a clean record.
     record.idle();
     // A worker killed while searching cannot clear its bit; a stale bit would
@@ -552,6 +585,9 @@ fn settle_exit(
             SlotState::Running { worker } if worker as usize == k => {
                 held_task = true;
                 if let Some((_, why)) = killed_for.filter(|&(slot, _)| slot == i) {
+                    if why == Outcome::TimedOut {
+                        core.stats.timed_out();
+                    }
                     slot.finish_for(
                         |s| s == SlotState::Running { worker: k as u32 },
                         why,
@@ -566,13 +602,18 @@ fn settle_exit(
                     // the timeout check and the kill: this one is innocent,
                     // so it runs again without using up a retry.
                     let innocent = killed_for.is_some();
-                    let retried = if desc.flags & IN_PLACE != 0 {
-                        false // a second run would read the first one's outputs
+                    // In place: a second run would read the first one's
+                    // outputs. Split: the parent runs its halves again.
+                    let no_rerun = desc.flags & IN_PLACE != 0
+                        || (desc.flags & SPLIT != 0 && desc.len > 1 && !innocent);
+                    let retried = if no_rerun {
+                        false
                     } else if innocent {
                         slot.requeue(k as u32)
                     } else {
                         desc.retries_used < core.config.retries && {
                             desc.retries_used += 1;
+                            core.stats.retried();
                             slot.requeue(k as u32)
                         }
                     };

@@ -4,8 +4,9 @@
 //! ```text
 //! 0                 PoolHeader (one page): flags, the work wake word, ring positions
 //! RING_OFFSET       ring entries: RING_CAPACITY × u64
-//! WORKERS_OFFSET    worker records: MAX_PROCESSES × 64 B (what each worker runs)
+//! WORKERS_OFFSET    worker records: MAX_PROCESSES × 128 B (what each worker runs; its counters)
 //! LOGS_OFFSET       finish logs:    MAX_PROCESSES × 4224 B (which slots each worker finished)
+//! PINS_OFFSET       CPU sets:       MAX_PROCESSES × 128 B (where each worker may run)
 //! SLOTS_OFFSET      task slots:   SLOT_CAPACITY × 256 B   (sparse: touched as used)
 //! ARENA_OFFSET      payload arena for map chunks and large arguments (sparse)
 //! ```
@@ -34,8 +35,9 @@ pub(crate) const MAX_PROCESSES: usize = 1 << 16;
 pub(crate) const WORKERS_OFFSET: usize = RING_OFFSET + RING_CAPACITY * 8;
 pub(crate) const LOGS_OFFSET: usize =
     WORKERS_OFFSET + MAX_PROCESSES * std::mem::size_of::<WorkerRecord>();
-pub(crate) const SLOTS_OFFSET: usize =
+pub(crate) const PINS_OFFSET: usize =
     LOGS_OFFSET + MAX_PROCESSES * std::mem::size_of::<FinishLog>();
+pub(crate) const SLOTS_OFFSET: usize = PINS_OFFSET + MAX_PROCESSES * std::mem::size_of::<CpuPin>();
 pub(crate) const ARENA_OFFSET: usize =
     SLOTS_OFFSET + SLOT_CAPACITY * std::mem::size_of::<TaskSlot>();
 /// The whole segment.
@@ -43,7 +45,8 @@ pub(crate) const SEGMENT_BYTES: usize = ARENA_OFFSET + ARENA_BYTES;
 
 const _: () = assert!(std::mem::size_of::<PoolHeader>() <= PAGE);
 const _: () = assert!(SLOTS_OFFSET % PAGE == 0 && ARENA_OFFSET % PAGE == 0);
-const _: () = assert!(std::mem::size_of::<WorkerRecord>() == 64);
+const _: () = assert!(std::mem::size_of::<WorkerRecord>() == 128);
+const _: () = assert!(std::mem::size_of::<CpuPin>() == 128);
 
 /// What worker k is doing, for the supervisor: written only by worker k (one
 /// cache line each, so workers do not share lines), read by the supervisor
@@ -60,7 +63,73 @@ pub(crate) struct WorkerRecord {
     /// hold: it takes one entry at a time and runs it before the next. So
     /// the supervisor settles a death by looking at this one slot.
     taking: AtomicU64,
+    /// Set (non-zero) by the worker's SIGABRT handler when it aborts with
+    /// `errno` ENOMEM under the pool's `memory_limit_per_worker`: an
+    /// allocation failed. Read by the supervisor once the worker is reaped,
+    /// to say why it died (only to say so). Reset with the counters.
+    pub(crate) over_limit: AtomicU64,
+    /// What the worker counts for `Pool::stats`, on a cache line of its own
+    /// so the supervisor's reads of the words above do not share it.
+    pub(crate) counters: WorkerCounters,
 }
+
+/// Figures a worker keeps about itself for `Pool::stats`: written by the
+/// worker alone with relaxed stores, read by the parent for display only (a
+/// worker's task can write anything here, so readers saturate and never use
+/// them for decisions). Instants are nanoseconds of CLOCK_MONOTONIC; task
+/// durations are in [`ticks`].
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub(crate) struct WorkerCounters {
+    /// When the worker loop began (0: not yet).
+    pub(crate) serving_since: AtomicU64,
+    /// How long the initializer took.
+    pub(crate) initializer: AtomicU64,
+    /// When the worker reported ready (0: not yet).
+    pub(crate) ready_at: AtomicU64,
+    /// Tasks finished (returned or panicked).
+    pub(crate) tasks_done: AtomicU64,
+    /// Time spent running tasks, in [`ticks`].
+    pub(crate) busy: AtomicU64,
+    /// The longest task's duration, in [`ticks`].
+    pub(crate) slowest: AtomicU64,
+    /// The anonymous memory the worker gained since it was ready, in KiB,
+    /// measured after its last task (only under `max_memory_per_worker`).
+    pub(crate) rss_kib: AtomicU64,
+    /// Non-zero once the worker exits to be replaced, its resident set
+    /// over the pool's `max_memory_per_worker`.
+    pub(crate) over_memory: AtomicU64,
+}
+
+impl WorkerCounters {
+    /// Supervisor side: zeroes the counters for the index's next worker.
+    pub(crate) fn reset(&self) {
+        for word in [
+            &self.serving_since,
+            &self.initializer,
+            &self.ready_at,
+            &self.tasks_done,
+            &self.busy,
+            &self.slowest,
+            &self.rss_kib,
+            &self.over_memory,
+        ] {
+            word.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The CPUs worker k may run on (bit c: CPU c, as in `cpu_set_t`); all zero:
+/// not pinned. Written by the parent before the first worker starts, read
+/// by every worker at that index when it starts.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub(crate) struct CpuPin {
+    pub(crate) words: [AtomicU64; 16],
+}
+
+/// The most CPUs a [`CpuPin`] names (that of a `cpu_set_t`).
+pub(crate) const PIN_CPUS: usize = 16 * 64;
 
 /// A retired worker's record (no slot index can make this value).
 const RETIRED: u64 = u64::MAX;
@@ -123,6 +192,34 @@ impl WorkerRecord {
 /// searching, so producers wake sleepers for it as usual) from index 64 on.
 pub(crate) fn searching_bit(index: u32) -> u64 {
     1u64.checked_shl(index).unwrap_or(0)
+}
+
+/// Nanoseconds of CLOCK_MONOTONIC (the vDSO: no system call).
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes a timespec we own; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// A cheap tick count for timing tasks (`Pool::stats`): the CPU's time-stamp
+/// counter, one instruction instead of a vDSO call (~6 against ~25 ns).
+/// Constant-rate and synchronized across CPUs on the machines Linux itself
+/// clocks with it; the parent converts ticks to time with a rate it measures
+/// against CLOCK_MONOTONIC (`pool::stats`). Figures are for display only.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn ticks() -> u64 {
+    // SAFETY: RDTSC exists on every x86_64 CPU and has no memory effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Elsewhere, nanoseconds of CLOCK_MONOTONIC.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn ticks() -> u64 {
+    monotonic_ns()
 }
 
 /// Milliseconds of CLOCK_MONOTONIC: one clock for every process of the pool.
@@ -196,6 +293,16 @@ pub(crate) struct WorkerSettings {
     pub(crate) parent_pid: AtomicU32,
     /// The address of the parent's probe word.
     pub(crate) probe_target: AtomicU64,
+    /// The thread count a worker sets for BLAS, OpenMP and rayon (the
+    /// variables of `worker::setup`), unless already set; 0: none.
+    pub(crate) threads_per_worker: AtomicU32,
+    /// Non-zero if worker k pins itself to the CPU set at `PINS_OFFSET`.
+    pub(crate) pinned: AtomicU32,
+    /// `RLIMIT_AS` a worker sets on itself, in bytes; 0: none.
+    pub(crate) memory_limit: AtomicU64,
+    /// A worker whose resident set passes this many KiB after a task exits
+    /// (to be replaced); 0: no cap.
+    pub(crate) max_rss_kib: AtomicU64,
     /// `PoolBuilder::stack_size` in bytes (0: not set), for workers that do
     /// not run on a copy of the supervisor's stack (spawn, forkserver).
     pub(crate) stack_size: AtomicU64,
@@ -269,6 +376,14 @@ impl Layout {
                 .cast::<WorkerRecord>()
                 .add(index)
         }
+    }
+
+    /// Worker `index`'s CPU set (< [`MAX_PROCESSES`]).
+    pub(crate) fn cpu_pin(&self, index: u32) -> &CpuPin {
+        let index = index as usize;
+        assert!(index < MAX_PROCESSES);
+        // SAFETY: in bounds; all-zero is a valid CpuPin, accessed atomically.
+        unsafe { &*self.base.add(PINS_OFFSET).cast::<CpuPin>().add(index) }
     }
 
     /// Worker `index`'s finish log (< [`MAX_PROCESSES`]).

@@ -131,6 +131,11 @@ pub(crate) const REMOTE_INPUT: u32 = 4;
 /// [`TaskDesc::flags`]: `output` is an address in the parent's memory.
 pub(crate) const REMOTE_OUTPUT: u32 = 8;
 
+/// [`TaskDesc::flags`]: a chunk of a synchronous map, which the parent
+/// splits in halves to retry when its worker dies: the supervisor does not
+/// requeue it whole (unless it has a single element, retried as usual).
+pub(crate) const SPLIT: u32 = 16;
+
 /// A snapshot of a slot's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SlotState {

@@ -16,7 +16,9 @@ use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, Remote, TaskIo};
 use std::os::fd::RawFd;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+
+mod setup;
 
 /// Who a worker is and how it tells the parent it is ready.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +38,12 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
     install_quiet_panic_hook();
     fork_guard::arm();
     crate::process::enter_worker(start.index as usize, start.method);
+    let counters = &layout.worker_record(start.index).counters;
+    counters
+        .serving_since
+        .store(crate::shm::layout::monotonic_ns(), Ordering::Relaxed);
+    setup::prepare(layout, start.index);
+    let init_began = crate::shm::layout::monotonic_ns();
     let initialized = initialize(layout);
     fork_guard::check();
     fork_guard::reap_children();
@@ -45,6 +53,15 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
     }
     let peer = reach_parent(layout);
     let mut stage = Stage::default();
+    let ready_at = crate::shm::layout::monotonic_ns();
+    counters
+        .initializer
+        .store(ready_at.saturating_sub(init_began), Ordering::Relaxed);
+    counters.ready_at.store(ready_at, Ordering::Relaxed);
+    let memory_cap_kib = layout.header().settings.max_rss_kib.load(Ordering::Acquire);
+    if memory_cap_kib != 0 {
+        setup::note_baseline();
+    }
     report_ready(start.ready_fd);
     let max_tasks = layout.header().settings.max_tasks.load(Ordering::Acquire);
     let track = layout.header().settings.track_tasks.load(Ordering::Acquire) != 0;
@@ -76,7 +93,9 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
         if let Some(slot) = popped {
             if run(layout, slot, start.index, track, peer, &mut stage) {
                 tasks_run += 1;
-                if max_tasks != 0 && tasks_run >= max_tasks {
+                let over_memory = memory_cap_kib != 0
+                    && setup::over_memory_cap(layout, start.index, memory_cap_kib);
+                if over_memory || (max_tasks != 0 && tasks_run >= max_tasks) {
                     // Holding no task and no popped entry: say so, so the
                     // supervisor replaces us without settling anything.
                     layout.worker_record(start.index).retire();
@@ -263,7 +282,9 @@ fn finish(
     task: impl FnOnce() -> Result<(), AccessRefused>,
 ) -> bool {
     let slot = layout.slot(index);
+    let began = crate::shm::layout::ticks();
     let result = std::panic::catch_unwind(AssertUnwindSafe(task));
+    let took = crate::shm::layout::ticks().saturating_sub(began);
     fork_guard::check();
     // SAFETY: still RUNNING(me): the outcome is ours to write.
     let desc = unsafe { slot.desc() };
@@ -293,6 +314,7 @@ fn finish(
         // which the record must not seem to be running.
         layout.worker_record(me).idle();
     }
+    count_task(layout, me, took);
     slot.finish();
     if watched {
         // Before the notify: its fence publishes the entry to a parked reader.
@@ -301,6 +323,25 @@ fn finish(
     layout.header().done.notify_sleepers();
     fork_guard::reap_children();
     true
+}
+
+/// Adds a finished task to this worker's counters (`Pool::stats`). Only this
+/// worker writes them, so a load and a store add up without a locked
+/// instruction. Called before the slot is finished: a parent that saw the
+/// result (with Acquire) sees it counted.
+fn count_task(layout: Layout, me: u32, took: u64) {
+    let counters = &layout.worker_record(me).counters;
+    let add = |word: &AtomicU64, v: u64| {
+        word.store(
+            word.load(Ordering::Relaxed).wrapping_add(v),
+            Ordering::Relaxed,
+        )
+    };
+    add(&counters.tasks_done, 1);
+    add(&counters.busy, took);
+    if took > counters.slowest.load(Ordering::Relaxed) {
+        counters.slowest.store(took, Ordering::Relaxed);
+    }
 }
 
 /// The longest prefix of `s` of at most `max` bytes ending on a char boundary.

@@ -6,11 +6,13 @@ use super::memory::prefault;
 use super::through_arena::{through_arena, Buffers};
 use super::where_it_lies::{place_of, run_where_it_lies, Place, Span, SMALL_MAP_BYTES};
 use crate::error::Error;
-use crate::pool::core::Core;
-use crate::sync::slot::IN_PLACE;
+use crate::pool::core::{Core, Failure};
+use crate::pool::progress::Progress;
+use crate::sync::slot::{IN_PLACE, SPLIT};
 use crate::task::EntryPoint;
 use crate::Pod;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 /// One synchronous map: what runs on each chunk and how elements are laid out.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +72,36 @@ impl MapCall<'_> {
         } else {
             0
         }
+    }
+
+    /// [`SPLIT`] unless a chunk cannot run twice (in place) or cannot be
+    /// cut (a fold writes one output per chunk).
+    pub(super) fn split_flag(&self) -> u32 {
+        if self.in_place || self.fold {
+            0
+        } else {
+            SPLIT
+        }
+    }
+
+    /// The two halves to run again when a [`SPLIT`] chunk over `range` failed
+    /// with `failure` after `used` retries: when its worker died, retries are
+    /// left, and it has more than one element. So the other elements' results
+    /// come back, and the one that kills its worker is cornered.
+    pub(super) fn halves(
+        &self,
+        core: &Core,
+        failure: &Failure,
+        range: &Range<usize>,
+        used: u32,
+    ) -> Option<[Range<usize>; 2]> {
+        let died = matches!(failure, Failure::WorkerDied { .. });
+        if !died || self.split_flag() == 0 || used >= core.config.retries || range.len() < 2 {
+            return None;
+        }
+        let mid = range.start + range.len() / 2;
+        core.stats.retried();
+        Some([range.start..mid, mid..range.end])
     }
 }
 
@@ -180,6 +212,23 @@ pub(crate) unsafe fn map_raw(
     if len == 0 {
         return Ok(());
     }
+    let progress = Progress::start(core, Some(len));
+    // SAFETY: forwarded contract.
+    unsafe { map_raw_with(core, src, dst, len, call, &progress) }?;
+    progress.finish();
+    Ok(())
+}
+
+/// [`map_raw`] (same contract, checked), advancing `progress` as chunks
+/// finish.
+unsafe fn map_raw_with(
+    core: &Core,
+    src: *const u8,
+    dst: *mut u8,
+    len: usize,
+    call: MapCall<'_>,
+    progress: &Progress,
+) -> Result<(), Error> {
     let buffers = Buffers { src, dst, len };
     // The one size check, before either path (every product below is bounded
     // by these).
@@ -199,7 +248,7 @@ pub(crate) unsafe fn map_raw(
     });
     let Some((input, output)) = direct else {
         // SAFETY: forwarded contract.
-        return unsafe { through_arena(core, buffers, call) };
+        return unsafe { through_arena(core, buffers, call, progress) };
     };
     if matches!(output, Place::Caller(_)) {
         // Workers would fault the fresh output in one 4 KiB page at a time
@@ -207,7 +256,7 @@ pub(crate) unsafe fn map_raw(
         // is faster. Measured in docs/PERFORMANCE.md, "Zero-copy maps".
         prefault(dst, bytes.output);
     }
-    let redo = run_where_it_lies(core, len, call, Span { input, output })?;
+    let redo = run_where_it_lies(core, len, call, Span { input, output }, progress)?;
     if !redo.is_empty() {
         // The kernel refused a worker the caller's memory: from now on this
         // pool copies, and what was refused is done that way now.
@@ -216,7 +265,7 @@ pub(crate) unsafe fn map_raw(
     for range in redo {
         // SAFETY: a sub-range of the caller's buffers, which no worker
         // touches any more (every chunk of the first pass is finished).
-        unsafe { through_arena(core, buffers.part(range, &call), call) }?;
+        unsafe { through_arena(core, buffers.part(range, &call), call, progress) }?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use super::memory::prefault;
 use super::window::{Collect, Collected, Window};
 use crate::error::Error;
 use crate::pool::core::Core;
+use crate::pool::progress::Progress;
 use crate::shm::arena::Block;
 use crate::sync::slot::TaskDesc;
 use std::ops::Range;
@@ -47,6 +48,7 @@ pub(super) unsafe fn through_arena(
     core: &Core,
     buffers: Buffers,
     call: MapCall<'_>,
+    progress: &Progress,
 ) -> Result<(), Error> {
     let len = buffers.len;
     // map_raw checked both sizes: this does not overflow.
@@ -56,17 +58,17 @@ pub(super) unsafe fn through_arena(
     let cut = (len / 2).next_multiple_of(call.chunksize);
     if bytes < PARALLEL_BYTES || cut >= len {
         // SAFETY: forwarded contract.
-        return unsafe { map_part(core, buffers, call) };
+        return unsafe { map_part(core, buffers, call, progress) };
     }
     let (first, second) = (buffers.part(0..cut, &call), buffers.part(cut..len, &call));
     let (a, b) = std::thread::scope(|scope| {
         let other = scope.spawn(move || {
             let second = second;
             // SAFETY: the second part of both buffers, disjoint from the first.
-            unsafe { map_part(core, second, call) }
+            unsafe { map_part(core, second, call, progress) }
         });
         // SAFETY: the first part.
-        let mine = unsafe { map_part(core, first, call) };
+        let mine = unsafe { map_part(core, first, call, progress) };
         (
             mine,
             other
@@ -82,7 +84,12 @@ const PARALLEL_BYTES: usize = 8 << 20;
 
 /// Maps `buffers` through one arena block ([`map_raw`](super::map_raw)'s
 /// contract).
-unsafe fn map_part(core: &Core, buffers: Buffers, call: MapCall<'_>) -> Result<(), Error> {
+unsafe fn map_part(
+    core: &Core,
+    buffers: Buffers,
+    call: MapCall<'_>,
+    progress: &Progress,
+) -> Result<(), Error> {
     let len = buffers.len;
     let shape = if call.in_place {
         MapLayout::in_place(len, call.input)
@@ -93,7 +100,7 @@ unsafe fn map_part(core: &Core, buffers: Buffers, call: MapCall<'_>) -> Result<(
     let block = core.alloc_block(shape.total, shape.align)?;
     prefault(buffers.dst, call.outputs(len) * call.output.size);
     // SAFETY: forwarded contract.
-    let result = unsafe { run_chunks(core, buffers, call, block, shape) };
+    let result = unsafe { run_chunks(core, buffers, call, (block, shape), progress) };
     core.free_block(block);
     result
 }
@@ -104,8 +111,8 @@ unsafe fn run_chunks(
     core: &Core,
     Buffers { src, dst, len }: Buffers,
     call: MapCall<'_>,
-    block: Block,
-    shape: MapLayout,
+    (block, shape): (Block, MapLayout),
+    progress: &Progress,
 ) -> Result<(), Error> {
     let layout = core.layout();
     let chunksize = call.chunksize;
@@ -116,6 +123,15 @@ unsafe fn run_chunks(
     let output_at = |i: usize| base + (shape.output_start + call.outputs(i) * out_size) as u64;
     let mut window = Window::new(core, Collect::InOrder);
     let mut next_chunk = 0;
+    let desc = |start: usize, n: usize, retries_used: u32| TaskDesc {
+        entry: call.entry.0,
+        input: input_at(start),
+        output: output_at(start),
+        len: n as u64,
+        flags: call.flags() | call.split_flag(),
+        retries_used,
+        ..TaskDesc::default()
+    };
     loop {
         while window.accepts() && next_chunk < chunks {
             let start = next_chunk * chunksize;
@@ -129,23 +145,16 @@ unsafe fn run_chunks(
                     n * in_size,
                 );
             }
-            let desc = TaskDesc {
-                entry: call.entry.0,
-                input: input_at(start),
-                output: output_at(start),
-                len: n as u64,
-                flags: call.flags(),
-                ..TaskDesc::default()
-            };
-            window.submit(desc, call.context, (start, n));
+            window.submit(desc(start, n, 0), call.context, (start, n, 0));
             next_chunk += 1;
         }
         match window.next(next_chunk == chunks) {
             None => break,
             Some(Collected::Withdrawn(_)) => {}
-            Some(Collected::Done(slot, (start, n))) => {
+            Some(Collected::Done(slot, (start, n, used))) => {
                 match core.read_outcome::<()>(slot, 0) {
                     Ok(()) if !window.is_halted() => {
+                        progress.advance(n);
                         // SAFETY: the worker wrote `n` outputs at output_at(start)
                         // before DONE (observed with Acquire); `dst` has room for
                         // `len` ≥ start + n.
@@ -158,7 +167,27 @@ unsafe fn run_chunks(
                         }
                     }
                     Ok(()) => {}
-                    Err(failure) => window.fail(failure.into()),
+                    // The inputs are still in the block: a worker only reads them.
+                    Err(failure) => {
+                        let range = start..start + n;
+                        match call.halves(core, &failure, &range, used) {
+                            Some([a, b]) if !window.is_halted() => {
+                                let tag_a = (a.start, a.len(), used + 1);
+                                let tag_b = (b.start, b.len(), used + 1);
+                                window.submit(
+                                    desc(a.start, a.len(), used + 1),
+                                    call.context,
+                                    tag_a,
+                                );
+                                window.submit(
+                                    desc(b.start, b.len(), used + 1),
+                                    call.context,
+                                    tag_b,
+                                );
+                            }
+                            _ => window.fail(Error::from(failure).covering(range)),
+                        }
+                    }
                 }
                 core.release_slot(slot);
             }

@@ -5,6 +5,7 @@ use super::map::MapCall;
 use super::window::{Collect, Collected, Window};
 use crate::error::Error;
 use crate::pool::core::{Core, Failure};
+use crate::pool::progress::Progress;
 use crate::remote::STAGE_ALIGN;
 use crate::sync::slot::{TaskDesc, REMOTE_INPUT, REMOTE_OUTPUT};
 use std::ops::Range;
@@ -66,42 +67,54 @@ pub(crate) fn run_where_it_lies(
     len: usize,
     call: MapCall<'_>,
     at: Span,
+    progress: &Progress,
 ) -> Result<Vec<Range<usize>>, Error> {
     let chunksize = call.chunksize;
     let chunks = len.div_ceil(chunksize);
     let mut window = Window::new(core, Collect::NewestLast);
     let mut next_chunk = 0;
     let mut redo: Vec<Range<usize>> = Vec::new();
+    let desc = |range: &Range<usize>, retries_used: u32| {
+        let (input, remote_in) = at
+            .input
+            .advance(range.start * call.input.size, REMOTE_INPUT);
+        let (output, remote_out) = at
+            .output
+            .advance(call.outputs(range.start) * call.output.size, REMOTE_OUTPUT);
+        TaskDesc {
+            entry: call.entry.0,
+            input,
+            output,
+            len: range.len() as u64,
+            flags: call.flags() | call.split_flag() | remote_in | remote_out,
+            retries_used,
+            ..TaskDesc::default()
+        }
+    };
     loop {
         while window.accepts() && next_chunk < chunks {
             let start = next_chunk * chunksize;
-            let n = chunksize.min(len - start);
-            let (input, remote_in) = at.input.advance(start * call.input.size, REMOTE_INPUT);
-            let (output, remote_out) = at
-                .output
-                .advance(call.outputs(start) * call.output.size, REMOTE_OUTPUT);
-            let desc = TaskDesc {
-                entry: call.entry.0,
-                input,
-                output,
-                len: n as u64,
-                flags: call.flags() | remote_in | remote_out,
-                ..TaskDesc::default()
-            };
-            window.submit(desc, call.context, start..start + n);
+            let range = start..start + chunksize.min(len - start);
+            window.submit(desc(&range, 0), call.context, (range, 0));
             next_chunk += 1;
         }
         match window.next(next_chunk == chunks) {
             None => break,
-            Some(Collected::Withdrawn(range)) => redo.push(range),
-            Some(Collected::Done(slot, range)) => {
+            Some(Collected::Withdrawn((range, _))) => redo.push(range),
+            Some(Collected::Done(slot, (range, used))) => {
                 match core.read_outcome::<()>(slot, 0) {
-                    Ok(()) => {}
+                    Ok(()) => progress.advance(range.len()),
                     Err(Failure::AccessRefused(refused)) if !(call.in_place && refused.wrote) => {
                         redo.push(range);
                         window.halt();
                     }
-                    Err(failure) => window.fail(failure.into()),
+                    Err(failure) => match call.halves(core, &failure, &range, used) {
+                        Some([a, b]) if !window.is_halted() => {
+                            window.submit(desc(&a, used + 1), call.context, (a, used + 1));
+                            window.submit(desc(&b, used + 1), call.context, (b, used + 1));
+                        }
+                        _ => window.fail(Error::from(failure).covering(range)),
+                    },
                 }
                 core.release_slot(slot);
             }

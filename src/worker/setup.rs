@@ -1,0 +1,218 @@
+//! What a worker does to its own process before it serves: pin itself to
+//! its CPUs, cap the threads of the libraries its tasks may call, limit its
+//! address space; and, after each task, the memory cap check.
+//!
+//! Done here, in the worker, for every start method alike: at this point
+//! the worker process has one thread (a forked child of the supervisor, a
+//! child of the single-threaded fork server, or a re-executed program in
+//! its start-up hook, before `main`), so it may change its environment
+//! without racing any other thread. Settings come from the segment, which
+//! the parent wrote before the first worker started.
+
+use crate::shm::layout::Layout;
+use std::ffi::{c_char, CString};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+/// The variables that size the thread pools of OpenMP, the BLAS libraries
+/// and rayon; a worker sets each to the pool's `threads_per_worker` unless
+/// the program already set it.
+const THREAD_VARS: [&str; 6] = [
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "RAYON_NUM_THREADS",
+];
+
+extern "C" {
+    /// The C library's environment (POSIX), read by `getenv`.
+    static mut environ: *const *const c_char;
+}
+
+/// Applies the pool's per-worker settings to this process (worker `index`).
+/// Must run while the process has a single thread.
+pub(crate) fn prepare(layout: Layout, index: u32) {
+    let settings = &layout.header().settings;
+    if settings.pinned.load(Ordering::Acquire) != 0 {
+        pin(layout, index);
+    }
+    let mut env: Vec<(&str, String, bool)> = Vec::new();
+    let threads = settings.threads_per_worker.load(Ordering::Acquire);
+    if threads != 0 {
+        env.extend(THREAD_VARS.map(|var| (var, threads.to_string(), false)));
+    }
+    let limit = settings.memory_limit.load(Ordering::Acquire);
+    if limit != 0 {
+        // Rust prints a backtrace before it aborts on a failed allocation if
+        // asked to, and that work overwrites the `errno` the SIGABRT handler
+        // reads; a worker's panics are caught and print nothing anyway.
+        env.push(("RUST_BACKTRACE", "0".to_owned(), true));
+        limit_address_space(layout, index, limit);
+    }
+    set_environment(&env);
+}
+
+/// This process's figures from `/proc/self/statm`, in bytes: (address
+/// space, anonymous resident memory).
+pub(crate) fn statm() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+    let (size, resident, shared) = (fields.next()??, fields.next()??, fields.next()??);
+    // SAFETY: plain sysconf query.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    Some((
+        size.saturating_mul(page),
+        resident.saturating_sub(shared).saturating_mul(page),
+    ))
+}
+
+/// Where the SIGABRT handler records an allocation failure: this worker's
+/// `over_limit` word in the segment.
+static OVER_LIMIT: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Lets this process map `limit` bytes more than it has now (`RLIMIT_AS`:
+/// the pool's segment is already a large reservation), and arms a SIGABRT
+/// handler that records an abort with `errno` ENOMEM: Rust aborts when an
+/// allocation fails, right after the failing call set ENOMEM.
+fn limit_address_space(layout: Layout, index: u32, limit: u64) {
+    let Some((size, _)) = statm() else { return };
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: reads and writes rlimit structs we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_AS, &mut old) != 0 {
+            return;
+        }
+        let new = libc::rlimit {
+            rlim_cur: size.saturating_add(limit).min(old.rlim_max),
+            rlim_max: old.rlim_max,
+        };
+        libc::setrlimit(libc::RLIMIT_AS, &new);
+    }
+    let word = &layout.worker_record(index).over_limit;
+    OVER_LIMIT.store(
+        word as *const AtomicU64 as *mut AtomicU64,
+        Ordering::Relaxed,
+    );
+    // SAFETY: installs a handler that only reads errno and stores to an
+    // atomic in the mapped segment (async-signal-safe), then returns, so the
+    // abort goes on with the default action.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESETHAND;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut());
+    }
+}
+
+extern "C" fn on_abort(_signal: libc::c_int) {
+    // SAFETY: reads this thread's errno, as set by the interrupted code.
+    let errno = unsafe { *libc::__errno_location() };
+    let word = OVER_LIMIT.load(Ordering::Relaxed);
+    if errno == libc::ENOMEM && !word.is_null() {
+        // SAFETY: points into the segment, mapped for the process's life.
+        unsafe { (*word).store(1, Ordering::Relaxed) };
+    }
+}
+
+/// The anonymous memory this process had when it became ready (bytes),
+/// the base of the `max_memory_per_worker` check.
+static BASELINE: AtomicU64 = AtomicU64::new(0);
+
+/// Notes the memory the worker has when it becomes ready (only with a cap).
+pub(crate) fn note_baseline() {
+    if let Some((_, anon)) = statm() {
+        BASELINE.store(anon, Ordering::Relaxed);
+    }
+}
+
+/// After a task, under `max_memory_per_worker` (`cap_kib`): whether the
+/// anonymous memory this worker gained since it was ready passed the cap.
+/// Records the figure for `Pool::stats`.
+pub(crate) fn over_memory_cap(layout: Layout, index: u32, cap_kib: u64) -> bool {
+    let Some((_, anon)) = statm() else {
+        return false;
+    };
+    let gained_kib = anon.saturating_sub(BASELINE.load(Ordering::Relaxed)) / 1024;
+    let counters = &layout.worker_record(index).counters;
+    counters.rss_kib.store(gained_kib, Ordering::Relaxed);
+    if gained_kib > cap_kib {
+        counters.over_memory.store(1, Ordering::Relaxed);
+        return true;
+    }
+    false
+}
+
+/// Restricts this process to the CPUs the parent chose for `index`.
+fn pin(layout: Layout, index: u32) {
+    let pin = layout.cpu_pin(index);
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let mut any = false;
+    for (w, word) in pin.words.iter().enumerate() {
+        let bits = word.load(Ordering::Relaxed);
+        for b in 0..64 {
+            if bits & (1 << b) != 0 {
+                // SAFETY: w * 64 + b < 1024, the size of a cpu_set_t.
+                unsafe { libc::CPU_SET(w * 64 + b, &mut set) };
+                any = true;
+            }
+        }
+    }
+    if any {
+        // SAFETY: `set` is a valid cpu_set_t of the size passed; a CPU that
+        // went offline since the parent checked makes it fail harmlessly.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    }
+}
+
+/// Sets each `(name, value, replace)` variable: always if `replace`, else
+/// only if the program did not set it (the thread variables: the user's
+/// setting wins).
+///
+/// Not through `setenv`: in a forked worker, another thread of the parent
+/// may have held the C library's (or Rust's) environment lock at the fork,
+/// and that lock would stay held forever in the child. A new `environ`
+/// array takes no lock; it is leaked, as the process keeps it to its end.
+fn set_environment(vars: &[(&str, String, bool)]) {
+    let mut entries: Vec<*const c_char> = Vec::new();
+    // SAFETY: this process has one thread (module doc), so nothing changes
+    // `environ` meanwhile; it is a NULL-terminated array of C strings.
+    unsafe {
+        let mut p = environ;
+        while !p.is_null() && !(*p).is_null() {
+            entries.push(*p);
+            p = p.add(1);
+        }
+    }
+    let mut added = false;
+    for (name, value, replace) in vars {
+        let prefix = format!("{name}=");
+        // SAFETY: every entry is a NUL-terminated C string (as above).
+        let is_it = |&e: &*const c_char| unsafe {
+            std::ffi::CStr::from_ptr(e)
+                .to_bytes()
+                .starts_with(prefix.as_bytes())
+        };
+        let set = entries.iter().any(is_it);
+        if set && !replace {
+            continue;
+        }
+        entries.retain(|e| !is_it(e));
+        let entry = CString::new(format!("{name}={value}")).expect("no NUL in names or numbers");
+        entries.push(entry.into_raw());
+        added = true;
+    }
+    if !added {
+        return;
+    }
+    entries.push(std::ptr::null());
+    let array = Box::leak(entries.into_boxed_slice());
+    // SAFETY: as above, no other thread reads or writes `environ`; the new
+    // array and its strings live as long as the process.
+    unsafe { environ = array.as_ptr() };
+}

@@ -1,0 +1,70 @@
+//! Progress bars (feature `progress`): drawn under a pseudo-terminal, and up
+//! to 100 %; absent when stderr is not a terminal. Every wait is bounded.
+#![cfg(feature = "progress")]
+
+mod common;
+
+use common::{bounded, example};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+#[test]
+fn a_map_under_a_pseudo_terminal_draws_its_bar_up_to_100_percent() {
+    let exe = example("progress");
+    let out = bounded(LIMIT, move || {
+        // `script` runs the program with a pseudo-terminal as its stdio.
+        Command::new("script")
+            .args(["-qec", exe.to_str().unwrap(), "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("script(1) from util-linux")
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("5000/5000 (100%)"), "{text}");
+    assert!(text.contains("/s"), "the rate: {text}");
+    assert!(text.contains("ETA"), "{text}");
+    assert!(text.contains("sum of squares: 41654167500"), "{text}");
+}
+
+#[test]
+fn without_a_terminal_no_bar_is_drawn() {
+    let exe = example("progress");
+    let out = bounded(LIMIT, move || Command::new(exe).output().unwrap());
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "sum of squares: 41654167500\n"
+    );
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[test]
+fn maps_and_imaps_with_progress_on_return_the_same_results() {
+    bounded(LIMIT, || {
+        let pool = shmpool::Pool::builder()
+            .processes(2)
+            .progress(true)
+            .build()
+            .unwrap();
+        let items: Vec<u64> = (0..3000).collect();
+        let want: Vec<u64> = items.iter().map(|x| x * x).collect();
+        assert_eq!(pool.map_chunked(square, &items, 7).unwrap(), want);
+        let got: Vec<u64> = pool
+            .imap_chunked(square, items.clone(), 7)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got, want);
+    });
+}
