@@ -168,6 +168,18 @@ fn results(pool: &mpi::Pool) -> Result<(), Error> {
     ));
     let pairs: Vec<(i64, i64)> = (0..10_000).map(|i| (i, -3 * i + 1)).collect();
     assert_eq!(pool.starmap(add, &pairs)?, local.starmap(add, &pairs)?);
+    // The same call surface as the local pool's: options through `call()`,
+    // and `partial` / `fn` pointers where MPI takes them (`apply`).
+    assert_eq!(
+        pool.call().chunksize(333).starmap(add, &pairs)?,
+        local.call().chunksize(333).starmap(add, &pairs)?
+    );
+    assert!(matches!(
+        pool.call().chunksize(0).map(sq, &v),
+        Err(Error::InvalidArgument(_))
+    ));
+    let add_ptr: fn(i64, i64) -> i64 = add;
+    assert_eq!(pool.call().apply(shmpool::partial(add_ptr, 40), (2,))?, 42);
     let ordered: Vec<u32> = pool
         .imap(collatz_steps, 1..2_000u64)?
         .collect::<Result<_, _>>()?;

@@ -60,6 +60,7 @@
 //! * `builder`, `result`, `imap`: the public types
 
 mod builder;
+mod call;
 mod comm;
 mod dispatch;
 mod imap;
@@ -74,8 +75,8 @@ pub use result::AsyncResult;
 
 use crate::error::Error;
 use crate::pool::schedule::{default_chunksize, Elem};
-use crate::task::{apply_entry, map_entry, starmap_entry, ApplyInput, Entry, EntryPoint, Task};
-use crate::{Pod, StartMethod};
+use crate::task::{Entry, EntryPoint, Task};
+use crate::{Call, NoCallbacks, Pod, StartMethod};
 use comm::Backoff;
 use dispatch::{Dispatcher, Input, Output, Pending};
 use protocol::{TaskHeader, MAX_MESSAGE};
@@ -174,6 +175,21 @@ impl Pool {
         self.processes
     }
 
+    /// A call with per-call options, the same surface as the local pool's
+    /// [`Pool::call`](crate::Pool::call): `pool.call().chunksize(64).map(f,
+    /// &v)`. Callbacks are not available over MPI.
+    ///
+    /// ```no_run
+    /// fn f(x: u64) -> u64 { x * x }
+    /// if let Some(pool) = shmpool::mpi::Pool::world()? {
+    ///     assert_eq!(pool.call().chunksize(2).map(f, &[1, 2, 3])?, [1, 4, 9]);
+    /// }
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn call(&self) -> Call<'_, NoCallbacks, Pool> {
+        Call::new(self)
+    }
+
     /// Calls `f(args...)` on a rank and waits for the result
     /// ([`crate::Pool::apply`]).
     pub fn apply<F, Args>(&self, f: F, args: Args) -> Result<F::Output, Error>
@@ -181,7 +197,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        self.apply_async(f, args)?.get(None)
+        self.call().apply(f, args)
     }
 
     /// Submits `f(args...)` and returns at once with a handle to the result
@@ -205,21 +221,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        let args: ApplyInput<F, Args> = (f.bind()?, args);
-        let entry = entry_point(apply_entry::<F, Args>)?;
-        let (input, output) = (Elem::of::<ApplyInput<F, Args>>(), Elem::of::<F::Output>());
-        let mut d = self.shared.lock();
-        if d.stopped() {
-            return Err(Error::Closed);
-        }
-        let id = d.next_id();
-        let task = pending(
-            TaskHeader::new(id, entry.0, 1, input, output),
-            to_bytes(&[args]),
-        )?;
-        d.enqueue(task);
-        d.assign();
-        Ok(AsyncResult::new(Arc::clone(&self.shared), id))
+        self.call().apply_async(f, args)
     }
 
     /// Applies `f` to every element of `items` on the ranks; results in
@@ -236,26 +238,19 @@ impl Pool {
         T: Pod,
         U: Pod,
     {
-        self.map_chunked(f, items, self.default_chunksize(items.len()))
+        self.call().map(f, items)
     }
 
     /// [`map`](Pool::map) with chunks of `chunksize` elements (zero is
     /// [`Error::InvalidArgument`]). A chunk is one MPI message each way, run
     /// on one rank by its local pool.
-    pub fn map_chunked<F, T, U>(
-        &self,
-        _f: F,
-        items: &[T],
-        chunksize: usize,
-    ) -> Result<Vec<U>, Error>
+    pub fn map_chunked<F, T, U>(&self, f: F, items: &[T], chunksize: usize) -> Result<Vec<U>, Error>
     where
         F: Task<(T,), Output = U>,
         T: Pod,
         U: Pod,
     {
-        const { assert_function_item::<F>() };
-        let entry = entry_point(map_entry::<F, T>)?;
-        self.map_typed(entry, items, chunksize)
+        self.call().chunksize(chunksize).map(f, items)
     }
 
     /// `output[i] = f(input[i])`, received straight into `output`
@@ -268,13 +263,13 @@ impl Pool {
         T: Pod,
         U: Pod,
     {
-        self.map_into_chunked(f, input, output, self.default_chunksize(input.len()))
+        self.call().map_into(f, input, output)
     }
 
     /// [`map_into`](Pool::map_into) with chunks of `chunksize` elements.
     pub fn map_into_chunked<F, T, U>(
         &self,
-        _f: F,
+        f: F,
         input: &[T],
         output: &mut [U],
         chunksize: usize,
@@ -284,28 +279,7 @@ impl Pool {
         T: Pod,
         U: Pod,
     {
-        const { assert_function_item::<F>() };
-        if input.len() != output.len() {
-            return Err(Error::invalid(format!(
-                "map_into: input has {} elements, output {}",
-                input.len(),
-                output.len()
-            )));
-        }
-        let entry = entry_point(map_entry::<F, T>)?;
-        // SAFETY: `input` holds `len` T's, `output` room for `len` U's; both
-        // borrowed for the call, and `&mut` keeps them apart.
-        unsafe {
-            self.map_raw(
-                entry,
-                input.as_ptr().cast(),
-                Elem::of::<T>(),
-                output.as_mut_ptr().cast(),
-                Elem::of::<U>(),
-                input.len(),
-                chunksize,
-            )
-        }
+        self.call().chunksize(chunksize).map_into(f, input, output)
     }
 
     /// Like [`map`](Pool::map) for functions of several arguments
@@ -323,13 +297,13 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        self.starmap_chunked(f, items, self.default_chunksize(items.len()))
+        self.call().starmap(f, items)
     }
 
     /// [`starmap`](Pool::starmap) with chunks of `chunksize` items.
     pub fn starmap_chunked<F, Args>(
         &self,
-        _f: F,
+        f: F,
         items: &[Args],
         chunksize: usize,
     ) -> Result<Vec<F::Output>, Error>
@@ -337,9 +311,7 @@ impl Pool {
         F: Task<Args>,
         Args: Pod,
     {
-        const { assert_function_item::<F>() };
-        let entry = entry_point(starmap_entry::<F, Args>)?;
-        self.map_typed(entry, items, chunksize)
+        self.call().chunksize(chunksize).starmap(f, items)
     }
 
     /// Like [`map`](Pool::map), but lazy: yields the results in order as they
@@ -351,13 +323,13 @@ impl Pool {
         I::Item: Pod,
         U: Pod,
     {
-        self.imap_chunked(f, items, 1)
+        self.call().imap(f, items)
     }
 
     /// [`imap`](Pool::imap) with `chunksize` items per task.
     pub fn imap_chunked<F, I, U>(
         &self,
-        _f: F,
+        f: F,
         items: I,
         chunksize: usize,
     ) -> Result<Imap<I::IntoIter, U>, Error>
@@ -367,9 +339,7 @@ impl Pool {
         I::Item: Pod,
         U: Pod,
     {
-        const { assert_function_item::<F>() };
-        let entry = entry_point(map_entry::<F, I::Item>)?;
-        self.imap_new(entry, items, chunksize, true)
+        self.call().chunksize(chunksize).imap(f, items)
     }
 
     /// Like [`imap`](Pool::imap), but yields results as they complete, in any
@@ -396,14 +366,14 @@ impl Pool {
         I::Item: Pod,
         U: Pod,
     {
-        self.imap_unordered_chunked(f, items, 1)
+        self.call().imap_unordered(f, items)
     }
 
     /// [`imap_unordered`](Pool::imap_unordered) with `chunksize` items per
     /// task; the items of one chunk stay together, in order.
     pub fn imap_unordered_chunked<F, I, U>(
         &self,
-        _f: F,
+        f: F,
         items: I,
         chunksize: usize,
     ) -> Result<Imap<I::IntoIter, U>, Error>
@@ -413,9 +383,7 @@ impl Pool {
         I::Item: Pod,
         U: Pod,
     {
-        const { assert_function_item::<F>() };
-        let entry = entry_point(map_entry::<F, I::Item>)?;
-        self.imap_new(entry, items, chunksize, false)
+        self.call().chunksize(chunksize).imap_unordered(f, items)
     }
 
     fn imap_new<I, U>(

@@ -45,10 +45,14 @@ use std::sync::Arc;
 /// assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 100);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
+///
+/// The same surface serves [`mpi::Pool`](crate::mpi::Pool) (feature `mpi`):
+/// its `call()` returns a `Call` over the ranks of an MPI job, with the same
+/// options and methods (without callbacks).
 #[must_use = "a Call does nothing until one of its methods submits the work"]
-pub struct Call<'p, C = NoCallbacks> {
-    pool: &'p Pool,
-    chunksize: Option<usize>,
+pub struct Call<'p, C = NoCallbacks, P = Pool> {
+    pub(crate) pool: &'p P,
+    pub(crate) chunksize: Option<usize>,
     callbacks: C,
 }
 
@@ -62,15 +66,27 @@ pub struct WithCallbacks<C, E> {
     error_callback: E,
 }
 
-impl<'p> Call<'p, NoCallbacks> {
-    pub(crate) fn new(pool: &'p Pool) -> Self {
+impl<'p, P> Call<'p, NoCallbacks, P> {
+    pub(crate) fn new(pool: &'p P) -> Self {
         Call {
             pool,
             chunksize: None,
             callbacks: NoCallbacks,
         }
     }
+}
 
+impl<'p, C, P> Call<'p, C, P> {
+    /// Cuts maps into chunks of `chunksize` elements (at least 1; zero is
+    /// [`Error::InvalidArgument`] when the work is submitted). The default is
+    /// CPython's, `ceil(len / (4 * processes))`, and 1 for `imap`.
+    pub fn chunksize(mut self, chunksize: usize) -> Self {
+        self.chunksize = Some(chunksize);
+        self
+    }
+}
+
+impl<'p> Call<'p, NoCallbacks> {
     /// Runs `callback(result)` or `error_callback(error)` in this process
     /// when the work finishes, like Python's `callback=` and
     /// `error_callback=`; for the `*_async` methods. They run on the pool's
@@ -224,14 +240,6 @@ impl<'p> Call<'p, NoCallbacks> {
 }
 
 impl<'p, C> Call<'p, C> {
-    /// Cuts maps into chunks of `chunksize` elements (at least 1; zero is
-    /// [`Error::InvalidArgument`] when the work is submitted). The default is
-    /// CPython's, `ceil(len / (4 * processes))`, and 1 for `imap`.
-    pub fn chunksize(mut self, chunksize: usize) -> Self {
-        self.chunksize = Some(chunksize);
-        self
-    }
-
     /// Submits `f(args...)` and returns at once with a handle
     /// ([`Pool::apply_async`]).
     pub fn apply_async<F, Args>(self, f: F, args: Args) -> Result<AsyncResult<F::Output>, Error>
@@ -353,7 +361,7 @@ where
     }
 }
 
-impl<C> std::fmt::Debug for Call<'_, C> {
+impl<C, P> std::fmt::Debug for Call<'_, C, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Call")
             .field("chunksize", &self.chunksize)
