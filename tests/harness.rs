@@ -353,6 +353,12 @@ fn a_chunk_retried_after_a_passing_death_brings_every_result_back() {
             got.unwrap(),
             items.iter().map(|x| x * 2).collect::<Vec<_>>()
         );
+        // The dead worker's replacement may still be starting when the map
+        // returns: wait for it, bounded.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while pool.worker_pids().len() < 2 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(pool.worker_pids().len(), 2);
     });
 }
