@@ -522,11 +522,12 @@ fn run_update(
         ));
     }
     let at = crate::task::code_at(trampoline);
-    // SAFETY: the caller runs this executable (the acceptor compared its
+    // The caller runs this executable (the acceptor compared its
     // `/proc/<pid>/exe` with ours) and proved it knows the key; its proxies
     // send the code offset of a `Trampoline` monomorphized for the value
     // type, which the object's type fingerprint (checked before this call)
     // pins, and of a function of the type that trampoline casts to.
+    // SAFETY: so `at` is the address of such a trampoline in this process.
     let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(at) };
     trampoline(crate::task::code_at(func), old).map_err(Fault::Invalid)
 }

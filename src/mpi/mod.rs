@@ -498,10 +498,10 @@ impl Pool {
                     input: Input::Borrowed(src.wrapping_add(start * input.size)),
                     output: Output::Borrowed(dst.wrapping_add(start * output.size)),
                 };
+                // This call keeps the mutex, so it receives the chunk, and
+                // waits for the sends of its data, before it returns.
                 // SAFETY: elements [start, start + n) of `src` and `dst`
-                // (contract); this call keeps the mutex, so it receives the
-                // chunk, and waits for the sends of its data, before it
-                // returns.
+                // (contract), valid until then.
                 unsafe { d.send(rank, task) };
                 mine.insert(id);
                 next += 1;

@@ -75,14 +75,14 @@ pub(crate) fn arm() {
 /// slot, output, log or record, and running no destructor of the worker's.
 #[inline(always)]
 pub(crate) fn check() {
-    // SAFETY: a plain read of the flag, which is written only by `arm` (before
-    // this process runs any task) and by `in_child`, inside `fork()`, in the
-    // child's only thread: this thread, before `fork` returns into the task.
-    // So no write races with it. Being plain, it may stay in a register across
-    // a task's function the compiler sees cannot fork (a map of `x * x` stays
+    // A plain read, not an atomic load: it may stay in a register across a
+    // task's function the compiler sees cannot fork (a map of `x * x` stays
     // vectorized), and is read again after any call it cannot see into, such
-    // as `fork`: measured, the atomic load cost a warm 10^4-element map of
-    // `x * x` about 45%.
+    // as `fork`; measured, the atomic load cost a warm 10^4-element map of
+    // `x * x` about 45%. The flag is written only by `arm` (before this
+    // process runs any task) and by `in_child`, inside `fork()`, in the
+    // child's only thread: this thread, before `fork` returns into the task.
+    // SAFETY: so no write races with this read.
     if unsafe { *FORKED.as_ptr() } {
         forked_exit()
     }

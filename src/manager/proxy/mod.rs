@@ -130,10 +130,10 @@ pub(crate) fn trampoline<V: Serialize + DeserializeOwned>(
     func: usize,
     old: Option<&[u8]>,
 ) -> Result<Option<Bytes>, String> {
-    // SAFETY: `func` is the address, in this process, of the `fn(Option<V>)
-    // -> Option<V>` the client's `update` passed: the server checked that the
-    // client runs this executable, and the code offset it sent maps to the
-    // same function here.
+    // The server checked that the client runs this executable, and the code
+    // offset it sent maps to the same function here.
+    // SAFETY: so `func` is the address, in this process, of the
+    // `fn(Option<V>) -> Option<V>` the client's `update` passed.
     let f = unsafe { std::mem::transmute::<usize, fn(Option<V>) -> Option<V>>(func) };
     let old = old
         .map(decode::<V>)
