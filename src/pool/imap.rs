@@ -234,31 +234,11 @@ where
     /// The position of a finished chunk, waiting for one until `deadline`.
     fn wait_any(&self, deadline: Option<Instant>) -> Option<usize> {
         let layout = self.core.layout();
-        let find = || {
+        first_done(&self.core, deadline, || {
             self.in_flight
                 .iter()
                 .position(|(c, _, _)| layout.slot(c.slot).is_done())
-        };
-        let mut spin = SpinWait::new();
-        loop {
-            if let Some(i) = find() {
-                return Some(i);
-            }
-            if spin.spin() {
-                continue;
-            }
-            let timeout = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return find(),
-                },
-                None => None,
-            };
-            layout
-                .header()
-                .done
-                .park_unless(|| find().is_some(), timeout);
-        }
+        })
     }
 
     /// Moves finished chunk `i`'s results (or its error) to `ready`.
@@ -279,6 +259,37 @@ where
                 .push_back(Err(Error::from(failure).covering(first..first + chunk.len))),
         }
         core.dispose(Job::single(chunk, block));
+    }
+}
+
+/// Waits until `find` names a finished chunk (its position), spinning
+/// briefly, then parking on the header's `done` wake word, which every
+/// finisher notifies; `None` once `deadline` passes with none finished. The
+/// unordered wait of every lazy map (`imap_unordered`, `serde()`'s).
+pub(super) fn first_done(
+    core: &Core,
+    deadline: Option<Instant>,
+    find: impl Fn() -> Option<usize>,
+) -> Option<usize> {
+    let mut spin = SpinWait::new();
+    loop {
+        if let Some(i) = find() {
+            return Some(i);
+        }
+        if spin.spin() {
+            continue;
+        }
+        let timeout = match deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return find(),
+            },
+            None => None,
+        };
+        core.layout()
+            .header()
+            .done
+            .park_unless(|| find().is_some(), timeout);
     }
 }
 

@@ -15,6 +15,7 @@
 //! not decode is [`Error::Decode`].
 
 use super::core::{Core, Failure};
+use super::imap::first_done;
 use super::job::{Chunk, Job};
 use super::result::AsyncResult;
 use super::schedule::{default_chunksize, Collect, Collected, Window};
@@ -22,7 +23,6 @@ use super::Pool;
 use crate::error::Error;
 use crate::shm::arena::Block;
 use crate::sync::slot::{TaskDesc, WATCHED};
-use crate::sync::spin::SpinWait;
 use crate::task::serde::{
     entry, InHeader, OutHeader, SerdeTask, VecFlavor, Wire, IN_HEADER, MAX_MESSAGE, OUT_HEADER,
     STATUS_BAD_INPUT, STATUS_OK, STATUS_OVERFLOW, STATUS_UNENCODABLE,
@@ -853,31 +853,11 @@ where
     /// The position of a finished chunk, waiting for one until `deadline`.
     fn wait_any(&self, deadline: Option<Instant>) -> Option<usize> {
         let layout = self.core.layout();
-        let find = || {
+        first_done(&self.core, deadline, || {
             self.in_flight
                 .iter()
                 .position(|c| layout.slot(c.slot).is_done())
-        };
-        let mut spin = SpinWait::new();
-        loop {
-            if let Some(i) = find() {
-                return Some(i);
-            }
-            if spin.spin() {
-                continue;
-            }
-            let timeout = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return find(),
-                },
-                None => None,
-            };
-            layout
-                .header()
-                .done
-                .park_unless(|| find().is_some(), timeout);
-        }
+        })
     }
 
     /// Moves finished chunk `i`'s results (or its error) to `ready`.
