@@ -12,6 +12,7 @@
 use crate::error::DeathCause;
 use crate::pool::Pool;
 use crate::shm::layout::{monotonic_ns, ticks, WorkerCounters};
+use crate::start::StartMethod;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -385,7 +386,11 @@ impl Pool {
             .collect::<Vec<_>>();
         slowest.sort_unstable_by(|a, b| b.cmp(a));
         slowest.truncate(SLOWEST_KEPT);
-        Insights { stats, slowest }
+        Insights {
+            stats,
+            slowest,
+            start_method: self.core.config.start_method,
+        }
     }
 }
 
@@ -397,7 +402,15 @@ pub struct Insights {
     pub stats: PoolStats,
     /// The slowest tasks' durations, longest first (at most five).
     pub slowest: Vec<Duration>,
+    /// How the pool starts its workers.
+    pub start_method: StartMethod,
 }
+
+/// A forked worker's start-up past which the summary names the cause: `fork`
+/// copies the parent's page tables, about 30 ms per GiB the parent has
+/// touched, while the fork server starts a worker in well under a millisecond
+/// whatever the parent holds (`docs/PERFORMANCE.md`, "Pool creation").
+const SLOW_FORK: Duration = Duration::from_millis(5);
 
 fn share(part: Duration, whole: Duration) -> f64 {
     if whole.is_zero() {
@@ -463,6 +476,16 @@ impl fmt::Display for Insights {
                 w.deaths
             )?;
         }
+        let slowest_start = s.workers.iter().map(|w| w.startup).max();
+        if self.start_method == StartMethod::Fork && slowest_start >= Some(SLOW_FORK) {
+            writeln!(
+                f,
+                "  a worker took {:.1?} to start: fork copies this process's page tables \
+                 (~30 ms per GiB it has touched); StartMethod::ForkServer starts workers \
+                 in well under 1 ms whatever this process holds",
+                slowest_start.unwrap_or_default()
+            )?;
+        }
         let slowest: Vec<String> = self.slowest.iter().map(|d| format!("{d:.3?}")).collect();
         write!(
             f,
@@ -479,6 +502,31 @@ impl fmt::Display for Insights {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insights_name_fork_as_the_cause_of_slow_starts_and_only_then() {
+        let summary = |method, startup| {
+            let worker = WorkerStats {
+                startup,
+                ..WorkerStats::default()
+            };
+            let stats = PoolStats {
+                workers: vec![worker],
+                ..PoolStats::default()
+            };
+            Insights {
+                stats,
+                slowest: Vec::new(),
+                start_method: method,
+            }
+            .to_string()
+        };
+        let slow = Duration::from_millis(40);
+        assert!(summary(StartMethod::Fork, slow).contains("StartMethod::ForkServer"));
+        let quick = Duration::from_micros(300);
+        assert!(!summary(StartMethod::Fork, quick).contains("page tables"));
+        assert!(!summary(StartMethod::ForkServer, slow).contains("page tables"));
+    }
 
     #[test]
     fn the_kernels_oom_kill_count_is_read_and_causes_are_kept_per_pid() {

@@ -6,9 +6,11 @@ use crate::error::Error;
 /// How a pool starts its worker processes.
 ///
 /// * [`Fork`](StartMethod::Fork) (the default): the worker is a `fork` of the
-///   pool's process. Fastest to start (~0.1 ms); the worker sees the parent's
-///   memory as it was at that instant, so globals set before the pool was made
-///   are visible in tasks.
+///   pool's process. Fastest to start in a small process (~0.1 ms); the worker
+///   sees the parent's memory as it was at that instant, so globals set before
+///   the pool was made are visible in tasks. A fork copies the parent's page
+///   tables, which takes about 30 ms per GiB the parent has touched: a program
+///   that makes pools after loading its data pays that per worker.
 /// * [`Spawn`](StartMethod::Spawn): the worker is a fresh execution of this
 ///   program's own executable (`/proc/self/exe`), which becomes a worker
 ///   before `main` runs. Slower to start (~1 ms plus the program's own
@@ -16,7 +18,26 @@ use crate::error::Error;
 ///   unaffected by locks other threads held or by the parent's heap size.
 /// * [`ForkServer`](StartMethod::ForkServer): a small server process, spawned
 ///   once per program, forks the workers. Workers start fast and clean, from a
-///   process with a tiny heap and a single thread.
+///   process with a tiny heap and a single thread. **The choice for a program
+///   that holds much memory** (a benchmark harness that creates pools after
+///   loading its data): creating and dropping a 2-worker pool takes about
+///   0.5 ms whatever the parent holds, against ~60 ms by fork in a parent
+///   holding 1 GiB (`docs/PERFORMANCE.md`, "Pool creation"). Like spawned
+///   workers, these do not inherit what the program did after it started:
+///   pass what tasks need as arguments, [`partial`](crate::partial) values or
+///   an [initializer](crate::PoolBuilder::initializer).
+///
+/// Re-executing the program (for `Spawn`, and to start the fork server) uses
+/// `clone(CLONE_VM | CLONE_VFORK)` rather than `fork`, so it too costs the
+/// same whatever memory the parent holds.
+///
+/// Fork stays the default because what a worker inherits must not depend on
+/// how much memory the program happens to hold when it makes a pool: a
+/// program whose tasks read what it set up before the pool keeps working
+/// as its data grows. Choose the fork server for the whole program with
+/// [`set_start_method`], or per pool with
+/// [`PoolBuilder::start_method`](crate::PoolBuilder::start_method);
+/// [`Pool::insights`](crate::Pool::insights) says when forking was slow.
 ///
 /// With `Spawn` and `ForkServer`, functions still travel as offsets into the
 /// executable: a task function must be part of the executable itself (not of

@@ -53,7 +53,6 @@ pub(crate) fn start_worker(
 }
 
 /// Exit statuses of a re-executed process that could not become a worker.
-pub(crate) const EXEC_FAILED_EXIT: i32 = 71;
 pub(crate) const BINARY_MISMATCH_EXIT: i32 = 72;
 pub(crate) const BAD_SEGMENT_EXIT: i32 = 73;
 /// A spawn or forkserver worker could not make the stack
@@ -66,7 +65,6 @@ pub(crate) fn explain_exit(status: libc::c_int) -> Option<&'static str> {
         return None;
     }
     match libc::WEXITSTATUS(status) {
-        EXEC_FAILED_EXIT => Some("could not execute /proc/self/exe"),
         BINARY_MISMATCH_EXIT => Some(
             "the re-executed program is not the same binary as this one \
              (was the executable replaced on disk?)",
