@@ -143,11 +143,11 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         let empty: libc::sigset_t = std::mem::zeroed();
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
+    let (argv, envp) = (exec.argv.as_ptr(), exec.envp.as_ptr());
     // SAFETY: `argv` and `envp` are null-terminated (checked by `spawn`) arrays
     // of strings the caller keeps alive; only async-signal-safe calls came
     // since the clone.
-    let error =
-        unsafe { super::process::execve(exec.path, exec.argv.as_ptr(), exec.envp.as_ptr()) };
+    let error = unsafe { super::process::execve(exec.path, argv, envp) };
     let errno = error.raw_os_error().unwrap_or(libc::ENOEXEC);
     shared.failed.store(errno, Ordering::Release);
     // SAFETY: leaves the child without returning into anything of the parent.
