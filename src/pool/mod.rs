@@ -9,6 +9,7 @@
 //!   through the arena
 //! * `zero_copy`: the parent's side of workers reaching the caller's memory
 //! * `imap`: lazy `imap` / `imap_unordered`
+//! * `lazy`: what every lazy map shares (the window, the input, waiting)
 //! * `job`: the parent's record of submitted work
 //! * `callbacks`: the thread that runs `*_with` callbacks
 //! * `result`, `builder`: the public handle types
@@ -23,6 +24,7 @@ pub(crate) mod core;
 pub(crate) mod harness;
 mod imap;
 mod job;
+mod lazy;
 mod progress;
 mod result;
 pub(crate) mod schedule;
