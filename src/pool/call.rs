@@ -122,7 +122,8 @@ impl<'p> Call<'p, NoCallbacks> {
         let entry = self.pool.entry_point(map_entry::<F, T>)?;
         let chunksize = self.map_chunksize(items.len());
         let context = context_of::<F, (T,)>(&bound);
-        schedule::map_slice::<T, F::Output>(&self.pool.core, items, chunksize, entry, context)
+        let core = &self.pool.core;
+        schedule::map_slice::<T, F::Output>(core, items, chunksize, entry, context, false)
     }
 
     /// `f(args...)` for every tuple of arguments, results in order
@@ -136,7 +137,8 @@ impl<'p> Call<'p, NoCallbacks> {
         let entry = self.pool.entry_point(starmap_entry::<F, Args>)?;
         let chunksize = self.map_chunksize(items.len());
         let context = context_of::<F, Args>(&bound);
-        schedule::map_slice::<Args, F::Output>(&self.pool.core, items, chunksize, entry, context)
+        let core = &self.pool.core;
+        schedule::map_slice::<Args, F::Output>(core, items, chunksize, entry, context, false)
     }
 
     /// `data[i] = f(data[i])` where `data` lies ([`Pool::map_inplace`]).
@@ -185,7 +187,8 @@ impl<'p> Call<'p, NoCallbacks> {
         let chunksize = self.map_chunksize(items.len());
         let context = reduce_context::<F, O, T>(&bounds);
         let core = &self.pool.core;
-        let per_chunk = schedule::map_fold::<T, F::Output>(core, items, chunksize, entry, context)?;
+        let per_chunk =
+            schedule::map_slice::<T, F::Output>(core, items, chunksize, entry, context, true)?;
         // In index order, so an associative `op` gives the same answer
         // whatever the chunk size.
         let combine = |a, b| O::call(&bounds.1, (a, b));
