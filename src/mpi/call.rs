@@ -110,24 +110,31 @@ impl<'p> Call<'p, NoCallbacks, Pool> {
 
     /// A lazy, ordered map over any iterator
     /// ([`Pool::imap`](super::Pool::imap)); one item per task by default.
-    pub fn imap<F, I>(self, _f: F, items: I) -> Result<Imap<I::IntoIter, F::Output>, Error>
+    pub fn imap<F, I>(self, f: F, items: I) -> Result<Imap<I::IntoIter, F::Output>, Error>
     where
         F: Task<(I::Item,)>,
         I: IntoIterator,
         I::Item: Pod,
     {
-        const { assert_function_item::<F>() };
-        let entry = entry_point(map_entry::<F, I::Item>)?;
-        self.pool
-            .imap_new(entry, items, self.chunksize.unwrap_or(1), true)
+        self.lazy(f, items, true)
     }
 
     /// Like [`imap`](Self::imap), yielding results as they complete
     /// ([`Pool::imap_unordered`](super::Pool::imap_unordered)).
-    pub fn imap_unordered<F, I>(
+    pub fn imap_unordered<F, I>(self, f: F, items: I) -> Result<Imap<I::IntoIter, F::Output>, Error>
+    where
+        F: Task<(I::Item,)>,
+        I: IntoIterator,
+        I::Item: Pod,
+    {
+        self.lazy(f, items, false)
+    }
+
+    fn lazy<F, I>(
         self,
         _f: F,
         items: I,
+        ordered: bool,
     ) -> Result<Imap<I::IntoIter, F::Output>, Error>
     where
         F: Task<(I::Item,)>,
@@ -137,6 +144,6 @@ impl<'p> Call<'p, NoCallbacks, Pool> {
         const { assert_function_item::<F>() };
         let entry = entry_point(map_entry::<F, I::Item>)?;
         self.pool
-            .imap_new(entry, items, self.chunksize.unwrap_or(1), false)
+            .imap_new(entry, items, self.chunksize.unwrap_or(1), ordered)
     }
 }

@@ -14,6 +14,86 @@ use crate::task::{
 use crate::Pod;
 use std::sync::Arc;
 
+/// Writes a pool's shorthand methods: each is its `call()` with default
+/// options (`pool.map(f, xs)` is `pool.call().map(f, xs)`), so the rules of
+/// a call live in one place ([`Call`]). One signature gives a method and its
+/// twins, each entry's docs before it:
+///
+/// * `chunked map_chunked;` adds `map_chunked(.., chunksize)`, which is
+///   `call().chunksize(chunksize).map(..)`;
+/// * `with map_async_with -> R;` adds `map_async_with(.., callback,
+///   error_callback)`, which is `call().callbacks(..).map_async(..)`, where
+///   `callback` takes the result, `R`.
+///
+/// The bounds go in brackets, without a trailing comma.
+macro_rules! shorthands {
+    (
+        @twins $name:ident [$($g:ident),+] [$($arg:ident: $ty:ty),+] [$ret:ty] [$($bound:tt)*]
+        $(#[$doc:meta])*
+        chunked $chunked:ident;
+        $($rest:tt)*
+    ) => {
+        $(#[$doc])*
+        pub fn $chunked<$($g),+>(&self, $($arg: $ty,)+ chunksize: usize) -> $ret
+        where
+            $($bound)*
+        {
+            self.call().chunksize(chunksize).$name($($arg),+)
+        }
+        $crate::pool::shorthands! {
+            @twins $name [$($g),+] [$($arg: $ty),+] [$ret] [$($bound)*] $($rest)*
+        }
+    };
+    (
+        @twins $name:ident [$($g:ident),+] [$($arg:ident: $ty:ty),+] [$ret:ty] [$($bound:tt)*]
+        $(#[$doc:meta])*
+        with $with:ident -> $r:ty;
+        $($rest:tt)*
+    ) => {
+        $(#[$doc])*
+        pub fn $with<$($g,)+ C, E>(
+            &self,
+            $($arg: $ty,)+
+            callback: C,
+            error_callback: E,
+        ) -> $ret
+        where
+            $($bound)*,
+            C: FnOnce($r) + Send + 'static,
+            E: FnOnce(Error) + Send + 'static,
+        {
+            self.call()
+                .callbacks(callback, error_callback)
+                .$name($($arg),+)
+        }
+        $crate::pool::shorthands! {
+            @twins $name [$($g),+] [$($arg: $ty),+] [$ret] [$($bound)*] $($rest)*
+        }
+    };
+    (@twins $name:ident [$($g:tt)*] [$($arg:tt)*] [$ret:ty] [$($bound:tt)*] $($rest:tt)*) => {
+        $crate::pool::shorthands! { $($rest)* }
+    };
+    () => {};
+    (
+        $(#[$doc:meta])*
+        pub fn $name:ident<$($g:ident),+>(&self, $($arg:ident: $ty:ty),+) -> $ret:ty
+        where [$($bound:tt)*];
+        $($rest:tt)*
+    ) => {
+        $(#[$doc])*
+        pub fn $name<$($g),+>(&self, $($arg: $ty),+) -> $ret
+        where
+            $($bound)*
+        {
+            self.call().$name($($arg),+)
+        }
+        $crate::pool::shorthands! {
+            @twins $name [$($g),+] [$($arg: $ty),+] [$ret] [$($bound)*] $($rest)*
+        }
+    };
+}
+pub(crate) use shorthands;
+
 /// A call to a [`Pool`] with per-call options, like the keyword arguments of
 /// Python's `Pool` methods (`chunksize=`, `callback=`, `error_callback=`).
 /// Made by [`Pool::call`]; each option is set once, then one method submits

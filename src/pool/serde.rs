@@ -20,7 +20,7 @@ use super::lazy::{Chunks, Input, Lazy, Ready};
 use super::progress::Progress;
 use super::result::AsyncResult;
 use super::schedule::{check_chunksize, default_chunksize, Collect, Collected, Window};
-use super::Pool;
+use super::{shorthands, Pool};
 use crate::error::Error;
 use crate::shm::arena::Block;
 use crate::sync::slot::{TaskDesc, WATCHED};
@@ -217,144 +217,90 @@ impl<'a> SerdePool<'a> {
         ))
     }
 
-    /// Applies `f` to every element of `items` in the workers; the results
-    /// in order (Python's `map`). Each element is encoded into the pool's
-    /// shared memory and decoded by value in a worker. Chunks of
-    /// `ceil(len / (4 * processes))` elements, as for [`Pool::map`]; if a
-    /// chunk fails (a panic, a dead worker, results too large for their
-    /// room), the map returns that error.
-    ///
-    /// ```
-    /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
-    /// struct Order { id: u32, items: Vec<String> }
-    /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
-    /// struct Summary { id: u32, count: usize }
-    ///
-    /// fn summarize(o: Order) -> Summary { Summary { id: o.id, count: o.items.len() } }
-    ///
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let orders = vec![Order { id: 1, items: vec!["tea".into(), "jam".into()] }];
-    /// assert_eq!(pool.serde().map(summarize, &orders)?, vec![Summary { id: 1, count: 2 }]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn map<F, T>(&self, f: F, items: &[T]) -> Result<Vec<F::Output>, Error>
-    where
-        F: SerdeTask<(T,)>,
-        T: Wire,
-    {
-        self.map_chunked(f, items, self.default_chunksize(items.len()))
-    }
+    shorthands! {
+        /// Applies `f` to every element of `items` in the workers; the results
+        /// in order (Python's `map`). Each element is encoded into the pool's
+        /// shared memory and decoded by value in a worker. Chunks of
+        /// `ceil(len / (4 * processes))` elements, as for [`Pool::map`]; if a
+        /// chunk fails (a panic, a dead worker, results too large for their
+        /// room), the map returns that error.
+        ///
+        /// ```
+        /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        /// struct Order { id: u32, items: Vec<String> }
+        /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        /// struct Summary { id: u32, count: usize }
+        ///
+        /// fn summarize(o: Order) -> Summary { Summary { id: o.id, count: o.items.len() } }
+        ///
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let orders = vec![Order { id: 1, items: vec!["tea".into(), "jam".into()] }];
+        /// assert_eq!(pool.serde().map(summarize, &orders)?, vec![Summary { id: 1, count: 2 }]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn map<F, T>(&self, f: F, items: &[T]) -> Result<Vec<F::Output>, Error>
+        where [F: SerdeTask<(T,)>, T: Wire];
+        /// [`map`](SerdePool::map) with chunks of `chunksize` elements (at least
+        /// 1; zero is [`Error::InvalidArgument`]). Smaller chunks need less room
+        /// for their results.
+        ///
+        /// ```
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let v = vec!["a".to_string(), "bb".to_string(), "ccc".to_string()];
+        /// assert_eq!(pool.serde().map_chunked(|s: String| s.len(), &v, 2)?, vec![1, 2, 3]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        chunked map_chunked;
 
-    /// [`map`](SerdePool::map) with chunks of `chunksize` elements (at least
-    /// 1; zero is [`Error::InvalidArgument`]). Smaller chunks need less room
-    /// for their results.
-    ///
-    /// ```
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let v = vec!["a".to_string(), "bb".to_string(), "ccc".to_string()];
-    /// assert_eq!(pool.serde().map_chunked(|s: String| s.len(), &v, 2)?, vec![1, 2, 3]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn map_chunked<F, T>(
-        &self,
-        f: F,
-        items: &[T],
-        chunksize: usize,
-    ) -> Result<Vec<F::Output>, Error>
-    where
-        F: SerdeTask<(T,)>,
-        T: Wire,
-    {
-        let (entry, bound) = self.prepare::<F, (T,)>(&f)?;
-        self.map_slice(entry, &bound, items, chunksize)
-    }
+        /// Like [`map`](SerdePool::map) for functions of several arguments: each
+        /// item is a tuple, unpacked for the call (Python's `starmap`).
+        ///
+        /// ```
+        /// fn join(a: String, n: u32) -> String { format!("{a}{n}") }
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let pairs = vec![("x".to_string(), 1), ("y".to_string(), 2)];
+        /// assert_eq!(pool.serde().starmap(join, &pairs)?, vec!["x1", "y2"]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn starmap<F, Args>(&self, f: F, items: &[Args]) -> Result<Vec<F::Output>, Error>
+        where [F: SerdeTask<Args>, Args: Wire];
+        /// [`starmap`](SerdePool::starmap) with chunks of `chunksize` items.
+        ///
+        /// ```
+        /// fn add(a: String, b: String) -> String { a + &b }
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let v = vec![("a".to_string(), "b".to_string())];
+        /// assert_eq!(pool.serde().starmap_chunked(add, &v, 1)?, vec!["ab"]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        chunked starmap_chunked;
 
-    /// Like [`map`](SerdePool::map) for functions of several arguments: each
-    /// item is a tuple, unpacked for the call (Python's `starmap`).
-    ///
-    /// ```
-    /// fn join(a: String, n: u32) -> String { format!("{a}{n}") }
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let pairs = vec![("x".to_string(), 1), ("y".to_string(), 2)];
-    /// assert_eq!(pool.serde().starmap(join, &pairs)?, vec!["x1", "y2"]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn starmap<F, Args>(&self, f: F, items: &[Args]) -> Result<Vec<F::Output>, Error>
-    where
-        F: SerdeTask<Args>,
-        Args: Wire,
-    {
-        self.starmap_chunked(f, items, self.default_chunksize(items.len()))
-    }
-
-    /// [`starmap`](SerdePool::starmap) with chunks of `chunksize` items.
-    ///
-    /// ```
-    /// fn add(a: String, b: String) -> String { a + &b }
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let v = vec![("a".to_string(), "b".to_string())];
-    /// assert_eq!(pool.serde().starmap_chunked(add, &v, 1)?, vec!["ab"]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn starmap_chunked<F, Args>(
-        &self,
-        f: F,
-        items: &[Args],
-        chunksize: usize,
-    ) -> Result<Vec<F::Output>, Error>
-    where
-        F: SerdeTask<Args>,
-        Args: Wire,
-    {
-        let (entry, bound) = self.prepare::<F, Args>(&f)?;
-        self.map_slice(entry, &bound, items, chunksize)
-    }
-
-    /// Like [`map`](SerdePool::map), but lazy (Python's `imap`, chunk size
-    /// 1): the input is pulled only as results are consumed, with a bounded
-    /// number of chunks in flight. Yields `Ok(f(item))` in input order, and
-    /// one `Err` per failed chunk.
-    ///
-    /// ```
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let names = ["ann", "bob"].map(String::from);
-    /// let upper: Vec<String> = pool
-    ///     .serde()
-    ///     .imap(|s: String| s.to_uppercase(), names)?
-    ///     .collect::<Result<_, _>>()?;
-    /// assert_eq!(upper, ["ANN", "BOB"]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn imap<F, I>(&self, f: F, items: I) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
-    where
-        F: SerdeTask<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Wire,
-    {
-        self.imap_chunked(f, items, 1)
-    }
-
-    /// [`imap`](SerdePool::imap) sending `chunksize` items per task.
-    ///
-    /// ```
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let it = pool.serde().imap_chunked(|n: u64| n.to_string(), 0..1000u64, 100)?;
-    /// assert_eq!(it.map(Result::unwrap).last(), Some("999".to_string()));
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn imap_chunked<F, I>(
-        &self,
-        f: F,
-        items: I,
-        chunksize: usize,
-    ) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
-    where
-        F: SerdeTask<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Wire,
-    {
-        let (entry, bound) = self.prepare::<F, (I::Item,)>(&f)?;
-        SerdeImap::new(self, items.into_iter(), entry, bound, chunksize, true)
+        /// Like [`map`](SerdePool::map), but lazy (Python's `imap`, chunk size
+        /// 1): the input is pulled only as results are consumed, with a bounded
+        /// number of chunks in flight. Yields `Ok(f(item))` in input order, and
+        /// one `Err` per failed chunk.
+        ///
+        /// ```
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let names = ["ann", "bob"].map(String::from);
+        /// let upper: Vec<String> = pool
+        ///     .serde()
+        ///     .imap(|s: String| s.to_uppercase(), names)?
+        ///     .collect::<Result<_, _>>()?;
+        /// assert_eq!(upper, ["ANN", "BOB"]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn imap<F, I>(&self, f: F, items: I) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
+        where [F: SerdeTask<(I::Item,)>, I: IntoIterator, I::Item: Wire];
+        /// [`imap`](SerdePool::imap) sending `chunksize` items per task.
+        ///
+        /// ```
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let it = pool.serde().imap_chunked(|n: u64| n.to_string(), 0..1000u64, 100)?;
+        /// assert_eq!(it.map(Result::unwrap).last(), Some("999".to_string()));
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        chunked imap_chunked;
     }
 
     /// Like [`imap`](SerdePool::imap), but yields results as they complete,
@@ -381,7 +327,7 @@ impl<'a> SerdePool<'a> {
         I::Item: Wire,
         U: Wire,
     {
-        self.imap_unordered_chunked(f, items, 1)
+        self.call().imap_unordered(f, items)
     }
 
     /// [`imap_unordered`](SerdePool::imap_unordered) sending `chunksize`
@@ -404,8 +350,14 @@ impl<'a> SerdePool<'a> {
         I: IntoIterator,
         I::Item: Wire,
     {
-        let (entry, bound) = self.prepare::<F, (I::Item,)>(&f)?;
-        SerdeImap::new(self, items.into_iter(), entry, bound, chunksize, false)
+        self.call().chunksize(chunksize).imap_unordered(f, items)
+    }
+
+    fn call(&self) -> SerdeCall<'a> {
+        SerdeCall {
+            view: *self,
+            chunksize: None,
+        }
     }
 
     fn core(&self) -> &'a Core {
@@ -506,6 +458,100 @@ impl<'a> SerdePool<'a> {
         }
         window.finish()?;
         Ok(out)
+    }
+}
+
+/// A [`SerdePool`] call with its chunk size, as [`Call`](crate::Call) is
+/// for the pool's `Pod` calls: what `SerdePool`'s shorthands go through.
+#[derive(Clone, Copy)]
+struct SerdeCall<'a> {
+    view: SerdePool<'a>,
+    chunksize: Option<usize>,
+}
+
+impl<'a> SerdeCall<'a> {
+    fn chunksize(self, chunksize: usize) -> Self {
+        SerdeCall {
+            chunksize: Some(chunksize),
+            ..self
+        }
+    }
+
+    fn map<F, T>(self, f: F, items: &[T]) -> Result<Vec<F::Output>, Error>
+    where
+        F: SerdeTask<(T,)>,
+        T: Wire,
+    {
+        self.slice::<F, (T,), T>(&f, items)
+    }
+
+    fn starmap<F, Args>(self, f: F, items: &[Args]) -> Result<Vec<F::Output>, Error>
+    where
+        F: SerdeTask<Args>,
+        Args: Wire,
+    {
+        self.slice::<F, Args, Args>(&f, items)
+    }
+
+    /// `f` over `items`, each encoded as `f`'s arguments `Args` are
+    /// decoded (a `T` as `(T,)`: postcard writes a one-tuple as its value).
+    fn slice<F, Args, T>(self, f: &F, items: &[T]) -> Result<Vec<F::Output>, Error>
+    where
+        F: SerdeTask<Args>,
+        Args: Wire,
+        T: Serialize,
+    {
+        let (entry, bound) = self.view.prepare::<F, Args>(f)?;
+        let chunksize = self
+            .chunksize
+            .unwrap_or_else(|| self.view.default_chunksize(items.len()));
+        self.view.map_slice(entry, &bound, items, chunksize)
+    }
+
+    fn imap<F, I>(self, f: F, items: I) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
+    where
+        F: SerdeTask<(I::Item,)>,
+        I: IntoIterator,
+        I::Item: Wire,
+    {
+        self.lazy(f, items, true)
+    }
+
+    fn imap_unordered<F, I>(
+        self,
+        f: F,
+        items: I,
+    ) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
+    where
+        F: SerdeTask<(I::Item,)>,
+        I: IntoIterator,
+        I::Item: Wire,
+    {
+        self.lazy(f, items, false)
+    }
+
+    /// A lazy map, one item per chunk unless the call says otherwise.
+    fn lazy<F, I>(
+        self,
+        f: F,
+        items: I,
+        ordered: bool,
+    ) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
+    where
+        F: SerdeTask<(I::Item,)>,
+        I: IntoIterator,
+        I::Item: Wire,
+    {
+        let (entry, bound) = self.view.prepare::<F, (I::Item,)>(&f)?;
+        let chunksize = self.chunksize.unwrap_or(1);
+        SerdeImap::new(
+            &self.view,
+            items.into_iter(),
+            entry,
+            bound,
+            chunksize,
+            ordered,
+        )
     }
 }
 
