@@ -94,6 +94,57 @@ macro_rules! shorthands {
 }
 pub(crate) use shorthands;
 
+/// Writes a call's `imap` and `imap_unordered` (with the docs given, in
+/// that order) and the one lazy map behind both, `lazy(f, items, ordered)`,
+/// whose body is given: one signature for the three, in each call type that
+/// has them. The head names the iterator type returned, the task trait and
+/// the element bound: `pub Imap: Task, Pod`.
+macro_rules! lazy_maps {
+    (
+        $vis:vis $imap:ident: $task:ident, $elem:ident;
+        $(#[$ordered:meta])* imap;
+        $(#[$unordered:meta])* imap_unordered;
+        fn lazy($self:ident, $f:ident, $items:ident, $in_order:ident) $body:block
+    ) => {
+        $(#[$ordered])*
+        $vis fn imap<F, I>(self, f: F, items: I) -> Result<$imap<I::IntoIter, F::Output>, Error>
+        where
+            F: $task<(I::Item,)>,
+            I: IntoIterator,
+            I::Item: $elem,
+        {
+            self.lazy(f, items, true)
+        }
+
+        $(#[$unordered])*
+        $vis fn imap_unordered<F, I>(
+            self,
+            f: F,
+            items: I,
+        ) -> Result<$imap<I::IntoIter, F::Output>, Error>
+        where
+            F: $task<(I::Item,)>,
+            I: IntoIterator,
+            I::Item: $elem,
+        {
+            self.lazy(f, items, false)
+        }
+
+        fn lazy<F, I>(
+            $self,
+            $f: F,
+            $items: I,
+            $in_order: bool,
+        ) -> Result<$imap<I::IntoIter, F::Output>, Error>
+        where
+            F: $task<(I::Item,)>,
+            I: IntoIterator,
+            I::Item: $elem,
+        $body
+    };
+}
+pub(crate) use lazy_maps;
+
 /// A call to a [`Pool`] with per-call options, like the keyword arguments of
 /// Python's `Pool` methods (`chunksize=`, `callback=`, `error_callback=`).
 /// Made by [`Pool::call`]; each option is set once, then one method submits
@@ -275,50 +326,27 @@ impl<'p> Call<'p, NoCallbacks> {
         Ok(per_chunk.into_iter().reduce(combine))
     }
 
-    /// A lazy, ordered map over any iterator ([`Pool::imap`]); the chunk
-    /// size defaults to 1, as in Python.
-    pub fn imap<F, I>(self, f: F, items: I) -> Result<Imap<I::IntoIter, F::Output>, Error>
-    where
-        F: Task<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Pod,
-    {
-        self.lazy(f, items, true)
-    }
-
-    /// Like [`imap`](Self::imap), yielding results as they complete
-    /// ([`Pool::imap_unordered`]).
-    pub fn imap_unordered<F, I>(self, f: F, items: I) -> Result<Imap<I::IntoIter, F::Output>, Error>
-    where
-        F: Task<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Pod,
-    {
-        self.lazy(f, items, false)
-    }
-
-    fn lazy<F, I>(
-        self,
-        f: F,
-        items: I,
-        ordered: bool,
-    ) -> Result<Imap<I::IntoIter, F::Output>, Error>
-    where
-        F: Task<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Pod,
-    {
-        let bound = f.bind()?;
-        let entry = self.pool.entry_point(map_entry::<F, I::Item>)?;
-        let context = context_of::<F, (I::Item,)>(&bound).to_vec();
-        Imap::new(
-            Arc::clone(&self.pool.core),
-            items.into_iter(),
-            entry.0,
-            self.chunksize.unwrap_or(1),
-            ordered,
-            context,
-        )
+    lazy_maps! {
+        pub Imap: Task, Pod;
+        /// A lazy, ordered map over any iterator ([`Pool::imap`]); the chunk
+        /// size defaults to 1, as in Python.
+        imap;
+        /// Like [`imap`](Self::imap), yielding results as they complete
+        /// ([`Pool::imap_unordered`]).
+        imap_unordered;
+        fn lazy(self, f, items, ordered) {
+            let bound = f.bind()?;
+            let entry = self.pool.entry_point(map_entry::<F, I::Item>)?;
+            let context = context_of::<F, (I::Item,)>(&bound).to_vec();
+            Imap::new(
+                Arc::clone(&self.pool.core),
+                items.into_iter(),
+                entry.0,
+                self.chunksize.unwrap_or(1),
+                ordered,
+                context,
+            )
+        }
     }
 }
 

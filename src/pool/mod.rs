@@ -47,7 +47,7 @@ use crate::error::Error;
 use crate::task::{apply_entry, ApplyInput, Entry, EntryPoint, Task};
 use crate::{Pod, StartMethod};
 pub use builder::PoolBuilder;
-pub(crate) use call::shorthands;
+pub(crate) use call::{lazy_maps, shorthands};
 pub use call::{Call, Deliver, NoCallbacks, WithCallbacks};
 pub use imap::Imap;
 #[cfg(feature = "async")]

@@ -20,7 +20,7 @@ use super::lazy::{Chunks, Input, Lazy, Ready};
 use super::progress::Progress;
 use super::result::AsyncResult;
 use super::schedule::{check_chunksize, default_chunksize, Collect, Collected, Window};
-use super::{shorthands, Pool};
+use super::{lazy_maps, shorthands, Pool};
 use crate::error::Error;
 use crate::shm::arena::Block;
 use crate::sync::slot::{TaskDesc, WATCHED};
@@ -508,50 +508,22 @@ impl<'a> SerdeCall<'a> {
         self.view.map_slice(entry, &bound, items, chunksize)
     }
 
-    fn imap<F, I>(self, f: F, items: I) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
-    where
-        F: SerdeTask<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Wire,
-    {
-        self.lazy(f, items, true)
-    }
-
-    fn imap_unordered<F, I>(
-        self,
-        f: F,
-        items: I,
-    ) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
-    where
-        F: SerdeTask<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Wire,
-    {
-        self.lazy(f, items, false)
-    }
-
-    /// A lazy map, one item per chunk unless the call says otherwise.
-    fn lazy<F, I>(
-        self,
-        f: F,
-        items: I,
-        ordered: bool,
-    ) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
-    where
-        F: SerdeTask<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Wire,
-    {
-        let (entry, bound) = self.view.prepare::<F, (I::Item,)>(&f)?;
-        let chunksize = self.chunksize.unwrap_or(1);
-        SerdeImap::new(
-            &self.view,
-            items.into_iter(),
-            entry,
-            bound,
-            chunksize,
-            ordered,
-        )
+    lazy_maps! {
+        SerdeImap: SerdeTask, Wire;
+        imap;
+        imap_unordered;
+        fn lazy(self, f, items, ordered) {
+            let (entry, bound) = self.view.prepare::<F, (I::Item,)>(&f)?;
+            let chunksize = self.chunksize.unwrap_or(1);
+            SerdeImap::new(
+                &self.view,
+                items.into_iter(),
+                entry,
+                bound,
+                chunksize,
+                ordered,
+            )
+        }
     }
 }
 
