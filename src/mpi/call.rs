@@ -120,8 +120,8 @@ impl<'p> Call<'p, NoCallbacks, Pool> {
         fn lazy(self, _f, items, ordered) {
             const { assert_function_item::<F>() };
             let entry = entry_point(map_entry::<F, I::Item>)?;
-            self.pool
-                .imap_new(entry, items, self.chunksize.unwrap_or(1), ordered)
+            let chunksize = self.chunksize.unwrap_or(1);
+            Imap::new(self.pool, items.into_iter(), entry, chunksize, ordered)
         }
     }
 }

@@ -287,34 +287,6 @@ impl Pool {
         chunked imap_unordered_chunked;
     }
 
-    fn imap_new<I, U>(
-        &self,
-        entry: EntryPoint,
-        items: I,
-        chunksize: usize,
-        ordered: bool,
-    ) -> Result<Imap<I::IntoIter, U>, Error>
-    where
-        I: IntoIterator,
-        I::Item: Pod,
-        U: Pod,
-    {
-        if chunksize == 0 {
-            return Err(Error::invalid("chunksize must be at least 1"));
-        }
-        if self.shared.lock().stopped() {
-            return Err(Error::Closed);
-        }
-        Ok(Imap::new(
-            Arc::clone(&self.shared),
-            items.into_iter(),
-            entry,
-            chunksize,
-            ordered,
-            protocol::IN_FLIGHT * self.ranks,
-        ))
-    }
-
     fn default_chunksize(&self, len: usize) -> usize {
         default_chunksize(len, self.processes)
     }
