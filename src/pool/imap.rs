@@ -72,7 +72,8 @@ struct PodChunks {
 
 impl<I, U> Imap<I, U>
 where
-    I: Iterator<Item: Pod>,
+    I: Iterator,
+    I::Item: Pod,
     U: Pod,
 {
     pub(crate) fn new(
@@ -115,7 +116,12 @@ where
     }
 }
 
-impl<I: Iterator<Item: Pod>, U: Pod> Chunks<I, U> for PodChunks {
+impl<I, U> Chunks<I, U> for PodChunks
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
     fn submit(&mut self, core: &Core, input: &mut Input<I>) -> Result<Option<Job>, Error> {
         let mut slot = core.alloc_slot()?;
         if !self.context.is_empty() {
@@ -161,7 +167,12 @@ impl<I: Iterator<Item: Pod>, U: Pod> Chunks<I, U> for PodChunks {
     }
 }
 
-impl<I: Iterator<Item: Pod>, U: Pod> Iterator for Imap<I, U> {
+impl<I, U> Iterator for Imap<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
     type Item = Result<U, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -170,7 +181,12 @@ impl<I: Iterator<Item: Pod>, U: Pod> Iterator for Imap<I, U> {
 }
 
 #[cfg(feature = "async")]
-impl<I: Iterator<Item: Pod>, U: Pod> Imap<I, U> {
+impl<I, U> Imap<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
     /// This `Imap` as only a `futures_core::Stream` (feature `async`), so
     /// that `StreamExt`'s methods need no disambiguation.
     ///
@@ -201,7 +217,12 @@ impl<I: Iterator<Item: Pod>, U: Pod> Imap<I, U> {
 pub struct ImapStream<I: Iterator, U>(Imap<I, U>);
 
 #[cfg(feature = "async")]
-impl<I: Iterator<Item: Pod>, U: Pod> futures_core::Stream for ImapStream<I, U> {
+impl<I, U> futures_core::Stream for ImapStream<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
     type Item = Result<U, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -214,7 +235,12 @@ impl<I: Iterator<Item: Pod>, U: Pod> futures_core::Stream for ImapStream<I, U> {
 impl<I: Iterator, U> Unpin for Imap<I, U> {}
 
 #[cfg(feature = "async")]
-impl<I: Iterator<Item: Pod>, U: Pod> futures_core::Stream for Imap<I, U> {
+impl<I, U> futures_core::Stream for Imap<I, U>
+where
+    I: Iterator,
+    I::Item: Pod,
+    U: Pod,
+{
     type Item = Result<U, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {

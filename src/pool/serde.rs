@@ -747,7 +747,8 @@ struct SerdeChunks<T> {
 
 impl<I, U> SerdeImap<I, U>
 where
-    I: Iterator<Item: Serialize>,
+    I: Iterator,
+    I::Item: Serialize,
     U: DeserializeOwned,
 {
     fn new(
@@ -785,7 +786,8 @@ where
 
 impl<I, U> Chunks<I, U> for SerdeChunks<I::Item>
 where
-    I: Iterator<Item: Serialize>,
+    I: Iterator,
+    I::Item: Serialize,
     U: DeserializeOwned,
 {
     fn submit(&mut self, core: &Core, input: &mut Input<I>) -> Result<Option<Job>, Error> {
@@ -805,7 +807,12 @@ where
     }
 }
 
-impl<I: Iterator<Item: Serialize>, U: DeserializeOwned> Iterator for SerdeImap<I, U> {
+impl<I, U> Iterator for SerdeImap<I, U>
+where
+    I: Iterator,
+    I::Item: Serialize,
+    U: DeserializeOwned,
+{
     type Item = Result<U, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
