@@ -72,8 +72,7 @@ struct PodChunks {
 
 impl<I, U> Imap<I, U>
 where
-    I: Iterator,
-    I::Item: Pod,
+    I: Iterator<Item: Pod>,
     U: Pod,
 {
     pub(crate) fn new(
@@ -116,12 +115,7 @@ where
     }
 }
 
-impl<I, U> Chunks<I, U> for PodChunks
-where
-    I: Iterator,
-    I::Item: Pod,
-    U: Pod,
-{
+impl<I: Iterator<Item: Pod>, U: Pod> Chunks<I, U> for PodChunks {
     fn submit(&mut self, core: &Core, input: &mut Input<I>) -> Result<Option<Job>, Error> {
         let mut slot = core.alloc_slot()?;
         if !self.context.is_empty() {
@@ -167,12 +161,7 @@ where
     }
 }
 
-impl<I, U> Iterator for Imap<I, U>
-where
-    I: Iterator,
-    I::Item: Pod,
-    U: Pod,
-{
+impl<I: Iterator<Item: Pod>, U: Pod> Iterator for Imap<I, U> {
     type Item = Result<U, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -181,12 +170,7 @@ where
 }
 
 #[cfg(feature = "async")]
-impl<I, U> Imap<I, U>
-where
-    I: Iterator,
-    I::Item: Pod,
-    U: Pod,
-{
+impl<I: Iterator<Item: Pod>, U: Pod> Imap<I, U> {
     /// This `Imap` as only a `futures_core::Stream` (feature `async`), so
     /// that `StreamExt`'s methods need no disambiguation.
     ///
@@ -217,12 +201,7 @@ where
 pub struct ImapStream<I: Iterator, U>(Imap<I, U>);
 
 #[cfg(feature = "async")]
-impl<I, U> futures_core::Stream for ImapStream<I, U>
-where
-    I: Iterator,
-    I::Item: Pod,
-    U: Pod,
-{
+impl<I: Iterator<Item: Pod>, U: Pod> futures_core::Stream for ImapStream<I, U> {
     type Item = Result<U, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -235,12 +214,7 @@ where
 impl<I: Iterator, U> Unpin for Imap<I, U> {}
 
 #[cfg(feature = "async")]
-impl<I, U> futures_core::Stream for Imap<I, U>
-where
-    I: Iterator,
-    I::Item: Pod,
-    U: Pod,
-{
+impl<I: Iterator<Item: Pod>, U: Pod> futures_core::Stream for Imap<I, U> {
     type Item = Result<U, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {

@@ -747,8 +747,7 @@ struct SerdeChunks<T> {
 
 impl<I, U> SerdeImap<I, U>
 where
-    I: Iterator,
-    I::Item: Serialize,
+    I: Iterator<Item: Serialize>,
     U: DeserializeOwned,
 {
     fn new(
@@ -786,8 +785,7 @@ where
 
 impl<I, U> Chunks<I, U> for SerdeChunks<I::Item>
 where
-    I: Iterator,
-    I::Item: Serialize,
+    I: Iterator<Item: Serialize>,
     U: DeserializeOwned,
 {
     fn submit(&mut self, core: &Core, input: &mut Input<I>) -> Result<Option<Job>, Error> {
@@ -807,12 +805,7 @@ where
     }
 }
 
-impl<I, U> Iterator for SerdeImap<I, U>
-where
-    I: Iterator,
-    I::Item: Serialize,
-    U: DeserializeOwned,
-{
+impl<I: Iterator<Item: Serialize>, U: DeserializeOwned> Iterator for SerdeImap<I, U> {
     type Item = Result<U, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
