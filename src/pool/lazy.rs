@@ -78,7 +78,7 @@ struct InFlight {
 pub(super) struct Lazy<I: Iterator, U> {
     pub(super) core: Arc<Core>,
     input: Input<I>,
-    pub(super) ordered: bool,
+    ordered: bool,
     window: usize,
     in_flight: VecDeque<InFlight>,
     /// Input elements put into chunks so far.
