@@ -80,21 +80,32 @@ impl_pod!(
 // SAFETY: an array of Pod holds only Pod.
 unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
 
+/// Calls `$m!` with every prefix of the names, the empty one first
+/// (`$m!(); $m!(A); $m!(A, B); …`): a trait's impls for tuples of each
+/// arity, written once.
+macro_rules! for_each_arity {
+    ($m:ident: $($name:ident),*) => {
+        $crate::pod::for_each_arity!(@ $m [] $($name)*);
+    };
+    (@ $m:ident [$($done:ident)*]) => {
+        $m!($($done),*);
+    };
+    (@ $m:ident [$($done:ident)*] $next:ident $($rest:ident)*) => {
+        $m!($($done),*);
+        $crate::pod::for_each_arity!(@ $m [$($done)* $next] $($rest)*);
+    };
+}
+pub(crate) use for_each_arity;
+
 macro_rules! impl_pod_tuple {
+    () => {}; // `()` is among the primitives above
     ($($name:ident),+) => {
         // SAFETY: a tuple of Pod holds only Pod; its layout is the same in every
         // process of the same binary.
         unsafe impl<$($name: Pod),+> Pod for ($($name,)+) {}
     };
 }
-impl_pod_tuple!(A);
-impl_pod_tuple!(A, B);
-impl_pod_tuple!(A, B, C);
-impl_pod_tuple!(A, B, C, D);
-impl_pod_tuple!(A, B, C, D, E);
-impl_pod_tuple!(A, B, C, D, E, F);
-impl_pod_tuple!(A, B, C, D, E, F, G);
-impl_pod_tuple!(A, B, C, D, E, F, G, H);
+for_each_arity!(impl_pod_tuple: A, B, C, D, E, F, G, H);
 
 /// Implements [`Pod`] for your types, after checking at compile time that each
 /// one derives zerocopy's `FromBytes` and `Immutable` (which rule out references,

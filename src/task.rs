@@ -183,13 +183,7 @@ macro_rules! impl_task {
         }
     };
 }
-impl_task!();
-impl_task!(A);
-impl_task!(A, B);
-impl_task!(A, B, C);
-impl_task!(A, B, C, D);
-impl_task!(A, B, C, D, E);
-impl_task!(A, B, C, D, E, G);
+crate::pod::for_each_arity!(impl_task: A, B, C, D, E, G);
 
 /// A task's bound bytes, or zeros where the task carries nothing (a
 /// zero-sized task: every part of its bound is then unused or zero-sized).

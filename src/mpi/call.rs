@@ -4,6 +4,7 @@
 use super::protocol::TaskHeader;
 use super::{assert_function_item, entry_point, pending, to_bytes, AsyncResult, Imap, Pool};
 use crate::error::Error;
+use crate::pool::lazy_maps;
 use crate::pool::schedule::Elem;
 use crate::task::{apply_entry, map_entry, starmap_entry, ApplyInput, Task};
 use crate::{Call, NoCallbacks, Pod};
@@ -108,35 +109,19 @@ impl<'p> Call<'p, NoCallbacks, Pool> {
         self.pool.map_typed(entry, items, chunksize)
     }
 
-    /// A lazy, ordered map over any iterator
-    /// ([`Pool::imap`](super::Pool::imap)); one item per task by default.
-    pub fn imap<F, I>(self, _f: F, items: I) -> Result<Imap<I::IntoIter, F::Output>, Error>
-    where
-        F: Task<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Pod,
-    {
-        const { assert_function_item::<F>() };
-        let entry = entry_point(map_entry::<F, I::Item>)?;
-        self.pool
-            .imap_new(entry, items, self.chunksize.unwrap_or(1), true)
-    }
-
-    /// Like [`imap`](Self::imap), yielding results as they complete
-    /// ([`Pool::imap_unordered`](super::Pool::imap_unordered)).
-    pub fn imap_unordered<F, I>(
-        self,
-        _f: F,
-        items: I,
-    ) -> Result<Imap<I::IntoIter, F::Output>, Error>
-    where
-        F: Task<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Pod,
-    {
-        const { assert_function_item::<F>() };
-        let entry = entry_point(map_entry::<F, I::Item>)?;
-        self.pool
-            .imap_new(entry, items, self.chunksize.unwrap_or(1), false)
+    lazy_maps! {
+        pub Imap: Task, Pod;
+        /// A lazy, ordered map over any iterator
+        /// ([`Pool::imap`](super::Pool::imap)); one item per task by default.
+        imap;
+        /// Like [`imap`](Self::imap), yielding results as they complete
+        /// ([`Pool::imap_unordered`](super::Pool::imap_unordered)).
+        imap_unordered;
+        fn lazy(self, _f, items, ordered) {
+            const { assert_function_item::<F>() };
+            let entry = entry_point(map_entry::<F, I::Item>)?;
+            let chunksize = self.chunksize.unwrap_or(1);
+            Imap::new(self.pool, items.into_iter(), entry, chunksize, ordered)
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! [`Imap`]: the lazy iterator of `imap` and `imap_unordered`.
 
 use super::dispatch::Dispatcher;
-use super::{from_bytes, pending, to_bytes, Shared};
+use super::{from_bytes, pending, to_bytes, Pool, Shared};
 use crate::error::Error;
 use crate::pool::schedule::Elem;
 use crate::task::EntryPoint;
@@ -40,26 +40,34 @@ where
     I::Item: Pod,
     U: Pod,
 {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
+    /// A lazy map of `entry` over `items` on `pool`'s ranks, with at most
+    /// [`IN_FLIGHT`](super::protocol::IN_FLIGHT) chunks per rank submitted
+    /// ahead.
+    pub(super) fn new(
+        pool: &Pool,
         items: I,
         entry: EntryPoint,
         chunksize: usize,
         ordered: bool,
-        window: usize,
-    ) -> Self {
-        Imap {
-            shared,
+    ) -> Result<Self, Error> {
+        if chunksize == 0 {
+            return Err(Error::invalid("chunksize must be at least 1"));
+        }
+        if pool.shared.lock().stopped() {
+            return Err(Error::Closed);
+        }
+        Ok(Imap {
+            shared: Arc::clone(&pool.shared),
             items,
             entry,
             chunksize,
             ordered,
-            window: window.max(1),
+            window: (super::protocol::IN_FLIGHT * pool.ranks).max(1),
             pending: VecDeque::new(),
             ready: VecDeque::new(),
             exhausted: false,
             failed: None,
-        }
+        })
     }
 
     /// Submits chunks until `window` are pending or the items run out.

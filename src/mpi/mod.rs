@@ -75,6 +75,7 @@ pub use result::AsyncResult;
 
 use crate::error::Error;
 use crate::pool::schedule::{default_chunksize, Elem};
+use crate::pool::shorthands;
 use crate::task::{Entry, EntryPoint, Task};
 use crate::{Call, NoCallbacks, Pod, StartMethod};
 use comm::Backoff;
@@ -190,228 +191,100 @@ impl Pool {
         Call::new(self)
     }
 
-    /// Calls `f(args...)` on a rank and waits for the result
-    /// ([`crate::Pool::apply`]).
-    pub fn apply<F, Args>(&self, f: F, args: Args) -> Result<F::Output, Error>
-    where
-        F: Task<Args>,
-        Args: Pod,
-    {
-        self.call().apply(f, args)
-    }
+    shorthands! {
+        /// Calls `f(args...)` on a rank and waits for the result
+        /// ([`crate::Pool::apply`]).
+        pub fn apply<F, Args>(&self, f: F, args: Args) -> Result<F::Output, Error>
+        where [F: Task<Args>, Args: Pod];
 
-    /// Submits `f(args...)` and returns at once with a handle to the result
-    /// ([`crate::Pool::apply_async`]). The task goes to the rank with the
-    /// fewest tasks (a worker rank before rank 0 on a tie).
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// fn add(a: u64, b: u64) -> u64 { a + b }
-    ///
-    /// if let Some(pool) = shmpool::mpi::Pool::world()? {
-    ///     let handles: Vec<_> = (0..10).map(|i| pool.apply_async(add, (i, i))).collect::<Result<_, _>>()?;
-    ///     for (i, h) in (0..10).zip(&handles) {
-    ///         assert_eq!(h.get(Some(Duration::from_secs(60)))?, 2 * i);
-    ///     }
-    /// }
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn apply_async<F, Args>(&self, f: F, args: Args) -> Result<AsyncResult<F::Output>, Error>
-    where
-        F: Task<Args>,
-        Args: Pod,
-    {
-        self.call().apply_async(f, args)
-    }
+        /// Submits `f(args...)` and returns at once with a handle to the result
+        /// ([`crate::Pool::apply_async`]). The task goes to the rank with the
+        /// fewest tasks (a worker rank before rank 0 on a tie).
+        ///
+        /// ```no_run
+        /// use std::time::Duration;
+        /// fn add(a: u64, b: u64) -> u64 { a + b }
+        ///
+        /// if let Some(pool) = shmpool::mpi::Pool::world()? {
+        ///     let handles: Vec<_> = (0..10).map(|i| pool.apply_async(add, (i, i))).collect::<Result<_, _>>()?;
+        ///     for (i, h) in (0..10).zip(&handles) {
+        ///         assert_eq!(h.get(Some(Duration::from_secs(60)))?, 2 * i);
+        ///     }
+        /// }
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn apply_async<F, Args>(&self, f: F, args: Args)
+            -> Result<AsyncResult<F::Output>, Error>
+        where [F: Task<Args>, Args: Pod];
 
-    /// Applies `f` to every element of `items` on the ranks; results in
-    /// order ([`crate::Pool::map`]). The slice is cut into chunks of
-    /// `ceil(len / (4 * processes))` elements (CPython's default, over the
-    /// processes of all ranks).
-    ///
-    /// Chunks are sent from `items` and their results received straight into
-    /// the returned vector. If a chunk fails, the map returns that error once
-    /// the chunks already running have come back.
-    pub fn map<F, T, U>(&self, f: F, items: &[T]) -> Result<Vec<U>, Error>
-    where
-        F: Task<(T,), Output = U>,
-        T: Pod,
-        U: Pod,
-    {
-        self.call().map(f, items)
-    }
+        /// Applies `f` to every element of `items` on the ranks; results in
+        /// order ([`crate::Pool::map`]). The slice is cut into chunks of
+        /// `ceil(len / (4 * processes))` elements (CPython's default, over the
+        /// processes of all ranks).
+        ///
+        /// Chunks are sent from `items` and their results received straight into
+        /// the returned vector. If a chunk fails, the map returns that error once
+        /// the chunks already running have come back.
+        pub fn map<F, T, U>(&self, f: F, items: &[T]) -> Result<Vec<U>, Error>
+        where [F: Task<(T,), Output = U>, T: Pod, U: Pod];
+        /// [`map`](Pool::map) with chunks of `chunksize` elements (zero is
+        /// [`Error::InvalidArgument`]). A chunk is one MPI message each way, run
+        /// on one rank by its local pool.
+        chunked map_chunked;
 
-    /// [`map`](Pool::map) with chunks of `chunksize` elements (zero is
-    /// [`Error::InvalidArgument`]). A chunk is one MPI message each way, run
-    /// on one rank by its local pool.
-    pub fn map_chunked<F, T, U>(&self, f: F, items: &[T], chunksize: usize) -> Result<Vec<U>, Error>
-    where
-        F: Task<(T,), Output = U>,
-        T: Pod,
-        U: Pod,
-    {
-        self.call().chunksize(chunksize).map(f, items)
-    }
+        /// `output[i] = f(input[i])`, received straight into `output`
+        /// ([`crate::Pool::map_into`]): for a buffer used again and again, which
+        /// saves the page faults of a fresh vector. The lengths must match
+        /// ([`Error::InvalidArgument`] otherwise).
+        pub fn map_into<F, T, U>(&self, f: F, input: &[T], output: &mut [U]) -> Result<(), Error>
+        where [F: Task<(T,), Output = U>, T: Pod, U: Pod];
+        /// [`map_into`](Pool::map_into) with chunks of `chunksize` elements.
+        chunked map_into_chunked;
 
-    /// `output[i] = f(input[i])`, received straight into `output`
-    /// ([`crate::Pool::map_into`]): for a buffer used again and again, which
-    /// saves the page faults of a fresh vector. The lengths must match
-    /// ([`Error::InvalidArgument`] otherwise).
-    pub fn map_into<F, T, U>(&self, f: F, input: &[T], output: &mut [U]) -> Result<(), Error>
-    where
-        F: Task<(T,), Output = U>,
-        T: Pod,
-        U: Pod,
-    {
-        self.call().map_into(f, input, output)
-    }
+        /// Like [`map`](Pool::map) for functions of several arguments
+        /// ([`crate::Pool::starmap`]).
+        ///
+        /// ```no_run
+        /// fn add(a: i64, b: i64) -> i64 { a + b }
+        /// if let Some(pool) = shmpool::mpi::Pool::world()? {
+        ///     assert_eq!(pool.starmap(add, &[(1, 2), (3, 4)])?, [3, 7]);
+        /// }
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn starmap<F, Args>(&self, f: F, items: &[Args]) -> Result<Vec<F::Output>, Error>
+        where [F: Task<Args>, Args: Pod];
+        /// [`starmap`](Pool::starmap) with chunks of `chunksize` items.
+        chunked starmap_chunked;
 
-    /// [`map_into`](Pool::map_into) with chunks of `chunksize` elements.
-    pub fn map_into_chunked<F, T, U>(
-        &self,
-        f: F,
-        input: &[T],
-        output: &mut [U],
-        chunksize: usize,
-    ) -> Result<(), Error>
-    where
-        F: Task<(T,), Output = U>,
-        T: Pod,
-        U: Pod,
-    {
-        self.call().chunksize(chunksize).map_into(f, input, output)
-    }
+        /// Like [`map`](Pool::map), but lazy: yields the results in order as they
+        /// come ([`crate::Pool::imap`]); one item per task.
+        pub fn imap<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
+        where [F: Task<(I::Item,), Output = U>, I: IntoIterator, I::Item: Pod, U: Pod];
+        /// [`imap`](Pool::imap) with `chunksize` items per task.
+        chunked imap_chunked;
 
-    /// Like [`map`](Pool::map) for functions of several arguments
-    /// ([`crate::Pool::starmap`]).
-    ///
-    /// ```no_run
-    /// fn add(a: i64, b: i64) -> i64 { a + b }
-    /// if let Some(pool) = shmpool::mpi::Pool::world()? {
-    ///     assert_eq!(pool.starmap(add, &[(1, 2), (3, 4)])?, [3, 7]);
-    /// }
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn starmap<F, Args>(&self, f: F, items: &[Args]) -> Result<Vec<F::Output>, Error>
-    where
-        F: Task<Args>,
-        Args: Pod,
-    {
-        self.call().starmap(f, items)
-    }
-
-    /// [`starmap`](Pool::starmap) with chunks of `chunksize` items.
-    pub fn starmap_chunked<F, Args>(
-        &self,
-        f: F,
-        items: &[Args],
-        chunksize: usize,
-    ) -> Result<Vec<F::Output>, Error>
-    where
-        F: Task<Args>,
-        Args: Pod,
-    {
-        self.call().chunksize(chunksize).starmap(f, items)
-    }
-
-    /// Like [`map`](Pool::map), but lazy: yields the results in order as they
-    /// come ([`crate::Pool::imap`]); one item per task.
-    pub fn imap<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
-    where
-        F: Task<(I::Item,), Output = U>,
-        I: IntoIterator,
-        I::Item: Pod,
-        U: Pod,
-    {
-        self.call().imap(f, items)
-    }
-
-    /// [`imap`](Pool::imap) with `chunksize` items per task.
-    pub fn imap_chunked<F, I, U>(
-        &self,
-        f: F,
-        items: I,
-        chunksize: usize,
-    ) -> Result<Imap<I::IntoIter, U>, Error>
-    where
-        F: Task<(I::Item,), Output = U>,
-        I: IntoIterator,
-        I::Item: Pod,
-        U: Pod,
-    {
-        self.call().chunksize(chunksize).imap(f, items)
-    }
-
-    /// Like [`imap`](Pool::imap), but yields results as they complete, in any
-    /// order ([`crate::Pool::imap_unordered`]).
-    ///
-    /// ```no_run
-    /// fn steps(mut n: u64) -> u32 {
-    ///     let mut s = 0;
-    ///     while n > 1 { n = if n % 2 == 0 { n / 2 } else { 3 * n + 1 }; s += 1 }
-    ///     s
-    /// }
-    /// if let Some(pool) = shmpool::mpi::Pool::world()? {
-    ///     let longest = pool
-    ///         .imap_unordered_chunked(steps, 1..1_000_000u64, 10_000)?
-    ///         .try_fold(0, |m, s| s.map(|s| m.max(s)))?;
-    ///     assert_eq!(longest, 524);
-    /// }
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn imap_unordered<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
-    where
-        F: Task<(I::Item,), Output = U>,
-        I: IntoIterator,
-        I::Item: Pod,
-        U: Pod,
-    {
-        self.call().imap_unordered(f, items)
-    }
-
-    /// [`imap_unordered`](Pool::imap_unordered) with `chunksize` items per
-    /// task; the items of one chunk stay together, in order.
-    pub fn imap_unordered_chunked<F, I, U>(
-        &self,
-        f: F,
-        items: I,
-        chunksize: usize,
-    ) -> Result<Imap<I::IntoIter, U>, Error>
-    where
-        F: Task<(I::Item,), Output = U>,
-        I: IntoIterator,
-        I::Item: Pod,
-        U: Pod,
-    {
-        self.call().chunksize(chunksize).imap_unordered(f, items)
-    }
-
-    fn imap_new<I, U>(
-        &self,
-        entry: EntryPoint,
-        items: I,
-        chunksize: usize,
-        ordered: bool,
-    ) -> Result<Imap<I::IntoIter, U>, Error>
-    where
-        I: IntoIterator,
-        I::Item: Pod,
-        U: Pod,
-    {
-        if chunksize == 0 {
-            return Err(Error::invalid("chunksize must be at least 1"));
-        }
-        if self.shared.lock().stopped() {
-            return Err(Error::Closed);
-        }
-        Ok(Imap::new(
-            Arc::clone(&self.shared),
-            items.into_iter(),
-            entry,
-            chunksize,
-            ordered,
-            protocol::IN_FLIGHT * self.ranks,
-        ))
+        /// Like [`imap`](Pool::imap), but yields results as they complete, in any
+        /// order ([`crate::Pool::imap_unordered`]).
+        ///
+        /// ```no_run
+        /// fn steps(mut n: u64) -> u32 {
+        ///     let mut s = 0;
+        ///     while n > 1 { n = if n % 2 == 0 { n / 2 } else { 3 * n + 1 }; s += 1 }
+        ///     s
+        /// }
+        /// if let Some(pool) = shmpool::mpi::Pool::world()? {
+        ///     let longest = pool
+        ///         .imap_unordered_chunked(steps, 1..1_000_000u64, 10_000)?
+        ///         .try_fold(0, |m, s| s.map(|s| m.max(s)))?;
+        ///     assert_eq!(longest, 524);
+        /// }
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn imap_unordered<F, I, U>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, U>, Error>
+        where [F: Task<(I::Item,), Output = U>, I: IntoIterator, I::Item: Pod, U: Pod];
+        /// [`imap_unordered`](Pool::imap_unordered) with `chunksize` items per
+        /// task; the items of one chunk stay together, in order.
+        chunked imap_unordered_chunked;
     }
 
     fn default_chunksize(&self, len: usize) -> usize {

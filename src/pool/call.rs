@@ -14,6 +14,137 @@ use crate::task::{
 use crate::Pod;
 use std::sync::Arc;
 
+/// Writes a pool's shorthand methods: each is its `call()` with default
+/// options (`pool.map(f, xs)` is `pool.call().map(f, xs)`), so the rules of
+/// a call live in one place ([`Call`]). One signature gives a method and its
+/// twins, each entry's docs before it:
+///
+/// * `chunked map_chunked;` adds `map_chunked(.., chunksize)`, which is
+///   `call().chunksize(chunksize).map(..)`;
+/// * `with map_async_with -> R;` adds `map_async_with(.., callback,
+///   error_callback)`, which is `call().callbacks(..).map_async(..)`, where
+///   `callback` takes the result, `R`.
+///
+/// The bounds go in brackets, without a trailing comma.
+macro_rules! shorthands {
+    (
+        @twins $name:ident [$($g:ident),+] [$($arg:ident: $ty:ty),+] [$ret:ty] [$($bound:tt)*]
+        $(#[$doc:meta])*
+        chunked $chunked:ident;
+        $($rest:tt)*
+    ) => {
+        $(#[$doc])*
+        pub fn $chunked<$($g),+>(&self, $($arg: $ty,)+ chunksize: usize) -> $ret
+        where
+            $($bound)*
+        {
+            self.call().chunksize(chunksize).$name($($arg),+)
+        }
+        $crate::pool::shorthands! {
+            @twins $name [$($g),+] [$($arg: $ty),+] [$ret] [$($bound)*] $($rest)*
+        }
+    };
+    (
+        @twins $name:ident [$($g:ident),+] [$($arg:ident: $ty:ty),+] [$ret:ty] [$($bound:tt)*]
+        $(#[$doc:meta])*
+        with $with:ident -> $r:ty;
+        $($rest:tt)*
+    ) => {
+        $(#[$doc])*
+        pub fn $with<$($g,)+ C, E>(
+            &self,
+            $($arg: $ty,)+
+            callback: C,
+            error_callback: E,
+        ) -> $ret
+        where
+            $($bound)*,
+            C: FnOnce($r) + Send + 'static,
+            E: FnOnce(Error) + Send + 'static,
+        {
+            self.call()
+                .callbacks(callback, error_callback)
+                .$name($($arg),+)
+        }
+        $crate::pool::shorthands! {
+            @twins $name [$($g),+] [$($arg: $ty),+] [$ret] [$($bound)*] $($rest)*
+        }
+    };
+    (@twins $name:ident [$($g:tt)*] [$($arg:tt)*] [$ret:ty] [$($bound:tt)*] $($rest:tt)*) => {
+        $crate::pool::shorthands! { $($rest)* }
+    };
+    () => {};
+    (
+        $(#[$doc:meta])*
+        pub fn $name:ident<$($g:ident),+>(&self, $($arg:ident: $ty:ty),+) -> $ret:ty
+        where [$($bound:tt)*];
+        $($rest:tt)*
+    ) => {
+        $(#[$doc])*
+        pub fn $name<$($g),+>(&self, $($arg: $ty),+) -> $ret
+        where
+            $($bound)*
+        {
+            self.call().$name($($arg),+)
+        }
+        $crate::pool::shorthands! {
+            @twins $name [$($g),+] [$($arg: $ty),+] [$ret] [$($bound)*] $($rest)*
+        }
+    };
+}
+pub(crate) use shorthands;
+
+/// Writes a call's `imap` and `imap_unordered` (with the docs given, in
+/// that order) and the one lazy map behind both, `lazy(f, items, ordered)`,
+/// whose body is given: one signature for the three, in each call type that
+/// has them. The head names the iterator type returned, the task trait and
+/// the element bound: `pub Imap: Task, Pod`.
+macro_rules! lazy_maps {
+    (
+        $vis:vis $imap:ident: $task:ident, $elem:ident;
+        $(#[$ordered:meta])* imap;
+        $(#[$unordered:meta])* imap_unordered;
+        fn lazy($self:ident, $f:ident, $items:ident, $in_order:ident) $body:block
+    ) => {
+        $(#[$ordered])*
+        $vis fn imap<F, I>(self, f: F, items: I) -> Result<$imap<I::IntoIter, F::Output>, Error>
+        where
+            F: $task<(I::Item,)>,
+            I: IntoIterator,
+            I::Item: $elem,
+        {
+            self.lazy(f, items, true)
+        }
+
+        $(#[$unordered])*
+        $vis fn imap_unordered<F, I>(
+            self,
+            f: F,
+            items: I,
+        ) -> Result<$imap<I::IntoIter, F::Output>, Error>
+        where
+            F: $task<(I::Item,)>,
+            I: IntoIterator,
+            I::Item: $elem,
+        {
+            self.lazy(f, items, false)
+        }
+
+        fn lazy<F, I>(
+            $self,
+            $f: F,
+            $items: I,
+            $in_order: bool,
+        ) -> Result<$imap<I::IntoIter, F::Output>, Error>
+        where
+            F: $task<(I::Item,)>,
+            I: IntoIterator,
+            I::Item: $elem,
+        $body
+    };
+}
+pub(crate) use lazy_maps;
+
 /// A call to a [`Pool`] with per-call options, like the keyword arguments of
 /// Python's `Pool` methods (`chunksize=`, `callback=`, `error_callback=`).
 /// Made by [`Pool::call`]; each option is set once, then one method submits
@@ -122,7 +253,8 @@ impl<'p> Call<'p, NoCallbacks> {
         let entry = self.pool.entry_point(map_entry::<F, T>)?;
         let chunksize = self.map_chunksize(items.len());
         let context = context_of::<F, (T,)>(&bound);
-        schedule::map_slice::<T, F::Output>(&self.pool.core, items, chunksize, entry, context)
+        let core = &self.pool.core;
+        schedule::map_slice::<T, F::Output>(core, items, chunksize, entry, context, false)
     }
 
     /// `f(args...)` for every tuple of arguments, results in order
@@ -136,7 +268,8 @@ impl<'p> Call<'p, NoCallbacks> {
         let entry = self.pool.entry_point(starmap_entry::<F, Args>)?;
         let chunksize = self.map_chunksize(items.len());
         let context = context_of::<F, Args>(&bound);
-        schedule::map_slice::<Args, F::Output>(&self.pool.core, items, chunksize, entry, context)
+        let core = &self.pool.core;
+        schedule::map_slice::<Args, F::Output>(core, items, chunksize, entry, context, false)
     }
 
     /// `data[i] = f(data[i])` where `data` lies ([`Pool::map_inplace`]).
@@ -185,57 +318,35 @@ impl<'p> Call<'p, NoCallbacks> {
         let chunksize = self.map_chunksize(items.len());
         let context = reduce_context::<F, O, T>(&bounds);
         let core = &self.pool.core;
-        let per_chunk = schedule::map_fold::<T, F::Output>(core, items, chunksize, entry, context)?;
+        let per_chunk =
+            schedule::map_slice::<T, F::Output>(core, items, chunksize, entry, context, true)?;
         // In index order, so an associative `op` gives the same answer
         // whatever the chunk size.
         let combine = |a, b| O::call(&bounds.1, (a, b));
         Ok(per_chunk.into_iter().reduce(combine))
     }
 
-    /// A lazy, ordered map over any iterator ([`Pool::imap`]); the chunk
-    /// size defaults to 1, as in Python.
-    pub fn imap<F, I>(self, f: F, items: I) -> Result<Imap<I::IntoIter, F::Output>, Error>
-    where
-        F: Task<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Pod,
-    {
-        self.lazy(f, items, true)
-    }
-
-    /// Like [`imap`](Self::imap), yielding results as they complete
-    /// ([`Pool::imap_unordered`]).
-    pub fn imap_unordered<F, I>(self, f: F, items: I) -> Result<Imap<I::IntoIter, F::Output>, Error>
-    where
-        F: Task<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Pod,
-    {
-        self.lazy(f, items, false)
-    }
-
-    fn lazy<F, I>(
-        self,
-        f: F,
-        items: I,
-        ordered: bool,
-    ) -> Result<Imap<I::IntoIter, F::Output>, Error>
-    where
-        F: Task<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Pod,
-    {
-        let bound = f.bind()?;
-        let entry = self.pool.entry_point(map_entry::<F, I::Item>)?;
-        let context = context_of::<F, (I::Item,)>(&bound).to_vec();
-        Imap::new(
-            Arc::clone(&self.pool.core),
-            items.into_iter(),
-            entry.0,
-            self.chunksize.unwrap_or(1),
-            ordered,
-            context,
-        )
+    lazy_maps! {
+        pub Imap: Task, Pod;
+        /// A lazy, ordered map over any iterator ([`Pool::imap`]); the chunk
+        /// size defaults to 1, as in Python.
+        imap;
+        /// Like [`imap`](Self::imap), yielding results as they complete
+        /// ([`Pool::imap_unordered`]).
+        imap_unordered;
+        fn lazy(self, f, items, ordered) {
+            let bound = f.bind()?;
+            let entry = self.pool.entry_point(map_entry::<F, I::Item>)?;
+            let context = context_of::<F, (I::Item,)>(&bound).to_vec();
+            Imap::new(
+                Arc::clone(&self.pool.core),
+                items.into_iter(),
+                entry.0,
+                self.chunksize.unwrap_or(1),
+                ordered,
+                context,
+            )
+        }
     }
 }
 

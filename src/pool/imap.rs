@@ -9,20 +9,19 @@
 //! and takes no arena allocation.
 
 use crate::error::Error;
-use crate::pool::core::Core;
+use crate::pool::core::{Core, Failure};
 use crate::pool::job::{Chunk, Job};
+use crate::pool::lazy::{Chunks, Input, Lazy, Ready};
 use crate::pool::schedule::{check_chunksize, check_context, imap_window, Elem, MapLayout};
-use crate::shm::arena::Block;
 use crate::sync::slot::TaskDesc;
-use crate::sync::spin::SpinWait;
 use crate::Pod;
-use std::collections::VecDeque;
-use std::iter::Fuse;
-use std::marker::PhantomData;
 use std::mem::MaybeUninit;
-use std::panic::AssertUnwindSafe;
+#[cfg(feature = "async")]
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+#[cfg(feature = "async")]
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// The iterator returned by [`Pool::imap`](crate::Pool::imap) and its
 /// variants: yields `Ok(f(item))` for every input item — in input order for
@@ -53,37 +52,27 @@ use std::time::{Duration, Instant};
 /// # Ok::<(), shmpool::Error>(())
 /// ```
 pub struct Imap<I: Iterator, U> {
-    core: Arc<Core>,
-    input: Fuse<I>,
-    /// Set once the input is exhausted or can no longer be fed.
-    input_done: bool,
+    lazy: Lazy<I, U>,
+    chunks: PodChunks,
+    /// The callback thread's entry while this is polled as a stream.
+    #[cfg(feature = "async")]
+    polled: Option<Arc<crate::pool::callbacks::Polled>>,
+}
+
+/// How a [`Pod`] map's chunk is laid out: the task's bound bytes, then the
+/// inputs, then room for the outputs, in the slot's inline area or a block.
+struct PodChunks {
     entry: u64,
     chunksize: usize,
     /// The area of every chunk but a short last one.
     area: MapLayout,
-    ordered: bool,
     /// The task's bound bytes, carried by every chunk (`MapCall::context`).
     context: Vec<MaybeUninit<u8>>,
-    window: usize,
-    /// Chunks in flight, with the input index of each one's first element.
-    in_flight: VecDeque<(Chunk, Option<Block>, usize)>,
-    /// Input elements put into chunks so far.
-    pulled: usize,
-    /// The bar, if the pool draws them (`pool::progress`).
-    progress: crate::pool::progress::Progress,
-    ready: VecDeque<Result<U, Error>>,
-    /// The input's panic, yielded once everything before it was.
-    input_panic: Option<Error>,
-    /// The callback thread's entry while this is polled as a stream.
-    #[cfg(feature = "async")]
-    polled: Option<Arc<crate::pool::callbacks::Polled>>,
-    _out: PhantomData<fn() -> U>,
 }
 
 impl<I, U> Imap<I, U>
 where
-    I: Iterator,
-    I::Item: Pod,
+    I: Iterator<Item: Pod>,
     U: Pod,
 {
     pub(crate) fn new(
@@ -105,23 +94,15 @@ where
         };
         let progress = crate::pool::progress::Progress::start(&core, exact);
         Ok(Imap {
-            progress,
-            core,
-            input: input.fuse(),
-            input_done: false,
-            entry,
-            chunksize,
-            area,
-            ordered,
-            context,
-            window,
-            in_flight: VecDeque::new(),
-            pulled: 0,
-            ready: VecDeque::new(),
-            input_panic: None,
+            lazy: Lazy::new(core, input, ordered, window, progress),
+            chunks: PodChunks {
+                entry,
+                chunksize,
+                area,
+                context,
+            },
             #[cfg(feature = "async")]
             polled: None,
-            _out: PhantomData,
         })
     }
 
@@ -129,87 +110,27 @@ where
     /// `Some(Err(Error::Timeout))` if no result arrived by then (the work goes
     /// on; call again to keep waiting). `None` once every result was yielded.
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<U, Error>> {
-        self.next_until(crate::deadline::deadline(timeout))
+        let deadline = crate::deadline::deadline(timeout);
+        self.lazy.next_until(&mut self.chunks, deadline)
     }
+}
 
-    fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<U, Error>> {
-        loop {
-            if let Some(item) = self.ready.pop_front() {
-                return Some(item);
-            }
-            self.feed();
-            if self.in_flight.is_empty() {
-                if self.input_done && self.input_panic.is_none() {
-                    self.progress.finish();
-                }
-                return self
-                    .ready
-                    .pop_front()
-                    .or_else(|| self.input_panic.take().map(Err));
-            }
-            let found = if self.ordered {
-                let slot = self.in_flight[0].0.slot;
-                self.core
-                    .layout()
-                    .slot(slot)
-                    .wait_done(deadline)
-                    .then_some(0)
-            } else {
-                self.wait_any(deadline)
-            };
-            match found {
-                Some(i) => self.collect(i),
-                None => return Some(Err(Error::Timeout)),
-            }
-        }
-    }
-
-    /// Tops the window up from the input.
-    fn feed(&mut self) {
-        while !self.input_done && self.in_flight.len() < self.window {
-            if let Err(e) = self.submit_next() {
-                self.input_done = true;
-                self.ready.push_back(Err(e));
-            }
-        }
-    }
-
-    /// Submits the next chunk; sets `input_done` if the input has run out.
-    fn submit_next(&mut self) -> Result<(), Error> {
-        let core = &*self.core;
+impl<I: Iterator<Item: Pod>, U: Pod> Chunks<I, U> for PodChunks {
+    fn submit(&mut self, core: &Core, input: &mut Input<I>) -> Result<Option<Job>, Error> {
         let mut slot = core.alloc_slot()?;
         if !self.context.is_empty() {
             slot.write_inline(&self.context);
         }
         // The chunk's data follows the context in the inline area, if both fit.
         let base = slot.attach_area(&self.area, self.context.len())?;
-        let input = core.layout().at(base).cast::<I::Item>();
-        let mut n = 0;
-        while n < self.chunksize {
-            // A panic here would leave the slot and block allocated and lose
-            // the items already in this chunk: it ends the input instead.
-            let next = std::panic::catch_unwind(AssertUnwindSafe(|| self.input.next()));
-            let item = match next {
-                Ok(Some(item)) => item,
-                Ok(None) => {
-                    self.input_done = true;
-                    break;
-                }
-                Err(payload) => {
-                    self.input_done = true;
-                    self.input_panic = Some(Error::InputPanicked {
-                        message: crate::panic::panic_message(&payload),
-                    });
-                    break;
-                }
-            };
-            // SAFETY: the area holds `chunksize` inputs from `base` (aligned for
-            // the item type) and is unpublished: this thread owns it.
-            unsafe { input.add(n).write(item) };
-            n += 1;
-        }
+        let at = core.layout().at(base).cast::<I::Item>();
+        let n = input.pull(self.chunksize, |i, item| {
+            // SAFETY: the area holds `chunksize` inputs from `base` (aligned
+            // for the item type) and is unpublished: this thread owns it.
+            unsafe { at.add(i).write(item) }
+        });
         if n == 0 {
-            return Ok(()); // the token gives the slot and block back
+            return Ok(None); // the token gives the slot and block back
         }
         let output = base + self.area.output_start as u64;
         slot.describe(TaskDesc {
@@ -225,116 +146,31 @@ where
             output,
             len: n,
         };
-        self.in_flight
-            .push_back((chunk, published.block, self.pulled));
-        self.pulled += n;
+        Ok(Some(Job::single(chunk, published.block)))
+    }
+
+    fn collect(&self, core: &Core, job: &Job, ready: &mut Ready<U>) -> Result<(), Failure> {
+        let chunk = job.chunks().next().expect("one chunk");
+        core.read_outcome::<()>(chunk.slot, 0)?;
+        let out = core.layout().at(chunk.output).cast::<U>();
+        // SAFETY: the chunk returned: its worker wrote `len` U's at
+        // `output` (aligned for U) before DONE, observed with Acquire.
+        let results = unsafe { std::slice::from_raw_parts(out, chunk.len) };
+        ready.extend(results.iter().map(|&u| Ok(u)));
         Ok(())
     }
-
-    /// The position of a finished chunk, waiting for one until `deadline`.
-    fn wait_any(&self, deadline: Option<Instant>) -> Option<usize> {
-        let layout = self.core.layout();
-        first_done(&self.core, deadline, || {
-            self.in_flight
-                .iter()
-                .position(|(c, _, _)| layout.slot(c.slot).is_done())
-        })
-    }
-
-    /// Moves finished chunk `i`'s results (or its error) to `ready`.
-    fn collect(&mut self, i: usize) {
-        let (chunk, block, first) = self.in_flight.remove(i).expect("in range");
-        let core = &*self.core;
-        match core.read_outcome::<()>(chunk.slot, 0) {
-            Ok(()) => {
-                let out = core.layout().at(chunk.output).cast::<U>();
-                // SAFETY: the chunk returned: its worker wrote `len` U's at
-                // `output` (aligned for U) before DONE, observed with Acquire.
-                let results = unsafe { std::slice::from_raw_parts(out, chunk.len) };
-                self.ready.extend(results.iter().map(|&u| Ok(u)));
-                self.progress.advance(chunk.len);
-            }
-            Err(failure) => self
-                .ready
-                .push_back(Err(Error::from(failure).covering(first..first + chunk.len))),
-        }
-        core.dispose(Job::single(chunk, block));
-    }
 }
 
-/// Waits until `find` names a finished chunk (its position), spinning
-/// briefly, then parking on the header's `done` wake word, which every
-/// finisher notifies; `None` once `deadline` passes with none finished. The
-/// unordered wait of every lazy map (`imap_unordered`, `serde()`'s).
-pub(super) fn first_done(
-    core: &Core,
-    deadline: Option<Instant>,
-    find: impl Fn() -> Option<usize>,
-) -> Option<usize> {
-    let mut spin = SpinWait::new();
-    loop {
-        if let Some(i) = find() {
-            return Some(i);
-        }
-        if spin.spin() {
-            continue;
-        }
-        let timeout = match deadline {
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Some(left),
-                _ => return find(),
-            },
-            None => None,
-        };
-        core.layout()
-            .header()
-            .done
-            .park_unless(|| find().is_some(), timeout);
-    }
-}
-
-impl<I, U> Iterator for Imap<I, U>
-where
-    I: Iterator,
-    I::Item: Pod,
-    U: Pod,
-{
+impl<I: Iterator<Item: Pod>, U: Pod> Iterator for Imap<I, U> {
     type Item = Result<U, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.next_until(None)
+        self.lazy.next_until(&mut self.chunks, None)
     }
 }
 
 #[cfg(feature = "async")]
-impl<I, U> Imap<I, U>
-where
-    I: Iterator,
-    I::Item: Pod,
-    U: Pod,
-{
-    /// A finished chunk to collect now: the oldest if ordered, any otherwise.
-    fn done_now(&self) -> Option<usize> {
-        let layout = self.core.layout();
-        let done = |c: &Chunk| layout.slot(c.slot).is_done();
-        if self.ordered {
-            self.in_flight
-                .front()
-                .filter(|(c, _, _)| done(c))
-                .map(|_| 0)
-        } else {
-            self.in_flight.iter().position(|(c, _, _)| done(c))
-        }
-    }
-}
-
-#[cfg(feature = "async")]
-impl<I, U> Imap<I, U>
-where
-    I: Iterator,
-    I::Item: Pod,
-    U: Pod,
-{
+impl<I: Iterator<Item: Pod>, U: Pod> Imap<I, U> {
     /// This `Imap` as only a `futures_core::Stream` (feature `async`), so
     /// that `StreamExt`'s methods need no disambiguation.
     ///
@@ -365,19 +201,11 @@ where
 pub struct ImapStream<I: Iterator, U>(Imap<I, U>);
 
 #[cfg(feature = "async")]
-impl<I, U> futures_core::Stream for ImapStream<I, U>
-where
-    I: Iterator,
-    I::Item: Pod,
-    U: Pod,
-{
+impl<I: Iterator<Item: Pod>, U: Pod> futures_core::Stream for ImapStream<I, U> {
     type Item = Result<U, Error>;
 
-    fn poll_next(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_next(cx)
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.get_mut().0).poll_next(cx)
     }
 }
 
@@ -386,54 +214,36 @@ where
 impl<I: Iterator, U> Unpin for Imap<I, U> {}
 
 #[cfg(feature = "async")]
-impl<I, U> futures_core::Stream for Imap<I, U>
-where
-    I: Iterator,
-    I::Item: Pod,
-    U: Pod,
-{
+impl<I: Iterator<Item: Pod>, U: Pod> futures_core::Stream for Imap<I, U> {
     type Item = Result<U, Error>;
 
-    fn poll_next(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        let this = self.get_mut();
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Imap {
+            lazy,
+            chunks,
+            polled,
+        } = self.get_mut();
         loop {
-            if let Some(item) = this.ready.pop_front() {
-                return Poll::Ready(Some(item));
+            if let Some(end) = lazy.ready_or_end(chunks) {
+                return Poll::Ready(end);
             }
-            this.feed();
-            if this.in_flight.is_empty() {
-                if this.input_done && this.input_panic.is_none() {
-                    this.progress.finish();
-                }
-                let last = this.ready.pop_front();
-                return Poll::Ready(last.or_else(|| this.input_panic.take().map(Err)));
-            }
-            if let Some(i) = this.done_now() {
-                this.collect(i);
+            if let Some(i) = lazy.done_now() {
+                lazy.collect(chunks, i);
                 continue;
             }
-            if crate::pool::callbacks::on_callback_thread_of(&this.core) {
+            if crate::pool::callbacks::on_callback_thread_of(&lazy.core) {
                 // Polled inside a callback: the thread that would wake this
                 // stream is the one polling it, so wait as `next` does.
-                return Poll::Ready(this.next_until(None));
+                return Poll::Ready(lazy.next_until(chunks, None));
             }
             // Nothing finished: tell the callback thread which chunks to
             // watch and whom to wake, then look once more (a chunk finishing
             // before the thread watched is seen here).
-            let polled = this.polled.get_or_insert_with(Default::default);
+            let polled = polled.get_or_insert_with(Default::default);
             {
                 let mut slots = crate::sync::lock(&polled.slots);
                 slots.clear();
-                let watched = if this.ordered {
-                    1
-                } else {
-                    this.in_flight.len()
-                };
-                slots.extend(this.in_flight.iter().take(watched).map(|(c, _, _)| c.slot));
+                slots.extend(lazy.awaited_slots());
             }
             let mut waker = crate::sync::lock(&polled.waker);
             match &*waker {
@@ -441,38 +251,31 @@ where
                 _ => *waker = Some(cx.waker().clone()),
             }
             drop(waker);
-            if let Err(e) = crate::pool::callbacks::Callbacks::watch_polled(&this.core, polled) {
+            if let Err(e) = crate::pool::callbacks::Callbacks::watch_polled(&lazy.core, polled) {
                 return Poll::Ready(Some(Err(e)));
             }
-            match this.done_now() {
-                Some(i) => this.collect(i),
+            match lazy.done_now() {
+                Some(i) => lazy.collect(chunks, i),
                 None => return Poll::Pending,
             }
         }
     }
 }
 
+#[cfg(feature = "async")]
 impl<I: Iterator, U> Drop for Imap<I, U> {
     fn drop(&mut self) {
-        #[cfg(feature = "async")]
         if let Some(polled) = &self.polled {
-            // No slots: the callback thread drops the entry.
+            // No slots: the callback thread drops the entry. (The chunks in
+            // flight are disposed of by `Lazy`'s drop, after this.)
             crate::sync::lock(&polled.slots).clear();
-        }
-        for (chunk, block, _) in self.in_flight.drain(..) {
-            self.core.dispose(Job::single(chunk, block));
         }
     }
 }
 
 impl<I: Iterator, U> std::fmt::Debug for Imap<I, U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Imap")
-            .field("ordered", &self.ordered)
-            .field("chunksize", &self.chunksize)
-            .field("in_flight", &self.in_flight.len())
-            .field("buffered", &self.ready.len())
-            .finish_non_exhaustive()
+        self.lazy.debug(f, "Imap", self.chunks.chunksize)
     }
 }
 

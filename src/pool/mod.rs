@@ -9,6 +9,7 @@
 //!   through the arena
 //! * `zero_copy`: the parent's side of workers reaching the caller's memory
 //! * `imap`: lazy `imap` / `imap_unordered`
+//! * `lazy`: what every lazy map shares (the window, the input, waiting)
 //! * `job`: the parent's record of submitted work
 //! * `callbacks`: the thread that runs `*_with` callbacks
 //! * `result`, `builder`: the public handle types
@@ -23,6 +24,7 @@ pub(crate) mod core;
 pub(crate) mod harness;
 mod imap;
 mod job;
+mod lazy;
 mod progress;
 mod result;
 pub(crate) mod schedule;
@@ -45,6 +47,7 @@ use crate::error::Error;
 use crate::task::{apply_entry, ApplyInput, Entry, EntryPoint, Task};
 use crate::{Pod, StartMethod};
 pub use builder::PoolBuilder;
+pub(crate) use call::{lazy_maps, shorthands};
 pub use call::{Call, Deliver, NoCallbacks, WithCallbacks};
 pub use imap::Imap;
 #[cfg(feature = "async")]
@@ -158,534 +161,338 @@ impl Pool {
         Call::new(self)
     }
 
-    /// Calls `f(args...)` in a worker and waits for the result.
-    ///
-    /// `args` is a tuple: `()`, `(a,)`, `(a, b)`, … up to six [`Pod`] values.
-    ///
-    /// ```
-    /// fn add(a: i64, b: i64) -> i64 { a + b }
-    /// let pool = shmpool::Pool::new(1)?;
-    /// assert_eq!(pool.apply(add, (2, 3))?, 5);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn apply<F, Args>(&self, f: F, args: Args) -> Result<F::Output, Error>
-    where
-        F: Task<Args>,
-        Args: Pod,
-    {
-        self.call().apply(f, args)
-    }
+    shorthands! {
+        /// Calls `f(args...)` in a worker and waits for the result.
+        ///
+        /// `args` is a tuple: `()`, `(a,)`, `(a, b)`, … up to six [`Pod`] values.
+        ///
+        /// ```
+        /// fn add(a: i64, b: i64) -> i64 { a + b }
+        /// let pool = shmpool::Pool::new(1)?;
+        /// assert_eq!(pool.apply(add, (2, 3))?, 5);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn apply<F, Args>(&self, f: F, args: Args) -> Result<F::Output, Error>
+        where [F: Task<Args>, Args: Pod];
 
-    /// Submits `f(args...)` to a worker and returns at once with a handle to
-    /// the result. The number of tasks in flight is limited only by memory (a
-    /// few million); no file descriptor or thread is used per task.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let pid = pool.apply_async(std::process::id, ())?;
-    /// assert_ne!(pid.get(Some(Duration::from_secs(10)))?, std::process::id());
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn apply_async<F, Args>(&self, f: F, args: Args) -> Result<AsyncResult<F::Output>, Error>
-    where
-        F: Task<Args>,
-        Args: Pod,
-    {
-        self.call().apply_async(f, args)
-    }
+        /// Submits `f(args...)` to a worker and returns at once with a handle to
+        /// the result. The number of tasks in flight is limited only by memory (a
+        /// few million); no file descriptor or thread is used per task.
+        ///
+        /// ```
+        /// use std::time::Duration;
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let pid = pool.apply_async(std::process::id, ())?;
+        /// assert_ne!(pid.get(Some(Duration::from_secs(10)))?, std::process::id());
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn apply_async<F, Args>(&self, f: F, args: Args)
+            -> Result<AsyncResult<F::Output>, Error>
+        where [F: Task<Args>, Args: Pod];
+        /// [`apply_async`](Pool::apply_async) with callbacks, like Python's
+        /// `apply_async(f, args, callback=..., error_callback=...)`: when the task
+        /// finishes, `callback(result)` or `error_callback(error)` runs in this
+        /// process, on the pool's callback thread (one thread, so callbacks never
+        /// run concurrently; they run in the order tasks complete). Callbacks
+        /// should return quickly. A panicking callback is caught: the handle's
+        /// `get` then returns [`Error::CallbackPanicked`] and the pool goes on.
+        /// Dropping the handle does not cancel the task: its callback still runs.
+        /// Inside a callback, waiting for another result of this pool whose
+        /// callbacks have not run fails at once (see [`AsyncResult::get`]).
+        ///
+        /// ```
+        /// use std::sync::mpsc;
+        /// use std::time::Duration;
+        /// fn f(x: u64) -> u64 { x * x }
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let (tx, rx) = mpsc::channel();
+        /// let tx2 = tx.clone();
+        /// pool.apply_async_with(f, (7,), move |v| tx.send(Ok(v)).unwrap(), move |e| tx2.send(Err(e)).unwrap())?;
+        /// assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap()?, 49);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        with apply_async_with -> F::Output;
 
-    /// [`apply_async`](Pool::apply_async) with callbacks, like Python's
-    /// `apply_async(f, args, callback=..., error_callback=...)`: when the task
-    /// finishes, `callback(result)` or `error_callback(error)` runs in this
-    /// process, on the pool's callback thread (one thread, so callbacks never
-    /// run concurrently; they run in the order tasks complete). Callbacks
-    /// should return quickly. A panicking callback is caught: the handle's
-    /// `get` then returns [`Error::CallbackPanicked`] and the pool goes on.
-    /// Dropping the handle does not cancel the task: its callback still runs.
-    /// Inside a callback, waiting for another result of this pool whose
-    /// callbacks have not run fails at once (see [`AsyncResult::get`]).
-    ///
-    /// ```
-    /// use std::sync::mpsc;
-    /// use std::time::Duration;
-    /// fn f(x: u64) -> u64 { x * x }
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let (tx, rx) = mpsc::channel();
-    /// let tx2 = tx.clone();
-    /// pool.apply_async_with(f, (7,), move |v| tx.send(Ok(v)).unwrap(), move |e| tx2.send(Err(e)).unwrap())?;
-    /// assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap()?, 49);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn apply_async_with<F, Args, C, E>(
-        &self,
-        f: F,
-        args: Args,
-        callback: C,
-        error_callback: E,
-    ) -> Result<AsyncResult<F::Output>, Error>
-    where
-        F: Task<Args>,
-        Args: Pod,
-        C: FnOnce(F::Output) + Send + 'static,
-        E: FnOnce(Error) + Send + 'static,
-    {
-        self.call()
-            .callbacks(callback, error_callback)
-            .apply_async(f, args)
-    }
+        /// Applies `f` to every element of `items` in the workers and returns the
+        /// results in order, like Python's `pool.map`. The slice is cut into chunks
+        /// of `ceil(len / (4 * processes))` elements (CPython's default); see
+        /// [`map_chunked`](Pool::map_chunked) to choose.
+        ///
+        /// Nothing is copied through the parent: workers read their chunks where
+        /// `items` lies and write the results straight into the returned vector
+        /// (see [`PoolBuilder::zero_copy`] for how, and for the fallback).
+        ///
+        /// If a task panics or its worker dies, the map returns that error (never a
+        /// vector with holes); the other chunks in flight are withdrawn or awaited.
+        ///
+        /// ```
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let v: Vec<f64> = (0..1000).map(f64::from).collect();
+        /// let squares = pool.map(|x: f64| x * x, &v)?;
+        /// assert_eq!(squares[999], 998_001.0);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn map<F, T>(&self, f: F, items: &[T]) -> Result<Vec<F::Output>, Error>
+        where [F: Task<(T,)>, T: Pod];
+        /// [`map`](Pool::map) with chunks of `chunksize` elements (at least 1;
+        /// zero is [`Error::InvalidArgument`]).
+        ///
+        /// ```
+        /// let pool = shmpool::Pool::new(2)?;
+        /// assert_eq!(pool.map_chunked(|x: u8| x / 2, &[2, 4, 6], 1)?, vec![1, 2, 3]);
+        /// assert!(matches!(pool.map_chunked(|x: u8| x, &[1], 0), Err(shmpool::Error::InvalidArgument(_))));
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        chunked map_chunked;
 
-    /// Applies `f` to every element of `items` in the workers and returns the
-    /// results in order, like Python's `pool.map`. The slice is cut into chunks
-    /// of `ceil(len / (4 * processes))` elements (CPython's default); see
-    /// [`map_chunked`](Pool::map_chunked) to choose.
-    ///
-    /// Nothing is copied through the parent: workers read their chunks where
-    /// `items` lies and write the results straight into the returned vector
-    /// (see [`PoolBuilder::zero_copy`] for how, and for the fallback).
-    ///
-    /// If a task panics or its worker dies, the map returns that error (never a
-    /// vector with holes); the other chunks in flight are withdrawn or awaited.
-    ///
-    /// ```
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let v: Vec<f64> = (0..1000).map(f64::from).collect();
-    /// let squares = pool.map(|x: f64| x * x, &v)?;
-    /// assert_eq!(squares[999], 998_001.0);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn map<F, T>(&self, f: F, items: &[T]) -> Result<Vec<F::Output>, Error>
-    where
-        F: Task<(T,)>,
-        T: Pod,
-    {
-        self.call().map(f, items)
-    }
+        /// Like [`map`](Pool::map), but returns at once with a handle to the
+        /// vector of results (Python's `map_async`). Unlike [`map`](Pool::map),
+        /// this copies: the input is copied into the pool's shared memory before
+        /// this returns (so `items` is free at once, and the handle borrows
+        /// nothing), and the results are copied out of it by `get`. Every chunk is
+        /// queued at once.
+        ///
+        /// ```
+        /// fn f(x: u64) -> u64 { x * x }
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let r = pool.map_async(f, &[1, 2, 3])?;
+        /// assert_eq!(r.get(None)?, vec![1, 4, 9]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn map_async<F, T>(&self, f: F, items: &[T])
+            -> Result<AsyncResult<Vec<F::Output>>, Error>
+        where [F: Task<(T,)>, T: Pod];
+        /// [`map_async`](Pool::map_async) with chunks of `chunksize` elements.
+        ///
+        /// ```
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let r = pool.map_async_chunked(|x: u32| x + 1, &[1, 2, 3, 4], 2)?;
+        /// assert_eq!(r.get(None)?, vec![2, 3, 4, 5]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        chunked map_async_chunked;
+        /// [`map_async`](Pool::map_async) with callbacks (see
+        /// [`apply_async_with`](Pool::apply_async_with)): `callback` gets the whole
+        /// vector; `error_callback` the first failing chunk's error.
+        ///
+        /// ```
+        /// use std::sync::mpsc;
+        /// use std::time::Duration;
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let (tx, rx) = mpsc::channel();
+        /// pool.map_async_with(|x: u8| x * 2, &[1, 2], move |v| tx.send(v).unwrap(), |e| eprintln!("{e}"))?;
+        /// assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), vec![2, 4]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        with map_async_with -> Vec<F::Output>;
 
-    /// [`map`](Pool::map) with chunks of `chunksize` elements (at least 1;
-    /// zero is [`Error::InvalidArgument`]).
-    ///
-    /// ```
-    /// let pool = shmpool::Pool::new(2)?;
-    /// assert_eq!(pool.map_chunked(|x: u8| x / 2, &[2, 4, 6], 1)?, vec![1, 2, 3]);
-    /// assert!(matches!(pool.map_chunked(|x: u8| x, &[1], 0), Err(shmpool::Error::InvalidArgument(_))));
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn map_chunked<F, T>(
-        &self,
-        f: F,
-        items: &[T],
-        chunksize: usize,
-    ) -> Result<Vec<F::Output>, Error>
-    where
-        F: Task<(T,)>,
-        T: Pod,
-    {
-        self.call().chunksize(chunksize).map(f, items)
-    }
+        /// Maps `f` over `items` and folds the results with `op`, without
+        /// building the vector of results: each worker folds its chunk and sends
+        /// back one value; this process combines the chunks' values in index
+        /// order. `None` for an empty input. `f` and `op` are tasks: function
+        /// items, `fn` pointers, or [`partial`](crate::partial)s.
+        ///
+        /// Within a chunk the fold runs left to right, `op(op(f(x0), f(x1)),
+        /// f(x2))…`, and the chunks' values are combined in order, so an
+        /// associative `op` (a sum, a max) gives the same answer for any chunk
+        /// size; floating-point sums round differently with different chunks,
+        /// as with rayon's `reduce`.
+        ///
+        /// ```
+        /// use shmpool::{partial, Pool};
+        /// fn scaled_sin(k: f64, x: f64) -> f64 { (x * k).sin() }
+        /// fn add(a: f64, b: f64) -> f64 { a + b }
+        /// fn max(a: u64, b: u64) -> u64 { a.max(b) }
+        ///
+        /// let pool = Pool::new(2)?;
+        /// let v: Vec<f64> = (0..100_000).map(f64::from).collect();
+        /// let total = pool.map_reduce(partial(scaled_sin, 0.5), add, &v)?.unwrap();
+        /// let serial: f64 = v.iter().map(|&x| scaled_sin(0.5, x)).sum();
+        /// assert!((total - serial).abs() < 1e-6);
+        ///
+        /// assert_eq!(pool.map_reduce(|x: u64| x % 1000, max, &[5, 1999, 7])?, Some(999));
+        /// assert_eq!(pool.map_reduce(|x: u64| x, max, &[])?, None);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn map_reduce<F, O, T>(&self, f: F, op: O, items: &[T])
+            -> Result<Option<F::Output>, Error>
+        where [F: Task<(T,)>, O: Task<(F::Output, F::Output), Output = F::Output>, T: Pod];
 
-    /// Like [`map`](Pool::map), but returns at once with a handle to the
-    /// vector of results (Python's `map_async`). Unlike [`map`](Pool::map),
-    /// this copies: the input is copied into the pool's shared memory before
-    /// this returns (so `items` is free at once, and the handle borrows
-    /// nothing), and the results are copied out of it by `get`. Every chunk is
-    /// queued at once.
-    ///
-    /// ```
-    /// fn f(x: u64) -> u64 { x * x }
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let r = pool.map_async(f, &[1, 2, 3])?;
-    /// assert_eq!(r.get(None)?, vec![1, 4, 9]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn map_async<F, T>(&self, f: F, items: &[T]) -> Result<AsyncResult<Vec<F::Output>>, Error>
-    where
-        F: Task<(T,)>,
-        T: Pod,
-    {
-        self.call().map_async(f, items)
-    }
+        /// Like [`map`](Pool::map) for functions of several arguments: each item
+        /// is a tuple of arguments, unpacked for the call (Python's `starmap`).
+        ///
+        /// ```
+        /// fn add(a: i64, b: i64) -> i64 { a + b }
+        /// let pool = shmpool::Pool::new(2)?;
+        /// assert_eq!(pool.starmap(add, &[(1, 2), (3, 4)])?, vec![3, 7]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn starmap<F, Args>(&self, f: F, items: &[Args]) -> Result<Vec<F::Output>, Error>
+        where [F: Task<Args>, Args: Pod];
+        /// [`starmap`](Pool::starmap) with chunks of `chunksize` items.
+        ///
+        /// ```
+        /// fn mul(a: f64, b: f64) -> f64 { a * b }
+        /// let pool = shmpool::Pool::new(2)?;
+        /// assert_eq!(pool.starmap_chunked(mul, &[(1.5, 2.0), (3.0, 3.0)], 1)?, vec![3.0, 9.0]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        chunked starmap_chunked;
 
-    /// [`map_async`](Pool::map_async) with chunks of `chunksize` elements.
-    ///
-    /// ```
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let r = pool.map_async_chunked(|x: u32| x + 1, &[1, 2, 3, 4], 2)?;
-    /// assert_eq!(r.get(None)?, vec![2, 3, 4, 5]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn map_async_chunked<F, T>(
-        &self,
-        f: F,
-        items: &[T],
-        chunksize: usize,
-    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
-    where
-        F: Task<(T,)>,
-        T: Pod,
-    {
-        self.call().chunksize(chunksize).map_async(f, items)
-    }
+        /// [`starmap`](Pool::starmap) returning at once with a handle (Python's
+        /// `starmap_async`).
+        ///
+        /// ```
+        /// fn add(a: i64, b: i64) -> i64 { a + b }
+        /// let pool = shmpool::Pool::new(2)?;
+        /// assert_eq!(pool.starmap_async(add, &[(5, 5)])?.get(None)?, vec![10]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn starmap_async<F, Args>(&self, f: F, items: &[Args])
+            -> Result<AsyncResult<Vec<F::Output>>, Error>
+        where [F: Task<Args>, Args: Pod];
+        /// [`starmap_async`](Pool::starmap_async) with callbacks (see
+        /// [`apply_async_with`](Pool::apply_async_with)).
+        ///
+        /// ```
+        /// use std::sync::mpsc;
+        /// use std::time::Duration;
+        /// fn add(a: i64, b: i64) -> i64 { a + b }
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let (tx, rx) = mpsc::channel();
+        /// pool.starmap_async_with(add, &[(1, 2)], move |v| tx.send(v).unwrap(), |_| {})?;
+        /// assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), vec![3]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        with starmap_async_with -> Vec<F::Output>;
 
-    /// [`map_async`](Pool::map_async) with callbacks (see
-    /// [`apply_async_with`](Pool::apply_async_with)): `callback` gets the whole
-    /// vector; `error_callback` the first failing chunk's error.
-    ///
-    /// ```
-    /// use std::sync::mpsc;
-    /// use std::time::Duration;
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let (tx, rx) = mpsc::channel();
-    /// pool.map_async_with(|x: u8| x * 2, &[1, 2], move |v| tx.send(v).unwrap(), |e| eprintln!("{e}"))?;
-    /// assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), vec![2, 4]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn map_async_with<F, T, C, E>(
-        &self,
-        f: F,
-        items: &[T],
-        callback: C,
-        error_callback: E,
-    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
-    where
-        F: Task<(T,)>,
-        T: Pod,
-        C: FnOnce(Vec<F::Output>) + Send + 'static,
-        E: FnOnce(Error) + Send + 'static,
-    {
-        self.call()
-            .callbacks(callback, error_callback)
-            .map_async(f, items)
-    }
+        /// A lazy [`map`](Pool::map) over any iterator, yielding results in input
+        /// order (Python's `imap`, chunk size 1). The input is pulled only as
+        /// results are consumed, with a bounded number of chunks in flight, so an
+        /// endless input is fine.
+        ///
+        /// ```
+        /// fn f(x: u64) -> u64 { x * x }
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let ordered: Vec<u64> = pool.imap(f, 0..10u64)?.collect::<Result<_, _>>()?;
+        /// assert_eq!(ordered, (0..10).map(f).collect::<Vec<_>>());
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn imap<F, I>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, F::Output>, Error>
+        where [F: Task<(I::Item,)>, I: IntoIterator, I::Item: Pod];
+        /// [`imap`](Pool::imap) sending `chunksize` items per task (at least 1):
+        /// larger chunks cost less per item, smaller ones yield sooner.
+        ///
+        /// ```
+        /// use std::time::Duration;
+        /// fn f(x: u64) -> u64 { x * x }
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let mut it = pool.imap_chunked(f, 0..u64::MAX, 64)?; // never materialized
+        /// assert_eq!(it.next_timeout(Duration::from_secs(10)).unwrap()?, 0);
+        /// drop(it); // stops feeding; outstanding work is discarded
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        chunked imap_chunked;
 
-    /// Maps `f` over `items` and folds the results with `op`, without
-    /// building the vector of results: each worker folds its chunk and sends
-    /// back one value; this process combines the chunks' values in index
-    /// order. `None` for an empty input. `f` and `op` are tasks: function
-    /// items, `fn` pointers, or [`partial`](crate::partial)s.
-    ///
-    /// Within a chunk the fold runs left to right, `op(op(f(x0), f(x1)),
-    /// f(x2))…`, and the chunks' values are combined in order, so an
-    /// associative `op` (a sum, a max) gives the same answer for any chunk
-    /// size; floating-point sums round differently with different chunks,
-    /// as with rayon's `reduce`.
-    ///
-    /// ```
-    /// use shmpool::{partial, Pool};
-    /// fn scaled_sin(k: f64, x: f64) -> f64 { (x * k).sin() }
-    /// fn add(a: f64, b: f64) -> f64 { a + b }
-    /// fn max(a: u64, b: u64) -> u64 { a.max(b) }
-    ///
-    /// let pool = Pool::new(2)?;
-    /// let v: Vec<f64> = (0..100_000).map(f64::from).collect();
-    /// let total = pool.map_reduce(partial(scaled_sin, 0.5), add, &v)?.unwrap();
-    /// let serial: f64 = v.iter().map(|&x| scaled_sin(0.5, x)).sum();
-    /// assert!((total - serial).abs() < 1e-6);
-    ///
-    /// assert_eq!(pool.map_reduce(|x: u64| x % 1000, max, &[5, 1999, 7])?, Some(999));
-    /// assert_eq!(pool.map_reduce(|x: u64| x, max, &[])?, None);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn map_reduce<F, O, T>(&self, f: F, op: O, items: &[T]) -> Result<Option<F::Output>, Error>
-    where
-        F: Task<(T,)>,
-        O: Task<(F::Output, F::Output), Output = F::Output>,
-        T: Pod,
-    {
-        self.call().map_reduce(f, op, items)
-    }
+        /// Like [`imap`](Pool::imap), but yields results as they complete, in any
+        /// order (Python's `imap_unordered`).
+        ///
+        /// ```
+        /// fn f(x: u64) -> u64 { x * x }
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let mut seen: Vec<u64> = pool.imap_unordered(f, 0..10u64)?.collect::<Result<_, _>>()?;
+        /// seen.sort();
+        /// assert_eq!(seen, (0..10).map(f).collect::<Vec<_>>());
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn imap_unordered<F, I>(&self, f: F, items: I)
+            -> Result<Imap<I::IntoIter, F::Output>, Error>
+        where [F: Task<(I::Item,)>, I: IntoIterator, I::Item: Pod];
+        /// [`imap_unordered`](Pool::imap_unordered) sending `chunksize` items per
+        /// task; the items of one chunk stay together, in order.
+        ///
+        /// ```
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let mut v: Vec<u64> = pool
+        ///     .imap_unordered_chunked(|x: u64| x + 1, 0..100u64, 10)?
+        ///     .collect::<Result<_, _>>()?;
+        /// v.sort();
+        /// assert_eq!(v, (1..=100).collect::<Vec<u64>>());
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        chunked imap_unordered_chunked;
 
-    /// Like [`map`](Pool::map) for functions of several arguments: each item
-    /// is a tuple of arguments, unpacked for the call (Python's `starmap`).
-    ///
-    /// ```
-    /// fn add(a: i64, b: i64) -> i64 { a + b }
-    /// let pool = shmpool::Pool::new(2)?;
-    /// assert_eq!(pool.starmap(add, &[(1, 2), (3, 4)])?, vec![3, 7]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn starmap<F, Args>(&self, f: F, items: &[Args]) -> Result<Vec<F::Output>, Error>
-    where
-        F: Task<Args>,
-        Args: Pod,
-    {
-        self.call().starmap(f, items)
-    }
+        /// Applies `f` to every element of `data` where it lies:
+        /// `data[i] = f(data[i])`. Chunks as [`map`](Pool::map).
+        ///
+        /// `data` is any mutable slice: a `Vec`'s, or a [`SharedVec`]'s. Workers
+        /// read and write it in place, in the caller's memory (see
+        /// [`zero_copy`](crate::PoolBuilder::zero_copy)) or in the pool's shared
+        /// memory; without zero-copy, a plain slice is copied through the pool's
+        /// shared memory chunk by chunk.
+        ///
+        /// On an error (a panic, a dead worker), chunks that ran have been written
+        /// and the others not: the slice is then partly mapped. A chunk whose
+        /// worker dies is never run again, even with
+        /// [`retries`](crate::PoolBuilder::retries): it may have overwritten part
+        /// of its input already, so a second run would map those elements twice.
+        ///
+        /// ```
+        /// use shmpool::{Pool, SharedVec};
+        /// let pool = Pool::new(2)?;
+        /// let mut v = vec![1u32, 2, 3];
+        /// pool.map_inplace(|x: u32| x * 10, &mut v)?;
+        /// assert_eq!(v, [10, 20, 30]);
+        /// let mut shared = SharedVec::from_slice(&pool, &v)?;
+        /// pool.map_inplace(|x: u32| x + 1, &mut shared)?;
+        /// assert_eq!(&shared[..], &[11, 21, 31]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn map_inplace<F, T>(&self, f: F, data: &mut [T]) -> Result<(), Error>
+        where [F: Task<(T,), Output = T>, T: Pod];
+        /// [`map_inplace`](Pool::map_inplace) with chunks of `chunksize` elements.
+        ///
+        /// ```
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let mut v: Vec<i64> = (0..10).collect();
+        /// pool.map_inplace_chunked(|x: i64| -x, &mut v[2..5], 2)?;
+        /// assert_eq!(&v[..6], &[0, 1, -2, -3, -4, 5]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        chunked map_inplace_chunked;
 
-    /// [`starmap`](Pool::starmap) with chunks of `chunksize` items.
-    ///
-    /// ```
-    /// fn mul(a: f64, b: f64) -> f64 { a * b }
-    /// let pool = shmpool::Pool::new(2)?;
-    /// assert_eq!(pool.starmap_chunked(mul, &[(1.5, 2.0), (3.0, 3.0)], 1)?, vec![3.0, 9.0]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn starmap_chunked<F, Args>(
-        &self,
-        f: F,
-        items: &[Args],
-        chunksize: usize,
-    ) -> Result<Vec<F::Output>, Error>
-    where
-        F: Task<Args>,
-        Args: Pod,
-    {
-        self.call().chunksize(chunksize).starmap(f, items)
-    }
-
-    /// [`starmap`](Pool::starmap) returning at once with a handle (Python's
-    /// `starmap_async`).
-    ///
-    /// ```
-    /// fn add(a: i64, b: i64) -> i64 { a + b }
-    /// let pool = shmpool::Pool::new(2)?;
-    /// assert_eq!(pool.starmap_async(add, &[(5, 5)])?.get(None)?, vec![10]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn starmap_async<F, Args>(
-        &self,
-        f: F,
-        items: &[Args],
-    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
-    where
-        F: Task<Args>,
-        Args: Pod,
-    {
-        self.call().starmap_async(f, items)
-    }
-
-    /// [`starmap_async`](Pool::starmap_async) with callbacks (see
-    /// [`apply_async_with`](Pool::apply_async_with)).
-    ///
-    /// ```
-    /// use std::sync::mpsc;
-    /// use std::time::Duration;
-    /// fn add(a: i64, b: i64) -> i64 { a + b }
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let (tx, rx) = mpsc::channel();
-    /// pool.starmap_async_with(add, &[(1, 2)], move |v| tx.send(v).unwrap(), |_| {})?;
-    /// assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), vec![3]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn starmap_async_with<F, Args, C, E>(
-        &self,
-        f: F,
-        items: &[Args],
-        callback: C,
-        error_callback: E,
-    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
-    where
-        F: Task<Args>,
-        Args: Pod,
-        C: FnOnce(Vec<F::Output>) + Send + 'static,
-        E: FnOnce(Error) + Send + 'static,
-    {
-        self.call()
-            .callbacks(callback, error_callback)
-            .starmap_async(f, items)
-    }
-
-    /// A lazy [`map`](Pool::map) over any iterator, yielding results in input
-    /// order (Python's `imap`, chunk size 1). The input is pulled only as
-    /// results are consumed, with a bounded number of chunks in flight, so an
-    /// endless input is fine.
-    ///
-    /// ```
-    /// fn f(x: u64) -> u64 { x * x }
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let ordered: Vec<u64> = pool.imap(f, 0..10u64)?.collect::<Result<_, _>>()?;
-    /// assert_eq!(ordered, (0..10).map(f).collect::<Vec<_>>());
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn imap<F, I>(&self, f: F, items: I) -> Result<Imap<I::IntoIter, F::Output>, Error>
-    where
-        F: Task<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Pod,
-    {
-        self.call().imap(f, items)
-    }
-
-    /// [`imap`](Pool::imap) sending `chunksize` items per task (at least 1):
-    /// larger chunks cost less per item, smaller ones yield sooner.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// fn f(x: u64) -> u64 { x * x }
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let mut it = pool.imap_chunked(f, 0..u64::MAX, 64)?; // never materialized
-    /// assert_eq!(it.next_timeout(Duration::from_secs(10)).unwrap()?, 0);
-    /// drop(it); // stops feeding; outstanding work is discarded
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn imap_chunked<F, I>(
-        &self,
-        f: F,
-        items: I,
-        chunksize: usize,
-    ) -> Result<Imap<I::IntoIter, F::Output>, Error>
-    where
-        F: Task<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Pod,
-    {
-        self.call().chunksize(chunksize).imap(f, items)
-    }
-
-    /// Like [`imap`](Pool::imap), but yields results as they complete, in any
-    /// order (Python's `imap_unordered`).
-    ///
-    /// ```
-    /// fn f(x: u64) -> u64 { x * x }
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let mut seen: Vec<u64> = pool.imap_unordered(f, 0..10u64)?.collect::<Result<_, _>>()?;
-    /// seen.sort();
-    /// assert_eq!(seen, (0..10).map(f).collect::<Vec<_>>());
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn imap_unordered<F, I>(
-        &self,
-        f: F,
-        items: I,
-    ) -> Result<Imap<I::IntoIter, F::Output>, Error>
-    where
-        F: Task<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Pod,
-    {
-        self.call().imap_unordered(f, items)
-    }
-
-    /// [`imap_unordered`](Pool::imap_unordered) sending `chunksize` items per
-    /// task; the items of one chunk stay together, in order.
-    ///
-    /// ```
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let mut v: Vec<u64> = pool
-    ///     .imap_unordered_chunked(|x: u64| x + 1, 0..100u64, 10)?
-    ///     .collect::<Result<_, _>>()?;
-    /// v.sort();
-    /// assert_eq!(v, (1..=100).collect::<Vec<u64>>());
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn imap_unordered_chunked<F, I>(
-        &self,
-        f: F,
-        items: I,
-        chunksize: usize,
-    ) -> Result<Imap<I::IntoIter, F::Output>, Error>
-    where
-        F: Task<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Pod,
-    {
-        self.call().chunksize(chunksize).imap_unordered(f, items)
-    }
-
-    /// Applies `f` to every element of `data` where it lies:
-    /// `data[i] = f(data[i])`. Chunks as [`map`](Pool::map).
-    ///
-    /// `data` is any mutable slice: a `Vec`'s, or a [`SharedVec`]'s. Workers
-    /// read and write it in place, in the caller's memory (see
-    /// [`zero_copy`](crate::PoolBuilder::zero_copy)) or in the pool's shared
-    /// memory; without zero-copy, a plain slice is copied through the pool's
-    /// shared memory chunk by chunk.
-    ///
-    /// On an error (a panic, a dead worker), chunks that ran have been written
-    /// and the others not: the slice is then partly mapped. A chunk whose
-    /// worker dies is never run again, even with
-    /// [`retries`](crate::PoolBuilder::retries): it may have overwritten part
-    /// of its input already, so a second run would map those elements twice.
-    ///
-    /// ```
-    /// use shmpool::{Pool, SharedVec};
-    /// let pool = Pool::new(2)?;
-    /// let mut v = vec![1u32, 2, 3];
-    /// pool.map_inplace(|x: u32| x * 10, &mut v)?;
-    /// assert_eq!(v, [10, 20, 30]);
-    /// let mut shared = SharedVec::from_slice(&pool, &v)?;
-    /// pool.map_inplace(|x: u32| x + 1, &mut shared)?;
-    /// assert_eq!(&shared[..], &[11, 21, 31]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn map_inplace<F, T>(&self, f: F, data: &mut [T]) -> Result<(), Error>
-    where
-        F: Task<(T,), Output = T>,
-        T: Pod,
-    {
-        self.call().map_inplace(f, data)
-    }
-
-    /// [`map_inplace`](Pool::map_inplace) with chunks of `chunksize` elements.
-    ///
-    /// ```
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let mut v: Vec<i64> = (0..10).collect();
-    /// pool.map_inplace_chunked(|x: i64| -x, &mut v[2..5], 2)?;
-    /// assert_eq!(&v[..6], &[0, 1, -2, -3, -4, 5]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn map_inplace_chunked<F, T>(
-        &self,
-        f: F,
-        data: &mut [T],
-        chunksize: usize,
-    ) -> Result<(), Error>
-    where
-        F: Task<(T,), Output = T>,
-        T: Pod,
-    {
-        self.call().chunksize(chunksize).map_inplace(f, data)
-    }
-
-    /// `output[i] = f(input[i])`, written straight into `output`: workers read
-    /// `input` and write `output` where they lie (plain slices or
-    /// [`SharedVec`]s, as for [`map_inplace`](Pool::map_inplace)). The
-    /// lengths must match ([`Error::InvalidArgument`] otherwise).
-    ///
-    /// ```
-    /// use shmpool::{Pool, SharedVec};
-    /// let pool = Pool::new(2)?;
-    /// let input = vec![1.0f64, 2.0];
-    /// let mut out = vec![0.0f32; 2];
-    /// pool.map_into(|x: f64| (x / 2.0) as f32, &input, &mut out)?;
-    /// assert_eq!(out, [0.5, 1.0]);
-    /// let shared = SharedVec::from_slice(&pool, &input)?;
-    /// let mut shared_out = SharedVec::<f64>::zeroed(&pool, 2)?;
-    /// pool.map_into(|x: f64| x * 3.0, &shared, &mut shared_out)?;
-    /// assert_eq!(&shared_out[..], &[3.0, 6.0]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn map_into<F, T>(&self, f: F, input: &[T], output: &mut [F::Output]) -> Result<(), Error>
-    where
-        F: Task<(T,)>,
-        T: Pod,
-    {
-        self.call().map_into(f, input, output)
-    }
-
-    /// [`map_into`](Pool::map_into) with chunks of `chunksize` elements.
-    ///
-    /// ```
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let mut out = [0u16; 3];
-    /// pool.map_into_chunked(|x: u8| u16::from(x) * 100, &[1, 2, 3], &mut out, 1)?;
-    /// assert_eq!(out, [100, 200, 300]);
-    /// assert!(pool.map_into_chunked(|x: u8| x, &[1], &mut [0u8; 2], 1).is_err());
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn map_into_chunked<F, T>(
-        &self,
-        f: F,
-        input: &[T],
-        output: &mut [F::Output],
-        chunksize: usize,
-    ) -> Result<(), Error>
-    where
-        F: Task<(T,)>,
-        T: Pod,
-    {
-        self.call().chunksize(chunksize).map_into(f, input, output)
+        /// `output[i] = f(input[i])`, written straight into `output`: workers read
+        /// `input` and write `output` where they lie (plain slices or
+        /// [`SharedVec`]s, as for [`map_inplace`](Pool::map_inplace)). The
+        /// lengths must match ([`Error::InvalidArgument`] otherwise).
+        ///
+        /// ```
+        /// use shmpool::{Pool, SharedVec};
+        /// let pool = Pool::new(2)?;
+        /// let input = vec![1.0f64, 2.0];
+        /// let mut out = vec![0.0f32; 2];
+        /// pool.map_into(|x: f64| (x / 2.0) as f32, &input, &mut out)?;
+        /// assert_eq!(out, [0.5, 1.0]);
+        /// let shared = SharedVec::from_slice(&pool, &input)?;
+        /// let mut shared_out = SharedVec::<f64>::zeroed(&pool, 2)?;
+        /// pool.map_into(|x: f64| x * 3.0, &shared, &mut shared_out)?;
+        /// assert_eq!(&shared_out[..], &[3.0, 6.0]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn map_into<F, T>(&self, f: F, input: &[T], output: &mut [F::Output])
+            -> Result<(), Error>
+        where [F: Task<(T,)>, T: Pod];
+        /// [`map_into`](Pool::map_into) with chunks of `chunksize` elements.
+        ///
+        /// ```
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let mut out = [0u16; 3];
+        /// pool.map_into_chunked(|x: u8| u16::from(x) * 100, &[1, 2, 3], &mut out, 1)?;
+        /// assert_eq!(out, [100, 200, 300]);
+        /// assert!(pool.map_into_chunked(|x: u8| x, &[1], &mut [0u8; 2], 1).is_err());
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        chunked map_into_chunked;
     }
 
     /// Whether maps over plain slices let the workers work on the caller's

@@ -15,11 +15,12 @@
 //! not decode is [`Error::Decode`].
 
 use super::core::{Core, Failure};
-use super::imap::first_done;
 use super::job::{Chunk, Job};
+use super::lazy::{Chunks, Input, Lazy, Ready};
+use super::progress::Progress;
 use super::result::AsyncResult;
-use super::schedule::{default_chunksize, Collect, Collected, Window};
-use super::Pool;
+use super::schedule::{check_chunksize, default_chunksize, Collect, Collected, Window};
+use super::{lazy_maps, shorthands, Pool};
 use crate::error::Error;
 use crate::shm::arena::Block;
 use crate::sync::slot::{TaskDesc, WATCHED};
@@ -31,12 +32,8 @@ use crate::task::EntryPoint;
 use postcard::ser_flavors::Size;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::VecDeque;
-use std::iter::Fuse;
-use std::marker::PhantomData;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Bytes reserved for one chunk's encoded results unless
 /// [`SerdePool::result_capacity`] says otherwise (and at least four times
@@ -220,144 +217,90 @@ impl<'a> SerdePool<'a> {
         ))
     }
 
-    /// Applies `f` to every element of `items` in the workers; the results
-    /// in order (Python's `map`). Each element is encoded into the pool's
-    /// shared memory and decoded by value in a worker. Chunks of
-    /// `ceil(len / (4 * processes))` elements, as for [`Pool::map`]; if a
-    /// chunk fails (a panic, a dead worker, results too large for their
-    /// room), the map returns that error.
-    ///
-    /// ```
-    /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
-    /// struct Order { id: u32, items: Vec<String> }
-    /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
-    /// struct Summary { id: u32, count: usize }
-    ///
-    /// fn summarize(o: Order) -> Summary { Summary { id: o.id, count: o.items.len() } }
-    ///
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let orders = vec![Order { id: 1, items: vec!["tea".into(), "jam".into()] }];
-    /// assert_eq!(pool.serde().map(summarize, &orders)?, vec![Summary { id: 1, count: 2 }]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn map<F, T>(&self, f: F, items: &[T]) -> Result<Vec<F::Output>, Error>
-    where
-        F: SerdeTask<(T,)>,
-        T: Wire,
-    {
-        self.map_chunked(f, items, self.default_chunksize(items.len()))
-    }
+    shorthands! {
+        /// Applies `f` to every element of `items` in the workers; the results
+        /// in order (Python's `map`). Each element is encoded into the pool's
+        /// shared memory and decoded by value in a worker. Chunks of
+        /// `ceil(len / (4 * processes))` elements, as for [`Pool::map`]; if a
+        /// chunk fails (a panic, a dead worker, results too large for their
+        /// room), the map returns that error.
+        ///
+        /// ```
+        /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        /// struct Order { id: u32, items: Vec<String> }
+        /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        /// struct Summary { id: u32, count: usize }
+        ///
+        /// fn summarize(o: Order) -> Summary { Summary { id: o.id, count: o.items.len() } }
+        ///
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let orders = vec![Order { id: 1, items: vec!["tea".into(), "jam".into()] }];
+        /// assert_eq!(pool.serde().map(summarize, &orders)?, vec![Summary { id: 1, count: 2 }]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn map<F, T>(&self, f: F, items: &[T]) -> Result<Vec<F::Output>, Error>
+        where [F: SerdeTask<(T,)>, T: Wire];
+        /// [`map`](SerdePool::map) with chunks of `chunksize` elements (at least
+        /// 1; zero is [`Error::InvalidArgument`]). Smaller chunks need less room
+        /// for their results.
+        ///
+        /// ```
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let v = vec!["a".to_string(), "bb".to_string(), "ccc".to_string()];
+        /// assert_eq!(pool.serde().map_chunked(|s: String| s.len(), &v, 2)?, vec![1, 2, 3]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        chunked map_chunked;
 
-    /// [`map`](SerdePool::map) with chunks of `chunksize` elements (at least
-    /// 1; zero is [`Error::InvalidArgument`]). Smaller chunks need less room
-    /// for their results.
-    ///
-    /// ```
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let v = vec!["a".to_string(), "bb".to_string(), "ccc".to_string()];
-    /// assert_eq!(pool.serde().map_chunked(|s: String| s.len(), &v, 2)?, vec![1, 2, 3]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn map_chunked<F, T>(
-        &self,
-        f: F,
-        items: &[T],
-        chunksize: usize,
-    ) -> Result<Vec<F::Output>, Error>
-    where
-        F: SerdeTask<(T,)>,
-        T: Wire,
-    {
-        let (entry, bound) = self.prepare::<F, (T,)>(&f)?;
-        self.map_slice(entry, &bound, items, chunksize)
-    }
+        /// Like [`map`](SerdePool::map) for functions of several arguments: each
+        /// item is a tuple, unpacked for the call (Python's `starmap`).
+        ///
+        /// ```
+        /// fn join(a: String, n: u32) -> String { format!("{a}{n}") }
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let pairs = vec![("x".to_string(), 1), ("y".to_string(), 2)];
+        /// assert_eq!(pool.serde().starmap(join, &pairs)?, vec!["x1", "y2"]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn starmap<F, Args>(&self, f: F, items: &[Args]) -> Result<Vec<F::Output>, Error>
+        where [F: SerdeTask<Args>, Args: Wire];
+        /// [`starmap`](SerdePool::starmap) with chunks of `chunksize` items.
+        ///
+        /// ```
+        /// fn add(a: String, b: String) -> String { a + &b }
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let v = vec![("a".to_string(), "b".to_string())];
+        /// assert_eq!(pool.serde().starmap_chunked(add, &v, 1)?, vec!["ab"]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        chunked starmap_chunked;
 
-    /// Like [`map`](SerdePool::map) for functions of several arguments: each
-    /// item is a tuple, unpacked for the call (Python's `starmap`).
-    ///
-    /// ```
-    /// fn join(a: String, n: u32) -> String { format!("{a}{n}") }
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let pairs = vec![("x".to_string(), 1), ("y".to_string(), 2)];
-    /// assert_eq!(pool.serde().starmap(join, &pairs)?, vec!["x1", "y2"]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn starmap<F, Args>(&self, f: F, items: &[Args]) -> Result<Vec<F::Output>, Error>
-    where
-        F: SerdeTask<Args>,
-        Args: Wire,
-    {
-        self.starmap_chunked(f, items, self.default_chunksize(items.len()))
-    }
-
-    /// [`starmap`](SerdePool::starmap) with chunks of `chunksize` items.
-    ///
-    /// ```
-    /// fn add(a: String, b: String) -> String { a + &b }
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let v = vec![("a".to_string(), "b".to_string())];
-    /// assert_eq!(pool.serde().starmap_chunked(add, &v, 1)?, vec!["ab"]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn starmap_chunked<F, Args>(
-        &self,
-        f: F,
-        items: &[Args],
-        chunksize: usize,
-    ) -> Result<Vec<F::Output>, Error>
-    where
-        F: SerdeTask<Args>,
-        Args: Wire,
-    {
-        let (entry, bound) = self.prepare::<F, Args>(&f)?;
-        self.map_slice(entry, &bound, items, chunksize)
-    }
-
-    /// Like [`map`](SerdePool::map), but lazy (Python's `imap`, chunk size
-    /// 1): the input is pulled only as results are consumed, with a bounded
-    /// number of chunks in flight. Yields `Ok(f(item))` in input order, and
-    /// one `Err` per failed chunk.
-    ///
-    /// ```
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let names = ["ann", "bob"].map(String::from);
-    /// let upper: Vec<String> = pool
-    ///     .serde()
-    ///     .imap(|s: String| s.to_uppercase(), names)?
-    ///     .collect::<Result<_, _>>()?;
-    /// assert_eq!(upper, ["ANN", "BOB"]);
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn imap<F, I>(&self, f: F, items: I) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
-    where
-        F: SerdeTask<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Wire,
-    {
-        self.imap_chunked(f, items, 1)
-    }
-
-    /// [`imap`](SerdePool::imap) sending `chunksize` items per task.
-    ///
-    /// ```
-    /// let pool = shmpool::Pool::new(2)?;
-    /// let it = pool.serde().imap_chunked(|n: u64| n.to_string(), 0..1000u64, 100)?;
-    /// assert_eq!(it.map(Result::unwrap).last(), Some("999".to_string()));
-    /// # Ok::<(), shmpool::Error>(())
-    /// ```
-    pub fn imap_chunked<F, I>(
-        &self,
-        f: F,
-        items: I,
-        chunksize: usize,
-    ) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
-    where
-        F: SerdeTask<(I::Item,)>,
-        I: IntoIterator,
-        I::Item: Wire,
-    {
-        let (entry, bound) = self.prepare::<F, (I::Item,)>(&f)?;
-        SerdeImap::new(self, items.into_iter(), entry, bound, chunksize, true)
+        /// Like [`map`](SerdePool::map), but lazy (Python's `imap`, chunk size
+        /// 1): the input is pulled only as results are consumed, with a bounded
+        /// number of chunks in flight. Yields `Ok(f(item))` in input order, and
+        /// one `Err` per failed chunk.
+        ///
+        /// ```
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let names = ["ann", "bob"].map(String::from);
+        /// let upper: Vec<String> = pool
+        ///     .serde()
+        ///     .imap(|s: String| s.to_uppercase(), names)?
+        ///     .collect::<Result<_, _>>()?;
+        /// assert_eq!(upper, ["ANN", "BOB"]);
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        pub fn imap<F, I>(&self, f: F, items: I) -> Result<SerdeImap<I::IntoIter, F::Output>, Error>
+        where [F: SerdeTask<(I::Item,)>, I: IntoIterator, I::Item: Wire];
+        /// [`imap`](SerdePool::imap) sending `chunksize` items per task.
+        ///
+        /// ```
+        /// let pool = shmpool::Pool::new(2)?;
+        /// let it = pool.serde().imap_chunked(|n: u64| n.to_string(), 0..1000u64, 100)?;
+        /// assert_eq!(it.map(Result::unwrap).last(), Some("999".to_string()));
+        /// # Ok::<(), shmpool::Error>(())
+        /// ```
+        chunked imap_chunked;
     }
 
     /// Like [`imap`](SerdePool::imap), but yields results as they complete,
@@ -384,7 +327,7 @@ impl<'a> SerdePool<'a> {
         I::Item: Wire,
         U: Wire,
     {
-        self.imap_unordered_chunked(f, items, 1)
+        self.call().imap_unordered(f, items)
     }
 
     /// [`imap_unordered`](SerdePool::imap_unordered) sending `chunksize`
@@ -407,8 +350,14 @@ impl<'a> SerdePool<'a> {
         I: IntoIterator,
         I::Item: Wire,
     {
-        let (entry, bound) = self.prepare::<F, (I::Item,)>(&f)?;
-        SerdeImap::new(self, items.into_iter(), entry, bound, chunksize, false)
+        self.call().chunksize(chunksize).imap_unordered(f, items)
+    }
+
+    fn call(&self) -> SerdeCall<'a> {
+        SerdeCall {
+            view: *self,
+            chunksize: None,
+        }
     }
 
     fn core(&self) -> &'a Core {
@@ -466,10 +415,7 @@ impl<'a> SerdePool<'a> {
         chunksize: usize,
     ) -> Result<Vec<U>, Error> {
         let core = self.core();
-        core.ensure_running()?;
-        if chunksize == 0 {
-            return Err(Error::invalid("chunksize must be at least 1"));
-        }
+        check_chunksize(core, chunksize)?;
         let mut out = Vec::with_capacity(items.len());
         let mut chunks = items.chunks(chunksize);
         let mut window = Window::new(core, Collect::InOrder);
@@ -512,6 +458,72 @@ impl<'a> SerdePool<'a> {
         }
         window.finish()?;
         Ok(out)
+    }
+}
+
+/// A [`SerdePool`] call with its chunk size, as [`Call`](crate::Call) is
+/// for the pool's `Pod` calls: what `SerdePool`'s shorthands go through.
+#[derive(Clone, Copy)]
+struct SerdeCall<'a> {
+    view: SerdePool<'a>,
+    chunksize: Option<usize>,
+}
+
+impl<'a> SerdeCall<'a> {
+    fn chunksize(self, chunksize: usize) -> Self {
+        SerdeCall {
+            chunksize: Some(chunksize),
+            ..self
+        }
+    }
+
+    fn map<F, T>(self, f: F, items: &[T]) -> Result<Vec<F::Output>, Error>
+    where
+        F: SerdeTask<(T,)>,
+        T: Wire,
+    {
+        self.slice::<F, (T,), T>(&f, items)
+    }
+
+    fn starmap<F, Args>(self, f: F, items: &[Args]) -> Result<Vec<F::Output>, Error>
+    where
+        F: SerdeTask<Args>,
+        Args: Wire,
+    {
+        self.slice::<F, Args, Args>(&f, items)
+    }
+
+    /// `f` over `items`, each encoded as `f`'s arguments `Args` are
+    /// decoded (a `T` as `(T,)`: postcard writes a one-tuple as its value).
+    fn slice<F, Args, T>(self, f: &F, items: &[T]) -> Result<Vec<F::Output>, Error>
+    where
+        F: SerdeTask<Args>,
+        Args: Wire,
+        T: Serialize,
+    {
+        let (entry, bound) = self.view.prepare::<F, Args>(f)?;
+        let chunksize = self
+            .chunksize
+            .unwrap_or_else(|| self.view.default_chunksize(items.len()));
+        self.view.map_slice(entry, &bound, items, chunksize)
+    }
+
+    lazy_maps! {
+        SerdeImap: SerdeTask, Wire;
+        imap;
+        imap_unordered;
+        fn lazy(self, f, items, ordered) {
+            let (entry, bound) = self.view.prepare::<F, (I::Item,)>(&f)?;
+            let chunksize = self.chunksize.unwrap_or(1);
+            SerdeImap::new(
+                &self.view,
+                items.into_iter(),
+                entry,
+                bound,
+                chunksize,
+                ordered,
+            )
+        }
     }
 }
 
@@ -605,17 +617,25 @@ fn unencodable<T: ?Sized>(e: &postcard::Error) -> Error {
 
 /// Decodes the one result of a finished single-item job (`apply`).
 fn decode_one<U: DeserializeOwned>(core: &Core, job: &Job) -> Result<U, Failure> {
+    let mut value = None;
+    decode_job(core, job, |u| value = Some(u))?;
+    Ok(value.expect("decode_chunk yields len values"))
+}
+
+/// [`decode_chunk`] for a finished job of one chunk.
+fn decode_job<U: DeserializeOwned>(
+    core: &Core,
+    job: &Job,
+    sink: impl FnMut(U),
+) -> Result<(), Failure> {
     let chunk = job.chunks().next().expect("one chunk");
-    let block = job.block.expect("a serde job has its block");
     let submitted = Submitted {
         slot: chunk.slot,
-        block,
+        block: job.block.expect("a serde job has its block"),
         out: chunk.output,
-        len: 1,
+        len: chunk.len,
     };
-    let mut value = None;
-    decode_chunk(core, submitted, |u| value = Some(u))?;
-    Ok(value.expect("decode_chunk yields len values"))
+    decode_chunk(core, submitted, sink)
 }
 
 /// Decodes a finished chunk's results into `sink`, in order, checking every
@@ -709,28 +729,25 @@ fn decode_chunk<U: DeserializeOwned>(
 /// # Ok::<(), shmpool::Error>(())
 /// ```
 pub struct SerdeImap<I: Iterator, U> {
-    core: Arc<Core>,
-    input: Fuse<I>,
-    input_done: bool,
+    lazy: Lazy<I, U>,
+    chunks: SerdeChunks<I::Item>,
+}
+
+/// How a serde map's chunk is laid out: one block, the task's bound value
+/// and the inputs encoded, then room for the encoded results (`submit`).
+struct SerdeChunks<T> {
     entry: EntryPoint,
     /// The task's bound value, encoded: the start of every chunk.
     bound: Vec<u8>,
     chunksize: usize,
     result_capacity: usize,
-    ordered: bool,
-    window: usize,
-    in_flight: VecDeque<Submitted>,
-    ready: VecDeque<Result<U, Error>>,
-    input_panic: Option<Error>,
     /// The items of the chunk being filled.
-    pending: Vec<I::Item>,
-    _out: PhantomData<fn() -> U>,
+    pending: Vec<T>,
 }
 
 impl<I, U> SerdeImap<I, U>
 where
-    I: Iterator,
-    I::Item: Serialize,
+    I: Iterator<Item: Serialize>,
     U: DeserializeOwned,
 {
     fn new(
@@ -741,26 +758,18 @@ where
         chunksize: usize,
         ordered: bool,
     ) -> Result<Self, Error> {
-        let core = view.core();
-        core.ensure_running()?;
-        if chunksize == 0 {
-            return Err(Error::invalid("chunksize must be at least 1"));
-        }
+        check_chunksize(view.core(), chunksize)?;
+        let core = Arc::clone(&view.pool.core);
+        let window = view.window(view.result_capacity);
         Ok(SerdeImap {
-            core: Arc::clone(&view.pool.core),
-            input: input.fuse(),
-            input_done: false,
-            entry,
-            bound,
-            chunksize,
-            result_capacity: view.result_capacity,
-            ordered,
-            window: view.window(view.result_capacity),
-            in_flight: VecDeque::new(),
-            ready: VecDeque::new(),
-            input_panic: None,
-            pending: Vec::new(),
-            _out: PhantomData,
+            lazy: Lazy::new(core, input, ordered, window, Progress::NONE),
+            chunks: SerdeChunks {
+                entry,
+                bound,
+                chunksize,
+                result_capacity: view.result_capacity,
+                pending: Vec::new(),
+            },
         })
     }
 
@@ -769,140 +778,44 @@ where
     /// goes on; call again to keep waiting). `None` once every result was
     /// yielded.
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<U, Error>> {
-        self.next_until(crate::deadline::deadline(timeout))
-    }
-
-    fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<U, Error>> {
-        loop {
-            if let Some(item) = self.ready.pop_front() {
-                return Some(item);
-            }
-            self.feed();
-            if self.in_flight.is_empty() {
-                return self
-                    .ready
-                    .pop_front()
-                    .or_else(|| self.input_panic.take().map(Err));
-            }
-            let found = if self.ordered {
-                let slot = self.in_flight[0].slot;
-                self.core
-                    .layout()
-                    .slot(slot)
-                    .wait_done(deadline)
-                    .then_some(0)
-            } else {
-                self.wait_any(deadline)
-            };
-            match found {
-                Some(i) => self.collect(i),
-                None => return Some(Err(Error::Timeout)),
-            }
-        }
-    }
-
-    /// Tops the window up from the input.
-    fn feed(&mut self) {
-        while !self.input_done && self.in_flight.len() < self.window {
-            if let Err(e) = self.submit_next() {
-                self.input_done = true;
-                self.ready.push_back(Err(e));
-            }
-        }
-    }
-
-    /// Encodes and submits the next chunk; sets `input_done` once the input
-    /// has run out.
-    fn submit_next(&mut self) -> Result<(), Error> {
-        self.pending.clear();
-        while self.pending.len() < self.chunksize {
-            // A panic in the input ends it (as for the Pod `imap`).
-            let next = std::panic::catch_unwind(AssertUnwindSafe(|| self.input.next()));
-            let item = match next {
-                Ok(Some(item)) => item,
-                Ok(None) => {
-                    self.input_done = true;
-                    break;
-                }
-                Err(payload) => {
-                    self.input_done = true;
-                    self.input_panic = Some(Error::InputPanicked {
-                        message: crate::panic::panic_message(&payload),
-                    });
-                    break;
-                }
-            };
-            self.pending.push(item);
-        }
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let submitted = submit(
-            &self.core,
-            self.entry,
-            &self.bound,
-            &self.pending,
-            self.result_capacity,
-            0,
-        )?;
-        self.pending.clear();
-        self.in_flight.push_back(submitted);
-        Ok(())
-    }
-
-    /// The position of a finished chunk, waiting for one until `deadline`.
-    fn wait_any(&self, deadline: Option<Instant>) -> Option<usize> {
-        let layout = self.core.layout();
-        first_done(&self.core, deadline, || {
-            self.in_flight
-                .iter()
-                .position(|c| layout.slot(c.slot).is_done())
-        })
-    }
-
-    /// Moves finished chunk `i`'s results (or its error) to `ready`.
-    fn collect(&mut self, i: usize) {
-        let chunk = self.in_flight.remove(i).expect("in range");
-        let start = self.ready.len();
-        let ready = &mut self.ready;
-        if let Err(failure) = decode_chunk(&self.core, chunk, |u| ready.push_back(Ok(u))) {
-            // A chunk yields its values or its error, never part of them.
-            self.ready.truncate(start);
-            self.ready.push_back(Err(failure.into()));
-        }
-        self.core.dispose(chunk.job());
+        let deadline = crate::deadline::deadline(timeout);
+        self.lazy.next_until(&mut self.chunks, deadline)
     }
 }
 
-impl<I, U> Iterator for SerdeImap<I, U>
+impl<I, U> Chunks<I, U> for SerdeChunks<I::Item>
 where
-    I: Iterator,
-    I::Item: Serialize,
+    I: Iterator<Item: Serialize>,
     U: DeserializeOwned,
 {
+    fn submit(&mut self, core: &Core, input: &mut Input<I>) -> Result<Option<Job>, Error> {
+        self.pending.clear();
+        let pending = &mut self.pending;
+        if input.pull(self.chunksize, |_, item| pending.push(item)) == 0 {
+            return Ok(None);
+        }
+        let (entry, bound, items) = (self.entry, &self.bound, &self.pending);
+        let submitted = submit(core, entry, bound, items, self.result_capacity, 0)?;
+        self.pending.clear();
+        Ok(Some(submitted.job()))
+    }
+
+    fn collect(&self, core: &Core, job: &Job, ready: &mut Ready<U>) -> Result<(), Failure> {
+        decode_job(core, job, |u| ready.push_back(Ok(u)))
+    }
+}
+
+impl<I: Iterator<Item: Serialize>, U: DeserializeOwned> Iterator for SerdeImap<I, U> {
     type Item = Result<U, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.next_until(None)
-    }
-}
-
-impl<I: Iterator, U> Drop for SerdeImap<I, U> {
-    fn drop(&mut self) {
-        for chunk in self.in_flight.drain(..) {
-            self.core.dispose(chunk.job());
-        }
+        self.lazy.next_until(&mut self.chunks, None)
     }
 }
 
 impl<I: Iterator, U> std::fmt::Debug for SerdeImap<I, U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SerdeImap")
-            .field("ordered", &self.ordered)
-            .field("chunksize", &self.chunksize)
-            .field("in_flight", &self.in_flight.len())
-            .field("buffered", &self.ready.len())
-            .finish_non_exhaustive()
+        self.lazy.debug(f, "SerdeImap", self.chunks.chunksize)
     }
 }
 

@@ -72,9 +72,4 @@ macro_rules! impl_partial {
         }
     };
 }
-impl_partial!();
-impl_partial!(A);
-impl_partial!(A, C);
-impl_partial!(A, C, D);
-impl_partial!(A, C, D, E);
-impl_partial!(A, C, D, E, G);
+crate::pod::for_each_arity!(impl_partial: A, C, D, E, G);

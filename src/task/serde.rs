@@ -95,13 +95,7 @@ macro_rules! impl_serde_task {
         }
     };
 }
-impl_serde_task!();
-impl_serde_task!(A);
-impl_serde_task!(A, B);
-impl_serde_task!(A, B, C);
-impl_serde_task!(A, B, C, D);
-impl_serde_task!(A, B, C, D, E);
-impl_serde_task!(A, B, C, D, E, G);
+crate::pod::for_each_arity!(impl_serde_task: A, B, C, D, E, G);
 
 macro_rules! impl_serde_partial {
     ($($arg:ident),*) => {
@@ -127,12 +121,7 @@ macro_rules! impl_serde_partial {
         }
     };
 }
-impl_serde_partial!();
-impl_serde_partial!(A);
-impl_serde_partial!(A, C);
-impl_serde_partial!(A, C, D);
-impl_serde_partial!(A, C, D, E);
-impl_serde_partial!(A, C, D, E, G);
+crate::pod::for_each_arity!(impl_serde_partial: A, C, D, E, G);
 
 /// The parent's header at the start of a chunk's block.
 #[repr(C)]

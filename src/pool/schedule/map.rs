@@ -106,29 +106,18 @@ impl MapCall<'_> {
 }
 
 /// Runs the chunk entry point `entry` (which maps `T`s to `U`s) over `items`
-/// in chunks of `chunksize`; results in input order.
+/// in chunks of `chunksize`; results in input order. With `fold` (a fold
+/// entry point, `map_reduce`), one value per chunk: chunk `k`'s at index `k`.
 pub(crate) fn map_slice<T: Pod, U: Pod>(
     core: &Core,
     items: &[T],
     chunksize: usize,
     entry: EntryPoint,
     context: &[MaybeUninit<u8>],
-) -> Result<Vec<U>, Error> {
-    let call = MapCall::of::<T, U>(entry, chunksize, false, context);
-    map_to_vec(core, items, call)
-}
-
-/// One value per chunk of `items`, through the fold entry point `entry`
-/// (`map_reduce`): chunk `k`'s value at index `k`.
-pub(crate) fn map_fold<T: Pod, U: Pod>(
-    core: &Core,
-    items: &[T],
-    chunksize: usize,
-    entry: EntryPoint,
-    context: &[MaybeUninit<u8>],
+    fold: bool,
 ) -> Result<Vec<U>, Error> {
     let call = MapCall {
-        fold: true,
+        fold,
         ..MapCall::of::<T, U>(entry, chunksize, false, context)
     };
     map_to_vec(core, items, call)

@@ -30,7 +30,7 @@ mod window;
 pub(crate) use layout::{
     check_chunksize, check_context, default_chunksize, imap_window, Elem, MapBytes, MapLayout,
 };
-pub(crate) use map::{map_fold, map_inplace, map_into, map_raw, map_slice, MapCall};
+pub(crate) use map::{map_inplace, map_into, map_raw, map_slice, MapCall};
 #[cfg(feature = "mpi")]
 pub(crate) use memory::prefault;
 pub(crate) use submit::{submit_apply, submit_slice};
