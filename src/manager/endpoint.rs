@@ -10,7 +10,8 @@ use crate::error::Error;
 use crate::objects::Heap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixStream};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -227,21 +228,28 @@ impl Stream {
 
     /// Whether the peer has closed its end or the connection broke.
     pub(crate) fn peer_gone(&self) -> bool {
-        fd_gone(self.as_raw_fd())
+        fd_gone(self.as_fd())
     }
 }
 
 /// Whether the peer of socket `fd` has closed its end or the connection
 /// broke.
-pub(crate) fn fd_gone(fd: RawFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no waiting.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+pub(crate) fn fd_gone(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = [PollFd::new(&fd, PollFlags::RDHUP)];
+    let n = rustix::event::poll(&mut pfd, Some(&Timespec::default())).unwrap_or(0);
+    n > 0
+        && pfd[0].revents().intersects(
+            PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL,
+        )
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+        }
+    }
 }
 
 impl AsRawFd for Stream {

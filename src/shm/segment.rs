@@ -13,20 +13,87 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
+/// A `MAP_SHARED`, read-write mapping of a file, unmapped on drop: the one
+/// place a shared mapping is made and unmade (the pool's segment, a named
+/// object, a manager lane).
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a mapping is plain memory valid for `len` bytes until drop; what
+// is shared through it is each owner's protocol (its own Send/Sync), and the
+// mapping itself may be unmapped from any thread.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` only hands out its address.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` from offset 0, shared (`MAP_NORESERVE` too
+    /// when `noreserve`: a sparse file whose pages cost memory only when
+    /// touched).
+    pub(crate) fn shared(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        noreserve: bool,
+    ) -> rustix::io::Result<Mapping> {
+        let flags = if noreserve {
+            MapFlags::SHARED | MapFlags::NORESERVE
+        } else {
+            MapFlags::SHARED
+        };
+        // SAFETY: a new mapping at an address the kernel chooses; it aliases
+        // no Rust object.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                flags,
+                fd,
+                0,
+            )
+        }?;
+        Ok(Mapping {
+            base: NonNull::new(ptr.cast()).expect("mmap returned null"),
+            len,
+        })
+    }
+
+    /// The first byte of the mapping.
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    /// The mapping's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Keeps the mapping until the process exits, and returns its base (a
+    /// worker's or a spawned process's inherited segment).
+    pub(crate) fn leak(self) -> *mut u8 {
+        let base = self.base();
+        std::mem::forget(self);
+        base
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our mapping of `len` bytes; no reference into it outlives
+        // the `Mapping` (its owners' references all borrow it).
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
 /// A `MAP_SHARED` mapping of a sparse memfd, unmapped on drop.
 #[derive(Debug)]
 pub(crate) struct Segment {
-    base: NonNull<u8>,
-    len: usize,
+    map: Mapping,
     _fd: OwnedFd,
 }
-
-// SAFETY: the mapping is plain memory valid for `len` bytes until drop; every
-// access goes through atomics or follows the ownership protocol in
-// `docs/ARCHITECTURE.md`, which is what makes sharing it between threads sound.
-unsafe impl Send for Segment {}
-// SAFETY: as above; `&Segment` only hands out pointers, never `&mut`.
-unsafe impl Sync for Segment {}
 
 impl Segment {
     /// Creates a zero-filled shared mapping of `len` bytes named `name` (for
@@ -34,12 +101,8 @@ impl Segment {
     pub(crate) fn create(name: &str, len: usize) -> io::Result<Segment> {
         let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&fd, len as u64)?;
-        let ptr = Self::map(fd.as_fd(), len)?;
-        Ok(Segment {
-            base: NonNull::new(ptr).expect("mmap returned null"),
-            len,
-            _fd: fd,
-        })
+        let map = Mapping::shared(fd.as_fd(), len, true)?;
+        Ok(Segment { map, _fd: fd })
     }
 
     /// The memfd behind the mapping (handed to spawned workers).
@@ -47,22 +110,11 @@ impl Segment {
         self._fd.as_raw_fd()
     }
 
-    /// Maps `len` bytes of a segment descriptor (ours, or one inherited by a
-    /// spawned or forkserver process, whose mapping lives until it exits).
+    /// Maps `len` bytes of a segment descriptor (one inherited by a spawned
+    /// or forkserver process, or the object heap's), for as long as the
+    /// process lives.
     pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<*mut u8> {
-        // SAFETY: a new mapping at an address the kernel chooses; it aliases no
-        // Rust object.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::NORESERVE,
-                fd,
-                0,
-            )
-        }?;
-        Ok(ptr.cast())
+        Ok(Mapping::shared(fd, len, true)?.leak())
     }
 
     /// [`map`](Segment::map) of a descriptor number: the form the worker's
@@ -79,7 +131,7 @@ impl Segment {
 
     /// The first byte of the mapping.
     pub(crate) fn base(&self) -> *mut u8 {
-        self.base.as_ptr()
+        self.map.base()
     }
 
     /// Gives the memory behind the whole pages of `[offset, offset + len)`
@@ -89,7 +141,7 @@ impl Segment {
     pub(crate) fn release(&self, offset: usize, len: usize) -> usize {
         let page = crate::shm::layout::PAGE;
         let start = offset.next_multiple_of(page);
-        let end = (offset + len).min(self.len) / page * page;
+        let end = (offset + len).min(self.map.len()) / page * page;
         if end <= start {
             return 0;
         }
@@ -105,14 +157,6 @@ impl Segment {
         } else {
             0 // not supported here: the memory stays, as before
         }
-    }
-}
-
-impl Drop for Segment {
-    fn drop(&mut self) {
-        // SAFETY: we created this mapping with this length; no reference into it
-        // outlives the `Segment` (they all borrow it).
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
 

@@ -5,4 +5,5 @@
 //! `SCM_RIGHTS`, `prctl`, `getrandom`) or std.
 
 pub(crate) mod process;
+pub(crate) mod socket;
 pub(crate) mod vm;

@@ -60,7 +60,13 @@ pub(crate) unsafe fn execve(
 pub(crate) fn ignore_all_signals() {
     // 64: the highest signal number on Linux (_NSIG - 1).
     for sig in 1..=64 {
-        // SAFETY: SIG_IGN installs no handler; invalid numbers fail with EINVAL.
-        unsafe { libc::signal(sig, libc::SIG_IGN) };
+        ignore_signal(sig);
     }
+}
+
+/// Ignores signal `sig` (`SIG_IGN`). Safe for the same reason as
+/// [`ignore_all_signals`]: no handler is installed.
+pub(crate) fn ignore_signal(sig: i32) {
+    // SAFETY: SIG_IGN installs no handler; invalid numbers fail with EINVAL.
+    unsafe { libc::signal(sig, libc::SIG_IGN) };
 }
