@@ -70,3 +70,27 @@ pub(crate) fn ignore_signal(sig: i32) {
     // SAFETY: SIG_IGN installs no handler; invalid numbers fail with EINVAL.
     unsafe { libc::signal(sig, libc::SIG_IGN) };
 }
+
+/// Sends `signal` to process `pid` (`kill(2)`, any signal number, real-time
+/// ones included, which rustix's `Signal` does not name). Safe: it touches
+/// no memory; which process `pid` names is the caller's concern.
+pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: no memory preconditions; a bad pid or signal fails with an errno.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Unblocks every signal of the calling thread (`pthread_sigmask` of an
+/// empty set): a forked child starts from a clean mask. Async-signal-safe.
+pub(crate) fn unblock_all_signals() {
+    let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initializes the set it is given; pthread_sigmask
+    // reads it and may pass null for the old mask.
+    unsafe {
+        libc::sigemptyset(none.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut());
+    }
+}
