@@ -5,5 +5,6 @@
 //! `SCM_RIGHTS`, `prctl`, `getrandom`) or std.
 
 pub(crate) mod process;
+#[cfg(feature = "manager")]
 pub(crate) mod socket;
 pub(crate) mod vm;
