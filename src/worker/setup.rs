@@ -10,6 +10,8 @@
 //! the parent wrote before the first worker started.
 
 use crate::shm::layout::Layout;
+use rustix::process::{Resource, Rlimit};
+use rustix::thread::CpuSet;
 use std::ffi::{c_char, CString};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
@@ -59,8 +61,7 @@ pub(crate) fn statm() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/self/statm").ok()?;
     let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
     let (size, resident, shared) = (fields.next()??, fields.next()??, fields.next()??);
-    // SAFETY: plain sysconf query.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let page = rustix::param::page_size().max(1) as u64;
     Some((
         size.saturating_mul(page),
         resident.saturating_sub(shared).saturating_mul(page),
@@ -77,21 +78,13 @@ static OVER_LIMIT: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 /// allocation fails, right after the failing call set ENOMEM.
 fn limit_address_space(layout: Layout, index: u32, limit: u64) {
     let Some((size, _)) = statm() else { return };
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    // `None`: unlimited (RLIM_INFINITY).
+    let max = rustix::process::getrlimit(Resource::As).maximum;
+    let new = Rlimit {
+        current: Some(size.saturating_add(limit).min(max.unwrap_or(u64::MAX))),
+        maximum: max,
     };
-    // SAFETY: reads and writes rlimit structs we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_AS, &mut old) != 0 {
-            return;
-        }
-        let new = libc::rlimit {
-            rlim_cur: size.saturating_add(limit).min(old.rlim_max),
-            rlim_max: old.rlim_max,
-        };
-        libc::setrlimit(libc::RLIMIT_AS, &new);
-    }
+    let _ = rustix::process::setrlimit(Resource::As, new);
     let word = &layout.worker_record(index).over_limit;
     OVER_LIMIT.store(
         word as *const AtomicU64 as *mut AtomicU64,
@@ -110,10 +103,11 @@ fn limit_address_space(layout: Layout, index: u32, limit: u64) {
 }
 
 extern "C" fn on_abort(_signal: libc::c_int) {
-    // SAFETY: reads this thread's errno, as set by the interrupted code.
-    let errno = unsafe { *libc::__errno_location() };
+    // This thread's errno, as set by the interrupted code (a read of it,
+    // async-signal-safe).
+    let errno = std::io::Error::last_os_error().raw_os_error();
     let word = OVER_LIMIT.load(Ordering::Relaxed);
-    if errno == libc::ENOMEM && !word.is_null() {
+    if errno == Some(libc::ENOMEM) && !word.is_null() {
         // SAFETY: points into the segment, mapped for the process's life.
         unsafe { (*word).store(1, Ordering::Relaxed) };
     }
@@ -150,23 +144,22 @@ pub(crate) fn over_memory_cap(layout: Layout, index: u32, cap_kib: u64) -> bool 
 /// Restricts this process to the CPUs the parent chose for `index`.
 fn pin(layout: Layout, index: u32) {
     let pin = layout.cpu_pin(index);
-    // SAFETY: an all-zero cpu_set_t is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let mut set = CpuSet::new();
     let mut any = false;
     for (w, word) in pin.words.iter().enumerate() {
         let bits = word.load(Ordering::Relaxed);
         for b in 0..64 {
-            if bits & (1 << b) != 0 {
-                // SAFETY: w * 64 + b < 1024, the size of a cpu_set_t.
-                unsafe { libc::CPU_SET(w * 64 + b, &mut set) };
+            // w * 64 + b < 1024, the size of a cpu_set_t.
+            if bits & (1 << b) != 0 && w * 64 + b < CpuSet::MAX_CPU {
+                set.set(w * 64 + b);
                 any = true;
             }
         }
     }
     if any {
-        // SAFETY: `set` is a valid cpu_set_t of the size passed; a CPU that
-        // went offline since the parent checked makes it fail harmlessly.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        // A CPU that went offline since the parent checked makes it fail
+        // harmlessly.
+        let _ = rustix::thread::sched_setaffinity(None, &set);
     }
 }
 
