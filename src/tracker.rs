@@ -116,8 +116,7 @@ extern "C" fn tracker_hook() {
 
 fn launch() -> io::Result<Tracker> {
     // Keeps the hook in the executable (see `start::bootstrap::ensure_linked`).
-    // SAFETY: reads a valid, initialized static.
-    let _ = unsafe { std::ptr::read_volatile(&TRACKER_HOOK) };
+    std::hint::black_box(&TRACKER_HOOK);
     let (ours, theirs) = rustix::net::socketpair(
         rustix::net::AddressFamily::UNIX,
         rustix::net::SocketType::STREAM,

@@ -128,9 +128,9 @@ impl Heap {
     /// A raw pointer to the byte at `offset` (< HEAP_BYTES, checked).
     pub(crate) fn ptr(&self, offset: u64, len: usize) -> Option<*mut u8> {
         let end = (offset as usize).checked_add(len)?;
-        // SAFETY: in bounds of the mapping.
+        // In bounds of the mapping (checked), so no wrap happens.
         (offset as usize >= HEADER_BYTES && end <= HEAP_BYTES)
-            .then(|| unsafe { self.base.add(offset as usize) })
+            .then(|| self.base.wrapping_add(offset as usize))
     }
 
     /// Lists `pid` as a process of the program. A full table is first pruned

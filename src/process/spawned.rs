@@ -352,8 +352,7 @@ fn run_spawned(value: &std::ffi::OsStr) -> i32 {
 /// Starts the child for the spec at `spec_at` (on the launcher thread).
 fn launch(method: StartMethod, spec_at: u64) -> Result<Child, Error> {
     // Keeps the hook in the executable (see `start::bootstrap::ensure_linked`).
-    // SAFETY: reads a valid, initialized static.
-    let _ = unsafe { std::ptr::read_volatile(&PROCESS_HOOK) };
+    std::hint::black_box(&PROCESS_HOOK);
     let heap = Heap::get()?;
     // SAFETY: the object heap lives as long as the program, and with it its
     // descriptor.
