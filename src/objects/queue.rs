@@ -267,8 +267,7 @@ fn anyone_may_send() -> bool {
 /// threads cannot be told from ours by name: then every thread counts.
 fn other_threads_here() -> bool {
     const OURS: &str = "shmpool-";
-    // SAFETY: plain syscall.
-    let me = unsafe { libc::gettid() }.to_string();
+    let me = rustix::thread::gettid().as_raw_nonzero().to_string();
     let name = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
     let ours_by_name = !name("/proc/self/comm".into()).starts_with(OURS);
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {

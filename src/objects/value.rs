@@ -166,9 +166,14 @@ impl<T: Pod> Value<T> {
 
     /// Takes the value's lock: the guard derefs to the value.
     pub fn lock(&self) -> Result<ValueGuard<T>, Error> {
-        let (obj, data, _) = open::<T>(self.at, kind::VALUE)?;
+        let (obj, data, len) = open::<T>(self.at, kind::VALUE)?;
+        if len == 0 {
+            return Err(bad_handle()); // a value holds one element
+        }
         obj.mutex.lock(None)?;
-        Ok(ValueGuard { obj, data })
+        Ok(ValueGuard {
+            inner: ArrayGuard { obj, data, len: 1 },
+        })
     }
 }
 
@@ -225,8 +230,8 @@ impl<T: Pod> Array<T> {
 /// Holds a [`Value`]'s lock; derefs to the value.
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct ValueGuard<T: Pod> {
-    obj: &'static DataObject,
-    data: *mut T,
+    /// The value as a one-element array (its lock released on drop).
+    inner: ArrayGuard<T>,
 }
 
 /// Holds an [`Array`]'s lock; derefs to the elements.
@@ -240,15 +245,12 @@ pub struct ArrayGuard<T: Pod> {
 impl<T: Pod> Deref for ValueGuard<T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: the guard holds the value's lock, so no other process or
-        // thread accesses it; `data` points at one initialized T.
-        unsafe { &*self.data }
+        &self.inner[0]
     }
 }
 impl<T: Pod> DerefMut for ValueGuard<T> {
     fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: as above, and `&mut self` is exclusive in this thread.
-        unsafe { &mut *self.data }
+        &mut self.inner[0]
     }
 }
 impl<T: Pod> Deref for ArrayGuard<T> {
@@ -262,11 +264,6 @@ impl<T: Pod> DerefMut for ArrayGuard<T> {
     fn deref_mut(&mut self) -> &mut [T] {
         // SAFETY: as above, and `&mut self` is exclusive in this thread.
         unsafe { std::slice::from_raw_parts_mut(self.data, self.len) }
-    }
-}
-impl<T: Pod> Drop for ValueGuard<T> {
-    fn drop(&mut self) {
-        self.obj.mutex.unlock();
     }
 }
 impl<T: Pod> Drop for ArrayGuard<T> {

@@ -83,16 +83,10 @@ pub(crate) const MIN_STACK_SIZE: usize = 256 << 10;
 /// limit is infinite, or above 1 GiB).
 pub(crate) fn default_stack_size() -> usize {
     const MAIN_THREAD_DEFAULT: usize = 8 << 20;
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: writes one rlimit into a valid struct.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } == 0;
-    match usize::try_from(limit.rlim_cur) {
-        Ok(bytes) if ok && limit.rlim_cur != libc::RLIM_INFINITY && bytes <= 1 << 30 => {
-            bytes.max(MAIN_THREAD_DEFAULT)
-        }
+    // `None`: unlimited (RLIM_INFINITY).
+    let current = rustix::process::getrlimit(rustix::process::Resource::Stack).current;
+    match current.map(usize::try_from) {
+        Some(Ok(bytes)) if bytes <= 1 << 30 => bytes.max(MAIN_THREAD_DEFAULT),
         _ => MAIN_THREAD_DEFAULT,
     }
 }

@@ -208,7 +208,7 @@ fn run(
         return false; // a stale ring entry, or another worker was faster
     }
     #[cfg(test)]
-    hostile::running(slot, layout.finish_log(me));
+    hostile::running(layout, index, me);
     if track {
         layout
             .worker_record(me)
@@ -357,29 +357,35 @@ fn truncate(s: &str, max: usize) -> &[u8] {
 /// task can write over them as a hostile task (or a C library) could.
 #[cfg(test)]
 pub(crate) mod hostile {
+    use crate::shm::layout::Layout;
     use crate::sync::finish_log::FinishLog;
     use crate::sync::slot::TaskSlot;
-    use std::sync::atomic::{AtomicPtr, Ordering};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
 
-    static SLOT: AtomicPtr<TaskSlot> = AtomicPtr::new(std::ptr::null_mut());
-    static LOG: AtomicPtr<FinishLog> = AtomicPtr::new(std::ptr::null_mut());
+    /// The worker's segment (one per worker process).
+    static LAYOUT: OnceLock<Layout> = OnceLock::new();
+    static SLOT: AtomicU32 = AtomicU32::new(0);
+    static WORKER: AtomicU32 = AtomicU32::new(0);
 
-    pub(super) fn running(slot: &TaskSlot, log: &FinishLog) {
-        SLOT.store(slot as *const TaskSlot as *mut TaskSlot, Ordering::Relaxed);
-        LOG.store(log as *const FinishLog as *mut FinishLog, Ordering::Relaxed);
+    pub(super) fn running(layout: Layout, slot: u32, me: u32) {
+        let _ = LAYOUT.set(layout);
+        SLOT.store(slot, Ordering::Relaxed);
+        WORKER.store(me, Ordering::Relaxed);
+    }
+
+    fn layout() -> &'static Layout {
+        LAYOUT.get().expect("called from a task, in a worker")
     }
 
     /// The slot of the task this worker runs (or ran last).
     pub(crate) fn slot() -> &'static TaskSlot {
-        // SAFETY: set before every task to a slot of the segment, which stays
-        // mapped for the worker's life.
-        unsafe { &*SLOT.load(Ordering::Relaxed) }
+        layout().slot(SLOT.load(Ordering::Relaxed))
     }
 
     /// This worker's finish log.
     pub(crate) fn log() -> &'static FinishLog {
-        // SAFETY: as for `slot`.
-        unsafe { &*LOG.load(Ordering::Relaxed) }
+        layout().finish_log(WORKER.load(Ordering::Relaxed))
     }
 }
 
