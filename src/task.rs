@@ -200,8 +200,7 @@ impl_task!(A, B, C, D, E, G);
 #[inline(always)]
 unsafe fn bound_at<F: Task<Args>, Args>(context: *const u8) -> F::Bound {
     if size_of::<F>() == 0 {
-        // SAFETY: all-zero bytes are a valid value of every Pod type.
-        unsafe { MaybeUninit::<F::Bound>::zeroed().assume_init() }
+        crate::pod::zeroed()
     } else {
         // SAFETY: the parent wrote an F::Bound there (contract); the inline
         // area is 64-aligned, but read unaligned all the same.
@@ -218,9 +217,7 @@ pub(crate) fn context_of<F: Task<Args>, Args>(bound: &F::Bound) -> &[MaybeUninit
     } else {
         size_of::<F::Bound>()
     };
-    // SAFETY: `len` bytes of a live value, viewed as possibly uninitialized
-    // bytes (padding), which is all a copy of them needs.
-    unsafe { std::slice::from_raw_parts((bound as *const F::Bound).cast(), len) }
+    &crate::pod::bytes_of(bound)[..len]
 }
 
 /// Where a worker finds a task's data: pointers and an element count.
@@ -454,14 +451,7 @@ where
     } else {
         size_of::<ReduceBounds<F, O, T, F::Output>>()
     };
-    // SAFETY: `len` bytes of a live value, viewed as possibly uninitialized
-    // bytes (padding), which is all a copy of them needs.
-    unsafe {
-        std::slice::from_raw_parts(
-            (bounds as *const ReduceBounds<F, O, T, F::Output>).cast(),
-            len,
-        )
-    }
+    &crate::pod::bytes_of(bounds)[..len]
 }
 
 /// Entry point for one `map_reduce` chunk: folds `f(input[i])` with `op`, in
@@ -478,8 +468,7 @@ where
 {
     let (f_bound, op_bound): ReduceBounds<F, O, T, F::Output> =
         if size_of::<F>() + size_of::<O>() == 0 {
-            // SAFETY: all-zero bytes are a valid value of every Pod type.
-            unsafe { MaybeUninit::zeroed().assume_init() }
+            crate::pod::zeroed()
         } else {
             // SAFETY: the parent wrote both bounds there (contract).
             unsafe {
@@ -591,17 +580,15 @@ pub(crate) unsafe fn for_each_piece_raw(
         let (staged_in, staged_out) = remote.stage.buffers(in_bytes, out_bytes);
         let input = if remote.input {
             let at = io.input as u64 + (done * in_size) as u64;
-            // SAFETY: the stage has `in_bytes` bytes at `staged_in`, ours alone.
-            unsafe { remote.peer.read(at, staged_in, in_bytes) }.map_err(|errno| {
-                AccessRefused {
-                    errno,
-                    wrote: remote.output && done > 0,
-                }
+            remote.peer.read(at, staged_in).map_err(|errno| AccessRefused {
+                errno,
+                wrote: remote.output && done > 0,
             })?;
-            staged_in.cast_const()
+            staged_in.as_ptr()
         } else {
             io.input.wrapping_add(done * in_size)
         };
+        let staged_out = staged_out.as_mut_ptr();
         let output = if remote.output {
             staged_out
         } else {

@@ -91,45 +91,45 @@ mod tests {
     #[repr(C, align(4096))]
     struct Page([u8; 8192]);
 
-    fn page() -> Box<Page> {
-        Box::new(Page([0; 8192]))
+    /// Runs `f` over a region of two zeroed, page-aligned pages.
+    fn with_region(f: impl FnOnce(Region)) {
+        let mut page = Box::new(Page([0; 8192]));
+        // SAFETY: a page-aligned 8 KiB buffer that outlives `f`, and is not
+        // otherwise touched meanwhile.
+        f(unsafe { Region::new(page.0.as_mut_ptr(), 8192) });
     }
 
     #[test]
     fn views_inside_the_region_read_and_write_its_bytes() {
-        let mut page = page();
-        // SAFETY: a page-aligned 8 KiB buffer that outlives the region.
-        let region = unsafe { Region::new(page.0.as_mut_ptr(), 8192) };
-        region.view::<AtomicU64>(8).store(7, Ordering::Relaxed);
-        let words = region.slice::<AtomicU64>(0, 1024);
-        assert_eq!(words[1].load(Ordering::Relaxed), 7);
-        assert_eq!(words[1023].load(Ordering::Relaxed), 0);
+        with_region(|region| {
+            region.view::<AtomicU64>(8).store(7, Ordering::Relaxed);
+            let words = region.slice::<AtomicU64>(0, 1024);
+            assert_eq!(words[1].load(Ordering::Relaxed), 7);
+            assert_eq!(words[1023].load(Ordering::Relaxed), 0);
+        });
     }
 
     #[test]
     #[should_panic(expected = "outside its region")]
     fn a_view_past_the_end_panics() {
-        let mut page = page();
-        // SAFETY: as above.
-        let region = unsafe { Region::new(page.0.as_mut_ptr(), 8192) };
-        let _ = region.slice::<AtomicU64>(8, 1024);
+        with_region(|region| {
+            let _ = region.slice::<AtomicU64>(8, 1024);
+        });
     }
 
     #[test]
     #[should_panic(expected = "misaligned")]
     fn a_misaligned_view_panics() {
-        let mut page = page();
-        // SAFETY: as above.
-        let region = unsafe { Region::new(page.0.as_mut_ptr(), 8192) };
-        let _ = region.view::<AtomicU64>(4);
+        with_region(|region| {
+            let _ = region.view::<AtomicU64>(4);
+        });
     }
 
     #[test]
     #[should_panic(expected = "outside its region")]
     fn an_overflowing_count_panics() {
-        let mut page = page();
-        // SAFETY: as above.
-        let region = unsafe { Region::new(page.0.as_mut_ptr(), 8192) };
-        let _ = region.slice::<AtomicU64>(0, usize::MAX / 4);
+        with_region(|region| {
+            let _ = region.slice::<AtomicU64>(0, usize::MAX / 4);
+        });
     }
 }
