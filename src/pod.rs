@@ -136,14 +136,14 @@ pub(crate) fn zeroed<T: Pod>() -> T {
 
 /// The bytes of `value`, as possibly uninitialized bytes (padding): what a
 /// byte copy of it into a slot needs.
-pub(crate) fn bytes_of<T>(value: &T) -> &[std::mem::MaybeUninit<u8>] {
-    // SAFETY: `size_of::<T>()` bytes of a live value, borrowed for the
-    // result's life; `MaybeUninit<u8>` has no validity requirement and
-    // alignment 1.
+pub(crate) fn bytes_of<T: ?Sized>(value: &T) -> &[std::mem::MaybeUninit<u8>] {
+    // SAFETY: `size_of_val(value)` bytes of a live value (or slice),
+    // borrowed for the result's life; `MaybeUninit<u8>` has no validity
+    // requirement and alignment 1.
     unsafe {
         std::slice::from_raw_parts(
             (value as *const T).cast::<std::mem::MaybeUninit<u8>>(),
-            std::mem::size_of::<T>(),
+            std::mem::size_of_val(value),
         )
     }
 }

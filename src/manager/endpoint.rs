@@ -80,11 +80,7 @@ pub(crate) fn create(settings: &Settings<'_>) -> Result<u64, Error> {
     }
     let heap = Heap::get()?;
     let size = std::mem::size_of::<EndpointRecord>();
-    let at = heap.alloc(size, 64)?;
-    let ptr = heap
-        .ptr(at, size)
-        .expect("fresh allocation")
-        .cast::<EndpointRecord>();
+    let mut fresh = heap.alloc_fresh(size, 64)?;
     let mut key = [0u8; MAX_KEY_BYTES];
     key[..settings.authkey.len()].copy_from_slice(settings.authkey);
     let mut record = EndpointRecord {
@@ -120,9 +116,8 @@ pub(crate) fn create(settings: &Settings<'_>) -> Result<u64, Error> {
             }
         }
     }
-    // SAFETY: a fresh allocation of the record's size and alignment, which no
-    // other process knows of until this function returns its offset.
-    unsafe { ptr.write(record) };
+    fresh.write(0, record);
+    let at = fresh.into_offset();
     heap.at::<EndpointRecord>(at)
         .expect("fresh allocation")
         .tag

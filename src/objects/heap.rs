@@ -4,6 +4,7 @@
 
 use crate::error::Error;
 use crate::shm::segment::Segment;
+use std::mem::{align_of, size_of, MaybeUninit};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -41,6 +42,50 @@ unsafe impl Sync for Heap {}
 
 static HEAP: OnceLock<Heap> = OnceLock::new();
 
+/// An allocation no other thread or process knows of yet: its holder alone
+/// has its offset, so writing it is safe until [`into_offset`](Self::into_offset)
+/// hands the offset out (to be published).
+pub(crate) struct Fresh<'h> {
+    heap: &'h Heap,
+    at: u64,
+    len: usize,
+}
+
+impl Fresh<'_> {
+    /// Where byte `offset` of the allocation lies, for `bytes` bytes of
+    /// alignment `align`. Panics outside the allocation or misaligned.
+    fn place(&self, offset: usize, bytes: usize, align: usize) -> *mut u8 {
+        assert!(
+            offset.checked_add(bytes).is_some_and(|end| end <= self.len),
+            "a write outside a fresh allocation"
+        );
+        // In bounds of the mapping: `alloc` keeps the allocation inside it.
+        let at = self.heap.base.wrapping_add(self.at as usize + offset);
+        assert!(at as usize % align == 0, "a misaligned write");
+        at
+    }
+
+    /// Copies `bytes` (padding included) to `offset` of the allocation.
+    pub(crate) fn write_bytes(&mut self, offset: usize, bytes: &[MaybeUninit<u8>]) {
+        let at = self.place(offset, bytes.len(), 1);
+        // SAFETY: inside the allocation (checked), which nothing else
+        // accesses while this handle exists (the type's invariant).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.cast(), bytes.len()) };
+    }
+
+    /// Moves `value` to `offset` of the allocation.
+    pub(crate) fn write<T>(&mut self, offset: usize, value: T) {
+        let at = self.place(offset, size_of::<T>(), align_of::<T>());
+        // SAFETY: as in `write_bytes`; aligned for T (checked).
+        unsafe { at.cast::<T>().write(value) };
+    }
+
+    /// The allocation's offset, to publish: writing ends here.
+    pub(crate) fn into_offset(self) -> u64 {
+        self.at
+    }
+}
+
 impl Heap {
     /// This process's heap, created (and this process registered) on first use.
     pub(crate) fn get() -> Result<&'static Heap, Error> {
@@ -76,6 +121,17 @@ impl Heap {
             return false;
         }
         HEAP.set(heap).is_ok()
+    }
+
+    /// `len` zeroed bytes aligned to `align` (≤ 4096), as a [`Fresh`]
+    /// allocation its holder may write until it hands the offset out.
+    pub(crate) fn alloc_fresh(&self, len: usize, align: usize) -> Result<Fresh<'_>, Error> {
+        let at = self.alloc(len, align)?;
+        Ok(Fresh {
+            heap: self,
+            at,
+            len,
+        })
     }
 
     /// The heap if this process has one (without creating it).

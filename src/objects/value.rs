@@ -29,14 +29,11 @@ fn create<T: Pod>(tag: u32, items: &[T], locked: bool) -> Result<u64, Error> {
         .checked_add(HEADER)
         .ok_or_else(|| Error::invalid("too large"))?;
     let heap = Heap::get()?;
-    let at = heap.alloc(bytes.max(HEADER + 1), std::mem::align_of::<T>().max(64))?;
+    let mut fresh = heap.alloc_fresh(bytes.max(HEADER + 1), std::mem::align_of::<T>().max(64))?;
+    fresh.write_bytes(HEADER, crate::pod::bytes_of(items));
+    let at = fresh.into_offset();
     let obj: &DataObject = heap.at(at).expect("fresh allocation");
     obj.mutex.init(false)?;
-    let data = heap
-        .ptr(at + HEADER as u64, std::mem::size_of_val(items))
-        .expect("in the allocation");
-    // SAFETY: the fresh allocation has room for `items`, aligned for T.
-    unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), data.cast::<T>(), items.len()) };
     obj.elem_size
         .store(std::mem::size_of::<T>() as u32, Ordering::Relaxed);
     obj.len.store(items.len() as u64, Ordering::Relaxed);
