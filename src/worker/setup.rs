@@ -13,7 +13,8 @@ use crate::shm::layout::Layout;
 use rustix::process::{Resource, Rlimit};
 use rustix::thread::CpuSet;
 use std::ffi::{c_char, CString};
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// The variables that size the thread pools of OpenMP, the BLAS libraries
 /// and rayon; a worker sets each to the pool's `threads_per_worker` unless
@@ -69,8 +70,9 @@ pub(crate) fn statm() -> Option<(u64, u64)> {
 }
 
 /// Where the SIGABRT handler records an allocation failure: this worker's
-/// `over_limit` word in the segment.
-static OVER_LIMIT: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// segment and index (its `over_limit` word). Set once, before the handler
+/// is armed; reading it is an atomic load (async-signal-safe).
+static OVER_LIMIT: OnceLock<(Layout, u32)> = OnceLock::new();
 
 /// Lets this process map `limit` bytes more than it has now (`RLIMIT_AS`:
 /// the pool's segment is already a large reservation), and arms a SIGABRT
@@ -85,11 +87,7 @@ fn limit_address_space(layout: Layout, index: u32, limit: u64) {
         maximum: max,
     };
     let _ = rustix::process::setrlimit(Resource::As, new);
-    let word = &layout.worker_record(index).over_limit;
-    OVER_LIMIT.store(
-        word as *const AtomicU64 as *mut AtomicU64,
-        Ordering::Relaxed,
-    );
+    let _ = OVER_LIMIT.set((layout, index));
     // SAFETY: installs a handler that only reads errno and stores to an
     // atomic in the mapped segment (async-signal-safe), then returns, so the
     // abort goes on with the default action.
@@ -106,10 +104,12 @@ extern "C" fn on_abort(_signal: libc::c_int) {
     // This thread's errno, as set by the interrupted code (a read of it,
     // async-signal-safe).
     let errno = std::io::Error::last_os_error().raw_os_error();
-    let word = OVER_LIMIT.load(Ordering::Relaxed);
-    if errno == Some(libc::ENOMEM) && !word.is_null() {
-        // SAFETY: points into the segment, mapped for the process's life.
-        unsafe { (*word).store(1, Ordering::Relaxed) };
+    if let (Some(libc::ENOMEM), Some((layout, index))) = (errno, OVER_LIMIT.get()) {
+        // The segment stays mapped for the process's life.
+        layout
+            .worker_record(*index)
+            .over_limit
+            .store(1, Ordering::Relaxed);
     }
 }
 
