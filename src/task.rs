@@ -36,7 +36,7 @@ pub use partial::{partial, Partial};
 use crate::error::Error;
 use crate::remote::{AccessRefused, Peer, Stage};
 use crate::Pod;
-use std::any::TypeId;
+use std::any::Any;
 use std::mem::{size_of, MaybeUninit};
 
 /// A function a pool can run with arguments `Args` (a tuple of [`Pod`] values).
@@ -100,13 +100,17 @@ unsafe impl Pod for FnCode {}
 
 impl FnCode {
     /// Encodes `f`, a function of the pointer type `P` (`fn(A, ..) -> R`) or
-    /// a zero-sized function item or closure of that signature.
-    fn of<F: Copy + 'static, P: Copy + 'static>(f: &F) -> Result<FnCode, Error> {
+    /// a zero-sized function item or closure of that signature; `address`
+    /// gives a `P`'s code address (`|p| *p as usize`).
+    fn of<F: Copy + 'static, P: Copy + 'static>(
+        f: &F,
+        address: impl FnOnce(&P) -> usize,
+    ) -> Result<FnCode, Error> {
         const { assert_travels::<F>() };
         if size_of::<F>() == 0 {
             return Ok(FnCode(0));
         }
-        if TypeId::of::<F>() != TypeId::of::<P>() {
+        let Some(pointer) = (f as &dyn Any).downcast_ref::<P>() else {
             // Pointer-sized with a niche, but not a `fn` pointer: a closure
             // capturing one reference or box.
             return Err(Error::invalid(format!(
@@ -114,11 +118,8 @@ impl FnCode {
                  it as an argument or bind it with `shmpool::partial(f, value)`",
                 std::any::type_name::<F>()
             )));
-        }
-        // SAFETY: F is P, a `fn` pointer type (checked just above), which has
-        // the size and representation of a code address.
-        let addr = unsafe { std::mem::transmute_copy::<F, usize>(f) };
-        crate::start::check_fn_pointer(addr).map(FnCode)
+        };
+        crate::start::check_fn_pointer(address(pointer)).map(FnCode)
     }
 
     /// The function this encodes, as a `fn` pointer of type `P`.
@@ -162,7 +163,7 @@ macro_rules! impl_task {
             type Bound = FnCode;
 
             fn bind(&self) -> Result<FnCode, Error> {
-                FnCode::of::<Func, fn($($arg),*) -> Ret>(self)
+                FnCode::of(self, |p: &fn($($arg),*) -> Ret| *p as usize)
             }
 
             #[inline(always)]

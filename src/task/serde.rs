@@ -75,7 +75,7 @@ macro_rules! impl_serde_task {
             type Bound = u64;
 
             fn bind(&self) -> Result<u64, Error> {
-                FnCode::of::<Func, fn($($arg),*) -> Ret>(self).map(|code| code.0)
+                FnCode::of(self, |p: &fn($($arg),*) -> Ret| *p as usize).map(|code| code.0)
             }
 
             #[allow(non_snake_case)]
