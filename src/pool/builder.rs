@@ -147,14 +147,9 @@ impl PoolBuilder {
             match f.bind() {
                 Ok(bound) => {
                     let input: ApplyInput<F, Args> = (bound, args);
-                    // SAFETY: `bytes` is 64-aligned and has room for the input (checked).
-                    unsafe {
-                        bytes
-                            .0
-                            .as_mut_ptr()
-                            .cast::<ApplyInput<F, Args>>()
-                            .write(input)
-                    };
+                    // Room for it (checked); `bytes` is aligned like the
+                    // shared copy, so the worker reads it in place.
+                    bytes.0[..input_size].copy_from_slice(crate::pod::bytes_of(&input));
                     None
                 }
                 Err(e) => Some(format!("the initializer cannot travel: {e}")),
