@@ -313,11 +313,11 @@ pub(crate) const INIT_MESSAGE_BYTES: usize = 512;
 /// The exit status of a worker whose initializer panicked.
 pub(crate) const INIT_FAILED_EXIT: i32 = 70;
 
-// SAFETY (the five impls below): each is `repr(C)`, made of atomics, plain
-// integers read only through atomics, and `UnsafeCell`s under its protocol
-// (the slot protocol, `sync::slot`; the finish log's one producer and one
-// consumer, `sync::finish_log`; the header's settings written before any
-// worker starts); all-zero is the state of a fresh segment for each.
+// SAFETY: this and the four impls below: each is `repr(C)`, made of atomic
+// and plain integers (any bytes are a valid value) and of `UnsafeCell`s
+// under its protocol (the slot protocol, `sync::slot`; the finish log's one
+// producer and one consumer, `sync::finish_log`; the header's settings,
+// written before any worker starts); all-zero is a fresh segment's state.
 unsafe impl Shared for PoolHeader {}
 // SAFETY: as above (atomics only).
 unsafe impl Shared for WorkerRecord {}
