@@ -35,7 +35,7 @@
 use crate::error::{DeathCause, Error};
 use crate::pool::core::{Core, Lifecycle};
 use crate::pool::stats::Leaving;
-use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
+use crate::shm::layout::INIT_FAILED_EXIT;
 use crate::start::fork::Child;
 use crate::sync::lock;
 use crate::sync::slot::{Outcome, SlotState, IN_PLACE, MAX_WORKER_INDEX, SPLIT};
@@ -223,17 +223,10 @@ fn await_ready(core: &Core, workers: &mut [Option<Child>]) -> Result<(), Error> 
 fn start_failure(core: &Core, status: libc::c_int) -> Error {
     let settings = &core.layout().header().settings;
     if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == INIT_FAILED_EXIT {
-        let len = settings.init_message_len.load(Ordering::Acquire) as usize;
-        // SAFETY: the failing worker wrote `len` bytes before exiting, and it
-        // has been reaped; no one writes them again.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                settings.init_message.get().cast::<u8>(),
-                len.min(INIT_MESSAGE_BYTES),
-            )
-        };
+        // The failing worker wrote it before exiting, and it has been reaped.
+        let bytes = settings.init_message();
         return Error::InitializerFailed {
-            message: String::from_utf8_lossy(bytes).into_owned(),
+            message: String::from_utf8_lossy(&bytes).into_owned(),
         };
     }
     let how = if libc::WIFSIGNALED(status) {

@@ -19,7 +19,7 @@ use crate::shm::region::{Region, Shared};
 use crossbeam_utils::CachePadded;
 use rustix::time::ClockId;
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// Entries in the work ring: how many tasks may wait unclaimed at once.
 /// Enough that 100,000s of queued `apply_async` tasks never fill it; the
@@ -276,8 +276,10 @@ pub(crate) struct WorkerSettings {
     /// Length of the message in `init_message`.
     pub(crate) init_message_len: AtomicU32,
     /// The failed initializer's panic message (UTF-8, truncated); written only
-    /// by the worker that won `init_failed`, read by the parent after reaping it.
-    pub(crate) init_message: UnsafeCell<[u8; INIT_MESSAGE_BYTES]>,
+    /// by the worker that won `init_failed`, read by the parent after reaping
+    /// it. Atomic bytes: a worker that breaks the rule garbles the message,
+    /// nothing worse.
+    init_message: [AtomicU8; INIT_MESSAGE_BYTES],
     /// Non-zero if workers may be handed the parent's memory (zero-copy maps):
     /// each then probes it at start (`remote::probe`).
     pub(crate) zero_copy: AtomicU32,
@@ -298,6 +300,30 @@ pub(crate) struct WorkerSettings {
     /// `PoolBuilder::stack_size` in bytes (0: not set), for workers that do
     /// not run on a copy of the supervisor's stack (spawn, forkserver).
     pub(crate) stack_size: AtomicU64,
+}
+
+impl WorkerSettings {
+    /// Writes the failed initializer's message (truncated to
+    /// [`INIT_MESSAGE_BYTES`]), then publishes its length. Only the worker
+    /// that won `init_failed` calls it.
+    pub(crate) fn set_init_message(&self, bytes: &[u8]) {
+        let bytes = &bytes[..bytes.len().min(INIT_MESSAGE_BYTES)];
+        for (to, &from) in self.init_message.iter().zip(bytes) {
+            to.store(from, Ordering::Relaxed);
+        }
+        self.init_message_len
+            .store(bytes.len() as u32, Ordering::Release);
+    }
+
+    /// The failed initializer's message, as far as it was written (its
+    /// length is checked, never trusted).
+    pub(crate) fn init_message(&self) -> Vec<u8> {
+        let len = self.init_message_len.load(Ordering::Acquire) as usize;
+        self.init_message[..len.min(INIT_MESSAGE_BYTES)]
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
 }
 
 /// Initializer argument bytes: written by the parent before any worker

@@ -144,19 +144,9 @@ fn record_init_failure(layout: Layout, message: &str) {
     {
         return;
     }
-    let bytes = truncate(message, crate::shm::layout::INIT_MESSAGE_BYTES);
-    // SAFETY: winning `init_failed` makes this worker the message's only
-    // writer; the parent reads it only after reaping this process.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            bytes.as_ptr(),
-            settings.init_message.get().cast::<u8>(),
-            bytes.len(),
-        )
-    };
-    settings
-        .init_message_len
-        .store(bytes.len() as u32, Ordering::Release);
+    // Winning `init_failed` makes this worker the message's only writer; the
+    // parent reads it only after reaping this process.
+    settings.set_init_message(truncate(message, crate::shm::layout::INIT_MESSAGE_BYTES));
 }
 
 /// The parent, if zero-copy maps are on and the kernel lets this worker reach
