@@ -27,6 +27,7 @@
 
 use crate::sync::futex;
 use crate::sync::spin::SpinWait;
+use crate::shm::region::Shared;
 use crate::shm::segment::Mapping;
 use rustix::fs::{memfd_create, MemfdFlags};
 use rustix::net::{
@@ -62,6 +63,10 @@ struct Header {
     client_sleeps: AtomicU32,
     len: AtomicU32,
 }
+
+// SAFETY: atomics only (any bytes a peer leaves are a valid value; the
+// server checks `len` before use), all-zero is IDLE.
+unsafe impl Shared for Header {}
 
 /// One side's mapping of a lane (unmapped on drop).
 ///
@@ -116,9 +121,7 @@ impl Lane {
     }
 
     fn header(&self) -> &Header {
-        // SAFETY: the mapping starts with a Header (all zeros is IDLE), is
-        // page-aligned and lives as long as `self`.
-        unsafe { &*self.map.base().cast::<Header>() }
+        self.map.view(0)
     }
 
     /// Copies `msg` into the data area and publishes it as `state`.

@@ -26,6 +26,8 @@ pub(crate) unsafe trait Shared {}
 unsafe impl Shared for std::sync::atomic::AtomicU64 {}
 // SAFETY: as above.
 unsafe impl Shared for std::sync::atomic::AtomicU32 {}
+// SAFETY: as above.
+unsafe impl Shared for std::sync::atomic::AtomicU8 {}
 
 /// `len` bytes of a shared mapping, page-aligned.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +56,11 @@ impl Region {
     /// The first byte.
     pub(crate) fn base(&self) -> *mut u8 {
         self.base.as_ptr()
+    }
+
+    /// The region's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 
     /// The `T` at `offset`. Panics if it does not lie wholly inside the

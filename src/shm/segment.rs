@@ -11,23 +11,15 @@ use rustix::fs::FallocateFlags;
 use rustix::mm::{MapFlags, ProtFlags};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
+use crate::shm::region::Region;
 
 /// A `MAP_SHARED`, read-write mapping of a file, unmapped on drop: the one
 /// place a shared mapping is made and unmade (the pool's segment, a named
 /// object, a manager lane).
 #[derive(Debug)]
 pub(crate) struct Mapping {
-    base: NonNull<u8>,
-    len: usize,
+    region: Region,
 }
-
-// SAFETY: a mapping is plain memory valid for `len` bytes until drop; what
-// is shared through it is each owner's protocol (its own Send/Sync), and the
-// mapping itself may be unmapped from any thread.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; `&Mapping` only hands out its address.
-unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes of `fd` from offset 0, shared (`MAP_NORESERVE` too
@@ -55,20 +47,33 @@ impl Mapping {
                 0,
             )
         }?;
-        Ok(Mapping {
-            base: NonNull::new(ptr.cast()).expect("mmap returned null"),
-            len,
-        })
+        // SAFETY: the fresh mapping is `len` bytes, page-aligned, and lives
+        // until this `Mapping` drops; its views borrow the `Mapping`.
+        let region = unsafe { Region::new(ptr.cast(), len) };
+        Ok(Mapping { region })
     }
 
     /// The first byte of the mapping.
     pub(crate) fn base(&self) -> *mut u8 {
-        self.base.as_ptr()
+        self.region.base()
     }
 
     /// The mapping's length in bytes.
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.region.len()
+    }
+
+    /// The `T` at `offset` ([`Region::view`]), for as long as the mapping.
+    #[cfg(feature = "manager")]
+    pub(crate) fn view<T: crate::shm::region::Shared>(&self, offset: usize) -> &T {
+        self.region.view(offset)
+    }
+
+    /// The `n` `T`s at `offset` ([`Region::slice`]), for as long as the
+    /// mapping.
+    #[cfg(test)]
+    pub(crate) fn slice<T: crate::shm::region::Shared>(&self, offset: usize, n: usize) -> &[T] {
+        self.region.slice(offset, n)
     }
 
     /// Keeps the mapping until the process exits, and returns its base (a
@@ -84,7 +89,7 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: our mapping of `len` bytes; no reference into it outlives
         // the `Mapping` (its owners' references all borrow it).
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+        let _ = unsafe { rustix::mm::munmap(self.base().cast(), self.len()) };
     }
 }
 
@@ -134,6 +139,12 @@ impl Segment {
         self.map.base()
     }
 
+    /// The `n` `T`s at `offset` ([`Mapping::slice`]).
+    #[cfg(test)]
+    pub(crate) fn slice<T: crate::shm::region::Shared>(&self, offset: usize, n: usize) -> &[T] {
+        self.map.slice(offset, n)
+    }
+
     /// Gives the memory behind the whole pages of `[offset, offset + len)`
     /// back to the kernel, in every process that maps the segment: they read
     /// as zeros again and cost nothing until touched. The caller owns the
@@ -163,34 +174,33 @@ impl Segment {
 #[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU8, Ordering};
 
     #[test]
     fn released_pages_read_as_zeros_and_partial_pages_are_kept() {
         let seg = Segment::create("shmpool-test", 1 << 20).unwrap();
-        // SAFETY: 64 KiB from the start of a 1 MiB mapping that only this
-        // test uses.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(seg.base(), 64 << 10) };
-        bytes.fill(7);
+        // 64 KiB from the start of a 1 MiB mapping that only this test uses.
+        let bytes = seg.slice::<AtomicU8>(0, 64 << 10);
+        let all = |range: std::ops::Range<usize>, value: u8| {
+            bytes[range].iter().all(|b| b.load(Ordering::Relaxed) == value)
+        };
+        bytes.iter().for_each(|b| b.store(7, Ordering::Relaxed));
         // From the middle of page 0 to the middle of page 10: pages 1-9 go.
         assert_eq!(seg.release(2048, 10 * 4096), 9 * 4096);
-        assert!(
-            bytes[..4096].iter().all(|&b| b == 7),
-            "a partial page stays"
-        );
-        assert!(bytes[4096..10 * 4096].iter().all(|&b| b == 0));
-        assert!(bytes[10 * 4096..].iter().all(|&b| b == 7));
+        assert!(all(0..4096, 7), "a partial page stays");
+        assert!(all(4096..10 * 4096, 0));
+        assert!(all(10 * 4096..64 << 10, 7));
         assert_eq!(seg.release(100, 200), 0, "no whole page");
     }
 
     #[test]
     fn a_large_sparse_segment_costs_nothing_until_touched() {
         let seg = Segment::create("shmpool-test", 16 << 30).unwrap();
-        // SAFETY: both offsets are inside the 16 GiB mapping.
-        unsafe {
-            *seg.base() = 7;
-            *seg.base().add(15 << 30) = 9;
-            assert_eq!(*seg.base(), 7);
-            assert_eq!(*seg.base().add(15 << 30), 9);
-        }
+        let first = seg.slice::<AtomicU8>(0, 1);
+        let far = seg.slice::<AtomicU8>(15 << 30, 1);
+        first[0].store(7, Ordering::Relaxed);
+        far[0].store(9, Ordering::Relaxed);
+        assert_eq!(first[0].load(Ordering::Relaxed), 7);
+        assert_eq!(far[0].load(Ordering::Relaxed), 9);
     }
 }
