@@ -55,6 +55,12 @@ pub(crate) struct EndpointRecord {
     key: [u8; MAX_KEY_BYTES],
 }
 
+// SAFETY: `repr(C)`, atomics and plain integers and bytes (any bytes are a
+// valid value; lengths are checked before use); the plain fields are written
+// once, through a fresh allocation, before `tag` is published, and never
+// again.
+unsafe impl crate::shm::region::Shared for EndpointRecord {}
+
 /// Where a server listens (before its record exists).
 #[derive(Debug, Clone)]
 pub(crate) enum Address {

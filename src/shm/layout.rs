@@ -367,6 +367,13 @@ pub(crate) struct Layout {
 impl Layout {
     /// # Safety
     /// See the type's contract.
+    /// The layout of a segment mapped for the rest of the process
+    /// ([`Segment::map`](crate::shm::segment::Segment::map)); `None` if the
+    /// region is too small to be one.
+    pub(crate) fn of(region: Region) -> Option<Layout> {
+        (region.len() >= SEGMENT_BYTES).then_some(Layout { region })
+    }
+
     pub(crate) unsafe fn new(base: *mut u8) -> Layout {
         // SAFETY: the type's contract is the region's.
         let region = unsafe { Region::new(base, SEGMENT_BYTES) };

@@ -76,12 +76,13 @@ impl Mapping {
         self.region.slice(offset, n)
     }
 
-    /// Keeps the mapping until the process exits, and returns its base (a
-    /// worker's or a spawned process's inherited segment).
-    pub(crate) fn leak(self) -> *mut u8 {
-        let base = self.base();
+    /// Keeps the mapping until the process exits (a worker's or a spawned
+    /// process's inherited segment, the object heap), and returns it as a
+    /// region: valid for the rest of the process, so views of it are safe.
+    pub(crate) fn leak(self) -> Region {
+        let region = self.region;
         std::mem::forget(self);
-        base
+        region
     }
 }
 
@@ -118,14 +119,20 @@ impl Segment {
     /// Maps `len` bytes of a segment descriptor (one inherited by a spawned
     /// or forkserver process, or the object heap's), for as long as the
     /// process lives.
-    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<*mut u8> {
+    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<Region> {
         Ok(Mapping::shared(fd, len, true)?.leak())
+    }
+
+    /// Keeps the mapping for the rest of the process (the object heap):
+    /// returns it as a region, with the descriptor.
+    pub(crate) fn leak(self) -> (Region, OwnedFd) {
+        (self.map.leak(), self._fd)
     }
 
     /// [`map`](Segment::map) of a descriptor number: the form the worker's
     /// bootstrap and the object heap hold. A number that names no open file
     /// fails with `EBADF`, as `mmap` would.
-    pub(crate) fn map_inherited(fd: RawFd, len: usize) -> io::Result<*mut u8> {
+    pub(crate) fn map_inherited(fd: RawFd, len: usize) -> io::Result<Region> {
         if fd < 0 {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }

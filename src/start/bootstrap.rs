@@ -141,12 +141,10 @@ pub(crate) fn become_worker(
     index: u32,
     method: StartMethod,
 ) -> i32 {
-    let Ok(base) = Segment::map_inherited(segment_fd, layout::SEGMENT_BYTES) else {
+    let region = Segment::map_inherited(segment_fd, layout::SEGMENT_BYTES);
+    let Some(layout) = region.ok().and_then(Layout::of) else {
         return BAD_SEGMENT_EXIT;
     };
-    // SAFETY: `base` maps SEGMENT_BYTES of the pool's segment, page-aligned,
-    // and is never unmapped in this process.
-    let layout = unsafe { Layout::new(base) };
     if layout.header().magic.load(Ordering::Acquire) != layout::MAGIC {
         return BAD_SEGMENT_EXIT;
     }
