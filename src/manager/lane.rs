@@ -37,7 +37,7 @@ use rustix::net::{
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Bytes of a lane's mapping.
@@ -46,6 +46,7 @@ const LANE_BYTES: usize = 64 << 10;
 const HEADER_BYTES: usize = 64;
 /// The largest message the lane carries; larger ones go on the socket.
 pub(crate) const CAPACITY: usize = LANE_BYTES - HEADER_BYTES;
+const _: () = assert!(CAPACITY % 8 == 0 && HEADER_BYTES % 8 == 0);
 
 const IDLE: u32 = 0;
 const REQUEST: u32 = 1;
@@ -115,9 +116,37 @@ impl Lane {
         Ok(Lane { map })
     }
 
-    /// The data area's first byte.
-    fn data(&self) -> *mut u8 {
-        self.map.base().wrapping_add(HEADER_BYTES)
+    /// The data area, as words: copied through atomics (Relaxed; `state`
+    /// orders them), so a peer that writes out of turn garbles a message at
+    /// worst (which the decoder refuses), never races this process's reads.
+    fn data(&self) -> &[AtomicU64] {
+        self.map.slice(HEADER_BYTES, CAPACITY / 8)
+    }
+
+    /// Copies `msg` (at most [`CAPACITY`] bytes) to the data area.
+    fn write_data(&self, msg: &[u8]) {
+        let words = self.data();
+        let mut chunks = msg.chunks_exact(8);
+        for (word, chunk) in words.iter().zip(&mut chunks) {
+            let bytes: [u8; 8] = chunk.try_into().expect("8 bytes");
+            word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            words[msg.len() / 8].store(u64::from_ne_bytes(last), Ordering::Relaxed);
+        }
+    }
+
+    /// The first `len` (at most [`CAPACITY`]) bytes of the data area.
+    fn read_data(&self, len: usize) -> Vec<u8> {
+        let mut msg = Vec::with_capacity(len.next_multiple_of(8));
+        for word in &self.data()[..len.div_ceil(8)] {
+            msg.extend_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        msg.truncate(len);
+        msg
     }
 
     fn header(&self) -> &Header {
@@ -130,11 +159,7 @@ impl Lane {
         match msg {
             Some(msg) => {
                 debug_assert!(msg.len() <= CAPACITY);
-                // SAFETY: `msg` fits in the data area (callers check), which
-                // the other side does not touch until `state` says so.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(msg.as_ptr(), self.data(), msg.len())
-                };
+                self.write_data(msg);
                 h.len.store(msg.len() as u32, Ordering::Relaxed);
             }
             None => h.len.store(ON_SOCKET, Ordering::Relaxed),
@@ -202,12 +227,7 @@ impl Lane {
         if len > CAPACITY {
             return Waited::Gone; // a broken (or hostile) peer
         }
-        let mut msg = vec![0; len];
-        // SAFETY: `len` bytes of the data area, checked against its size.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.data(), msg.as_mut_ptr(), len)
-        };
-        Waited::Message(Some(msg))
+        Waited::Message(Some(self.read_data(len)))
     }
 
     /// Client: posts a request (`None`: it was sent on the socket).
@@ -344,5 +364,15 @@ mod tests {
         // No lane offered: `None`.
         send_fd(a.as_fd(), None).unwrap();
         assert!(recv_fd(b.as_fd()).unwrap().is_none());
+    }
+
+    #[test]
+    fn messages_of_every_length_up_to_the_capacity_arrive_whole() {
+        let (lane, _fd) = Lane::create().unwrap();
+        for len in [0, 1, 7, 8, 9, 63, 1000, CAPACITY - 1, CAPACITY] {
+            let msg: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            lane.write_data(&msg);
+            assert_eq!(lane.read_data(len), msg, "{len} bytes");
+        }
     }
 }

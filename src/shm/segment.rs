@@ -71,7 +71,7 @@ impl Mapping {
 
     /// The `n` `T`s at `offset` ([`Region::slice`]), for as long as the
     /// mapping.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "manager"))]
     pub(crate) fn slice<T: crate::shm::region::Shared>(&self, offset: usize, n: usize) -> &[T] {
         self.region.slice(offset, n)
     }
