@@ -15,12 +15,18 @@ use std::time::{Duration, Instant};
 /// What a started process runs, written into the object heap by the parent so
 /// that a spawned child (another copy of the program) can read it too.
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct ProcessSpec {
     entry: u64,
     args_at: u64,
     name_len: u64,
     name: [u8; 64],
 }
+
+// SAFETY: integers and bytes (any bytes are a valid value; the child checks
+// `name_len` and `args_at` before use), written once through a fresh
+// allocation before the child starts, and never again.
+unsafe impl crate::shm::region::Shared for ProcessSpec {}
 
 /// A function running in a process of its own, like Python's
 /// `multiprocessing.Process(target=f, args=(...))`.
@@ -376,12 +382,10 @@ fn run_spec(spec_at: u64) -> i32 {
     let Some(heap) = Heap::existing() else {
         return crate::start::BAD_SEGMENT_EXIT;
     };
-    let Some(spec) = heap.ptr(spec_at, size_of::<ProcessSpec>()) else {
+    // The parent wrote it before starting us, and never writes it again.
+    let Some(&spec) = heap.at::<ProcessSpec>(spec_at) else {
         return crate::start::BAD_SEGMENT_EXIT;
     };
-    // SAFETY: the parent wrote a ProcessSpec there before starting us and
-    // never writes it again.
-    let spec = unsafe { spec.cast::<ProcessSpec>().read() };
     let name = String::from_utf8_lossy(&spec.name[..(spec.name_len as usize).min(64)]).into_owned();
     super::enter_process(name);
     let Some(args) = heap.ptr(spec.args_at, 0) else {

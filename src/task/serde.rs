@@ -191,22 +191,24 @@ where
     debug_assert!(io.remote.is_none(), "serde chunks lie in the segment");
     // SAFETY: the contract: a header the parent wrote (unaligned read).
     let header = unsafe { io.input.cast::<InHeader>().read_unaligned() };
-    // SAFETY: the contract: `in_bytes` bytes after the header, then room for
-    // `out_capacity` after the output header, disjoint, ours alone.
+    // SAFETY: the contract: `in_bytes` bytes after the header, then the
+    // output header and room for `out_capacity` bytes after it, disjoint,
+    // ours alone.
     let (input, output) = unsafe {
         (
             std::slice::from_raw_parts(io.input.add(IN_HEADER), header.in_bytes as usize),
-            std::slice::from_raw_parts_mut(io.output.add(OUT_HEADER), header.out_capacity as usize),
+            std::slice::from_raw_parts_mut(io.output, OUT_HEADER + header.out_capacity as usize),
         )
     };
-    let (status, count, used) = run_chunk::<F, Args>(input, output, io.len);
+    let (out_header, area) = output.split_at_mut(OUT_HEADER);
+    let (status, count, used) = run_chunk::<F, Args>(input, area, io.len);
     let header = OutHeader {
         status,
         count: count as u32,
         used: used as u64,
     };
-    // SAFETY: the contract: room for the header at `io.output`, written last.
-    unsafe { io.output.cast::<OutHeader>().write_unaligned(header) };
+    // Written last.
+    out_header[..size_of::<OutHeader>()].copy_from_slice(header.as_bytes());
     Ok(())
 }
 

@@ -12,7 +12,7 @@
 use crate::shm::layout::Layout;
 use rustix::process::{Resource, Rlimit};
 use rustix::thread::CpuSet;
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, CStr, CString};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -172,39 +172,39 @@ fn pin(layout: Layout, index: u32) {
 /// and that lock would stay held forever in the child. A new `environ`
 /// array takes no lock; it is leaked, as the process keeps it to its end.
 fn set_environment(vars: &[(&str, String, bool)]) {
-    let mut entries: Vec<*const c_char> = Vec::new();
+    let mut entries: Vec<&'static CStr> = Vec::new();
     // SAFETY: this process has one thread (module doc), so nothing changes
-    // `environ` meanwhile; it is a NULL-terminated array of C strings.
+    // `environ` meanwhile; it is a NULL-terminated array of C strings that
+    // live as long as the process (this function leaks what it installs).
     unsafe {
         let mut p = environ;
         while !p.is_null() && !(*p).is_null() {
-            entries.push(*p);
+            entries.push(CStr::from_ptr(*p));
             p = p.add(1);
         }
     }
     let mut added = false;
     for (name, value, replace) in vars {
         let prefix = format!("{name}=");
-        // SAFETY: every entry is a NUL-terminated C string (as above).
-        let is_it = |&e: &*const c_char| unsafe {
-            std::ffi::CStr::from_ptr(e)
-                .to_bytes()
-                .starts_with(prefix.as_bytes())
-        };
+        let is_it = |e: &&CStr| e.to_bytes().starts_with(prefix.as_bytes());
         let set = entries.iter().any(is_it);
         if set && !replace {
             continue;
         }
         entries.retain(|e| !is_it(e));
         let entry = CString::new(format!("{name}={value}")).expect("no NUL in names or numbers");
-        entries.push(entry.into_raw());
+        entries.push(Box::leak(entry.into_boxed_c_str()));
         added = true;
     }
     if !added {
         return;
     }
-    entries.push(std::ptr::null());
-    let array = Box::leak(entries.into_boxed_slice());
+    let array: Vec<*const c_char> = entries
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let array = Box::leak(array.into_boxed_slice());
     // SAFETY: as above, no other thread reads or writes `environ`; the new
     // array and its strings live as long as the process.
     unsafe { environ = array.as_ptr() };
