@@ -94,3 +94,28 @@ pub(crate) fn unblock_all_signals() {
         libc::pthread_sigmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut());
     }
 }
+
+/// Installs `handler` for signal `sig`, once: the disposition resets to the
+/// default as the signal is delivered (`SA_RESETHAND`), so the handler runs
+/// and returns, and the signal's default action follows.
+///
+/// # Safety
+/// `handler` does only what is async-signal-safe: it may interrupt this
+/// process anywhere.
+pub(crate) unsafe fn handle_once(sig: i32, handler: extern "C" fn(i32)) -> io::Result<()> {
+    let mut action = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: an all-zero sigaction is valid (no flags, an empty mask); the
+    // kernel only reads it; the handler's behaviour is the caller's contract.
+    let rc = unsafe {
+        let action = action.as_mut_ptr();
+        (*action).sa_sigaction = handler as usize;
+        (*action).sa_flags = libc::SA_RESETHAND;
+        libc::sigemptyset(&mut (*action).sa_mask);
+        libc::sigaction(sig, action, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -14,7 +14,7 @@ use crate::shm::layout::{Layout, INIT_FAILED_EXIT};
 use crate::sync::slot::{Outcome, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED};
 use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, Remote, TaskIo};
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
@@ -173,10 +173,16 @@ fn reach_parent(layout: Layout) -> Option<Peer> {
     }
 }
 
+/// Adds 1 to the parent's ready counter (an eventfd this process inherited
+/// as `fd`); a bad number only makes it fail.
 fn report_ready(fd: RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a valid u64; a bad fd only makes it fail.
-    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: an inherited descriptor that stays open for this call (nothing
+    // in this process closes it); the borrow ends with it.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
 
 /// Runs the task in slot `index` if this worker wins the claim; returns

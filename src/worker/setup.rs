@@ -88,16 +88,10 @@ fn limit_address_space(layout: Layout, index: u32, limit: u64) {
     };
     let _ = rustix::process::setrlimit(Resource::As, new);
     let _ = OVER_LIMIT.set((layout, index));
-    // SAFETY: installs a handler that only reads errno and stores to an
-    // atomic in the mapped segment (async-signal-safe), then returns, so the
-    // abort goes on with the default action.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as usize;
-        action.sa_flags = libc::SA_RESETHAND;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut());
-    }
+    // SAFETY: the handler only reads errno and stores to an atomic in the
+    // mapped segment (async-signal-safe), then returns, so the abort goes on
+    // with the default action.
+    let _ = unsafe { crate::sys::process::handle_once(libc::SIGABRT, on_abort) };
 }
 
 extern "C" fn on_abort(_signal: libc::c_int) {
