@@ -209,6 +209,11 @@ pub(crate) unsafe fn receive_raw(msg: Message, ptr: *mut u8, len: usize) {
 
 /// Receives `msg` into a fresh vector of its own length (MPI's count, not a
 /// length announced by the sender).
+/// Receives `msg` into `buf`, which holds exactly its bytes.
+pub(crate) fn receive_into(msg: Message, buf: &mut [u8]) {
+    msg.matched_receive_into(buf);
+}
+
 pub(crate) fn receive_vec(msg: Message, status: &Status) -> Vec<u8> {
     let mut bytes = vec![0u8; bytes_of(status)];
     msg.matched_receive_into(&mut bytes[..]);

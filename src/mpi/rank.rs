@@ -192,10 +192,9 @@ fn start(
                 task.in_bytes
             )));
         }
-        // SAFETY: the stage's input holds at least `in_bytes` bytes (reserved
-        // above) that no local worker touches while the stage is free; the
-        // count is below MAX_MESSAGE (checked).
-        unsafe { comm::receive_raw(msg, stage.input_ptr(), task.in_bytes) };
+        // At least `in_bytes` (reserved above), which no local worker touches
+        // while the stage is free; the count is below MAX_MESSAGE (checked).
+        comm::receive_into(msg, &mut stage.input_mut()[..task.in_bytes]);
     }
     let (src, dst) = stage.places(pool);
     // Rank 0 built the header from the same types it instantiated the entry
