@@ -137,3 +137,24 @@ macro_rules! pod {
         unsafe impl $crate::Pod for $t {}
     )+ };
 }
+
+/// The all-zero value of a [`Pod`] type (valid by the trait's contract).
+pub(crate) fn zeroed<T: Pod>() -> T {
+    // SAFETY: all-zero bytes are a valid value of every Pod type (the
+    // trait's safety contract).
+    unsafe { std::mem::MaybeUninit::<T>::zeroed().assume_init() }
+}
+
+/// The bytes of `value`, as possibly uninitialized bytes (padding): what a
+/// byte copy of it into a slot needs.
+pub(crate) fn bytes_of<T: ?Sized>(value: &T) -> &[std::mem::MaybeUninit<u8>] {
+    // SAFETY: `size_of_val(value)` bytes of a live value (or slice),
+    // borrowed for the result's life; `MaybeUninit<u8>` has no validity
+    // requirement and alignment 1.
+    unsafe {
+        std::slice::from_raw_parts(
+            (value as *const T).cast::<std::mem::MaybeUninit<u8>>(),
+            std::mem::size_of_val(value),
+        )
+    }
+}

@@ -11,6 +11,8 @@
 //! [`Peer`] (the parent, by pid), [`Stage`], [`probe`]. The parent's side (the
 //! Yama grant, the probe word) is `pool::zero_copy`.
 
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
 /// Bytes a worker stages per direction and piece: small enough that a piece
 /// stays in the worker's L2 cache between the read, the function and the write,
 /// large enough that the two syscalls per piece cost little. Measured in
@@ -42,15 +44,10 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    /// Copies `len` bytes from the peer's address `remote` to `local`.
-    ///
-    /// # Safety
-    /// `local` is valid for writes of `len` bytes, and nothing else accesses
-    /// them meanwhile.
-    pub(crate) unsafe fn read(&self, remote: u64, local: *mut u8, len: usize) -> Result<(), i32> {
-        // SAFETY: `local` is valid for writes of `len` bytes and not otherwise
-        // accessed (contract).
-        let local = unsafe { std::slice::from_raw_parts_mut(local, len) };
+    /// Fills `local` from the peer's address `remote`. Safe: the kernel
+    /// writes only into `local`, which we borrow mutably, and checks the
+    /// remote range itself.
+    pub(crate) fn read(&self, remote: u64, local: &mut [u8]) -> Result<(), i32> {
         crate::sys::vm::read(self.pid, remote, local)
     }
 
@@ -86,7 +83,7 @@ pub(crate) fn probe(peer: Peer, target: u64) -> Result<(), i32> {
 
 /// One cache line of staging buffer: keeps pieces aligned for any `Pod` type
 /// up to [`STAGE_ALIGN`].
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
@@ -109,13 +106,13 @@ impl Stage {
 
     /// Room for `in_bytes` of input and `out_bytes` of output, each aligned to
     /// [`STAGE_ALIGN`]; the bytes are whatever an earlier piece left.
-    pub(crate) fn buffers(&mut self, in_bytes: usize, out_bytes: usize) -> (*mut u8, *mut u8) {
-        fn grow(buf: &mut Vec<Line>, bytes: usize) -> *mut u8 {
+    pub(crate) fn buffers(&mut self, in_bytes: usize, out_bytes: usize) -> (&mut [u8], &mut [u8]) {
+        fn grow(buf: &mut Vec<Line>, bytes: usize) -> &mut [u8] {
             let lines = bytes.div_ceil(64).max(1);
             if buf.len() < lines {
                 buf.resize(lines, Line([0; 64]));
             }
-            buf.as_mut_ptr().cast()
+            &mut buf.as_mut_bytes()[..bytes]
         }
         (
             grow(&mut self.input, in_bytes),
@@ -140,22 +137,18 @@ mod tests {
     fn stage_buffers_are_aligned_apart_and_grow_without_moving_back() {
         let mut stage = Stage::default();
         let (a, b) = stage.buffers(100, 3000);
-        assert_eq!(a as usize % STAGE_ALIGN, 0);
-        assert_eq!(b as usize % STAGE_ALIGN, 0);
-        // SAFETY: both buffers hold the bytes asked for and do not overlap
-        // (separate allocations); writing them checks that under miri.
-        unsafe {
-            a.write_bytes(1, 100);
-            b.write_bytes(2, 3000);
-            assert_eq!(*a.add(99), 1);
-        }
+        assert_eq!(a.as_ptr() as usize % STAGE_ALIGN, 0);
+        assert_eq!(b.as_ptr() as usize % STAGE_ALIGN, 0);
+        assert_eq!((a.len(), b.len()), (100, 3000));
+        a.fill(1);
+        b.fill(2);
+        assert_eq!(a[99], 1);
         let (a2, b2) = stage.buffers(STAGE_BYTES, STAGE_BYTES);
-        // SAFETY: as above, larger.
-        unsafe {
-            a2.write_bytes(3, STAGE_BYTES);
-            b2.write_bytes(4, STAGE_BYTES);
-        }
+        a2.fill(3);
+        b2.fill(4);
+        let a2 = a2.as_ptr();
         let (a3, _) = stage.buffers(10, 10);
+        let a3 = a3.as_ptr();
         assert_eq!(a3, a2, "a smaller piece reuses the grown buffer");
     }
 }

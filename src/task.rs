@@ -36,7 +36,7 @@ pub use partial::{partial, Partial};
 use crate::error::Error;
 use crate::remote::{AccessRefused, Peer, Stage};
 use crate::Pod;
-use std::any::TypeId;
+use std::any::Any;
 use std::mem::{size_of, MaybeUninit};
 
 /// A function a pool can run with arguments `Args` (a tuple of [`Pod`] values).
@@ -100,13 +100,17 @@ unsafe impl Pod for FnCode {}
 
 impl FnCode {
     /// Encodes `f`, a function of the pointer type `P` (`fn(A, ..) -> R`) or
-    /// a zero-sized function item or closure of that signature.
-    fn of<F: Copy + 'static, P: Copy + 'static>(f: &F) -> Result<FnCode, Error> {
+    /// a zero-sized function item or closure of that signature; `address`
+    /// gives a `P`'s code address (`|p| *p as usize`).
+    fn of<F: Copy + 'static, P: Copy + 'static>(
+        f: &F,
+        address: impl FnOnce(&P) -> usize,
+    ) -> Result<FnCode, Error> {
         const { assert_travels::<F>() };
         if size_of::<F>() == 0 {
             return Ok(FnCode(0));
         }
-        if TypeId::of::<F>() != TypeId::of::<P>() {
+        let Some(pointer) = (f as &dyn Any).downcast_ref::<P>() else {
             // Pointer-sized with a niche, but not a `fn` pointer: a closure
             // capturing one reference or box.
             return Err(Error::invalid(format!(
@@ -114,11 +118,8 @@ impl FnCode {
                  it as an argument or bind it with `shmpool::partial(f, value)`",
                 std::any::type_name::<F>()
             )));
-        }
-        // SAFETY: F is P, a `fn` pointer type (checked just above), which has
-        // the size and representation of a code address.
-        let addr = unsafe { std::mem::transmute_copy::<F, usize>(f) };
-        crate::start::check_fn_pointer(addr).map(FnCode)
+        };
+        crate::start::check_fn_pointer(address(pointer)).map(FnCode)
     }
 
     /// The function this encodes, as a `fn` pointer of type `P`.
@@ -162,7 +163,7 @@ macro_rules! impl_task {
             type Bound = FnCode;
 
             fn bind(&self) -> Result<FnCode, Error> {
-                FnCode::of::<Func, fn($($arg),*) -> Ret>(self)
+                FnCode::of(self, |p: &fn($($arg),*) -> Ret| *p as usize)
             }
 
             #[inline(always)]
@@ -194,8 +195,7 @@ crate::pod::for_each_arity!(impl_task: A, B, C, D, E, G);
 #[inline(always)]
 unsafe fn bound_at<F: Task<Args>, Args>(context: *const u8) -> F::Bound {
     if size_of::<F>() == 0 {
-        // SAFETY: all-zero bytes are a valid value of every Pod type.
-        unsafe { MaybeUninit::<F::Bound>::zeroed().assume_init() }
+        crate::pod::zeroed()
     } else {
         // SAFETY: the parent wrote an F::Bound there (contract); the inline
         // area is 64-aligned, but read unaligned all the same.
@@ -212,9 +212,7 @@ pub(crate) fn context_of<F: Task<Args>, Args>(bound: &F::Bound) -> &[MaybeUninit
     } else {
         size_of::<F::Bound>()
     };
-    // SAFETY: `len` bytes of a live value, viewed as possibly uninitialized
-    // bytes (padding), which is all a copy of them needs.
-    unsafe { std::slice::from_raw_parts((bound as *const F::Bound).cast(), len) }
+    &crate::pod::bytes_of(bound)[..len]
 }
 
 /// Where a worker finds a task's data: pointers and an element count.
@@ -448,14 +446,7 @@ where
     } else {
         size_of::<ReduceBounds<F, O, T, F::Output>>()
     };
-    // SAFETY: `len` bytes of a live value, viewed as possibly uninitialized
-    // bytes (padding), which is all a copy of them needs.
-    unsafe {
-        std::slice::from_raw_parts(
-            (bounds as *const ReduceBounds<F, O, T, F::Output>).cast(),
-            len,
-        )
-    }
+    &crate::pod::bytes_of(bounds)[..len]
 }
 
 /// Entry point for one `map_reduce` chunk: folds `f(input[i])` with `op`, in
@@ -472,8 +463,7 @@ where
 {
     let (f_bound, op_bound): ReduceBounds<F, O, T, F::Output> =
         if size_of::<F>() + size_of::<O>() == 0 {
-            // SAFETY: all-zero bytes are a valid value of every Pod type.
-            unsafe { MaybeUninit::zeroed().assume_init() }
+            crate::pod::zeroed()
         } else {
             // SAFETY: the parent wrote both bounds there (contract).
             unsafe {
@@ -585,17 +575,15 @@ pub(crate) unsafe fn for_each_piece_raw(
         let (staged_in, staged_out) = remote.stage.buffers(in_bytes, out_bytes);
         let input = if remote.input {
             let at = io.input as u64 + (done * in_size) as u64;
-            // SAFETY: the stage has `in_bytes` bytes at `staged_in`, ours alone.
-            unsafe { remote.peer.read(at, staged_in, in_bytes) }.map_err(|errno| {
-                AccessRefused {
-                    errno,
-                    wrote: remote.output && done > 0,
-                }
+            remote.peer.read(at, staged_in).map_err(|errno| AccessRefused {
+                errno,
+                wrote: remote.output && done > 0,
             })?;
-            staged_in.cast_const()
+            staged_in.as_ptr()
         } else {
             io.input.wrapping_add(done * in_size)
         };
+        let staged_out = staged_out.as_mut_ptr();
         let output = if remote.output {
             staged_out
         } else {

@@ -84,7 +84,7 @@ fn send(verb: &str, kind: Kind, name: &str) -> io::Result<()> {
             *guard = Some(launch()?);
         }
         let tracker = guard.as_ref().expect("just launched");
-        match crate::start::fork::send_all(tracker.socket.as_raw_fd(), line.as_bytes()) {
+        match crate::start::fork::send_all(tracker.socket.as_fd(), line.as_bytes()) {
             Ok(()) => return Ok(()),
             Err(e) if attempt == 1 => return Err(e),
             Err(_) => {
@@ -116,8 +116,7 @@ extern "C" fn tracker_hook() {
 
 fn launch() -> io::Result<Tracker> {
     // Keeps the hook in the executable (see `start::bootstrap::ensure_linked`).
-    // SAFETY: reads a valid, initialized static.
-    let _ = unsafe { std::ptr::read_volatile(&TRACKER_HOOK) };
+    std::hint::black_box(&TRACKER_HOOK);
     let (ours, theirs) = rustix::net::socketpair(
         rustix::net::AddressFamily::UNIX,
         rustix::net::SocketType::STREAM,
@@ -169,7 +168,7 @@ pub(crate) fn serve(fd: &OsStr) -> i32 {
     spawn::detach();
     crate::start::fork::set_process_name(b"ResourceTracker");
     // Hello: this process is detached now (`await_hello`).
-    let _ = crate::start::fork::send_all(socket.as_raw_fd(), b"+");
+    let _ = crate::start::fork::send_all(socket.as_fd(), b"+");
     let socket = std::fs::File::from(socket);
     let mut live: BTreeSet<(String, String)> = BTreeSet::new();
     for line in io::BufReader::new(socket).lines() {

@@ -35,14 +35,7 @@ pub(crate) struct CallDesc {
 
 impl CallDesc {
     pub(crate) fn as_bytes(&self) -> &[std::mem::MaybeUninit<u8>] {
-        // SAFETY: the bytes of a live value, viewed as possibly uninitialized
-        // bytes (a repr(C) struct of integers: all are initialized anyway).
-        unsafe {
-            std::slice::from_raw_parts(
-                (self as *const CallDesc).cast::<std::mem::MaybeUninit<u8>>(),
-                std::mem::size_of::<CallDesc>(),
-            )
-        }
+        crate::pod::bytes_of(self)
     }
 }
 

@@ -24,7 +24,7 @@ use super::protocol::{Answer, Op, Reply, Request};
 use crate::error::Error;
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// How long past its own timeout a call waits for the server's answer (the
@@ -230,7 +230,7 @@ impl Connection {
         }
         self.send(&Request::Lane, None)?;
         self.stream.set_read_timeout(Some(timeout))?;
-        let fd = lane::recv_fd(self.stream.as_raw_fd()).map_err(gone_or_io)?;
+        let fd = lane::recv_fd(self.stream.as_fd()).map_err(gone_or_io)?;
         self.stream.set_read_timeout(None)?;
         if let Some(fd) = fd {
             self.lane = Some(Lane::map(fd)?);
@@ -241,7 +241,7 @@ impl Connection {
     /// The next reply, read until `deadline` at most (`TimedOut`).
     fn reply(&mut self, deadline: Option<Instant>) -> Result<Reply, Error> {
         if let Some(lane) = &self.lane {
-            let fd = self.stream.as_raw_fd();
+            let fd = self.stream.as_fd();
             match lane.reply(deadline, &|| endpoint::fd_gone(fd)) {
                 Waited::Message(Some(body)) => return decode_reply(&body),
                 Waited::Message(None) => {} // on the socket

@@ -10,7 +10,8 @@ use crate::error::Error;
 use crate::objects::Heap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixStream};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -54,6 +55,12 @@ pub(crate) struct EndpointRecord {
     key: [u8; MAX_KEY_BYTES],
 }
 
+// SAFETY: `repr(C)`, atomics and plain integers and bytes (any bytes are a
+// valid value; lengths are checked before use); the plain fields are written
+// once, through a fresh allocation, before `tag` is published, and never
+// again.
+unsafe impl crate::shm::region::Shared for EndpointRecord {}
+
 /// Where a server listens (before its record exists).
 #[derive(Debug, Clone)]
 pub(crate) enum Address {
@@ -79,11 +86,7 @@ pub(crate) fn create(settings: &Settings<'_>) -> Result<u64, Error> {
     }
     let heap = Heap::get()?;
     let size = std::mem::size_of::<EndpointRecord>();
-    let at = heap.alloc(size, 64)?;
-    let ptr = heap
-        .ptr(at, size)
-        .expect("fresh allocation")
-        .cast::<EndpointRecord>();
+    let mut fresh = heap.alloc_fresh(size, 64)?;
     let mut key = [0u8; MAX_KEY_BYTES];
     key[..settings.authkey.len()].copy_from_slice(settings.authkey);
     let mut record = EndpointRecord {
@@ -119,9 +122,8 @@ pub(crate) fn create(settings: &Settings<'_>) -> Result<u64, Error> {
             }
         }
     }
-    // SAFETY: a fresh allocation of the record's size and alignment, which no
-    // other process knows of until this function returns its offset.
-    unsafe { ptr.write(record) };
+    fresh.write(0, record);
+    let at = fresh.into_offset();
     heap.at::<EndpointRecord>(at)
         .expect("fresh allocation")
         .tag
@@ -227,21 +229,28 @@ impl Stream {
 
     /// Whether the peer has closed its end or the connection broke.
     pub(crate) fn peer_gone(&self) -> bool {
-        fd_gone(self.as_raw_fd())
+        fd_gone(self.as_fd())
     }
 }
 
 /// Whether the peer of socket `fd` has closed its end or the connection
 /// broke.
-pub(crate) fn fd_gone(fd: RawFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no waiting.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+pub(crate) fn fd_gone(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = [PollFd::new(&fd, PollFlags::RDHUP)];
+    let n = rustix::event::poll(&mut pfd, Some(&Timespec::default())).unwrap_or(0);
+    n > 0
+        && pfd[0].revents().intersects(
+            PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL,
+        )
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+        }
+    }
 }
 
 impl AsRawFd for Stream {

@@ -5,7 +5,7 @@
 //! reader allocate more than the limit, nor much more than it sent.
 
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 /// Bytes of a frame's length prefix.
@@ -135,8 +135,8 @@ pub(crate) fn frame_of(body: &[u8]) -> Vec<u8> {
 }
 
 /// Sends all of `bytes` with `MSG_NOSIGNAL` (`start::fork::send_all`).
-pub(crate) fn send_all(fd: &impl AsRawFd, bytes: &[u8]) -> io::Result<()> {
-    crate::start::fork::send_all(fd.as_raw_fd(), bytes)
+pub(crate) fn send_all(fd: &impl AsFd, bytes: &[u8]) -> io::Result<()> {
+    crate::start::fork::send_all(fd.as_fd(), bytes)
 }
 
 #[cfg(test)]

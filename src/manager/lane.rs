@@ -27,9 +27,17 @@
 
 use crate::sync::futex;
 use crate::sync::spin::SpinWait;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use crate::shm::region::Shared;
+use crate::shm::segment::Mapping;
+use rustix::fs::{memfd_create, MemfdFlags};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Bytes of a lane's mapping.
@@ -38,6 +46,7 @@ const LANE_BYTES: usize = 64 << 10;
 const HEADER_BYTES: usize = 64;
 /// The largest message the lane carries; larger ones go on the socket.
 pub(crate) const CAPACITY: usize = LANE_BYTES - HEADER_BYTES;
+const _: () = assert!(CAPACITY % 8 == 0 && HEADER_BYTES % 8 == 0);
 
 const IDLE: u32 = 0;
 const REQUEST: u32 = 1;
@@ -56,28 +65,22 @@ struct Header {
     len: AtomicU32,
 }
 
-/// One side's mapping of a lane.
-pub(crate) struct Lane {
-    base: *mut u8,
-}
+// SAFETY: atomics only (any bytes a peer leaves are a valid value; the
+// server checks `len` before use), all-zero is IDLE.
+unsafe impl Shared for Header {}
 
-// SAFETY: the mapping is shared memory accessed through atomics (the header)
-// and by copies ordered by them (the data); it may be used from any thread.
-unsafe impl Send for Lane {}
-// SAFETY: as above: shared access goes through the header's atomics, and
-// each side writes the data area only while `state` gives it the turn.
-unsafe impl Sync for Lane {}
+/// One side's mapping of a lane (unmapped on drop).
+///
+/// Send and Sync through the mapping: shared access goes through the
+/// header's atomics, and each side writes the data area only while `state`
+/// gives it the turn.
+pub(crate) struct Lane {
+    map: Mapping,
+}
 
 impl std::fmt::Debug for Lane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lane").finish_non_exhaustive()
-    }
-}
-
-impl Drop for Lane {
-    fn drop(&mut self) {
-        // SAFETY: `base` is our mapping of LANE_BYTES, unused after this.
-        unsafe { libc::munmap(self.base.cast(), LANE_BYTES) };
     }
 }
 
@@ -94,57 +97,60 @@ pub(crate) enum Waited {
 impl Lane {
     /// The server's side: a new lane and the descriptor to hand over.
     pub(crate) fn create() -> io::Result<(Lane, OwnedFd)> {
-        // SAFETY: a NUL-terminated name; the flags ask for nothing unusual.
-        let fd = unsafe { libc::memfd_create(c"shmpool-manager-lane".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: a plain system call on our descriptor.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), LANE_BYTES as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok((Lane::map_fd(fd.as_raw_fd())?, fd))
+        let fd = memfd_create("shmpool-manager-lane", MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&fd, LANE_BYTES as u64)?;
+        Ok((Lane::map_fd(fd.as_fd())?, fd))
     }
 
     /// The client's side: maps the descriptor the server sent, and closes it.
     pub(crate) fn map(fd: OwnedFd) -> io::Result<Lane> {
-        // SAFETY: `stat` is plain data filled by the kernel.
-        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid descriptor and a writable stat.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if (stat.st_size as u64) < LANE_BYTES as u64 {
+        if (rustix::fs::fstat(&fd)?.st_size as u64) < LANE_BYTES as u64 {
             // Mapping past its end would fault (SIGBUS) on first touch.
             return Err(io::ErrorKind::InvalidData.into());
         }
-        Lane::map_fd(fd.as_raw_fd())
+        Lane::map_fd(fd.as_fd())
     }
 
-    fn map_fd(fd: RawFd) -> io::Result<Lane> {
-        // SAFETY: a fresh shared mapping of LANE_BYTES of a file that large.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                LANE_BYTES,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+    fn map_fd(fd: BorrowedFd<'_>) -> io::Result<Lane> {
+        let map = Mapping::shared(fd, LANE_BYTES, false)?;
+        Ok(Lane { map })
+    }
+
+    /// The data area, as words: copied through atomics (Relaxed; `state`
+    /// orders them), so a peer that writes out of turn garbles a message at
+    /// worst (which the decoder refuses), never races this process's reads.
+    fn data(&self) -> &[AtomicU64] {
+        self.map.slice(HEADER_BYTES, CAPACITY / 8)
+    }
+
+    /// Copies `msg` (at most [`CAPACITY`] bytes) to the data area.
+    fn write_data(&self, msg: &[u8]) {
+        let words = self.data();
+        let mut chunks = msg.chunks_exact(8);
+        for (word, chunk) in words.iter().zip(&mut chunks) {
+            let bytes: [u8; 8] = chunk.try_into().expect("8 bytes");
+            word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
         }
-        Ok(Lane { base: base.cast() })
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            words[msg.len() / 8].store(u64::from_ne_bytes(last), Ordering::Relaxed);
+        }
+    }
+
+    /// The first `len` (at most [`CAPACITY`]) bytes of the data area.
+    fn read_data(&self, len: usize) -> Vec<u8> {
+        let mut msg = Vec::with_capacity(len.next_multiple_of(8));
+        for word in &self.data()[..len.div_ceil(8)] {
+            msg.extend_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        msg.truncate(len);
+        msg
     }
 
     fn header(&self) -> &Header {
-        // SAFETY: the mapping starts with a Header (all zeros is IDLE), is
-        // page-aligned and lives as long as `self`.
-        unsafe { &*self.base.cast::<Header>() }
+        self.map.view(0)
     }
 
     /// Copies `msg` into the data area and publishes it as `state`.
@@ -153,15 +159,7 @@ impl Lane {
         match msg {
             Some(msg) => {
                 debug_assert!(msg.len() <= CAPACITY);
-                // SAFETY: `msg` fits in the data area (callers check), which
-                // the other side does not touch until `state` says so.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        msg.as_ptr(),
-                        self.base.add(HEADER_BYTES),
-                        msg.len(),
-                    )
-                };
+                self.write_data(msg);
                 h.len.store(msg.len() as u32, Ordering::Relaxed);
             }
             None => h.len.store(ON_SOCKET, Ordering::Relaxed),
@@ -229,12 +227,7 @@ impl Lane {
         if len > CAPACITY {
             return Waited::Gone; // a broken (or hostile) peer
         }
-        let mut msg = vec![0; len];
-        // SAFETY: `len` bytes of the data area, checked against its size.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.base.add(HEADER_BYTES), msg.as_mut_ptr(), len)
-        };
-        Waited::Message(Some(msg))
+        Waited::Message(Some(self.read_data(len)))
     }
 
     /// Client: posts a request (`None`: it was sent on the socket).
@@ -268,73 +261,52 @@ impl Lane {
 }
 
 /// Sends one byte and, if given, descriptor `fd` with it (`SCM_RIGHTS`).
-pub(crate) fn send_fd(socket: RawFd, fd: Option<RawFd>) -> io::Result<()> {
-    let mut byte = [if fd.is_some() { b'L' } else { b'N' }];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let mut space = [0u64; 4]; // CMSG_SPACE(4) is 24 bytes, aligned
-                               // SAFETY: plain data.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        msg.msg_control = space.as_mut_ptr().cast();
-        // SAFETY: a pure size computation.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
-        // SAFETY: `msg_control` points at `space`, large enough for one
-        // header and one descriptor (CMSG_SPACE(4) ≤ 32 bytes).
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
-            libc::CMSG_DATA(cmsg).cast::<RawFd>().write_unaligned(fd);
-        }
+pub(crate) fn send_fd(socket: BorrowedFd<'_>, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let byte = [if fd.is_some() { b'L' } else { b'N' }];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+    if !fds.is_empty() {
+        let pushed = control.push(SendAncillaryMessage::ScmRights(&fds));
+        assert!(pushed, "room for one descriptor");
     }
-    // SAFETY: `msg` and what it points at live for the call.
-    let n = unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) };
+    let n = rustix::net::sendmsg(
+        socket,
+        &[IoSlice::new(&byte)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
     if n == 1 {
         Ok(())
     } else {
-        Err(io::Error::last_os_error())
+        Err(io::ErrorKind::WriteZero.into())
     }
 }
 
 /// Receives the byte [`send_fd`] sends, and the descriptor if one came
 /// (`Ok(None)`: the server has no lane for us). Blocks as the socket does.
-pub(crate) fn recv_fd(socket: RawFd) -> io::Result<Option<OwnedFd>> {
+pub(crate) fn recv_fd(socket: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
     let mut byte = [0u8];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let mut space = [0u64; 4];
-    // SAFETY: plain data.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = space.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&space);
-    // SAFETY: `msg` and what it points at live for the call.
-    let n = unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // Room for a few: any beyond the first is closed, and the message refused.
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let n = rustix::net::recvmsg(
+        socket,
+        &mut [IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?
+    .bytes;
     if n == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     let mut fd = None;
-    // SAFETY: walks the control messages the kernel wrote into `space`.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let raw = libc::CMSG_DATA(cmsg).cast::<RawFd>().read_unaligned();
-                fd = Some(OwnedFd::from_raw_fd(raw));
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            // The last one wins, as before; the others close as they drop.
+            for received in received {
+                fd = Some(received);
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
     match (byte[0], fd) {
@@ -353,9 +325,9 @@ mod tests {
     fn a_lane_carries_requests_and_replies_and_refuses_a_forged_length() {
         let (server, fd) = Lane::create().unwrap();
         let (a, b) = UnixStream::pair().unwrap();
-        send_fd(a.as_raw_fd(), Some(fd.as_raw_fd())).unwrap();
+        send_fd(a.as_fd(), Some(fd.as_fd())).unwrap();
         drop(fd);
-        let client = Lane::map(recv_fd(b.as_raw_fd()).unwrap().unwrap()).unwrap();
+        let client = Lane::map(recv_fd(b.as_fd()).unwrap().unwrap()).unwrap();
         let never = || false;
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -390,7 +362,17 @@ mod tests {
             .store(CAPACITY as u32 + 1, Ordering::Relaxed);
         assert!(matches!(server.request(&never), Waited::Gone));
         // No lane offered: `None`.
-        send_fd(a.as_raw_fd(), None).unwrap();
-        assert!(recv_fd(b.as_raw_fd()).unwrap().is_none());
+        send_fd(a.as_fd(), None).unwrap();
+        assert!(recv_fd(b.as_fd()).unwrap().is_none());
+    }
+
+    #[test]
+    fn messages_of_every_length_up_to_the_capacity_arrive_whole() {
+        let (lane, _fd) = Lane::create().unwrap();
+        for len in [0, 1, 7, 8, 9, 63, 1000, CAPACITY - 1, CAPACITY] {
+            let msg: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            lane.write_data(&msg);
+            assert_eq!(lane.read_data(len), msg, "{len} bytes");
+        }
     }
 }

@@ -22,7 +22,11 @@ use super::protocol::{Answer, Fault, Reply, Request, Spec, Types};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 use std::net::{IpAddr, TcpListener};
-use std::os::fd::{AsRawFd, RawFd};
+use crate::sys;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::SendFlags;
+use rustix::process::Pid;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,9 +83,8 @@ impl Listener {
     fn accept(&self, root: i32) -> io::Result<Option<(Stream, PeerKey)>> {
         let accepted = match self {
             Listener::Unix(l) => l.accept().and_then(|(s, _)| {
-                let (pid, uid) = peer_credentials(s.as_raw_fd())?;
-                // SAFETY: a plain query of this process's user.
-                let me = unsafe { libc::geteuid() };
+                let (pid, uid) = sys::socket::peer_credentials(s.as_fd())?;
+                let me = rustix::process::geteuid().as_raw();
                 if !may_connect(uid, me) || !in_program(pid, root) {
                     return Ok(None); // dropped: closed at once
                 }
@@ -101,37 +104,12 @@ impl Listener {
         }
     }
 
-    fn fd(&self) -> RawFd {
+    fn fd(&self) -> BorrowedFd<'_> {
         match self {
-            Listener::Unix(l) => l.as_raw_fd(),
-            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l) => l.as_fd(),
+            Listener::Tcp(l) => l.as_fd(),
         }
     }
-}
-
-/// The process and user at the other end of local socket `fd`
-/// (`SO_PEERCRED`: as they were when it connected).
-fn peer_credentials(fd: RawFd) -> io::Result<(i32, u32)> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: u32::MAX,
-        gid: u32::MAX,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` is a writable ucred and `len` its size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            std::ptr::addr_of_mut!(cred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((cred.pid, cred.uid))
 }
 
 /// The parent of process `pid`, from `/proc/<pid>/stat`.
@@ -147,8 +125,7 @@ fn parent_of(pid: i32) -> Option<i32> {
 /// highest of its ancestors that runs the same executable (the manager's
 /// owner at least).
 fn program_root() -> i32 {
-    // SAFETY: a plain query.
-    let mut root = unsafe { libc::getppid() };
+    let mut root = Pid::as_raw(rustix::process::getppid());
     while let Some(up) = parent_of(root).filter(|&p| p > 1 && runs_our_executable(p)) {
         root = up;
     }
@@ -274,16 +251,8 @@ impl Pending {
 
 /// Sends `bytes` without waiting; `None` unless all of them went.
 fn send_now(stream: &Stream, bytes: &[u8]) -> Option<()> {
-    // SAFETY: sends from a live buffer on a socket we own.
-    let n = unsafe {
-        libc::send(
-            stream.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
-    (n >= 0 && n as usize == bytes.len()).then_some(())
+    let n = rustix::net::send(stream, bytes, SendFlags::NOSIGNAL | SendFlags::DONTWAIT).ok()?;
+    (n == bytes.len()).then_some(())
 }
 
 /// The server process's body (a [`Process`](crate::Process) function):
@@ -292,11 +261,8 @@ fn send_now(stream: &Stream, bytes: &[u8]) -> Option<()> {
 pub(crate) fn serve(endpoint_at: u64) {
     // Ctrl-C in a terminal reaches the whole process group: leave ending the
     // server to the manager's owner, as Python's manager server does.
-    // SAFETY: plain syscalls on this process's own signal dispositions.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
+    sys::process::ignore_signal(libc::SIGINT);
+    sys::process::ignore_signal(libc::SIGPIPE);
     let Ok(record) = endpoint::record(endpoint_at) else {
         return;
     };
@@ -332,7 +298,6 @@ pub(crate) fn serve(endpoint_at: u64) {
 /// handshake timeout, and never a thread.
 fn accept_forever(listener: &Listener, server: &Arc<Server>, root: i32) {
     let mut pending: Vec<Pending> = Vec::new();
-    let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {
         let now = Instant::now();
         pending.retain(|p| p.deadline.map_or(true, |d| d > now));
@@ -342,28 +307,25 @@ fn accept_forever(listener: &Listener, server: &Arc<Server>, root: i32) {
             .min()
             .map_or(ACCEPTOR_TICK, |d| d.saturating_duration_since(now))
             .min(ACCEPTOR_TICK);
-        fds.clear();
-        fds.push(libc::pollfd {
-            fd: listener.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        fds.extend(pending.iter().map(|p| libc::pollfd {
-            fd: p.stream.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }));
         // Rounded up, so that a deadline is past when poll returns.
-        let ms = wait.as_micros().div_ceil(1000) as libc::c_int;
-        // SAFETY: `fds` is a live array of `fds.len()` pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if n <= 0 {
+        let wait = Duration::from_millis(wait.as_micros().div_ceil(1000) as u64);
+        let mut fds = vec![PollFd::from_borrowed_fd(listener.fd(), PollFlags::IN)];
+        fds.extend(
+            pending
+                .iter()
+                .map(|p| PollFd::from_borrowed_fd(p.stream.as_fd(), PollFlags::IN)),
+        );
+        let timeout = Timespec::try_from(wait).ok();
+        let n = rustix::event::poll(&mut fds, timeout.as_ref()).unwrap_or(0);
+        if n == 0 {
             continue; // timeout (deadlines above) or EINTR
         }
+        let ready: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+        drop(fds);
         // Handshakes first (their indexes are those of `fds[1..]`).
         let mut done = Vec::new();
-        for (i, fd) in fds[1..].iter().enumerate() {
-            if fd.revents != 0 {
+        for (i, &ready) in ready[1..].iter().enumerate() {
+            if ready {
                 match pending[i].advance(server) {
                     Progress::More => {}
                     Progress::Passed => done.push((i, true)),
@@ -377,7 +339,7 @@ fn accept_forever(listener: &Listener, server: &Arc<Server>, root: i32) {
                 start_connection(p.stream, p.peer, server);
             }
         }
-        if fds[0].revents != 0 {
+        if ready[0] {
             accept_waiting(listener, server, root, &mut pending);
         }
     }
@@ -499,16 +461,15 @@ fn serve_connection(mut stream: Stream, our_code: bool, server: &Server) {
         let request = postcard::from_bytes::<Request>(body)
             .map_err(|e| Fault::Decode(format!("the request does not decode: {e}")));
         if matches!(request, Ok(Request::Lane)) && matches!(stream, Stream::Unix(_)) {
-            let fd = stream.as_raw_fd();
             match Lane::create() {
                 Ok((lane, memfd)) => {
-                    if lane::send_fd(fd, Some(memfd.as_raw_fd())).is_ok() {
+                    if lane::send_fd(stream.as_fd(), Some(memfd.as_fd())).is_ok() {
                         drop(memfd); // only the two mappings remain
                         serve_lane(&lane, &mut stream, &mut reader, &mut holdings, our_code);
                     }
                     return;
                 }
-                Err(_) if lane::send_fd(fd, None).is_ok() => continue,
+                Err(_) if lane::send_fd(stream.as_fd(), None).is_ok() => continue,
                 Err(_) => return,
             }
         }
@@ -519,8 +480,8 @@ fn serve_connection(mut stream: Stream, our_code: bool, server: &Server) {
         if stop {
             // The reply is in the client's socket buffer; every other client
             // sees its connection close.
-            // SAFETY: ends this process; it holds nothing that needs saving.
-            unsafe { libc::_exit(0) };
+            // It holds nothing that needs saving.
+            sys::process::exit_now(0);
         }
     }
 }
@@ -558,8 +519,6 @@ fn serve_lane(
     our_code: bool,
 ) {
     let server = holdings.server;
-    let fd = stream.as_raw_fd();
-    let gone = || endpoint::fd_gone(fd);
     let patience = server.handshake_timeout;
     let stalled = |begun: Option<Instant>| match begun {
         Some(at) if at.elapsed() > patience => Err(io::ErrorKind::TimedOut.into()),
@@ -567,7 +526,9 @@ fn serve_lane(
     };
     let mut out = Vec::new();
     loop {
-        let request = match lane.request(&gone) {
+        // The probe borrows the stream only for the wait.
+        let waited = lane.request(&|| stream.peer_gone());
+        let request = match waited {
             Waited::Message(Some(body)) => postcard::from_bytes::<Request>(&body),
             Waited::Message(None) => match reader.next(stream, server.frame_limit, stalled) {
                 Ok(body) => postcard::from_bytes::<Request>(body),
@@ -590,8 +551,8 @@ fn serve_lane(
             }
         }
         if stop {
-            // SAFETY: ends this process; the reply is in the client's mapping.
-            unsafe { libc::_exit(0) };
+            // The reply is in the client's mapping.
+            sys::process::exit_now(0);
         }
     }
 }
@@ -736,8 +697,7 @@ mod tests {
     #[test]
     fn the_program_is_this_process_and_its_descendants() {
         let me = std::process::id() as i32;
-        // SAFETY: a plain query.
-        let parent = unsafe { libc::getppid() };
+        let parent = Pid::as_raw(rustix::process::getppid());
         assert!(in_program(me, me));
         assert!(in_program(me, parent));
         assert!(!in_program(parent, me));

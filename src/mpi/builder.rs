@@ -217,11 +217,43 @@ fn default_processes(comm: &Comm, root_computes: bool) -> usize {
     node.all_reduce_into(&idle_root, &mut idle_here, SystemOperation::sum());
     let workers_here = (node.size() - idle_here).max(1) as usize;
     let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // SAFETY: sysconf has no preconditions.
-    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    let online = online_cpus().unwrap_or(allowed).max(1);
     if allowed < online {
         allowed // bound by mpirun to its own CPUs
     } else {
         (online / workers_here).max(1)
+    }
+}
+
+/// The CPUs online (`_SC_NPROCESSORS_ONLN`): what the C library's `sysconf`
+/// reads, `/sys/devices/system/cpu/online`, a list of ranges such as
+/// `0-3,6,8-9`.
+fn online_cpus() -> Option<usize> {
+    let list = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+    count_cpu_list(list.trim())
+}
+
+/// The number of CPUs a kernel CPU list (`0-3,6`) names.
+fn count_cpu_list(list: &str) -> Option<usize> {
+    list.split(',').try_fold(0usize, |n, range| {
+        let (first, last) = range.split_once('-').unwrap_or((range, range));
+        let (first, last): (usize, usize) = (first.parse().ok()?, last.parse().ok()?);
+        n.checked_add(last.checked_sub(first)? + 1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_count_every_cpu_of_every_range() {
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("0-3"), Some(4));
+        assert_eq!(count_cpu_list("0-3,6,8-9"), Some(7));
+        assert_eq!(count_cpu_list("3-1"), None, "a backwards range");
+        assert_eq!(count_cpu_list(""), None);
+        assert_eq!(count_cpu_list("x"), None);
+        assert!(online_cpus().is_some_and(|n| n >= 1));
     }
 }

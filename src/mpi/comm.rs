@@ -84,7 +84,19 @@ impl Comm {
             // its default handler, rather than return without it).
             request: unsafe { request.assume_init() },
             done: false,
+            _owned: Vec::new(),
         }
+    }
+
+    /// [`isend_raw`](Self::isend_raw) of bytes the send itself keeps until
+    /// it is complete; `bytes.len()` fits an MPI count.
+    pub(crate) fn isend_owned(&self, to: i32, tag: i32, bytes: Vec<u8>) -> Sending {
+        // SAFETY: the vector's buffer does not move when the vector moves
+        // into the `Sending`, which keeps it until the send is complete (its
+        // drop waits for that before its fields are dropped).
+        let mut sending = unsafe { self.isend_raw(to, tag, bytes.as_ptr(), bytes.len()) };
+        sending._owned = bytes;
+        sending
     }
 
     /// The next message from `from` (any rank if `None`) with `tag` (any if
@@ -122,6 +134,9 @@ impl Comm {
 pub(crate) struct Sending {
     request: ffi::MPI_Request,
     done: bool,
+    /// The bytes of an [`isend_owned`](Comm::isend_owned), freed only after
+    /// `drop` waited for the send.
+    _owned: Vec<u8>,
 }
 
 // SAFETY: an MPI request handle is an opaque value; like `Comm`, it is used
@@ -194,6 +209,11 @@ pub(crate) unsafe fn receive_raw(msg: Message, ptr: *mut u8, len: usize) {
 
 /// Receives `msg` into a fresh vector of its own length (MPI's count, not a
 /// length announced by the sender).
+/// Receives `msg` into `buf`, which holds exactly its bytes.
+pub(crate) fn receive_into(msg: Message, buf: &mut [u8]) {
+    msg.matched_receive_into(buf);
+}
+
 pub(crate) fn receive_vec(msg: Message, status: &Status) -> Vec<u8> {
     let mut bytes = vec![0u8; bytes_of(status)];
     msg.matched_receive_into(&mut bytes[..]);

@@ -536,8 +536,8 @@ impl Local {
                     Vec::new()
                 }
                 (Some(stage), Output::Owned) => {
-                    // SAFETY: as above; the stage holds `out_bytes` bytes.
-                    unsafe { std::slice::from_raw_parts(stage.output_ptr(), out_bytes) }.to_vec()
+                    // The stage holds the task's `out_bytes` output bytes, as above.
+                    stage.output()[..out_bytes].to_vec()
                 }
             }),
             Finished::Failed(e) => Err(remote_error(&e)),

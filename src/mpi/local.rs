@@ -209,6 +209,17 @@ impl Stage {
         Ok(())
     }
 
+    /// The input area, while no local worker uses the stage (it is free, or
+    /// its task finished).
+    pub(crate) fn input_mut(&mut self) -> &mut [u8] {
+        &mut self.input
+    }
+
+    /// The output area, under the same rule.
+    pub(crate) fn output(&self) -> &[u8] {
+        &self.output
+    }
+
     pub(crate) fn input_ptr(&mut self) -> *mut u8 {
         self.input.as_mut_ptr()
     }

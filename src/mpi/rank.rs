@@ -192,10 +192,9 @@ fn start(
                 task.in_bytes
             )));
         }
-        // SAFETY: the stage's input holds at least `in_bytes` bytes (reserved
-        // above) that no local worker touches while the stage is free; the
-        // count is below MAX_MESSAGE (checked).
-        unsafe { comm::receive_raw(msg, stage.input_ptr(), task.in_bytes) };
+        // At least `in_bytes` (reserved above), which no local worker touches
+        // while the stage is free; the count is below MAX_MESSAGE (checked).
+        comm::receive_into(msg, &mut stage.input_mut()[..task.in_bytes]);
     }
     let (src, dst) = stage.places(pool);
     // Rank 0 built the header from the same types it instantiated the entry
@@ -220,10 +219,8 @@ fn start(
 
 /// A result on its way to rank 0: the sends in progress, and what they read.
 struct Reply {
-    /// Declared first: dropped (completed) before the bytes they read.
+    /// Declared first: dropped (completed) before the stage they read.
     sends: Vec<Sending>,
-    _header: Box<ResultHeader>,
-    _message: Vec<u8>,
     stage: Stage,
 }
 
@@ -238,11 +235,8 @@ impl Reply {
         } = task;
         let outcome = Running::outcome(state, out_bytes, pool);
         let (header, message) = ResultHeader::new(id, outcome.as_ref().map(|&b| b));
-        let header = Box::new(header);
-        let bytes = zerocopy::IntoBytes::as_bytes(&*header);
-        // SAFETY: the header lives in its box, kept with the send in `Reply`
-        // until the send completes.
-        let mut sends = vec![unsafe { comm.isend_raw(0, RESULT, bytes.as_ptr(), bytes.len()) }];
+        let header = zerocopy::IntoBytes::as_bytes(&header).to_vec();
+        let mut sends = vec![comm.isend_owned(0, RESULT, header)];
         match outcome {
             Ok(0) => {}
             Ok(bytes) => {
@@ -252,19 +246,9 @@ impl Reply {
                 sends.push(unsafe { comm.isend_raw(0, RESULT_DATA, stage.output_ptr(), bytes) });
             }
             Err(_) if message.is_empty() => {}
-            Err(_) => {
-                // SAFETY: the message vector is kept with the send.
-                sends.push(unsafe {
-                    comm.isend_raw(0, RESULT_DATA, message.as_ptr(), message.len())
-                });
-            }
+            Err(_) => sends.push(comm.isend_owned(0, RESULT_DATA, message)),
         }
-        Reply {
-            sends,
-            _header: header,
-            _message: message,
-            stage,
-        }
+        Reply { sends, stage }
     }
 
     /// Whether every send is complete.

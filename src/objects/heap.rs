@@ -3,10 +3,12 @@
 //! alive?" checks).
 
 use crate::error::Error;
+use crate::shm::region::{Region, Shared};
 use crate::shm::segment::Segment;
-use std::os::fd::RawFd;
+use std::mem::{align_of, size_of, MaybeUninit};
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// Virtual size of the heap (pages cost memory only when touched).
 pub(crate) const HEAP_BYTES: usize = 1 << 32;
@@ -24,22 +26,66 @@ struct HeapHeader {
     members: [AtomicU32; MAX_MEMBERS],
 }
 
+// SAFETY: atomics only; all-zero is a heap not yet initialized (its magic
+// tells).
+unsafe impl Shared for HeapHeader {}
+
 const HEADER_BYTES: usize = std::mem::size_of::<HeapHeader>().next_multiple_of(4096);
 
-/// The heap as mapped in this process.
+/// The heap as mapped in this process: for the rest of its life (the heap
+/// is never unmapped).
 pub(crate) struct Heap {
-    base: *mut u8,
+    region: Region,
     fd: RawFd,
-    _segment: Option<Segment>,
+    /// The heap's memfd, in the process that created it.
+    _fd: Option<OwnedFd>,
 }
 
-// SAFETY: `base` points at a shared mapping valid for the life of the process;
-// every access goes through atomics or follows an object's own protocol.
-unsafe impl Send for Heap {}
-// SAFETY: as above.
-unsafe impl Sync for Heap {}
-
 static HEAP: OnceLock<Heap> = OnceLock::new();
+
+/// An allocation no other thread or process knows of yet: its holder alone
+/// has its offset, so writing it is safe until [`into_offset`](Self::into_offset)
+/// hands the offset out (to be published).
+pub(crate) struct Fresh<'h> {
+    heap: &'h Heap,
+    at: u64,
+    len: usize,
+}
+
+impl Fresh<'_> {
+    /// Where byte `offset` of the allocation lies, for `bytes` bytes of
+    /// alignment `align`. Panics outside the allocation or misaligned.
+    fn place(&self, offset: usize, bytes: usize, align: usize) -> *mut u8 {
+        assert!(
+            offset.checked_add(bytes).is_some_and(|end| end <= self.len),
+            "a write outside a fresh allocation"
+        );
+        // In bounds of the mapping: `alloc` keeps the allocation inside it.
+        let at = self.heap.region.base().wrapping_add(self.at as usize + offset);
+        assert!(at as usize % align == 0, "a misaligned write");
+        at
+    }
+
+    /// Copies `bytes` (padding included) to `offset` of the allocation.
+    pub(crate) fn write_bytes(&mut self, offset: usize, bytes: &[MaybeUninit<u8>]) {
+        let at = self.place(offset, bytes.len(), 1);
+        // SAFETY: inside the allocation (checked), which nothing else
+        // accesses while this handle exists (the type's invariant).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.cast(), bytes.len()) };
+    }
+
+    /// Moves `value` to `offset` of the allocation.
+    pub(crate) fn write<T>(&mut self, offset: usize, value: T) {
+        let at = self.place(offset, size_of::<T>(), align_of::<T>());
+        // SAFETY: as in `write_bytes`; aligned for T (checked).
+        unsafe { at.cast::<T>().write(value) };
+    }
+
+    /// The allocation's offset, to publish: writing ends here.
+    pub(crate) fn into_offset(self) -> u64 {
+        self.at
+    }
+}
 
 impl Heap {
     /// This process's heap, created (and this process registered) on first use.
@@ -47,16 +93,24 @@ impl Heap {
         if let Some(h) = HEAP.get() {
             return Ok(h);
         }
+        // One creator: a heap is mapped for good, so none is made in vain.
+        static CREATING: Mutex<()> = Mutex::new(());
+        let _creating = CREATING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = HEAP.get() {
+            return Ok(h);
+        }
         let segment = Segment::create("shmpool-objects", HEAP_BYTES)?;
+        let fd = segment.fd();
+        let (region, owned) = segment.leak();
         let heap = Heap {
-            base: segment.base(),
-            fd: segment.fd(),
-            _segment: Some(segment),
+            region,
+            fd,
+            _fd: Some(owned),
         };
         let header = heap.header();
         header.next.store(HEADER_BYTES as u64, Ordering::Relaxed);
         header.magic.store(MAGIC, Ordering::Release);
-        let heap = HEAP.get_or_init(|| heap); // a racing thread's heap is dropped
+        let heap = HEAP.get_or_init(|| heap);
         heap.register(std::process::id());
         Ok(heap)
     }
@@ -64,18 +118,29 @@ impl Heap {
     /// In a spawned process: maps the parent's heap from an inherited
     /// descriptor. Returns `false` if it is not a heap.
     pub(crate) fn adopt(fd: RawFd) -> bool {
-        let Ok(base) = Segment::map_inherited(fd, HEAP_BYTES) else {
+        let Ok(region) = Segment::map_inherited(fd, HEAP_BYTES) else {
             return false;
         };
         let heap = Heap {
-            base,
+            region,
             fd,
-            _segment: None,
+            _fd: None,
         };
         if heap.header().magic.load(Ordering::Acquire) != MAGIC {
             return false;
         }
         HEAP.set(heap).is_ok()
+    }
+
+    /// `len` zeroed bytes aligned to `align` (≤ 4096), as a [`Fresh`]
+    /// allocation its holder may write until it hands the offset out.
+    pub(crate) fn alloc_fresh(&self, len: usize, align: usize) -> Result<Fresh<'_>, Error> {
+        let at = self.alloc(len, align)?;
+        Ok(Fresh {
+            heap: self,
+            at,
+            len,
+        })
     }
 
     /// The heap if this process has one (without creating it).
@@ -89,9 +154,7 @@ impl Heap {
     }
 
     fn header(&self) -> &HeapHeader {
-        // SAFETY: the heap starts with a HeapHeader (all-zero is valid), only
-        // accessed atomically.
-        unsafe { &*self.base.cast::<HeapHeader>() }
+        self.region.view(0)
     }
 
     /// `len` zeroed bytes aligned to `align` (≤ 4096); returns the offset.
@@ -113,24 +176,21 @@ impl Heap {
 
     /// The object of type `O` at `offset`, if the offset is in bounds and
     /// aligned. (Callers then check the object's kind tag.)
-    pub(crate) fn at<O>(&self, offset: u64) -> Option<&O> {
+    pub(crate) fn at<O: Shared>(&self, offset: u64) -> Option<&O> {
         let offset = offset as usize;
         let end = offset.checked_add(std::mem::size_of::<O>())?;
         if offset < HEADER_BYTES || end > HEAP_BYTES || offset % std::mem::align_of::<O>() != 0 {
             return None;
         }
-        // SAFETY: in bounds and aligned; objects are made of atomics and
-        // cells accessed by their own protocols, and all-zero bytes are valid
-        // for them (the caller checks the kind tag before trusting contents).
-        Some(unsafe { &*self.base.add(offset).cast::<O>() })
+        Some(self.region.view(offset))
     }
 
     /// A raw pointer to the byte at `offset` (< HEAP_BYTES, checked).
     pub(crate) fn ptr(&self, offset: u64, len: usize) -> Option<*mut u8> {
         let end = (offset as usize).checked_add(len)?;
-        // SAFETY: in bounds of the mapping.
+        // In bounds of the mapping (checked), so no wrap happens.
         (offset as usize >= HEADER_BYTES && end <= HEAP_BYTES)
-            .then(|| unsafe { self.base.add(offset as usize) })
+            .then(|| self.region.base().wrapping_add(offset as usize))
     }
 
     /// Lists `pid` as a process of the program. A full table is first pruned
@@ -189,13 +249,19 @@ fn alive(pid: u32) -> bool {
 
 /// An object that lives in the heap and starts with the kind word that names
 /// it (written last when the object is made, with `Release`).
-pub(crate) trait SharedObject {
+pub(crate) trait SharedObject: Shared {
     fn kind(&self) -> &AtomicU32;
 }
 
 /// Implements [`SharedObject`] for types whose first field is `kind`.
 macro_rules! shared_object {
     ($($t:ty),+ $(,)?) => { $(
+        // SAFETY: an object of the heap is `repr(C)`, made of atomics and of
+        // cells under its own protocol (a robust mutex, or its one writer);
+        // all-zero bytes are valid, and any bytes a process leaves are a
+        // valid value: the kind tag is checked before the contents are
+        // trusted.
+        unsafe impl $crate::shm::region::Shared for $t {}
         impl $crate::objects::heap::SharedObject for $t {
             fn kind(&self) -> &std::sync::atomic::AtomicU32 {
                 &self.kind

@@ -134,15 +134,10 @@ extern "C" {
 
 /// CLOCK_MONOTONIC now + `t`, the deadline `pthread_mutex_clocklock` takes.
 fn monotonic_after(t: Duration) -> libc::timespec {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes a timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     let nanos = now.tv_nsec as u64 + u64::from(t.subsec_nanos());
     libc::timespec {
-        tv_sec: now.tv_sec
+        tv_sec: now.tv_sec as libc::time_t
             + t.as_secs().min(i32::MAX as u64) as libc::time_t
             + (nanos / 1_000_000_000) as libc::time_t,
         tv_nsec: (nanos % 1_000_000_000) as libc::c_long,

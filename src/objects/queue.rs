@@ -6,9 +6,8 @@ use super::lock::{kind, RawMutex};
 use crate::error::Error;
 use crate::sync::wake::WakeWord;
 use crate::Pod;
-use std::cell::UnsafeCell;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often a receiver with nothing to receive checks that some other process
@@ -23,9 +22,11 @@ struct QueueObject {
     capacity: AtomicU32,
     closed: AtomicU32,
     mutex: RawMutex,
-    /// Positions (under `mutex`): `head` is the next to read, `tail` the next
-    /// to write; `tail - head` elements are queued.
-    positions: UnsafeCell<[u64; 2]>,
+    /// Positions, read and written only with `mutex` held (atomics so that
+    /// a `&QueueObject` is all it takes): `head` is the next to read, `tail`
+    /// the next to write; `tail - head` elements are queued.
+    head: AtomicU64,
+    tail: AtomicU64,
     /// Receivers sleep here; notified on put and close.
     items: WakeWord,
     /// Senders sleep here; notified on get and close.
@@ -36,8 +37,15 @@ struct QueueObject {
 
 shared_object!(QueueObject);
 
-// SAFETY: `positions` is accessed only with `mutex` held; the rest is atomic.
-unsafe impl Sync for QueueObject {}
+impl QueueObject {
+    /// `(head, tail)`; the caller holds `mutex` (Relaxed: the lock orders).
+    fn positions(&self) -> (u64, u64) {
+        (
+            self.head.load(Ordering::Relaxed),
+            self.tail.load(Ordering::Relaxed),
+        )
+    }
+}
 
 const HEADER: usize = std::mem::size_of::<QueueObject>().next_multiple_of(64);
 
@@ -152,13 +160,13 @@ impl<T: Pod> Queue<T> {
                 return Err(Error::Closed);
             }
             obj.mutex.lock(None).or_else(owner_died_is_ok)?;
-            // SAFETY: `positions` is ours while `mutex` is held.
-            let pos = unsafe { &mut *obj.positions.get() };
-            if pos[1] - pos[0] < cap {
-                // SAFETY: index < capacity; the element is written before the
-                // tail moves, so a holder dying here loses only this put.
-                unsafe { data.add((pos[1] % cap) as usize).write(value) };
-                pos[1] += 1;
+            let (head, tail) = obj.positions();
+            if tail - head < cap {
+                // SAFETY: index < capacity, and the element is ours while
+                // `mutex` is held; it is written before the tail moves, so a
+                // holder dying here loses only this put.
+                unsafe { data.add((tail % cap) as usize).write(value) };
+                obj.tail.store(tail + 1, Ordering::Relaxed);
                 obj.len.fetch_add(1, Ordering::Release);
                 obj.mutex.unlock();
                 obj.items.notify_one();
@@ -204,13 +212,12 @@ impl<T: Pod> Queue<T> {
         let cap = obj.capacity.load(Ordering::Relaxed) as u64;
         loop {
             obj.mutex.lock(None).or_else(owner_died_is_ok)?;
-            // SAFETY: `positions` is ours while `mutex` is held.
-            let pos = unsafe { &mut *obj.positions.get() };
-            if pos[1] > pos[0] {
-                // SAFETY: index < capacity and the element was written before
-                // the tail passed it.
-                let value = unsafe { data.add((pos[0] % cap) as usize).read() };
-                pos[0] += 1;
+            let (head, tail) = obj.positions();
+            if tail > head {
+                // SAFETY: index < capacity, the element is ours while `mutex`
+                // is held, and it was written before the tail passed it.
+                let value = unsafe { data.add((head % cap) as usize).read() };
+                obj.head.store(head + 1, Ordering::Relaxed);
                 obj.len.fetch_sub(1, Ordering::Release);
                 obj.mutex.unlock();
                 obj.spaces.notify_one();
@@ -267,8 +274,7 @@ fn anyone_may_send() -> bool {
 /// threads cannot be told from ours by name: then every thread counts.
 fn other_threads_here() -> bool {
     const OURS: &str = "shmpool-";
-    // SAFETY: plain syscall.
-    let me = unsafe { libc::gettid() }.to_string();
+    let me = rustix::thread::gettid().as_raw_nonzero().to_string();
     let name = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
     let ours_by_name = !name("/proc/self/comm".into()).starts_with(OURS);
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {

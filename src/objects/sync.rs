@@ -22,7 +22,7 @@ fn left(deadline: Option<Instant>) -> Result<Option<Duration>, Error> {
 }
 
 /// Allocates a zeroed `O` in the heap; returns its offset and a reference.
-fn alloc<O>() -> Result<(u64, &'static O), Error> {
+fn alloc<O: crate::shm::region::Shared>() -> Result<(u64, &'static O), Error> {
     let heap = Heap::get()?;
     let at = heap.alloc(std::mem::size_of::<O>(), 64)?;
     Ok((at, heap.at(at).expect("fresh allocation")))

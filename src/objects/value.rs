@@ -29,14 +29,11 @@ fn create<T: Pod>(tag: u32, items: &[T], locked: bool) -> Result<u64, Error> {
         .checked_add(HEADER)
         .ok_or_else(|| Error::invalid("too large"))?;
     let heap = Heap::get()?;
-    let at = heap.alloc(bytes.max(HEADER + 1), std::mem::align_of::<T>().max(64))?;
+    let mut fresh = heap.alloc_fresh(bytes.max(HEADER + 1), std::mem::align_of::<T>().max(64))?;
+    fresh.write_bytes(HEADER, crate::pod::bytes_of(items));
+    let at = fresh.into_offset();
     let obj: &DataObject = heap.at(at).expect("fresh allocation");
     obj.mutex.init(false)?;
-    let data = heap
-        .ptr(at + HEADER as u64, std::mem::size_of_val(items))
-        .expect("in the allocation");
-    // SAFETY: the fresh allocation has room for `items`, aligned for T.
-    unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), data.cast::<T>(), items.len()) };
     obj.elem_size
         .store(std::mem::size_of::<T>() as u32, Ordering::Relaxed);
     obj.len.store(items.len() as u64, Ordering::Relaxed);
@@ -166,9 +163,14 @@ impl<T: Pod> Value<T> {
 
     /// Takes the value's lock: the guard derefs to the value.
     pub fn lock(&self) -> Result<ValueGuard<T>, Error> {
-        let (obj, data, _) = open::<T>(self.at, kind::VALUE)?;
+        let (obj, data, len) = open::<T>(self.at, kind::VALUE)?;
+        if len == 0 {
+            return Err(bad_handle()); // a value holds one element
+        }
         obj.mutex.lock(None)?;
-        Ok(ValueGuard { obj, data })
+        Ok(ValueGuard {
+            inner: ArrayGuard { obj, data, len: 1 },
+        })
     }
 }
 
@@ -225,8 +227,8 @@ impl<T: Pod> Array<T> {
 /// Holds a [`Value`]'s lock; derefs to the value.
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct ValueGuard<T: Pod> {
-    obj: &'static DataObject,
-    data: *mut T,
+    /// The value as a one-element array (its lock released on drop).
+    inner: ArrayGuard<T>,
 }
 
 /// Holds an [`Array`]'s lock; derefs to the elements.
@@ -240,15 +242,12 @@ pub struct ArrayGuard<T: Pod> {
 impl<T: Pod> Deref for ValueGuard<T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: the guard holds the value's lock, so no other process or
-        // thread accesses it; `data` points at one initialized T.
-        unsafe { &*self.data }
+        &self.inner[0]
     }
 }
 impl<T: Pod> DerefMut for ValueGuard<T> {
     fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: as above, and `&mut self` is exclusive in this thread.
-        unsafe { &mut *self.data }
+        &mut self.inner[0]
     }
 }
 impl<T: Pod> Deref for ArrayGuard<T> {
@@ -262,11 +261,6 @@ impl<T: Pod> DerefMut for ArrayGuard<T> {
     fn deref_mut(&mut self) -> &mut [T] {
         // SAFETY: as above, and `&mut self` is exclusive in this thread.
         unsafe { std::slice::from_raw_parts_mut(self.data, self.len) }
-    }
-}
-impl<T: Pod> Drop for ValueGuard<T> {
-    fn drop(&mut self) {
-        self.obj.mutex.unlock();
     }
 }
 impl<T: Pod> Drop for ArrayGuard<T> {

@@ -83,16 +83,10 @@ pub(crate) const MIN_STACK_SIZE: usize = 256 << 10;
 /// limit is infinite, or above 1 GiB).
 pub(crate) fn default_stack_size() -> usize {
     const MAIN_THREAD_DEFAULT: usize = 8 << 20;
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: writes one rlimit into a valid struct.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } == 0;
-    match usize::try_from(limit.rlim_cur) {
-        Ok(bytes) if ok && limit.rlim_cur != libc::RLIM_INFINITY && bytes <= 1 << 30 => {
-            bytes.max(MAIN_THREAD_DEFAULT)
-        }
+    // `None`: unlimited (RLIM_INFINITY).
+    let current = rustix::process::getrlimit(rustix::process::Resource::Stack).current;
+    match current.map(usize::try_from) {
+        Some(Ok(bytes)) if bytes <= 1 << 30 => bytes.max(MAIN_THREAD_DEFAULT),
         _ => MAIN_THREAD_DEFAULT,
     }
 }
@@ -153,14 +147,9 @@ impl PoolBuilder {
             match f.bind() {
                 Ok(bound) => {
                     let input: ApplyInput<F, Args> = (bound, args);
-                    // SAFETY: `bytes` is 64-aligned and has room for the input (checked).
-                    unsafe {
-                        bytes
-                            .0
-                            .as_mut_ptr()
-                            .cast::<ApplyInput<F, Args>>()
-                            .write(input)
-                    };
+                    // Room for it (checked); `bytes` is aligned like the
+                    // shared copy, so the worker reads it in place.
+                    bytes.0[..input_size].copy_from_slice(crate::pod::bytes_of(&input));
                     None
                 }
                 Err(e) => Some(format!("the initializer cannot travel: {e}")),

@@ -118,17 +118,8 @@ impl HarnessConfig {
 
 /// The CPUs this thread may run on (`sched_getaffinity`), ascending.
 pub(crate) fn allowed_cpus() -> Result<Vec<usize>, Error> {
-    // SAFETY: an all-zero cpu_set_t is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: writes at most size_of::<cpu_set_t>() bytes into `set`.
-    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if r != 0 {
-        return Err(Error::Io(std::io::Error::last_os_error()));
-    }
-    // SAFETY: CPU_ISSET reads a bit of a valid set, below its size.
-    Ok((0..PIN_CPUS)
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect())
+    let set = rustix::thread::sched_getaffinity(None).map_err(|e| Error::Io(e.into()))?;
+    Ok((0..PIN_CPUS).filter(|&c| set.is_set(c)).collect())
 }
 
 impl PoolBuilder {
@@ -145,10 +136,11 @@ impl PoolBuilder {
     ///
     /// ```
     /// fn my_cpus() -> u64 {
-    ///     // SAFETY: an all-zero cpu_set_t is valid; the call fills it.
-    ///     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    ///     unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
-    ///     (0..64).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).map(|c| 1 << c).sum()
+    ///     // The worker's CPU mask as the kernel shows it: hex words, CPU 0 last.
+    ///     let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    ///     let mask = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed:")).unwrap();
+    ///     let hex = mask.trim().replace(',', "");
+    ///     u64::from_str_radix(&hex[hex.len().saturating_sub(16)..], 16).unwrap()
     /// }
     /// let pool = shmpool::Pool::builder().processes(2).cpu_ids(vec![vec![0]]).build()?;
     /// assert_eq!(pool.apply(my_cpus, ())?, 1); // CPU 0 only

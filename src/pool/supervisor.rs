@@ -35,13 +35,14 @@
 use crate::error::{DeathCause, Error};
 use crate::pool::core::{Core, Lifecycle};
 use crate::pool::stats::Leaving;
-use crate::shm::layout::{INIT_FAILED_EXIT, INIT_MESSAGE_BYTES};
+use crate::shm::layout::INIT_FAILED_EXIT;
 use crate::start::fork::Child;
 use crate::sync::lock;
 use crate::sync::slot::{Outcome, SlotState, IN_PLACE, MAX_WORKER_INDEX, SPLIT};
 use crate::worker::WorkerStart;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -105,9 +106,7 @@ impl Supervisor {
 
     /// Makes the thread re-read the pool's lifecycle.
     pub(crate) fn poke(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
     }
 
     /// Asks the thread to kill the workers running `slots` (checked again
@@ -133,21 +132,27 @@ impl Supervisor {
 }
 
 fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall.
-    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    Ok(rustix::event::eventfd(
+        0,
+        EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+    )?)
+}
+
+/// `poll(2)` with a timeout in milliseconds (negative: none).
+fn poll_ms(fds: &mut [PollFd<'_>], ms: i32) -> rustix::io::Result<usize> {
+    let timeout = u64::try_from(ms)
+        .ok()
+        .map(|ms| Timespec::try_from(Duration::from_millis(ms)).expect("in range"));
+    rustix::event::poll(fds, timeout.as_ref())
 }
 
 /// Reads (and resets) an eventfd's counter; 0 if nothing was written.
 fn drain(fd: &OwnedFd) -> u64 {
-    let mut count = 0u64;
-    // SAFETY: reads 8 bytes into a valid u64 from our non-blocking eventfd.
-    unsafe { libc::read(fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
-    count
+    let mut count = [0u8; 8];
+    match rustix::io::read(fd, &mut count) {
+        Ok(8) => u64::from_ne_bytes(count),
+        _ => 0, // EAGAIN: nothing written
+    }
 }
 
 fn spawn_worker(core: &Core, index: usize) -> Result<Child, Error> {
@@ -192,22 +197,19 @@ fn await_ready(core: &Core, workers: &mut [Option<Child>]) -> Result<(), Error> 
                 workers.len()
             )));
         };
-        let mut fds: Vec<libc::pollfd> = std::iter::once(core.supervisor.ready.as_raw_fd())
-            .chain(workers.iter().flatten().map(|w| w.pidfd.as_raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
+        let mut fds: Vec<PollFd<'_>> = std::iter::once(&core.supervisor.ready)
+            .chain(workers.iter().flatten().map(|w| &w.pidfd))
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
             .collect();
-        let timeout_ms = left.as_millis().min(1000) as libc::c_int + 1;
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        for (pfd, worker) in fds[1..]
+        let timeout_ms = left.as_millis().min(1000) as i32 + 1;
+        let _ = poll_ms(&mut fds, timeout_ms);
+        let ready_fds: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+        drop(fds);
+        for (&exited, worker) in ready_fds[1..]
             .iter()
             .zip(workers.iter_mut().filter(|w| w.is_some()))
         {
-            if pfd.revents != 0 {
+            if exited {
                 if let Some(status) = worker.as_ref().and_then(|w| w.reap(false)) {
                     *worker = None; // reaped: its pid may be reused
                     return Err(start_failure(core, status));
@@ -221,17 +223,10 @@ fn await_ready(core: &Core, workers: &mut [Option<Child>]) -> Result<(), Error> 
 fn start_failure(core: &Core, status: libc::c_int) -> Error {
     let settings = &core.layout().header().settings;
     if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == INIT_FAILED_EXIT {
-        let len = settings.init_message_len.load(Ordering::Acquire) as usize;
-        // SAFETY: the failing worker wrote `len` bytes before exiting, and it
-        // has been reaped; no one writes them again.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                settings.init_message.get().cast::<u8>(),
-                len.min(INIT_MESSAGE_BYTES),
-            )
-        };
+        // The failing worker wrote it before exiting, and it has been reaped.
+        let bytes = settings.init_message();
         return Error::InitializerFailed {
-            message: String::from_utf8_lossy(bytes).into_owned(),
+            message: String::from_utf8_lossy(&bytes).into_owned(),
         };
     }
     let how = if libc::WIFSIGNALED(status) {
@@ -317,16 +312,10 @@ fn supervise(
         if live.is_empty() && respawn.is_empty() && core.layout().is_closing() {
             return; // closed, and every worker has finished
         }
-        let mut fds: Vec<libc::pollfd> = std::iter::once(core.supervisor.wake.as_raw_fd())
-            .chain(
-                live.iter()
-                    .map(|&k| workers[k].as_ref().map_or(-1, |w| w.pidfd.as_raw_fd())),
-            )
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
+        // `live` names exactly the workers present: one pidfd each, in order.
+        let mut fds: Vec<PollFd<'_>> = std::iter::once(&core.supervisor.wake)
+            .chain(live.iter().filter_map(|&k| workers[k].as_ref().map(|w| &w.pidfd)))
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
             .collect();
         notice_stopped(workers, &mut reported_stopped);
         let mut timeout_ms = if respawn.is_empty() {
@@ -338,12 +327,12 @@ fn supervise(
             let next = enforce_timeout(core, workers, &mut killed_for, limit);
             timeout_ms = timeout_ms.min(next);
         }
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if n < 0 {
+        if poll_ms(&mut fds, timeout_ms).is_err() {
             continue; // EINTR
         }
-        if fds[0].revents != 0 {
+        let ready: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+        drop(fds);
+        if ready[0] {
             drain(&core.supervisor.wake);
             #[cfg(test)]
             if core.supervisor.panic_on_wake.swap(false, Ordering::SeqCst) {
@@ -351,8 +340,8 @@ fn supervise(
             }
             kill_aborted(core, workers, &mut killed_for);
         }
-        for (pfd, &k) in fds[1..].iter().zip(&live) {
-            if pfd.revents == 0 {
+        for (&ready, &k) in ready[1..].iter().zip(&live) {
+            if !ready {
                 continue;
             }
             let Some(child) = workers[k].take() else {
@@ -520,8 +509,8 @@ fn notice_stopped(workers: &[Option<Child>], reported: &mut [Option<libc::pid_t>
 /// may have inherited a test harness's output capture).
 fn warn(message: &str) {
     let line = format!("shmpool: {message}\n");
-    // SAFETY: writes from a live buffer; a closed stderr only makes it fail.
-    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+    // A closed stderr only makes it fail.
+    let _ = rustix::io::write(io::stderr(), line.as_bytes());
 }
 
 /// Settles worker `k`'s exit: fails the task it held (with the outcome

@@ -7,7 +7,7 @@ use crate::start::fork::{self, Child};
 use crate::start::StartMethod;
 use crate::task::{init_entry, ApplyInput, EntryPoint, Task, TaskIo};
 use crate::Pod;
-use std::mem::{align_of, size_of};
+use std::mem::{align_of, size_of, MaybeUninit};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,12 +15,18 @@ use std::time::{Duration, Instant};
 /// What a started process runs, written into the object heap by the parent so
 /// that a spawned child (another copy of the program) can read it too.
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct ProcessSpec {
     entry: u64,
     args_at: u64,
     name_len: u64,
     name: [u8; 64],
 }
+
+// SAFETY: integers and bytes (any bytes are a valid value; the child checks
+// `name_len` and `args_at` before use), written once through a fresh
+// allocation before the child starts, and never again.
+unsafe impl crate::shm::region::Shared for ProcessSpec {}
 
 /// A function running in a process of its own, like Python's
 /// `multiprocessing.Process(target=f, args=(...))`.
@@ -66,9 +72,11 @@ pub struct Process {
     exitcode: Option<i32>,
 }
 
+/// 64 bytes of a task's input, padding included (so possibly
+/// uninitialized), aligned for any argument tuple the pool accepts.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Aligned([u8; 64]);
+struct Aligned([MaybeUninit<u8>; 64]);
 
 static COUNTER: AtomicU64 = AtomicU64::new(1);
 
@@ -92,15 +100,14 @@ impl Process {
         type Input<F, Args> = ApplyInput<F, Args>;
         const { assert!(align_of::<Input<F, Args>>() <= 64) };
         let size = size_of::<Input<F, Args>>();
-        let mut buf = vec![Aligned([0; 64]); size.div_ceil(64).max(1)];
+        let mut buf = vec![Aligned([MaybeUninit::new(0); 64]); size.div_ceil(64).max(1)];
         let refused = match f.bind() {
             Ok(bound) => {
-                // SAFETY: `buf` is 64-aligned with room for the input.
-                unsafe {
-                    buf.as_mut_ptr()
-                        .cast::<Input<F, Args>>()
-                        .write((bound, args))
-                };
+                let input: Input<F, Args> = (bound, args);
+                let bytes = buf.iter_mut().flat_map(|line| &mut line.0);
+                for (to, &from) in bytes.zip(crate::pod::bytes_of(&input)) {
+                    *to = from;
+                }
                 None
             }
             Err(e) => Some(e),
@@ -145,30 +152,24 @@ impl Process {
         crate::start::check_entry(self.method, self.entry_fn)?;
         crate::panic::install_quiet_panic_hook();
         let heap = Heap::get()?;
-        let args_at = heap.alloc(self.args_len.max(1), self.args_align)?;
-        let args_ptr = heap.ptr(args_at, self.args_len).expect("fresh allocation");
-        // SAFETY: the allocation has room for `args_len` bytes; nothing else
-        // knows it yet.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.args.as_ptr().cast::<u8>(), args_ptr, self.args_len)
-        };
-        let spec_at = heap.alloc(size_of::<ProcessSpec>(), 64)?;
-        let spec_ptr = heap
-            .ptr(spec_at, size_of::<ProcessSpec>())
-            .expect("fresh allocation")
-            .cast::<ProcessSpec>();
+        let mut args = heap.alloc_fresh(self.args_len.max(1), self.args_align)?;
+        let arg_bytes = self.args.iter().flat_map(|line| line.0).take(self.args_len);
+        args.write_bytes(0, &arg_bytes.collect::<Vec<_>>());
+        let args_at = args.into_offset();
         let mut name = [0u8; 64];
         let n = truncate(&self.name, 64);
         name[..n].copy_from_slice(&self.name.as_bytes()[..n]);
-        // SAFETY: the fresh allocation holds a ProcessSpec and is ours.
-        unsafe {
-            spec_ptr.write(ProcessSpec {
+        let mut spec = heap.alloc_fresh(size_of::<ProcessSpec>(), 64)?;
+        spec.write(
+            0,
+            ProcessSpec {
                 entry: self.entry.0,
                 args_at,
                 name_len: n as u64,
                 name,
-            })
-        };
+            },
+        );
+        let spec_at = spec.into_offset();
         let method = self.method;
         let child = on_launcher(move || launch(method, spec_at))?;
         heap.register(child.pid as u32);
@@ -352,8 +353,7 @@ fn run_spawned(value: &std::ffi::OsStr) -> i32 {
 /// Starts the child for the spec at `spec_at` (on the launcher thread).
 fn launch(method: StartMethod, spec_at: u64) -> Result<Child, Error> {
     // Keeps the hook in the executable (see `start::bootstrap::ensure_linked`).
-    // SAFETY: reads a valid, initialized static.
-    let _ = unsafe { std::ptr::read_volatile(&PROCESS_HOOK) };
+    std::hint::black_box(&PROCESS_HOOK);
     let heap = Heap::get()?;
     // SAFETY: the object heap lives as long as the program, and with it its
     // descriptor.
@@ -382,12 +382,10 @@ fn run_spec(spec_at: u64) -> i32 {
     let Some(heap) = Heap::existing() else {
         return crate::start::BAD_SEGMENT_EXIT;
     };
-    let Some(spec) = heap.ptr(spec_at, size_of::<ProcessSpec>()) else {
+    // The parent wrote it before starting us, and never writes it again.
+    let Some(&spec) = heap.at::<ProcessSpec>(spec_at) else {
         return crate::start::BAD_SEGMENT_EXIT;
     };
-    // SAFETY: the parent wrote a ProcessSpec there before starting us and
-    // never writes it again.
-    let spec = unsafe { spec.cast::<ProcessSpec>().read() };
     let name = String::from_utf8_lossy(&spec.name[..(spec.name_len as usize).min(64)]).into_owned();
     super::enter_process(name);
     let Some(args) = heap.ptr(spec.args_at, 0) else {

@@ -15,9 +15,11 @@ use crate::sync::finish_log::FinishLog;
 use crate::sync::ring::{Ring, RingHeader};
 use crate::sync::slot::TaskSlot;
 use crate::sync::wake::WakeWord;
+use crate::shm::region::{Region, Shared};
 use crossbeam_utils::CachePadded;
+use rustix::time::ClockId;
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// Entries in the work ring: how many tasks may wait unclaimed at once.
 /// Enough that 100,000s of queued `apply_async` tasks never fill it; the
@@ -196,12 +198,7 @@ pub(crate) fn searching_bit(index: u32) -> u64 {
 
 /// Nanoseconds of CLOCK_MONOTONIC (the vDSO: no system call).
 pub(crate) fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes a timespec we own; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(ClockId::Monotonic);
     (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
@@ -224,12 +221,7 @@ pub(crate) fn ticks() -> u64 {
 
 /// Milliseconds of CLOCK_MONOTONIC: one clock for every process of the pool.
 pub(crate) fn monotonic_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes a timespec we own; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(ClockId::Monotonic);
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
@@ -284,8 +276,10 @@ pub(crate) struct WorkerSettings {
     /// Length of the message in `init_message`.
     pub(crate) init_message_len: AtomicU32,
     /// The failed initializer's panic message (UTF-8, truncated); written only
-    /// by the worker that won `init_failed`, read by the parent after reaping it.
-    pub(crate) init_message: UnsafeCell<[u8; INIT_MESSAGE_BYTES]>,
+    /// by the worker that won `init_failed`, read by the parent after reaping
+    /// it. Atomic bytes: a worker that breaks the rule garbles the message,
+    /// nothing worse.
+    init_message: [AtomicU8; INIT_MESSAGE_BYTES],
     /// Non-zero if workers may be handed the parent's memory (zero-copy maps):
     /// each then probes it at start (`remote::probe`).
     pub(crate) zero_copy: AtomicU32,
@@ -308,6 +302,30 @@ pub(crate) struct WorkerSettings {
     pub(crate) stack_size: AtomicU64,
 }
 
+impl WorkerSettings {
+    /// Writes the failed initializer's message (truncated to
+    /// [`INIT_MESSAGE_BYTES`]), then publishes its length. Only the worker
+    /// that won `init_failed` calls it.
+    pub(crate) fn set_init_message(&self, bytes: &[u8]) {
+        let bytes = &bytes[..bytes.len().min(INIT_MESSAGE_BYTES)];
+        for (to, &from) in self.init_message.iter().zip(bytes) {
+            to.store(from, Ordering::Relaxed);
+        }
+        self.init_message_len
+            .store(bytes.len() as u32, Ordering::Release);
+    }
+
+    /// The failed initializer's message, as far as it was written (its
+    /// length is checked, never trusted).
+    pub(crate) fn init_message(&self) -> Vec<u8> {
+        let len = self.init_message_len.load(Ordering::Acquire) as usize;
+        self.init_message[..len.min(INIT_MESSAGE_BYTES)]
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
 /// Initializer argument bytes: written by the parent before any worker
 /// starts, read-only afterwards.
 #[repr(C, align(64))]
@@ -321,6 +339,21 @@ pub(crate) const INIT_MESSAGE_BYTES: usize = 512;
 /// The exit status of a worker whose initializer panicked.
 pub(crate) const INIT_FAILED_EXIT: i32 = 70;
 
+// SAFETY: this and the four impls below: each is `repr(C)`, made of atomic
+// and plain integers (any bytes are a valid value) and of `UnsafeCell`s
+// under its protocol (the slot protocol, `sync::slot`; the finish log's one
+// producer and one consumer, `sync::finish_log`; the header's settings,
+// written before any worker starts); all-zero is a fresh segment's state.
+unsafe impl Shared for PoolHeader {}
+// SAFETY: as above (atomics only).
+unsafe impl Shared for WorkerRecord {}
+// SAFETY: as above (atomics only).
+unsafe impl Shared for CpuPin {}
+// SAFETY: as above (one producer, one consumer).
+unsafe impl Shared for FinishLog {}
+// SAFETY: as above (the slot protocol).
+unsafe impl Shared for TaskSlot {}
+
 /// Typed views of a segment laid out as above.
 ///
 /// # Safety
@@ -328,80 +361,54 @@ pub(crate) const INIT_FAILED_EXIT: i32 = 70;
 /// aligned to a page, for as long as the returned references are used.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Layout {
-    base: *mut u8,
+    region: Region,
 }
-
-// SAFETY: `Layout` is an address; the memory it points at is shared by design and
-// only accessed through atomics or under the slot protocol.
-unsafe impl Send for Layout {}
-// SAFETY: as above.
-unsafe impl Sync for Layout {}
 
 impl Layout {
     /// # Safety
     /// See the type's contract.
+    /// The layout of a segment mapped for the rest of the process
+    /// ([`Segment::map`](crate::shm::segment::Segment::map)); `None` if the
+    /// region is too small to be one.
+    pub(crate) fn of(region: Region) -> Option<Layout> {
+        (region.len() >= SEGMENT_BYTES).then_some(Layout { region })
+    }
+
     pub(crate) unsafe fn new(base: *mut u8) -> Layout {
-        Layout { base }
+        // SAFETY: the type's contract is the region's.
+        let region = unsafe { Region::new(base, SEGMENT_BYTES) };
+        Layout { region }
     }
 
     /// The header page.
     pub(crate) fn header(&self) -> &PoolHeader {
-        // SAFETY: offset 0 holds a PoolHeader (all-zero is valid) in a live,
-        // page-aligned mapping (type contract); it is only accessed atomically.
-        unsafe { &*self.base.cast::<PoolHeader>() }
+        self.region.view(0)
     }
 
     /// The work ring.
     pub(crate) fn ring(&self) -> Ring<'_> {
-        // SAFETY: RING_OFFSET..SLOTS_OFFSET holds RING_CAPACITY zero-initialized
-        // AtomicU64s, accessed only atomically.
-        let entries = unsafe {
-            std::slice::from_raw_parts(
-                self.base.add(RING_OFFSET).cast::<AtomicU64>(),
-                RING_CAPACITY,
-            )
-        };
+        let entries = self.region.slice::<AtomicU64>(RING_OFFSET, RING_CAPACITY);
         Ring::new(&self.header().ring, entries)
     }
 
     /// Worker `index`'s record (< [`MAX_PROCESSES`]).
     pub(crate) fn worker_record(&self, index: u32) -> &WorkerRecord {
-        let index = index as usize;
-        assert!(index < MAX_PROCESSES);
-        // SAFETY: in bounds; all-zero is a valid WorkerRecord, accessed atomically.
-        unsafe {
-            &*self
-                .base
-                .add(WORKERS_OFFSET)
-                .cast::<WorkerRecord>()
-                .add(index)
-        }
+        &self.region.slice(WORKERS_OFFSET, MAX_PROCESSES)[index as usize]
     }
 
     /// Worker `index`'s CPU set (< [`MAX_PROCESSES`]).
     pub(crate) fn cpu_pin(&self, index: u32) -> &CpuPin {
-        let index = index as usize;
-        assert!(index < MAX_PROCESSES);
-        // SAFETY: in bounds; all-zero is a valid CpuPin, accessed atomically.
-        unsafe { &*self.base.add(PINS_OFFSET).cast::<CpuPin>().add(index) }
+        &self.region.slice(PINS_OFFSET, MAX_PROCESSES)[index as usize]
     }
 
     /// Worker `index`'s finish log (< [`MAX_PROCESSES`]).
     pub(crate) fn finish_log(&self, index: u32) -> &FinishLog {
-        let index = index as usize;
-        assert!(index < MAX_PROCESSES);
-        // SAFETY: in bounds; all-zero is a valid empty FinishLog, accessed
-        // atomically by its one producer and one consumer (its module doc).
-        unsafe { &*self.base.add(LOGS_OFFSET).cast::<FinishLog>().add(index) }
+        &self.region.slice(LOGS_OFFSET, MAX_PROCESSES)[index as usize]
     }
 
     /// Task slot `index` (< [`SLOT_CAPACITY`]).
     pub(crate) fn slot(&self, index: u32) -> &TaskSlot {
-        let index = index as usize;
-        assert!(index < SLOT_CAPACITY);
-        // SAFETY: in bounds; TaskSlot is valid when zeroed and its fields follow the
-        // slot protocol (sync::slot module doc).
-        unsafe { &*self.base.add(SLOTS_OFFSET).cast::<TaskSlot>().add(index) }
+        &self.region.slice(SLOTS_OFFSET, SLOT_CAPACITY)[index as usize]
     }
 
     /// The segment offset of slot `index`'s inline payload.
@@ -412,14 +419,15 @@ impl Layout {
     /// A pointer to the byte at segment `offset`.
     pub(crate) fn at(&self, offset: u64) -> *mut u8 {
         debug_assert!((offset as usize) <= SEGMENT_BYTES);
-        // SAFETY: offsets handed out by this crate lie inside the mapping.
-        unsafe { self.base.add(offset as usize) }
+        // Offsets handed out by this crate lie inside the mapping, so no
+        // wrap happens; dereferencing is the caller's business.
+        self.region.base().wrapping_add(offset as usize)
     }
 
     /// The segment offset of `[ptr, ptr + bytes)` if it lies wholly inside
     /// the segment.
     pub(crate) fn offset_of(&self, ptr: *const u8, bytes: usize) -> Option<u64> {
-        let offset = (ptr as usize).checked_sub(self.base as usize)?;
+        let offset = (ptr as usize).checked_sub(self.region.base() as usize)?;
         (offset.checked_add(bytes)? <= SEGMENT_BYTES).then_some(offset as u64)
     }
 

@@ -4,12 +4,11 @@
 use crate::error::Error;
 use crate::tracker::{self, Kind};
 use rustix::fs::Mode;
-use rustix::mm::{MapFlags, ProtFlags};
+use crate::shm::segment::Mapping;
 use rustix::shm::OFlags;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::OwnedFd;
-use std::ptr::NonNull;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A named shared-memory object (`shm_open`), mapped into this process.
@@ -36,18 +35,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug)]
 pub struct SharedMemory {
     name: String,
-    base: NonNull<u8>,
-    len: usize,
+    // Send and Sync through the mapping: `&self` only reads through
+    // `as_slice` (other processes may write: that is the point, and callers
+    // synchronize through their own protocol), `&mut self` writes.
+    map: Mapping,
     owner: bool,
     _fd: OwnedFd,
 }
-
-// SAFETY: the mapping is plain memory valid until drop; `&self` only reads
-// through `as_slice` (other processes may write: that is the point, and
-// callers synchronize through their own protocol), `&mut self` writes.
-unsafe impl Send for SharedMemory {}
-// SAFETY: as above.
-unsafe impl Sync for SharedMemory {}
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -115,23 +109,10 @@ impl SharedMemory {
                 size as usize
             }
         };
-        // SAFETY: a new mapping at an address the kernel chooses; it aliases no
-        // Rust object.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )
-        }
-        .map_err(fail)?;
+        let map = Mapping::shared(fd.as_fd(), len, false).map_err(fail)?;
         Ok(SharedMemory {
             name: name.to_owned(),
-            base: NonNull::new(ptr.cast()).expect("mmap returned null"),
-            len,
+            map,
             owner: create.is_some(),
             _fd: fd,
         })
@@ -144,7 +125,7 @@ impl SharedMemory {
 
     /// The size in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// Always `false`: an object has at least one byte.
@@ -156,14 +137,14 @@ impl SharedMemory {
     /// through your own protocol.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `len` mapped bytes, valid until drop.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts(self.map.base(), self.map.len()) }
     }
 
     /// The bytes, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: `len` mapped bytes, valid until drop; `&mut self` is exclusive
         // in this process.
-        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.map.base(), self.map.len()) }
     }
 
     /// Removes the name now (mappings stay valid until dropped). Only the
@@ -180,9 +161,6 @@ impl SharedMemory {
 
 impl Drop for SharedMemory {
     fn drop(&mut self) {
-        // SAFETY: our mapping of `len` bytes; no reference into it outlives
-        // `self`.
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
         if self.owner {
             let _ = self.unlink();
         }

@@ -11,22 +11,95 @@ use rustix::fs::FallocateFlags;
 use rustix::mm::{MapFlags, ProtFlags};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
+use crate::shm::region::Region;
+
+/// A `MAP_SHARED`, read-write mapping of a file, unmapped on drop: the one
+/// place a shared mapping is made and unmade (the pool's segment, a named
+/// object, a manager lane).
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    region: Region,
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` from offset 0, shared (`MAP_NORESERVE` too
+    /// when `noreserve`: a sparse file whose pages cost memory only when
+    /// touched).
+    pub(crate) fn shared(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        noreserve: bool,
+    ) -> rustix::io::Result<Mapping> {
+        let flags = if noreserve {
+            MapFlags::SHARED | MapFlags::NORESERVE
+        } else {
+            MapFlags::SHARED
+        };
+        // SAFETY: a new mapping at an address the kernel chooses; it aliases
+        // no Rust object.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                flags,
+                fd,
+                0,
+            )
+        }?;
+        // SAFETY: the fresh mapping is `len` bytes, page-aligned, and lives
+        // until this `Mapping` drops; its views borrow the `Mapping`.
+        let region = unsafe { Region::new(ptr.cast(), len) };
+        Ok(Mapping { region })
+    }
+
+    /// The first byte of the mapping.
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.region.base()
+    }
+
+    /// The mapping's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.region.len()
+    }
+
+    /// The `T` at `offset` ([`Region::view`]), for as long as the mapping.
+    #[cfg(feature = "manager")]
+    pub(crate) fn view<T: crate::shm::region::Shared>(&self, offset: usize) -> &T {
+        self.region.view(offset)
+    }
+
+    /// The `n` `T`s at `offset` ([`Region::slice`]), for as long as the
+    /// mapping.
+    #[cfg(any(test, feature = "manager"))]
+    pub(crate) fn slice<T: crate::shm::region::Shared>(&self, offset: usize, n: usize) -> &[T] {
+        self.region.slice(offset, n)
+    }
+
+    /// Keeps the mapping until the process exits (a worker's or a spawned
+    /// process's inherited segment, the object heap), and returns it as a
+    /// region: valid for the rest of the process, so views of it are safe.
+    pub(crate) fn leak(self) -> Region {
+        let region = self.region;
+        std::mem::forget(self);
+        region
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our mapping of `len` bytes; no reference into it outlives
+        // the `Mapping` (its owners' references all borrow it).
+        let _ = unsafe { rustix::mm::munmap(self.base().cast(), self.len()) };
+    }
+}
 
 /// A `MAP_SHARED` mapping of a sparse memfd, unmapped on drop.
 #[derive(Debug)]
 pub(crate) struct Segment {
-    base: NonNull<u8>,
-    len: usize,
+    map: Mapping,
     _fd: OwnedFd,
 }
-
-// SAFETY: the mapping is plain memory valid for `len` bytes until drop; every
-// access goes through atomics or follows the ownership protocol in
-// `docs/ARCHITECTURE.md`, which is what makes sharing it between threads sound.
-unsafe impl Send for Segment {}
-// SAFETY: as above; `&Segment` only hands out pointers, never `&mut`.
-unsafe impl Sync for Segment {}
 
 impl Segment {
     /// Creates a zero-filled shared mapping of `len` bytes named `name` (for
@@ -34,12 +107,8 @@ impl Segment {
     pub(crate) fn create(name: &str, len: usize) -> io::Result<Segment> {
         let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&fd, len as u64)?;
-        let ptr = Self::map(fd.as_fd(), len)?;
-        Ok(Segment {
-            base: NonNull::new(ptr).expect("mmap returned null"),
-            len,
-            _fd: fd,
-        })
+        let map = Mapping::shared(fd.as_fd(), len, true)?;
+        Ok(Segment { map, _fd: fd })
     }
 
     /// The memfd behind the mapping (handed to spawned workers).
@@ -47,28 +116,23 @@ impl Segment {
         self._fd.as_raw_fd()
     }
 
-    /// Maps `len` bytes of a segment descriptor (ours, or one inherited by a
-    /// spawned or forkserver process, whose mapping lives until it exits).
-    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<*mut u8> {
-        // SAFETY: a new mapping at an address the kernel chooses; it aliases no
-        // Rust object.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::NORESERVE,
-                fd,
-                0,
-            )
-        }?;
-        Ok(ptr.cast())
+    /// Maps `len` bytes of a segment descriptor (one inherited by a spawned
+    /// or forkserver process, or the object heap's), for as long as the
+    /// process lives.
+    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<Region> {
+        Ok(Mapping::shared(fd, len, true)?.leak())
+    }
+
+    /// Keeps the mapping for the rest of the process (the object heap):
+    /// returns it as a region, with the descriptor.
+    pub(crate) fn leak(self) -> (Region, OwnedFd) {
+        (self.map.leak(), self._fd)
     }
 
     /// [`map`](Segment::map) of a descriptor number: the form the worker's
     /// bootstrap and the object heap hold. A number that names no open file
     /// fails with `EBADF`, as `mmap` would.
-    pub(crate) fn map_inherited(fd: RawFd, len: usize) -> io::Result<*mut u8> {
+    pub(crate) fn map_inherited(fd: RawFd, len: usize) -> io::Result<Region> {
         if fd < 0 {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
@@ -79,7 +143,13 @@ impl Segment {
 
     /// The first byte of the mapping.
     pub(crate) fn base(&self) -> *mut u8 {
-        self.base.as_ptr()
+        self.map.base()
+    }
+
+    /// The `n` `T`s at `offset` ([`Mapping::slice`]).
+    #[cfg(test)]
+    pub(crate) fn slice<T: crate::shm::region::Shared>(&self, offset: usize, n: usize) -> &[T] {
+        self.map.slice(offset, n)
     }
 
     /// Gives the memory behind the whole pages of `[offset, offset + len)`
@@ -89,7 +159,7 @@ impl Segment {
     pub(crate) fn release(&self, offset: usize, len: usize) -> usize {
         let page = crate::shm::layout::PAGE;
         let start = offset.next_multiple_of(page);
-        let end = (offset + len).min(self.len) / page * page;
+        let end = (offset + len).min(self.map.len()) / page * page;
         if end <= start {
             return 0;
         }
@@ -108,45 +178,36 @@ impl Segment {
     }
 }
 
-impl Drop for Segment {
-    fn drop(&mut self) {
-        // SAFETY: we created this mapping with this length; no reference into it
-        // outlives the `Segment` (they all borrow it).
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
-    }
-}
-
 #[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU8, Ordering};
 
     #[test]
     fn released_pages_read_as_zeros_and_partial_pages_are_kept() {
         let seg = Segment::create("shmpool-test", 1 << 20).unwrap();
-        // SAFETY: 64 KiB from the start of a 1 MiB mapping that only this
-        // test uses.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(seg.base(), 64 << 10) };
-        bytes.fill(7);
+        // 64 KiB from the start of a 1 MiB mapping that only this test uses.
+        let bytes = seg.slice::<AtomicU8>(0, 64 << 10);
+        let all = |range: std::ops::Range<usize>, value: u8| {
+            bytes[range].iter().all(|b| b.load(Ordering::Relaxed) == value)
+        };
+        bytes.iter().for_each(|b| b.store(7, Ordering::Relaxed));
         // From the middle of page 0 to the middle of page 10: pages 1-9 go.
         assert_eq!(seg.release(2048, 10 * 4096), 9 * 4096);
-        assert!(
-            bytes[..4096].iter().all(|&b| b == 7),
-            "a partial page stays"
-        );
-        assert!(bytes[4096..10 * 4096].iter().all(|&b| b == 0));
-        assert!(bytes[10 * 4096..].iter().all(|&b| b == 7));
+        assert!(all(0..4096, 7), "a partial page stays");
+        assert!(all(4096..10 * 4096, 0));
+        assert!(all(10 * 4096..64 << 10, 7));
         assert_eq!(seg.release(100, 200), 0, "no whole page");
     }
 
     #[test]
     fn a_large_sparse_segment_costs_nothing_until_touched() {
         let seg = Segment::create("shmpool-test", 16 << 30).unwrap();
-        // SAFETY: both offsets are inside the 16 GiB mapping.
-        unsafe {
-            *seg.base() = 7;
-            *seg.base().add(15 << 30) = 9;
-            assert_eq!(*seg.base(), 7);
-            assert_eq!(*seg.base().add(15 << 30), 9);
-        }
+        let first = seg.slice::<AtomicU8>(0, 1);
+        let far = seg.slice::<AtomicU8>(15 << 30, 1);
+        first[0].store(7, Ordering::Relaxed);
+        far[0].store(9, Ordering::Relaxed);
+        assert_eq!(first[0].load(Ordering::Relaxed), 7);
+        assert_eq!(far[0].load(Ordering::Relaxed), 9);
     }
 }

@@ -34,8 +34,8 @@ static BOOTSTRAP: extern "C" fn() = bootstrap;
 /// Makes sure the linker keeps [`BOOTSTRAP`]: an archive member nothing
 /// refers to would be left out of the executable.
 pub(crate) fn ensure_linked() {
-    // SAFETY: reads a valid, initialized static.
-    let _ = unsafe { std::ptr::read_volatile(&BOOTSTRAP) };
+    // An opaque use: the compiler must assume the static is read.
+    std::hint::black_box(&BOOTSTRAP);
 }
 
 extern "C" fn bootstrap() {
@@ -114,8 +114,8 @@ fn close_on_exec_inherited() {
 pub(crate) fn exit(code: i32) -> ! {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    // SAFETY: ends this process without running the program's own code.
-    unsafe { libc::_exit(code) }
+    // Without running the program's own code.
+    crate::sys::process::exit_now(code)
 }
 
 fn run_spawned(spec: Spec) -> i32 {
@@ -141,18 +141,15 @@ pub(crate) fn become_worker(
     index: u32,
     method: StartMethod,
 ) -> i32 {
-    let Ok(base) = Segment::map_inherited(segment_fd, layout::SEGMENT_BYTES) else {
+    let region = Segment::map_inherited(segment_fd, layout::SEGMENT_BYTES);
+    let Some(layout) = region.ok().and_then(Layout::of) else {
         return BAD_SEGMENT_EXIT;
     };
-    // SAFETY: `base` maps SEGMENT_BYTES of the pool's segment, page-aligned,
-    // and is never unmapped in this process.
-    let layout = unsafe { Layout::new(base) };
     if layout.header().magic.load(Ordering::Acquire) != layout::MAGIC {
         return BAD_SEGMENT_EXIT;
     }
     // Workers of spawn and forkserver die with their parent too.
-    // SAFETY: plain syscall.
-    let parent = unsafe { libc::getppid() } as u32;
+    let parent = rustix::process::Pid::as_raw(rustix::process::getppid()) as u32;
     fork::die_with_parent(parent);
     let start = WorkerStart {
         index,

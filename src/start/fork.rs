@@ -9,8 +9,13 @@
 //! The child never returns into the caller's stack: it runs its body and leaves
 //! with `_exit`, so no destructor or `atexit` handler of the parent runs twice.
 
+use crate::sys::{self, process::Forked};
+use rustix::io::Errno;
+use rustix::net::SendFlags;
+use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
+use std::ffi::CStr;
 use std::io::{self, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 
 /// A worker process: its pid and a pidfd that becomes readable when it exits.
@@ -46,14 +51,12 @@ impl Child {
 
     /// Sends SIGKILL. The child is not reaped yet, so its pid names it alone.
     pub(crate) fn kill(&self) {
-        // SAFETY: plain syscall on a pid that is ours until reaped.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let _ = sys::process::kill(self.pid, libc::SIGKILL);
     }
 
     /// Sends `signal`. The child is not reaped yet, so its pid names it alone.
     pub(crate) fn signal(&self, signal: libc::c_int) {
-        // SAFETY: plain syscall on a pid that is ours until reaped.
-        unsafe { libc::kill(self.pid, signal) };
+        let _ = sys::process::kill(self.pid, signal);
     }
 
     /// Kills the child and waits for it, so it leaves no zombie.
@@ -65,13 +68,8 @@ impl Child {
 
 /// A pidfd for `pid`, which must be unreaped.
 pub(crate) fn pidfd(pid: libc::pid_t) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// Forks a child that runs `body` and exits with its return value (101 if it
@@ -89,23 +87,23 @@ pub(crate) fn fork_with(die_with_thread: bool, body: impl FnOnce() -> i32) -> io
     let mut err = io::stderr().lock();
     let _ = out.flush();
     let _ = err.flush();
-    // SAFETY: fork has no memory-safety preconditions; the child below touches
-    // only what this thread owns plus async-signal-safe calls until `body`.
-    let pid = unsafe { libc::fork() };
+    // SAFETY: the child below touches only what this thread owns plus
+    // async-signal-safe calls until `body`, and leaves with `exit_now`.
+    let forked = unsafe { sys::process::fork() };
     drop(err);
     drop(out);
-    if pid == 0 {
-        prepare_child(parent, die_with_thread);
-        let code = std::panic::catch_unwind(AssertUnwindSafe(body)).unwrap_or(101);
-        // Only this thread exists in the child: no one else can hold these locks.
-        let _ = io::stdout().flush();
-        let _ = io::stderr().flush();
-        // SAFETY: leaves the child without unwinding into the parent's frames.
-        unsafe { libc::_exit(code) }
-    }
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let pid = match forked? {
+        Forked::Parent(pid) => pid,
+        Forked::Child => {
+            prepare_child(parent, die_with_thread);
+            let code = std::panic::catch_unwind(AssertUnwindSafe(body)).unwrap_or(101);
+            // Only this thread exists in the child: no one else can hold these locks.
+            let _ = io::stdout().flush();
+            let _ = io::stderr().flush();
+            // Leaves the child without unwinding into the parent's frames.
+            sys::process::exit_now(code)
+        }
+    };
     match pidfd(pid) {
         Ok(pidfd) => Ok(Child {
             pid,
@@ -124,24 +122,16 @@ fn prepare_child(parent: u32, die_with_thread: bool) {
     if die_with_thread {
         die_with_parent(parent);
     }
-    // SAFETY: plain syscalls on this process's own attributes.
-    unsafe {
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-    }
+    sys::process::unblock_all_signals();
 }
 
 /// Asks for SIGKILL when the parent (thread) dies; exits at once if the
 /// parent, `parent`, is already gone.
 pub(crate) fn die_with_parent(parent: u32) {
-    // SAFETY: plain syscalls on this process's own attributes.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        // The parent may have died before the line above took effect.
-        if libc::getppid() as u32 != parent {
-            libc::_exit(1);
-        }
+    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+    // The parent may have died before the line above took effect.
+    if Pid::as_raw(rustix::process::getppid()) as u32 != parent {
+        sys::process::exit_now(1);
     }
 }
 
@@ -153,33 +143,37 @@ pub(crate) fn set_process_name(name: &[u8]) {
     let mut comm = [0u8; 16];
     let len = name.len().min(15);
     comm[..len].copy_from_slice(&name[..len]);
-    // SAFETY: `comm` is NUL-terminated and 16 bytes long, as PR_SET_NAME reads.
-    unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
+    // NUL-terminated: the 16th byte is never written (a NUL inside `name`
+    // ends it earlier, as the kernel would).
+    if let Ok(comm) = CStr::from_bytes_until_nul(&comm) {
+        let _ = rustix::thread::set_name(comm);
+    }
 }
 
 /// Kills `pid` with SIGKILL and waits for it, so it leaves no zombie.
 pub(crate) fn kill_and_reap(pid: libc::pid_t) -> libc::c_int {
-    // SAFETY: `pid` is our unreaped child, so it cannot name another process.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // `pid` is our unreaped child, so it cannot name another process.
+    let _ = sys::process::kill(pid, libc::SIGKILL);
     reap(pid, true).unwrap_or(0)
 }
 
 /// `waitpid` for our child `pid`; `None` if it is still running (`block` false).
 pub(crate) fn reap(pid: libc::pid_t, block: bool) -> Option<libc::c_int> {
-    let mut status = 0;
+    let Some(child) = Pid::from_raw(pid) else {
+        return Some(0); // no child of ours
+    };
+    let flags = if block {
+        WaitOptions::empty()
+    } else {
+        WaitOptions::NOHANG
+    };
     loop {
-        let flags = if block { 0 } else { libc::WNOHANG };
-        // SAFETY: `status` is a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
-        if r == pid {
-            return Some(status);
-        }
-        if r == 0 {
-            return None;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+        match rustix::process::waitpid(Some(child), flags) {
+            Ok(Some((_, status))) => return Some(status.as_raw()),
+            Ok(None) => return None,
+            Err(Errno::INTR) => continue,
             // ECHILD: already reaped (cannot happen for our own children).
-            return Some(0);
+            Err(_) => return Some(0),
         }
     }
 }
@@ -187,18 +181,13 @@ pub(crate) fn reap(pid: libc::pid_t, block: bool) -> Option<libc::c_int> {
 /// Sends all of `bytes` on socket `fd` with `MSG_NOSIGNAL`: a peer that has
 /// gone is an `EPIPE` error, never a SIGPIPE (a process in its start-up hook
 /// has not yet ignored it).
-pub(crate) fn send_all(fd: std::os::fd::RawFd, mut bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn send_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        // SAFETY: sends from a live buffer on a socket the caller owns.
-        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        match rustix::net::send(fd, bytes, SendFlags::NOSIGNAL) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-        bytes = &bytes[n as usize..];
     }
     Ok(())
 }

@@ -5,5 +5,7 @@
 //! `SCM_RIGHTS`, `prctl`, `getrandom`) or std.
 
 pub(crate) mod process;
+#[cfg(feature = "manager")]
+pub(crate) mod socket;
 pub(crate) mod spawn;
 pub(crate) mod vm;

@@ -60,7 +60,62 @@ pub(crate) unsafe fn execve(
 pub(crate) fn ignore_all_signals() {
     // 64: the highest signal number on Linux (_NSIG - 1).
     for sig in 1..=64 {
-        // SAFETY: SIG_IGN installs no handler; invalid numbers fail with EINVAL.
-        unsafe { libc::signal(sig, libc::SIG_IGN) };
+        ignore_signal(sig);
+    }
+}
+
+/// Ignores signal `sig` (`SIG_IGN`). Safe for the same reason as
+/// [`ignore_all_signals`]: no handler is installed.
+pub(crate) fn ignore_signal(sig: i32) {
+    // SAFETY: SIG_IGN installs no handler; invalid numbers fail with EINVAL.
+    unsafe { libc::signal(sig, libc::SIG_IGN) };
+}
+
+/// Sends `signal` to process `pid` (`kill(2)`, any signal number, real-time
+/// ones included, which rustix's `Signal` does not name). Safe: it touches
+/// no memory; which process `pid` names is the caller's concern.
+pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: no memory preconditions; a bad pid or signal fails with an errno.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Unblocks every signal of the calling thread (`pthread_sigmask` of an
+/// empty set): a forked child starts from a clean mask. Async-signal-safe.
+pub(crate) fn unblock_all_signals() {
+    let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initializes the set it is given; pthread_sigmask
+    // reads it and may pass null for the old mask.
+    unsafe {
+        libc::sigemptyset(none.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut());
+    }
+}
+
+/// Installs `handler` for signal `sig`, once: the disposition resets to the
+/// default as the signal is delivered (`SA_RESETHAND`), so the handler runs
+/// and returns, and the signal's default action follows.
+///
+/// # Safety
+/// `handler` does only what is async-signal-safe: it may interrupt this
+/// process anywhere.
+pub(crate) unsafe fn handle_once(sig: i32, handler: extern "C" fn(i32)) -> io::Result<()> {
+    let mut action = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: an all-zero sigaction is valid (no flags, an empty mask); the
+    // kernel only reads it; the handler's behaviour is the caller's contract.
+    let rc = unsafe {
+        let action = action.as_mut_ptr();
+        (*action).sa_sigaction = handler as usize;
+        (*action).sa_flags = libc::SA_RESETHAND;
+        libc::sigemptyset(&mut (*action).sa_mask);
+        libc::sigaction(sig, action, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }

@@ -23,6 +23,7 @@ use crate::remote::AccessRefused;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::mem::size_of;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// What a [`SerdeTask`] can take and return: any serde value that can travel
 /// to another process and back.
@@ -75,7 +76,7 @@ macro_rules! impl_serde_task {
             type Bound = u64;
 
             fn bind(&self) -> Result<u64, Error> {
-                FnCode::of::<Func, fn($($arg),*) -> Ret>(self).map(|code| code.0)
+                FnCode::of(self, |p: &fn($($arg),*) -> Ret| *p as usize).map(|code| code.0)
             }
 
             #[allow(non_snake_case)]
@@ -125,7 +126,7 @@ crate::pod::for_each_arity!(impl_serde_partial: A, C, D, E, G);
 
 /// The parent's header at the start of a chunk's block.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub(crate) struct InHeader {
     /// Bytes of encoded inputs after the header.
     pub(crate) in_bytes: u64,
@@ -135,7 +136,7 @@ pub(crate) struct InHeader {
 
 /// The worker's header at the start of a chunk's output area.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub(crate) struct OutHeader {
     /// One of the `STATUS_*` values.
     pub(crate) status: u32,
@@ -179,22 +180,24 @@ where
     debug_assert!(io.remote.is_none(), "serde chunks lie in the segment");
     // SAFETY: the contract: a header the parent wrote (unaligned read).
     let header = unsafe { io.input.cast::<InHeader>().read_unaligned() };
-    // SAFETY: the contract: `in_bytes` bytes after the header, then room for
-    // `out_capacity` after the output header, disjoint, ours alone.
+    // SAFETY: the contract: `in_bytes` bytes after the header, then the
+    // output header and room for `out_capacity` bytes after it, disjoint,
+    // ours alone.
     let (input, output) = unsafe {
         (
             std::slice::from_raw_parts(io.input.add(IN_HEADER), header.in_bytes as usize),
-            std::slice::from_raw_parts_mut(io.output.add(OUT_HEADER), header.out_capacity as usize),
+            std::slice::from_raw_parts_mut(io.output, OUT_HEADER + header.out_capacity as usize),
         )
     };
-    let (status, count, used) = run_chunk::<F, Args>(input, output, io.len);
+    let (out_header, area) = output.split_at_mut(OUT_HEADER);
+    let (status, count, used) = run_chunk::<F, Args>(input, area, io.len);
     let header = OutHeader {
         status,
         count: count as u32,
         used: used as u64,
     };
-    // SAFETY: the contract: room for the header at `io.output`, written last.
-    unsafe { io.output.cast::<OutHeader>().write_unaligned(header) };
+    // Written last.
+    out_header[..size_of::<OutHeader>()].copy_from_slice(header.as_bytes());
     Ok(())
 }
 
@@ -306,17 +309,22 @@ mod tests {
         }
         let out = (IN_HEADER + bytes.len()).next_multiple_of(64);
         let mut buf = vec![0u64; (out + OUT_HEADER + capacity).div_ceil(8)];
-        let base = buf.as_mut_ptr().cast::<u8>();
         let header = InHeader {
             in_bytes: bytes.len() as u64,
             out_capacity: capacity as u64,
         };
-        // SAFETY: the buffer holds the header and the bytes.
-        unsafe {
-            base.cast::<InHeader>().write(header);
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(IN_HEADER), bytes.len());
-        }
+        let area = buf.as_mut_bytes();
+        area[..IN_HEADER].copy_from_slice(header.as_bytes());
+        area[IN_HEADER..][..bytes.len()].copy_from_slice(&bytes);
         (buf, out)
+    }
+
+    /// The output header and the `len` bytes after it, as the worker left
+    /// them in a buffer `chunk` laid out.
+    fn output(buf: &[u64], out: usize, len: usize) -> (OutHeader, Vec<u8>) {
+        let bytes = &buf.as_bytes()[out..];
+        let (header, _) = OutHeader::read_from_prefix(bytes).unwrap();
+        (header, bytes[OUT_HEADER..][..len].to_vec())
     }
 
     fn run<F: SerdeTask<(String,), Output = String>>(
@@ -326,14 +334,10 @@ mod tests {
     ) -> (OutHeader, Vec<u8>) {
         let (mut buf, out) = chunk(inputs, capacity);
         let base = buf.as_mut_ptr().cast::<u8>();
+        let io = TaskIo::local(base, base.wrapping_add(out), inputs.len());
         // SAFETY: laid out by `chunk`; the output area lies after the input.
-        unsafe {
-            let io = TaskIo::local(base, base.add(out), inputs.len());
-            entry::<F, (String,)>(io).unwrap();
-            let header = base.add(out).cast::<OutHeader>().read();
-            let area = std::slice::from_raw_parts(base.add(out + OUT_HEADER), capacity).to_vec();
-            (header, area)
-        }
+        unsafe { entry::<F, (String,)>(io).unwrap() };
+        output(&buf, out, capacity)
     }
 
     #[test]
@@ -370,15 +374,11 @@ mod tests {
         // Says it holds two items; the bytes end after the first.
         let (mut buf, out) = chunk(&["ok".to_string()], 256);
         let base = buf.as_mut_ptr().cast::<u8>();
+        let io = TaskIo::local(base, base.wrapping_add(out), 2);
         // SAFETY: as in `run`; the count claims 2 items over 1 item's bytes.
-        let (header, message) = unsafe {
-            let io = TaskIo::local(base, base.add(out), 2);
-            entry_of(shout)(io).unwrap();
-            let header = base.add(out).cast::<OutHeader>().read();
-            let message =
-                std::slice::from_raw_parts(base.add(out + OUT_HEADER), header.used as usize);
-            (header, String::from_utf8_lossy(message).into_owned())
-        };
+        unsafe { entry_of(shout)(io).unwrap() };
+        let (header, message) = output(&buf, out, 256);
+        let message = String::from_utf8_lossy(&message[..header.used as usize]).into_owned();
         assert_eq!(header.status, STATUS_BAD_INPUT);
         assert_eq!(header.count, 1);
         assert!(message.contains("input 1"), "{message}");

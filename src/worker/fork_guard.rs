@@ -24,6 +24,8 @@
 //! Only `fork()` through libc counts: glibc's `_Fork`, `vfork`, `posix_spawn`
 //! and raw `clone` run no atfork handler (and the last three exec or exit).
 
+use rustix::io::Errno;
+use rustix::process::WaitOptions;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// Set in a child of a worker by the atfork child handler: this process is
@@ -91,8 +93,8 @@ pub(crate) fn check() {
 #[cold]
 #[inline(never)]
 fn forked_exit() -> ! {
-    // SAFETY: ends this process; nothing of the pool's is touched.
-    unsafe { libc::_exit(0) }
+    // Nothing of the pool's is touched.
+    crate::sys::process::exit_now(0)
 }
 
 /// Reaps every exited child of the worker, if it ever forked; between tasks.
@@ -103,18 +105,14 @@ pub(crate) fn reap_children() {
         return;
     }
     loop {
-        // SAFETY: plain syscall; a null status pointer is allowed.
-        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
-        if r > 0 {
-            continue;
+        match rustix::process::waitpid(None, WaitOptions::NOHANG) {
+            Ok(Some(_)) | Err(Errno::INTR) => continue,
+            Ok(None) => {
+                // Some still run: look again after the next task.
+                HAS_CHILDREN.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(_) => return, // ECHILD: none left until the next fork
         }
-        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-            continue;
-        }
-        if r == 0 {
-            // Some still run: look again after the next task.
-            HAS_CHILDREN.store(true, Ordering::Relaxed);
-        }
-        return; // or ECHILD: none left until the next fork
     }
 }

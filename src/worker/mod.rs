@@ -14,7 +14,7 @@ use crate::shm::layout::{Layout, INIT_FAILED_EXIT};
 use crate::sync::slot::{Outcome, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED};
 use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, Remote, TaskIo};
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
@@ -144,19 +144,9 @@ fn record_init_failure(layout: Layout, message: &str) {
     {
         return;
     }
-    let bytes = truncate(message, crate::shm::layout::INIT_MESSAGE_BYTES);
-    // SAFETY: winning `init_failed` makes this worker the message's only
-    // writer; the parent reads it only after reaping this process.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            bytes.as_ptr(),
-            settings.init_message.get().cast::<u8>(),
-            bytes.len(),
-        )
-    };
-    settings
-        .init_message_len
-        .store(bytes.len() as u32, Ordering::Release);
+    // Winning `init_failed` makes this worker the message's only writer; the
+    // parent reads it only after reaping this process.
+    settings.set_init_message(truncate(message, crate::shm::layout::INIT_MESSAGE_BYTES));
 }
 
 /// The parent, if zero-copy maps are on and the kernel lets this worker reach
@@ -183,10 +173,16 @@ fn reach_parent(layout: Layout) -> Option<Peer> {
     }
 }
 
+/// Adds 1 to the parent's ready counter (an eventfd this process inherited
+/// as `fd`); a bad number only makes it fail.
 fn report_ready(fd: RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a valid u64; a bad fd only makes it fail.
-    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: an inherited descriptor that stays open for this call (nothing
+    // in this process closes it); the borrow ends with it.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
 
 /// Runs the task in slot `index` if this worker wins the claim; returns
@@ -208,7 +204,7 @@ fn run(
         return false; // a stale ring entry, or another worker was faster
     }
     #[cfg(test)]
-    hostile::running(slot, layout.finish_log(me));
+    hostile::running(layout, index, me);
     if track {
         layout
             .worker_record(me)
@@ -357,29 +353,35 @@ fn truncate(s: &str, max: usize) -> &[u8] {
 /// task can write over them as a hostile task (or a C library) could.
 #[cfg(test)]
 pub(crate) mod hostile {
+    use crate::shm::layout::Layout;
     use crate::sync::finish_log::FinishLog;
     use crate::sync::slot::TaskSlot;
-    use std::sync::atomic::{AtomicPtr, Ordering};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
 
-    static SLOT: AtomicPtr<TaskSlot> = AtomicPtr::new(std::ptr::null_mut());
-    static LOG: AtomicPtr<FinishLog> = AtomicPtr::new(std::ptr::null_mut());
+    /// The worker's segment (one per worker process).
+    static LAYOUT: OnceLock<Layout> = OnceLock::new();
+    static SLOT: AtomicU32 = AtomicU32::new(0);
+    static WORKER: AtomicU32 = AtomicU32::new(0);
 
-    pub(super) fn running(slot: &TaskSlot, log: &FinishLog) {
-        SLOT.store(slot as *const TaskSlot as *mut TaskSlot, Ordering::Relaxed);
-        LOG.store(log as *const FinishLog as *mut FinishLog, Ordering::Relaxed);
+    pub(super) fn running(layout: Layout, slot: u32, me: u32) {
+        let _ = LAYOUT.set(layout);
+        SLOT.store(slot, Ordering::Relaxed);
+        WORKER.store(me, Ordering::Relaxed);
+    }
+
+    fn layout() -> &'static Layout {
+        LAYOUT.get().expect("called from a task, in a worker")
     }
 
     /// The slot of the task this worker runs (or ran last).
     pub(crate) fn slot() -> &'static TaskSlot {
-        // SAFETY: set before every task to a slot of the segment, which stays
-        // mapped for the worker's life.
-        unsafe { &*SLOT.load(Ordering::Relaxed) }
+        layout().slot(SLOT.load(Ordering::Relaxed))
     }
 
     /// This worker's finish log.
     pub(crate) fn log() -> &'static FinishLog {
-        // SAFETY: as for `slot`.
-        unsafe { &*LOG.load(Ordering::Relaxed) }
+        layout().finish_log(WORKER.load(Ordering::Relaxed))
     }
 }
 

@@ -10,8 +10,11 @@
 //! the parent wrote before the first worker started.
 
 use crate::shm::layout::Layout;
-use std::ffi::{c_char, CString};
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use rustix::process::{Resource, Rlimit};
+use rustix::thread::CpuSet;
+use std::ffi::{c_char, CStr, CString};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// The variables that size the thread pools of OpenMP, the BLAS libraries
 /// and rayon; a worker sets each to the pool's `threads_per_worker` unless
@@ -59,8 +62,7 @@ pub(crate) fn statm() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/self/statm").ok()?;
     let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
     let (size, resident, shared) = (fields.next()??, fields.next()??, fields.next()??);
-    // SAFETY: plain sysconf query.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let page = rustix::param::page_size().max(1) as u64;
     Some((
         size.saturating_mul(page),
         resident.saturating_sub(shared).saturating_mul(page),
@@ -68,8 +70,9 @@ pub(crate) fn statm() -> Option<(u64, u64)> {
 }
 
 /// Where the SIGABRT handler records an allocation failure: this worker's
-/// `over_limit` word in the segment.
-static OVER_LIMIT: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// segment and index (its `over_limit` word). Set once, before the handler
+/// is armed; reading it is an atomic load (async-signal-safe).
+static OVER_LIMIT: OnceLock<(Layout, u32)> = OnceLock::new();
 
 /// Lets this process map `limit` bytes more than it has now (`RLIMIT_AS`:
 /// the pool's segment is already a large reservation), and arms a SIGABRT
@@ -77,45 +80,30 @@ static OVER_LIMIT: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 /// allocation fails, right after the failing call set ENOMEM.
 fn limit_address_space(layout: Layout, index: u32, limit: u64) {
     let Some((size, _)) = statm() else { return };
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    // `None`: unlimited (RLIM_INFINITY).
+    let max = rustix::process::getrlimit(Resource::As).maximum;
+    let new = Rlimit {
+        current: Some(size.saturating_add(limit).min(max.unwrap_or(u64::MAX))),
+        maximum: max,
     };
-    // SAFETY: reads and writes rlimit structs we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_AS, &mut old) != 0 {
-            return;
-        }
-        let new = libc::rlimit {
-            rlim_cur: size.saturating_add(limit).min(old.rlim_max),
-            rlim_max: old.rlim_max,
-        };
-        libc::setrlimit(libc::RLIMIT_AS, &new);
-    }
-    let word = &layout.worker_record(index).over_limit;
-    OVER_LIMIT.store(
-        word as *const AtomicU64 as *mut AtomicU64,
-        Ordering::Relaxed,
-    );
-    // SAFETY: installs a handler that only reads errno and stores to an
-    // atomic in the mapped segment (async-signal-safe), then returns, so the
-    // abort goes on with the default action.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as usize;
-        action.sa_flags = libc::SA_RESETHAND;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut());
-    }
+    let _ = rustix::process::setrlimit(Resource::As, new);
+    let _ = OVER_LIMIT.set((layout, index));
+    // SAFETY: the handler only reads errno and stores to an atomic in the
+    // mapped segment (async-signal-safe), then returns, so the abort goes on
+    // with the default action.
+    let _ = unsafe { crate::sys::process::handle_once(libc::SIGABRT, on_abort) };
 }
 
 extern "C" fn on_abort(_signal: libc::c_int) {
-    // SAFETY: reads this thread's errno, as set by the interrupted code.
-    let errno = unsafe { *libc::__errno_location() };
-    let word = OVER_LIMIT.load(Ordering::Relaxed);
-    if errno == libc::ENOMEM && !word.is_null() {
-        // SAFETY: points into the segment, mapped for the process's life.
-        unsafe { (*word).store(1, Ordering::Relaxed) };
+    // This thread's errno, as set by the interrupted code (a read of it,
+    // async-signal-safe).
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    if let (Some(libc::ENOMEM), Some((layout, index))) = (errno, OVER_LIMIT.get()) {
+        // The segment stays mapped for the process's life.
+        layout
+            .worker_record(*index)
+            .over_limit
+            .store(1, Ordering::Relaxed);
     }
 }
 
@@ -150,23 +138,22 @@ pub(crate) fn over_memory_cap(layout: Layout, index: u32, cap_kib: u64) -> bool 
 /// Restricts this process to the CPUs the parent chose for `index`.
 fn pin(layout: Layout, index: u32) {
     let pin = layout.cpu_pin(index);
-    // SAFETY: an all-zero cpu_set_t is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let mut set = CpuSet::new();
     let mut any = false;
     for (w, word) in pin.words.iter().enumerate() {
         let bits = word.load(Ordering::Relaxed);
         for b in 0..64 {
-            if bits & (1 << b) != 0 {
-                // SAFETY: w * 64 + b < 1024, the size of a cpu_set_t.
-                unsafe { libc::CPU_SET(w * 64 + b, &mut set) };
+            // w * 64 + b < 1024, the size of a cpu_set_t.
+            if bits & (1 << b) != 0 && w * 64 + b < CpuSet::MAX_CPU {
+                set.set(w * 64 + b);
                 any = true;
             }
         }
     }
     if any {
-        // SAFETY: `set` is a valid cpu_set_t of the size passed; a CPU that
-        // went offline since the parent checked makes it fail harmlessly.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        // A CPU that went offline since the parent checked makes it fail
+        // harmlessly.
+        let _ = rustix::thread::sched_setaffinity(None, &set);
     }
 }
 
@@ -179,39 +166,39 @@ fn pin(layout: Layout, index: u32) {
 /// and that lock would stay held forever in the child. A new `environ`
 /// array takes no lock; it is leaked, as the process keeps it to its end.
 fn set_environment(vars: &[(&str, String, bool)]) {
-    let mut entries: Vec<*const c_char> = Vec::new();
+    let mut entries: Vec<&'static CStr> = Vec::new();
     // SAFETY: this process has one thread (module doc), so nothing changes
-    // `environ` meanwhile; it is a NULL-terminated array of C strings.
+    // `environ` meanwhile; it is a NULL-terminated array of C strings that
+    // live as long as the process (this function leaks what it installs).
     unsafe {
         let mut p = environ;
         while !p.is_null() && !(*p).is_null() {
-            entries.push(*p);
+            entries.push(CStr::from_ptr(*p));
             p = p.add(1);
         }
     }
     let mut added = false;
     for (name, value, replace) in vars {
         let prefix = format!("{name}=");
-        // SAFETY: every entry is a NUL-terminated C string (as above).
-        let is_it = |&e: &*const c_char| unsafe {
-            std::ffi::CStr::from_ptr(e)
-                .to_bytes()
-                .starts_with(prefix.as_bytes())
-        };
+        let is_it = |e: &&CStr| e.to_bytes().starts_with(prefix.as_bytes());
         let set = entries.iter().any(is_it);
         if set && !replace {
             continue;
         }
         entries.retain(|e| !is_it(e));
         let entry = CString::new(format!("{name}={value}")).expect("no NUL in names or numbers");
-        entries.push(entry.into_raw());
+        entries.push(Box::leak(entry.into_boxed_c_str()));
         added = true;
     }
     if !added {
         return;
     }
-    entries.push(std::ptr::null());
-    let array = Box::leak(entries.into_boxed_slice());
+    let array: Vec<*const c_char> = entries
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let array = Box::leak(array.into_boxed_slice());
     // SAFETY: as above, no other thread reads or writes `environ`; the new
     // array and its strings live as long as the process.
     unsafe { environ = array.as_ptr() };
