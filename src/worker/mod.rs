@@ -100,7 +100,7 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
             // not take: if one is left, wake a sleeper for it. (Dekker pair
             // with the producer's push-fence-read of `searching`.)
             fence(Ordering::SeqCst);
-            if !ring.is_empty() {
+            if ring.next_is_ready() {
                 header.work.notify_one_fenced();
             }
         }
