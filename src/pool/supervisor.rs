@@ -505,7 +505,7 @@ const STOP_CHECK_MS: libc::c_int = 1000;
 /// Whether process `pid` is stopped (`SIGSTOP`, `SIGTSTP`, a debugger): it
 /// runs nothing, its tasks included, until it is continued.
 pub(crate) fn is_stopped(pid: libc::pid_t) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+    crate::pool::stats::read_proc(&format!("/proc/{pid}/stat")).is_some_and(|stat| {
         stat.rfind(')')
             .and_then(|i| stat[i + 1..].split_whitespace().next())
             .is_some_and(|state| state == "T" || state == "t")
