@@ -17,7 +17,7 @@ use crate::shm::layout::{self, Layout};
 use crate::shm::segment::Segment;
 use crate::sync::lock;
 use crate::sync::ring::{Full, Producer};
-use crate::sync::slot::{Outcome, SlotState, TaskSlot, INLINE_CAPACITY};
+use crate::sync::slot::{Outcome, SlotState, INLINE_CAPACITY};
 use crate::Pod;
 use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -293,23 +293,11 @@ impl Core {
         })
     }
 
-    /// Starts fetching, for writing, the lines of the slot the next task
-    /// will use (its description and its inline payload), so that a stream
-    /// of submissions does not wait on each slot's cache miss in turn.
+    /// Starts fetching the lines of the slot the next task will use, so that
+    /// a stream of submissions does not wait on each slot's cache miss in
+    /// turn.
     fn prefetch_slot(&self, index: u32) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
-            let at: *const i8 = (self.layout.slot(index) as *const TaskSlot).cast();
-            // SAFETY: a prefetch is a hint that never faults or changes memory;
-            // both lines lie within the slot (256 bytes, 64-aligned).
-            unsafe {
-                _mm_prefetch::<_MM_HINT_ET0>(at);
-                _mm_prefetch::<_MM_HINT_ET0>(at.add(64));
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = index;
+        self.layout.slot(index).prefetch();
     }
 
     fn reap_orphans(&self, table: &mut SlotTable) {
