@@ -10,7 +10,7 @@ pub(crate) mod fork_guard;
 
 use crate::panic::{install_quiet_panic_hook, panic_message};
 use crate::remote::{self, AccessRefused, Peer, Stage};
-use crate::shm::layout::{Layout, INIT_FAILED_EXIT};
+use crate::shm::layout::{Layout, INIT_FAILED_EXIT, SLOT_CAPACITY};
 use crate::sync::slot::{Outcome, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED};
 use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, Remote, TaskIo};
@@ -91,6 +91,11 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
             let mut spin = SpinWait::new();
             while popped.is_none() && spin.spin() {
                 popped = pop();
+            }
+            if let Some(slot) = popped.filter(|&i| (i as usize) < SLOT_CAPACITY) {
+                // Its lines travel from the submitting CPU while this worker
+                // clears its searching bit and looks for a next entry.
+                layout.slot(slot).prefetch();
             }
             header.searching.fetch_and(!my_bit, Ordering::SeqCst);
             may_owe_a_wake_up = true;
