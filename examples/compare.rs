@@ -136,6 +136,24 @@ fn ping_pong(trips: u32) -> (f64, f64) {
     (results[0], results[1])
 }
 
+/// Forks two children that exit at once and waits for both: what a pool of
+/// two fork workers cannot start and stop faster than.
+fn two_forks() {
+    let mut pids = [0; 2];
+    for pid in &mut pids {
+        // SAFETY: the child leaves with _exit, running nothing of ours.
+        *pid = unsafe { libc::fork() };
+        if *pid == 0 {
+            // SAFETY: as above.
+            unsafe { libc::_exit(0) };
+        }
+    }
+    for pid in pids {
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
+}
+
 /// Seconds for a forked child to copy `src` out of this process with
 /// `process_vm_readv`, in 128 KiB pieces (a zero-copy worker's stage size):
 /// the best of `reps` passes. Needs the same ptrace permission as zero-copy
@@ -331,6 +349,9 @@ enum Goal {
     /// shmpool's rate at least this fraction of another row's (named by a
     /// prefix).
     MinVsRow(&'static str, f64),
+    /// shmpool's time at most this many times a limit row's (named by a
+    /// prefix), measured in the same run.
+    MaxVsLimit(&'static str, f64),
 }
 
 /// (target, the row it is read from (a prefix of its name), goal).
@@ -390,6 +411,21 @@ const GOALS: &[(&str, &str, Goal)] = &[
         "pool create + destroy, 2 processes, forkserver, 1 GiB parent, median",
         Goal::MaxSeconds(3e-3),
     ),
+    (
+        "`apply` round trip ≤ 3× the spinning round trip between two processes",
+        "`apply` round trip",
+        Goal::MaxVsLimit("limit: round trip between two processes spinning", 3.0),
+    ),
+    (
+        "`imap_unordered` chunk size 1 ≥ 5 M items/s",
+        "`imap_unordered`",
+        Goal::MinRate(5e6),
+    ),
+    (
+        "pool create + destroy, 2 workers ≤ 2× two forks and their waits",
+        "pool create + destroy, 2 processes, fork",
+        Goal::MaxVsLimit("limit: two forks", 2.0),
+    ),
 ];
 
 /// The targets table: each goal, what this run measured, met or not.
@@ -406,6 +442,14 @@ fn render_goals(rows: &[Row]) -> String {
             Goal::MinVsRayon(min) => {
                 let ratio = row.rayon.map_or(f64::NAN, |r| r / ours);
                 (format!("{ratio:.2}× rayon"), ratio >= min)
+            }
+            Goal::MaxVsLimit(limit, max) => {
+                let theirs = rows
+                    .iter()
+                    .find(|r| r.name.starts_with(limit))
+                    .and_then(|r| r.sequential);
+                let ratio = theirs.map_or(f64::NAN, |t| ours / t);
+                (format!("{ratio:.2}× the limit"), ratio <= max)
             }
             Goal::MinVsRow(other, min) => {
                 let theirs = rows
@@ -951,6 +995,15 @@ fn main() {
     }
 
     rows.extend(big_parent_rows());
+
+    rows.push(Row {
+        name: "limit: two forks of a child that exits at once, and their waits".into(),
+        unit: Unit::Millis,
+        shmpool: None,
+        rayon: None,
+        sequential: Some(median(budget, two_forks)),
+        python: None,
+    });
 
     #[cfg(feature = "manager")]
     rows.push(manager_start_row(budget, &py_get));

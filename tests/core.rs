@@ -500,6 +500,42 @@ fn two_tasks_submitted_while_one_worker_searches_and_one_sleeps_run_in_parallel(
     });
 }
 
+/// Only one worker spins at a time; the others go to sleep at once when they
+/// find the ring empty. Work that outgrows the searcher still reaches every
+/// worker: long tasks submitted right after a stream of tiny ones (when the
+/// workers go idle together, one searching and the rest asleep) all run at
+/// the same time.
+#[test]
+fn long_tasks_after_a_stream_of_tiny_ones_run_on_every_worker_at_once() {
+    let pool = Pool::new(3).unwrap();
+    bounded(LIMIT, move || {
+        for round in 0..5u64 {
+            let tiny: Vec<_> = (0..2000)
+                .map(|i| pool.apply_async(square, (i + round,)).unwrap())
+                .collect();
+            for (i, h) in tiny.iter().enumerate() {
+                let got = h.get(Some(Duration::from_secs(10))).unwrap();
+                assert_eq!(got, (i as u64 + round).pow(2));
+            }
+            if round % 2 == 1 {
+                nap(1); // past the searcher's spin too: all asleep
+            }
+            let start = Instant::now();
+            let long: Vec<_> = (0..3)
+                .map(|_| pool.apply_async(nap, (400,)).unwrap())
+                .collect();
+            for h in &long {
+                h.get(Some(Duration::from_secs(10))).unwrap();
+            }
+            let took = start.elapsed();
+            assert!(
+                took < Duration::from_millis(790),
+                "round {round}: serialized: {took:?}"
+            );
+        }
+    });
+}
+
 /// Workers 64 and up have no "searching" bit (producers always wake a
 /// sleeper for them): a pool that large still runs everything.
 #[test]

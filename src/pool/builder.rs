@@ -91,6 +91,34 @@ pub(crate) fn default_stack_size() -> usize {
     }
 }
 
+/// `std::thread::available_parallelism()` (1 if unknown), remembered for as
+/// long as this process's CPU affinity mask keeps its size: std reads the
+/// cgroup's CPU quota files on every call, ~20 µs of a pool's start, while
+/// the mask is one system call.
+pub(crate) fn available_cpus() -> usize {
+    static SEEN: std::sync::Mutex<Option<(u32, usize)>> = std::sync::Mutex::new(None);
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: writes at most size_of::<cpu_set_t>() bytes into `set`.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let mask = if r == 0 {
+        // SAFETY: CPU_COUNT reads a valid set.
+        let n = unsafe { libc::CPU_COUNT(&set) };
+        n as u32
+    } else {
+        0
+    };
+    let mut seen = crate::sync::lock(&SEEN);
+    match *seen {
+        Some((m, cpus)) if m == mask && mask != 0 => cpus,
+        _ => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            *seen = Some((mask, cpus));
+            cpus
+        }
+    }
+}
+
 /// An initializer's entry point and its argument bytes.
 #[derive(Clone)]
 pub(crate) struct Initializer {
@@ -334,7 +362,7 @@ impl PoolBuilder {
         let mut config = self.config;
         let processes = match config.processes {
             Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => available_cpus(),
         };
         if processes == 0 {
             return Err(Error::invalid("a pool needs at least one process"));

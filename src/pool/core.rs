@@ -266,6 +266,9 @@ impl Core {
     fn alloc_slot_index(&self) -> Result<u32, Error> {
         let mut table = lock(&self.slots);
         if let Some(i) = table.free.pop() {
+            if let Some(&next) = table.free.last() {
+                self.prefetch_slot(next);
+            }
             return Ok(i);
         }
         if table.orphans.len() >= table.reap_at {
@@ -276,6 +279,9 @@ impl Core {
         }
         if (table.high_water as usize) < layout::SLOT_CAPACITY {
             table.high_water += 1;
+            if (table.high_water as usize) < layout::SLOT_CAPACITY {
+                self.prefetch_slot(table.high_water);
+            }
             return Ok(table.high_water - 1);
         }
         self.reap_orphans(&mut table);
@@ -285,6 +291,13 @@ impl Core {
                 layout::SLOT_CAPACITY
             ))
         })
+    }
+
+    /// Starts fetching the lines of the slot the next task will use, so that
+    /// a stream of submissions does not wait on each slot's cache miss in
+    /// turn.
+    fn prefetch_slot(&self, index: u32) {
+        self.layout.slot(index).prefetch();
     }
 
     fn reap_orphans(&self, table: &mut SlotTable) {

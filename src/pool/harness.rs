@@ -82,7 +82,7 @@ impl HarnessConfig {
             Some(k) => k as u32,
             // As loky: the CPUs shared out among the workers, at least one.
             None => {
-                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let cpus = crate::pool::builder::available_cpus();
                 (cpus / processes).max(1) as u32
             }
         };

@@ -117,8 +117,21 @@ pub(crate) struct StatsBook {
 const CAUSES_KEPT: usize = 1024;
 
 /// The kernel's count of OOM kills (`oom_kill` in `/proc/vmstat`), if known.
+/// The text of a small `/proc` file, read into a 4 KiB buffer: such files
+/// report their size as 0, so `read_to_string` would grow its buffer from
+/// 32 bytes, one system call (each formatting the whole file) per doubling.
+pub(crate) fn read_proc(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(4096);
+    std::fs::File::open(path)
+        .ok()?
+        .read_to_end(&mut bytes)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
 fn oom_kills() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+    let text = read_proc("/proc/vmstat")?;
     text.lines()
         .find_map(|l| l.strip_prefix("oom_kill "))
         .and_then(|v| v.trim().parse().ok())

@@ -39,6 +39,7 @@ use crate::shm::layout::INIT_FAILED_EXIT;
 use crate::start::fork::Child;
 use crate::sync::lock;
 use crate::sync::slot::{Outcome, SlotState, IN_PLACE, MAX_WORKER_INDEX, SPLIT};
+use crate::sync::spin::{yield_until, HAND_OFF_YIELD};
 use crate::worker::WorkerStart;
 use std::io;
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
@@ -93,8 +94,22 @@ impl Supervisor {
             .name("shmpool-supervisor".into())
             .stack_size(stack)
             .spawn(move || run(thread_core, ready_tx))?;
-        let started = ready_rx
-            .recv()
+        // The forks take ~0.1 ms each in a small parent: yield until they
+        // are done rather than sleep, whose wake-up costs as much again.
+        let mut early = None;
+        yield_until(HAND_OFF_YIELD, || match ready_rx.try_recv() {
+            Ok(started) => {
+                early = Some(Ok(started));
+                true
+            }
+            Err(mpsc::TryRecvError::Disconnected) => {
+                early = Some(Err(mpsc::RecvError));
+                true
+            }
+            Err(mpsc::TryRecvError::Empty) => false,
+        });
+        let started = early
+            .unwrap_or_else(|| ready_rx.recv())
             .unwrap_or_else(|_| Err(Error::PoolBroken("the supervisor thread panicked".into())));
         if started.is_err() {
             let _ = handle.join();
@@ -126,6 +141,9 @@ impl Supervisor {
     pub(crate) fn join(&self) {
         let handle = lock(&self.thread).take();
         if let Some(handle) = handle {
+            // It is reaping killed workers, ~0.1 ms: yield until it is done
+            // rather than sleep (a wake-up costs as much again).
+            yield_until(HAND_OFF_YIELD, || handle.is_finished());
             let _ = handle.join();
         }
     }
@@ -476,7 +494,7 @@ const STOP_CHECK_MS: libc::c_int = 1000;
 /// Whether process `pid` is stopped (`SIGSTOP`, `SIGTSTP`, a debugger): it
 /// runs nothing, its tasks included, until it is continued.
 pub(crate) fn is_stopped(pid: libc::pid_t) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+    crate::pool::stats::read_proc(&format!("/proc/{pid}/stat")).is_some_and(|stat| {
         stat.rfind(')')
             .and_then(|i| stat[i + 1..].split_whitespace().next())
             .is_some_and(|state| state == "T" || state == "t")
@@ -660,7 +678,11 @@ fn terminate_all(core: &Core, workers: &mut [Option<Child>]) {
     }
     for (k, w) in workers.iter_mut().enumerate() {
         if let Some(w) = w.take() {
-            w.reap(true);
+            // A killed worker is gone within ~0.1 ms: yield until it can be
+            // reaped rather than sleep in `waitpid`.
+            if !yield_until(HAND_OFF_YIELD, || w.reap(false).is_some()) {
+                w.reap(true);
+            }
             core.set_pid(k, None);
         }
     }

@@ -137,6 +137,16 @@ impl<'a> Ring<'a> {
         }
     }
 
+    /// Whether an entry is written for the position at `head` (a snapshot):
+    /// as `!is_empty()` for a caller that just popped, but it reads the entry
+    /// line it popped from, usually still in its cache, rather than `tail`,
+    /// the line the producer writes on every push.
+    pub(crate) fn next_is_ready(&self) -> bool {
+        let head = self.header.head.load(Ordering::SeqCst);
+        let entry = self.entries[(head & self.mask) as usize].load(Ordering::SeqCst);
+        entry & !0xFFFF_FFFF == tag(head)
+    }
+
     /// Whether no entry is waiting (a snapshot).
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
@@ -178,6 +188,26 @@ mod tests {
             }
             assert_eq!(ring.try_pop(), None);
             assert!(ring.is_empty());
+        }
+    }
+
+    #[test]
+    fn next_is_ready_says_whether_a_pop_would_find_an_entry() {
+        let header = RingHeader::default();
+        let entries = entries(4);
+        let ring = Ring::new(&header, &entries);
+        let mut producer = Producer::default();
+        assert!(!ring.next_is_ready());
+        for lap in 0..3u32 {
+            for i in 0..4 {
+                ring.try_push(&mut producer, lap * 10 + i).unwrap();
+            }
+            for i in 0..4 {
+                assert!(ring.next_is_ready(), "lap {lap}, entry {i}");
+                assert_eq!(ring.try_pop(), Some(lap * 10 + i));
+            }
+            // The entry at `head` now is last lap's, tagged for another position.
+            assert!(!ring.next_is_ready(), "lap {lap}: empty");
         }
     }
 

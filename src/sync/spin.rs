@@ -48,6 +48,29 @@ impl SpinWait {
     }
 }
 
+/// How long a thread waiting for another process or thread of its own pool
+/// to start or end (a fork, a worker's exit, the supervisor's exit) yields
+/// its CPU, re-checking, before it sleeps: these take ~0.1 ms in a small
+/// parent, and a sleeper's wake-up costs ~20-60 µs on the target machines,
+/// more while other threads spin. Bounded, because a parent with a large heap
+/// forks for tens of milliseconds.
+pub(crate) const HAND_OFF_YIELD: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Yields the CPU until `done()` or until `limit` has passed; returns whether
+/// `done()` held. The caller then blocks in the kernel if it did not.
+pub(crate) fn yield_until(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let began = std::time::Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if began.elapsed() >= limit {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +84,18 @@ mod tests {
         }
         assert_eq!(n, SPIN_LIMIT);
         assert!(!spin.spin());
+    }
+
+    #[test]
+    fn yield_until_stops_at_done_or_at_the_limit() {
+        let mut calls = 0;
+        assert!(yield_until(std::time::Duration::from_secs(60), || {
+            calls += 1;
+            calls == 3
+        }));
+        assert_eq!(calls, 3);
+        let began = std::time::Instant::now();
+        assert!(!yield_until(std::time::Duration::from_millis(5), || false));
+        assert!(began.elapsed() >= std::time::Duration::from_millis(5));
     }
 }

@@ -10,7 +10,7 @@ pub(crate) mod fork_guard;
 
 use crate::panic::{install_quiet_panic_hook, panic_message};
 use crate::remote::{self, AccessRefused, Peer, Stage};
-use crate::shm::layout::{Layout, INIT_FAILED_EXIT};
+use crate::shm::layout::{Layout, INIT_FAILED_EXIT, SLOT_CAPACITY};
 use crate::sync::slot::{Outcome, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED};
 use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, Remote, TaskIo};
@@ -71,9 +71,20 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
     let my_bit = crate::shm::layout::searching_bit(start.index);
     let record = layout.worker_record(start.index);
     let pop = || ring.try_pop_noting(|slot| record.note_taking(slot));
+    // One searcher at a time: with another worker spinning already, a worker
+    // that finds the ring empty sleeps at once (`park_unless` re-checks the
+    // ring first). A second spinner would find nothing the first does not,
+    // and with as many workers as CPUs it takes the CPU the submitting thread
+    // needs.
+    let another_searches = || header.searching.load(Ordering::Relaxed) & !my_bit != 0;
+    // Set when this worker returns from sleeping: producers that saw the
+    // searcher's bit woke nobody for their tasks, and the searcher wakes one
+    // sleeper only, so each woken worker wakes the next while tasks remain.
+    let mut woken = false;
     loop {
         let mut popped = pop();
-        if popped.is_none() {
+        let mut may_owe_a_wake_up = std::mem::take(&mut woken);
+        if popped.is_none() && !another_searches() {
             // Searching: while our bit is set, producers leave sleepers be,
             // so a stream of tasks costs no wake-up syscall.
             header.searching.fetch_or(my_bit, Ordering::SeqCst);
@@ -81,12 +92,20 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
             while popped.is_none() && spin.spin() {
                 popped = pop();
             }
+            if let Some(slot) = popped.filter(|&i| (i as usize) < SLOT_CAPACITY) {
+                // Its lines travel from the submitting CPU while this worker
+                // clears its searching bit and looks for a next entry.
+                layout.slot(slot).prefetch();
+            }
             header.searching.fetch_and(!my_bit, Ordering::SeqCst);
+            may_owe_a_wake_up = true;
+        }
+        if may_owe_a_wake_up && popped.is_some() {
             // A producer may have skipped waking a sleeper for a task we did
             // not take: if one is left, wake a sleeper for it. (Dekker pair
             // with the producer's push-fence-read of `searching`.)
             fence(Ordering::SeqCst);
-            if popped.is_some() && !ring.is_empty() {
+            if ring.next_is_ready() {
                 header.work.notify_one_fenced();
             }
         }
@@ -111,6 +130,7 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
         header
             .work
             .park_unless(|| layout.is_closing() || !ring.is_empty(), None);
+        woken = true;
     }
 }
 
