@@ -9,6 +9,7 @@
 
 use super::protocol::{add_encoded, Answer, Bytes, Fault, Op, Spec, Trampoline, Types};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,9 @@ pub(crate) trait Caller {
 pub(crate) struct Object {
     state: Mutex<State>,
     changed: Condvar,
+    /// Set when the server frees it (its last proxy went): a call waiting
+    /// in it ends.
+    freed: AtomicBool,
     /// The types of the proxy that made it.
     pub(crate) types: Types,
 }
@@ -119,6 +123,7 @@ impl Object {
         Ok(Object {
             state: Mutex::new(state),
             changed: Condvar::new(),
+            freed: AtomicBool::new(false),
             types,
         })
     }
@@ -150,6 +155,14 @@ impl Object {
             }
             _ => false,
         }
+    }
+
+    /// Marks it freed (the server no longer holds it) and wakes the calls
+    /// waiting in it, which end with an error.
+    pub(crate) fn free(&self) {
+        let _state = self.lock_state();
+        self.freed.store(true, Ordering::Relaxed);
+        self.changed.notify_all();
     }
 
     /// Releases a lock held by `conn`, which disconnected: the next acquirer
@@ -194,6 +207,11 @@ impl Object {
             // a lock that a live client could have.
             if caller.gone() {
                 return Err(Fault::Timeout); // nobody reads the answer
+            }
+            if self.freed.load(Ordering::Relaxed) {
+                return Err(Fault::Invalid(
+                    "the manager's object was freed while this call waited in it".into(),
+                ));
             }
         }
     }

@@ -31,13 +31,34 @@ use std::time::{Duration, Instant};
 
 /// What every connection thread shares.
 struct Server {
-    objects: RwLock<HashMap<u64, Arc<Object>>>,
+    objects: RwLock<HashMap<u64, Slot>>,
     names: Mutex<HashMap<String, u64>>,
+    /// The client processes' sessions, by token, with how many connections
+    /// each has open.
+    sessions: Mutex<HashMap<u64, (Arc<Session>, usize)>>,
     next_id: AtomicU64,
     next_conn: AtomicU64,
     authkey: Vec<u8>,
     frame_limit: usize,
     handshake_timeout: Duration,
+}
+
+/// An object and how many references proxies hold to it (Python's
+/// `Server.id_to_refcount`). At zero it is freed, unless it was created by
+/// name: a named object lives as long as the server.
+struct Slot {
+    object: Arc<Object>,
+    refs: u64,
+    named: bool,
+}
+
+/// The references one client process holds, per object: released all at
+/// once when its last connection closes (it exited, was killed, or its
+/// threads that used the manager ended). A count may be negative: a
+/// reference taken in another process and dropped in this one.
+#[derive(Default)]
+struct Session {
+    refs: Mutex<HashMap<u64, i64>>,
 }
 
 enum Listener {
@@ -316,6 +337,7 @@ pub(crate) fn serve(endpoint_at: u64) {
     let server = Arc::new(Server {
         objects: RwLock::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
+        sessions: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         next_conn: AtomicU64::new(1),
         authkey: record.authkey().to_vec(),
@@ -481,11 +503,7 @@ fn serve_connection(mut stream: Stream, our_code: bool, server: &Server) {
         return;
     }
     let id = server.next_conn.fetch_add(1, Ordering::Relaxed);
-    let mut holdings = Holdings {
-        server,
-        id,
-        held: HashSet::new(),
-    };
+    let mut holdings = Holdings::new(server, id);
     let mut out = Vec::new();
     // Idle between requests is fine (a proxy may wait long between calls);
     // a frame begun and not finished in time (two timeouts at most) is a
@@ -542,7 +560,7 @@ fn respond(
             stream,
             our_code,
         };
-        server.handle(request, &peer, &mut holdings.held)
+        server.handle(request, &peer, holdings)
     });
     encode_reply(&reply, server.frame_limit, out);
     stop
@@ -596,13 +614,51 @@ fn serve_lane(
     }
 }
 
-/// The locks one connection holds; dropped when its thread ends, however it
-/// ends (the client went, or a bug panicked the thread), it frees them: the
-/// next holder is told [`Fault::OwnerDied`].
+/// The locks one connection holds, and the session whose references it
+/// counts in; dropped when its thread ends, however it ends (the client
+/// went, or a bug panicked the thread), it frees the locks (the next holder
+/// is told [`Fault::OwnerDied`]) and leaves the session (the last connection
+/// of a session to close drops its references).
 struct Holdings<'a> {
     server: &'a Server,
     id: ConnId,
     held: HashSet<u64>,
+    /// `None`: a session of this connection alone (a client that named
+    /// none).
+    token: Option<u64>,
+    session: Arc<Session>,
+}
+
+impl<'a> Holdings<'a> {
+    fn new(server: &'a Server, id: ConnId) -> Holdings<'a> {
+        Holdings {
+            server,
+            id,
+            held: HashSet::new(),
+            token: None,
+            session: Arc::default(),
+        }
+    }
+
+    /// Joins the session of `token` (made if new), bringing along the
+    /// references taken so far.
+    fn join(&mut self, token: u64) -> Result<(), Fault> {
+        if self.token.is_some() {
+            return Err(Fault::Invalid("this connection has a session".into()));
+        }
+        let mut sessions = crate::sync::lock(&self.server.sessions);
+        let (session, connections) = sessions.entry(token).or_default();
+        *connections += 1;
+        let taken = std::mem::take(&mut *crate::sync::lock(&self.session.refs));
+        let mut refs = crate::sync::lock(&session.refs);
+        for (id, n) in taken {
+            *refs.entry(id).or_default() += n;
+        }
+        drop(refs);
+        self.session = Arc::clone(session);
+        self.token = Some(token);
+        Ok(())
+    }
 }
 
 impl Drop for Holdings<'_> {
@@ -613,6 +669,25 @@ impl Drop for Holdings<'_> {
             .filter_map(|at| self.server.object(*at).ok())
         {
             object.abandon(self.id);
+        }
+        let last = match self.token {
+            None => true,
+            Some(token) => {
+                let mut sessions = crate::sync::lock(&self.server.sessions);
+                match sessions.get_mut(&token) {
+                    Some((_, connections)) if *connections > 1 => {
+                        *connections -= 1;
+                        false
+                    }
+                    _ => {
+                        sessions.remove(&token);
+                        true
+                    }
+                }
+            }
+        };
+        if last {
+            self.server.drop_session(&self.session);
         }
     }
 }
@@ -637,25 +712,93 @@ impl Server {
     fn object(&self, id: u64) -> Result<Arc<Object>, Fault> {
         crate::sync::unpoisoned(self.objects.read())
             .get(&id)
-            .cloned()
-            .ok_or_else(|| Fault::Invalid(format!("the manager holds no object {id}")))
+            .map(|slot| Arc::clone(&slot.object))
+            .ok_or_else(|| self.missing(id))
     }
 
-    fn create(&self, spec: Spec, types: Types) -> Result<u64, Fault> {
+    /// Object `id`, if a proxy of the types of `fingerprint` may use it.
+    fn typed_object(&self, id: u64, fingerprint: u64) -> Result<Arc<Object>, Fault> {
+        let object = self.object(id)?;
+        if object.types.fingerprint != fingerprint {
+            return Err(Fault::TypeMismatch(format!(
+                "the manager's object {id} is a {}; this proxy's types differ",
+                object.types.names
+            )));
+        }
+        Ok(object)
+    }
+
+    /// Why object `id` is not there: freed, or never made (ids are never
+    /// reused, so a stale proxy never reaches another object).
+    fn missing(&self, id: u64) -> Fault {
+        if id != 0 && id < self.next_id.load(Ordering::Relaxed) {
+            Fault::Invalid(format!(
+                "the manager's object {id} was freed: every proxy of it was dropped \
+                 (a Borrowed proxy works only while a proxy of its object lives)"
+            ))
+        } else {
+            Fault::Invalid(format!("the manager holds no object {id}"))
+        }
+    }
+
+    /// Makes an object: named (`session` `None`), or with one reference,
+    /// held by `session`.
+    fn create(&self, spec: Spec, types: Types, session: Option<&Session>) -> Result<u64, Fault> {
         let object = Arc::new(Object::new(spec, types)?);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        crate::sync::unpoisoned(self.objects.write()).insert(id, object);
+        let slot = Slot {
+            object,
+            refs: 1,
+            named: session.is_none(),
+        };
+        crate::sync::unpoisoned(self.objects.write()).insert(id, slot);
+        if let Some(session) = session {
+            *crate::sync::lock(&session.refs).entry(id).or_default() += 1;
+        }
         Ok(id)
+    }
+
+    /// Adds `delta` references to object `id` on behalf of `session`; frees
+    /// it at zero (unless named). `false`: there is no such object.
+    fn count(&self, id: u64, delta: i64, session: Option<&Session>) -> bool {
+        let mut objects = crate::sync::unpoisoned(self.objects.write());
+        let Some(slot) = objects.get_mut(&id) else {
+            return false;
+        };
+        if slot.named {
+            return true;
+        }
+        slot.refs = slot.refs.saturating_add_signed(delta);
+        if let Some(session) = session {
+            *crate::sync::lock(&session.refs).entry(id).or_default() += delta;
+        }
+        if slot.refs == 0 {
+            if let Some(slot) = objects.remove(&id) {
+                drop(objects);
+                slot.object.free();
+            }
+        }
+        true
+    }
+
+    /// Drops every reference `session` holds (its last connection closed).
+    fn drop_session(&self, session: &Session) {
+        let refs = std::mem::take(&mut *crate::sync::lock(&session.refs));
+        for (id, n) in refs {
+            self.count(id, -n, None);
+        }
     }
 
     fn handle(
         &self,
         request: Request,
         peer: &Peer<'_>,
-        held: &mut HashSet<u64>,
+        holdings: &mut Holdings<'_>,
     ) -> Result<Answer, Fault> {
         match request {
-            Request::Create(spec, types) => self.create(spec, types).map(Answer::Id),
+            Request::Create(spec, types) => self
+                .create(spec, types, Some(&holdings.session))
+                .map(Answer::Id),
             Request::Named(name, spec, types) => {
                 let mut names = crate::sync::lock(&self.names);
                 if let Some(&id) = names.get(&name) {
@@ -674,18 +817,13 @@ impl Server {
                     }
                     return Ok(Answer::Id(id));
                 }
-                let id = self.create(spec, types)?;
+                let id = self.create(spec, types, None)?;
                 names.insert(name, id);
                 Ok(Answer::Id(id))
             }
             Request::Call(id, fingerprint, op) => {
-                let object = self.object(id)?;
-                if object.types.fingerprint != fingerprint {
-                    return Err(Fault::TypeMismatch(format!(
-                        "the manager's object {id} is a {}; this proxy's types differ",
-                        object.types.names
-                    )));
-                }
+                let object = self.typed_object(id, fingerprint)?;
+                let held = &mut holdings.held;
                 object.apply(op, peer, &mut |holds| {
                     if holds {
                         held.insert(id);
@@ -693,6 +831,23 @@ impl Server {
                         held.remove(&id);
                     }
                 })
+            }
+            Request::Session(token) => holdings.join(token).map(|()| Answer::Done),
+            Request::Incref(id, fingerprint) => {
+                self.typed_object(id, fingerprint)?;
+                if self.count(id, 1, Some(&holdings.session)) {
+                    Ok(Answer::Done)
+                } else {
+                    Err(self.missing(id))
+                }
+            }
+            Request::Decref(id) => {
+                self.count(id, -1, Some(&holdings.session));
+                Ok(Answer::Done)
+            }
+            Request::Objects => {
+                let objects = crate::sync::unpoisoned(self.objects.read());
+                Ok(Answer::Count(objects.len() as u64))
             }
             Request::Shutdown => Ok(Answer::Done),
             Request::Lane => Err(Fault::Invalid(
@@ -725,6 +880,7 @@ mod tests {
         Server {
             objects: RwLock::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             next_conn: AtomicU64::new(1),
             authkey: b"k".to_vec(),
@@ -759,7 +915,7 @@ mod tests {
     fn a_call_with_another_type_fingerprint_is_refused() {
         let server = server();
         let types = Types::new("ValueProxy").with::<u64>();
-        let id = server.create(Spec::Value(vec![7]), types.clone()).unwrap();
+        let id = server.create(Spec::Value(vec![7]), types.clone(), None).unwrap();
         let object = server.object(id).unwrap();
         assert_eq!(object.types, types);
         let other = Types::new("ValueProxy").with::<i32>().fingerprint;
@@ -770,13 +926,13 @@ mod tests {
             stream: &stream,
             our_code: false,
         };
-        let mut held = HashSet::new();
-        let refused = server.handle(Request::Call(id, other, Op::Load), &peer, &mut held);
+        let mut holdings = Holdings::new(&server, 1);
+        let refused = server.handle(Request::Call(id, other, Op::Load), &peer, &mut holdings);
         assert!(matches!(refused, Err(Fault::TypeMismatch(m)) if m.contains("u64")));
         let served = server.handle(
             Request::Call(id, types.fingerprint, Op::Load),
             &peer,
-            &mut held,
+            &mut holdings,
         );
         assert_eq!(served, Ok(Answer::Item(Some(vec![7]))));
     }
@@ -785,15 +941,11 @@ mod tests {
     fn a_panicking_connection_thread_releases_its_locks() {
         let server = server();
         let types = Types::new("LockProxy");
-        let id = server.create(Spec::Lock, types).unwrap();
+        let id = server.create(Spec::Lock, types, None).unwrap();
         let lock = server.object(id).unwrap();
         let acquire = |who| lock.apply(Op::Acquire(Some(0)), &Client(who), &mut |_| {});
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut holdings = Holdings {
-                server: &server,
-                id: 1,
-                held: HashSet::new(),
-            };
+            let mut holdings = Holdings::new(&server, 1);
             assert_eq!(acquire(1), Ok(Answer::Flag(true)));
             holdings.held.insert(id);
             panic!("a bug in a connection thread");

@@ -1,6 +1,6 @@
 //! [`DictProxy`], [`ListProxy`] and [`NamespaceProxy`].
 
-use super::{fetch_add, proxy, unexpected, update, Number};
+use super::{fetch_add, proxy, unexpected, update, Borrowed, Number};
 use crate::error::Error;
 use crate::manager::protocol::{decode, encode, Answer, Op};
 use serde::de::DeserializeOwned;
@@ -24,7 +24,7 @@ proxy!(
     DictProxy<K, V>
 );
 
-impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy<K, V> {
+impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Borrowed<DictProxy<K, V>> {
     /// `d[key] = value`; the value it replaces, if any.
     pub fn insert(&self, key: &K, value: &V) -> Result<Option<V>, Error> {
         let old = self.handle.item(Op::Insert(encode(key)?, encode(value)?))?;
@@ -149,7 +149,7 @@ proxy!(
     ListProxy<T>
 );
 
-impl<T: Serialize + DeserializeOwned> ListProxy<T> {
+impl<T: Serialize + DeserializeOwned> Borrowed<ListProxy<T>> {
     /// `l.append(value)`.
     pub fn push(&self, value: &T) -> Result<(), Error> {
         self.handle.done(Op::Push(encode(value)?))
@@ -238,7 +238,7 @@ proxy!(
     NamespaceProxy
 );
 
-impl NamespaceProxy {
+impl Borrowed<NamespaceProxy> {
     /// `setattr(ns, name, value)`.
     pub fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<(), Error> {
         self.handle

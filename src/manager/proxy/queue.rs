@@ -1,6 +1,6 @@
 //! [`QueueProxy`].
 
-use super::proxy;
+use super::{proxy, Borrowed};
 use crate::error::Error;
 use crate::manager::protocol::{decode, encode, micros, Op};
 use serde::de::DeserializeOwned;
@@ -28,7 +28,7 @@ proxy!(
     QueueProxy<T>
 );
 
-impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
+impl<T: Serialize + DeserializeOwned> Borrowed<QueueProxy<T>> {
     /// `q.put(value)`.
     pub fn put(&self, value: &T) -> Result<(), Error> {
         self.handle.done(Op::Enqueue(encode(value)?))

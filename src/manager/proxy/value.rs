@@ -1,6 +1,6 @@
 //! [`ValueProxy`] and [`ArrayProxy`].
 
-use super::{fetch_add, proxy, update, Number};
+use super::{fetch_add, proxy, update, Borrowed, Number};
 use crate::error::Error;
 use crate::manager::protocol::{decode, encode, Op};
 use serde::de::DeserializeOwned;
@@ -22,7 +22,7 @@ proxy!(
     ValueProxy<T>
 );
 
-impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
+impl<T: Serialize + DeserializeOwned> Borrowed<ValueProxy<T>> {
     /// `v.value`.
     pub fn get(&self) -> Result<T, Error> {
         let item = self.handle.item(Op::Load)?;
@@ -84,7 +84,7 @@ proxy!(
     ArrayProxy<T>
 );
 
-impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
+impl<T: Serialize + DeserializeOwned> Borrowed<ArrayProxy<T>> {
     /// `a[index]` (negative counts from the end).
     pub fn get(&self, index: i64) -> Result<T, Error> {
         let item = self.handle.item(Op::At(index))?;
