@@ -232,7 +232,11 @@ fn manager_client(
     out: Borrowed<ValueProxy<Vec<f64>>>,
     n: u32,
 ) {
-    let (d, l, q) = (d.to_proxy().unwrap(), l.to_proxy().unwrap(), q.to_proxy().unwrap());
+    let (d, l, q) = (
+        d.to_proxy().unwrap(),
+        l.to_proxy().unwrap(),
+        q.to_proxy().unwrap(),
+    );
     let tcp_d = tcp_d.to_proxy().unwrap();
     let per_op = |f: &mut dyn FnMut(u32)| {
         let t = Instant::now();

@@ -548,12 +548,17 @@ fn barrier_condition_and_semaphore_coordinate_processes() {
         let turn = manager.value(&0u32).unwrap();
         let sem = manager.semaphore(0).unwrap();
         let mut ps: Vec<Process> = (0..4)
-            .map(|_| Process::new(meet, (
-                    barrier.borrowed(),
-                    cond.borrowed(),
-                    turn.borrowed(),
-                    sem.borrowed(),
-                )))
+            .map(|_| {
+                Process::new(
+                    meet,
+                    (
+                        barrier.borrowed(),
+                        cond.borrowed(),
+                        turn.borrowed(),
+                        sem.borrowed(),
+                    ),
+                )
+            })
             .collect();
         let started = Instant::now();
         ps.iter_mut().for_each(|p| p.start().unwrap());
@@ -1231,5 +1236,168 @@ fn forty_threads_of_one_process_connecting_at_once_all_get_in() {
             }
         });
         assert_eq!(d.len().unwrap(), 40);
+    });
+}
+
+/// Waits (bounded) until the server holds `n` objects; the count it saw.
+fn objects_become(manager: &Manager, n: usize) -> usize {
+    let mut seen = usize::MAX;
+    wait_until(Duration::from_secs(10), || {
+        seen = manager.object_count().unwrap();
+        seen == n
+    });
+    seen
+}
+
+#[test]
+fn an_object_is_freed_when_its_last_proxy_drops_and_its_borrowed_form_then_says_so() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        assert_eq!(manager.object_count().unwrap(), 0);
+        let d = manager.dict::<u8, u8>().unwrap();
+        d.insert(&1, &2).unwrap();
+        let e = d.clone();
+        let travelling = d.borrowed();
+        assert_eq!(manager.object_count().unwrap(), 1);
+        drop(d);
+        assert_eq!(manager.object_count().unwrap(), 1, "the clone holds it");
+        assert_eq!(travelling.get(&1).unwrap(), Some(2));
+        drop(e);
+        assert_eq!(
+            manager.object_count().unwrap(),
+            0,
+            "freed with its last proxy"
+        );
+        // Its borrowed form is told, clearly, and reaches no other object.
+        let _other = manager.dict::<u8, u8>().unwrap();
+        assert!(
+            matches!(travelling.get(&1), Err(Error::InvalidArgument(m)) if m.contains("freed"))
+        );
+        assert!(
+            matches!(travelling.to_proxy(), Err(Error::InvalidArgument(m)) if m.contains("freed"))
+        );
+        // A call waiting in an object when it is freed ends.
+        let q = manager.queue::<u8>().unwrap();
+        let b = q.borrowed();
+        let waiting = std::thread::spawn(move || b.get_timeout(Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(200));
+        let dropped = Instant::now();
+        drop(q);
+        assert!(
+            matches!(waiting.join().unwrap(), Err(Error::InvalidArgument(m)) if m.contains("freed"))
+        );
+        assert!(dropped.elapsed() < Duration::from_secs(5));
+    });
+}
+
+#[test]
+fn objects_made_by_name_survive_their_proxies() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let jobs = manager.queue_named::<u32>("jobs").unwrap();
+        jobs.put(&7).unwrap();
+        let again = jobs.clone();
+        drop((jobs, again));
+        let v = manager.value_named("v", &1u8).unwrap();
+        drop(v);
+        assert_eq!(manager.object_count().unwrap(), 2);
+        assert_eq!(
+            manager.queue_named::<u32>("jobs").unwrap().get().unwrap(),
+            7
+        );
+        assert_eq!(manager.value_named("v", &0u8).unwrap().get().unwrap(), 1);
+    });
+}
+
+fn hold_references_until_killed(d: Borrowed<DictProxy<u32, u32>>, ready: Borrowed<EventProxy>) {
+    let mine = d.to_proxy().unwrap();
+    let mut clones: Vec<_> = (0..5).map(|_| mine.clone()).collect();
+    // One taken by a thread that then ends: it stays the process's.
+    clones.push(
+        std::thread::spawn(move || d.to_proxy().unwrap())
+            .join()
+            .unwrap(),
+    );
+    mine.insert(&1, &1).unwrap();
+    ready.set().unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+    drop((mine, clones));
+}
+
+#[test]
+fn a_client_killed_with_sigkill_holding_references_leaks_none_of_them() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<u32, u32>().unwrap();
+        let ready = manager.event().unwrap();
+        let mut p = Process::new(
+            hold_references_until_killed,
+            (d.borrowed(), ready.borrowed()),
+        );
+        p.start().unwrap();
+        assert!(ready.wait_timeout(Duration::from_secs(30)).unwrap());
+        let travelling = d.borrowed();
+        drop(d);
+        assert_eq!(
+            manager.object_count().unwrap(),
+            2,
+            "the child holds the dict"
+        );
+        assert_eq!(travelling.len().unwrap(), 1);
+        p.kill();
+        p.join(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(
+            objects_become(&manager, 1),
+            1,
+            "the killed child's references went"
+        );
+        assert!(matches!(travelling.len(), Err(Error::InvalidArgument(_))));
+    });
+}
+
+fn clone_and_drop(d: Borrowed<DictProxy<u32, u32>>, who: u32) {
+    let mine = d.to_proxy().unwrap();
+    let copies: Vec<_> = (0..50).map(|_| mine.clone()).collect();
+    mine.insert(&who, &who).unwrap();
+    drop(copies);
+    if who % 2 == 0 {
+        // Exits holding one more: its exit gives it back.
+        std::mem::forget(mine.clone());
+    }
+}
+
+fn clone_in_task(d: Borrowed<DictProxy<u32, u32>>, i: u32) -> u32 {
+    let mine = d.to_proxy().unwrap();
+    let copy = mine.clone();
+    copy.insert(&(100 + i), &i).unwrap();
+    i
+}
+
+#[test]
+fn clones_and_drops_in_other_processes_and_tasks_count_right() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<u32, u32>().unwrap();
+        let mut children: Vec<Process> = (0..4)
+            .map(|who| Process::new(clone_and_drop, (d.borrowed(), who)))
+            .collect();
+        children.iter_mut().for_each(|c| c.start().unwrap());
+        for c in &mut children {
+            assert_eq!(c.join(Some(Duration::from_secs(60))).unwrap(), Some(0));
+        }
+        let pool = Pool::new(2).unwrap();
+        let args: Vec<_> = (0..20).map(|i| (d.borrowed(), i)).collect();
+        assert_eq!(pool.starmap(clone_in_task, &args).unwrap().len(), 20);
+        assert_eq!(d.len().unwrap(), 24);
+        assert_eq!(manager.object_count().unwrap(), 1);
+        drop(d);
+        // Freed once the children's sessions are gone (an exited child's
+        // connections close at once; the pool's workers still hold theirs,
+        // with nothing counted in them).
+        assert_eq!(objects_become(&manager, 0), 0);
     });
 }

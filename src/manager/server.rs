@@ -915,7 +915,9 @@ mod tests {
     fn a_call_with_another_type_fingerprint_is_refused() {
         let server = server();
         let types = Types::new("ValueProxy").with::<u64>();
-        let id = server.create(Spec::Value(vec![7]), types.clone(), None).unwrap();
+        let id = server
+            .create(Spec::Value(vec![7]), types.clone(), None)
+            .unwrap();
         let object = server.object(id).unwrap();
         assert_eq!(object.types, types);
         let other = Types::new("ValueProxy").with::<i32>().fingerprint;
