@@ -1,0 +1,102 @@
+//! Where a Manager proxy call's time goes, from a child process: the
+//! child's first call (which connects: handshake, session, lane) and each
+//! kind of call `compare` measures, in rounds that interleave two orders, so
+//! that a row's figure can be told from its place in the run. Prints
+//! medians and spreads (min–max) over the rounds.
+//!
+//! Run with `cargo run --release --example manager_calls --features manager
+//! [-- ROUNDS [N]]` (8 rounds of 500 calls per kind by default).
+
+use shmpool::manager::{Borrowed, DictProxy, ListProxy, QueueProxy, ValueProxy};
+use shmpool::{Manager, Process};
+use std::hint::black_box;
+use std::time::Instant;
+
+/// The rows, by index: what `compare` measures, plus the first call.
+const ROWS: [&str; 5] = [
+    "first call (connects)",
+    "dict set",
+    "dict get",
+    "list append",
+    "queue put + get",
+];
+
+/// A child: its first call, then `n` calls of each kind, in `order`;
+/// microseconds per call into `out`, by row.
+fn client(
+    d: Borrowed<DictProxy<u32, u32>>,
+    l: Borrowed<ListProxy<u32>>,
+    q: Borrowed<QueueProxy<u32>>,
+    out: Borrowed<ValueProxy<Vec<f64>>>,
+    (n, reversed): (u32, bool),
+) {
+    let t = Instant::now();
+    d.len().unwrap();
+    let mut figures = vec![t.elapsed().as_secs_f64() * 1e6, 0.0, 0.0, 0.0, 0.0];
+    let per_call = |row: usize, figures: &mut Vec<f64>| {
+        let t = Instant::now();
+        for i in 0..n {
+            match row {
+                1 => drop(black_box(d.insert(&i, &i).unwrap())),
+                2 => drop(black_box(d.get(&i).unwrap())),
+                3 => l.push(&i).unwrap(),
+                _ => {
+                    q.put(&i).unwrap();
+                    black_box(q.get().unwrap());
+                }
+            }
+        }
+        figures[row] = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    };
+    let order: Vec<usize> = if reversed {
+        vec![4, 3, 2, 1]
+    } else {
+        vec![1, 2, 3, 4]
+    };
+    for row in order {
+        per_call(row, &mut figures);
+    }
+    out.set(&figures).unwrap();
+}
+
+fn main() -> Result<(), shmpool::Error> {
+    shmpool::init();
+    let mut args = std::env::args().skip(1);
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
+    let n: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(500);
+    let manager = Manager::start()?;
+    let (d, l, q) = (manager.dict()?, manager.list()?, manager.queue()?);
+    let out = manager.value(&Vec::<f64>::new())?;
+    // By order: rows × rounds.
+    let mut seen = [vec![Vec::new(); ROWS.len()], vec![Vec::new(); ROWS.len()]];
+    for round in 0..rounds * 2 {
+        let reversed = round % 2 == 1;
+        let args = (
+            d.borrowed(),
+            l.borrowed(),
+            q.borrowed(),
+            out.borrowed(),
+            (n, reversed),
+        );
+        let mut child = Process::new(client, args);
+        child.start()?;
+        child.join(None)?;
+        for (row, t) in out.get()?.into_iter().enumerate() {
+            seen[usize::from(reversed)][row].push(t);
+        }
+    }
+    println!("{rounds} rounds of each order, {n} calls per row; µs per call: median (min–max)");
+    for (order, seen) in ["forward", "reversed"].iter().zip(&mut seen) {
+        println!("{order}:");
+        for (name, times) in ROWS.iter().zip(seen.iter_mut()) {
+            times.sort_by(f64::total_cmp);
+            println!(
+                "  {name:<22} {:>8.2} ({:.2}–{:.2})",
+                times[times.len() / 2],
+                times[0],
+                times[times.len() - 1]
+            );
+        }
+    }
+    Ok(())
+}
