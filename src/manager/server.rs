@@ -505,14 +505,7 @@ fn serve_connection(mut stream: Stream, our_code: bool, server: &Server) {
     let id = server.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut holdings = Holdings::new(server, id);
     let mut out = Vec::new();
-    // Idle between requests is fine (a proxy may wait long between calls);
-    // a frame begun and not finished in time (two timeouts at most) is a
-    // broken peer.
-    let patience = server.handshake_timeout;
-    let stalled = |begun: Option<Instant>| match begun {
-        Some(at) if at.elapsed() > patience => Err(io::ErrorKind::TimedOut.into()),
-        _ => Ok(()),
-    };
+    let stalled = stalled(server.handshake_timeout);
     while let Ok(body) = reader.next(&mut stream, server.frame_limit, stalled) {
         let request = postcard::from_bytes::<Request>(body)
             .map_err(|e| Fault::Decode(format!("the request does not decode: {e}")));
@@ -540,6 +533,17 @@ fn serve_connection(mut stream: Stream, our_code: bool, server: &Server) {
             // SAFETY: ends this process; it holds nothing that needs saving.
             unsafe { libc::_exit(0) };
         }
+    }
+}
+
+/// When a frame being read has stalled: idle between requests is fine (a
+/// proxy may wait long between calls); a frame begun and not finished
+/// within `patience` (twice that at most, as reads wake every `patience`)
+/// is a broken peer.
+fn stalled(patience: Duration) -> impl Fn(Option<Instant>) -> io::Result<()> + Copy {
+    move |begun| match begun {
+        Some(at) if at.elapsed() > patience => Err(io::ErrorKind::TimedOut.into()),
+        _ => Ok(()),
     }
 }
 
@@ -578,11 +582,7 @@ fn serve_lane(
     let server = holdings.server;
     let fd = stream.as_raw_fd();
     let gone = || endpoint::fd_gone(fd);
-    let patience = server.handshake_timeout;
-    let stalled = |begun: Option<Instant>| match begun {
-        Some(at) if at.elapsed() > patience => Err(io::ErrorKind::TimedOut.into()),
-        _ => Ok(()),
-    };
+    let stalled = stalled(server.handshake_timeout);
     let mut out = Vec::new();
     loop {
         let request = match lane.request(&gone) {

@@ -192,6 +192,16 @@ impl Handle {
             other => Err(unexpected(other)),
         }
     }
+
+    /// The item `op` answers, decoded as `T`, if there is one.
+    pub(crate) fn value<T: DeserializeOwned>(&self, op: Op) -> Result<Option<T>, Error> {
+        self.item(op)?.map(|v| decode(&v)).transpose()
+    }
+
+    /// The items `op` answers, each decoded as `T`.
+    pub(crate) fn values<T: DeserializeOwned>(&self, op: Op) -> Result<Vec<T>, Error> {
+        self.items(op)?.iter().map(|v| decode(v)).collect()
+    }
 }
 
 mod sealed {
@@ -274,6 +284,41 @@ pub(crate) fn update<V: Serialize + DeserializeOwned>(
     let new = handle.item(op)?;
     new.map(|v| decode(&v)).transpose()
 }
+
+/// The methods a list and an array share (`$v`: the name Python's docs
+/// would give the object).
+macro_rules! indexed {
+    ($v:literal) => {
+        #[doc = concat!("`", $v, "[index]` (negative counts from the end); out of range")]
+        /// is [`Error::InvalidArgument`] (Python's `IndexError`).
+        pub fn get(&self, index: i64) -> Result<T, Error> {
+            self.handle
+                .value(Op::At(index))?
+                .ok_or_else(|| Error::invalid("no item"))
+        }
+
+        #[doc = concat!("`", $v, "[index] = value`.")]
+        pub fn set(&self, index: i64, value: &T) -> Result<(), Error> {
+            self.handle.done(Op::Put(index, encode(value)?))
+        }
+
+        #[doc = concat!("`len(", $v, ")`.")]
+        pub fn len(&self) -> Result<usize, Error> {
+            Ok(self.handle.count(Op::Len)? as usize)
+        }
+
+        #[doc = concat!("`len(", $v, ") == 0`.")]
+        pub fn is_empty(&self) -> Result<bool, Error> {
+            Ok(self.len()? == 0)
+        }
+
+        #[doc = concat!("`", $v, "[:]`: a copy of every item.")]
+        pub fn to_vec(&self) -> Result<Vec<T>, Error> {
+            self.handle.values(Op::All)
+        }
+    };
+}
+pub(crate) use indexed;
 
 /// A reply of the wrong shape: the peer is not the server this client
 /// speaks with (another version), so it is a decoding failure.

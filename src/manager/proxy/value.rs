@@ -1,8 +1,8 @@
 //! [`ValueProxy`] and [`ArrayProxy`].
 
-use super::{fetch_add, proxy, update, Borrowed, Number};
+use super::{fetch_add, indexed, proxy, update, Borrowed, Number};
 use crate::error::Error;
-use crate::manager::protocol::{decode, encode, Op};
+use crate::manager::protocol::{encode, Op};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -25,8 +25,9 @@ proxy!(
 impl<T: Serialize + DeserializeOwned> Borrowed<ValueProxy<T>> {
     /// `v.value`.
     pub fn get(&self) -> Result<T, Error> {
-        let item = self.handle.item(Op::Load)?;
-        decode(&item.ok_or_else(|| Error::invalid("no value"))?)
+        self.handle
+            .value(Op::Load)?
+            .ok_or_else(|| Error::invalid("no value"))
     }
 
     /// `v.value = value`.
@@ -85,33 +86,5 @@ proxy!(
 );
 
 impl<T: Serialize + DeserializeOwned> Borrowed<ArrayProxy<T>> {
-    /// `a[index]` (negative counts from the end).
-    pub fn get(&self, index: i64) -> Result<T, Error> {
-        let item = self.handle.item(Op::At(index))?;
-        decode(&item.ok_or_else(|| Error::invalid("no item"))?)
-    }
-
-    /// `a[index] = value`.
-    pub fn set(&self, index: i64, value: &T) -> Result<(), Error> {
-        self.handle.done(Op::Put(index, encode(value)?))
-    }
-
-    /// `len(a)`.
-    pub fn len(&self) -> Result<usize, Error> {
-        Ok(self.handle.count(Op::Len)? as usize)
-    }
-
-    /// `len(a) == 0`.
-    pub fn is_empty(&self) -> Result<bool, Error> {
-        Ok(self.len()? == 0)
-    }
-
-    /// `a[:]`.
-    pub fn to_vec(&self) -> Result<Vec<T>, Error> {
-        self.handle
-            .items(Op::All)?
-            .iter()
-            .map(|v| decode(v))
-            .collect()
-    }
+    indexed!("a");
 }
