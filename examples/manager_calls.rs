@@ -1,8 +1,11 @@
 //! Where a Manager proxy call's time goes, from a child process: the
 //! child's first call (which connects: handshake, session, lane) and each
-//! kind of call `compare` measures, in rounds that interleave two orders, so
-//! that a row's figure can be told from its place in the run. Prints
-//! medians and spreads (min–max) over the rounds.
+//! kind of call `compare` measures. Rounds interleave three ways of running
+//! the child: connected first, rows in `compare`'s order; not connected
+//! first, so that the first row (dict set) pays for the connection, as
+//! `compare`'s child did before it took its references on arrival; and
+//! connected first, rows in reverse order (does a row's place matter?).
+//! Prints medians and spreads (min–max) over the rounds.
 //!
 //! Run with `cargo run --release --example manager_calls --features manager
 //! [-- ROUNDS [N]]` (8 rounds of 500 calls per kind by default).
@@ -21,18 +24,29 @@ const ROWS: [&str; 5] = [
     "queue put + get",
 ];
 
-/// A child: its first call, then `n` calls of each kind, in `order`;
-/// microseconds per call into `out`, by row.
+/// How a child runs: connects before the rows, and in which order.
+const WAYS: [(&str, bool, bool); 3] = [
+    ("connected first, compare's order", true, false),
+    ("first row connects", false, false),
+    ("connected first, reverse order", true, true),
+];
+
+/// A child: its first call (unless `connect_first` is false), then `n`
+/// calls of each kind, in order or `reversed`; microseconds per call into
+/// `out`, by row.
 fn client(
     d: Borrowed<DictProxy<u32, u32>>,
     l: Borrowed<ListProxy<u32>>,
     q: Borrowed<QueueProxy<u32>>,
     out: Borrowed<ValueProxy<Vec<f64>>>,
-    (n, reversed): (u32, bool),
+    (n, connect_first, reversed): (u32, bool, bool),
 ) {
-    let t = Instant::now();
-    d.len().unwrap();
-    let mut figures = vec![t.elapsed().as_secs_f64() * 1e6, 0.0, 0.0, 0.0, 0.0];
+    let mut figures = vec![f64::NAN; ROWS.len()];
+    if connect_first {
+        let t = Instant::now();
+        d.len().unwrap();
+        figures[0] = t.elapsed().as_secs_f64() * 1e6;
+    }
     let per_call = |row: usize, figures: &mut Vec<f64>| {
         let t = Instant::now();
         for i in 0..n {
@@ -67,28 +81,33 @@ fn main() -> Result<(), shmpool::Error> {
     let manager = Manager::start()?;
     let (d, l, q) = (manager.dict()?, manager.list()?, manager.queue()?);
     let out = manager.value(&Vec::<f64>::new())?;
-    // By order: rows × rounds.
-    let mut seen = [vec![Vec::new(); ROWS.len()], vec![Vec::new(); ROWS.len()]];
-    for round in 0..rounds * 2 {
-        let reversed = round % 2 == 1;
+    // By way: rows × rounds.
+    let mut seen = vec![vec![Vec::new(); ROWS.len()]; WAYS.len()];
+    for round in 0..rounds * WAYS.len() {
+        let way = round % WAYS.len();
+        let (_, connect_first, reversed) = WAYS[way];
         let args = (
             d.borrowed(),
             l.borrowed(),
             q.borrowed(),
             out.borrowed(),
-            (n, reversed),
+            (n, connect_first, reversed),
         );
         let mut child = Process::new(client, args);
         child.start()?;
         child.join(None)?;
         for (row, t) in out.get()?.into_iter().enumerate() {
-            seen[usize::from(reversed)][row].push(t);
+            seen[way][row].push(t);
         }
     }
-    println!("{rounds} rounds of each order, {n} calls per row; µs per call: median (min–max)");
-    for (order, seen) in ["forward", "reversed"].iter().zip(&mut seen) {
-        println!("{order}:");
+    println!("{rounds} rounds of each way, {n} calls per row; µs per call: median (min–max)");
+    for ((way, ..), seen) in WAYS.iter().zip(&mut seen) {
+        println!("{way}:");
         for (name, times) in ROWS.iter().zip(seen.iter_mut()) {
+            times.retain(|t| !t.is_nan());
+            if times.is_empty() {
+                continue;
+            }
             times.sort_by(f64::total_cmp);
             println!(
                 "  {name:<22} {:>8.2} ({:.2}–{:.2})",
