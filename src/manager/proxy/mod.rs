@@ -83,6 +83,32 @@ pub(crate) trait Typed: Sized {
 /// assert_eq!(manager.object_count()?, 0);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
+///
+/// A proxy itself does not travel: it owns a reference, which a copy of its
+/// bytes in another process would give back a second time.
+///
+/// ```compile_fail,E0277
+/// use shmpool::manager::DictProxy;
+///
+/// fn child(d: DictProxy<u32, u32>) {
+///     d.insert(&1, &10).unwrap();
+/// }
+/// let manager = shmpool::Manager::start().unwrap();
+/// let d = manager.dict::<u32, u32>().unwrap();
+/// shmpool::Process::new(child, (d,)); // not `Pod`: use `d.borrowed()`
+/// ```
+///
+/// A lock's guard borrows the proxy (or `Borrowed`) it came from, so the
+/// proxy, and with it the lock, cannot go first.
+///
+/// ```compile_fail,E0597
+/// let manager = shmpool::Manager::start().unwrap();
+/// let held = {
+///     let lock = manager.lock().unwrap();
+///     lock.lock().unwrap()
+/// }; // `lock` dropped here while `held` borrows it
+/// drop(held);
+/// ```
 #[repr(C)]
 pub struct Borrowed<P> {
     pub(crate) handle: Handle,
