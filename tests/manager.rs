@@ -1401,3 +1401,20 @@ fn clones_and_drops_in_other_processes_and_tasks_count_right() {
         assert_eq!(objects_become(&manager, 0), 0);
     });
 }
+
+#[test]
+fn a_proxy_outlives_the_thread_that_made_it() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        // This thread never connected: when the maker's connection closes,
+        // the process holds the dict alone.
+        let d =
+            std::thread::scope(|s| s.spawn(|| manager.dict::<u8, u8>().unwrap()).join()).unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // the server sees it close
+        d.insert(&1, &1).unwrap();
+        assert_eq!(manager.object_count().unwrap(), 1);
+        drop(d);
+        assert_eq!(manager.object_count().unwrap(), 0);
+    });
+}

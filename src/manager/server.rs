@@ -52,13 +52,44 @@ struct Slot {
     named: bool,
 }
 
-/// The references one client process holds, per object: released all at
-/// once when its last connection closes (it exited, was killed, or its
-/// threads that used the manager ended). A count may be negative: a
-/// reference taken in another process and dropped in this one.
+/// The references one client process holds, per object, released all at
+/// once: for a local client, when the process is gone (exited or killed:
+/// checked when one of its connections closes, and every acceptor tick); for
+/// a TCP client, whose process the server cannot see, when its last
+/// connection closes. A count may be negative: a reference taken in
+/// another process and dropped in this one.
 #[derive(Default)]
 struct Session {
     refs: Mutex<HashMap<u64, i64>>,
+    /// A local client's process: its pid and start time (so that a reused
+    /// pid is not taken for it).
+    process: Option<(i32, u64)>,
+}
+
+impl Session {
+    /// Whether its references are to be kept with `connections` open: a
+    /// local client's as long as its process runs, a TCP client's while it
+    /// has a connection.
+    fn lives(&self, connections: usize) -> bool {
+        match self.process {
+            Some((pid, start)) => start_time(pid) == Some(start),
+            None => connections > 0,
+        }
+    }
+}
+
+/// When process `pid` started (`/proc/<pid>/stat`, field 22, in clock
+/// ticks since boot); `None` if there is no such process, or it is a
+/// zombie.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // Field 3 is the state: field 22 is 19 further on.
+    fields.nth(18)?.parse().ok()
 }
 
 enum Listener {
@@ -219,6 +250,9 @@ const MAX_PENDING: usize = 64;
 const MAX_PENDING_PER_PEER: usize = 16;
 /// The longest the acceptor sleeps without looking at its deadlines.
 const ACCEPTOR_TICK: Duration = Duration::from_secs(1);
+/// How often, at most, the acceptor looks for sessions of local clients
+/// that are gone (a look reads `/proc/<pid>/stat` per client process).
+const REAP_EVERY: Duration = Duration::from_millis(100);
 
 /// A connection that has not authenticated yet: it costs the server a
 /// socket and these few bytes, no thread.
@@ -355,6 +389,7 @@ pub(crate) fn serve(endpoint_at: u64) {
 fn accept_forever(listener: &Listener, server: &Arc<Server>, root: i32) {
     let mut pending: Vec<Pending> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut reaped = Instant::now();
     loop {
         let now = Instant::now();
         pending.retain(|p| p.deadline.map_or(true, |d| d > now));
@@ -379,6 +414,10 @@ fn accept_forever(listener: &Listener, server: &Arc<Server>, root: i32) {
         let ms = wait.as_micros().div_ceil(1000) as libc::c_int;
         // SAFETY: `fds` is a live array of `fds.len()` pollfds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if reaped.elapsed() >= REAP_EVERY {
+            server.reap_sessions();
+            reaped = Instant::now();
+        }
         if n <= 0 {
             continue; // timeout (deadlines above) or EINTR
         }
@@ -458,10 +497,14 @@ fn start_connection(stream: Stream, peer: PeerKey, server: &Arc<Server>) {
         PeerKey::Pid(pid) => runs_our_executable(pid),
         PeerKey::Ip(_) => false,
     };
+    let process = match peer {
+        PeerKey::Pid(pid) => start_time(pid).map(|start| (pid, start)),
+        PeerKey::Ip(_) => None,
+    };
     let server = Arc::clone(server);
     let _ = std::thread::Builder::new()
         .name("shmpool-manager-conn".into())
-        .spawn(move || serve_connection(stream, our_code, &server));
+        .spawn(move || serve_connection(stream, our_code, process, &server));
 }
 
 fn fail(record: &EndpointRecord, e: &io::Error) {
@@ -492,7 +535,14 @@ impl Caller for Peer<'_> {
     }
 }
 
-fn serve_connection(mut stream: Stream, our_code: bool, server: &Server) {
+/// Serves one authenticated connection; `process`: a local client's (pid,
+/// start time).
+fn serve_connection(
+    mut stream: Stream,
+    our_code: bool,
+    process: Option<(i32, u64)>,
+    server: &Server,
+) {
     let mut reader = FrameReader::new();
     // From now on an idle client may stay silent for ever: wake only every
     // `handshake_timeout` to check a frame begun and not finished.
@@ -504,6 +554,7 @@ fn serve_connection(mut stream: Stream, our_code: bool, server: &Server) {
     }
     let id = server.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut holdings = Holdings::new(server, id);
+    holdings.process = process;
     let mut out = Vec::new();
     let stalled = stalled(server.handshake_timeout);
     while let Ok(body) = reader.next(&mut stream, server.frame_limit, stalled) {
@@ -627,6 +678,8 @@ struct Holdings<'a> {
     /// none).
     token: Option<u64>,
     session: Arc<Session>,
+    /// A local client's process (pid, start time), for its session.
+    process: Option<(i32, u64)>,
 }
 
 impl<'a> Holdings<'a> {
@@ -637,6 +690,7 @@ impl<'a> Holdings<'a> {
             held: HashSet::new(),
             token: None,
             session: Arc::default(),
+            process: None,
         }
     }
 
@@ -647,7 +701,14 @@ impl<'a> Holdings<'a> {
             return Err(Fault::Invalid("this connection has a session".into()));
         }
         let mut sessions = crate::sync::lock(&self.server.sessions);
-        let (session, connections) = sessions.entry(token).or_default();
+        let process = self.process;
+        let (session, connections) = sessions.entry(token).or_insert_with(|| {
+            let session = Session {
+                process,
+                ..Session::default()
+            };
+            (Arc::new(session), 0)
+        });
         *connections += 1;
         let taken = std::mem::take(&mut *crate::sync::lock(&self.session.refs));
         let mut refs = crate::sync::lock(&session.refs);
@@ -670,23 +731,24 @@ impl Drop for Holdings<'_> {
         {
             object.abandon(self.id);
         }
-        let last = match self.token {
+        let ended = match self.token {
             None => true,
             Some(token) => {
                 let mut sessions = crate::sync::lock(&self.server.sessions);
                 match sessions.get_mut(&token) {
-                    Some((_, connections)) if *connections > 1 => {
-                        *connections -= 1;
-                        false
+                    Some((session, connections)) => {
+                        *connections = connections.saturating_sub(1);
+                        let ended = !session.lives(*connections);
+                        if ended {
+                            sessions.remove(&token);
+                        }
+                        ended
                     }
-                    _ => {
-                        sessions.remove(&token);
-                        true
-                    }
+                    None => true, // ended already; nothing left in it
                 }
             }
         };
-        if last {
+        if ended {
             self.server.drop_session(&self.session);
         }
     }
@@ -781,7 +843,23 @@ impl Server {
         true
     }
 
-    /// Drops every reference `session` holds (its last connection closed).
+    /// Ends the sessions of local clients whose process is gone, though a
+    /// connection of theirs may be open (a forked child's inherited copy).
+    fn reap_sessions(&self) {
+        let mut ended = Vec::new();
+        crate::sync::lock(&self.sessions).retain(|_, (session, connections)| {
+            let lives = session.process.is_none() || session.lives(*connections);
+            if !lives {
+                ended.push(Arc::clone(session));
+            }
+            lives
+        });
+        for session in ended {
+            self.drop_session(&session);
+        }
+    }
+
+    /// Drops every reference `session` holds (it ended).
     fn drop_session(&self, session: &Session) {
         let refs = std::mem::take(&mut *crate::sync::lock(&session.refs));
         for (id, n) in refs {
