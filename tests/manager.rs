@@ -1418,3 +1418,52 @@ fn a_proxy_outlives_the_thread_that_made_it() {
         assert_eq!(manager.object_count().unwrap(), 0);
     });
 }
+
+fn fork_then_hold(
+    d: Borrowed<DictProxy<u32, u32>>,
+    ready: Borrowed<EventProxy>,
+    grandchild: Borrowed<ValueProxy<i32>>,
+) {
+    let mine = d.to_proxy().unwrap();
+    let _copies: Vec<_> = (0..3).map(|_| mine.clone()).collect();
+    // SAFETY: the child only sleeps and leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // Holds copies of this process's connection descriptors.
+        std::thread::sleep(Duration::from_secs(600));
+        // SAFETY: leaves the forked copy without running anything else.
+        unsafe { libc::_exit(0) };
+    }
+    grandchild.set(&pid).unwrap();
+    ready.set().unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_killed_clients_references_go_even_while_its_forked_child_holds_its_connection() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<u32, u32>().unwrap();
+        let ready = manager.event().unwrap();
+        let grandchild = manager.value(&0i32).unwrap();
+        let args = (d.borrowed(), ready.borrowed(), grandchild.borrowed());
+        let mut p = Process::new(fork_then_hold, args);
+        p.start().unwrap();
+        assert!(ready.wait_timeout(Duration::from_secs(30)).unwrap());
+        let g = grandchild.get().unwrap();
+        assert!(g > 0);
+        drop(d);
+        assert_eq!(
+            manager.object_count().unwrap(),
+            3,
+            "the child holds the dict"
+        );
+        p.kill();
+        p.join(Some(Duration::from_secs(10))).unwrap();
+        let left = objects_become(&manager, 2);
+        // SAFETY: a plain signal to the grandchild this test made.
+        unsafe { libc::kill(g, libc::SIGKILL) };
+        assert_eq!(left, 2, "the killed child's references went");
+    });
+}
