@@ -668,8 +668,8 @@ fn serve_lane(
 /// The locks one connection holds, and the session whose references it
 /// counts in; dropped when its thread ends, however it ends (the client
 /// went, or a bug panicked the thread), it frees the locks (the next holder
-/// is told [`Fault::OwnerDied`]) and leaves the session (the last connection
-/// of a session to close drops its references).
+/// is told [`Fault::OwnerDied`]) and leaves the session, which ends (its
+/// references dropped) if its client is gone (see [`Session`]).
 struct Holdings<'a> {
     server: &'a Server,
     id: ConnId,
@@ -978,6 +978,34 @@ mod tests {
         assert!(!in_program(1, me));
         assert!(!in_program(i32::MAX, me), "no such process");
         assert_eq!(parent_of(me), Some(parent));
+    }
+
+    #[test]
+    fn a_session_ends_with_its_process_and_gives_back_what_it_held() {
+        let me = std::process::id() as i32;
+        let start = start_time(me).expect("this process runs");
+        assert_eq!(start_time(me), Some(start), "stable");
+        assert_eq!(start_time(i32::MAX), None, "no such process");
+        let server = server();
+        let types = Types::new("ValueProxy").with::<u8>();
+        let mut holdings = Holdings::new(&server, 1);
+        holdings.process = Some((me, start));
+        holdings.join(7).unwrap();
+        let id = server
+            .create(Spec::Value(vec![1]), types, Some(&holdings.session))
+            .unwrap();
+        drop(holdings);
+        // This process lives: its references stay with no connection open.
+        server.reap_sessions();
+        assert!(server.object(id).is_ok());
+        // Another start time: the pid was reused, the client is gone.
+        crate::sync::lock(&server.sessions).get_mut(&7).unwrap().0 = Arc::new(Session {
+            refs: Mutex::new(HashMap::from([(id, 1)])),
+            process: Some((me, start + 1)),
+        });
+        server.reap_sessions();
+        assert!(matches!(server.object(id), Err(Fault::Invalid(m)) if m.contains("freed")));
+        assert!(crate::sync::lock(&server.sessions).is_empty());
     }
 
     #[test]
