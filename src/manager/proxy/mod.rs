@@ -239,7 +239,7 @@ mod sealed {
 }
 
 /// A number a manager can add to in place
-/// ([`DictProxy::fetch_add`], [`ValueProxy::fetch_add`]): the integer types
+/// (`fetch_add` of a [`DictProxy`] or a [`ValueProxy`]): the integer types
 /// (the sum is checked: an overflow is refused, never wrapped) and the
 /// floats.
 pub trait Number: sealed::Sealed + Serialize + DeserializeOwned + Copy {}

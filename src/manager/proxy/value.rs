@@ -9,8 +9,8 @@ use serde::Serialize;
 proxy!(
     /// One value held by a manager, like Python's `manager.Value(typecode,
     /// value)` (`v.value` is `v.get()`, `v.value = x` is `v.set(&x)`). Each
-    /// call is atomic; a read-modify-write is [`fetch_add`](Self::fetch_add)
-    /// or [`update`](Self::update) (in Python it needs a lock around it).
+    /// call is atomic; a read-modify-write is `fetch_add` or `update` (in
+    /// Python it needs a lock around it).
     ///
     /// ```
     /// let manager = shmpool::Manager::start()?;
@@ -54,8 +54,8 @@ impl<T: Serialize + DeserializeOwned> Borrowed<ValueProxy<T>> {
     }
 
     /// `v.value = f(v.value)` as one atomic operation in the server (see
-    /// [`DictProxy::update`](super::DictProxy::update) for what `f` may
-    /// be; `f` must give a value); the new value.
+    /// a [`DictProxy`](super::DictProxy)'s `update` for what `f` may be;
+    /// `f` must give a value); the new value.
     ///
     /// ```
     /// let manager = shmpool::Manager::start()?;
