@@ -235,16 +235,27 @@ fn manager_start_row(budget: Duration, py_get: &dyn Fn(&str) -> Option<f64>) -> 
 }
 
 /// A child process doing `n` operations of each kind, as Python's figures
-/// are taken; seconds per operation into `out`.
+/// are taken; seconds per operation into `out`. Like Python's proxies when
+/// they reach a process, it first takes references of its own (which
+/// connects it to the servers), outside the timing.
+#[cfg(feature = "manager")]
+use shmpool::manager::{Borrowed, DictProxy, ListProxy, QueueProxy, ValueProxy};
+
 #[cfg(feature = "manager")]
 fn manager_client(
-    d: shmpool::manager::DictProxy<u32, u32>,
-    l: shmpool::manager::ListProxy<u32>,
-    q: shmpool::manager::QueueProxy<u32>,
-    tcp_d: shmpool::manager::DictProxy<u32, u32>,
-    out: shmpool::manager::ValueProxy<Vec<f64>>,
+    d: Borrowed<DictProxy<u32, u32>>,
+    l: Borrowed<ListProxy<u32>>,
+    q: Borrowed<QueueProxy<u32>>,
+    tcp_d: Borrowed<DictProxy<u32, u32>>,
+    out: Borrowed<ValueProxy<Vec<f64>>>,
     n: u32,
 ) {
+    let (d, l, q) = (
+        d.to_proxy().unwrap(),
+        l.to_proxy().unwrap(),
+        q.to_proxy().unwrap(),
+    );
+    let tcp_d = tcp_d.to_proxy().unwrap();
     let per_op = |f: &mut dyn FnMut(u32)| {
         let t = Instant::now();
         (0..n).for_each(f);
@@ -282,12 +293,19 @@ fn manager_rows(quick: bool, py_get: &dyn Fn(&str) -> Option<f64>) -> Vec<Row> {
         .start()
         .expect("TCP manager");
     let out = manager.value(&Vec::<f64>::new()).expect("value");
-    let args = (
+    // Held here until the child is done: their borrowed forms travel.
+    let held = (
         manager.dict().expect("dict"),
         manager.list().expect("list"),
         manager.queue().expect("queue"),
         tcp.dict().expect("dict"),
-        out,
+    );
+    let args = (
+        held.0.borrowed(),
+        held.1.borrowed(),
+        held.2.borrowed(),
+        held.3.borrowed(),
+        out.borrowed(),
         n,
     );
     let mut child = shmpool::Process::new(manager_client, args);

@@ -13,7 +13,7 @@
 //! Run with `cargo run --example manager --features manager`.
 
 use serde::{Deserialize, Serialize};
-use shmpool::manager::{DictProxy, ListProxy};
+use shmpool::manager::{Borrowed, DictProxy, ListProxy};
 use shmpool::{Manager, Process};
 use std::cmp::Ordering;
 use std::fmt;
@@ -56,7 +56,7 @@ impl Py {
     }
 }
 
-fn f(d: DictProxy<Py, Py>, l: ListProxy<i64>) {
+fn f(d: Borrowed<DictProxy<Py, Py>>, l: Borrowed<ListProxy<i64>>) {
     d.insert(&Py::Int(1), &Py::Str("1".into())).unwrap();
     d.insert(&Py::Str("2".into()), &Py::Int(2)).unwrap();
     d.insert(&Py::Float(0.25), &Py::None).unwrap();
@@ -70,7 +70,9 @@ fn main() -> Result<(), shmpool::Error> {
     let l = manager.list::<i64>()?;
     l.extend(&(0..10).collect::<Vec<_>>())?;
 
-    let mut p = Process::new(f, (d, l));
+    // What travels is each proxy's borrowed form; `d` and `l` keep the
+    // objects alive until the child is done.
+    let mut p = Process::new(f, (d.borrowed(), l.borrowed()));
     p.start()?;
     p.join(None)?;
 

@@ -9,8 +9,8 @@ use common::bounded;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use shmpool::manager::{
-    BarrierProxy, ConditionProxy, DictProxy, EventProxy, LockProxy, QueueProxy, SemaphoreProxy,
-    ValueProxy,
+    BarrierProxy, Borrowed, ConditionProxy, DictProxy, EventProxy, LockProxy, QueueProxy,
+    SemaphoreProxy, ValueProxy,
 };
 use shmpool::{Error, Manager, Pool, Process, StartMethod};
 use std::io::{Read, Write};
@@ -77,7 +77,7 @@ fn pythons_example_prints_what_python_prints() {
     );
 }
 
-fn add_from_task(d: DictProxy<u64, String>, i: u64) -> u64 {
+fn add_from_task(d: Borrowed<DictProxy<u64, String>>, i: u64) -> u64 {
     d.insert(&i, &format!("task {i}")).unwrap();
     i
 }
@@ -89,7 +89,7 @@ fn proxies_are_arguments_of_pool_tasks_and_work_with_every_start_method() {
         let manager = Manager::start().unwrap();
         let d = manager.dict::<u64, String>().unwrap();
         let pool = Pool::new(2).unwrap();
-        let args: Vec<(DictProxy<u64, String>, u64)> = (0..20).map(|i| (d, i)).collect();
+        let args: Vec<_> = (0..20).map(|i| (d.borrowed(), i)).collect();
         assert_eq!(
             pool.starmap(add_from_task, &args).unwrap(),
             (0..20).collect::<Vec<_>>()
@@ -112,7 +112,7 @@ fn proxies_are_arguments_of_pool_tasks_and_work_with_every_start_method() {
     });
 }
 
-fn insert_many(d: DictProxy<(u32, u32), u32>, who: u32, n: u32) {
+fn insert_many(d: Borrowed<DictProxy<(u32, u32), u32>>, who: u32, n: u32) {
     for i in 0..n {
         d.insert(&(who, i), &i).unwrap();
     }
@@ -130,7 +130,7 @@ fn sixteen_processes_inserting_at_once_lose_no_key() {
         let d = manager.dict::<(u32, u32), u32>().unwrap();
         let started = Instant::now();
         let mut ps: Vec<Process> = (0..PROCESSES)
-            .map(|who| Process::new(insert_many, (d, who, EACH)))
+            .map(|who| Process::new(insert_many, (d.borrowed(), who, EACH)))
             .collect();
         ps.iter_mut().for_each(|p| p.start().unwrap());
         for p in &mut ps {
@@ -143,7 +143,7 @@ fn sixteen_processes_inserting_at_once_lose_no_key() {
     });
 }
 
-fn hold_until_killed(lock: LockProxy, held: EventProxy) {
+fn hold_until_killed(lock: Borrowed<LockProxy>, held: Borrowed<EventProxy>) {
     let _guard = lock.lock().unwrap();
     held.set().unwrap();
     std::thread::sleep(Duration::from_secs(600));
@@ -155,7 +155,7 @@ fn a_lock_whose_holder_dies_is_released_and_the_next_holder_is_told() {
     bounded(LIMIT, || {
         let manager = Manager::start().unwrap();
         let (lock, held) = (manager.lock().unwrap(), manager.event().unwrap());
-        let mut p = Process::new(hold_until_killed, (lock, held));
+        let mut p = Process::new(hold_until_killed, (lock.borrowed(), held.borrowed()));
         p.start().unwrap();
         assert!(held.wait_timeout(Duration::from_secs(30)).unwrap());
         assert!(lock.try_lock().unwrap().is_none(), "the child holds it");
@@ -174,13 +174,13 @@ fn a_lock_whose_holder_dies_is_released_and_the_next_holder_is_told() {
     });
 }
 
-fn insert_forever(d: DictProxy<u64, Vec<u8>>) {
+fn insert_forever(d: Borrowed<DictProxy<u64, Vec<u8>>>) {
     for i in 0.. {
         d.insert(&i, &vec![7; 4096]).unwrap();
     }
 }
 
-fn get_forever(q: QueueProxy<u64>) {
+fn get_forever(q: Borrowed<QueueProxy<u64>>) {
     let _ = q.get();
 }
 
@@ -192,8 +192,8 @@ fn clients_killed_mid_request_leave_the_server_serving_the_others() {
         let d = manager.dict::<u64, Vec<u8>>().unwrap();
         let q = manager.queue::<u64>().unwrap();
         for round in 0..5 {
-            let mut busy = Process::new(insert_forever, (d,));
-            let mut waiting = Process::new(get_forever, (q,));
+            let mut busy = Process::new(insert_forever, (d.borrowed(),));
+            let mut waiting = Process::new(get_forever, (q.borrowed(),));
             busy.start().unwrap();
             waiting.start().unwrap();
             let before = d.len().unwrap();
@@ -286,6 +286,7 @@ fn bad_peers_are_disconnected_in_bounded_time_while_a_good_client_goes_on() {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let good = {
             let stop = stop.clone();
+            let d = d.clone();
             std::thread::spawn(move || {
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -425,7 +426,9 @@ fn shutdown_and_drop_leave_no_process_no_socket_and_no_shared_memory() {
         let pid = manager.server_pid().unwrap();
         assert_eq!(manager_sockets().len(), 1);
         // A client blocked in get() when the server stops is told.
+        let b = q.borrowed();
         let blocked = std::thread::spawn(move || {
+            let q = b;
             q.get().unwrap();
             q.get()
         });
@@ -516,7 +519,12 @@ fn a_parent_killed_with_sigkill_takes_its_server_along() {
     });
 }
 
-fn meet(barrier: BarrierProxy, cond: ConditionProxy, turn: ValueProxy<u32>, sem: SemaphoreProxy) {
+fn meet(
+    barrier: Borrowed<BarrierProxy>,
+    cond: Borrowed<ConditionProxy>,
+    turn: Borrowed<ValueProxy<u32>>,
+    sem: Borrowed<SemaphoreProxy>,
+) {
     let index = barrier.wait_timeout(Duration::from_secs(30)).unwrap() as u32;
     // Each process waits for its turn on the condition, then passes it on.
     let held = cond.lock().unwrap();
@@ -540,7 +548,17 @@ fn barrier_condition_and_semaphore_coordinate_processes() {
         let turn = manager.value(&0u32).unwrap();
         let sem = manager.semaphore(0).unwrap();
         let mut ps: Vec<Process> = (0..4)
-            .map(|_| Process::new(meet, (barrier, cond, turn, sem)))
+            .map(|_| {
+                Process::new(
+                    meet,
+                    (
+                        barrier.borrowed(),
+                        cond.borrowed(),
+                        turn.borrowed(),
+                        sem.borrowed(),
+                    ),
+                )
+            })
             .collect();
         let started = Instant::now();
         ps.iter_mut().for_each(|p| p.start().unwrap());
@@ -820,7 +838,7 @@ fn an_enormous_handshake_timeout_saturates_instead_of_wrapping() {
     });
 }
 
-fn count_up(d: DictProxy<String, u64>, v: ValueProxy<i64>, n: u32) {
+fn count_up(d: Borrowed<DictProxy<String, u64>>, v: Borrowed<ValueProxy<i64>>, n: u32) {
     for i in 0..n {
         if i % 2 == 0 {
             d.fetch_add(&"hits".to_string(), 1).unwrap();
@@ -841,7 +859,7 @@ fn four_processes_adding_a_thousand_each_make_four_thousand() {
         let d = manager.dict::<String, u64>().unwrap();
         let v = manager.value(&0i64).unwrap();
         let mut children: Vec<Process> = (0..4)
-            .map(|_| Process::new(count_up, (d, v, 1000)))
+            .map(|_| Process::new(count_up, (d.borrowed(), v.borrowed(), 1000)))
             .collect();
         for c in &mut children {
             c.start().unwrap();
@@ -991,9 +1009,10 @@ fn a_call_with_a_timeout_returns_by_its_deadline_from_a_stopped_server() {
         assert!(matches!(q.get_timeout(timeout), Err(Error::Timeout)));
         assert!(start.elapsed() < late, "again: {:?}", start.elapsed());
         // A new connection, from another thread, too.
+        let other = lock.borrowed();
         std::thread::spawn(move || {
             let start = Instant::now();
-            assert!(matches!(lock.lock_timeout(timeout), Err(Error::Timeout)));
+            assert!(matches!(other.lock_timeout(timeout), Err(Error::Timeout)));
             assert!(start.elapsed() < late, "{:?}", start.elapsed());
         })
         .join()
@@ -1002,7 +1021,7 @@ fn a_call_with_a_timeout_returns_by_its_deadline_from_a_stopped_server() {
         // The connection goes on, and this thread still holds its lock.
         q.put(&2).unwrap();
         assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 2);
-        std::thread::spawn(move || assert!(lock.try_lock().unwrap().is_none()))
+        std::thread::spawn(move || assert!(other.try_lock().unwrap().is_none()))
             .join()
             .unwrap();
         drop(held);
@@ -1209,7 +1228,7 @@ fn forty_threads_of_one_process_connecting_at_once_all_get_in() {
         let start = std::sync::Barrier::new(40);
         std::thread::scope(|s| {
             for i in 0..40 {
-                let start = &start;
+                let (start, d) = (&start, &d);
                 s.spawn(move || {
                     start.wait();
                     d.insert(&i, &i).unwrap();
@@ -1217,5 +1236,234 @@ fn forty_threads_of_one_process_connecting_at_once_all_get_in() {
             }
         });
         assert_eq!(d.len().unwrap(), 40);
+    });
+}
+
+/// Waits (bounded) until the server holds `n` objects; the count it saw.
+fn objects_become(manager: &Manager, n: usize) -> usize {
+    let mut seen = usize::MAX;
+    wait_until(Duration::from_secs(10), || {
+        seen = manager.object_count().unwrap();
+        seen == n
+    });
+    seen
+}
+
+#[test]
+fn an_object_is_freed_when_its_last_proxy_drops_and_its_borrowed_form_then_says_so() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        assert_eq!(manager.object_count().unwrap(), 0);
+        let d = manager.dict::<u8, u8>().unwrap();
+        d.insert(&1, &2).unwrap();
+        let e = d.clone();
+        let travelling = d.borrowed();
+        assert_eq!(manager.object_count().unwrap(), 1);
+        drop(d);
+        assert_eq!(manager.object_count().unwrap(), 1, "the clone holds it");
+        assert_eq!(travelling.get(&1).unwrap(), Some(2));
+        drop(e);
+        assert_eq!(
+            manager.object_count().unwrap(),
+            0,
+            "freed with its last proxy"
+        );
+        // Its borrowed form is told, clearly, and reaches no other object.
+        let _other = manager.dict::<u8, u8>().unwrap();
+        assert!(
+            matches!(travelling.get(&1), Err(Error::InvalidArgument(m)) if m.contains("freed"))
+        );
+        assert!(
+            matches!(travelling.to_proxy(), Err(Error::InvalidArgument(m)) if m.contains("freed"))
+        );
+        // A call waiting in an object when it is freed ends.
+        let q = manager.queue::<u8>().unwrap();
+        let b = q.borrowed();
+        let waiting = std::thread::spawn(move || b.get_timeout(Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(200));
+        let dropped = Instant::now();
+        drop(q);
+        assert!(
+            matches!(waiting.join().unwrap(), Err(Error::InvalidArgument(m)) if m.contains("freed"))
+        );
+        assert!(dropped.elapsed() < Duration::from_secs(5));
+    });
+}
+
+#[test]
+fn objects_made_by_name_survive_their_proxies() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let jobs = manager.queue_named::<u32>("jobs").unwrap();
+        jobs.put(&7).unwrap();
+        let again = jobs.clone();
+        drop((jobs, again));
+        let v = manager.value_named("v", &1u8).unwrap();
+        drop(v);
+        assert_eq!(manager.object_count().unwrap(), 2);
+        assert_eq!(
+            manager.queue_named::<u32>("jobs").unwrap().get().unwrap(),
+            7
+        );
+        assert_eq!(manager.value_named("v", &0u8).unwrap().get().unwrap(), 1);
+    });
+}
+
+fn hold_references_until_killed(d: Borrowed<DictProxy<u32, u32>>, ready: Borrowed<EventProxy>) {
+    let mine = d.to_proxy().unwrap();
+    let mut clones: Vec<_> = (0..5).map(|_| mine.clone()).collect();
+    // One taken by a thread that then ends: it stays the process's.
+    clones.push(
+        std::thread::spawn(move || d.to_proxy().unwrap())
+            .join()
+            .unwrap(),
+    );
+    mine.insert(&1, &1).unwrap();
+    ready.set().unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+    drop((mine, clones));
+}
+
+#[test]
+fn a_client_killed_with_sigkill_holding_references_leaks_none_of_them() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<u32, u32>().unwrap();
+        let ready = manager.event().unwrap();
+        let mut p = Process::new(
+            hold_references_until_killed,
+            (d.borrowed(), ready.borrowed()),
+        );
+        p.start().unwrap();
+        assert!(ready.wait_timeout(Duration::from_secs(30)).unwrap());
+        let travelling = d.borrowed();
+        drop(d);
+        assert_eq!(
+            manager.object_count().unwrap(),
+            2,
+            "the child holds the dict"
+        );
+        assert_eq!(travelling.len().unwrap(), 1);
+        p.kill();
+        p.join(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(
+            objects_become(&manager, 1),
+            1,
+            "the killed child's references went"
+        );
+        assert!(matches!(travelling.len(), Err(Error::InvalidArgument(_))));
+    });
+}
+
+fn clone_and_drop(d: Borrowed<DictProxy<u32, u32>>, who: u32) {
+    let mine = d.to_proxy().unwrap();
+    let copies: Vec<_> = (0..50).map(|_| mine.clone()).collect();
+    mine.insert(&who, &who).unwrap();
+    drop(copies);
+    if who % 2 == 0 {
+        // Exits holding one more: its exit gives it back.
+        std::mem::forget(mine.clone());
+    }
+}
+
+fn clone_in_task(d: Borrowed<DictProxy<u32, u32>>, i: u32) -> u32 {
+    let mine = d.to_proxy().unwrap();
+    let copy = mine.clone();
+    copy.insert(&(100 + i), &i).unwrap();
+    i
+}
+
+#[test]
+fn clones_and_drops_in_other_processes_and_tasks_count_right() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<u32, u32>().unwrap();
+        let mut children: Vec<Process> = (0..4)
+            .map(|who| Process::new(clone_and_drop, (d.borrowed(), who)))
+            .collect();
+        children.iter_mut().for_each(|c| c.start().unwrap());
+        for c in &mut children {
+            assert_eq!(c.join(Some(Duration::from_secs(60))).unwrap(), Some(0));
+        }
+        let pool = Pool::new(2).unwrap();
+        let args: Vec<_> = (0..20).map(|i| (d.borrowed(), i)).collect();
+        assert_eq!(pool.starmap(clone_in_task, &args).unwrap().len(), 20);
+        assert_eq!(d.len().unwrap(), 24);
+        assert_eq!(manager.object_count().unwrap(), 1);
+        drop(d);
+        // Freed once the children's sessions are gone (an exited child's
+        // connections close at once; the pool's workers still hold theirs,
+        // with nothing counted in them).
+        assert_eq!(objects_become(&manager, 0), 0);
+    });
+}
+
+#[test]
+fn a_proxy_outlives_the_thread_that_made_it() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        // This thread never connected: when the maker's connection closes,
+        // the process holds the dict alone.
+        let d =
+            std::thread::scope(|s| s.spawn(|| manager.dict::<u8, u8>().unwrap()).join()).unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // the server sees it close
+        d.insert(&1, &1).unwrap();
+        assert_eq!(manager.object_count().unwrap(), 1);
+        drop(d);
+        assert_eq!(manager.object_count().unwrap(), 0);
+    });
+}
+
+fn fork_then_hold(
+    d: Borrowed<DictProxy<u32, u32>>,
+    ready: Borrowed<EventProxy>,
+    grandchild: Borrowed<ValueProxy<i32>>,
+) {
+    let mine = d.to_proxy().unwrap();
+    let _copies: Vec<_> = (0..3).map(|_| mine.clone()).collect();
+    // SAFETY: the child only sleeps and leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // Holds copies of this process's connection descriptors.
+        std::thread::sleep(Duration::from_secs(600));
+        // SAFETY: leaves the forked copy without running anything else.
+        unsafe { libc::_exit(0) };
+    }
+    grandchild.set(&pid).unwrap();
+    ready.set().unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_killed_clients_references_go_even_while_its_forked_child_holds_its_connection() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<u32, u32>().unwrap();
+        let ready = manager.event().unwrap();
+        let grandchild = manager.value(&0i32).unwrap();
+        let args = (d.borrowed(), ready.borrowed(), grandchild.borrowed());
+        let mut p = Process::new(fork_then_hold, args);
+        p.start().unwrap();
+        assert!(ready.wait_timeout(Duration::from_secs(30)).unwrap());
+        let g = grandchild.get().unwrap();
+        assert!(g > 0);
+        drop(d);
+        assert_eq!(
+            manager.object_count().unwrap(),
+            3,
+            "the child holds the dict"
+        );
+        p.kill();
+        p.join(Some(Duration::from_secs(10))).unwrap();
+        let left = objects_become(&manager, 2);
+        // SAFETY: a plain signal to the grandchild this test made.
+        unsafe { libc::kill(g, libc::SIGKILL) };
+        assert_eq!(left, 2, "the killed child's references went");
     });
 }

@@ -87,6 +87,17 @@ pub(crate) fn call_until(
     request: &Request,
     deadline: Option<Instant>,
 ) -> Result<Answer, Error> {
+    with_connection(endpoint, deadline, |c| c.call(request, deadline))
+}
+
+/// Runs `f` on this thread's connection to `endpoint`, made (by `deadline`)
+/// if there is none; a connection `f` finds broken is dropped, and the next
+/// call reconnects.
+fn with_connection<T>(
+    endpoint: u64,
+    deadline: Option<Instant>,
+    f: impl FnOnce(&mut Connection) -> Result<T, Error>,
+) -> Result<T, Error> {
     CONNECTIONS
         .try_with(|connections| {
             let mut connections = connections.borrow_mut();
@@ -101,13 +112,40 @@ pub(crate) fn call_until(
                     connections.len() - 1
                 }
             };
-            let result = connections[index].call(request, deadline);
+            let result = f(&mut connections[index]);
             if matches!(result, Err(Error::PeersGone | Error::Io(_))) {
-                connections.swap_remove(index); // broken: the next call reconnects
+                connections.swap_remove(index);
             }
             result
         })
         .unwrap_or_else(|_| Err(Error::invalid("a manager call during thread exit")))
+}
+
+/// Sends `request` from this thread's connection without waiting for its
+/// answer, which the connection's next call reads and drops (for a
+/// `Decref`, which must not block a proxy's `drop`). Connecting, and a
+/// reply still owed from an earlier call, are awaited [`MARGIN`] at most.
+pub(crate) fn notify(endpoint: u64, request: &Request) -> Result<(), Error> {
+    let deadline = Instant::now().checked_add(MARGIN);
+    with_connection(endpoint, deadline, |c| {
+        c.settle(deadline)?;
+        c.send(request, None)?;
+        c.owed.push(Owed { acquire: None });
+        Ok(())
+    })
+}
+
+/// This process's session token: random, made once per process (a forked
+/// child makes its own), sent by each of its connections so that the
+/// server counts the references of all its threads together.
+fn session_token() -> Result<u64, Error> {
+    static TOKEN: std::sync::Mutex<(u32, u64)> = std::sync::Mutex::new((0, 0));
+    let me = std::process::id();
+    let mut token = crate::sync::lock(&TOKEN);
+    if token.0 != me {
+        *token = (me, u64::from_le_bytes(auth::random_bytes::<8>()?));
+    }
+    Ok(token.1)
 }
 
 /// Closes this thread's connection to `endpoint`, if any (the server then
@@ -141,6 +179,7 @@ fn connect(endpoint: u64, deadline: Option<Instant>) -> Result<Connection, Error
     };
     let result = connection
         .authenticate(record.authkey(), timeout)
+        .and_then(|()| connection.join_session(timeout))
         .and_then(|()| connection.open_lane(timeout));
     match result {
         Err(Error::Io(e))
@@ -219,6 +258,16 @@ impl Connection {
             self.timeout = timeout;
         }
         Ok(())
+    }
+
+    /// Tells the server which process this connection is of (its session),
+    /// within `timeout`.
+    fn join_session(&mut self, timeout: Duration) -> Result<(), Error> {
+        let request = Request::Session(session_token()?);
+        match self.call(&request, Instant::now().checked_add(timeout))? {
+            Answer::Done => Ok(()),
+            _ => Err(Error::Decode("unexpected reply to a session".into())),
+        }
     }
 
     /// On a local connection, asks the server for a shared-memory lane and

@@ -16,7 +16,9 @@
 //! Each side sleeps on `state` (a futex) with a flag that tells the other
 //! to wake it (SeqCst on both sides: no lost wake-up). A client waiting for
 //! its reply first spins with the pool's bounded budget (`sync::spin`,
-//! yielding every 64 spins); the server thread sleeps at once. Measured with
+//! yielding every 64 spins); the server thread sleeps at once (a server
+//! that spun too held the CPU its client needed when the CPUs were busy:
+//! calls 1.3 to 5 times slower, `docs/PERFORMANCE.md`). Measured with
 //! `compare --features manager -- --quick` on the 2-vCPU machine: on an idle
 //! machine, where a futex wake-up of a halted vCPU costs tens of
 //! microseconds, calls went from 23–97 µs to 1.6–5.6 µs; with two busy loops

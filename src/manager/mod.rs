@@ -31,17 +31,21 @@
 //!   start method (or the builder's): it dies with its parent, `kill -9`
 //!   included, and [`Manager::shutdown`] (or dropping the manager) stops it.
 //!   Clients then get [`Error::PeersGone`].
-//! * Objects live until the manager stops (Python frees them when their last
-//!   proxy goes; here proxies are plain copyable values, so nothing counts
-//!   them).
+//! * A proxy owns a reference to its object, as Python's do: `clone` takes
+//!   another, `drop` gives it back, and the server frees an object when its
+//!   last proxy is dropped, unless it was made by name (`*_named`), or when
+//!   the last process holding references to it exits, `kill -9` included.
+//!   What travels to another process is a proxy's [`Borrowed`] form, which
+//!   works while a proxy of its object lives (or takes a reference of its
+//!   own, [`Borrowed::to_proxy`]).
 //!
 //! Python's example, in Rust (`examples/manager.rs` prints what Python does):
 //!
 //! ```
-//! use shmpool::manager::{DictProxy, ListProxy};
+//! use shmpool::manager::{Borrowed, DictProxy, ListProxy};
 //! use shmpool::{Manager, Process};
 //!
-//! fn f(d: DictProxy<i32, String>, l: ListProxy<i32>) {
+//! fn f(d: Borrowed<DictProxy<i32, String>>, l: Borrowed<ListProxy<i32>>) {
 //!     d.insert(&1, &"1".to_string()).unwrap();
 //!     l.reverse().unwrap();
 //! }
@@ -50,7 +54,7 @@
 //! let d = manager.dict::<i32, String>()?;
 //! let l = manager.list::<i32>()?;
 //! l.extend(&(0..10).collect::<Vec<_>>())?;
-//! let mut p = Process::new(f, (d, l));
+//! let mut p = Process::new(f, (d.borrowed(), l.borrowed()));
 //! p.start()?;
 //! assert_eq!(p.join(None)?, Some(0));
 //! assert_eq!(d.items()?, [(1, "1".to_string())]);
@@ -69,7 +73,7 @@ mod proxy;
 mod server;
 
 pub use proxy::{
-    ArrayProxy, BarrierProxy, ConditionProxy, ConditionProxyGuard, DictProxy, EventProxy,
+    ArrayProxy, BarrierProxy, Borrowed, ConditionProxy, ConditionProxyGuard, DictProxy, EventProxy,
     ListProxy, LockProxy, LockProxyGuard, NamespaceProxy, Number, QueueProxy, RLockProxy,
     RLockProxyGuard, SemaphoreProxy, ValueProxy,
 };
@@ -80,7 +84,7 @@ use crate::start::StartMethod;
 use crate::Process;
 use endpoint::{Address, Settings};
 use protocol::{encode, Answer, Request, Spec};
-use proxy::{unexpected, Handle, Typed};
+use proxy::{unexpected, Borrowed as BorrowedProxy, Handle, Typed};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -384,16 +388,43 @@ impl Manager {
     }
 
     fn id_of<P: Typed>(&self, request: Request) -> Result<P, Error> {
-        let types = match &request {
-            Request::Create(_, types) | Request::Named(_, _, types) => types.fingerprint,
-            _ => 0,
+        let (types, counted) = match &request {
+            Request::Create(_, types) => (types.fingerprint, 1),
+            Request::Named(_, _, types) => (types.fingerprint, 0),
+            _ => (0, 0),
         };
         match client::call(self.endpoint, &request)? {
-            Answer::Id(id) => Ok(P::of(Handle {
+            Answer::Id(id) => Ok(P::of(BorrowedProxy::new(Handle {
                 endpoint: self.endpoint,
                 id,
                 types,
-            })),
+                counted,
+            }))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// How many objects the server holds (Python's
+    /// `BaseManager._number_of_objects()`): those made by name, and those a
+    /// proxy still refers to. An object is freed when its last proxy is
+    /// dropped, in whatever process, or when the last process holding
+    /// proxies of it exits (killed included).
+    ///
+    /// ```
+    /// let manager = shmpool::Manager::start()?;
+    /// let d = manager.dict::<u8, u8>()?;
+    /// let e = d.clone();
+    /// let _jobs = manager.queue_named::<u8>("jobs")?;
+    /// assert_eq!(manager.object_count()?, 2);
+    /// drop(d);
+    /// assert_eq!(manager.object_count()?, 2); // `e` refers to it
+    /// drop((e, _jobs));
+    /// assert_eq!(manager.object_count()?, 1); // a named object stays
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn object_count(&self) -> Result<usize, Error> {
+        match client::call(self.endpoint, &Request::Objects)? {
+            Answer::Count(n) => Ok(n as usize),
             other => Err(unexpected(other)),
         }
     }

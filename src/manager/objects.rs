@@ -9,6 +9,7 @@
 
 use super::protocol::{add_encoded, Answer, Bytes, Fault, Op, Spec, Trampoline, Types};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,9 @@ pub(crate) trait Caller {
 pub(crate) struct Object {
     state: Mutex<State>,
     changed: Condvar,
+    /// Set when the server frees it (its last proxy went): a call waiting
+    /// in it ends.
+    freed: AtomicBool,
     /// The types of the proxy that made it.
     pub(crate) types: Types,
 }
@@ -119,6 +123,7 @@ impl Object {
         Ok(Object {
             state: Mutex::new(state),
             changed: Condvar::new(),
+            freed: AtomicBool::new(false),
             types,
         })
     }
@@ -150,6 +155,14 @@ impl Object {
             }
             _ => false,
         }
+    }
+
+    /// Marks it freed (the server no longer holds it) and wakes the calls
+    /// waiting in it, which end with an error.
+    pub(crate) fn free(&self) {
+        let _state = self.lock_state();
+        self.freed.store(true, Ordering::Relaxed);
+        self.changed.notify_all();
     }
 
     /// Releases a lock held by `conn`, which disconnected: the next acquirer
@@ -194,6 +207,11 @@ impl Object {
             // a lock that a live client could have.
             if caller.gone() {
                 return Err(Fault::Timeout); // nobody reads the answer
+            }
+            if self.freed.load(Ordering::Relaxed) {
+                return Err(Fault::Invalid(
+                    "the manager's object was freed while this call waited in it".into(),
+                ));
             }
         }
     }
@@ -485,13 +503,16 @@ fn out_of_range(i: i64, len: usize) -> Fault {
     Fault::Invalid(format!("index {i} out of range for a list of {len}"))
 }
 
-/// Sets (`Some`) or removes (`None`) a dict's entry.
-fn dict_put(d: &mut OrderedMap, k: Bytes, v: Option<Bytes>) -> Result<(), Fault> {
-    match (d.index.get(&k), v) {
-        (Some(seq), Some(v)) => d.entries.get_mut(seq).expect("indexed entry").1 = v,
+/// Sets (`Some`) or removes (`None`) a dict's entry; the value it had.
+fn dict_put(d: &mut OrderedMap, k: Bytes, v: Option<Bytes>) -> Result<Option<Bytes>, Fault> {
+    Ok(match (d.index.get(&k), v) {
+        (Some(seq), Some(v)) => {
+            let slot = d.entries.get_mut(seq).expect("indexed entry");
+            Some(std::mem::replace(&mut slot.1, v))
+        }
         (Some(_), None) => {
             let seq = d.index.remove(&k).expect("indexed entry");
-            d.entries.remove(&seq);
+            d.entries.remove(&seq).map(|(_, v)| v)
         }
         (None, Some(v)) => {
             let seq = d.next;
@@ -500,10 +521,10 @@ fn dict_put(d: &mut OrderedMap, k: Bytes, v: Option<Bytes>) -> Result<(), Fault>
             })?;
             d.index.insert(k.clone(), seq);
             d.entries.insert(seq, (k, v));
+            None
         }
-        (None, None) => {}
-    }
-    Ok(())
+        (None, None) => None,
+    })
 }
 
 /// Runs a client's update function on `old`: only for a client of this
@@ -547,30 +568,11 @@ fn apply_now(state: &mut State, op: Op, caller: &dyn Caller) -> Result<Answer, F
             l.clear();
             Done
         }
-        (State::Dict(d), Op::Insert(k, v)) => match d.index.get(&k) {
-            Some(seq) => {
-                let slot = d.entries.get_mut(seq).expect("indexed entry");
-                Item(Some(std::mem::replace(&mut slot.1, v)))
-            }
-            None => {
-                let seq = d.next;
-                d.next = d.next.checked_add(1).ok_or_else(|| {
-                    Fault::Invalid("the dict has had too many entries (u64::MAX)".into())
-                })?;
-                d.index.insert(k.clone(), seq);
-                d.entries.insert(seq, (k, v));
-                Item(None)
-            }
-        },
+        (State::Dict(d), Op::Insert(k, v)) => Item(dict_put(d, k, Some(v))?),
         (State::Dict(d), Op::Lookup(k)) => {
             Item(d.index.get(&k).map(|seq| d.entries[seq].1.clone()))
         }
-        (State::Dict(d), Op::Remove(k)) => Item(
-            d.index
-                .remove(&k)
-                .and_then(|seq| d.entries.remove(&seq))
-                .map(|(_, v)| v),
-        ),
+        (State::Dict(d), Op::Remove(k)) => Item(dict_put(d, k, None)?),
         (State::Dict(d), Op::Contains(k)) => Flag(d.index.contains_key(&k)),
         (State::Dict(d), Op::Keys) => Items(d.entries.values().map(|(k, _)| k.clone()).collect()),
         (State::Dict(d), Op::Entries) => Pairs(d.entries.values().cloned().collect()),

@@ -182,6 +182,20 @@ pub(crate) enum Request {
     Call(u64, u64, Op),
     /// Ends the server (after answering).
     Shutdown,
+    /// Binds the connection to its client process's session (a random
+    /// token per process): the references a process holds are dropped when
+    /// its last connection closes, however it closes. Answers
+    /// [`Answer::Done`].
+    Session(u64),
+    /// One more reference to object `id` (a proxy of the types of this
+    /// fingerprint), held by the connection's session; answers
+    /// [`Answer::Done`], or fails if the object was freed.
+    Incref(u64, u64),
+    /// One reference fewer to object `id`: at zero, an object not created by
+    /// name is freed. Answers [`Answer::Done`].
+    Decref(u64),
+    /// How many objects the server holds; answers [`Answer::Count`].
+    Objects,
     /// Asks for a shared-memory lane (a local connection, once): answered
     /// by one byte with the lane's memfd (`lane::send_fd`), not a frame.
     Lane,

@@ -35,13 +35,65 @@ use std::time::{Duration, Instant};
 
 /// What every connection thread shares.
 struct Server {
-    objects: RwLock<HashMap<u64, Arc<Object>>>,
+    objects: RwLock<HashMap<u64, Slot>>,
     names: Mutex<HashMap<String, u64>>,
+    /// The client processes' sessions, by token, with how many connections
+    /// each has open.
+    sessions: Mutex<HashMap<u64, (Arc<Session>, usize)>>,
     next_id: AtomicU64,
     next_conn: AtomicU64,
     authkey: Vec<u8>,
     frame_limit: usize,
     handshake_timeout: Duration,
+}
+
+/// An object and how many references proxies hold to it (Python's
+/// `Server.id_to_refcount`). At zero it is freed, unless it was created by
+/// name: a named object lives as long as the server.
+struct Slot {
+    object: Arc<Object>,
+    refs: u64,
+    named: bool,
+}
+
+/// The references one client process holds, per object, released all at
+/// once: for a local client, when the process is gone (exited or killed:
+/// checked when one of its connections closes, and every acceptor tick); for
+/// a TCP client, whose process the server cannot see, when its last
+/// connection closes. A count may be negative: a reference taken in
+/// another process and dropped in this one.
+#[derive(Default)]
+struct Session {
+    refs: Mutex<HashMap<u64, i64>>,
+    /// A local client's process: its pid and start time (so that a reused
+    /// pid is not taken for it).
+    process: Option<(i32, u64)>,
+}
+
+impl Session {
+    /// Whether its references are to be kept with `connections` open: a
+    /// local client's as long as its process runs, a TCP client's while it
+    /// has a connection.
+    fn lives(&self, connections: usize) -> bool {
+        match self.process {
+            Some((pid, start)) => start_time(pid) == Some(start),
+            None => connections > 0,
+        }
+    }
+}
+
+/// When process `pid` started (`/proc/<pid>/stat`, field 22, in clock
+/// ticks since boot); `None` if there is no such process, or it is a
+/// zombie.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // Field 3 is the state: field 22 is 19 further on.
+    fields.nth(18)?.parse().ok()
 }
 
 enum Listener {
@@ -175,6 +227,9 @@ const MAX_PENDING: usize = 64;
 const MAX_PENDING_PER_PEER: usize = 16;
 /// The longest the acceptor sleeps without looking at its deadlines.
 const ACCEPTOR_TICK: Duration = Duration::from_secs(1);
+/// How often, at most, the acceptor looks for sessions of local clients
+/// that are gone (a look reads `/proc/<pid>/stat` per client process).
+const REAP_EVERY: Duration = Duration::from_millis(100);
 
 /// A connection that has not authenticated yet: it costs the server a
 /// socket and these few bytes, no thread.
@@ -282,6 +337,7 @@ pub(crate) fn serve(endpoint_at: u64) {
     let server = Arc::new(Server {
         objects: RwLock::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
+        sessions: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         next_conn: AtomicU64::new(1),
         authkey: record.authkey().to_vec(),
@@ -298,6 +354,7 @@ pub(crate) fn serve(endpoint_at: u64) {
 /// handshake timeout, and never a thread.
 fn accept_forever(listener: &Listener, server: &Arc<Server>, root: i32) {
     let mut pending: Vec<Pending> = Vec::new();
+    let mut reaped = Instant::now();
     loop {
         let now = Instant::now();
         pending.retain(|p| p.deadline.map_or(true, |d| d > now));
@@ -317,6 +374,10 @@ fn accept_forever(listener: &Listener, server: &Arc<Server>, root: i32) {
         );
         let timeout = Timespec::try_from(wait).ok();
         let n = rustix::event::poll(&mut fds, timeout.as_ref()).unwrap_or(0);
+        if reaped.elapsed() >= REAP_EVERY {
+            server.reap_sessions();
+            reaped = Instant::now();
+        }
         if n == 0 {
             continue; // timeout (deadlines above) or EINTR
         }
@@ -398,10 +459,14 @@ fn start_connection(stream: Stream, peer: PeerKey, server: &Arc<Server>) {
         PeerKey::Pid(pid) => runs_our_executable(pid),
         PeerKey::Ip(_) => false,
     };
+    let process = match peer {
+        PeerKey::Pid(pid) => start_time(pid).map(|start| (pid, start)),
+        PeerKey::Ip(_) => None,
+    };
     let server = Arc::clone(server);
     let _ = std::thread::Builder::new()
         .name("shmpool-manager-conn".into())
-        .spawn(move || serve_connection(stream, our_code, &server));
+        .spawn(move || serve_connection(stream, our_code, process, &server));
 }
 
 fn fail(record: &EndpointRecord, e: &io::Error) {
@@ -432,7 +497,14 @@ impl Caller for Peer<'_> {
     }
 }
 
-fn serve_connection(mut stream: Stream, our_code: bool, server: &Server) {
+/// Serves one authenticated connection; `process`: a local client's (pid,
+/// start time).
+fn serve_connection(
+    mut stream: Stream,
+    our_code: bool,
+    process: Option<(i32, u64)>,
+    server: &Server,
+) {
     let mut reader = FrameReader::new();
     // From now on an idle client may stay silent for ever: wake only every
     // `handshake_timeout` to check a frame begun and not finished.
@@ -443,20 +515,10 @@ fn serve_connection(mut stream: Stream, our_code: bool, server: &Server) {
         return;
     }
     let id = server.next_conn.fetch_add(1, Ordering::Relaxed);
-    let mut holdings = Holdings {
-        server,
-        id,
-        held: HashSet::new(),
-    };
+    let mut holdings = Holdings::new(server, id);
+    holdings.process = process;
     let mut out = Vec::new();
-    // Idle between requests is fine (a proxy may wait long between calls);
-    // a frame begun and not finished in time (two timeouts at most) is a
-    // broken peer.
-    let patience = server.handshake_timeout;
-    let stalled = |begun: Option<Instant>| match begun {
-        Some(at) if at.elapsed() > patience => Err(io::ErrorKind::TimedOut.into()),
-        _ => Ok(()),
-    };
+    let stalled = stalled(server.handshake_timeout);
     while let Ok(body) = reader.next(&mut stream, server.frame_limit, stalled) {
         let request = postcard::from_bytes::<Request>(body)
             .map_err(|e| Fault::Decode(format!("the request does not decode: {e}")));
@@ -486,6 +548,17 @@ fn serve_connection(mut stream: Stream, our_code: bool, server: &Server) {
     }
 }
 
+/// When a frame being read has stalled: idle between requests is fine (a
+/// proxy may wait long between calls); a frame begun and not finished
+/// within `patience` (twice that at most, as reads wake every `patience`)
+/// is a broken peer.
+fn stalled(patience: Duration) -> impl Fn(Option<Instant>) -> io::Result<()> + Copy {
+    move |begun| match begun {
+        Some(at) if at.elapsed() > patience => Err(io::ErrorKind::TimedOut.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Answers `request` into `out` (a whole frame); whether the server must
 /// stop once it is sent.
 fn respond(
@@ -503,7 +576,7 @@ fn respond(
             stream,
             our_code,
         };
-        server.handle(request, &peer, &mut holdings.held)
+        server.handle(request, &peer, holdings)
     });
     encode_reply(&reply, server.frame_limit, out);
     stop
@@ -519,11 +592,7 @@ fn serve_lane(
     our_code: bool,
 ) {
     let server = holdings.server;
-    let patience = server.handshake_timeout;
-    let stalled = |begun: Option<Instant>| match begun {
-        Some(at) if at.elapsed() > patience => Err(io::ErrorKind::TimedOut.into()),
-        _ => Ok(()),
-    };
+    let stalled = stalled(server.handshake_timeout);
     let mut out = Vec::new();
     loop {
         // The probe borrows the stream only for the wait.
@@ -557,13 +626,61 @@ fn serve_lane(
     }
 }
 
-/// The locks one connection holds; dropped when its thread ends, however it
-/// ends (the client went, or a bug panicked the thread), it frees them: the
-/// next holder is told [`Fault::OwnerDied`].
+/// The locks one connection holds, and the session whose references it
+/// counts in; dropped when its thread ends, however it ends (the client
+/// went, or a bug panicked the thread), it frees the locks (the next holder
+/// is told [`Fault::OwnerDied`]) and leaves the session, which ends (its
+/// references dropped) if its client is gone (see [`Session`]).
 struct Holdings<'a> {
     server: &'a Server,
     id: ConnId,
     held: HashSet<u64>,
+    /// `None`: a session of this connection alone (a client that named
+    /// none).
+    token: Option<u64>,
+    session: Arc<Session>,
+    /// A local client's process (pid, start time), for its session.
+    process: Option<(i32, u64)>,
+}
+
+impl<'a> Holdings<'a> {
+    fn new(server: &'a Server, id: ConnId) -> Holdings<'a> {
+        Holdings {
+            server,
+            id,
+            held: HashSet::new(),
+            token: None,
+            session: Arc::default(),
+            process: None,
+        }
+    }
+
+    /// Joins the session of `token` (made if new), bringing along the
+    /// references taken so far.
+    fn join(&mut self, token: u64) -> Result<(), Fault> {
+        if self.token.is_some() {
+            return Err(Fault::Invalid("this connection has a session".into()));
+        }
+        let mut sessions = crate::sync::lock(&self.server.sessions);
+        let process = self.process;
+        let (session, connections) = sessions.entry(token).or_insert_with(|| {
+            let session = Session {
+                process,
+                ..Session::default()
+            };
+            (Arc::new(session), 0)
+        });
+        *connections += 1;
+        let taken = std::mem::take(&mut *crate::sync::lock(&self.session.refs));
+        let mut refs = crate::sync::lock(&session.refs);
+        for (id, n) in taken {
+            *refs.entry(id).or_default() += n;
+        }
+        drop(refs);
+        self.session = Arc::clone(session);
+        self.token = Some(token);
+        Ok(())
+    }
 }
 
 impl Drop for Holdings<'_> {
@@ -574,6 +691,26 @@ impl Drop for Holdings<'_> {
             .filter_map(|at| self.server.object(*at).ok())
         {
             object.abandon(self.id);
+        }
+        let ended = match self.token {
+            None => true,
+            Some(token) => {
+                let mut sessions = crate::sync::lock(&self.server.sessions);
+                match sessions.get_mut(&token) {
+                    Some((session, connections)) => {
+                        *connections = connections.saturating_sub(1);
+                        let ended = !session.lives(*connections);
+                        if ended {
+                            sessions.remove(&token);
+                        }
+                        ended
+                    }
+                    None => true, // ended already; nothing left in it
+                }
+            }
+        };
+        if ended {
+            self.server.drop_session(&self.session);
         }
     }
 }
@@ -598,25 +735,109 @@ impl Server {
     fn object(&self, id: u64) -> Result<Arc<Object>, Fault> {
         crate::sync::unpoisoned(self.objects.read())
             .get(&id)
-            .cloned()
-            .ok_or_else(|| Fault::Invalid(format!("the manager holds no object {id}")))
+            .map(|slot| Arc::clone(&slot.object))
+            .ok_or_else(|| self.missing(id))
     }
 
-    fn create(&self, spec: Spec, types: Types) -> Result<u64, Fault> {
+    /// Object `id`, if a proxy of the types of `fingerprint` may use it.
+    fn typed_object(&self, id: u64, fingerprint: u64) -> Result<Arc<Object>, Fault> {
+        let object = self.object(id)?;
+        if object.types.fingerprint != fingerprint {
+            return Err(Fault::TypeMismatch(format!(
+                "the manager's object {id} is a {}; this proxy's types differ",
+                object.types.names
+            )));
+        }
+        Ok(object)
+    }
+
+    /// Why object `id` is not there: freed, or never made (ids are never
+    /// reused, so a stale proxy never reaches another object).
+    fn missing(&self, id: u64) -> Fault {
+        if id != 0 && id < self.next_id.load(Ordering::Relaxed) {
+            Fault::Invalid(format!(
+                "the manager's object {id} was freed: every proxy of it was dropped \
+                 (a Borrowed proxy works only while a proxy of its object lives)"
+            ))
+        } else {
+            Fault::Invalid(format!("the manager holds no object {id}"))
+        }
+    }
+
+    /// Makes an object: named (`session` `None`), or with one reference,
+    /// held by `session`.
+    fn create(&self, spec: Spec, types: Types, session: Option<&Session>) -> Result<u64, Fault> {
         let object = Arc::new(Object::new(spec, types)?);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        crate::sync::unpoisoned(self.objects.write()).insert(id, object);
+        let slot = Slot {
+            object,
+            refs: 1,
+            named: session.is_none(),
+        };
+        crate::sync::unpoisoned(self.objects.write()).insert(id, slot);
+        if let Some(session) = session {
+            *crate::sync::lock(&session.refs).entry(id).or_default() += 1;
+        }
         Ok(id)
+    }
+
+    /// Adds `delta` references to object `id` on behalf of `session`; frees
+    /// it at zero (unless named). `false`: there is no such object.
+    fn count(&self, id: u64, delta: i64, session: Option<&Session>) -> bool {
+        let mut objects = crate::sync::unpoisoned(self.objects.write());
+        let Some(slot) = objects.get_mut(&id) else {
+            return false;
+        };
+        if slot.named {
+            return true;
+        }
+        slot.refs = slot.refs.saturating_add_signed(delta);
+        if let Some(session) = session {
+            *crate::sync::lock(&session.refs).entry(id).or_default() += delta;
+        }
+        if slot.refs == 0 {
+            if let Some(slot) = objects.remove(&id) {
+                drop(objects);
+                slot.object.free();
+            }
+        }
+        true
+    }
+
+    /// Ends the sessions of local clients whose process is gone, though a
+    /// connection of theirs may be open (a forked child's inherited copy).
+    fn reap_sessions(&self) {
+        let mut ended = Vec::new();
+        crate::sync::lock(&self.sessions).retain(|_, (session, connections)| {
+            let lives = session.process.is_none() || session.lives(*connections);
+            if !lives {
+                ended.push(Arc::clone(session));
+            }
+            lives
+        });
+        for session in ended {
+            self.drop_session(&session);
+        }
+    }
+
+    /// Drops every reference `session` holds (it ended).
+    fn drop_session(&self, session: &Session) {
+        let refs = std::mem::take(&mut *crate::sync::lock(&session.refs));
+        for (id, n) in refs {
+            self.count(id, -n, None);
+        }
     }
 
     fn handle(
         &self,
         request: Request,
         peer: &Peer<'_>,
-        held: &mut HashSet<u64>,
+        holdings: &mut Holdings<'_>,
     ) -> Result<Answer, Fault> {
         match request {
-            Request::Create(spec, types) => self.create(spec, types).map(Answer::Id),
+            Request::Create(spec, types) => self
+                .create(spec, types, Some(&holdings.session))
+                .map(Answer::Id),
             Request::Named(name, spec, types) => {
                 let mut names = crate::sync::lock(&self.names);
                 if let Some(&id) = names.get(&name) {
@@ -635,18 +856,13 @@ impl Server {
                     }
                     return Ok(Answer::Id(id));
                 }
-                let id = self.create(spec, types)?;
+                let id = self.create(spec, types, None)?;
                 names.insert(name, id);
                 Ok(Answer::Id(id))
             }
             Request::Call(id, fingerprint, op) => {
-                let object = self.object(id)?;
-                if object.types.fingerprint != fingerprint {
-                    return Err(Fault::TypeMismatch(format!(
-                        "the manager's object {id} is a {}; this proxy's types differ",
-                        object.types.names
-                    )));
-                }
+                let object = self.typed_object(id, fingerprint)?;
+                let held = &mut holdings.held;
                 object.apply(op, peer, &mut |holds| {
                     if holds {
                         held.insert(id);
@@ -654,6 +870,23 @@ impl Server {
                         held.remove(&id);
                     }
                 })
+            }
+            Request::Session(token) => holdings.join(token).map(|()| Answer::Done),
+            Request::Incref(id, fingerprint) => {
+                self.typed_object(id, fingerprint)?;
+                if self.count(id, 1, Some(&holdings.session)) {
+                    Ok(Answer::Done)
+                } else {
+                    Err(self.missing(id))
+                }
+            }
+            Request::Decref(id) => {
+                self.count(id, -1, Some(&holdings.session));
+                Ok(Answer::Done)
+            }
+            Request::Objects => {
+                let objects = crate::sync::unpoisoned(self.objects.read());
+                Ok(Answer::Count(objects.len() as u64))
             }
             Request::Shutdown => Ok(Answer::Done),
             Request::Lane => Err(Fault::Invalid(
@@ -686,6 +919,7 @@ mod tests {
         Server {
             objects: RwLock::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             next_conn: AtomicU64::new(1),
             authkey: b"k".to_vec(),
@@ -707,6 +941,34 @@ mod tests {
     }
 
     #[test]
+    fn a_session_ends_with_its_process_and_gives_back_what_it_held() {
+        let me = std::process::id() as i32;
+        let start = start_time(me).expect("this process runs");
+        assert_eq!(start_time(me), Some(start), "stable");
+        assert_eq!(start_time(i32::MAX), None, "no such process");
+        let server = server();
+        let types = Types::new("ValueProxy").with::<u8>();
+        let mut holdings = Holdings::new(&server, 1);
+        holdings.process = Some((me, start));
+        holdings.join(7).unwrap();
+        let id = server
+            .create(Spec::Value(vec![1]), types, Some(&holdings.session))
+            .unwrap();
+        drop(holdings);
+        // This process lives: its references stay with no connection open.
+        server.reap_sessions();
+        assert!(server.object(id).is_ok());
+        // Another start time: the pid was reused, the client is gone.
+        crate::sync::lock(&server.sessions).get_mut(&7).unwrap().0 = Arc::new(Session {
+            refs: Mutex::new(HashMap::from([(id, 1)])),
+            process: Some((me, start + 1)),
+        });
+        server.reap_sessions();
+        assert!(matches!(server.object(id), Err(Fault::Invalid(m)) if m.contains("freed")));
+        assert!(crate::sync::lock(&server.sessions).is_empty());
+    }
+
+    #[test]
     fn only_the_same_user_or_root_may_connect() {
         assert!(may_connect(1000, 1000));
         assert!(may_connect(0, 1000));
@@ -719,7 +981,9 @@ mod tests {
     fn a_call_with_another_type_fingerprint_is_refused() {
         let server = server();
         let types = Types::new("ValueProxy").with::<u64>();
-        let id = server.create(Spec::Value(vec![7]), types.clone()).unwrap();
+        let id = server
+            .create(Spec::Value(vec![7]), types.clone(), None)
+            .unwrap();
         let object = server.object(id).unwrap();
         assert_eq!(object.types, types);
         let other = Types::new("ValueProxy").with::<i32>().fingerprint;
@@ -730,13 +994,13 @@ mod tests {
             stream: &stream,
             our_code: false,
         };
-        let mut held = HashSet::new();
-        let refused = server.handle(Request::Call(id, other, Op::Load), &peer, &mut held);
+        let mut holdings = Holdings::new(&server, 1);
+        let refused = server.handle(Request::Call(id, other, Op::Load), &peer, &mut holdings);
         assert!(matches!(refused, Err(Fault::TypeMismatch(m)) if m.contains("u64")));
         let served = server.handle(
             Request::Call(id, types.fingerprint, Op::Load),
             &peer,
-            &mut held,
+            &mut holdings,
         );
         assert_eq!(served, Ok(Answer::Item(Some(vec![7]))));
     }
@@ -745,15 +1009,11 @@ mod tests {
     fn a_panicking_connection_thread_releases_its_locks() {
         let server = server();
         let types = Types::new("LockProxy");
-        let id = server.create(Spec::Lock, types).unwrap();
+        let id = server.create(Spec::Lock, types, None).unwrap();
         let lock = server.object(id).unwrap();
         let acquire = |who| lock.apply(Op::Acquire(Some(0)), &Client(who), &mut |_| {});
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut holdings = Holdings {
-                server: &server,
-                id: 1,
-                held: HashSet::new(),
-            };
+            let mut holdings = Holdings::new(&server, 1);
             assert_eq!(acquire(1), Ok(Answer::Flag(true)));
             holdings.held.insert(id);
             panic!("a bug in a connection thread");

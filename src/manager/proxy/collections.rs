@@ -1,6 +1,6 @@
 //! [`DictProxy`], [`ListProxy`] and [`NamespaceProxy`].
 
-use super::{fetch_add, proxy, unexpected, update, Number};
+use super::{fetch_add, indexed, proxy, unexpected, update, Borrowed, Number};
 use crate::error::Error;
 use crate::manager::protocol::{decode, encode, Answer, Op};
 use serde::de::DeserializeOwned;
@@ -24,23 +24,20 @@ proxy!(
     DictProxy<K, V>
 );
 
-impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy<K, V> {
+impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Borrowed<DictProxy<K, V>> {
     /// `d[key] = value`; the value it replaces, if any.
     pub fn insert(&self, key: &K, value: &V) -> Result<Option<V>, Error> {
-        let old = self.handle.item(Op::Insert(encode(key)?, encode(value)?))?;
-        old.map(|v| decode(&v)).transpose()
+        self.handle.value(Op::Insert(encode(key)?, encode(value)?))
     }
 
     /// `d.get(key)`.
     pub fn get(&self, key: &K) -> Result<Option<V>, Error> {
-        let value = self.handle.item(Op::Lookup(encode(key)?))?;
-        value.map(|v| decode(&v)).transpose()
+        self.handle.value(Op::Lookup(encode(key)?))
     }
 
     /// `d.pop(key, None)`: removes the entry; its value, if there was one.
     pub fn remove(&self, key: &K) -> Result<Option<V>, Error> {
-        let value = self.handle.item(Op::Remove(encode(key)?))?;
-        value.map(|v| decode(&v)).transpose()
+        self.handle.value(Op::Remove(encode(key)?))
     }
 
     /// `key in d`.
@@ -60,11 +57,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
 
     /// `list(d.keys())`, in insertion order.
     pub fn keys(&self) -> Result<Vec<K>, Error> {
-        self.handle
-            .items(Op::Keys)?
-            .iter()
-            .map(|k| decode(k))
-            .collect()
+        self.handle.values(Op::Keys)
     }
 
     /// `list(d.items())`, in insertion order.
@@ -149,33 +142,13 @@ proxy!(
     ListProxy<T>
 );
 
-impl<T: Serialize + DeserializeOwned> ListProxy<T> {
+impl<T: Serialize + DeserializeOwned> Borrowed<ListProxy<T>> {
     /// `l.append(value)`.
     pub fn push(&self, value: &T) -> Result<(), Error> {
         self.handle.done(Op::Push(encode(value)?))
     }
 
-    /// `l[index]`; out of range is [`Error::InvalidArgument`] (Python's
-    /// `IndexError`).
-    pub fn get(&self, index: i64) -> Result<T, Error> {
-        let item = self.handle.item(Op::At(index))?;
-        decode(&item.ok_or_else(|| Error::invalid("no item"))?)
-    }
-
-    /// `l[index] = value`.
-    pub fn set(&self, index: i64, value: &T) -> Result<(), Error> {
-        self.handle.done(Op::Put(index, encode(value)?))
-    }
-
-    /// `len(l)`.
-    pub fn len(&self) -> Result<usize, Error> {
-        Ok(self.handle.count(Op::Len)? as usize)
-    }
-
-    /// `len(l) == 0`.
-    pub fn is_empty(&self) -> Result<bool, Error> {
-        Ok(self.len()? == 0)
-    }
+    indexed!("l");
 
     /// `l.insert(index, value)` (an index past either end inserts there).
     pub fn insert(&self, index: i64, value: &T) -> Result<(), Error> {
@@ -184,14 +157,12 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
 
     /// `l.pop()`, or `None` if the list is empty.
     pub fn pop(&self) -> Result<Option<T>, Error> {
-        let item = self.handle.item(Op::Pop(None))?;
-        item.map(|v| decode(&v)).transpose()
+        self.handle.value(Op::Pop(None))
     }
 
     /// `l.pop(index)`, or `None` if out of range.
     pub fn pop_at(&self, index: i64) -> Result<Option<T>, Error> {
-        let item = self.handle.item(Op::Pop(Some(index)))?;
-        item.map(|v| decode(&v)).transpose()
+        self.handle.value(Op::Pop(Some(index)))
     }
 
     /// `l.extend(values)`, in one atomic operation.
@@ -208,15 +179,6 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// `l.clear()`.
     pub fn clear(&self) -> Result<(), Error> {
         self.handle.done(Op::Clear)
-    }
-
-    /// `list(l)`: a copy of every item.
-    pub fn to_vec(&self) -> Result<Vec<T>, Error> {
-        self.handle
-            .items(Op::All)?
-            .iter()
-            .map(|v| decode(v))
-            .collect()
     }
 }
 
@@ -238,7 +200,7 @@ proxy!(
     NamespaceProxy
 );
 
-impl NamespaceProxy {
+impl Borrowed<NamespaceProxy> {
     /// `setattr(ns, name, value)`.
     pub fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<(), Error> {
         self.handle
@@ -248,8 +210,7 @@ impl NamespaceProxy {
     /// `getattr(ns, name, None)`; a value of another type is
     /// [`Error::Decode`].
     pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, Error> {
-        let value = self.handle.item(Op::GetAttr(name.to_owned()))?;
-        value.map(|v| decode(&v)).transpose()
+        self.handle.value(Op::GetAttr(name.to_owned()))
     }
 
     /// `delattr(ns, name)`; whether it was there.

@@ -1,8 +1,8 @@
 //! [`QueueProxy`].
 
-use super::proxy;
+use super::{proxy, Borrowed};
 use crate::error::Error;
-use crate::manager::protocol::{decode, encode, micros, Op};
+use crate::manager::protocol::{encode, micros, Op};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
@@ -28,7 +28,7 @@ proxy!(
     QueueProxy<T>
 );
 
-impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
+impl<T: Serialize + DeserializeOwned> Borrowed<QueueProxy<T>> {
     /// `q.put(value)`.
     pub fn put(&self, value: &T) -> Result<(), Error> {
         self.handle.done(Op::Enqueue(encode(value)?))
@@ -54,8 +54,9 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     }
 
     fn take(&self, timeout: Option<u64>) -> Result<T, Error> {
-        let item = self.handle.item(Op::Dequeue(timeout))?;
-        decode(&item.ok_or(Error::Timeout)?)
+        self.handle
+            .value(Op::Dequeue(timeout))?
+            .ok_or(Error::Timeout)
     }
 
     /// `q.qsize()`.

@@ -8,14 +8,15 @@
 //! the next `lock` gets [`Error::OwnerDied`] (then finds it free), as with
 //! [`Lock`](crate::Lock).
 
-use super::{proxy, Handle};
+use super::{proxy, Borrowed, Handle};
 use crate::error::Error;
 use crate::manager::protocol::{micros, Op};
 use std::marker::PhantomData;
 use std::time::Duration;
 
-/// Makes guards `!Send` (and `!Sync`).
-type NotSend = PhantomData<*const ()>;
+/// Makes guards `!Send` (and `!Sync`), and ties them to the proxy (or
+/// borrowed proxy) they came from, which they cannot outlive.
+type Tied<'a> = PhantomData<(*const (), &'a ())>;
 
 fn acquire(handle: &Handle, timeout: Option<u64>) -> Result<bool, Error> {
     handle.flag(Op::Acquire(timeout))
@@ -25,38 +26,39 @@ macro_rules! lock_proxy {
     ($name:ident, $guard:ident, $(#[$doc:meta])*) => {
         proxy!($(#[$doc])* $name);
 
-        impl $name {
+        impl Borrowed<$name> {
             /// Waits for the lock; the guard releases it when dropped.
-            pub fn lock(&self) -> Result<$guard, Error> {
+            pub fn lock(&self) -> Result<$guard<'_>, Error> {
                 acquire(&self.handle, None)?;
-                Ok($guard { handle: self.handle, _not_send: PhantomData })
+                Ok($guard { handle: self.handle, _tied: PhantomData })
             }
 
             /// [`lock`](Self::lock), giving up with [`Error::Timeout`].
-            pub fn lock_timeout(&self, timeout: Duration) -> Result<$guard, Error> {
+            pub fn lock_timeout(&self, timeout: Duration) -> Result<$guard<'_>, Error> {
                 if !acquire(&self.handle, micros(timeout))? {
                     return Err(Error::Timeout);
                 }
-                Ok($guard { handle: self.handle, _not_send: PhantomData })
+                Ok($guard { handle: self.handle, _tied: PhantomData })
             }
 
             /// The guard if the lock is free now.
-            pub fn try_lock(&self) -> Result<Option<$guard>, Error> {
+            pub fn try_lock(&self) -> Result<Option<$guard<'_>>, Error> {
                 Ok(acquire(&self.handle, Some(0))?
-                    .then_some($guard { handle: self.handle, _not_send: PhantomData }))
+                    .then_some($guard { handle: self.handle, _tied: PhantomData }))
             }
         }
 
         /// Holds a manager's lock; releases it when dropped (from the thread
-        /// that took it).
+        /// that took it). It borrows the proxy it came from: the proxy, and
+        /// so the lock, outlives it.
         #[derive(Debug)]
         #[must_use = "the lock is released when the guard is dropped"]
-        pub struct $guard {
+        pub struct $guard<'a> {
             handle: Handle,
-            _not_send: NotSend,
+            _tied: Tied<'a>,
         }
 
-        impl Drop for $guard {
+        impl Drop for $guard<'_> {
             fn drop(&mut self) {
                 // A manager that is gone holds no lock any more.
                 let _ = self.handle.done(Op::Release);
@@ -122,7 +124,7 @@ proxy!(
     SemaphoreProxy
 );
 
-impl SemaphoreProxy {
+impl Borrowed<SemaphoreProxy> {
     /// Waits until the count is positive, then decrements it.
     pub fn acquire(&self) -> Result<(), Error> {
         acquire(&self.handle, None).map(drop)
@@ -155,7 +157,7 @@ proxy!(
     EventProxy
 );
 
-impl EventProxy {
+impl Borrowed<EventProxy> {
     /// `ev.set()`: wakes every waiter.
     pub fn set(&self) -> Result<(), Error> {
         self.handle.done(Op::Set)
@@ -209,26 +211,27 @@ proxy!(
     ConditionProxy
 );
 
-impl ConditionProxy {
+impl Borrowed<ConditionProxy> {
     /// Takes the condition's lock.
-    pub fn lock(&self) -> Result<ConditionProxyGuard, Error> {
+    pub fn lock(&self) -> Result<ConditionProxyGuard<'_>, Error> {
         acquire(&self.handle, None)?;
         Ok(ConditionProxyGuard {
             handle: self.handle,
-            _not_send: PhantomData,
+            _tied: PhantomData,
         })
     }
 }
 
-/// Holds a [`ConditionProxy`]'s lock; releases it when dropped.
+/// Holds a [`ConditionProxy`]'s lock; releases it when dropped. It borrows
+/// the proxy it came from.
 #[derive(Debug)]
 #[must_use = "the lock is released when the guard is dropped"]
-pub struct ConditionProxyGuard {
+pub struct ConditionProxyGuard<'a> {
     handle: Handle,
-    _not_send: NotSend,
+    _tied: Tied<'a>,
 }
 
-impl ConditionProxyGuard {
+impl ConditionProxyGuard<'_> {
     /// Releases the lock, waits for a notification, takes the lock again.
     pub fn wait(&self) -> Result<(), Error> {
         self.handle.flag(Op::CondWait(None)).map(drop)
@@ -251,7 +254,7 @@ impl ConditionProxyGuard {
     }
 }
 
-impl Drop for ConditionProxyGuard {
+impl Drop for ConditionProxyGuard<'_> {
     fn drop(&mut self) {
         let _ = self.handle.done(Op::Release);
     }
@@ -274,7 +277,7 @@ proxy!(
     BarrierProxy
 );
 
-impl BarrierProxy {
+impl Borrowed<BarrierProxy> {
     /// Waits until `n` parties wait; this party's arrival index (`0..n`).
     /// A broken barrier is [`Error::BrokenBarrier`].
     pub fn wait(&self) -> Result<usize, Error> {

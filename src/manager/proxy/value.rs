@@ -1,16 +1,16 @@
 //! [`ValueProxy`] and [`ArrayProxy`].
 
-use super::{fetch_add, proxy, update, Number};
+use super::{fetch_add, indexed, proxy, update, Borrowed, Number};
 use crate::error::Error;
-use crate::manager::protocol::{decode, encode, Op};
+use crate::manager::protocol::{encode, Op};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 proxy!(
     /// One value held by a manager, like Python's `manager.Value(typecode,
     /// value)` (`v.value` is `v.get()`, `v.value = x` is `v.set(&x)`). Each
-    /// call is atomic; a read-modify-write is [`fetch_add`](Self::fetch_add)
-    /// or [`update`](Self::update) (in Python it needs a lock around it).
+    /// call is atomic; a read-modify-write is `fetch_add` or `update` (in
+    /// Python it needs a lock around it).
     ///
     /// ```
     /// let manager = shmpool::Manager::start()?;
@@ -22,11 +22,12 @@ proxy!(
     ValueProxy<T>
 );
 
-impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
+impl<T: Serialize + DeserializeOwned> Borrowed<ValueProxy<T>> {
     /// `v.value`.
     pub fn get(&self) -> Result<T, Error> {
-        let item = self.handle.item(Op::Load)?;
-        decode(&item.ok_or_else(|| Error::invalid("no value"))?)
+        self.handle
+            .value(Op::Load)?
+            .ok_or_else(|| Error::invalid("no value"))
     }
 
     /// `v.value = value`.
@@ -53,8 +54,8 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
     }
 
     /// `v.value = f(v.value)` as one atomic operation in the server (see
-    /// [`DictProxy::update`](super::DictProxy::update) for what `f` may
-    /// be; `f` must give a value); the new value.
+    /// a [`DictProxy`](super::DictProxy)'s `update` for what `f` may be;
+    /// `f` must give a value); the new value.
     ///
     /// ```
     /// let manager = shmpool::Manager::start()?;
@@ -84,34 +85,6 @@ proxy!(
     ArrayProxy<T>
 );
 
-impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
-    /// `a[index]` (negative counts from the end).
-    pub fn get(&self, index: i64) -> Result<T, Error> {
-        let item = self.handle.item(Op::At(index))?;
-        decode(&item.ok_or_else(|| Error::invalid("no item"))?)
-    }
-
-    /// `a[index] = value`.
-    pub fn set(&self, index: i64, value: &T) -> Result<(), Error> {
-        self.handle.done(Op::Put(index, encode(value)?))
-    }
-
-    /// `len(a)`.
-    pub fn len(&self) -> Result<usize, Error> {
-        Ok(self.handle.count(Op::Len)? as usize)
-    }
-
-    /// `len(a) == 0`.
-    pub fn is_empty(&self) -> Result<bool, Error> {
-        Ok(self.len()? == 0)
-    }
-
-    /// `a[:]`.
-    pub fn to_vec(&self) -> Result<Vec<T>, Error> {
-        self.handle
-            .items(Op::All)?
-            .iter()
-            .map(|v| decode(v))
-            .collect()
-    }
+impl<T: Serialize + DeserializeOwned> Borrowed<ArrayProxy<T>> {
+    indexed!("a");
 }
