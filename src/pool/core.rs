@@ -155,6 +155,10 @@ impl Core {
             settings.init_entry.store(init.entry.0, Ordering::Relaxed);
             settings.init_set.store(1, Ordering::Relaxed);
         }
+        // Also where workers find the parent's shared heap (`SharedAlloc`).
+        settings
+            .parent_pid
+            .store(std::process::id(), Ordering::Relaxed);
         let ptracer = config.zero_copy.then(|| {
             settings
                 .parent_pid

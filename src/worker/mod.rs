@@ -11,7 +11,7 @@ pub(crate) mod fork_guard;
 use crate::panic::{install_quiet_panic_hook, panic_message};
 use crate::remote::{self, AccessRefused, Peer, Stage};
 use crate::shm::layout::{Layout, INIT_FAILED_EXIT};
-use crate::sync::slot::{Outcome, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED};
+use crate::sync::slot::{Outcome, HEAP_INPUT, HEAP_OUTPUT, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED};
 use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, Remote, TaskIo};
 use std::os::fd::RawFd;
@@ -242,17 +242,50 @@ fn run(
             });
         }
     };
-    // A side in the parent's memory is an address there, not an offset here.
+    let (heap_in, heap_out) = (desc.flags & HEAP_INPUT != 0, desc.flags & HEAP_OUTPUT != 0);
+    let heap_sides = if heap_in || heap_out {
+        let parent = layout.header().settings.parent_pid.load(Ordering::Relaxed);
+        let sides = crate::shared_alloc::view_of(parent).and_then(|view| {
+            let input = if heap_in {
+                view.at(desc.input)
+            } else {
+                Some(std::ptr::null_mut())
+            };
+            let output = if heap_out {
+                view.at(desc.output)
+            } else {
+                Some(std::ptr::null_mut())
+            };
+            input.zip(output).ok_or(libc::EFAULT)
+        });
+        match sides {
+            Ok(sides) => Some(sides),
+            // The parent's heap is out of reach (or the offset outside it):
+            // refuse, having touched nothing; the parent redoes the chunk.
+            Err(errno) => {
+                return finish(layout, index, me, track, watched, || {
+                    Err(AccessRefused {
+                        errno,
+                        wrote: false,
+                    })
+                });
+            }
+        }
+    } else {
+        None
+    };
+    // A side in the parent's memory is an address there, one in its heap an
+    // offset in this worker's view of it, else an offset in the segment.
     let io = TaskIo {
-        input: if remote_in {
-            desc.input as *const u8
-        } else {
-            layout.at(desc.input)
+        input: match heap_sides {
+            Some((input, _)) if heap_in => input.cast_const(),
+            _ if remote_in => desc.input as *const u8,
+            _ => layout.at(desc.input),
         },
-        output: if remote_out {
-            desc.output as *mut u8
-        } else {
-            layout.at(desc.output)
+        output: match heap_sides {
+            Some((_, output)) if heap_out => output,
+            _ if remote_out => desc.output as *mut u8,
+            _ => layout.at(desc.output),
         },
         len: desc.len as usize,
         remote,
