@@ -204,6 +204,9 @@ static OWNER: AtomicBool = AtomicBool::new(false);
 /// held it never waits for it.
 static LOCK: AtomicBool = AtomicBool::new(false);
 static BOOKS: BooksCell = BooksCell(UnsafeCell::new(Books::new()));
+/// The address of the latest block taken from cold (never written) pages: a
+/// map writing its output there asks the workers to populate it. A hint only.
+static FRESH: AtomicUsize = AtomicUsize::new(0);
 /// Set once a worker refused a chunk in the heap: maps stop handing it out.
 static REFUSED: AtomicBool = AtomicBool::new(false);
 
@@ -399,6 +402,12 @@ pub(crate) fn map_offset(ptr: *const u8, bytes: usize, align: usize) -> Option<u
     heap_offset(ptr, bytes)
 }
 
+/// Whether the block at `ptr` is fresh: taken from cold pages, and not
+/// handed out again since (a map's new output vector).
+pub(crate) fn is_fresh(ptr: *const u8) -> bool {
+    FRESH.load(Ordering::Relaxed) == ptr as usize
+}
+
 /// A worker refused a chunk in the heap: hand it out no more.
 pub(crate) fn refused() {
     REFUSED.store(true, Ordering::Relaxed);
@@ -425,6 +434,11 @@ impl SharedAlloc {
         let size = align_up(layout.size(), PAGE)?;
         let (off, zeroed) = with_books(|b| b.take(size, layout.align().max(PAGE)))?;
         let p = (base + off) as *mut u8;
+        if zeroed {
+            FRESH.store(p as usize, Ordering::Relaxed);
+        } else {
+            let _ = FRESH.compare_exchange(p as usize, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
         if zero && !zeroed {
             // SAFETY: the block `[p, p + size)` is ours alone now.
             unsafe { std::ptr::write_bytes(p, 0, size) };
@@ -556,6 +570,43 @@ unsafe impl GlobalAlloc for SharedAlloc {
             // SAFETY: not in the region, so `System` allocated it.
             None => unsafe { System.realloc(ptr, layout, new_size) },
         }
+    }
+}
+
+/// The worker is about to run a chunk whose output lies in fresh heap pages
+/// (`HEAP_FRESH_OUTPUT`): [`populate_if_fresh`] fills them in one call.
+pub(crate) fn output_is_fresh() {
+    POPULATE.store(true, Ordering::Relaxed);
+}
+
+/// Set by [`output_is_fresh`] for the worker's next chunk.
+static POPULATE: AtomicBool = AtomicBool::new(false);
+
+/// Makes the whole pages of `[ptr, ptr + bytes)` present and writable at once
+/// if the chunk's output is fresh: one `MADV_POPULATE_WRITE` costs less than a
+/// fault per page (about 1.5 against 1.9 µs per 4 KiB here). Only advice: on
+/// pages already present it would cost a page-table walk for nothing, hence
+/// the flag.
+pub(crate) fn populate_if_fresh(ptr: *mut u8, bytes: usize) {
+    if !POPULATE.swap(false, Ordering::Relaxed) {
+        return;
+    }
+    let (Some(start), Some(end)) = (
+        align_up(ptr as usize, PAGE),
+        (ptr as usize).checked_add(bytes).map(|e| e & !(PAGE - 1)),
+    ) else {
+        return;
+    };
+    if end > start {
+        // SAFETY: whole pages inside the chunk's output, which this worker
+        // alone writes; populating changes no byte of memory.
+        unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                end - start,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
     }
 }
 

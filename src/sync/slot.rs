@@ -109,7 +109,7 @@ pub(crate) struct TaskDesc {
     /// by the supervisor, which holds the slot then).
     pub(crate) retries_used: u32,
     /// [`IN_PLACE`], [`WATCHED`], [`REMOTE_INPUT`], [`REMOTE_OUTPUT`], [`SPLIT`],
-    /// [`HEAP_INPUT`], [`HEAP_OUTPUT`],
+    /// [`HEAP_INPUT`], [`HEAP_OUTPUT`], [`HEAP_FRESH_OUTPUT`],
     /// written by the parent with the rest.
     pub(crate) flags: u32,
     pub(crate) _reserved: u32,
@@ -143,6 +143,10 @@ pub(crate) const HEAP_INPUT: u32 = 32;
 
 /// [`TaskDesc::flags`]: `output` is an offset in the parent's shared heap.
 pub(crate) const HEAP_OUTPUT: u32 = 64;
+
+/// [`TaskDesc::flags`]: with [`HEAP_OUTPUT`], the output's pages are fresh
+/// (never written): the worker populates them in one call.
+pub(crate) const HEAP_FRESH_OUTPUT: u32 = 128;
 
 /// A snapshot of a slot's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,9 @@ pub(crate) mod fork_guard;
 use crate::panic::{install_quiet_panic_hook, panic_message};
 use crate::remote::{self, AccessRefused, Peer, Stage};
 use crate::shm::layout::{Layout, INIT_FAILED_EXIT};
-use crate::sync::slot::{Outcome, HEAP_INPUT, HEAP_OUTPUT, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED};
+use crate::sync::slot::{
+    Outcome, HEAP_FRESH_OUTPUT, HEAP_INPUT, HEAP_OUTPUT, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED,
+};
 use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, Remote, TaskIo};
 use std::os::fd::RawFd;
@@ -259,7 +261,12 @@ fn run(
             input.zip(output).ok_or(libc::EFAULT)
         });
         match sides {
-            Ok(sides) => Some(sides),
+            Ok(sides) => {
+                if heap_out && desc.flags & HEAP_FRESH_OUTPUT != 0 {
+                    crate::shared_alloc::output_is_fresh();
+                }
+                Some(sides)
+            }
             // The parent's heap is out of reach (or the offset outside it):
             // refuse, having touched nothing; the parent redoes the chunk.
             Err(errno) => {

@@ -255,7 +255,12 @@ unsafe fn map_raw_with(
         // is faster. Measured in docs/PERFORMANCE.md, "Zero-copy maps".
         prefault(dst, bytes.output);
     }
-    let redo = run_where_it_lies(core, len, call, Span { input, output }, progress)?;
+    let span = Span {
+        input,
+        output,
+        fresh_output: output.in_heap() && crate::shared_alloc::is_fresh(dst.cast_const()),
+    };
+    let redo = run_where_it_lies(core, len, call, span, progress)?;
     if !redo.is_empty() {
         // A worker could not reach the shared heap, or the kernel refused it
         // the caller's memory: from now on maps copy instead, and what was

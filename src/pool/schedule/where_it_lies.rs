@@ -8,7 +8,9 @@ use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::pool::progress::Progress;
 use crate::remote::STAGE_ALIGN;
-use crate::sync::slot::{TaskDesc, HEAP_INPUT, HEAP_OUTPUT, REMOTE_INPUT, REMOTE_OUTPUT};
+use crate::sync::slot::{
+    TaskDesc, HEAP_FRESH_OUTPUT, HEAP_INPUT, HEAP_OUTPUT, REMOTE_INPUT, REMOTE_OUTPUT,
+};
 use std::ops::Range;
 
 /// Below this (input + output bytes), a map over the caller's memory copies
@@ -88,6 +90,9 @@ impl Place {
 pub(crate) struct Span {
     pub(crate) input: Side,
     pub(crate) output: Side,
+    /// The output lies in fresh pages of the heap (a new result vector):
+    /// workers populate each chunk's output in one call.
+    pub(crate) fresh_output: bool,
 }
 
 /// Runs `call` over `len` elements where they lie ([`Span`]): only task
@@ -123,7 +128,15 @@ pub(crate) fn run_where_it_lies(
             input,
             output,
             len: range.len() as u64,
-            flags: call.flags() | call.split_flag() | remote_in | remote_out,
+            flags: call.flags()
+                | call.split_flag()
+                | remote_in
+                | remote_out
+                | if at.fresh_output {
+                    HEAP_FRESH_OUTPUT
+                } else {
+                    0
+                },
             retries_used,
             ..TaskDesc::default()
         }
