@@ -295,8 +295,29 @@ fn memfd_name(pid: u32) -> [u8; 32] {
     name
 }
 
+/// Whether the kernel counts every writable private page against a strict
+/// commit limit (`vm.overcommit_memory = 2`): fork children could then not
+/// remap the region privately, so no heap is made. Read without allocating.
+fn strict_overcommit() -> bool {
+    let path = b"/proc/sys/vm/overcommit_memory\0";
+    // SAFETY: a NUL-terminated path; a plain read-only open.
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    let mut byte = 0u8;
+    // SAFETY: reads at most one byte into `byte`.
+    let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    n == 1 && byte == b'2'
+}
+
 /// A memfd and its shared mapping: `(fd, base, len)`.
 fn make_region() -> Option<(i32, usize, usize)> {
+    if strict_overcommit() {
+        return None;
+    }
     let name = memfd_name(std::process::id());
     // SAFETY: `name` is NUL-terminated.
     let fd = unsafe { libc::memfd_create(name.as_ptr().cast(), libc::MFD_CLOEXEC) };
@@ -341,19 +362,26 @@ extern "C" fn in_child() {
         LEN.load(Ordering::Relaxed),
         FD.load(Ordering::Relaxed),
     );
-    // SAFETY: replaces exactly the region's own mapping (same address and
-    // length) with a private view of the same file: every object in it keeps
-    // its address and contents. The child is single-threaded here.
-    unsafe {
-        libc::mmap(
-            base as *mut libc::c_void,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
-            fd,
-            0,
-        )
-    };
+    for prot in [libc::PROT_READ | libc::PROT_WRITE, libc::PROT_READ] {
+        // SAFETY: replaces exactly the region's own mapping (same address and
+        // length) with a private view of the same file: every object in it
+        // keeps its address and contents. The child is single-threaded here.
+        // Read-only if the kernel will not reserve a writable one: a write to
+        // an inherited large object then faults rather than reach the parent.
+        let p = unsafe {
+            libc::mmap(
+                base as *mut libc::c_void,
+                len,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                fd,
+                0,
+            )
+        };
+        if p != libc::MAP_FAILED {
+            break;
+        }
+    }
     OWNER.store(false, Ordering::Relaxed);
 }
 
