@@ -122,6 +122,19 @@ fn a_forked_process_writing_an_inherited_big_vec_leaves_the_parents_copy_alone()
     });
 }
 
+/// The bytes the heap's memfd holds, read from outside the allocator: the
+/// file's allocated blocks, through `/proc/self/fd`.
+fn memfd_bytes() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let name = format!("/memfd:shmpool-heap-{} (deleted)", std::process::id());
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == name.as_str()))
+        .map(|e| std::fs::metadata(e.path()).unwrap().blocks() * 512)
+        .expect("the heap's memfd")
+}
+
 #[test]
 fn memory_freed_in_the_heap_goes_back_to_the_system() {
     let _turn = turn();
@@ -133,9 +146,16 @@ fn memory_freed_in_the_heap_goes_back_to_the_system() {
         assert!(SharedAlloc::contains(v.as_ptr()));
         let held = SharedAlloc::stats().resident_bytes;
         assert!(held >= before + big, "{held} < {before} + {big}");
+        let held_outside = memfd_bytes();
+        assert!(held_outside >= big as u64, "{held_outside}");
         drop(v);
         let after = SharedAlloc::stats().resident_bytes;
         assert!(after <= before + MB, "{after} > {before}: not returned");
+        let after_outside = memfd_bytes();
+        assert!(
+            after_outside + big as u64 <= held_outside + MB as u64,
+            "{after_outside}: the memfd kept the pages"
+        );
 
         // A block within the budget is kept for reuse, until a trim.
         let w = vec![1u8; 32 * MB];
@@ -265,6 +285,12 @@ fn big_in_worker(n: u64) -> u64 {
     v.iter().sum()
 }
 
+/// The address of a large block a worker allocates.
+fn large_block_address() -> usize {
+    let v = vec![1u8; 4 * MB];
+    std::hint::black_box(v.as_ptr() as usize)
+}
+
 #[test]
 fn workers_allocate_large_blocks_of_their_own() {
     let _turn = turn();
@@ -273,5 +299,27 @@ fn workers_allocate_large_blocks_of_their_own() {
         let n = 1_000_000u64;
         let sums = pool.map(big_in_worker, &[n; 4]).unwrap();
         assert_eq!(sums, vec![n * (n - 1) / 2; 4]);
+    });
+}
+
+#[test]
+fn a_fork_child_allocates_nothing_in_the_heap_it_inherited() {
+    let _turn = turn();
+    bounded(LIMIT, || {
+        // The heap exists before the fork, so the worker inherits it.
+        let parents = vec![0u8; 2 * MB];
+        assert!(SharedAlloc::contains(parents.as_ptr()));
+        let pool = Pool::builder()
+            .processes(1)
+            .start_method(StartMethod::Fork)
+            .build()
+            .unwrap();
+        for _ in 0..3 {
+            let addr = pool.apply(large_block_address, ()).unwrap();
+            assert!(
+                !SharedAlloc::contains(addr as *const u8),
+                "the worker allocated in its parent's heap"
+            );
+        }
     });
 }
