@@ -241,7 +241,9 @@ impl Books {
             punch.push(block);
             return punch;
         }
-        while self.nwarm > 0 && (self.nwarm == WARM_CAP || self.warm_bytes + len > self.retain) {
+        while self.nwarm > 0
+            && (self.nwarm == WARM_CAP || self.warm_bytes.saturating_add(len) > self.retain)
+        {
             let oldest = self.warm[0];
             self.warm.copy_within(1..self.nwarm, 0);
             self.nwarm -= 1;
