@@ -323,3 +323,35 @@ fn a_fork_child_allocates_nothing_in_the_heap_it_inherited() {
         }
     });
 }
+
+#[test]
+fn workers_under_an_address_space_cap_map_the_heap_or_copy() {
+    let _turn = turn();
+    bounded(LIMIT, || {
+        let v: Vec<f64> = (0..700_000).map(|i| i as f64).collect();
+        for method in StartMethod::ALL {
+            let pool = Pool::builder()
+                .processes(1)
+                .start_method(method)
+                .memory_limit_per_worker(256 << 20)
+                .build()
+                .unwrap();
+            for _ in 0..2 {
+                assert_eq!(pool.map(sq, &v).unwrap(), squares(v.len()), "{method:?}");
+            }
+            // Forked after the heap was made, a worker maps its view before
+            // the cap; a re-executed one cannot map it under the cap: its
+            // first chunk is refused and redone, and the pool copies.
+            let mapped = pool.apply(maps_heap_of, (std::process::id(),)).unwrap();
+            assert_eq!(mapped, method == StartMethod::Fork, "{method:?}");
+        }
+        // Another pool of the same process still maps the heap.
+        let pool = Pool::builder()
+            .processes(1)
+            .start_method(StartMethod::Spawn)
+            .build()
+            .unwrap();
+        assert_eq!(pool.map(sq, &v).unwrap(), squares(v.len()));
+        assert!(pool.apply(maps_heap_of, (std::process::id(),)).unwrap());
+    });
+}

@@ -105,6 +105,9 @@ pub(crate) struct Core {
     zero_copy: AtomicBool,
     /// Held while this pool may use zero-copy maps.
     ptracer: Mutex<Option<PtracerGrant>>,
+    /// A worker could not reach the shared heap (`SharedAlloc`): this pool's
+    /// maps stop handing it out.
+    pub(crate) heap_refused: AtomicBool,
     // Declared last: dropped (unmapped) after everything that points into it.
     _segment: Segment,
 }
@@ -189,6 +192,7 @@ impl Core {
             stats: crate::pool::stats::StatsBook::new(processes),
             zero_copy: AtomicBool::new(ptracer.is_some()),
             ptracer: Mutex::new(ptracer),
+            heap_refused: AtomicBool::new(false),
             _segment: segment,
         })
     }

@@ -55,8 +55,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU8, AtomicUsize,
 /// * **Every start method.** Fork workers use the descriptor they inherit;
 ///   spawn and forkserver workers open the parent's heap through
 ///   `/proc/<parent>/fd` (same user, no exec). Where a worker cannot, the
-///   chunk is redone through the pool's other paths and later maps stop
-///   handing out the heap.
+///   chunk is redone through the pool's other paths and that pool's later
+///   maps stop handing out the heap.
 /// * **Memory goes back to the system.** A freed block is kept resident for
 ///   reuse while the freed blocks kept total at most
 ///   [`DEFAULT_RETAIN`](SharedAlloc::DEFAULT_RETAIN) bytes (see
@@ -67,9 +67,13 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU8, AtomicUsize,
 ///   child, large allocations go to [`System`]; maps made there copy as
 ///   without this allocator.
 /// * **Limits.** The heap reserves up to 1 TiB of address space (less if
-///   `RLIMIT_AS` refuses it); once full, or if it cannot be made (no `memfd`),
-///   large allocations go to [`System`]. A child forked without libc's
-///   `fork()` (a raw `clone`) shares the heap writable with its parent.
+///   `RLIMIT_AS` refuses it); once full, or if it cannot be made (no `memfd`,
+///   or `vm.overcommit_memory = 2`), large allocations go to [`System`]. Each
+///   worker maps the whole heap once more, so workers under an address-space
+///   cap ([`PoolBuilder::memory_limit_per_worker`](crate::PoolBuilder::memory_limit_per_worker))
+///   cannot, and maps copy instead. A
+///   child forked without libc's `fork()` (a raw `clone`) shares the heap
+///   writable with its parent.
 pub struct SharedAlloc {
     retain: usize,
 }
@@ -207,8 +211,6 @@ static BOOKS: BooksCell = BooksCell(UnsafeCell::new(Books::new()));
 /// The address of the latest block taken from cold (never written) pages: a
 /// map writing its output there asks the workers to populate it. A hint only.
 static FRESH: AtomicUsize = AtomicUsize::new(0);
-/// Set once a worker refused a chunk in the heap: maps stop handing it out.
-static REFUSED: AtomicBool = AtomicBool::new(false);
 
 struct BooksCell(UnsafeCell<Books>);
 
@@ -413,7 +415,7 @@ fn settle(punch: &books::Punch) {
 }
 
 /// The offset of `[ptr, ptr + bytes)` in this process's heap, if it lies
-/// there, this process owns it, and workers have not refused it.
+/// there and this process owns it.
 fn heap_offset(ptr: *const u8, bytes: usize) -> Option<u64> {
     let base = owner_base()?;
     let len = LEN.load(Ordering::Relaxed);
@@ -424,7 +426,7 @@ fn heap_offset(ptr: *const u8, bytes: usize) -> Option<u64> {
 /// Where the pool's maps find a side that lies in the heap: its offset, for
 /// a worker to resolve in its own view ([`view_of`]).
 pub(crate) fn map_offset(ptr: *const u8, bytes: usize, align: usize) -> Option<u64> {
-    if REFUSED.load(Ordering::Relaxed) || align > PAGE {
+    if align > PAGE {
         return None;
     }
     heap_offset(ptr, bytes)
@@ -434,11 +436,6 @@ pub(crate) fn map_offset(ptr: *const u8, bytes: usize, align: usize) -> Option<u
 /// handed out again since (a map's new output vector).
 pub(crate) fn is_fresh(ptr: *const u8) -> bool {
     FRESH.load(Ordering::Relaxed) == ptr as usize
-}
-
-/// A worker refused a chunk in the heap: hand it out no more.
-pub(crate) fn refused() {
-    REFUSED.store(true, Ordering::Relaxed);
 }
 
 /// Whether `ptr` lies in the region, owned or inherited.
@@ -616,9 +613,10 @@ static POPULATE: AtomicBool = AtomicBool::new(false);
 /// pages already present it would cost a page-table walk for nothing, hence
 /// the flag.
 pub(crate) fn populate_if_fresh(ptr: *mut u8, bytes: usize) {
-    if !POPULATE.swap(false, Ordering::Relaxed) {
+    if !POPULATE.load(Ordering::Relaxed) {
         return;
     }
+    POPULATE.store(false, Ordering::Relaxed);
     let (Some(start), Some(end)) = (
         align_up(ptr as usize, PAGE),
         (ptr as usize).checked_add(bytes).map(|e| e & !(PAGE - 1)),
@@ -707,6 +705,18 @@ pub(crate) fn view_of(parent: u32) -> Result<View, i32> {
         base: p as usize,
         len: size,
     })
+}
+
+/// At a worker's start, before any limit on its address space: maps the view
+/// of its parent's heap now if it inherited the heap through `fork` (a
+/// descriptor at hand, so cheap); others map it on their first heap chunk.
+pub(crate) fn map_inherited_view(parent: u32) {
+    if FD.load(Ordering::Relaxed) >= 0
+        && OWNER_PID.load(Ordering::Relaxed) == parent
+        && !OWNER.load(Ordering::Relaxed)
+    {
+        let _ = view_of(parent);
+    }
 }
 
 /// A descriptor we opened (closed on drop), or the inherited one (kept).

@@ -44,6 +44,10 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
     counters
         .serving_since
         .store(crate::shm::layout::monotonic_ns(), Ordering::Relaxed);
+    // Before `prepare` caps the address space: the view counts as already there.
+    crate::shared_alloc::map_inherited_view(
+        layout.header().settings.parent_pid.load(Ordering::Relaxed),
+    );
     setup::prepare(layout, start.index);
     let init_began = crate::shm::layout::monotonic_ns();
     let initialized = initialize(layout);

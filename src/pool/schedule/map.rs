@@ -13,6 +13,7 @@ use crate::task::EntryPoint;
 use crate::Pod;
 use std::mem::MaybeUninit;
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 
 /// One synchronous map: what runs on each chunk and how elements are laid out.
 #[derive(Debug, Clone, Copy)]
@@ -266,7 +267,7 @@ unsafe fn map_raw_with(
         // the caller's memory: from now on maps copy instead, and what was
         // refused is done that way now.
         if input.in_heap() || output.in_heap() {
-            crate::shared_alloc::refused();
+            core.heap_refused.store(true, Ordering::Relaxed);
         }
         if input.in_caller() || output.in_caller() {
             core.disable_zero_copy();

@@ -12,6 +12,7 @@ use crate::sync::slot::{
     TaskDesc, HEAP_FRESH_OUTPUT, HEAP_INPUT, HEAP_OUTPUT, REMOTE_INPUT, REMOTE_OUTPUT,
 };
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 
 /// Below this (input + output bytes), a map over the caller's memory copies
 /// through a small arena block instead: a cached `memcpy` in the parent is
@@ -27,8 +28,10 @@ pub(super) fn place_of(core: &Core, ptr: *const u8, bytes: usize, align: usize) 
     if let Some(offset) = core.layout().offset_of(ptr, bytes) {
         return Some(Side::At(Place::Segment(offset)));
     }
-    if let Some(offset) = crate::shared_alloc::map_offset(ptr, bytes, align) {
-        return Some(Side::Heap(offset));
+    if !core.heap_refused.load(Ordering::Relaxed) {
+        if let Some(offset) = crate::shared_alloc::map_offset(ptr, bytes, align) {
+            return Some(Side::Heap(offset));
+        }
     }
     (core.zero_copy() && align <= STAGE_ALIGN).then_some(Side::At(Place::Caller(ptr as u64)))
 }
