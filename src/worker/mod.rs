@@ -248,55 +248,31 @@ fn run(
             });
         }
     };
-    let (heap_in, heap_out) = (desc.flags & HEAP_INPUT != 0, desc.flags & HEAP_OUTPUT != 0);
-    let heap_sides = if heap_in || heap_out {
-        let parent = layout.header().settings.parent_pid.load(Ordering::Relaxed);
-        let sides = crate::shared_alloc::view_of(parent).and_then(|view| {
-            let input = if heap_in {
-                view.at(desc.input)
-            } else {
-                Some(std::ptr::null_mut())
-            };
-            let output = if heap_out {
-                view.at(desc.output)
-            } else {
-                Some(std::ptr::null_mut())
-            };
-            input.zip(output).ok_or(libc::EFAULT)
-        });
-        match sides {
-            Ok(sides) => {
-                if heap_out && desc.flags & HEAP_FRESH_OUTPUT != 0 {
-                    crate::shared_alloc::output_is_fresh();
-                }
-                Some(sides)
-            }
-            // The parent's heap is out of reach (or the offset outside it):
-            // refuse, having touched nothing; the parent redoes the chunk.
-            Err(errno) => {
-                return finish(layout, index, me, track, watched, || {
-                    Err(AccessRefused {
-                        errno,
-                        wrote: false,
-                    })
-                });
-            }
+    let (heap_input, heap_output) = match heap_sides(layout, &desc) {
+        Ok(sides) => sides,
+        // The parent's heap is out of reach (or an offset lies outside it):
+        // refuse, having touched nothing; the parent redoes the chunk.
+        Err(errno) => {
+            return finish(layout, index, me, track, watched, || {
+                Err(AccessRefused {
+                    errno,
+                    wrote: false,
+                })
+            });
         }
-    } else {
-        None
     };
     // A side in the parent's memory is an address there, one in its heap an
-    // offset in this worker's view of it, else an offset in the segment.
+    // address in this worker's view of it, else an offset in the segment.
     let io = TaskIo {
-        input: match heap_sides {
-            Some((input, _)) if heap_in => input.cast_const(),
-            _ if remote_in => desc.input as *const u8,
-            _ => layout.at(desc.input),
+        input: match heap_input {
+            Some(input) => input,
+            None if remote_in => desc.input as *const u8,
+            None => layout.at(desc.input),
         },
-        output: match heap_sides {
-            Some((_, output)) if heap_out => output,
-            _ if remote_out => desc.output as *mut u8,
-            _ => layout.at(desc.output),
+        output: match heap_output {
+            Some(output) => output,
+            None if remote_out => desc.output as *mut u8,
+            None => layout.at(desc.output),
         },
         len: desc.len as usize,
         remote,
@@ -312,6 +288,31 @@ fn run(
         unsafe { entry(io) }
     };
     finish(layout, index, me, track, watched, task)
+}
+
+/// The sides of a chunk that lie in the parent's shared heap (`HEAP_INPUT`,
+/// `HEAP_OUTPUT`), as addresses in this worker's view of it, mapped on first
+/// use; `Err(errno)` if the view cannot be had or an offset lies outside it.
+/// Asks for a fresh output's pages to be populated (`HEAP_FRESH_OUTPUT`).
+fn heap_sides(
+    layout: Layout,
+    desc: &crate::sync::slot::TaskDesc,
+) -> Result<(Option<*const u8>, Option<*mut u8>), i32> {
+    let (heap_in, heap_out) = (desc.flags & HEAP_INPUT != 0, desc.flags & HEAP_OUTPUT != 0);
+    if !heap_in && !heap_out {
+        return Ok((None, None));
+    }
+    let parent = layout.header().settings.parent_pid.load(Ordering::Relaxed);
+    let view = crate::shared_alloc::view_of(parent)?;
+    let at = |flag: bool, offset: u64| match flag {
+        false => Ok(None),
+        true => view.at(offset).map(Some).ok_or(libc::EFAULT),
+    };
+    let (input, output) = (at(heap_in, desc.input)?, at(heap_out, desc.output)?);
+    if heap_out && desc.flags & HEAP_FRESH_OUTPUT != 0 {
+        crate::shared_alloc::output_is_fresh();
+    }
+    Ok((input.map(<*mut u8>::cast_const), output))
 }
 
 /// Runs `task` under `catch_unwind` in slot `index` (held as RUNNING(me)),
