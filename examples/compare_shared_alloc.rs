@@ -345,6 +345,29 @@ fn main() {
             );
         }
     }
+    // What a small allocation costs with SharedAlloc: one size comparison.
+    let small = |on: bool| {
+        with_heap(on, || {
+            let t = Instant::now();
+            for i in 0..1_000_000usize {
+                black_box(Vec::<u8>::with_capacity(16 + (i & 255)));
+            }
+            t.elapsed().as_secs_f64() * 1e3
+        })
+    };
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..if quick { 3 } else { 15 } {
+        with.push(small(true));
+        without.push(small(false));
+    }
+    let (with, without) = (spread(with), spread(without));
+    let _ = writeln!(
+        out,
+        "\nA small allocation and its free (`Vec::with_capacity(16..272)`, 10^6 in a row, \
+         alternated; ns per pair, median and range): {:.2} ({:.2}–{:.2}) with `SharedAlloc`, \
+         {:.2} ({:.2}–{:.2}) with `System` (both behind this program's switch).",
+        with.0, with.1, with.2, without.0, without.1, without.2
+    );
     let _ = writeln!(
         out,
         "\nLoad average (1, 5, 15 min) before: {load_before}; after: {}. \
