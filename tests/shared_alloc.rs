@@ -27,6 +27,10 @@ fn sq(x: f64) -> f64 {
     x * x
 }
 
+fn add(a: f64, b: f64) -> f64 {
+    a + b
+}
+
 /// Writes `value` over the `len` f64 at `addr` (an object the worker
 /// inherited) and returns what the worker then reads back at index 7.
 fn overwrite(addr: usize, len: usize, value: f64) -> f64 {
@@ -265,18 +269,22 @@ fn every_start_method_maps_over_the_shared_heap() {
 }
 
 #[test]
-fn a_pool_made_before_the_heap_reaches_it_all_the_same() {
+fn workers_map_the_heap_for_starmap_and_after_new_blocks() {
     let _turn = turn();
-    // The heap may already exist (other tests); what matters is that the
-    // workers find it without having inherited it.
     bounded(LIMIT, || {
         let pool = Pool::builder()
             .processes(2)
             .zero_copy(false)
             .build()
             .unwrap();
-        let v: Vec<f64> = (0..600_000).map(|i| i as f64).collect();
-        assert_eq!(pool.map(sq, &v).unwrap(), squares(v.len()));
+        for n in [600_000, 2_000_000] {
+            // Blocks made after the workers started, at new offsets.
+            let pairs: Vec<(f64, f64)> = (0..n).map(|i| (i as f64, 2.0)).collect();
+            let sums = pool.starmap(add, &pairs).unwrap();
+            assert!(SharedAlloc::contains(sums.as_ptr().cast()));
+            assert!(sums.iter().enumerate().all(|(i, &x)| x == i as f64 + 2.0));
+        }
+        assert!(pool.apply(maps_heap_of, (std::process::id(),)).unwrap());
     });
 }
 

@@ -254,10 +254,10 @@ fn init(retain: usize) -> Option<usize> {
     {
         return owner_base();
     }
-    // SAFETY: `in_child` is async-signal-safe (atomics and mmap).
     // Registered first, so no child forked after the heap holds objects
     // misses the remap. pthread_atfork may allocate a few bytes, which go to
     // `System`: no lock of ours is held.
+    // SAFETY: `in_child` is async-signal-safe (atomics and mmap).
     if unsafe { libc::pthread_atfork(None, None, Some(in_child)) } != 0 {
         STATE.store(FAILED, Ordering::Release);
         return None;
@@ -365,11 +365,11 @@ extern "C" fn in_child() {
         FD.load(Ordering::Relaxed),
     );
     for prot in [libc::PROT_READ | libc::PROT_WRITE, libc::PROT_READ] {
+        // Read-only if the kernel will not reserve a writable one: a write to
+        // an inherited large object then faults rather than reach the parent.
         // SAFETY: replaces exactly the region's own mapping (same address and
         // length) with a private view of the same file: every object in it
         // keeps its address and contents. The child is single-threaded here.
-        // Read-only if the kernel will not reserve a writable one: a write to
-        // an inherited large object then faults rather than reach the parent.
         let p = unsafe {
             libc::mmap(
                 base as *mut libc::c_void,
