@@ -8,6 +8,10 @@
 //! cargo run --release --example compare --features manager  # adds the Manager rows
 //! ```
 //!
+//! The shared-heap section comes from `examples/compare_shared_alloc.rs`, a
+//! program of its own (with `SharedAlloc` as its global allocator), which this
+//! one builds and runs last.
+//!
 //! Every cell is the median of repeated runs (at least 5, as many as fit in
 //! about a second, at most 51) after one warm-up run, except the "first call"
 //! and "peak memory" rows: each of their figures comes from a fresh process
@@ -1326,11 +1330,42 @@ fn main() {
 
     let mut table = render(&rows, &py, &fresh_table);
     let _ = write!(table, "{c_api}{serde_table}{tasks}");
+    table.push_str(&shared_alloc_section(quick));
     println!("{table}");
     if quick {
         println!("(--quick: docs/PERFORMANCE.md left unchanged)");
     } else {
         write_doc(&table);
+    }
+}
+
+/// The section on maps over the shared heap: `examples/compare_shared_alloc.rs`
+/// is its own program (a program has one global allocator), built here with
+/// the cargo that runs this one, and run after everything else.
+fn shared_alloc_section(quick: bool) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let name = "compare_shared_alloc";
+    let built = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status();
+    if !built.is_ok_and(|s| s.success()) {
+        return format!("\n(`{name}` did not build: its section is missing.)\n");
+    }
+    let exe = std::env::current_exe()
+        .expect("own path")
+        .with_file_name(name);
+    let mut cmd = Command::new(exe);
+    if quick {
+        cmd.arg("--quick");
+    }
+    match cmd.output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => format!(
+            "\n(`{name}` failed: {})\n",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("\n(`{name}` did not run: {e})\n"),
     }
 }
 

@@ -85,6 +85,7 @@ mod pod;
 mod pool;
 mod process;
 mod remote;
+mod shared_alloc;
 mod shm;
 mod start;
 mod sync;
@@ -115,6 +116,7 @@ pub use pool::{
 #[cfg(feature = "serde")]
 pub use pool::{SerdeImap, SerdePool, DEFAULT_RESULT_CAPACITY};
 pub use process::{current_process, Process, ProcessInfo};
+pub use shared_alloc::{HeapStats, SharedAlloc};
 pub use shm::named::SharedMemory;
 pub use start::{set_start_method, StartMethod};
 #[cfg(feature = "serde")]

@@ -564,6 +564,7 @@ pub(crate) unsafe fn for_each_piece_raw(
     mut body: impl FnMut(*const u8, *mut u8, usize),
 ) -> Result<(), AccessRefused> {
     let Some(remote) = io.remote else {
+        crate::shared_alloc::populate_if_fresh(io.output, io.len.saturating_mul(out_size));
         body(io.input, io.output, io.len);
         return Ok(());
     };

@@ -105,6 +105,9 @@ pub(crate) struct Core {
     zero_copy: AtomicBool,
     /// Held while this pool may use zero-copy maps.
     ptracer: Mutex<Option<PtracerGrant>>,
+    /// A worker could not reach the shared heap (`SharedAlloc`): this pool's
+    /// maps stop handing it out.
+    pub(crate) heap_refused: AtomicBool,
     // Declared last: dropped (unmapped) after everything that points into it.
     _segment: Segment,
 }
@@ -155,6 +158,10 @@ impl Core {
             settings.init_entry.store(init.entry.0, Ordering::Relaxed);
             settings.init_set.store(1, Ordering::Relaxed);
         }
+        // Also where workers find the parent's shared heap (`SharedAlloc`).
+        settings
+            .parent_pid
+            .store(std::process::id(), Ordering::Relaxed);
         let ptracer = config.zero_copy.then(|| {
             settings
                 .parent_pid
@@ -185,6 +192,7 @@ impl Core {
             stats: crate::pool::stats::StatsBook::new(processes),
             zero_copy: AtomicBool::new(ptracer.is_some()),
             ptracer: Mutex::new(ptracer),
+            heap_refused: AtomicBool::new(false),
             _segment: segment,
         })
     }

@@ -108,7 +108,8 @@ pub(crate) struct TaskDesc {
     /// How many times the task was requeued after its worker died (written
     /// by the supervisor, which holds the slot then).
     pub(crate) retries_used: u32,
-    /// [`IN_PLACE`], [`WATCHED`], [`REMOTE_INPUT`], [`REMOTE_OUTPUT`],
+    /// [`IN_PLACE`], [`WATCHED`], [`REMOTE_INPUT`], [`REMOTE_OUTPUT`], [`SPLIT`],
+    /// [`HEAP_INPUT`], [`HEAP_OUTPUT`], [`HEAP_FRESH_OUTPUT`],
     /// written by the parent with the rest.
     pub(crate) flags: u32,
     pub(crate) _reserved: u32,
@@ -135,6 +136,17 @@ pub(crate) const REMOTE_OUTPUT: u32 = 8;
 /// splits in halves to retry when its worker dies: the supervisor does not
 /// requeue it whole (unless it has a single element, retried as usual).
 pub(crate) const SPLIT: u32 = 16;
+
+/// [`TaskDesc::flags`]: `input` is an offset in the parent's shared heap
+/// (`SharedAlloc`), which the worker reaches through its own view of it.
+pub(crate) const HEAP_INPUT: u32 = 32;
+
+/// [`TaskDesc::flags`]: `output` is an offset in the parent's shared heap.
+pub(crate) const HEAP_OUTPUT: u32 = 64;
+
+/// [`TaskDesc::flags`]: with [`HEAP_OUTPUT`], the output's pages are fresh
+/// (never written): the worker populates them in one call.
+pub(crate) const HEAP_FRESH_OUTPUT: u32 = 128;
 
 /// A snapshot of a slot's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

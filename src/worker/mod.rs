@@ -11,7 +11,9 @@ pub(crate) mod fork_guard;
 use crate::panic::{install_quiet_panic_hook, panic_message};
 use crate::remote::{self, AccessRefused, Peer, Stage};
 use crate::shm::layout::{Layout, INIT_FAILED_EXIT, SLOT_CAPACITY};
-use crate::sync::slot::{Outcome, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED};
+use crate::sync::slot::{
+    Outcome, HEAP_FRESH_OUTPUT, HEAP_INPUT, HEAP_OUTPUT, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED,
+};
 use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, Remote, TaskIo};
 use std::os::fd::{BorrowedFd, RawFd};
@@ -42,6 +44,10 @@ pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
     counters
         .serving_since
         .store(crate::shm::layout::monotonic_ns(), Ordering::Relaxed);
+    // Before `prepare` caps the address space: the view counts as already there.
+    crate::shared_alloc::map_inherited_view(
+        layout.header().settings.parent_pid.load(Ordering::Relaxed),
+    );
     setup::prepare(layout, start.index);
     let init_began = crate::shm::layout::monotonic_ns();
     let initialized = initialize(layout);
@@ -258,17 +264,31 @@ fn run(
             });
         }
     };
-    // A side in the parent's memory is an address there, not an offset here.
+    let (heap_input, heap_output) = match heap_sides(layout, &desc) {
+        Ok(sides) => sides,
+        // The parent's heap is out of reach (or an offset lies outside it):
+        // refuse, having touched nothing; the parent redoes the chunk.
+        Err(errno) => {
+            return finish(layout, index, me, track, watched, || {
+                Err(AccessRefused {
+                    errno,
+                    wrote: false,
+                })
+            });
+        }
+    };
+    // A side in the parent's memory is an address there, one in its heap an
+    // address in this worker's view of it, else an offset in the segment.
     let io = TaskIo {
-        input: if remote_in {
-            desc.input as *const u8
-        } else {
-            layout.at(desc.input)
+        input: match heap_input {
+            Some(input) => input,
+            None if remote_in => desc.input as *const u8,
+            None => layout.at(desc.input),
         },
-        output: if remote_out {
-            desc.output as *mut u8
-        } else {
-            layout.at(desc.output)
+        output: match heap_output {
+            Some(output) => output,
+            None if remote_out => desc.output as *mut u8,
+            None => layout.at(desc.output),
         },
         len: desc.len as usize,
         remote,
@@ -284,6 +304,31 @@ fn run(
         unsafe { entry(io) }
     };
     finish(layout, index, me, track, watched, task)
+}
+
+/// The sides of a chunk that lie in the parent's shared heap (`HEAP_INPUT`,
+/// `HEAP_OUTPUT`), as addresses in this worker's view of it, mapped on first
+/// use; `Err(errno)` if the view cannot be had or an offset lies outside it.
+/// Asks for a fresh output's pages to be populated (`HEAP_FRESH_OUTPUT`).
+fn heap_sides(
+    layout: Layout,
+    desc: &crate::sync::slot::TaskDesc,
+) -> Result<(Option<*const u8>, Option<*mut u8>), i32> {
+    let (heap_in, heap_out) = (desc.flags & HEAP_INPUT != 0, desc.flags & HEAP_OUTPUT != 0);
+    if !heap_in && !heap_out {
+        return Ok((None, None));
+    }
+    let parent = layout.header().settings.parent_pid.load(Ordering::Relaxed);
+    let view = crate::shared_alloc::view_of(parent)?;
+    let at = |flag: bool, offset: u64| match flag {
+        false => Ok(None),
+        true => view.at(offset).map(Some).ok_or(libc::EFAULT),
+    };
+    let (input, output) = (at(heap_in, desc.input)?, at(heap_out, desc.output)?);
+    if heap_out && desc.flags & HEAP_FRESH_OUTPUT != 0 {
+        crate::shared_alloc::output_is_fresh();
+    }
+    Ok((input.map(<*mut u8>::cast_const), output))
 }
 
 /// Runs `task` under `catch_unwind` in slot `index` (held as RUNNING(me)),

@@ -4,7 +4,7 @@
 use super::layout::{check_chunksize, check_context, Elem, MapBytes};
 use super::memory::prefault;
 use super::through_arena::{through_arena, Buffers};
-use super::where_it_lies::{place_of, run_where_it_lies, Place, Span, SMALL_MAP_BYTES};
+use super::where_it_lies::{place_of, run_where_it_lies, Span, SMALL_MAP_BYTES};
 use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::pool::progress::Progress;
@@ -13,6 +13,7 @@ use crate::task::EntryPoint;
 use crate::Pod;
 use std::mem::MaybeUninit;
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 
 /// One synchronous map: what runs on each chunk and how elements are laid out.
 #[derive(Debug, Clone, Copy)]
@@ -231,25 +232,35 @@ unsafe fn map_raw_with(
     )?;
     let input = place_of(core, src, bytes.input, call.input.align);
     let output = place_of(core, dst.cast_const(), bytes.output, call.output.align);
-    let direct = input.zip(output).filter(|&(i, o)| {
-        let in_caller = matches!(i, Place::Caller(_)) || matches!(o, Place::Caller(_));
-        !in_caller || bytes.total >= SMALL_MAP_BYTES
-    });
+    let direct = input
+        .zip(output)
+        .filter(|&(i, o)| !(i.in_caller() || o.in_caller()) || bytes.total >= SMALL_MAP_BYTES);
     let Some((input, output)) = direct else {
         // SAFETY: forwarded contract.
         return unsafe { through_arena(core, buffers, call, progress) };
     };
-    if matches!(output, Place::Caller(_)) {
+    if output.in_caller() {
         // Workers would fault the fresh output in one 4 KiB page at a time
         // inside process_vm_writev; one bulk fault (huge pages where allowed)
         // is faster. Measured in docs/PERFORMANCE.md, "Zero-copy maps".
         prefault(dst, bytes.output);
     }
-    let redo = run_where_it_lies(core, len, call, Span { input, output }, progress)?;
+    let span = Span {
+        input,
+        output,
+        fresh_output: output.in_heap() && crate::shared_alloc::is_fresh(dst.cast_const()),
+    };
+    let redo = run_where_it_lies(core, len, call, span, progress)?;
     if !redo.is_empty() {
-        // The kernel refused a worker the caller's memory: from now on this
-        // pool copies, and what was refused is done that way now.
-        core.disable_zero_copy();
+        // A worker could not reach the shared heap, or the kernel refused it
+        // the caller's memory: from now on maps copy instead, and what was
+        // refused is done that way now.
+        if input.in_heap() || output.in_heap() {
+            core.heap_refused.store(true, Ordering::Relaxed);
+        }
+        if input.in_caller() || output.in_caller() {
+            core.disable_zero_copy();
+        }
     }
     for range in redo {
         // SAFETY: a sub-range of the caller's buffers, which no worker

@@ -1,5 +1,6 @@
-//! Maps whose data the workers reach where it lies: in the pool's segment or
-//! in the caller's memory. Only task descriptions travel.
+//! Maps whose data the workers reach where it lies: in the pool's segment,
+//! in the shared heap (`SharedAlloc`), or in the caller's memory. Only task
+//! descriptions travel.
 
 use super::map::MapCall;
 use super::window::{Collect, Collected, Window};
@@ -7,8 +8,11 @@ use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::pool::progress::Progress;
 use crate::remote::STAGE_ALIGN;
-use crate::sync::slot::{TaskDesc, REMOTE_INPUT, REMOTE_OUTPUT};
+use crate::sync::slot::{
+    TaskDesc, HEAP_FRESH_OUTPUT, HEAP_INPUT, HEAP_OUTPUT, REMOTE_INPUT, REMOTE_OUTPUT,
+};
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 
 /// Below this (input + output bytes), a map over the caller's memory copies
 /// through a small arena block instead: a cached `memcpy` in the parent is
@@ -17,13 +21,49 @@ use std::ops::Range;
 /// bounded by this size.
 pub(crate) const SMALL_MAP_BYTES: usize = 2 << 20;
 
-/// Where the workers find `bytes` bytes at `ptr`: in the segment, or in the
-/// caller's memory if they can reach it; `None`: only through the arena.
-pub(super) fn place_of(core: &Core, ptr: *const u8, bytes: usize, align: usize) -> Option<Place> {
+/// Where the workers find `bytes` bytes at `ptr`: in the segment, in the
+/// shared heap, or in the caller's memory if they can reach it; `None`: only
+/// through the arena.
+pub(super) fn place_of(core: &Core, ptr: *const u8, bytes: usize, align: usize) -> Option<Side> {
     if let Some(offset) = core.layout().offset_of(ptr, bytes) {
-        return Some(Place::Segment(offset));
+        return Some(Side::At(Place::Segment(offset)));
     }
-    (core.zero_copy() && align <= STAGE_ALIGN).then_some(Place::Caller(ptr as u64))
+    if !core.heap_refused.load(Ordering::Relaxed) {
+        if let Some(offset) = crate::shared_alloc::map_offset(ptr, bytes, align) {
+            return Some(Side::Heap(offset));
+        }
+    }
+    (core.zero_copy() && align <= STAGE_ALIGN).then_some(Side::At(Place::Caller(ptr as u64)))
+}
+
+/// One side of a map as the synchronous maps see it: a [`Place`], or in the
+/// shared heap at this offset (`SharedAlloc`), which each worker reaches
+/// through its own shared view.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Side {
+    At(Place),
+    Heap(u64),
+}
+
+impl Side {
+    /// Whether the workers reach this side in the caller's memory.
+    pub(super) fn in_caller(self) -> bool {
+        matches!(self, Side::At(Place::Caller(_)))
+    }
+
+    /// Whether this side lies in the shared heap.
+    pub(super) fn in_heap(self) -> bool {
+        matches!(self, Side::Heap(_))
+    }
+
+    /// The side `bytes` further on, and its `flags` bit (`remote_flag` for
+    /// the caller's memory, `heap_flag` for the heap).
+    fn advance(self, bytes: usize, remote_flag: u32, heap_flag: u32) -> (u64, u32) {
+        match self {
+            Side::At(place) => place.advance(bytes, remote_flag),
+            Side::Heap(offset) => (offset + bytes as u64, heap_flag),
+        }
+    }
 }
 
 /// Where one side of a map lies, as a worker finds it.
@@ -51,8 +91,11 @@ impl Place {
 /// [`MapCall`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Span {
-    pub(crate) input: Place,
-    pub(crate) output: Place,
+    pub(crate) input: Side,
+    pub(crate) output: Side,
+    /// The output lies in fresh pages of the heap (a new result vector):
+    /// workers populate each chunk's output in one call.
+    pub(crate) fresh_output: bool,
 }
 
 /// Runs `call` over `len` elements where they lie ([`Span`]): only task
@@ -75,18 +118,28 @@ pub(crate) fn run_where_it_lies(
     let mut next_chunk = 0;
     let mut redo: Vec<Range<usize>> = Vec::new();
     let desc = |range: &Range<usize>, retries_used: u32| {
-        let (input, remote_in) = at
-            .input
-            .advance(range.start * call.input.size, REMOTE_INPUT);
-        let (output, remote_out) = at
-            .output
-            .advance(call.outputs(range.start) * call.output.size, REMOTE_OUTPUT);
+        let (input, remote_in) =
+            at.input
+                .advance(range.start * call.input.size, REMOTE_INPUT, HEAP_INPUT);
+        let (output, remote_out) = at.output.advance(
+            call.outputs(range.start) * call.output.size,
+            REMOTE_OUTPUT,
+            HEAP_OUTPUT,
+        );
         TaskDesc {
             entry: call.entry.0,
             input,
             output,
             len: range.len() as u64,
-            flags: call.flags() | call.split_flag() | remote_in | remote_out,
+            flags: call.flags()
+                | call.split_flag()
+                | remote_in
+                | remote_out
+                | if at.fresh_output {
+                    HEAP_FRESH_OUTPUT
+                } else {
+                    0
+                },
             retries_used,
             ..TaskDesc::default()
         }
