@@ -25,9 +25,8 @@
 use crate::start::spawn;
 use crate::sync::fork_mutex::{ForkMutex, ForkMutexGuard};
 use std::collections::BTreeSet;
-use std::ffi::OsStr;
 use std::io::{self, BufRead, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 /// The variable that makes a re-executed process the tracker.
 pub(crate) const ENV: &str = "SHMPOOL_ROLE_TRACKER";
@@ -108,8 +107,8 @@ static TRACKER_HOOK: extern "C" fn() = tracker_hook;
 extern "C" fn tracker_hook() {
     // Unwinding out of an `extern "C"` function aborts; keep panics inside.
     let _ = std::panic::catch_unwind(|| {
-        if let Some(fd) = crate::start::bootstrap::claim_role(ENV) {
-            crate::start::bootstrap::exit(serve(&fd));
+        if let Some(socket) = crate::start::bootstrap::claim_descriptor_role(ENV) {
+            crate::start::bootstrap::exit(socket.map_or(2, serve));
         }
     });
 }
@@ -152,17 +151,7 @@ fn await_hello(socket: &OwnedFd) {
 }
 
 /// The tracker's loop (in the re-executed process); returns its exit status.
-pub(crate) fn serve(fd: &OsStr) -> i32 {
-    let Some(fd) = fd
-        .to_str()
-        .and_then(|s| s.parse::<RawFd>().ok())
-        .filter(|&fd| fd >= 0)
-    else {
-        return 2;
-    };
-    // SAFETY: `launch` named this inherited descriptor, the tracker's end of
-    // the socket pair, in the environment; nothing else in this process owns it.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+pub(crate) fn serve(socket: OwnedFd) -> i32 {
     // Done before the exec already; again in case this process was started
     // otherwise (by hand, with the variable set).
     spawn::detach();

@@ -23,7 +23,7 @@ use crate::shm::segment::Segment;
 use crate::worker::{self, WorkerStart};
 use crate::StartMethod;
 use std::io::Write;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 
@@ -55,8 +55,8 @@ pub(crate) fn take_role() {
         };
         exit(code);
     }
-    if let Some(fd) = claim_role(forkserver::ENV) {
-        exit(forkserver::serve(&fd));
+    if let Some(socket) = claim_descriptor_role(forkserver::ENV) {
+        exit(socket.map_or(BAD_SEGMENT_EXIT, forkserver::serve));
     }
 }
 
@@ -70,6 +70,24 @@ pub(crate) fn claim_role(env: &str) -> Option<std::ffi::OsString> {
     std::env::remove_var(env);
     close_on_exec_inherited();
     Some(value)
+}
+
+/// [`claim_role`] for a role whose variable names the inherited descriptor
+/// it serves (the fork server's and the tracker's socket): `Some(None)` if
+/// the value is not a descriptor number.
+pub(crate) fn claim_descriptor_role(env: &str) -> Option<Option<OwnedFd>> {
+    let value = claim_role(env)?;
+    let Some(fd) = value
+        .to_str()
+        .and_then(|s| s.parse::<RawFd>().ok())
+        .filter(|&fd| fd >= 0)
+    else {
+        return Some(None);
+    };
+    // SAFETY: the launcher kept this descriptor open for this role alone,
+    // and `claim_role` removed the variable naming it, so no other code in
+    // this process takes ownership of it.
+    Some(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// Sets close-on-exec on every descriptor from 3 up. `exec_self` cleared it

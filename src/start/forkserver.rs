@@ -30,10 +30,9 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
-use std::ffi::OsStr;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// The variable that makes a re-executed process the fork server.
 pub(crate) const ENV: &str = "SHMPOOL_ROLE_FORKSERVER";
@@ -265,17 +264,8 @@ fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], fds: &mut [Option<OwnedFd>]) -> 
 }
 
 /// The server's loop (in the re-executed process); returns its exit status.
-pub(crate) fn serve(fd: &OsStr) -> i32 {
-    let Some(fd) = fd
-        .to_str()
-        .and_then(|s| s.parse::<RawFd>().ok())
-        .filter(|&fd| fd >= 0)
-    else {
-        return super::BAD_SEGMENT_EXIT;
-    };
-    // SAFETY: `launch` named this inherited descriptor, the server's end of
-    // the socket pair, in the environment; nothing else in this process owns it.
-    let mut socket = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+pub(crate) fn serve(socket: OwnedFd) -> i32 {
+    let mut socket = Some(socket);
     super::fork::set_process_name(b"ForkServer");
     let me = std::process::id();
     while let Some(s) = socket.as_ref().map(|s| s.as_fd()) {

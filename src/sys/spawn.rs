@@ -183,6 +183,23 @@ mod tests {
     use std::io::Read;
     use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
+    /// What the tests run: `path` with nothing kept, attached and not tied
+    /// to a thread.
+    fn exec<'a>(
+        path: &'a CStr,
+        argv: &'a [*const libc::c_char],
+        envp: &'a [*const libc::c_char],
+    ) -> Exec<'a> {
+        Exec {
+            path,
+            argv,
+            envp,
+            keep: &[],
+            die_with_thread: None,
+            detach: false,
+        }
+    }
+
     /// Runs `/bin/sh -c script` with `keep` kept open; returns its exit status.
     fn sh(script: &str, keep: &[BorrowedFd<'_>]) -> io::Result<libc::c_int> {
         let script = CString::new(script).unwrap();
@@ -194,12 +211,8 @@ mod tests {
         ];
         let envp = [c"PATH=/usr/bin:/bin".as_ptr(), std::ptr::null()];
         let pid = spawn(&Exec {
-            path: c"/bin/sh",
-            argv: &argv,
-            envp: &envp,
             keep,
-            die_with_thread: None,
-            detach: false,
+            ..exec(c"/bin/sh", &argv, &envp)
         })?;
         Ok(crate::start::fork::reap(pid, true).expect("blocking reap"))
     }
@@ -217,15 +230,7 @@ mod tests {
     fn a_program_that_cannot_be_executed_is_an_error_not_a_child() {
         let argv = [c"x".as_ptr(), std::ptr::null()];
         let envp = [std::ptr::null()];
-        let err = spawn(&Exec {
-            path: c"/nonexistent/shmpool-test",
-            argv: &argv,
-            envp: &envp,
-            keep: &[],
-            die_with_thread: None,
-            detach: false,
-        })
-        .unwrap_err();
+        let err = spawn(&exec(c"/nonexistent/shmpool-test", &argv, &envp)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 
@@ -233,15 +238,7 @@ mod tests {
     fn lists_without_a_final_null_are_refused() {
         let argv = [c"x".as_ptr()];
         let envp = [std::ptr::null()];
-        let err = spawn(&Exec {
-            path: c"/bin/sh",
-            argv: &argv,
-            envp: &envp,
-            keep: &[],
-            die_with_thread: None,
-            detach: false,
-        })
-        .unwrap_err();
+        let err = spawn(&exec(c"/bin/sh", &argv, &envp)).unwrap_err();
         assert!(err.to_string().contains("null pointer"), "{err}");
     }
 
