@@ -119,7 +119,7 @@ impl FnCode {
                 std::any::type_name::<F>()
             )));
         };
-        crate::start::check_fn_pointer(address(pointer)).map(FnCode)
+        check_fn_pointer(address(pointer)).map(FnCode)
     }
 
     /// The function this encodes, as a `fn` pointer of type `P`.
@@ -283,6 +283,21 @@ impl EntryPoint {
         // SAFETY: `addr` is the address of an `Entry` of this binary (contract).
         unsafe { std::mem::transmute::<usize, Entry>(addr) }
     }
+}
+
+/// Encodes the address of a `fn` pointer given as a task. Whatever the start
+/// method, it must point into the executable's code: a pointer into a library
+/// loaded at run time, or into memory made executable (a JIT), is refused
+/// rather than trusted, since nothing tells such a pointer from a wrong one.
+fn check_fn_pointer(addr: usize) -> Result<u64, Error> {
+    let (start, end) = crate::sys::executable::text();
+    if !(start..end).contains(&addr) {
+        return Err(Error::invalid(format!(
+            "a `fn` pointer given as a task must point into the executable's code; \
+             {addr:#x} lies outside it (a dynamically loaded library, or generated code)"
+        )));
+    }
+    Ok(code_offset(addr))
 }
 
 /// The offset of the code at `addr` from [`anchor`]: what travels to a worker

@@ -33,7 +33,6 @@ use crate::task::{Entry, EntryPoint, TaskIo};
 use crate::worker::{self, WorkerStart};
 use fork::Child;
 use std::os::fd::RawFd;
-use std::sync::OnceLock;
 
 /// Starts one worker of the pool whose segment is `layout` / `segment_fd`.
 /// Called from the pool's supervisor thread.
@@ -96,35 +95,6 @@ pub(crate) fn probe_offset() -> u64 {
     EntryPoint::new(probe_entry).0
 }
 
-/// The address range of the main executable's code, from its program headers.
-fn executable_text() -> (usize, usize) {
-    static TEXT: OnceLock<(usize, usize)> = OnceLock::new();
-    *TEXT.get_or_init(|| {
-        unsafe extern "C" fn visit(
-            info: *mut libc::dl_phdr_info,
-            _size: libc::size_t,
-            data: *mut libc::c_void,
-        ) -> libc::c_int {
-            // SAFETY: the loader passes valid info; `data` is our `(usize, usize)`.
-            let (info, range) = unsafe { (&*info, &mut *data.cast::<(usize, usize)>()) };
-            for i in 0..info.dlpi_phnum as usize {
-                // SAFETY: `dlpi_phdr` points at `dlpi_phnum` program headers.
-                let ph = unsafe { &*info.dlpi_phdr.add(i) };
-                if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
-                    let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
-                    range.0 = range.0.min(start);
-                    range.1 = range.1.max(start + ph.p_memsz as usize);
-                }
-            }
-            1 // the first object is the main executable: stop there
-        }
-        let mut range = (usize::MAX, 0usize);
-        // SAFETY: `visit` matches the callback signature and only writes `range`.
-        unsafe { libc::dl_iterate_phdr(Some(visit), (&mut range as *mut (usize, usize)).cast()) };
-        range
-    })
-}
-
 /// Encodes `entry` for workers started with `method`. Spawned and forkserver
 /// workers run a fresh copy of the executable, so the function must be part of
 /// it (not of a library loaded at run time).
@@ -136,28 +106,13 @@ pub(crate) fn check_entry(method: StartMethod, entry: Entry) -> Result<EntryPoin
 /// `method`, as [`check_entry`] does for entry points.
 pub(crate) fn check_code(method: StartMethod, addr: usize) -> Result<u64, Error> {
     if method.runs_a_fresh_executable() {
-        let (start, end) = executable_text();
+        let (start, end) = crate::sys::executable::text();
         if !(start..end).contains(&addr) {
             return Err(Error::invalid(
                 "with the spawn and forkserver start methods, a task function must be \
                  part of the executable (not of a dynamically loaded library)",
             ));
         }
-    }
-    Ok(crate::task::code_offset(addr))
-}
-
-/// Encodes the address of a `fn` pointer given as a task. Whatever the start
-/// method, it must point into the executable's code: a pointer into a library
-/// loaded at run time, or into memory made executable (a JIT), is refused
-/// rather than trusted, since nothing tells such a pointer from a wrong one.
-pub(crate) fn check_fn_pointer(addr: usize) -> Result<u64, Error> {
-    let (start, end) = executable_text();
-    if !(start..end).contains(&addr) {
-        return Err(Error::invalid(format!(
-            "a `fn` pointer given as a task must point into the executable's code; \
-             {addr:#x} lies outside it (a dynamically loaded library, or generated code)"
-        )));
     }
     Ok(crate::task::code_offset(addr))
 }

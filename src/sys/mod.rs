@@ -4,6 +4,7 @@
 //! Everything else goes through rustix (futex, memfd, mmap, `sendmsg` with
 //! `SCM_RIGHTS`, `prctl`, `getrandom`) or std.
 
+pub(crate) mod executable;
 pub(crate) mod process;
 #[cfg(feature = "manager")]
 pub(crate) mod socket;

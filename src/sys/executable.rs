@@ -1,0 +1,34 @@
+//! Where the executable's own code lies: the one range of addresses whose
+//! functions exist, at the same offsets, in every process of this program
+//! (a re-executed worker maps the same file).
+
+use std::sync::OnceLock;
+
+/// The address range of the main executable's code, from its program headers.
+pub(crate) fn text() -> (usize, usize) {
+    static TEXT: OnceLock<(usize, usize)> = OnceLock::new();
+    *TEXT.get_or_init(|| {
+        unsafe extern "C" fn visit(
+            info: *mut libc::dl_phdr_info,
+            _size: libc::size_t,
+            data: *mut libc::c_void,
+        ) -> libc::c_int {
+            // SAFETY: the loader passes valid info; `data` is our `(usize, usize)`.
+            let (info, range) = unsafe { (&*info, &mut *data.cast::<(usize, usize)>()) };
+            for i in 0..info.dlpi_phnum as usize {
+                // SAFETY: `dlpi_phdr` points at `dlpi_phnum` program headers.
+                let ph = unsafe { &*info.dlpi_phdr.add(i) };
+                if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
+                    let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
+                    range.0 = range.0.min(start);
+                    range.1 = range.1.max(start + ph.p_memsz as usize);
+                }
+            }
+            1 // the first object is the main executable: stop there
+        }
+        let mut range = (usize::MAX, 0usize);
+        // SAFETY: `visit` matches the callback signature and only writes `range`.
+        unsafe { libc::dl_iterate_phdr(Some(visit), (&mut range as *mut (usize, usize)).cast()) };
+        range
+    })
+}
