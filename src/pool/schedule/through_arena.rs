@@ -117,12 +117,13 @@ unsafe fn run_chunks(
     let layout = core.layout();
     let chunksize = call.chunksize;
     let (in_size, out_size) = (call.input.size, call.output.size);
-    let chunks = len.div_ceil(chunksize);
     let base = Core::block_offset(block);
     let input_at = |i: usize| base + (i * in_size) as u64;
     let output_at = |i: usize| base + (shape.output_start + call.outputs(i) * out_size) as u64;
     let mut window = Window::new(core, Collect::InOrder);
-    let mut next_chunk = 0;
+    // The first element not yet submitted: chunks start at multiples of
+    // `chunksize`, counted by addition so nothing is multiplied.
+    let mut next_start = 0;
     let desc = |start: usize, n: usize, retries_used: u32| TaskDesc {
         entry: call.entry.0,
         input: input_at(start),
@@ -133,8 +134,8 @@ unsafe fn run_chunks(
         ..TaskDesc::default()
     };
     loop {
-        while window.accepts() && next_chunk < chunks {
-            let start = next_chunk * chunksize;
+        while window.accepts() && next_start < len {
+            let start = next_start;
             let n = chunksize.min(len - start);
             // SAFETY: the block holds `len` inputs from `input_at(0)`; this
             // chunk's range is not yet published, so no worker reads it.
@@ -142,13 +143,13 @@ unsafe fn run_chunks(
                 std::ptr::copy_nonoverlapping(
                     src.add(start * in_size),
                     layout.at(input_at(start)),
-                    n * in_size,
+                    n * in_size, // at most len * in_size, which map_raw checked
                 );
             }
             window.submit(desc(start, n, 0), call.context, (start, n, 0));
-            next_chunk += 1;
+            next_start += chunksize.min(len - start);
         }
-        match window.next(next_chunk == chunks) {
+        match window.next(next_start == len) {
             None => break,
             Some(Collected::Withdrawn(_)) => {}
             Some(Collected::Done(slot, (start, n, used))) => {

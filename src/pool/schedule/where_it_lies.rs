@@ -113,9 +113,10 @@ pub(crate) fn run_where_it_lies(
     progress: &Progress,
 ) -> Result<Vec<Range<usize>>, Error> {
     let chunksize = call.chunksize;
-    let chunks = len.div_ceil(chunksize);
     let mut window = Window::new(core, Collect::NewestLast);
-    let mut next_chunk = 0;
+    // The first element not yet submitted: chunks start at multiples of
+    // `chunksize`, counted by addition so nothing is multiplied.
+    let mut next_start = 0;
     let mut redo: Vec<Range<usize>> = Vec::new();
     let desc = |range: &Range<usize>, retries_used: u32| {
         let (input, remote_in) =
@@ -145,13 +146,13 @@ pub(crate) fn run_where_it_lies(
         }
     };
     loop {
-        while window.accepts() && next_chunk < chunks {
-            let start = next_chunk * chunksize;
+        while window.accepts() && next_start < len {
+            let start = next_start;
             let range = start..start + chunksize.min(len - start);
             window.submit(desc(&range, 0), call.context, (range, 0));
-            next_chunk += 1;
+            next_start += chunksize.min(len - start);
         }
-        match window.next(next_chunk == chunks) {
+        match window.next(next_start == len) {
             None => break,
             Some(Collected::Withdrawn((range, _))) => redo.push(range),
             Some(Collected::Done(slot, (range, used))) => {
@@ -175,8 +176,8 @@ pub(crate) fn run_where_it_lies(
     }
     let halted = window.is_halted();
     window.finish()?;
-    if halted && next_chunk < chunks {
-        redo.push(next_chunk * chunksize..len);
+    if halted && next_start < len {
+        redo.push(next_start..len);
     }
     Ok(redo)
 }
