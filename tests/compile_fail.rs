@@ -13,13 +13,19 @@ use std::process::Command;
 /// Builds `main_rs` as a program depending on this crate; returns whether
 /// the build succeeded, and the compiler's output.
 fn build(name: &str, main_rs: &str) -> (bool, String) {
+    build_with(name, &[], main_rs)
+}
+
+/// [`build`] with this crate's `features` on.
+fn build_with(name: &str, features: &[&str], main_rs: &str) -> (bool, String) {
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile_fail");
     let project = root.join(name);
     std::fs::create_dir_all(project.join("src")).unwrap();
     let manifest = format!(
         "[package]\nname = \"{name}\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n\
-         [dependencies]\nshmpool = {{ path = {:?} }}\n\n[workspace]\n",
-        env!("CARGO_MANIFEST_DIR")
+         [dependencies]\nshmpool = {{ path = {:?}, features = {:?} }}\n\n[workspace]\n",
+        env!("CARGO_MANIFEST_DIR"),
+        features
     );
     std::fs::write(project.join("Cargo.toml"), manifest).unwrap();
     std::fs::write(project.join("src/main.rs"), main_rs).unwrap();
@@ -137,4 +143,34 @@ fn main() {
     );
     // `pool.serde()` takes it.
     assert!(err.contains("use `pool.serde()`"), "{err}");
+
+    // A Manager proxy as a task argument: it owns a reference, so it is not
+    // plain data; the message names its borrowed form.
+    let (ok, err) = build_with(
+        "manager_proxy_argument",
+        &["manager"],
+        r#"
+use shmpool::manager::DictProxy;
+fn count(d: DictProxy<String, u64>, i: u64) -> u64 {
+    d.insert(&format!("k{i}"), &i).unwrap();
+    i
+}
+fn main() {
+    let manager = shmpool::Manager::start().unwrap();
+    let d = manager.dict::<String, u64>().unwrap();
+    let pool = shmpool::Pool::new(2).unwrap();
+    println!("{:?}", pool.apply(count, (d.clone(), 3)));
+}
+"#,
+    );
+    assert!(!ok, "a proxy argument built:\n{err}");
+    assert!(
+        err.contains("`DictProxy<String, u64>` cannot cross a process boundary"),
+        "{err}"
+    );
+    assert!(err.contains("pass `proxy.borrowed()`"), "{err}");
+    assert!(
+        err.contains("src/main.rs:11"),
+        "the user's call is not named:\n{err}"
+    );
 }
