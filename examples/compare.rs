@@ -20,6 +20,10 @@
 //! `benches/compare.py`, run with `python3` (skipped with a message when there
 //! is none). Ratios compare throughput: above 1 means shmpool is faster.
 
+#[path = "common/measure.rs"]
+mod measure;
+
+use measure::{ping_pong, private_bytes, run_self, status_kib, two_forks};
 use rayon::prelude::*;
 use shmpool::{get_context, partial, Pool, SharedVec, StartMethod};
 use std::fmt::Write as _;
@@ -60,102 +64,6 @@ fn median(budget: Duration, mut f: impl FnMut()) -> f64 {
     }
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
-}
-
-/// Round trips between this process and a forked child through a word in a
-/// shared mapping: `(spinning, sleeping in futex_wait)`, seconds per trip.
-fn ping_pong(trips: u32) -> (f64, f64) {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    // SAFETY: a fresh shared anonymous page; it aliases no Rust object.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(page, libc::MAP_FAILED);
-    // SAFETY: the page is zeroed, aligned, and outlives both processes' use.
-    let word = unsafe { &*page.cast::<AtomicU32>() };
-    let futex = |op: i32, val: u32| {
-        // SAFETY: a futex call on a word of a shared mapping.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                word as *const AtomicU32,
-                op,
-                val,
-                0usize,
-                0usize,
-                0u32,
-            )
-        };
-    };
-    let mut results = [0.0; 2];
-    for (mode, result) in results.iter_mut().enumerate() {
-        let sleeping = mode == 1;
-        word.store(0, Ordering::SeqCst);
-        // Wait until `word` holds `want`, spinning or sleeping.
-        let wait = |want: u32| loop {
-            let now = word.load(Ordering::Acquire);
-            if now == want {
-                break;
-            }
-            if sleeping {
-                futex(libc::FUTEX_WAIT, now);
-            } else {
-                std::hint::spin_loop();
-            }
-        };
-        let set = |v: u32| {
-            word.store(v, Ordering::Release);
-            if sleeping {
-                futex(libc::FUTEX_WAKE, 1);
-            }
-        };
-        // SAFETY: the child only touches the shared word and leaves with _exit.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            for i in 0..trips {
-                wait(2 * i + 1);
-                set(2 * i + 2);
-            }
-            // SAFETY: leaves the child without running the parent's code.
-            unsafe { libc::_exit(0) };
-        }
-        let start = Instant::now();
-        for i in 0..trips {
-            set(2 * i + 1);
-            wait(2 * i + 2);
-        }
-        *result = start.elapsed().as_secs_f64() / f64::from(trips);
-        // SAFETY: waits for our own child.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-    }
-    // SAFETY: unmaps the page mapped above; no reference outlives this.
-    unsafe { libc::munmap(page, 4096) };
-    (results[0], results[1])
-}
-
-/// Forks two children that exit at once and waits for both: what a pool of
-/// two fork workers cannot start and stop faster than.
-fn two_forks() {
-    let mut pids = [0; 2];
-    for pid in &mut pids {
-        // SAFETY: the child leaves with _exit, running nothing of ours.
-        *pid = unsafe { libc::fork() };
-        if *pid == 0 {
-            // SAFETY: as above.
-            unsafe { libc::_exit(0) };
-        }
-    }
-    for pid in pids {
-        // SAFETY: waits for our own child.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-    }
 }
 
 /// Seconds for a forked child to copy `src` out of this process with
@@ -628,22 +536,6 @@ fn fresh(who: Contender, n: usize) {
     println!("{} {} {peak}", times[0], warm[warm.len() / 2]);
 }
 
-/// A `kB` field of a `/proc` status-like file, in KiB (0 if absent).
-fn status_kib(path: &str, field: &str) -> u64 {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Bytes a process holds that no other process maps.
-fn private_bytes(pid: u32) -> u64 {
-    let path = format!("/proc/{pid}/smaps_rollup");
-    (status_kib(&path, "Private_Clean:") + status_kib(&path, "Private_Dirty:")) * 1024
-}
-
 /// `square_f64` for C callers: never inlined, as a C function is not.
 #[inline(never)]
 extern "C" fn square_c(x: f64) -> f64 {
@@ -874,27 +766,13 @@ type FreshRuns = Vec<(Contender, Vec<FreshSample>)>;
 /// Runs `--fresh` `reps` times for each contender, interleaved so that the
 /// machine's state drifts alike for all; returned in `Contender::ALL` order.
 fn fresh_runs(n: usize, reps: usize) -> FreshRuns {
-    let exe = std::env::current_exe().expect("own path");
     let mut runs: FreshRuns = Contender::ALL.iter().map(|&c| (c, Vec::new())).collect();
     for round in 0..reps {
         // Each round starts with another contender: on a VM, whoever first
         // touches memory the guest never used pays the host's faults.
         runs.rotate_left(usize::from(round > 0));
         for (who, samples) in &mut runs {
-            let out = Command::new(&exe)
-                .args(["--fresh", who.name(), &n.to_string()])
-                .output()
-                .expect("run a fresh process");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let text = String::from_utf8_lossy(&out.stdout);
-            let f: Vec<f64> = text
-                .split_whitespace()
-                .map(|x| x.parse().unwrap())
-                .collect();
+            let f = run_self(&["--fresh", who.name(), &n.to_string()]);
             samples.push(FreshSample {
                 first: f[0],
                 warm: f[1],
@@ -937,23 +815,9 @@ fn big_parent(method: StartMethod) {
 /// Pool create + destroy in a parent holding 1 GiB of touched heap, each
 /// start method in a child process of its own, first pool and warm median.
 fn big_parent_rows() -> Vec<Row> {
-    let exe = std::env::current_exe().expect("own path");
     let mut rows = Vec::new();
     for method in StartMethod::ALL {
-        let out = Command::new(&exe)
-            .args(["--big-parent", method.name()])
-            .output()
-            .expect("run a big parent");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        let f: Vec<f64> = text
-            .split_whitespace()
-            .map(|x| x.parse().unwrap())
-            .collect();
+        let f = run_self(&["--big-parent", method.name()]);
         for (when, seconds) in [("first pool", f[0]), ("median", f[1])] {
             rows.push(Row {
                 name: format!(
@@ -1023,7 +887,9 @@ fn main() {
         unit: Unit::Millis,
         shmpool: None,
         rayon: None,
-        sequential: Some(median(budget, two_forks)),
+        sequential: Some(median(budget, || {
+            two_forks();
+        })),
         python: None,
     });
 
@@ -1284,7 +1150,8 @@ fn main() {
     rows.extend(manager_rows(quick, &py_get));
 
     // 7. Physical limits on this machine, for scale.
-    let (spin, sleep) = ping_pong(if quick { 2_000 } else { 20_000 });
+    let trips = if quick { 2_000 } else { 20_000 };
+    let (spin, sleep) = (ping_pong(trips, false), ping_pong(trips, true));
     for (name, t) in [
         (
             "limit: round trip between two processes spinning on a shared word",

@@ -19,12 +19,15 @@
 //! The first-call and peak-memory figures come from fresh processes (this
 //! program again, with `--fresh`).
 
+#[path = "common/measure.rs"]
+mod measure;
+
+use measure::{private_bytes, run_self, status_kib};
 use rayon::prelude::*;
 use shmpool::{Pool, SharedAlloc};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
 use std::hint::black_box;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -164,22 +167,6 @@ fn warm(
     times.into_iter().map(spread).collect()
 }
 
-/// A `kB` field of a `/proc` status-like file, in KiB (0 if absent).
-fn status_kib(path: &str, field: &str) -> u64 {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Bytes a process holds that no other process maps.
-fn private_bytes(pid: u32) -> u64 {
-    let path = format!("/proc/{pid}/smaps_rollup");
-    (status_kib(&path, "Private_Clean:") + status_kib(&path, "Private_Dirty:")) * 1024
-}
-
 /// In a fresh process: the pool (untimed), the input, then the first call
 /// timed and four more. Prints `first warm peak_bytes` (peak: this process's
 /// `VmHWM`, which counts the shared pages it touched, plus the workers'
@@ -211,24 +198,11 @@ fn fresh(who: Who, n: usize) {
 /// `(first, warm, peak)` samples of `reps` fresh processes per contender,
 /// interleaved, each round starting with another.
 fn fresh_runs(n: usize, reps: usize) -> Vec<Vec<(f64, f64, f64)>> {
-    let exe = std::env::current_exe().expect("own path");
     let mut runs = vec![Vec::new(); Who::ALL.len()];
     for round in 0..reps {
         for j in 0..Who::ALL.len() {
             let i = (round + j) % Who::ALL.len();
-            let out = Command::new(&exe)
-                .args(["--fresh", Who::ALL[i].name(), &n.to_string()])
-                .output()
-                .expect("run a fresh process");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let f: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(|x| x.parse().expect("a figure"))
-                .collect();
+            let f = run_self(&["--fresh", Who::ALL[i].name(), &n.to_string()]);
             runs[i].push((f[0], f[1], f[2]));
         }
     }
@@ -265,24 +239,11 @@ fn big_parent(shared: bool) {
 /// `(first, median)` of `reps` fresh big parents each, with and without the
 /// shared heap, interleaved.
 fn big_parent_runs(reps: usize) -> [Vec<(f64, f64)>; 2] {
-    let exe = std::env::current_exe().expect("own path");
     let mut runs = [Vec::new(), Vec::new()];
     for round in 0..reps {
         for j in 0..2 {
             let i = (round + j) % 2;
-            let out = Command::new(&exe)
-                .args(["--big-parent", ["heap", "system"][i]])
-                .output()
-                .expect("run a big parent");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let f: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(|x| x.parse().expect("a figure"))
-                .collect();
+            let f = run_self(&["--big-parent", ["heap", "system"][i]]);
             runs[i].push((f[0], f[1]));
         }
     }

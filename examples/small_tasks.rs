@@ -8,78 +8,16 @@
 //! (a comma-separated list of `spin,apply,async,imap,create,fork`). Two
 //! builds of it run alternately give an A/B comparison under the same load.
 
+#[path = "common/measure.rs"]
+mod measure;
+
+use measure::{ping_pong, two_forks};
 use shmpool::Pool;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 fn square_u64(x: u64) -> u64 {
     x * x
-}
-
-/// Seconds per round trip between this process and a forked child spinning
-/// on one word of a shared page.
-fn spin_round_trip(trips: u32) -> f64 {
-    // SAFETY: a fresh shared anonymous page; it aliases no Rust object.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(page, libc::MAP_FAILED);
-    // SAFETY: the page is zeroed, aligned, and outlives both processes' use.
-    let word = unsafe { &*page.cast::<AtomicU32>() };
-    let wait = |want: u32| {
-        while word.load(Ordering::Acquire) != want {
-            std::hint::spin_loop();
-        }
-    };
-    // SAFETY: the child only touches the shared word and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        for i in 0..trips {
-            wait(2 * i + 1);
-            word.store(2 * i + 2, Ordering::Release);
-        }
-        // SAFETY: leaves the child without running the parent's code.
-        unsafe { libc::_exit(0) };
-    }
-    let start = Instant::now();
-    for i in 0..trips {
-        word.store(2 * i + 1, Ordering::Release);
-        wait(2 * i + 2);
-    }
-    let t = start.elapsed().as_secs_f64() / f64::from(trips);
-    // SAFETY: waits for our own child; unmaps the page mapped above.
-    unsafe {
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-        libc::munmap(page, 4096);
-    }
-    t
-}
-
-/// Seconds for two forks of children that exit at once, and their waits.
-fn two_forks() -> f64 {
-    let start = Instant::now();
-    let mut pids = [0; 2];
-    for pid in &mut pids {
-        // SAFETY: the child leaves with _exit, running nothing of ours.
-        *pid = unsafe { libc::fork() };
-        if *pid == 0 {
-            // SAFETY: as above.
-            unsafe { libc::_exit(0) };
-        }
-    }
-    for pid in pids {
-        // SAFETY: waits for our own child.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-    }
-    start.elapsed().as_secs_f64()
 }
 
 /// The median of `reps` timings of `f` (seconds), after one warm-up.
@@ -138,7 +76,7 @@ fn main() {
             .unwrap_or(2);
         let pool = Pool::new(procs).unwrap();
         if want("spin") || want("apply") {
-            let spin = median_of(5, || spin_round_trip(2000));
+            let spin = median_of(5, || ping_pong(2000, false));
             let apply = median_of(5, || {
                 timed(|| {
                     for i in 0..1000 {
