@@ -576,10 +576,13 @@ pub(crate) unsafe fn for_each_piece_raw(
         let (staged_in, staged_out) = remote.stage.buffers(in_bytes, out_bytes);
         let input = if remote.input {
             let at = io.input as u64 + (done * in_size) as u64;
-            remote.peer.read(at, staged_in).map_err(|errno| AccessRefused {
-                errno,
-                wrote: remote.output && done > 0,
-            })?;
+            remote
+                .peer
+                .read(at, staged_in)
+                .map_err(|errno| AccessRefused {
+                    errno,
+                    wrote: remote.output && done > 0,
+                })?;
             staged_in.as_ptr()
         } else {
             io.input.wrapping_add(done * in_size)

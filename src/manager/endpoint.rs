@@ -8,9 +8,9 @@
 use super::frame;
 use crate::error::Error;
 use crate::objects::Heap;
+use rustix::event::{PollFd, PollFlags, Timespec};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use rustix::event::{PollFd, PollFlags, Timespec};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixStream};
@@ -239,9 +239,9 @@ pub(crate) fn fd_gone(fd: BorrowedFd<'_>) -> bool {
     let mut pfd = [PollFd::new(&fd, PollFlags::RDHUP)];
     let n = rustix::event::poll(&mut pfd, Some(&Timespec::default())).unwrap_or(0);
     n > 0
-        && pfd[0].revents().intersects(
-            PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL,
-        )
+        && pfd[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
 }
 
 impl AsFd for Stream {

@@ -27,10 +27,10 @@
 //! never trusts what the client wrote: it checks `len`, and copies the
 //! request out before decoding it.
 
-use crate::sync::futex;
-use crate::sync::spin::SpinWait;
 use crate::shm::region::Shared;
 use crate::shm::segment::Mapping;
+use crate::sync::futex;
+use crate::sync::spin::SpinWait;
 use rustix::fs::{memfd_create, MemfdFlags};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,

@@ -61,7 +61,11 @@ impl Fresh<'_> {
             "a write outside a fresh allocation"
         );
         // In bounds of the mapping: `alloc` keeps the allocation inside it.
-        let at = self.heap.region.base().wrapping_add(self.at as usize + offset);
+        let at = self
+            .heap
+            .region
+            .base()
+            .wrapping_add(self.at as usize + offset);
         assert!(at as usize % align == 0, "a misaligned write");
         at
     }

@@ -41,8 +41,8 @@ use crate::sync::lock;
 use crate::sync::slot::{Outcome, SlotState, IN_PLACE, MAX_WORKER_INDEX, SPLIT};
 use crate::sync::spin::{yield_until, HAND_OFF_YIELD};
 use crate::worker::WorkerStart;
-use std::io;
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -332,7 +332,10 @@ fn supervise(
         }
         // `live` names exactly the workers present: one pidfd each, in order.
         let mut fds: Vec<PollFd<'_>> = std::iter::once(&core.supervisor.wake)
-            .chain(live.iter().filter_map(|&k| workers[k].as_ref().map(|w| &w.pidfd)))
+            .chain(
+                live.iter()
+                    .filter_map(|&k| workers[k].as_ref().map(|w| &w.pidfd)),
+            )
             .map(|fd| PollFd::new(fd, PollFlags::IN))
             .collect();
         notice_stopped(workers, &mut reported_stopped);

@@ -11,11 +11,11 @@
 //! ARENA_OFFSET      payload arena for map chunks and large arguments (sparse)
 //! ```
 
+use crate::shm::region::{Region, Shared};
 use crate::sync::finish_log::FinishLog;
 use crate::sync::ring::{Ring, RingHeader};
 use crate::sync::slot::TaskSlot;
 use crate::sync::wake::WakeWord;
-use crate::shm::region::{Region, Shared};
 use crossbeam_utils::CachePadded;
 use rustix::time::ClockId;
 use std::cell::UnsafeCell;

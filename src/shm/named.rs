@@ -2,9 +2,9 @@
 //! `multiprocessing.shared_memory.SharedMemory`.
 
 use crate::error::Error;
+use crate::shm::segment::Mapping;
 use crate::tracker::{self, Kind};
 use rustix::fs::Mode;
-use crate::shm::segment::Mapping;
 use rustix::shm::OFlags;
 use std::ffi::CString;
 use std::io;

@@ -7,11 +7,11 @@
 //! touched, and workers forked later inherit the complete mapping, so the
 //! payload arena can grow without any process remapping.
 
+use crate::shm::region::Region;
 use rustix::fs::FallocateFlags;
 use rustix::mm::{MapFlags, ProtFlags};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use crate::shm::region::Region;
 
 /// A `MAP_SHARED`, read-write mapping of a file, unmapped on drop: the one
 /// place a shared mapping is made and unmade (the pool's segment, a named
@@ -189,7 +189,9 @@ mod tests {
         // 64 KiB from the start of a 1 MiB mapping that only this test uses.
         let bytes = seg.slice::<AtomicU8>(0, 64 << 10);
         let all = |range: std::ops::Range<usize>, value: u8| {
-            bytes[range].iter().all(|b| b.load(Ordering::Relaxed) == value)
+            bytes[range]
+                .iter()
+                .all(|b| b.load(Ordering::Relaxed) == value)
         };
         bytes.iter().for_each(|b| b.store(7, Ordering::Relaxed));
         // From the middle of page 0 to the middle of page 10: pages 1-9 go.
