@@ -190,16 +190,20 @@ crate::pod::for_each_arity!(impl_task: A, B, C, D, E, G);
 /// zero-sized task: every part of its bound is then unused or zero-sized).
 ///
 /// # Safety
-/// Unless `F` is zero-sized, `context` points at an `F::Bound` the parent
-/// wrote (`MapCall::context`).
+/// Unless `F` is zero-sized, `context` starts with an `F::Bound` the parent
+/// wrote (`MapCall::context`). Panics if it is shorter than one.
 #[inline(always)]
-unsafe fn bound_at<F: Task<Args>, Args>(context: *const u8) -> F::Bound {
+unsafe fn bound_at<F: Task<Args>, Args>(context: &[u8]) -> F::Bound {
     if size_of::<F>() == 0 {
         crate::pod::zeroed()
     } else {
-        // SAFETY: the parent wrote an F::Bound there (contract); the inline
-        // area is 64-aligned, but read unaligned all the same.
-        unsafe { context.cast::<F::Bound>().read_unaligned() }
+        assert!(
+            context.len() >= size_of::<F::Bound>(),
+            "a bound longer than its context"
+        );
+        // SAFETY: in bounds (checked); the parent wrote an F::Bound there
+        // (contract), so its bytes are a valid one; read unaligned.
+        unsafe { context.as_ptr().cast::<F::Bound>().read_unaligned() }
     }
 }
 
@@ -225,9 +229,10 @@ pub(crate) struct TaskIo<'a> {
     pub(crate) output: *mut u8,
     pub(crate) len: usize,
     pub(crate) remote: Option<Remote<'a>>,
-    /// The slot's inline bytes, for an entry point whose call description the
-    /// parent wrote there (the C API); null where there is none.
-    pub(crate) context: *const u8,
+    /// The slot's inline bytes (a copy), for an entry point whose bound
+    /// bytes or call description the parent wrote there; empty where there
+    /// is none.
+    pub(crate) context: &'a [u8],
     /// The segment's base in this process, to resolve offsets found in
     /// `context`; null where there is none.
     pub(crate) segment: *const u8,
@@ -249,7 +254,7 @@ impl TaskIo<'_> {
             output,
             len,
             remote: None,
-            context: std::ptr::null(),
+            context: &[],
             segment: std::ptr::null(),
         }
     }
@@ -282,6 +287,19 @@ impl EntryPoint {
         let addr = code_at(self.0);
         // SAFETY: `addr` is the address of an `Entry` of this binary (contract).
         unsafe { std::mem::transmute::<usize, Entry>(addr) }
+    }
+
+    /// Runs the entry point this encodes on `io`.
+    ///
+    /// # Safety
+    /// [`resolve`](Self::resolve)'s contract, and `io` is what the entry
+    /// point's own contract asks for: the parent wrote the two together, in
+    /// one task description.
+    #[inline]
+    pub(crate) unsafe fn call(self, io: TaskIo<'_>) -> Result<(), AccessRefused> {
+        // SAFETY: the entry point and its data come from one description
+        // (contract).
+        unsafe { self.resolve()(io) }
     }
 }
 
@@ -465,9 +483,12 @@ where
         if size_of::<F>() + size_of::<O>() == 0 {
             crate::pod::zeroed()
         } else {
-            // SAFETY: the parent wrote both bounds there (contract).
+            let bounds = &io.context[..size_of::<ReduceBounds<F, O, T, F::Output>>()];
+            // SAFETY: in bounds (sliced above); the parent wrote both bounds
+            // there (contract).
             unsafe {
-                io.context
+                bounds
+                    .as_ptr()
                     .cast::<ReduceBounds<F, O, T, F::Output>>()
                     .read_unaligned()
             }
@@ -701,7 +722,7 @@ mod tests {
                     output: remote_out,
                     stage: &mut stage,
                 }),
-                context: std::ptr::null(),
+                context: &[],
                 segment: std::ptr::null(),
             };
             // SAFETY: `input` holds len elements, `out[1..]` room for len
@@ -739,7 +760,7 @@ mod tests {
                 output: false,
                 stage: &mut stage,
             }),
-            context: std::ptr::null(),
+            context: &[],
             segment: std::ptr::null(),
         };
         fn id(x: u64) -> u64 {

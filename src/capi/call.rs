@@ -5,6 +5,7 @@
 use crate::remote::AccessRefused;
 use crate::task::{code_at, for_each_piece_raw, TaskIo};
 use std::ffi::c_void;
+use zerocopy::FromBytes;
 
 /// `void f(const void *in, void *out, const void *ctx)`, once per element.
 pub(crate) type ElementFn = unsafe extern "C" fn(*const c_void, *mut c_void, *const c_void);
@@ -19,7 +20,7 @@ pub(crate) const F64: u32 = 1;
 /// One C map call, as every chunk's slot carries it inline: written by the
 /// parent before the chunk is published, read-only afterwards.
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, zerocopy::FromBytes, zerocopy::Immutable, zerocopy::KnownLayout)]
 pub(crate) struct CallDesc {
     /// [`ELEMENT`] or [`F64`].
     pub(crate) kind: u32,
@@ -48,9 +49,11 @@ impl CallDesc {
 /// chunk's slot and of the segment; the parent checked that the function
 /// lies in this binary (fork: any address of the parent's, which is ours).
 pub(crate) unsafe fn c_entry(io: TaskIo<'_>) -> Result<(), AccessRefused> {
-    // SAFETY: the parent wrote a CallDesc at the start of the slot's inline
-    // bytes before publishing the chunk (contract).
-    let call = unsafe { io.context.cast::<CallDesc>().read_unaligned() };
+    // The parent wrote a CallDesc at the start of the slot's inline bytes
+    // before publishing the chunk (contract); any bytes are one.
+    let Ok((call, _)) = CallDesc::read_from_prefix(io.context) else {
+        unreachable!("a slot's inline bytes hold a CallDesc");
+    };
     let ctx: *const c_void = if call.ctx_len == 0 {
         std::ptr::null()
     } else {

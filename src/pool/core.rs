@@ -477,9 +477,8 @@ impl Core {
                          {INLINE_CAPACITY} bytes"
                     )));
                 }
-                // SAFETY: the inline area holds INLINE_CAPACITY bytes and `len`
-                // is no more; DONE was seen, so no finisher writes them now.
-                let bytes = unsafe { std::slice::from_raw_parts(s.inline_ptr(), len) };
+                // The inline area holds INLINE_CAPACITY bytes and `len` is no more.
+                let bytes = s.message(len).unwrap_or_default();
                 Err(Failure::Panicked(
                     String::from_utf8_lossy(bytes).into_owned(),
                 ))

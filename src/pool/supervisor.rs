@@ -607,7 +607,8 @@ fn settle_exit(
                 } else {
                     // SAFETY: the slot is RUNNING(k) and k is reaped: the
                     // supervisor is its only accessor (module doc of `slot`).
-                    let desc = unsafe { slot.desc() };
+                    let mut held = unsafe { slot.held() };
+                    let desc = held.desc();
                     // Killed for a task that finished in the instant between
                     // the timeout check and the kill: this one is innocent,
                     // so it runs again without using up a retry.

@@ -72,18 +72,20 @@ impl<'a> UnpublishedSlot<'a> {
     pub(crate) fn describe(&mut self, desc: TaskDesc) {
         // SAFETY: the slot is FREE and this token is its only handle, borrowed
         // mutably (docs/ARCHITECTURE.md, "Slots").
-        unsafe { *self.core.layout().slot(self.index).desc() = desc };
+        unsafe { *self.core.layout().slot(self.index).held().desc() = desc };
     }
 
     /// Writes `bytes` (at most `INLINE_CAPACITY`) at the start of the slot's
     /// inline area.
     pub(crate) fn write_inline(&mut self, bytes: &[std::mem::MaybeUninit<u8>]) {
         assert!(bytes.len() <= INLINE_CAPACITY);
-        // SAFETY: as for `describe`; the inline area holds INLINE_CAPACITY bytes.
+        // SAFETY: as for `describe`; the inline area holds INLINE_CAPACITY
+        // bytes. Copied raw: `bytes` may hold padding.
         unsafe {
+            let mut held = self.core.layout().slot(self.index).held();
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
-                self.core.layout().slot(self.index).inline_ptr().cast(),
+                held.inline().as_mut_ptr().cast(),
                 bytes.len(),
             )
         };

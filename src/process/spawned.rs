@@ -392,11 +392,11 @@ fn run_spec(spec_at: u64) -> i32 {
         return crate::start::BAD_SEGMENT_EXIT;
     };
     let io = TaskIo::local(args, std::ptr::null_mut(), 1);
+    let entry = EntryPoint(spec.entry);
     // SAFETY: the entry was made by `EntryPoint::new` in this binary (same
-    // program: fork, or checked by the spawn probe).
-    let entry = unsafe { EntryPoint(spec.entry).resolve() };
-    // SAFETY: `args` holds the entry's argument tuple, written by the parent.
-    match std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry(io) })) {
+    // program: fork, or checked by the spawn probe), and `args` holds its
+    // argument tuple, written by the parent with it.
+    match std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry.call(io) })) {
         // A process entry touches no caller memory, so it cannot be refused.
         Ok(_) => 0,
         Err(_) => 1, // the panic hook has printed the message

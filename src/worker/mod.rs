@@ -12,7 +12,7 @@ use crate::panic::{install_quiet_panic_hook, panic_message};
 use crate::remote::{self, AccessRefused, Peer, Stage};
 use crate::shm::layout::{Layout, INIT_FAILED_EXIT, SLOT_CAPACITY};
 use crate::sync::slot::{
-    Outcome, HEAP_FRESH_OUTPUT, HEAP_INPUT, HEAP_OUTPUT, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED,
+    Held, Outcome, HEAP_FRESH_OUTPUT, HEAP_INPUT, HEAP_OUTPUT, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED,
 };
 use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, Remote, TaskIo};
@@ -148,13 +148,13 @@ fn initialize(layout: Layout) -> Result<(), String> {
     }
     let entry = settings.init_entry.load(Ordering::Acquire);
     let io = TaskIo::local(settings.init_args.0.get().cast(), std::ptr::null_mut(), 1);
-    // SAFETY: only the parent writes the initializer, with EntryPoint::new in
-    // this binary, before any worker starts.
-    let entry = unsafe { EntryPoint(entry).resolve() };
-    // SAFETY: the parent wrote the entry's argument tuple into `init_args`
-    // (aligned to 64) and never writes it again; init entries write no output.
+    let entry = EntryPoint(entry);
     // An init entry touches no caller memory, so it cannot be refused.
-    std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry(io) }))
+    // SAFETY: only the parent writes the initializer, with EntryPoint::new in
+    // this binary, before any worker starts, and with it the entry's argument
+    // tuple into `init_args` (aligned to 64), never written again; init
+    // entries write no output.
+    std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry.call(io) }))
         .map(drop)
         .map_err(|payload| panic_message(&payload))
 }
@@ -226,9 +226,9 @@ fn run(
         return false; // a ring entry written over: no slot of ours
     }
     let slot = layout.slot(index);
-    if !slot.claim(me) {
+    let Some(mut held) = slot.claim(me) else {
         return false; // a stale ring entry, or another worker was faster
-    }
+    };
     #[cfg(test)]
     hostile::running(layout, index, me);
     if track {
@@ -236,9 +236,11 @@ fn run(
             .worker_record(me)
             .start(index, crate::shm::layout::monotonic_ms());
     }
-    // SAFETY: we hold RUNNING(me); the parent wrote desc before publishing
-    // (docs/ARCHITECTURE.md, "Slots").
-    let desc = unsafe { *slot.desc() };
+    // We hold RUNNING(me); the parent wrote desc and the inline bytes before
+    // publishing (docs/ARCHITECTURE.md, "Slots"). Both are copied: the task's
+    // view of them cannot change under it.
+    let desc = *held.desc();
+    let context = *held.inline();
     // Read now: once the slot is finished, the parent may reuse it.
     let watched = desc.flags & WATCHED != 0;
     let (remote_in, remote_out) = (
@@ -256,7 +258,7 @@ fn run(
         (true, None) => {
             // Handed the parent's memory before the parent heard that this
             // worker cannot reach it: refuse, having touched nothing.
-            return finish(layout, index, me, track, watched, || {
+            return finish(layout, me, track, watched, (index, held), || {
                 Err(AccessRefused {
                     errno: libc::EPERM,
                     wrote: false,
@@ -269,7 +271,7 @@ fn run(
         // The parent's heap is out of reach (or an offset lies outside it):
         // refuse, having touched nothing; the parent redoes the chunk.
         Err(errno) => {
-            return finish(layout, index, me, track, watched, || {
+            return finish(layout, me, track, watched, (index, held), || {
                 Err(AccessRefused {
                     errno,
                     wrote: false,
@@ -292,18 +294,18 @@ fn run(
         },
         len: desc.len as usize,
         remote,
-        context: slot.inline_ptr(),
+        context: &context,
         segment: layout.at(0),
     };
-    // SAFETY: only the parent writes entries, with EntryPoint::new in this binary.
-    let entry = unsafe { EntryPoint(desc.entry).resolve() };
+    let entry = EntryPoint(desc.entry);
     let task = move || {
-        // SAFETY: the parent laid out input/output for this entry point, for
-        // us alone while we hold the slot, valid until DONE (ARCHITECTURE.md,
-        // "Slots", "Zero-copy maps").
-        unsafe { entry(io) }
+        // SAFETY: only the parent writes entries, with EntryPoint::new in
+        // this binary, and it laid out input/output for this entry point,
+        // for us alone while we hold the slot, valid until DONE
+        // (ARCHITECTURE.md, "Slots", "Zero-copy maps").
+        unsafe { entry.call(io) }
     };
-    finish(layout, index, me, track, watched, task)
+    finish(layout, me, track, watched, (index, held), task)
 }
 
 /// The sides of a chunk that lie in the parent's shared heap (`HEAP_INPUT`,
@@ -331,27 +333,26 @@ fn heap_sides(
     Ok((input.map(<*mut u8>::cast_const), output))
 }
 
-/// Runs `task` under `catch_unwind` in slot `index` (held as RUNNING(me)),
+/// Runs `task` under `catch_unwind` in slot `index`, `held` as RUNNING(me),
 /// writes its outcome and finishes the slot. Returns `true` (a task ran).
 /// A process the task forked leaves here, as the task returns in it.
 fn finish(
     layout: Layout,
-    index: u32,
     me: u32,
     track: bool,
     watched: bool,
+    (index, mut held): (u32, Held<'_>),
     task: impl FnOnce() -> Result<(), AccessRefused>,
 ) -> bool {
-    let slot = layout.slot(index);
     let began = crate::shm::layout::ticks();
     let result = std::panic::catch_unwind(AssertUnwindSafe(task));
     let took = crate::shm::layout::ticks().saturating_sub(began);
     fork_guard::check();
-    // SAFETY: still RUNNING(me): the outcome is ours to write.
-    let desc = unsafe { slot.desc() };
+    // Still RUNNING(me): the outcome is ours to write.
     match result {
-        Ok(Ok(())) => desc.outcome = Outcome::Returned as u32,
+        Ok(Ok(())) => held.desc().outcome = Outcome::Returned as u32,
         Ok(Err(refused)) => {
+            let desc = held.desc();
             desc.outcome = Outcome::AccessRefused as u32;
             desc.detail = refused.errno as u32;
             desc.signal = i32::from(refused.wrote);
@@ -359,11 +360,9 @@ fn finish(
         Err(payload) => {
             let message = panic_message(&payload);
             let bytes = truncate(&message, crate::sync::slot::INLINE_CAPACITY);
-            // SAFETY: the inline area is ours while RUNNING and holds at least
-            // INLINE_CAPACITY bytes; `bytes` is no longer.
-            unsafe {
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot.inline_ptr(), bytes.len())
-            };
+            // At most INLINE_CAPACITY bytes.
+            held.inline()[..bytes.len()].copy_from_slice(bytes);
+            let desc = held.desc();
             desc.outcome = Outcome::Panicked as u32;
             desc.detail = bytes.len() as u32;
             // A payload whose destructor panics must not take the worker down.
@@ -376,7 +375,7 @@ fn finish(
         layout.worker_record(me).idle();
     }
     count_task(layout, me, took);
-    slot.finish();
+    held.finish();
     if watched {
         // Before the notify: its fence publishes the entry to a parked reader.
         layout.finish_log(me).push(index);
@@ -479,7 +478,7 @@ mod tests {
         // copied the description before the task began.
         unsafe {
             std::ptr::write_bytes(
-                (slot.desc() as *mut TaskDesc).cast::<u8>(),
+                (slot.held().desc() as *mut TaskDesc).cast::<u8>(),
                 0xA5,
                 std::mem::size_of::<TaskDesc>(),
             )
@@ -498,7 +497,8 @@ mod tests {
     impl Drop for LateScribble {
         fn drop(&mut self) {
             // SAFETY: none, as above.
-            let desc = unsafe { hostile::slot().desc() };
+            let mut held = unsafe { hostile::slot().held() };
+            let desc = held.desc();
             desc.outcome = self.outcome;
             desc.detail = self.detail;
         }
