@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::shm::region::{Region, Shared};
 use crate::shm::segment::Segment;
 use std::mem::{align_of, size_of, MaybeUninit};
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -36,9 +36,8 @@ const HEADER_BYTES: usize = std::mem::size_of::<HeapHeader>().next_multiple_of(4
 /// is never unmapped).
 pub(crate) struct Heap {
     region: Region,
-    fd: RawFd,
-    /// The heap's memfd, in the process that created it.
-    _fd: Option<OwnedFd>,
+    /// The heap's memfd: made here, or inherited.
+    fd: OwnedFd,
 }
 
 static HEAP: OnceLock<Heap> = OnceLock::new();
@@ -104,13 +103,8 @@ impl Heap {
             return Ok(h);
         }
         let segment = Segment::create("shmpool-objects", HEAP_BYTES)?;
-        let fd = segment.fd();
-        let (region, owned) = segment.leak();
-        let heap = Heap {
-            region,
-            fd,
-            _fd: Some(owned),
-        };
+        let (region, fd) = segment.leak();
+        let heap = Heap { region, fd };
         let header = heap.header();
         header.next.store(HEADER_BYTES as u64, Ordering::Relaxed);
         header.magic.store(MAGIC, Ordering::Release);
@@ -120,16 +114,12 @@ impl Heap {
     }
 
     /// In a spawned process: maps the parent's heap from an inherited
-    /// descriptor. Returns `false` if it is not a heap.
-    pub(crate) fn adopt(fd: RawFd) -> bool {
-        let Ok(region) = Segment::map_inherited(fd, HEAP_BYTES) else {
+    /// descriptor, kept. Returns `false` if it is not a heap.
+    pub(crate) fn adopt(fd: OwnedFd) -> bool {
+        let Ok(region) = Segment::map(fd.as_fd(), HEAP_BYTES) else {
             return false;
         };
-        let heap = Heap {
-            region,
-            fd,
-            _fd: None,
-        };
+        let heap = Heap { region, fd };
         if heap.header().magic.load(Ordering::Acquire) != MAGIC {
             return false;
         }
@@ -153,8 +143,8 @@ impl Heap {
     }
 
     /// The descriptor to hand to a spawned process.
-    pub(crate) fn fd(&self) -> RawFd {
-        self.fd
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     fn header(&self) -> &HeapHeader {

@@ -198,7 +198,7 @@ impl Core {
     }
 
     /// The segment's memfd, for workers that must map it themselves.
-    pub(crate) fn segment_fd(&self) -> std::os::fd::RawFd {
+    pub(crate) fn segment_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self._segment.fd()
     }
 

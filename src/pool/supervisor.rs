@@ -43,7 +43,7 @@ use crate::sync::spin::{yield_until, HAND_OFF_YIELD};
 use crate::worker::WorkerStart;
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -176,7 +176,7 @@ fn drain(fd: &OwnedFd) -> u64 {
 fn spawn_worker(core: &Core, index: usize) -> Result<Child, Error> {
     let start = WorkerStart {
         index: index as u32,
-        ready_fd: core.supervisor.ready.as_raw_fd(),
+        ready_fd: core.supervisor.ready.as_fd(),
         method: core.config.start_method,
     };
     core.stats.spawning(index);

@@ -8,6 +8,7 @@ use crate::start::StartMethod;
 use crate::task::{init_entry, ApplyInput, EntryPoint, Task, TaskIo};
 use crate::Pod;
 use std::mem::{align_of, size_of, MaybeUninit};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -342,7 +343,14 @@ fn run_spawned(value: &std::ffi::OsStr) -> i32 {
     if probe != crate::start::probe_offset() {
         return crate::start::BINARY_MISMATCH_EXIT;
     }
-    if !Heap::adopt(heap_fd as std::os::fd::RawFd) {
+    let Ok(heap_fd) = std::os::fd::RawFd::try_from(heap_fd) else {
+        return crate::start::BAD_SEGMENT_EXIT;
+    };
+    // SAFETY: the parent passed this descriptor to this process and named
+    // it in the role variable, which `claim_role` took (removed) before this
+    // one call: nothing else in the process owns it. Not -1 (a u64's value).
+    let heap_fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(heap_fd) };
+    if !Heap::adopt(heap_fd) {
         return crate::start::BAD_SEGMENT_EXIT;
     }
     fork::die_with_parent(std::os::unix::process::parent_id());
@@ -355,14 +363,17 @@ fn launch(method: StartMethod, spec_at: u64) -> Result<Child, Error> {
     // Keeps the hook in the executable (see `start::bootstrap::ensure_linked`).
     std::hint::black_box(&PROCESS_HOOK);
     let heap = Heap::get()?;
-    // SAFETY: the object heap lives as long as the program, and with it its
-    // descriptor.
-    let heap_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(heap.fd()) };
+    let heap_fd = heap.fd();
     match method {
         StartMethod::Fork => Ok(fork::fork_child(move || run_spec(spec_at))?),
         StartMethod::Spawn => {
             crate::start::bootstrap::ensure_linked();
-            let value = format!("{},{},{}", heap.fd(), spec_at, crate::start::probe_offset());
+            let value = format!(
+                "{},{},{}",
+                heap_fd.as_raw_fd(),
+                spec_at,
+                crate::start::probe_offset()
+            );
             let env = crate::start::spawn::environment((crate::start::spawn::PROCESS_ENV, value))?;
             Ok(crate::start::spawn::exec_self(
                 &env,

@@ -23,7 +23,7 @@ use crate::shm::segment::Segment;
 use crate::worker::{self, WorkerStart};
 use crate::StartMethod;
 use std::io::Write;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 
@@ -122,12 +122,20 @@ fn run_spawned(spec: Spec) -> i32 {
     if spec.probe != super::probe_offset() {
         return BINARY_MISMATCH_EXIT;
     }
-    if !crate::objects::Heap::adopt(spec.heap_fd) {
+    let numbers = [spec.segment_fd, spec.ready_fd, spec.heap_fd];
+    if numbers.iter().any(|&fd| fd < 0) {
+        return BAD_SEGMENT_EXIT;
+    }
+    // SAFETY: the parent passed these descriptors to this process and named
+    // them in the role variable, which `claim_role` took (removed) before
+    // this one call: nothing else in the process owns them. Not -1 (checked).
+    let [segment_fd, ready_fd, heap_fd] = numbers.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    if !crate::objects::Heap::adopt(heap_fd) {
         return BAD_SEGMENT_EXIT;
     }
     become_worker(
-        spec.segment_fd,
-        spec.ready_fd,
+        segment_fd.as_fd(),
+        ready_fd.as_fd(),
         spec.index,
         StartMethod::Spawn,
     )
@@ -136,12 +144,12 @@ fn run_spawned(spec: Spec) -> i32 {
 /// A spawned `Process`: `<heap fd>,<spec offset>,<probe>`.
 /// Maps the pool's segment from `segment_fd` and serves as worker `index`.
 pub(crate) fn become_worker(
-    segment_fd: RawFd,
-    ready_fd: RawFd,
+    segment_fd: BorrowedFd<'_>,
+    ready_fd: BorrowedFd<'_>,
     index: u32,
     method: StartMethod,
 ) -> i32 {
-    let region = Segment::map_inherited(segment_fd, layout::SEGMENT_BYTES);
+    let region = Segment::map(segment_fd, layout::SEGMENT_BYTES);
     let Some(layout) = region.ok().and_then(Layout::of) else {
         return BAD_SEGMENT_EXIT;
     };
@@ -168,11 +176,13 @@ pub(crate) fn become_worker(
     let Ok(stack) = usize::try_from(stack) else {
         return super::STACK_FAILED_EXIT;
     };
-    std::thread::Builder::new()
-        .name("shmpool-worker".into())
-        .stack_size(stack)
-        .spawn(move || worker::serve(layout, start))
-        .map_or(super::STACK_FAILED_EXIT, |serving| {
-            serving.join().unwrap_or(super::STACK_FAILED_EXIT)
-        })
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("shmpool-worker".into())
+            .stack_size(stack)
+            .spawn_scoped(scope, move || worker::serve(layout, start))
+            .map_or(super::STACK_FAILED_EXIT, |serving| {
+                serving.join().unwrap_or(super::STACK_FAILED_EXIT)
+            })
+    })
 }

@@ -66,18 +66,12 @@ fn server() -> ForkMutexGuard<'static, Option<Server>> {
 }
 
 /// Asks the server (started if needed) for worker `start.index`.
-pub(crate) fn start_worker(segment_fd: RawFd, start: WorkerStart) -> Result<Child, Error> {
+pub(crate) fn start_worker(
+    segment_fd: BorrowedFd<'_>,
+    start: WorkerStart<'_>,
+) -> Result<Child, Error> {
     let heap_fd = crate::objects::Heap::get()?.fd();
-    // SAFETY: the pool keeps its segment and the worker's ready descriptor open
-    // until the worker has started, and the object heap lives as long as the
-    // program; all three outlive this call.
-    let fds = unsafe {
-        [
-            BorrowedFd::borrow_raw(segment_fd),
-            BorrowedFd::borrow_raw(start.ready_fd),
-            BorrowedFd::borrow_raw(heap_fd),
-        ]
-    };
+    let fds = [segment_fd, start.ready_fd, heap_fd];
     Ok(start_child([START, start.index, 0, 0], &fds)?)
 }
 
@@ -319,7 +313,7 @@ fn start(
     let [Some(segment_fd), Some(ready_fd), Some(heap_fd)] = fds else {
         return [-1, libc::EBADF];
     };
-    let (segment_fd, ready_fd) = (segment_fd.as_raw_fd(), ready_fd.as_raw_fd());
+    let (segment_fd, ready_fd) = (segment_fd.as_fd(), ready_fd.as_fd());
     fork_from_server(socket, server, heap_fd.as_fd(), move || {
         super::bootstrap::become_worker(segment_fd, ready_fd, index, StartMethod::ForkServer)
     })
@@ -365,7 +359,9 @@ fn fork_from_server(
             // the parent would not see the server's end close when it dies.
             drop(socket.take());
             fork::die_with_parent(server);
-            let code = if crate::objects::Heap::adopt(heap_fd.as_raw_fd()) {
+            // The heap keeps its own copy of the descriptor.
+            let heap_fd = heap_fd.try_clone_to_owned();
+            let code = if heap_fd.is_ok_and(crate::objects::Heap::adopt) {
                 body()
             } else {
                 super::BAD_SEGMENT_EXIT

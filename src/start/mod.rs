@@ -32,15 +32,15 @@ use crate::shm::layout::Layout;
 use crate::task::{Entry, EntryPoint, TaskIo};
 use crate::worker::{self, WorkerStart};
 use fork::Child;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::sync::OnceLock;
 
 /// Starts one worker of the pool whose segment is `layout` / `segment_fd`.
 /// Called from the pool's supervisor thread.
 pub(crate) fn start_worker(
     layout: &Layout,
-    segment_fd: RawFd,
-    start: WorkerStart,
+    segment_fd: BorrowedFd<'_>,
+    start: WorkerStart<'_>,
 ) -> Result<Child, Error> {
     match start.method {
         StartMethod::Fork => {

@@ -16,7 +16,7 @@ use crate::sync::slot::{
 };
 use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, Remote, TaskIo};
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
@@ -24,18 +24,19 @@ mod setup;
 
 /// Who a worker is and how it tells the parent it is ready.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct WorkerStart {
+pub(crate) struct WorkerStart<'fd> {
     /// The worker's index in the pool (`0..processes`), kept by replacements.
     pub(crate) index: u32,
-    /// An eventfd the worker adds 1 to once its initializer has run.
-    pub(crate) ready_fd: RawFd,
+    /// An eventfd the worker adds 1 to once its initializer has run (the
+    /// parent's; the worker's inherited copy).
+    pub(crate) ready_fd: BorrowedFd<'fd>,
     /// How the worker process was started (for `current_process().name`).
     pub(crate) method: crate::StartMethod,
 }
 
 /// Serves tasks until the pool closes or the task quota is used up; returns
 /// the exit status.
-pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
+pub(crate) fn serve(layout: Layout, start: WorkerStart<'_>) -> i32 {
     // Done by the parent before forking; a spawned process installs it here.
     install_quiet_panic_hook();
     fork_guard::arm();
@@ -200,14 +201,8 @@ fn reach_parent(layout: Layout) -> Option<Peer> {
 }
 
 /// Adds 1 to the parent's ready counter (an eventfd this process inherited
-/// as `fd`); a bad number only makes it fail.
-fn report_ready(fd: RawFd) {
-    if fd < 0 {
-        return;
-    }
-    // SAFETY: an inherited descriptor that stays open for this call (nothing
-    // in this process closes it); the borrow ends with it.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+/// as `fd`).
+fn report_ready(fd: BorrowedFd<'_>) {
     let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
 
