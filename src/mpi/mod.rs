@@ -434,19 +434,7 @@ fn pending(header: TaskHeader, input: Vec<MaybeUninit<u8>>) -> Result<Pending, E
 
 /// The bytes of `items` (padding included, as it is), to send.
 fn to_bytes<T: Pod>(items: &[T]) -> Vec<MaybeUninit<u8>> {
-    let bytes = std::mem::size_of_val(items);
-    let mut v: Vec<MaybeUninit<u8>> = Vec::with_capacity(bytes);
-    // SAFETY: `v` has room for `bytes` bytes, apart from `items`; MaybeUninit
-    // bytes may hold anything, padding included.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            items.as_ptr().cast::<MaybeUninit<u8>>(),
-            v.as_mut_ptr(),
-            bytes,
-        );
-        v.set_len(bytes);
-    }
-    v
+    crate::pod::bytes_of(items).to_vec()
 }
 
 /// The `n` values of `T` in `bytes` (`n * size_of::<T>()` of them, checked by
