@@ -125,8 +125,10 @@ impl FnCode {
     /// The function this encodes, as a `fn` pointer of type `P`.
     ///
     /// # Safety
-    /// `self` came from [`FnCode::of`] with the same `P`, in a process of
-    /// the same binary (only the parent writes task descriptions).
+    /// `self` encodes the code of a `P` of this binary: it came from
+    /// [`FnCode::of`] with the same `P` (or from [`EntryPoint::new`], for an
+    /// [`Entry`]), in a process of the same binary (only the parent writes
+    /// task descriptions).
     #[inline(always)]
     unsafe fn resolve<P: Copy>(self) -> P {
         let addr = code_at(self.0);
@@ -278,28 +280,18 @@ impl EntryPoint {
         EntryPoint(code_offset(entry as usize))
     }
 
-    /// Decodes the entry point.
-    ///
-    /// # Safety
-    /// `self` must come from [`EntryPoint::new`] in a process running the same
-    /// binary (the slot protocol guarantees it: only the parent writes entries).
-    pub(crate) unsafe fn resolve(self) -> Entry {
-        let addr = code_at(self.0);
-        // SAFETY: `addr` is the address of an `Entry` of this binary (contract).
-        unsafe { std::mem::transmute::<usize, Entry>(addr) }
-    }
-
     /// Runs the entry point this encodes on `io`.
     ///
     /// # Safety
-    /// [`resolve`](Self::resolve)'s contract, and `io` is what the entry
-    /// point's own contract asks for: the parent wrote the two together, in
-    /// one task description.
+    /// `self` must come from [`EntryPoint::new`] in a process running the
+    /// same binary (the slot protocol guarantees it: only the parent writes
+    /// entries), and `io` is what that entry point's own contract asks for:
+    /// the parent wrote the two together, in one task description.
     #[inline]
     pub(crate) unsafe fn call(self, io: TaskIo<'_>) -> Result<(), AccessRefused> {
-        // SAFETY: the entry point and its data come from one description
-        // (contract).
-        unsafe { self.resolve()(io) }
+        // SAFETY: the code of an `Entry` of this binary, and its data, from
+        // one description (contract).
+        unsafe { FnCode(self.0).resolve::<Entry>()(io) }
     }
 }
 
@@ -648,7 +640,7 @@ mod tests {
         let entry = entry_of(square);
         let point = EntryPoint::new(entry);
         // SAFETY: made by EntryPoint::new in this process.
-        let resolved = unsafe { point.resolve() };
+        let resolved = unsafe { FnCode(point.0).resolve::<Entry>() };
         assert_eq!(resolved as usize, entry as usize);
     }
 

@@ -426,6 +426,24 @@ impl Core {
         })
     }
 
+    /// [`alloc_block`](Self::alloc_block), its first bytes a copy of
+    /// `prefix` (padding included): what the tasks will read, written before
+    /// any of them can know of the block.
+    pub(crate) fn alloc_block_from(
+        &self,
+        len: usize,
+        align: usize,
+        prefix: &[std::mem::MaybeUninit<u8>],
+    ) -> Result<Block, Error> {
+        assert!(prefix.len() <= len, "a block shorter than its contents");
+        let block = self.alloc_block(len, align)?;
+        let at = self.layout.at(Self::block_offset(block));
+        // SAFETY: the fresh block holds `len` bytes, and no other thread or
+        // worker knows of it yet.
+        unsafe { std::ptr::copy_nonoverlapping(prefix.as_ptr(), at.cast(), prefix.len()) };
+        Ok(block)
+    }
+
     pub(crate) fn free_block(&self, block: Block) {
         self.give_back(block);
         lock(&self.arena).free(block);

@@ -624,15 +624,8 @@ pub(crate) fn populate_if_fresh(ptr: *mut u8, bytes: usize) {
         return;
     };
     if end > start {
-        // SAFETY: whole pages inside the chunk's output, which this worker
-        // alone writes; populating changes no byte of memory.
-        let _ = unsafe {
-            rustix::mm::madvise(
-                start as *mut std::ffi::c_void,
-                end - start,
-                Advice::LinuxPopulateWrite,
-            )
-        };
+        // Whole pages inside the chunk's output, which this worker alone writes.
+        crate::sys::vm::advise(start, end - start, crate::sys::vm::Advice::PopulateWrite);
     }
 }
 
