@@ -520,28 +520,26 @@ impl SharedAlloc {
 unsafe impl GlobalAlloc for SharedAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.size() < Self::THRESHOLD {
-            // SAFETY: forwarded contract.
-            return unsafe { System.alloc(layout) };
+        if layout.size() >= Self::THRESHOLD {
+            if let Some(p) = self.heap_alloc(layout, false) {
+                return p;
+            }
         }
-        match self.heap_alloc(layout, false) {
-            Some(p) => p,
-            // SAFETY: forwarded contract.
-            None => unsafe { System.alloc(layout) },
-        }
+        // Small, or the heap cannot take it.
+        // SAFETY: forwarded contract.
+        unsafe { System.alloc(layout) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.size() < Self::THRESHOLD {
-            // SAFETY: forwarded contract.
-            return unsafe { System.alloc_zeroed(layout) };
+        if layout.size() >= Self::THRESHOLD {
+            if let Some(p) = self.heap_alloc(layout, true) {
+                return p;
+            }
         }
-        match self.heap_alloc(layout, true) {
-            Some(p) => p,
-            // SAFETY: forwarded contract.
-            None => unsafe { System.alloc_zeroed(layout) },
-        }
+        // Small, or the heap cannot take it.
+        // SAFETY: forwarded contract.
+        unsafe { System.alloc_zeroed(layout) }
     }
 
     #[inline]
@@ -567,7 +565,7 @@ unsafe impl GlobalAlloc for SharedAlloc {
             return unsafe { System.realloc(ptr, layout, new_size) };
         }
         let owned = OWNER.load(Ordering::Relaxed);
-        match in_region(ptr) {
+        let move_it = match in_region(ptr) {
             Some(off) if owned && new_size >= Self::THRESHOLD => {
                 let (Some(have), Some(want)) = (align_up(old, PAGE), align_up(new_size, PAGE))
                 else {
@@ -580,20 +578,21 @@ unsafe impl GlobalAlloc for SharedAlloc {
                 if with_books(|b| b.grow(off, have, want)) {
                     return ptr;
                 }
-                // SAFETY: forwarded contract.
-                unsafe { self.moved(ptr, layout, new_size) }
+                true // no room to grow in place
             }
-            // Across the threshold, or an inherited block: move it.
+            // Across the threshold, or an inherited block.
+            Some(_) => true,
+            // Into the heap.
+            None => {
+                new_size >= Self::THRESHOLD && (owned || STATE.load(Ordering::Relaxed) == UNINIT)
+            }
+        };
+        if move_it {
             // SAFETY: forwarded contract.
-            Some(_) => unsafe { self.moved(ptr, layout, new_size) },
-            None if new_size >= Self::THRESHOLD
-                && (owned || STATE.load(Ordering::Relaxed) == UNINIT) =>
-            {
-                // SAFETY: forwarded contract.
-                unsafe { self.moved(ptr, layout, new_size) }
-            }
+            unsafe { self.moved(ptr, layout, new_size) }
+        } else {
             // SAFETY: not in the region, so `System` allocated it.
-            None => unsafe { System.realloc(ptr, layout, new_size) },
+            unsafe { System.realloc(ptr, layout, new_size) }
         }
     }
 }
