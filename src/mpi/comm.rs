@@ -66,9 +66,11 @@ impl Comm {
     ) -> Sending {
         let mut request = MaybeUninit::<ffi::MPI_Request>::uninit();
         // SAFETY: `len` bytes at `ptr` that outlive the request (contract);
-        // the communicator and datatype are live handles; MPI writes the
-        // request handle before it returns.
-        unsafe {
+        // the communicator and datatype are live handles. The call's out
+        // parameter: MPI writes the request handle before it returns (it
+        // aborts the job on an error, its default handler, rather than
+        // return without it).
+        let request = unsafe {
             ffi::MPI_Isend(
                 ptr.cast(),
                 len as i32,
@@ -78,11 +80,10 @@ impl Comm {
                 self.world.as_raw(),
                 request.as_mut_ptr(),
             );
-        }
+            request.assume_init()
+        };
         Sending {
-            // SAFETY: written by MPI_Isend (MPI aborts the job on an error,
-            // its default handler, rather than return without it).
-            request: unsafe { request.assume_init() },
+            request,
             done: false,
             _owned: Vec::new(),
         }
