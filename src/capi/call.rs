@@ -59,38 +59,56 @@ pub(crate) unsafe fn c_entry(io: TaskIo<'_>) -> Result<(), AccessRefused> {
     } else {
         io.segment.wrapping_add(call.ctx as usize).cast()
     };
-    let (in_size, out_size) = (call.in_size as usize, call.out_size as usize);
     let function = code_at(call.function);
-    if call.kind == F64 {
-        // SAFETY: the parent encoded an F64Fn of this binary (contract).
-        let f = unsafe { std::mem::transmute::<usize, F64Fn>(function) };
-        // SAFETY: forwarded contract; f64 elements, 8-byte aligned pieces.
-        return unsafe {
-            for_each_piece_raw(io, 8, 8, |input, output, n| {
+    // SAFETY: the parent encoded a function of this binary of the kind the
+    // description names (contract).
+    let (kernel, in_size, out_size) = unsafe {
+        if call.kind == F64 {
+            (
+                Kernel::F64(std::mem::transmute::<usize, F64Fn>(function)),
+                8,
+                8,
+            )
+        } else {
+            let f = std::mem::transmute::<usize, ElementFn>(function);
+            (
+                Kernel::Element(f),
+                call.in_size as usize,
+                call.out_size as usize,
+            )
+        }
+    };
+    // SAFETY: forwarded contract; each piece holds `n` elements of these
+    // sizes (f64 pieces 8-byte aligned).
+    unsafe {
+        for_each_piece_raw(io, in_size, out_size, |input, output, n| match kernel {
+            Kernel::F64(f) => {
                 let (input, output) = (input.cast::<f64>(), output.cast::<f64>());
                 for i in 0..n {
                     let y = f(input.add(i).read());
                     crate::worker::fork_guard::check(); // a child the task forked writes nothing
                     output.add(i).write(y);
                 }
-            })
-        };
-    }
-    // SAFETY: the parent encoded an ElementFn of this binary (contract).
-    let f = unsafe { std::mem::transmute::<usize, ElementFn>(function) };
-    // SAFETY: forwarded contract; each piece holds `n` elements of these sizes.
-    unsafe {
-        for_each_piece_raw(io, in_size, out_size, |input, output, n| {
-            for i in 0..n {
-                f(
-                    input.add(i * in_size).cast(),
-                    output.add(i * out_size).cast(),
-                    ctx,
-                );
-                // A child `f` forked goes no further (what `f` itself wrote
-                // before returning is its own doing).
-                crate::worker::fork_guard::check();
+            }
+            Kernel::Element(f) => {
+                for i in 0..n {
+                    f(
+                        input.add(i * in_size).cast(),
+                        output.add(i * out_size).cast(),
+                        ctx,
+                    );
+                    // A child `f` forked goes no further (what `f` itself
+                    // wrote before returning is its own doing).
+                    crate::worker::fork_guard::check();
+                }
             }
         })
     }
+}
+
+/// The C function of a chunk, by its kind.
+#[derive(Clone, Copy)]
+enum Kernel {
+    F64(F64Fn),
+    Element(ElementFn),
 }

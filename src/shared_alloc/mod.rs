@@ -8,11 +8,14 @@
 //! inherited objects stay its own; a worker that is handed a chunk in the
 //! heap maps the region a second time, `MAP_SHARED`, at another address, and
 //! reads and writes the chunk there. The cross-process invariants are in
-//! `docs/ARCHITECTURE.md`, "The shared heap". All of the heap's `unsafe` is
-//! in this file; `books` is its bookkeeping in plain arithmetic.
+//! `docs/ARCHITECTURE.md`, "The shared heap". All of the heap's own `unsafe`
+//! is in this file (its shared mappings are `shm::segment::Mapping`s, its
+//! page advice `sys::vm::advise`); `books` is its bookkeeping in plain
+//! arithmetic.
 
 mod books;
 
+use crate::shm::segment::Mapping;
 use books::{align_up, Books, PAGE};
 use rustix::fs::{FallocateFlags, MemfdFlags, Mode, OFlags};
 use rustix::mm::{Advice, MapFlags, ProtFlags};
@@ -21,7 +24,7 @@ use std::cell::UnsafeCell;
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// A global allocator that puts allocations of [`SharedAlloc::THRESHOLD`]
 /// bytes or more in shared memory, so that a pool's workers read a big input
@@ -331,19 +334,9 @@ fn make_region() -> Option<(OwnedFd, usize, usize)> {
         if rustix::fs::ftruncate(&fd, len as u64).is_err() {
             continue;
         }
-        // SAFETY: a fresh mapping chosen by the kernel, overlapping nothing.
-        let mapped = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::NORESERVE,
-                &fd,
-                0,
-            )
-        };
-        if let Ok(p) = mapped {
-            return Some((fd, p as usize, len));
+        // Kept for the rest of the process.
+        if let Ok(mapping) = Mapping::shared(fd.as_fd(), len, true) {
+            return Some((fd, mapping.leak().base() as usize, len));
         }
     }
     None
@@ -647,6 +640,8 @@ impl View {
 static VIEW_PID: AtomicU32 = AtomicU32::new(0);
 static VIEW_BASE: AtomicUsize = AtomicUsize::new(0);
 static VIEW_LEN: AtomicUsize = AtomicUsize::new(0);
+/// The mapping behind the view, unmapped when replaced.
+static VIEW_MAP: Mutex<Option<Mapping>> = Mutex::new(None);
 
 /// A shared view of the heap of process `parent` (this worker's pool's
 /// parent), mapped on first use and kept; `Err(errno)` if it cannot be had.
@@ -661,27 +656,11 @@ pub(crate) fn view_of(parent: u32) -> Result<View, i32> {
     let fd = open_heap(parent)?;
     let st = rustix::fs::fstat(&fd).map_err(|e| e.raw_os_error())?;
     let size = usize::try_from(st.st_size).unwrap_or(0);
-    // SAFETY: a fresh mapping chosen by the kernel, overlapping nothing.
-    let p = unsafe {
-        rustix::mm::mmap(
-            std::ptr::null_mut(),
-            size,
-            ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::SHARED | MapFlags::NORESERVE,
-            &fd,
-            0,
-        )
-    }
-    .map_err(|e| e.raw_os_error())?;
-    if VIEW_BASE.load(Ordering::Relaxed) != 0 {
-        // SAFETY: the view of an earlier parent; no task of it runs any more.
-        let _ = unsafe {
-            rustix::mm::munmap(
-                VIEW_BASE.load(Ordering::Relaxed) as *mut std::ffi::c_void,
-                VIEW_LEN.load(Ordering::Relaxed),
-            )
-        };
-    }
+    let mapping = Mapping::shared(fd.as_fd(), size, true).map_err(|e| e.raw_os_error())?;
+    let p = mapping.base();
+    // Replaces (unmaps) the view of an earlier parent: no task of it runs
+    // any more.
+    *VIEW_MAP.lock().unwrap_or_else(|e| e.into_inner()) = Some(mapping);
     VIEW_BASE.store(p as usize, Ordering::Relaxed);
     VIEW_LEN.store(size, Ordering::Relaxed);
     VIEW_PID.store(parent, Ordering::Relaxed);

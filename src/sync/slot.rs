@@ -408,15 +408,19 @@ pub(crate) struct Held<'a> {
 impl Held<'_> {
     /// The task description.
     pub(crate) fn desc(&mut self) -> &mut TaskDesc {
-        // SAFETY: this token is the one access to the slot's cells that the
-        // protocol allows now (how it was made), borrowed mutably.
-        unsafe { &mut *self.slot.desc.get() }
+        self.cells().0
     }
 
     /// The inline payload bytes.
     pub(crate) fn inline(&mut self) -> &mut [u8; INLINE_CAPACITY] {
-        // SAFETY: as for `desc`.
-        unsafe { &mut *self.slot.inline.get() }
+        self.cells().1
+    }
+
+    /// Both of the slot's cells.
+    fn cells(&mut self) -> (&mut TaskDesc, &mut [u8; INLINE_CAPACITY]) {
+        // SAFETY: this token is the one access to the slot's cells that the
+        // protocol allows now (how it was made), borrowed mutably.
+        unsafe { (&mut *self.slot.desc.get(), &mut *self.slot.inline.get()) }
     }
 
     /// RUNNING → DONE by its holder, after writing the outcome.

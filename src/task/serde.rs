@@ -178,12 +178,11 @@ where
     Args: DeserializeOwned,
 {
     debug_assert!(io.remote.is_none(), "serde chunks lie in the segment");
-    // SAFETY: the contract: a header the parent wrote (unaligned read).
-    let header = unsafe { io.input.cast::<InHeader>().read_unaligned() };
-    // SAFETY: the contract: `in_bytes` bytes after the header, then the
-    // output header and room for `out_capacity` bytes after it, disjoint,
-    // ours alone.
+    // SAFETY: the block the parent laid out (contract): its header
+    // (read unaligned), `in_bytes` bytes after it; the output header and
+    // room for `out_capacity` bytes after that, disjoint, ours alone.
     let (input, output) = unsafe {
+        let header = io.input.cast::<InHeader>().read_unaligned();
         (
             std::slice::from_raw_parts(io.input.add(IN_HEADER), header.in_bytes as usize),
             std::slice::from_raw_parts_mut(io.output, OUT_HEADER + header.out_capacity as usize),
