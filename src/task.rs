@@ -27,6 +27,9 @@
 //! pool.map(move |x: u64| x + offset, &[1, 2]).unwrap();
 //! ```
 
+// Unsafe code: entry points over raw task data; functions from code offsets.
+#![allow(unsafe_code)]
+
 mod partial;
 #[cfg(feature = "serde")]
 pub(crate) mod serde;

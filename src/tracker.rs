@@ -22,6 +22,9 @@
 //! program that did not ignore it, should the tracker have been killed; the
 //! next message then starts a new tracker.
 
+// Unsafe code: the start-up hook (`.init_array`) and its inherited socket.
+#![allow(unsafe_code)]
+
 use crate::start::spawn;
 use crate::sync::fork_mutex::{ForkMutex, ForkMutexGuard};
 use std::collections::BTreeSet;

@@ -2,6 +2,9 @@
 //! description that the parent writes into each chunk's slot, read by one
 //! entry point, [`c_entry`].
 
+// Unsafe code: C functions reached through code offsets, called on raw chunk data.
+#![allow(unsafe_code)]
+
 use crate::remote::AccessRefused;
 use crate::task::{code_at, for_each_piece_raw, TaskIo};
 use std::ffi::c_void;

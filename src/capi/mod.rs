@@ -24,6 +24,8 @@
 //! The header is generated from this file by cbindgen; a test fails when the
 //! checked-in header differs from what it generates.
 
+// Unsafe code: the C API: raw pointers from C, `#[no_mangle]` functions.
+#![allow(unsafe_code)]
 #![allow(non_camel_case_types)]
 
 mod call;

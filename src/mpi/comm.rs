@@ -6,6 +6,9 @@
 //! `MPI_Mprobe`: Open MPI's blocking calls spin, and a rank spinning while its
 //! local worker processes compute would take a CPU from them.
 
+// Unsafe code: MPI's C interface: non-blocking sends and receives of raw buffers.
+#![allow(unsafe_code)]
+
 use mpi::datatype::{DynBufferMut, Equivalence};
 use mpi::ffi;
 use mpi::point_to_point::{Destination, Message, Source, Status};

@@ -8,6 +8,9 @@
 //! `protocol` describes: rank 0 sends task data without waiting
 //! (`MPI_Isend`) and keeps receiving results while the sends complete.
 
+// Unsafe code: tasks over a map's raw buffers (`Pending::borrowed`).
+#![allow(unsafe_code)]
+
 use super::comm::{self, bytes_of, Comm, Sending};
 use super::local::{Finished, LocalTask, Stage};
 use super::protocol::{

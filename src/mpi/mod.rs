@@ -59,6 +59,9 @@
 //! * `local`: a task in a rank's local pool, polled without waiting
 //! * `builder`, `result`, `imap`: the public types
 
+// Unsafe code: maps over raw buffers; `Pod` values from received bytes.
+#![allow(unsafe_code)]
+
 mod builder;
 mod call;
 mod comm;

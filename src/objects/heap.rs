@@ -2,6 +2,9 @@
 //! its header, and the table of the program's processes (for "are my peers
 //! alive?" checks).
 
+// Unsafe code: the object heap: raw writes into fresh allocations, a `Shared` header.
+#![allow(unsafe_code)]
+
 use crate::error::Error;
 use crate::shm::region::{Region, Shared};
 use crate::shm::segment::Segment;
@@ -254,7 +257,9 @@ macro_rules! shared_object {
         // cells under its own protocol (a robust mutex, or its one writer);
         // all-zero bytes are valid, and any bytes a process leaves are a
         // valid value: the kind tag is checked before the contents are
-        // trusted.
+        // trusted. (Argued here, once for every object type: the impl may
+        // expand in a module that otherwise has no unsafe code.)
+        #[allow(unsafe_code)]
         unsafe impl $crate::shm::region::Shared for $t {}
         impl $crate::objects::heap::SharedObject for $t {
             fn kind(&self) -> &std::sync::atomic::AtomicU32 {
@@ -279,6 +284,8 @@ macro_rules! heap_handle {
 
         // SAFETY: an offset into the program's object heap, meaningful in
         // every process of the program and checked on every use (`resolve`).
+        // (Argued here, once for every handle type.)
+        #[allow(unsafe_code)]
         unsafe impl crate::Pod for $name {}
     };
 }

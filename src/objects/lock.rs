@@ -1,5 +1,8 @@
 //! [`Lock`] and [`RLock`]: process-shared robust mutexes with guards.
 
+// Unsafe code: process-shared pthread mutexes.
+#![allow(unsafe_code)]
+
 use super::heap::{heap_handle, resolve, shared_object, Heap};
 use crate::error::Error;
 use std::cell::UnsafeCell;

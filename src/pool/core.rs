@@ -4,6 +4,9 @@
 //! Parent-private bookkeeping (which slots and arena ranges are in use) lives in
 //! ordinary memory behind mutexes; workers only ever see offsets in slots.
 
+// Unsafe code: the segment's layout, and results workers wrote there.
+#![allow(unsafe_code)]
+
 use crate::error::Error;
 use crate::pool::builder::PoolConfig;
 use crate::pool::callbacks::Callbacks;

@@ -8,6 +8,9 @@
 //! 192 bytes, e.g. chunk size 1 of a `u64`) lives in the slot's inline area
 //! and takes no arena allocation.
 
+// Unsafe code: reads a finished chunk's results in the segment.
+#![allow(unsafe_code)]
+
 use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::pool::job::{Chunk, Job};

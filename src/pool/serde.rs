@@ -14,6 +14,9 @@
 //! are checked against the area the parent reserved, and a value that does
 //! not decode is [`Error::Decode`].
 
+// Unsafe code: views of a serde chunk's block in the segment.
+#![allow(unsafe_code)]
+
 use super::core::{Core, Failure};
 use super::job::{Chunk, Job};
 use super::lazy::{Chunks, Input, Lazy, Ready};

@@ -1,6 +1,9 @@
 //! [`SharedVec`]: a vector that lives in a pool's shared memory, so maps over
 //! it move no bytes between processes.
 
+// Unsafe code: a vector in the segment, seen as a slice.
+#![allow(unsafe_code)]
+
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::Pool;

@@ -32,6 +32,9 @@
 //! marked broken, and everything ends as after `terminate`, every unfinished
 //! slot failing with `PoolBroken`.
 
+// Unsafe code: reads the slot of a worker it reaped.
+#![allow(unsafe_code)]
+
 use crate::error::{DeathCause, Error};
 use crate::pool::core::{Core, Lifecycle};
 use crate::pool::stats::Leaving;

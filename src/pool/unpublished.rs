@@ -8,6 +8,9 @@
 //! and [`publish`](UnpublishedSlot::publish) consumes it. A token dropped
 //! without publishing (an error path) gives its slot and block back.
 
+// Unsafe code: writes an unpublished slot's description and payload.
+#![allow(unsafe_code)]
+
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::schedule::MapLayout;

@@ -1,5 +1,8 @@
 //! [`Process`]: run one function in a new process.
 
+// Unsafe code: adopts an inherited descriptor; runs an entry point.
+#![allow(unsafe_code)]
+
 use super::launch::on_launcher;
 use crate::error::Error;
 use crate::objects::Heap;

@@ -13,6 +13,9 @@
 //! page advice `sys::vm::advise`); `books` is its bookkeeping in plain
 //! arithmetic.
 
+// Unsafe code: a global allocator over a memfd heap.
+#![allow(unsafe_code)]
+
 mod books;
 
 use crate::shm::segment::Mapping;

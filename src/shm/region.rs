@@ -7,6 +7,9 @@
 //! `unsafe impl` states why a reference to them in several processes at once
 //! is sound. So the views themselves are safe calls.
 
+// Unsafe code: typed views of shared memory (`Shared`).
+#![allow(unsafe_code)]
+
 use std::mem::{align_of, size_of};
 use std::ptr::NonNull;
 

@@ -7,6 +7,9 @@
 //! touched, and workers forked later inherit the complete mapping, so the
 //! payload arena can grow without any process remapping.
 
+// Unsafe code: makes and unmakes shared mappings.
+#![allow(unsafe_code)]
+
 use crate::shm::region::Region;
 use rustix::fs::FallocateFlags;
 use rustix::mm::{MapFlags, ProtFlags};

@@ -15,6 +15,9 @@
 //! shell that truncated the segment's memfd would kill the parent with
 //! SIGBUS).
 
+// Unsafe code: the start-up hook (`.init_array`); inherited descriptors.
+#![allow(unsafe_code)]
+
 use super::fork;
 use super::spawn::{self, Spec};
 use super::{forkserver, BAD_SEGMENT_EXIT, BINARY_MISMATCH_EXIT};

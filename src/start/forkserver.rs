@@ -18,6 +18,9 @@
 //! died); its workers die with it (`PR_SET_PDEATHSIG`). Nothing has a name, so
 //! nothing can leak.
 
+// Unsafe code: the fork server: `fork`, inherited descriptors, code offsets.
+#![allow(unsafe_code)]
+
 use super::fork::{self, Child, Parent};
 use super::spawn;
 use crate::error::Error;

@@ -13,6 +13,9 @@
 //! Whatever the method, a worker ends up in `worker::serve` with the
 //! pool's segment mapped and reports in through the pool's `ready` eventfd.
 
+// Unsafe code: the executable's program headers (`dl_iterate_phdr`).
+#![allow(unsafe_code)]
+
 pub(crate) mod bootstrap;
 pub(crate) mod fork;
 pub(crate) mod forkserver;

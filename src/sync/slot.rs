@@ -26,6 +26,9 @@
 //! [`WAITER`] says "someone sleeps here", so a finishing worker calls
 //! `futex_wake` only when it is needed.
 
+// Unsafe code: the slot protocol's cells.
+#![allow(unsafe_code)]
+
 use crate::sync::futex;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, Ordering};

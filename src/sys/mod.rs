@@ -7,5 +7,8 @@
 pub(crate) mod process;
 #[cfg(feature = "manager")]
 pub(crate) mod socket;
+// Unsafe code: `fork` and `execve` of a fresh copy of the executable, no
+// safe form (an outer attribute: the file is another change's).
+#[allow(unsafe_code)]
 pub(crate) mod spawn;
 pub(crate) mod vm;

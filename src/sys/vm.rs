@@ -2,6 +2,9 @@
 //! another one's memory (rustix has no form of them); and `madvise` with the
 //! advice that leaves memory as it is (rustix's form is unsafe for all).
 
+// Unsafe code: `process_vm_readv`/`writev` and `madvise`: no safe form.
+#![allow(unsafe_code)]
+
 use std::io;
 
 /// The result of one transfer: a whole one is `Ok`; a short one means part of

@@ -17,6 +17,9 @@
 //! worker wrote: the header's count and byte length are checked against the
 //! area the parent itself reserved (`pool::serde`).
 
+// Unsafe code: serde chunks' raw blocks; functions from code offsets.
+#![allow(unsafe_code)]
+
 use super::{conjure, FnCode, Partial, TaskIo};
 use crate::error::Error;
 use crate::remote::AccessRefused;

@@ -6,6 +6,9 @@
 //! header's wake word. Exit (status 0) once the pool is closed and the ring is
 //! empty, or after `max_tasks` tasks (the supervisor then starts a replacement).
 
+// Unsafe code: runs entry points on the data the parent laid out.
+#![allow(unsafe_code)]
+
 pub(crate) mod fork_guard;
 
 use crate::panic::{install_quiet_panic_hook, panic_message};
