@@ -68,11 +68,10 @@ impl Comm {
         len: usize,
     ) -> Sending {
         let mut request = MaybeUninit::<ffi::MPI_Request>::uninit();
+        // MPI aborts the job on an error (its default handler) rather than
+        // return without writing the request handle.
         // SAFETY: `len` bytes at `ptr` that outlive the request (contract);
-        // the communicator and datatype are live handles. The call's out
-        // parameter: MPI writes the request handle before it returns (it
-        // aborts the job on an error, its default handler, rather than
-        // return without it).
+        // live communicator and datatype; MPI writes the request it returns.
         let request = unsafe {
             ffi::MPI_Isend(
                 ptr.cast(),

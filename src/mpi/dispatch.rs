@@ -264,8 +264,8 @@ impl Dispatcher {
                 Input::Owned(bytes) => bytes.as_ptr().cast::<u8>(),
                 Input::Borrowed(ptr) => *ptr,
             };
-            // SAFETY: `in_bytes` bytes at `ptr` (an owned vector of that
-            // length, kept in `Remote` with the send, or the borrowed range
+            // An owned vector is kept in `Remote` with the send.
+            // SAFETY: `in_bytes` bytes at `ptr` (an owned vector, or the range
             // `Pending::borrowed` vouched for until the task is done), below
             // MAX_MESSAGE (the map cut it so).
             unsafe { self.comm().isend_raw(rank, TASK_DATA, ptr, task.in_bytes) }
@@ -516,18 +516,17 @@ impl Local {
                     Input::Owned(bytes) => bytes.as_ptr().cast::<u8>(),
                     Input::Borrowed(ptr) => *ptr,
                 };
-                // SAFETY: `in_bytes` readable bytes at `src` (an owned vector
-                // of that length, or `Pending::borrowed`'s contract); the
-                // stage has room for them and no local worker touches a free
-                // stage.
+                // No local worker touches a free stage.
+                // SAFETY: `in_bytes` readable bytes at `src` (an owned vector,
+                // or `Pending::borrowed`'s contract); the stage has room.
                 unsafe { std::ptr::copy_nonoverlapping(src, stage.input_ptr(), in_bytes) };
                 (stage.places(&self.pool), Some(stage))
             }
         };
-        // SAFETY: the caller's buffers (`Pending::borrowed`'s contract:
-        // valid until the task is done), or the stage this
-        // task owns until it finishes; `entry` maps elements of the header's
-        // sizes (rank 0 built the header from the entry point's types).
+        // Rank 0 built the header from the entry point's types.
+        // SAFETY: the caller's buffers (`Pending::borrowed`: valid until the
+        // task is done), or the stage this task owns until it finishes;
+        // `entry` maps elements of the header's sizes.
         let running = unsafe {
             LocalTask::start(
                 core,

@@ -651,11 +651,10 @@ fn decode_chunk<U: DeserializeOwned>(
     let block_end = Core::block_offset(chunk.block) + chunk.block.len as u64;
     // The parent's own record: the header and the area after it lie in the block.
     let capacity = (block_end - chunk.out) as usize - OUT_HEADER;
+    let out_at = core.layout().at(chunk.out);
     // SAFETY: the output header and the area after it lie in the block
-    // (above); the chunk is DONE (seen with Acquire), so its worker wrote
-    // them.
-    let out =
-        unsafe { std::slice::from_raw_parts(core.layout().at(chunk.out), OUT_HEADER + capacity) };
+    // (above); the chunk is DONE (seen with Acquire): its worker wrote them.
+    let out = unsafe { std::slice::from_raw_parts(out_at, OUT_HEADER + capacity) };
     let (header, area) = out.split_at(OUT_HEADER);
     let Ok((header, _)) = OutHeader::read_from_prefix(header) else {
         unreachable!("OUT_HEADER holds an OutHeader");

@@ -103,10 +103,10 @@ impl<'a> UnpublishedSlot<'a> {
             .block
             .is_some_and(|b| within(Core::block_offset(b), b.len));
         assert!(inline || in_block, "a payload outside the task's own room");
+        // Any bytes are a valid `MaybeUninit<u8>`.
         // SAFETY: inside the slot's inline area or the block (checked), which
         // nothing else reads or writes before the slot is published (this
-        // token is their only handle, borrowed mutably); any bytes are a
-        // valid `MaybeUninit<u8>`.
+        // token is their only handle, borrowed mutably).
         unsafe { std::slice::from_raw_parts_mut(self.core.layout().at(at).cast(), len) }
     }
 

@@ -153,11 +153,10 @@ fn initialize(layout: Layout) -> Result<(), String> {
     let entry = settings.init_entry.load(Ordering::Acquire);
     let io = TaskIo::local(settings.init_args.0.get().cast(), std::ptr::null_mut(), 1);
     let entry = EntryPoint(entry);
-    // An init entry touches no caller memory, so it cannot be refused.
-    // SAFETY: only the parent writes the initializer, with EntryPoint::new in
-    // this binary, before any worker starts, and with it the entry's argument
-    // tuple into `init_args` (aligned to 64), never written again; init
-    // entries write no output.
+    // An init entry touches no caller memory, so it cannot be refused. Only
+    // the parent writes the initializer, before any worker starts.
+    // SAFETY: made with EntryPoint::new in this binary, with its argument
+    // tuple in `init_args` (64-aligned, never written again); no output.
     std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry.call(io) }))
         .map(drop)
         .map_err(|payload| panic_message(&payload))
@@ -297,10 +296,10 @@ fn run(
     };
     let entry = EntryPoint(desc.entry);
     let task = move || {
-        // SAFETY: only the parent writes entries, with EntryPoint::new in
-        // this binary, and it laid out input/output for this entry point,
-        // for us alone while we hold the slot, valid until DONE
-        // (ARCHITECTURE.md, "Slots", "Zero-copy maps").
+        // Only the parent writes entries (ARCHITECTURE.md, "Slots",
+        // "Zero-copy maps").
+        // SAFETY: made with EntryPoint::new in this binary, with input and
+        // output laid out for it, ours while we hold the slot, until DONE.
         unsafe { entry.call(io) }
     };
     finish(layout, me, track, watched, (index, held), task)
