@@ -80,11 +80,13 @@ impl Fresh<'_> {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.cast(), bytes.len()) };
     }
 
-    /// Moves `value` to `offset` of the allocation.
+    /// Moves `value` to `offset` of the allocation, which must be aligned
+    /// for it (panics otherwise).
     pub(crate) fn write<T>(&mut self, offset: usize, value: T) {
-        let at = self.place(offset, size_of::<T>(), align_of::<T>());
-        // SAFETY: as in `write_bytes`; aligned for T (checked).
-        unsafe { at.cast::<T>().write(value) };
+        self.place(offset, size_of::<T>(), align_of::<T>());
+        self.write_bytes(offset, crate::pod::bytes_of(&value));
+        // Moved: its bytes are the heap's now.
+        std::mem::forget(value);
     }
 
     /// The allocation's offset, to publish: writing ends here.

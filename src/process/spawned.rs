@@ -11,7 +11,7 @@ use crate::start::StartMethod;
 use crate::task::{init_entry, ApplyInput, EntryPoint, Task, TaskIo};
 use crate::Pod;
 use std::mem::{align_of, size_of, MaybeUninit};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -326,33 +326,31 @@ static PROCESS_HOOK: extern "C" fn() = process_hook;
 extern "C" fn process_hook() {
     // Unwinding out of an `extern "C"` function aborts; keep panics inside.
     let _ = std::panic::catch_unwind(|| {
-        if let Some(value) = crate::start::bootstrap::claim_role(crate::start::spawn::PROCESS_ENV) {
-            crate::start::bootstrap::exit(run_spawned(&value));
+        let env = crate::start::spawn::PROCESS_ENV;
+        if let Some(claimed) = crate::start::bootstrap::claim_role_fds::<1>(env) {
+            crate::start::bootstrap::exit(run_spawned(&claimed.value, claimed.fds));
         }
     });
 }
 
-/// A spawned `Process`: adopts the program's object heap, then runs its spec.
-fn run_spawned(value: &std::ffi::OsStr) -> i32 {
+/// A spawned `Process`: adopts the program's object heap (`heap_fd`, named
+/// by the value's first field), then runs its spec.
+fn run_spawned(value: &std::ffi::OsStr, heap_fd: Option<[OwnedFd; 1]>) -> i32 {
     let parts: Vec<u64> = value
         .to_str()
         .unwrap_or("")
         .split(',')
         .filter_map(|p| p.parse().ok())
         .collect();
-    let [heap_fd, spec_at, probe] = parts[..] else {
+    let [_, spec_at, probe] = parts[..] else {
         return crate::start::BAD_SEGMENT_EXIT;
     };
     if probe != crate::start::probe_offset() {
         return crate::start::BINARY_MISMATCH_EXIT;
     }
-    let Ok(heap_fd) = std::os::fd::RawFd::try_from(heap_fd) else {
+    let Some([heap_fd]) = heap_fd else {
         return crate::start::BAD_SEGMENT_EXIT;
     };
-    // SAFETY: the parent passed this descriptor to this process and named
-    // it in the role variable, which `claim_role` took (removed) before this
-    // one call: nothing else in the process owns it. Not -1 (a u64's value).
-    let heap_fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(heap_fd) };
     if !Heap::adopt(heap_fd) {
         return crate::start::BAD_SEGMENT_EXIT;
     }

@@ -51,10 +51,10 @@ extern "C" fn bootstrap() {
 /// roles in hooks of their own, in `process::spawned` and `tracker`: the start
 /// machinery knows nothing of them.)
 pub(crate) fn take_role() {
-    if let Some(spec) = claim_role(spawn::ENV) {
-        let code = match Spec::decode(&spec) {
-            Some(spec) => run_spawned(spec),
-            None => BAD_SEGMENT_EXIT,
+    if let Some(claimed) = claim_role_fds::<3>(spawn::ENV) {
+        let code = match (Spec::decode(&claimed.value), claimed.fds) {
+            (Some(spec), Some(fds)) => run_spawned(spec, fds),
+            _ => BAD_SEGMENT_EXIT,
         };
         exit(code);
     }
@@ -73,6 +73,36 @@ pub(crate) fn claim_role(env: &str) -> Option<std::ffi::OsString> {
     std::env::remove_var(env);
     close_on_exec_inherited();
     Some(value)
+}
+
+/// A role's value, with the descriptors its first `K` fields name.
+pub(crate) struct Claimed<const K: usize> {
+    pub(crate) value: std::ffi::OsString,
+    /// `None` if the first `K` fields are not `K` distinct descriptor numbers.
+    pub(crate) fds: Option<[OwnedFd; K]>,
+}
+
+/// [`claim_role`] for a role whose value starts with `K` numbers of
+/// descriptors the parent passed to this process (`<fd>,…,<fd>,<rest>`):
+/// takes them over with the variable, as `OwnedFd`s. The one place an
+/// inherited number becomes an owned descriptor, once: the variable is gone
+/// after this.
+pub(crate) fn claim_role_fds<const K: usize>(env: &str) -> Option<Claimed<K>> {
+    let value = claim_role(env)?;
+    let numbers = (|| {
+        let mut fields = value.to_str()?.split(',');
+        let mut numbers: [RawFd; K] = [0; K];
+        for n in &mut numbers {
+            *n = fields.next()?.parse().ok().filter(|&fd: &RawFd| fd >= 0)?;
+        }
+        let distinct = (1..K).all(|i| !numbers[..i].contains(&numbers[i]));
+        distinct.then_some(numbers)
+    })();
+    // SAFETY: the parent passed these descriptors to this process and named
+    // them in the role variable, just taken (removed): nothing else in the
+    // process owns them. Distinct, and not -1 (checked).
+    let fds = numbers.map(|numbers| numbers.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+    Some(Claimed { value, fds })
 }
 
 /// Sets close-on-exec on every descriptor from 3 up. `exec_self` cleared it
@@ -121,18 +151,12 @@ pub(crate) fn exit(code: i32) -> ! {
     crate::sys::process::exit_now(code)
 }
 
-fn run_spawned(spec: Spec) -> i32 {
+/// A spawned worker: `spec`, and the descriptors it names (segment, ready,
+/// heap).
+fn run_spawned(spec: Spec, [segment_fd, ready_fd, heap_fd]: [OwnedFd; 3]) -> i32 {
     if spec.probe != super::probe_offset() {
         return BINARY_MISMATCH_EXIT;
     }
-    let numbers = [spec.segment_fd, spec.ready_fd, spec.heap_fd];
-    if numbers.iter().any(|&fd| fd < 0) {
-        return BAD_SEGMENT_EXIT;
-    }
-    // SAFETY: the parent passed these descriptors to this process and named
-    // them in the role variable, which `claim_role` took (removed) before
-    // this one call: nothing else in the process owns them. Not -1 (checked).
-    let [segment_fd, ready_fd, heap_fd] = numbers.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     if !crate::objects::Heap::adopt(heap_fd) {
         return BAD_SEGMENT_EXIT;
     }
