@@ -63,6 +63,7 @@
 //! `docs/ARCHITECTURE.md` for the cross-process protocol.
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 

@@ -1,5 +1,8 @@
 //! What may cross a process boundary: [`Pod`].
 
+// Unsafe code: the `Pod` contract: its impls, and the bytes of `Pod` values.
+#![allow(unsafe_code)]
+
 /// Plain old data: a `Copy` value with no pointer, reference or handle inside,
 /// so its bytes mean the same thing in every process of the pool.
 ///

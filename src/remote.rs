@@ -11,6 +11,9 @@
 //! [`Peer`] (the parent, by pid), [`Stage`], [`probe`]. The parent's side (the
 //! Yama grant, the probe word) is `pool::zero_copy`.
 
+// Unsafe code: writes into the parent's memory (`process_vm_writev`).
+#![allow(unsafe_code)]
+
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Bytes a worker stages per direction and piece: small enough that a piece

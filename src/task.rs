@@ -27,6 +27,9 @@
 //! pool.map(move |x: u64| x + offset, &[1, 2]).unwrap();
 //! ```
 
+// Unsafe code: entry points over raw task data; functions from code offsets.
+#![allow(unsafe_code)]
+
 mod partial;
 #[cfg(feature = "serde")]
 pub(crate) mod serde;
@@ -125,8 +128,10 @@ impl FnCode {
     /// The function this encodes, as a `fn` pointer of type `P`.
     ///
     /// # Safety
-    /// `self` came from [`FnCode::of`] with the same `P`, in a process of
-    /// the same binary (only the parent writes task descriptions).
+    /// `self` encodes the code of a `P` of this binary: it came from
+    /// [`FnCode::of`] with the same `P` (or from [`EntryPoint::new`], for an
+    /// [`Entry`]), in a process of the same binary (only the parent writes
+    /// task descriptions).
     #[inline(always)]
     unsafe fn resolve<P: Copy>(self) -> P {
         let addr = code_at(self.0);
@@ -190,16 +195,20 @@ crate::pod::for_each_arity!(impl_task: A, B, C, D, E, G);
 /// zero-sized task: every part of its bound is then unused or zero-sized).
 ///
 /// # Safety
-/// Unless `F` is zero-sized, `context` points at an `F::Bound` the parent
-/// wrote (`MapCall::context`).
+/// Unless `F` is zero-sized, `context` starts with an `F::Bound` the parent
+/// wrote (`MapCall::context`). Panics if it is shorter than one.
 #[inline(always)]
-unsafe fn bound_at<F: Task<Args>, Args>(context: *const u8) -> F::Bound {
+unsafe fn bound_at<F: Task<Args>, Args>(context: &[u8]) -> F::Bound {
     if size_of::<F>() == 0 {
         crate::pod::zeroed()
     } else {
-        // SAFETY: the parent wrote an F::Bound there (contract); the inline
-        // area is 64-aligned, but read unaligned all the same.
-        unsafe { context.cast::<F::Bound>().read_unaligned() }
+        assert!(
+            context.len() >= size_of::<F::Bound>(),
+            "a bound longer than its context"
+        );
+        // SAFETY: in bounds (checked); the parent wrote an F::Bound there
+        // (contract), so its bytes are a valid one; read unaligned.
+        unsafe { context.as_ptr().cast::<F::Bound>().read_unaligned() }
     }
 }
 
@@ -225,9 +234,10 @@ pub(crate) struct TaskIo<'a> {
     pub(crate) output: *mut u8,
     pub(crate) len: usize,
     pub(crate) remote: Option<Remote<'a>>,
-    /// The slot's inline bytes, for an entry point whose call description the
-    /// parent wrote there (the C API); null where there is none.
-    pub(crate) context: *const u8,
+    /// The slot's inline bytes (a copy), for an entry point whose bound
+    /// bytes or call description the parent wrote there; empty where there
+    /// is none.
+    pub(crate) context: &'a [u8],
     /// The segment's base in this process, to resolve offsets found in
     /// `context`; null where there is none.
     pub(crate) segment: *const u8,
@@ -249,7 +259,7 @@ impl TaskIo<'_> {
             output,
             len,
             remote: None,
-            context: std::ptr::null(),
+            context: &[],
             segment: std::ptr::null(),
         }
     }
@@ -273,15 +283,18 @@ impl EntryPoint {
         EntryPoint(code_offset(entry as usize))
     }
 
-    /// Decodes the entry point.
+    /// Runs the entry point this encodes on `io`.
     ///
     /// # Safety
-    /// `self` must come from [`EntryPoint::new`] in a process running the same
-    /// binary (the slot protocol guarantees it: only the parent writes entries).
-    pub(crate) unsafe fn resolve(self) -> Entry {
-        let addr = code_at(self.0);
-        // SAFETY: `addr` is the address of an `Entry` of this binary (contract).
-        unsafe { std::mem::transmute::<usize, Entry>(addr) }
+    /// `self` must come from [`EntryPoint::new`] in a process running the
+    /// same binary (the slot protocol guarantees it: only the parent writes
+    /// entries), and `io` is what that entry point's own contract asks for:
+    /// the parent wrote the two together, in one task description.
+    #[inline]
+    pub(crate) unsafe fn call(self, io: TaskIo<'_>) -> Result<(), AccessRefused> {
+        // SAFETY: the code of an `Entry` of this binary, and its data, from
+        // one description (contract).
+        unsafe { FnCode(self.0).resolve::<Entry>()(io) }
     }
 }
 
@@ -480,9 +493,12 @@ where
         if size_of::<F>() + size_of::<O>() == 0 {
             crate::pod::zeroed()
         } else {
-            // SAFETY: the parent wrote both bounds there (contract).
+            let bounds = &io.context[..size_of::<ReduceBounds<F, O, T, F::Output>>()];
+            // SAFETY: in bounds (sliced above); the parent wrote both bounds
+            // there (contract).
             unsafe {
-                io.context
+                bounds
+                    .as_ptr()
                     .cast::<ReduceBounds<F, O, T, F::Output>>()
                     .read_unaligned()
             }
@@ -642,7 +658,7 @@ mod tests {
         let entry = entry_of(square);
         let point = EntryPoint::new(entry);
         // SAFETY: made by EntryPoint::new in this process.
-        let resolved = unsafe { point.resolve() };
+        let resolved = unsafe { FnCode(point.0).resolve::<Entry>() };
         assert_eq!(resolved as usize, entry as usize);
     }
 
@@ -716,7 +732,7 @@ mod tests {
                     output: remote_out,
                     stage: &mut stage,
                 }),
-                context: std::ptr::null(),
+                context: &[],
                 segment: std::ptr::null(),
             };
             // SAFETY: `input` holds len elements, `out[1..]` room for len
@@ -754,7 +770,7 @@ mod tests {
                 output: false,
                 stage: &mut stage,
             }),
-            context: std::ptr::null(),
+            context: &[],
             segment: std::ptr::null(),
         };
         fn id(x: u64) -> u64 {

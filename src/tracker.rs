@@ -22,6 +22,9 @@
 //! program that did not ignore it, should the tracker have been killed; the
 //! next message then starts a new tracker.
 
+// Unsafe code: the start-up hook (`.init_array`).
+#![allow(unsafe_code)]
+
 use crate::start::spawn;
 use crate::sync::fork_mutex::{ForkMutex, ForkMutexGuard};
 use std::collections::BTreeSet;
@@ -107,8 +110,8 @@ static TRACKER_HOOK: extern "C" fn() = tracker_hook;
 extern "C" fn tracker_hook() {
     // Unwinding out of an `extern "C"` function aborts; keep panics inside.
     let _ = std::panic::catch_unwind(|| {
-        if let Some(socket) = crate::start::bootstrap::claim_descriptor_role(ENV) {
-            crate::start::bootstrap::exit(socket.map_or(2, serve));
+        if let Some(claimed) = crate::start::bootstrap::claim_role_fds::<1>(ENV) {
+            crate::start::bootstrap::exit(claimed.fds.map_or(2, |[socket]| serve(socket)));
         }
     });
 }

@@ -24,6 +24,8 @@
 //! The header is generated from this file by cbindgen; a test fails when the
 //! checked-in header differs from what it generates.
 
+// Unsafe code: the C API: raw pointers from C, `#[no_mangle]` functions.
+#![allow(unsafe_code)]
 #![allow(non_camel_case_types)]
 
 mod call;
@@ -408,15 +410,11 @@ unsafe fn map_c(
     } else {
         chunksize
     };
+    let ctx_bytes = crate::pod::bytes_of(ctx);
     let block = (!ctx.is_empty())
-        .then(|| core.alloc_block(ctx.len(), 64))
+        .then(|| core.alloc_block_from(ctx.len(), 64, ctx_bytes))
         .transpose()?;
     let ctx_at = block.map_or(0, crate::pool::core::Core::block_offset);
-    if block.is_some() {
-        // SAFETY: the fresh block holds `ctx.len()` bytes; no worker sees it
-        // before the chunks are published.
-        unsafe { std::ptr::copy_nonoverlapping(ctx.as_ptr(), core.layout().at(ctx_at), ctx.len()) };
-    }
     let desc = CallDesc {
         kind,
         _pad: 0,

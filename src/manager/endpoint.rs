@@ -5,6 +5,9 @@
 //! (nothing on disk; the name vanishes with the server's last descriptor) and
 //! TCP.
 
+// Unsafe code: an endpoint record lives in shared memory (`Shared`).
+#![allow(unsafe_code)]
+
 use super::frame;
 use crate::error::Error;
 use crate::objects::Heap;

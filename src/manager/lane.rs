@@ -27,6 +27,9 @@
 //! never trusts what the client wrote: it checks `len`, and copies the
 //! request out before decoding it.
 
+// Unsafe code: a lane's header lives in shared memory (`Shared`).
+#![allow(unsafe_code)]
+
 use crate::shm::region::Shared;
 use crate::shm::segment::Mapping;
 use crate::sync::futex;

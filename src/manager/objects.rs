@@ -7,6 +7,9 @@
 //! that its client is still connected and the server is not stopping, so a
 //! client that dies while blocked frees its thread within one slice.
 
+// Unsafe code: an `update` runs a client's trampoline through a code offset.
+#![allow(unsafe_code)]
+
 use super::protocol::{add_encoded, Answer, Bytes, Fault, Op, Spec, Trampoline, Types};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,9 @@
 //! The MPI pool's side of [`Call`]: the same per-call options and methods as
 //! the local pool's (`pool::call`), carried out over the ranks.
 
+// Unsafe code: maps over a caller's raw buffers (`Pool::map_raw`).
+#![allow(unsafe_code)]
+
 use super::protocol::TaskHeader;
 use super::{assert_function_item, entry_point, pending, to_bytes, AsyncResult, Imap, Pool};
 use crate::error::Error;

@@ -6,6 +6,9 @@
 //! `MPI_Mprobe`: Open MPI's blocking calls spin, and a rank spinning while its
 //! local worker processes compute would take a CPU from them.
 
+// Unsafe code: MPI's C interface: non-blocking sends and receives of raw buffers.
+#![allow(unsafe_code)]
+
 use mpi::datatype::{DynBufferMut, Equivalence};
 use mpi::ffi;
 use mpi::point_to_point::{Destination, Message, Source, Status};
@@ -65,10 +68,11 @@ impl Comm {
         len: usize,
     ) -> Sending {
         let mut request = MaybeUninit::<ffi::MPI_Request>::uninit();
+        // MPI aborts the job on an error (its default handler) rather than
+        // return without writing the request handle.
         // SAFETY: `len` bytes at `ptr` that outlive the request (contract);
-        // the communicator and datatype are live handles; MPI writes the
-        // request handle before it returns.
-        unsafe {
+        // live communicator and datatype; MPI writes the request it returns.
+        let request = unsafe {
             ffi::MPI_Isend(
                 ptr.cast(),
                 len as i32,
@@ -78,11 +82,10 @@ impl Comm {
                 self.world.as_raw(),
                 request.as_mut_ptr(),
             );
-        }
+            request.assume_init()
+        };
         Sending {
-            // SAFETY: written by MPI_Isend (MPI aborts the job on an error,
-            // its default handler, rather than return without it).
-            request: unsafe { request.assume_init() },
+            request,
             done: false,
             _owned: Vec::new(),
         }

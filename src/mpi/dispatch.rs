@@ -8,6 +8,9 @@
 //! `protocol` describes: rank 0 sends task data without waiting
 //! (`MPI_Isend`) and keeps receiving results while the sends complete.
 
+// Unsafe code: tasks over a map's raw buffers (`Pending::borrowed`).
+#![allow(unsafe_code)]
+
 use super::comm::{self, bytes_of, Comm, Sending};
 use super::local::{Finished, LocalTask, Stage};
 use super::protocol::{
@@ -21,7 +24,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::mem::MaybeUninit;
 
 /// Where a task's input comes from.
-pub(crate) enum Input {
+enum Input {
     /// Bytes owned by the task (`apply_async`, `imap`).
     Owned(Vec<MaybeUninit<u8>>),
     /// A range of a synchronous map's input slice.
@@ -30,20 +33,64 @@ pub(crate) enum Input {
 
 /// Where a task's output goes.
 #[derive(Clone, Copy)]
-pub(crate) enum Output {
+enum Output {
     /// Into a fresh vector, kept in [`Dispatcher::done`] until collected.
     Owned,
     /// Straight into a synchronous map's output.
     Borrowed(*mut u8),
 }
 
-/// A task not yet sent.
+/// A task not yet sent. Made by [`Pending::owned`], or by
+/// [`Pending::borrowed`], whose contract keeps a borrowed task's buffers
+/// valid for as long as the task exists: so the dispatcher's handling of it
+/// is safe code.
 pub(crate) struct Pending {
-    pub(crate) header: TaskHeader,
-    pub(crate) in_bytes: usize,
-    pub(crate) out_bytes: usize,
-    pub(crate) input: Input,
-    pub(crate) output: Output,
+    header: TaskHeader,
+    in_bytes: usize,
+    out_bytes: usize,
+    input: Input,
+    output: Output,
+}
+
+impl Pending {
+    /// A task that owns its input bytes; its output goes to a fresh vector.
+    pub(crate) fn owned(
+        header: TaskHeader,
+        in_bytes: usize,
+        out_bytes: usize,
+        input: Vec<MaybeUninit<u8>>,
+    ) -> Pending {
+        Pending {
+            header,
+            in_bytes,
+            out_bytes,
+            input: Input::Owned(input),
+            output: Output::Owned,
+        }
+    }
+
+    /// A task over a range of a synchronous map's buffers.
+    ///
+    /// # Safety
+    /// `src` points at `in_bytes` readable bytes and `dst` at `out_bytes`
+    /// writable bytes, which nothing else writes (input) or accesses
+    /// (output) until the task is done (received by
+    /// [`Dispatcher::receive`]) and [`Dispatcher::busy`] is false.
+    pub(crate) unsafe fn borrowed(
+        header: TaskHeader,
+        in_bytes: usize,
+        out_bytes: usize,
+        src: *const u8,
+        dst: *mut u8,
+    ) -> Pending {
+        Pending {
+            header,
+            in_bytes,
+            out_bytes,
+            input: Input::Borrowed(src),
+            output: Output::Borrowed(dst),
+        }
+    }
 }
 
 /// A task on a worker rank.
@@ -199,25 +246,15 @@ impl Dispatcher {
         while !self.queue.is_empty() {
             let Some(rank) = self.free_rank() else { return };
             let task = self.queue.pop_front().expect("not empty");
-            // SAFETY: an owned input lives in `task`, then with the task
-            // until its send completes.
-            unsafe { self.send(rank, task) };
+            self.send(rank, task);
         }
     }
 
     /// Gives `task` to `rank` ([`free_rank`](Self::free_rank)): sends it to a
     /// worker rank, or starts it in rank 0's local pool (rank 0).
-    ///
-    /// # Safety
-    /// A `Borrowed` input points at `task.in_bytes` readable bytes and a
-    /// `Borrowed` output at `task.out_bytes` writable bytes, which nothing
-    /// else writes (input) or accesses (output) until the task is done
-    /// (received by [`receive`](Self::receive)) and [`busy`](Self::busy) is
-    /// false.
-    pub(crate) unsafe fn send(&mut self, rank: i32, task: Pending) {
+    pub(crate) fn send(&mut self, rank: i32, task: Pending) {
         if rank == 0 {
-            // SAFETY: forwarded contract.
-            return unsafe { self.start_local(task) };
+            return self.start_local(task);
         }
         debug_assert!(self.remote[rank as usize - 1].len() < IN_FLIGHT);
         self.comm()
@@ -227,9 +264,10 @@ impl Dispatcher {
                 Input::Owned(bytes) => bytes.as_ptr().cast::<u8>(),
                 Input::Borrowed(ptr) => *ptr,
             };
-            // SAFETY: `in_bytes` bytes at `ptr` (an owned vector of that
-            // length, kept in `Remote` with the send, or the contract),
-            // below MAX_MESSAGE (the map cut it so).
+            // An owned vector is kept in `Remote` with the send.
+            // SAFETY: `in_bytes` bytes at `ptr` (an owned vector, or the range
+            // `Pending::borrowed` vouched for until the task is done), below
+            // MAX_MESSAGE (the map cut it so).
             unsafe { self.comm().isend_raw(rank, TASK_DATA, ptr, task.in_bytes) }
         });
         self.remote[rank as usize - 1].push_back(Remote {
@@ -241,14 +279,13 @@ impl Dispatcher {
         });
     }
 
-    /// Starts `task` in rank 0's local pool ([`send`](Self::send)'s
-    /// contract): on the caller's memory if the local workers can reach it,
-    /// else in a stage. A task that cannot start fails at once.
-    unsafe fn start_local(&mut self, task: Pending) {
+    /// Starts `task` in rank 0's local pool: on the caller's memory if the
+    /// local workers can reach it, else in a stage. A task that cannot start
+    /// fails at once.
+    fn start_local(&mut self, task: Pending) {
         let id = task.header.id;
         let local = self.local.as_mut().expect("rank 0 computes");
-        // SAFETY: forwarded contract.
-        match unsafe { local.start(task, true) } {
+        match local.start(task, true) {
             Ok(run) => local.running.push(run),
             Err(e) => {
                 self.done.insert(id, Err(remote_error(&e)));
@@ -287,8 +324,7 @@ impl Dispatcher {
             Err(redo) => {
                 // The local workers were refused the caller's memory: the
                 // task runs again, through a stage.
-                // SAFETY: the task's own buffers, as `send` was given them.
-                match unsafe { local.start(redo, false) } {
+                match local.start(redo, false) {
                     Ok(run) => {
                         local.running.push(run);
                         None
@@ -372,7 +408,7 @@ impl Dispatcher {
                 match (header.failure(rank, &[]), running.output) {
                     (None, Output::Borrowed(ptr)) => {
                         // SAFETY: `ptr` has room for `out_bytes` == `got`
-                        // bytes, reserved for this task (`send`'s contract).
+                        // bytes, reserved for this task (`Pending::borrowed`'s contract).
                         unsafe { comm::receive_raw(msg, ptr, got) };
                         Vec::new()
                     }
@@ -442,10 +478,7 @@ impl Local {
     /// Starts `task` on the caller's memory if `direct` allows and the local
     /// workers can reach it (a large enough borrowed input and output), else
     /// in a stage. `Err`: it could not start (no room for a stage).
-    ///
-    /// # Safety
-    /// [`Dispatcher::send`]'s contract.
-    unsafe fn start(&mut self, task: Pending, direct: bool) -> Result<LocalRun, Error> {
+    fn start(&mut self, task: Pending, direct: bool) -> Result<LocalRun, Error> {
         let Pending {
             header,
             in_bytes,
@@ -483,16 +516,17 @@ impl Local {
                     Input::Owned(bytes) => bytes.as_ptr().cast::<u8>(),
                     Input::Borrowed(ptr) => *ptr,
                 };
-                // SAFETY: `in_bytes` readable bytes at `src` (an owned vector
-                // of that length, or the contract); the stage has room for
-                // them and no local worker touches a free stage.
+                // No local worker touches a free stage.
+                // SAFETY: `in_bytes` readable bytes at `src` (an owned vector,
+                // or `Pending::borrowed`'s contract); the stage has room.
                 unsafe { std::ptr::copy_nonoverlapping(src, stage.input_ptr(), in_bytes) };
                 (stage.places(&self.pool), Some(stage))
             }
         };
-        // SAFETY: the caller's buffers (the contract), or the stage this
-        // task owns until it finishes; `entry` maps elements of the header's
-        // sizes (rank 0 built the header from the entry point's types).
+        // Rank 0 built the header from the entry point's types.
+        // SAFETY: the caller's buffers (`Pending::borrowed`: valid until the
+        // task is done), or the stage this task owns until it finishes;
+        // `entry` maps elements of the header's sizes.
         let running = unsafe {
             LocalTask::start(
                 core,
@@ -531,7 +565,7 @@ impl Local {
                 (Some(stage), Output::Borrowed(dst)) => {
                     // SAFETY: the stage holds the task's `out_bytes` output
                     // bytes, written by the local workers (their slots are
-                    // DONE); `dst` has room for them (`send`'s contract).
+                    // DONE); `dst` has room for them (`Pending::borrowed`'s contract).
                     unsafe { std::ptr::copy_nonoverlapping(stage.output_ptr(), dst, out_bytes) };
                     Vec::new()
                 }

@@ -8,6 +8,9 @@
 //! share of a map straight on the caller's memory where the local workers
 //! can reach it (`pool::zero_copy`), else through its own [`Stage`].
 
+// Unsafe code: a local task over raw buffers (`LocalTask::start`).
+#![allow(unsafe_code)]
+
 use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::pool::schedule::{default_chunksize, Elem, Place};

@@ -59,6 +59,9 @@
 //! * `local`: a task in a rank's local pool, polled without waiting
 //! * `builder`, `result`, `imap`: the public types
 
+// Unsafe code: maps over raw buffers; `Pod` values from received bytes.
+#![allow(unsafe_code)]
+
 mod builder;
 mod call;
 mod comm;
@@ -79,7 +82,7 @@ use crate::pool::shorthands;
 use crate::task::{Entry, EntryPoint, Task};
 use crate::{Call, NoCallbacks, Pod, StartMethod};
 use comm::Backoff;
-use dispatch::{Dispatcher, Input, Output, Pending};
+use dispatch::{Dispatcher, Pending};
 use protocol::{TaskHeader, MAX_MESSAGE};
 use std::collections::HashSet;
 use std::mem::{size_of, MaybeUninit};
@@ -364,18 +367,20 @@ impl Pool {
                 let start = next * chunksize;
                 let n = chunksize.min(len - start);
                 let id = d.next_id();
-                let task = Pending {
-                    header: TaskHeader::new(id, entry.0, n, input, output),
-                    in_bytes: n * input.size,
-                    out_bytes: n * output.size,
-                    input: Input::Borrowed(src.wrapping_add(start * input.size)),
-                    output: Output::Borrowed(dst.wrapping_add(start * output.size)),
-                };
                 // This call keeps the mutex, so it receives the chunk, and
                 // waits for the sends of its data, before it returns.
                 // SAFETY: elements [start, start + n) of `src` and `dst`
                 // (contract), valid until then.
-                unsafe { d.send(rank, task) };
+                let task = unsafe {
+                    Pending::borrowed(
+                        TaskHeader::new(id, entry.0, n, input, output),
+                        n * input.size,
+                        n * output.size,
+                        src.wrapping_add(start * input.size),
+                        dst.wrapping_add(start * output.size),
+                    )
+                };
+                d.send(rank, task);
                 mine.insert(id);
                 next += 1;
             }
@@ -423,30 +428,12 @@ fn entry_point(entry: Entry) -> Result<EntryPoint, Error> {
 fn pending(header: TaskHeader, input: Vec<MaybeUninit<u8>>) -> Result<Pending, Error> {
     let task = header.check().map_err(Error::invalid)?;
     debug_assert_eq!(task.in_bytes, input.len());
-    Ok(Pending {
-        header,
-        in_bytes: task.in_bytes,
-        out_bytes: task.out_bytes,
-        input: Input::Owned(input),
-        output: Output::Owned,
-    })
+    Ok(Pending::owned(header, task.in_bytes, task.out_bytes, input))
 }
 
 /// The bytes of `items` (padding included, as it is), to send.
 fn to_bytes<T: Pod>(items: &[T]) -> Vec<MaybeUninit<u8>> {
-    let bytes = std::mem::size_of_val(items);
-    let mut v: Vec<MaybeUninit<u8>> = Vec::with_capacity(bytes);
-    // SAFETY: `v` has room for `bytes` bytes, apart from `items`; MaybeUninit
-    // bytes may hold anything, padding included.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            items.as_ptr().cast::<MaybeUninit<u8>>(),
-            v.as_mut_ptr(),
-            bytes,
-        );
-        v.set_len(bytes);
-    }
-    v
+    crate::pod::bytes_of(items).to_vec()
 }
 
 /// The `n` values of `T` in `bytes` (`n * size_of::<T>()` of them, checked by

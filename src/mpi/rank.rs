@@ -10,6 +10,9 @@
 //! local workers read and write it where it lies, and MPI sends the output
 //! from there, so the only copies are MPI's own.
 
+// Unsafe code: runs local tasks on stages and sends their raw output.
+#![allow(unsafe_code)]
+
 use super::comm::{self, bytes_of, Backoff, Comm, Sending};
 use super::local::{Finished, LocalTask, Stage};
 use super::protocol::{

@@ -2,11 +2,14 @@
 //! its header, and the table of the program's processes (for "are my peers
 //! alive?" checks).
 
+// Unsafe code: the object heap: raw writes into fresh allocations, a `Shared` header.
+#![allow(unsafe_code)]
+
 use crate::error::Error;
 use crate::shm::region::{Region, Shared};
 use crate::shm::segment::Segment;
 use std::mem::{align_of, size_of, MaybeUninit};
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -36,9 +39,8 @@ const HEADER_BYTES: usize = std::mem::size_of::<HeapHeader>().next_multiple_of(4
 /// is never unmapped).
 pub(crate) struct Heap {
     region: Region,
-    fd: RawFd,
-    /// The heap's memfd, in the process that created it.
-    _fd: Option<OwnedFd>,
+    /// The heap's memfd: made here, or inherited.
+    fd: OwnedFd,
 }
 
 static HEAP: OnceLock<Heap> = OnceLock::new();
@@ -78,11 +80,13 @@ impl Fresh<'_> {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.cast(), bytes.len()) };
     }
 
-    /// Moves `value` to `offset` of the allocation.
+    /// Moves `value` to `offset` of the allocation, which must be aligned
+    /// for it (panics otherwise).
     pub(crate) fn write<T>(&mut self, offset: usize, value: T) {
-        let at = self.place(offset, size_of::<T>(), align_of::<T>());
-        // SAFETY: as in `write_bytes`; aligned for T (checked).
-        unsafe { at.cast::<T>().write(value) };
+        self.place(offset, size_of::<T>(), align_of::<T>());
+        self.write_bytes(offset, crate::pod::bytes_of(&value));
+        // Moved: its bytes are the heap's now.
+        std::mem::forget(value);
     }
 
     /// The allocation's offset, to publish: writing ends here.
@@ -104,13 +108,8 @@ impl Heap {
             return Ok(h);
         }
         let segment = Segment::create("shmpool-objects", HEAP_BYTES)?;
-        let fd = segment.fd();
-        let (region, owned) = segment.leak();
-        let heap = Heap {
-            region,
-            fd,
-            _fd: Some(owned),
-        };
+        let (region, fd) = segment.leak();
+        let heap = Heap { region, fd };
         let header = heap.header();
         header.next.store(HEADER_BYTES as u64, Ordering::Relaxed);
         header.magic.store(MAGIC, Ordering::Release);
@@ -120,16 +119,12 @@ impl Heap {
     }
 
     /// In a spawned process: maps the parent's heap from an inherited
-    /// descriptor. Returns `false` if it is not a heap.
-    pub(crate) fn adopt(fd: RawFd) -> bool {
-        let Ok(region) = Segment::map_inherited(fd, HEAP_BYTES) else {
+    /// descriptor, kept. Returns `false` if it is not a heap.
+    pub(crate) fn adopt(fd: OwnedFd) -> bool {
+        let Ok(region) = Segment::map(fd.as_fd(), HEAP_BYTES) else {
             return false;
         };
-        let heap = Heap {
-            region,
-            fd,
-            _fd: None,
-        };
+        let heap = Heap { region, fd };
         if heap.header().magic.load(Ordering::Acquire) != MAGIC {
             return false;
         }
@@ -153,8 +148,8 @@ impl Heap {
     }
 
     /// The descriptor to hand to a spawned process.
-    pub(crate) fn fd(&self) -> RawFd {
-        self.fd
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     fn header(&self) -> &HeapHeader {
@@ -264,7 +259,9 @@ macro_rules! shared_object {
         // cells under its own protocol (a robust mutex, or its one writer);
         // all-zero bytes are valid, and any bytes a process leaves are a
         // valid value: the kind tag is checked before the contents are
-        // trusted.
+        // trusted. (Argued here, once for every object type: the impl may
+        // expand in a module that otherwise has no unsafe code.)
+        #[allow(unsafe_code)]
         unsafe impl $crate::shm::region::Shared for $t {}
         impl $crate::objects::heap::SharedObject for $t {
             fn kind(&self) -> &std::sync::atomic::AtomicU32 {
@@ -289,6 +286,8 @@ macro_rules! heap_handle {
 
         // SAFETY: an offset into the program's object heap, meaningful in
         // every process of the program and checked on every use (`resolve`).
+        // (Argued here, once for every handle type.)
+        #[allow(unsafe_code)]
         unsafe impl crate::Pod for $name {}
     };
 }

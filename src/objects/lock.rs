@@ -1,5 +1,8 @@
 //! [`Lock`] and [`RLock`]: process-shared robust mutexes with guards.
 
+// Unsafe code: process-shared pthread mutexes.
+#![allow(unsafe_code)]
+
 use super::heap::{heap_handle, resolve, shared_object, Heap};
 use crate::error::Error;
 use std::cell::UnsafeCell;
@@ -62,18 +65,11 @@ impl RawMutex {
     /// [`Error::OwnerDied`]: the mutex is made consistent and released, so the
     /// next call succeeds.
     pub(crate) fn lock(&self, timeout: Option<Duration>) -> Result<(), Error> {
-        // SAFETY: the mutex was initialized by `init` before any handle
-        // existed; it lives in the heap, which is never unmapped.
-        let r = unsafe {
-            match timeout {
-                None => libc::pthread_mutex_lock(self.inner.get()),
-                Some(t) => {
-                    let deadline = monotonic_after(t);
-                    pthread_mutex_clocklock(self.inner.get(), libc::CLOCK_MONOTONIC, &deadline)
-                }
-            }
+        let how = match timeout {
+            None => Acquire::Wait,
+            Some(t) => Acquire::Until(monotonic_after(t)),
         };
-        match r {
+        match self.acquire(how) {
             libc::ETIMEDOUT => Err(Error::Timeout),
             r => self.settle(r),
         }
@@ -81,10 +77,25 @@ impl RawMutex {
 
     /// Locks if free; `Ok(false)` if another holds it.
     pub(crate) fn try_lock(&self) -> Result<bool, Error> {
-        // SAFETY: as in `lock`.
-        match unsafe { libc::pthread_mutex_trylock(self.inner.get()) } {
+        match self.acquire(Acquire::Try) {
             libc::EBUSY => Ok(false),
             r => self.settle(r).map(|()| true),
+        }
+    }
+
+    /// The pthread call that takes the mutex, as `how` says; its result.
+    fn acquire(&self, how: Acquire) -> libc::c_int {
+        let mutex = self.inner.get();
+        // SAFETY: the mutex was initialized by `init` before any handle
+        // existed; it lives in the heap, which is never unmapped.
+        unsafe {
+            match how {
+                Acquire::Wait => libc::pthread_mutex_lock(mutex),
+                Acquire::Try => libc::pthread_mutex_trylock(mutex),
+                Acquire::Until(deadline) => {
+                    pthread_mutex_clocklock(mutex, libc::CLOCK_MONOTONIC, &deadline)
+                }
+            }
         }
     }
 
@@ -111,6 +122,16 @@ impl RawMutex {
         // SAFETY: called only by guards, which exist only while held.
         unsafe { libc::pthread_mutex_unlock(self.inner.get()) };
     }
+}
+
+/// How [`RawMutex::acquire`] takes the mutex.
+enum Acquire {
+    /// Waits as long as it takes.
+    Wait,
+    /// Only if free now (`EBUSY` otherwise).
+    Try,
+    /// Waits until the `CLOCK_MONOTONIC` deadline (`ETIMEDOUT` then).
+    Until(libc::timespec),
 }
 
 fn check(r: libc::c_int) -> Result<(), Error> {

@@ -1,6 +1,9 @@
 //! [`Queue`]: a bounded multi-producer multi-consumer queue of [`Pod`] values
 //! between processes; [`Pipe`]: two of them as a duplex pair of connections.
 
+// Unsafe code: queue elements in shared memory; queue handles are `Pod`.
+#![allow(unsafe_code)]
+
 use super::heap::{bad_handle, resolve, shared_object, Heap};
 use super::lock::{kind, RawMutex};
 use crate::error::Error;

@@ -22,6 +22,9 @@
 //! # Ok::<(), shmpool::Error>(())
 //! ```
 
+// Unsafe code: serial queue and pipe handles are `Pod`.
+#![allow(unsafe_code)]
+
 use crate::error::Error;
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -1,6 +1,9 @@
 //! [`Value`] and [`Array`]: [`Pod`] data in the object heap, each with a lock,
 //! like Python's `multiprocessing.Value` and `multiprocessing.Array`.
 
+// Unsafe code: values and arrays in shared memory, read and written in place.
+#![allow(unsafe_code)]
+
 use super::heap::{bad_handle, resolve, shared_object, Heap};
 use super::lock::{kind, RawMutex};
 use crate::error::Error;

@@ -97,17 +97,7 @@ pub(crate) fn default_stack_size() -> usize {
 /// the mask is one system call.
 pub(crate) fn available_cpus() -> usize {
     static SEEN: std::sync::Mutex<Option<(u32, usize)>> = std::sync::Mutex::new(None);
-    // SAFETY: an all-zero cpu_set_t is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: writes at most size_of::<cpu_set_t>() bytes into `set`.
-    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    let mask = if r == 0 {
-        // SAFETY: CPU_COUNT reads a valid set.
-        let n = unsafe { libc::CPU_COUNT(&set) };
-        n as u32
-    } else {
-        0
-    };
+    let mask = rustix::thread::sched_getaffinity(None).map_or(0, |set| set.count());
     let mut seen = crate::sync::lock(&SEEN);
     match *seen {
         Some((m, cpus)) if m == mask && mask != 0 => cpus,

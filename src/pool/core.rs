@@ -4,6 +4,9 @@
 //! Parent-private bookkeeping (which slots and arena ranges are in use) lives in
 //! ordinary memory behind mutexes; workers only ever see offsets in slots.
 
+// Unsafe code: the segment's layout, and results workers wrote there.
+#![allow(unsafe_code)]
+
 use crate::error::Error;
 use crate::pool::builder::PoolConfig;
 use crate::pool::callbacks::Callbacks;
@@ -198,7 +201,7 @@ impl Core {
     }
 
     /// The segment's memfd, for workers that must map it themselves.
-    pub(crate) fn segment_fd(&self) -> std::os::fd::RawFd {
+    pub(crate) fn segment_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self._segment.fd()
     }
 
@@ -426,6 +429,24 @@ impl Core {
         })
     }
 
+    /// [`alloc_block`](Self::alloc_block), its first bytes a copy of
+    /// `prefix` (padding included): what the tasks will read, written before
+    /// any of them can know of the block.
+    pub(crate) fn alloc_block_from(
+        &self,
+        len: usize,
+        align: usize,
+        prefix: &[std::mem::MaybeUninit<u8>],
+    ) -> Result<Block, Error> {
+        assert!(prefix.len() <= len, "a block shorter than its contents");
+        let block = self.alloc_block(len, align)?;
+        let at = self.layout.at(Self::block_offset(block));
+        // SAFETY: the fresh block holds `len` bytes, and no other thread or
+        // worker knows of it yet.
+        unsafe { std::ptr::copy_nonoverlapping(prefix.as_ptr(), at.cast(), prefix.len()) };
+        Ok(block)
+    }
+
     pub(crate) fn free_block(&self, block: Block) {
         self.give_back(block);
         lock(&self.arena).free(block);
@@ -477,9 +498,8 @@ impl Core {
                          {INLINE_CAPACITY} bytes"
                     )));
                 }
-                // SAFETY: the inline area holds INLINE_CAPACITY bytes and `len`
-                // is no more; DONE was seen, so no finisher writes them now.
-                let bytes = unsafe { std::slice::from_raw_parts(s.inline_ptr(), len) };
+                // The inline area holds INLINE_CAPACITY bytes and `len` is no more.
+                let bytes = s.message(len).unwrap_or_default();
                 Err(Failure::Panicked(
                     String::from_utf8_lossy(bytes).into_owned(),
                 ))

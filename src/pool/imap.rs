@@ -8,6 +8,9 @@
 //! 192 bytes, e.g. chunk size 1 of a `u64`) lives in the slot's inline area
 //! and takes no arena allocation.
 
+// Unsafe code: reads a finished chunk's results in the segment.
+#![allow(unsafe_code)]
+
 use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::pool::job::{Chunk, Job};
@@ -15,7 +18,7 @@ use crate::pool::lazy::{Chunks, Input, Lazy, Ready};
 use crate::pool::schedule::{check_chunksize, check_context, imap_window, Elem, MapLayout};
 use crate::sync::slot::TaskDesc;
 use crate::Pod;
-use std::mem::MaybeUninit;
+use std::mem::{size_of, MaybeUninit};
 #[cfg(feature = "async")]
 use std::pin::Pin;
 use std::sync::Arc;
@@ -123,11 +126,12 @@ impl<I: Iterator<Item: Pod>, U: Pod> Chunks<I, U> for PodChunks {
         }
         // The chunk's data follows the context in the inline area, if both fit.
         let base = slot.attach_area(&self.area, self.context.len())?;
-        let at = core.layout().at(base).cast::<I::Item>();
+        // The area holds `chunksize` inputs from `base`, unpublished: this
+        // thread's alone.
+        let size = size_of::<I::Item>();
+        let inputs = slot.payload(base, self.chunksize * size);
         let n = input.pull(self.chunksize, |i, item| {
-            // SAFETY: the area holds `chunksize` inputs from `base` (aligned
-            // for the item type) and is unpublished: this thread owns it.
-            unsafe { at.add(i).write(item) }
+            inputs[i * size..(i + 1) * size].copy_from_slice(crate::pod::bytes_of(&item));
         });
         if n == 0 {
             return Ok(None); // the token gives the slot and block back

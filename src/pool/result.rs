@@ -1,5 +1,8 @@
 //! [`AsyncResult`]: the handle to work submitted with an `*_async` method.
 
+// Unsafe code: copies finished chunks' results out of the segment.
+#![allow(unsafe_code)]
+
 use crate::error::Error;
 use crate::pool::core::{Core, Failure};
 use crate::pool::job::{Chunk, Job};

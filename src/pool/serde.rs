@@ -14,6 +14,9 @@
 //! are checked against the area the parent reserved, and a value that does
 //! not decode is [`Error::Decode`].
 
+// Unsafe code: views of a serde chunk's block in the segment.
+#![allow(unsafe_code)]
+
 use super::core::{Core, Failure};
 use super::job::{Chunk, Job};
 use super::lazy::{Chunks, Input, Lazy, Ready};
@@ -34,6 +37,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+use zerocopy::{FromBytes, IntoBytes};
 
 /// Bytes reserved for one chunk's encoded results unless
 /// [`SerdePool::result_capacity`] says otherwise (and at least four times
@@ -565,11 +569,11 @@ fn submit<T: Serialize>(
     let capacity = total - out_rel - OUT_HEADER;
     let mut slot = core.alloc_slot()?;
     let at = slot.attach_block(total, 64)?;
-    let base = core.layout().at(at);
-    // SAFETY: `at` is a fresh block of `total` bytes, `in_bytes` of them
-    // after the input header, that no worker sees before the slot is
-    // published; this thread has it to itself.
-    let area = unsafe { std::slice::from_raw_parts_mut(base.add(IN_HEADER), in_bytes) };
+    // SAFETY: `at` is a fresh block of `total` bytes that no worker sees
+    // before the slot is published; this thread has it to itself.
+    let block = unsafe { std::slice::from_raw_parts_mut(core.layout().at(at), total) };
+    // `in_bytes` after the input header, the output header at `out_rel`.
+    let area = &mut block[IN_HEADER..IN_HEADER + in_bytes];
     area[..bound.len()].copy_from_slice(bound);
     let mut used = bound.len();
     for item in items {
@@ -583,13 +587,10 @@ fn submit<T: Serialize>(
         in_bytes: used as u64,
         out_capacity: capacity as u64,
     };
-    // SAFETY: as above: the input header at the block's start, and an
-    // output header zeroed, so that nothing an earlier user of these bytes
-    // left reads as a result.
-    unsafe {
-        base.cast::<InHeader>().write_unaligned(in_header);
-        std::ptr::write_bytes(base.add(out_rel), 0, OUT_HEADER);
-    }
+    // The input header at the block's start, and an output header zeroed,
+    // so that nothing an earlier user of these bytes left reads as a result.
+    block[..IN_HEADER].copy_from_slice(in_header.as_bytes());
+    block[out_rel..out_rel + OUT_HEADER].fill(0);
     slot.describe(TaskDesc {
         entry: entry.0,
         input: at,
@@ -650,16 +651,17 @@ fn decode_chunk<U: DeserializeOwned>(
     let block_end = Core::block_offset(chunk.block) + chunk.block.len as u64;
     // The parent's own record: the header and the area after it lie in the block.
     let capacity = (block_end - chunk.out) as usize - OUT_HEADER;
-    let layout = core.layout();
-    // SAFETY: the output header lies in the block (above); the chunk is DONE
-    // (seen with Acquire), so its worker wrote it. Unaligned read.
-    let header = unsafe { layout.at(chunk.out).cast::<OutHeader>().read_unaligned() };
-    let area_at = layout.at(chunk.out + OUT_HEADER as u64);
+    let out_at = core.layout().at(chunk.out);
+    // SAFETY: the output header and the area after it lie in the block
+    // (above); the chunk is DONE (seen with Acquire): its worker wrote them.
+    let out = unsafe { std::slice::from_raw_parts(out_at, OUT_HEADER + capacity) };
+    let (header, area) = out.split_at(OUT_HEADER);
+    let Ok((header, _)) = OutHeader::read_from_prefix(header) else {
+        unreachable!("OUT_HEADER holds an OutHeader");
+    };
     let message = |used: u64| {
         let n = (used.min(capacity as u64) as usize).min(MAX_MESSAGE);
-        // SAFETY: n bytes from the area's start, inside the block.
-        let bytes = unsafe { std::slice::from_raw_parts(area_at, n) };
-        String::from_utf8_lossy(bytes).into_owned()
+        String::from_utf8_lossy(&area[..n]).into_owned()
     };
     match header.status {
         STATUS_OK => {}
@@ -691,9 +693,8 @@ fn decode_chunk<U: DeserializeOwned>(
             header.used
         )));
     }
-    // SAFETY: `used` bytes from the area's start lie in the block (checked
-    // above); the worker finished writing them before DONE.
-    let mut rest = unsafe { std::slice::from_raw_parts(area_at, header.used as usize) };
+    // `used` bytes from the area's start lie in the block (checked above).
+    let mut rest = &area[..header.used as usize];
     for i in 0..chunk.len {
         let (value, tail) = postcard::take_from_bytes::<U>(rest).map_err(|e| {
             Failure::Decode(format!(

@@ -1,6 +1,9 @@
 //! [`SharedVec`]: a vector that lives in a pool's shared memory, so maps over
 //! it move no bytes between processes.
 
+// Unsafe code: a vector in the segment, seen as a slice.
+#![allow(unsafe_code)]
+
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::Pool;
@@ -49,20 +52,16 @@ pub struct SharedVec<T: Pod> {
 impl<T: Pod> SharedVec<T> {
     /// A vector of `len` all-zero values (`0`, `0.0`, `false`, …).
     pub fn zeroed(pool: &Pool, len: usize) -> Result<SharedVec<T>, Error> {
-        let v = Self::alloc(pool, len)?;
-        // SAFETY: the block holds `len` T's; all-zero bytes are a valid `Pod`
-        // value (the trait's contract).
-        unsafe { std::ptr::write_bytes(v.as_ptr().cast_mut(), 0, len) };
+        let mut v = Self::alloc(pool, len)?;
+        // All-zero bytes are a valid `Pod` value (the trait's contract).
+        v.raw_bytes().fill(std::mem::MaybeUninit::new(0));
         Ok(v)
     }
 
     /// A copy of `items` in the pool's shared memory.
     pub fn from_slice(pool: &Pool, items: &[T]) -> Result<SharedVec<T>, Error> {
-        let v = Self::alloc(pool, items.len())?;
-        // SAFETY: the fresh block holds `len` T's and does not overlap `items`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(items.as_ptr(), v.as_ptr().cast_mut(), items.len())
-        };
+        let mut v = Self::alloc(pool, items.len())?;
+        v.raw_bytes().copy_from_slice(crate::pod::bytes_of(items));
         Ok(v)
     }
 
@@ -82,6 +81,14 @@ impl<T: Pod> SharedVec<T> {
             len,
             _marker: std::marker::PhantomData,
         })
+    }
+
+    /// The vector's bytes, initialized or not: how it is filled at creation.
+    fn raw_bytes(&mut self) -> &mut [std::mem::MaybeUninit<u8>] {
+        let bytes = self.len * size_of::<T>(); // checked in `alloc`
+                                               // SAFETY: the block holds `len` T's, its own (`&mut self` excludes any
+                                               // map in flight); any bytes are a valid `MaybeUninit<u8>`.
+        unsafe { std::slice::from_raw_parts_mut(self.as_ptr().cast_mut().cast(), bytes) }
     }
 
     fn as_ptr(&self) -> *const T {

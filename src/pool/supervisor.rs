@@ -32,6 +32,9 @@
 //! marked broken, and everything ends as after `terminate`, every unfinished
 //! slot failing with `PoolBroken`.
 
+// Unsafe code: reads the slot of a worker it reaped.
+#![allow(unsafe_code)]
+
 use crate::error::{DeathCause, Error};
 use crate::pool::core::{Core, Lifecycle};
 use crate::pool::stats::Leaving;
@@ -43,7 +46,7 @@ use crate::sync::spin::{yield_until, HAND_OFF_YIELD};
 use crate::worker::WorkerStart;
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -176,7 +179,7 @@ fn drain(fd: &OwnedFd) -> u64 {
 fn spawn_worker(core: &Core, index: usize) -> Result<Child, Error> {
     let start = WorkerStart {
         index: index as u32,
-        ready_fd: core.supervisor.ready.as_raw_fd(),
+        ready_fd: core.supervisor.ready.as_fd(),
         method: core.config.start_method,
     };
     core.stats.spawning(index);
@@ -607,7 +610,8 @@ fn settle_exit(
                 } else {
                     // SAFETY: the slot is RUNNING(k) and k is reaped: the
                     // supervisor is its only accessor (module doc of `slot`).
-                    let desc = unsafe { slot.desc() };
+                    let mut held = unsafe { slot.held() };
+                    let desc = held.desc();
                     // Killed for a task that finished in the instant between
                     // the timeout check and the kill: this one is innocent,
                     // so it runs again without using up a retry.

@@ -8,11 +8,15 @@
 //! and [`publish`](UnpublishedSlot::publish) consumes it. A token dropped
 //! without publishing (an error path) gives its slot and block back.
 
+// Unsafe code: writes an unpublished slot's description and payload.
+#![allow(unsafe_code)]
+
 use crate::error::Error;
 use crate::pool::core::Core;
 use crate::pool::schedule::MapLayout;
 use crate::shm::arena::Block;
 use crate::sync::slot::{TaskDesc, INLINE_CAPACITY};
+use std::mem::MaybeUninit;
 
 /// A `FREE` slot this thread allocated and may write, with the arena block
 /// its payload uses (if any).
@@ -72,21 +76,38 @@ impl<'a> UnpublishedSlot<'a> {
     pub(crate) fn describe(&mut self, desc: TaskDesc) {
         // SAFETY: the slot is FREE and this token is its only handle, borrowed
         // mutably (docs/ARCHITECTURE.md, "Slots").
-        unsafe { *self.core.layout().slot(self.index).desc() = desc };
+        unsafe { *self.core.layout().slot(self.index).held().desc() = desc };
     }
 
     /// Writes `bytes` (at most `INLINE_CAPACITY`) at the start of the slot's
     /// inline area.
-    pub(crate) fn write_inline(&mut self, bytes: &[std::mem::MaybeUninit<u8>]) {
-        assert!(bytes.len() <= INLINE_CAPACITY);
-        // SAFETY: as for `describe`; the inline area holds INLINE_CAPACITY bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.core.layout().slot(self.index).inline_ptr().cast(),
-                bytes.len(),
-            )
+    pub(crate) fn write_inline(&mut self, bytes: &[MaybeUninit<u8>]) {
+        let at = self.inline_offset();
+        self.payload(at, bytes.len()).copy_from_slice(bytes);
+    }
+
+    /// The bytes `[at, at + len)` of the segment, which must lie in the
+    /// task's own payload room: the slot's inline area or its block, this
+    /// token's alone until it publishes. As bytes that may be uninitialized,
+    /// so that values are copied in with their padding. Panics elsewhere (an
+    /// offset this crate computed wrong).
+    pub(crate) fn payload(&mut self, at: u64, len: usize) -> &mut [MaybeUninit<u8>] {
+        let within = |start: u64, room: usize| {
+            at.checked_sub(start)
+                .and_then(|off| usize::try_from(off).ok())
+                .and_then(|off| off.checked_add(len))
+                .is_some_and(|end| end <= room)
         };
+        let inline = within(self.inline_offset(), INLINE_CAPACITY);
+        let in_block = self
+            .block
+            .is_some_and(|b| within(Core::block_offset(b), b.len));
+        assert!(inline || in_block, "a payload outside the task's own room");
+        // Any bytes are a valid `MaybeUninit<u8>`.
+        // SAFETY: inside the slot's inline area or the block (checked), which
+        // nothing else reads or writes before the slot is published (this
+        // token is their only handle, borrowed mutably).
+        unsafe { std::slice::from_raw_parts_mut(self.core.layout().at(at).cast(), len) }
     }
 
     /// Publishes the task: workers may take it from now on, and the slot and

@@ -1,5 +1,8 @@
 //! [`Process`]: run one function in a new process.
 
+// Unsafe code: adopts an inherited descriptor; runs an entry point.
+#![allow(unsafe_code)]
+
 use super::launch::on_launcher;
 use crate::error::Error;
 use crate::objects::Heap;
@@ -8,6 +11,7 @@ use crate::start::StartMethod;
 use crate::task::{init_entry, ApplyInput, EntryPoint, Task, TaskIo};
 use crate::Pod;
 use std::mem::{align_of, size_of, MaybeUninit};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -322,27 +326,32 @@ static PROCESS_HOOK: extern "C" fn() = process_hook;
 extern "C" fn process_hook() {
     // Unwinding out of an `extern "C"` function aborts; keep panics inside.
     let _ = std::panic::catch_unwind(|| {
-        if let Some(value) = crate::start::bootstrap::claim_role(crate::start::spawn::PROCESS_ENV) {
-            crate::start::bootstrap::exit(run_spawned(&value));
+        let env = crate::start::spawn::PROCESS_ENV;
+        if let Some(claimed) = crate::start::bootstrap::claim_role_fds::<1>(env) {
+            crate::start::bootstrap::exit(run_spawned(&claimed.value, claimed.fds));
         }
     });
 }
 
-/// A spawned `Process`: adopts the program's object heap, then runs its spec.
-fn run_spawned(value: &std::ffi::OsStr) -> i32 {
+/// A spawned `Process`: adopts the program's object heap (`heap_fd`, named
+/// by the value's first field), then runs its spec.
+fn run_spawned(value: &std::ffi::OsStr, heap_fd: Option<[OwnedFd; 1]>) -> i32 {
     let parts: Vec<u64> = value
         .to_str()
         .unwrap_or("")
         .split(',')
         .filter_map(|p| p.parse().ok())
         .collect();
-    let [heap_fd, spec_at, probe] = parts[..] else {
+    let [_, spec_at, probe] = parts[..] else {
         return crate::start::BAD_SEGMENT_EXIT;
     };
     if probe != crate::start::probe_offset() {
         return crate::start::BINARY_MISMATCH_EXIT;
     }
-    if !Heap::adopt(heap_fd as std::os::fd::RawFd) {
+    let Some([heap_fd]) = heap_fd else {
+        return crate::start::BAD_SEGMENT_EXIT;
+    };
+    if !Heap::adopt(heap_fd) {
         return crate::start::BAD_SEGMENT_EXIT;
     }
     fork::die_with_parent(std::os::unix::process::parent_id());
@@ -355,14 +364,17 @@ fn launch(method: StartMethod, spec_at: u64) -> Result<Child, Error> {
     // Keeps the hook in the executable (see `start::bootstrap::ensure_linked`).
     std::hint::black_box(&PROCESS_HOOK);
     let heap = Heap::get()?;
-    // SAFETY: the object heap lives as long as the program, and with it its
-    // descriptor.
-    let heap_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(heap.fd()) };
+    let heap_fd = heap.fd();
     match method {
         StartMethod::Fork => Ok(fork::fork_child(move || run_spec(spec_at))?),
         StartMethod::Spawn => {
             crate::start::bootstrap::ensure_linked();
-            let value = format!("{},{},{}", heap.fd(), spec_at, crate::start::probe_offset());
+            let value = format!(
+                "{},{},{}",
+                heap_fd.as_raw_fd(),
+                spec_at,
+                crate::start::probe_offset()
+            );
             let env = crate::start::spawn::environment((crate::start::spawn::PROCESS_ENV, value))?;
             Ok(crate::start::spawn::exec_self(
                 &env,
@@ -392,11 +404,11 @@ fn run_spec(spec_at: u64) -> i32 {
         return crate::start::BAD_SEGMENT_EXIT;
     };
     let io = TaskIo::local(args, std::ptr::null_mut(), 1);
+    let entry = EntryPoint(spec.entry);
     // SAFETY: the entry was made by `EntryPoint::new` in this binary (same
-    // program: fork, or checked by the spawn probe).
-    let entry = unsafe { EntryPoint(spec.entry).resolve() };
-    // SAFETY: `args` holds the entry's argument tuple, written by the parent.
-    match std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry(io) })) {
+    // program: fork, or checked by the spawn probe), and `args` holds its
+    // argument tuple, written by the parent with it.
+    match std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry.call(io) })) {
         // A process entry touches no caller memory, so it cannot be refused.
         Ok(_) => 0,
         Err(_) => 1, // the panic hook has printed the message

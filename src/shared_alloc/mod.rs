@@ -8,15 +8,26 @@
 //! inherited objects stay its own; a worker that is handed a chunk in the
 //! heap maps the region a second time, `MAP_SHARED`, at another address, and
 //! reads and writes the chunk there. The cross-process invariants are in
-//! `docs/ARCHITECTURE.md`, "The shared heap". All of the heap's `unsafe` is
-//! in this file; `books` is its bookkeeping in plain arithmetic.
+//! `docs/ARCHITECTURE.md`, "The shared heap". All of the heap's own `unsafe`
+//! is in this file (its shared mappings are `shm::segment::Mapping`s, its
+//! page advice `sys::vm::advise`); `books` is its bookkeeping in plain
+//! arithmetic.
+
+// Unsafe code: a global allocator over a memfd heap.
+#![allow(unsafe_code)]
 
 mod books;
 
+use crate::shm::segment::Mapping;
 use books::{align_up, Books, PAGE};
+use rustix::fs::{FallocateFlags, MemfdFlags, Mode, OFlags};
+use rustix::mm::{Advice, MapFlags, ProtFlags};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// A global allocator that puts allocations of [`SharedAlloc::THRESHOLD`]
 /// bytes or more in shared memory, so that a pool's workers read a big input
@@ -140,17 +151,9 @@ impl SharedAlloc {
         if owner_base().is_none() {
             return HeapStats::default();
         }
-        let fd = FD.load(Ordering::Relaxed);
-        // SAFETY: an all-zero `stat` is a valid value; fstat writes it whole
-        // or fails.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `fd` is the heap's memfd, open for the process's life;
-        // `st` is a valid out-pointer.
-        let resident = if unsafe { libc::fstat(fd, &mut st) } == 0 {
-            (st.st_blocks as usize).saturating_mul(512)
-        } else {
-            0
-        };
+        let resident = heap_fd()
+            .and_then(|fd| rustix::fs::fstat(fd).ok())
+            .map_or(0, |st| (st.st_blocks as usize).saturating_mul(512));
         HeapStats {
             reserved_bytes: LEN.load(Ordering::Relaxed),
             resident_bytes: resident,
@@ -196,8 +199,10 @@ static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 /// The region's address and length in this process (0 until `READY`).
 static BASE: AtomicUsize = AtomicUsize::new(0);
 static LEN: AtomicUsize = AtomicUsize::new(0);
-/// The region's memfd (inherited by `fork` children, closed on exec).
-static FD: AtomicI32 = AtomicI32::new(-1);
+/// The region's memfd (inherited by `fork` children, closed on exec), open
+/// for the rest of the process once set. `OnceLock` neither allocates nor
+/// blocks here: only the one thread that makes the heap sets it.
+static FD: OnceLock<OwnedFd> = OnceLock::new();
 /// The pid of the process that made the heap (inherited as is by children).
 static OWNER_PID: AtomicU32 = AtomicU32::new(0);
 /// Whether this process owns the heap: set when it is made, cleared in every
@@ -236,6 +241,11 @@ fn with_books<R>(f: impl FnOnce(&mut Books) -> R) -> R {
     r
 }
 
+/// The heap's memfd, if this process made or inherited one.
+fn heap_fd() -> Option<BorrowedFd<'static>> {
+    FD.get().map(AsFd::as_fd)
+}
+
 /// The region's base if this process owns a ready heap, making it on first use.
 fn owner_base() -> Option<usize> {
     match STATE.load(Ordering::Acquire) {
@@ -267,7 +277,11 @@ fn init(retain: usize) -> Option<usize> {
         return None;
     };
     with_books(|b| b.init(base, len, retain));
-    FD.store(fd, Ordering::Relaxed);
+    if FD.set(fd).is_err() {
+        // Unreachable: only the thread that moved `STATE` off `UNINIT` sets it.
+        STATE.store(FAILED, Ordering::Release);
+        return None;
+    }
     BASE.store(base, Ordering::Relaxed);
     LEN.store(len, Ordering::Relaxed);
     OWNER_PID.store(std::process::id(), Ordering::Relaxed);
@@ -301,53 +315,33 @@ fn memfd_name(pid: u32) -> [u8; 32] {
 /// commit limit (`vm.overcommit_memory = 2`): fork children could then not
 /// remap the region privately, so no heap is made. Read without allocating.
 fn strict_overcommit() -> bool {
-    let path = b"/proc/sys/vm/overcommit_memory\0";
-    // SAFETY: a NUL-terminated path; a plain read-only open.
-    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
+    let path = c"/proc/sys/vm/overcommit_memory";
+    let Ok(fd) = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) else {
         return false;
-    }
-    let mut byte = 0u8;
-    // SAFETY: reads at most one byte into `byte`.
-    let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
-    // SAFETY: our own descriptor.
-    unsafe { libc::close(fd) };
-    n == 1 && byte == b'2'
+    };
+    let mut byte = [0u8; 1];
+    matches!(rustix::io::read(&fd, &mut byte), Ok(1)) && byte[0] == b'2'
 }
 
-/// A memfd and its shared mapping: `(fd, base, len)`.
-fn make_region() -> Option<(i32, usize, usize)> {
+/// A memfd and its shared mapping: `(fd, base, len)`. The descriptor
+/// closes on failure.
+fn make_region() -> Option<(OwnedFd, usize, usize)> {
     if strict_overcommit() {
         return None;
     }
     let name = memfd_name(std::process::id());
-    // SAFETY: `name` is NUL-terminated.
-    let fd = unsafe { libc::memfd_create(name.as_ptr().cast(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return None;
-    }
+    let name = CStr::from_bytes_until_nul(&name).ok()?;
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC).ok()?;
     for len in REGION_LENS {
-        // SAFETY: `fd` is our memfd; growing it allocates no memory (sparse).
-        if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
+        // Growing the memfd allocates no memory (sparse).
+        if rustix::fs::ftruncate(&fd, len as u64).is_err() {
             continue;
         }
-        // SAFETY: a fresh mapping chosen by the kernel, overlapping nothing.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_NORESERVE,
-                fd,
-                0,
-            )
-        };
-        if p != libc::MAP_FAILED {
-            return Some((fd, p as usize, len));
+        // Kept for the rest of the process.
+        if let Ok(mapping) = Mapping::shared(fd.as_fd(), len, true) {
+            return Some((fd, mapping.leak().base() as usize, len));
         }
     }
-    // SAFETY: our own descriptor, used by nothing else.
-    unsafe { libc::close(fd) };
     None
 }
 
@@ -359,28 +353,27 @@ extern "C" fn in_child() {
     if STATE.load(Ordering::Acquire) != READY || !OWNER.load(Ordering::Relaxed) {
         return;
     }
-    let (base, len, fd) = (
-        BASE.load(Ordering::Relaxed),
-        LEN.load(Ordering::Relaxed),
-        FD.load(Ordering::Relaxed),
-    );
-    for prot in [libc::PROT_READ | libc::PROT_WRITE, libc::PROT_READ] {
+    let (base, len) = (BASE.load(Ordering::Relaxed), LEN.load(Ordering::Relaxed));
+    let Some(fd) = heap_fd() else {
+        return;
+    };
+    for prot in [ProtFlags::READ | ProtFlags::WRITE, ProtFlags::READ] {
         // Read-only if the kernel will not reserve a writable one: a write to
         // an inherited large object then faults rather than reach the parent.
         // SAFETY: replaces exactly the region's own mapping (same address and
         // length) with a private view of the same file: every object in it
         // keeps its address and contents. The child is single-threaded here.
-        let p = unsafe {
-            libc::mmap(
-                base as *mut libc::c_void,
+        let remapped = unsafe {
+            rustix::mm::mmap(
+                base as *mut std::ffi::c_void,
                 len,
                 prot,
-                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE,
                 fd,
                 0,
             )
         };
-        if p != libc::MAP_FAILED {
+        if remapped.is_ok() {
             break;
         }
     }
@@ -390,20 +383,17 @@ extern "C" fn in_child() {
 /// Releases the pages of `extents` (they then read as zero) and records them
 /// as cold.
 fn settle(punch: &books::Punch) {
-    let (fd, base) = (FD.load(Ordering::Relaxed), BASE.load(Ordering::Relaxed));
+    let (fd, base) = (heap_fd(), BASE.load(Ordering::Relaxed));
     for e in punch.extents() {
-        // SAFETY: `e` is a range of our own memfd that no live block uses.
-        let punched = unsafe {
-            libc::fallocate(
-                fd,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                e.start as libc::off_t,
-                e.len as libc::off_t,
-            )
-        } == 0;
+        // `e` is a range of our own memfd that no live block uses.
+        let punched = fd.is_some_and(|fd| {
+            let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            rustix::fs::fallocate(fd, mode, e.start as u64, e.len as u64).is_ok()
+        });
         if !punched {
             // Cold pages must read as zero, released or not.
-            // SAFETY: as above; the range lies inside our mapping of the region.
+            // SAFETY: `e` is a range of the region no live block uses, inside
+            // our mapping of it.
             unsafe { std::ptr::write_bytes((base + e.start) as *mut u8, 0, e.len) };
         }
     }
@@ -488,7 +478,13 @@ impl SharedAlloc {
         if let Some(end) = align_up(ptr as usize + size, PAGE) {
             // SAFETY: a freed block's pages in this process's private view;
             // reading them again would show the file's pages, and nothing reads them.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+            let _ = unsafe {
+                rustix::mm::madvise(
+                    start as *mut std::ffi::c_void,
+                    end - start,
+                    Advice::LinuxDontNeed,
+                )
+            };
         }
     }
 
@@ -520,28 +516,26 @@ impl SharedAlloc {
 unsafe impl GlobalAlloc for SharedAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.size() < Self::THRESHOLD {
-            // SAFETY: forwarded contract.
-            return unsafe { System.alloc(layout) };
+        if layout.size() >= Self::THRESHOLD {
+            if let Some(p) = self.heap_alloc(layout, false) {
+                return p;
+            }
         }
-        match self.heap_alloc(layout, false) {
-            Some(p) => p,
-            // SAFETY: forwarded contract.
-            None => unsafe { System.alloc(layout) },
-        }
+        // Small, or the heap cannot take it.
+        // SAFETY: forwarded contract.
+        unsafe { System.alloc(layout) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.size() < Self::THRESHOLD {
-            // SAFETY: forwarded contract.
-            return unsafe { System.alloc_zeroed(layout) };
+        if layout.size() >= Self::THRESHOLD {
+            if let Some(p) = self.heap_alloc(layout, true) {
+                return p;
+            }
         }
-        match self.heap_alloc(layout, true) {
-            Some(p) => p,
-            // SAFETY: forwarded contract.
-            None => unsafe { System.alloc_zeroed(layout) },
-        }
+        // Small, or the heap cannot take it.
+        // SAFETY: forwarded contract.
+        unsafe { System.alloc_zeroed(layout) }
     }
 
     #[inline]
@@ -567,7 +561,7 @@ unsafe impl GlobalAlloc for SharedAlloc {
             return unsafe { System.realloc(ptr, layout, new_size) };
         }
         let owned = OWNER.load(Ordering::Relaxed);
-        match in_region(ptr) {
+        let move_it = match in_region(ptr) {
             Some(off) if owned && new_size >= Self::THRESHOLD => {
                 let (Some(have), Some(want)) = (align_up(old, PAGE), align_up(new_size, PAGE))
                 else {
@@ -580,20 +574,21 @@ unsafe impl GlobalAlloc for SharedAlloc {
                 if with_books(|b| b.grow(off, have, want)) {
                     return ptr;
                 }
-                // SAFETY: forwarded contract.
-                unsafe { self.moved(ptr, layout, new_size) }
+                true // no room to grow in place
             }
-            // Across the threshold, or an inherited block: move it.
+            // Across the threshold, or an inherited block.
+            Some(_) => true,
+            // Into the heap.
+            None => {
+                new_size >= Self::THRESHOLD && (owned || STATE.load(Ordering::Relaxed) == UNINIT)
+            }
+        };
+        if move_it {
             // SAFETY: forwarded contract.
-            Some(_) => unsafe { self.moved(ptr, layout, new_size) },
-            None if new_size >= Self::THRESHOLD
-                && (owned || STATE.load(Ordering::Relaxed) == UNINIT) =>
-            {
-                // SAFETY: forwarded contract.
-                unsafe { self.moved(ptr, layout, new_size) }
-            }
+            unsafe { self.moved(ptr, layout, new_size) }
+        } else {
             // SAFETY: not in the region, so `System` allocated it.
-            None => unsafe { System.realloc(ptr, layout, new_size) },
+            unsafe { System.realloc(ptr, layout, new_size) }
         }
     }
 }
@@ -624,15 +619,8 @@ pub(crate) fn populate_if_fresh(ptr: *mut u8, bytes: usize) {
         return;
     };
     if end > start {
-        // SAFETY: whole pages inside the chunk's output, which this worker
-        // alone writes; populating changes no byte of memory.
-        unsafe {
-            libc::madvise(
-                start as *mut libc::c_void,
-                end - start,
-                libc::MADV_POPULATE_WRITE,
-            )
-        };
+        // Whole pages inside the chunk's output, which this worker alone writes.
+        crate::sys::vm::advise(start, end - start, crate::sys::vm::Advice::PopulateWrite);
     }
 }
 
@@ -655,6 +643,8 @@ impl View {
 static VIEW_PID: AtomicU32 = AtomicU32::new(0);
 static VIEW_BASE: AtomicUsize = AtomicUsize::new(0);
 static VIEW_LEN: AtomicUsize = AtomicUsize::new(0);
+/// The mapping behind the view, unmapped when replaced.
+static VIEW_MAP: Mutex<Option<Mapping>> = Mutex::new(None);
 
 /// A shared view of the heap of process `parent` (this worker's pool's
 /// parent), mapped on first use and kept; `Err(errno)` if it cannot be had.
@@ -667,37 +657,13 @@ pub(crate) fn view_of(parent: u32) -> Result<View, i32> {
         });
     }
     let fd = open_heap(parent)?;
-    // SAFETY: an all-zero `stat` is valid; fstat fills it or fails.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is open; `st` is a valid out-pointer.
-    let size = if unsafe { libc::fstat(fd.0, &mut st) } == 0 {
-        usize::try_from(st.st_size).unwrap_or(0)
-    } else {
-        return Err(errno());
-    };
-    // SAFETY: a fresh mapping chosen by the kernel, overlapping nothing.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_NORESERVE,
-            fd.0,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(errno());
-    }
-    if VIEW_BASE.load(Ordering::Relaxed) != 0 {
-        // SAFETY: the view of an earlier parent; no task of it runs any more.
-        unsafe {
-            libc::munmap(
-                VIEW_BASE.load(Ordering::Relaxed) as *mut libc::c_void,
-                VIEW_LEN.load(Ordering::Relaxed),
-            )
-        };
-    }
+    let st = rustix::fs::fstat(&fd).map_err(|e| e.raw_os_error())?;
+    let size = usize::try_from(st.st_size).unwrap_or(0);
+    let mapping = Mapping::shared(fd.as_fd(), size, true).map_err(|e| e.raw_os_error())?;
+    let p = mapping.base();
+    // Replaces (unmaps) the view of an earlier parent: no task of it runs
+    // any more.
+    *VIEW_MAP.lock().unwrap_or_else(|e| e.into_inner()) = Some(mapping);
     VIEW_BASE.store(p as usize, Ordering::Relaxed);
     VIEW_LEN.store(size, Ordering::Relaxed);
     VIEW_PID.store(parent, Ordering::Relaxed);
@@ -711,7 +677,7 @@ pub(crate) fn view_of(parent: u32) -> Result<View, i32> {
 /// of its parent's heap now if it inherited the heap through `fork` (a
 /// descriptor at hand, so cheap); others map it on their first heap chunk.
 pub(crate) fn map_inherited_view(parent: u32) {
-    if FD.load(Ordering::Relaxed) >= 0
+    if FD.get().is_some()
         && OWNER_PID.load(Ordering::Relaxed) == parent
         && !OWNER.load(Ordering::Relaxed)
     {
@@ -720,29 +686,27 @@ pub(crate) fn map_inherited_view(parent: u32) {
 }
 
 /// A descriptor we opened (closed on drop), or the inherited one (kept).
-struct HeapFd(i32, bool);
-
-impl Drop for HeapFd {
-    fn drop(&mut self) {
-        if self.1 {
-            // SAFETY: a descriptor this function opened and nothing else uses.
-            unsafe { libc::close(self.0) };
-        }
-    }
+enum HeapFd {
+    Opened(OwnedFd),
+    Inherited(BorrowedFd<'static>),
 }
 
-fn errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+impl AsFd for HeapFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            HeapFd::Opened(fd) => fd.as_fd(),
+            HeapFd::Inherited(fd) => *fd,
+        }
+    }
 }
 
 /// The parent's heap memfd: inherited through `fork`, else found among the
 /// parent's descriptors by its name.
 fn open_heap(parent: u32) -> Result<HeapFd, i32> {
-    let fd = FD.load(Ordering::Relaxed);
-    if fd >= 0 && OWNER_PID.load(Ordering::Relaxed) == parent && !OWNER.load(Ordering::Relaxed) {
-        return Ok(HeapFd(fd, false));
+    if let Some(fd) = heap_fd() {
+        if OWNER_PID.load(Ordering::Relaxed) == parent && !OWNER.load(Ordering::Relaxed) {
+            return Ok(HeapFd::Inherited(fd));
+        }
     }
     let name = memfd_name(parent);
     let name = name.split(|&b| b == 0).next().unwrap_or(&[]);
@@ -752,13 +716,12 @@ fn open_heap(parent: u32) -> Result<HeapFd, i32> {
     for entry in entries.flatten() {
         let path = entry.path();
         if std::fs::read_link(&path).is_ok_and(|t| t.as_os_str() == want.as_str()) {
-            use std::os::fd::IntoRawFd;
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&path)
                 .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-            return Ok(HeapFd(file.into_raw_fd(), true));
+            return Ok(HeapFd::Opened(file.into()));
         }
     }
     Err(libc::ENOENT)

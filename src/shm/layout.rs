@@ -11,6 +11,9 @@
 //! ARENA_OFFSET      payload arena for map chunks and large arguments (sparse)
 //! ```
 
+// Unsafe code: the segment's layout over its mapping; RDTSC.
+#![allow(unsafe_code)]
+
 use crate::shm::region::{Region, Shared};
 use crate::sync::finish_log::FinishLog;
 use crate::sync::ring::{Ring, RingHeader};

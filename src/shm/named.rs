@@ -1,6 +1,9 @@
 //! [`SharedMemory`]: a named block of shared memory in `/dev/shm`, like Python's
 //! `multiprocessing.shared_memory.SharedMemory`.
 
+// Unsafe code: a named shared mapping, seen as bytes.
+#![allow(unsafe_code)]
+
 use crate::error::Error;
 use crate::shm::segment::Mapping;
 use crate::tracker::{self, Kind};

@@ -7,6 +7,9 @@
 //! `unsafe impl` states why a reference to them in several processes at once
 //! is sound. So the views themselves are safe calls.
 
+// Unsafe code: typed views of shared memory (`Shared`).
+#![allow(unsafe_code)]
+
 use std::mem::{align_of, size_of};
 use std::ptr::NonNull;
 
@@ -82,9 +85,10 @@ impl Region {
                 && align_of::<T>() <= 4096,
             "a view outside its region, or misaligned"
         );
-        // SAFETY: in bounds of the live mapping and aligned (checked above; the
-        // base is page-aligned by the constructor's contract); `T: Shared` makes
-        // any bytes there a valid value, and shared `&T`s sound.
+        // (The base is page-aligned by the constructor's contract.)
+        // SAFETY: in bounds of the live mapping and aligned (checked above);
+        // `T: Shared` makes whatever bytes lie there a valid value, and
+        // shared `&T`s sound.
         unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset).cast::<T>(), n) }
     }
 }

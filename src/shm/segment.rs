@@ -7,11 +7,14 @@
 //! touched, and workers forked later inherit the complete mapping, so the
 //! payload arena can grow without any process remapping.
 
+// Unsafe code: makes and unmakes shared mappings.
+#![allow(unsafe_code)]
+
 use crate::shm::region::Region;
 use rustix::fs::FallocateFlags;
 use rustix::mm::{MapFlags, ProtFlags};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// A `MAP_SHARED`, read-write mapping of a file, unmapped on drop: the one
 /// place a shared mapping is made and unmade (the pool's segment, a named
@@ -112,8 +115,8 @@ impl Segment {
     }
 
     /// The memfd behind the mapping (handed to spawned workers).
-    pub(crate) fn fd(&self) -> RawFd {
-        self._fd.as_raw_fd()
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self._fd.as_fd()
     }
 
     /// Maps `len` bytes of a segment descriptor (one inherited by a spawned
@@ -127,18 +130,6 @@ impl Segment {
     /// returns it as a region, with the descriptor.
     pub(crate) fn leak(self) -> (Region, OwnedFd) {
         (self.map.leak(), self._fd)
-    }
-
-    /// [`map`](Segment::map) of a descriptor number: the form the worker's
-    /// bootstrap and the object heap hold. A number that names no open file
-    /// fails with `EBADF`, as `mmap` would.
-    pub(crate) fn map_inherited(fd: RawFd, len: usize) -> io::Result<Region> {
-        if fd < 0 {
-            return Err(io::Error::from_raw_os_error(libc::EBADF));
-        }
-        // SAFETY: `fd` is not -1, and the borrow lasts only for this `mmap`,
-        // which checks the descriptor itself (the mapping keeps the file alive).
-        Self::map(unsafe { BorrowedFd::borrow_raw(fd) }, len)
     }
 
     /// The first byte of the mapping.

@@ -15,6 +15,9 @@
 //! shell that truncated the segment's memfd would kill the parent with
 //! SIGBUS).
 
+// Unsafe code: the start-up hook (`.init_array`); inherited descriptors.
+#![allow(unsafe_code)]
+
 use super::fork;
 use super::spawn::{self, Spec};
 use super::{forkserver, BAD_SEGMENT_EXIT, BINARY_MISMATCH_EXIT};
@@ -23,7 +26,7 @@ use crate::shm::segment::Segment;
 use crate::worker::{self, WorkerStart};
 use crate::StartMethod;
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 
@@ -48,15 +51,19 @@ extern "C" fn bootstrap() {
 /// roles in hooks of their own, in `process::spawned` and `tracker`: the start
 /// machinery knows nothing of them.)
 pub(crate) fn take_role() {
-    if let Some(spec) = claim_role(spawn::ENV) {
-        let code = match Spec::decode(&spec) {
-            Some(spec) => run_spawned(spec),
-            None => BAD_SEGMENT_EXIT,
+    if let Some(claimed) = claim_role_fds::<3>(spawn::ENV) {
+        let code = match (Spec::decode(&claimed.value), claimed.fds) {
+            (Some(spec), Some(fds)) => run_spawned(spec, fds),
+            _ => BAD_SEGMENT_EXIT,
         };
         exit(code);
     }
-    if let Some(socket) = claim_descriptor_role(forkserver::ENV) {
-        exit(socket.map_or(BAD_SEGMENT_EXIT, forkserver::serve));
+    if let Some(claimed) = claim_role_fds::<1>(forkserver::ENV) {
+        exit(
+            claimed
+                .fds
+                .map_or(BAD_SEGMENT_EXIT, |[socket]| forkserver::serve(socket)),
+        );
     }
 }
 
@@ -72,22 +79,34 @@ pub(crate) fn claim_role(env: &str) -> Option<std::ffi::OsString> {
     Some(value)
 }
 
-/// [`claim_role`] for a role whose variable names the inherited descriptor
-/// it serves (the fork server's and the tracker's socket): `Some(None)` if
-/// the value is not a descriptor number.
-pub(crate) fn claim_descriptor_role(env: &str) -> Option<Option<OwnedFd>> {
+/// A role's value, with the descriptors its first `K` fields name.
+pub(crate) struct Claimed<const K: usize> {
+    pub(crate) value: std::ffi::OsString,
+    /// `None` if the first `K` fields are not `K` distinct descriptor numbers.
+    pub(crate) fds: Option<[OwnedFd; K]>,
+}
+
+/// [`claim_role`] for a role whose value starts with `K` numbers of
+/// descriptors the parent passed to this process (`<fd>,…,<fd>,<rest>`):
+/// takes them over with the variable, as `OwnedFd`s. The one place an
+/// inherited number becomes an owned descriptor, once: the variable is gone
+/// after this.
+pub(crate) fn claim_role_fds<const K: usize>(env: &str) -> Option<Claimed<K>> {
     let value = claim_role(env)?;
-    let Some(fd) = value
-        .to_str()
-        .and_then(|s| s.parse::<RawFd>().ok())
-        .filter(|&fd| fd >= 0)
-    else {
-        return Some(None);
-    };
-    // SAFETY: the launcher kept this descriptor open for this role alone,
-    // and `claim_role` removed the variable naming it, so no other code in
-    // this process takes ownership of it.
-    Some(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+    let numbers = (|| {
+        let mut fields = value.to_str()?.split(',');
+        let mut numbers: [RawFd; K] = [0; K];
+        for n in &mut numbers {
+            *n = fields.next()?.parse().ok().filter(|&fd: &RawFd| fd >= 0)?;
+        }
+        let distinct = (1..K).all(|i| !numbers[..i].contains(&numbers[i]));
+        distinct.then_some(numbers)
+    })();
+    // SAFETY: the parent passed these descriptors to this process and named
+    // them in the role variable, just taken (removed): nothing else in the
+    // process owns them. Distinct, and not -1 (checked).
+    let fds = numbers.map(|numbers| numbers.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+    Some(Claimed { value, fds })
 }
 
 /// Sets close-on-exec on every descriptor from 3 up. `exec_self` cleared it
@@ -136,16 +155,18 @@ pub(crate) fn exit(code: i32) -> ! {
     crate::sys::process::exit_now(code)
 }
 
-fn run_spawned(spec: Spec) -> i32 {
+/// A spawned worker: `spec`, and the descriptors it names (segment, ready,
+/// heap).
+fn run_spawned(spec: Spec, [segment_fd, ready_fd, heap_fd]: [OwnedFd; 3]) -> i32 {
     if spec.probe != super::probe_offset() {
         return BINARY_MISMATCH_EXIT;
     }
-    if !crate::objects::Heap::adopt(spec.heap_fd) {
+    if !crate::objects::Heap::adopt(heap_fd) {
         return BAD_SEGMENT_EXIT;
     }
     become_worker(
-        spec.segment_fd,
-        spec.ready_fd,
+        segment_fd.as_fd(),
+        ready_fd.as_fd(),
         spec.index,
         StartMethod::Spawn,
     )
@@ -154,12 +175,12 @@ fn run_spawned(spec: Spec) -> i32 {
 /// A spawned `Process`: `<heap fd>,<spec offset>,<probe>`.
 /// Maps the pool's segment from `segment_fd` and serves as worker `index`.
 pub(crate) fn become_worker(
-    segment_fd: RawFd,
-    ready_fd: RawFd,
+    segment_fd: BorrowedFd<'_>,
+    ready_fd: BorrowedFd<'_>,
     index: u32,
     method: StartMethod,
 ) -> i32 {
-    let region = Segment::map_inherited(segment_fd, layout::SEGMENT_BYTES);
+    let region = Segment::map(segment_fd, layout::SEGMENT_BYTES);
     let Some(layout) = region.ok().and_then(Layout::of) else {
         return BAD_SEGMENT_EXIT;
     };
@@ -186,11 +207,13 @@ pub(crate) fn become_worker(
     let Ok(stack) = usize::try_from(stack) else {
         return super::STACK_FAILED_EXIT;
     };
-    std::thread::Builder::new()
-        .name("shmpool-worker".into())
-        .stack_size(stack)
-        .spawn(move || worker::serve(layout, start))
-        .map_or(super::STACK_FAILED_EXIT, |serving| {
-            serving.join().unwrap_or(super::STACK_FAILED_EXIT)
-        })
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("shmpool-worker".into())
+            .stack_size(stack)
+            .spawn_scoped(scope, move || worker::serve(layout, start))
+            .map_or(super::STACK_FAILED_EXIT, |serving| {
+                serving.join().unwrap_or(super::STACK_FAILED_EXIT)
+            })
+    })
 }

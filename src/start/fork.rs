@@ -9,6 +9,9 @@
 //! The child never returns into the caller's stack: it runs its body and leaves
 //! with `_exit`, so no destructor or `atexit` handler of the parent runs twice.
 
+// Unsafe code: `fork`.
+#![allow(unsafe_code)]
+
 use crate::sys::{self, process::Forked};
 use rustix::io::Errno;
 use rustix::net::SendFlags;

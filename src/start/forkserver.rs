@@ -18,6 +18,9 @@
 //! died); its workers die with it (`PR_SET_PDEATHSIG`). Nothing has a name, so
 //! nothing can leak.
 
+// Unsafe code: the fork server: `fork`, and functions run from code offsets.
+#![allow(unsafe_code)]
+
 use super::fork::{self, Child, Parent};
 use super::spawn;
 use crate::error::Error;
@@ -32,7 +35,7 @@ use rustix::net::{
 };
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// The variable that makes a re-executed process the fork server.
 pub(crate) const ENV: &str = "SHMPOOL_ROLE_FORKSERVER";
@@ -65,18 +68,12 @@ fn server() -> ForkMutexGuard<'static, Option<Server>> {
 }
 
 /// Asks the server (started if needed) for worker `start.index`.
-pub(crate) fn start_worker(segment_fd: RawFd, start: WorkerStart) -> Result<Child, Error> {
+pub(crate) fn start_worker(
+    segment_fd: BorrowedFd<'_>,
+    start: WorkerStart<'_>,
+) -> Result<Child, Error> {
     let heap_fd = crate::objects::Heap::get()?.fd();
-    // SAFETY: the pool keeps its segment and the worker's ready descriptor open
-    // until the worker has started, and the object heap lives as long as the
-    // program; all three outlive this call.
-    let fds = unsafe {
-        [
-            BorrowedFd::borrow_raw(segment_fd),
-            BorrowedFd::borrow_raw(start.ready_fd),
-            BorrowedFd::borrow_raw(heap_fd),
-        ]
-    };
+    let fds = [segment_fd, start.ready_fd, heap_fd];
     Ok(start_child([START, start.index, 0, 0], &fds)?)
 }
 
@@ -309,7 +306,7 @@ fn start(
     let [Some(segment_fd), Some(ready_fd), Some(heap_fd)] = fds else {
         return [-1, libc::EBADF];
     };
-    let (segment_fd, ready_fd) = (segment_fd.as_raw_fd(), ready_fd.as_raw_fd());
+    let (segment_fd, ready_fd) = (segment_fd.as_fd(), ready_fd.as_fd());
     fork_from_server(socket, server, heap_fd.as_fd(), move || {
         super::bootstrap::become_worker(segment_fd, ready_fd, index, StartMethod::ForkServer)
     })
@@ -355,7 +352,9 @@ fn fork_from_server(
             // the parent would not see the server's end close when it dies.
             drop(socket.take());
             fork::die_with_parent(server);
-            let code = if crate::objects::Heap::adopt(heap_fd.as_raw_fd()) {
+            // The heap keeps its own copy of the descriptor.
+            let heap_fd = heap_fd.try_clone_to_owned();
+            let code = if heap_fd.is_ok_and(crate::objects::Heap::adopt) {
                 body()
             } else {
                 super::BAD_SEGMENT_EXIT

@@ -13,6 +13,9 @@
 //! Whatever the method, a worker ends up in `worker::serve` with the
 //! pool's segment mapped and reports in through the pool's `ready` eventfd.
 
+// Unsafe code: the probe entry point shares the entry points' `unsafe fn` contract.
+#![allow(unsafe_code)]
+
 pub(crate) mod bootstrap;
 pub(crate) mod fork;
 pub(crate) mod forkserver;
@@ -32,14 +35,14 @@ use crate::shm::layout::Layout;
 use crate::task::{Entry, EntryPoint, TaskIo};
 use crate::worker::{self, WorkerStart};
 use fork::Child;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 
 /// Starts one worker of the pool whose segment is `layout` / `segment_fd`.
 /// Called from the pool's supervisor thread.
 pub(crate) fn start_worker(
     layout: &Layout,
-    segment_fd: RawFd,
-    start: WorkerStart,
+    segment_fd: BorrowedFd<'_>,
+    start: WorkerStart<'_>,
 ) -> Result<Child, Error> {
     match start.method {
         StartMethod::Fork => {

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::worker::WorkerStart;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// The variable that makes a re-executed process a pool worker.
@@ -130,27 +130,21 @@ pub(crate) fn detach() {
 }
 
 /// Starts a spawned worker (from the pool's supervisor thread).
-pub(crate) fn spawn_worker(segment_fd: RawFd, start: WorkerStart) -> Result<Child, Error> {
+pub(crate) fn spawn_worker(
+    segment_fd: BorrowedFd<'_>,
+    start: WorkerStart<'_>,
+) -> Result<Child, Error> {
     super::bootstrap::ensure_linked();
     let heap_fd = crate::objects::Heap::get()?.fd();
     let spec = Spec {
-        segment_fd,
-        ready_fd: start.ready_fd,
-        heap_fd,
+        segment_fd: segment_fd.as_raw_fd(),
+        ready_fd: start.ready_fd.as_raw_fd(),
+        heap_fd: heap_fd.as_raw_fd(),
         index: start.index,
         probe: super::probe_offset(),
     };
     let env = environment((ENV, spec.encode()))?;
-    // SAFETY: the pool keeps its segment and the worker's ready descriptor open
-    // until the worker has started, and the object heap lives as long as the
-    // program; all three outlive this call.
-    let keep = unsafe {
-        [
-            BorrowedFd::borrow_raw(segment_fd),
-            BorrowedFd::borrow_raw(start.ready_fd),
-            BorrowedFd::borrow_raw(heap_fd),
-        ]
-    };
+    let keep = [segment_fd, start.ready_fd, heap_fd];
     Ok(exec_self(&env, &keep, Tie::Thread)?)
 }
 

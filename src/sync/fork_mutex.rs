@@ -7,6 +7,9 @@
 //! process takes it over. What it guards may then be half-updated: each user
 //! keys its data by pid and discards what a parent left.
 
+// Unsafe code: a mutex's guarded value.
+#![allow(unsafe_code)]
+
 use super::futex;
 use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};

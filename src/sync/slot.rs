@@ -26,6 +26,9 @@
 //! [`WAITER`] says "someone sleeps here", so a finishing worker calls
 //! `futex_wake` only when it is needed.
 
+// Unsafe code: the slot protocol's cells.
+#![allow(unsafe_code)]
+
 use crate::sync::futex;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -191,21 +194,15 @@ impl TaskSlot {
         decode(self.state.load(Ordering::Acquire))
     }
 
-    /// The task description.
+    /// The slot's description and inline bytes, to read and write.
     ///
     /// # Safety
-    /// The caller holds the slot in a state that gives it access (module doc):
-    /// the parent while `FREE` (write) or after seeing `DONE` (read), worker k
-    /// while it holds `RUNNING(k)`, the supervisor after reaping k.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn desc(&self) -> &mut TaskDesc {
-        // SAFETY: exclusive access by the caller's contract.
-        unsafe { &mut *self.desc.get() }
-    }
-
-    /// The inline payload bytes; same access rules as [`TaskSlot::desc`].
-    pub(crate) fn inline_ptr(&self) -> *mut u8 {
-        self.inline.get().cast()
+    /// The caller holds the slot in a state that gives it access (module
+    /// doc), and no other [`Held`] of the slot is alive: the parent while
+    /// `FREE`, worker k while it holds `RUNNING(k)`, the supervisor after
+    /// reaping k. (The worker's [`claim`](Self::claim) hands one out safely.)
+    pub(crate) unsafe fn held(&self) -> Held<'_> {
+        Held { slot: self }
     }
 
     /// Starts fetching the slot's first two lines (state and description,
@@ -233,20 +230,22 @@ impl TaskSlot {
         self.state.store(QUEUED, Ordering::Release);
     }
 
-    /// QUEUED → RUNNING(worker). Returns `false` if the slot is not queued
-    /// (another worker claimed it, or a stale ring entry pointed here).
-    pub(crate) fn claim(&self, worker: u32) -> bool {
+    /// QUEUED → RUNNING(worker), and the access that gives. `None` if the
+    /// slot is not queued (another worker claimed it, or a stale ring entry
+    /// pointed here).
+    pub(crate) fn claim(&self, worker: u32) -> Option<Held<'_>> {
         let mut s = self.state.load(Ordering::Acquire);
         loop {
             if s & STATE_MASK != QUEUED {
-                return false;
+                return None;
             }
             let running = (s & WAITER) | RUNNING | (worker << WORKER_SHIFT);
             match self
                 .state
                 .compare_exchange(s, running, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return true,
+                // The CAS made this caller the one holder of RUNNING(worker).
+                Ok(_) => return Some(Held { slot: self }),
                 Err(now) => s = now,
             }
         }
@@ -295,11 +294,12 @@ impl TaskSlot {
             }
             // SAFETY: the slot is RUNNING for a holder that cannot write (reaped,
             // or the placeholder we just installed); parents read only after DONE.
-            let desc = unsafe { self.desc() };
+            let mut held = unsafe { self.held() };
+            let desc = held.desc();
             desc.outcome = outcome as u32;
             desc.detail = detail;
             desc.signal = signal;
-            self.finish();
+            held.finish();
             return true;
         }
     }
@@ -360,10 +360,23 @@ impl TaskSlot {
     /// caller checks them before use. Only after [`TaskSlot::is_done`]
     /// returned `true`.
     pub(crate) fn outcome(&self) -> (Result<Outcome, u32>, u32, i32) {
-        debug_assert!(self.is_done());
-        // SAFETY: DONE was observed with Acquire; nobody writes a DONE slot.
-        let desc = unsafe { &*self.desc.get() };
+        let (desc, _) = self.done_parts();
         (Outcome::from_u32(desc.outcome), desc.detail, desc.signal)
+    }
+
+    /// The first `len` inline bytes of a finished slot (a panic message),
+    /// `None` if the slot holds fewer. Only after [`TaskSlot::is_done`]
+    /// returned `true`.
+    pub(crate) fn message(&self, len: usize) -> Option<&[u8]> {
+        self.done_parts().1.get(..len)
+    }
+
+    /// The description and inline bytes of a finished slot, to read.
+    fn done_parts(&self) -> (&TaskDesc, &[u8; INLINE_CAPACITY]) {
+        debug_assert!(self.is_done());
+        // SAFETY: DONE was observed with Acquire (the callers' contract);
+        // nobody writes a DONE slot until the parent releases it.
+        unsafe { (&*self.desc.get(), &*self.inline.get()) }
     }
 
     /// Waits until DONE or `deadline`; returns whether the task is done. Spins
@@ -388,6 +401,37 @@ impl TaskSlot {
     }
 }
 
+/// Access to a slot's description and inline bytes, for the one the
+/// protocol gives them to (module doc): got from [`TaskSlot::claim`] by the
+/// worker that claimed the slot, or vouched for with [`TaskSlot::held`].
+pub(crate) struct Held<'a> {
+    slot: &'a TaskSlot,
+}
+
+impl Held<'_> {
+    /// The task description.
+    pub(crate) fn desc(&mut self) -> &mut TaskDesc {
+        self.cells().0
+    }
+
+    /// The inline payload bytes.
+    pub(crate) fn inline(&mut self) -> &mut [u8; INLINE_CAPACITY] {
+        self.cells().1
+    }
+
+    /// Both of the slot's cells.
+    fn cells(&mut self) -> (&mut TaskDesc, &mut [u8; INLINE_CAPACITY]) {
+        // SAFETY: this token is the one access to the slot's cells that the
+        // protocol allows now (how it was made), borrowed mutably.
+        unsafe { (&mut *self.slot.desc.get(), &mut *self.slot.inline.get()) }
+    }
+
+    /// RUNNING → DONE by its holder, after writing the outcome.
+    pub(crate) fn finish(self) {
+        self.slot.finish();
+    }
+}
+
 fn decode(s: u32) -> SlotState {
     match s & STATE_MASK {
         FREE => SlotState::Free,
@@ -409,12 +453,14 @@ mod tests {
         let slot = TaskSlot::default();
         assert_eq!(slot.state(), SlotState::Free);
         slot.publish();
-        assert!(slot.claim(3));
-        assert!(!slot.claim(4), "a claimed slot cannot be claimed again");
+        let mut held = slot.claim(3).expect("a queued slot can be claimed");
+        assert!(
+            slot.claim(4).is_none(),
+            "a claimed slot cannot be claimed again"
+        );
         assert_eq!(slot.state(), SlotState::Running { worker: 3 });
-        // SAFETY: worker 3 holds RUNNING(3).
-        unsafe { slot.desc().outcome = Outcome::Returned as u32 };
-        slot.finish();
+        held.desc().outcome = Outcome::Returned as u32;
+        held.finish();
         assert!(slot.wait_done(Some(Instant::now())));
         assert_eq!(slot.outcome().0, Ok(Outcome::Returned));
         slot.release();
@@ -426,9 +472,9 @@ mod tests {
         let slot = TaskSlot::default();
         slot.publish();
         assert!(slot.cancel());
-        assert!(!slot.claim(0), "a cancelled slot is not claimable");
+        assert!(slot.claim(0).is_none(), "a cancelled slot is not claimable");
         slot.publish();
-        assert!(slot.claim(0));
+        assert!(slot.claim(0).is_some());
         assert!(!slot.cancel());
     }
 
@@ -436,10 +482,10 @@ mod tests {
     fn a_dead_worker_slot_is_failed_or_requeued_but_never_twice() {
         let slot = TaskSlot::default();
         slot.publish();
-        assert!(slot.claim(5));
+        assert!(slot.claim(5).is_some());
         assert!(!slot.requeue(6), "only the dead worker's slot");
         assert!(slot.requeue(5));
-        assert!(slot.claim(7));
+        assert!(slot.claim(7).is_some());
         let running_on = |w| move |s| s == SlotState::Running { worker: w };
         assert!(!slot.finish_for(running_on(5), Outcome::WorkerDied, 42, 9));
         assert!(slot.finish_for(running_on(7), Outcome::WorkerDied, 42, 9));
@@ -456,7 +502,7 @@ mod tests {
             0,
             -1
         ));
-        assert!(!slot.claim(0));
+        assert!(slot.claim(0).is_none());
         assert_eq!(slot.outcome().0, Ok(Outcome::Terminated));
     }
 
@@ -466,7 +512,7 @@ mod tests {
         slot.publish();
         std::thread::scope(|s| {
             let waiter = s.spawn(|| slot.wait_done(Some(Instant::now() + Duration::from_secs(20))));
-            assert!(slot.claim(1));
+            assert!(slot.claim(1).is_some());
             std::thread::sleep(Duration::from_millis(if cfg!(miri) { 1 } else { 30 }));
             slot.finish();
             assert!(waiter.join().unwrap());
@@ -477,7 +523,7 @@ mod tests {
     fn wait_times_out_on_a_running_slot() {
         let slot = TaskSlot::default();
         slot.publish();
-        assert!(slot.claim(1));
+        assert!(slot.claim(1).is_some());
         assert!(!slot.wait_done(Some(Instant::now() + Duration::from_millis(5))));
     }
 }

@@ -2,6 +2,9 @@
 //! functions exist, at the same offsets, in every process of this program
 //! (a re-executed worker maps the same file).
 
+// Unsafe code: the loader's program headers, through dl_iterate_phdr.
+#![allow(unsafe_code)]
+
 use std::sync::OnceLock;
 
 /// The address range of the main executable's code, from its program headers.
@@ -13,11 +16,18 @@ pub(crate) fn text() -> (usize, usize) {
             _size: libc::size_t,
             data: *mut libc::c_void,
         ) -> libc::c_int {
-            // SAFETY: the loader passes valid info; `data` is our `(usize, usize)`.
-            let (info, range) = unsafe { (&*info, &mut *data.cast::<(usize, usize)>()) };
-            for i in 0..info.dlpi_phnum as usize {
-                // SAFETY: `dlpi_phdr` points at `dlpi_phnum` program headers.
-                let ph = unsafe { &*info.dlpi_phdr.add(i) };
+            // SAFETY: what the loader hands a callback is valid for the call:
+            // the info, and in it `dlpi_phdr`, `dlpi_phnum` program headers;
+            // `data` is our `(usize, usize)`.
+            let (info, headers, range) = unsafe {
+                let info = &*info;
+                let headers = match info.dlpi_phnum {
+                    0 => &[][..],
+                    n => std::slice::from_raw_parts(info.dlpi_phdr, n as usize),
+                };
+                (info, headers, &mut *data.cast::<(usize, usize)>())
+            };
+            for ph in headers {
                 if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
                     let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
                     range.0 = range.0.min(start);

@@ -1,6 +1,9 @@
 //! `fork`, `_exit`, `execve` and signal dispositions: the process calls with no
 //! safe form (rustix offers none, or only an unsafe one).
 
+// Unsafe code: `fork`, `execve`, signal dispositions: no safe form.
+#![allow(unsafe_code)]
+
 use std::ffi::CStr;
 use std::io;
 

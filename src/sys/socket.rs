@@ -2,6 +2,9 @@
 //! form of it, but its `UCred` holds the pid as a non-zero `Pid`, and the
 //! kernel reports 0 for a peer outside this pid namespace.
 
+// Unsafe code: `SO_PEERCRED`: no safe form that fits.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 

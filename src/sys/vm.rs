@@ -1,5 +1,9 @@
 //! `process_vm_readv` / `process_vm_writev`: copies between this process and
-//! another one's memory. rustix has no form of them.
+//! another one's memory (rustix has no form of them); and `madvise` with the
+//! advice that leaves memory as it is (rustix's form is unsafe for all).
+
+// Unsafe code: `process_vm_readv`/`writev` and `madvise`: no safe form.
+#![allow(unsafe_code)]
 
 use std::io;
 
@@ -55,4 +59,28 @@ pub(crate) unsafe fn write(pid: i32, local: &[u8], remote: u64) -> Result<(), i3
     // call); the remote range is the caller's contract.
     let n = unsafe { libc::process_vm_writev(pid, &local_iov, 1, &remote_iov, 1, 0) };
     transferred(n, local.len())
+}
+
+/// Advice that changes no byte of memory: [`advise`] takes only these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Advice {
+    /// `MADV_HUGEPAGE`: back the range with huge pages where the kernel can.
+    HugePages,
+    /// `MADV_POPULATE_WRITE`: fault the range in, writable, at once (as a
+    /// write to each page would, without writing).
+    PopulateWrite,
+}
+
+/// `madvise` of the whole pages `[start, start + len)` with advice that
+/// leaves memory as it is; only advice, so a refusal (a range not mapped,
+/// or not writable, an old kernel) is ignored. Safe: neither advice changes
+/// the contents of any page, and the kernel checks the range itself.
+pub(crate) fn advise(start: usize, len: usize, advice: Advice) {
+    let advice = match advice {
+        Advice::HugePages => rustix::mm::Advice::LinuxHugepage,
+        Advice::PopulateWrite => rustix::mm::Advice::LinuxPopulateWrite,
+    };
+    // SAFETY: the advice changes no byte of memory (above); an unmapped or
+    // read-only range fails with an errno.
+    let _ = unsafe { rustix::mm::madvise(start as *mut std::ffi::c_void, len, advice) };
 }

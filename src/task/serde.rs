@@ -17,6 +17,9 @@
 //! worker wrote: the header's count and byte length are checked against the
 //! area the parent itself reserved (`pool::serde`).
 
+// Unsafe code: serde chunks' raw blocks; functions from code offsets.
+#![allow(unsafe_code)]
+
 use super::{conjure, FnCode, Partial, TaskIo};
 use crate::error::Error;
 use crate::remote::AccessRefused;
@@ -178,12 +181,11 @@ where
     Args: DeserializeOwned,
 {
     debug_assert!(io.remote.is_none(), "serde chunks lie in the segment");
-    // SAFETY: the contract: a header the parent wrote (unaligned read).
-    let header = unsafe { io.input.cast::<InHeader>().read_unaligned() };
-    // SAFETY: the contract: `in_bytes` bytes after the header, then the
-    // output header and room for `out_capacity` bytes after it, disjoint,
-    // ours alone.
+    // SAFETY: the block the parent laid out (contract): its header
+    // (read unaligned), `in_bytes` bytes after it; the output header and
+    // room for `out_capacity` bytes after that, disjoint, ours alone.
     let (input, output) = unsafe {
+        let header = io.input.cast::<InHeader>().read_unaligned();
         (
             std::slice::from_raw_parts(io.input.add(IN_HEADER), header.in_bytes as usize),
             std::slice::from_raw_parts_mut(io.output, OUT_HEADER + header.out_capacity as usize),

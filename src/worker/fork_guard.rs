@@ -24,6 +24,9 @@
 //! Only `fork()` through libc counts: glibc's `_Fork`, `vfork`, `posix_spawn`
 //! and raw `clone` run no atfork handler (and the last three exec or exit).
 
+// Unsafe code: `pthread_atfork` handlers; a plain read of the fork flag.
+#![allow(unsafe_code)]
+
 use rustix::io::Errno;
 use rustix::process::WaitOptions;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};

@@ -6,17 +6,20 @@
 //! header's wake word. Exit (status 0) once the pool is closed and the ring is
 //! empty, or after `max_tasks` tasks (the supervisor then starts a replacement).
 
+// Unsafe code: runs entry points on the data the parent laid out.
+#![allow(unsafe_code)]
+
 pub(crate) mod fork_guard;
 
 use crate::panic::{install_quiet_panic_hook, panic_message};
 use crate::remote::{self, AccessRefused, Peer, Stage};
 use crate::shm::layout::{Layout, INIT_FAILED_EXIT, SLOT_CAPACITY};
 use crate::sync::slot::{
-    Outcome, HEAP_FRESH_OUTPUT, HEAP_INPUT, HEAP_OUTPUT, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED,
+    Held, Outcome, HEAP_FRESH_OUTPUT, HEAP_INPUT, HEAP_OUTPUT, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED,
 };
 use crate::sync::spin::SpinWait;
 use crate::task::{EntryPoint, Remote, TaskIo};
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
@@ -24,18 +27,19 @@ mod setup;
 
 /// Who a worker is and how it tells the parent it is ready.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct WorkerStart {
+pub(crate) struct WorkerStart<'fd> {
     /// The worker's index in the pool (`0..processes`), kept by replacements.
     pub(crate) index: u32,
-    /// An eventfd the worker adds 1 to once its initializer has run.
-    pub(crate) ready_fd: RawFd,
+    /// An eventfd the worker adds 1 to once its initializer has run (the
+    /// parent's; the worker's inherited copy).
+    pub(crate) ready_fd: BorrowedFd<'fd>,
     /// How the worker process was started (for `current_process().name`).
     pub(crate) method: crate::StartMethod,
 }
 
 /// Serves tasks until the pool closes or the task quota is used up; returns
 /// the exit status.
-pub(crate) fn serve(layout: Layout, start: WorkerStart) -> i32 {
+pub(crate) fn serve(layout: Layout, start: WorkerStart<'_>) -> i32 {
     // Done by the parent before forking; a spawned process installs it here.
     install_quiet_panic_hook();
     fork_guard::arm();
@@ -148,13 +152,12 @@ fn initialize(layout: Layout) -> Result<(), String> {
     }
     let entry = settings.init_entry.load(Ordering::Acquire);
     let io = TaskIo::local(settings.init_args.0.get().cast(), std::ptr::null_mut(), 1);
-    // SAFETY: only the parent writes the initializer, with EntryPoint::new in
-    // this binary, before any worker starts.
-    let entry = unsafe { EntryPoint(entry).resolve() };
-    // SAFETY: the parent wrote the entry's argument tuple into `init_args`
-    // (aligned to 64) and never writes it again; init entries write no output.
-    // An init entry touches no caller memory, so it cannot be refused.
-    std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry(io) }))
+    let entry = EntryPoint(entry);
+    // An init entry touches no caller memory, so it cannot be refused. Only
+    // the parent writes the initializer, before any worker starts.
+    // SAFETY: made with EntryPoint::new in this binary, with its argument
+    // tuple in `init_args` (64-aligned, never written again); no output.
+    std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry.call(io) }))
         .map(drop)
         .map_err(|payload| panic_message(&payload))
 }
@@ -200,14 +203,8 @@ fn reach_parent(layout: Layout) -> Option<Peer> {
 }
 
 /// Adds 1 to the parent's ready counter (an eventfd this process inherited
-/// as `fd`); a bad number only makes it fail.
-fn report_ready(fd: RawFd) {
-    if fd < 0 {
-        return;
-    }
-    // SAFETY: an inherited descriptor that stays open for this call (nothing
-    // in this process closes it); the borrow ends with it.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+/// as `fd`).
+fn report_ready(fd: BorrowedFd<'_>) {
     let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
 
@@ -226,9 +223,9 @@ fn run(
         return false; // a ring entry written over: no slot of ours
     }
     let slot = layout.slot(index);
-    if !slot.claim(me) {
+    let Some(mut held) = slot.claim(me) else {
         return false; // a stale ring entry, or another worker was faster
-    }
+    };
     #[cfg(test)]
     hostile::running(layout, index, me);
     if track {
@@ -236,9 +233,11 @@ fn run(
             .worker_record(me)
             .start(index, crate::shm::layout::monotonic_ms());
     }
-    // SAFETY: we hold RUNNING(me); the parent wrote desc before publishing
-    // (docs/ARCHITECTURE.md, "Slots").
-    let desc = unsafe { *slot.desc() };
+    // We hold RUNNING(me); the parent wrote desc and the inline bytes before
+    // publishing (docs/ARCHITECTURE.md, "Slots"). Both are copied: the task's
+    // view of them cannot change under it.
+    let desc = *held.desc();
+    let context = *held.inline();
     // Read now: once the slot is finished, the parent may reuse it.
     let watched = desc.flags & WATCHED != 0;
     let (remote_in, remote_out) = (
@@ -256,7 +255,7 @@ fn run(
         (true, None) => {
             // Handed the parent's memory before the parent heard that this
             // worker cannot reach it: refuse, having touched nothing.
-            return finish(layout, index, me, track, watched, || {
+            return finish(layout, me, track, watched, (index, held), || {
                 Err(AccessRefused {
                     errno: libc::EPERM,
                     wrote: false,
@@ -269,7 +268,7 @@ fn run(
         // The parent's heap is out of reach (or an offset lies outside it):
         // refuse, having touched nothing; the parent redoes the chunk.
         Err(errno) => {
-            return finish(layout, index, me, track, watched, || {
+            return finish(layout, me, track, watched, (index, held), || {
                 Err(AccessRefused {
                     errno,
                     wrote: false,
@@ -292,18 +291,18 @@ fn run(
         },
         len: desc.len as usize,
         remote,
-        context: slot.inline_ptr(),
+        context: &context,
         segment: layout.at(0),
     };
-    // SAFETY: only the parent writes entries, with EntryPoint::new in this binary.
-    let entry = unsafe { EntryPoint(desc.entry).resolve() };
+    let entry = EntryPoint(desc.entry);
     let task = move || {
-        // SAFETY: the parent laid out input/output for this entry point, for
-        // us alone while we hold the slot, valid until DONE (ARCHITECTURE.md,
-        // "Slots", "Zero-copy maps").
-        unsafe { entry(io) }
+        // Only the parent writes entries (ARCHITECTURE.md, "Slots",
+        // "Zero-copy maps").
+        // SAFETY: made with EntryPoint::new in this binary, with input and
+        // output laid out for it, ours while we hold the slot, until DONE.
+        unsafe { entry.call(io) }
     };
-    finish(layout, index, me, track, watched, task)
+    finish(layout, me, track, watched, (index, held), task)
 }
 
 /// The sides of a chunk that lie in the parent's shared heap (`HEAP_INPUT`,
@@ -331,27 +330,26 @@ fn heap_sides(
     Ok((input.map(<*mut u8>::cast_const), output))
 }
 
-/// Runs `task` under `catch_unwind` in slot `index` (held as RUNNING(me)),
+/// Runs `task` under `catch_unwind` in slot `index`, `held` as RUNNING(me),
 /// writes its outcome and finishes the slot. Returns `true` (a task ran).
 /// A process the task forked leaves here, as the task returns in it.
 fn finish(
     layout: Layout,
-    index: u32,
     me: u32,
     track: bool,
     watched: bool,
+    (index, mut held): (u32, Held<'_>),
     task: impl FnOnce() -> Result<(), AccessRefused>,
 ) -> bool {
-    let slot = layout.slot(index);
     let began = crate::shm::layout::ticks();
     let result = std::panic::catch_unwind(AssertUnwindSafe(task));
     let took = crate::shm::layout::ticks().saturating_sub(began);
     fork_guard::check();
-    // SAFETY: still RUNNING(me): the outcome is ours to write.
-    let desc = unsafe { slot.desc() };
+    // Still RUNNING(me): the outcome is ours to write.
     match result {
-        Ok(Ok(())) => desc.outcome = Outcome::Returned as u32,
+        Ok(Ok(())) => held.desc().outcome = Outcome::Returned as u32,
         Ok(Err(refused)) => {
+            let desc = held.desc();
             desc.outcome = Outcome::AccessRefused as u32;
             desc.detail = refused.errno as u32;
             desc.signal = i32::from(refused.wrote);
@@ -359,11 +357,9 @@ fn finish(
         Err(payload) => {
             let message = panic_message(&payload);
             let bytes = truncate(&message, crate::sync::slot::INLINE_CAPACITY);
-            // SAFETY: the inline area is ours while RUNNING and holds at least
-            // INLINE_CAPACITY bytes; `bytes` is no longer.
-            unsafe {
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot.inline_ptr(), bytes.len())
-            };
+            // At most INLINE_CAPACITY bytes.
+            held.inline()[..bytes.len()].copy_from_slice(bytes);
+            let desc = held.desc();
             desc.outcome = Outcome::Panicked as u32;
             desc.detail = bytes.len() as u32;
             // A payload whose destructor panics must not take the worker down.
@@ -376,7 +372,7 @@ fn finish(
         layout.worker_record(me).idle();
     }
     count_task(layout, me, took);
-    slot.finish();
+    held.finish();
     if watched {
         // Before the notify: its fence publishes the entry to a parked reader.
         layout.finish_log(me).push(index);
@@ -479,7 +475,7 @@ mod tests {
         // copied the description before the task began.
         unsafe {
             std::ptr::write_bytes(
-                (slot.desc() as *mut TaskDesc).cast::<u8>(),
+                (slot.held().desc() as *mut TaskDesc).cast::<u8>(),
                 0xA5,
                 std::mem::size_of::<TaskDesc>(),
             )
@@ -498,7 +494,8 @@ mod tests {
     impl Drop for LateScribble {
         fn drop(&mut self) {
             // SAFETY: none, as above.
-            let desc = unsafe { hostile::slot().desc() };
+            let mut held = unsafe { hostile::slot().held() };
+            let desc = held.desc();
             desc.outcome = self.outcome;
             desc.detail = self.detail;
         }

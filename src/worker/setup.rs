@@ -9,6 +9,9 @@
 //! without racing any other thread. Settings come from the segment, which
 //! the parent wrote before the first worker started.
 
+// Unsafe code: a SIGABRT handler; `environ` set without its lock.
+#![allow(unsafe_code)]
+
 use crate::shm::layout::Layout;
 use rustix::process::{Resource, Rlimit};
 use rustix::thread::CpuSet;

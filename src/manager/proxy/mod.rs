@@ -8,6 +8,9 @@
 //! [`Process`](crate::Process) or a pool task, which connects on its first
 //! call in whatever process it reaches.
 
+// Unsafe code: a client's function called through a code offset; `Borrowed` is `Pod`.
+#![allow(unsafe_code)]
+
 mod collections;
 mod queue;
 mod sync;

@@ -1,6 +1,9 @@
 //! The synchronous maps: their entry points for Rust callers, and
 //! [`map_raw`], the one path of every synchronous map.
 
+// Unsafe code: maps over raw buffers (`map_raw`).
+#![allow(unsafe_code)]
+
 use super::layout::{check_chunksize, check_context, Elem, MapBytes};
 use super::memory::prefault;
 use super::through_arena::{through_arena, Buffers};

@@ -1,6 +1,7 @@
 //! Page advice for a map's fresh output buffer.
 
 use crate::shm::layout::PAGE;
+use crate::sys::vm::{advise, Advice};
 
 /// The whole pages inside `[ptr, ptr + bytes)`.
 fn whole_pages(ptr: *mut u8, bytes: usize) -> (usize, usize) {
@@ -21,9 +22,8 @@ pub(crate) fn prefault(ptr: *mut u8, bytes: usize) {
         return;
     }
     let (start, end) = whole_pages(ptr, bytes);
-    for advice in [libc::MADV_HUGEPAGE, libc::MADV_POPULATE_WRITE] {
-        // SAFETY: [start, end) lies inside the caller's allocation; neither advice
-        // changes the contents of memory (the buffer is uninitialized anyway).
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) };
+    for advice in [Advice::HugePages, Advice::PopulateWrite] {
+        // [start, end) lies inside the caller's allocation.
+        advise(start, end - start, advice);
     }
 }

@@ -29,13 +29,9 @@ pub(crate) fn submit_slice<T: Pod, U: Pod>(
     }
     let len = items.len();
     let shape = MapLayout::new(len, Elem::of::<T>(), Elem::of::<U>()).ok_or_else(too_large)?;
-    let block = core.alloc_block(shape.total, shape.align)?;
+    // The block holds `len` T's from its start.
+    let block = core.alloc_block_from(shape.total, shape.align, crate::pod::bytes_of(items))?;
     let base = Core::block_offset(block);
-    // SAFETY: the fresh block holds `len` T's from its start; no worker sees it
-    // before the chunks are published.
-    unsafe {
-        std::ptr::copy_nonoverlapping(items.as_ptr(), core.layout().at(base).cast::<T>(), len)
-    };
     let mut job = Job::new(Some(block));
     for start in (0..len).step_by(chunksize) {
         let n = chunksize.min(len - start);
@@ -85,9 +81,9 @@ pub(crate) fn submit_apply<Args: Pod, R: Pod>(
     let area = MapLayout::task(1, Elem::of::<Args>(), Elem::of::<R>()).ok_or_else(too_large)?;
     let at = slot.attach_area(&area, 0)?;
     let output = at + area.output_start as u64;
-    // SAFETY: `at` is the token's inline area or block, aligned for Args;
-    // the slot is unpublished, so this thread has them to itself.
-    unsafe { core.layout().at(at).cast::<Args>().write(args) };
+    // The token's inline area or block: unpublished, this thread's alone.
+    slot.payload(at, size_of::<Args>())
+        .copy_from_slice(crate::pod::bytes_of(&args));
     slot.describe(TaskDesc {
         entry: entry.0,
         input: at,

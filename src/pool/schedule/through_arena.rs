@@ -1,6 +1,9 @@
 //! Maps through the arena: the parent copies each chunk's input into an arena
 //! block and its output out, overlapping both with the workers.
 
+// Unsafe code: copies a map's raw buffers through the arena.
+#![allow(unsafe_code)]
+
 use super::layout::{too_large, MapLayout};
 use super::map::MapCall;
 use super::memory::prefault;
