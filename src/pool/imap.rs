@@ -18,7 +18,7 @@ use crate::pool::lazy::{Chunks, Input, Lazy, Ready};
 use crate::pool::schedule::{check_chunksize, check_context, imap_window, Elem, MapLayout};
 use crate::sync::slot::TaskDesc;
 use crate::Pod;
-use std::mem::{size_of, MaybeUninit};
+use std::mem::MaybeUninit;
 #[cfg(feature = "async")]
 use std::pin::Pin;
 use std::sync::Arc;
@@ -128,10 +128,13 @@ impl<I: Iterator<Item: Pod>, U: Pod> Chunks<I, U> for PodChunks {
         let base = slot.attach_area(&self.area, self.context.len())?;
         // The area holds `chunksize` inputs from `base`, unpublished: this
         // thread's alone.
-        let size = size_of::<I::Item>();
-        let inputs = slot.payload(base, self.chunksize * size);
+        // Written through a raw pointer: a checked typed view here made a
+        // chunk-1 `imap_unordered` 7-10 % slower (`examples/small_tasks`, A/B).
+        let at = core.layout().at(base).cast::<I::Item>();
         let n = input.pull(self.chunksize, |i, item| {
-            inputs[i * size..(i + 1) * size].copy_from_slice(crate::pod::bytes_of(&item));
+            // SAFETY: the area holds `chunksize` inputs from `base` (aligned
+            // for the item type) and is unpublished: this thread owns it.
+            unsafe { at.add(i).write(item) }
         });
         if n == 0 {
             return Ok(None); // the token gives the slot and block back

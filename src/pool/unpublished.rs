@@ -16,7 +16,8 @@ use crate::pool::core::Core;
 use crate::pool::schedule::MapLayout;
 use crate::shm::arena::Block;
 use crate::sync::slot::{TaskDesc, INLINE_CAPACITY};
-use std::mem::MaybeUninit;
+use crate::Pod;
+use std::mem::{size_of, MaybeUninit};
 
 /// A `FREE` slot this thread allocated and may write, with the arena block
 /// its payload uses (if any).
@@ -46,6 +47,7 @@ impl<'a> UnpublishedSlot<'a> {
 
     /// The segment offset of the slot's inline payload area
     /// (`INLINE_CAPACITY` bytes, aligned to 64).
+    #[inline]
     pub(crate) fn inline_offset(&self) -> u64 {
         self.core.layout().inline_offset(self.index)
     }
@@ -73,6 +75,7 @@ impl<'a> UnpublishedSlot<'a> {
     }
 
     /// Writes the task's description.
+    #[inline]
     pub(crate) fn describe(&mut self, desc: TaskDesc) {
         // SAFETY: the slot is FREE and this token is its only handle, borrowed
         // mutably (docs/ARCHITECTURE.md, "Slots").
@@ -91,6 +94,7 @@ impl<'a> UnpublishedSlot<'a> {
     /// token's alone until it publishes. As bytes that may be uninitialized,
     /// so that values are copied in with their padding. Panics elsewhere (an
     /// offset this crate computed wrong).
+    #[inline]
     pub(crate) fn payload(&mut self, at: u64, len: usize) -> &mut [MaybeUninit<u8>] {
         let within = |start: u64, room: usize| {
             at.checked_sub(start)
@@ -108,6 +112,24 @@ impl<'a> UnpublishedSlot<'a> {
         // nothing else reads or writes before the slot is published (this
         // token is their only handle, borrowed mutably).
         unsafe { std::slice::from_raw_parts_mut(self.core.layout().at(at).cast(), len) }
+    }
+
+    /// [`payload`](Self::payload) as `n` values of `T`, each written with one
+    /// typed store. Panics if the bytes are not aligned for `T`.
+    #[inline]
+    pub(crate) fn payload_items<T: Pod>(&mut self, at: u64, n: usize) -> &mut [MaybeUninit<T>] {
+        let len = n
+            .checked_mul(size_of::<T>())
+            .expect("a payload within the segment");
+        let bytes = self.payload(at, len);
+        assert!(
+            bytes.as_ptr().cast::<T>().is_aligned(),
+            "a misaligned payload"
+        );
+        // SAFETY: `n * size_of::<T>()` bytes of the task's own room
+        // (checked by `payload`), aligned for `T` (checked); any bytes are a
+        // valid `MaybeUninit<T>`.
+        unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast(), n) }
     }
 
     /// Publishes the task: workers may take it from now on, and the slot and

@@ -82,8 +82,7 @@ pub(crate) fn submit_apply<Args: Pod, R: Pod>(
     let at = slot.attach_area(&area, 0)?;
     let output = at + area.output_start as u64;
     // The token's inline area or block: unpublished, this thread's alone.
-    slot.payload(at, size_of::<Args>())
-        .copy_from_slice(crate::pod::bytes_of(&args));
+    slot.payload_items::<Args>(at, 1)[0].write(args);
     slot.describe(TaskDesc {
         entry: entry.0,
         input: at,
