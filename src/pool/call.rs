@@ -143,6 +143,7 @@ macro_rules! lazy_maps {
         $body
     };
 }
+#[cfg(any(feature = "serde", feature = "mpi"))]
 pub(crate) use lazy_maps;
 
 /// A call to a [`Pool`] with per-call options, like the keyword arguments of

@@ -47,7 +47,9 @@ use crate::error::Error;
 use crate::task::{apply_entry, ApplyInput, Entry, EntryPoint, Task};
 use crate::{Pod, StartMethod};
 pub use builder::PoolBuilder;
-pub(crate) use call::{lazy_maps, shorthands};
+#[cfg(any(feature = "serde", feature = "mpi"))]
+pub(crate) use call::lazy_maps;
+pub(crate) use call::shorthands;
 pub use call::{Call, Deliver, NoCallbacks, WithCallbacks};
 pub use imap::Imap;
 #[cfg(feature = "async")]

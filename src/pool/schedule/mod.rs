@@ -36,4 +36,5 @@ pub(crate) use memory::prefault;
 pub(crate) use submit::{submit_apply, submit_slice};
 #[cfg(feature = "mpi")]
 pub(crate) use where_it_lies::{Place, SMALL_MAP_BYTES};
+#[cfg(feature = "serde")]
 pub(crate) use window::{Collect, Collected, Window};

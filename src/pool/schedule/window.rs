@@ -82,6 +82,7 @@ impl<'a, T> Window<'a, T> {
 
     /// Records a chunk published elsewhere (`serde()`'s chunks, which own
     /// their blocks), known by `tag`.
+    #[cfg(feature = "serde")]
     pub(crate) fn push(&mut self, slot: u32, tag: T) {
         self.in_flight.push_back((slot, tag));
     }
