@@ -113,38 +113,7 @@ pub(crate) fn claim_role_fds<const K: usize>(env: &str) -> Option<Claimed<K>> {
 /// on the ones this process needs, for its own `exec` only; the descriptors
 /// stay open here, numbered as in the role variable.
 fn close_on_exec_inherited() {
-    // SAFETY: plain syscall; it only sets a flag on this process's descriptors.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    if r == 0 {
-        return;
-    }
-    // Before Linux 5.11: one by one. Collected first, so that the directory's
-    // own descriptor is closed before the flags change.
-    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .map(|dir| {
-            dir.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .filter(|&fd| fd >= 3)
-                .collect()
-        })
-        .unwrap_or_default();
-    for fd in fds {
-        // SAFETY: fcntl on a number that names no descriptor fails with
-        // EBADF and changes nothing.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 {
-                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-            }
-        }
-    }
+    crate::sys::process::close_on_exec_from(3);
 }
 
 /// Ends a process that played a role, flushing what it printed.

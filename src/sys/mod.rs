@@ -8,8 +8,5 @@ pub(crate) mod executable;
 pub(crate) mod process;
 #[cfg(feature = "manager")]
 pub(crate) mod socket;
-// Unsafe code: `fork` and `execve` of a fresh copy of the executable, no
-// safe form (an outer attribute: the file is another change's).
-#[allow(unsafe_code)]
 pub(crate) mod spawn;
 pub(crate) mod vm;

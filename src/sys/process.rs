@@ -6,6 +6,7 @@
 
 use std::ffi::CStr;
 use std::io;
+use std::os::fd::RawFd;
 
 /// What [`fork`] returns in each process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,5 +121,43 @@ pub(crate) unsafe fn handle_once(sig: i32, handler: extern "C" fn(i32)) -> io::R
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets close-on-exec on every descriptor numbered `first` or more
+/// (`close_range` with `CLOSE_RANGE_CLOEXEC`; one by one from `/proc/self/fd`
+/// before Linux 5.11). Only a flag changes: the descriptors stay open.
+pub(crate) fn close_on_exec_from(first: u32) {
+    // SAFETY: plain syscall; it only sets a flag on this process's descriptors.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    // Before Linux 5.11: one by one. Collected first, so that the directory's
+    // own descriptor is closed before the flags change.
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|&fd: &RawFd| u32::try_from(fd).is_ok_and(|fd| fd >= first))
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        // SAFETY: fcntl on a number that names no descriptor fails with
+        // EBADF and changes nothing.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
     }
 }

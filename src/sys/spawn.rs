@@ -17,6 +17,10 @@
 //! around `clone`, and the child resets each caught signal to its default
 //! before it unblocks, so no handler of the parent ever runs in it.
 
+// Unsafe code: `clone` and `execve` of a fresh copy of the executable: no
+// safe form.
+#![allow(unsafe_code)]
+
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
