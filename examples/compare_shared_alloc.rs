@@ -256,6 +256,18 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// A table row: every contender's cell (in `Who::ALL` order), then ours
+/// against rayon and against the loop.
+fn row(label: &str, c: &[(f64, f64, f64)]) -> String {
+    let cells: Vec<String> = c.iter().map(|&x| ms(x)).collect();
+    format!(
+        "| {label} | {} | {:.2}× | {:.2}× |\n",
+        cells.join(" | "),
+        c[2].0 / c[0].0,
+        c[4].0 / c[0].0
+    )
+}
+
 fn ms((m, lo, hi): (f64, f64, f64)) -> String {
     format!("{m:.3} ({lo:.3}–{hi:.3})")
 }
@@ -304,17 +316,7 @@ fn main() {
     };
     for &n in sizes {
         let c = warm(n, &pool, &rayon, budget);
-        let _ = writeln!(
-            out,
-            "| {n} f64 | {} | {} | {} | {} | {} | {:.2}× | {:.2}× |",
-            ms(c[0]),
-            ms(c[1]),
-            ms(c[2]),
-            ms(c[3]),
-            ms(c[4]),
-            c[2].0 / c[0].0,
-            c[4].0 / c[0].0,
-        );
+        out.push_str(&row(&format!("{n} f64"), &c));
     }
     drop(pool);
 
@@ -351,17 +353,7 @@ fn main() {
             ("next four (median), ms", &warm),
             ("peak memory, MB", &peak),
         ] {
-            let _ = writeln!(
-                out,
-                "| {n} f64, {what} | {} | {} | {} | {} | {} | {:.2}× | {:.2}× |",
-                ms(c[0]),
-                ms(c[1]),
-                ms(c[2]),
-                ms(c[3]),
-                ms(c[4]),
-                c[2].0 / c[0].0,
-                c[4].0 / c[0].0,
-            );
+            out.push_str(&row(&format!("{n} f64, {what}"), c));
         }
     }
     let [heap, system] = big_parent_runs(reps.min(3));
