@@ -8,7 +8,11 @@ use crate::error::Error;
 /// * [`Fork`](StartMethod::Fork) (the default): the worker is a `fork` of the
 ///   pool's process. Fastest to start in a small process (~0.1 ms); the worker
 ///   sees the parent's memory as it was at that instant, so globals set before
-///   the pool was made are visible in tasks. A fork copies the parent's page
+///   the pool was made are visible in tasks. Signal handlers are the
+///   exception: a worker resets the program's to their defaults (those of
+///   the fault signals, `SIGSEGV` and the like, excepted), so a handler the
+///   program installed, such as a runtime's shutdown on `SIGTERM`, never runs
+///   in a worker, and `SIGTERM` ends one. A fork copies the parent's page
 ///   tables, which takes about 30 ms per GiB the parent has touched: a program
 ///   that makes pools after loading its data pays that per worker.
 /// * [`Spawn`](StartMethod::Spawn): the worker is a fresh execution of this

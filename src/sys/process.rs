@@ -75,6 +75,29 @@ pub(crate) fn ignore_signal(sig: i32) {
     unsafe { libc::signal(sig, libc::SIG_IGN) };
 }
 
+/// Sets every signal with a handler back to its default action, except
+/// those in `keep`; ignored signals stay ignored (as across `exec`).
+/// Async-signal-safe. Safe: it installs no handler, and the handlers it
+/// removes stay in memory, merely no longer called.
+pub(crate) fn reset_caught_signals(keep: &[i32]) {
+    // 64: the highest signal number on Linux (_NSIG - 1).
+    for sig in (1..=64).filter(|sig| !keep.contains(sig)) {
+        // SAFETY: zeroed is a valid sigaction; the first call only reads the
+        // current disposition, the second installs SIG_DFL (no handler).
+        unsafe {
+            let mut now: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut now) != 0 {
+                continue;
+            }
+            if now.sa_sigaction != libc::SIG_IGN && now.sa_sigaction != libc::SIG_DFL {
+                let mut default: libc::sigaction = std::mem::zeroed();
+                default.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &default, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
 /// Sends `signal` to process `pid` (`kill(2)`, any signal number, real-time
 /// ones included, which rustix's `Signal` does not name). Safe: it touches
 /// no memory; which process `pid` names is the caller's concern.

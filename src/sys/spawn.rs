@@ -125,7 +125,9 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         let _ = rustix::process::setsid();
         super::process::ignore_all_signals();
     } else {
-        reset_caught_signals();
+        // The child shares the parent's memory: no handler of the
+        // parent's may ever run in it.
+        super::process::reset_caught_signals(&[]);
     }
     if let Some(parent) = exec.die_with_thread {
         // SAFETY: plain syscalls on this process's own attributes.
@@ -156,28 +158,6 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     shared.failed.store(errno, Ordering::Release);
     // SAFETY: leaves the child without returning into anything of the parent.
     unsafe { libc::_exit(EXEC_FAILED) }
-}
-
-/// Sets every signal with a handler back to its default action: the child
-/// shares the parent's memory, so a parent's handler must never run in it.
-/// Ignored signals stay ignored (as across `exec`).
-fn reset_caught_signals() {
-    // 64: the highest signal number on Linux (_NSIG - 1).
-    for sig in 1..=64 {
-        // SAFETY: zeroed is a valid sigaction; the first call only reads the
-        // current disposition, the second installs SIG_DFL (no handler).
-        unsafe {
-            let mut now: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut now) != 0 {
-                continue;
-            }
-            if now.sa_sigaction != libc::SIG_IGN && now.sa_sigaction != libc::SIG_DFL {
-                let mut default: libc::sigaction = std::mem::zeroed();
-                default.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(sig, &default, std::ptr::null_mut());
-            }
-        }
-    }
 }
 
 #[cfg(all(test, not(miri)))]

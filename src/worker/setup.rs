@@ -36,9 +36,25 @@ extern "C" {
     static mut environ: *const *const c_char;
 }
 
+/// The signals a fault raises in the faulting thread.
+const FAULT_SIGNALS: [i32; 6] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+];
+
 /// Applies the pool's per-worker settings to this process (worker `index`).
 /// Must run while the process has a single thread.
 pub(crate) fn prepare(layout: Layout, index: u32) {
+    // A forked worker starts with the program's signal handlers, which would
+    // run the program's code here, on its descriptors (a runtime's
+    // self-pipe), and keep SIGTERM from ending the worker. The fault signals
+    // keep theirs: a crash is reported as the program reports it (Rust's
+    // stack-overflow message), and the worker dies of it all the same.
+    crate::sys::process::reset_caught_signals(&FAULT_SIGNALS);
     let settings = &layout.header().settings;
     if settings.pinned.load(Ordering::Acquire) != 0 {
         pin(layout, index);
