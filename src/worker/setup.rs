@@ -1,6 +1,7 @@
 //! What a worker does to its own process before it serves: set the
-//! program's signal handlers back to their defaults, pin itself to its CPUs, cap the threads of the libraries its tasks may call, limit its
-//! address space; and, after each task, the memory cap check.
+//! program's signal handlers back to their defaults, pin itself to its CPUs,
+//! cap the threads of the libraries its tasks may call, limit its address
+//! space; and, after each task, the memory cap check.
 //!
 //! Done here, in the worker, for every start method alike: at this point
 //! the worker process has one thread (a forked child of the supervisor, a
