@@ -74,6 +74,27 @@ pub(crate) struct Books {
     pub(crate) lost: usize,
 }
 
+/// Removes entry `i` of the `*n` in use at the front of `list`, keeping
+/// their order.
+fn remove_at(list: &mut [Extent], n: &mut usize, i: usize) {
+    list.copy_within(i + 1..*n, i);
+    *n -= 1;
+}
+
+/// Takes `size` bytes (at most its length) from the front of entry `i`,
+/// removing the entry when that is all of it.
+fn take_front(list: &mut [Extent], n: &mut usize, i: usize, size: usize) {
+    let e = list[i];
+    if e.len == size {
+        remove_at(list, n, i);
+    } else {
+        list[i] = Extent {
+            start: e.start + size,
+            len: e.len - size,
+        };
+    }
+}
+
 /// `x` rounded up to a multiple of `align` (a power of two), if it fits.
 pub(crate) fn align_up(x: usize, align: usize) -> Option<usize> {
     Some(x.checked_add(align - 1)? & !(align - 1))
@@ -134,15 +155,7 @@ impl Books {
         }
         let i = best?;
         let block = self.warm[i];
-        if block.len == size {
-            self.warm.copy_within(i + 1..self.nwarm, i);
-            self.nwarm -= 1;
-        } else {
-            self.warm[i] = Extent {
-                start: block.start + size,
-                len: block.len - size,
-            };
-        }
+        take_front(&mut self.warm, &mut self.nwarm, i, size);
         self.warm_bytes -= size;
         Some(block.start)
     }
@@ -161,8 +174,7 @@ impl Books {
                 continue;
             }
             // Remove `e`, then give back what is left on either side.
-            self.cold.copy_within(i + 1..self.ncold, i);
-            self.ncold -= 1;
+            remove_at(&mut self.cold, &mut self.ncold, i);
             self.settle_cold(Extent {
                 start: e.start,
                 len: start - e.start,
@@ -213,15 +225,7 @@ impl Books {
         for i in 0..self.ncold {
             let e = self.cold[i];
             if e.start == end && e.len >= extra {
-                if e.len == extra {
-                    self.cold.copy_within(i + 1..self.ncold, i);
-                    self.ncold -= 1;
-                } else {
-                    self.cold[i] = Extent {
-                        start: e.start + extra,
-                        len: e.len - extra,
-                    };
-                }
+                take_front(&mut self.cold, &mut self.ncold, i, extra);
                 return true;
             }
         }
@@ -245,8 +249,7 @@ impl Books {
             && (self.nwarm == WARM_CAP || self.warm_bytes.saturating_add(len) > self.retain)
         {
             let oldest = self.warm[0];
-            self.warm.copy_within(1..self.nwarm, 0);
-            self.nwarm -= 1;
+            remove_at(&mut self.warm, &mut self.nwarm, 0);
             self.warm_bytes -= oldest.len;
             punch.push(oldest);
         }
@@ -284,14 +287,12 @@ impl Books {
                 start: self.cold[i - 1].start,
                 len: self.cold[i - 1].len + e.len,
             };
-            self.cold.copy_within(i..self.ncold, i - 1);
-            self.ncold -= 1;
+            remove_at(&mut self.cold, &mut self.ncold, i - 1);
             i -= 1;
         }
         if i < self.ncold && self.cold[i].start == e.end() {
             e.len += self.cold[i].len;
-            self.cold.copy_within(i + 1..self.ncold, i);
-            self.ncold -= 1;
+            remove_at(&mut self.cold, &mut self.ncold, i);
         }
         if e.end() == self.top {
             self.top = e.start;
