@@ -178,7 +178,7 @@ pub(crate) use lazy_maps;
 /// # Ok::<(), shmpool::Error>(())
 /// ```
 ///
-/// The same surface serves [`mpi::Pool`](crate::mpi::Pool) (feature `mpi`):
+/// The same surface serves `shmpool::mpi::Pool` (feature `mpi`):
 /// its `call()` returns a `Call` over the ranks of an MPI job, with the same
 /// options and methods (without callbacks).
 #[must_use = "a Call does nothing until one of its methods submits the work"]

@@ -43,7 +43,7 @@ use std::time::Duration;
 /// the pool's callback thread instead of blocking the executor, and pulling
 /// the input as results are consumed, as the iterator does. Being both, its
 /// `next`, `map`, … are ambiguous once `StreamExt` is imported:
-/// [`into_stream`](Imap::into_stream) gives a stream that is only a stream.
+/// `into_stream` gives a stream that is only a stream.
 ///
 /// ```
 /// use std::time::Duration;
