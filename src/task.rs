@@ -273,6 +273,11 @@ pub(crate) type Entry = for<'a> unsafe fn(TaskIo<'a>) -> Result<(), AccessRefuse
 #[inline(never)]
 fn anchor() {}
 
+/// Where [`anchor`] lies in this process.
+pub(crate) fn anchor_address() -> usize {
+    anchor as fn() as usize
+}
+
 /// An entry point encoded as an offset from [`anchor`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct EntryPoint(pub(crate) u64);
@@ -316,12 +321,12 @@ fn check_fn_pointer(addr: usize) -> Result<u64, Error> {
 /// The offset of the code at `addr` from [`anchor`]: what travels to a worker
 /// for any function (an entry point, or a C function given to the C API).
 pub(crate) fn code_offset(addr: usize) -> u64 {
-    addr.wrapping_sub(anchor as fn() as usize) as u64
+    addr.wrapping_sub(anchor_address()) as u64
 }
 
 /// The address in this process of the code at `offset` from [`anchor`].
 pub(crate) fn code_at(offset: u64) -> usize {
-    (anchor as fn() as usize).wrapping_add(offset as usize)
+    anchor_address().wrapping_add(offset as usize)
 }
 
 /// Makes a value of the zero-sized function type `F`.

@@ -60,23 +60,70 @@ fn static_library() -> PathBuf {
 /// Compiles `examples/c/map.c` against the static library into the target
 /// directory; returns the program's path.
 fn build_c_example() -> PathBuf {
-    let lib = static_library();
     let exe = profile_dir().join("c_map_example");
+    compile_c_example(&exe, &[static_library().into_os_string()]);
+    exe
+}
+
+/// Compiles `examples/c/map.c` against `libshmpool.so`; returns the program
+/// and the library's directory, which the program must be run with in
+/// `LD_LIBRARY_PATH` (cargo's own points at stale copies too).
+fn build_c_example_against_the_shared_library() -> (PathBuf, PathBuf) {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let dir = [deps, profile_dir()]
+        .into_iter()
+        .find(|dir| dir.join("libshmpool.so").exists())
+        .expect("libshmpool.so not built");
+    let exe = profile_dir().join("c_map_example_shared");
+    compile_c_example(
+        &exe,
+        &[format!("-L{}", dir.display()).into(), "-lshmpool".into()],
+    );
+    (exe, dir)
+}
+
+fn compile_c_example(exe: &Path, library: &[std::ffi::OsString]) {
     let status = Command::new("cc")
         .arg("-std=c99")
         .arg("-Wall")
         .arg("-Werror")
         .arg("-o")
-        .arg(&exe)
+        .arg(exe)
         .arg(Path::new(ROOT).join("examples/c/map.c"))
         .arg("-I")
         .arg(Path::new(ROOT).join("include"))
-        .arg(&lib)
+        .args(library)
         .args(["-lpthread", "-ldl", "-lm", "-lrt", "-lutil", "-lgcc_s"])
         .status()
         .expect("run cc");
     assert!(status.success(), "cc failed");
-    exe
+}
+
+#[test]
+fn with_the_shared_library_fork_works_and_spawn_says_to_link_statically() {
+    bounded(Duration::from_secs(120), || {
+        let (exe, lib_dir) = build_c_example_against_the_shared_library();
+        let run = |method: &str| {
+            let out = Command::new(&exe)
+                .env("LD_LIBRARY_PATH", &lib_dir)
+                .env("SHMPOOL_C_EXAMPLE_START", method)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert!(run("fork").contains("map: ok"), "{}", run("fork"));
+        for method in ["forkserver", "spawn"] {
+            let stdout = run(method);
+            assert!(
+                stdout.contains("shmpool must be linked into the executable (libshmpool.a)"),
+                "{method}: {stdout}"
+            );
+        }
+    });
 }
 
 #[test]

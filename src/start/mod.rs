@@ -110,7 +110,18 @@ pub(crate) fn check_entry(method: StartMethod, entry: Entry) -> Result<EntryPoin
 pub(crate) fn check_code(method: StartMethod, addr: usize) -> Result<u64, Error> {
     if method.runs_a_fresh_executable() {
         let (start, end) = crate::sys::executable::text();
-        if !(start..end).contains(&addr) {
+        let in_executable = |a: usize| (start..end).contains(&a);
+        // Offsets are taken from shmpool's own code; a shared library is
+        // mapped at an address of its own in each process, so from there no
+        // function of the executable has a fixed offset.
+        if !in_executable(crate::task::anchor_address()) {
+            return Err(Error::invalid(
+                "with the spawn and forkserver start methods, shmpool must be linked \
+                 into the executable (libshmpool.a), not loaded as a shared library \
+                 (libshmpool.so); the fork start method works with either",
+            ));
+        }
+        if !in_executable(addr) {
             return Err(Error::invalid(
                 "with the spawn and forkserver start methods, a task function must be \
                  part of the executable (not of a dynamically loaded library)",
