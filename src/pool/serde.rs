@@ -228,7 +228,11 @@ impl<'a> SerdePool<'a> {
         /// shared memory and decoded by value in a worker. Chunks of
         /// `ceil(len / (4 * processes))` elements, as for [`Pool::map`]; if a
         /// chunk fails (a panic, a dead worker, results too large for their
-        /// room), the map returns that error.
+        /// room), the map returns that error. As for [`Pool::map`], a dead
+        /// or timed-out chunk's error names its elements
+        /// ([`Error::elements`]), and with
+        /// [`retries`](crate::PoolBuilder::retries) a chunk whose worker dies
+        /// runs again as two halves, down to the one element that kills it.
         ///
         /// ```
         /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
