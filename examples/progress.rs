@@ -1,8 +1,10 @@
 //! A map with a progress bar (feature `progress`): on a terminal, stderr
-//! shows the bar filling up to 100 %.
+//! shows the bar filling up to 100 %. With the argument `serde`, a
+//! `pool.serde()` map and imap over strings, each with its bar.
 //!
 //! ```text
 //! cargo run --features progress --example progress
+//! cargo run --features progress --example progress -- serde
 //! ```
 
 use std::time::Duration;
@@ -12,12 +14,30 @@ fn slow_square(x: u64) -> u64 {
     x * x
 }
 
+#[cfg(feature = "serde")]
+fn slow_len(s: String) -> usize {
+    std::thread::sleep(Duration::from_micros(200));
+    s.len()
+}
+
 fn main() -> Result<(), shmpool::Error> {
     shmpool::init();
     let pool = shmpool::Pool::builder()
         .processes(2)
         .progress(true)
         .build()?;
+    #[cfg(feature = "serde")]
+    if std::env::args().nth(1).as_deref() == Some("serde") {
+        let words: Vec<String> = (0..3_000).map(|i| i.to_string()).collect();
+        let lens = pool.serde().map_chunked(slow_len, &words, 50)?;
+        let more = pool
+            .serde()
+            .imap_chunked(slow_len, words[..2_000].to_vec(), 50)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let total: usize = lens.iter().chain(&more).sum();
+        println!("total length: {total}");
+        return Ok(());
+    }
     let items: Vec<u64> = (0..5_000).collect();
     let squares = pool.map_chunked(slow_square, &items, 50)?;
     println!("sum of squares: {}", squares.iter().sum::<u64>());

@@ -312,12 +312,13 @@ impl Error {
     /// Which input elements of a map the failed chunk covered: for
     /// [`Error::WorkerDied`] and [`Error::TaskTimedOut`] from a `map`,
     /// `starmap`, `map_into`, their `_chunked` and `_async` forms, or an
-    /// `imap`; `None` otherwise.
+    /// `imap`, and from the same calls of [`Pool::serde`](crate::Pool::serde);
+    /// `None` otherwise.
     ///
     /// To find the one input that kills a worker, run just those elements
     /// again with a chunk size of 1: each then fails on its own. With
     /// [`retries`](crate::PoolBuilder::retries), `map`, `starmap` and
-    /// `map_into` do this themselves: a chunk whose worker dies is split in
+    /// `map_into` (and `pool.serde()`'s `map` and `starmap`) do this themselves: a chunk whose worker dies is split in
     /// halves on each retry, so the other elements' results come back and,
     /// given enough retries (about log2 of the chunk size), the error names
     /// a single element.

@@ -29,6 +29,27 @@ fn a_map_under_a_pseudo_terminal_draws_its_bar_up_to_100_percent() {
     assert!(text.contains("sum of squares: 41654167500"), "{text}");
 }
 
+#[cfg(feature = "serde")]
+#[test]
+fn serde_maps_and_imaps_under_a_pseudo_terminal_draw_their_bars_up_to_100_percent() {
+    let exe = example("progress");
+    let out = bounded(LIMIT, move || {
+        let command = format!("{} serde", exe.to_str().unwrap());
+        Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("script(1) from util-linux")
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("3000/3000 (100%)"), "the map's bar: {text}");
+    assert!(text.contains("2000/2000 (100%)"), "the imap's bar: {text}");
+    // 0..3000 in decimal: 10 + 90 * 2 + 900 * 3 + 2000 * 4 digits, and
+    // 0..2000 again: 10 + 180 + 2700 + 1000 * 4.
+    assert!(text.contains("total length: 17780"), "{text}");
+}
+
 #[test]
 fn without_a_terminal_no_bar_is_drawn() {
     let exe = example("progress");

@@ -530,3 +530,174 @@ fn an_awaited_serde_result_wakes_its_task() {
         assert_eq!(got.expect("woken before the timeout").unwrap(), "ABC");
     });
 }
+
+fn aborts(s: String) -> String {
+    if s == "abort" {
+        std::process::abort()
+    }
+    s
+}
+
+fn aborts_at_57(x: u64) -> u64 {
+    if x == 57 {
+        std::process::abort()
+    }
+    x
+}
+
+fn aborts_twice(s: String, n: usize) -> String {
+    aborts(s).repeat(n)
+}
+
+fn naps(s: String) -> String {
+    if s == "nap" {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+    s
+}
+
+/// The elements a failed serde map names, failing the test unless it
+/// failed with `WorkerDied`.
+fn died_on<T: std::fmt::Debug>(
+    got: Result<T, Error>,
+    what: &str,
+) -> Option<std::ops::Range<usize>> {
+    match got {
+        Err(e @ Error::WorkerDied { .. }) => e.elements(),
+        other => panic!("{what}: {other:?}"),
+    }
+}
+
+#[test]
+fn a_dead_chunk_names_its_elements_in_every_serde_map() {
+    bounded(LIMIT, || {
+        let pool = Pool::new(2).unwrap();
+        let s = pool.serde();
+        let mut words: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        words[57] = "abort".into();
+        let pairs: Vec<(String, usize)> = words.iter().map(|w| (w.clone(), 2)).collect();
+        // Chunks of ceil(100 / (4 * 2)) = 13 elements by default, as for
+        // the pool's own map: 57 lies in 52..65.
+        let numbers: Vec<u64> = (0..100).collect();
+        assert_eq!(
+            died_on(pool.map(aborts_at_57, &numbers), "Pod map"),
+            Some(52..65)
+        );
+        assert_eq!(died_on(s.map(aborts, &words), "map"), Some(52..65));
+        assert_eq!(
+            died_on(s.map_chunked(aborts, &words, 1), "map_chunked"),
+            Some(57..58)
+        );
+        assert_eq!(
+            died_on(s.map_chunked(aborts, &words, 10), "map_chunked"),
+            Some(50..60)
+        );
+        assert_eq!(
+            died_on(s.starmap(aborts_twice, &pairs), "starmap"),
+            Some(52..65)
+        );
+        assert_eq!(
+            died_on(
+                s.starmap_chunked(aborts_twice, &pairs, 7),
+                "starmap_chunked"
+            ),
+            Some(56..63)
+        );
+        // As an imap does.
+        let errors: Vec<Error> = s
+            .imap_chunked(aborts, words.clone(), 10)
+            .unwrap()
+            .filter_map(Result::err)
+            .collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].elements(), Some(50..60));
+        // A panic names none, and the pool goes on.
+        words[57] = "boom".into();
+        assert!(
+            matches!(s.map(panics, &words), Err(e @ Error::TaskPanicked { .. }) if e.elements().is_none())
+        );
+        words[57] = "fine".into();
+        assert_eq!(s.map(aborts, &words).unwrap(), words);
+    });
+}
+
+#[test]
+fn a_timed_out_chunk_names_its_elements_in_a_serde_map() {
+    bounded(LIMIT, || {
+        let pool = Pool::builder()
+            .processes(2)
+            .task_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let s = pool.serde();
+        let mut words: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        words[57] = "nap".into();
+        for (chunksize, want) in [(1, 57..58), (13, 52..65)] {
+            match s.map_chunked(naps, &words, chunksize) {
+                Err(e @ Error::TaskTimedOut { .. }) => assert_eq!(e.elements(), Some(want)),
+                other => panic!("chunksize {chunksize}: {other:?}"),
+            }
+        }
+        words[57] = "awake".into();
+        assert_eq!(s.map(naps, &words).unwrap(), words);
+    });
+}
+
+#[test]
+fn with_retries_a_dying_serde_chunk_is_split_until_the_error_names_one_element() {
+    bounded(LIMIT, || {
+        let mut words: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+        words[13] = "abort".into();
+        let pairs: Vec<(String, usize)> = words.iter().map(|w| (w.clone(), 1)).collect();
+        // The pool's own map over the same chunks narrows the same way.
+        for (retries, want) in [
+            (1, 10..15),
+            (2, 12..15),
+            (3, 13..15),
+            (4, 13..14),
+            (9, 13..14),
+        ] {
+            let pool = Pool::builder()
+                .processes(2)
+                .retries(retries)
+                .build()
+                .unwrap();
+            let s = pool.serde();
+            let got = died_on(s.map_chunked(aborts, &words, 10), "map");
+            assert_eq!(got, Some(want.clone()), "map, retries {retries}");
+            let got = died_on(s.starmap_chunked(aborts_twice, &pairs, 10), "starmap");
+            assert_eq!(got, Some(want), "starmap, retries {retries}");
+        }
+        // A chunk whose worker dies once comes back, split, with every
+        // result in its place.
+        let marker = format!("/tmp/shmpool-serde-once-{}", std::process::id());
+        let _ = std::fs::remove_file(&marker);
+        let pool = Pool::builder().processes(2).retries(2).build().unwrap();
+        let got = pool.serde().map_chunked(aborts_once, &words, 10);
+        let _ = std::fs::remove_file(&marker);
+        let want: Vec<String> = words.iter().map(|w| w.to_uppercase()).collect();
+        assert_eq!(got.unwrap(), want);
+        assert_eq!(pool.stats().retries, 1);
+    });
+}
+
+/// Upper-cases `s`, killing its worker the first time it sees "abort" in
+/// this test run (a marker file, named after the test process, records
+/// that it did).
+fn aborts_once(s: String) -> String {
+    if s == "abort" {
+        let marker = format!(
+            "/tmp/shmpool-serde-once-{}",
+            std::os::unix::process::parent_id()
+        );
+        let first = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(marker)
+            .is_ok();
+        if first {
+            std::process::abort()
+        }
+    }
+    s.to_uppercase()
+}

@@ -200,8 +200,9 @@ impl PoolBuilder {
     /// With retries a task may run more than once, so it should be idempotent
     /// (a `map` chunk is: it rewrites its own outputs).
     ///
-    /// A chunk of `map`, `starmap` or `map_into` (and their `_chunked` forms)
-    /// is not run again whole: each retry runs its two halves, so the other
+    /// A chunk of `map`, `starmap` or `map_into` (and their `_chunked` forms,
+    /// and [`pool.serde()`](crate::Pool::serde)'s `map` and `starmap`) is
+    /// not run again whole: each retry runs its two halves, so the other
     /// elements' results come back and the error names the elements that
     /// still kill a worker ([`Error::elements`]), down to a single one given
     /// enough retries.

@@ -285,7 +285,8 @@ impl PoolBuilder {
     }
 
     /// Draws a progress bar on stderr for each `map`, `starmap`, `map_into`,
-    /// `map_inplace` (and their `_chunked` forms) and `imap*` call: elements
+    /// `map_inplace` (and their `_chunked` forms) and `imap*` call, and for
+    /// the same calls of [`Pool::serde`](crate::Pool::serde): elements
     /// done, the rate and an ETA. Needs the feature `progress` (which brings
     /// in `indicatif`); without it, this does nothing. Default: `false`.
     ///

@@ -91,11 +91,7 @@ where
         let area = MapLayout::task(chunksize, Elem::of::<I::Item>(), Elem::of::<U>())
             .ok_or_else(|| Error::invalid("chunksize too large"))?;
         let window = imap_window(area.total, core.processes);
-        let exact = match input.size_hint() {
-            (low, Some(high)) if low == high => Some(low),
-            _ => None,
-        };
-        let progress = crate::pool::progress::Progress::start(&core, exact);
+        let progress = crate::pool::progress::Progress::start_lazy(&core, &input);
         Ok(Imap {
             lazy: Lazy::new(core, input, ordered, window, progress),
             chunks: PodChunks {

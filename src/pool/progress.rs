@@ -61,6 +61,16 @@ impl Progress {
         Progress::NONE
     }
 
+    /// A bar for a lazy map over `input`: of its length if it knows it
+    /// exactly, else a counter.
+    pub(crate) fn start_lazy<I: Iterator>(core: &Core, input: &I) -> Progress {
+        let exact = match input.size_hint() {
+            (low, Some(high)) if low == high => Some(low),
+            _ => None,
+        };
+        Progress::start(core, exact)
+    }
+
     /// `n` more elements are done.
     #[cfg_attr(not(feature = "progress"), allow(unused_variables))]
     pub(crate) fn advance(&self, n: usize) {

@@ -22,11 +22,11 @@ use super::job::{Chunk, Job};
 use super::lazy::{Chunks, Input, Lazy, Ready};
 use super::progress::Progress;
 use super::result::AsyncResult;
-use super::schedule::{check_chunksize, default_chunksize, Collect, Collected, Window};
+use super::schedule::{check_chunksize, default_chunksize, halves, Collect, Collected, Window};
 use super::{lazy_maps, shorthands, Pool};
 use crate::error::Error;
 use crate::shm::arena::Block;
-use crate::sync::slot::{TaskDesc, WATCHED};
+use crate::sync::slot::{TaskDesc, SPLIT, WATCHED};
 use crate::task::serde::{
     entry, InHeader, OutHeader, SerdeTask, VecFlavor, Wire, IN_HEADER, MAX_MESSAGE, OUT_HEADER,
     STATUS_BAD_INPUT, STATUS_OK, STATUS_OVERFLOW, STATUS_UNENCODABLE,
@@ -35,6 +35,7 @@ use crate::task::EntryPoint;
 use postcard::ser_flavors::Size;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 use zerocopy::{FromBytes, IntoBytes};
@@ -227,7 +228,11 @@ impl<'a> SerdePool<'a> {
         /// shared memory and decoded by value in a worker. Chunks of
         /// `ceil(len / (4 * processes))` elements, as for [`Pool::map`]; if a
         /// chunk fails (a panic, a dead worker, results too large for their
-        /// room), the map returns that error.
+        /// room), the map returns that error. As for [`Pool::map`], a dead
+        /// or timed-out chunk's error names its elements
+        /// ([`Error::elements`]), and with
+        /// [`retries`](crate::PoolBuilder::retries) a chunk whose worker dies
+        /// runs again as two halves, down to the one element that kills it.
         ///
         /// ```
         /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
@@ -405,12 +410,16 @@ impl<'a> SerdePool<'a> {
             args,
             self.result_capacity,
             flags,
+            0,
         )
     }
 
     /// Runs `entry` over `items`, in chunks: encode and submit chunk after
     /// chunk (the workers start on the first while the next is encoded),
-    /// decode each as soon as it is done, in order.
+    /// decode each as soon as it is done, in order. A chunk whose worker
+    /// died is split in halves while retries are left, as the pool's `Pod`
+    /// maps do (`schedule::halves`); a failed chunk's error names the
+    /// elements it covered.
     fn map_slice<T: Serialize, U: DeserializeOwned>(
         &self,
         entry: EntryPoint,
@@ -420,47 +429,83 @@ impl<'a> SerdePool<'a> {
     ) -> Result<Vec<U>, Error> {
         let core = self.core();
         check_chunksize(core, chunksize)?;
-        let mut out = Vec::with_capacity(items.len());
-        let mut chunks = items.chunks(chunksize);
+        let len = items.len();
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let progress = Progress::start(core, Some(len));
+        // Chunk `range`, published with `used` retries used.
+        let send = |range: Range<usize>, used: u32| {
+            let chunk = &items[range.clone()];
+            submit(core, entry, bound, chunk, self.result_capacity, SPLIT, used)
+                .map(|s| (s, range, used))
+        };
+        let mut out = Vec::with_capacity(len);
         let mut window = Window::new(core, Collect::InOrder);
         let mut limit = MAX_WINDOW;
         let mut in_flight = 0;
-        let mut all_submitted = false;
+        // The first element not yet submitted.
+        let mut next_start = 0;
         loop {
-            while window.accepts() && in_flight < limit && !all_submitted {
-                let Some(chunk) = chunks.next() else {
-                    all_submitted = true;
-                    break;
-                };
-                let submitted = submit(core, entry, bound, chunk, self.result_capacity, 0);
-                match submitted {
-                    Ok(s) => {
-                        limit = self.window(s.block.len);
+            while window.accepts() && in_flight < limit && next_start < len {
+                let range = next_start..next_start + chunksize.min(len - next_start);
+                next_start = range.end;
+                match send(range, 0) {
+                    Ok(sent) => {
+                        limit = self.window(sent.0.block.len);
                         in_flight += 1;
-                        window.push(s.slot, s);
+                        window.push(sent.0.slot, sent);
                     }
                     Err(e) => window.fail(e),
                 }
             }
-            match window.next(all_submitted) {
+            let (slot, (chunk, range, used)) = match window.next(next_start == len) {
                 None => break,
-                Some(Collected::Withdrawn(s)) => {
+                Some(Collected::Withdrawn((chunk, ..))) => {
                     in_flight -= 1;
-                    core.free_block(s.block);
+                    core.free_block(chunk.block);
+                    continue;
                 }
-                Some(Collected::Done(slot, s)) => {
-                    in_flight -= 1;
-                    if !window.is_halted() {
-                        if let Err(f) = decode_chunk(core, s, |u| out.push(u)) {
-                            window.fail(f.into());
-                        }
+                Some(Collected::Done(slot, sent)) => (slot, sent),
+            };
+            in_flight -= 1;
+            if window.is_halted() {
+                core.release_slot(slot);
+                core.free_block(chunk.block);
+                continue;
+            }
+            let decoded = decode_chunk(core, chunk, |u| out.push(u));
+            core.release_slot(slot);
+            core.free_block(chunk.block);
+            let failure = match decoded {
+                Ok(()) => {
+                    progress.advance(range.len());
+                    continue;
+                }
+                Err(failure) => failure,
+            };
+            out.truncate(range.start);
+            let Some(parts) = halves(core, &failure, &range, used) else {
+                window.fail(Error::from(failure).covering(range));
+                continue;
+            };
+            // Collected next, the first half first: the second goes in
+            // front, then the first in front of it.
+            for part in parts.into_iter().rev() {
+                match send(part, used + 1) {
+                    Ok(half) => {
+                        in_flight += 1;
+                        window.push_next(half.0.slot, half);
                     }
-                    core.release_slot(slot);
-                    core.free_block(s.block);
+                    Err(e) => {
+                        window.fail(e);
+                        break;
+                    }
                 }
             }
         }
         window.finish()?;
+        progress.finish();
         Ok(out)
     }
 }
@@ -539,7 +584,8 @@ fn encode_into<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<()
 /// Lays a chunk into a fresh block: the task's encoded `bound` value, then
 /// `items` encoded straight into the block (their sizes measured first),
 /// with room for at least `result_capacity` bytes of results; publishes it
-/// with `flags` (`slot::WATCHED` for a handle that may be awaited).
+/// with `flags` (`slot::WATCHED` for a handle that may be awaited,
+/// `slot::SPLIT` for a map's chunk) and `retries_used` retries used.
 fn submit<T: Serialize>(
     core: &Core,
     entry: EntryPoint,
@@ -547,6 +593,7 @@ fn submit<T: Serialize>(
     items: &[T],
     result_capacity: usize,
     flags: u32,
+    retries_used: u32,
 ) -> Result<Submitted, Error> {
     let mut in_bytes = bound.len();
     for item in items {
@@ -597,6 +644,7 @@ fn submit<T: Serialize>(
         output: at + out_rel as u64,
         len: items.len() as u64,
         flags,
+        retries_used,
         ..TaskDesc::default()
     });
     let published = slot.publish()?;
@@ -762,8 +810,9 @@ where
         check_chunksize(view.core(), chunksize)?;
         let core = Arc::clone(&view.pool.core);
         let window = view.window(view.result_capacity);
+        let progress = Progress::start_lazy(&core, &input);
         Ok(SerdeImap {
-            lazy: Lazy::new(core, input, ordered, window, Progress::NONE),
+            lazy: Lazy::new(core, input, ordered, window, progress),
             chunks: SerdeChunks {
                 entry,
                 bound,
@@ -796,7 +845,7 @@ where
             return Ok(None);
         }
         let (entry, bound, items) = (self.entry, &self.bound, &self.pending);
-        let submitted = submit(core, entry, bound, items, self.result_capacity, 0)?;
+        let submitted = submit(core, entry, bound, items, self.result_capacity, 0, 0)?;
         self.pending.clear();
         Ok(Some(submitted.job()))
     }
@@ -894,7 +943,7 @@ mod tests {
         }
         // The same through an apply's handle.
         let entry = pool.entry_point(garbage_values).unwrap();
-        let chunk = submit(pool.core(), entry, &[0], &["x".to_string()], 1 << 10, 0).unwrap();
+        let chunk = submit(pool.core(), entry, &[0], &["x".to_string()], 1 << 10, 0, 0).unwrap();
         let r = AsyncResult::new(
             Arc::clone(&pool.core),
             chunk.job(),

@@ -88,10 +88,9 @@ impl MapCall<'_> {
         }
     }
 
-    /// The two halves to run again when a [`SPLIT`] chunk over `range` failed
-    /// with `failure` after `used` retries: when its worker died, retries are
-    /// left, and it has more than one element. So the other elements' results
-    /// come back, and the one that kills its worker is cornered.
+    /// The two halves to run again when a chunk over `range` failed with
+    /// `failure` after `used` retries ([`halves`]), unless its chunks are not
+    /// [`SPLIT`].
     pub(super) fn halves(
         &self,
         core: &Core,
@@ -99,14 +98,32 @@ impl MapCall<'_> {
         range: &Range<usize>,
         used: u32,
     ) -> Option<[Range<usize>; 2]> {
-        let died = matches!(failure, Failure::WorkerDied { .. });
-        if !died || self.split_flag() == 0 || used >= core.config.retries || range.len() < 2 {
+        if self.split_flag() == 0 {
             return None;
         }
-        let mid = range.start + range.len() / 2;
-        core.stats.retried();
-        Some([range.start..mid, mid..range.end])
+        halves(core, failure, range, used)
     }
+}
+
+/// The two halves to run again when a [`SPLIT`] chunk over `range` failed
+/// with `failure` after `used` retries: when its worker died, retries are
+/// left, and it has more than one element. So the other elements' results
+/// come back, and the one that kills its worker is cornered. Each half is
+/// published with `used + 1` retries used, and [`SPLIT`] again; the
+/// supervisor runs a one-element chunk again itself.
+pub(crate) fn halves(
+    core: &Core,
+    failure: &Failure,
+    range: &Range<usize>,
+    used: u32,
+) -> Option<[Range<usize>; 2]> {
+    let died = matches!(failure, Failure::WorkerDied { .. });
+    if !died || used >= core.config.retries || range.len() < 2 {
+        return None;
+    }
+    let mid = range.start + range.len() / 2;
+    core.stats.retried();
+    Some([range.start..mid, mid..range.end])
 }
 
 /// Runs the chunk entry point `entry` (which maps `T`s to `U`s) over `items`

@@ -30,6 +30,8 @@ mod window;
 pub(crate) use layout::{
     check_chunksize, check_context, default_chunksize, imap_window, Elem, MapBytes, MapLayout,
 };
+#[cfg(feature = "serde")]
+pub(crate) use map::halves;
 pub(crate) use map::{map_inplace, map_into, map_raw, map_slice, MapCall};
 #[cfg(feature = "mpi")]
 pub(crate) use memory::prefault;

@@ -87,6 +87,15 @@ impl<'a, T> Window<'a, T> {
         self.in_flight.push_back((slot, tag));
     }
 
+    /// Records a chunk published elsewhere to be collected before every
+    /// chunk in flight: a half of a split chunk, which an in-order map must
+    /// read before the chunks after it.
+    #[cfg(feature = "serde")]
+    pub(crate) fn push_next(&mut self, slot: u32, tag: T) {
+        debug_assert_eq!(self.order, Collect::InOrder);
+        self.in_flight.push_front((slot, tag));
+    }
+
     /// Records the map's first error and halts.
     pub(crate) fn fail(&mut self, e: Error) {
         self.error.get_or_insert(e);
