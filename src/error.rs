@@ -318,10 +318,12 @@ impl Error {
     /// To find the one input that kills a worker, run just those elements
     /// again with a chunk size of 1: each then fails on its own. With
     /// [`retries`](crate::PoolBuilder::retries), `map`, `starmap` and
-    /// `map_into` (and `pool.serde()`'s `map` and `starmap`) do this themselves: a chunk whose worker dies is split in
-    /// halves on each retry, so the other elements' results come back and,
-    /// given enough retries (about log2 of the chunk size), the error names
-    /// a single element.
+    /// `map_into` (and `pool.serde()`'s `map` and `starmap`) do this
+    /// themselves: a chunk whose worker dies is split in halves on each
+    /// retry. A worker that died by chance then costs only a rerun of its
+    /// chunk, and an input that kills every worker it meets fails the map
+    /// with an error that, given enough retries (about log2 of the chunk
+    /// size), names that single element.
     ///
     /// ```
     /// fn fragile(x: u64) -> u64 {

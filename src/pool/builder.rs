@@ -202,10 +202,11 @@ impl PoolBuilder {
     ///
     /// A chunk of `map`, `starmap` or `map_into` (and their `_chunked` forms,
     /// and [`pool.serde()`](crate::Pool::serde)'s `map` and `starmap`) is
-    /// not run again whole: each retry runs its two halves, so the other
-    /// elements' results come back and the error names the elements that
-    /// still kill a worker ([`Error::elements`]), down to a single one given
-    /// enough retries.
+    /// not run again whole: each retry runs its two halves. A worker that
+    /// died by chance costs only that rerun; an input that kills every
+    /// worker it meets still fails the map, and the error names the elements
+    /// that do ([`Error::elements`]), down to a single one given enough
+    /// retries.
     ///
     /// ```
     /// fn f(x: u64) -> u64 { x + 1 }
