@@ -714,12 +714,17 @@ fn decode_chunk<U: DeserializeOwned>(
     match header.status {
         STATUS_OK => {}
         STATUS_OVERFLOW => {
+            let smaller = if chunk.len > 1 {
+                "a smaller chunksize, or "
+            } else {
+                ""
+            };
             return Err(Failure::CapacityExceeded(format!(
                 "the results of a {}-item chunk need at least {} bytes, more than the {capacity} \
-                 reserved for them: use a smaller chunksize, or more room with \
+                 reserved for them: use {smaller}more room with \
                  pool.serde().result_capacity(bytes)",
                 chunk.len, header.used
-            )))
+            )));
         }
         STATUS_BAD_INPUT => return Err(Failure::Decode(message(header.used))),
         STATUS_UNENCODABLE => return Err(Failure::Unencodable(message(header.used))),
