@@ -398,7 +398,7 @@ fn values_read_as_another_type_are_decode_errors() {
     bounded(LIMIT, || {
         let manager = Manager::start().unwrap();
         let d = manager.dict_named::<String, u32>("config").unwrap();
-        d.insert(&"retries".into(), &3).unwrap();
+        d.insert("retries", &3).unwrap();
         // Refused at lookup, before any value is read.
         assert!(matches!(
             manager.dict_named::<String, String>("config"),
@@ -411,7 +411,7 @@ fn values_read_as_another_type_are_decode_errors() {
             manager.queue_named::<u32>("config"),
             Err(Error::InvalidArgument(m)) if m.contains("not a queue")
         ));
-        assert_eq!(d.get(&"retries".into()).unwrap(), Some(3), "still served");
+        assert_eq!(d.get("retries").unwrap(), Some(3), "still served");
     });
 }
 
@@ -606,14 +606,14 @@ fn a_dict_keeps_insertion_order_and_a_list_indexes_as_python_does() {
         let manager = Manager::start().unwrap();
         let d = manager.dict::<String, u8>().unwrap();
         for (k, v) in [("b", 1), ("a", 2), ("b", 3)] {
-            d.insert(&k.into(), &v).unwrap();
+            d.insert(k, &v).unwrap();
         }
         // Replacing a value keeps the key's place; removing and adding moves it last.
         assert_eq!(d.items().unwrap(), [("b".into(), 3), ("a".into(), 2)]);
-        assert_eq!(d.remove(&"b".into()).unwrap(), Some(3));
-        d.insert(&"b".into(), &4).unwrap();
+        assert_eq!(d.remove("b").unwrap(), Some(3));
+        d.insert("b", &4).unwrap();
         assert_eq!(d.keys().unwrap(), ["a", "b"]);
-        assert!(d.contains_key(&"a".into()).unwrap() && !d.contains_key(&"c".into()).unwrap());
+        assert!(d.contains_key("a").unwrap() && !d.contains_key("c").unwrap());
 
         let l = manager.list::<i32>().unwrap();
         l.extend(&[1, 2, 3]).unwrap();
@@ -867,7 +867,7 @@ fn four_processes_adding_a_thousand_each_make_four_thousand() {
         for c in &mut children {
             assert_eq!(c.join(Some(Duration::from_secs(100))).unwrap(), Some(0));
         }
-        assert_eq!(d.get(&"hits".into()).unwrap(), Some(4000));
+        assert_eq!(d.get("hits").unwrap(), Some(4000));
         assert_eq!(v.get().unwrap(), 4000);
     });
 }
@@ -920,7 +920,7 @@ fn a_proxy_of_other_types_is_refused_before_any_value_is_read() {
             .start()
             .unwrap();
         let d = server.dict_named::<String, u64>("counts").unwrap();
-        d.insert(&"a".into(), &4000).unwrap();
+        d.insert("a", &4000).unwrap();
         // Another program, over TCP, with other types.
         let other = Manager::connect(server.address().unwrap(), b"k").unwrap();
         assert!(matches!(
@@ -932,7 +932,7 @@ fn a_proxy_of_other_types_is_refused_before_any_value_is_read() {
             Err(Error::InvalidArgument(_))
         ));
         let same = other.dict_named::<String, u64>("counts").unwrap();
-        assert_eq!(same.get(&"a".into()).unwrap(), Some(4000));
+        assert_eq!(same.get("a").unwrap(), Some(4000));
         // The same check at every call is unit-tested (`server`): safe code
         // cannot change a proxy's types after it was made.
     });
@@ -1465,5 +1465,37 @@ fn a_killed_clients_references_go_even_while_its_forked_child_holds_its_connecti
         // SAFETY: a plain signal to the grandchild this test made.
         unsafe { libc::kill(g, libc::SIGKILL) };
         assert_eq!(left, 2, "the killed child's references went");
+    });
+}
+
+#[test]
+fn a_str_key_encodes_as_its_string_and_finds_the_same_entry() {
+    let _census = shared();
+    // The server compares encoded keys: the borrowed form must encode as
+    // the owned one.
+    assert_eq!(
+        postcard::to_allocvec("total").unwrap(),
+        postcard::to_allocvec(&"total".to_string()).unwrap()
+    );
+    assert_eq!(
+        postcard::to_allocvec(&[1u16, 300][..]).unwrap(),
+        postcard::to_allocvec(&vec![1u16, 300]).unwrap()
+    );
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<String, u64>().unwrap();
+        assert_eq!(d.insert("total", &1).unwrap(), None);
+        assert_eq!(d.insert(&"total".to_string(), &2).unwrap(), Some(1));
+        assert_eq!(d.get("total").unwrap(), Some(2));
+        assert!(d.contains_key("total").unwrap());
+        assert_eq!(d.fetch_add("total", 3).unwrap(), 2);
+        assert_eq!(d.update("total", |v| v.map(|v| v * 10)).unwrap(), Some(50));
+        assert_eq!(d.keys().unwrap(), ["total"]);
+        assert_eq!(d.remove("total").unwrap(), Some(50));
+        assert!(d.is_empty().unwrap());
+
+        let v = manager.dict::<Vec<u16>, u8>().unwrap();
+        v.insert(&vec![1, 300], &7).unwrap();
+        assert_eq!(v.get(&[1u16, 300][..]).unwrap(), Some(7));
     });
 }
