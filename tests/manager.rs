@@ -1468,6 +1468,62 @@ fn a_killed_clients_references_go_even_while_its_forked_child_holds_its_connecti
     });
 }
 
+/// A batch job's task: counts a file's words into the shared dict.
+fn count_words(d: Borrowed<DictProxy<String, u64>>, path: String) -> usize {
+    let text = std::fs::read_to_string(&path).unwrap();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    for w in &words {
+        d.fetch_add(*w, 1).unwrap();
+    }
+    d.fetch_add("total", words.len() as u64).unwrap();
+    words.len()
+}
+
+#[test]
+fn a_serde_map_over_file_names_counts_into_a_borrowed_dict_with_every_start_method() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("manager-batch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // File i: "apple" i times and "pear" 2i + 1 times.
+        let names: Vec<String> = (0..6)
+            .map(|i| {
+                let path = dir.join(format!("{i}.txt"));
+                let text = "apple ".repeat(i) + &"pear\n".repeat(2 * i + 1);
+                std::fs::write(&path, text).unwrap();
+                path.to_str().unwrap().to_owned()
+            })
+            .collect();
+        let expected: Vec<usize> = (0..6).map(|i| 3 * i + 1).collect();
+        for method in [StartMethod::Fork, StartMethod::Spawn] {
+            let manager = Manager::start().unwrap();
+            let d = manager.dict::<String, u64>().unwrap();
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(method)
+                .build()
+                .unwrap();
+            let counts = pool
+                .serde()
+                .map(shmpool::partial(count_words, d.borrowed()), &names)
+                .unwrap();
+            assert_eq!(counts, expected, "{method}");
+            // And as an argument of its own.
+            let one = pool
+                .serde()
+                .apply(count_words, (d.borrowed(), names[5].clone()))
+                .unwrap();
+            assert_eq!(one, 16, "{method}");
+            assert_eq!(d.get("apple").unwrap(), Some(15 + 5), "{method}");
+            assert_eq!(d.get("pear").unwrap(), Some(36 + 11), "{method}");
+            assert_eq!(d.get("total").unwrap(), Some(51 + 16), "{method}");
+            assert_eq!(d.len().unwrap(), 3, "{method}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}
+
 #[test]
 fn a_str_key_encodes_as_its_string_and_finds_the_same_entry() {
     let _census = shared();
@@ -1497,5 +1553,69 @@ fn a_str_key_encodes_as_its_string_and_finds_the_same_entry() {
         let v = manager.dict::<Vec<u16>, u8>().unwrap();
         v.insert(&vec![1, 300], &7).unwrap();
         assert_eq!(v.get(&[1u16, 300][..]).unwrap(), Some(7));
+    });
+}
+
+/// The fields of a `Borrowed`'s serde form, in order: endpoint, nonce, id,
+/// types, counted.
+type Fields = (u64, u64, u64, u64, u64);
+
+#[test]
+fn a_borrowed_proxy_decodes_only_as_its_own_type_in_its_own_program() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<String, u64>().unwrap();
+        d.insert("a", &1).unwrap();
+        let bytes = postcard::to_allocvec(&d.borrowed()).unwrap();
+        let back: Borrowed<DictProxy<String, u64>> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.get("a").unwrap(), Some(1));
+
+        let refused = |fields: Fields| {
+            let bytes = postcard::to_allocvec(&fields).unwrap();
+            postcard::from_bytes::<Borrowed<DictProxy<String, u64>>>(&bytes)
+                .expect_err("a forged proxy decoded")
+        };
+        let good: Fields = postcard::from_bytes(&bytes).unwrap();
+        // A record of another program's heap at the same offset has another nonce.
+        let (e, nonce, id, types, counted) = good;
+        refused((e, nonce ^ 1, id, types, counted));
+        refused((e + 64, nonce, id, types, counted));
+        refused((0, 0, 0, 0, 0));
+        refused((e, nonce, id, types ^ 1, counted));
+        refused((e, nonce, id, types, 2));
+        // Decoded as a proxy of other types.
+        assert!(postcard::from_bytes::<Borrowed<DictProxy<String, i64>>>(&bytes).is_err());
+        assert!(postcard::from_bytes::<Borrowed<QueueProxy<u64>>>(&bytes).is_err());
+
+        // A zeroed `Borrowed` names no manager: it does not encode.
+        // SAFETY: proxies are Pod, for which all-zero bytes are a valid value.
+        let forged: Borrowed<DictProxy<String, u64>> = unsafe { std::mem::zeroed() };
+        assert!(postcard::to_allocvec(&forged).is_err());
+    });
+}
+
+/// Sends its borrowed dict back through a manager queue, as a serde value.
+fn send_back(
+    d: Borrowed<DictProxy<String, u64>>,
+    q: Borrowed<QueueProxy<Borrowed<DictProxy<String, u64>>>>,
+) {
+    d.insert("child", &1).unwrap();
+    q.put(&d).unwrap();
+}
+
+#[test]
+fn a_borrowed_proxy_travels_through_a_manager_queue_and_still_works() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<String, u64>().unwrap();
+        let q = manager.queue::<Borrowed<DictProxy<String, u64>>>().unwrap();
+        let mut p = Process::new(send_back, (d.borrowed(), q.borrowed()));
+        p.start().unwrap();
+        assert_eq!(p.join(Some(Duration::from_secs(30))).unwrap(), Some(0));
+        let back = q.get_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(back.get("child").unwrap(), Some(1));
+        assert_eq!(back.len().unwrap(), 1);
     });
 }
