@@ -50,8 +50,13 @@
     message = "`{Self}` cannot cross a process boundary as plain bytes (it is not `shmpool::Pod`)",
     label = "not plain data: this value would hold pointers into this process",
     note = "for `String`, `Vec`, `PathBuf` or your own `serde` types, use `pool.serde()`: the same pool, encoding values with serde",
-    note = "for your own `#[repr(C)]` struct of plain fields, derive zerocopy's `FromBytes` and `Immutable` and add `shmpool::pod!(YourType);`",
-    note = "for a Manager proxy (`DictProxy`, `QueueProxy`, ...), pass `proxy.borrowed()` and take a `shmpool::manager::Borrowed<...>` in the task"
+    note = "for your own `#[repr(C)]` struct of plain fields, derive zerocopy's `FromBytes` and `Immutable` and add `shmpool::pod!(YourType);`"
+)]
+#[cfg_attr(
+    feature = "manager",
+    diagnostic::on_unimplemented(
+        note = "for a Manager proxy (`DictProxy`, `QueueProxy`, ...), pass `proxy.borrowed()` and take a `shmpool::manager::Borrowed<...>` in the task"
+    )
 )]
 pub unsafe trait Pod: Copy + Send + Sync + 'static {}
 

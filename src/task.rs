@@ -75,6 +75,14 @@ use std::mem::{size_of, MaybeUninit};
     note = "a task is a function item, a `fn` pointer, a non-capturing closure with its argument types written out (`|x: f64| x * x`), or `shmpool::partial(f, value)`, taking and returning `Pod` values",
     note = "for `String`, `Vec`, paths or your own serde types, use `pool.serde()`"
 )]
+// A proxy bound by `partial` makes the whole task fail this bound, not
+// `Pod`, whose note would name the borrowed form: say it here too.
+#[cfg_attr(
+    feature = "manager",
+    diagnostic::on_unimplemented(
+        note = "for a Manager proxy (`DictProxy`, `QueueProxy`, ...), as an argument or bound by `partial`, pass `proxy.borrowed()` and take a `shmpool::manager::Borrowed<...>` in the task"
+    )
+)]
 pub trait Task<Args>: Copy + Send + Sync + 'static {
     /// What the function returns.
     type Output: Pod;

@@ -7,46 +7,15 @@
 //! The scratch project shares one target directory, so only the first case
 //! builds shmpool.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-/// Builds `main_rs` as a program depending on this crate; returns whether
-/// the build succeeded, and the compiler's output.
+use common::scratch::build_with;
+
+/// Builds `main_rs` as a program depending on this crate (default
+/// features); returns whether the build succeeded, and the compiler's
+/// output.
 fn build(name: &str, main_rs: &str) -> (bool, String) {
     build_with(name, &[], main_rs)
-}
-
-/// [`build`] with this crate's `features` on.
-fn build_with(name: &str, features: &[&str], main_rs: &str) -> (bool, String) {
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile_fail");
-    let project = root.join(name);
-    std::fs::create_dir_all(project.join("src")).unwrap();
-    let manifest = format!(
-        "[package]\nname = \"{name}\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n\
-         [dependencies]\nshmpool = {{ path = {:?}, features = {:?} }}\n\n[workspace]\n",
-        env!("CARGO_MANIFEST_DIR"),
-        features
-    );
-    std::fs::write(project.join("Cargo.toml"), manifest).unwrap();
-    std::fs::write(project.join("src/main.rs"), main_rs).unwrap();
-    // Reuse this crate's lock file, so the scratch project resolves the same
-    // versions offline.
-    let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock");
-    if lock.exists() {
-        std::fs::copy(&lock, project.join("Cargo.lock")).unwrap();
-    }
-    let out = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--offline", "--color", "never"])
-        .current_dir(&project)
-        .env("CARGO_TARGET_DIR", root.join("target"))
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .output()
-        .expect("cargo runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// One program per case would rebuild nothing but itself; all cases run in
@@ -98,6 +67,8 @@ fn main() {
         "{err}"
     );
     assert!(err.contains("pool.serde()"), "{err}");
+    // Without the `manager` feature, no word of proxies.
+    assert!(!err.contains("proxy.borrowed()"), "{err}");
     assert!(
         err.contains("src/main.rs:6"),
         "the user's call is not named:\n{err}"
@@ -171,6 +142,68 @@ fn main() {
     assert!(err.contains("pass `proxy.borrowed()`"), "{err}");
     assert!(
         err.contains("src/main.rs:11"),
+        "the user's call is not named:\n{err}"
+    );
+    // Proxies bound by `partial` into a map: the task is refused as a whole,
+    // and the message still names the borrowed form.
+    let (ok, err) = build_with(
+        "manager_proxy_partial",
+        &["manager"],
+        r#"
+use shmpool::manager::{DictProxy, ListProxy};
+fn work((d, l): (DictProxy<String, u64>, ListProxy<u64>), x: u64) -> u64 {
+    d.insert(&x.to_string(), &x).unwrap();
+    l.push(&x).unwrap();
+    x
+}
+fn main() {
+    let manager = shmpool::Manager::start().unwrap();
+    let d = manager.dict::<String, u64>().unwrap();
+    let l = manager.list::<u64>().unwrap();
+    let pool = shmpool::Pool::new(2).unwrap();
+    let xs = [1u64, 2, 3];
+    println!("{:?}", pool.map(shmpool::partial(work, (d.clone(), l.clone())), &xs));
+}
+"#,
+    );
+    assert!(!ok, "proxies bound by partial built:\n{err}");
+    assert!(
+        err.contains("cannot run in a worker process as a task"),
+        "{err}"
+    );
+    assert!(err.contains("pass `proxy.borrowed()`"), "{err}");
+    assert!(
+        err.contains("src/main.rs:14"),
+        "the user's call is not named:\n{err}"
+    );
+
+    // The same through `pool.serde()`: a proxy is no serde value either.
+    let (ok, err) = build_with(
+        "manager_proxy_serde_partial",
+        &["manager"],
+        r#"
+use shmpool::manager::DictProxy;
+fn count(d: DictProxy<String, u64>, name: String) -> usize {
+    d.fetch_add(name.as_str(), 1).unwrap();
+    name.len()
+}
+fn main() {
+    let manager = shmpool::Manager::start().unwrap();
+    let d = manager.dict::<String, u64>().unwrap();
+    let pool = shmpool::Pool::new(2).unwrap();
+    let names: Vec<String> = vec!["a".into()];
+    println!("{:?}", pool.serde().map(shmpool::partial(count, d.clone()), &names));
+}
+"#,
+    );
+    assert!(!ok, "a proxy bound by partial in a serde map built:\n{err}");
+    assert!(
+        err.contains("cannot run in a worker process as a serde task"),
+        "{err}"
+    );
+    assert!(err.contains("pass `proxy.borrowed()`"), "{err}");
+    assert!(
+        err.contains("src/main.rs:12"),
         "the user's call is not named:\n{err}"
     );
 }

@@ -398,7 +398,7 @@ fn values_read_as_another_type_are_decode_errors() {
     bounded(LIMIT, || {
         let manager = Manager::start().unwrap();
         let d = manager.dict_named::<String, u32>("config").unwrap();
-        d.insert(&"retries".into(), &3).unwrap();
+        d.insert("retries", &3).unwrap();
         // Refused at lookup, before any value is read.
         assert!(matches!(
             manager.dict_named::<String, String>("config"),
@@ -411,7 +411,7 @@ fn values_read_as_another_type_are_decode_errors() {
             manager.queue_named::<u32>("config"),
             Err(Error::InvalidArgument(m)) if m.contains("not a queue")
         ));
-        assert_eq!(d.get(&"retries".into()).unwrap(), Some(3), "still served");
+        assert_eq!(d.get("retries").unwrap(), Some(3), "still served");
     });
 }
 
@@ -606,14 +606,14 @@ fn a_dict_keeps_insertion_order_and_a_list_indexes_as_python_does() {
         let manager = Manager::start().unwrap();
         let d = manager.dict::<String, u8>().unwrap();
         for (k, v) in [("b", 1), ("a", 2), ("b", 3)] {
-            d.insert(&k.into(), &v).unwrap();
+            d.insert(k, &v).unwrap();
         }
         // Replacing a value keeps the key's place; removing and adding moves it last.
         assert_eq!(d.items().unwrap(), [("b".into(), 3), ("a".into(), 2)]);
-        assert_eq!(d.remove(&"b".into()).unwrap(), Some(3));
-        d.insert(&"b".into(), &4).unwrap();
+        assert_eq!(d.remove("b").unwrap(), Some(3));
+        d.insert("b", &4).unwrap();
         assert_eq!(d.keys().unwrap(), ["a", "b"]);
-        assert!(d.contains_key(&"a".into()).unwrap() && !d.contains_key(&"c".into()).unwrap());
+        assert!(d.contains_key("a").unwrap() && !d.contains_key("c").unwrap());
 
         let l = manager.list::<i32>().unwrap();
         l.extend(&[1, 2, 3]).unwrap();
@@ -867,7 +867,7 @@ fn four_processes_adding_a_thousand_each_make_four_thousand() {
         for c in &mut children {
             assert_eq!(c.join(Some(Duration::from_secs(100))).unwrap(), Some(0));
         }
-        assert_eq!(d.get(&"hits".into()).unwrap(), Some(4000));
+        assert_eq!(d.get("hits").unwrap(), Some(4000));
         assert_eq!(v.get().unwrap(), 4000);
     });
 }
@@ -920,7 +920,7 @@ fn a_proxy_of_other_types_is_refused_before_any_value_is_read() {
             .start()
             .unwrap();
         let d = server.dict_named::<String, u64>("counts").unwrap();
-        d.insert(&"a".into(), &4000).unwrap();
+        d.insert("a", &4000).unwrap();
         // Another program, over TCP, with other types.
         let other = Manager::connect(server.address().unwrap(), b"k").unwrap();
         assert!(matches!(
@@ -932,7 +932,7 @@ fn a_proxy_of_other_types_is_refused_before_any_value_is_read() {
             Err(Error::InvalidArgument(_))
         ));
         let same = other.dict_named::<String, u64>("counts").unwrap();
-        assert_eq!(same.get(&"a".into()).unwrap(), Some(4000));
+        assert_eq!(same.get("a").unwrap(), Some(4000));
         // The same check at every call is unit-tested (`server`): safe code
         // cannot change a proxy's types after it was made.
     });
@@ -1465,5 +1465,157 @@ fn a_killed_clients_references_go_even_while_its_forked_child_holds_its_connecti
         // SAFETY: a plain signal to the grandchild this test made.
         unsafe { libc::kill(g, libc::SIGKILL) };
         assert_eq!(left, 2, "the killed child's references went");
+    });
+}
+
+/// A batch job's task: counts a file's words into the shared dict.
+fn count_words(d: Borrowed<DictProxy<String, u64>>, path: String) -> usize {
+    let text = std::fs::read_to_string(&path).unwrap();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    for w in &words {
+        d.fetch_add(*w, 1).unwrap();
+    }
+    d.fetch_add("total", words.len() as u64).unwrap();
+    words.len()
+}
+
+#[test]
+fn a_serde_map_over_file_names_counts_into_a_borrowed_dict_with_every_start_method() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("manager-batch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // File i: "apple" i times and "pear" 2i + 1 times.
+        let names: Vec<String> = (0..6)
+            .map(|i| {
+                let path = dir.join(format!("{i}.txt"));
+                let text = "apple ".repeat(i) + &"pear\n".repeat(2 * i + 1);
+                std::fs::write(&path, text).unwrap();
+                path.to_str().unwrap().to_owned()
+            })
+            .collect();
+        let expected: Vec<usize> = (0..6).map(|i| 3 * i + 1).collect();
+        for method in [StartMethod::Fork, StartMethod::Spawn] {
+            let manager = Manager::start().unwrap();
+            let d = manager.dict::<String, u64>().unwrap();
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(method)
+                .build()
+                .unwrap();
+            let counts = pool
+                .serde()
+                .map(shmpool::partial(count_words, d.borrowed()), &names)
+                .unwrap();
+            assert_eq!(counts, expected, "{method}");
+            // And as an argument of its own.
+            let one = pool
+                .serde()
+                .apply(count_words, (d.borrowed(), names[5].clone()))
+                .unwrap();
+            assert_eq!(one, 16, "{method}");
+            assert_eq!(d.get("apple").unwrap(), Some(15 + 5), "{method}");
+            assert_eq!(d.get("pear").unwrap(), Some(36 + 11), "{method}");
+            assert_eq!(d.get("total").unwrap(), Some(51 + 16), "{method}");
+            assert_eq!(d.len().unwrap(), 3, "{method}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}
+
+#[test]
+fn a_str_key_encodes_as_its_string_and_finds_the_same_entry() {
+    let _census = shared();
+    // The server compares encoded keys: the borrowed form must encode as
+    // the owned one.
+    assert_eq!(
+        postcard::to_allocvec("total").unwrap(),
+        postcard::to_allocvec(&"total".to_string()).unwrap()
+    );
+    assert_eq!(
+        postcard::to_allocvec(&[1u16, 300][..]).unwrap(),
+        postcard::to_allocvec(&vec![1u16, 300]).unwrap()
+    );
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<String, u64>().unwrap();
+        assert_eq!(d.insert("total", &1).unwrap(), None);
+        assert_eq!(d.insert(&"total".to_string(), &2).unwrap(), Some(1));
+        assert_eq!(d.get("total").unwrap(), Some(2));
+        assert!(d.contains_key("total").unwrap());
+        assert_eq!(d.fetch_add("total", 3).unwrap(), 2);
+        assert_eq!(d.update("total", |v| v.map(|v| v * 10)).unwrap(), Some(50));
+        assert_eq!(d.keys().unwrap(), ["total"]);
+        assert_eq!(d.remove("total").unwrap(), Some(50));
+        assert!(d.is_empty().unwrap());
+
+        let v = manager.dict::<Vec<u16>, u8>().unwrap();
+        v.insert(&vec![1, 300], &7).unwrap();
+        assert_eq!(v.get(&[1u16, 300][..]).unwrap(), Some(7));
+    });
+}
+
+/// The fields of a `Borrowed`'s serde form, in order: endpoint, nonce, id,
+/// types, counted.
+type Fields = (u64, u64, u64, u64, u64);
+
+#[test]
+fn a_borrowed_proxy_decodes_only_as_its_own_type_in_its_own_program() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<String, u64>().unwrap();
+        d.insert("a", &1).unwrap();
+        let bytes = postcard::to_allocvec(&d.borrowed()).unwrap();
+        let back: Borrowed<DictProxy<String, u64>> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.get("a").unwrap(), Some(1));
+
+        let refused = |fields: Fields| {
+            let bytes = postcard::to_allocvec(&fields).unwrap();
+            postcard::from_bytes::<Borrowed<DictProxy<String, u64>>>(&bytes)
+                .expect_err("a forged proxy decoded")
+        };
+        let good: Fields = postcard::from_bytes(&bytes).unwrap();
+        // A record of another program's heap at the same offset has another nonce.
+        let (e, nonce, id, types, counted) = good;
+        refused((e, nonce ^ 1, id, types, counted));
+        refused((e + 64, nonce, id, types, counted));
+        refused((0, 0, 0, 0, 0));
+        refused((e, nonce, id, types ^ 1, counted));
+        refused((e, nonce, id, types, 2));
+        // Decoded as a proxy of other types.
+        assert!(postcard::from_bytes::<Borrowed<DictProxy<String, i64>>>(&bytes).is_err());
+        assert!(postcard::from_bytes::<Borrowed<QueueProxy<u64>>>(&bytes).is_err());
+
+        // A zeroed `Borrowed` names no manager: it does not encode.
+        // SAFETY: proxies are Pod, for which all-zero bytes are a valid value.
+        let forged: Borrowed<DictProxy<String, u64>> = unsafe { std::mem::zeroed() };
+        assert!(postcard::to_allocvec(&forged).is_err());
+    });
+}
+
+/// Sends its borrowed dict back through a manager queue, as a serde value.
+fn send_back(
+    d: Borrowed<DictProxy<String, u64>>,
+    q: Borrowed<QueueProxy<Borrowed<DictProxy<String, u64>>>>,
+) {
+    d.insert("child", &1).unwrap();
+    q.put(&d).unwrap();
+}
+
+#[test]
+fn a_borrowed_proxy_travels_through_a_manager_queue_and_still_works() {
+    let _census = shared();
+    bounded(LIMIT, || {
+        let manager = Manager::start().unwrap();
+        let d = manager.dict::<String, u64>().unwrap();
+        let q = manager.queue::<Borrowed<DictProxy<String, u64>>>().unwrap();
+        let mut p = Process::new(send_back, (d.borrowed(), q.borrowed()));
+        p.start().unwrap();
+        assert_eq!(p.join(Some(Duration::from_secs(30))).unwrap(), Some(0));
+        let back = q.get_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(back.get("child").unwrap(), Some(1));
+        assert_eq!(back.len().unwrap(), 1);
     });
 }

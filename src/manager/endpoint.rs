@@ -53,6 +53,10 @@ pub(crate) struct EndpointRecord {
     ipv6: u32,
     pub(crate) frame_limit: u64,
     pub(crate) handshake_timeout_ms: u64,
+    /// Random, made with the record: a proxy's serde form carries it, so one
+    /// decoded in another program (whose heap may hold a record at the same
+    /// offset) is refused.
+    pub(crate) nonce: u64,
     ip: [u8; 16],
     name: [u8; NAME_BYTES],
     key: [u8; MAX_KEY_BYTES],
@@ -87,6 +91,7 @@ pub(crate) fn create(settings: &Settings<'_>) -> Result<u64, Error> {
             "an authkey has at most {MAX_KEY_BYTES} bytes"
         )));
     }
+    let nonce = u64::from_le_bytes(super::auth::random_bytes::<8>()?);
     let heap = Heap::get()?;
     let size = std::mem::size_of::<EndpointRecord>();
     let mut fresh = heap.alloc_fresh(size, 64)?;
@@ -103,6 +108,7 @@ pub(crate) fn create(settings: &Settings<'_>) -> Result<u64, Error> {
         ipv6: 0,
         frame_limit: settings.frame_limit as u64,
         handshake_timeout_ms: millis(settings.handshake_timeout),
+        nonce,
         ip: [0; 16],
         name: [0; NAME_BYTES],
         key,

@@ -50,6 +50,12 @@ impl<T: Serialize + DeserializeOwned + 'static> Wire for T {}
     label = "not a serde task taking `{Args}`",
     note = "a serde task is a function item, a `fn` pointer, a non-capturing closure with its argument types written out (`|s: String| s.len()`), or `shmpool::partial(f, value)`, taking and returning `Serialize + DeserializeOwned` values"
 )]
+#[cfg_attr(
+    feature = "manager",
+    diagnostic::on_unimplemented(
+        note = "for a Manager proxy (`DictProxy`, `QueueProxy`, ...), as an argument or bound by `partial`, pass `proxy.borrowed()` and take a `shmpool::manager::Borrowed<...>` in the task"
+    )
+)]
 pub trait SerdeTask<Args>: Send + Sync + 'static {
     /// What the function returns.
     type Output: Wire;

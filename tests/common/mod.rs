@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: deadlines and process inspection.
 #![allow(dead_code)]
 
+pub mod scratch;
+
 use std::collections::BTreeSet;
 use std::sync::mpsc;
 use std::time::Duration;

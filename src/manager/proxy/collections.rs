@@ -5,6 +5,7 @@ use crate::error::Error;
 use crate::manager::protocol::{decode, encode, Answer, Op};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::borrow::Borrow;
 
 proxy!(
     /// A dict held by a manager, like the proxy Python's `manager.dict()`
@@ -12,12 +13,18 @@ proxy!(
     /// be a key (floats and enums included); entries keep insertion order,
     /// as Python's dicts do. Each call is one atomic operation on the server.
     ///
+    /// Methods take a key in any form `K` borrows as, as `HashMap`'s do: a
+    /// `&str` for `String`, a `&[T]` for `Vec<T>`. That form must encode as
+    /// `K` does, as serde's own forms do (`str` for `String`, `[T]` for
+    /// `Vec<T>`, `Path` for `PathBuf`, `T` for `Box<T>`).
+    ///
     /// ```
     /// let manager = shmpool::Manager::start()?;
     /// let d = manager.dict::<String, u32>()?;
-    /// assert_eq!(d.insert(&"a".into(), &1)?, None);
-    /// assert_eq!(d.insert(&"a".into(), &2)?, Some(1));
-    /// assert_eq!(d.get(&"a".into())?, Some(2));
+    /// assert_eq!(d.insert("a", &1)?, None);
+    /// assert_eq!(d.insert("a", &2)?, Some(1));
+    /// assert_eq!(d.get("a")?, Some(2));
+    /// assert_eq!(d.get(&"a".to_string())?, Some(2)); // the same key
     /// assert_eq!(d.items()?, vec![("a".to_string(), 2)]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
@@ -26,22 +33,38 @@ proxy!(
 
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Borrowed<DictProxy<K, V>> {
     /// `d[key] = value`; the value it replaces, if any.
-    pub fn insert(&self, key: &K, value: &V) -> Result<Option<V>, Error> {
+    pub fn insert<Q>(&self, key: &Q, value: &V) -> Result<Option<V>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
         self.handle.value(Op::Insert(encode(key)?, encode(value)?))
     }
 
     /// `d.get(key)`.
-    pub fn get(&self, key: &K) -> Result<Option<V>, Error> {
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
         self.handle.value(Op::Lookup(encode(key)?))
     }
 
     /// `d.pop(key, None)`: removes the entry; its value, if there was one.
-    pub fn remove(&self, key: &K) -> Result<Option<V>, Error> {
+    pub fn remove<Q>(&self, key: &Q) -> Result<Option<V>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
         self.handle.value(Op::Remove(encode(key)?))
     }
 
     /// `key in d`.
-    pub fn contains_key(&self, key: &K) -> Result<bool, Error> {
+    pub fn contains_key<Q>(&self, key: &Q) -> Result<bool, Error>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
         self.handle.flag(Op::Contains(encode(key)?))
     }
 
@@ -84,15 +107,17 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Borrowed<
     /// ```
     /// let manager = shmpool::Manager::start()?;
     /// let hits = manager.dict::<String, u64>()?;
-    /// assert_eq!(hits.fetch_add(&"/".into(), 1)?, 0);
-    /// assert_eq!(hits.fetch_add(&"/".into(), 1)?, 1);
-    /// assert_eq!(hits.get(&"/".into())?, Some(2));
-    /// assert!(hits.fetch_add(&"/".into(), u64::MAX).is_err()); // no wrap
+    /// assert_eq!(hits.fetch_add("/", 1)?, 0);
+    /// assert_eq!(hits.fetch_add("/", 1)?, 1);
+    /// assert_eq!(hits.get("/")?, Some(2));
+    /// assert!(hits.fetch_add("/", u64::MAX).is_err()); // no wrap
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn fetch_add(&self, key: &K, delta: V) -> Result<V, Error>
+    pub fn fetch_add<Q>(&self, key: &Q, delta: V) -> Result<V, Error>
     where
         V: Number,
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
     {
         fetch_add(&self.handle, Some(encode(key)?), delta)
     }
@@ -119,7 +144,11 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Borrowed<
     /// assert_eq!(words.len()?, 0);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn update(&self, key: &K, f: fn(Option<V>) -> Option<V>) -> Result<Option<V>, Error> {
+    pub fn update<Q>(&self, key: &Q, f: fn(Option<V>) -> Option<V>) -> Result<Option<V>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
         update(&self.handle, Some(encode(key)?), f)
     }
 }

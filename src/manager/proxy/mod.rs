@@ -6,7 +6,10 @@
 //! proxy's types (checked by the server on every call); a `Borrowed` is
 //! [`Pod`](crate::Pod): an ordinary argument of a
 //! [`Process`](crate::Process) or a pool task, which connects on its first
-//! call in whatever process it reaches.
+//! call in whatever process it reaches. It is also a serde value (for
+//! `pool.serde()` tasks), whose decoding checks what a `Pod` copy is
+//! trusted for by construction: that it names a manager of this program and
+//! the proxy type it is decoded as.
 
 // Unsafe code: a client's function called through a code offset; `Borrowed` is `Pod`.
 #![allow(unsafe_code)]
@@ -24,12 +27,12 @@ pub use sync::{
 };
 pub use value::{ArrayProxy, ValueProxy};
 
-use super::client;
 use super::protocol::{decode, encode, number, Answer, Bytes, Op, Request, Trampoline, Types};
+use super::{client, endpoint};
 use crate::error::Error;
 use crate::task::code_offset;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::de::{DeserializeOwned, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
 use std::marker::PhantomData;
 
 /// What every proxy is: the manager's endpoint record, an object id, the
@@ -56,6 +59,14 @@ pub(crate) trait Typed: Sized {
 /// proxy dereferences to it) and is [`Pod`](crate::Pod), so it is an
 /// argument of a [`Process`](crate::Process) or a pool task, or a value
 /// bound by [`partial`](crate::partial). Made by the proxy's `borrowed()`.
+///
+/// It is also `Serialize` and `Deserialize`, so it goes wherever serde
+/// values do: an argument or bound value of a [`pool.serde()`](crate::Pool::serde)
+/// task, a message of a [`serial`](crate::serial) queue or of a manager's
+/// queue. Its encoding means something only in this program: decoding
+/// refuses one made by another program, or for another proxy type (as
+/// [`Error::Decode`] from a queue; a task's decoding failure fails the
+/// task).
 ///
 /// It holds no reference: it works while a proxy of its object lives, in any
 /// process. Keep the proxy until the processes that got its borrowed form
@@ -84,6 +95,29 @@ pub(crate) trait Typed: Sized {
 /// assert_eq!(d.len()?, 2);
 /// drop(d); // the last proxy: the server frees the dict
 /// assert_eq!(manager.object_count()?, 0);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+///
+/// A batch job over files that counts into one shared dict:
+///
+/// ```
+/// use shmpool::manager::{Borrowed, DictProxy};
+/// use shmpool::{partial, Manager, Pool};
+///
+/// fn count(d: Borrowed<DictProxy<String, u64>>, name: String) -> usize {
+///     d.fetch_add(name.as_str(), 1).unwrap();
+///     d.fetch_add("total", 1).unwrap();
+///     name.len()
+/// }
+///
+/// let manager = Manager::start()?;
+/// let d = manager.dict::<String, u64>()?;
+/// let pool = Pool::new(2)?;
+/// let names: Vec<String> = vec!["a.txt".into(), "bb.txt".into(), "a.txt".into()];
+/// let lens = pool.serde().map(partial(count, d.borrowed()), &names)?;
+/// assert_eq!(lens, [5, 6, 5]);
+/// assert_eq!(d.get("total")?, Some(3));
+/// assert_eq!(d.get("a.txt")?, Some(2));
 /// # Ok::<(), shmpool::Error>(())
 /// ```
 ///
@@ -161,6 +195,68 @@ impl<P> std::fmt::Debug for Borrowed<P> {
 // a flag) and a zero-sized marker: they mean the same in every process of
 // the program, and all zeros is a handle the record check refuses.
 unsafe impl<P: 'static> crate::Pod for Borrowed<P> {}
+
+/// A [`Borrowed`]'s serde form: its handle, and the nonce of the endpoint
+/// record its offset names, which ties it to this program's heap.
+#[derive(Serialize, Deserialize)]
+struct Encoded {
+    endpoint: u64,
+    nonce: u64,
+    id: u64,
+    types: u64,
+    counted: u64,
+}
+
+impl<P> Serialize for Borrowed<P> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        let h = self.handle;
+        let record = endpoint::record(h.endpoint).map_err(S::Error::custom)?;
+        Encoded {
+            endpoint: h.endpoint,
+            nonce: record.nonce,
+            id: h.id,
+            types: h.types,
+            counted: h.counted,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// Decodes a `Borrowed<P>` (each proxy type's `Deserialize`, see the
+/// macro), trusting the bytes no more than a `Pod` copy is trusted: the
+/// offset must name an endpoint record of this program's heap with the same
+/// nonce (not a record of another program's heap at that offset), the types
+/// must be `P`'s (a `Pod` copy has them by construction), the flag 0 or 1.
+/// The id stays for the server to check, as it is for a `Pod` copy.
+pub(crate) fn deserialize<'de, P: Typed, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Borrowed<P>, D::Error> {
+    use serde::de::Error as _;
+    let e = Encoded::deserialize(deserializer)?;
+    let ours = endpoint::record(e.endpoint).is_ok_and(|r| r.nonce == e.nonce);
+    if !ours {
+        return Err(D::Error::custom(
+            "not a manager proxy of this program (made by another program, or forged)",
+        ));
+    }
+    let types = P::types();
+    if e.types != types.fingerprint {
+        return Err(D::Error::custom(format!(
+            "a manager proxy of other types than {}",
+            types.names
+        )));
+    }
+    if e.counted > 1 {
+        return Err(D::Error::custom("a malformed manager proxy"));
+    }
+    Ok(Borrowed::new(Handle {
+        endpoint: e.endpoint,
+        id: e.id,
+        types: e.types,
+        counted: e.counted,
+    }))
+}
 
 impl Handle {
     /// Takes one more reference (a proxy's `clone`). It waits for the
@@ -399,6 +495,16 @@ macro_rules! proxy {
             fn types() -> $crate::manager::protocol::Types {
                 $crate::manager::protocol::Types::new(stringify!($name))
                     $($(.with::<$t>())+)?
+            }
+        }
+
+        /// Decoded only in the program that encoded it, as this proxy
+        /// type: see [`Borrowed`](crate::manager::Borrowed).
+        impl<'de $($(, $t)+)?> ::serde::Deserialize<'de>
+            for $crate::manager::proxy::Borrowed<$name $(<$($t),+>)?>
+        {
+            fn deserialize<D: ::serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                $crate::manager::proxy::deserialize(deserializer)
             }
         }
 
