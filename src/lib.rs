@@ -107,6 +107,8 @@ pub use objects::{
     Lock, LockGuard, Pipe, Queue, RLock, RLockGuard, Semaphore, Value, ValueGuard,
 };
 pub use pod::Pod;
+#[doc(hidden)]
+pub use pod::{BoundValue, Message, TaskValue};
 pub use pool::builder::MAX_PROCESSES;
 #[cfg(feature = "async")]
 pub use pool::ImapStream;
@@ -122,6 +124,8 @@ pub use shm::named::SharedMemory;
 pub use start::{set_start_method, StartMethod};
 #[cfg(feature = "serde")]
 pub use task::serde::{SerdeTask, Wire};
+#[doc(hidden)]
+pub use task::TaskFunction;
 pub use task::{partial, Partial, Task};
 
 /// Call first thing in `main` in programs that use the `Spawn` or `ForkServer`

@@ -73,7 +73,8 @@ use std::mem::{size_of, MaybeUninit};
     message = "`{Self}` cannot run in a worker process as a task taking `{Args}`",
     label = "not a task taking `{Args}`",
     note = "a task is a function item, a `fn` pointer, a non-capturing closure with its argument types written out (`|x: f64| x * x`), or `shmpool::partial(f, value)`, taking and returning `Pod` values",
-    note = "for `String`, `Vec`, paths or your own serde types, use `pool.serde()`"
+    note = "a value bound by `shmpool::partial` must be `Pod` too",
+    note = "for `String`, `Vec`, paths or your own serde types (as arguments, results or bound values), use `pool.serde()`"
 )]
 // A proxy bound by `partial` makes the whole task fail this bound, not
 // `Pod`, whose note would name the borrowed form: say it here too.
@@ -89,6 +90,28 @@ pub trait Task<Args>: Copy + Send + Sync + 'static {
     /// What travels with each call besides the arguments.
     #[doc(hidden)]
     type Bound: Pod;
+    /// Fails to evaluate for a closure that captures variables. Named in
+    /// the body of each call that takes a task, so the compiler's note says
+    /// the error "was encountered while instantiating" that call, at the
+    /// user's line.
+    #[doc(hidden)]
+    const TRAVELS: () = ();
+    /// How many bytes of a map's context the bound takes: only what a call
+    /// needs (nothing for a function item, whose type says everything), so
+    /// the room is the user's bound values'.
+    #[doc(hidden)]
+    const PACKED: usize;
+    /// Appends the bound's [`PACKED`](Task::PACKED) bytes to `context`.
+    #[doc(hidden)]
+    fn pack(bound: &Self::Bound, context: &mut Vec<MaybeUninit<u8>>);
+    /// The bound whose bytes `pack` wrote at the start of `context`.
+    ///
+    /// # Safety
+    /// `context` starts with the [`PACKED`](Task::PACKED) bytes `pack` wrote
+    /// for a bound of this type (in a process of the same binary). Panics if
+    /// it is shorter.
+    #[doc(hidden)]
+    unsafe fn unpack(context: &[u8]) -> Self::Bound;
     /// In the parent: checks that the task can travel and encodes it.
     #[doc(hidden)]
     fn bind(&self) -> Result<Self::Bound, Error>;
@@ -96,6 +119,20 @@ pub trait Task<Args>: Copy + Send + Sync + 'static {
     #[doc(hidden)]
     fn call(bound: &Self::Bound, args: Args) -> Self::Output;
 }
+
+/// A function that may be a task: one that can be copied to a worker
+/// process, so not a closure that captures a `String`, a `Vec` or a
+/// reference. Only its compiler message differs from those bounds'.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot run in a worker process: a closure that captures variables cannot travel",
+    label = "a closure that captures variables",
+    note = "bind the values instead: `shmpool::partial(f, value)` calls `f(value, x)` for each `x`, with `fn f(value: V, x: T) -> U`",
+    note = "with `pool.serde()`, `partial` binds any serde value (a `String`, a `Vec`): `pool.serde().map(shmpool::partial(f, value), &xs)`"
+)]
+#[doc(hidden)]
+pub trait TaskFunction: Copy + Send + Sync + 'static {}
+#[diagnostic::do_not_recommend]
+impl<F: Copy + Send + Sync + 'static> TaskFunction for F {}
 
 /// A task function's code, as [`Task::Bound`] carries it: the offset of a
 /// `fn` pointer's code from [`anchor`]; unused (0) for a function item, whose
@@ -107,6 +144,7 @@ pub struct FnCode(u64);
 
 // SAFETY: a plain integer; an offset means the same in every process of the
 // same binary, and zero is a valid value (no function).
+#[diagnostic::do_not_recommend]
 unsafe impl Pod for FnCode {}
 
 impl FnCode {
@@ -117,7 +155,6 @@ impl FnCode {
         f: &F,
         address: impl FnOnce(&P) -> usize,
     ) -> Result<FnCode, Error> {
-        const { assert_travels::<F>() };
         if size_of::<F>() == 0 {
             return Ok(FnCode(0));
         }
@@ -160,7 +197,9 @@ pub(crate) const fn assert_travels<F>() {
         size == 0 || fn_pointer_like,
         "shmpool: a closure that captures variables cannot run in a worker process. \
          Bind the values instead: `shmpool::partial(f, value)` calls `f(value, x)` \
-         for each `x`, with `fn f(value: V, x: T) -> U` (see the docs of `shmpool::partial`)"
+         for each `x`, with `fn f(value: V, x: T) -> U` (see the docs of `shmpool::partial`). \
+         The note below that says `the above error was encountered while instantiating` shows \
+         your call, and names the closure as `{{closure@FILE:LINE:COL}}`"
     );
 }
 
@@ -168,15 +207,30 @@ macro_rules! impl_task {
     ($($arg:ident),*) => {
         impl<Func, Ret, $($arg),*> Task<($($arg,)*)> for Func
         where
-            Func: Fn($($arg),*) -> Ret + Copy + Send + Sync + 'static,
-            Ret: Pod,
-            $($arg: Pod,)*
+            Func: Fn($($arg),*) -> Ret + TaskFunction,
+            Ret: crate::pod::TaskValue,
+            $($arg: crate::pod::TaskValue,)*
         {
             type Output = Ret;
             type Bound = FnCode;
+            const TRAVELS: () = assert_travels::<Func>();
+
+            const PACKED: usize = if size_of::<Func>() == 0 { 0 } else { size_of::<FnCode>() };
 
             fn bind(&self) -> Result<FnCode, Error> {
+                #[allow(clippy::let_unit_value)]
+                let () = Self::TRAVELS;
                 FnCode::of(self, |p: &fn($($arg),*) -> Ret| *p as usize)
+            }
+
+            fn pack(code: &FnCode, context: &mut Vec<MaybeUninit<u8>>) {
+                context.extend_from_slice(&crate::pod::bytes_of(code)[..Self::PACKED]);
+            }
+
+            unsafe fn unpack(context: &[u8]) -> FnCode {
+                // SAFETY: `pack` wrote a `FnCode` there, or nothing for a
+                // function item, whose code is unused (contract).
+                unsafe { unpack_at(context, Self::PACKED) }
             }
 
             #[inline(always)]
@@ -199,37 +253,42 @@ macro_rules! impl_task {
 }
 crate::pod::for_each_arity!(impl_task: A, B, C, D, E, G);
 
-/// A task's bound bytes, or zeros where the task carries nothing (a
-/// zero-sized task: every part of its bound is then unused or zero-sized).
+/// The `V` at the start of `context` if `len` (0 or its size) says one was
+/// written there, else the all-zero `V`: a part of a bound that a call does
+/// not use.
 ///
 /// # Safety
-/// Unless `F` is zero-sized, `context` starts with an `F::Bound` the parent
-/// wrote (`MapCall::context`). Panics if it is shorter than one.
+/// If `len` is not 0, `context` starts with the bytes of a `V`.
 #[inline(always)]
-unsafe fn bound_at<F: Task<Args>, Args>(context: &[u8]) -> F::Bound {
-    if size_of::<F>() == 0 {
-        crate::pod::zeroed()
-    } else {
-        assert!(
-            context.len() >= size_of::<F::Bound>(),
-            "a bound longer than its context"
-        );
-        // SAFETY: in bounds (checked); the parent wrote an F::Bound there
-        // (contract), so its bytes are a valid one; read unaligned.
-        unsafe { context.as_ptr().cast::<F::Bound>().read_unaligned() }
+unsafe fn unpack_at<V: Pod>(context: &[u8], len: usize) -> V {
+    if len == 0 {
+        return crate::pod::zeroed();
     }
+    assert!(
+        len == size_of::<V>() && context.len() >= len,
+        "a bound longer than its context"
+    );
+    // SAFETY: in bounds (checked); the parent wrote a `V` there (contract),
+    // so its bytes are a valid one; read unaligned.
+    unsafe { context.as_ptr().cast::<V>().read_unaligned() }
 }
 
-/// The bytes of `value` as a map's call context (`MapCall::context`): what
-/// every chunk's slot carries for its entry point, or nothing for a
-/// zero-sized task.
-pub(crate) fn context_of<F: Task<Args>, Args>(bound: &F::Bound) -> &[MaybeUninit<u8>] {
-    let len = if size_of::<F>() == 0 {
-        0
-    } else {
-        size_of::<F::Bound>()
-    };
-    &crate::pod::bytes_of(bound)[..len]
+/// A task's bound, from the start of a map's context.
+///
+/// # Safety
+/// `context` starts with what [`context_of`] wrote for an `F` in the parent.
+#[inline(always)]
+unsafe fn bound_at<F: Task<Args>, Args>(context: &[u8]) -> F::Bound {
+    // SAFETY: forwarded contract.
+    unsafe { F::unpack(context) }
+}
+
+/// A task's bound as a map's call context (`MapCall::context`): what every
+/// chunk's slot carries for its entry point, only the bytes a call needs.
+pub(crate) fn context_of<F: Task<Args>, Args>(bound: &F::Bound) -> Vec<MaybeUninit<u8>> {
+    let mut context = Vec::new();
+    F::pack(bound, &mut context);
+    context
 }
 
 /// Where a worker finds a task's data: pointers and an element count.
@@ -470,24 +529,22 @@ where
     Ok(())
 }
 
-/// What a `map_reduce` chunk carries: the map's and the fold's bound bytes.
+/// What a `map_reduce` chunk carries: the map's and the fold's bounds.
 pub(crate) type ReduceBounds<F, O, T, U> = (<F as Task<(T,)>>::Bound, <O as Task<(U, U)>>::Bound);
 
-/// The context bytes of a `map_reduce`: both bounds, or nothing when both
-/// tasks are zero-sized.
+/// The context bytes of a `map_reduce`: the map's packed bound, then the
+/// fold's.
 pub(crate) fn reduce_context<F, O, T>(
     bounds: &ReduceBounds<F, O, T, F::Output>,
-) -> &[MaybeUninit<u8>]
+) -> Vec<MaybeUninit<u8>>
 where
     F: Task<(T,)>,
     O: Task<(F::Output, F::Output), Output = F::Output>,
 {
-    let len = if size_of::<F>() + size_of::<O>() == 0 {
-        0
-    } else {
-        size_of::<ReduceBounds<F, O, T, F::Output>>()
-    };
-    &crate::pod::bytes_of(bounds)[..len]
+    let mut context = Vec::new();
+    F::pack(&bounds.0, &mut context);
+    O::pack(&bounds.1, &mut context);
+    context
 }
 
 /// Entry point for one `map_reduce` chunk: folds `f(input[i])` with `op`, in
@@ -495,27 +552,22 @@ where
 ///
 /// # Safety
 /// As for [`map_entry`], with room for one output element; unless both tasks
-/// are zero-sized, `io.context` holds their [`ReduceBounds`].
+/// are zero-sized, `io.context` holds their [`ReduceBounds`], packed
+/// ([`reduce_context`]).
 pub(crate) unsafe fn reduce_entry<F, O, T>(io: TaskIo<'_>) -> Result<(), AccessRefused>
 where
     F: Task<(T,)>,
     O: Task<(F::Output, F::Output), Output = F::Output>,
     T: Pod,
 {
-    let (f_bound, op_bound): ReduceBounds<F, O, T, F::Output> =
-        if size_of::<F>() + size_of::<O>() == 0 {
-            crate::pod::zeroed()
-        } else {
-            let bounds = &io.context[..size_of::<ReduceBounds<F, O, T, F::Output>>()];
-            // SAFETY: in bounds (sliced above); the parent wrote both bounds
-            // there (contract).
-            unsafe {
-                bounds
-                    .as_ptr()
-                    .cast::<ReduceBounds<F, O, T, F::Output>>()
-                    .read_unaligned()
-            }
-        };
+    // SAFETY: the parent packed F's bound, then O's, at the start of the
+    // context (contract, `reduce_context`).
+    let (f_bound, op_bound) = unsafe {
+        (
+            F::unpack(io.context),
+            O::unpack(io.context.get(F::PACKED..).unwrap_or(&[])),
+        )
+    };
     let output = io.output;
     let peer = io.remote.as_ref().filter(|r| r.output).map(|r| r.peer);
     // The fold reads pieces of input and writes nothing until the end.

@@ -163,6 +163,79 @@ fn a_bound_value_too_large_for_a_chunk_is_refused_before_anything_runs() {
 }
 
 #[test]
+fn bound_values_of_192_bytes_pass_in_every_map_form_and_193_do_not() {
+    bounded(LIMIT, || {
+        fn pick(table: [f64; 24], i: u64) -> f64 {
+            table[i as usize % 24]
+        }
+        fn pick2(table: [f64; 24], i: u64, j: u64) -> f64 {
+            table[(i + j) as usize % 24]
+        }
+        fn add(a: f64, b: f64) -> f64 {
+            a + b
+        }
+        fn add_fixed(fixed: [u8; 185], a: f64, b: f64) -> f64 {
+            a + b + f64::from(fixed[0])
+        }
+        let table: [f64; 24] = std::array::from_fn(|i| i as f64 * runtime_value(1.0));
+        let v: Vec<u64> = (0..100).collect();
+        let expected: Vec<f64> = v.iter().map(|&i| pick(table, i)).collect();
+        let pool = Pool::new(2).unwrap();
+        // 192 bytes: the user's value fills a chunk's room exactly; a
+        // function item takes none of it.
+        assert_eq!(pool.map(partial(pick, table), &v).unwrap(), expected);
+        assert_eq!(
+            pool.map_async(partial(pick, table), &v)
+                .unwrap()
+                .get(WAIT)
+                .unwrap(),
+            expected
+        );
+        let pairs: Vec<(u64, u64)> = v.iter().map(|&i| (i, 1)).collect();
+        assert_eq!(
+            pool.starmap(partial(pick2, table), &pairs).unwrap(),
+            v.iter().map(|&i| pick(table, i + 1)).collect::<Vec<_>>()
+        );
+        let lazy: Vec<f64> = pool
+            .imap(partial(pick, table), v.clone())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(lazy, expected);
+        assert_eq!(
+            pool.map_reduce(partial(pick, table), add, &v).unwrap(),
+            Some(expected.iter().sum())
+        );
+        // Both functions' bound values count in a `map_reduce`: 192 + 1 is
+        // one too many.
+        let err = pool
+            .map_reduce(partial(pick, table), partial(add_fixed, [0u8; 185]), &v)
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(why) if why.contains("take 377 bytes")),
+            "{err:?}"
+        );
+        // A `fn` pointer's code offset takes 8 bytes of the room.
+        let as_pointer: fn([f64; 24], u64) -> f64 = pick;
+        let err = pool.map(partial(as_pointer, table), &v).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(why)
+                if why.contains("take 200 bytes") && why.contains("shmpool::Array")),
+            "{err:?}"
+        );
+        let small: [f64; 23] = std::array::from_fn(|i| table[i]);
+        fn pick23(table: [f64; 23], i: u64) -> f64 {
+            table[i as usize % 23]
+        }
+        let as_pointer: fn([f64; 23], u64) -> f64 = pick23;
+        assert_eq!(
+            pool.map(partial(as_pointer, small), &[5]).unwrap(),
+            [table[5]]
+        );
+    });
+}
+
+#[test]
 fn a_table_of_fn_pointers_runs_like_function_items() {
     bounded(LIMIT, || {
         type Bench = (&'static str, fn(u64) -> u64);

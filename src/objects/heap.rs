@@ -284,6 +284,7 @@ macro_rules! heap_handle {
             at: u64,
         }
 
+        #[diagnostic::do_not_recommend]
         // SAFETY: an offset into the program's object heap, meaningful in
         // every process of the program and checked on every use (`resolve`).
         // (Argued here, once for every handle type.)

@@ -82,7 +82,7 @@ const HEADER: usize = std::mem::size_of::<QueueObject>().next_multiple_of(64);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
 #[repr(C)]
-pub struct Queue<T: Pod> {
+pub struct Queue<T: crate::pod::Message> {
     at: u64,
     _marker: PhantomData<fn(T) -> T>,
 }
@@ -106,6 +106,7 @@ impl<T: Pod> std::fmt::Debug for Queue<T> {
 
 // SAFETY: an offset into the program's object heap, checked on every use
 // (kind tag and element size).
+#[diagnostic::do_not_recommend]
 unsafe impl<T: Pod> Pod for Queue<T> {}
 
 impl<T: Pod> Queue<T> {
@@ -321,7 +322,7 @@ fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>, Error> {
 /// # Ok::<(), shmpool::Error>(())
 /// ```
 #[repr(C)]
-pub struct Connection<T: Pod> {
+pub struct Connection<T: crate::pod::Message> {
     /// The queue `send` writes (offset 0: none, a receive-only end).
     tx: u64,
     /// The queue `recv` reads (offset 0: none, a send-only end).
@@ -346,6 +347,7 @@ impl<T: Pod> std::fmt::Debug for Connection<T> {
 
 // SAFETY: two heap offsets (0: none), each checked on use; any bit pattern
 // is a valid value.
+#[diagnostic::do_not_recommend]
 unsafe impl<T: Pod> Pod for Connection<T> {}
 
 /// Messages one end can hold before `send` waits.
@@ -359,7 +361,7 @@ impl Pipe {
     /// A duplex pair: each end sends to and receives from the other (Python's
     /// `Pipe()`).
     #[allow(clippy::new_ret_no_self)] // a pipe *is* its two ends, as in Python
-    pub fn new<T: Pod>() -> Result<(Connection<T>, Connection<T>), Error> {
+    pub fn new<T: crate::pod::Message>() -> Result<(Connection<T>, Connection<T>), Error> {
         let (ab, ba) = (
             Queue::<T>::new(PIPE_CAPACITY)?,
             Queue::<T>::new(PIPE_CAPACITY)?,
@@ -377,7 +379,7 @@ impl Pipe {
     /// assert!(rx.send(2).is_err());
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn one_way<T: Pod>() -> Result<(Connection<T>, Connection<T>), Error> {
+    pub fn one_way<T: crate::pod::Message>() -> Result<(Connection<T>, Connection<T>), Error> {
         let q = Queue::<T>::new(PIPE_CAPACITY)?;
         Ok((Connection::of(0, q.at), Connection::of(q.at, 0)))
     }

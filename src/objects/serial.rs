@@ -110,6 +110,7 @@ impl<T, const N: usize> std::fmt::Debug for Queue<T, N> {
 
 // SAFETY: a Pod queue handle (a heap offset, checked on every use) and a
 // zero-sized marker.
+#[diagnostic::do_not_recommend]
 unsafe impl<T: 'static, const N: usize> crate::Pod for Queue<T, N> {}
 
 impl<T: Serialize + DeserializeOwned, const N: usize> Queue<T, N> {
@@ -188,6 +189,7 @@ impl<T, const N: usize> std::fmt::Debug for Connection<T, N> {
 
 // SAFETY: a Pod connection handle (heap offsets, checked on every use) and a
 // zero-sized marker.
+#[diagnostic::do_not_recommend]
 unsafe impl<T: 'static, const N: usize> crate::Pod for Connection<T, N> {}
 
 /// Connected pairs of [`Connection`]s for `serde` values, like Python's

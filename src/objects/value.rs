@@ -114,6 +114,7 @@ macro_rules! handle_traits {
         }
         // SAFETY: an offset into the program's object heap, checked on every
         // use (kind tag, element size, bounds).
+        #[diagnostic::do_not_recommend]
         unsafe impl<T: Pod> Pod for $name<T> {}
     };
 }

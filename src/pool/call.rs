@@ -38,6 +38,8 @@ macro_rules! shorthands {
         where
             $($bound)*
         {
+            #[allow(clippy::let_unit_value)]
+            let () = F::TRAVELS;
             self.call().chunksize(chunksize).$name($($arg),+)
         }
         $crate::pool::shorthands! {
@@ -62,6 +64,8 @@ macro_rules! shorthands {
             C: FnOnce($r) + Send + 'static,
             E: FnOnce(Error) + Send + 'static,
         {
+            #[allow(clippy::let_unit_value)]
+            let () = F::TRAVELS;
             self.call()
                 .callbacks(callback, error_callback)
                 .$name($($arg),+)
@@ -85,6 +89,10 @@ macro_rules! shorthands {
         where
             $($bound)*
         {
+            // A capturing closure fails here, so the compiler's note names
+            // the caller's line (see `Task::TRAVELS`).
+            #[allow(clippy::let_unit_value)]
+            let () = F::TRAVELS;
             self.call().$name($($arg),+)
         }
         $crate::pool::shorthands! {
@@ -255,7 +263,7 @@ impl<'p> Call<'p, NoCallbacks> {
         let chunksize = self.map_chunksize(items.len());
         let context = context_of::<F, (T,)>(&bound);
         let core = &self.pool.core;
-        schedule::map_slice::<T, F::Output>(core, items, chunksize, entry, context, false)
+        schedule::map_slice::<T, F::Output>(core, items, chunksize, entry, &context, false)
     }
 
     /// `f(args...)` for every tuple of arguments, results in order
@@ -270,7 +278,7 @@ impl<'p> Call<'p, NoCallbacks> {
         let chunksize = self.map_chunksize(items.len());
         let context = context_of::<F, Args>(&bound);
         let core = &self.pool.core;
-        schedule::map_slice::<Args, F::Output>(core, items, chunksize, entry, context, false)
+        schedule::map_slice::<Args, F::Output>(core, items, chunksize, entry, &context, false)
     }
 
     /// `data[i] = f(data[i])` where `data` lies ([`Pool::map_inplace`]).
@@ -283,7 +291,7 @@ impl<'p> Call<'p, NoCallbacks> {
         let entry = self.pool.entry_point(inplace_entry::<F, T>)?;
         let chunksize = self.map_chunksize(data.len());
         let context = context_of::<F, (T,)>(&bound);
-        schedule::map_inplace(&self.pool.core, data, chunksize, entry, context)
+        schedule::map_inplace(&self.pool.core, data, chunksize, entry, &context)
     }
 
     /// `output[i] = f(input[i])`, written straight into `output`
@@ -304,7 +312,7 @@ impl<'p> Call<'p, NoCallbacks> {
         let entry = self.pool.entry_point(map_entry::<F, T>)?;
         let chunksize = self.map_chunksize(input.len());
         let context = context_of::<F, (T,)>(&bound);
-        schedule::map_into(&self.pool.core, input, output, chunksize, entry, context)
+        schedule::map_into(&self.pool.core, input, output, chunksize, entry, &context)
     }
 
     /// Maps and folds without the vector ([`Pool::map_reduce`]).
@@ -320,7 +328,7 @@ impl<'p> Call<'p, NoCallbacks> {
         let context = reduce_context::<F, O, T>(&bounds);
         let core = &self.pool.core;
         let per_chunk =
-            schedule::map_slice::<T, F::Output>(core, items, chunksize, entry, context, true)?;
+            schedule::map_slice::<T, F::Output>(core, items, chunksize, entry, &context, true)?;
         // In index order, so an associative `op` gives the same answer
         // whatever the chunk size.
         let combine = |a, b| O::call(&bounds.1, (a, b));
@@ -338,7 +346,7 @@ impl<'p> Call<'p, NoCallbacks> {
         fn lazy(self, f, items, ordered) {
             let bound = f.bind()?;
             let entry = self.pool.entry_point(map_entry::<F, I::Item>)?;
-            let context = context_of::<F, (I::Item,)>(&bound).to_vec();
+            let context = context_of::<F, (I::Item,)>(&bound);
             Imap::new(
                 Arc::clone(&self.pool.core),
                 items.into_iter(),
@@ -376,7 +384,7 @@ impl<'p, C> Call<'p, C> {
         let bound = f.bind()?;
         let entry = self.pool.entry_point(map_entry::<F, T>)?;
         let context = context_of::<F, (T,)>(&bound);
-        self.submit_slice(items, entry, context)
+        self.submit_slice(items, entry, &context)
     }
 
     /// Submits a starmap and returns at once with a handle
@@ -394,7 +402,7 @@ impl<'p, C> Call<'p, C> {
         let bound = f.bind()?;
         let entry = self.pool.entry_point(starmap_entry::<F, Args>)?;
         let context = context_of::<F, Args>(&bound);
-        self.submit_slice(items, entry, context)
+        self.submit_slice(items, entry, &context)
     }
 
     fn submit_slice<T: Pod, U: Pod>(

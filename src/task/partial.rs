@@ -3,6 +3,7 @@
 use super::Task;
 use crate::error::Error;
 use crate::Pod;
+use std::mem::{size_of, MaybeUninit};
 
 /// A task with a bound first argument: what [`partial`] returns.
 ///
@@ -53,15 +54,35 @@ macro_rules! impl_partial {
     ($($arg:ident),*) => {
         impl<F, B, $($arg),*> Task<($($arg,)*)> for Partial<F, B>
         where
+            B: crate::pod::BoundValue,
             F: Task<(B, $($arg,)*)>,
-            B: Pod,
             $($arg: Pod,)*
         {
             type Output = F::Output;
             type Bound = (F::Bound, B);
+            const TRAVELS: () = F::TRAVELS;
+            const PACKED: usize = F::PACKED + size_of::<B>();
 
             fn bind(&self) -> Result<Self::Bound, Error> {
                 Ok((self.f.bind()?, self.bound))
+            }
+
+            fn pack(bound: &Self::Bound, context: &mut Vec<MaybeUninit<u8>>) {
+                F::pack(&bound.0, context);
+                context.extend_from_slice(crate::pod::bytes_of(&bound.1));
+            }
+
+            unsafe fn unpack(context: &[u8]) -> Self::Bound {
+                let value = context.get(F::PACKED..).unwrap_or(&[]);
+                assert!(value.len() >= size_of::<B>(), "a bound longer than its context");
+                // SAFETY: `pack` wrote F's bound, then the bytes of a `B`
+                // (contract); in bounds (checked); read unaligned.
+                unsafe {
+                    (
+                        F::unpack(context),
+                        value.as_ptr().cast::<B>().read_unaligned(),
+                    )
+                }
             }
 
             #[inline(always)]

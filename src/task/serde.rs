@@ -63,6 +63,10 @@ pub trait SerdeTask<Args>: Send + Sync + 'static {
     /// code (for a `fn` pointer) and a [`Partial`]'s bound value.
     #[doc(hidden)]
     type Bound: Wire;
+    /// As [`Task::TRAVELS`](crate::Task): fails to evaluate for a closure
+    /// that captures variables.
+    #[doc(hidden)]
+    const TRAVELS: () = ();
     /// In the parent: checks that the task can travel and encodes it.
     #[doc(hidden)]
     fn bind(&self) -> Result<Self::Bound, Error>;
@@ -75,7 +79,7 @@ macro_rules! impl_serde_task {
     ($($arg:ident),*) => {
         impl<Func, Ret, $($arg),*> SerdeTask<($($arg,)*)> for Func
         where
-            Func: Fn($($arg),*) -> Ret + Copy + Send + Sync + 'static,
+            Func: Fn($($arg),*) -> Ret + crate::task::TaskFunction,
             Ret: Wire,
             $($arg: Wire,)*
         {
@@ -83,8 +87,11 @@ macro_rules! impl_serde_task {
             /// The code offset of a `fn` pointer ([`FnCode`]); 0 for a
             /// function item.
             type Bound = u64;
+            const TRAVELS: () = crate::task::assert_travels::<Func>();
 
             fn bind(&self) -> Result<u64, Error> {
+                #[allow(clippy::let_unit_value)]
+                let () = Self::TRAVELS;
                 FnCode::of(self, |p: &fn($($arg),*) -> Ret| *p as usize).map(|code| code.0)
             }
 
@@ -117,6 +124,7 @@ macro_rules! impl_serde_partial {
         {
             type Output = F::Output;
             type Bound = (F::Bound, V);
+            const TRAVELS: () = F::TRAVELS;
 
             fn bind(&self) -> Result<Self::Bound, Error> {
                 Ok((self.f.bind()?, self.bound.clone()))

@@ -194,6 +194,7 @@ impl<P> std::fmt::Debug for Borrowed<P> {
 // use; a server-side id and a type fingerprint, both checked by the server;
 // a flag) and a zero-sized marker: they mean the same in every process of
 // the program, and all zeros is a handle the record check refuses.
+#[diagnostic::do_not_recommend]
 unsafe impl<P: 'static> crate::Pod for Borrowed<P> {}
 
 /// A [`Borrowed`]'s serde form: its handle, and the nonce of the endpoint

@@ -207,8 +207,10 @@ pub(super) fn too_large() -> Error {
 pub(crate) fn check_context(context: &[MaybeUninit<u8>]) -> Result<(), Error> {
     if context.len() > INLINE_CAPACITY {
         return Err(Error::invalid(format!(
-            "a task's bound values take {} bytes; a map's chunks carry at most \
-             {INLINE_CAPACITY} (bind a SharedVec or an array handle instead of a large value)",
+            "a map's bound values take {} bytes, and its chunks carry at most \
+             {INLINE_CAPACITY} (less 8 for each `fn` pointer given as a function): put a large \
+             value in an `shmpool::Array` and bind its handle, or use `apply` (no limit) or \
+             `pool.serde()`",
             context.len()
         )));
     }
