@@ -1,7 +1,8 @@
 //! What a worker does to its own process before it serves: set the
-//! program's signal handlers back to their defaults, pin itself to its CPUs,
-//! cap the threads of the libraries its tasks may call, limit its address
-//! space; and, after each task, the memory cap check.
+//! program's signal handlers back to their defaults and ignore `SIGINT`,
+//! pin itself to its CPUs, cap the threads of the libraries its tasks may
+//! call, limit its address space; and, after each task, the memory cap
+//! check.
 //!
 //! Done here, in the worker, for every start method alike: at this point
 //! the worker process has one thread (a forked child of the supervisor, a
@@ -56,6 +57,12 @@ pub(crate) fn prepare(layout: Layout, index: u32) {
     // keep theirs: a crash is reported as the program reports it (Rust's
     // stack-overflow message), and the worker dies of it all the same.
     crate::sys::process::reset_caught_signals(&FAULT_SIGNALS);
+    // Ctrl-C sends SIGINT to the terminal's whole foreground process group,
+    // workers included: a program that handles it to drain its pool
+    // (`close`, `join`) would see its running tasks die with their workers.
+    // A worker ignores it and dies with the parent instead, if the parent
+    // does (PR_SET_PDEATHSIG); a task may install its own handler.
+    crate::sys::process::ignore_signal(libc::SIGINT);
     let settings = &layout.header().settings;
     if settings.pinned.load(Ordering::Acquire) != 0 {
         pin(layout, index);
