@@ -451,8 +451,11 @@ impl<'a> SerdePool<'a> {
                 Some(Collected::Done(slot, s)) => {
                     in_flight -= 1;
                     if !window.is_halted() {
+                        // Chunks come back in order: this one's first element
+                        // is the next result's.
+                        let first = out.len();
                         if let Err(f) = decode_chunk(core, s, |u| out.push(u)) {
-                            window.fail(f.into());
+                            window.fail(Error::from(f).covering(first..first + s.len));
                         }
                     }
                     core.release_slot(slot);
