@@ -132,6 +132,7 @@ impl Core {
     /// Maps a fresh segment for a pool configured by `config` (its workers are
     /// not started yet); `config.processes` is set.
     pub(crate) fn new(config: PoolConfig) -> Result<Core, Error> {
+        let has_initializer = config.initializer.is_some();
         let processes = config.processes.expect("set by build");
         let segment = Segment::create("shmpool", layout::SEGMENT_BYTES)?;
         // SAFETY: the segment is SEGMENT_BYTES long, page-aligned (mmap), and
@@ -192,7 +193,7 @@ impl Core {
             supervisor: Supervisor::new()?,
             callbacks: Callbacks::default(),
             pids: Mutex::new(vec![None; processes]),
-            stats: crate::pool::stats::StatsBook::new(processes),
+            stats: crate::pool::stats::StatsBook::new(processes, has_initializer),
             zero_copy: AtomicBool::new(ptracer.is_some()),
             ptracer: Mutex::new(ptracer),
             heap_refused: AtomicBool::new(false),
