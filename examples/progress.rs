@@ -1,10 +1,10 @@
 //! A map with a progress bar (feature `progress`): on a terminal, stderr
-//! shows the bar filling up to 100 %. With the argument `serde`, a
-//! `pool.serde()` map and imap over strings, each with its bar.
+//! shows the bar filling up to 100 %. With `fail`, a task panics halfway:
+//! the bar stops there, and the error is printed on the next line. With
+//! `serde`, a `pool.serde()` map and imap over strings, each with its bar.
 //!
 //! ```text
-//! cargo run --features progress --example progress
-//! cargo run --features progress --example progress -- serde
+//! cargo run --features progress --example progress [-- fail | -- serde]
 //! ```
 
 use std::time::Duration;
@@ -18,6 +18,11 @@ fn slow_square(x: u64) -> u64 {
 fn slow_len(s: String) -> usize {
     std::thread::sleep(Duration::from_micros(200));
     s.len()
+}
+
+fn fails_halfway(x: u64) -> u64 {
+    assert!(x < 2_500, "stopped at {x}");
+    slow_square(x)
 }
 
 fn main() -> Result<(), shmpool::Error> {
@@ -39,7 +44,9 @@ fn main() -> Result<(), shmpool::Error> {
         return Ok(());
     }
     let items: Vec<u64> = (0..5_000).collect();
-    let squares = pool.map_chunked(slow_square, &items, 50)?;
+    let fail = std::env::args().nth(1).as_deref() == Some("fail");
+    let f: fn(u64) -> u64 = if fail { fails_halfway } else { slow_square };
+    let squares = pool.map_chunked(f, &items, 50)?;
     println!("sum of squares: {}", squares.iter().sum::<u64>());
     Ok(())
 }

@@ -26,11 +26,14 @@ pub enum Error {
         elements: Option<Range<usize>>,
     },
     /// The task panicked in its worker. The worker caught the panic and goes on
-    /// serving tasks; `message` is the panic's message (truncated to about 190
-    /// bytes).
+    /// serving tasks. `message` is the panic's message, which it derefs to
+    /// and compares equal with, as the `String` it once was; it also says
+    /// where the panic was raised ([`PanicMessage::location`]). From a map,
+    /// [`Error::elements`] names the input elements of the chunk that
+    /// panicked.
     TaskPanicked {
-        /// The panic payload, if it was a string.
-        message: String,
+        /// The panic's message and location.
+        message: PanicMessage,
     },
     /// The worker running the task died (killed by a signal, `abort()`, or an
     /// `exit()` from inside the task). The pool has replaced it.
@@ -167,7 +170,12 @@ impl fmt::Display for Error {
             Error::CapacityExceeded(why) => write!(f, "capacity exceeded: {why}"),
             Error::InvalidState(why) => write!(f, "invalid state: {why}"),
             Error::TaskPanicked { message } => {
-                write!(f, "the task panicked in its worker: {message}")
+                f.write_str("the task panicked in its worker")?;
+                if let Some(location) = message.location() {
+                    write!(f, " at {location}")?;
+                }
+                write!(f, ": {message}")?;
+                write_elements(f, &message.elements)
             }
             Error::WorkerDied {
                 pid,
@@ -272,6 +280,119 @@ pub enum DeathCause {
     MemoryLimit,
 }
 
+/// What [`Error::TaskPanicked`] says of a task's panic: its message, and
+/// where in the source the panic was raised.
+///
+/// It stands for the message: it derefs to it (`str`), displays as it and
+/// compares equal with it, so code written when the field was a `String`
+/// (`assert_eq!(message, "boom")`, `message.contains(..)`, `{message}`)
+/// reads the same. The worker's slot holds 192 bytes for the message and
+/// its location together: a longer message is cut, on a char boundary.
+///
+/// ```
+/// use shmpool::{Error, Pool};
+///
+/// fn check(x: u64) -> u64 {
+///     assert!(x < 3, "too large: {x}");
+///     x
+/// }
+/// let pool = Pool::new(2)?;
+/// let err = pool.map_chunked(check, &[0, 1, 2, 3], 2).unwrap_err();
+/// let Error::TaskPanicked { message } = &err else { panic!("{err}") };
+/// assert_eq!(message, "too large: 3");
+/// assert!(message.location().unwrap().starts_with("src/"));
+/// assert_eq!(err.elements(), Some(2..4)); // the chunk that panicked
+/// // the task panicked in its worker at src/…: too large: 3 (input elements 2..4)
+/// println!("{err}");
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PanicMessage {
+    text: String,
+    location: Option<String>,
+    /// From a map: the chunk's input elements (see [`Error::elements`]).
+    elements: Option<Range<usize>>,
+}
+
+impl PanicMessage {
+    /// A message raised at `location` (`file:line:column`).
+    pub(crate) fn new(text: String, location: Option<String>) -> PanicMessage {
+        PanicMessage {
+            text,
+            location,
+            elements: None,
+        }
+    }
+
+    /// The panic's message: its payload if that was a string.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Where the panic was raised, as `file:line:column` (the form Rust's
+    /// own panic message gives, `src/main.rs:7:5`); `None` if the worker
+    /// did not learn it (a panic resumed with
+    /// [`resume_unwind`](std::panic::resume_unwind), which runs no panic
+    /// hook, or one from another machine's rank).
+    pub fn location(&self) -> Option<&str> {
+        self.location.as_deref()
+    }
+}
+
+impl std::ops::Deref for PanicMessage {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl AsRef<str> for PanicMessage {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for PanicMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl From<String> for PanicMessage {
+    fn from(text: String) -> PanicMessage {
+        PanicMessage::new(text, None)
+    }
+}
+
+impl From<&str> for PanicMessage {
+    fn from(text: &str) -> PanicMessage {
+        PanicMessage::new(text.to_owned(), None)
+    }
+}
+
+impl From<PanicMessage> for String {
+    fn from(message: PanicMessage) -> String {
+        message.text
+    }
+}
+
+/// Compares the message alone, as a `String` field did.
+macro_rules! eq_message {
+    ($($t:ty),*) => {$(
+        impl PartialEq<$t> for PanicMessage {
+            fn eq(&self, other: &$t) -> bool {
+                self.text == *other
+            }
+        }
+        impl PartialEq<PanicMessage> for $t {
+            fn eq(&self, other: &PanicMessage) -> bool {
+                *self == other.text
+            }
+        }
+    )*};
+}
+eq_message!(str, &str, String);
+
 /// Names a map's elements in an error message.
 fn write_elements(f: &mut fmt::Formatter<'_>, elements: &Option<Range<usize>>) -> fmt::Result {
     match elements {
@@ -310,7 +431,8 @@ impl Error {
     }
 
     /// Which input elements of a map the failed chunk covered: for
-    /// [`Error::WorkerDied`] and [`Error::TaskTimedOut`] from a `map`,
+    /// [`Error::WorkerDied`], [`Error::TaskTimedOut`] and
+    /// [`Error::TaskPanicked`] from a `map`,
     /// `starmap`, `map_into`, their `_chunked` and `_async` forms, or an
     /// `imap`, and from the same calls of [`Pool::serde`](crate::Pool::serde);
     /// `None` otherwise.
@@ -347,6 +469,7 @@ impl Error {
             Error::WorkerDied { elements, .. } | Error::TaskTimedOut { elements } => {
                 elements.clone()
             }
+            Error::TaskPanicked { message } => message.elements.clone(),
             _ => None,
         }
     }
@@ -354,8 +477,12 @@ impl Error {
     /// Names the elements a failed map chunk covered, if this error is one
     /// that can say so.
     pub(crate) fn covering(mut self, range: Range<usize>) -> Error {
-        if let Error::WorkerDied { elements, .. } | Error::TaskTimedOut { elements } = &mut self {
-            *elements = Some(range);
+        match &mut self {
+            Error::WorkerDied { elements, .. } | Error::TaskTimedOut { elements } => {
+                *elements = Some(range)
+            }
+            Error::TaskPanicked { message } => message.elements = Some(range),
+            _ => {}
         }
         self
     }
@@ -392,6 +519,29 @@ mod tests {
             message: "boom".into(),
         }
         .to_string();
-        assert!(panicked.contains("boom"));
+        assert_eq!(panicked, "the task panicked in its worker: boom");
+    }
+
+    #[test]
+    fn a_panic_displays_its_location_and_its_chunk() {
+        let message = PanicMessage::new("boom".into(), Some("src/main.rs:7:5".into()));
+        let err = Error::TaskPanicked { message }.covering(8..16);
+        assert_eq!(
+            err.to_string(),
+            "the task panicked in its worker at src/main.rs:7:5: boom (input elements 8..16)"
+        );
+        assert_eq!(err.elements(), Some(8..16));
+        // Code written for a `String` field still compiles and holds.
+        let Error::TaskPanicked { message } = err else {
+            unreachable!()
+        };
+        assert_eq!(message, "boom");
+        assert_eq!("boom", message);
+        assert_eq!(message, *"boom");
+        assert_eq!(message, String::from("boom"));
+        assert_eq!(String::from("boom"), message);
+        assert!(message.starts_with("bo") && message.len() == 4);
+        assert_eq!(format!("{message}"), "boom");
+        assert_eq!(String::from(message), "boom");
     }
 }

@@ -98,6 +98,7 @@ mod worker;
 pub use context::{get_context, Context};
 pub use error::DeathCause;
 pub use error::Error;
+pub use error::PanicMessage;
 #[cfg(feature = "manager")]
 pub use manager::{Manager, ManagerBuilder};
 #[cfg(feature = "serde")]

@@ -1,11 +1,21 @@
 //! Panics that cross a process boundary: a worker's panic becomes the
-//! caller's `Error::TaskPanicked`, so the worker itself stays quiet.
+//! caller's `Error::TaskPanicked`, with its message and location, so the
+//! worker itself stays quiet, unless the panic cannot unwind and the worker
+//! aborts: then it prints it.
 
 use std::any::Any;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 /// Silences panic messages in worker processes, and only there: a task's panic
-/// is reported to the caller through its slot, so printing it in the worker
-/// too would only interleave noise into the parent's stderr.
+/// is reported to the caller through its slot, with the location the hook
+/// records here, so printing it in the worker too would only interleave noise
+/// into the parent's stderr. A panic that cannot unwind (a failed debug check
+/// on a null pointer, a panic escaping an `extern "C"` function, any panic
+/// under `panic = "abort"`) never reaches the worker's `catch_unwind`: the
+/// worker aborts, and its SIGABRT handler prints what the hook noted
+/// ([`copy_noted`]), as Rust would have. (Whether a panic can unwind is not
+/// known to a hook in stable Rust, hence the note.)
 ///
 /// Installed once per program by the parent *before* it forks: a forked child
 /// must not call `set_hook`, because another parent thread that was panicking
@@ -16,10 +26,71 @@ pub(crate) fn install_quiet_panic_hook() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if !crate::process::in_worker() {
-                previous(info)
+                return previous(info);
             }
+            note(&format!("worker process {} {info}\n", std::process::id()));
+            let location = info.location().map(|l| l.to_string());
+            let _ = LOCATION.try_with(|cell| cell.set(location));
         }));
     });
+}
+
+thread_local! {
+    /// Where this thread's last panic was raised (`file:line:column`).
+    static LOCATION: Cell<Option<String>> = const { Cell::new(None) };
+}
+
+/// Bytes of panic messages a worker keeps for its SIGABRT handler.
+pub(crate) const NOTE_BYTES: usize = 1024;
+
+/// The messages of the panics raised in the worker's current task, for its
+/// SIGABRT handler: atomics, so that the handler may read them.
+struct Note {
+    /// Held by a thread appending (another panicking thread skips).
+    writing: AtomicBool,
+    len: AtomicUsize,
+    bytes: [AtomicU8; NOTE_BYTES],
+}
+
+static NOTE: Note = Note {
+    writing: AtomicBool::new(false),
+    len: AtomicUsize::new(0),
+    bytes: [const { AtomicU8::new(0) }; NOTE_BYTES],
+};
+
+/// Appends `text` to the note, as far as it has room.
+fn note(text: &str) {
+    if NOTE.writing.swap(true, Ordering::Acquire) {
+        return;
+    }
+    let start = NOTE.len.load(Ordering::Relaxed).min(NOTE_BYTES);
+    let room = &NOTE.bytes[start..];
+    for (cell, &b) in room.iter().zip(text.as_bytes()) {
+        cell.store(b, Ordering::Relaxed);
+    }
+    let end = start + room.len().min(text.len());
+    NOTE.len.store(end, Ordering::Release);
+    NOTE.writing.store(false, Ordering::Release);
+}
+
+/// Copies the noted panic messages into `out`; returns their length.
+/// Async-signal-safe (atomic loads only), for the worker's SIGABRT handler.
+pub(crate) fn copy_noted(out: &mut [u8; NOTE_BYTES]) -> usize {
+    let len = NOTE.len.load(Ordering::Acquire).min(NOTE_BYTES);
+    for (b, cell) in out.iter_mut().zip(&NOTE.bytes[..len]) {
+        *b = cell.load(Ordering::Relaxed);
+    }
+    len
+}
+
+/// Called in a worker when a task (or the initializer) has ended: forgets
+/// the panics it raised (caught, they are not what an abort would be
+/// about), and returns where this thread's last one was raised. A panic
+/// resumed with `resume_unwind` runs no hook: the location is that of the
+/// last panic of this task, if any.
+pub(crate) fn task_ended() -> Option<String> {
+    NOTE.len.store(0, Ordering::Relaxed);
+    LOCATION.try_with(Cell::take).ok().flatten()
 }
 
 /// A caught panic's message: its payload if that is a string. Takes the

@@ -451,6 +451,77 @@ fn retired_workers_figures_stay_in_the_totals() {
     });
 }
 
+/// The percentage `text` gives after `label` (`"working 12.5 %"`).
+fn share_after(text: &str, label: &str) -> f64 {
+    let at = text
+        .find(label)
+        .unwrap_or_else(|| panic!("{label}: {text}"))
+        + label.len();
+    text[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn init_nap() {
+    std::thread::sleep(Duration::from_millis(5));
+}
+
+#[test]
+fn insights_count_the_time_of_replaced_workers_and_no_initializer_that_is_not_there() {
+    bounded(LIMIT, || {
+        let pool = Pool::builder()
+            .processes(1)
+            .maxtasksperchild(1)
+            .build()
+            .unwrap();
+        for _ in 0..4 {
+            assert_eq!(pool.apply(nap_ms, (40,)).unwrap(), 40);
+        }
+        // Every worker that worked was replaced: the live one has done nothing.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let s = loop {
+            let s = pool.stats();
+            if s.workers.len() == 1 && s.workers[0].tasks_done == 0 && s.tasks_done == 4 {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "{s:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(s.busy >= Duration::from_millis(160), "{s:?}");
+        assert!(s.startup > Duration::ZERO, "{s:?}");
+        assert_eq!(s.initializer, Duration::ZERO, "no initializer: {s:?}");
+        let text = pool.insights().to_string();
+        let working = share_after(&text, "working ");
+        assert!(working > 10.0, "the replaced workers' work counts: {text}");
+        let row = |first: &str| -> Vec<String> {
+            let line = text
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(first));
+            let line = line.unwrap_or_else(|| panic!("no row {first}: {text}"));
+            line.split_whitespace().map(str::to_owned).collect()
+        };
+        // The replaced workers' row: tasks, working, waiting, startup, initializer.
+        let replaced = row("replaced");
+        assert_eq!(replaced[1], "4", "{text}");
+        // The initializer column says there is none.
+        assert_eq!(replaced[5], "-", "{text}");
+        assert_eq!(row("0")[6], "-", "{text}");
+
+        // With an initializer, its time is shown.
+        let pool = Pool::builder()
+            .processes(1)
+            .initializer(init_nap, ())
+            .build()
+            .unwrap();
+        let s = pool.stats();
+        assert!(s.initializer >= Duration::from_millis(5), "{s:?}");
+        assert!(!pool.insights().to_string().contains(" - "));
+    });
+}
+
 /// Leaks `mib` MiB (as a leaky C library would), touched.
 fn leak(mib: u64) -> u64 {
     let kept = vec![1u8; (mib << 20) as usize];

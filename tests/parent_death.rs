@@ -1,6 +1,8 @@
-//! `kill -9` of a parent that holds a busy pool: within 2 s no worker (nor
-//! fork server) remains, and the named shared memory it created is removed by
-//! the resource tracker, which says so on stderr.
+//! `kill -9` of a parent that holds a busy pool, or Ctrl-C (`SIGINT` to its
+//! whole process group, which workers ignore) in a parent that does not
+//! handle it: within 2 s no worker (nor fork server) remains, and the named
+//! shared memory it created is removed by the resource tracker, which says
+//! so on stderr.
 //!
 //! This test binary makes itself a child subreaper, so the orphans of the
 //! killed parent become its children: it can see them exit and reap them,
@@ -11,6 +13,7 @@ mod common;
 use common::bounded;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,9 +39,21 @@ fn alive(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-fn kill_parent_and_check(method: &str) {
+/// How the test ends the parent.
+#[derive(Debug, Clone, Copy)]
+enum Death {
+    /// `kill -9` of the parent alone.
+    Kill,
+    /// `SIGINT` to the parent's process group, as Ctrl-C in a terminal
+    /// sends it to the foreground group: the parent dies of it, its workers
+    /// (which ignore it) die with the parent.
+    Interrupt,
+}
+
+fn kill_parent_and_check(method: &str, death: Death) {
     let mut parent = Command::new(common::example("crash_parent"))
         .arg(method)
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -66,14 +81,26 @@ fn kill_parent_and_check(method: &str) {
         assert_eq!(worker_parent, parent.id() as i32);
     }
 
-    parent.kill().unwrap(); // SIGKILL
-    parent.wait().unwrap();
+    match death {
+        Death::Kill => parent.kill().unwrap(), // SIGKILL
+        Death::Interrupt => {
+            // SAFETY: plain syscall; the group is the parent's own (process_group(0)).
+            assert_eq!(
+                unsafe { libc::kill(-(parent.id() as i32), libc::SIGINT) },
+                0
+            );
+        }
+    }
+    let status = parent.wait().unwrap();
+    if let Death::Interrupt = death {
+        assert_eq!(status.signal(), Some(libc::SIGINT), "{method}: {status}");
+    }
     let killed = Instant::now();
     while doomed.iter().any(|&p| alive(p)) || std::path::Path::new(&shm_path).exists() {
         reap_any();
         assert!(
             killed.elapsed() < Duration::from_secs(2),
-            "{method}: after 2 s, alive: {:?}, shm left: {}",
+            "{method}, {death:?}: after 2 s, alive: {:?}, shm left: {}",
             doomed.iter().filter(|&&p| alive(p)).collect::<Vec<_>>(),
             std::path::Path::new(&shm_path).exists()
         );
@@ -95,13 +122,17 @@ fn kill_parent_and_check(method: &str) {
     reap_any();
 }
 
+/// One test for both deaths: each reaps whatever child has exited
+/// (`waitpid(-1)`), which would steal the other's parent.
 #[test]
-fn killing_a_parent_leaves_no_worker_no_zombie_and_no_shared_memory() {
+fn killing_or_interrupting_a_parent_leaves_no_worker_no_zombie_and_no_shared_memory() {
     // SAFETY: plain syscall on this process's own attributes.
     assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
     bounded(LIMIT, || {
-        for method in ["fork", "forkserver", "spawn"] {
-            kill_parent_and_check(method);
+        for death in [Death::Kill, Death::Interrupt] {
+            for method in ["fork", "forkserver", "spawn"] {
+                kill_parent_and_check(method, death);
+            }
         }
     });
     // Everything the helpers started was reaped by us: no zombie is left.

@@ -10,23 +10,46 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-#[test]
-fn a_map_under_a_pseudo_terminal_draws_its_bar_up_to_100_percent() {
-    let exe = example("progress");
+/// Runs the `progress` example with `args` under a pseudo-terminal (which
+/// `script` gives it as its stdio); its exit status and what it wrote.
+fn under_a_terminal(args: &str) -> (std::process::ExitStatus, String) {
+    let command = format!("{} {args}", example("progress").display());
     let out = bounded(LIMIT, move || {
-        // `script` runs the program with a pseudo-terminal as its stdio.
         Command::new("script")
-            .args(["-qec", exe.to_str().unwrap(), "/dev/null"])
+            .args(["-qec", &command, "/dev/null"])
             .stdin(Stdio::null())
             .output()
             .expect("script(1) from util-linux")
     });
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn a_map_under_a_pseudo_terminal_draws_its_bar_up_to_100_percent() {
+    let (status, text) = under_a_terminal("");
+    assert!(status.success(), "{text}");
     assert!(text.contains("5000/5000 (100%)"), "{text}");
     assert!(text.contains("/s"), "the rate: {text}");
     assert!(text.contains("ETA"), "{text}");
-    assert!(text.contains("sum of squares: 41654167500"), "{text}");
+    // The program's next output starts a line of its own.
+    assert!(text.contains("\nsum of squares: 41654167500"), "{text:?}");
+    let bar_line = text.lines().find(|l| l.contains("5000/5000")).unwrap();
+    assert!(!bar_line.contains("sum of squares"), "{bar_line:?}");
+}
+
+#[test]
+fn a_failed_map_leaves_its_bar_on_a_line_of_its_own_above_the_error() {
+    let (status, text) = under_a_terminal("fail");
+    assert!(!status.success(), "{text}");
+    let error_line = text
+        .lines()
+        .find(|l| l.contains("TaskPanicked"))
+        .unwrap_or_else(|| panic!("no error in {text:?}"));
+    assert!(error_line.starts_with("Error: "), "{error_line:?}");
+    assert!(text.contains("stopped at 2500"), "{text:?}");
 }
 
 #[cfg(feature = "serde")]

@@ -101,3 +101,33 @@ fn workers_run_none_of_the_programs_signal_handlers_and_end_on_sigterm() {
         libc::close(fds[1]);
     }
 }
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Ctrl-C sends `SIGINT` to the terminal's whole foreground process group,
+/// workers included: a program that handles it to drain its pool must not
+/// see the tasks in flight die with their workers.
+#[test]
+fn a_task_whose_worker_gets_sigint_completes() {
+    for method in [
+        StartMethod::Fork,
+        StartMethod::ForkServer,
+        StartMethod::Spawn,
+    ] {
+        let pool = get_context(method).pool(1).unwrap();
+        let pid = pool.worker_pids()[0];
+        let running = pool.apply_async(nap, (400,)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: plain syscall, aimed at this pool's own worker.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+        assert_eq!(
+            running.get(Some(Duration::from_secs(10))).unwrap(),
+            400,
+            "{method}"
+        );
+        assert_eq!(pool.worker_pids(), vec![pid], "{method}: worker replaced");
+    }
+}

@@ -20,7 +20,7 @@
 //! with `MPI_Isend` and goes on receiving results, and its only blocking sends
 //! are headers, which a rank that never blocks always comes to receive.
 
-use crate::error::Error;
+use crate::error::{Error, PanicMessage};
 use crate::pool::schedule::Elem;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -146,7 +146,7 @@ pub(crate) struct ResultHeader {
 /// so that a result handle can return it more than once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RemoteError {
-    Panicked(String),
+    Panicked(PanicMessage),
     WorkerDied {
         pid: u32,
         signal: Option<i32>,
@@ -201,8 +201,11 @@ impl ResultHeader {
                 return (header, Vec::new());
             }
             Err(Error::TaskPanicked { message }) => {
+                // The location first, its length in `signal`, then the text.
                 header.status = PANICKED;
-                message.clone()
+                let location = message.location().unwrap_or("");
+                header.signal = location.len() as i32;
+                format!("{location}{message}")
             }
             Err(Error::WorkerDied { pid, signal, .. }) => {
                 header.status = WORKER_DIED;
@@ -251,7 +254,14 @@ impl ResultHeader {
         let text = || String::from_utf8_lossy(message).into_owned();
         Some(match self.status {
             OK => return None,
-            PANICKED => RemoteError::Panicked(text()),
+            PANICKED => {
+                let at = usize::try_from(self.signal).unwrap_or(0).min(message.len());
+                let (location, text) = message.split_at(at);
+                RemoteError::Panicked(PanicMessage::new(
+                    String::from_utf8_lossy(text).into_owned(),
+                    (!location.is_empty()).then(|| String::from_utf8_lossy(location).into_owned()),
+                ))
+            }
             WORKER_DIED => RemoteError::WorkerDied {
                 pid: self.pid,
                 signal: (self.signal >= 0).then_some(self.signal),
@@ -329,8 +339,16 @@ mod tests {
             h.failure(2, &msg),
             Some(RemoteError::Panicked("boom".into()))
         );
+        let located = PanicMessage::new("boom".into(), Some("src/main.rs:7:5".into()));
+        let (h, msg) = ResultHeader::new(
+            3,
+            Err(&Error::TaskPanicked {
+                message: located.clone(),
+            }),
+        );
+        assert_eq!(h.failure(2, &msg), Some(RemoteError::Panicked(located)));
         let long = Error::TaskPanicked {
-            message: "x".repeat(5000),
+            message: "x".repeat(5000).into(),
         };
         let (h, msg) = ResultHeader::new(3, Err(&long));
         assert_eq!(msg.len(), MAX_ERROR_MESSAGE);

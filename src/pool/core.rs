@@ -7,7 +7,7 @@
 // Unsafe code: the segment's layout, and results workers wrote there.
 #![allow(unsafe_code)]
 
-use crate::error::Error;
+use crate::error::{Error, PanicMessage};
 use crate::pool::builder::PoolConfig;
 use crate::pool::callbacks::Callbacks;
 use crate::pool::job::Job;
@@ -132,6 +132,7 @@ impl Core {
     /// Maps a fresh segment for a pool configured by `config` (its workers are
     /// not started yet); `config.processes` is set.
     pub(crate) fn new(config: PoolConfig) -> Result<Core, Error> {
+        let has_initializer = config.initializer.is_some();
         let processes = config.processes.expect("set by build");
         let segment = Segment::create("shmpool", layout::SEGMENT_BYTES)?;
         // SAFETY: the segment is SEGMENT_BYTES long, page-aligned (mmap), and
@@ -192,7 +193,7 @@ impl Core {
             supervisor: Supervisor::new()?,
             callbacks: Callbacks::default(),
             pids: Mutex::new(vec![None; processes]),
-            stats: crate::pool::stats::StatsBook::new(processes),
+            stats: crate::pool::stats::StatsBook::new(processes, has_initializer),
             zero_copy: AtomicBool::new(ptracer.is_some()),
             ptracer: Mutex::new(ptracer),
             heap_refused: AtomicBool::new(false),
@@ -498,11 +499,21 @@ impl Core {
                          {INLINE_CAPACITY} bytes"
                     )));
                 }
+                // The location's bytes come first, then the message's.
+                let at = usize::try_from(signal).unwrap_or(usize::MAX);
+                if at > len {
+                    return Err(Failure::Corrupted(format!(
+                        "its panic location length reads {signal}, more than the \
+                         message's {len} bytes"
+                    )));
+                }
                 // The inline area holds INLINE_CAPACITY bytes and `len` is no more.
                 let bytes = s.message(len).unwrap_or_default();
-                Err(Failure::Panicked(
-                    String::from_utf8_lossy(bytes).into_owned(),
-                ))
+                let (location, text) = bytes.split_at(at.min(bytes.len()));
+                let text = String::from_utf8_lossy(text).into_owned();
+                let location =
+                    (!location.is_empty()).then(|| String::from_utf8_lossy(location).into_owned());
+                Err(Failure::Panicked(PanicMessage::new(text, location)))
             }
             Outcome::WorkerDied => Err(Failure::WorkerDied {
                 cause: self.stats.cause_of(detail),
@@ -546,7 +557,7 @@ impl Core {
 /// Why a task produced no value; turned into an [`Error`] on each `get`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Failure {
-    Panicked(String),
+    Panicked(PanicMessage),
     WorkerDied {
         pid: u32,
         signal: Option<i32>,
@@ -569,8 +580,8 @@ pub(crate) enum Failure {
     /// A serde task's result could not be encoded (why).
     #[cfg(feature = "serde")]
     Unencodable(String),
-    /// A worker's death (or timeout) in a map chunk: the input elements the
-    /// chunk covered.
+    /// A worker's death, a timeout or a panic in a map chunk: the input
+    /// elements the chunk covered.
     Covering {
         failure: Box<Failure>,
         elements: std::ops::Range<usize>,
@@ -578,13 +589,15 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    /// Names the map elements a dead (or timed-out) chunk covered.
+    /// Names the map elements a dead, timed-out or panicked chunk covered.
     pub(crate) fn covering(self, elements: std::ops::Range<usize>) -> Failure {
         match self {
-            Failure::WorkerDied { .. } | Failure::TimedOut => Failure::Covering {
-                failure: Box::new(self),
-                elements,
-            },
+            Failure::WorkerDied { .. } | Failure::TimedOut | Failure::Panicked(_) => {
+                Failure::Covering {
+                    failure: Box::new(self),
+                    elements,
+                }
+            }
             other => other,
         }
     }

@@ -80,23 +80,35 @@ impl Progress {
         }
     }
 
-    /// The call succeeded: the bar is drawn full and left on screen.
+    /// The call succeeded: the bar is drawn full and left on screen, on a
+    /// line of its own.
     pub(crate) fn finish(&self) {
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
             bar.finish();
+            end_line();
         }
     }
 }
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        // A call that failed leaves its bar where it stopped.
+        // A call that failed leaves its bar where it stopped, on a line of
+        // its own, so that the error printed next starts a line.
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
             if !bar.is_finished() {
                 bar.abandon();
+                end_line();
             }
         }
     }
+}
+
+/// Ends the line of a bar drawn for the last time: indicatif leaves the
+/// cursor after it, where the program's next output would go.
+#[cfg(feature = "progress")]
+fn end_line() {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(b"\n");
 }

@@ -50,8 +50,16 @@ pub struct PoolStats {
     /// [`memory_limit_per_worker`](crate::PoolBuilder::memory_limit_per_worker)
     /// ([`DeathCause::MemoryLimit`](crate::DeathCause::MemoryLimit)).
     pub memory_limit_deaths: u64,
-    /// Time spent running tasks, by every worker since the pool started.
+    /// Time spent running tasks, by every worker since the pool started
+    /// (replaced ones included, as for the three figures below).
     pub busy: Duration,
+    /// Time spent waiting for work, by every worker since it was ready.
+    pub idle: Duration,
+    /// Time spent starting (see [`WorkerStats::startup`]), by every worker.
+    pub startup: Duration,
+    /// Time spent in the pool's initializer, by every worker (zero without
+    /// one).
+    pub initializer: Duration,
     /// How long the pool has existed.
     pub uptime: Duration,
 }
@@ -74,7 +82,8 @@ pub struct WorkerStats {
     /// mapping the segment).
     pub startup: Duration,
     /// How long the pool's initializer took in this process (plus the
-    /// zero-copy probe).
+    /// zero-copy probe); zero if the pool has none (the probe is then part
+    /// of `startup`).
     pub initializer: Duration,
     /// How many workers at this index died (see [`PoolStats::worker_deaths`]).
     pub deaths: u64,
@@ -95,6 +104,12 @@ pub(crate) struct StatsBook {
     retired_tasks: AtomicU64,
     /// In [`ticks`].
     retired_busy: AtomicU64,
+    /// The waiting, start-up and initializer times of workers gone, in ns.
+    retired_idle: AtomicU64,
+    retired_startup: AtomicU64,
+    retired_initializer: AtomicU64,
+    /// Whether the pool has an initializer (else its time is start-up).
+    has_initializer: bool,
     retries: AtomicU64,
     timeouts: AtomicU64,
     worker_deaths: AtomicU64,
@@ -152,7 +167,7 @@ pub(crate) enum Leaving {
 }
 
 impl StatsBook {
-    pub(crate) fn new(processes: usize) -> StatsBook {
+    pub(crate) fn new(processes: usize, has_initializer: bool) -> StatsBook {
         StatsBook {
             created_ns: monotonic_ns(),
             created_ticks: ticks(),
@@ -160,6 +175,10 @@ impl StatsBook {
             deaths: (0..processes).map(|_| AtomicU64::new(0)).collect(),
             retired_tasks: AtomicU64::new(0),
             retired_busy: AtomicU64::new(0),
+            retired_idle: AtomicU64::new(0),
+            retired_startup: AtomicU64::new(0),
+            retired_initializer: AtomicU64::new(0),
+            has_initializer,
             retries: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             worker_deaths: AtomicU64::new(0),
@@ -232,6 +251,11 @@ impl StatsBook {
         let busy = counters.busy.load(Ordering::Relaxed);
         saturating_add(&self.retired_tasks, tasks);
         saturating_add(&self.retired_busy, busy);
+        let now = monotonic_ns();
+        let times = self.times(index, counters, now, self.tick_rate(now));
+        saturating_add(&self.retired_idle, times.idle);
+        saturating_add(&self.retired_startup, times.startup);
+        saturating_add(&self.retired_initializer, times.initializer);
         self.keep_slowest(counters.slowest.load(Ordering::Relaxed));
         match how {
             Leaving::Retired => {}
@@ -272,7 +296,45 @@ fn ns(v: u64) -> Duration {
     Duration::from_nanos(v)
 }
 
+/// A worker's times until `now`, in ns: from the parent's start request to
+/// the worker loop, in the initializer, running tasks, waiting.
+struct Times {
+    startup: u64,
+    initializer: u64,
+    busy: u64,
+    idle: u64,
+}
+
 impl StatsBook {
+    /// Worker `index`'s [`Times`] until `now`, from its record, clamped to
+    /// what the parent knows is possible: a worker's record is not to be
+    /// trusted. `rate`: ticks per nanosecond.
+    fn times(&self, index: usize, c: &WorkerCounters, now: u64, rate: f64) -> Times {
+        let spawned = self.spawned_at[index].load(Ordering::Relaxed);
+        let serving = c.serving_since.load(Ordering::Relaxed);
+        let ready = c.ready_at.load(Ordering::Relaxed);
+        let alive = now.saturating_sub(spawned);
+        let (mut startup, mut initializer, up) = if serving == 0 || ready == 0 {
+            (alive, 0, 0)
+        } else {
+            let startup = serving.saturating_sub(spawned).min(alive);
+            let init = c.initializer.load(Ordering::Relaxed).min(alive - startup);
+            (startup, init, now.saturating_sub(ready).min(alive))
+        };
+        if !self.has_initializer {
+            // Only the zero-copy probe: part of getting ready.
+            startup += std::mem::take(&mut initializer);
+        }
+        // Saturates: `as` from f64 clamps to the u64 range.
+        let busy = ((c.busy.load(Ordering::Relaxed) as f64 / rate) as u64).min(up);
+        Times {
+            startup,
+            initializer,
+            busy,
+            idle: up - busy,
+        }
+    }
+
     /// Ticks per nanosecond, measured from the pool's creation to `now_ns`
     /// (1 if too little time has passed to tell, or the counter went back).
     fn tick_rate(&self, now_ns: u64) -> f64 {
@@ -319,38 +381,28 @@ impl Pool {
         for (index, pid) in pids.iter().enumerate() {
             let Some(pid) = *pid else { continue };
             let c = &core.layout().worker_record(index as u32).counters;
-            let spawned = book.spawned_at[index].load(Ordering::Relaxed);
-            let serving = c.serving_since.load(Ordering::Relaxed);
-            let ready = c.ready_at.load(Ordering::Relaxed);
-            // Clamped to what the parent knows is possible: a worker's
-            // record is not to be trusted.
-            let alive = now.saturating_sub(spawned);
-            let (startup, initializer, up) = if serving == 0 || ready == 0 {
-                (alive, 0, 0)
-            } else {
-                let startup = serving.saturating_sub(spawned).min(alive);
-                let init = c.initializer.load(Ordering::Relaxed).min(alive - startup);
-                (startup, init, now.saturating_sub(ready).min(alive))
-            };
-            let busy = to_ns(c.busy.load(Ordering::Relaxed)).min(up);
+            let t = book.times(index, c, now, rate);
             workers.push(WorkerStats {
                 index,
                 pid,
                 tasks_done: c.tasks_done.load(Ordering::Relaxed),
-                busy: ns(busy),
-                idle: ns(up - busy),
-                startup: ns(startup),
-                initializer: ns(initializer),
+                busy: ns(t.busy),
+                idle: ns(t.idle),
+                startup: ns(t.startup),
+                initializer: ns(t.initializer),
                 deaths: book.deaths[index].load(Ordering::Relaxed),
-                slowest_task: ns(to_ns(c.slowest.load(Ordering::Relaxed)).min(busy)),
+                slowest_task: ns(to_ns(c.slowest.load(Ordering::Relaxed)).min(t.busy)),
             });
         }
         let live_tasks = workers
             .iter()
             .fold(0u64, |a, w| a.saturating_add(w.tasks_done));
-        let live_busy = workers
-            .iter()
-            .fold(Duration::ZERO, |a, w| a.saturating_add(w.busy));
+        let live = |g: fn(&WorkerStats) -> Duration| {
+            workers
+                .iter()
+                .fold(Duration::ZERO, |a, w| a.saturating_add(g(w)))
+        };
+        let gone = |word: &AtomicU64| ns(word.load(Ordering::Relaxed));
         PoolStats {
             tasks_done: book
                 .retired_tasks
@@ -362,18 +414,23 @@ impl Pool {
             memory_replacements: book.memory_replacements.load(Ordering::Relaxed),
             out_of_memory: book.out_of_memory.load(Ordering::Relaxed),
             memory_limit_deaths: book.memory_limit_deaths.load(Ordering::Relaxed),
-            busy: ns(to_ns(book.retired_busy.load(Ordering::Relaxed))).saturating_add(live_busy),
+            busy: ns(to_ns(book.retired_busy.load(Ordering::Relaxed)))
+                .saturating_add(live(|w| w.busy)),
+            idle: gone(&book.retired_idle).saturating_add(live(|w| w.idle)),
+            startup: gone(&book.retired_startup).saturating_add(live(|w| w.startup)),
+            initializer: gone(&book.retired_initializer).saturating_add(live(|w| w.initializer)),
             uptime: ns(now.saturating_sub(book.created_ns)),
             workers,
         }
     }
 
-    /// A summary to print, like MPIRE's `print_insights`: for the live
-    /// workers, the shares of their time spent working (running tasks),
-    /// waiting (ready, with nothing to do) and starting (start-up and
-    /// initializer); the totals of [`stats`](Self::stats); and the
-    /// durations of the slowest tasks (the slowest of each worker, live or
-    /// gone, longest first).
+    /// A summary to print, like MPIRE's `print_insights`: the shares of the
+    /// workers' time (every worker since the pool started, replaced ones
+    /// included) spent working (running tasks), waiting (ready, with
+    /// nothing to do) and starting (start-up and initializer); the totals
+    /// of [`stats`](Self::stats); a row per live worker, and one for the
+    /// workers replaced; and the durations of the slowest tasks (the slowest
+    /// of each worker, live or gone, longest first).
     ///
     /// ```
     /// fn square(x: u64) -> u64 { x * x }
@@ -441,9 +498,26 @@ impl fmt::Display for Insights {
                 .iter()
                 .fold(Duration::ZERO, |a, w| a.saturating_add(g(w)))
         };
-        let (busy, idle) = (sum(|w| w.busy), sum(|w| w.idle));
-        let starting = sum(|w| w.startup.saturating_add(w.initializer));
+        let (busy, idle) = (s.busy, s.idle);
+        let starting = s.startup.saturating_add(s.initializer);
         let total = busy.saturating_add(idle).saturating_add(starting);
+        // The workers replaced: what the totals hold beyond the live ones.
+        let gone = WorkerStats {
+            tasks_done: s
+                .tasks_done
+                .saturating_sub(s.workers.iter().map(|w| w.tasks_done).sum()),
+            busy: s.busy.saturating_sub(sum(|w| w.busy)),
+            idle: s.idle.saturating_sub(sum(|w| w.idle)),
+            startup: s.startup.saturating_sub(sum(|w| w.startup)),
+            initializer: s.initializer.saturating_sub(sum(|w| w.initializer)),
+            ..WorkerStats::default()
+        };
+        let any_gone = gone.tasks_done != 0 || !gone.startup.is_zero();
+        // No initializer, no figures for it (rather than zeros).
+        let initializer = |d: Duration| match s.initializer.is_zero() {
+            true => "-".to_owned(),
+            false => format!("{d:.3?}"),
+        };
         writeln!(
             f,
             "pool insights: {} live workers, up {:.3?}",
@@ -464,7 +538,8 @@ impl fmt::Display for Insights {
         )?;
         writeln!(
             f,
-            "  live workers' time: working {:.1} %, waiting {:.1} %, starting {:.1} % (of {:.3?})",
+            "  workers' time (replaced ones included): working {:.1} %, waiting {:.1} %, \
+             starting {:.1} % (of {:.3?})",
             share(busy, total),
             share(idle, total),
             share(starting, total),
@@ -485,8 +560,20 @@ impl fmt::Display for Insights {
                 format!("{:.3?}", w.busy),
                 format!("{:.3?}", w.idle),
                 format!("{:.3?}", w.startup),
-                format!("{:.3?}", w.initializer),
+                initializer(w.initializer),
                 w.deaths
+            )?;
+        }
+        if any_gone {
+            writeln!(
+                f,
+                "  {:>15} {:>8} {:>12} {:>12} {:>12} {:>12}",
+                "replaced",
+                gone.tasks_done,
+                format!("{:.3?}", gone.busy),
+                format!("{:.3?}", gone.idle),
+                format!("{:.3?}", gone.startup),
+                initializer(gone.initializer),
             )?;
         }
         let slowest_start = s.workers.iter().map(|w| w.startup).max();
@@ -547,7 +634,7 @@ mod tests {
     fn the_kernels_oom_kill_count_is_read_and_causes_are_kept_per_pid() {
         // Linux 4.13 and later count OOM kills in /proc/vmstat.
         assert!(oom_kills().is_some());
-        let book = StatsBook::new(1);
+        let book = StatsBook::new(1, false);
         assert!(!book.oom_kills_rose(), "nothing noted yet");
         book.note_oom_kills();
         book.died_of(7, DeathCause::MemoryLimit);

@@ -12,7 +12,10 @@ use crate::error::Error;
 ///   exception: a worker resets the program's to their defaults (those of
 ///   the fault signals, `SIGSEGV` and the like, excepted), so a handler the
 ///   program installed, such as a runtime's shutdown on `SIGTERM`, never runs
-///   in a worker, and `SIGTERM` ends one. A fork copies the parent's page
+///   in a worker, and `SIGTERM` ends one. With every start method, workers
+///   ignore `SIGINT`: Ctrl-C, which the terminal sends to the whole
+///   foreground process group, reaches the program alone, which may drain
+///   its pool; workers die with a program that dies of it. A fork copies the parent's page
 ///   tables, which takes about 30 ms per GiB the parent has touched: a program
 ///   that makes pools after loading its data pays that per worker.
 /// * [`Spawn`](StartMethod::Spawn): the worker is a fresh execution of this

@@ -14,6 +14,7 @@ pub(crate) mod fork_guard;
 use crate::panic::{install_quiet_panic_hook, panic_message};
 use crate::remote::{self, AccessRefused, Peer, Stage};
 use crate::shm::layout::{Layout, INIT_FAILED_EXIT, SLOT_CAPACITY};
+use crate::sync::slot::INLINE_CAPACITY;
 use crate::sync::slot::{
     Held, Outcome, HEAP_FRESH_OUTPUT, HEAP_INPUT, HEAP_OUTPUT, REMOTE_INPUT, REMOTE_OUTPUT, WATCHED,
 };
@@ -157,9 +158,9 @@ fn initialize(layout: Layout) -> Result<(), String> {
     // the parent writes the initializer, before any worker starts.
     // SAFETY: made with EntryPoint::new in this binary, with its argument
     // tuple in `init_args` (64-aligned, never written again); no output.
-    std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry.call(io) }))
-        .map(drop)
-        .map_err(|payload| panic_message(&payload))
+    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { entry.call(io) }));
+    crate::panic::task_ended();
+    ran.map(drop).map_err(|payload| panic_message(&payload))
 }
 
 /// Publishes the first initializer failure for the parent (later ones lose the
@@ -345,6 +346,7 @@ fn finish(
     let result = std::panic::catch_unwind(AssertUnwindSafe(task));
     let took = crate::shm::layout::ticks().saturating_sub(began);
     fork_guard::check();
+    let location = crate::panic::task_ended();
     // Still RUNNING(me): the outcome is ours to write.
     match result {
         Ok(Ok(())) => held.desc().outcome = Outcome::Returned as u32,
@@ -355,13 +357,19 @@ fn finish(
             desc.signal = i32::from(refused.wrote);
         }
         Err(payload) => {
+            // The location first (its end, if long: the file's name and the
+            // line), then as much of the message as fits.
+            let location = tail(location.as_deref().unwrap_or(""), LOCATION_BYTES);
             let message = panic_message(&payload);
-            let bytes = truncate(&message, crate::sync::slot::INLINE_CAPACITY);
-            // At most INLINE_CAPACITY bytes.
-            held.inline()[..bytes.len()].copy_from_slice(bytes);
+            let text = truncate(&message, INLINE_CAPACITY - location.len());
+            // At most INLINE_CAPACITY bytes in all.
+            let inline = held.inline();
+            inline[..location.len()].copy_from_slice(location);
+            inline[location.len()..][..text.len()].copy_from_slice(text);
             let desc = held.desc();
             desc.outcome = Outcome::Panicked as u32;
-            desc.detail = bytes.len() as u32;
+            desc.detail = (location.len() + text.len()) as u32;
+            desc.signal = location.len() as i32;
             // A payload whose destructor panics must not take the worker down.
             let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
         }
@@ -399,6 +407,19 @@ fn count_task(layout: Layout, me: u32, took: u64) {
     if took > counters.slowest.load(Ordering::Relaxed) {
         counters.slowest.store(took, Ordering::Relaxed);
     }
+}
+
+/// The most bytes of a panic's slot its location may take (a longer one
+/// keeps its end); the message has the rest.
+const LOCATION_BYTES: usize = 96;
+
+/// The longest suffix of `s` of at most `max` bytes starting on a char boundary.
+fn tail(s: &str, max: usize) -> &[u8] {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s.as_bytes()[start..]
 }
 
 /// The longest prefix of `s` of at most `max` bytes ending on a char boundary.
@@ -571,5 +592,8 @@ mod tests {
         assert_eq!(truncate("héllo", 2), b"h");
         assert_eq!(truncate("héllo", 3), "hé".as_bytes());
         assert_eq!(truncate("short", 100), b"short");
+        assert_eq!(tail("src/é.rs:1:2", 8), b".rs:1:2");
+        assert_eq!(tail("src/é.rs:1:2", 9), "é.rs:1:2".as_bytes());
+        assert_eq!(tail("short", 100), b"short");
     }
 }

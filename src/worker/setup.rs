@@ -1,7 +1,8 @@
 //! What a worker does to its own process before it serves: set the
-//! program's signal handlers back to their defaults, pin itself to its CPUs,
-//! cap the threads of the libraries its tasks may call, limit its address
-//! space; and, after each task, the memory cap check.
+//! program's signal handlers back to their defaults and ignore `SIGINT`,
+//! pin itself to its CPUs, cap the threads of the libraries its tasks may
+//! call, limit its address space; and, after each task, the memory cap
+//! check.
 //!
 //! Done here, in the worker, for every start method alike: at this point
 //! the worker process has one thread (a forked child of the supervisor, a
@@ -10,7 +11,8 @@
 //! without racing any other thread. Settings come from the segment, which
 //! the parent wrote before the first worker started.
 
-// Unsafe code: a SIGABRT handler; `environ` set without its lock.
+// Unsafe code: a SIGABRT handler (and its write(2)); `environ` set without
+// its lock.
 #![allow(unsafe_code)]
 
 use crate::shm::layout::Layout;
@@ -56,6 +58,16 @@ pub(crate) fn prepare(layout: Layout, index: u32) {
     // keep theirs: a crash is reported as the program reports it (Rust's
     // stack-overflow message), and the worker dies of it all the same.
     crate::sys::process::reset_caught_signals(&FAULT_SIGNALS);
+    // Ctrl-C sends SIGINT to the terminal's whole foreground process group,
+    // workers included: a program that handles it to drain its pool
+    // (`close`, `join`) would see its running tasks die with their workers.
+    // A worker ignores it and dies with the parent instead, if the parent
+    // does (PR_SET_PDEATHSIG); a task may install its own handler.
+    crate::sys::process::ignore_signal(libc::SIGINT);
+    // SAFETY: the handler reads errno and atomics and calls write(2)
+    // (async-signal-safe), then returns, so the abort goes on with the
+    // default action.
+    let _ = unsafe { crate::sys::process::handle_once(libc::SIGABRT, on_abort) };
     let settings = &layout.header().settings;
     if settings.pinned.load(Ordering::Acquire) != 0 {
         pin(layout, index);
@@ -95,8 +107,8 @@ pub(crate) fn statm() -> Option<(u64, u64)> {
 static OVER_LIMIT: OnceLock<(Layout, u32)> = OnceLock::new();
 
 /// Lets this process map `limit` bytes more than it has now (`RLIMIT_AS`:
-/// the pool's segment is already a large reservation), and arms a SIGABRT
-/// handler that records an abort with `errno` ENOMEM: Rust aborts when an
+/// the pool's segment is already a large reservation), and has the SIGABRT
+/// handler record an abort with `errno` ENOMEM: Rust aborts when an
 /// allocation fails, right after the failing call set ENOMEM.
 fn limit_address_space(layout: Layout, index: u32, limit: u64) {
     let Some((size, _)) = statm() else { return };
@@ -108,12 +120,12 @@ fn limit_address_space(layout: Layout, index: u32, limit: u64) {
     };
     let _ = rustix::process::setrlimit(Resource::As, new);
     let _ = OVER_LIMIT.set((layout, index));
-    // SAFETY: the handler only reads errno and stores to an atomic in the
-    // mapped segment (async-signal-safe), then returns, so the abort goes on
-    // with the default action.
-    let _ = unsafe { crate::sys::process::handle_once(libc::SIGABRT, on_abort) };
 }
 
+/// The worker's SIGABRT handler: records an allocation failure past the
+/// memory limit (see [`limit_address_space`]), and prints the panics of
+/// the task that is aborting the worker (one that could not unwind; see
+/// `panic::install_quiet_panic_hook`), which the quiet hook kept.
 extern "C" fn on_abort(_signal: libc::c_int) {
     // This thread's errno, as set by the interrupted code (a read of it,
     // async-signal-safe).
@@ -124,6 +136,13 @@ extern "C" fn on_abort(_signal: libc::c_int) {
             .worker_record(*index)
             .over_limit
             .store(1, Ordering::Relaxed);
+    }
+    let mut noted = [0u8; crate::panic::NOTE_BYTES];
+    let len = crate::panic::copy_noted(&mut noted);
+    if len > 0 {
+        // SAFETY: write(2) is async-signal-safe; `len` bytes of `noted` are
+        // initialized. A short or failed write loses part of a message only.
+        unsafe { libc::write(libc::STDERR_FILENO, noted.as_ptr().cast(), len) };
     }
 }
 
