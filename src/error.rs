@@ -175,7 +175,7 @@ impl fmt::Display for Error {
                     write!(f, " at {location}")?;
                 }
                 write!(f, ": {message}")?;
-                write_elements(f, &message.elements)
+                write_elements(f, &message.0.elements)
             }
             Error::WorkerDied {
                 pid,
@@ -306,27 +306,44 @@ pub enum DeathCause {
 /// println!("{err}");
 /// # Ok::<(), shmpool::Error>(())
 /// ```
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct PanicMessage(
+    // Boxed: every `Result<_, Error>` is as large as the largest variant, and
+    // results travel through the hot paths of every call.
+    Box<Panic>,
+);
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PanicMessage {
+struct Panic {
     text: String,
     location: Option<String>,
     /// From a map: the chunk's input elements (see [`Error::elements`]).
     elements: Option<Range<usize>>,
 }
 
+impl fmt::Debug for PanicMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PanicMessage")
+            .field("text", &self.0.text)
+            .field("location", &self.0.location)
+            .field("elements", &self.0.elements)
+            .finish()
+    }
+}
+
 impl PanicMessage {
     /// A message raised at `location` (`file:line:column`).
     pub(crate) fn new(text: String, location: Option<String>) -> PanicMessage {
-        PanicMessage {
+        PanicMessage(Box::new(Panic {
             text,
             location,
             elements: None,
-        }
+        }))
     }
 
     /// The panic's message: its payload if that was a string.
     pub fn as_str(&self) -> &str {
-        &self.text
+        &self.0.text
     }
 
     /// Where the panic was raised, as `file:line:column` (the form Rust's
@@ -335,26 +352,26 @@ impl PanicMessage {
     /// [`resume_unwind`](std::panic::resume_unwind), which runs no panic
     /// hook, or one from another machine's rank).
     pub fn location(&self) -> Option<&str> {
-        self.location.as_deref()
+        self.0.location.as_deref()
     }
 }
 
 impl std::ops::Deref for PanicMessage {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.text
+        &self.0.text
     }
 }
 
 impl AsRef<str> for PanicMessage {
     fn as_ref(&self) -> &str {
-        &self.text
+        &self.0.text
     }
 }
 
 impl fmt::Display for PanicMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(&self.0.text)
     }
 }
 
@@ -372,7 +389,7 @@ impl From<&str> for PanicMessage {
 
 impl From<PanicMessage> for String {
     fn from(message: PanicMessage) -> String {
-        message.text
+        message.0.text
     }
 }
 
@@ -381,12 +398,12 @@ macro_rules! eq_message {
     ($($t:ty),*) => {$(
         impl PartialEq<$t> for PanicMessage {
             fn eq(&self, other: &$t) -> bool {
-                self.text == *other
+                self.0.text == *other
             }
         }
         impl PartialEq<PanicMessage> for $t {
             fn eq(&self, other: &PanicMessage) -> bool {
-                *self == other.text
+                *self == other.0.text
             }
         }
     )*};
@@ -469,7 +486,7 @@ impl Error {
             Error::WorkerDied { elements, .. } | Error::TaskTimedOut { elements } => {
                 elements.clone()
             }
-            Error::TaskPanicked { message } => message.elements.clone(),
+            Error::TaskPanicked { message } => message.0.elements.clone(),
             _ => None,
         }
     }
@@ -481,7 +498,7 @@ impl Error {
             Error::WorkerDied { elements, .. } | Error::TaskTimedOut { elements } => {
                 *elements = Some(range)
             }
-            Error::TaskPanicked { message } => message.elements = Some(range),
+            Error::TaskPanicked { message } => message.0.elements = Some(range),
             _ => {}
         }
         self
@@ -491,6 +508,13 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_is_five_words_at_most() {
+        // Every call's `Result<_, Error>` is as large as the largest variant:
+        // a larger one made each tiny `apply_async` 5 % slower.
+        assert!(size_of::<Error>() <= 40, "{}", size_of::<Error>());
+    }
 
     #[test]
     fn is_send_sync_and_displays_what_to_know() {

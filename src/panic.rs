@@ -31,6 +31,7 @@ pub(crate) fn install_quiet_panic_hook() {
             note(&format!("worker process {} {info}\n", std::process::id()));
             let location = info.location().map(|l| l.to_string());
             let _ = LOCATION.try_with(|cell| cell.set(location));
+            PANICKED.store(true, Ordering::Relaxed);
         }));
     });
 }
@@ -89,9 +90,17 @@ pub(crate) fn copy_noted(out: &mut [u8; NOTE_BYTES]) -> usize {
 /// resumed with `resume_unwind` runs no hook: the location is that of the
 /// last panic of this task, if any.
 pub(crate) fn task_ended() -> Option<String> {
+    // Most tasks raise no panic: one load, not a thread-local's, per task.
+    if !PANICKED.load(Ordering::Relaxed) {
+        return None;
+    }
+    PANICKED.store(false, Ordering::Relaxed);
     NOTE.len.store(0, Ordering::Relaxed);
     LOCATION.try_with(Cell::take).ok().flatten()
 }
+
+/// Whether the hook ran since the last [`task_ended`].
+static PANICKED: AtomicBool = AtomicBool::new(false);
 
 /// A caught panic's message: its payload if that is a string. Takes the
 /// `Box` itself, so that the box cannot be mistaken for the payload.
