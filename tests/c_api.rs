@@ -205,6 +205,47 @@ fn map_with_impossible_length(zero_copy: bool, n: usize, size: usize) -> (i32, S
 }
 
 #[test]
+fn shmpool_map_refuses_a_context_length_no_object_can_have() {
+    use shmpool::capi::*;
+    bounded(Duration::from_secs(60), || {
+        let mut options = shmpool_options_default();
+        options.processes = 1;
+        // SAFETY: valid options.
+        let pool = unsafe { shmpool_pool_new(&options) };
+        assert!(!pool.is_null());
+        let (input, mut output, k) = ([1u8; 4], [0u8; 4], 7u64);
+        for ctx_len in [usize::MAX, isize::MAX as usize + 1] {
+            // SAFETY: a live pool, arrays of 4 bytes, a function of this
+            // program; `ctx_len` is impossible, and must be refused before
+            // `ctx` is read.
+            let rc = unsafe {
+                shmpool_map(
+                    pool,
+                    Some(copy_byte),
+                    input.as_ptr().cast(),
+                    1,
+                    output.as_mut_ptr().cast(),
+                    1,
+                    4,
+                    0,
+                    (&k as *const u64).cast(),
+                    ctx_len,
+                )
+            };
+            // SAFETY: the thread's last-error string, valid until its next call.
+            let message = unsafe { std::ffi::CStr::from_ptr(shmpool_last_error()) }
+                .to_string_lossy()
+                .into_owned();
+            assert_eq!(rc, SHMPOOL_INVALID, "{ctx_len}: {message}");
+            assert!(message.contains("ctx_len"), "{message}");
+        }
+        assert_eq!(output, [0; 4]);
+        // SAFETY: made above, freed once.
+        unsafe { shmpool_pool_free(pool) };
+    });
+}
+
+#[test]
 fn shmpool_map_refuses_lengths_no_array_can_have_on_both_paths() {
     bounded(Duration::from_secs(60), || {
         let cases = [

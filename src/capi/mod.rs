@@ -271,6 +271,10 @@ pub unsafe extern "C" fn shmpool_map(
             &[][..]
         } else if ctx.is_null() {
             return Err(invalid("ctx is NULL but ctx_len is not 0"));
+        } else if ctx_len > isize::MAX as usize {
+            return Err(invalid(
+                "ctx_len is larger than any object can be (above PTRDIFF_MAX)",
+            ));
         } else {
             // SAFETY: `ctx_len` readable bytes (contract).
             unsafe { std::slice::from_raw_parts(ctx.cast::<u8>(), ctx_len) }
