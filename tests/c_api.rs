@@ -1,6 +1,7 @@
 //! The C API: the checked-in header is what cbindgen generates, and the C
 //! example compiles with the system `cc` against the built library, runs, and
-//! prints what it should. Every run is bounded.
+//! prints what it should. Every run is bounded (the first C test's bound
+//! includes building the C libraries).
 
 mod common;
 
@@ -37,47 +38,50 @@ fn the_checked_in_header_is_what_cbindgen_generates() {
     );
 }
 
-/// `target/<profile>`, where cargo put `libshmpool.a` next to the tests.
+/// Where the C programs of these tests are written.
 fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
 
-/// The static library cargo built beside this test: in `deps/` (where
-/// `cargo test` leaves it), or in `target/<profile>` (after `cargo build`).
-fn static_library() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap().join("libshmpool.a");
-    let lib = if deps.exists() {
-        deps
-    } else {
-        profile_dir().join("libshmpool.a")
-    };
-    assert!(lib.exists(), "{} not built", lib.display());
-    lib
+/// The directory holding `libshmpool.a` and `libshmpool.so`, built once for
+/// these tests from the `shmpool-capi` package, as a C user builds them, in
+/// a target directory of their own (this test's is locked by the cargo that
+/// runs it).
+fn c_libraries() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = profile_dir().join("capi");
+        let out = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--offline", "-p", "shmpool-capi"])
+            .current_dir(ROOT)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_BUILD_RUSTFLAGS")
+            .output()
+            .expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "cargo build -p shmpool-capi: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("debug")
+    })
 }
 
 /// Compiles `examples/c/map.c` against the static library into the target
 /// directory; returns the program's path.
 fn build_c_example() -> PathBuf {
     let exe = profile_dir().join("c_map_example");
-    compile_c_example(&exe, &[static_library().into_os_string()]);
+    let lib = c_libraries().join("libshmpool.a");
+    compile_c_example(&exe, &[lib.into_os_string()]);
     exe
 }
 
 /// Compiles `examples/c/map.c` against `libshmpool.so`; returns the program
 /// and the library's directory, which the program must be run with in
-/// `LD_LIBRARY_PATH` (cargo's own points at stale copies too).
+/// `LD_LIBRARY_PATH`.
 fn build_c_example_against_the_shared_library() -> (PathBuf, PathBuf) {
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let dir = [deps, profile_dir()]
-        .into_iter()
-        .find(|dir| dir.join("libshmpool.so").exists())
-        .expect("libshmpool.so not built");
+    let dir = c_libraries().to_path_buf();
     let exe = profile_dir().join("c_map_example_shared");
     compile_c_example(
         &exe,
@@ -105,7 +109,7 @@ fn compile_c_example(exe: &Path, library: &[std::ffi::OsString]) {
 
 #[test]
 fn with_the_shared_library_fork_works_and_spawn_says_to_link_statically() {
-    bounded(Duration::from_secs(120), || {
+    bounded(Duration::from_secs(600), || {
         let (exe, lib_dir) = build_c_example_against_the_shared_library();
         let run = |method: &str| {
             let out = Command::new(&exe)
@@ -128,7 +132,7 @@ fn with_the_shared_library_fork_works_and_spawn_says_to_link_statically() {
 
 #[test]
 fn the_c_example_maps_survives_a_crash_and_prints_its_results() {
-    bounded(Duration::from_secs(120), || {
+    bounded(Duration::from_secs(600), || {
         let exe = build_c_example();
         for method in ["fork", "forkserver", "spawn"] {
             let out = Command::new(&exe)

@@ -1,6 +1,7 @@
-//! The C API: `libshmpool.so` / `libshmpool.a` and `include/shmpool.h`, so
-//! that C and Fortran programs can run a C function over arrays in worker
-//! processes.
+//! The C API: `libshmpool.so` / `libshmpool.a` (built by the `shmpool-capi`
+//! package, `cargo build --release -p shmpool-capi`) and
+//! `include/shmpool.h`, so that C and Fortran programs can run a C function
+//! over arrays in worker processes.
 //!
 //! ```c
 //! #include <shmpool.h>
