@@ -418,7 +418,7 @@ fn stats_count_tasks_time_deaths_retries_and_timeouts() {
             assert!(pool.apply(nap_ms, (10_000,)).is_err());
             let s = pool.stats();
             assert_eq!(s.timeouts, 1, "{s:?}");
-            assert_eq!(s.worker_deaths, 3, "{s:?}");
+            assert_eq!(s.worker_deaths, 2, "a timeout is no death: {s:?}");
 
             let text = pool.insights().to_string();
             for word in [
@@ -426,10 +426,52 @@ fn stats_count_tasks_time_deaths_retries_and_timeouts() {
                 "waiting",
                 "starting",
                 "slowest tasks",
-                "deaths 3",
+                "timeouts 1, worker deaths 2",
             ] {
                 assert!(text.contains(word), "{word}: {text}");
             }
+        }
+    });
+}
+
+/// Works (spins) for `ms` milliseconds, then aborts its worker.
+fn work_then_abort(ms: u64) -> u8 {
+    let until = std::time::Instant::now() + Duration::from_millis(ms);
+    while std::time::Instant::now() < until {
+        std::hint::spin_loop();
+    }
+    std::process::abort()
+}
+
+#[test]
+fn tasks_that_never_finished_count_as_work_and_a_timeout_is_no_death() {
+    bounded(LIMIT, || {
+        for method in METHODS {
+            let pool = Pool::builder()
+                .processes(1)
+                .task_timeout(Duration::from_millis(300))
+                .start_method(method)
+                .build()
+                .unwrap();
+            assert!(matches!(
+                pool.apply(nap_ms, (10_000,)),
+                Err(Error::TaskTimedOut { .. })
+            ));
+            assert!(matches!(
+                pool.apply(work_then_abort, (250,)),
+                Err(Error::WorkerDied { .. })
+            ));
+            let s = pool.stats();
+            assert_eq!(s.timeouts, 1, "{method:?}: {s:?}");
+            assert_eq!(s.worker_deaths, 1, "only the abort: {s:?}");
+            assert_eq!(s.workers[0].deaths, 1, "{s:?}");
+            assert_eq!(s.tasks_done, 0, "neither task finished: {s:?}");
+            // 300 ms until the timeout's kill, 250 ms until the abort.
+            assert!(s.busy >= Duration::from_millis(450), "{method:?}: {s:?}");
+            assert!(s.idle < s.busy / 2, "{method:?}: {s:?}");
+            let text = pool.insights().to_string();
+            assert!(share_after(&text, "working ") > 50.0, "{text}");
+            assert!(text.contains("timeouts 1, worker deaths 1"), "{text}");
         }
     });
 }

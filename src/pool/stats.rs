@@ -21,7 +21,10 @@ use std::time::Duration;
 /// What a pool's workers have done so far: returned by [`Pool::stats`].
 ///
 /// A *task* is one `apply` or one chunk of a map. Times are wall-clock
-/// (`CLOCK_MONOTONIC`), measured by each worker around each task.
+/// (`CLOCK_MONOTONIC`), measured by each worker around each task; a task
+/// that never finished (killed by the
+/// [`task_timeout`](crate::PoolBuilder::task_timeout), or its worker died)
+/// counts as work from its start until the pool reaped its worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolStats {
@@ -33,11 +36,14 @@ pub struct PoolStats {
     /// Tasks (or map chunk halves) run again after their worker died: see
     /// [`PoolBuilder::retries`](crate::PoolBuilder::retries).
     pub retries: u64,
-    /// Tasks killed by the [`task_timeout`](crate::PoolBuilder::task_timeout).
+    /// Tasks killed by the [`task_timeout`](crate::PoolBuilder::task_timeout)
+    /// (each with its worker, which the pool replaced: not a death).
     pub timeouts: u64,
     /// Workers that died (a signal, `abort()`, an `exit()` from a task, a
-    /// timeout) and were replaced. Workers that exit after their
-    /// `maxtasksperchild` quota, or after a memory cap, are not deaths.
+    /// kill by [`AsyncResult::abort`](crate::AsyncResult::abort)) and were
+    /// replaced. Workers killed for a task's timeout count in
+    /// [`timeouts`](Self::timeouts) instead, and those that exit after their
+    /// `maxtasksperchild` quota, or after a memory cap, are not deaths either.
     pub worker_deaths: u64,
     /// Workers replaced because the memory they gained passed
     /// [`max_memory_per_worker`](crate::PoolBuilder::max_memory_per_worker)
@@ -51,7 +57,8 @@ pub struct PoolStats {
     /// ([`DeathCause::MemoryLimit`](crate::DeathCause::MemoryLimit)).
     pub memory_limit_deaths: u64,
     /// Time spent running tasks, by every worker since the pool started
-    /// (replaced ones included, as for the three figures below).
+    /// (replaced ones included, as for the three figures below), those that
+    /// never finished included.
     pub busy: Duration,
     /// Time spent waiting for work, by every worker since it was ready.
     pub idle: Duration,
@@ -74,7 +81,8 @@ pub struct WorkerStats {
     pub pid: u32,
     /// Tasks this process has finished.
     pub tasks_done: u64,
-    /// Time this process spent running tasks.
+    /// Time this process spent running the tasks it finished (the one it
+    /// runs now counts once it finishes, or once the process is reaped).
     pub busy: Duration,
     /// Time this process spent waiting for work since it was ready.
     pub idle: Duration,
@@ -85,7 +93,8 @@ pub struct WorkerStats {
     /// zero-copy probe); zero if the pool has none (the probe is then part
     /// of `startup`).
     pub initializer: Duration,
-    /// How many workers at this index died (see [`PoolStats::worker_deaths`]).
+    /// How many workers at this index died (see [`PoolStats::worker_deaths`]:
+    /// timeouts are not deaths).
     pub deaths: u64,
     /// The longest task this process ran.
     pub slowest_task: Duration,
@@ -162,8 +171,11 @@ pub(crate) enum Leaving {
     Retired,
     /// Over the memory cap after a task: replaced, not a death.
     OverMemory,
-    /// Killed, crashed, exited from a task, or timed out.
+    /// Killed, crashed, or exited from a task.
     Died,
+    /// Killed by the pool for its task's timeout: counted in `timeouts`
+    /// (by the supervisor, with the task's failure), not as a death.
+    TimedOut,
 }
 
 impl StatsBook {
@@ -258,7 +270,7 @@ impl StatsBook {
         saturating_add(&self.retired_initializer, times.initializer);
         self.keep_slowest(counters.slowest.load(Ordering::Relaxed));
         match how {
-            Leaving::Retired => {}
+            Leaving::Retired | Leaving::TimedOut => {}
             Leaving::OverMemory => saturating_add(&self.memory_replacements, 1),
             Leaving::Died => {
                 saturating_add(&self.worker_deaths, 1);
@@ -426,11 +438,13 @@ impl Pool {
 
     /// A summary to print, like MPIRE's `print_insights`: the shares of the
     /// workers' time (every worker since the pool started, replaced ones
-    /// included) spent working (running tasks), waiting (ready, with
+    /// included) spent working (running tasks, those killed by the timeout
+    /// or by their worker's death included), waiting (ready, with
     /// nothing to do) and starting (start-up and initializer); the totals
     /// of [`stats`](Self::stats); a row per live worker, and one for the
     /// workers replaced; and the durations of the slowest tasks (the slowest
-    /// of each worker, live or gone, longest first).
+    /// of each worker, live or gone, a task that never finished included,
+    /// longest first).
     ///
     /// ```
     /// fn square(x: u64) -> u64 { x * x }

@@ -385,6 +385,9 @@ fn supervise(
             // pool's totals, and the record starts from zero.
             let counters = &core.layout().worker_record(k as u32).counters;
             let how = match exit {
+                Exit::Died {
+                    timed_out: true, ..
+                } => Leaving::TimedOut,
                 Exit::Died { .. } => Leaving::Died,
                 _ if counters.over_memory.load(Ordering::Relaxed) != 0 => Leaving::OverMemory,
                 _ => Leaving::Retired,
@@ -409,7 +412,7 @@ fn supervise(
             // Released once replaced: `stats` after a failed task lists the
             // replacement, with the death at its index.
             drop(accounting);
-            if let Exit::Died { again: Some(i) } = exit {
+            if let Exit::Died { again: Some(i), .. } = exit {
                 core.push(i);
             }
         }
@@ -429,7 +432,9 @@ enum Exit {
     Retired,
     /// The worker died: replace it, then push `again` into the ring: the
     /// slot it had popped without claiming it, or the task being retried.
-    Died { again: Option<u32> },
+    /// `timed_out`: the pool killed it for its task's timeout, and the task
+    /// failed with `TaskTimedOut`.
+    Died { again: Option<u32>, timed_out: bool },
 }
 
 /// Kills the workers running the slots `AsyncResult::abort` asked for
@@ -553,6 +558,7 @@ fn settle_exit(
     let record = layout.worker_record(k as u32);
     let retired = record.is_retired();
     let last_taken = record.take_last_taken();
+    let began = record.take_task_began();
     // Before any slot is finished: its error reads the cause.
     let over_limit = record.over_limit.swap(0, Ordering::Relaxed) != 0;
     if !clean {
@@ -591,15 +597,23 @@ fn settle_exit(
     // the slot queued *and* in the ring: pushing it again is harmless (the
     // claim is a CAS on the slot's state).
     let mut held_task = false;
+    let mut timed_out = false;
     let mut again = None;
     if let Some(i) = last_taken.filter(|&i| i < core.slots_in_use()) {
         let slot = layout.slot(i);
         match slot.state() {
             SlotState::Running { worker } if worker as usize == k => {
                 held_task = true;
+                // Its task never finished: the time from its claim to now
+                // was spent on it (killed or dead, the worker could not say).
+                if began != 0 {
+                    let took = crate::shm::layout::ticks().saturating_sub(began);
+                    record.counters.count_unfinished(took);
+                }
                 if let Some((_, why)) = killed_for.filter(|&(slot, _)| slot == i) {
                     if why == Outcome::TimedOut {
                         core.stats.timed_out();
+                        timed_out = true;
                     }
                     slot.finish_for(
                         |s| s == SlotState::Running { worker: k as u32 },
@@ -650,7 +664,7 @@ fn settle_exit(
     match (clean && !held_task, layout.is_closing()) {
         (true, true) => Exit::Finished,
         (true, false) => Exit::Retired,
-        (false, _) => Exit::Died { again },
+        (false, _) => Exit::Died { again, timed_out },
     }
 }
 

@@ -68,6 +68,12 @@ pub(crate) struct WorkerRecord {
     /// hold: it takes one entry at a time and runs it before the next. So
     /// the supervisor settles a death by looking at this one slot.
     taking: AtomicU64,
+    /// [`ticks`] when the worker claimed its current (or last) task. The
+    /// supervisor reads it only for a worker reaped holding a slot, whose
+    /// task never finished (killed by the timeout, or dead): that task's
+    /// time counts as work (`Pool::stats`). Next to `taking`, which the
+    /// worker writes for every task too: no extra cache line.
+    task_began: AtomicU64,
     /// Set (non-zero) by the worker's SIGABRT handler when it aborts with
     /// `errno` ENOMEM under the pool's `memory_limit_per_worker`: an
     /// allocation failed. Read by the supervisor once the worker is reaped,
@@ -107,6 +113,18 @@ pub(crate) struct WorkerCounters {
 }
 
 impl WorkerCounters {
+    /// Supervisor side, the worker reaped: adds a task that ran `took` ticks
+    /// and never finished to its time working (and its slowest task), not
+    /// to its tasks done.
+    pub(crate) fn count_unfinished(&self, took: u64) {
+        let busy = self.busy.load(Ordering::Relaxed);
+        self.busy
+            .store(busy.saturating_add(took), Ordering::Relaxed);
+        if took > self.slowest.load(Ordering::Relaxed) {
+            self.slowest.store(took, Ordering::Relaxed);
+        }
+    }
+
     /// Supervisor side: zeroes the counters for the index's next worker.
     pub(crate) fn reset(&self) {
         for word in [
@@ -166,6 +184,17 @@ impl WorkerRecord {
     /// Worker side: about to take ring entry `slot` (before the pop's CAS).
     pub(crate) fn note_taking(&self, slot: u32) {
         self.taking.store(u64::from(slot) + 1, Ordering::Relaxed);
+    }
+
+    /// Worker side: claimed a task at `ticks` (one relaxed store).
+    pub(crate) fn note_began(&self, ticks: u64) {
+        self.task_began.store(ticks, Ordering::Relaxed);
+    }
+
+    /// Supervisor side, after reaping the worker: when its last task began,
+    /// in [`ticks`] (0: none). Resets the word for the index's next worker.
+    pub(crate) fn take_task_began(&self) -> u64 {
+        self.task_began.swap(0, Ordering::Relaxed)
     }
 
     /// Supervisor side, after reaping the worker: the slot it last took or

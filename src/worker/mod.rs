@@ -227,6 +227,10 @@ fn run(
     let Some(mut held) = slot.claim(me) else {
         return false; // a stale ring entry, or another worker was faster
     };
+    // Read at the claim, so that a worker reaped holding this slot never
+    // shows the previous task's start (the supervisor counts the time).
+    let began = crate::shm::layout::ticks();
+    layout.worker_record(me).note_began(began);
     #[cfg(test)]
     hostile::running(layout, index, me);
     if track {
@@ -256,7 +260,7 @@ fn run(
         (true, None) => {
             // Handed the parent's memory before the parent heard that this
             // worker cannot reach it: refuse, having touched nothing.
-            return finish(layout, me, track, watched, (index, held), || {
+            return finish(layout, me, track, watched, (index, held, began), || {
                 Err(AccessRefused {
                     errno: libc::EPERM,
                     wrote: false,
@@ -269,7 +273,7 @@ fn run(
         // The parent's heap is out of reach (or an offset lies outside it):
         // refuse, having touched nothing; the parent redoes the chunk.
         Err(errno) => {
-            return finish(layout, me, track, watched, (index, held), || {
+            return finish(layout, me, track, watched, (index, held, began), || {
                 Err(AccessRefused {
                     errno,
                     wrote: false,
@@ -303,7 +307,7 @@ fn run(
         // output laid out for it, ours while we hold the slot, until DONE.
         unsafe { entry.call(io) }
     };
-    finish(layout, me, track, watched, (index, held), task)
+    finish(layout, me, track, watched, (index, held, began), task)
 }
 
 /// The sides of a chunk that lie in the parent's shared heap (`HEAP_INPUT`,
@@ -331,18 +335,17 @@ fn heap_sides(
     Ok((input.map(<*mut u8>::cast_const), output))
 }
 
-/// Runs `task` under `catch_unwind` in slot `index`, `held` as RUNNING(me),
-/// writes its outcome and finishes the slot. Returns `true` (a task ran).
+/// Runs `task` under `catch_unwind` in slot `index`, `held` as RUNNING(me)
+/// since `began` ([`ticks`](crate::shm::layout::ticks)), writes its outcome and finishes the slot. Returns `true` (a task ran).
 /// A process the task forked leaves here, as the task returns in it.
 fn finish(
     layout: Layout,
     me: u32,
     track: bool,
     watched: bool,
-    (index, mut held): (u32, Held<'_>),
+    (index, mut held, began): (u32, Held<'_>, u64),
     task: impl FnOnce() -> Result<(), AccessRefused>,
 ) -> bool {
-    let began = crate::shm::layout::ticks();
     let result = std::panic::catch_unwind(AssertUnwindSafe(task));
     let took = crate::shm::layout::ticks().saturating_sub(began);
     fork_guard::check();
