@@ -26,6 +26,15 @@ pub(crate) fn install_quiet_panic_hook() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if !crate::process::in_worker() {
+                // A `Process` child's one thread is a copy of the parent's
+                // launcher thread, whose name the standard message gives:
+                // first say which process panicked, as Python's
+                // "Process Process-1:" does.
+                if let Some(name) = crate::process::process_name() {
+                    use std::io::Write;
+                    let pid = std::process::id();
+                    let _ = writeln!(std::io::stderr(), "Process {name} (pid {pid}):");
+                }
                 return previous(info);
             }
             note(&format!("worker process {} {info}\n", std::process::id()));

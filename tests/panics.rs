@@ -174,3 +174,41 @@ fn a_panic_that_cannot_unwind_prints_its_message_before_the_worker_aborts() {
         "{stderr}"
     );
 }
+
+fn fails_in_a_process(x: u64) {
+    panic!("process task failed on {x}");
+}
+
+/// Run as a child process by the test below (`SHMPOOL_TEST_CHILD` set):
+/// its `Process` child's stderr is the child's, which the test reads.
+#[test]
+fn child_whose_process_panics() {
+    if std::env::var_os("SHMPOOL_TEST_CHILD").is_none() {
+        return;
+    }
+    let mut p = shmpool::Process::new(fails_in_a_process, (3,));
+    p.start().unwrap();
+    assert_eq!(p.join(Some(Duration::from_secs(60))).unwrap(), Some(1));
+    eprintln!("child done");
+}
+
+#[test]
+fn a_panicking_process_says_which_process_it_is() {
+    let out = bounded(LIMIT, || {
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_whose_process_panics", "--nocapture"])
+            .env("SHMPOOL_TEST_CHILD", "1")
+            .output()
+            .unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("child done"), "{stderr}");
+    let header = stderr
+        .find("Process Process-1 (pid ")
+        .unwrap_or_else(|| panic!("no process header in {stderr}"));
+    let message = stderr
+        .find("process task failed on 3")
+        .unwrap_or_else(|| panic!("no panic message in {stderr}"));
+    assert!(header < message, "{stderr}");
+}

@@ -34,6 +34,11 @@ pub(crate) fn enter_process(name: String) {
     let _ = PROCESS_NAME.set(name);
 }
 
+/// The name of this `Process` child (`"Process-1"`), if it is one.
+pub(crate) fn process_name() -> Option<&'static str> {
+    PROCESS_NAME.get().map(String::as_str)
+}
+
 /// Marks this process as worker `index` of a pool started with `method`,
 /// and names it like Python does (`ForkPoolWorker-1`, ...) for `ps`.
 pub(crate) fn enter_worker(index: usize, method: StartMethod) {

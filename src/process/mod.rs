@@ -6,6 +6,6 @@ mod launch;
 mod spawned;
 
 pub use current::{current_process, ProcessInfo};
-pub(crate) use current::{enter_process, enter_worker, in_worker};
+pub(crate) use current::{enter_process, enter_worker, in_worker, process_name};
 
 pub use spawned::Process;
