@@ -153,18 +153,25 @@ fn child_whose_task_cannot_unwind() {
     eprintln!("child done: {err}");
 }
 
-#[test]
-fn a_panic_that_cannot_unwind_prints_its_message_before_the_worker_aborts() {
+/// Runs the test `name` of this binary in a child process, as its
+/// `SHMPOOL_TEST_CHILD`; its stderr, once it succeeded.
+fn stderr_of_child(name: &str) -> String {
     let out = bounded(LIMIT, || {
         Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_whose_task_cannot_unwind", "--nocapture"])
+            .args(["--exact", name, "--nocapture"])
             .env("SHMPOOL_TEST_CHILD", "1")
             .output()
             .unwrap()
     });
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("child done: "), "{stderr}");
+    assert!(stderr.contains("child done"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_panic_that_cannot_unwind_prints_its_message_before_the_worker_aborts() {
+    let stderr = stderr_of_child("child_whose_task_cannot_unwind");
     let expected = format!(
         "panicked at tests/panics.rs:{CANNOT_UNWIND_LINE}:9:\nno unwinding out of here (7)\n"
     );
@@ -194,16 +201,7 @@ fn child_whose_process_panics() {
 
 #[test]
 fn a_panicking_process_says_which_process_it_is() {
-    let out = bounded(LIMIT, || {
-        Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_whose_process_panics", "--nocapture"])
-            .env("SHMPOOL_TEST_CHILD", "1")
-            .output()
-            .unwrap()
-    });
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("child done"), "{stderr}");
+    let stderr = stderr_of_child("child_whose_process_panics");
     let header = stderr
         .find("Process Process-1 (pid ")
         .unwrap_or_else(|| panic!("no process header in {stderr}"));
