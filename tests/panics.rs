@@ -155,7 +155,7 @@ fn child_whose_task_cannot_unwind() {
 
 /// Runs the test `name` of this binary in a child process, as its
 /// `SHMPOOL_TEST_CHILD`; its stderr, once it succeeded.
-fn stderr_of_child(name: &str) -> String {
+fn stderr_of_child(name: &'static str) -> String {
     let out = bounded(LIMIT, || {
         Command::new(std::env::current_exe().unwrap())
             .args(["--exact", name, "--nocapture"])
