@@ -156,5 +156,6 @@ pub fn init() {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::pod::CheckedPlainBytes;
     pub use zerocopy;
 }

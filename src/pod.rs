@@ -213,20 +213,34 @@ macro_rules! pod {
     // Types declared elsewhere, checked through zerocopy's derives.
     ($($t:ty),+ $(,)?) => { $(
         const _: () = {
-            fn assert_zerocopy_pod<
-                T: $crate::__private::zerocopy::FromBytes
-                    + $crate::__private::zerocopy::Immutable
-                    + ::core::marker::Copy
-                    + ::core::marker::Send
-                    + ::core::marker::Sync
-                    + 'static,
-            >() {}
+            fn assert_zerocopy_pod<T: $crate::__private::CheckedPlainBytes>() {}
             let _ = assert_zerocopy_pod::<$t>;
         };
         // SAFETY: `FromBytes + Immutable` (checked above) means every bit pattern
         // is a valid value and there is no reference, pointer or UnsafeCell inside.
         unsafe impl $crate::Pod for $t {}
     )+ };
+}
+
+/// What `pod!(Type)` checks of a type declared elsewhere: zerocopy's
+/// `FromBytes` and `Immutable` (no reference, pointer or `UnsafeCell`, and
+/// every bit pattern valid), and `Copy`. Only its compiler message differs
+/// from those bounds': it names the form of `pod!` that needs no zerocopy.
+#[diagnostic::on_unimplemented(
+    message = "`shmpool::pod!({Self})` cannot check `{Self}`: it must be `Copy` and derive zerocopy's `FromBytes` and `Immutable`",
+    label = "not checked plain data",
+    note = "declare the struct inside the macro instead, which needs no other dependency: `shmpool::pod! {{ pub struct P {{ pub x: f64, pub y: f64 }} }}`",
+    note = "or add `#[repr(C)] #[derive(Clone, Copy, zerocopy::FromBytes, zerocopy::Immutable)]` to it, with `zerocopy = {{ version = \"0.8\", features = [\"derive\"] }}` in your Cargo.toml"
+)]
+#[doc(hidden)]
+pub trait CheckedPlainBytes:
+    zerocopy::FromBytes + zerocopy::Immutable + Copy + Send + Sync + 'static
+{
+}
+#[diagnostic::do_not_recommend]
+impl<T> CheckedPlainBytes for T where
+    T: zerocopy::FromBytes + zerocopy::Immutable + Copy + Send + Sync + 'static
+{
 }
 
 /// A task's argument or result: a [`Pod`] value. Only its compiler message

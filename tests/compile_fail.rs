@@ -155,6 +155,25 @@ fn main() {}
     assert!(err.contains("`String` is not `shmpool::Pod`"), "{err}");
     assert!(err.contains("--> src/main.rs:3:34"), "{err}");
 
+    // `pod!(Type)` on a struct without zerocopy's derives: the message
+    // names the form of `pod!` that needs no other dependency.
+    let (ok, err) = build(
+        "pod_of_a_plain_struct",
+        r#"
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Particle { pub x: f64, pub y: f64 }
+shmpool::pod!(Particle);
+fn main() {}
+"#,
+    );
+    assert!(!ok, "pod!(Particle) without the derives built:\n{err}");
+    assert!(
+        err.contains("`shmpool::pod!(Particle)` cannot check `Particle`"),
+        "{err}"
+    );
+    assert!(err.contains("declare the struct inside the macro"), "{err}");
+
     // A queue of strings: the message names the serde queue.
     let (ok, err) = build(
         "queue_of_strings",
