@@ -120,6 +120,20 @@ pub trait Task<Args>: Copy + Send + Sync + 'static {
     fn call(bound: &Self::Bound, args: Args) -> Self::Output;
 }
 
+/// Names the tasks' [`Task::TRAVELS`] in the body of a function a user
+/// calls, so that a capturing closure's error ends with the compiler's note
+/// "the above error was encountered while instantiating" *that* function,
+/// at the user's line.
+macro_rules! travels {
+    ($($f:ident),+) => {
+        $(
+            #[allow(clippy::let_unit_value)]
+            let () = $f::TRAVELS;
+        )+
+    };
+}
+pub(crate) use travels;
+
 /// A function that may be a task: one that can be copied to a worker
 /// process, so not a closure that captures a `String`, a `Vec` or a
 /// reference. Only its compiler message differs from those bounds'.

@@ -52,6 +52,29 @@ fn main() {
         "the user's call is not shown:\n{err}"
     );
 
+    // The same through `pool.call()`, whose methods name the task's check
+    // too: the note shows the user's call.
+    let (ok, err) = build(
+        "capturing_closure_through_call",
+        r#"
+fn main() {
+    let pool = shmpool::Pool::new(2).unwrap();
+    let scale = std::env::args().count() as f64;
+    let v = vec![1.0f64, 2.0];
+    let out = pool.call().chunksize(1).map(move |x: f64| x * scale, &v).unwrap();
+    println!("{out:?}");
+}
+"#,
+    );
+    assert!(!ok, "a capturing closure built:\n{err}");
+    assert!(
+        err.contains(
+            "encountered while instantiating `fn Call::<'_>::map::<{closure@src/main.rs:6:"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("--> src/main.rs:6:15"), "{err}");
+
     // A closure that captures a `String`: refused at type checking, naming
     // `partial` and `pool.serde()` rather than `String: Copy`.
     let (ok, err) = build(

@@ -154,6 +154,7 @@ impl PoolBuilder {
         F: Task<Args>,
         Args: Pod,
     {
+        crate::task::travels!(F);
         let mut bytes = InitBytes([MaybeUninit::uninit(); INIT_ARGS_BYTES]);
         let input_size = size_of::<ApplyInput<F, Args>>();
         let too_large = if input_size > INIT_ARGS_BYTES || align_of::<ApplyInput<F, Args>>() > 64 {

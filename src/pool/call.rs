@@ -38,8 +38,7 @@ macro_rules! shorthands {
         where
             $($bound)*
         {
-            #[allow(clippy::let_unit_value)]
-            let () = F::TRAVELS;
+            $crate::task::travels!(F);
             self.call().chunksize(chunksize).$name($($arg),+)
         }
         $crate::pool::shorthands! {
@@ -64,8 +63,7 @@ macro_rules! shorthands {
             C: FnOnce($r) + Send + 'static,
             E: FnOnce(Error) + Send + 'static,
         {
-            #[allow(clippy::let_unit_value)]
-            let () = F::TRAVELS;
+            $crate::task::travels!(F);
             self.call()
                 .callbacks(callback, error_callback)
                 .$name($($arg),+)
@@ -89,10 +87,7 @@ macro_rules! shorthands {
         where
             $($bound)*
         {
-            // A capturing closure fails here, so the compiler's note names
-            // the caller's line (see `Task::TRAVELS`).
-            #[allow(clippy::let_unit_value)]
-            let () = F::TRAVELS;
+            $crate::task::travels!(F);
             self.call().$name($($arg),+)
         }
         $crate::pool::shorthands! {
@@ -121,6 +116,7 @@ macro_rules! lazy_maps {
             I: IntoIterator,
             I::Item: $elem,
         {
+            $crate::task::travels!(F);
             self.lazy(f, items, true)
         }
 
@@ -135,6 +131,7 @@ macro_rules! lazy_maps {
             I: IntoIterator,
             I::Item: $elem,
         {
+            $crate::task::travels!(F);
             self.lazy(f, items, false)
         }
 
@@ -249,6 +246,7 @@ impl<'p> Call<'p, NoCallbacks> {
         F: Task<Args>,
         Args: Pod,
     {
+        crate::task::travels!(F);
         self.pool.submit_apply(f, args, 0)?.finish(&self.pool.core)
     }
 
@@ -258,6 +256,7 @@ impl<'p> Call<'p, NoCallbacks> {
         F: Task<(T,)>,
         T: Pod,
     {
+        crate::task::travels!(F);
         let bound = f.bind()?;
         let entry = self.pool.entry_point(map_entry::<F, T>)?;
         let chunksize = self.map_chunksize(items.len());
@@ -273,6 +272,7 @@ impl<'p> Call<'p, NoCallbacks> {
         F: Task<Args>,
         Args: Pod,
     {
+        crate::task::travels!(F);
         let bound = f.bind()?;
         let entry = self.pool.entry_point(starmap_entry::<F, Args>)?;
         let chunksize = self.map_chunksize(items.len());
@@ -287,6 +287,7 @@ impl<'p> Call<'p, NoCallbacks> {
         F: Task<(T,), Output = T>,
         T: Pod,
     {
+        crate::task::travels!(F);
         let bound = f.bind()?;
         let entry = self.pool.entry_point(inplace_entry::<F, T>)?;
         let chunksize = self.map_chunksize(data.len());
@@ -308,6 +309,7 @@ impl<'p> Call<'p, NoCallbacks> {
                 output.len()
             )));
         }
+        crate::task::travels!(F);
         let bound = f.bind()?;
         let entry = self.pool.entry_point(map_entry::<F, T>)?;
         let chunksize = self.map_chunksize(input.len());
@@ -322,6 +324,7 @@ impl<'p> Call<'p, NoCallbacks> {
         O: Task<(F::Output, F::Output), Output = F::Output>,
         T: Pod,
     {
+        crate::task::travels!(F, O);
         let bounds: ReduceBounds<F, O, T, F::Output> = (f.bind()?, op.bind()?);
         let entry = self.pool.entry_point(reduce_entry::<F, O, T>)?;
         let chunksize = self.map_chunksize(items.len());
@@ -369,6 +372,7 @@ impl<'p, C> Call<'p, C> {
         C: Deliver<F::Output>,
     {
         // WATCHED: its finish is logged, for callbacks or an awaiting future.
+        crate::task::travels!(F);
         let job = self.pool.submit_apply(f, args, WATCHED)?.into_job();
         deliver(self.pool, job, decode_one::<F::Output>, self.callbacks)
     }
@@ -381,6 +385,7 @@ impl<'p, C> Call<'p, C> {
         T: Pod,
         C: Deliver<Vec<F::Output>>,
     {
+        crate::task::travels!(F);
         let bound = f.bind()?;
         let entry = self.pool.entry_point(map_entry::<F, T>)?;
         let context = context_of::<F, (T,)>(&bound);
@@ -399,6 +404,7 @@ impl<'p, C> Call<'p, C> {
         Args: Pod,
         C: Deliver<Vec<F::Output>>,
     {
+        crate::task::travels!(F);
         let bound = f.bind()?;
         let entry = self.pool.entry_point(starmap_entry::<F, Args>)?;
         let context = context_of::<F, Args>(&bound);

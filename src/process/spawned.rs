@@ -93,6 +93,7 @@ impl Process {
         F: Task<Args>,
         Args: Pod,
     {
+        crate::task::travels!(F);
         Self::with_method(crate::start::default_method(), f, args)
     }
 
