@@ -287,16 +287,6 @@ unsafe fn unpack_at<V: Pod>(context: &[u8], len: usize) -> V {
     unsafe { context.as_ptr().cast::<V>().read_unaligned() }
 }
 
-/// A task's bound, from the start of a map's context.
-///
-/// # Safety
-/// `context` starts with what [`context_of`] wrote for an `F` in the parent.
-#[inline(always)]
-unsafe fn bound_at<F: Task<Args>, Args>(context: &[u8]) -> F::Bound {
-    // SAFETY: forwarded contract.
-    unsafe { F::unpack(context) }
-}
-
 /// A task's bound as a map's call context (`MapCall::context`): what every
 /// chunk's slot carries for its entry point, only the bytes a call needs.
 pub(crate) fn context_of<F: Task<Args>, Args>(bound: &F::Bound) -> Vec<MaybeUninit<u8>> {
@@ -470,7 +460,7 @@ pub(crate) unsafe fn starmap_entry<F: Task<Args>, Args: Pod>(
     io: TaskIo<'_>,
 ) -> Result<(), AccessRefused> {
     // SAFETY: the chunk's context holds F's bound bytes (contract).
-    let bound = unsafe { bound_at::<F, Args>(io.context) };
+    let bound = unsafe { F::unpack(io.context) };
     // SAFETY: forwarded contract.
     unsafe {
         for_each_piece::<Args, F::Output>(io, |input, output| {
@@ -493,7 +483,7 @@ pub(crate) unsafe fn starmap_entry<F: Task<Args>, Args: Pod>(
 /// zero-sized, `io.context` holds `F`'s bound bytes.
 pub(crate) unsafe fn map_entry<F: Task<(T,)>, T: Pod>(io: TaskIo<'_>) -> Result<(), AccessRefused> {
     // SAFETY: the chunk's context holds F's bound bytes (contract).
-    let bound = unsafe { bound_at::<F, (T,)>(io.context) };
+    let bound = unsafe { F::unpack(io.context) };
     // SAFETY: forwarded contract.
     unsafe {
         for_each_piece::<T, F::Output>(io, |input, output| {
@@ -518,7 +508,7 @@ where
     T: Pod,
 {
     // SAFETY: the chunk's context holds F's bound bytes (contract).
-    let bound = unsafe { bound_at::<F, (T,)>(io.context) };
+    let bound = unsafe { F::unpack(io.context) };
     if io.remote.is_some() {
         // Staged: the piece is read into one buffer and mapped into another,
         // so nothing aliases.

@@ -74,15 +74,9 @@ macro_rules! impl_partial {
 
             unsafe fn unpack(context: &[u8]) -> Self::Bound {
                 let value = context.get(F::PACKED..).unwrap_or(&[]);
-                assert!(value.len() >= size_of::<B>(), "a bound longer than its context");
                 // SAFETY: `pack` wrote F's bound, then the bytes of a `B`
-                // (contract); in bounds (checked); read unaligned.
-                unsafe {
-                    (
-                        F::unpack(context),
-                        value.as_ptr().cast::<B>().read_unaligned(),
-                    )
-                }
+                // (contract).
+                unsafe { (F::unpack(context), super::unpack_at(value, size_of::<B>())) }
             }
 
             #[inline(always)]
