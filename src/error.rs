@@ -341,6 +341,16 @@ impl PanicMessage {
         }))
     }
 
+    /// Reads the form a panic travels in between processes: the location's
+    /// bytes (`location_len` of them, as many as there are if fewer), then
+    /// the message's; either may be cut inside a character.
+    pub(crate) fn from_wire(bytes: &[u8], location_len: usize) -> PanicMessage {
+        let (location, text) = bytes.split_at(location_len.min(bytes.len()));
+        let location =
+            (!location.is_empty()).then(|| String::from_utf8_lossy(location).into_owned());
+        PanicMessage::new(String::from_utf8_lossy(text).into_owned(), location)
+    }
+
     /// The panic's message: its payload if that was a string.
     pub fn as_str(&self) -> &str {
         &self.0.text

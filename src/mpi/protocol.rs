@@ -254,14 +254,10 @@ impl ResultHeader {
         let text = || String::from_utf8_lossy(message).into_owned();
         Some(match self.status {
             OK => return None,
-            PANICKED => {
-                let at = usize::try_from(self.signal).unwrap_or(0).min(message.len());
-                let (location, text) = message.split_at(at);
-                RemoteError::Panicked(PanicMessage::new(
-                    String::from_utf8_lossy(text).into_owned(),
-                    (!location.is_empty()).then(|| String::from_utf8_lossy(location).into_owned()),
-                ))
-            }
+            PANICKED => RemoteError::Panicked(PanicMessage::from_wire(
+                message,
+                usize::try_from(self.signal).unwrap_or(0),
+            )),
             WORKER_DIED => RemoteError::WorkerDied {
                 pid: self.pid,
                 signal: (self.signal >= 0).then_some(self.signal),

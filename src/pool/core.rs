@@ -509,11 +509,7 @@ impl Core {
                 }
                 // The inline area holds INLINE_CAPACITY bytes and `len` is no more.
                 let bytes = s.message(len).unwrap_or_default();
-                let (location, text) = bytes.split_at(at.min(bytes.len()));
-                let text = String::from_utf8_lossy(text).into_owned();
-                let location =
-                    (!location.is_empty()).then(|| String::from_utf8_lossy(location).into_owned());
-                Err(Failure::Panicked(PanicMessage::new(text, location)))
+                Err(Failure::Panicked(PanicMessage::from_wire(bytes, at)))
             }
             Outcome::WorkerDied => Err(Failure::WorkerDied {
                 cause: self.stats.cause_of(detail),
